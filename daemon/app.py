@@ -1,0 +1,254 @@
+"""Composition root: builds the journal, HTTP sides and workers, and owns lifecycle and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+from loguru import logger
+
+from daemon import __version__
+from daemon.config import Config, ConfigError, load_config, split_listen
+from daemon.journal import Journal
+from daemon.logs import setup_logging
+from daemon.sdnotify import Notifier
+from daemon.status import create_status_app, prepare_socket_path, secure_socket
+from daemon.webhook import create_webhook_app
+
+SINK_NAMES = ("postgres", "airtable")
+HTTP_SHUTDOWN_TIMEOUT = 4.0  # in-flight webhooks get this long; the whole stop must fit in 10 s
+WATCHDOG_PING_TIMEOUT = 5.0
+
+EXIT_OK, EXIT_CRASH = 0, 1
+
+
+class SinkWorker(Protocol):
+    """What the daemon needs of a running sink: its live state, and a way to wake it."""
+
+    name: str
+
+    def live_status(self) -> dict[str, Any]: ...
+
+    def wake(self) -> None: ...
+
+
+class Daemon:
+    """One running chatledger: `await Daemon(config, path).run()` returns the exit code."""
+
+    def __init__(self, config: Config, config_path: Path | None):
+        self.config = config
+        self.config_path = config_path
+        self.notifier = Notifier()
+        self.started_monotonic = time.monotonic()
+        self.started_at = datetime.now(timezone.utc)
+        self.workers: dict[str, SinkWorker] = {}
+        self.journal: Journal | None = None
+        self._stop = asyncio.Event()
+        self._hup = asyncio.Event()
+        self._runners: list[web.AppRunner] = []
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._hup.set)
+        exit_code = EXIT_OK
+        try:
+            self.journal = await Journal.open(self.config.journal.path, self.config.enabled_sinks)
+            webhook_runner = await self._start_webhook()
+            status_runner = await self._start_status()
+            host, port = split_listen(self.config.server.listen)
+            logger.info("chatledger {} accepting webhooks on http://{}:{}{} (status socket {})",
+                        __version__, host, port, self.config.server.webhook_path, self.config.status.socket)
+            self.notifier.ready(f"accepting webhooks; sinks: {', '.join(self.config.enabled_sinks) or 'none'}")
+            exit_code = await self._supervise()
+            await self._shutdown(webhook_runner, status_runner)
+        finally:
+            await self._close_leftovers()
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+        logger.info("chatledger stopped")
+        return exit_code
+
+    async def _start_webhook(self) -> web.AppRunner:
+        assert self.journal is not None
+        app = create_webhook_app(self.config.server, self.journal)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        self._runners.append(runner)
+        host, port = split_listen(self.config.server.listen)
+        await web.TCPSite(runner, host, port, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT).start()
+        return runner
+
+    async def _start_status(self) -> web.AppRunner:
+        socket_path = self.config.status.socket
+        prepare_socket_path(socket_path)
+        runner = web.AppRunner(create_status_app(self.snapshot, self.sync), access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        await web.UnixSite(runner, str(socket_path)).start()
+        secure_socket(socket_path)
+        return runner
+
+    async def _supervise(self) -> int:
+        """Wait for a stop signal; a background task that dies stops the daemon loudly."""
+        assert self.journal is not None and self.journal.writer_task is not None
+        tasks = {
+            asyncio.create_task(self._watchdog_loop(), name="watchdog"),
+            asyncio.create_task(self._hup_loop(), name="sighup"),
+            self.journal.writer_task,
+        }
+        stop_waiter = asyncio.create_task(self._stop.wait(), name="stop-signal")
+        done, _ = await asyncio.wait(tasks | {stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        exit_code = EXIT_OK
+        for task in done - {stop_waiter}:
+            exit_code = EXIT_CRASH
+            error = task.exception() if not task.cancelled() else None
+            logger.critical("background task {} ended unexpectedly ({}); stopping so systemd restarts us",
+                            task.get_name(), repr(error) if error else "no error")
+        stop_waiter.cancel()
+        for task in tasks:
+            if task is not self.journal.writer_task:
+                task.cancel()
+        await asyncio.gather(*(t for t in tasks if t is not self.journal.writer_task),
+                             stop_waiter, return_exceptions=True)
+        return exit_code
+
+    async def _shutdown(self, webhook_runner: web.AppRunner, status_runner: web.AppRunner) -> None:
+        """Stop intake, let in-flight commits finish, stop workers, close the journal, drop the socket."""
+        logger.info("stopping: no new webhooks, finishing in-flight commits")
+        self.notifier.stopping()
+        await webhook_runner.cleanup()
+        self._runners.remove(webhook_runner)
+        if self.journal is not None:
+            await self.journal.close()
+        await status_runner.cleanup()
+        self._runners.remove(status_runner)
+        self.config.status.socket.unlink(missing_ok=True)
+
+    async def _close_leftovers(self) -> None:
+        """On a failed start or crash: close whatever is still open so the process can exit."""
+        for runner in list(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self.journal is not None:
+            await self.journal.close()
+
+    # -- background loops ------------------------------------------------------------------------
+
+    async def _watchdog_loop(self) -> None:
+        """Ping systemd only while the journal writer answers: a hung writer gets us restarted."""
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            await asyncio.Event().wait()  # no watchdog configured: idle until cancelled
+        assert self.journal is not None and interval is not None
+        while True:
+            try:
+                await asyncio.wait_for(self.journal.ping(), min(WATCHDOG_PING_TIMEOUT, interval))
+            except asyncio.TimeoutError:
+                logger.error("journal writer did not answer within {:.1f} s; withholding WATCHDOG=1",
+                             min(WATCHDOG_PING_TIMEOUT, interval))
+            else:
+                self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _hup_loop(self) -> None:
+        while True:
+            await self._hup.wait()
+            self._hup.clear()
+            logger.info("SIGHUP: reloading the log settings and replaying now")
+            self.reload_logging()
+            await self.sync()
+
+    def reload_logging(self) -> None:
+        """Apply [log] from the config file again; keep the current settings if it is now invalid."""
+        try:
+            fresh = load_config(self.config_path)
+        except ConfigError as exc:
+            logger.error("config reload failed, keeping the current log settings: {}", exc)
+            return
+        self.config.log = fresh.log
+        setup_logging(fresh.log.level, fresh.log.json_)
+        logger.info("log level {}{}", fresh.log.level, " (JSON lines)" if fresh.log.json_ else "")
+
+    async def sync(self) -> dict[str, Any]:
+        """Wake every sink worker so it replays what is pending now, skipping any backoff."""
+        for worker in self.workers.values():
+            worker.wake()
+        return {"replay": "triggered", "sinks": sorted(self.workers)}
+
+    # -- status ----------------------------------------------------------------------------------
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Everything `chatledger status` shows, as JSON-ready data."""
+        assert self.journal is not None
+        now = datetime.now(timezone.utc)
+        counts = await self.journal.counts()
+        sinks: dict[str, dict[str, Any]] = {}
+        for name in SINK_NAMES:
+            rows = counts["sinks"].get(name, {})
+            oldest = rows.get("oldest_pending_at")
+            entry: dict[str, Any] = {
+                "state": "disabled",
+                "pending": rows.get("pending", 0),
+                "delivered": rows.get("delivered", 0),
+                "dead": rows.get("dead", 0),
+                "oldest_pending_at": oldest,
+                "oldest_pending_age_s": _age_seconds(oldest, now),
+            }
+            if name in self.config.enabled_sinks:
+                worker = self.workers.get(name)
+                entry.update(worker.live_status() if worker else {"state": "idle"})
+            sinks[name] = entry
+        journal_stats = self.journal.stats
+        snapshot: dict[str, Any] = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": self.started_at.isoformat(timespec="seconds"),
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
+            "journal": {
+                "path": str(self.journal.path),
+                "events": counts["events"],
+                "quarantined": counts["quarantined"],
+                "writable": self.journal.writable,
+                "writer_alive": self.journal.writer_alive,
+                "commits": journal_stats.commits,
+                "committed_events": journal_stats.events,
+                "last_error": journal_stats.last_error,
+            },
+            "sinks": sinks,
+            "webhook": {key: counts["counters"].get(key, 0) for key in ("accepted", "duplicates", "rejected")},
+        }
+        snapshot["health"] = _health(snapshot)
+        return snapshot
+
+
+def _health(snapshot: dict[str, Any]) -> dict[str, Any]:
+    problems = []
+    journal = snapshot["journal"]
+    if not journal["writer_alive"]:
+        problems.append("journal writer is not running")
+    if not journal["writable"]:
+        problems.append(f"journal cannot write, webhooks get 503: {journal['last_error']}")
+    for name, sink in snapshot["sinks"].items():
+        if sink["state"] in ("down", "misconfigured", "quota"):
+            reason = f": {sink['last_error']}" if sink.get("last_error") else ""
+            problems.append(f"{name} is {sink['state']}{reason}")
+        if sink["dead"]:
+            problems.append(f"{name} has {sink['dead']} dead letters (see `chatledger dead`)")
+    return {"status": "degraded" if problems else "healthy", "problems": problems}
+
+
+def _age_seconds(stamp: str | None, now: datetime) -> float | None:
+    if not stamp:
+        return None
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return round(max(0.0, (now - moment).total_seconds()), 1)

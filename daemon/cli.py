@@ -1,0 +1,108 @@
+"""The `chatledger` command: argument parsing, one asyncio.run(), exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from loguru import logger
+
+from daemon import __version__
+from daemon.config import Config, ConfigError, load_config
+from daemon.journal import JournalError
+from daemon.logs import setup_logging
+from daemon.status import (
+    EXIT_UNREACHABLE,
+    StatusUnreachable,
+    exit_code_for,
+    render,
+    request_status,
+)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd's RestartPreventExitStatus names it
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatledger",
+        description="Journal SendPulse webhooks durably and deliver them to PostgreSQL and Airtable.",
+    )
+    parser.add_argument("--version", action="version", version=f"chatledger {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", type=Path, required=True, metavar="PATH", help="the TOML config file")
+        return sub
+
+    command("run", "run the daemon in the foreground (systemd runs this)")
+    command("check-config", "validate the config (file and environment) and print it, secrets hidden")
+    status = command("status", "show what the running daemon holds; exit 0 healthy, 1 degraded, 2 unreachable")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    command("sync", "ask the running daemon to replay pending deliveries now (same as SIGHUP)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"chatledger: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    handler = {
+        "run": _run,
+        "check-config": _check_config,
+        "status": _status,
+        "sync": _sync,
+    }[args.command]
+    return handler(config, args)
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from daemon.app import Daemon  # the daemon's imports are not needed by the quick commands
+
+    setup_logging(config.log.level, config.log.json_)
+    try:
+        return asyncio.run(Daemon(config, args.config).run())
+    except JournalError as exc:
+        logger.error("{}", exc)
+        return EXIT_FAILURE
+    except OSError as exc:
+        logger.error("cannot start: {}", exc)
+        return EXIT_FAILURE
+
+
+def _check_config(config: Config, args: argparse.Namespace) -> int:
+    print(f"{args.config}: OK")
+    print(json.dumps(config.redacted(), indent=2))
+    sinks = ", ".join(config.enabled_sinks) or "none (journal only)"
+    print(f"sinks enabled: {sinks}")
+    return EXIT_OK
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    try:
+        snapshot = asyncio.run(request_status(config.status.socket))
+    except StatusUnreachable as exc:
+        print(f"chatledger: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(json.dumps(snapshot, indent=2) if args.json else render(snapshot))
+    return exit_code_for(snapshot)
+
+
+def _sync(config: Config, args: argparse.Namespace) -> int:
+    try:
+        answer = asyncio.run(request_status(config.status.socket, "POST", "/sync"))
+    except StatusUnreachable as exc:
+        print(f"chatledger: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    sinks = ", ".join(answer.get("sinks", [])) or "no sink is enabled"
+    print(f"replay triggered ({sinks})")
+    return EXIT_OK

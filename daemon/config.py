@@ -1,0 +1,340 @@
+"""Configuration: a TOML file, overridden by CHATLEDGER_<SECTION>__<KEY> and legacy env names."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "CHATLEDGER_"
+
+# Names the previous TypeScript deployment used; still honoured so an existing .env keeps working.
+LEGACY_ENV = {
+    "AIRTABLE_API_KEY": ("airtable", "api_key"),
+    "AIRTABLE_BASE_ID": ("airtable", "base_id"),
+    "AIRTABLE_CONVERSATIONS_TABLE": ("airtable", "conversations_table"),
+    "AIRTABLE_INTERACTIONS_TABLE": ("airtable", "interactions_table"),
+    "AIRTABLE_ESCALATIONS_TABLE": ("airtable", "escalations_table"),
+    "DATABASE_URL": ("postgres", "dsn"),
+}
+
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+SUN_PATH_MAX = 107  # bytes a Unix socket path may hold (sockaddr_un.sun_path minus the NUL)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the key and the problem."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ServerConfig(_Section):
+    listen: str = "127.0.0.1:8080"
+    webhook_path: str = "/webhooks/sendpulse"
+    webhook_token: SecretStr = SecretStr("")
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0, le=256 * 1024 * 1024)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _path_is_absolute(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() for c in value) or "?" in value:
+            raise ValueError("must be a URL path starting with '/' (no spaces, no query)")
+        return value
+
+    @field_validator("webhook_token")
+    @classmethod
+    def _token_is_set(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if not secret.strip():
+            raise ValueError(
+                "is required: SendPulse does not sign webhooks, so the token in the URL "
+                "is the only thing keeping strangers out"
+            )
+        if len(secret) < 16:
+            raise ValueError("is too short: use at least 16 characters (e.g. `openssl rand -hex 24`)")
+        return value
+
+
+class JournalConfig(_Section):
+    path: Path = Path("/var/lib/chatledger/journal.sqlite")
+
+
+class PostgresConfig(_Section):
+    dsn: SecretStr = SecretStr("")
+    schema_: str = Field(default="chatledger", alias="schema")
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema_is_identifier(cls, value: str) -> str:
+        if not value or not (value[0].isalpha() or value[0] == "_") or not all(
+            c.isalnum() or c == "_" for c in value
+        ):
+            raise ValueError("must be a plain SQL identifier (letters, digits, underscore)")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.dsn.get_secret_value().strip())
+
+
+class AirtableConfig(_Section):
+    api_key: SecretStr = SecretStr("")
+    base_id: str = ""
+    endpoint_url: str = "https://api.airtable.com"
+    conversations_table: str = "Conversations"
+    interactions_table: str = "Interactions"
+    escalations_table: str = "Escalations"
+    requests_per_second: float = Field(default=5.0, gt=0, le=50)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("conversations_table", "interactions_table", "escalations_table")
+    @classmethod
+    def _table_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _base_when_enabled(self) -> "AirtableConfig":
+        if self.enabled and not self.base_id.strip():
+            raise ValueError("base_id: is required when api_key is set (the app... id of your base)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_key.get_secret_value().strip())
+
+
+class StatusConfig(_Section):
+    socket: Path = Path("/run/chatledger/status.sock")
+
+    @field_validator("socket")
+    @classmethod
+    def _fits_sun_path(cls, value: Path) -> Path:
+        if len(os.fsencode(str(value))) > SUN_PATH_MAX:
+            raise ValueError(f"is longer than the {SUN_PATH_MAX} bytes a Unix socket path may have")
+        return value
+
+
+class LogConfig(_Section):
+    level: str = "INFO"
+    json_: bool = Field(default=False, alias="json")
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return upper
+
+
+_toml_path: ContextVar[Path | None] = ContextVar("chatledger_toml_path", default=None)
+_environ: ContextVar[Mapping[str, str] | None] = ContextVar("chatledger_environ", default=None)
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """The --config file; missing sections fall back to defaults."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError  # __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        path = _toml_path.get()
+        if path is None:
+            return {}
+        try:
+            with open(path, "rb") as handle:
+                return tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except PermissionError:
+            raise ConfigError(f"config file {path}: permission denied") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path}: is a directory") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+
+
+class _EnvSource(PydanticBaseSettingsSource):
+    """CHATLEDGER_<SECTION>__<KEY> first, then the legacy names; unknown CHATLEDGER_ names are errors."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError
+
+    def __call__(self) -> dict[str, Any]:
+        environ = _environ.get()
+        if environ is None:
+            environ = os.environ
+        values: dict[str, dict[str, Any]] = {}
+        for name, (section, key) in LEGACY_ENV.items():
+            if name in environ:
+                values.setdefault(section, {})[key] = environ[name]
+        for name, value in environ.items():
+            if not name.startswith(ENV_PREFIX):
+                continue
+            section, sep, key = name[len(ENV_PREFIX):].lower().partition("__")
+            if not sep or not key or section not in Config.model_fields:
+                raise ConfigError(
+                    f"environment variable {name}: not a chatledger setting "
+                    f"(expected {ENV_PREFIX}<SECTION>__<KEY>, e.g. {ENV_PREFIX}SERVER__LISTEN)"
+                )
+            values.setdefault(section, {})[key] = value
+        return values
+
+
+def _deep_merge(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(low)
+    for key, value in high.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class _LayeredSource(PydanticBaseSettingsSource):
+    """Merge section by section, so an env override of one key keeps the file's other keys."""
+
+    def __init__(self, settings_cls: type[BaseSettings], *sources: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self._sources = sources  # lowest priority first
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        raise NotImplementedError
+
+    def __call__(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for source in self._sources:
+            merged = _deep_merge(merged, source())
+        return merged
+
+
+class Config(BaseSettings):
+    server: ServerConfig = ServerConfig.model_construct()
+    journal: JournalConfig = JournalConfig()
+    postgres: PostgresConfig = PostgresConfig()
+    airtable: AirtableConfig = AirtableConfig()
+    status: StatusConfig = StatusConfig()
+    log: LogConfig = LogConfig()
+
+    model_config = SettingsConfigDict(extra="forbid", validate_default=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        layered = _LayeredSource(settings_cls, _TomlSource(settings_cls), _EnvSource(settings_cls))
+        return (init_settings, layered)
+
+    @property
+    def enabled_sinks(self) -> tuple[str, ...]:
+        sinks = []
+        if self.postgres.enabled:
+            sinks.append("postgres")
+        if self.airtable.enabled:
+            sinks.append("airtable")
+        return tuple(sinks)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective settings as plain data, every secret replaced by whether it is set."""
+        data = self.model_dump(mode="json", by_alias=True)
+        for section, key in (("server", "webhook_token"), ("airtable", "api_key"), ("postgres", "dsn")):
+            secret: SecretStr = getattr(getattr(self, section), key)
+            data[section][key] = "(set)" if secret.get_secret_value() else "(empty)"
+        return data
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """Split "host:port" (IPv6 in brackets) into its parts, or raise ValueError."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host:
+        raise ValueError('must be "host:port", e.g. "127.0.0.1:8080"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    section, *rest = [str(part) for part in error["loc"]]
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if not rest:
+        return f"[{section}] {message}" if section in Config.model_fields else f"{section}: {message}"
+    return f"[{section}] {'.'.join(rest)}: {message}"
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file and the environment; relative paths are relative to the file's folder."""
+    toml_path = Path(path).resolve() if path is not None else None
+    tokens = (_toml_path.set(toml_path), _environ.set(environ))
+    try:
+        config = Config()
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from None
+    finally:
+        _toml_path.reset(tokens[0])
+        _environ.reset(tokens[1])
+    if not config.server.webhook_token.get_secret_value():
+        # The section was absent altogether, so its validators never ran on the default.
+        raise ConfigError("invalid configuration: [server] webhook_token: is required")
+    base = toml_path.parent if toml_path is not None else Path.cwd()
+    config.journal.path = _resolve(config.journal.path, base)
+    config.status.socket = _resolve(config.status.socket, base)
+    try:
+        StatusConfig(socket=config.status.socket)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: [status] socket: {exc.errors()[0]['msg']}") from None
+    return config

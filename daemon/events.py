@@ -1,0 +1,289 @@
+"""SendPulse webhook payloads -> normalized events (pure, no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+DIRECTIONS = {
+    "incoming_message": "inbound",
+    "outgoing_message": "outbound",
+    "outbound_message": "outbound",  # a variant integrators report receiving
+}
+
+MEDIA_KINDS = ("image", "video", "audio", "voice", "document", "sticker", "file")
+
+# A `date` above this is milliseconds; as seconds it would be past the year 33658.
+_MS_THRESHOLD = 1e12
+
+
+class BodyError(ValueError):
+    """The request body as a whole is unusable (not JSON, or not an object or array)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One accepted webhook element, normalized; `raw` is the element as JSON text."""
+
+    dedup_key: str
+    title: str
+    service: str | None
+    bot_id: str | None
+    contact_id: str | None
+    phone: str | None
+    contact_name: str | None
+    message_id: str | None
+    platform_message_id: str | None
+    direction: str | None
+    message_type: str | None
+    text: str | None
+    occurred_at: datetime
+    received_at: datetime
+    raw: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One element that cannot be an event; kept in quarantine with the reason."""
+
+    reason: str
+    raw: str
+    received_at: datetime
+
+
+def parse_body(body: bytes) -> list[Any]:
+    """Decode a webhook body into its elements: one object, or an array of anything."""
+    try:
+        decoded = json.loads(body, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BodyError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BodyError("body is not valid JSON: nested too deeply") from None
+    if isinstance(decoded, dict):
+        return [decoded]
+    if isinstance(decoded, list):
+        return decoded
+    raise BodyError(f"body must be a JSON object or an array of objects, not {_json_kind(decoded)}")
+
+
+def normalize(element: Any, received_at: datetime) -> Event | Rejected:
+    """Turn one webhook element into an Event, or say why it is rejected."""
+    raw = _dumps(element)
+    if not isinstance(element, dict):
+        return Rejected(f"element is {_json_kind(element)}, not an object", raw, received_at)
+    title = element.get("title")
+    if not isinstance(title, str) or not title.strip():
+        reason = "element has no title" if title is None else f"title is {_json_kind(title)}, not a name"
+        if isinstance(title, str):
+            reason = "title is empty"
+        return Rejected(reason, raw, received_at)
+
+    info = _obj(element.get("info"))
+    info_message = _obj(info.get("message"))
+    channel_data = _obj(info_message.get("channel_data"))
+    message = _obj(channel_data.get("message"))
+    contact = _obj(element.get("contact"))
+    bot = _obj(element.get("bot"))
+    top_message = _obj(element.get("message"))  # seen only in one integrator's WhatsApp outbound payload
+
+    message_id = _text(info_message.get("id")) or _text(info.get("message_id"))
+    direction = DIRECTIONS.get(title)
+    return Event(
+        dedup_key=dedup_key(element, title, message_id),
+        title=title,
+        service=_text(element.get("service")),
+        bot_id=_text(bot.get("id")) or _text(element.get("bot_id")),
+        contact_id=_text(contact.get("id")),
+        phone=_phone(contact, message),
+        contact_name=_text(contact.get("name")),
+        message_id=message_id,
+        platform_message_id=(
+            _text(message.get("id"))
+            or _text(message.get("mid"))
+            or _text(channel_data.get("message_id"))
+            or _text(top_message.get("id"))
+        ),
+        direction=direction,
+        message_type=_message_type(message, top_message),
+        text=_message_text(message, top_message, contact, direction),
+        occurred_at=parse_date(element.get("date"), received_at),
+        received_at=received_at,
+        raw=raw,
+    )
+
+
+def dedup_key(element: dict[str, Any], title: str, message_id: str | None) -> str:
+    """The SendPulse message id scoped by title, else a hash of the element's canonical JSON.
+
+    Scoping by title keeps a later event about the same message (a status, say) from being
+    taken for a resend of the message itself.
+    """
+    if message_id:
+        return f"msg:{title}:{message_id}"
+    canonical = json.dumps(element, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def parse_date(value: Any, received_at: datetime) -> datetime:
+    """`date` in seconds or milliseconds (number or numeric string), UTC; receive time otherwise."""
+    if isinstance(value, bool) or value is None:
+        return received_at
+    number: float | None = None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str) and value.strip():
+        try:
+            number = float(value.strip())
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError:
+                return received_at
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            return parsed.astimezone(timezone.utc)
+    if number is None or not math.isfinite(number) or number <= 0:
+        return received_at
+    seconds = number / 1000.0 if number > _MS_THRESHOLD else number
+    try:
+        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return received_at
+
+
+def digits_only(phone: Any) -> str | None:
+    """A phone number as its digits alone; None when there are none."""
+    if isinstance(phone, bool) or phone is None:
+        return None
+    if isinstance(phone, (int, float)):
+        phone = str(int(phone))
+    if not isinstance(phone, str):
+        return None
+    digits = "".join(c for c in phone if c.isascii() and c.isdigit())
+    return digits or None
+
+
+def _phone(contact: dict[str, Any], message: dict[str, Any]) -> str | None:
+    variables = _obj(contact.get("variables"))  # sometimes [] instead of {}
+    for candidate in (
+        contact.get("phone"),
+        variables.get("Phone"),
+        variables.get("phone"),
+        message.get("from"),
+    ):
+        digits = digits_only(candidate)
+        if digits:
+            return digits
+    return None
+
+
+def _message_type(message: dict[str, Any], top_message: dict[str, Any]) -> str | None:
+    kind = _text(message.get("type")) or _text(top_message.get("type"))
+    if kind:
+        return kind
+    if isinstance(message.get("text"), (str, dict)):
+        return "text"
+    for media in MEDIA_KINDS:
+        if isinstance(message.get(media), dict):
+            return media
+    return None
+
+
+def _message_text(
+    message: dict[str, Any],
+    top_message: dict[str, Any],
+    contact: dict[str, Any],
+    direction: str | None,
+) -> str | None:
+    text = message.get("text")
+    if isinstance(text, dict):  # inbound WhatsApp, as Meta's Cloud API: {"body": "..."}
+        body = _text(text.get("body"))
+        if body:
+            return body
+    elif _text(text):  # outbound WhatsApp, Telegram, Instagram
+        return _text(text)
+    interactive = _obj(message.get("interactive"))
+    for reply in ("button_reply", "list_reply"):
+        title = _text(_obj(interactive.get(reply)).get("title"))
+        if title:
+            return title
+    button = _text(_obj(message.get("button")).get("text"))  # template quick-reply buttons
+    if button:
+        return button
+    for media in MEDIA_KINDS:
+        item = _obj(message.get(media))
+        if item:
+            parts = [
+                _text(item.get("caption")),
+                _text(item.get("url")) or _text(item.get("link")) or _text(item.get("filename")),
+            ]
+            joined = "\n".join(part for part in parts if part)
+            if joined:
+                return joined
+    comment = _text(message.get("message"))  # Facebook / Instagram comments
+    if comment:
+        return comment
+    top_text = _text(top_message.get("text"))
+    if top_text:
+        return top_text
+    if direction == "inbound":
+        # Integrators agree SendPulse fills last_message with the customer's latest text.
+        return _text(contact.get("last_message"))
+    return None
+
+
+def _reject_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, str):
+        value = _clean(value)
+        return value if value.strip() else None
+    return None
+
+
+def _clean(text: str) -> str:
+    """Drop what no store takes in a text column: NUL characters and lone UTF-16 surrogates."""
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _dumps(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: keep it, escaped, so the raw copy stays exact
+        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    return text

@@ -1,0 +1,511 @@
+"""The SQLite journal: events, per-sink delivery state, quarantine; one writer with group commit.
+
+Every write goes through one writer task that owns the write connection. Requests that arrive while
+a commit is running wait in a queue and are committed together by the next transaction, so many
+concurrent webhooks share one fsync (WAL, synchronous=FULL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from loguru import logger
+
+from daemon.events import Event, Rejected
+
+MAX_EVENTS_PER_COMMIT = 5000
+DELIVERY_STATES = ("pending", "delivered", "dead")
+
+# Each entry upgrades the schema by one version; never edit a shipped entry, append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE events (
+        id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+        dedup_key           TEXT NOT NULL UNIQUE,
+        received_at         TEXT NOT NULL,
+        occurred_at         TEXT NOT NULL,
+        title               TEXT NOT NULL,
+        service             TEXT,
+        bot_id              TEXT,
+        contact_id          TEXT,
+        phone               TEXT,
+        contact_name        TEXT,
+        message_id          TEXT,
+        platform_message_id TEXT,
+        direction           TEXT,
+        message_type        TEXT,
+        text                TEXT,
+        raw                 TEXT NOT NULL
+    );
+    CREATE INDEX events_phone ON events (phone);
+    CREATE TABLE deliveries (
+        sink            TEXT NOT NULL,
+        event_id        INTEGER NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        state           TEXT NOT NULL DEFAULT 'pending'
+                        CHECK (state IN ('pending', 'delivered', 'dead')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        updated_at      REAL,
+        PRIMARY KEY (sink, event_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_by_state ON deliveries (sink, state, event_id);
+    CREATE TABLE quarantine (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        received_at TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        raw         TEXT NOT NULL
+    );
+    CREATE TABLE counters (
+        name  TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+    );
+    INSERT INTO counters (name, value) VALUES ('accepted', 0), ('duplicates', 0), ('rejected', 0);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+INSERT_EVENT = """
+INSERT INTO events (dedup_key, received_at, occurred_at, title, service, bot_id, contact_id, phone,
+                    contact_name, message_id, platform_message_id, direction, message_type, text, raw)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (dedup_key) DO NOTHING
+"""
+SELECT_NEW_EVENTS = "SELECT id, dedup_key FROM events WHERE id > ? ORDER BY id"
+INSERT_DELIVERIES_AFTER = """
+INSERT INTO deliveries (sink, event_id, state, attempts, next_attempt_at, updated_at)
+SELECT ?, id, 'pending', 0, 0, ? FROM events WHERE id > ?
+"""
+INSERT_QUARANTINE = "INSERT INTO quarantine (received_at, reason, raw) VALUES (?, ?, ?)"
+ADD_COUNTER = "UPDATE counters SET value = value + ? WHERE name = ?"
+WRITE_PROBE = """
+INSERT INTO meta (key, value) VALUES ('last_write_probe', ?)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+COUNT_EVENTS = "SELECT count(*) FROM events"
+COUNT_QUARANTINE = "SELECT count(*) FROM quarantine"
+SELECT_COUNTERS = "SELECT name, value FROM counters"
+SINK_STATE_COUNTS = "SELECT sink, state, count(*) FROM deliveries GROUP BY sink, state"
+OLDEST_PENDING = """
+SELECT e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id
+WHERE d.sink = ? AND d.state = 'pending' ORDER BY d.event_id LIMIT 1
+"""
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or used (newer schema, in use, corrupt)."""
+
+
+class JournalUnavailable(Exception):
+    """A write could not be made durable (disk full, read-only, I/O error); nothing was committed."""
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    accepted: int
+    duplicates: int
+    rejected: int
+    event_ids: tuple[int, ...]
+
+
+@dataclass
+class _Intake:
+    events: Sequence[Event]
+    rejected: Sequence[Rejected]
+    done: asyncio.Future[AppendResult]
+
+
+@dataclass
+class _Op:
+    """A write of another kind (delivery state, probes) run inside the shared transaction."""
+
+    run: Callable[[aiosqlite.Connection], Awaitable[Any]]
+    done: asyncio.Future[Any]
+
+
+@dataclass
+class _Ping:
+    done: asyncio.Future[None]
+
+
+_STOP = object()
+
+
+@dataclass
+class CommitStats:
+    commits: int = 0
+    events: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_commit_seconds: float = 0.0
+    commit_seconds_total: float = 0.0
+
+
+def iso(moment: datetime) -> str:
+    """UTC ISO 8601 with milliseconds and Z: sortable as text, the format Airtable writes back."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class Journal:
+    """The durable journal; open with `await Journal.open(...)`, close with `await close()`."""
+
+    def __init__(self, path: Path, sinks: Sequence[str], writer: aiosqlite.Connection,
+                 reader: aiosqlite.Connection, lock_fd: int, last_id: int):
+        self.path = path
+        self.sinks = tuple(sinks)
+        self._writer = writer
+        self._reader = reader
+        self._lock_fd = lock_fd
+        self._last_id = last_id
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.writable = True
+        self.stats = CommitStats()
+        self._listeners: list[Callable[[int], None]] = []
+
+    @classmethod
+    async def open(cls, path: Path, sinks: Sequence[str], *, page_limit: int | None = None) -> "Journal":
+        """Open (creating if needed) and migrate the journal, and start its writer task."""
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JournalError(f"journal folder {path.parent}: {exc.strerror or exc}") from None
+        lock_fd = _lock(path)
+        writer = reader = None
+        try:
+            writer = await aiosqlite.connect(str(path), isolation_level=None)
+            await _configure(writer, path)
+            if page_limit is not None:
+                await writer.execute(f"PRAGMA max_page_count = {int(page_limit)}")
+            await _migrate(writer, path)
+            reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            await reader.execute("PRAGMA busy_timeout = 5000")
+            cursor = await writer.execute("SELECT coalesce(max(id), 0) FROM events")
+            (last_id,) = await cursor.fetchone()
+        except BaseException:
+            for conn in (reader, writer):
+                if conn is not None:
+                    await conn.close()
+            os.close(lock_fd)
+            raise
+        journal = cls(path, sinks, writer, reader, lock_fd, last_id)
+        journal._task = asyncio.create_task(journal._write_loop(), name="journal-writer")
+        logger.info("journal {} open (schema v{}, {} events, sinks: {})", path, SCHEMA_VERSION,
+                    last_id, ", ".join(sinks) or "none")
+        return journal
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    async def append(self, events: Sequence[Event], rejected: Sequence[Rejected] = ()) -> AppendResult:
+        """Commit events (deduplicated) and quarantined elements durably; return what happened."""
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._submit(_Intake(events, rejected, future))
+        return await future
+
+    async def write(self, run: Callable[[aiosqlite.Connection], Awaitable[Any]]) -> Any:
+        """Run `run(conn)` inside the next group-commit transaction; return its result once durable."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._submit(_Op(run, future))
+        return await future
+
+    async def probe(self) -> None:
+        """Make a tiny durable write; raise JournalUnavailable if the journal cannot write."""
+
+        async def run(conn: aiosqlite.Connection) -> None:
+            await conn.execute(WRITE_PROBE, (iso(datetime.now(timezone.utc)),))
+
+        await self.write(run)
+
+    async def ping(self) -> None:
+        """Return once the writer task has gone round its loop: it is alive and not stuck."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._submit(_Ping(future))
+        await future
+
+    def add_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(last_event_id)` after every commit that added events."""
+        self._listeners.append(listener)
+
+    @property
+    def writer_alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def writer_task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    @property
+    def last_event_id(self) -> int:
+        return self._last_id
+
+    def _submit(self, request: Any) -> None:
+        if self._closing or not self.writer_alive:
+            raise JournalUnavailable("journal is closed")
+        self._queue.put_nowait(request)
+
+    async def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is _STOP:
+                break
+            batch = [first]
+            events = len(getattr(first, "events", ()))
+            while events < MAX_EVENTS_PER_COMMIT and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is _STOP:
+                    stopping = True  # commit what came before the stop, then leave
+                    break
+                batch.append(item)
+                events += len(getattr(item, "events", ()))
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[Any]) -> None:
+        intakes = [item for item in batch if isinstance(item, _Intake)]
+        ops = [item for item in batch if isinstance(item, _Op)]
+        pings = [item for item in batch if isinstance(item, _Ping)]
+        results: list[Any] = []
+        started = time.monotonic()
+        new_ids: list[tuple[int, str]] = []
+        if intakes or ops:
+            try:
+                await self._writer.execute("BEGIN IMMEDIATE")
+                try:
+                    new_ids = await self._write_intakes(intakes)
+                    for op in ops:
+                        results.append(await op.run(self._writer))
+                    await self._writer.execute("COMMIT")
+                except BaseException:
+                    await _rollback(self._writer)
+                    raise
+            except (sqlite3.Error, OSError) as exc:
+                self._fail(batch, exc)
+                return
+            except Exception as exc:  # a bug in an op: fail this group loudly, keep the writer alive
+                logger.exception("journal commit failed unexpectedly")
+                self._fail(batch, exc)
+                return
+        elapsed = time.monotonic() - started
+        self._succeed(intakes, new_ids, elapsed, wrote=bool(intakes or ops))
+        for op, result in zip(ops, results):
+            if not op.done.done():
+                op.done.set_result(result)
+        for ping in pings:
+            if not ping.done.done():
+                ping.done.set_result(None)
+
+    async def _write_intakes(self, intakes: list[_Intake]) -> list[tuple[int, str]]:
+        if not intakes:
+            return []
+        rows = [_event_row(event) for intake in intakes for event in intake.events]
+        quarantined = [
+            (iso(item.received_at), item.reason, item.raw) for intake in intakes for item in intake.rejected
+        ]
+        new_ids: list[tuple[int, str]] = []
+        if rows:
+            await self._writer.executemany(INSERT_EVENT, rows)
+            cursor = await self._writer.execute(SELECT_NEW_EVENTS, (self._last_id,))
+            new_ids = [(row[0], row[1]) for row in await cursor.fetchall()]
+            if new_ids and self.sinks:
+                now = time.time()
+                await self._writer.executemany(
+                    INSERT_DELIVERIES_AFTER, [(sink, now, self._last_id) for sink in self.sinks]
+                )
+        if quarantined:
+            await self._writer.executemany(INSERT_QUARANTINE, quarantined)
+        accepted = len(new_ids)
+        await self._writer.executemany(
+            ADD_COUNTER,
+            [(accepted, "accepted"), (len(rows) - accepted, "duplicates"), (len(quarantined), "rejected")],
+        )
+        return new_ids
+
+    def _succeed(self, intakes: list[_Intake], new_ids: list[tuple[int, str]], elapsed: float,
+                 wrote: bool) -> None:
+        if not wrote:
+            return
+        if not self.writable:
+            logger.success("journal writes again; intake resumed")
+        self.writable = True
+        if intakes:
+            unclaimed = {key: event_id for event_id, key in new_ids}
+            for intake in intakes:
+                ids = []
+                for event in intake.events:
+                    event_id = unclaimed.pop(event.dedup_key, None)
+                    if event_id is not None:
+                        ids.append(event_id)
+                result = AppendResult(
+                    accepted=len(ids),
+                    duplicates=len(intake.events) - len(ids),
+                    rejected=len(intake.rejected),
+                    event_ids=tuple(ids),
+                )
+                if not intake.done.done():
+                    intake.done.set_result(result)
+        self.stats.commits += 1
+        self.stats.events += len(new_ids)
+        self.stats.last_commit_seconds = elapsed
+        self.stats.commit_seconds_total += elapsed
+        if new_ids:
+            self._last_id = new_ids[-1][0]
+            for listener in self._listeners:
+                try:
+                    listener(self._last_id)
+                except Exception:
+                    logger.exception("journal listener failed")
+
+    def _fail(self, batch: list[Any], exc: BaseException) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        if self.writable:
+            logger.error("journal write failed, intake answers 503 until it recovers: {}", reason)
+        self.writable = False
+        self.stats.failures += 1
+        self.stats.last_error = reason
+        self.stats.last_error_at = time.time()
+        for item in batch:
+            if not item.done.done():
+                if isinstance(item, _Ping):
+                    item.done.set_result(None)  # the writer is alive, even if the disk is not
+                else:
+                    item.done.set_exception(JournalUnavailable(reason))
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def counts(self) -> dict[str, Any]:
+        """Events, quarantine, webhook counters and per-sink delivery counts, from the read connection."""
+        reader = self._reader
+        (events,) = await (await reader.execute(COUNT_EVENTS)).fetchone()
+        (quarantined,) = await (await reader.execute(COUNT_QUARANTINE)).fetchone()
+        counters = dict(await (await reader.execute(SELECT_COUNTERS)).fetchall())
+        sinks: dict[str, dict[str, Any]] = {}
+        for sink, state, count in await (await reader.execute(SINK_STATE_COUNTS)).fetchall():
+            sinks.setdefault(sink, {s: 0 for s in DELIVERY_STATES})[state] = count
+        for sink in sinks:
+            row = await (await reader.execute(OLDEST_PENDING, (sink,))).fetchone()
+            sinks[sink]["oldest_pending_at"] = row[0] if row else None
+        return {"events": events, "quarantined": quarantined, "counters": counters, "sinks": sinks}
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query on the reader connection."""
+        cursor = await self._reader.execute(sql, params)
+        return list(await cursor.fetchall())
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Commit everything already submitted, stop the writer, close both connections."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._queue.put_nowait(_STOP)
+            try:
+                await self._task
+            except Exception:
+                logger.exception("journal writer ended with an error")
+        while not self._queue.empty():  # anything the writer never reached
+            item = self._queue.get_nowait()
+            if item is not _STOP and not item.done.done():
+                item.done.set_exception(JournalUnavailable("journal is closed"))
+        for conn in (self._reader, self._writer):
+            try:
+                await conn.close()
+            except Exception:
+                logger.exception("closing a journal connection failed")
+        os.close(self._lock_fd)
+        logger.info("journal {} closed", self.path)
+
+
+def _event_row(event: Event) -> tuple[Any, ...]:
+    return (
+        event.dedup_key, iso(event.received_at), iso(event.occurred_at), event.title, event.service,
+        event.bot_id, event.contact_id, event.phone, event.contact_name, event.message_id,
+        event.platform_message_id, event.direction, event.message_type, event.text, event.raw,
+    )
+
+
+def _lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise JournalError(f"journal lock {lock_path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise JournalError(f"journal {path} is in use by another chatledger (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+async def _configure(conn: aiosqlite.Connection, path: Path) -> None:
+    try:
+        cursor = await conn.execute("PRAGMA journal_mode = WAL")
+        (mode,) = await cursor.fetchone()
+        if str(mode).lower() != "wal":
+            raise JournalError(f"journal {path}: cannot switch to WAL mode (got {mode})")
+        await conn.execute("PRAGMA synchronous = FULL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("PRAGMA busy_timeout = 5000")
+    except sqlite3.DatabaseError as exc:
+        raise JournalError(f"journal {path}: not a usable SQLite database: {exc}") from None
+
+
+async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    (version,) = await (await conn.execute("PRAGMA user_version")).fetchone()
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            f"journal {path} has schema v{version}, written by a newer chatledger; this version "
+            f"knows up to v{SCHEMA_VERSION}. Upgrade chatledger (the journal is untouched)."
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[target - 1]):
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {target}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await _rollback(conn)
+            raise
+        logger.info("journal {} migrated to schema v{}", path, target)
+
+
+def _statements(script: str) -> list[str]:
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip():
+        statements.append(current.strip())
+    return statements
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    try:
+        await conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # SQLite already rolled back (SQLITE_FULL and I/O errors do that themselves)

@@ -1,0 +1,140 @@
+"""The status socket: HTTP over a Unix socket, its client, and the readable rendering."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
+SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
+
+SOCKET_MODE = 0o660
+CLIENT_TIMEOUT = 10.0
+
+EXIT_HEALTHY, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
+
+
+class StatusUnreachable(Exception):
+    """No daemon answers on the status socket."""
+
+
+def create_status_app(
+    snapshot: Callable[[], Awaitable[dict[str, Any]]],
+    sync: Callable[[], Awaitable[dict[str, Any]]],
+) -> web.Application:
+    """Build the status app: GET /status, POST /sync."""
+    app = web.Application()
+    app[SNAPSHOT] = snapshot
+    app[SYNC] = sync
+    app.router.add_get("/status", _handle_status)
+    app.router.add_post("/sync", _handle_sync)
+    return app
+
+
+async def _handle_status(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[SNAPSHOT](), dumps=_dumps)
+
+
+async def _handle_sync(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[SYNC](), dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=False)
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Create the folder and clear a stale socket; refuse if a live daemon answers there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+            raise
+        path.unlink(missing_ok=True)  # left behind by a daemon that was killed
+        return
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"another chatledger answers on the status socket {path}")
+
+
+def secure_socket(path: Path) -> None:
+    os.chmod(path, SOCKET_MODE)
+
+
+async def request_status(socket_path: Path, method: str = "GET", route: str = "/status") -> dict[str, Any]:
+    """Ask the daemon over its socket; raise StatusUnreachable when nobody answers."""
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            async with session.request(method, f"http://chatledger{route}") as response:
+                if response.status != 200:
+                    raise StatusUnreachable(f"daemon answered HTTP {response.status} on {route}")
+                return await response.json()
+    except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
+        raise StatusUnreachable(f"no chatledger answers on {socket_path}: {exc}") from None
+    except TimeoutError:
+        raise StatusUnreachable(f"chatledger on {socket_path} did not answer in {CLIENT_TIMEOUT:.0f} s") from None
+
+
+def exit_code_for(snapshot: dict[str, Any]) -> int:
+    return EXIT_HEALTHY if snapshot.get("health", {}).get("status") == "healthy" else EXIT_DEGRADED
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    if seconds < 172800:
+        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
+
+
+def render(snapshot: dict[str, Any]) -> str:
+    """A table an operator reads at a glance: health first, then intake, then each sink."""
+    health = snapshot.get("health", {})
+    journal = snapshot.get("journal", {})
+    webhook = snapshot.get("webhook", {})
+    lines = [
+        f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
+        f"up {_age(snapshot.get('uptime_s'))}",
+        f"health    {health.get('status', '?').upper()}",
+    ]
+    lines += [f"          - {problem}" for problem in health.get("problems", [])]
+    lines += [
+        "",
+        f"journal   {journal.get('path', '?')}",
+        f"          {'writable' if journal.get('writable') else 'NOT WRITABLE'}, "
+        f"{journal.get('events', 0)} events, {journal.get('quarantined', 0)} quarantined",
+        f"webhook   {webhook.get('accepted', 0)} accepted, {webhook.get('duplicates', 0)} duplicates, "
+        f"{webhook.get('rejected', 0)} rejected",
+        "",
+        f"{'sink':<10}{'state':<15}{'pending':>9}{'oldest':>9}{'delivered':>11}{'dead':>7}  last error",
+    ]
+    for name, sink in snapshot.get("sinks", {}).items():
+        error = sink.get("last_error") or ""
+        if error and sink.get("last_error_at"):
+            error = f"{error} (at {sink['last_error_at']})"
+        lines.append(
+            f"{name:<10}{sink.get('state', '?'):<15}{sink.get('pending', 0):>9}"
+            f"{_age(sink.get('oldest_pending_age_s')):>9}{sink.get('delivered', 0):>11}"
+            f"{sink.get('dead', 0):>7}  {error}".rstrip()
+        )
+    return "\n".join(lines)
