@@ -192,8 +192,6 @@ class Journal:
         try:
             writer = await aiosqlite.connect(str(path), isolation_level=None)
             await _configure(writer, path)
-            if page_limit is not None:
-                await writer.execute(f"PRAGMA max_page_count = {int(page_limit)}")
             await _migrate(writer, path)
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 5000")
@@ -206,6 +204,8 @@ class Journal:
             os.close(lock_fd)
             raise
         journal = cls(path, sinks, writer, reader, lock_fd, last_id)
+        if page_limit is not None:
+            await journal.set_page_limit(page_limit)
         journal._task = asyncio.create_task(journal._write_loop(), name="journal-writer")
         logger.info("journal {} open (schema v{}, {} events, sinks: {})", path, SCHEMA_VERSION,
                     last_id, ", ".join(sinks) or "none")
@@ -238,6 +238,17 @@ class Journal:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._submit(_Ping(future))
         await future
+
+    async def set_page_limit(self, pages: int | None) -> int:
+        """Cap the database size in pages (None: no cap): the disk-full drill used by the tests."""
+        limit = 0xFFFFFFFE if pages is None else int(pages)  # SQLite's own maximum
+        cursor = await self._writer.execute(f"PRAGMA max_page_count = {limit}")
+        (effective,) = await cursor.fetchone()
+        return int(effective)
+
+    async def page_count(self) -> int:
+        (pages,) = await (await self._writer.execute("PRAGMA page_count")).fetchone()
+        return int(pages)
 
     def add_listener(self, listener: Callable[[int], None]) -> None:
         """Call `listener(last_event_id)` after every commit that added events."""

@@ -73,7 +73,7 @@ def _plain_format(journald: bool) -> Any:
             tail += "{extra[_traceback]}"
         if journald:
             # No timestamp: journald stamps every line itself.
-            return f"<{_SYSLOG_PRIORITY.get(record['level'].name, 6)}>" + "{level}: {message}" + tail
+            return f"\\<{_SYSLOG_PRIORITY.get(record['level'].name, 6)}>" + "{level}: {message}" + tail
         return "{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <8} {message}" + tail
 
     return fmt

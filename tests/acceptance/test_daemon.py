@@ -1,0 +1,191 @@
+"""The installed `chatledger run` in a subprocess: webhooks, status, signals, kill -9, restart."""
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.support import TOKEN, Daemon, cli, incoming, post, write_config
+
+pytestmark = pytest.mark.acceptance
+
+
+@pytest.fixture
+def config(tmp_path):
+    return write_config(tmp_path)
+
+
+@pytest.fixture
+def daemon(config):
+    running = Daemon(config).start()
+    yield running
+    if running.process.poll() is None:
+        running.kill()
+
+
+def journal_rows(config, sql):
+    with sqlite3.connect(config.parent / "state" / "journal.sqlite") as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_webhooks_status_sync_and_clean_stop(daemon, config):
+    assert post(daemon.url, [incoming("a"), incoming("b"), 5]) == (200, {"accepted": 2, "duplicates": 0, "rejected": 1})
+    assert post(daemon.url, incoming("a")) == (200, {"accepted": 0, "duplicates": 1, "rejected": 0})
+    wrong = daemon.url.replace(TOKEN, "nope")
+    assert post(wrong, [incoming("c")])[0] == 401
+
+    status = daemon.status()
+    assert status["journal"]["events"] == 2
+    assert status["webhook"] == {"accepted": 2, "duplicates": 1, "rejected": 1}
+    assert status["sinks"]["postgres"]["state"] == "disabled"
+    assert status["sinks"]["airtable"]["state"] == "disabled"
+    assert status["health"]["status"] == "healthy"
+    assert status["version"] and status["uptime_s"] >= 0
+
+    readable = cli(config, "status")
+    assert readable.returncode == 0
+    assert "HEALTHY" in readable.stdout and "2 accepted, 1 duplicates, 1 rejected" in readable.stdout
+
+    synced = cli(config, "sync")
+    assert synced.returncode == 0 and "replay triggered" in synced.stdout
+
+    socket_path = config.parent / "run" / "status.sock"
+    assert oct(os.stat(socket_path).st_mode & 0o777) == "0o660"
+    assert daemon.stop(timeout=10) == 0
+    assert not socket_path.exists()
+    assert "chatledger stopped" in daemon.log()
+
+
+def test_sighup_reloads_log_level_and_keeps_running(daemon, config):
+    assert post(daemon.url, incoming("a"))[0] == 200
+    assert "webhook: 1 accepted" not in daemon.log()  # that line is DEBUG
+    config.write_text(config.read_text().replace('level = "INFO"', 'level = "DEBUG"'))
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for_log("log level DEBUG")
+    assert "SIGHUP: reloading" in daemon.log()
+    assert post(daemon.url, incoming("b"))[0] == 200
+    assert daemon.status()["journal"]["events"] == 2
+    assert "webhook: 1 accepted" in daemon.log()
+    assert daemon.process.poll() is None
+    assert daemon.stop() == 0
+
+
+def test_kill_9_mid_intake_loses_nothing_acknowledged(config):
+    daemon = Daemon(config).start()
+    acknowledged: list[str] = []
+    lock = threading.Lock()
+
+    def send(i: int) -> None:
+        try:
+            code, _ = post(daemon.url, [incoming(f"m{i}", contact=f"c{i % 7}")], timeout=10)
+        except OSError:
+            return  # the daemon died under this request: not acknowledged, SendPulse would retry
+        if code == 200:
+            with lock:
+                acknowledged.append(f"m{i}")
+                if len(acknowledged) == 150:
+                    daemon.process.kill()
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(send, range(600)))
+    daemon.process.wait(timeout=10)
+    assert daemon.process.returncode == -signal.SIGKILL
+    assert len(acknowledged) >= 150
+
+    stored = {row[0] for row in journal_rows(config, "SELECT message_id FROM events")}
+    assert set(acknowledged) <= stored
+    assert journal_rows(config, "PRAGMA integrity_check") == [("ok",)]
+
+    restarted = Daemon(config).start()  # a stale socket and lock are left behind by kill -9
+    try:
+        status = restarted.status()
+        assert status["journal"]["events"] == len(stored)
+        assert status["webhook"]["accepted"] == len(stored)
+        # SendPulse resends what was not acknowledged; resends of stored events are duplicates
+        resent = [incoming(f"m{i}", contact=f"c{i % 7}") for i in range(600)]
+        code, answer = post(restarted.url, resent)
+        assert code == 200
+        assert answer == {"accepted": 600 - len(stored), "duplicates": len(stored), "rejected": 0}
+        assert restarted.status()["journal"]["events"] == 600
+        assert restarted.stop() == 0
+    finally:
+        if restarted.process.poll() is None:
+            restarted.kill()
+    assert journal_rows(config, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_systemd_notify_ready_watchdog_stopping(config, tmp_path):
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(20)
+    daemon = Daemon(config, env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"})
+    try:
+        daemon.start()
+        messages = []
+        while not any(m.startswith(b"WATCHDOG=1") for m in messages):
+            messages.append(listener.recv(4096))
+        assert messages[0].startswith(b"READY=1\nSTATUS=")
+        assert daemon.stop() == 0
+        while not messages[-1].startswith(b"STOPPING=1"):
+            messages.append(listener.recv(4096))
+    finally:
+        listener.close()
+        if daemon.process.poll() is None:
+            daemon.kill()
+
+
+def test_second_daemon_on_the_same_journal_is_refused(daemon, config):
+    (config.parent / "other").mkdir()
+    other = write_config(config.parent / "other")
+    other.write_text(other.read_text().replace('path = "state/journal.sqlite"',
+                                               f'path = "{config.parent / "state" / "journal.sqlite"}"'))
+    second = Daemon(other).start(wait=False)
+    assert second.process.wait(timeout=30) == 1
+    assert "in use by another chatledger" in second.log()
+    assert post(daemon.url, incoming("still-up"))[0] == 200
+
+
+def test_bad_config_has_its_own_exit_code_and_hides_secrets(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[server]\nwebhook_token = "0123456789abcdef-secret"\nlisten = "nowhere"\n'
+                    '[postgres]\ndsn = "postgresql://u:hunter2@h/db"\n')
+    for command in ("run", "check-config", "status"):
+        result = cli(path, command)
+        assert result.returncode == 78
+        assert "[server] listen" in result.stderr
+        assert "hunter2" not in result.stderr + result.stdout
+        assert "0123456789abcdef-secret" not in result.stderr + result.stdout
+
+
+def test_check_config_prints_settings_without_secrets(config):
+    result = cli(config, "check-config", env={"CHATLEDGER_POSTGRES__DSN": "postgresql://u:hunter2@h/db"})
+    assert result.returncode == 0
+    assert "hunter2" not in result.stdout and TOKEN not in result.stdout
+    assert "sinks enabled: postgres" in result.stdout
+
+
+def test_status_and_sync_without_a_daemon_exit_2(config):
+    assert cli(config, "status").returncode == 2
+    assert cli(config, "status", "--json").returncode == 2
+    assert cli(config, "sync").returncode == 2
+
+
+def test_json_logs(tmp_path):
+    config = write_config(tmp_path, extra="json = true\n")
+    daemon = Daemon(config).start()
+    try:
+        post(daemon.url, [incoming("a", phone="+55 11 98765-4321"), 1])
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+    lines = [json.loads(line) for line in daemon.log().splitlines() if line.strip()]
+    assert any("quarantined" in line["message"] for line in lines)
+    assert all({"time", "level", "message"} <= set(line) for line in lines)
+    assert "98765-4321" not in daemon.log() and "5511987654321" not in daemon.log()

@@ -1,0 +1,151 @@
+"""Helpers for tests that run the installed `chatledger` as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+TOKEN = "acceptance-token-0123456789abcdef"
+READY_TIMEOUT = 30.0
+
+
+def chatledger_bin() -> str:
+    """The console script installed next to this interpreter (the venv the tests run in)."""
+    beside = Path(sys.executable).parent / "chatledger"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("chatledger")
+    if found is None:
+        raise RuntimeError("chatledger is not installed: run the README's install command first")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_config(folder: Path, *, port: int | None = None, extra: str = "", level: str = "INFO") -> Path:
+    port = port or free_port()
+    path = folder / "chatledger.toml"
+    path.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\nwebhook_token = "{TOKEN}"\n'
+        f'[journal]\npath = "state/journal.sqlite"\n'
+        f'[status]\nsocket = "run/status.sock"\n'
+        f'[log]\nlevel = "{level}"\n{extra}'
+    )
+    return path
+
+
+def cli(config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [chatledger_bin(), *args, "--config", str(config)],
+        capture_output=True, text=True, timeout=timeout, env=_env(env),
+    )
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CHATLEDGER_", "AIRTABLE_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM"))
+           and k != "DATABASE_URL"}
+    env.update(extra or {})
+    return env
+
+
+class Daemon:
+    """`chatledger run` in a subprocess, its output in a log file."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None):
+        self.config = config
+        self.env = env
+        self.log_path = config.parent / "daemon.log"
+        self.process: subprocess.Popen | None = None
+        text = config.read_text()
+        self.port = int(text.split('listen = "127.0.0.1:')[1].split('"')[0])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/webhooks/sendpulse?token={TOKEN}"
+
+    def start(self, wait: bool = True) -> "Daemon":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [chatledger_bin(), "run", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, env=_env(self.env),
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"chatledger exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"chatledger not ready after {READY_TIMEOUT} s:\n{self.log()}")
+
+    def wait_for_log(self, text: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout} s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; returns the exit code (raises if it does not exit in time)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def status(self) -> dict[str, Any]:
+        result = cli(self.config, "status", "--json", env=self.env)
+        assert result.returncode in (0, 1), result.stderr
+        return json.loads(result.stdout)
+
+
+def post(url: str, body: Any, timeout: float = 30) -> tuple[int, dict[str, Any]]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def incoming(message_id: str, phone: str = "5511987654321", text: str = "oi", contact: str = "c1") -> dict[str, Any]:
+    return {
+        "title": "incoming_message", "service": "whatsapp", "bot": {"id": "bot1"},
+        "contact": {"id": contact, "phone": phone, "name": "Cliente"},
+        "info": {"message": {"id": message_id,
+                             "channel_data": {"message": {"type": "text", "text": {"body": text}}}}},
+    }

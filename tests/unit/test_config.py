@@ -1,0 +1,162 @@
+"""Config: TOML, CHATLEDGER_ env overrides, legacy env names, clear errors, hidden secrets."""
+
+from pathlib import Path
+
+import pytest
+
+from daemon.config import ConfigError, load_config
+
+TOKEN = "0123456789abcdef-token"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "chatledger.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def minimal(tmp_path):
+    return write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n')
+
+
+def test_defaults_with_only_a_token(minimal):
+    config = load_config(minimal, {})
+    assert config.server.listen == "127.0.0.1:8080"
+    assert config.server.webhook_path == "/webhooks/sendpulse"
+    assert config.server.max_body_bytes == 1024 * 1024
+    assert config.postgres.schema_ == "chatledger"
+    assert config.airtable.endpoint_url == "https://api.airtable.com"
+    assert (config.airtable.conversations_table, config.airtable.interactions_table,
+            config.airtable.escalations_table) == ("Conversations", "Interactions", "Escalations")
+    assert config.airtable.requests_per_second == 5
+    assert config.enabled_sinks == ()
+    assert config.log.level == "INFO" and config.log.json_ is False
+
+
+def test_every_documented_key_is_read(tmp_path):
+    path = write(tmp_path, f"""
+[server]
+listen = "0.0.0.0:9999"
+webhook_path = "/hook"
+webhook_token = "{TOKEN}"
+max_body_bytes = 2048
+[journal]
+path = "/srv/j.sqlite"
+[postgres]
+dsn = "postgresql://u:p@localhost/db"
+schema = "ledger"
+[airtable]
+api_key = "patXYZ"
+base_id = "appAAAAAAAAAAAAAA"
+endpoint_url = "http://127.0.0.1:9/"
+conversations_table = "Conv"
+interactions_table = "Int"
+escalations_table = "Esc"
+requests_per_second = 4.5
+[status]
+socket = "/run/x.sock"
+[log]
+level = "debug"
+json = true
+""")
+    config = load_config(path, {})
+    assert config.server.listen == "0.0.0.0:9999" and config.server.webhook_path == "/hook"
+    assert config.server.max_body_bytes == 2048
+    assert config.journal.path == Path("/srv/j.sqlite")
+    assert config.postgres.schema_ == "ledger"
+    assert config.airtable.endpoint_url == "http://127.0.0.1:9"
+    assert config.airtable.conversations_table == "Conv"
+    assert config.airtable.requests_per_second == 4.5
+    assert config.status.socket == Path("/run/x.sock")
+    assert config.log.level == "DEBUG" and config.log.json_ is True
+    assert config.enabled_sinks == ("postgres", "airtable")
+
+
+def test_env_overrides_one_key_and_keeps_the_rest(tmp_path):
+    path = write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\nlisten = "127.0.0.1:1"\n')
+    config = load_config(path, {"CHATLEDGER_SERVER__LISTEN": "127.0.0.1:2", "CHATLEDGER_LOG__JSON": "true"})
+    assert config.server.listen == "127.0.0.1:2"
+    assert config.server.webhook_token.get_secret_value() == TOKEN
+    assert config.log.json_ is True
+
+
+def test_legacy_env_names(minimal):
+    config = load_config(minimal, {
+        "AIRTABLE_API_KEY": "patLEGACY", "AIRTABLE_BASE_ID": "appLEGACY", "AIRTABLE_CONVERSATIONS_TABLE": "C",
+        "AIRTABLE_INTERACTIONS_TABLE": "I", "AIRTABLE_ESCALATIONS_TABLE": "E",
+        "DATABASE_URL": "postgresql://legacy/db",
+    })
+    assert config.airtable.api_key.get_secret_value() == "patLEGACY"
+    assert (config.airtable.base_id, config.airtable.conversations_table,
+            config.airtable.interactions_table, config.airtable.escalations_table) == ("appLEGACY", "C", "I", "E")
+    assert config.postgres.dsn.get_secret_value() == "postgresql://legacy/db"
+
+
+def test_chatledger_env_beats_legacy_beats_file(tmp_path):
+    path = write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n[postgres]\ndsn = "postgresql://file/db"\n')
+    assert load_config(path, {}).postgres.dsn.get_secret_value() == "postgresql://file/db"
+    assert load_config(path, {"DATABASE_URL": "postgresql://legacy/db"}).postgres.dsn.get_secret_value() \
+        == "postgresql://legacy/db"
+    both = {"DATABASE_URL": "postgresql://legacy/db", "CHATLEDGER_POSTGRES__DSN": "postgresql://env/db"}
+    assert load_config(path, both).postgres.dsn.get_secret_value() == "postgresql://env/db"
+
+
+def test_token_from_env_alone(tmp_path):
+    path = write(tmp_path, "")
+    assert load_config(path, {"CHATLEDGER_SERVER__WEBHOOK_TOKEN": TOKEN}).server.webhook_token.get_secret_value() == TOKEN
+
+
+@pytest.mark.parametrize(
+    "text, env, message",
+    [
+        ("", {}, r"\[server\] webhook_token: is required"),
+        ('[server]\nwebhook_token = ""\n', {}, r"\[server\] webhook_token: is required"),
+        ('[server]\nwebhook_token = "short"\n', {}, r"\[server\] webhook_token: is too short"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\nlisten = "8080"\n', {}, r"\[server\] listen: must be \"host:port\""),
+        (f'[server]\nwebhook_token = "{TOKEN}"\nlisten = "h:99999"\n', {}, r"\[server\] listen: port '99999'"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\nwebhook_path = "hook"\n', {}, r"\[server\] webhook_path: must be a URL path"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\nmax_body_bytes = 0\n', {}, r"\[server\] max_body_bytes: Input should be greater than 0"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\nport = 1\n', {}, r"\[server\] port: unknown key"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[nope]\na = 1\n', {}, r"nope: unknown key"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[log]\nlevel = "loud"\n', {}, r"\[log\] level: must be one of"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[postgres]\nschema = "x; drop"\n', {}, r"\[postgres\] schema: must be a plain SQL identifier"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable]\napi_key = "pat"\n', {}, r"\[airtable\] base_id: is required when api_key is set"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable]\nrequests_per_second = 0\n', {}, r"\[airtable\] requests_per_second"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable]\nendpoint_url = "ftp://x"\n', {}, r"\[airtable\] endpoint_url: must start with http"),
+        ("[server\n", {}, r"not valid TOML"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n', {"CHATLEDGER_SERVER__MAX_BODY_BYTES": "lots"}, r"\[server\] max_body_bytes"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n', {"CHATLEDGER_TYPO": "1"}, r"CHATLEDGER_TYPO: not a chatledger setting"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[status]\nsocket = "/{"x" * 120}"\n', {}, r"\[status\] socket: .*107 bytes"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, text, env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), env)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.toml", {})
+
+
+def test_relative_paths_are_relative_to_the_config_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    path = folder / "c.toml"
+    path.write_text(f'[server]\nwebhook_token = "{TOKEN}"\n[journal]\npath = "data/j.sqlite"\n'
+                    '[status]\nsocket = "run/s.sock"\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_config("etc/c.toml", {})
+    assert config.journal.path == folder / "data" / "j.sqlite"
+    assert config.status.socket == folder / "run" / "s.sock"
+
+
+def test_secrets_never_appear_in_redacted_or_repr(tmp_path):
+    path = write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n[postgres]\ndsn = "postgresql://u:hunter2@h/db"\n'
+                           '[airtable]\napi_key = "patSECRETSECRET"\nbase_id = "appX"\n')
+    config = load_config(path, {})
+    text = repr(config) + str(config.redacted())
+    for secret in (TOKEN, "hunter2", "patSECRETSECRET"):
+        assert secret not in text
+    assert config.redacted()["postgres"]["dsn"] == "(set)"

@@ -1,0 +1,264 @@
+"""Normalization over every payload shape in the SendPulse reference."""
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from daemon.events import BodyError, Event, Rejected, digits_only, normalize, parse_body, parse_date
+
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+
+S1 = """[
+  {"info": {"message": {"channel_data": {"message": {"text": "hi test bot"},
+                                         "message_id": 2121, "chat_id": 380485157},
+                        "id": "6a496b4f67a824bf17040c06"}},
+   "service": "telegram", "title": "incoming_message", "bot": {"channel": "TELEGRAM"},
+   "contact": {"username": "aptashenko", "name": "Ptashenko Artem",
+               "telegram_id": "380485157", "id": "6a4969158278b1482a02e7f6"}},
+  {"info": null, "service": "telegram", "title": "open_chat"}
+]"""
+
+S2 = """[
+  {"title": "outgoing_message", "service": "telegram", "bot": {"id": "bot-id", "name": "Bot"},
+   "contact": {"id": "c1", "telegram_id": "1", "username": "u", "name": "n",
+               "variables": {"email": "e@x", "phone": "+380501112233"}}},
+  {"title": "outgoing_message", "service": "telegram", "bot": {"id": "bot-id", "name": "Bot"},
+   "contact": {"id": "c2", "telegram_id": "2", "name": "m", "variables": {"phone": "+380501112244"}},
+   "info": {"message": {"channel_data": {"message_id": 93867, "message": {"text": "Broadcast message"}}}}}
+]"""
+
+S3 = """{
+  "service": "telegram", "title": "incoming_message",
+  "bot": {"id": "a1b2c3d4-e5f6-7890-abcd-ef1234567890", "name": "MyShopBot", "external_id": "123456789"},
+  "contact": {"id": "f9e8d7c6", "name": "Іван Петренко", "phone": "+380991234567",
+              "last_message": "Доброго дня! Цікавить ваш товар", "variables": {"username": "ivan"}},
+  "date": 1617401679000
+}"""
+
+S4 = ('[{"title":"incoming_message","service":"whatsapp","info":{"message":{"id":"test123","channel_data":'
+      '{"message":{"type":"text","text":{"body":"olá"}}}}},"contact":{"phone":"5533998980026","name":"Test"}}]')
+
+S5 = """{"service": "messenger", "title": "incoming_message",
+  "contact": {"id": "sendpulse-uuid", "name": "Client", "last_message": null, "variables": []},
+  "info": {"message": {"channel_data": {"message": {"item": "comment", "verb": "add",
+    "comment_id": "966_241", "message": "Дитині 8, яка вартість?", "from": {"id": "917", "name": "x"}}}}}}"""
+
+S6 = """{"service": "whatsapp", "title": "outgoing_message", "bot_id": "xxx",
+  "contact": {"id": "xxx", "phone": "5582981627838", "name": "Nome do Contato"},
+  "date": 1736092619000, "message": {"id": "wamid.xxx", "type": "template", "text": "..."},
+  "info": {"message": {"channel_data": {"message_id": "wamid.xxx"}}}}"""
+
+S7_INSTAGRAM = """{"service": "instagram", "title": "incoming_message", "date": 1713225600,
+ "bot": {"id": "bot-1"}, "contact": {"id": "sp_123", "username": "testuser", "last_message": "Yes"},
+ "info": {"message_id": "msg-1"}}"""
+
+S7_TELEGRAM = ('{"service": "telegram", "title": "incoming_message", '
+               '"bot": {"id": "different", "external_id": 6934241673}, "contact": {"id": "business"}}')
+
+
+def events_of(body: str) -> list:
+    return [normalize(element, NOW) for element in parse_body(body.encode())]
+
+
+def whatsapp(message: dict, title: str = "incoming_message", **extra) -> dict:
+    return {"title": title, "service": "whatsapp", "bot": {"id": "b1"},
+            "contact": {"id": "c1", "phone": "+55 82 98162-7838", "name": "Ana"},
+            "info": {"message": {"id": "sp1", "channel_data": {"message": message}}}, **extra}
+
+
+def test_s1_real_telegram_batch_keeps_both_events():
+    incoming, open_chat = events_of(S1)
+    assert isinstance(incoming, Event) and isinstance(open_chat, Event)
+    assert incoming.message_id == "6a496b4f67a824bf17040c06"
+    assert incoming.dedup_key == "msg:incoming_message:6a496b4f67a824bf17040c06"
+    assert incoming.platform_message_id == "2121"
+    assert incoming.text == "hi test bot"
+    assert incoming.direction == "inbound"
+    assert incoming.contact_id == "6a4969158278b1482a02e7f6"
+    assert incoming.contact_name == "Ptashenko Artem"
+    assert incoming.occurred_at == NOW  # no date: receive time
+    assert open_chat.title == "open_chat" and open_chat.message_id is None
+    assert open_chat.dedup_key.startswith("sha256:")
+    assert open_chat.direction is None
+
+
+def test_s2_outgoing_without_info_and_with_text():
+    first, second = events_of(S2)
+    assert first.direction == second.direction == "outbound"
+    assert first.phone == "380501112233"  # from contact.variables.phone
+    assert first.text is None and first.message_id is None
+    assert second.text == "Broadcast message"
+    assert second.platform_message_id == "93867"
+    assert first.bot_id == "bot-id"
+    assert first.dedup_key != second.dedup_key
+
+
+def test_s3_single_object_with_ms_date_and_plus_phone():
+    (event,) = events_of(S3)
+    assert event.occurred_at == datetime(2021, 4, 2, 22, 14, 39, tzinfo=timezone.utc)
+    assert event.phone == "380991234567"
+    assert event.contact_name == "Іван Петренко"
+    # no message text anywhere: the inbound fallback is contact.last_message
+    assert event.text == "Доброго дня! Цікавить ваш товар"
+
+
+def test_s4_whatsapp_inbound_text_body():
+    (event,) = events_of(S4)
+    assert (event.text, event.message_type, event.service) == ("olá", "text", "whatsapp")
+    assert event.phone == "5533998980026"
+    assert event.message_id == "test123"
+    assert json.loads(event.raw) == json.loads(S4)[0]
+
+
+def test_s5_comment_with_list_variables():
+    (event,) = events_of(S5)
+    assert event.text == "Дитині 8, яка вартість?"
+    assert event.phone is None  # variables is [] and there is no phone
+
+
+def test_s6_outbound_with_top_level_message():
+    (event,) = events_of(S6)
+    assert event.bot_id == "xxx"
+    assert event.platform_message_id == "wamid.xxx"
+    assert event.message_type == "template"
+    assert event.text == "..."
+    assert event.occurred_at == datetime(2025, 1, 5, 15, 56, 59, tzinfo=timezone.utc)
+
+
+def test_s7_instagram_message_id_under_info_and_seconds_date():
+    (event,) = events_of(S7_INSTAGRAM)
+    assert event.message_id == "msg-1"
+    assert event.occurred_at == datetime(2024, 4, 16, 0, 0, tzinfo=timezone.utc)
+    assert event.text == "Yes"
+
+
+def test_s7_telegram_minimal():
+    (event,) = events_of(S7_TELEGRAM)
+    assert event.bot_id == "different" and event.contact_id == "business"
+    assert event.dedup_key.startswith("sha256:")
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ({"type": "interactive", "interactive": {"type": "button_reply", "button_reply": {"id": "b", "title": "Sim"}}}, "Sim"),
+        ({"type": "interactive", "interactive": {"type": "list_reply", "list_reply": {"id": "l", "title": "Plano B"}}}, "Plano B"),
+        ({"type": "button", "button": {"text": "Quero"}}, "Quero"),
+        ({"type": "image", "image": {"caption": "receipt", "url": "https://x/img.jpg"}}, "receipt\nhttps://x/img.jpg"),
+        ({"type": "document", "document": {"url": "https://x/r.pdf"}}, "https://x/r.pdf"),
+        ({"type": "document", "file": {"link": "https://x/f.pdf"}}, "https://x/f.pdf"),
+        ({"type": "text", "text": {"body": "a\u0000b"}}, "ab"),
+    ],
+)
+def test_message_text_shapes(message, expected):
+    event = normalize(whatsapp(message), NOW)
+    assert event.text == expected
+    assert event.message_type == message["type"]
+
+
+def test_outbound_plain_string_text_and_no_last_message_fallback():
+    element = whatsapp({"text": "Olá, como posso ajudar?"}, title="outgoing_message")
+    element["contact"]["last_message"] = "customer text"
+    assert normalize(element, NOW).text == "Olá, como posso ajudar?"
+    element["info"]["message"]["channel_data"]["message"] = {}
+    assert normalize(element, NOW).text is None  # last_message is the customer's, not ours
+
+
+def test_phone_fallback_to_whatsapp_sender():
+    element = whatsapp({"from": "5511987654321", "text": {"body": "x"}})
+    element["contact"] = {"id": "c"}
+    assert normalize(element, NOW).phone == "5511987654321"
+
+
+def test_unknown_title_is_accepted():
+    event = normalize({"title": "run_custom_flow", "contact": {"id": "c"}}, NOW)
+    assert isinstance(event, Event) and event.title == "run_custom_flow" and event.direction is None
+
+
+@pytest.mark.parametrize(
+    "element, reason",
+    [
+        (5, "element is a number, not an object"),
+        ("text", "element is a string, not an object"),
+        ([1], "element is an array, not an object"),
+        (None, "element is null, not an object"),
+        ({"service": "whatsapp"}, "element has no title"),
+        ({"title": ""}, "title is empty"),
+        ({"title": 7}, "title is a number, not a name"),
+    ],
+)
+def test_rejections_keep_the_raw_element(element, reason):
+    rejected = normalize(element, NOW)
+    assert isinstance(rejected, Rejected)
+    assert rejected.reason == reason
+    assert json.loads(rejected.raw) == element
+
+
+def test_dedup_key_is_the_message_id_scoped_by_title():
+    a = normalize(whatsapp({"text": {"body": "x"}}), NOW)
+    b = normalize(whatsapp({"text": {"body": "different retry body"}}), NOW)
+    c = normalize(whatsapp({"text": {"body": "x"}}, title="message_read"), NOW)
+    assert a.dedup_key == b.dedup_key == "msg:incoming_message:sp1"
+    assert c.dedup_key != a.dedup_key
+
+
+def test_dedup_hash_ignores_key_order_but_not_content():
+    one = normalize(json.loads('{"title": "open_chat", "contact": {"id": "c", "name": "n"}}'), NOW)
+    same = normalize(json.loads('{"contact": {"name": "n", "id": "c"}, "title": "open_chat"}'), NOW)
+    other = normalize({"title": "open_chat", "contact": {"id": "d", "name": "n"}}, NOW)
+    assert one.dedup_key == same.dedup_key
+    assert one.dedup_key != other.dedup_key
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (1713225600, datetime(2024, 4, 16, tzinfo=timezone.utc)),
+        (1713225600000, datetime(2024, 4, 16, tzinfo=timezone.utc)),
+        (1713225600.5, datetime(2024, 4, 16, 0, 0, 0, 500000, tzinfo=timezone.utc)),
+        ("1713225600000", datetime(2024, 4, 16, tzinfo=timezone.utc)),
+        ("2024-04-16T03:00:00+03:00", datetime(2024, 4, 16, tzinfo=timezone.utc)),
+        ("2024-04-16T00:00:00Z", datetime(2024, 4, 16, tzinfo=timezone.utc)),
+        (None, NOW), (True, NOW), ("soon", NOW), (-5, NOW), (0, NOW), ({"a": 1}, NOW), (1e300, NOW),
+    ],
+)
+def test_dates_in_seconds_or_milliseconds(value, expected):
+    assert parse_date(value, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    "phone, digits",
+    [("+55 (82) 98162-7838", "5582981627838"), (5582981627838, "5582981627838"), ("", None),
+     ("abc", None), (None, None), (True, None)],
+)
+def test_phone_digits_only(phone, digits):
+    assert digits_only(phone) == digits
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"not json", "body is not valid JSON"),
+        (b"\xff\xfe", "body is not valid JSON"),
+        (b'"a string"', "body must be a JSON object or an array of objects, not a string"),
+        (b"42", "not a number"),
+        (b"null", "not null"),
+        (b'[{"title": NaN}]', "body is not valid JSON"),
+        (b"[" * 100000 + b"]" * 100000, "body is not valid JSON"),
+    ],
+)
+def test_bad_bodies(body, message):
+    with pytest.raises(BodyError, match=message.replace("(", r"\(")):
+        parse_body(body)
+
+
+def test_empty_array_is_no_events():
+    assert parse_body(b"[]") == []
+
+
+def test_lone_surrogate_is_kept_escaped_in_raw():
+    (element,) = parse_body(b'[{"title": "incoming_message", "x": "\\ud800"}]')
+    event = normalize(element, NOW)
+    event.raw.encode("utf-8")  # storable
+    assert json.loads(event.raw)["x"] == "\ud800"
