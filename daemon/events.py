@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -55,24 +56,84 @@ class Rejected:
     received_at: datetime
 
 
-def parse_body(body: bytes) -> list[Any]:
-    """Decode a webhook body into its elements: one object, or an array of anything."""
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_WHITESPACE = " \t\n\r"
+_NOT_DIGITS = re.compile(r"[^0-9]+")
+
+
+@dataclass(frozen=True)
+class Element:
+    """One element of a webhook body: its decoded value and its exact text in the body."""
+
+    value: Any
+    raw: str
+
+
+def parse_body(body: bytes) -> list[Element]:
+    """Split a webhook body into its elements (one object, or an array of anything), each verbatim."""
     try:
-        decoded = json.loads(body, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BodyError(f"body is not valid JSON: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    try:
+        return _split_elements(text)
+    except json.JSONDecodeError as exc:
+        raise BodyError(f"body is not valid JSON: {exc}") from None
+    except ValueError as exc:
         raise BodyError(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BodyError("body is not valid JSON: nested too deeply") from None
-    if isinstance(decoded, dict):
-        return [decoded]
-    if isinstance(decoded, list):
-        return decoded
-    raise BodyError(f"body must be a JSON object or an array of objects, not {_json_kind(decoded)}")
 
 
-def normalize(element: Any, received_at: datetime) -> Event | Rejected:
-    """Turn one webhook element into an Event, or say why it is rejected."""
-    raw = _dumps(element)
+def _split_elements(text: str) -> list[Element]:
+    start = _skip(text, 0)
+    if start < len(text) and text[start] == "[":
+        elements = []
+        position = _skip(text, start + 1)
+        if position < len(text) and text[position] == "]":
+            position += 1
+        else:
+            while True:
+                value, end = _DECODER.raw_decode(text, position)
+                elements.append(Element(value, text[position:end]))
+                position = _skip(text, end)
+                if position < len(text) and text[position] == ",":
+                    position = _skip(text, position + 1)
+                    continue
+                if position < len(text) and text[position] == "]":
+                    position += 1
+                    break
+                raise json.JSONDecodeError("expected ',' or ']' after an array element", text, position)
+        if _skip(text, position) != len(text):
+            raise json.JSONDecodeError("extra data after the array", text, _skip(text, position))
+        return elements
+    value, end = _DECODER.raw_decode(text, start)
+    if _skip(text, end) != len(text):
+        raise json.JSONDecodeError("extra data after the value", text, _skip(text, end))
+    if isinstance(value, dict):
+        return [Element(value, text[start:end])]
+    raise BodyError(f"body must be a JSON object or an array of objects, not {_json_kind(value)}")
+
+
+def _skip(text: str, position: int) -> int:
+    while position < len(text) and text[position] in _WHITESPACE:
+        position += 1
+    return position
+
+
+def normalize(element: Any, received_at: datetime, raw: str | None = None) -> Event | Rejected:
+    """Turn one webhook element into an Event, or say why it is rejected.
+
+    `raw` is the element's text as received; without it the element is serialized again.
+    """
+    if raw is None:
+        raw = _dumps(element)
     if not isinstance(element, dict):
         return Rejected(f"element is {_json_kind(element)}, not an object", raw, received_at)
     title = element.get("title")
@@ -163,7 +224,7 @@ def digits_only(phone: Any) -> str | None:
         phone = str(int(phone))
     if not isinstance(phone, str):
         return None
-    digits = "".join(c for c in phone if c.isascii() and c.isdigit())
+    digits = _NOT_DIGITS.sub("", phone)
     return digits or None
 
 
@@ -234,10 +295,6 @@ def _message_text(
         # Integrators agree SendPulse fills last_message with the customer's latest text.
         return _text(contact.get("last_message"))
     return None
-
-
-def _reject_constant(name: str) -> Any:
-    raise json.JSONDecodeError(f"{name} is not a JSON value", name, 0)
 
 
 def _obj(value: Any) -> dict[str, Any]:

@@ -24,6 +24,9 @@ from loguru import logger
 from daemon.events import Event, Rejected
 
 MAX_EVENTS_PER_COMMIT = 5000
+GATHER_YIELDS = 2  # event-loop turns the writer gives concurrent requests to join a commit
+COMMIT_DELAY_SECONDS = 0.0015
+COMMIT_DELAY_EVENTS = 24  # a batch smaller than this, with company, waits COMMIT_DELAY_SECONDS
 DELIVERY_STATES = ("pending", "delivered", "dead")
 
 # Each entry upgrades the schema by one version; never edit a shipped entry, append a new one.
@@ -75,23 +78,44 @@ MIGRATIONS: tuple[str, ...] = (
         value INTEGER NOT NULL
     );
     INSERT INTO counters (name, value) VALUES ('accepted', 0), ('duplicates', 0), ('rejected', 0);
+    -- The sinks enabled in the running config; rewritten at every start.
+    CREATE TABLE sinks (
+        name TEXT PRIMARY KEY
+    );
+    -- Fan-out inside the insert itself: no event can exist without a delivery row per enabled sink.
+    CREATE TRIGGER events_fan_out AFTER INSERT ON events
+    BEGIN
+        INSERT INTO deliveries (sink, event_id, state, attempts, next_attempt_at, updated_at)
+        SELECT name, NEW.id, 'pending', 0, 0, (julianday('now') - 2440587.5) * 86400.0 FROM sinks;
+        UPDATE counters SET value = value + 1 WHERE name = 'accepted';
+    END;
+    CREATE TRIGGER quarantine_count AFTER INSERT ON quarantine
+    BEGIN
+        UPDATE counters SET value = value + 1 WHERE name = 'rejected';
+    END;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-INSERT_EVENT = """
-INSERT INTO events (dedup_key, received_at, occurred_at, title, service, bot_id, contact_id, phone,
-                    contact_name, message_id, platform_message_id, direction, message_type, text, raw)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (dedup_key) DO NOTHING
-"""
-SELECT_NEW_EVENTS = "SELECT id, dedup_key FROM events WHERE id > ? ORDER BY id"
-INSERT_DELIVERIES_AFTER = """
-INSERT INTO deliveries (sink, event_id, state, attempts, next_attempt_at, updated_at)
-SELECT ?, id, 'pending', 0, 0, ? FROM events WHERE id > ?
-"""
+EVENT_COLUMNS = (
+    "dedup_key", "received_at", "occurred_at", "title", "service", "bot_id", "contact_id", "phone",
+    "contact_name", "message_id", "platform_message_id", "direction", "message_type", "text", "raw",
+)
+# One multi-row statement per chunk: a single trip to the SQLite thread however many events.
+ROWS_PER_INSERT = 32766 // len(EVENT_COLUMNS) // 100 * 100  # SQLite's bound-variable limit
+_ROW = "(" + ", ".join("?" * len(EVENT_COLUMNS)) + ")"
+
+
+def insert_events_sql(rows: int) -> str:
+    return (
+        f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {', '.join([_ROW] * rows)} "
+        "ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key"
+    )
+
+
 INSERT_QUARANTINE = "INSERT INTO quarantine (received_at, reason, raw) VALUES (?, ?, ?)"
-ADD_COUNTER = "UPDATE counters SET value = value + ? WHERE name = ?"
+ADD_DUPLICATES = "UPDATE counters SET value = value + ? WHERE name = 'duplicates'"
+SET_SINKS = "INSERT INTO sinks (name) VALUES (?)"
 WRITE_PROBE = """
 INSERT INTO meta (key, value) VALUES ('last_write_probe', ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
@@ -158,7 +182,9 @@ class CommitStats:
 
 def iso(moment: datetime) -> str:
     """UTC ISO 8601 with milliseconds and Z: sortable as text, the format Airtable writes back."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    if moment.utcoffset():
+        moment = moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 class Journal:
@@ -193,6 +219,8 @@ class Journal:
             writer = await aiosqlite.connect(str(path), isolation_level=None)
             await _configure(writer, path)
             await _migrate(writer, path)
+            await _record_sinks(writer, sinks)
+            writer.isolation_level = "IMMEDIATE"
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 5000")
             cursor = await writer.execute("SELECT coalesce(max(id), 0) FROM events")
@@ -278,15 +306,29 @@ class Journal:
             if first is _STOP:
                 break
             batch = [first]
-            events = len(getattr(first, "events", ()))
-            while events < MAX_EVENTS_PER_COMMIT and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is _STOP:
-                    stopping = True  # commit what came before the stop, then leave
+            for _ in range(GATHER_YIELDS):
+                # Let handlers that are already runnable reach the queue: they share this commit.
+                await asyncio.sleep(0)
+                stopping = self._drain(batch)
+                if stopping:
                     break
-                batch.append(item)
-                events += len(getattr(item, "events", ()))
+            if not stopping and 1 < len(batch) and _events_in(batch) < COMMIT_DELAY_EVENTS:
+                # Requests are arriving together: wait a moment for more to join, as PostgreSQL's
+                # commit_delay does. A lone request never waits.
+                await asyncio.sleep(COMMIT_DELAY_SECONDS)
+                stopping = self._drain(batch)
             await self._commit(batch)
+
+    def _drain(self, batch: list[Any]) -> bool:
+        """Move queued requests into the batch; True when the stop sentinel was reached."""
+        events = _events_in(batch)
+        while events < MAX_EVENTS_PER_COMMIT and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is _STOP:
+                return True  # commit what came before the stop, then leave
+            batch.append(item)
+            events += len(getattr(item, "events", ()))
+        return False
 
     async def _commit(self, batch: list[Any]) -> None:
         intakes = [item for item in batch if isinstance(item, _Intake)]
@@ -297,12 +339,12 @@ class Journal:
         new_ids: list[tuple[int, str]] = []
         if intakes or ops:
             try:
-                await self._writer.execute("BEGIN IMMEDIATE")
+                # isolation_level IMMEDIATE: the first write opens the transaction, saving a trip
                 try:
                     new_ids = await self._write_intakes(intakes)
                     for op in ops:
                         results.append(await op.run(self._writer))
-                    await self._writer.execute("COMMIT")
+                    await self._writer.commit()
                 except BaseException:
                     await _rollback(self._writer)
                     raise
@@ -325,28 +367,22 @@ class Journal:
     async def _write_intakes(self, intakes: list[_Intake]) -> list[tuple[int, str]]:
         if not intakes:
             return []
-        rows = [_event_row(event) for intake in intakes for event in intake.events]
+        stamps: dict[datetime, str] = {}  # a request's events share one receive time
+        rows = [_event_row(event, stamps) for intake in intakes for event in intake.events]
         quarantined = [
             (iso(item.received_at), item.reason, item.raw) for intake in intakes for item in intake.rejected
         ]
         new_ids: list[tuple[int, str]] = []
-        if rows:
-            await self._writer.executemany(INSERT_EVENT, rows)
-            cursor = await self._writer.execute(SELECT_NEW_EVENTS, (self._last_id,))
-            new_ids = [(row[0], row[1]) for row in await cursor.fetchall()]
-            if new_ids and self.sinks:
-                now = time.time()
-                await self._writer.executemany(
-                    INSERT_DELIVERIES_AFTER, [(sink, now, self._last_id) for sink in self.sinks]
-                )
+        for start in range(0, len(rows), ROWS_PER_INSERT):
+            chunk = rows[start:start + ROWS_PER_INSERT]
+            params = [value for row in chunk for value in row]
+            new_ids.extend(await self._writer.execute_fetchall(insert_events_sql(len(chunk)), params))
         if quarantined:
             await self._writer.executemany(INSERT_QUARANTINE, quarantined)
-        accepted = len(new_ids)
-        await self._writer.executemany(
-            ADD_COUNTER,
-            [(accepted, "accepted"), (len(rows) - accepted, "duplicates"), (len(quarantined), "rejected")],
-        )
-        return new_ids
+        if len(rows) > len(new_ids):  # accepted and rejected are counted by triggers
+            await self._writer.execute(ADD_DUPLICATES, (len(rows) - len(new_ids),))
+        new_ids.sort()
+        return [(event_id, key) for event_id, key in new_ids]
 
     def _succeed(self, intakes: list[_Intake], new_ids: list[tuple[int, str]], elapsed: float,
                  wrote: bool) -> None:
@@ -445,9 +481,17 @@ class Journal:
         logger.info("journal {} closed", self.path)
 
 
-def _event_row(event: Event) -> tuple[Any, ...]:
+def _events_in(batch: list[Any]) -> int:
+    return sum(len(getattr(item, "events", ())) for item in batch)
+
+
+def _event_row(event: Event, stamps: dict[datetime, str]) -> tuple[Any, ...]:
+    received = stamps.get(event.received_at)
+    if received is None:
+        received = stamps[event.received_at] = iso(event.received_at)
+    occurred = received if event.occurred_at is event.received_at else iso(event.occurred_at)
     return (
-        event.dedup_key, iso(event.received_at), iso(event.occurred_at), event.title, event.service,
+        event.dedup_key, received, occurred, event.title, event.service,
         event.bot_id, event.contact_id, event.phone, event.contact_name, event.message_id,
         event.platform_message_id, event.direction, event.message_type, event.text, event.raw,
     )
@@ -479,6 +523,7 @@ async def _configure(conn: aiosqlite.Connection, path: Path) -> None:
         await conn.execute("PRAGMA synchronous = FULL")
         await conn.execute("PRAGMA foreign_keys = ON")
         await conn.execute("PRAGMA busy_timeout = 5000")
+        await conn.execute("PRAGMA cache_size = -32768")  # 32 MiB: index pages stay in memory
     except sqlite3.DatabaseError as exc:
         raise JournalError(f"journal {path}: not a usable SQLite database: {exc}") from None
 
@@ -503,6 +548,17 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
         logger.info("journal {} migrated to schema v{}", path, target)
 
 
+async def _record_sinks(conn: aiosqlite.Connection, sinks: Sequence[str]) -> None:
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        await conn.execute("DELETE FROM sinks")
+        await conn.executemany(SET_SINKS, [(sink,) for sink in sinks])
+        await conn.execute("COMMIT")
+    except BaseException:
+        await _rollback(conn)
+        raise
+
+
 def _statements(script: str) -> list[str]:
     statements, current = [], ""
     for line in script.splitlines(keepends=True):
@@ -517,6 +573,7 @@ def _statements(script: str) -> list[str]:
 
 async def _rollback(conn: aiosqlite.Connection) -> None:
     try:
-        await conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            await conn.rollback()
     except sqlite3.Error:
         pass  # SQLite already rolled back (SQLITE_FULL and I/O errors do that themselves)

@@ -64,7 +64,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
     events: list[Event] = []
     rejected: list[Rejected] = []
     for position, element in enumerate(elements):
-        item = normalize(element, received_at)
+        item = normalize(element.value, received_at, element.raw)
         if isinstance(item, Rejected):
             logger.warning("webhook element {} quarantined: {}", position, item.reason)
             rejected.append(item)

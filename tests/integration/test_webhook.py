@@ -72,7 +72,7 @@ async def test_bad_elements_are_quarantined_alone(env):
     with sqlite3.connect(journal.path) as conn:
         quarantined = conn.execute("SELECT reason, raw FROM quarantine ORDER BY id").fetchall()
     assert quarantined == [("element is a number, not an object", "42"),
-                           ("element has no title", '{"no":"title"}'),
+                           ("element has no title", '{"no": "title"}'),
                            ("element is a string, not an object", '"text"')]
 
 

@@ -58,7 +58,7 @@ S7_TELEGRAM = ('{"service": "telegram", "title": "incoming_message", '
 
 
 def events_of(body: str) -> list:
-    return [normalize(element, NOW) for element in parse_body(body.encode())]
+    return [normalize(element.value, NOW, element.raw) for element in parse_body(body.encode())]
 
 
 def whatsapp(message: dict, title: str = "incoming_message", **extra) -> dict:
@@ -259,6 +259,19 @@ def test_empty_array_is_no_events():
 
 def test_lone_surrogate_is_kept_escaped_in_raw():
     (element,) = parse_body(b'[{"title": "incoming_message", "x": "\\ud800"}]')
-    event = normalize(element, NOW)
-    event.raw.encode("utf-8")  # storable
-    assert json.loads(event.raw)["x"] == "\ud800"
+    for event in (normalize(element.value, NOW, element.raw), normalize(element.value, NOW)):
+        event.raw.encode("utf-8")  # storable
+        assert json.loads(event.raw)["x"] == "\ud800"
+
+
+def test_raw_is_each_element_verbatim():
+    body = '[ {"title": "a",  "n": 1.50}\n, 7 ,{"title":"b","t":"\\u00e9"}]'.encode()
+    assert [element.raw for element in parse_body(body)] == ['{"title": "a",  "n": 1.50}', "7",
+                                                             '{"title":"b","t":"\\u00e9"}']
+    assert parse_body(b'\xef\xbb\xbf {"title": "x"} ')[0].raw == '{"title": "x"}'
+
+
+@pytest.mark.parametrize("body", [b"[1,]", b"[1 2]", b"[1]x", b"{} {}", b"[", b"", b"[{}"])
+def test_malformed_arrays(body):
+    with pytest.raises(BodyError, match="not valid JSON"):
+        parse_body(body)
