@@ -243,7 +243,7 @@ def _health(snapshot: dict[str, Any]) -> dict[str, Any]:
             reason = f": {sink['last_error']}" if sink.get("last_error") else ""
             problems.append(f"{name} is {sink['state']}{reason}")
         if sink["dead"]:
-            problems.append(f"{name} has {sink['dead']} dead letters (see `chatledger dead`)")
+            problems.append(f"{name} has {sink['dead']} dead letters (see `chatledger status`)")
     return {"status": "degraded" if problems else "healthy", "problems": problems}
 
 
