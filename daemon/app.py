@@ -8,13 +8,14 @@ import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from loguru import logger
 
 from daemon import __version__
 from daemon.config import Config, ConfigError, load_config, split_listen
+from daemon.delivery import DeliveryWorker
 from daemon.journal import Journal
 from daemon.logs import setup_logging
 from daemon.sdnotify import Notifier
@@ -23,19 +24,10 @@ from daemon.webhook import create_webhook_app
 
 SINK_NAMES = ("postgres", "airtable")
 HTTP_SHUTDOWN_TIMEOUT = 4.0  # in-flight webhooks get this long; the whole stop must fit in 10 s
+WORKER_STOP_TIMEOUT = 2.0  # a delivery still running then is cancelled (it is idempotent, it replays)
 WATCHDOG_PING_TIMEOUT = 5.0
 
 EXIT_OK, EXIT_CRASH = 0, 1
-
-
-class SinkWorker(Protocol):
-    """What the daemon needs of a running sink: its live state, and a way to wake it."""
-
-    name: str
-
-    def live_status(self) -> dict[str, Any]: ...
-
-    def wake(self) -> None: ...
 
 
 class Daemon:
@@ -47,7 +39,8 @@ class Daemon:
         self.notifier = Notifier()
         self.started_monotonic = time.monotonic()
         self.started_at = datetime.now(timezone.utc)
-        self.workers: dict[str, SinkWorker] = {}
+        self.workers: dict[str, DeliveryWorker] = {}
+        self._worker_tasks: list[asyncio.Task[None]] = []
         self.journal: Journal | None = None
         self._stop = asyncio.Event()
         self._hup = asyncio.Event()
@@ -65,6 +58,7 @@ class Daemon:
             self.journal = await Journal.open(self.config.journal.path, self.config.enabled_sinks)
             webhook_runner = await self._start_webhook()
             status_runner = await self._start_status()
+            self._start_workers()
             host, port = split_listen(self.config.server.listen)
             logger.info("chatledger {} accepting webhooks on http://{}:{}{} (status socket {})",
                         __version__, host, port, self.config.server.webhook_path, self.config.status.socket)
@@ -91,12 +85,36 @@ class Daemon:
     async def _start_status(self) -> web.AppRunner:
         socket_path = self.config.status.socket
         prepare_socket_path(socket_path)
-        runner = web.AppRunner(create_status_app(self.snapshot, self.sync), access_log=None)
+        runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay), access_log=None)
         await runner.setup()
         self._runners.append(runner)
         await web.UnixSite(runner, str(socket_path)).start()
         secure_socket(socket_path)
         return runner
+
+    def _start_workers(self) -> None:
+        """One delivery worker per enabled sink; each runs on its own, none waits on another."""
+        assert self.journal is not None
+        for sink in build_sinks(self.config):
+            worker = DeliveryWorker(self.journal, sink)
+            self.workers[sink.name] = worker
+            self._worker_tasks.append(asyncio.create_task(worker.run(), name=f"{sink.name}-delivery"))
+
+    async def _stop_workers(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+        if self._worker_tasks:
+            _, late = await asyncio.wait(self._worker_tasks, timeout=WORKER_STOP_TIMEOUT)
+            for task in late:
+                logger.info("{} was mid-delivery at stop; it is replayed at the next start", task.get_name())
+                task.cancel()
+            await asyncio.gather(*self._worker_tasks, return_exceptions=True)
+            self._worker_tasks.clear()
+        for worker in self.workers.values():
+            try:
+                await worker.sink.close()
+            except Exception:
+                logger.exception("closing the {} sink failed", worker.name)
 
     async def _supervise(self) -> int:
         """Wait for a stop signal; a background task that dies stops the daemon loudly."""
@@ -105,6 +123,7 @@ class Daemon:
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
             asyncio.create_task(self._hup_loop(), name="sighup"),
             self.journal.writer_task,
+            *self._worker_tasks,
         }
         stop_waiter = asyncio.create_task(self._stop.wait(), name="stop-signal")
         done, _ = await asyncio.wait(tasks | {stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -115,11 +134,10 @@ class Daemon:
             logger.critical("background task {} ended unexpectedly ({}); stopping so systemd restarts us",
                             task.get_name(), repr(error) if error else "no error")
         stop_waiter.cancel()
-        for task in tasks:
-            if task is not self.journal.writer_task:
-                task.cancel()
-        await asyncio.gather(*(t for t in tasks if t is not self.journal.writer_task),
-                             stop_waiter, return_exceptions=True)
+        owned_elsewhere = {self.journal.writer_task, *self._worker_tasks}  # stopped in order by _shutdown
+        for task in tasks - owned_elsewhere:
+            task.cancel()
+        await asyncio.gather(*(tasks - owned_elsewhere), stop_waiter, return_exceptions=True)
         return exit_code
 
     async def _shutdown(self, webhook_runner: web.AppRunner, status_runner: web.AppRunner) -> None:
@@ -128,6 +146,7 @@ class Daemon:
         self.notifier.stopping()
         await webhook_runner.cleanup()
         self._runners.remove(webhook_runner)
+        await self._stop_workers()
         if self.journal is not None:
             await self.journal.close()
         await status_runner.cleanup()
@@ -139,6 +158,7 @@ class Daemon:
         for runner in list(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        await self._stop_workers()
         if self.journal is not None:
             await self.journal.close()
 
@@ -185,6 +205,21 @@ class Daemon:
             worker.wake()
         return {"replay": "triggered", "sinks": sorted(self.workers)}
 
+    async def replay(self, sink: str | None, dead: bool) -> dict[str, Any]:
+        """Re-queue dead letters (when `dead`) of one sink or all, then replay now."""
+        assert self.journal is not None
+        names = [sink] if sink else sorted(self.workers)
+        for name in names:
+            if name not in self.workers:
+                raise ValueError(f"sink {name!r} is not enabled (enabled: {', '.join(sorted(self.workers)) or 'none'})")
+        requeued = {}
+        for name in names:
+            requeued[name] = await self.journal.requeue_dead(name) if dead else 0
+            if requeued[name]:
+                logger.info("{} dead letters of {} re-queued on request", requeued[name], name)
+            self.workers[name].wake()
+        return {"replay": "triggered", "sinks": names, "requeued": requeued}
+
     # -- status ----------------------------------------------------------------------------------
 
     async def snapshot(self) -> dict[str, Any]:
@@ -229,6 +264,16 @@ class Daemon:
         }
         snapshot["health"] = _health(snapshot)
         return snapshot
+
+
+def build_sinks(config: Config) -> list[Any]:
+    """The concrete sink adapters the config enables (the only place that builds them)."""
+    sinks: list[Any] = []
+    if config.postgres.enabled:
+        from daemon.sinks.postgres import PostgresSink
+
+        sinks.append(PostgresSink(config.postgres.dsn.get_secret_value(), config.postgres.schema_))
+    return sinks
 
 
 def _health(snapshot: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     status = command("status", "show what the running daemon holds; exit 0 healthy, 1 degraded, 2 unreachable")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     command("sync", "ask the running daemon to replay pending deliveries now (same as SIGHUP)")
+    command("migrate", "create or upgrade the PostgreSQL schema, then exit")
+    replay = command("replay", "replay now; with --dead, first re-queue the dead letters")
+    replay.add_argument("--dead", action="store_true", help="re-queue the dead letters too")
+    replay.add_argument("--sink", choices=("postgres", "airtable"), help="only this sink (default: all enabled)")
     return parser
 
 
@@ -61,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check-config": _check_config,
         "status": _status,
         "sync": _sync,
+        "migrate": _migrate,
+        "replay": _replay,
     }[args.command]
     return handler(config, args)
 
@@ -105,4 +111,65 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
         return EXIT_UNREACHABLE
     sinks = ", ".join(answer.get("sinks", [])) or "no sink is enabled"
     print(f"replay triggered ({sinks})")
+    return EXIT_OK
+
+
+def _migrate(config: Config, args: argparse.Namespace) -> int:
+    if not config.postgres.enabled:
+        print("chatledger: [postgres] dsn is empty (or DATABASE_URL unset): nothing to migrate", file=sys.stderr)
+        return EXIT_CONFIG
+    from daemon.sinks.base import SinkError
+    from daemon.sinks.postgres import migrate_database
+
+    schema = config.postgres.schema_
+    try:
+        before, after = asyncio.run(migrate_database(config.postgres.dsn.get_secret_value(), schema))
+    except SinkError as exc:
+        print(f"chatledger: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    change = "already up to date" if before == after else f"migrated from version {before}"
+    print(f"PostgreSQL schema {schema} at version {after} ({change})")
+    return EXIT_OK
+
+
+def _replay(config: Config, args: argparse.Namespace) -> int:
+    if args.sink and args.sink not in config.enabled_sinks:
+        print(f"chatledger: sink {args.sink} is not enabled in {args.config}", file=sys.stderr)
+        return EXIT_CONFIG
+    query = "&".join(part for part in (f"sink={args.sink}" if args.sink else "",
+                                        "dead=1" if args.dead else "") if part)
+    try:
+        answer = asyncio.run(request_status(config.status.socket, "POST", "/replay?" + query))
+    except StatusUnreachable as exc:
+        if not args.dead:
+            print(f"chatledger: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        # No daemon: re-queue in the journal directly; the next start delivers them.
+        return _requeue_offline(config, args.sink)
+    for sink in answer.get("sinks", []):
+        count = answer.get("requeued", {}).get(sink, 0)
+        print(f"{sink}: {count} dead letters re-queued, replay triggered" if args.dead
+              else f"{sink}: replay triggered")
+    return EXIT_OK
+
+
+def _requeue_offline(config: Config, sink: str | None) -> int:
+    from daemon.journal import Journal
+
+    async def requeue() -> dict[str, int]:
+        journal = await Journal.open(config.journal.path, config.enabled_sinks)
+        try:
+            return {name: await journal.requeue_dead(name) for name in ([sink] if sink else config.enabled_sinks)}
+        finally:
+            await journal.close()
+
+    setup_logging("WARNING", config.log.json_)
+    try:
+        counts = asyncio.run(requeue())
+    except JournalError as exc:
+        print(f"chatledger: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    for name, count in counts.items():
+        print(f"{name}: {count} dead letters re-queued in {config.journal.path} (daemon not running; "
+              "they are delivered when it starts)")
     return EXIT_OK

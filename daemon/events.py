@@ -48,6 +48,28 @@ class Event:
 
 
 @dataclass(frozen=True)
+class StoredEvent:
+    """An event as the journal holds it: its journal id, and times as UTC ISO 8601 text."""
+
+    id: int
+    dedup_key: str
+    received_at: str
+    occurred_at: str
+    title: str
+    service: str | None
+    bot_id: str | None
+    contact_id: str | None
+    phone: str | None
+    contact_name: str | None
+    message_id: str | None
+    platform_message_id: str | None
+    direction: str | None
+    message_type: str | None
+    text: str | None
+    raw: str
+
+
+@dataclass(frozen=True)
 class Rejected:
     """One element that cannot be an event; kept in quarantine with the reason."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import aiosqlite
 from loguru import logger
 
-from daemon.events import Event, Rejected
+from daemon.events import Event, Rejected, StoredEvent
 
 MAX_EVENTS_PER_COMMIT = 5000
 GATHER_YIELDS = 2  # event-loop turns the writer gives concurrent requests to join a commit
@@ -127,6 +127,34 @@ SINK_STATE_COUNTS = "SELECT sink, state, count(*) FROM deliveries GROUP BY sink,
 OLDEST_PENDING = """
 SELECT e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id
 WHERE d.sink = ? AND d.state = 'pending' ORDER BY d.event_id LIMIT 1
+"""
+
+PENDING_PAGE = f"""
+SELECT e.id, {', '.join('e.' + c for c in EVENT_COLUMNS)}
+FROM deliveries d JOIN events e ON e.id = d.event_id
+WHERE d.sink = ? AND d.state = 'pending' AND d.event_id > ?
+ORDER BY d.event_id LIMIT ?
+"""
+MARK_DELIVERED = """
+UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, last_error = NULL, updated_at = ?
+WHERE sink = ? AND event_id = ? AND state = 'pending'
+"""
+MARK_DEAD = """
+UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?, updated_at = ?
+WHERE sink = ? AND event_id = ? AND state = 'pending'
+"""
+NOTE_FAILURE = """
+UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ?
+WHERE sink = ? AND event_id = ? AND state = 'pending'
+"""
+REQUEUE_DEAD = """
+UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = 0, last_error = NULL, updated_at = ?
+WHERE sink = ? AND state = 'dead'
+"""
+DEAD_LETTERS = """
+SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, d.updated_at
+FROM deliveries d JOIN events e ON e.id = d.event_id
+WHERE d.sink = ? AND d.state = 'dead' ORDER BY d.event_id LIMIT ?
 """
 
 
@@ -454,6 +482,57 @@ class Journal:
         """Run a read-only query on the reader connection."""
         cursor = await self._reader.execute(sql, params)
         return list(await cursor.fetchall())
+
+    # -- delivery state --------------------------------------------------------------------------
+
+    async def pending(self, sink: str, after_id: int, limit: int) -> list[StoredEvent]:
+        """The next `limit` events `sink` has not acknowledged, in id order, after `after_id`."""
+        rows = await self.query(PENDING_PAGE, (sink, after_id, limit))
+        return [StoredEvent(*row) for row in rows]
+
+    async def mark_delivered(self, sink: str, event_ids: Sequence[int]) -> None:
+        """Record that `sink` holds these events (durable with the next group commit)."""
+        now = time.time()
+        rows = [(now, sink, event_id) for event_id in event_ids]
+
+        async def run(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(MARK_DELIVERED, rows)
+
+        await self.write(run)
+
+    async def mark_dead(self, sink: str, event_id: int, error: str) -> None:
+        """Park an event `sink` can never take (a data error): kept, counted, replayable on demand."""
+        params = (error, time.time(), sink, event_id)
+
+        async def run(conn: aiosqlite.Connection) -> None:
+            await conn.execute(MARK_DEAD, params)
+
+        await self.write(run)
+
+    async def note_failure(self, sink: str, event_ids: Sequence[int], error: str, retry_at: float) -> None:
+        """Count a failed attempt on events that stay pending, with the error and the next try."""
+        now = time.time()
+        rows = [(error, retry_at, now, sink, event_id) for event_id in event_ids]
+
+        async def run(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(NOTE_FAILURE, rows)
+
+        await self.write(run)
+
+    async def requeue_dead(self, sink: str) -> int:
+        """Make every dead letter of `sink` pending again; return how many."""
+
+        async def run(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(REQUEUE_DEAD, (time.time(), sink))
+            return cursor.rowcount
+
+        return int(await self.write(run))
+
+    async def dead_letters(self, sink: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The first dead letters of `sink`, with their errors."""
+        rows = await self.query(DEAD_LETTERS, (sink, limit))
+        keys = ("event_id", "dedup_key", "title", "attempts", "last_error", "updated_at")
+        return [dict(zip(keys, row)) for row in rows]
 
     # -- lifecycle -------------------------------------------------------------------------------
 

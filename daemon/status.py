@@ -15,6 +15,7 @@ from aiohttp import web
 
 SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
 SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
+REPLAY = web.AppKey("replay", Callable[[str | None, bool], Awaitable[dict[str, Any]]])
 
 SOCKET_MODE = 0o660
 CLIENT_TIMEOUT = 10.0
@@ -29,13 +30,16 @@ class StatusUnreachable(Exception):
 def create_status_app(
     snapshot: Callable[[], Awaitable[dict[str, Any]]],
     sync: Callable[[], Awaitable[dict[str, Any]]],
+    replay: Callable[[str | None, bool], Awaitable[dict[str, Any]]],
 ) -> web.Application:
-    """Build the status app: GET /status, POST /sync."""
+    """Build the status app: GET /status, POST /sync, POST /replay?sink=NAME&dead=1."""
     app = web.Application()
     app[SNAPSHOT] = snapshot
     app[SYNC] = sync
+    app[REPLAY] = replay
     app.router.add_get("/status", _handle_status)
     app.router.add_post("/sync", _handle_sync)
+    app.router.add_post("/replay", _handle_replay)
     return app
 
 
@@ -45,6 +49,16 @@ async def _handle_status(request: web.Request) -> web.Response:
 
 async def _handle_sync(request: web.Request) -> web.Response:
     return web.json_response(await request.app[SYNC](), dumps=_dumps)
+
+
+async def _handle_replay(request: web.Request) -> web.Response:
+    sink = request.query.get("sink") or None
+    dead = request.query.get("dead", "0") in ("1", "true", "yes")
+    try:
+        answer = await request.app[REPLAY](sink, dead)
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400, dumps=_dumps)
+    return web.json_response(answer, dumps=_dumps)
 
 
 def _dumps(value: Any) -> str:

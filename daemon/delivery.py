@@ -1,0 +1,204 @@
+"""One delivery worker per sink: streams pending events from the journal, retries, parks poison.
+
+Each worker reads its own pending deliveries in id order, a page at a time (the backlog is never
+loaded whole), and hands them to its sink. Success marks them delivered in the journal; a
+transient failure keeps them pending and waits (exponential backoff with jitter, capped); a
+permanent failure splits the batch until the event at fault is alone, and parks only that one as a
+dead letter. Workers never wait on each other: a failing sink cannot hold back the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from loguru import logger
+
+from daemon.events import StoredEvent
+from daemon.journal import Journal, JournalUnavailable
+from daemon.sinks.base import PermanentError, SetupError, Sink, TransientError
+
+BACKOFF_FIRST = 0.5
+BACKOFF_CAP = 60.0
+JOURNAL_RETRY = 1.0  # when the journal itself cannot record a result
+IDLE_CHECK_INTERVAL = 30.0  # an idle worker checks its sink this often, so status stays true
+
+
+def backoff_delay(failures: int, rand: Callable[[], float] = random.random,
+                  first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> float:
+    """Seconds to wait after `failures` consecutive failures: doubling, capped, half of it jittered."""
+    ceiling = min(cap, first * 2 ** max(0, failures - 1))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+class DeliveryWorker:
+    """Delivers one sink's pending events until stopped; wake() skips the backoff."""
+
+    def __init__(self, journal: Journal, sink: Sink, *, clock: Callable[[], float] = time.monotonic):
+        self.journal = journal
+        self.sink = sink
+        self.name = sink.name
+        self._clock = clock
+        self._new_events = asyncio.Event()
+        self._woken = asyncio.Event()
+        self._stopping = False
+        self._cursor = 0
+        self._checked_at = 0.0
+        self.failures = 0
+        self.state = "starting"
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.last_delivery_at: float | None = None
+        self.retry_at: float | None = None
+        self.delivered_since_start = 0
+        self.dead_since_start = 0
+        journal.add_listener(self._on_new_events)
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def _on_new_events(self, last_event_id: int) -> None:
+        self._new_events.set()
+
+    def wake(self) -> None:
+        """Replay now: rescan from the oldest pending event and skip any backoff."""
+        self._cursor = 0
+        self._woken.set()
+        self._new_events.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._woken.set()
+        self._new_events.set()
+
+    def live_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "state": self.state,
+            "last_error": self.last_error,
+            "last_error_at": _wall(self.last_error_at),
+            "last_delivery_at": _wall(self.last_delivery_at),
+            "consecutive_failures": self.failures,
+        }
+        if self.retry_at is not None:
+            status["retry_in_s"] = round(max(0.0, self.retry_at - self._clock()), 1)
+        return status
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver until stop(); returns normally. Exceptions here are bugs and end the daemon."""
+        logger.info("{} delivery started", self.name)
+        while not self._stopping:
+            self._new_events.clear()
+            batch = await self.journal.pending(self.name, self._cursor, self.sink.batch_size)
+            if batch:
+                await self._deliver(batch)
+            elif self._cursor:
+                self._cursor = 0  # end of a pass: the next one starts from the oldest pending again
+            else:
+                await self._idle()
+        logger.info("{} delivery stopped", self.name)
+
+    async def _idle(self) -> None:
+        """Nothing pending: make sure the sink answers (so status is true), then wait for events."""
+        if self.state != "up" or self._clock() - self._checked_at >= IDLE_CHECK_INTERVAL:
+            try:
+                await self.sink.check()
+            except TransientError as exc:
+                await self._failed((), exc)
+                return
+            self._recovered()
+            self._checked_at = self._clock()
+        try:
+            await asyncio.wait_for(self._new_events.wait(), IDLE_CHECK_INTERVAL)
+        except asyncio.TimeoutError:
+            pass
+
+    def _recovered(self) -> None:
+        if self.failures:
+            logger.success("{} is reachable again after {} failed attempts", self.name, self.failures)
+        elif self.state != "up":
+            logger.info("{} is up", self.name)
+        self.failures = 0
+        self.retry_at = None
+        self.state = "up"
+
+    async def _deliver(self, batch: Sequence[StoredEvent]) -> None:
+        try:
+            await self._send(batch)
+        except TransientError as exc:
+            await self._failed(batch, exc)
+            return
+        except JournalUnavailable as exc:
+            # Delivered but not yet recorded: it stays pending and a later pass re-sends it (idempotent).
+            logger.warning("{}: cannot record delivery in the journal ({}); retrying", self.name, exc)
+            self._cursor = 0
+            await self._pause(JOURNAL_RETRY)
+            return
+        self._cursor = batch[-1].id
+        self._checked_at = self._clock()
+        self._recovered()
+
+    async def _send(self, batch: Sequence[StoredEvent]) -> None:
+        """Deliver, splitting on permanent errors until the poison event is alone and parked."""
+        try:
+            await self.sink.deliver(batch)
+        except PermanentError as exc:
+            if len(batch) == 1:
+                await self._park(batch[0], exc)
+                return
+            middle = len(batch) // 2
+            logger.warning("{} refused a batch of {} events ({}); splitting to isolate the cause",
+                           self.name, len(batch), exc)
+            await self._send(batch[:middle])
+            await self._send(batch[middle:])
+            return
+        await self.journal.mark_delivered(self.name, [event.id for event in batch])
+        self.delivered_since_start += len(batch)
+        self.last_delivery_at = time.time()
+
+    async def _park(self, event: StoredEvent, exc: PermanentError) -> None:
+        error = str(exc)
+        logger.error("{} refused event {} ({} {}) for good; parked as a dead letter "
+                     "(`chatledger replay --dead --sink {}` retries it): {}",
+                     self.name, event.id, event.title, event.dedup_key, self.name, error)
+        await self.journal.mark_dead(self.name, event.id, error)
+        self.dead_since_start += 1
+
+    async def _failed(self, batch: Sequence[StoredEvent], exc: TransientError) -> None:
+        """Record a transient failure (on the batch's first event, if any) and back off."""
+        self.failures += 1
+        delay = backoff_delay(self.failures)
+        error = str(exc)
+        was = self.state
+        self.state = "misconfigured" if isinstance(exc, SetupError) else "down"
+        self.last_error, self.last_error_at = error, time.time()
+        log = logger.error if was not in ("down", "misconfigured") or self.failures in (1, 10) else logger.debug
+        log("{} is {} (attempt {}), retrying in {:.1f} s: {}", self.name, self.state, self.failures, delay, error)
+        if batch:
+            try:
+                await self.journal.note_failure(self.name, [batch[0].id], error, time.time() + delay)
+            except JournalUnavailable:
+                pass  # the journal's own state is reported separately; the retry goes on
+        await self._pause(delay)
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep `delay` seconds unless woken (sync, SIGHUP) or stopped."""
+        self.retry_at = self._clock() + delay
+        self._woken.clear()
+        try:
+            await asyncio.wait_for(self._woken.wait(), delay)
+            if not self._stopping:
+                logger.info("{}: replay requested, retrying now", self.name)
+                self.failures = 0
+        except asyncio.TimeoutError:
+            pass
+        self.retry_at = None
+
+
+def _wall(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))

@@ -1,0 +1,196 @@
+"""Journaled events -> conversation, interaction and escalation rows (pure: no I/O).
+
+Every id is derived from the event itself, never from an order or a counter, so delivering the
+same events again, in any order and to any sink, yields the same rows:
+
+- conversation_id = uuid5(NAMESPACE_URL, "chatledger:conversation:<bot_id>:<contact_id>"): one
+  conversation per (bot, contact); without a contact id the phone stands in for it.
+- interaction_id  = uuid5(NAMESPACE_URL, "chatledger:interaction:<dedup key>")
+- escalation_id   = uuid5(NAMESPACE_URL, "chatledger:escalation:<dedup key>"), and its ticket_id is
+  "ESC-" + the first 8 hex digits of that id, upper case.
+
+A conversation's status follows the latest status event (by occurred-at, ties broken by dedup
+key): open_chat -> escalated; unsubscribe or bot_block -> closed, unless a message came later,
+which makes it active again. message_count, started_at and last_activity are computed from its
+interactions, not incremented, so replays and out-of-order deliveries cannot skew them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from daemon.events import StoredEvent
+
+MESSAGE_TITLES = {"incoming_message": "inbound", "outgoing_message": "outbound"}
+ESCALATING_TITLES = frozenset({"open_chat"})
+CLOSING_TITLES = frozenset({"unsubscribe", "bot_block"})
+STATUS_TITLES = ESCALATING_TITLES | CLOSING_TITLES
+INTERACTION_STATUS = {"inbound": "received", "outbound": "sent"}
+ESCALATION_REASON = "live chat opened"
+
+
+@dataclass(frozen=True)
+class ConversationTouch:
+    """What one batch knows of a conversation: identity, contact details, the span of its events."""
+
+    conversation_id: str
+    bot_id: str | None
+    contact_id: str | None
+    service: str | None
+    customer_phone: str | None
+    customer_name: str | None
+    first_at: datetime
+    last_at: datetime
+
+
+@dataclass(frozen=True)
+class InteractionRow:
+    interaction_id: str
+    conversation_id: str
+    message_id: str | None
+    direction: str
+    content: str | None
+    status: str
+    customer_phone: str | None
+    occurred_at: datetime
+
+
+@dataclass(frozen=True)
+class EscalationRow:
+    escalation_id: str
+    ticket_id: str
+    conversation_id: str
+    reason: str
+    priority: str
+    status: str
+    customer_phone: str | None
+    created_at: datetime
+    notes: str | None
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """The newest status event of a conversation within a batch; `key` orders status events."""
+
+    conversation_id: str
+    title: str
+    at: datetime
+    key: str
+
+
+@dataclass
+class Records:
+    conversations: list[ConversationTouch] = field(default_factory=list)
+    interactions: list[InteractionRow] = field(default_factory=list)
+    escalations: list[EscalationRow] = field(default_factory=list)
+    status_changes: list[StatusChange] = field(default_factory=list)
+
+
+def parse_time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def _id(kind: str, name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"chatledger:{kind}:{name}"))
+
+
+def conversation_id_for(bot_id: str | None, contact_id: str | None, phone: str | None) -> str | None:
+    """The deterministic conversation id of (bot, contact); None when the event names no one."""
+    who = contact_id or (f"phone:{phone}" if phone else None)
+    if who is None:
+        return None
+    return _id("conversation", f"{bot_id or ''}:{who}")
+
+
+def status_key(at: datetime, dedup_key: str) -> str:
+    return f"{at.isoformat()}|{dedup_key}"
+
+
+def conversation_status(status_title: str | None, status_at: datetime | None,
+                        last_message_at: datetime | None) -> str:
+    """A conversation's status from its latest status event and its latest message."""
+    if status_title in ESCALATING_TITLES:
+        return "escalated"
+    if status_title in CLOSING_TITLES and (last_message_at is None or
+                                           (status_at is not None and last_message_at <= status_at)):
+        return "closed"
+    return "active"
+
+
+def clean_text(value: str | None) -> str | None:
+    """Text without NUL characters, which PostgreSQL text and Airtable fields cannot hold."""
+    if value is None or "\x00" not in value:
+        return value
+    return value.replace("\x00", "\ufffd")
+
+
+def map_events(events: Iterable[StoredEvent]) -> Records:
+    """Map a batch of journaled events to the rows both sinks write."""
+    records = Records()
+    touches: dict[str, ConversationTouch] = {}
+    changes: dict[str, StatusChange] = {}
+    for event in events:
+        conversation_id = conversation_id_for(event.bot_id, event.contact_id, event.phone)
+        if conversation_id is None:
+            continue  # nobody to attach it to: the raw event is still stored
+        at = parse_time(event.occurred_at)
+        _touch(touches, conversation_id, event, at)
+        direction = MESSAGE_TITLES.get(event.title)
+        if direction is not None:
+            records.interactions.append(InteractionRow(
+                interaction_id=_id("interaction", event.dedup_key),
+                conversation_id=conversation_id,
+                message_id=event.message_id,
+                direction=direction,
+                content=clean_text(event.text),
+                status=INTERACTION_STATUS[direction],
+                customer_phone=event.phone,
+                occurred_at=at,
+            ))
+        if event.title in STATUS_TITLES:
+            change = StatusChange(conversation_id, event.title, at, status_key(at, event.dedup_key))
+            known = changes.get(conversation_id)
+            if known is None or known.key < change.key:
+                changes[conversation_id] = change
+        if event.title in ESCALATING_TITLES:
+            escalation_id = _id("escalation", event.dedup_key)
+            records.escalations.append(EscalationRow(
+                escalation_id=escalation_id,
+                ticket_id="ESC-" + escalation_id.replace("-", "")[:8].upper(),
+                conversation_id=conversation_id,
+                reason=ESCALATION_REASON,
+                priority="normal",
+                status="pending",
+                customer_phone=event.phone,
+                created_at=at,
+                notes=clean_text(event.text),
+            ))
+    records.conversations = list(touches.values())
+    records.status_changes = list(changes.values())
+    return records
+
+
+def _touch(touches: dict[str, ConversationTouch], conversation_id: str, event: StoredEvent,
+           at: datetime) -> None:
+    known = touches.get(conversation_id)
+    if known is None:
+        touches[conversation_id] = ConversationTouch(
+            conversation_id, event.bot_id, event.contact_id, event.service, event.phone,
+            clean_text(event.contact_name), at, at,
+        )
+        return
+    newer = at >= known.last_at
+    touches[conversation_id] = ConversationTouch(
+        conversation_id,
+        known.bot_id or event.bot_id,
+        known.contact_id or event.contact_id,
+        known.service or event.service,
+        (event.phone or known.customer_phone) if newer else (known.customer_phone or event.phone),
+        (clean_text(event.contact_name) or known.customer_name) if newer
+        else (known.customer_name or clean_text(event.contact_name)),
+        min(known.first_at, at),
+        max(known.last_at, at),
+    )

@@ -1,0 +1,1 @@
+"""Adapters that deliver journaled events to the outside world."""

@@ -1,0 +1,48 @@
+"""The port every sink implements, and the two kinds of failure the delivery loop tells apart."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from daemon.events import StoredEvent
+
+
+class SinkError(Exception):
+    """A delivery failed."""
+
+
+class TransientError(SinkError):
+    """Waiting can fix it (connection refused, timeout, server shutdown, throttling): retry."""
+
+
+class PermanentError(SinkError):
+    """The data itself is refused (a bad value, a constraint): retrying the same batch cannot help.
+
+    The delivery loop splits the batch until the offending event is alone, then parks it as a
+    dead letter with this error.
+    """
+
+
+class SetupError(TransientError):
+    """The sink is misconfigured (bad credentials, newer schema, missing table): an operator must act.
+
+    Retried like a transient error (the fix happens outside), but reported as "misconfigured".
+    """
+
+
+class Sink(Protocol):
+    """Delivers batches of events; every delivery is idempotent, so replays are harmless."""
+
+    name: str
+    batch_size: int
+
+    async def deliver(self, events: Sequence[StoredEvent]) -> None:
+        """Write these events; raise TransientError or PermanentError, nothing else."""
+        ...
+
+    async def check(self) -> None:
+        """Make sure the sink answers and is set up; raise TransientError (or SetupError) if not."""
+        ...
+
+    async def close(self) -> None: ...

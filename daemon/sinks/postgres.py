@@ -1,0 +1,351 @@
+"""PostgreSQL sink (asyncpg): versioned schema, idempotent batch delivery in one transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from loguru import logger
+
+from daemon.events import StoredEvent
+from daemon.records import Records, map_events, parse_time
+from daemon.sinks.base import PermanentError, SetupError, TransientError
+
+CONNECT_TIMEOUT = 10.0
+STATEMENT_TIMEOUT = 60.0
+BATCH_SIZE = 500
+LOCK_NAMESPACE = "chatledger:migrate:"
+
+# Each entry upgrades the schema by one version; never edit a shipped entry, append a new one.
+# `{s}` is the quoted schema name.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE {s}.events (
+        event_id    text PRIMARY KEY,
+        title       text NOT NULL,
+        service     text,
+        bot_id      text,
+        contact_id  text,
+        received_at timestamptz NOT NULL,
+        payload     jsonb NOT NULL
+    );
+    CREATE TABLE {s}.conversations (
+        conversation_id text PRIMARY KEY,
+        customer_phone  text,
+        customer_name   text,
+        status          text NOT NULL DEFAULT 'active',
+        started_at      timestamptz,
+        last_activity   timestamptz,
+        message_count   integer NOT NULL DEFAULT 0,
+        intent          text,
+        sentiment       text,
+        priority        text NOT NULL DEFAULT 'normal',
+        assigned_agent  text,
+        tags            jsonb NOT NULL DEFAULT '[]',
+        metadata        jsonb NOT NULL DEFAULT '{{}}',
+        created_at      timestamptz NOT NULL DEFAULT now(),
+        updated_at      timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX conversations_by_phone ON {s}.conversations (customer_phone);
+    CREATE INDEX conversations_by_activity ON {s}.conversations (last_activity DESC);
+    CREATE TABLE {s}.interactions (
+        interaction_id     text PRIMARY KEY,
+        conversation_id    text NOT NULL REFERENCES {s}.conversations,
+        message_id         text UNIQUE,
+        direction          text NOT NULL CHECK (direction IN ('inbound', 'outbound')),
+        content            text,
+        intent             text,
+        response           text,
+        processing_time_ms integer,
+        status             text NOT NULL,
+        error_message      text,
+        customer_phone     text,
+        occurred_at        timestamptz NOT NULL,
+        created_at         timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX interactions_by_conversation ON {s}.interactions (conversation_id, occurred_at);
+    CREATE INDEX interactions_by_phone ON {s}.interactions (customer_phone, occurred_at);
+    CREATE TABLE {s}.escalations (
+        escalation_id   text PRIMARY KEY,
+        ticket_id       text NOT NULL UNIQUE,
+        conversation_id text NOT NULL REFERENCES {s}.conversations,
+        reason          text,
+        priority        text NOT NULL DEFAULT 'normal',
+        status          text NOT NULL DEFAULT 'pending',
+        customer_phone  text,
+        assigned_agent  text,
+        created_at      timestamptz NOT NULL,
+        resolved_at     timestamptz,
+        notes           text
+    );
+    CREATE INDEX escalations_by_conversation ON {s}.escalations (conversation_id, created_at);
+    CREATE INDEX escalations_open ON {s}.escalations (status) WHERE status <> 'resolved';
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS {s}.schema_migrations (
+    version    integer PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+CURRENT_VERSION = "SELECT coalesce(max(version), 0) FROM {s}.schema_migrations"
+RECORD_VERSION = "INSERT INTO {s}.schema_migrations (version) VALUES ($1)"
+
+INSERT_EVENTS = """
+INSERT INTO {s}.events (event_id, title, service, bot_id, contact_id, received_at, payload)
+SELECT id, title, service, bot, contact, received, payload::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
+     AS t(id, title, service, bot, contact, received, payload)
+ON CONFLICT (event_id) DO NOTHING
+"""
+# Contact details follow the newest event. Until a conversation has interactions its span is that of
+# its events; from then on REFRESH_CONVERSATIONS owns it (so a replay changes nothing).
+UPSERT_CONVERSATIONS = """
+INSERT INTO {s}.conversations AS c
+    (conversation_id, customer_phone, customer_name, started_at, last_activity, metadata)
+SELECT id, phone, name, first_at, last_at,
+       jsonb_strip_nulls(jsonb_build_object('bot_id', bot, 'contact_id', contact, 'service', service))
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[],
+            $6::text[], $7::text[], $8::text[]) AS t(id, phone, name, first_at, last_at, bot, contact, service)
+ON CONFLICT (conversation_id) DO UPDATE SET
+    customer_phone = CASE WHEN excluded.last_activity >= c.last_activity
+                          THEN coalesce(excluded.customer_phone, c.customer_phone)
+                          ELSE coalesce(c.customer_phone, excluded.customer_phone) END,
+    customer_name  = CASE WHEN excluded.last_activity >= c.last_activity
+                          THEN coalesce(excluded.customer_name, c.customer_name)
+                          ELSE coalesce(c.customer_name, excluded.customer_name) END,
+    started_at     = CASE WHEN c.message_count > 0 THEN c.started_at
+                          ELSE least(c.started_at, excluded.started_at) END,
+    last_activity  = CASE WHEN c.message_count > 0 THEN c.last_activity
+                          ELSE greatest(c.last_activity, excluded.last_activity) END
+"""
+INSERT_INTERACTIONS = """
+INSERT INTO {s}.interactions
+    (interaction_id, conversation_id, message_id, direction, content, status, customer_phone, occurred_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::timestamptz[])
+ON CONFLICT (interaction_id) DO NOTHING
+"""
+INSERT_ESCALATIONS = """
+INSERT INTO {s}.escalations
+    (escalation_id, ticket_id, conversation_id, reason, priority, status, customer_phone, created_at, notes)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::timestamptz[], $9::text[])
+ON CONFLICT (escalation_id) DO NOTHING
+"""
+# Only a newer status event replaces the one a conversation follows (see daemon.records).
+APPLY_STATUS_EVENTS = """
+UPDATE {s}.conversations AS c
+SET metadata = c.metadata || jsonb_build_object('status_event', t.title, 'status_event_at', t.at,
+                                                'status_key', t.key)
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) AS t(id, title, at, key)
+WHERE c.conversation_id = t.id AND coalesce(c.metadata ->> 'status_key', '') < t.key
+"""
+# Aggregates are recomputed from the interactions, never incremented: replays cannot skew them.
+# updated_at moves only when something did.
+REFRESH_CONVERSATIONS = """
+WITH agg AS (
+    SELECT t.id, count(i.interaction_id)::integer AS n,
+           min(i.occurred_at) AS first_at, max(i.occurred_at) AS last_at
+    FROM unnest($1::text[]) AS t(id)
+    LEFT JOIN {s}.interactions i ON i.conversation_id = t.id
+    GROUP BY t.id
+), target AS (
+    SELECT c.conversation_id, agg.n,
+           coalesce(agg.first_at, c.started_at) AS started_at,
+           coalesce(agg.last_at, c.last_activity) AS last_activity,
+           CASE WHEN c.metadata ->> 'status_event' = 'open_chat' THEN 'escalated'
+                WHEN c.metadata ->> 'status_event' IN ('unsubscribe', 'bot_block')
+                     AND (agg.last_at IS NULL
+                          OR agg.last_at <= (c.metadata ->> 'status_event_at')::timestamptz)
+                THEN 'closed'
+                ELSE 'active' END AS status
+    FROM {s}.conversations c JOIN agg ON agg.id = c.conversation_id
+)
+UPDATE {s}.conversations AS c
+SET message_count = t.n, started_at = t.started_at, last_activity = t.last_activity,
+    status = t.status, updated_at = now()
+FROM target t
+WHERE c.conversation_id = t.conversation_id
+  AND (c.message_count, c.started_at, c.last_activity, c.status)
+      IS DISTINCT FROM (t.n, t.started_at, t.last_activity, t.status)
+"""
+
+# SQLSTATE classes a retry cannot fix: the data is wrong (22) or breaks a constraint (23).
+POISON_CLASSES = ("22", "23")
+# A JSON \u0000 escape: jsonb refuses it. Kept verbatim in the journal, replaced here.
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+class SchemaTooNew(SetupError):
+    """The database was migrated by a newer chatledger."""
+
+
+def _sql(template: str, schema: str) -> str:
+    return template.format(s=quote_ident(schema))
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def jsonb_text(raw: str) -> str:
+    """The raw element as text jsonb accepts (a \\u0000 escape becomes \\ufffd)."""
+    if "\\u0000" not in raw:
+        return raw
+    return _NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", raw)
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """Connect with a timeout; failures are transient (the server may come back)."""
+    try:
+        return await asyncpg.connect(
+            dsn, timeout=CONNECT_TIMEOUT, command_timeout=STATEMENT_TIMEOUT,
+            server_settings={"application_name": "chatledger"},
+        )
+    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError,
+            asyncpg.InvalidCatalogNameError) as exc:
+        raise SetupError(f"PostgreSQL refused the connection: {exc}") from exc
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise TransientError(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
+
+
+async def migrate(conn: asyncpg.Connection, schema: str) -> tuple[int, int]:
+    """Bring `schema` to SCHEMA_VERSION; return (before, after). Refuses a newer schema."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", LOCK_NAMESPACE + schema)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+        await conn.execute(_sql(CREATE_VERSION_TABLE, schema))
+        before = await conn.fetchval(_sql(CURRENT_VERSION, schema))
+        if before > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"PostgreSQL schema {schema!r} is at version {before}, written by a newer chatledger; "
+                f"this version knows up to {SCHEMA_VERSION}. Upgrade chatledger."
+            )
+        for version in range(before + 1, SCHEMA_VERSION + 1):
+            await conn.execute(_sql(MIGRATIONS[version - 1], schema))
+            await conn.execute(_sql(RECORD_VERSION, schema), version)
+            logger.info("PostgreSQL schema {} migrated to version {}", schema, version)
+    return before, SCHEMA_VERSION
+
+
+async def migrate_database(dsn: str, schema: str) -> tuple[int, int]:
+    """Connect, migrate `schema`, disconnect: `chatledger migrate`."""
+    conn = await connect(dsn)
+    try:
+        return await migrate(conn, schema)
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise TransientError(f"migration failed: {_describe(exc)}") from exc
+    finally:
+        if not conn.is_closed():
+            conn.terminate()
+
+
+class PostgresSink:
+    """Delivers batches in one transaction each; reconnects (and re-checks the schema) after errors."""
+
+    name = "postgres"
+    batch_size = BATCH_SIZE
+
+    def __init__(self, dsn: str, schema: str):
+        self._dsn = dsn
+        self.schema = schema
+        self._conn: asyncpg.Connection | None = None
+        self._statements = {
+            key: _sql(template, schema) for key, template in {
+                "events": INSERT_EVENTS, "conversations": UPSERT_CONVERSATIONS,
+                "interactions": INSERT_INTERACTIONS, "escalations": INSERT_ESCALATIONS,
+                "status": APPLY_STATUS_EVENTS, "refresh": REFRESH_CONVERSATIONS,
+            }.items()
+        }
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        conn = await connect(self._dsn)
+        try:
+            await migrate(conn, self.schema)
+        except SetupError:
+            await conn.close()
+            raise
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            conn.terminate()
+            raise TransientError(f"PostgreSQL schema check failed: {_describe(exc)}") from exc
+        self._conn = conn
+        return conn
+
+    async def check(self) -> None:
+        conn = await self._connection()
+        try:
+            await conn.fetchval("SELECT 1")
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            await self._drop()
+            raise TransientError(_describe(exc)) from exc
+
+    async def deliver(self, events: Sequence[StoredEvent]) -> None:
+        conn = await self._connection()
+        try:
+            async with conn.transaction():
+                await self._write(conn, events, map_events(events))
+        except asyncpg.PostgresError as exc:
+            if (exc.sqlstate or "")[:2] in POISON_CLASSES:
+                raise PermanentError(_describe(exc)) from exc
+            await self._drop()
+            raise TransientError(_describe(exc)) from exc
+        except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError) as exc:
+            await self._drop()
+            raise TransientError(_describe(exc)) from exc
+
+    async def _write(self, conn: asyncpg.Connection, events: Sequence[StoredEvent], records: Records) -> None:
+        sql = self._statements
+        await conn.execute(sql["events"], *_columns(
+            [(e.dedup_key, e.title, e.service, e.bot_id, e.contact_id, parse_time(e.received_at),
+              jsonb_text(e.raw)) for e in events], 7))
+        if not records.conversations:
+            return
+        await conn.execute(sql["conversations"], *_columns(
+            [(c.conversation_id, c.customer_phone, c.customer_name, c.first_at, c.last_at,
+              c.bot_id, c.contact_id, c.service) for c in records.conversations], 8))
+        if records.interactions:
+            await conn.execute(sql["interactions"], *_columns(
+                [(i.interaction_id, i.conversation_id, i.message_id, i.direction, i.content, i.status,
+                  i.customer_phone, i.occurred_at) for i in records.interactions], 8))
+        if records.escalations:
+            await conn.execute(sql["escalations"], *_columns(
+                [(x.escalation_id, x.ticket_id, x.conversation_id, x.reason, x.priority, x.status,
+                  x.customer_phone, x.created_at, x.notes) for x in records.escalations], 9))
+        if records.status_changes:
+            await conn.execute(sql["status"], *_columns(
+                [(s.conversation_id, s.title, s.at, s.key) for s in records.status_changes], 4))
+        await conn.execute(sql["refresh"], [c.conversation_id for c in records.conversations])
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column, the shape `unnest($1::type[], ...)` takes."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows)]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate:
+        return f"{type(exc).__name__} [{exc.sqlstate}]: {exc}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,1 @@
+"""Test doubles and throwaway infrastructure shipped with the package (fakes, emulators, clusters)."""
