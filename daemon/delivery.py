@@ -30,7 +30,7 @@ IDLE_CHECK_INTERVAL = 30.0  # an idle worker checks its sink this often, so stat
 def backoff_delay(failures: int, rand: Callable[[], float] = random.random,
                   first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> float:
     """Seconds to wait after `failures` consecutive failures: doubling, capped, half of it jittered."""
-    ceiling = min(cap, first * 2 ** max(0, failures - 1))
+    ceiling = min(cap, first * 2 ** min(max(0, failures - 1), 64))  # no overflow after days of failures
     return ceiling / 2 + rand() * ceiling / 2
 
 

@@ -28,7 +28,8 @@ MESSAGE_TITLES = {"incoming_message": "inbound", "outgoing_message": "outbound"}
 ESCALATING_TITLES = frozenset({"open_chat"})
 CLOSING_TITLES = frozenset({"unsubscribe", "bot_block"})
 STATUS_TITLES = ESCALATING_TITLES | CLOSING_TITLES
-INTERACTION_STATUS = {"inbound": "received", "outbound": "sent"}
+# The values the operators' Airtable Status field allows (sent/delivered/read/failed).
+INTERACTION_STATUS = {"inbound": "delivered", "outbound": "sent"}
 ESCALATION_REASON = "live chat opened"
 
 
@@ -162,7 +163,7 @@ def map_events(events: Iterable[StoredEvent]) -> Records:
                 ticket_id="ESC-" + escalation_id.replace("-", "")[:8].upper(),
                 conversation_id=conversation_id,
                 reason=ESCALATION_REASON,
-                priority="normal",
+                priority="MEDIUM",
                 status="pending",
                 customer_phone=event.phone,
                 created_at=at,

@@ -109,7 +109,7 @@ async def test_batch_lands_as_events_interactions_conversations_escalations(tmp_
     rows = await pg_conn.fetch(f"SELECT message_id, direction, content, status, customer_phone, conversation_id "
                                f"FROM {s}.interactions ORDER BY occurred_at")
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
-        ("m1", "inbound", "hello", "received"), ("m3", "inbound", "oi", "received"),
+        ("m1", "inbound", "hello", "delivered"), ("m3", "inbound", "oi", "delivered"),
         ("m2", "outbound", "hi, how can I help?", "sent")]
     assert rows[0]["customer_phone"] == "5511987654321"
     assert rows[0]["conversation_id"] == conversation("c1") == rows[2]["conversation_id"]

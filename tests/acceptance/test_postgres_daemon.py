@@ -1,0 +1,149 @@
+"""The installed daemon against a real PostgreSQL that is down, comes back, and outlives a kill -9."""
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import asyncpg
+import pytest
+
+from tests.support import Daemon, cli, incoming, post, write_config
+
+pytestmark = pytest.mark.acceptance
+
+SCHEMA = "chatledger"
+DRAIN_TIMEOUT = 180.0  # a failure bound only: every check below waits for a state, not a duration
+
+
+def pg_config(tmp_path, cluster):
+    return write_config(tmp_path, extra=f'[postgres]\ndsn = "{cluster.dsn()}"\nschema = "{SCHEMA}"\n')
+
+
+def batches(count, size, contacts=7):
+    """`count` distinct messages from `contacts` contacts, in webhook batches of `size`."""
+    events = [incoming(f"wamid.{i}", contact=f"c{i % contacts}", phone=f"55119{i % contacts:08d}")
+              for i in range(count)]
+    return [events[i:i + size] for i in range(0, count, size)]
+
+
+def post_all(url, groups, senders=4):
+    with ThreadPoolExecutor(senders) as pool:
+        return list(pool.map(lambda group: post(url, group), groups))
+
+
+def query(cluster, sql):
+    async def run():
+        conn = await asyncpg.connect(cluster.dsn())
+        try:
+            return await conn.fetch(sql)
+        finally:
+            await conn.close()
+    return asyncio.run(run())
+
+
+def wait_for(condition, what, timeout=DRAIN_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout} s"
+        time.sleep(0.1)
+
+
+def postgres_status(daemon):
+    return daemon.status()["sinks"]["postgres"]
+
+
+def assert_exactly_once(cluster, count):
+    """Every acknowledged message is in PostgreSQL once, and every count agrees with the interactions."""
+    s = SCHEMA
+    assert query(cluster, f"SELECT count(*) FROM {s}.events")[0][0] == count
+    rows = query(cluster, f"SELECT count(*), count(DISTINCT message_id) FROM {s}.interactions")[0]
+    assert tuple(rows) == (count, count)
+    expected = {f"wamid.{i}" for i in range(count)}
+    assert {r[0] for r in query(cluster, f"SELECT message_id FROM {s}.interactions")} == expected
+    mismatched = query(cluster, f"""
+        SELECT c.conversation_id, c.message_count, count(i.interaction_id)
+        FROM {s}.conversations c LEFT JOIN {s}.interactions i USING (conversation_id)
+        GROUP BY 1, 2 HAVING c.message_count <> count(i.interaction_id)""")
+    assert mismatched == []
+    assert query(cluster, f"SELECT sum(message_count) FROM {s}.conversations")[0][0] == count
+
+
+def test_postgres_down_at_start_then_back_everything_arrives_once(tmp_path, own_pg):
+    own_pg.stop("immediate")
+    config = pg_config(tmp_path, own_pg)
+    daemon = Daemon(config).start()
+    try:
+        answers = post_all(daemon.url, batches(600, 25))
+        assert all(status == 200 for status, _ in answers)
+        assert sum(body["accepted"] for _, body in answers) == 600
+        assert post(daemon.url, incoming("wamid.3", contact="c3", phone="5511900000003")) == (
+            200, {"accepted": 0, "duplicates": 1, "rejected": 0})
+
+        down = wait_for(lambda: (s := postgres_status(daemon))["state"] == "down" and s, "postgres reported down")
+        assert down["pending"] == 600 and down["delivered"] == 0
+        assert down["last_error"] and down["last_error_at"] and down["oldest_pending_age_s"] is not None
+        assert "postgres is down" in " ".join(daemon.status()["health"]["problems"])
+        assert cli(config, "status").returncode == 1  # degraded
+
+        own_pg.start()
+        assert cli(config, "sync").returncode == 0  # wakes the replay at once, backoff reset
+        up = wait_for(lambda: (s := postgres_status(daemon))["pending"] == 0 and s, "backlog drained")
+        assert up["state"] == "up" and up["delivered"] == 600 and up["dead"] == 0
+        assert_exactly_once(own_pg, 600)
+        assert daemon.status()["health"]["status"] == "healthy"
+
+        # a message after recovery goes straight through, and a replay of everything changes nothing
+        assert post(daemon.url, incoming("wamid.600", contact="c0", phone="5511900000000"))[0] == 200
+        wait_for(lambda: postgres_status(daemon)["delivered"] == 601, "new message delivered")
+        assert_exactly_once(own_pg, 601)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+
+
+def test_kill_9_in_the_middle_of_a_backlog_still_exactly_once(tmp_path, own_pg):
+    own_pg.stop("immediate")
+    config = pg_config(tmp_path, own_pg)
+    daemon = Daemon(config).start()
+    total = 6000
+    answers = post_all(daemon.url, batches(total, 200))
+    assert [status for status, _ in answers] == [200] * len(answers)
+    assert daemon.stop() == 0  # backlog journaled, nothing delivered
+
+    own_pg.start()
+    daemon = Daemon(config).start()
+    try:
+        # kill as soon as PostgreSQL holds part of the backlog
+        wait_for(lambda: query(own_pg, "SELECT to_regclass('chatledger.events') IS NOT NULL")[0][0]
+                 and query(own_pg, "SELECT count(*) FROM chatledger.events")[0][0] > 0, "first batch landed")
+        daemon.kill()
+        landed = query(own_pg, "SELECT count(*) FROM chatledger.events")[0][0]
+        assert 0 < landed <= total
+
+        daemon = Daemon(config).start()
+        done = wait_for(lambda: (s := postgres_status(daemon))["pending"] == 0 and s, "backlog drained")
+        assert done["delivered"] == total and done["dead"] == 0
+        assert_exactly_once(own_pg, total)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+
+
+def test_migrate_command_and_newer_schema_refused(tmp_path, own_pg):
+    config = pg_config(tmp_path, own_pg)
+    first = cli(config, "migrate")
+    assert first.returncode == 0 and "at version 1" in first.stdout
+    again = cli(config, "migrate")
+    assert again.returncode == 0 and "at version 1" in again.stdout
+    query(own_pg, "INSERT INTO chatledger.schema_migrations (version) VALUES (99)")
+    refused = cli(config, "migrate")
+    assert refused.returncode != 0 and "99" in refused.stderr and "newer" in refused.stderr
+
+    no_dsn = write_config(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path)
+    missing = cli(no_dsn, "migrate")
+    assert missing.returncode == 78 and "dsn" in missing.stderr

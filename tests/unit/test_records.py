@@ -1,0 +1,90 @@
+"""The pure mapping from journaled events to rows, and the backoff schedule."""
+
+import itertools
+import random
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from daemon.delivery import BACKOFF_CAP, backoff_delay
+from daemon.events import StoredEvent
+from daemon.records import conversation_id_for, conversation_status, map_events
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+
+
+def stored(n, title="incoming_message", contact="c1", at=0, phone="5511987654321", name="Ana", text="oi"):
+    direction = {"incoming_message": "inbound", "outgoing_message": "outbound"}.get(title)
+    return StoredEvent(
+        id=n, dedup_key=f"k{n}", received_at=T0.isoformat(), occurred_at=(T0 + timedelta(seconds=at)).isoformat(),
+        title=title, service="whatsapp", bot_id="bot1", contact_id=contact, phone=phone, contact_name=name,
+        message_id=f"m{n}" if direction else None, platform_message_id=None, direction=direction,
+        message_type="text" if direction else None, text=text if direction else None, raw="{}")
+
+
+def test_conversation_ids_are_deterministic_and_documented():
+    expected = str(uuid.uuid5(uuid.NAMESPACE_URL, "chatledger:conversation:bot1:c1"))
+    assert conversation_id_for("bot1", "c1", "551199") == expected
+    assert conversation_id_for("bot1", "c1", None) == expected  # the phone does not matter when a contact id exists
+    assert conversation_id_for("bot2", "c1", None) != expected
+    assert conversation_id_for("bot1", None, "551199") == str(
+        uuid.uuid5(uuid.NAMESPACE_URL, "chatledger:conversation:bot1:phone:551199"))
+    assert conversation_id_for("bot1", None, None) is None
+
+
+def test_messages_become_interactions_and_open_chat_an_escalation():
+    records = map_events([stored(1), stored(2, "outgoing_message", at=1), stored(3, "open_chat", at=2),
+                          stored(4, "delivery_status", contact=None, phone=None)])
+    assert [(i.message_id, i.direction, i.status) for i in records.interactions] == [
+        ("m1", "inbound", "delivered"), ("m2", "outbound", "sent")]
+    assert len({i.interaction_id for i in records.interactions}) == 2
+    [escalation] = records.escalations
+    assert (escalation.status, escalation.priority) == ("pending", "MEDIUM")
+    assert escalation.ticket_id == "ESC-" + escalation.escalation_id.replace("-", "")[:8].upper()
+    [touch] = records.conversations  # one conversation touched by three events; the nameless event attaches to none
+    assert (touch.first_at, touch.last_at) == (T0, T0 + timedelta(seconds=2))
+    assert [(c.title, c.at) for c in records.status_changes] == [("open_chat", T0 + timedelta(seconds=2))]
+
+
+def test_the_same_events_in_any_order_map_to_the_same_rows():
+    events = [stored(1, at=5, name="new"), stored(2, "unsubscribe", at=3), stored(3, "open_chat", at=3),
+              stored(4, at=1, name="old"), stored(5, contact="c2", at=0)]
+
+    def rows(batch):
+        r = map_events(batch)
+        return (sorted(r.interactions, key=lambda i: i.interaction_id),
+                sorted(r.escalations, key=lambda e: e.escalation_id),
+                sorted(r.conversations, key=lambda c: c.conversation_id),
+                sorted(r.status_changes, key=lambda c: c.conversation_id))
+
+    first = rows(events)
+    for order in itertools.islice(itertools.permutations(events), 0, None, 7):
+        assert rows(list(order)) == first
+    c1 = next(c for c in first[2] if c.conversation_id == conversation_id_for("bot1", "c1", None))
+    assert c1.customer_name == "new"  # contact details follow the newest event
+    # two status events at the same second: the dedup key breaks the tie, the same way every time
+    assert [c.title for c in first[3] if c.conversation_id == c1.conversation_id] == ["open_chat"]
+
+
+@pytest.mark.parametrize("title, status_at, last_message_at, expected", [
+    (None, None, 5, "active"),
+    ("open_chat", 3, 5, "escalated"),
+    ("unsubscribe", 3, None, "closed"),
+    ("bot_block", 3, 2, "closed"),
+    ("unsubscribe", 3, 3, "closed"),
+    ("unsubscribe", 3, 4, "active"),  # a message after the unsubscribe reopens it
+])
+def test_conversation_status_rules(title, status_at, last_message_at, expected):
+    def at(s):
+        return None if s is None else T0 + timedelta(seconds=s)
+    assert conversation_status(title, at(status_at), at(last_message_at)) == expected
+
+
+def test_backoff_doubles_is_capped_and_jittered():
+    assert [backoff_delay(n, rand=lambda: 1.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 8.0]
+    assert backoff_delay(1, rand=lambda: 0.0) == 0.25  # at least half the ceiling
+    assert backoff_delay(50, rand=lambda: 1.0) == BACKOFF_CAP == 60.0
+    assert backoff_delay(10_000, rand=lambda: 1.0) == BACKOFF_CAP  # no overflow after days down
+    delays = {backoff_delay(8, rand=random.Random(seed).random) for seed in range(20)}
+    assert len(delays) > 1 and all(30.0 <= d <= 60.0 for d in delays)
