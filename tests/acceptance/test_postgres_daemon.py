@@ -144,6 +144,48 @@ def test_migrate_command_and_newer_schema_refused(tmp_path, own_pg):
     refused = cli(config, "migrate")
     assert refused.returncode != 0 and "99" in refused.stderr and "newer" in refused.stderr
 
-    no_dsn = write_config(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path)
+    (tmp_path / "no-dsn").mkdir()
+    no_dsn = write_config(tmp_path / "no-dsn")
     missing = cli(no_dsn, "migrate")
     assert missing.returncode == 78 and "dsn" in missing.stderr
+
+
+def test_replay_dead_letters_offline_then_online(tmp_path, own_pg):
+    """`replay --dead` re-queues in the journal when no daemon runs, and through the socket when one does."""
+    from datetime import datetime, timezone
+
+    from daemon.events import normalize
+    from daemon.journal import Journal
+
+    config = pg_config(tmp_path, own_pg)
+
+    async def plant(ids):
+        journal = await Journal.open(tmp_path / "state" / "journal.sqlite", ["postgres"])
+        try:
+            now = datetime.now(timezone.utc)
+            await journal.append([normalize(incoming(f"wamid.{i}"), now) for i in ids])
+            for event in await journal.pending("postgres", 0, 100):
+                if event.message_id in {f"wamid.{i}" for i in ids[:1]}:
+                    await journal.mark_dead("postgres", event.id, "planted: value out of range")
+        finally:
+            await journal.close()
+
+    asyncio.run(plant([0, 1]))
+    offline = cli(config, "replay", "--dead", "--sink", "postgres")
+    assert offline.returncode == 0, offline.stderr
+    assert "postgres: 1 dead letters re-queued" in offline.stdout and "not running" in offline.stdout
+    assert cli(config, "replay", "--dead", "--sink", "airtable").returncode == 78  # not enabled
+
+    asyncio.run(plant([2, 3]))  # one more dead letter while the daemon is stopped
+    daemon = Daemon(config).start()
+    try:
+        first = wait_for(lambda: (s := postgres_status(daemon))["delivered"] == 3 and s, "non-dead delivered")
+        assert first["dead"] == 1 and daemon.status()["health"]["status"] == "degraded"
+        online = cli(config, "replay", "--dead")
+        assert online.returncode == 0 and "postgres: 1 dead letters re-queued, replay triggered" in online.stdout
+        wait_for(lambda: (s := postgres_status(daemon))["delivered"] == 4 and s["dead"] == 0, "dead letter delivered")
+        assert_exactly_once(own_pg, 4)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
