@@ -1,0 +1,131 @@
+"""The request budget of one Airtable base: at most N requests in any second, never one more.
+
+Airtable allows 5 requests per second per base and locks the base out for 30 s after one more. The
+server counts requests when they arrive, and arrival lies somewhere between the moment we send and
+the moment the answer comes back. So a token is taken when a request is sent and comes back to the
+bucket `per` seconds after that request *ended*: whatever the network latency, any two requests
+that use the same token arrive at least `per` seconds apart, and no window of `per` seconds can ever
+hold more than `rate` arrivals. On a low-latency link this reaches the ceiling; on a slow one it
+stays under it, which is the side to err on.
+
+Every request to the base goes through `RequestBudget.request()`: writes, reads and metadata calls.
+`pause()` empties the bucket until a moment (after a 429 anyway, or on a quota error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+WINDOW_STATS = 60.0  # "requests in the last minute"
+
+
+class RequestBudget:
+    def __init__(self, rate: float = 5, per: float = 1.0, *, clock: Callable[[], float] = time.monotonic):
+        if rate < 1:
+            raise ValueError("rate must allow at least one request per window")
+        self.capacity = int(rate)
+        self.per = per
+        self._clock = clock
+        self._in_flight = 0
+        self._returns: deque[float] = deque()  # when each used token comes back, ascending
+        self._changed = asyncio.Event()
+        self._turn = asyncio.Lock()  # waiters are served in order
+        self.paused_until = 0.0
+        self.pause_reason: str | None = None
+        self._sent: deque[float] = deque()
+        self.requests_total = 0
+        self.rejected_429 = 0
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def _refill(self, now: float) -> None:
+        while self._returns and self._returns[0] <= now:
+            self._returns.popleft()
+
+    @property
+    def tokens_left(self) -> int:
+        now = self._clock()
+        if now < self.paused_until:
+            return 0
+        self._refill(now)
+        return max(0, self.capacity - self._in_flight - len(self._returns))
+
+    @property
+    def requests_last_minute(self) -> int:
+        horizon = self._clock() - WINDOW_STATS
+        while self._sent and self._sent[0] < horizon:
+            self._sent.popleft()
+        return len(self._sent)
+
+    def stats(self) -> dict[str, Any]:
+        now = self._clock()
+        paused = self.paused_until > now
+        return {
+            "requests_last_minute": self.requests_last_minute,
+            "requests_total": self.requests_total,
+            "rate_limited_429": self.rejected_429,
+            "tokens_left": self.tokens_left,
+            "paused_until": _wall(self.paused_until, now) if paused else None,
+            "paused_for_s": round(self.paused_until - now, 1) if paused else None,
+            "pause_reason": self.pause_reason if paused else None,
+        }
+
+    # -- control ---------------------------------------------------------------------------------
+
+    def pause(self, seconds: float, reason: str) -> None:
+        """No request leaves before `seconds` from now (a longer pause already set is kept)."""
+        self.paused_until = max(self.paused_until, self._clock() + seconds)
+        self.pause_reason = reason
+        self._changed.set()
+
+    def resume(self) -> None:
+        """Lift a pause at once (an operator asked for a retry)."""
+        self.paused_until = 0.0
+        self._changed.set()
+
+    def note_429(self) -> None:
+        self.rejected_429 += 1
+
+    @asynccontextmanager
+    async def request(self) -> AsyncIterator[None]:
+        """Hold one token for the duration of a request, and `per` seconds after it ends."""
+        await self._acquire()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._returns.append(self._clock() + self.per)
+            self._changed.set()
+
+    async def _acquire(self) -> None:
+        async with self._turn:
+            while True:
+                now = self._clock()
+                if now < self.paused_until:
+                    await self._wait(self.paused_until - now)
+                    continue
+                self._refill(now)
+                if self._in_flight + len(self._returns) < self.capacity:
+                    break
+                # full: the next token comes back when the oldest return is due, or when a request ends
+                await self._wait(self._returns[0] - now if self._returns else None)
+            self._in_flight += 1
+            self.requests_total += 1
+            self._sent.append(now)
+
+    async def _wait(self, timeout: float | None) -> None:
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+
+def _wall(moment: float, now: float) -> str:
+    return datetime.fromtimestamp(time.time() + (moment - now), timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,83 @@
+"""The per-base request budget: no window of `per` seconds ever holds more than `rate` arrivals."""
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from daemon.ratelimit import RequestBudget
+
+
+def most_in_any_window(intervals, per):
+    """The most requests that could arrive within one window of `per` s, whatever the latency.
+
+    A request arrives somewhere in [start, end]; the worst window starts at some request's end."""
+    worst = 0
+    for t in sorted({end for _, end in intervals} | {start for start, _ in intervals}):
+        worst = max(worst, sum(1 for start, end in intervals if start < t + per and end >= t))
+    return worst
+
+
+@pytest.mark.parametrize("concurrency", [1, 3, 12])
+async def test_never_more_than_rate_per_window_whatever_the_latency(concurrency):
+    budget = RequestBudget(rate=5, per=0.1)
+    rng = random.Random(concurrency)
+    intervals = []
+
+    async def one():
+        async with budget.request():
+            start = time.monotonic()
+            await asyncio.sleep(rng.uniform(0, 0.02))  # latency
+            intervals.append((start, time.monotonic()))
+
+    queue = list(range(60))
+
+    async def sender():
+        while queue:
+            queue.pop()
+            await one()
+
+    await asyncio.gather(*(sender() for _ in range(concurrency)))
+    assert len(intervals) == 60 and budget.requests_total == 60
+    assert most_in_any_window(intervals, 0.1) <= 5
+    if concurrency >= 5:  # it also reaches the ceiling: some window holds the full 5
+        assert most_in_any_window(intervals, 0.1) == 5
+
+
+async def test_pause_holds_every_request_until_it_ends():
+    budget = RequestBudget(rate=5, per=0.05)
+    budget.pause(0.2, "429 RATE_LIMIT_REACHED")
+    paused_at = time.monotonic()
+    assert budget.tokens_left == 0 and budget.stats()["pause_reason"] == "429 RATE_LIMIT_REACHED"
+    async with budget.request():
+        assert time.monotonic() - paused_at >= 0.2
+    budget.pause(30, "quota")
+    budget.resume()
+    async with budget.request():
+        pass
+    assert budget.stats()["paused_until"] is None
+
+
+async def test_tokens_left_and_stats_follow_a_clock():
+    now = [1000.0]
+    budget = RequestBudget(rate=5, per=1.0, clock=lambda: now[0])
+    assert budget.tokens_left == 5
+    for _ in range(5):
+        async with budget.request():
+            pass
+    assert budget.tokens_left == 0
+    now[0] += 0.999
+    assert budget.tokens_left == 0
+    now[0] += 0.002
+    assert budget.tokens_left == 5
+    assert budget.requests_last_minute == 5
+    now[0] += 61
+    assert budget.requests_last_minute == 0 and budget.requests_total == 5
+    budget.note_429()
+    assert budget.stats()["rate_limited_429"] == 1
+
+
+def test_a_rate_below_one_is_refused():
+    with pytest.raises(ValueError):
+        RequestBudget(rate=0.5)
