@@ -1,0 +1,44 @@
+"""Run the Airtable emulator standalone: python -m daemon.testing.airtable --port 8089 ..."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from daemon.testing.airtable import Emulator, serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m daemon.testing.airtable", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8089)
+    parser.add_argument("--token", action="append", default=[],
+                        help="a personal access token it accepts (repeatable; default patLOCAL)")
+    parser.add_argument("--base", action="append", default=[],
+                        help="an empty base id to create, e.g. appLOCAL0000000000 (repeatable; default appLOCAL)")
+    parser.add_argument("--rate", type=int, default=5, help="requests per second per base (default 5)")
+    parser.add_argument("--lockout", type=float, default=30.0, help="seconds a base stays locked after a 429")
+    args = parser.parse_args(argv)
+    emulator = Emulator(args.token or ["patLOCAL"], rate=args.rate, lockout=args.lockout)
+    for base_id in args.base or ["appLOCAL"]:
+        emulator.add_base(base_id)
+
+    async def run() -> None:
+        runner = await serve(emulator, args.host, args.port)
+        print(f"Airtable emulator on http://{args.host}:{args.port} (bases: {', '.join(emulator.bases)}; "
+              f"{args.rate} req/s per base, lockout {args.lockout:g} s)", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
