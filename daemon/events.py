@@ -67,6 +67,7 @@ class StoredEvent:
     message_type: str | None
     text: str | None
     raw: str
+    conversation_id: str | None = None
 
 
 @dataclass(frozen=True)

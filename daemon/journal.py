@@ -22,12 +22,64 @@ import aiosqlite
 from loguru import logger
 
 from daemon.events import Event, Rejected, StoredEvent
+from daemon.records import ConversationState, conversation_id_for
 
 MAX_EVENTS_PER_COMMIT = 5000
 GATHER_YIELDS = 2  # event-loop turns the writer gives concurrent requests to join a commit
 COMMIT_DELAY_SECONDS = 0.0015
 COMMIT_DELAY_EVENTS = 24  # a batch smaller than this, with company, waits COMMIT_DELAY_SECONDS
 DELIVERY_STATES = ("pending", "delivered", "dead")
+
+# The journal's record of a conversation, folded in one event at a time (see migration v2). The
+# trigger runs it for each new event; a rebuild runs it over all events in id order.
+CONVERSATION_UPSERT = """
+INSERT INTO conversations (conversation_id, bot_id, contact_id, service, phone, name, contact_at,
+    first_event_at, last_event_at, first_message_at, last_message_at, message_count,
+    status_title, status_at, status_key, updated_at)
+SELECT {e}conversation_id, {e}bot_id, {e}contact_id, {e}service, {e}phone, {e}contact_name,
+    {e}occurred_at, {e}occurred_at, {e}occurred_at,
+    CASE WHEN {is_message} THEN {e}occurred_at END, CASE WHEN {is_message} THEN {e}occurred_at END,
+    CASE WHEN {is_message} THEN 1 ELSE 0 END,
+    CASE WHEN {is_status} THEN {e}title END, CASE WHEN {is_status} THEN {e}occurred_at END,
+    CASE WHEN {is_status} THEN {e}occurred_at || '|' || {e}dedup_key END,
+    strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+{source}
+ON CONFLICT (conversation_id) DO UPDATE SET
+    bot_id           = coalesce(bot_id, excluded.bot_id),
+    contact_id       = coalesce(contact_id, excluded.contact_id),
+    service          = coalesce(service, excluded.service),
+    phone            = CASE WHEN excluded.contact_at >= contact_at THEN coalesce(excluded.phone, phone)
+                            ELSE coalesce(phone, excluded.phone) END,
+    name             = CASE WHEN excluded.contact_at >= contact_at THEN coalesce(excluded.name, name)
+                            ELSE coalesce(name, excluded.name) END,
+    contact_at       = max(contact_at, excluded.contact_at),
+    first_event_at   = min(first_event_at, excluded.first_event_at),
+    last_event_at    = max(last_event_at, excluded.last_event_at),
+    first_message_at = coalesce(min(first_message_at, excluded.first_message_at),
+                                first_message_at, excluded.first_message_at),
+    last_message_at  = coalesce(max(last_message_at, excluded.last_message_at),
+                                last_message_at, excluded.last_message_at),
+    message_count    = message_count + excluded.message_count,
+    status_title     = CASE WHEN excluded.status_key > coalesce(status_key, '')
+                            THEN excluded.status_title ELSE status_title END,
+    status_at        = CASE WHEN excluded.status_key > coalesce(status_key, '')
+                            THEN excluded.status_at ELSE status_at END,
+    status_key       = max(coalesce(status_key, ''), coalesce(excluded.status_key, '')),
+    updated_at       = excluded.updated_at
+"""
+MESSAGE_TITLE_SQL = "{e}title IN ('incoming_message', 'outgoing_message')"
+STATUS_TITLE_SQL = "{e}title IN ('open_chat', 'unsubscribe', 'bot_block')"
+
+
+def conversation_upsert(e: str, source: str) -> str:
+    return CONVERSATION_UPSERT.format(
+        e=e, source=source, is_message=MESSAGE_TITLE_SQL.format(e=e), is_status=STATUS_TITLE_SQL.format(e=e))
+
+
+REBUILD_CONVERSATIONS = (
+    "DELETE FROM conversations;\n"
+    + conversation_upsert("e.", "FROM events e WHERE e.conversation_id IS NOT NULL ORDER BY e.id")
+)
 
 # Each entry upgrades the schema by one version; never edit a shipped entry, append a new one.
 MIGRATIONS: tuple[str, ...] = (
@@ -94,12 +146,43 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE counters SET value = value + 1 WHERE name = 'rejected';
     END;
     """,
+    # v2: the journal's own record of each conversation, kept by the insert itself, so that a sink
+    # (Airtable) can write the right MessageCount / StartedAt / LastActivity / Status while
+    # PostgreSQL is down and after old events are purged. Every event is inserted once (dedup key),
+    # so counting on insert is exact. Titles: daemon.records MESSAGE_TITLES and STATUS_TITLES.
+    """
+    ALTER TABLE events ADD COLUMN conversation_id TEXT;
+    CREATE INDEX events_conversation ON events (conversation_id);
+    CREATE TABLE conversations (
+        conversation_id  TEXT PRIMARY KEY,
+        bot_id           TEXT,
+        contact_id       TEXT,
+        service          TEXT,
+        phone            TEXT,
+        name             TEXT,
+        contact_at       TEXT NOT NULL,
+        first_event_at   TEXT NOT NULL,
+        last_event_at    TEXT NOT NULL,
+        first_message_at TEXT,
+        last_message_at  TEXT,
+        message_count    INTEGER NOT NULL,
+        status_title     TEXT,
+        status_at        TEXT,
+        status_key       TEXT,
+        updated_at       TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TRIGGER events_conversation AFTER INSERT ON events WHEN NEW.conversation_id IS NOT NULL
+    BEGIN
+        {upsert_new};
+    END;
+    """.replace("{upsert_new}", conversation_upsert("NEW.", "WHERE true")),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 EVENT_COLUMNS = (
     "dedup_key", "received_at", "occurred_at", "title", "service", "bot_id", "contact_id", "phone",
     "contact_name", "message_id", "platform_message_id", "direction", "message_type", "text", "raw",
+    "conversation_id",
 )
 # One multi-row statement per chunk: a single trip to the SQLite thread however many events.
 ROWS_PER_INSERT = 32766 // len(EVENT_COLUMNS) // 100 * 100  # SQLite's bound-variable limit
@@ -134,6 +217,11 @@ SELECT e.id, {', '.join('e.' + c for c in EVENT_COLUMNS)}
 FROM deliveries d JOIN events e ON e.id = d.event_id
 WHERE d.sink = ? AND d.state = 'pending' AND d.event_id > ?
 ORDER BY d.event_id LIMIT ?
+"""
+SELECT_CONVERSATIONS = """
+SELECT conversation_id, bot_id, contact_id, service, phone, name, first_event_at, last_event_at,
+       first_message_at, last_message_at, message_count, status_title, status_at, updated_at
+FROM conversations WHERE conversation_id IN ({marks})
 """
 MARK_DELIVERED = """
 UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, last_error = NULL, updated_at = ?
@@ -490,6 +578,16 @@ class Journal:
         rows = await self.query(PENDING_PAGE, (sink, after_id, limit))
         return [StoredEvent(*row) for row in rows]
 
+    async def conversations(self, conversation_ids: Sequence[str]) -> dict[str, ConversationState]:
+        """The journal's record of these conversations (those it knows)."""
+        found: dict[str, ConversationState] = {}
+        ids = list(dict.fromkeys(conversation_ids))
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = await self.query(SELECT_CONVERSATIONS.format(marks=", ".join("?" * len(chunk))), chunk)
+            found.update((row[0], ConversationState(*row)) for row in rows)
+        return found
+
     async def mark_delivered(self, sink: str, event_ids: Sequence[int]) -> None:
         """Record that `sink` holds these events (durable with the next group commit)."""
         now = time.time()
@@ -573,6 +671,7 @@ def _event_row(event: Event, stamps: dict[datetime, str]) -> tuple[Any, ...]:
         event.dedup_key, received, occurred, event.title, event.service,
         event.bot_id, event.contact_id, event.phone, event.contact_name, event.message_id,
         event.platform_message_id, event.direction, event.message_type, event.text, event.raw,
+        conversation_id_for(event.bot_id, event.contact_id, event.phone),
     )
 
 
@@ -619,12 +718,31 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
         try:
             for statement in _statements(MIGRATIONS[target - 1]):
                 await conn.execute(statement)
+            if target == 2:
+                await _backfill_conversations(conn)
             await conn.execute(f"PRAGMA user_version = {target}")
             await conn.execute("COMMIT")
         except BaseException:
             await _rollback(conn)
             raise
         logger.info("journal {} migrated to schema v{}", path, target)
+
+
+async def _backfill_conversations(conn: aiosqlite.Connection) -> None:
+    """v1 -> v2: give the events already journaled their conversation id, then fold them."""
+    after = 0
+    while True:
+        rows = await (await conn.execute(
+            "SELECT id, bot_id, contact_id, phone FROM events WHERE id > ? ORDER BY id LIMIT 5000", (after,)
+        )).fetchall()
+        if not rows:
+            break
+        after = rows[-1][0]
+        await conn.executemany("UPDATE events SET conversation_id = ? WHERE id = ?",
+                               [(conversation_id_for(bot, contact, phone), event_id)
+                                for event_id, bot, contact, phone in rows])
+    for statement in _statements(REBUILD_CONVERSATIONS):
+        await conn.execute(statement)
 
 
 async def _record_sinks(conn: aiosqlite.Connection, sinks: Sequence[str]) -> None:

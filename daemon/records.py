@@ -90,6 +90,40 @@ class Records:
     status_changes: list[StatusChange] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ConversationState:
+    """The journal's own record of one conversation (every event it ever accepted, folded in)."""
+
+    conversation_id: str
+    bot_id: str | None
+    contact_id: str | None
+    service: str | None
+    phone: str | None
+    name: str | None
+    first_event_at: str
+    last_event_at: str
+    first_message_at: str | None
+    last_message_at: str | None
+    message_count: int
+    status_title: str | None
+    status_at: str | None
+    updated_at: str
+
+    @property
+    def started_at(self) -> str:
+        return self.first_message_at or self.first_event_at
+
+    @property
+    def last_activity(self) -> str:
+        return self.last_message_at or self.last_event_at
+
+    @property
+    def status(self) -> str:
+        return conversation_status(
+            self.status_title, parse_time(self.status_at) if self.status_at else None,
+            parse_time(self.last_message_at) if self.last_message_at else None)
+
+
 def parse_time(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
