@@ -95,7 +95,7 @@ class Daemon:
     def _start_workers(self) -> None:
         """One delivery worker per enabled sink; each runs on its own, none waits on another."""
         assert self.journal is not None
-        for sink in build_sinks(self.config):
+        for sink in build_sinks(self.config, self.journal):
             worker = DeliveryWorker(self.journal, sink)
             self.workers[sink.name] = worker
             self._worker_tasks.append(asyncio.create_task(worker.run(), name=f"{sink.name}-delivery"))
@@ -266,13 +266,17 @@ class Daemon:
         return snapshot
 
 
-def build_sinks(config: Config) -> list[Any]:
+def build_sinks(config: Config, journal: Journal) -> list[Any]:
     """The concrete sink adapters the config enables (the only place that builds them)."""
     sinks: list[Any] = []
     if config.postgres.enabled:
         from daemon.sinks.postgres import PostgresSink
 
         sinks.append(PostgresSink(config.postgres.dsn.get_secret_value(), config.postgres.schema_))
+    if config.airtable.enabled:
+        from daemon.sinks.airtable import AirtableSink
+
+        sinks.append(AirtableSink.from_config(config.airtable, journal.conversations))
     return sinks
 
 

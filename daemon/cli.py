@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     replay = command("replay", "replay now; with --dead, first re-queue the dead letters")
     replay.add_argument("--dead", action="store_true", help="re-queue the dead letters too")
     replay.add_argument("--sink", choices=("postgres", "airtable"), help="only this sink (default: all enabled)")
+    airtable = command("airtable", "set up or check the Airtable base: `init` creates missing tables and fields, "
+                                   "`check` prints the differences (exit 1 on any)")
+    airtable.add_argument("action", choices=("init", "check"))
     return parser
 
 
@@ -67,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sync": _sync,
         "migrate": _migrate,
         "replay": _replay,
+        "airtable": _airtable,
     }[args.command]
     return handler(config, args)
 
@@ -173,3 +177,38 @@ def _requeue_offline(config: Config, sink: str | None) -> int:
         print(f"{name}: {count} dead letters re-queued in {config.journal.path} (daemon not running; "
               "they are delivered when it starts)")
     return EXIT_OK
+
+
+def _airtable(config: Config, args: argparse.Namespace) -> int:
+    """`airtable init` / `airtable check`, under the same request budget as the daemon."""
+    from daemon.sinks.airtable import AirtableSink, init_base, schema_differences
+    from daemon.sinks.base import SinkError
+
+    if not config.airtable.enabled:
+        print("chatledger: [airtable] api_key is empty (or AIRTABLE_API_KEY unset): nothing to do", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging("WARNING", config.log.json_)
+
+    async def run() -> int:
+        sink = AirtableSink.from_config(config.airtable, None)
+        try:
+            if args.action == "init":
+                for line in await init_base(sink.client, sink.tables) or ["nothing to create"]:
+                    print(line)
+            problems, notes = schema_differences(await sink.client.schema(), sink.tables)
+        finally:
+            await sink.close()
+        for note in notes:
+            print(f"note: {note}")
+        for problem in problems:
+            print(f"difference: {problem}")
+        if problems:
+            return EXIT_FAILURE
+        print(f"base {config.airtable.base_id}: tables and fields match what chatledger writes")
+        return EXIT_OK
+
+    try:
+        return asyncio.run(run())
+    except SinkError as exc:
+        print(f"chatledger: {exc}", file=sys.stderr)
+        return EXIT_FAILURE

@@ -19,7 +19,7 @@ from loguru import logger
 
 from daemon.events import StoredEvent
 from daemon.journal import Journal, JournalUnavailable
-from daemon.sinks.base import PermanentError, SetupError, Sink, TransientError
+from daemon.sinks.base import PermanentError, Sink, TransientError
 
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 60.0
@@ -64,6 +64,9 @@ class DeliveryWorker:
 
     def wake(self) -> None:
         """Replay now: rescan from the oldest pending event and skip any backoff."""
+        sink_wake = getattr(self.sink, "wake", None)
+        if sink_wake is not None:
+            sink_wake()
         self._cursor = 0
         self._woken.set()
         self._new_events.set()
@@ -83,6 +86,9 @@ class DeliveryWorker:
         }
         if self.retry_at is not None:
             status["retry_in_s"] = round(max(0.0, self.retry_at - self._clock()), 1)
+        stats = getattr(self.sink, "stats", None)
+        if stats is not None:
+            status.update(stats())
         return status
 
     # -- the loop --------------------------------------------------------------------------------
@@ -170,12 +176,12 @@ class DeliveryWorker:
     async def _failed(self, batch: Sequence[StoredEvent], exc: TransientError) -> None:
         """Record a transient failure (on the batch's first event, if any) and back off."""
         self.failures += 1
-        delay = backoff_delay(self.failures)
+        delay = exc.retry_after if exc.retry_after is not None else backoff_delay(self.failures)
         error = str(exc)
         was = self.state
-        self.state = "misconfigured" if isinstance(exc, SetupError) else "down"
+        self.state = exc.state
         self.last_error, self.last_error_at = error, time.time()
-        log = logger.error if was not in ("down", "misconfigured") or self.failures in (1, 10) else logger.debug
+        log = logger.error if was != self.state or self.failures in (1, 10) else logger.debug
         log("{} is {} (attempt {}), retrying in {:.1f} s: {}", self.name, self.state, self.failures, delay, error)
         if batch:
             try:

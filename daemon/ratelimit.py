@@ -23,19 +23,26 @@ from datetime import datetime, timezone
 from typing import Any
 
 WINDOW_STATS = 60.0  # "requests in the last minute"
+RECOVERY_STEP = 10.0  # after a 429, the rate climbs back one request per window this often
+
+
+class BudgetPaused(Exception):
+    """A request gave up waiting: the budget was paused with refuse_waiting."""
 
 
 class RequestBudget:
     def __init__(self, rate: float = 5, per: float = 1.0, *, clock: Callable[[], float] = time.monotonic):
         if rate < 1:
             raise ValueError("rate must allow at least one request per window")
-        self.capacity = int(rate)
+        self.configured = self.capacity = int(rate)
+        self._last_429 = float("-inf")
         self.per = per
         self._clock = clock
         self._in_flight = 0
         self._returns: deque[float] = deque()  # when each used token comes back, ascending
         self._changed = asyncio.Event()
         self._turn = asyncio.Lock()  # waiters are served in order
+        self._refusals = 0
         self.paused_until = 0.0
         self.pause_reason: str | None = None
         self._sent: deque[float] = deque()
@@ -71,6 +78,7 @@ class RequestBudget:
             "requests_total": self.requests_total,
             "rate_limited_429": self.rejected_429,
             "tokens_left": self.tokens_left,
+            "requests_per_window": self.capacity,
             "paused_until": _wall(self.paused_until, now) if paused else None,
             "paused_for_s": round(self.paused_until - now, 1) if paused else None,
             "pause_reason": self.pause_reason if paused else None,
@@ -78,10 +86,17 @@ class RequestBudget:
 
     # -- control ---------------------------------------------------------------------------------
 
-    def pause(self, seconds: float, reason: str) -> None:
-        """No request leaves before `seconds` from now (a longer pause already set is kept)."""
-        self.paused_until = max(self.paused_until, self._clock() + seconds)
-        self.pause_reason = reason
+    def pause(self, seconds: float, reason: str, *, refuse_waiting: bool = False) -> None:
+        """No request leaves before `seconds` from now (a longer pause already set is kept).
+
+        refuse_waiting: requests already waiting for a token raise BudgetPaused instead of waiting
+        out the pause (an hour-long quota pause should not hold a delivery for an hour)."""
+        until = self._clock() + seconds
+        if until >= self.paused_until:
+            self.paused_until = until
+            self.pause_reason = reason
+        if refuse_waiting:
+            self._refusals += 1
         self._changed.set()
 
     def resume(self) -> None:
@@ -90,7 +105,19 @@ class RequestBudget:
         self._changed.set()
 
     def note_429(self) -> None:
+        """The server refused a request anyway: our rate is too high for it (a wrong setting, another
+        client on the base). Halve it, so that progress resumes; it climbs back one step per quiet
+        RECOVERY_STEP seconds, up to the configured rate."""
         self.rejected_429 += 1
+        now = self._clock()
+        if now - self._last_429 >= self.per:  # a volley of 429s from one burst halves it once
+            self.capacity = max(1, self.capacity // 2)
+        self._last_429 = now
+
+    def _recover(self, now: float) -> None:
+        if self.capacity < self.configured and now - self._last_429 >= RECOVERY_STEP:
+            self.capacity += 1
+            self._last_429 = now
 
     @asynccontextmanager
     async def request(self) -> AsyncIterator[None]:
@@ -104,13 +131,17 @@ class RequestBudget:
             self._changed.set()
 
     async def _acquire(self) -> None:
+        refusals = self._refusals
         async with self._turn:
             while True:
+                if self._refusals != refusals:
+                    raise BudgetPaused(self.pause_reason or "paused")
                 now = self._clock()
                 if now < self.paused_until:
                     await self._wait(self.paused_until - now)
                     continue
                 self._refill(now)
+                self._recover(now)
                 if self._in_flight + len(self._returns) < self.capacity:
                     break
                 # full: the next token comes back when the oldest return is due, or when a request ends

@@ -57,6 +57,7 @@ class InteractionRow:
     status: str
     customer_phone: str | None
     occurred_at: datetime
+    dedup_key: str = ""  # the event it comes from
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ def map_events(events: Iterable[StoredEvent]) -> Records:
                 status=INTERACTION_STATUS[direction],
                 customer_phone=event.phone,
                 occurred_at=at,
+                dedup_key=event.dedup_key,
             ))
         if event.title in STATUS_TITLES:
             change = StatusChange(conversation_id, event.title, at, status_key(at, event.dedup_key))

@@ -13,7 +13,17 @@ class SinkError(Exception):
 
 
 class TransientError(SinkError):
-    """Waiting can fix it (connection refused, timeout, server shutdown, throttling): retry."""
+    """Waiting can fix it (connection refused, timeout, server shutdown, throttling): retry.
+
+    `state` is what status shows meanwhile; `retry_after` (seconds), when the sink knows it, replaces
+    the loop's own backoff step.
+    """
+
+    state = "down"
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentError(SinkError):
@@ -29,6 +39,8 @@ class SetupError(TransientError):
 
     Retried like a transient error (the fix happens outside), but reported as "misconfigured".
     """
+
+    state = "misconfigured"
 
 
 class Sink(Protocol):

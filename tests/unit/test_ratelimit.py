@@ -81,3 +81,39 @@ async def test_tokens_left_and_stats_follow_a_clock():
 def test_a_rate_below_one_is_refused():
     with pytest.raises(ValueError):
         RequestBudget(rate=0.5)
+
+
+async def test_a_429_halves_the_rate_and_quiet_time_restores_it():
+    now = [0.0]
+    budget = RequestBudget(rate=8, per=1.0, clock=lambda: now[0])
+    budget.note_429()
+    budget.note_429()  # the same volley
+    assert budget.capacity == 4
+    for _ in range(3):
+        now[0] += 1.0
+        budget.note_429()
+    assert budget.capacity == 1  # never below one
+    now[0] += 1.0
+    budget.note_429()
+    assert budget.capacity == 1
+    for step in range(1, 8):
+        now[0] += 10.0
+        async with budget.request():
+            pass
+        assert budget.capacity == 1 + step
+    now[0] += 100.0
+    async with budget.request():
+        pass
+    assert budget.capacity == 8  # the configured rate is the ceiling
+
+
+async def test_refusing_waiters_ends_their_wait_at_once():
+    from daemon.ratelimit import BudgetPaused
+    budget = RequestBudget(rate=1, per=3600)
+    async with budget.request():
+        pass  # the only token is out for an hour
+    waiter = asyncio.create_task(budget.request().__aenter__())
+    await asyncio.sleep(0)
+    budget.pause(3600, "quota", refuse_waiting=True)
+    with pytest.raises(BudgetPaused):
+        await asyncio.wait_for(waiter, 10)

@@ -1,0 +1,381 @@
+"""The Airtable sink: the same rows as PostgreSQL, upserted through pyairtable under the base's budget.
+
+pyairtable is synchronous (requests): every call runs in a small thread pool, never on the event
+loop, with a timeout and pyairtable's own retries off, so that the request budget (5/s per base)
+and the delivery loop's backoff are the only retry layers. Every request, reads and metadata
+included, takes a token first. Writes are upserts keyed on ConversationId / InteractionId /
+EscalationId, so a retry or a replay never creates a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from loguru import logger
+from pyairtable import Api
+
+from daemon.events import StoredEvent
+from daemon.ratelimit import BudgetPaused, RequestBudget
+from daemon.records import ConversationState, Records, map_events
+from daemon.sinks.base import PermanentError, SetupError, TransientError
+
+RECORDS_PER_REQUEST = 10
+BATCH_SIZE = 200  # events per delivery: 20 interaction requests and a few conversation upserts
+TIMEOUT = (5, 30)  # connect, read (seconds)
+LOCKOUT = 30.0  # what Airtable imposes after a 429
+QUOTA_RETRY = 3600.0  # the monthly quota does not come back by waiting a minute
+THREADS = 5
+QUOTA_REASON = "monthly API quota exhausted"
+
+DATE_OPTIONS = {"timeZone": "utc", "dateFormat": {"name": "iso"}, "timeFormat": {"name": "24hour"}}
+PRIORITIES = ["LOW", "MEDIUM", "HIGH", "CRITICAL"]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: str
+    choices: tuple[str, ...] = ()
+
+    def config(self) -> dict[str, Any]:
+        """The metadata-API field config that creates it."""
+        out: dict[str, Any] = {"name": self.name, "type": self.type}
+        if self.type == "number":
+            out["options"] = {"precision": 0}
+        elif self.type == "dateTime":
+            out["options"] = DATE_OPTIONS
+        elif self.type == "singleSelect":
+            out["options"] = {"choices": [{"name": c} for c in self.choices]}
+        return out
+
+
+def _text(name: str) -> FieldSpec:
+    return FieldSpec(name, "singleLineText")
+
+
+def _long(name: str) -> FieldSpec:
+    return FieldSpec(name, "multilineText")
+
+
+def _date(name: str) -> FieldSpec:
+    return FieldSpec(name, "dateTime")
+
+
+def _select(name: str, *choices: str) -> FieldSpec:
+    return FieldSpec(name, "singleSelect", choices)
+
+
+# The operators' base, exactly: the first field of each table is its primary field and upsert key.
+TABLES: dict[str, tuple[FieldSpec, ...]] = {
+    "conversations": (
+        _text("ConversationId"), FieldSpec("CustomerPhone", "phoneNumber"), _text("CustomerName"),
+        _select("Status", "active", "closed", "escalated"), _date("StartedAt"), _date("LastActivity"),
+        FieldSpec("MessageCount", "number"), _text("Intent"), _text("Sentiment"), _select("Priority", *PRIORITIES),
+        _text("AssignedAgent"), _long("Tags"), _long("Metadata"), _date("CreatedAt"), _date("UpdatedAt"),
+    ),
+    "interactions": (
+        _text("InteractionId"), _text("ConversationId"), _text("MessageId"), _select("Direction", "inbound", "outbound"),
+        _long("Content"), _text("Intent"), _long("Response"), FieldSpec("ProcessingTime", "number"),
+        _select("Status", "sent", "delivered", "read", "failed"), _long("ErrorMessage"), _date("Timestamp"),
+        _date("CreatedAt"),
+    ),
+    "escalations": (
+        _text("EscalationId"), _text("TicketId"), _text("ConversationId"), _long("Reason"),
+        _select("Priority", *PRIORITIES), _select("Status", "pending", "assigned", "resolved"),
+        FieldSpec("CustomerPhone", "phoneNumber"), _text("AssignedAgent"), _date("CreatedAt"), _date("ResolvedAt"),
+        _long("Notes"),
+    ),
+}
+KEYS = {kind: fields[0].name for kind, fields in TABLES.items()}
+# Fields of the same family Airtable converts between without loss (typecast writes text to either).
+COMPATIBLE = {"singleLineText": {"singleLineText", "multilineText", "phoneNumber"},
+              "multilineText": {"multilineText", "singleLineText", "richText"},
+              "phoneNumber": {"phoneNumber", "singleLineText"},
+              "number": {"number"}, "dateTime": {"dateTime"}, "singleSelect": {"singleSelect"}}
+
+
+class ThrottledError(TransientError):
+    """Airtable answered 429 RATE_LIMIT_REACHED anyway: the whole base pauses for the lockout."""
+
+    state = "throttled"
+
+
+class QuotaError(TransientError):
+    """The workspace's monthly API quota is exhausted: stop calling, retry hourly."""
+
+    state = "quota"
+
+
+# -- mapping ---------------------------------------------------------------------------------------
+
+def _drop_empty(fields: dict[str, Any]) -> dict[str, Any]:
+    """Leave out what we do not know, so that an upsert never clears what an operator typed."""
+    return {k: v for k, v in fields.items() if v is not None and v != ""}
+
+
+def conversation_fields(state: ConversationState) -> dict[str, Any]:
+    metadata = _drop_empty({"bot_id": state.bot_id, "contact_id": state.contact_id, "service": state.service})
+    return _drop_empty({
+        "ConversationId": state.conversation_id, "CustomerPhone": state.phone, "CustomerName": state.name,
+        "Status": state.status, "StartedAt": state.started_at, "LastActivity": state.last_activity,
+        "MessageCount": state.message_count, "Metadata": json.dumps(metadata, sort_keys=True),
+        "CreatedAt": state.first_event_at, "UpdatedAt": state.updated_at,
+    })
+
+
+def airtable_rows(events: Sequence[StoredEvent], records: Records,
+                  conversations: dict[str, ConversationState]) -> dict[str, list[dict[str, Any]]]:
+    """The upserts one delivery makes, by table: one per interaction and escalation, and one per
+    conversation touched (coalesced, with the journal's latest count and span)."""
+    received = {event.dedup_key: event.received_at for event in events}
+    interactions = [_drop_empty({
+        "InteractionId": row.interaction_id, "ConversationId": row.conversation_id, "MessageId": row.message_id,
+        "Direction": row.direction, "Content": row.content, "Status": row.status,
+        "Timestamp": _iso(row.occurred_at), "CreatedAt": received[row.dedup_key],
+    }) for row in records.interactions]
+    escalations = [_drop_empty({
+        "EscalationId": row.escalation_id, "TicketId": row.ticket_id, "ConversationId": row.conversation_id,
+        "Reason": row.reason, "Priority": row.priority, "Status": row.status, "CustomerPhone": row.customer_phone,
+        "CreatedAt": _iso(row.created_at), "Notes": row.notes,
+    }) for row in records.escalations]
+    touched = dict.fromkeys(touch.conversation_id for touch in records.conversations)
+    return {
+        "conversations": [conversation_fields(conversations[c]) for c in touched if c in conversations],
+        "interactions": interactions,
+        "escalations": escalations,
+    }
+
+
+def _iso(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+# -- schema ----------------------------------------------------------------------------------------
+
+def schema_differences(tables: list[dict[str, Any]], names: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(differences that stop delivery, notes) between the base's schema and what chatledger writes."""
+    problems: list[str] = []
+    notes: list[str] = []
+    by_name = {table["name"]: table for table in tables}
+    for kind, specs in TABLES.items():
+        table = by_name.get(names[kind])
+        if table is None:
+            problems.append(f"table {names[kind]!r} ({kind}) is missing")
+            continue
+        fields = {f["name"]: f for f in table.get("fields", [])}
+        for spec in specs:
+            found = fields.get(spec.name)
+            if found is None:
+                problems.append(f"{names[kind]}.{spec.name} is missing (a {spec.type} field)")
+            elif found.get("type") not in COMPATIBLE.get(spec.type, {spec.type}):
+                problems.append(f"{names[kind]}.{spec.name} is a {found.get('type')} field; chatledger writes "
+                                f"{spec.type}")
+            elif spec.choices:
+                have = {c.get("name") for c in (found.get("options") or {}).get("choices", [])}
+                missing = [c for c in spec.choices if c not in have]
+                if missing:
+                    notes.append(f"{names[kind]}.{spec.name} lacks the choices {', '.join(missing)} "
+                                 "(created on first use)")
+    return problems, notes
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+SETUP_TYPES = {"UNKNOWN_FIELD_NAME", "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND", "INVALID_PERMISSIONS",
+               "AUTHENTICATION_REQUIRED", "NOT_FOUND", "TABLE_NOT_FOUND", "INVALID_MULTIPLE_CHOICE_OPTIONS"}
+
+
+def classify(exc: Exception, what: str) -> Exception:
+    """A pyairtable/requests failure as the delivery loop's error kinds."""
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        try:
+            error = exc.response.json().get("error")
+        except ValueError:
+            error = None
+        kind = error if isinstance(error, str) else (error or {}).get("type", "")
+        message = (error or {}).get("message", "") if isinstance(error, dict) else ""
+        detail = f"{what}: HTTP {status} {kind}{': ' + message if message else ''}"
+        if status == 429 and kind == "PUBLIC_API_BILLING_LIMIT_EXCEEDED":
+            return QuotaError(detail)
+        if status == 429:
+            return ThrottledError(detail)
+        if status in (401, 403, 404) or kind in SETUP_TYPES:
+            return SetupError(detail)
+        if status in (413, 422):
+            return PermanentError(detail)
+        return TransientError(detail)
+    if isinstance(exc, requests.Timeout):
+        return TransientError(f"{what}: Airtable did not answer in time ({exc.__class__.__name__})")
+    if isinstance(exc, (requests.ConnectionError, OSError)):
+        return TransientError(f"{what}: cannot reach Airtable ({exc.__class__.__name__})")
+    if isinstance(exc, requests.RequestException):
+        return TransientError(f"{what}: {exc}")
+    return exc
+
+
+SEVERITY = (SetupError, QuotaError, ThrottledError, PermanentError, TransientError)
+
+
+# -- the sink --------------------------------------------------------------------------------------
+
+class AirtableClient:
+    """pyairtable behind the base's budget, in a thread pool; one Api (requests.Session) per thread."""
+
+    def __init__(self, api_key: str, base_id: str, endpoint_url: str, budget: RequestBudget, *,
+                 lockout: float = LOCKOUT):
+        self.base_id = base_id
+        self.budget = budget
+        self.lockout = lockout
+        self._api_key = api_key
+        self._endpoint_url = endpoint_url
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="airtable")
+
+    def _api(self) -> Api:
+        api = getattr(self._local, "api", None)
+        if api is None:
+            api = self._local.api = Api(self._api_key, timeout=TIMEOUT, retry_strategy=None,
+                                        endpoint_url=self._endpoint_url)
+        return api
+
+    async def call(self, what: str, function: Callable[[Api], Any]) -> Any:
+        """One HTTP request: a token, then the call in a thread; failures come back classified."""
+        paused = self.budget.stats()
+        if paused["pause_reason"] == QUOTA_REASON:
+            raise QuotaError(f"{what}: the monthly API quota is exhausted; next try at {paused['paused_until']}",
+                             retry_after=paused["paused_for_s"])
+        try:
+            async with self.budget.request():
+                loop = asyncio.get_running_loop()
+                try:
+                    return await loop.run_in_executor(self._pool, lambda: function(self._api()))
+                except Exception as exc:  # noqa: BLE001 - classified below, nothing swallowed
+                    error = classify(exc, what)
+                    if isinstance(error, ThrottledError):
+                        self.budget.note_429()
+                        self.budget.pause(self.lockout, "429 RATE_LIMIT_REACHED")
+                        error.retry_after = self.lockout
+                    elif isinstance(error, QuotaError):
+                        self.budget.pause(QUOTA_RETRY, QUOTA_REASON, refuse_waiting=True)
+                        error.retry_after = QUOTA_RETRY
+                    raise error from exc
+        except BudgetPaused:
+            raise QuotaError(f"{what}: not sent, the monthly API quota is exhausted",
+                             retry_after=QUOTA_RETRY) from None
+
+    async def schema(self) -> list[dict[str, Any]]:
+        answer = await self.call("reading the base schema", lambda api: api.request(
+            "GET", api.build_url(f"meta/bases/{self.base_id}/tables")))
+        return answer.get("tables", [])
+
+    async def upsert(self, table: str, key: str, rows: list[dict[str, Any]]) -> None:
+        assert len(rows) <= RECORDS_PER_REQUEST
+        await self.call(f"upserting {len(rows)} records into {table}", lambda api: api.table(
+            self.base_id, table).batch_upsert([{"fields": row} for row in rows], key_fields=[key], typecast=True))
+
+    async def create_table(self, name: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self.call(f"creating table {name}", lambda api: api.request(
+            "POST", api.build_url(f"meta/bases/{self.base_id}/tables"), json={"name": name, "fields": fields}))
+
+    async def create_field(self, table_id: str, field: dict[str, Any]) -> dict[str, Any]:
+        return await self.call(f"creating field {field['name']}", lambda api: api.request(
+            "POST", api.build_url(f"meta/bases/{self.base_id}/tables/{table_id}/fields"), json=field))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def init_base(client: AirtableClient, names: dict[str, str]) -> list[str]:
+    """Create the tables and fields chatledger writes that the base lacks; what was done, in words.
+
+    Existing tables and fields are never changed: a field of the wrong type is left for the
+    operator (`chatledger airtable check` names it)."""
+    done = []
+    tables = {table["name"]: table for table in await client.schema()}
+    for kind, specs in TABLES.items():
+        name = names[kind]
+        table = tables.get(name)
+        if table is None:
+            await client.create_table(name, [spec.config() for spec in specs])
+            done.append(f"created table {name} with {len(specs)} fields")
+            continue
+        have = {f["name"].lower() for f in table.get("fields", [])}
+        for spec in specs:
+            if spec.name.lower() not in have:
+                await client.create_field(table["id"], spec.config())
+                done.append(f"created field {name}.{spec.name} ({spec.type})")
+    return done
+
+
+class AirtableSink:
+    name = "airtable"
+    batch_size = BATCH_SIZE
+
+    def __init__(self, client: AirtableClient, tables: dict[str, str],
+                 conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]]):
+        self.client = client
+        self.tables = tables  # kind -> table name in the base
+        self._conversations = conversations
+        self._schema_ok = False
+        self.schema_notes: list[str] = []
+
+    @classmethod
+    def from_config(cls, config: Any, conversations) -> "AirtableSink":
+        budget = RequestBudget(config.requests_per_second)
+        client = AirtableClient(config.api_key.get_secret_value(), config.base_id, config.endpoint_url, budget)
+        tables = {"conversations": config.conversations_table, "interactions": config.interactions_table,
+                  "escalations": config.escalations_table}
+        return cls(client, tables, conversations)
+
+    def stats(self) -> dict[str, Any]:
+        return self.client.budget.stats()
+
+    def wake(self) -> None:
+        """An operator asked for a retry: check the schema again, and lift a quota pause."""
+        self._schema_ok = False
+        if self.client.budget.pause_reason == QUOTA_REASON:
+            self.client.budget.resume()
+
+    async def check(self) -> None:
+        problems, notes = schema_differences(await self.client.schema(), self.tables)
+        if notes != self.schema_notes:
+            for note in notes:
+                logger.info("airtable: {}", note)
+            self.schema_notes = notes
+        if problems:
+            self._schema_ok = False
+            raise SetupError("the base differs from what chatledger writes (`chatledger airtable init` fixes "
+                             "missing tables and fields): " + "; ".join(problems))
+        self._schema_ok = True
+
+    async def deliver(self, events: Sequence[StoredEvent]) -> None:
+        if not self._schema_ok:
+            await self.check()
+        records = map_events(events)
+        ids = [touch.conversation_id for touch in records.conversations]
+        rows = airtable_rows(events, records, await self._conversations(ids))
+        calls = [self.client.upsert(self.tables[kind], KEYS[kind], chunk)
+                 for kind, table_rows in rows.items()
+                 for chunk in (table_rows[i:i + RECORDS_PER_REQUEST]
+                               for i in range(0, len(table_rows), RECORDS_PER_REQUEST))]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for kind in SEVERITY:
+            for error in errors:
+                if isinstance(error, kind):
+                    if isinstance(error, SetupError):
+                        self._schema_ok = False
+                    raise error
+        for error in errors:
+            raise error
+
+    async def close(self) -> None:
+        self.client.close()
