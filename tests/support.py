@@ -149,3 +149,58 @@ def incoming(message_id: str, phone: str = "5511987654321", text: str = "oi", co
         "info": {"message": {"id": message_id,
                              "channel_data": {"message": {"type": "text", "text": {"body": text}}}}},
     }
+
+
+AIRTABLE_TOKEN = "patLOCAL0000000001.0123456789abcdef"
+AIRTABLE_BASE = "appLOCAL000000001"
+
+
+class AirtableEmulator:
+    """`python -m daemon.testing.airtable` in a subprocess, with the real limits unless told."""
+
+    def __init__(self, folder: Path, *, lockout: float = 30.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = folder / "airtable-emulator.log"
+        self.lockout = lockout
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "AirtableEmulator":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daemon.testing.airtable", "--port", str(self.port), "--token", AIRTABLE_TOKEN,
+             "--base", AIRTABLE_BASE, "--lockout", str(self.lockout)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                self.stats()
+                return self
+            except OSError:
+                assert self.process.poll() is None, self.log_path.read_text()
+                assert time.monotonic() < deadline, "emulator not ready"
+                time.sleep(0.05)
+
+    def config(self) -> str:
+        return (f'[airtable]\napi_key = "{AIRTABLE_TOKEN}"\nbase_id = "{AIRTABLE_BASE}"\n'
+                f'endpoint_url = "{self.url}"\n')
+
+    def _control(self, route: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + route, data=data, method="POST" if data else "GET")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def stats(self) -> dict[str, Any]:
+        return self._control("/_emulator/stats").get(AIRTABLE_BASE, {})
+
+    def records(self, table: str) -> list[dict[str, Any]]:
+        return self._control(f"/_emulator/records?base={AIRTABLE_BASE}&table={table}")["records"]
+
+    def faults(self, **settings: Any) -> None:
+        self._control("/_emulator/faults", settings)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)

@@ -27,7 +27,7 @@ from daemon.records import ConversationState, Records, map_events
 from daemon.sinks.base import PermanentError, SetupError, TransientError
 
 RECORDS_PER_REQUEST = 10
-BATCH_SIZE = 200  # events per delivery: 20 interaction requests and a few conversation upserts
+BATCH_SIZE = 500  # events per delivery: 50 interaction requests share the conversation upserts
 TIMEOUT = (5, 30)  # connect, read (seconds)
 LOCKOUT = 30.0  # what Airtable imposes after a 429
 QUOTA_RETRY = 3600.0  # the monthly quota does not come back by waiting a minute

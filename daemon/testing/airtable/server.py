@@ -524,6 +524,16 @@ async def control_faults(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def control_records(request: web.Request) -> web.Response:
+    """Every record of a table, by field name, without touching the base's rate limit (tests, demos)."""
+    emulator = request.app[EMULATOR]
+    try:
+        table = emulator.table(request.query.get("base", ""), request.query.get("table", ""))
+    except ApiError as exc:
+        return _error(exc)
+    return web.json_response({"records": [table.by_name(r) for r in table.records.values()]})
+
+
 async def control_base(request: web.Request) -> web.Response:
     base = request.app[EMULATOR].add_base((await request.json()).get("id"))
     return web.json_response({"id": base.id})
@@ -552,4 +562,5 @@ def create_app(emulator: Emulator) -> web.Application:
     app.router.add_get("/_emulator/stats", control_stats)
     app.router.add_post("/_emulator/faults", control_faults)
     app.router.add_post("/_emulator/bases", control_base)
+    app.router.add_get("/_emulator/records", control_records)
     return app
