@@ -42,7 +42,6 @@ def main() -> int:
         config = write_config(work, extra=emulator.config())
         init = cli(config, "airtable", "init")
         assert init.returncode == 0, init.stdout + init.stderr
-        time.sleep(1.1)  # let init's requests leave the base's one-second window
         before = emulator.stats()
         daemon = Daemon(config).start()
         events = [incoming(f"wamid.bench.{i}", contact=f"c{i % args.contacts}", phone=f"55119{i % args.contacts:08d}")

@@ -31,7 +31,8 @@ class BudgetPaused(Exception):
 
 
 class RequestBudget:
-    def __init__(self, rate: float = 5, per: float = 1.0, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, rate: float = 5, per: float = 1.0, *, clock: Callable[[], float] = time.monotonic,
+                 start_empty: bool = False):
         if rate < 1:
             raise ValueError("rate must allow at least one request per window")
         self.configured = self.capacity = int(rate)
@@ -40,6 +41,10 @@ class RequestBudget:
         self._clock = clock
         self._in_flight = 0
         self._returns: deque[float] = deque()  # when each used token comes back, ascending
+        if start_empty:
+            # Another process (the command just before, a daemon just stopped) may have spent this
+            # second's requests: a new budget's first tokens arrive one window after it starts.
+            self._returns.extend([clock() + per] * self.capacity)
         self._changed = asyncio.Event()
         self._turn = asyncio.Lock()  # waiters are served in order
         self._refusals = 0

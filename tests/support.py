@@ -200,6 +200,9 @@ class AirtableEmulator:
     def faults(self, **settings: Any) -> None:
         self._control("/_emulator/faults", settings)
 
+    def rename_field(self, table: str, field: str, name: str) -> None:
+        self._control("/_emulator/rename-field", {"base": AIRTABLE_BASE, "table": table, "field": field, "name": name})
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

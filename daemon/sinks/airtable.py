@@ -329,7 +329,7 @@ class AirtableSink:
 
     @classmethod
     def from_config(cls, config: Any, conversations) -> "AirtableSink":
-        budget = RequestBudget(config.requests_per_second)
+        budget = RequestBudget(config.requests_per_second, start_empty=True)
         client = AirtableClient(config.api_key.get_secret_value(), config.base_id, config.endpoint_url, budget)
         tables = {"conversations": config.conversations_table, "interactions": config.interactions_table,
                   "escalations": config.escalations_table}

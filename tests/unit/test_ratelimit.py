@@ -117,3 +117,11 @@ async def test_refusing_waiters_ends_their_wait_at_once():
     budget.pause(3600, "quota", refuse_waiting=True)
     with pytest.raises(BudgetPaused):
         await asyncio.wait_for(waiter, 10)
+
+
+async def test_a_new_budget_can_start_empty():
+    now = [50.0]
+    budget = RequestBudget(rate=5, per=1.0, clock=lambda: now[0], start_empty=True)
+    assert budget.tokens_left == 0  # the previous process may have spent this second
+    now[0] += 1.0
+    assert budget.tokens_left == 5

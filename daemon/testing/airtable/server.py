@@ -534,6 +534,20 @@ async def control_records(request: web.Request) -> web.Response:
     return web.json_response({"records": [table.by_name(r) for r in table.records.values()]})
 
 
+async def control_rename_field(request: web.Request) -> web.Response:
+    """{"base", "table", "field", "name"}: what an operator does in the Airtable UI (not rate-limited)."""
+    body = await request.json()
+    try:
+        table = request.app[EMULATOR].table(body.get("base", ""), body.get("table", ""))
+    except ApiError as exc:
+        return _error(exc)
+    target = table.field(body.get("field", ""))
+    if target is None:
+        return _error(NOT_FOUND_MODEL)
+    target.name = body["name"]
+    return web.json_response(target.model())
+
+
 async def control_base(request: web.Request) -> web.Response:
     base = request.app[EMULATOR].add_base((await request.json()).get("id"))
     return web.json_response({"id": base.id})
@@ -563,4 +577,5 @@ def create_app(emulator: Emulator) -> web.Application:
     app.router.add_post("/_emulator/faults", control_faults)
     app.router.add_post("/_emulator/bases", control_base)
     app.router.add_get("/_emulator/records", control_records)
+    app.router.add_post("/_emulator/rename-field", control_rename_field)
     return app

@@ -1,0 +1,109 @@
+"""The installed daemon with the Airtable emulator in its own process (real 5 req/s and 30 s lockout)."""
+
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from tests.support import AirtableEmulator, Daemon, cli, incoming, post, write_config
+
+pytestmark = pytest.mark.acceptance
+
+FAIL_BOUND = 180.0  # a failure bound only: every wait below is for a state
+
+
+def wait_for(condition, what, timeout=FAIL_BOUND):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout} s"
+        time.sleep(0.1)
+
+
+def airtable_status(daemon):
+    return daemon.status()["sinks"]["airtable"]
+
+
+def messages(start, count, contacts=5):
+    return [incoming(f"wamid.{i}", contact=f"c{i % contacts}", phone=f"55119{i % contacts:08d}")
+            for i in range(start, start + count)]
+
+
+@pytest.fixture
+def emulator(tmp_path):
+    running = AirtableEmulator(tmp_path).start()
+    yield running
+    running.stop()
+
+
+def test_airtable_check_and_init_commands(tmp_path, emulator):
+    config = write_config(tmp_path, extra=emulator.config())
+    check = cli(config, "airtable", "check")
+    assert check.returncode == 1 and "difference: table 'Conversations' (conversations) is missing" in check.stdout
+    init = cli(config, "airtable", "init")
+    assert init.returncode == 0 and "created table Interactions with 12 fields" in init.stdout
+    again = cli(config, "airtable", "check")
+    assert again.returncode == 0 and "match what chatledger writes" in again.stdout
+    assert emulator.stats()["rate_limited"] == 0
+    no_key = tmp_path / "no-key"
+    no_key.mkdir()
+    assert cli(write_config(no_key), "airtable", "check").returncode == 78
+
+
+def test_postgres_down_airtable_still_gets_everything(tmp_path, emulator, own_pg):
+    own_pg.stop("immediate")
+    config = write_config(tmp_path, extra=emulator.config() + f'[postgres]\ndsn = "{own_pg.dsn()}"\n')
+    assert cli(config, "airtable", "init").returncode == 0
+    daemon = Daemon(config).start()
+    try:
+        batches = [messages(i, 20) for i in range(0, 200, 20)]
+        assert all(post(daemon.url, batch)[0] == 200 for batch in batches)
+        wait_for(lambda: airtable_status(daemon)["delivered"] == 200, "airtable has everything")
+        status = daemon.status()["sinks"]
+        assert status["postgres"]["state"] == "down" and status["postgres"]["pending"] == 200
+        assert status["airtable"]["state"] == "up" and status["airtable"]["rate_limited_429"] == 0
+        interactions = emulator.records("Interactions")
+        assert Counter(r["MessageId"] for r in interactions) == Counter(f"wamid.{i}" for i in range(200))
+        counts = {r["CustomerPhone"]: r["MessageCount"] for r in emulator.records("Conversations")}
+        assert counts == {f"55119{c:08d}": 40 for c in range(5)}
+        assert emulator.stats()["rate_limited"] == 0
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+
+
+def test_renamed_field_holds_delivery_until_init_and_sighup(tmp_path, emulator):
+    config = write_config(tmp_path, extra=emulator.config())
+    assert cli(config, "airtable", "init").returncode == 0
+    emulator.rename_field("Interactions", "Content", "Body")
+    daemon = Daemon(config).start()
+    try:
+        assert post(daemon.url, messages(0, 30))[0] == 200
+        held = wait_for(lambda: (s := airtable_status(daemon))["state"] == "misconfigured" and s, "misconfigured")
+        assert "Interactions.Content is missing" in held["last_error"]
+        assert held["pending"] == 30 and held["dead"] == 0
+        assert "airtable is misconfigured" in " ".join(daemon.status()["health"]["problems"])
+        assert emulator.records("Interactions") == []
+
+        assert cli(config, "airtable", "init").returncode == 0  # puts the field back
+        daemon.signal(signal.SIGHUP)
+        wait_for(lambda: airtable_status(daemon)["delivered"] == 30, "drained after init + SIGHUP")
+        assert len(emulator.records("Interactions")) == 30
+
+        # down for a while: the backlog waits and drains afterwards; nothing is duplicated
+        emulator.faults(down_seconds=3600)
+        assert post(daemon.url, messages(30, 20))[0] == 200
+        wait_for(lambda: airtable_status(daemon)["state"] == "down", "down")
+        emulator.faults(clear=True, down_seconds=0)
+        assert cli(config, "sync").returncode == 0
+        wait_for(lambda: airtable_status(daemon)["delivered"] == 50, "drained after the outage")
+        assert Counter(r["MessageId"] for r in emulator.records("Interactions")) == Counter(
+            f"wamid.{i}" for i in range(50))
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
