@@ -28,7 +28,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support import TOKEN, Daemon, free_port, write_config  # noqa: E402
+from tests.support import Daemon, free_port, write_config  # noqa: E402
 
 BARE_APP = """
 import json, sys

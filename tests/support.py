@@ -30,6 +30,18 @@ def chatledger_bin() -> str:
     return found
 
 
+def wait_for(condition, what: str, timeout: float = 180.0) -> Any:
+    """Poll `condition()` until it returns something true, and return that; the timeout only bounds a
+    failure (the tests wait for states, never for durations)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout} s"
+        time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -1,26 +1,14 @@
 """The installed daemon with the Airtable emulator in its own process (real 5 req/s and 30 s lockout)."""
 
 import signal
-import time
 from collections import Counter
 
 import pytest
 
-from tests.support import AirtableEmulator, Daemon, cli, incoming, post, write_config
+from tests.support import wait_for, AirtableEmulator, Daemon, cli, incoming, post, write_config
 
 pytestmark = pytest.mark.acceptance
 
-FAIL_BOUND = 180.0  # a failure bound only: every wait below is for a state
-
-
-def wait_for(condition, what, timeout=FAIL_BOUND):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not reached within {timeout} s"
-        time.sleep(0.1)
 
 
 def airtable_status(daemon):

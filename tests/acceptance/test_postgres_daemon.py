@@ -1,18 +1,16 @@
 """The installed daemon against a real PostgreSQL that is down, comes back, and outlives a kill -9."""
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 import pytest
 
-from tests.support import Daemon, cli, incoming, post, write_config
+from tests.support import wait_for, Daemon, cli, incoming, post, write_config
 
 pytestmark = pytest.mark.acceptance
 
 SCHEMA = "chatledger"
-DRAIN_TIMEOUT = 180.0  # a failure bound only: every check below waits for a state, not a duration
 
 
 def pg_config(tmp_path, cluster):
@@ -39,16 +37,6 @@ def query(cluster, sql):
         finally:
             await conn.close()
     return asyncio.run(run())
-
-
-def wait_for(condition, what, timeout=DRAIN_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what}: not reached within {timeout} s"
-        time.sleep(0.1)
 
 
 def postgres_status(daemon):
