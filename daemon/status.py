@@ -151,4 +151,10 @@ def render(snapshot: dict[str, Any]) -> str:
             f"{_age(sink.get('oldest_pending_age_s')):>9}{sink.get('delivered', 0):>11}"
             f"{sink.get('dead', 0):>7}  {error}".rstrip()
         )
+        if "tokens_left" in sink:
+            paused = f", paused until {sink['paused_until']} ({sink['pause_reason']})" if sink.get("paused_until") else ""
+            lines.append(
+                f"{'':<10}{sink.get('requests_last_minute', 0)} requests in the last minute, "
+                f"{sink.get('rate_limited_429', 0)} x 429, {sink['tokens_left']}/{sink.get('requests_per_window', '?')} "
+                f"tokens left{paused}")
     return "\n".join(lines)

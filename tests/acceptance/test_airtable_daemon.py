@@ -58,6 +58,10 @@ def test_postgres_down_airtable_still_gets_everything(tmp_path, emulator, own_pg
         counts = {r["CustomerPhone"]: r["MessageCount"] for r in emulator.records("Conversations")}
         assert counts == {f"55119{c:08d}": 40 for c in range(5)}
         assert emulator.stats()["rate_limited"] == 0
+        readable = cli(config, "status")
+        assert readable.returncode == 1  # degraded: PostgreSQL is down
+        assert "postgres is down" in readable.stdout and "x 429" in readable.stdout
+        assert "requests in the last minute" in readable.stdout
         assert daemon.stop() == 0
     finally:
         if daemon.process.poll() is None:
