@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 from loguru import logger
@@ -50,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     replay = command("replay", "replay now; with --dead, first re-queue the dead letters")
     replay.add_argument("--dead", action="store_true", help="re-queue the dead letters too")
     replay.add_argument("--sink", choices=("postgres", "airtable"), help="only this sink (default: all enabled)")
+    dead = command("dead", "list the dead letters (deliveries no retry can fix) with their reasons")
+    dead.add_argument("--sink", choices=("postgres", "airtable"), help="only this sink (default: all enabled)")
+    dead.add_argument("--limit", type=int, default=100, help="at most this many per sink (default 100)")
+    dead.add_argument("--json", action="store_true", help="print JSON")
     airtable = command("airtable", "set up or check the Airtable base: `init` creates missing tables and fields, "
                                    "`check` prints the differences (exit 1 on any)")
     airtable.add_argument("action", choices=("init", "check"))
@@ -71,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "migrate": _migrate,
         "replay": _replay,
         "airtable": _airtable,
+        "dead": _dead,
     }[args.command]
     return handler(config, args)
 
@@ -212,3 +218,29 @@ def _airtable(config: Config, args: argparse.Namespace) -> int:
     except SinkError as exc:
         print(f"chatledger: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _dead(config: Config, args: argparse.Namespace) -> int:
+    from daemon.journal import read_dead_letters
+
+    sinks = [args.sink] if args.sink else list(config.enabled_sinks)
+    try:
+        letters = read_dead_letters(config.journal.path, sinks, args.limit)
+    except JournalError as exc:
+        print(f"chatledger: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(letters, indent=2))
+        return EXIT_OK
+    total = sum(len(rows) for rows in letters.values())
+    if not total:
+        print(f"no dead letters ({', '.join(sinks) or 'no sink enabled'})")
+        return EXIT_OK
+    for sink, rows in letters.items():
+        for row in rows:
+            when = datetime.fromtimestamp(row["updated_at"], timezone.utc).isoformat(timespec="seconds") \
+                if row["updated_at"] else "?"
+            print(f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} {when}  {row['dedup_key']}\n"
+                  f"{'':<9} {row['last_error']}")
+    print(f"{total} dead letters; after fixing the cause: chatledger replay --dead --config {args.config}")
+    return EXIT_OK

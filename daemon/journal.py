@@ -246,6 +246,27 @@ WHERE d.sink = ? AND d.state = 'dead' ORDER BY d.event_id LIMIT ?
 """
 
 
+DEAD_LETTER_KEYS = ("event_id", "dedup_key", "title", "attempts", "last_error", "updated_at")
+
+
+def read_dead_letters(path: Path, sinks: Sequence[str], limit: int) -> dict[str, list[dict[str, Any]]]:
+    """Dead letters per sink, read through a read-only connection: safe beside a running daemon
+    (WAL lets readers in) and without one."""
+    if not path.exists():
+        raise JournalError(f"journal {path} does not exist")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as exc:
+        raise JournalError(f"journal {path}: cannot open it read-only: {exc}") from None
+    try:
+        return {sink: [dict(zip(DEAD_LETTER_KEYS, row)) for row in conn.execute(DEAD_LETTERS, (sink, limit))]
+                for sink in sinks}
+    except sqlite3.Error as exc:
+        raise JournalError(f"journal {path}: {exc}") from None
+    finally:
+        conn.close()
+
+
 class JournalError(Exception):
     """The journal cannot be opened or used (newer schema, in use, corrupt)."""
 
@@ -629,8 +650,7 @@ class Journal:
     async def dead_letters(self, sink: str, limit: int = 100) -> list[dict[str, Any]]:
         """The first dead letters of `sink`, with their errors."""
         rows = await self.query(DEAD_LETTERS, (sink, limit))
-        keys = ("event_id", "dedup_key", "title", "attempts", "last_error", "updated_at")
-        return [dict(zip(keys, row)) for row in rows]
+        return [dict(zip(DEAD_LETTER_KEYS, row)) for row in rows]
 
     # -- lifecycle -------------------------------------------------------------------------------
 

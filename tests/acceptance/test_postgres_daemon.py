@@ -1,6 +1,7 @@
 """The installed daemon against a real PostgreSQL that is down, comes back, and outlives a kill -9."""
 
 import asyncio
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
@@ -159,6 +160,10 @@ def test_replay_dead_letters_offline_then_online(tmp_path, own_pg):
             await journal.close()
 
     asyncio.run(plant([0, 1]))
+    listed = cli(config, "dead")
+    assert listed.returncode == 0, listed.stderr
+    assert "planted: value out of range" in listed.stdout and "1 dead letters" in listed.stdout
+    assert json.loads(cli(config, "dead", "--json").stdout)["postgres"][0]["title"] == "incoming_message"
     offline = cli(config, "replay", "--dead", "--sink", "postgres")
     assert offline.returncode == 0, offline.stderr
     assert "postgres: 1 dead letters re-queued" in offline.stdout and "not running" in offline.stdout
@@ -169,6 +174,7 @@ def test_replay_dead_letters_offline_then_online(tmp_path, own_pg):
     try:
         first = wait_for(lambda: (s := postgres_status(daemon))["delivered"] == 3 and s, "non-dead delivered")
         assert first["dead"] == 1 and daemon.status()["health"]["status"] == "degraded"
+        assert "wamid.2" in cli(config, "dead").stdout  # read beside the running daemon
         online = cli(config, "replay", "--dead")
         assert online.returncode == 0 and "postgres: 1 dead letters re-queued, replay triggered" in online.stdout
         wait_for(lambda: (s := postgres_status(daemon))["delivered"] == 4 and s["dead"] == 0, "dead letter delivered")
