@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--sink", choices=("postgres", "airtable"), help="only this sink (default: all enabled)")
     dead.add_argument("--limit", type=int, default=100, help="at most this many per sink (default 100)")
     dead.add_argument("--json", action="store_true", help="print JSON")
+    journal = command("journal", "`check`: SQLite integrity, schema version, deliveries by sink and state, "
+                                 "rows without events and events without rows; exit 1 on any problem")
+    journal.add_argument("action", choices=("check",))
+    journal.add_argument("--repair", action="store_true",
+                         help="add missing delivery rows as pending, drop rows whose event is gone (daemon stopped)")
+    journal.add_argument("--json", action="store_true", help="print JSON")
     airtable = command("airtable", "set up or check the Airtable base: `init` creates missing tables and fields, "
                                    "`check` prints the differences (exit 1 on any)")
     airtable.add_argument("action", choices=("init", "check"))
@@ -77,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": _replay,
         "airtable": _airtable,
         "dead": _dead,
+        "journal": _journal,
     }[args.command]
     return handler(config, args)
 
@@ -244,3 +251,27 @@ def _dead(config: Config, args: argparse.Namespace) -> int:
                   f"{'':<9} {row['last_error']}")
     print(f"{total} dead letters; after fixing the cause: chatledger replay --dead --config {args.config}")
     return EXIT_OK
+
+
+def _journal(config: Config, args: argparse.Namespace) -> int:
+    from daemon.journal_check import check_journal
+
+    try:
+        report = check_journal(config.journal.path, list(config.enabled_sinks), repair=args.repair)
+    except JournalError as exc:
+        print(f"chatledger: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(f"journal {report.path}: schema v{report.schema_version}, {report.events} events, "
+              f"integrity {'ok' if report.integrity == ['ok'] else 'FAILED'}")
+        for sink, states in sorted(report.states.items()):
+            print(f"  {sink:<9} " + ", ".join(f"{n} {state}" for state, n in sorted(states.items())))
+        for line in report.repaired:
+            print(f"repaired: {line}")
+        for problem in report.problems:
+            print(f"problem: {problem}")
+        if not report.problems:
+            print("no problems found")
+    return EXIT_FAILURE if report.problems else EXIT_OK

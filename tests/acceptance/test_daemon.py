@@ -189,3 +189,19 @@ def test_json_logs(tmp_path):
     assert any("quarantined" in line["message"] for line in lines)
     assert all({"time", "level", "message"} <= set(line) for line in lines)
     assert "98765-4321" not in daemon.log() and "5511987654321" not in daemon.log()
+
+
+def test_journal_check_command(config):
+    daemon = Daemon(config).start()
+    assert post(daemon.url, [incoming("a"), incoming("b")])[0] == 200
+    beside = cli(config, "journal", "check")
+    assert beside.returncode == 0 and "no problems found" in beside.stdout and "2 events" in beside.stdout
+    assert cli(config, "journal", "check", "--repair").returncode == 1  # refused: the daemon holds the journal
+    assert daemon.stop() == 0
+    with sqlite3.connect(config.parent / "state" / "journal.sqlite") as conn:
+        conn.execute("INSERT INTO deliveries (sink, event_id, state) VALUES ('postgres', 999, 'pending')")
+    found = cli(config, "journal", "check", "--json")
+    assert found.returncode == 1
+    assert json.loads(found.stdout)["orphan_deliveries"] == {"postgres": 1}
+    fixed = cli(config, "journal", "check", "--repair")
+    assert fixed.returncode == 0 and "repaired: 1 delivery rows without an event removed" in fixed.stdout
