@@ -16,7 +16,7 @@ from loguru import logger
 from daemon import __version__
 from daemon.config import Config, ConfigError, load_config, split_listen
 from daemon.delivery import DeliveryWorker
-from daemon.journal import Journal
+from daemon.journal import Journal, Requeue
 from daemon.logs import setup_logging
 from daemon.sdnotify import Notifier
 from daemon.status import create_status_app, prepare_socket_path, secure_socket
@@ -205,8 +205,8 @@ class Daemon:
             worker.wake()
         return {"replay": "triggered", "sinks": sorted(self.workers)}
 
-    async def replay(self, sink: str | None, dead: bool) -> dict[str, Any]:
-        """Re-queue dead letters (when `dead`) of one sink or all, then replay now."""
+    async def replay(self, sink: str | None, selection: Requeue | None) -> dict[str, Any]:
+        """Re-queue the selected deliveries (if any) of one sink or all, then replay now."""
         assert self.journal is not None
         names = [sink] if sink else sorted(self.workers)
         for name in names:
@@ -214,9 +214,9 @@ class Daemon:
                 raise ValueError(f"sink {name!r} is not enabled (enabled: {', '.join(sorted(self.workers)) or 'none'})")
         requeued = {}
         for name in names:
-            requeued[name] = await self.journal.requeue_dead(name) if dead else 0
+            requeued[name] = await self.journal.requeue(name, selection) if selection else 0
             if requeued[name]:
-                logger.info("{} dead letters of {} re-queued on request", requeued[name], name)
+                logger.info("{} {} of {} re-queued on request", requeued[name], selection.describe(), name)
             self.workers[name].wake()
         return {"replay": "triggered", "sinks": names, "requeued": requeued}
 

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from loguru import logger
 
@@ -48,9 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     command("sync", "ask the running daemon to replay pending deliveries now (same as SIGHUP)")
     command("migrate", "create or upgrade the PostgreSQL schema, then exit")
-    replay = command("replay", "replay now; with --dead, first re-queue the dead letters")
-    replay.add_argument("--dead", action="store_true", help="re-queue the dead letters too")
+    replay = command("replay", "re-queue deliveries (dead letters, or everything since a date, or one event), "
+                               "then replay now; works with the daemon running or stopped")
+    replay.add_argument("--dead", action="store_true", help="re-queue the dead letters")
     replay.add_argument("--sink", choices=("postgres", "airtable"), help="only this sink (default: all enabled)")
+    replay.add_argument("--since", type=_since, metavar="DATE",
+                        help="re-queue every delivery of the events received since DATE (ISO 8601, UTC unless an "
+                             "offset is given), e.g. after restoring a database backup; with --dead, dead letters only")
+    replay.add_argument("--event", metavar="ID", help="re-queue this event (journal id, dedup key or SendPulse message id)")
     dead = command("dead", "list the dead letters (deliveries no retry can fix) with their reasons")
     dead.add_argument("--sink", choices=("postgres", "airtable"), help="only this sink (default: all enabled)")
     dead.add_argument("--limit", type=int, default=100, help="at most this many per sink (default 100)")
@@ -149,34 +155,52 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _since(text: str) -> str:
+    """A DATE argument as journal time text (UTC ISO 8601 with ms and Z)."""
+    from daemon.journal import iso
+
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date: {text!r} (e.g. 2026-11-20 or 2026-11-20T08:00)")
+    return iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+
+
 def _replay(config: Config, args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    from daemon.journal import Requeue
+
     if args.sink and args.sink not in config.enabled_sinks:
         print(f"chatledger: sink {args.sink} is not enabled in {args.config}", file=sys.stderr)
         return EXIT_CONFIG
-    query = "&".join(part for part in (f"sink={args.sink}" if args.sink else "",
-                                        "dead=1" if args.dead else "") if part)
+    selection = (Requeue(dead_only=args.dead or not (args.since or args.event), since=args.since, event=args.event)
+                 if (args.dead or args.since or args.event) else None)
+    params = {"sink": args.sink, "dead": "1" if selection and selection.dead_only else None,
+              "since": args.since, "event": args.event}
+    query = urlencode({k: v for k, v in params.items() if v})
     try:
         answer = asyncio.run(request_status(config.status.socket, "POST", "/replay?" + query))
     except StatusUnreachable as exc:
-        if not args.dead:
+        if selection is None:
             print(f"chatledger: {exc}", file=sys.stderr)
             return EXIT_UNREACHABLE
         # No daemon: re-queue in the journal directly; the next start delivers them.
-        return _requeue_offline(config, args.sink)
+        return _requeue_offline(config, args.sink, selection)
     for sink in answer.get("sinks", []):
         count = answer.get("requeued", {}).get(sink, 0)
-        print(f"{sink}: {count} dead letters re-queued, replay triggered" if args.dead
+        print(f"{sink}: {count} {selection.describe()} re-queued, replay triggered" if selection
               else f"{sink}: replay triggered")
     return EXIT_OK
 
 
-def _requeue_offline(config: Config, sink: str | None) -> int:
+def _requeue_offline(config: Config, sink: str | None, selection: Any) -> int:
     from daemon.journal import Journal
 
     async def requeue() -> dict[str, int]:
         journal = await Journal.open(config.journal.path, config.enabled_sinks)
         try:
-            return {name: await journal.requeue_dead(name) for name in ([sink] if sink else config.enabled_sinks)}
+            return {name: await journal.requeue(name, selection) for name in ([sink] if sink else config.enabled_sinks)}
         finally:
             await journal.close()
 
@@ -187,7 +211,7 @@ def _requeue_offline(config: Config, sink: str | None) -> int:
         print(f"chatledger: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     for name, count in counts.items():
-        print(f"{name}: {count} dead letters re-queued in {config.journal.path} (daemon not running; "
+        print(f"{name}: {count} {selection.describe()} re-queued in {config.journal.path} (daemon not running; "
               "they are delivered when it starts)")
     return EXIT_OK
 

@@ -235,10 +235,32 @@ NOTE_FAILURE = """
 UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ?
 WHERE sink = ? AND event_id = ? AND state = 'pending'
 """
-REQUEUE_DEAD = """
+REQUEUE = """
 UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = 0, last_error = NULL, updated_at = ?
-WHERE sink = ? AND state = 'dead'
+WHERE sink = ? AND state IN ({states})
+  AND (? IS NULL OR event_id IN (SELECT id FROM events WHERE received_at >= ?))
+  AND (? IS NULL OR event_id IN (SELECT id FROM events WHERE CAST(id AS TEXT) = ? OR dedup_key = ?
+                                                            OR message_id = ?))
 """
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """Which deliveries `replay` makes pending again: dead letters only, or every state; all
+    events, or those received since a moment, or one event (journal id, dedup key or SendPulse
+    message id)."""
+
+    dead_only: bool = True
+    since: str | None = None  # journal time text (UTC ISO 8601, ms, Z)
+    event: str | None = None
+
+    def describe(self) -> str:
+        what = "dead letters" if self.dead_only else "deliveries"
+        if self.event is not None:
+            what += f" of event {self.event}"
+        if self.since is not None:
+            what += f" received since {self.since}"
+        return what
 DEAD_LETTERS = """
 SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, d.updated_at
 FROM deliveries d JOIN events e ON e.id = d.event_id
@@ -640,9 +662,15 @@ class Journal:
 
     async def requeue_dead(self, sink: str) -> int:
         """Make every dead letter of `sink` pending again; return how many."""
+        return await self.requeue(sink, Requeue())
+
+    async def requeue(self, sink: str, selection: Requeue) -> int:
+        """Make the selected deliveries of `sink` pending again (a replay); return how many."""
+        states = "'dead'" if selection.dead_only else "'dead', 'delivered'"
+        params = (time.time(), sink, selection.since, selection.since, *[selection.event] * 4)
 
         async def run(conn: aiosqlite.Connection) -> int:
-            cursor = await conn.execute(REQUEUE_DEAD, (time.time(), sink))
+            cursor = await conn.execute(REQUEUE.format(states=states), params)
             return cursor.rowcount
 
         return int(await self.write(run))

@@ -13,9 +13,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from daemon.journal import Requeue
+
 SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
 SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
-REPLAY = web.AppKey("replay", Callable[[str | None, bool], Awaitable[dict[str, Any]]])
+REPLAY = web.AppKey("replay", Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]])
 
 SOCKET_MODE = 0o660
 CLIENT_TIMEOUT = 10.0
@@ -30,7 +32,7 @@ class StatusUnreachable(Exception):
 def create_status_app(
     snapshot: Callable[[], Awaitable[dict[str, Any]]],
     sync: Callable[[], Awaitable[dict[str, Any]]],
-    replay: Callable[[str | None, bool], Awaitable[dict[str, Any]]],
+    replay: Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]],
 ) -> web.Application:
     """Build the status app: GET /status, POST /sync, POST /replay?sink=NAME&dead=1."""
     app = web.Application()
@@ -52,10 +54,14 @@ async def _handle_sync(request: web.Request) -> web.Response:
 
 
 async def _handle_replay(request: web.Request) -> web.Response:
-    sink = request.query.get("sink") or None
-    dead = request.query.get("dead", "0") in ("1", "true", "yes")
+    """POST /replay?sink=NAME&dead=1&since=ISO&event=ID: re-queue what is selected, then replay."""
+    query = request.query
+    sink = query.get("sink") or None
+    dead = query.get("dead", "0") in ("1", "true", "yes")
+    since, event = query.get("since") or None, query.get("event") or None
+    selection = Requeue(dead_only=dead, since=since, event=event) if (dead or since or event) else None
     try:
-        answer = await request.app[REPLAY](sink, dead)
+        answer = await request.app[REPLAY](sink, selection)
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400, dumps=_dumps)
     return web.json_response(answer, dumps=_dumps)

@@ -179,6 +179,17 @@ def test_replay_dead_letters_offline_then_online(tmp_path, own_pg):
         assert online.returncode == 0 and "postgres: 1 dead letters re-queued, replay triggered" in online.stdout
         wait_for(lambda: (s := postgres_status(daemon))["delivered"] == 4 and s["dead"] == 0, "dead letter delivered")
         assert_exactly_once(own_pg, 4)
+
+        # the database was restored from a backup without these rows: replay everything since a date
+        query(own_pg, "TRUNCATE chatledger.events, chatledger.interactions, chatledger.conversations CASCADE")
+        since = cli(config, "replay", "--since", "2000-01-01")
+        assert since.returncode == 0 and "postgres: 4 deliveries received since 2000-01-01T00:00:00.000Z" in since.stdout
+        wait_for(lambda: postgres_status(daemon)["delivered"] == 4 and
+                 query(own_pg, "SELECT count(*) FROM chatledger.events")[0][0] == 4, "replayed since")
+        assert_exactly_once(own_pg, 4)
+        one = cli(config, "replay", "--event", "wamid.1")
+        assert one.returncode == 0 and "postgres: 1 deliveries of event wamid.1" in one.stdout
+        assert cli(config, "replay", "--since", "yesterday").returncode == 2  # a clear usage error
         assert daemon.stop() == 0
     finally:
         if daemon.process.poll() is None:
