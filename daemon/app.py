@@ -6,7 +6,7 @@ import asyncio
 import os
 import signal
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from loguru import logger
 from daemon import __version__
 from daemon.config import Config, ConfigError, load_config, split_listen
 from daemon.delivery import DeliveryWorker
-from daemon.journal import Journal, Requeue
+from daemon.journal import Journal, JournalUnavailable, Requeue
 from daemon.logs import setup_logging
 from daemon.sdnotify import Notifier
 from daemon.status import create_status_app, prepare_socket_path, secure_socket
@@ -26,6 +26,10 @@ SINK_NAMES = ("postgres", "airtable")
 HTTP_SHUTDOWN_TIMEOUT = 4.0  # in-flight webhooks get this long; the whole stop must fit in 10 s
 WORKER_STOP_TIMEOUT = 2.0  # a delivery still running then is cancelled (it is idempotent, it replays)
 WATCHDOG_PING_TIMEOUT = 5.0
+RETENTION_FIRST_DELAY = 60.0  # let a restart catch up before purging
+RETENTION_INTERVAL = 3600.0
+RETENTION_BATCH = 500  # events per purge transaction: short, so webhooks never wait long
+RETENTION_PAUSE = 0.05
 
 EXIT_OK, EXIT_CRASH = 0, 1
 
@@ -45,6 +49,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._hup = asyncio.Event()
         self._runners: list[web.AppRunner] = []
+        self.purged = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -122,6 +127,7 @@ class Daemon:
         tasks = {
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
             asyncio.create_task(self._hup_loop(), name="sighup"),
+            asyncio.create_task(self._retention_loop(), name="retention"),
             self.journal.writer_task,
             *self._worker_tasks,
         }
@@ -179,6 +185,35 @@ class Daemon:
             else:
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
+
+    async def _retention_loop(self) -> None:
+        """Purge old, fully delivered events in small batches, a minute after start, then hourly.
+        Runs until cancelled at stop (a purge is one short transaction; an interrupted pass resumes)."""
+        days = self.config.journal.retention_days
+        sinks = list(self.config.enabled_sinks)
+        if not days or not sinks:
+            logger.info("journal retention off ({})", "retention_days = 0" if not days else
+                        "no sink enabled: the journal is the only copy")
+            await asyncio.Event().wait()
+        await asyncio.sleep(RETENTION_FIRST_DELAY)
+        while True:
+            cutoff = datetime.now(timezone.utc) - timedelta(days=days)
+            purged = 0
+            while True:
+                try:
+                    batch = await self.journal.purge(cutoff, sinks, RETENTION_BATCH)
+                except JournalUnavailable as exc:
+                    logger.warning("journal retention paused: {}", exc)
+                    break
+                purged += batch
+                if batch < RETENTION_BATCH:
+                    break
+                await asyncio.sleep(RETENTION_PAUSE)  # intake goes first
+            if purged:
+                self.purged += purged
+                logger.info("journal retention: purged {} events received before {} and delivered to {}",
+                            purged, cutoff.isoformat(timespec="seconds"), ", ".join(sinks))
+            await asyncio.sleep(RETENTION_INTERVAL)
 
     async def _hup_loop(self) -> None:
         while True:
@@ -258,6 +293,8 @@ class Daemon:
                 "commits": journal_stats.commits,
                 "committed_events": journal_stats.events,
                 "last_error": journal_stats.last_error,
+                "retention_days": self.config.journal.retention_days,
+                "purged_since_start": self.purged,
             },
             "sinks": sinks,
             "webhook": {key: counts["counters"].get(key, 0) for key in ("accepted", "duplicates", "rejected")},

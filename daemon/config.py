@@ -83,6 +83,8 @@ class ServerConfig(_Section):
 
 class JournalConfig(_Section):
     path: Path = Path("/var/lib/chatledger/journal.sqlite")
+    # Events delivered to every enabled sink and older than this are purged; 0 keeps everything.
+    retention_days: int = Field(default=30, ge=0)
 
 
 class PostgresConfig(_Section):

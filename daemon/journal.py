@@ -218,6 +218,17 @@ FROM deliveries d JOIN events e ON e.id = d.event_id
 WHERE d.sink = ? AND d.state = 'pending' AND d.event_id > ?
 ORDER BY d.event_id LIMIT ?
 """
+# An event may go once every enabled sink holds it and nothing about it is pending or dead.
+PURGE_EVENTS = """
+DELETE FROM events WHERE id IN (
+    SELECT e.id FROM events e
+    WHERE e.received_at < ?
+      AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id AND d.state != 'delivered')
+      AND (SELECT count(*) FROM deliveries d
+           WHERE d.event_id = e.id AND d.state = 'delivered' AND d.sink IN ({sinks})) = {n}
+    ORDER BY e.id LIMIT ?
+)
+"""
 SELECT_CONVERSATIONS = """
 SELECT conversation_id, bot_id, contact_id, service, phone, name, first_event_at, last_event_at,
        first_message_at, last_message_at, message_count, status_title, status_at, updated_at
@@ -659,6 +670,21 @@ class Journal:
             await conn.executemany(NOTE_FAILURE, rows)
 
         await self.write(run)
+
+    async def purge(self, received_before: datetime, sinks: Sequence[str], limit: int = 500) -> int:
+        """Delete up to `limit` events received before that moment that every one of `sinks` holds
+        (their delivery rows go with them); return how many. With no sink, the journal is the only
+        copy: nothing is purged. The journal's record of each conversation stays."""
+        if not sinks:
+            return 0
+        sql = PURGE_EVENTS.format(sinks=", ".join("?" * len(sinks)), n=len(sinks))
+        params = (iso(received_before), *sinks, limit)
+
+        async def run(conn: aiosqlite.Connection) -> int:
+            cursor = await conn.execute(sql, params)
+            return cursor.rowcount
+
+        return int(await self.write(run))
 
     async def requeue_dead(self, sink: str) -> int:
         """Make every dead letter of `sink` pending again; return how many."""
