@@ -11,7 +11,6 @@ the first post until the daemon reports nothing pending for Airtable. Goal: >= 4
 from __future__ import annotations
 
 import argparse
-import asyncio
 import shutil
 import sys
 import tempfile
@@ -23,8 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from daemon.status import request_status  # noqa: E402
-from ingest import machine  # noqa: E402
+from common import machine, sink_status, wait_drained  # noqa: E402
 from tests.support import AirtableEmulator, Daemon, cli, incoming, post, write_config  # noqa: E402
 
 
@@ -45,7 +43,7 @@ def main() -> int:
         before = emulator.stats()
         daemon = Daemon(config).start()
         socket = work / "run" / "status.sock"
-        while asyncio.run(request_status(socket))["sinks"]["airtable"]["state"] != "up":
+        while sink_status(socket, "airtable")["state"] != "up":
             time.sleep(0.05)  # the daemon has checked the base: a running daemon is what is measured
         events = [incoming(f"wamid.bench.{i}", contact=f"c{i % args.contacts}", phone=f"55119{i % args.contacts:08d}")
                   for i in range(args.events)]
@@ -54,11 +52,7 @@ def main() -> int:
             status, _ = post(daemon.url, events[i:i + args.per_request])
             assert status == 200
         intake = time.perf_counter() - started
-        while True:
-            sink = asyncio.run(request_status(socket))["sinks"]["airtable"]
-            if sink["pending"] == 0 and sink["delivered"] == args.events:
-                break
-            time.sleep(0.05)
+        wait_drained(daemon, socket, "airtable", args.events, poll=0.05)
         elapsed = time.perf_counter() - started
         after = emulator.stats()
         assert daemon.stop() == 0

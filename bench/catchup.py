@@ -30,10 +30,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from daemon.events import normalize  # noqa: E402
 from daemon.journal import Journal  # noqa: E402
 from daemon.records import map_events, parse_time  # noqa: E402
-from daemon.status import request_status  # noqa: E402
 from daemon.sinks.postgres import BATCH_SIZE, jsonb_text, migrate, quote_ident  # noqa: E402
 from daemon.testing.postgres import PgCluster  # noqa: E402
-from ingest import machine  # noqa: E402
+from common import machine, wait_drained  # noqa: E402
 from tests.support import Daemon, write_config  # noqa: E402
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -68,17 +67,6 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def wait_drained(daemon: Daemon, socket: Path, events: int) -> None:
-    """Poll the status socket in-process (a `chatledger status` subprocess would steal a core)."""
-    while True:
-        sink = asyncio.run(request_status(socket))["sinks"]["postgres"]
-        if sink["pending"] == 0 and sink["delivered"] == events:
-            return
-        if daemon.process.poll() is not None:
-            raise RuntimeError(f"daemon exited:\n{daemon.log()[-2000:]}")
-        time.sleep(0.5)
 
 
 async def build_rows(journal_path: Path) -> list[tuple[list, list, list]]:
@@ -158,7 +146,7 @@ def main() -> int:
         cluster.start()
         daemon = Daemon(config).start()
         started = time.perf_counter()
-        wait_drained(daemon, work / "run" / "status.sock", args.events)
+        wait_drained(daemon, work / "run" / "status.sock", "postgres", args.events, poll=0.5)
         elapsed = time.perf_counter() - started
         rss = peak_rss_mb(daemon.process.pid)
         assert daemon.stop(timeout=60) == 0
