@@ -157,7 +157,7 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
 
 def _since(text: str) -> str:
     """A DATE argument as journal time text (UTC ISO 8601 with ms and Z)."""
-    from daemon.journal import iso
+    from daemon.records import iso
 
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))

@@ -22,7 +22,7 @@ import aiosqlite
 from loguru import logger
 
 from daemon.events import Event, Rejected, StoredEvent
-from daemon.records import ConversationState, conversation_id_for
+from daemon.records import ConversationState, conversation_id_for, iso
 
 MAX_EVENTS_PER_COMMIT = 5000
 GATHER_YIELDS = 2  # event-loop turns the writer gives concurrent requests to join a commit
@@ -348,13 +348,6 @@ class CommitStats:
     last_error_at: float | None = None
     last_commit_seconds: float = 0.0
     commit_seconds_total: float = 0.0
-
-
-def iso(moment: datetime) -> str:
-    """UTC ISO 8601 with milliseconds and Z: sortable as text, the format Airtable writes back."""
-    if moment.utcoffset():
-        moment = moment.astimezone(timezone.utc)
-    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 class Journal:

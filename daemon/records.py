@@ -20,7 +20,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
 from daemon.events import StoredEvent
 
@@ -129,6 +129,13 @@ def parse_time(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
+def iso(moment: datetime) -> str:
+    """UTC ISO 8601 with milliseconds and Z: sortable as text, the format Airtable writes back."""
+    if moment.utcoffset():
+        moment = moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
 def _id(kind: str, name: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"chatledger:{kind}:{name}"))
 
@@ -169,7 +176,8 @@ def map_events(events: Iterable[StoredEvent]) -> Records:
     touches: dict[str, ConversationTouch] = {}
     changes: dict[str, StatusChange] = {}
     for event in events:
-        conversation_id = conversation_id_for(event.bot_id, event.contact_id, event.phone)
+        # the journal stored it at insert; a StoredEvent built elsewhere may not carry it
+        conversation_id = event.conversation_id or conversation_id_for(event.bot_id, event.contact_id, event.phone)
         if conversation_id is None:
             continue  # nobody to attach it to: the raw event is still stored
         at = parse_time(event.occurred_at)
