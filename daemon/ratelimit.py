@@ -27,7 +27,12 @@ RECOVERY_STEP = 10.0  # after a 429, the rate climbs back one request per window
 
 
 class BudgetPaused(Exception):
-    """A request gave up waiting: the budget was paused with refuse_waiting."""
+    """The budget is paused with refuse=True: the request is not sent, rather than held for the pause."""
+
+    def __init__(self, reason: str, retry_after: float):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
 
 
 class RequestBudget:
@@ -47,7 +52,7 @@ class RequestBudget:
             self._returns.extend([clock() + per] * self.capacity)
         self._changed = asyncio.Event()
         self._turn = asyncio.Lock()  # waiters are served in order
-        self._refusals = 0
+        self._refusing = False
         self.paused_until = 0.0
         self.pause_reason: str | None = None
         self._sent: deque[float] = deque()
@@ -91,17 +96,16 @@ class RequestBudget:
 
     # -- control ---------------------------------------------------------------------------------
 
-    def pause(self, seconds: float, reason: str, *, refuse_waiting: bool = False) -> None:
+    def pause(self, seconds: float, reason: str, *, refuse: bool = False) -> None:
         """No request leaves before `seconds` from now (a longer pause already set is kept).
 
-        refuse_waiting: requests already waiting for a token raise BudgetPaused instead of waiting
-        out the pause (an hour-long quota pause should not hold a delivery for an hour)."""
+        refuse: while this pause lasts, requests (those already waiting too) raise BudgetPaused
+        instead of waiting it out (an hour-long quota pause should not hold a delivery for an hour)."""
         until = self._clock() + seconds
         if until >= self.paused_until:
             self.paused_until = until
             self.pause_reason = reason
-        if refuse_waiting:
-            self._refusals += 1
+            self._refusing = refuse
         self._changed.set()
 
     def resume(self) -> None:
@@ -136,12 +140,11 @@ class RequestBudget:
             self._changed.set()
 
     async def _acquire(self) -> None:
-        refusals = self._refusals
         async with self._turn:
             while True:
-                if self._refusals != refusals:
-                    raise BudgetPaused(self.pause_reason or "paused")
                 now = self._clock()
+                if now < self.paused_until and self._refusing:
+                    raise BudgetPaused(self.pause_reason or "paused", self.paused_until - now)
                 if now < self.paused_until:
                     await self._wait(self.paused_until - now)
                     continue

@@ -23,7 +23,7 @@ from pyairtable import Api
 
 from daemon.events import StoredEvent
 from daemon.ratelimit import BudgetPaused, RequestBudget
-from daemon.records import ConversationState, Records, map_events
+from daemon.records import ConversationState, Records, iso, map_events
 from daemon.sinks.base import PermanentError, SetupError, TransientError
 
 RECORDS_PER_REQUEST = 10
@@ -138,12 +138,12 @@ def airtable_rows(events: Sequence[StoredEvent], records: Records,
     interactions = [_drop_empty({
         "InteractionId": row.interaction_id, "ConversationId": row.conversation_id, "MessageId": row.message_id,
         "Direction": row.direction, "Content": row.content, "Status": row.status,
-        "Timestamp": _iso(row.occurred_at), "CreatedAt": received[row.dedup_key],
+        "Timestamp": iso(row.occurred_at), "CreatedAt": received[row.dedup_key],
     }) for row in records.interactions]
     escalations = [_drop_empty({
         "EscalationId": row.escalation_id, "TicketId": row.ticket_id, "ConversationId": row.conversation_id,
         "Reason": row.reason, "Priority": row.priority, "Status": row.status, "CustomerPhone": row.customer_phone,
-        "CreatedAt": _iso(row.created_at), "Notes": row.notes,
+        "CreatedAt": iso(row.created_at), "Notes": row.notes,
     }) for row in records.escalations]
     touched = dict.fromkeys(touch.conversation_id for touch in records.conversations)
     return {
@@ -151,10 +151,6 @@ def airtable_rows(events: Sequence[StoredEvent], records: Records,
         "interactions": interactions,
         "escalations": escalations,
     }
-
-
-def _iso(moment: Any) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 # -- schema ----------------------------------------------------------------------------------------
@@ -248,10 +244,6 @@ class AirtableClient:
 
     async def call(self, what: str, function: Callable[[Api], Any]) -> Any:
         """One HTTP request: a token, then the call in a thread; failures come back classified."""
-        paused = self.budget.stats()
-        if paused["pause_reason"] == QUOTA_REASON:
-            raise QuotaError(f"{what}: the monthly API quota is exhausted; next try at {paused['paused_until']}",
-                             retry_after=paused["paused_for_s"])
         try:
             async with self.budget.request():
                 loop = asyncio.get_running_loop()
@@ -264,12 +256,12 @@ class AirtableClient:
                         self.budget.pause(self.lockout, "429 RATE_LIMIT_REACHED")
                         error.retry_after = self.lockout
                     elif isinstance(error, QuotaError):
-                        self.budget.pause(QUOTA_RETRY, QUOTA_REASON, refuse_waiting=True)
+                        self.budget.pause(QUOTA_RETRY, QUOTA_REASON, refuse=True)
                         error.retry_after = QUOTA_RETRY
                     raise error from exc
-        except BudgetPaused:
-            raise QuotaError(f"{what}: not sent, the monthly API quota is exhausted",
-                             retry_after=QUOTA_RETRY) from None
+        except BudgetPaused as paused:  # only the quota pause refuses
+            raise QuotaError(f"{what}: not sent, {paused.reason}; next try in {paused.retry_after:.0f} s",
+                             retry_after=paused.retry_after) from None
 
     async def schema(self) -> list[dict[str, Any]]:
         answer = await self.call("reading the base schema", lambda api: api.request(

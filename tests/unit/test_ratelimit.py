@@ -114,9 +114,12 @@ async def test_refusing_waiters_ends_their_wait_at_once():
         pass  # the only token is out for an hour
     waiter = asyncio.create_task(budget.request().__aenter__())
     await asyncio.sleep(0)
-    budget.pause(3600, "quota", refuse_waiting=True)
+    budget.pause(3600, "quota", refuse=True)
     with pytest.raises(BudgetPaused):
         await asyncio.wait_for(waiter, 10)
+    with pytest.raises(BudgetPaused) as refused:  # and a request that comes later is not held either
+        await asyncio.wait_for(budget.request().__aenter__(), 10)
+    assert refused.value.reason == "quota" and refused.value.retry_after > 3500
 
 
 async def test_a_new_budget_can_start_empty():
