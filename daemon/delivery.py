@@ -183,19 +183,29 @@ class DeliveryWorker:
         self.last_error, self.last_error_at = error, time.time()
         log = logger.error if was != self.state or self.failures in (1, 10) else logger.debug
         log("{} is {} (attempt {}), retrying in {:.1f} s: {}", self.name, self.state, self.failures, delay, error)
+        # Armed before the journal write below: status shows the retry at once, and a wake()
+        # (sync, SIGHUP) arriving during that write is not lost.
+        self._arm_retry(delay)
         if batch:
             try:
                 await self.journal.note_failure(self.name, [batch[0].id], error, time.time() + delay)
             except JournalUnavailable:
                 pass  # the journal's own state is reported separately; the retry goes on
-        await self._pause(delay)
+        await self._wait_retry()
 
     async def _pause(self, delay: float) -> None:
         """Sleep `delay` seconds unless woken (sync, SIGHUP) or stopped."""
+        self._arm_retry(delay)
+        await self._wait_retry()
+
+    def _arm_retry(self, delay: float) -> None:
         self.retry_at = self._clock() + delay
         self._woken.clear()
+
+    async def _wait_retry(self) -> None:
+        assert self.retry_at is not None
         try:
-            await asyncio.wait_for(self._woken.wait(), delay)
+            await asyncio.wait_for(self._woken.wait(), max(0.0, self.retry_at - self._clock()))
             if not self._stopping:
                 logger.info("{}: replay requested, retrying now", self.name)
                 self.failures = 0
