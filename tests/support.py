@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -40,6 +41,16 @@ def wait_for(condition, what: str, timeout: float = 180.0) -> Any:
             return value
         assert time.monotonic() < deadline, f"{what}: not reached within {timeout} s"
         time.sleep(0.1)
+
+
+async def until(condition, task, what: str = "state", timeout: float = 120.0) -> None:
+    """Await `condition()` until true while `task` (a worker under test) keeps running; the
+    timeout only bounds a failure."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await condition():
+        assert not task.done(), task
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: not reached"
+        await asyncio.sleep(0.02)
 
 
 def free_port() -> int:

@@ -14,13 +14,13 @@ from daemon.records import conversation_id_for
 from daemon.sinks.airtable import TABLES, AirtableClient, AirtableSink, init_base, schema_differences
 from daemon.sinks.base import SetupError
 from daemon.testing.airtable import Emulator, EmulatorThread
+from tests.support import until
 
 TOKEN = "patSINK00000000001.0123456789abcdef"
 BASE = "appSINK0000000001"
 NAMES = {"conversations": "Conversations", "interactions": "Interactions", "escalations": "Escalations"}
 RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 T0 = 1_790_000_000
-FAIL_BOUND = 120.0  # a failure bound only: the tests wait for states
 
 
 def message(i, contacts=7, text=None):
@@ -77,14 +77,6 @@ async def journal(tmp_path):
     journal = await Journal.open(tmp_path / "j.sqlite", ["airtable"])
     yield journal
     await journal.close()
-
-
-async def until(condition, task, what):
-    deadline = asyncio.get_running_loop().time() + FAIL_BOUND
-    while not await condition():
-        assert not task.done(), task
-        assert asyncio.get_running_loop().time() < deadline, f"{what}: not reached"
-        await asyncio.sleep(0.05)
 
 
 async def delivered(journal, n):

@@ -11,6 +11,7 @@ from daemon.delivery import DeliveryWorker
 from daemon.events import normalize
 from daemon.journal import Journal
 from daemon.sinks.base import PermanentError, SetupError, TransientError
+from tests.support import until
 
 RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 FAIL_BOUND = 30.0  # a failure bound only: the tests wait for states
@@ -56,14 +57,6 @@ async def journal(tmp_path):
     await journal.close()
 
 
-async def until(condition, task):
-    deadline = asyncio.get_running_loop().time() + FAIL_BOUND
-    while not await condition():
-        assert not task.done(), task
-        assert asyncio.get_running_loop().time() < deadline, "state not reached"
-        await asyncio.sleep(0.01)
-
-
 async def sink_counts(journal):
     return (await journal.counts())["sinks"]["postgres"]
 
@@ -73,7 +66,7 @@ async def test_transient_failures_are_retried_and_nothing_is_delivered_twice(jou
     worker = DeliveryWorker(journal, sink)
     task = asyncio.create_task(worker.run())
     await journal.append([normalize(message(i), RECEIVED) for i in range(20)])
-    await until(lambda: _delivered(journal, 20), task)
+    await until(lambda: _delivered(journal, 20), task, timeout=FAIL_BOUND)
     assert sink.accepted == Counter({f"m{i}": 1 for i in range(20)})
     status = worker.live_status()
     assert status["state"] == "up" and status["consecutive_failures"] == 0
@@ -91,7 +84,7 @@ async def test_a_poison_event_alone_becomes_a_dead_letter(journal):
     worker = DeliveryWorker(journal, sink)
     await journal.append([normalize(message(i), RECEIVED) for i in range(16)])
     task = asyncio.create_task(worker.run())
-    await until(lambda: _delivered(journal, 15), task)
+    await until(lambda: _delivered(journal, 15), task, timeout=FAIL_BOUND)
     counts = await sink_counts(journal)
     assert counts.get("dead") == 1 and counts.get("pending", 0) == 0
     [dead] = await journal.dead_letters("postgres", 10)
@@ -100,7 +93,7 @@ async def test_a_poison_event_alone_becomes_a_dead_letter(journal):
     sink.poison.clear()  # the operator fixed the cause
     assert await journal.requeue_dead("postgres") == 1
     worker.wake()
-    await until(lambda: _delivered(journal, 16), task)
+    await until(lambda: _delivered(journal, 16), task, timeout=FAIL_BOUND)
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
@@ -114,15 +107,15 @@ async def test_wake_skips_the_backoff_and_stop_ends_a_pause(journal, monkeypatch
 
     async def paused():
         return worker.live_status().get("retry_in_s", 0) > 3000
-    await until(paused, task)
+    await until(paused, task, timeout=FAIL_BOUND)
     assert worker.state == "down" and (await sink_counts(journal))["pending"] == 1
     worker.wake()  # `chatledger sync` / SIGHUP
-    await until(lambda: _delivered(journal, 1), task)
+    await until(lambda: _delivered(journal, 1), task, timeout=FAIL_BOUND)
     assert worker.state == "up"
 
     sink.failures = [TransientError("down again")]
     await journal.append([normalize(message(2), RECEIVED)])
-    await until(paused, task)
+    await until(paused, task, timeout=FAIL_BOUND)
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)  # does not sit out the hour
     assert (await sink_counts(journal))["pending"] == 1
@@ -137,13 +130,13 @@ async def test_an_idle_worker_reports_a_misconfigured_sink(journal, monkeypatch)
 
     async def misconfigured():
         return worker.state == "misconfigured"
-    await until(misconfigured, task)
+    await until(misconfigured, task, timeout=FAIL_BOUND)
     assert worker.live_status()["last_error"] == "password authentication failed"
     sink.check_error = None
     worker.wake()
 
     async def up():
         return worker.state == "up"
-    await until(up, task)
+    await until(up, task, timeout=FAIL_BOUND)
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
