@@ -70,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
     airtable = command("airtable", "set up or check the Airtable base: `init` creates missing tables and fields, "
                                    "`check` prints the differences (exit 1 on any)")
     airtable.add_argument("action", choices=("init", "check"))
+    recover = command("recover", "copy Airtable's rows back into PostgreSQL (rows PostgreSQL lost that the journal "
+                                 "no longer holds); idempotent")
+    which = recover.add_mutually_exclusive_group(required=True)
+    which.add_argument("--conversation", metavar="ID", help="one conversation (its ConversationId)")
+    which.add_argument("--phone", metavar="PHONE", help="every conversation of this phone (any formatting)")
+    which.add_argument("--since", type=_since, metavar="DATE", help="rows with activity since DATE (ISO 8601)")
+    which.add_argument("--all", action="store_true", help="every row of the three tables")
+    recover.add_argument("--prefer", choices=("postgres", "airtable"), default="postgres",
+                         help="whose values win when a row is in both and differs (default: postgres)")
+    recover.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
 
@@ -90,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "airtable": _airtable,
         "dead": _dead,
         "journal": _journal,
+        "recover": _recover,
     }[args.command]
     return handler(config, args)
 
@@ -299,3 +310,81 @@ def _journal(config: Config, args: argparse.Namespace) -> int:
         if not report.problems:
             print("no problems found")
     return EXIT_FAILURE if report.problems else EXIT_OK
+
+
+def _stores_needed(config: Config, *stores: str) -> str | None:
+    """Why the command cannot run with this config (a store it needs is not configured), or None."""
+    for store in stores:
+        if store == "postgres" and not config.postgres.enabled:
+            return "[postgres] dsn is empty (or DATABASE_URL unset)"
+        if store == "airtable" and not config.airtable.enabled:
+            return "[airtable] api_key is empty (or AIRTABLE_API_KEY unset)"
+    return None
+
+
+def _progress_line(stream: Any) -> Any:
+    """A one-line progress display on a terminal; nothing otherwise."""
+    if not stream.isatty():
+        return None
+    started = datetime.now(timezone.utc)
+
+    def show(report: Any) -> None:
+        seconds = (datetime.now(timezone.utc) - started).total_seconds()
+        parts = [f"{kind} {t.read} read/{t.inserted} new" for kind, t in report.tallies.items()]
+        stream.write(f"\rrecovering: {' · '.join(parts)} · {seconds:.0f} s ")
+        stream.flush()
+
+    return show
+
+
+def _recover(config: Config, args: argparse.Namespace) -> int:
+    from daemon.events import digits_only
+    from daemon.recover import Recovery, Selection
+    from daemon.sinks.airtable import AirtableSink
+    from daemon.sinks.base import SinkError
+    from daemon.sinks.postgres_rows import PostgresRows
+
+    missing = _stores_needed(config, "postgres", "airtable")
+    if missing:
+        print(f"chatledger: recover reads Airtable and writes PostgreSQL: {missing}", file=sys.stderr)
+        return EXIT_CONFIG
+    phone = digits_only(args.phone) if args.phone else None
+    if args.phone and not phone:
+        print(f"chatledger: --phone {args.phone!r} has no digits", file=sys.stderr)
+        return EXIT_CONFIG
+    selection = Selection(conversation=args.conversation, phone=phone, since=args.since, everything=args.all)
+    setup_logging("WARNING", config.log.json_)
+    progress = _progress_line(sys.stderr)
+
+    async def run() -> Any:
+        sink = AirtableSink.from_config(config.airtable, None)
+        try:
+            async with PostgresRows.open(config.postgres.dsn.get_secret_value(), config.postgres.schema_) as pg:
+                return await Recovery(sink.client, sink.tables, pg, prefer=args.prefer, progress=progress).run(selection)
+        finally:
+            await sink.close()
+
+    try:
+        report = asyncio.run(run())
+    except SinkError as exc:
+        if progress:
+            sys.stderr.write("\n")
+        print(f"chatledger: recover stopped: {exc}; nothing written is lost, run it again to go on", file=sys.stderr)
+        return EXIT_FAILURE
+    if progress:
+        sys.stderr.write("\n")
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return EXIT_OK
+    print(f"recovered {selection.describe()} from Airtable into PostgreSQL "
+          f"({'Airtable' if args.prefer == 'airtable' else 'PostgreSQL'} wins where they differ)")
+    print(f"  {'':<14}{'read':>8}{'inserted':>10}{'present':>9}{'conflicting':>13}{'replaced':>10}{'unusable':>10}")
+    for kind, t in report.tallies.items():
+        print(f"  {kind:<14}{t.read:>8}{t.inserted:>10}{t.present:>9}{t.conflicting:>13}{t.replaced:>10}"
+              f"{t.unusable:>10}")
+    built = report.tallies["conversations"].built
+    if built:
+        print(f"  {built} conversations were in neither store: built from their interactions and escalations")
+    for problem in report.problems:
+        print(f"problem: {problem}")
+    return EXIT_OK

@@ -17,6 +17,7 @@ interactions, not incremented, so replays and out-of-order deliveries cannot ske
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -134,6 +135,25 @@ def iso(moment: datetime) -> str:
     if moment.utcoffset():
         moment = moment.astimezone(timezone.utc)
     return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+def tags_text(tags: Iterable[str]) -> str:
+    """Tags as Airtable's Tags text: comma-separated, readable and typeable by an operator."""
+    return ", ".join(tags)
+
+
+def parse_tags(text: str | None) -> list[str]:
+    """Airtable's Tags text (comma-separated, or a JSON list) as a list of tags."""
+    if not text or not text.strip():
+        return []
+    if text.lstrip().startswith("["):
+        try:
+            value = json.loads(text)
+            if isinstance(value, list):
+                return [str(tag) for tag in value]
+        except ValueError:
+            pass
+    return [tag.strip() for tag in text.split(",") if tag.strip()]
 
 
 def _id(kind: str, name: str) -> str:

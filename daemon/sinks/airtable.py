@@ -27,6 +27,7 @@ from daemon.records import ConversationState, Records, iso, map_events
 from daemon.sinks.base import PermanentError, SetupError, TransientError
 
 RECORDS_PER_REQUEST = 10
+PAGE_SIZE = 100  # records per list request, Airtable's maximum
 BATCH_SIZE = 500  # events per delivery: 50 interaction requests share the conversation upserts
 TIMEOUT = (5, 30)  # connect, read (seconds)
 LOCKOUT = 30.0  # what Airtable imposes after a 429
@@ -272,6 +273,27 @@ class AirtableClient:
         assert len(rows) <= RECORDS_PER_REQUEST
         await self.call(f"upserting {len(rows)} records into {table}", lambda api: api.table(
             self.base_id, table).batch_upsert([{"fields": row} for row in rows], key_fields=[key], typecast=True))
+
+    async def list_page(self, table: str, formula: str | None,
+                        offset: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a table's records (id and fields) matching `formula`, and the next page's offset."""
+        options: dict[str, Any] = {"page_size": PAGE_SIZE}
+        if formula:
+            options["formula"] = formula
+        if offset:
+            options["offset"] = offset
+
+        def fetch(api: Api) -> Any:
+            urls = api.table(self.base_id, table).urls
+            return api.request("GET", urls.records, fallback=("POST", urls.records_post), options=options)
+
+        answer = await self.call(f"reading {table}", fetch)
+        return answer.get("records", []), answer.get("offset")
+
+    async def delete(self, table: str, record_ids: list[str]) -> None:
+        assert len(record_ids) <= RECORDS_PER_REQUEST
+        await self.call(f"deleting {len(record_ids)} records from {table}",
+                        lambda api: api.table(self.base_id, table).batch_delete(record_ids))
 
     async def create_table(self, name: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
         return await self.call(f"creating table {name}", lambda api: api.request(

@@ -238,6 +238,8 @@ FUNCTIONS: dict[str, Callable[[list[Any], str], Any]] = {
     "UPPER": _arity(1, lambda v: str(v or "").upper()),
     "LEN": _arity(1, lambda v: len(str(v or ""))),
     "FIND": _find,
+    "REGEX_REPLACE": _arity(3, lambda text, pattern, replacement: re.sub(
+        str(pattern or ""), str(replacement or "").replace("\\", "\\\\"), str("" if text is None else text))),
     "IS_BEFORE": _arity(2, lambda a, b: _compare("<", _as_time(a), _as_time(b))),
     "IS_AFTER": _arity(2, lambda a, b: _compare(">", _as_time(a), _as_time(b))),
 }

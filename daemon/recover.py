@@ -1,0 +1,398 @@
+"""`chatledger recover`: Airtable's copy back into PostgreSQL, for rows PostgreSQL lost that the journal
+no longer holds.
+
+Airtable is read page by page (100 records a request, through the same request budget as the
+daemon). Each record becomes the row the PostgreSQL sink writes, and per page, in one transaction:
+what is missing is inserted, what is identical is counted as present, and a row that differs keeps
+PostgreSQL's values unless prefer="airtable". Conversations come first (the other tables reference
+them); a row whose conversation is in neither store gets a minimal one built from it. Message counts,
+spans and statuses are then recomputed from the interactions, as delivery does, so running it again
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from loguru import logger
+from pyairtable.formulas import EQ, GTE, OR, Field, to_formula_str
+
+from daemon.events import digits_only
+from daemon.records import iso, parse_time, parse_tags, status_key
+from daemon.sinks.airtable import AirtableClient, QuotaError
+from daemon.sinks.base import SetupError, TransientError
+from daemon.sinks.postgres_rows import PostgresRows
+
+KINDS = ("conversations", "interactions", "escalations")
+IDS_PER_FORMULA = 40
+MAX_ATTEMPTS = 8
+PROBLEMS_KEPT = 20
+
+# The columns whose difference is a conflict; the others are derived from the interactions
+# (counts, spans, status) or bookkeeping (created/updated).
+COMPARED = {
+    "conversations": ("customer_phone", "customer_name", "intent", "sentiment", "priority", "assigned_agent",
+                      "tags"),
+    "interactions": ("conversation_id", "message_id", "direction", "content", "intent", "response",
+                     "processing_time_ms", "status", "error_message", "occurred_at"),
+    "escalations": ("ticket_id", "conversation_id", "reason", "priority", "status", "customer_phone",
+                    "assigned_agent", "created_at", "resolved_at", "notes"),
+}
+TIMES = frozenset({"started_at", "last_activity", "created_at", "updated_at", "occurred_at", "resolved_at"})
+PHONES = frozenset({"customer_phone"})
+# A status only PostgreSQL's status event can explain: the recovered conversation gets one.
+STATUS_EVENTS = {"escalated": "open_chat", "closed": "unsubscribe"}
+
+
+class Unusable(ValueError):
+    """An Airtable record that cannot become a row (a key or a required value is missing)."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    conversation: str | None = None
+    phone: str | None = None
+    since: str | None = None  # journal time text
+    everything: bool = False
+
+    def describe(self) -> str:
+        if self.conversation:
+            return f"conversation {self.conversation}"
+        if self.phone:
+            return f"phone {self.phone}"
+        if self.since:
+            return f"activity since {self.since}"
+        return "everything"
+
+
+@dataclass
+class Tally:
+    read: int = 0
+    inserted: int = 0
+    present: int = 0
+    conflicting: int = 0
+    replaced: int = 0
+    unusable: int = 0
+    built: int = 0  # conversations built from their rows: in neither store
+
+
+@dataclass
+class Report:
+    tallies: dict[str, Tally] = field(default_factory=lambda: {kind: Tally() for kind in KINDS})
+    problems: list[str] = field(default_factory=list)
+
+    def problem(self, text: str) -> None:
+        if len(self.problems) < PROBLEMS_KEPT:
+            self.problems.append(text)
+        logger.warning("recover: {}", text)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tables": {kind: asdict(t) for kind, t in self.tallies.items()}, "problems": self.problems}
+
+
+# -- Airtable record -> PostgreSQL row (pure) ---------------------------------------------------------
+
+def _text(fields: dict[str, Any], name: str) -> str | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _time(fields: dict[str, Any], name: str, required: bool = False) -> str | None:
+    value = _text(fields, name)
+    if value is None:
+        if required:
+            raise Unusable(f"no {name}")
+        return None
+    try:
+        moment = parse_time(value)
+    except ValueError:
+        raise Unusable(f"{name} is not a date: {value!r}") from None
+    return iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+
+
+def _int(fields: dict[str, Any], name: str) -> int | None:
+    value = fields.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        raise Unusable(f"{name} is not a number: {value!r}") from None
+
+
+def _required(fields: dict[str, Any], name: str) -> str:
+    value = _text(fields, name)
+    if value is None:
+        raise Unusable(f"no {name}")
+    return value
+
+
+def _metadata(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"airtable_metadata": text}  # kept as it was typed
+    return value if isinstance(value, dict) else {"airtable_metadata": value}
+
+
+def conversation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
+    status = _text(fields, "Status")
+    status = status if status in ("active", "closed", "escalated") else "active"
+    last_activity = _time(fields, "LastActivity")
+    metadata = _metadata(_text(fields, "Metadata"))
+    title = STATUS_EVENTS.get(status)
+    if title and last_activity:
+        metadata.update(status_event=title, status_event_at=last_activity,
+                        status_key=status_key(parse_time(last_activity), ""))
+    return {
+        "conversation_id": _required(fields, "ConversationId"),
+        "customer_phone": digits_only(fields.get("CustomerPhone")), "customer_name": _text(fields, "CustomerName"),
+        "status": status, "started_at": _time(fields, "StartedAt"), "last_activity": last_activity,
+        "message_count": _int(fields, "MessageCount") or 0, "intent": _text(fields, "Intent"),
+        "sentiment": _text(fields, "Sentiment"), "priority": _text(fields, "Priority") or "normal",
+        "assigned_agent": _text(fields, "AssignedAgent"), "tags": parse_tags(_text(fields, "Tags")),
+        "metadata": metadata, "created_at": _time(fields, "CreatedAt") or now,
+        "updated_at": _time(fields, "UpdatedAt") or now,
+    }
+
+
+def interaction_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
+    direction = _required(fields, "Direction")
+    if direction not in ("inbound", "outbound"):
+        raise Unusable(f"Direction is {direction!r}, not inbound or outbound")
+    return {
+        "interaction_id": _required(fields, "InteractionId"), "conversation_id": _required(fields, "ConversationId"),
+        "message_id": _text(fields, "MessageId"), "direction": direction, "content": _text(fields, "Content"),
+        "intent": _text(fields, "Intent"), "response": _text(fields, "Response"),
+        "processing_time_ms": _int(fields, "ProcessingTime"),
+        "status": _text(fields, "Status") or ("delivered" if direction == "inbound" else "sent"),
+        "error_message": _text(fields, "ErrorMessage"), "customer_phone": None,
+        "occurred_at": _time(fields, "Timestamp", required=True), "created_at": _time(fields, "CreatedAt") or now,
+    }
+
+
+def escalation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
+    escalation_id = _required(fields, "EscalationId")
+    return {
+        "escalation_id": escalation_id,
+        "ticket_id": _text(fields, "TicketId") or "ESC-" + escalation_id.replace("-", "")[:8].upper(),
+        "conversation_id": _required(fields, "ConversationId"), "reason": _text(fields, "Reason"),
+        "priority": _text(fields, "Priority") or "normal", "status": _text(fields, "Status") or "pending",
+        "customer_phone": digits_only(fields.get("CustomerPhone")), "assigned_agent": _text(fields, "AssignedAgent"),
+        "created_at": _time(fields, "CreatedAt", required=True), "resolved_at": _time(fields, "ResolvedAt"),
+        "notes": _text(fields, "Notes"),
+    }
+
+
+ROWS: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
+    "conversations": conversation_row, "interactions": interaction_row, "escalations": escalation_row,
+}
+KEYS = {"conversations": "conversation_id", "interactions": "interaction_id", "escalations": "escalation_id"}
+
+
+def built_conversation(row: dict[str, Any], now: str) -> dict[str, Any]:
+    """A minimal conversation for a row whose conversation neither store has."""
+    at = row.get("occurred_at") or row.get("created_at") or now
+    return {
+        "conversation_id": row["conversation_id"], "customer_phone": row.get("customer_phone"),
+        "customer_name": None, "status": "active", "started_at": at, "last_activity": at, "message_count": 0,
+        "intent": None, "sentiment": None, "priority": "normal", "assigned_agent": None, "tags": [],
+        "metadata": {"recovered": "built from its rows: the conversation was in neither store"},
+        "created_at": now, "updated_at": now,
+    }
+
+
+def _same(column: str, ours: Any, theirs: Any) -> bool:
+    if ours in (None, "") and theirs in (None, ""):
+        return True
+    if ours is None or theirs is None:
+        return False
+    if column in TIMES:
+        return parse_time(str(ours)) == parse_time(str(theirs))
+    if column in PHONES:
+        return digits_only(ours) == digits_only(theirs)
+    return ours == theirs
+
+
+def differences(kind: str, airtable: dict[str, Any], postgres: dict[str, Any]) -> list[str]:
+    return [c for c in COMPARED[kind] if not _same(c, airtable.get(c), postgres.get(c))]
+
+
+# -- formulas ---------------------------------------------------------------------------------------
+
+def _formula(node: Any) -> str:
+    return to_formula_str(node)
+
+
+def ids_formulas(name: str, ids: Sequence[str]) -> list[str]:
+    """Formulas matching these values of `name`, a few dozen per formula (URLs stay short)."""
+    chunks = [ids[i:i + IDS_PER_FORMULA] for i in range(0, len(ids), IDS_PER_FORMULA)]
+    return [_formula(OR(*(EQ(Field(name), value) for value in chunk))) for chunk in chunks]
+
+
+def phone_formula(name: str, phone: str) -> str:
+    """Matches however the phone was typed (+55 11 ..., 5511...): compares the digits."""
+    return f"REGEX_REPLACE({{{name}}} & '', '[^0-9]', '') = '{phone}'"
+
+
+def since_formula(name: str, since: str) -> str:
+    return _formula(GTE(Field(name), parse_time(since)))
+
+
+TIME_FIELDS = {"conversations": "LastActivity", "interactions": "Timestamp", "escalations": "CreatedAt"}
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+Progress = Callable[[Report], None]
+
+
+class Recovery:
+    def __init__(self, client: AirtableClient, tables: dict[str, str], pg: PostgresRows, *,
+                 prefer: str = "postgres", progress: Progress | None = None):
+        self.client = client
+        self.tables = tables
+        self.pg = pg
+        self.prefer = prefer
+        self.progress = progress or (lambda report: None)
+        self.report = Report()
+        self.now = iso(datetime.now(timezone.utc))
+        self._conversations: set[str] = set()  # in PostgreSQL now
+
+    async def run(self, selection: Selection) -> Report:
+        conversations = await self._table("conversations", self._conversation_formulas(selection))
+        if selection.conversation:
+            conversations = [selection.conversation]
+        if selection.conversation or selection.phone:
+            formulas = ids_formulas("ConversationId", conversations)
+            for kind in ("interactions", "escalations"):
+                await self._table(kind, formulas)
+        else:
+            for kind in ("interactions", "escalations"):
+                await self._table(kind, [since_formula(TIME_FIELDS[kind], selection.since)]
+                                  if selection.since else [None])
+        return self.report
+
+    def _conversation_formulas(self, selection: Selection) -> list[str | None]:
+        if selection.conversation:
+            return [_formula(EQ(Field("ConversationId"), selection.conversation))]
+        if selection.phone:
+            return [phone_formula("CustomerPhone", selection.phone)]
+        if selection.since:
+            return [since_formula("LastActivity", selection.since)]
+        return [None]
+
+    async def _table(self, kind: str, formulas: Sequence[str | None]) -> list[str]:
+        """Recover the records of one table matching any of the formulas; their conversation ids."""
+        ids: list[str] = []
+        for formula in formulas:
+            async for page in self._pages(self.tables[kind], formula):
+                rows = self._rows(kind, page)
+                if kind != "conversations":
+                    await self._ensure_conversations(rows)
+                await self._apply(kind, rows)
+                ids.extend(row["conversation_id"] for row in rows)
+                self.progress(self.report)
+        return list(dict.fromkeys(ids))
+
+    async def _pages(self, table: str, formula: str | None) -> AsyncIterator[list[dict[str, Any]]]:
+        offset: str | None = None
+        while True:
+            page, offset = await self._read(table, formula, offset)
+            yield page
+            if not offset:
+                return
+
+    async def _read(self, table: str, formula: str | None,
+                    offset: str | None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page; transient failures (a 429, a 5xx, a timeout) are waited out a few times."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return await self.client.list_page(table, formula, offset)
+            except (SetupError, QuotaError):
+                raise
+            except TransientError as exc:
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                delay = exc.retry_after or min(30.0, 0.5 * 2 ** attempt)
+                logger.warning("recover: {}; trying again in {:.0f} s", exc, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _rows(self, kind: str, page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        tally = self.report.tallies[kind]
+        rows: dict[str, dict[str, Any]] = {}
+        for record in page:
+            tally.read += 1
+            try:
+                row = ROWS[kind](record.get("fields", {}), self.now)
+            except Unusable as exc:
+                tally.unusable += 1
+                self.report.problem(f"{self.tables[kind]} record {record.get('id')}: {exc}; not recovered")
+                continue
+            rows.setdefault(row[KEYS[kind]], row)  # a record typed twice in Airtable counts once
+        return list(rows.values())
+
+    async def _ensure_conversations(self, rows: list[dict[str, Any]]) -> None:
+        """Give every row a conversation in PostgreSQL: found there, read from Airtable, or built."""
+        wanted = list(dict.fromkeys(r["conversation_id"] for r in rows if r["conversation_id"] not in self._conversations))
+        if not wanted:
+            return
+        self._conversations.update(await self.pg.existing("conversations", wanted))
+        missing = [c for c in wanted if c not in self._conversations]
+        for formula in ids_formulas("ConversationId", missing):
+            async for page in self._pages(self.tables["conversations"], formula):
+                await self._apply("conversations", self._rows("conversations", page))
+        first = {}
+        for row in rows:
+            first.setdefault(row["conversation_id"], row)
+        built = [built_conversation(first[c], self.now) for c in missing if c not in self._conversations]
+        if built:
+            async with self.pg.transaction():
+                done = await self.pg.insert("conversations", built)
+            self.report.tallies["conversations"].built += len(done)
+            self._conversations.update(done)
+
+    async def _apply(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        tally = self.report.tallies[kind]
+        key = KEYS[kind]
+        async with self.pg.transaction():
+            existing = await self.pg.existing(kind, [row[key] for row in rows])
+            new = [row for row in rows if row[key] not in existing]
+            inserted = await self.pg.insert(kind, new)
+            tally.inserted += len(inserted)
+            for row in new:
+                if row[key] not in inserted:
+                    tally.conflicting += 1
+                    self.report.problem(f"{kind} {row[key]}: a unique value (message or ticket id) belongs to "
+                                        "another row in PostgreSQL; not recovered")
+            replace = []
+            for row in rows:
+                if row[key] not in existing:
+                    continue
+                differ = differences(kind, row, existing[row[key]])
+                if not differ:
+                    tally.present += 1
+                    continue
+                tally.conflicting += 1
+                if self.prefer == "airtable":
+                    replace.append(row)
+            await self.pg.update(kind, replace, COMPARED[kind])
+            tally.replaced += len(replace)
+            changed = [row for row in rows if row[key] in inserted] + replace
+            if kind == "conversations":
+                self._conversations.update(row[key] for row in rows if row[key] in inserted or row[key] in existing)
+            if kind == "interactions":
+                await self.pg.fill_interaction_phones([row[key] for row in changed])
+            await self.pg.refresh(list(dict.fromkeys(row["conversation_id"] for row in changed)))
