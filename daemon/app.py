@@ -90,7 +90,7 @@ class Daemon:
     async def _start_status(self) -> web.AppRunner:
         socket_path = self.config.status.socket
         prepare_socket_path(socket_path)
-        runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay), access_log=None)
+        runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay, self.forget), access_log=None)
         await runner.setup()
         self._runners.append(runner)
         await web.UnixSite(runner, str(socket_path)).start()
@@ -255,6 +255,25 @@ class Daemon:
             self.workers[name].wake()
         return {"replay": "triggered", "sinks": names, "requeued": requeued}
 
+    async def forget(self, phone: str) -> dict[str, Any]:
+        """Erase one phone everywhere, through this daemon's journal, workers and Airtable budget."""
+        from daemon.forget import forget_phone
+        from daemon.sinks.base import SinkError
+
+        assert self.journal is not None
+        airtable = self.workers.get("airtable")
+
+        async def quiesce() -> None:
+            for worker in self.workers.values():
+                await worker.quiesce()
+
+        try:
+            report = await forget_phone(phone, self.journal, **erasure_stores(
+                self.config, airtable.sink if airtable else None), quiesce=quiesce)
+        except SinkError as exc:
+            return {"error": f"{exc}; nothing was erased"}
+        return report.as_dict()
+
     # -- status ----------------------------------------------------------------------------------
 
     async def snapshot(self) -> dict[str, Any]:
@@ -315,6 +334,25 @@ def build_sinks(config: Config, journal: Journal) -> list[Any]:
 
         sinks.append(AirtableSink.from_config(config.airtable, journal.conversations))
     return sinks
+
+
+def erasure_stores(config: Config, airtable_sink: Any = None) -> dict[str, Any]:
+    """The PostgreSQL and Airtable handles `forget` works on (None for a store not configured)."""
+    postgres = None
+    if config.postgres.enabled:
+        from functools import partial
+
+        from daemon.sinks.postgres_rows import PostgresRows
+
+        postgres = partial(PostgresRows.open, config.postgres.dsn.get_secret_value(), config.postgres.schema_)
+    airtable = None
+    if config.airtable.enabled:
+        if airtable_sink is None:
+            from daemon.sinks.airtable import AirtableSink
+
+            airtable_sink = AirtableSink.from_config(config.airtable, None)
+        airtable = (airtable_sink.client, airtable_sink.tables)
+    return {"postgres": postgres, "airtable": airtable}
 
 
 def _health(snapshot: dict[str, Any]) -> dict[str, Any]:

@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     recover.add_argument("--prefer", choices=("postgres", "airtable"), default="postgres",
                          help="whose values win when a row is in both and differs (default: postgres)")
     recover.add_argument("--json", action="store_true", help="print the summary as JSON")
+    forget = command("forget", "erase one person's data from the journal, PostgreSQL and Airtable (LGPD), keep an "
+                               "audit entry (a salted hash of the phone, the time, the counts) and print the report")
+    forget.add_argument("--phone", required=True, metavar="PHONE", help="the phone number (any formatting)")
+    forget.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -101,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dead": _dead,
         "journal": _journal,
         "recover": _recover,
+        "forget": _forget,
     }[args.command]
     return handler(config, args)
 
@@ -387,4 +392,67 @@ def _recover(config: Config, args: argparse.Namespace) -> int:
         print(f"  {built} conversations were in neither store: built from their interactions and escalations")
     for problem in report.problems:
         print(f"problem: {problem}")
+    return EXIT_FAILURE if report.problems else EXIT_OK
+
+
+FORGET_TIMEOUT = 3600.0  # Airtable at 5 requests/s: a long history takes a while
+
+
+def _forget(config: Config, args: argparse.Namespace) -> int:
+    from daemon.events import digits_only
+
+    phone = digits_only(args.phone)
+    if not phone:
+        print(f"chatledger: --phone {args.phone!r} has no digits", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        answer = asyncio.run(request_status(config.status.socket, "POST", f"/forget?phone={phone}",
+                                            timeout_s=FORGET_TIMEOUT))
+    except StatusUnreachable:
+        answer = _forget_offline(config, phone)  # no daemon: the journal is ours to open
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    if answer.get("error") and not answer.get("stores"):
+        print(f"chatledger: forget: {answer['error']}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not args.json:
+        print(f"forgot phone ...{phone[-4:]} (audit hash {answer['audit']['subject_hash'][:16]}, "
+              f"at {answer['audit']['at']})")
+        for store, counts in answer["stores"].items():
+            text = counts if isinstance(counts, str) else ", ".join(f"{n} {what}" for what, n in counts.items())
+            print(f"  {store:<9} {text}")
+    if not answer.get("complete", True):
+        print(f"chatledger: forget is incomplete: {answer.get('error')}; run the same command again to finish",
+              file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
+
+
+def _forget_offline(config: Config, phone: str) -> dict[str, Any]:
+    from daemon.app import erasure_stores
+    from daemon.forget import forget_phone
+    from daemon.journal import Journal
+    from daemon.sinks.base import SinkError
+
+    setup_logging("WARNING", config.log.json_)
+
+    async def run() -> dict[str, Any]:
+        sink = None
+        if config.airtable.enabled:
+            from daemon.sinks.airtable import AirtableSink
+
+            sink = AirtableSink.from_config(config.airtable, None)
+        journal = await Journal.open(config.journal.path, config.enabled_sinks)
+        try:
+            return (await forget_phone(phone, journal, **erasure_stores(config, sink))).as_dict()
+        except SinkError as exc:
+            return {"error": f"{exc}; nothing was erased"}
+        finally:
+            await journal.close()
+            if sink is not None:
+                await sink.close()
+
+    try:
+        return asyncio.run(run())
+    except JournalError as exc:
+        return {"error": f"{exc}; nothing was erased"}

@@ -45,6 +45,7 @@ class DeliveryWorker:
         self._new_events = asyncio.Event()
         self._woken = asyncio.Event()
         self._stopping = False
+        self._attempt = asyncio.Lock()  # held from reading a batch to the end of sending it
         self._cursor = 0
         self._checked_at = 0.0
         self.failures = 0
@@ -76,6 +77,12 @@ class DeliveryWorker:
         self._woken.set()
         self._new_events.set()
 
+    async def quiesce(self) -> None:
+        """Wait until no batch read before now is still being sent (an erasure must not race a
+        delivery of what it erased)."""
+        async with self._attempt:
+            pass
+
     def live_status(self) -> dict[str, Any]:
         status: dict[str, Any] = {
             "state": self.state,
@@ -98,9 +105,11 @@ class DeliveryWorker:
         logger.info("{} delivery started", self.name)
         while not self._stopping:
             self._new_events.clear()
-            batch = await self.journal.pending(self.name, self._cursor, self.sink.batch_size)
+            async with self._attempt:
+                batch = await self.journal.pending(self.name, self._cursor, self.sink.batch_size)
+                outcome = await self._attempt_send(batch) if batch else None
             if batch:
-                await self._deliver(batch)
+                await self._settle(batch, outcome)
             elif self._cursor:
                 self._cursor = 0  # end of a pass: the next one starts from the oldest pending again
             else:
@@ -131,15 +140,21 @@ class DeliveryWorker:
         self.retry_at = None
         self.state = "up"
 
-    async def _deliver(self, batch: Sequence[StoredEvent]) -> None:
+    async def _attempt_send(self, batch: Sequence[StoredEvent]) -> Exception | None:
+        """Send a batch; the failure the caller must wait out, if any (waiting happens outside the lock)."""
         try:
             await self._send(batch)
-        except TransientError as exc:
-            await self._failed(batch, exc)
+        except (TransientError, JournalUnavailable) as exc:
+            return exc
+        return None
+
+    async def _settle(self, batch: Sequence[StoredEvent], outcome: Exception | None) -> None:
+        if isinstance(outcome, TransientError):
+            await self._failed(batch, outcome)
             return
-        except JournalUnavailable as exc:
+        if isinstance(outcome, JournalUnavailable):
             # Delivered but not yet recorded: it stays pending and a later pass re-sends it (idempotent).
-            logger.warning("{}: cannot record delivery in the journal ({}); retrying", self.name, exc)
+            logger.warning("{}: cannot record delivery in the journal ({}); retrying", self.name, outcome)
             self._cursor = 0
             await self._pause(JOURNAL_RETRY)
             return

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
+import json
 import os
 import sqlite3
 import time
@@ -176,6 +178,17 @@ MIGRATIONS: tuple[str, ...] = (
         {upsert_new};
     END;
     """.replace("{upsert_new}", conversation_upsert("NEW.", "WHERE true")),
+    # v3: the record of erasures (`chatledger forget`): who, as a salted hash only; when; how much.
+    """
+    CREATE TABLE audit (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        at           TEXT NOT NULL,
+        action       TEXT NOT NULL,
+        subject_hash TEXT NOT NULL,
+        report       TEXT NOT NULL
+    );
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('audit_salt', lower(hex(randomblob(16))));
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -272,6 +285,15 @@ class Requeue:
         if self.since is not None:
             what += f" received since {self.since}"
         return what
+# One person's events: by phone, or by a conversation of that phone.
+FORGET_SELECTION = "FROM events WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?))"
+FORGET_CONVERSATIONS = "DELETE FROM conversations WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?))"
+FORGET_QUARANTINE = "DELETE FROM quarantine WHERE raw LIKE '%' || ? || '%'"
+CONVERSATIONS_OF_PHONE = "SELECT conversation_id FROM conversations WHERE phone = ?"
+INSERT_AUDIT = "INSERT INTO audit (at, action, subject_hash, report) VALUES (?, ?, ?, ?)"
+AUDIT_SALT = "SELECT value FROM meta WHERE key = 'audit_salt'"
+AUDIT_ENTRIES = "SELECT id, at, action, subject_hash, report FROM audit ORDER BY id"
+
 DEAD_LETTERS = """
 SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, d.updated_at
 FROM deliveries d JOIN events e ON e.id = d.event_id
@@ -694,6 +716,53 @@ class Journal:
 
         return int(await self.write(run))
 
+    async def conversations_of_phone(self, phone: str) -> list[str]:
+        return [row[0] for row in await self.query(CONVERSATIONS_OF_PHONE, (phone,))]
+
+    async def forget(self, phone: str, conversation_ids: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+        """Erase one person: their events (delivery rows go with them), their conversations' records and
+        quarantined elements naming the phone. Counts per table, and the erased events' dedup keys."""
+        params = (phone, json.dumps(list(conversation_ids)))
+
+        async def run(conn: aiosqlite.Connection) -> tuple[dict[str, int], list[str]]:
+            keys = [row[0] for row in await (await conn.execute("SELECT dedup_key " + FORGET_SELECTION, params)).fetchall()]
+            events = (await conn.execute("DELETE " + FORGET_SELECTION, params)).rowcount
+            conversations = (await conn.execute(FORGET_CONVERSATIONS, params)).rowcount
+            quarantined = (await conn.execute(FORGET_QUARANTINE, (phone,))).rowcount
+            return {"events": events, "conversations": conversations, "quarantined": quarantined}, keys
+
+        return await self.write(run)
+
+    async def checkpoint(self, attempts: int = 20) -> bool:
+        """Copy the WAL into the database and truncate it (after an erasure, no old page stays in the
+        WAL); False if readers kept it busy every time."""
+        for _ in range(attempts):
+            try:
+                (busy, _, _) = await (await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")).fetchone()
+            except sqlite3.OperationalError:  # the writer was inside a group commit just then
+                busy = 1
+            if not busy:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def audit(self, action: str, subject: str, report: dict[str, Any]) -> dict[str, Any]:
+        """Record an erasure: the subject only as a salted SHA-256; returns the entry."""
+        (salt,) = (await self.query(AUDIT_SALT))[0]
+        entry = {"at": iso(datetime.now(timezone.utc)), "action": action,
+                 "subject_hash": hashlib.sha256(f"{salt}:{subject}".encode()).hexdigest(), "report": report}
+        params = (entry["at"], action, entry["subject_hash"], json.dumps(report, sort_keys=True))
+
+        async def run(conn: aiosqlite.Connection) -> None:
+            await conn.execute(INSERT_AUDIT, params)
+
+        await self.write(run)
+        return entry
+
+    async def audit_entries(self) -> list[dict[str, Any]]:
+        return [{"id": i, "at": at, "action": action, "subject_hash": subject, "report": json.loads(report)}
+                for i, at, action, subject, report in await self.query(AUDIT_ENTRIES)]
+
     async def dead_letters(self, sink: str, limit: int = 100) -> list[dict[str, Any]]:
         """The first dead letters of `sink`, with their errors."""
         rows = await self.query(DEAD_LETTERS, (sink, limit))
@@ -767,6 +836,7 @@ async def _configure(conn: aiosqlite.Connection, path: Path) -> None:
             raise JournalError(f"journal {path}: cannot switch to WAL mode (got {mode})")
         await conn.execute("PRAGMA synchronous = FULL")
         await conn.execute("PRAGMA foreign_keys = ON")
+        await conn.execute("PRAGMA secure_delete = ON")  # erased data is overwritten, not left in free pages
         await conn.execute("PRAGMA busy_timeout = 5000")
         await conn.execute("PRAGMA cache_size = -32768")  # 32 MiB: index pages stay in memory
     except sqlite3.DatabaseError as exc:

@@ -12,9 +12,8 @@ changes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -24,13 +23,11 @@ from pyairtable.formulas import EQ, GTE, OR, Field, to_formula_str
 
 from daemon.events import digits_only
 from daemon.records import iso, parse_time, parse_tags, status_key
-from daemon.sinks.airtable import AirtableClient, QuotaError
-from daemon.sinks.base import SetupError, TransientError
+from daemon.sinks.airtable import AirtableClient, pages
 from daemon.sinks.postgres_rows import PostgresRows
 
 KINDS = ("conversations", "interactions", "escalations")
 IDS_PER_FORMULA = 40
-MAX_ATTEMPTS = 8
 PROBLEMS_KEPT = 20
 
 # The columns whose difference is a conflict; the others are derived from the interactions
@@ -295,7 +292,7 @@ class Recovery:
         """Recover the records of one table matching any of the formulas; their conversation ids."""
         ids: list[str] = []
         for formula in formulas:
-            async for page in self._pages(self.tables[kind], formula):
+            async for page in pages(self.client, self.tables[kind], formula):
                 rows = self._rows(kind, page)
                 if kind != "conversations":
                     await self._ensure_conversations(rows)
@@ -303,30 +300,6 @@ class Recovery:
                 ids.extend(row["conversation_id"] for row in rows)
                 self.progress(self.report)
         return list(dict.fromkeys(ids))
-
-    async def _pages(self, table: str, formula: str | None) -> AsyncIterator[list[dict[str, Any]]]:
-        offset: str | None = None
-        while True:
-            page, offset = await self._read(table, formula, offset)
-            yield page
-            if not offset:
-                return
-
-    async def _read(self, table: str, formula: str | None,
-                    offset: str | None) -> tuple[list[dict[str, Any]], str | None]:
-        """One page; transient failures (a 429, a 5xx, a timeout) are waited out a few times."""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                return await self.client.list_page(table, formula, offset)
-            except (SetupError, QuotaError):
-                raise
-            except TransientError as exc:
-                if attempt == MAX_ATTEMPTS:
-                    raise
-                delay = exc.retry_after or min(30.0, 0.5 * 2 ** attempt)
-                logger.warning("recover: {}; trying again in {:.0f} s", exc, delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
     def _rows(self, kind: str, page: list[dict[str, Any]]) -> list[dict[str, Any]]:
         tally = self.report.tallies[kind]
@@ -350,7 +323,7 @@ class Recovery:
         self._conversations.update(await self.pg.existing("conversations", wanted))
         missing = [c for c in wanted if c not in self._conversations]
         for formula in ids_formulas("ConversationId", missing):
-            async for page in self._pages(self.tables["conversations"], formula):
+            async for page in pages(self.client, self.tables["conversations"], formula):
                 await self._apply("conversations", self._rows("conversations", page))
         first = {}
         for row in rows:

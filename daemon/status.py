@@ -18,6 +18,7 @@ from daemon.journal import Requeue
 SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
 SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
 REPLAY = web.AppKey("replay", Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]])
+FORGET = web.AppKey("forget", Callable[[str], Awaitable[dict[str, Any]]])
 
 SOCKET_MODE = 0o660
 CLIENT_TIMEOUT = 10.0
@@ -33,12 +34,15 @@ def create_status_app(
     snapshot: Callable[[], Awaitable[dict[str, Any]]],
     sync: Callable[[], Awaitable[dict[str, Any]]],
     replay: Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]],
+    forget: Callable[[str], Awaitable[dict[str, Any]]],
 ) -> web.Application:
-    """Build the status app: GET /status, POST /sync, POST /replay?sink=NAME&dead=1."""
+    """Build the status app: GET /status, POST /sync, POST /replay?sink=NAME&dead=1, POST /forget?phone=DIGITS."""
     app = web.Application()
     app[SNAPSHOT] = snapshot
     app[SYNC] = sync
     app[REPLAY] = replay
+    app[FORGET] = forget
+    app.router.add_post("/forget", _handle_forget)
     app.router.add_get("/status", _handle_status)
     app.router.add_post("/sync", _handle_sync)
     app.router.add_post("/replay", _handle_replay)
@@ -65,6 +69,13 @@ async def _handle_replay(request: web.Request) -> web.Response:
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400, dumps=_dumps)
     return web.json_response(answer, dumps=_dumps)
+
+
+async def _handle_forget(request: web.Request) -> web.Response:
+    phone = request.query.get("phone", "")
+    if not phone.isdigit():
+        return web.json_response({"error": "phone must be digits"}, status=400, dumps=_dumps)
+    return web.json_response(await request.app[FORGET](phone), dumps=_dumps)
 
 
 def _dumps(value: Any) -> str:
@@ -94,10 +105,11 @@ def secure_socket(path: Path) -> None:
     os.chmod(path, SOCKET_MODE)
 
 
-async def request_status(socket_path: Path, method: str = "GET", route: str = "/status") -> dict[str, Any]:
+async def request_status(socket_path: Path, method: str = "GET", route: str = "/status",
+                         timeout_s: float = CLIENT_TIMEOUT) -> dict[str, Any]:
     """Ask the daemon over its socket; raise StatusUnreachable when nobody answers."""
     connector = aiohttp.UnixConnector(path=str(socket_path))
-    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             async with session.request(method, f"http://chatledger{route}") as response:
@@ -107,7 +119,7 @@ async def request_status(socket_path: Path, method: str = "GET", route: str = "/
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
         raise StatusUnreachable(f"no chatledger answers on {socket_path}: {exc}") from None
     except TimeoutError:
-        raise StatusUnreachable(f"chatledger on {socket_path} did not answer in {CLIENT_TIMEOUT:.0f} s") from None
+        raise StatusUnreachable(f"chatledger on {socket_path} did not answer in {timeout_s:.0f} s") from None
 
 
 def exit_code_for(snapshot: dict[str, Any]) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -305,6 +305,33 @@ class AirtableClient:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def patiently(call: Callable[[], Awaitable[Any]], attempts: int = 8) -> Any:
+    """For an operator's command: wait out transient failures (a 429 lockout, a 5xx, a timeout) a few
+    times; a misconfiguration or an exhausted quota fails at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except (SetupError, QuotaError):
+            raise
+        except TransientError as exc:
+            if attempt == attempts:
+                raise
+            delay = exc.retry_after or min(30.0, 0.5 * 2 ** attempt)
+            logger.warning("{}; trying again in {:.0f} s", exc, delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def pages(client: AirtableClient, table: str, formula: str | None) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every page of records matching `formula`, one budgeted request each, patiently."""
+    offset: str | None = None
+    while True:
+        page, offset = await patiently(lambda: client.list_page(table, formula, offset))
+        yield page
+        if not offset:
+            return
 
 
 async def init_base(client: AirtableClient, names: dict[str, str]) -> list[str]:

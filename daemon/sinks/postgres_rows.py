@@ -129,8 +129,11 @@ class PostgresRows:
 
     async def forget(self, phone: str, conversation_ids: Sequence[str], event_ids: Sequence[str]) -> dict[str, int]:
         """Delete every row of this phone (and of these conversations and events); counts per table."""
-        async with self._conn.transaction():
-            counts = dict(await self._conn.fetchrow(self._sql(FORGET_PHONE), phone, list(conversation_ids),
-                                                    list(event_ids)))
-            await self._conn.execute(self._sql(DELETE_CONVERSATIONS), phone, list(conversation_ids))
+        try:
+            async with self._conn.transaction():
+                counts = dict(await self._conn.fetchrow(self._sql(FORGET_PHONE), phone, list(conversation_ids),
+                                                        list(event_ids)))
+                await self._conn.execute(self._sql(DELETE_CONVERSATIONS), phone, list(conversation_ids))
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise TransientError(f"PostgreSQL: {_describe(exc)}; nothing was erased there") from exc
         return counts

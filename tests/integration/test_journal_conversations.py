@@ -73,8 +73,10 @@ async def test_a_v1_journal_gets_its_conversations_on_upgrade(tmp_path):
         await journal.append([normalize(p, RECEIVED) for p in PAYLOADS[:3]])
     finally:
         await journal.close()
-    # simulate v1 rows: drop what v2 added for them, then downgrade the version number
+    # simulate v1 rows: drop what v2 and v3 added, then downgrade the version number
     conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE audit")
+    conn.execute("DELETE FROM meta WHERE key = 'audit_salt'")
     conn.execute("UPDATE events SET conversation_id = NULL")
     conn.execute("DELETE FROM conversations")
     conn.execute("DROP TRIGGER events_conversation")

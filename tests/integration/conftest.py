@@ -1,0 +1,70 @@
+"""Both sinks holding the same conversations, delivered the normal way: for recover and forget."""
+
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+import pytest
+
+from daemon.events import normalize
+from daemon.journal import Journal
+from daemon.ratelimit import RequestBudget
+from daemon.records import conversation_id_for
+from daemon.sinks.airtable import AirtableClient, AirtableSink, init_base
+from daemon.sinks.postgres import PostgresSink
+from daemon.testing.airtable import Emulator, EmulatorThread
+
+TOKEN = "patRECOVER00000001.0123456789abcdef"
+BASE = "appRECOVER0000001"
+NAMES = {"conversations": "Conversations", "interactions": "Interactions", "escalations": "Escalations"}
+RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+T0 = 1_790_000_000
+
+
+def message(i, contact, at):
+    return {"title": "incoming_message" if i % 2 else "outgoing_message", "service": "whatsapp",
+            "bot": {"id": "bot1"}, "date": T0 + at,
+            "contact": {"id": contact, "phone": f"+55 11 9{contact[1:]:0>8}", "name": f"Name {contact}"},
+            "info": {"message": {"id": f"wamid.{i}", "channel_data": {"message": {
+                "type": "text", "text": {"body": f"hello {i}"} if i % 2 else f"hi {i}"}}}}}
+
+
+def event(title, contact, at):
+    return {"title": title, "service": "whatsapp", "bot": {"id": "bot1"}, "date": T0 + at,
+            "contact": {"id": contact, "phone": f"+55 11 9{contact[1:]:0>8}", "name": f"Name {contact}"},
+            "info": None}
+
+
+def cid(contact):
+    return conversation_id_for("bot1", contact, None)
+
+
+PAYLOADS = ([message(i, f"c{i % 4}", i * 60) for i in range(60)]
+            + [event("open_chat", "c1", 5000), event("unsubscribe", "c2", 6000)])
+
+
+@pytest.fixture
+def stores_emulator():
+    running = EmulatorThread(Emulator([TOKEN], rate=5, lockout=30.0)).start()
+    running.run(running.emulator.add_base, BASE)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def stores(tmp_path, stores_emulator, pg_cluster, pg_schema):
+    """Both sinks holding PAYLOADS, delivered the normal way."""
+    journal = await Journal.open(tmp_path / "j.sqlite", ["postgres", "airtable"])
+    await journal.append([normalize(p, RECEIVED) for p in PAYLOADS])
+    events = await journal.pending("postgres", 0, 10_000)
+    client = AirtableClient(TOKEN, BASE, stores_emulator.url, RequestBudget(5))
+    await init_base(client, NAMES)
+    airtable = AirtableSink(client, NAMES, journal.conversations)
+    postgres = PostgresSink(pg_cluster.dsn(), pg_schema)
+    await postgres.deliver(events)
+    await airtable.deliver(events)
+    await postgres.close()
+    yield SimpleNamespace(journal=journal, client=client)
+    await airtable.close()
+    await journal.close()
+
+

@@ -1,0 +1,90 @@
+"""`forget --phone`: no trace of the person left in the journal, PostgreSQL or Airtable; an audit entry kept."""
+
+import json
+from functools import partial
+
+import pytest
+
+from daemon.events import normalize
+from daemon.forget import forget_phone
+from daemon.sinks.base import TransientError
+from daemon.sinks.postgres import PostgresSink, quote_ident
+from daemon.sinks.postgres_rows import PostgresRows
+from tests.integration.conftest import BASE, NAMES, RECEIVED, cid, message
+
+PHONE = "5511900000002"  # contact c2, sent as "+55 11 900000002"
+TRACES = ("900000002", cid("c2"))
+
+
+def airtable_text(emulator):
+    def read():
+        base = emulator.emulator.bases[BASE]
+        return json.dumps({name: [base.table(name).by_name(r) for r in base.table(name).records.values()]
+                           for name in NAMES.values()})
+    return emulator.run(read)
+
+
+async def postgres_text(conn, schema):
+    s = quote_ident(schema)
+    return "".join([str(await conn.fetch(f"SELECT t::text FROM {s}.{table} AS t"))
+                    for table in ("conversations", "interactions", "escalations", "events")])
+
+
+def journal_bytes(path):
+    return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+async def forget(stores, pg_cluster, pg_schema, phone=PHONE):
+    return await forget_phone(phone, stores.journal, postgres=partial(PostgresRows.open, pg_cluster.dsn(), pg_schema),
+                              airtable=(stores.client, NAMES))
+
+
+async def test_forget_leaves_no_trace_in_any_store_and_keeps_an_audit_entry(
+        stores, stores_emulator, pg_cluster, pg_conn, pg_schema):
+    assert all(trace in airtable_text(stores_emulator) for trace in TRACES)
+    text = await postgres_text(pg_conn, pg_schema)
+    assert all(trace in text for trace in TRACES)
+    assert b"900000002" in journal_bytes(stores.journal.path)
+    others_before = (await postgres_text(pg_conn, pg_schema)).count("900000001")
+
+    report = await forget(stores, pg_cluster, pg_schema)
+
+    assert report.complete and report.error is None
+    assert report.stores["journal"] == {"events": 16, "conversations": 1, "quarantined": 0}
+    assert report.stores["postgres"] == {"conversations": 1, "interactions": 15, "escalations": 0, "events": 16}
+    assert report.stores["airtable"] == {"conversations": 1, "interactions": 15, "escalations": 0}
+    assert not any(trace in airtable_text(stores_emulator) for trace in TRACES)
+    text = await postgres_text(pg_conn, pg_schema)
+    assert not any(trace in text for trace in TRACES)
+    assert b"900000002" not in journal_bytes(stores.journal.path)  # secure_delete + WAL truncated
+    assert (await postgres_text(pg_conn, pg_schema)).count("900000001") == others_before  # nobody else touched
+    [entry] = await stores.journal.audit_entries()
+    assert entry["action"] == "forget" and len(entry["subject_hash"]) == 64 and PHONE not in json.dumps(entry)
+    assert entry["report"]["stores"]["postgres"]["interactions"] == 15
+
+    again = await forget(stores, pg_cluster, pg_schema)  # nothing left: all zero, a second audit entry
+    assert again.stores["journal"]["events"] == 0 and again.stores["airtable"]["interactions"] == 0
+    assert len(await stores.journal.audit_entries()) == 2
+
+
+async def test_later_messages_from_a_forgotten_phone_are_stored_normally(stores, pg_cluster, pg_conn, pg_schema):
+    await forget(stores, pg_cluster, pg_schema)
+    result = await stores.journal.append([normalize(message(1000 + i, "c2", 90_000 + i), RECEIVED) for i in range(3)])
+    assert result.accepted == 3
+    sink = PostgresSink(pg_cluster.dsn(), pg_schema)
+    await sink.deliver([e for e in await stores.journal.pending("postgres", 0, 10_000) if e.phone == PHONE])
+    await sink.close()
+    count = await pg_conn.fetchval(f"SELECT message_count FROM {quote_ident(pg_schema)}.conversations "
+                                   "WHERE conversation_id = $1", cid("c2"))
+    assert count == 3
+    assert (await stores.journal.conversations([cid("c2")]))[cid("c2")].message_count == 3
+
+
+async def test_an_unreachable_store_stops_forget_before_anything_is_erased(stores, pg_cluster, pg_conn, pg_schema):
+    down = partial(PostgresRows.open, "postgresql://nobody@127.0.0.1:1/none", pg_schema)
+    with pytest.raises(TransientError):
+        await forget_phone(PHONE, stores.journal, postgres=down, airtable=(stores.client, NAMES))
+    assert await stores.journal.conversations_of_phone(PHONE) == [cid("c2")]
+    assert await stores.journal.audit_entries() == []
+    assert "900000002" in await postgres_text(pg_conn, pg_schema)
+
