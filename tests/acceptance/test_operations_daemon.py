@@ -1,0 +1,88 @@
+"""`recover` and `forget` as an operator runs them: the installed command, a real cluster, the emulator."""
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from tests.support import AirtableEmulator, Daemon, cli, incoming, post, wait_for, write_config
+
+pytestmark = pytest.mark.acceptance
+
+
+@pytest.fixture
+def emulator(tmp_path):
+    running = AirtableEmulator(tmp_path).start()
+    yield running
+    running.stop()
+
+
+def messages(count, contacts=3):
+    return [incoming(f"wamid.{i}", contact=f"c{i % contacts}", phone=f"+55 11 9{i % contacts:08d}")
+            for i in range(count)]
+
+
+def sql(dsn, query, *args):
+    async def run():
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await conn.fetch(query, *args)
+        finally:
+            await conn.close()
+    return asyncio.run(run())
+
+
+def delivered_everywhere(daemon, n):
+    sinks = daemon.status()["sinks"]
+    return sinks["postgres"]["delivered"] == n and sinks["airtable"]["delivered"] == n
+
+
+def test_recover_and_forget_commands(tmp_path, emulator, own_pg):
+    dsn = own_pg.dsn()
+    config = write_config(tmp_path, extra=emulator.config() + f'[postgres]\ndsn = "{dsn}"\n')
+    assert cli(config, "airtable", "init").returncode == 0
+    daemon = Daemon(config).start()
+    try:
+        assert post(daemon.url, messages(60))[0] == 200
+        wait_for(lambda: delivered_everywhere(daemon, 60), "both sinks hold everything")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+
+    # PostgreSQL loses a day: the journal no longer matters, Airtable has it all
+    sql(dsn, "DELETE FROM chatledger.interactions")
+    recovered = cli(config, "recover", "--all")
+    assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert "interactions" in recovered.stdout and "      60" in recovered.stdout
+    assert sql(dsn, "SELECT count(*) FROM chatledger.interactions")[0][0] == 60
+    counts = sorted(r[0] for r in sql(dsn, "SELECT message_count FROM chatledger.conversations"))
+    assert counts == [20, 20, 20]
+    again = cli(config, "recover", "--phone", "+55 (11) 900000001", "--json")
+    assert again.returncode == 0 and '"inserted": 0' in again.stdout and '"present": 20' in again.stdout
+
+    # forget while the daemon runs: through its socket, under its Airtable budget
+    daemon = Daemon(config).start()
+    try:
+        forgotten = cli(config, "forget", "--phone", "+55 11 900000001", timeout=300)
+        assert forgotten.returncode == 0, forgotten.stdout + forgotten.stderr
+        assert "postgres  1 conversations, 20 interactions" in forgotten.stdout
+        assert "airtable  1 conversations, 20 interactions" in forgotten.stdout
+        assert "900000001" not in forgotten.stdout  # the report shows only the last digits
+        assert not sql(dsn, "SELECT 1 FROM chatledger.interactions WHERE customer_phone = '5511900000001'")
+        assert not [r for r in emulator.records("Conversations") if r.get("CustomerPhone") == "5511900000001"]
+        assert len(emulator.records("Interactions")) == 40
+        # the same person writes again: stored as anyone else
+        assert post(daemon.url, [incoming("wamid.new", contact="c1", phone="+55 11 900000001")])[0] == 200
+        wait_for(lambda: delivered_everywhere(daemon, 41), "the new message delivered")
+        assert sql(dsn, "SELECT message_count FROM chatledger.conversations "
+                        "WHERE customer_phone = '5511900000001'")[0][0] == 1
+        assert emulator.stats()["rate_limited"] == 0
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+    assert cli(config, "forget", "--phone", "no digits").returncode == 78
+    no_pg = tmp_path / "no-pg"
+    no_pg.mkdir()
+    assert cli(write_config(no_pg), "recover", "--all").returncode == 78
