@@ -14,6 +14,7 @@ from aiohttp import web
 from loguru import logger
 
 from daemon import __version__
+from daemon.api import ApiStores, add_api
 from daemon.config import Config, ConfigError, load_config, split_listen
 from daemon.delivery import DeliveryWorker
 from daemon.journal import Journal, JournalUnavailable, Requeue
@@ -80,6 +81,13 @@ class Daemon:
     async def _start_webhook(self) -> web.AppRunner:
         assert self.journal is not None
         app = create_webhook_app(self.config.server, self.journal)
+
+        def airtable() -> tuple[Any, dict[str, str]] | None:
+            worker = self.workers.get("airtable")
+            return (worker.sink.client, worker.sink.tables) if worker else None
+
+        add_api(app, self.config.server.api_token.get_secret_value(),
+                ApiStores(self.journal, postgres_rows(self.config), airtable))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT)
         await runner.setup()
         self._runners.append(runner)
@@ -336,15 +344,20 @@ def build_sinks(config: Config, journal: Journal) -> list[Any]:
     return sinks
 
 
+def postgres_rows(config: Config) -> Any:
+    """A factory of one-connection PostgresRows sessions (an async context manager), or None."""
+    if not config.postgres.enabled:
+        return None
+    from functools import partial
+
+    from daemon.sinks.postgres_rows import PostgresRows
+
+    return partial(PostgresRows.open, config.postgres.dsn.get_secret_value(), config.postgres.schema_)
+
+
 def erasure_stores(config: Config, airtable_sink: Any = None) -> dict[str, Any]:
     """The PostgreSQL and Airtable handles `forget` works on (None for a store not configured)."""
-    postgres = None
-    if config.postgres.enabled:
-        from functools import partial
-
-        from daemon.sinks.postgres_rows import PostgresRows
-
-        postgres = partial(PostgresRows.open, config.postgres.dsn.get_secret_value(), config.postgres.schema_)
+    postgres = postgres_rows(config)
     airtable = None
     if config.airtable.enabled:
         if airtable_sink is None:

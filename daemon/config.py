@@ -52,6 +52,7 @@ class ServerConfig(_Section):
     listen: str = "127.0.0.1:8080"
     webhook_path: str = "/webhooks/sendpulse"
     webhook_token: SecretStr = SecretStr("")
+    api_token: SecretStr = SecretStr("")  # the bot-facing API (/api/v1); empty: the API answers 401
     max_body_bytes: int = Field(default=1024 * 1024, gt=0, le=256 * 1024 * 1024)
 
     @field_validator("listen")
@@ -65,6 +66,13 @@ class ServerConfig(_Section):
     def _path_is_absolute(cls, value: str) -> str:
         if not value.startswith("/") or any(c.isspace() for c in value) or "?" in value:
             raise ValueError("must be a URL path starting with '/' (no spaces, no query)")
+        return value
+
+    @field_validator("api_token")
+    @classmethod
+    def _api_token_long_enough(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() and len(value.get_secret_value()) < 16:
+            raise ValueError("is too short: use at least 16 characters (e.g. `openssl rand -hex 24`)")
         return value
 
     @field_validator("webhook_token")
@@ -282,7 +290,8 @@ class Config(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, every secret replaced by whether it is set."""
         data = self.model_dump(mode="json", by_alias=True)
-        for section, key in (("server", "webhook_token"), ("airtable", "api_key"), ("postgres", "dsn")):
+        for section, key in (("server", "webhook_token"), ("server", "api_token"), ("airtable", "api_key"),
+                             ("postgres", "dsn")):
             secret: SecretStr = getattr(getattr(self, section), key)
             data[section][key] = "(set)" if secret.get_secret_value() else "(empty)"
         return data

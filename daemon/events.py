@@ -45,6 +45,7 @@ class Event:
     occurred_at: datetime
     received_at: datetime
     raw: str
+    conversation_id: str | None = None  # given by the bot API; webhooks derive it from bot and contact
 
 
 @dataclass(frozen=True)

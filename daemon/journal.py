@@ -231,6 +231,11 @@ FROM deliveries d JOIN events e ON e.id = d.event_id
 WHERE d.sink = ? AND d.state = 'pending' AND d.event_id > ?
 ORDER BY d.event_id LIMIT ?
 """
+CONVERSATION_EVENTS = f"""
+SELECT e.id, {', '.join('e.' + c for c in EVENT_COLUMNS)}
+FROM events e WHERE e.conversation_id = ? ORDER BY e.id LIMIT ?
+"""
+HAS_EVENT = "SELECT 1 FROM events WHERE dedup_key = ?"
 # An event may go once every enabled sink holds it and nothing about it is pending or dead.
 PURGE_EVENTS = """
 DELETE FROM events WHERE id IN (
@@ -716,6 +721,12 @@ class Journal:
 
         return int(await self.write(run))
 
+    async def events_of_conversation(self, conversation_id: str, limit: int) -> list[StoredEvent]:
+        return [StoredEvent(*row) for row in await self.query(CONVERSATION_EVENTS, (conversation_id, limit))]
+
+    async def has_event(self, dedup_key: str) -> bool:
+        return bool(await self.query(HAS_EVENT, (dedup_key,)))
+
     async def conversations_of_phone(self, phone: str) -> list[str]:
         return [row[0] for row in await self.query(CONVERSATIONS_OF_PHONE, (phone,))]
 
@@ -807,7 +818,7 @@ def _event_row(event: Event, stamps: dict[datetime, str]) -> tuple[Any, ...]:
         event.dedup_key, received, occurred, event.title, event.service,
         event.bot_id, event.contact_id, event.phone, event.contact_name, event.message_id,
         event.platform_message_id, event.direction, event.message_type, event.text, event.raw,
-        conversation_id_for(event.bot_id, event.contact_id, event.phone),
+        event.conversation_id or conversation_id_for(event.bot_id, event.contact_id, event.phone),
     )
 
 

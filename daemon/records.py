@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 from daemon.events import StoredEvent
 
@@ -32,6 +33,12 @@ STATUS_TITLES = ESCALATING_TITLES | CLOSING_TITLES
 # The values the operators' Airtable Status field allows (sent/delivered/read/failed).
 INTERACTION_STATUS = {"inbound": "delivered", "outbound": "sent"}
 ESCALATION_REASON = "live chat opened"
+# Events the bot-facing API journals (daemon.api); their raw text is the validated request body.
+API_INTERACTION, API_ESCALATION = "api_interaction", "api_escalation"
+API_ESCALATION_UPDATE, API_CONVERSATION_UPDATE = "api_escalation_update", "api_conversation_update"
+API_TITLES = frozenset({API_INTERACTION, API_ESCALATION, API_ESCALATION_UPDATE, API_CONVERSATION_UPDATE})
+# A status set through the API acts as the status event that would explain it.
+STATUS_AS_TITLE = {"escalated": "open_chat", "closed": "unsubscribe", "active": "api_active"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,11 @@ class InteractionRow:
     customer_phone: str | None
     occurred_at: datetime
     dedup_key: str = ""  # the event it comes from
+    intent: str | None = None  # the fields only the bot API knows
+    response: str | None = None
+    processing_time_ms: int | None = None
+    error_message: str | None = None
+    from_api: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,32 @@ class EscalationRow:
     customer_phone: str | None
     created_at: datetime
     notes: str | None
+    assigned_agent: str | None = None
+
+
+@dataclass(frozen=True)
+class EscalationUpdate:
+    """PATCH /api/v1/escalations/{id}: only the fields given (None: unchanged)."""
+
+    escalation_id: str
+    status: str | None
+    assigned_agent: str | None
+    resolved_at: datetime | None
+    notes: str | None
+
+
+@dataclass(frozen=True)
+class ConversationUpdate:
+    """PATCH /api/v1/conversations/{id}: only the fields given (None: unchanged)."""
+
+    conversation_id: str
+    intent: str | None
+    sentiment: str | None
+    priority: str | None
+    assigned_agent: str | None
+    tags: tuple[str, ...] | None
+    metadata: dict[str, Any] | None
+    status: str | None
 
 
 @dataclass(frozen=True)
@@ -90,6 +128,8 @@ class Records:
     interactions: list[InteractionRow] = field(default_factory=list)
     escalations: list[EscalationRow] = field(default_factory=list)
     status_changes: list[StatusChange] = field(default_factory=list)
+    escalation_updates: list[EscalationUpdate] = field(default_factory=list)
+    conversation_updates: list[ConversationUpdate] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -196,16 +236,22 @@ def map_events(events: Iterable[StoredEvent]) -> Records:
     touches: dict[str, ConversationTouch] = {}
     changes: dict[str, StatusChange] = {}
     for event in events:
+        if event.title == API_ESCALATION_UPDATE:  # names an escalation, not a conversation
+            _map_api(event, "", parse_time(event.occurred_at), records, changes)
+            continue
         # the journal stored it at insert; a StoredEvent built elsewhere may not carry it
         conversation_id = event.conversation_id or conversation_id_for(event.bot_id, event.contact_id, event.phone)
         if conversation_id is None:
             continue  # nobody to attach it to: the raw event is still stored
         at = parse_time(event.occurred_at)
         _touch(touches, conversation_id, event, at)
+        if event.title in API_TITLES:
+            _map_api(event, conversation_id, at, records, changes)
+            continue
         direction = MESSAGE_TITLES.get(event.title)
         if direction is not None:
             records.interactions.append(InteractionRow(
-                interaction_id=_id("interaction", event.dedup_key),
+                interaction_id=interaction_id_for(event.dedup_key),
                 conversation_id=conversation_id,
                 message_id=event.message_id,
                 direction=direction,
@@ -224,7 +270,7 @@ def map_events(events: Iterable[StoredEvent]) -> Records:
             escalation_id = _id("escalation", event.dedup_key)
             records.escalations.append(EscalationRow(
                 escalation_id=escalation_id,
-                ticket_id="ESC-" + escalation_id.replace("-", "")[:8].upper(),
+                ticket_id=ticket_for(escalation_id),
                 conversation_id=conversation_id,
                 reason=ESCALATION_REASON,
                 priority="MEDIUM",
@@ -236,6 +282,67 @@ def map_events(events: Iterable[StoredEvent]) -> Records:
     records.conversations = list(touches.values())
     records.status_changes = list(changes.values())
     return records
+
+
+def interaction_id_for(dedup_key: str) -> str:
+    return _id("interaction", dedup_key)
+
+
+def api_interaction_id(given: str, message_id: str | None, direction: str) -> str:
+    """A bot-posted interaction about a SendPulse message is the webhook's interaction of that message
+    (one row, enriched); without a message id it keeps the id the bot gave."""
+    if not message_id:
+        return given
+    title = "incoming_message" if direction == "inbound" else "outgoing_message"
+    return interaction_id_for(f"msg:{title}:{message_id}")
+
+
+def ticket_for(escalation_id: str) -> str:
+    return "ESC-" + escalation_id.replace("-", "")[:8].upper()
+
+
+def _optional_time(value: Any) -> datetime | None:
+    return parse_time(value) if isinstance(value, str) and value else None
+
+
+def _map_api(event: StoredEvent, conversation_id: str, at: datetime, records: Records,
+             changes: dict[str, StatusChange]) -> None:
+    body = json.loads(event.raw)
+    if event.title == API_INTERACTION:
+        direction = body["direction"]
+        records.interactions.append(InteractionRow(
+            interaction_id=api_interaction_id(body["id"], body.get("messageId"), direction),
+            conversation_id=conversation_id, message_id=body.get("messageId"), direction=direction,
+            content=clean_text(body.get("content")),
+            status=body.get("status") or INTERACTION_STATUS[direction], customer_phone=event.phone,
+            occurred_at=at, dedup_key=event.dedup_key, intent=clean_text(body.get("intent")),
+            response=clean_text(body.get("response")), processing_time_ms=body.get("processingTime"),
+            error_message=clean_text(body.get("errorMessage")), from_api=True,
+        ))
+    elif event.title == API_ESCALATION:
+        records.escalations.append(EscalationRow(
+            escalation_id=body["id"], ticket_id=body.get("ticketId") or ticket_for(body["id"]),
+            conversation_id=conversation_id, reason=clean_text(body.get("reason")),
+            priority=body.get("priority") or "MEDIUM", status=body.get("status") or "pending",
+            customer_phone=event.phone, created_at=at, notes=clean_text(body.get("notes")),
+            assigned_agent=clean_text(body.get("assignedAgent")),
+        ))
+    elif event.title == API_ESCALATION_UPDATE:
+        records.escalation_updates.append(EscalationUpdate(
+            body["id"], body.get("status"), clean_text(body.get("assignedAgent")),
+            _optional_time(body.get("resolvedAt")), clean_text(body.get("notes"))))
+    elif event.title == API_CONVERSATION_UPDATE:
+        tags = body.get("tags")
+        records.conversation_updates.append(ConversationUpdate(
+            conversation_id, clean_text(body.get("intent")), clean_text(body.get("sentiment")),
+            body.get("priority"), clean_text(body.get("assignedAgent")),
+            tuple(tags) if tags is not None else None, body.get("metadata"), body.get("status")))
+        if body.get("status"):
+            change = StatusChange(conversation_id, STATUS_AS_TITLE[body["status"]], at,
+                                  status_key(at, event.dedup_key))
+            known = changes.get(conversation_id)
+            if known is None or known.key < change.key:
+                changes[conversation_id] = change
 
 
 def _touch(touches: dict[str, ConversationTouch], conversation_id: str, event: StoredEvent,

@@ -23,7 +23,7 @@ from pyairtable import Api
 
 from daemon.events import StoredEvent
 from daemon.ratelimit import BudgetPaused, RequestBudget
-from daemon.records import ConversationState, Records, iso, map_events
+from daemon.records import ConversationState, Records, iso, map_events, tags_text
 from daemon.sinks.base import PermanentError, SetupError, TransientError
 
 RECORDS_PER_REQUEST = 10
@@ -134,24 +134,44 @@ def conversation_fields(state: ConversationState) -> dict[str, Any]:
 def airtable_rows(events: Sequence[StoredEvent], records: Records,
                   conversations: dict[str, ConversationState]) -> dict[str, list[dict[str, Any]]]:
     """The upserts one delivery makes, by table: one per interaction and escalation, and one per
-    conversation touched (coalesced, with the journal's latest count and span)."""
+    conversation touched (coalesced, with the journal's latest count and span, then what the bot API
+    set on it), each record once."""
     received = {event.dedup_key: event.received_at for event in events}
     interactions = [_drop_empty({
         "InteractionId": row.interaction_id, "ConversationId": row.conversation_id, "MessageId": row.message_id,
         "Direction": row.direction, "Content": row.content, "Status": row.status,
-        "Timestamp": iso(row.occurred_at), "CreatedAt": received[row.dedup_key],
+        "Timestamp": iso(row.occurred_at), "CreatedAt": received[row.dedup_key], "Intent": row.intent,
+        "Response": row.response, "ProcessingTime": row.processing_time_ms, "ErrorMessage": row.error_message,
     }) for row in records.interactions]
     escalations = [_drop_empty({
         "EscalationId": row.escalation_id, "TicketId": row.ticket_id, "ConversationId": row.conversation_id,
         "Reason": row.reason, "Priority": row.priority, "Status": row.status, "CustomerPhone": row.customer_phone,
-        "CreatedAt": iso(row.created_at), "Notes": row.notes,
+        "CreatedAt": iso(row.created_at), "Notes": row.notes, "AssignedAgent": row.assigned_agent,
     }) for row in records.escalations]
+    escalations += [_drop_empty({
+        "EscalationId": u.escalation_id, "Status": u.status, "AssignedAgent": u.assigned_agent,
+        "ResolvedAt": iso(u.resolved_at) if u.resolved_at else None, "Notes": u.notes,
+    }) for u in records.escalation_updates]
     touched = dict.fromkeys(touch.conversation_id for touch in records.conversations)
+    conversation_rows = [conversation_fields(conversations[c]) for c in touched if c in conversations]
+    conversation_rows += [_drop_empty({
+        "ConversationId": u.conversation_id, "Intent": u.intent, "Sentiment": u.sentiment, "Priority": u.priority,
+        "AssignedAgent": u.assigned_agent, "Tags": tags_text(u.tags) if u.tags is not None else None,
+        "Status": u.status,
+    }) for u in records.conversation_updates]
     return {
-        "conversations": [conversation_fields(conversations[c]) for c in touched if c in conversations],
-        "interactions": interactions,
-        "escalations": escalations,
+        "conversations": _merged(conversation_rows, "ConversationId"),
+        "interactions": _merged(interactions, "InteractionId"),
+        "escalations": _merged(escalations, "EscalationId"),
     }
+
+
+def _merged(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """One record per key, later fields winning: an upsert request must not name a record twice."""
+    out: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        out.setdefault(row[key], {}).update(row)
+    return list(out.values())
 
 
 # -- schema ----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -131,12 +132,39 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $7::text[], $8::timestamptz[])
 ON CONFLICT (interaction_id) DO NOTHING
 """
+# A bot-posted interaction enriches the webhook's row of the same message (same id), whichever came first.
+UPSERT_API_INTERACTIONS = """
+INSERT INTO {s}.interactions AS i
+    (interaction_id, conversation_id, message_id, direction, content, status, customer_phone, occurred_at,
+     intent, response, processing_time_ms, error_message)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::integer[], $12::text[])
+ON CONFLICT (interaction_id) DO UPDATE SET
+    content = coalesce(excluded.content, i.content), status = excluded.status,
+    customer_phone = coalesce(i.customer_phone, excluded.customer_phone),
+    intent = coalesce(excluded.intent, i.intent), response = coalesce(excluded.response, i.response),
+    processing_time_ms = coalesce(excluded.processing_time_ms, i.processing_time_ms),
+    error_message = coalesce(excluded.error_message, i.error_message)
+"""
 INSERT_ESCALATIONS = """
 INSERT INTO {s}.escalations
-    (escalation_id, ticket_id, conversation_id, reason, priority, status, customer_phone, created_at, notes)
+    (escalation_id, ticket_id, conversation_id, reason, priority, status, customer_phone, created_at, notes,
+     assigned_agent)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::timestamptz[], $9::text[])
+                     $7::text[], $8::timestamptz[], $9::text[], $10::text[])
 ON CONFLICT (escalation_id) DO NOTHING
+"""
+# PATCHes, in journal order; a field not given (NULL) is left as it is.
+UPDATE_ESCALATIONS = """
+UPDATE {s}.escalations SET status = coalesce($2, status), assigned_agent = coalesce($3, assigned_agent),
+    resolved_at = coalesce($4, resolved_at), notes = coalesce($5, notes)
+WHERE escalation_id = $1
+"""
+UPDATE_CONVERSATIONS = """
+UPDATE {s}.conversations SET intent = coalesce($2, intent), sentiment = coalesce($3, sentiment),
+    priority = coalesce($4, priority), assigned_agent = coalesce($5, assigned_agent),
+    tags = coalesce($6::jsonb, tags), metadata = metadata || coalesce($7::jsonb, '{{}}'), updated_at = now()
+WHERE conversation_id = $1
 """
 # Only a newer status event replaces the one a conversation follows (see daemon.records).
 APPLY_STATUS_EVENTS = """
@@ -260,6 +288,8 @@ class PostgresSink:
             key: _sql(template, schema) for key, template in {
                 "events": INSERT_EVENTS, "conversations": UPSERT_CONVERSATIONS,
                 "interactions": INSERT_INTERACTIONS, "escalations": INSERT_ESCALATIONS,
+                "api_interactions": UPSERT_API_INTERACTIONS, "escalation_updates": UPDATE_ESCALATIONS,
+                "conversation_updates": UPDATE_CONVERSATIONS,
                 "status": APPLY_STATUS_EVENTS, "refresh": REFRESH_CONVERSATIONS,
             }.items()
         }
@@ -306,19 +336,39 @@ class PostgresSink:
         await conn.execute(sql["events"], *_columns(
             [(e.dedup_key, e.title, e.service, e.bot_id, e.contact_id, parse_time(e.received_at),
               jsonb_text(e.raw)) for e in events], 7))
-        if not records.conversations:
-            return
+        if records.conversations:
+            await self._write_conversations(conn, records)
+        if records.escalation_updates:  # after the escalations they may follow in the same batch
+            await conn.executemany(sql["escalation_updates"], [
+                (u.escalation_id, u.status, u.assigned_agent, u.resolved_at, u.notes)
+                for u in records.escalation_updates])
+
+    async def _write_conversations(self, conn: asyncpg.Connection, records: Records) -> None:
+        sql = self._statements
         await conn.execute(sql["conversations"], *_columns(
             [(c.conversation_id, c.customer_phone, c.customer_name, c.first_at, c.last_at,
               c.bot_id, c.contact_id, c.service) for c in records.conversations], 8))
-        if records.interactions:
+        webhook = [i for i in records.interactions if not i.from_api]
+        if webhook:
             await conn.execute(sql["interactions"], *_columns(
                 [(i.interaction_id, i.conversation_id, i.message_id, i.direction, i.content, i.status,
-                  i.customer_phone, i.occurred_at) for i in records.interactions], 8))
+                  i.customer_phone, i.occurred_at) for i in webhook], 8))
+        for i in records.interactions:  # one by one: a batch may enrich the same row twice
+            if i.from_api:
+                await conn.execute(sql["api_interactions"], *_columns(
+                    [(i.interaction_id, i.conversation_id, i.message_id, i.direction, i.content, i.status,
+                      i.customer_phone, i.occurred_at, i.intent, i.response, i.processing_time_ms,
+                      i.error_message)], 12))
         if records.escalations:
             await conn.execute(sql["escalations"], *_columns(
                 [(x.escalation_id, x.ticket_id, x.conversation_id, x.reason, x.priority, x.status,
-                  x.customer_phone, x.created_at, x.notes) for x in records.escalations], 9))
+                  x.customer_phone, x.created_at, x.notes, x.assigned_agent) for x in records.escalations], 10))
+        if records.conversation_updates:
+            await conn.executemany(sql["conversation_updates"], [
+                (u.conversation_id, u.intent, u.sentiment, u.priority, u.assigned_agent,
+                 json.dumps(list(u.tags)) if u.tags is not None else None,
+                 json.dumps(u.metadata) if u.metadata is not None else None)
+                for u in records.conversation_updates])
         if records.status_changes:
             await conn.execute(sql["status"], *_columns(
                 [(s.conversation_id, s.title, s.at, s.key) for s in records.status_changes], 4))

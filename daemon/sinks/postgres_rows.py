@@ -37,6 +37,9 @@ UPDATE {s}.interactions AS i SET customer_phone = c.customer_phone
 FROM {s}.conversations AS c
 WHERE i.interaction_id = ANY($1::text[]) AND i.customer_phone IS NULL AND c.conversation_id = i.conversation_id
 """
+INTERACTIONS_OF = """
+SELECT to_jsonb(i) FROM {s}.interactions AS i WHERE i.conversation_id = $1 ORDER BY i.occurred_at, i.interaction_id LIMIT $2
+"""
 CONVERSATIONS_OF_PHONE = "SELECT conversation_id FROM {s}.conversations WHERE customer_phone = $1"
 # One person's rows: their conversations, everything attached to them, and any interaction, escalation or
 # raw event that carries the phone (a raw event by its contact or its contact.phone, never by its text).
@@ -123,6 +126,9 @@ class PostgresRows:
     async def fill_interaction_phones(self, interaction_ids: Sequence[str]) -> None:
         if interaction_ids:
             await self._conn.execute(self._sql(FILL_INTERACTION_PHONES), list(interaction_ids))
+
+    async def interactions_of(self, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in await self._conn.fetch(self._sql(INTERACTIONS_OF), conversation_id, limit)]
 
     async def conversations_of(self, phone: str) -> list[str]:
         return [r[0] for r in await self._conn.fetch(self._sql(CONVERSATIONS_OF_PHONE), phone)]

@@ -1,0 +1,461 @@
+"""The bot-facing API (/api/v1) on the webhook's HTTP server: what the chatbot knows that SendPulse
+does not tell us (intent, response, processing time, escalations handled by agents).
+
+Writes go through the journal like a webhook: answered once committed, delivered to both sinks,
+idempotent on the id (a POST) or on the Idempotency-Key header (a PATCH; without one every PATCH
+applies, in order). Reads come from PostgreSQL, or when it cannot answer from the journal, then
+from Airtable; the response names the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+from aiohttp import web
+from loguru import logger
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator,
+)
+
+from daemon.events import Event, digits_only
+from daemon.journal import Journal, JournalUnavailable
+from daemon.records import (
+    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, api_interaction_id, iso,
+    map_events, parse_tags,
+)
+from daemon.sinks.base import SinkError
+
+PREFIX = "/api/v1"
+READ_LIMIT = 1000
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00\s][^\x00]*$")]
+Short = Annotated[str, StringConstraints(max_length=1000)]
+Long = Annotated[str, StringConstraints(max_length=100_000)]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^,\x00]+$")]
+Priority = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=False)
+
+    @field_validator("customerPhone", check_fields=False)
+    @classmethod
+    def _phone_has_digits(cls, value: str | None) -> str | None:
+        if value is not None and not digits_only(value):
+            raise ValueError("has no digits")
+        return value
+
+
+def _aware(value: datetime) -> datetime:
+    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not 2000 <= value.astimezone(timezone.utc).year <= 2200:
+        raise ValueError("is not a plausible time (years 2000 to 2200)")
+    return value
+
+
+AwareTime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class InteractionIn(_Body):
+    id: Id
+    conversationId: Id
+    messageId: Id | None = None
+    customerPhone: Short | None = None
+    content: Long | None = None
+    direction: Literal["inbound", "outbound"]
+    intent: Short | None = None
+    response: Long | None = None
+    processingTime: int | None = Field(default=None, ge=0, le=2_147_483_647, description="milliseconds")
+    status: Literal["sent", "delivered", "read", "failed"] | None = None
+    errorMessage: Long | None = None
+    timestamp: AwareTime | None = None
+
+
+class EscalationIn(_Body):
+    id: Id
+    conversationId: Id
+    ticketId: Id | None = None
+    reason: Long | None = None
+    priority: Priority = "MEDIUM"
+    status: Literal["pending", "assigned", "resolved"] = "pending"
+    customerPhone: Short | None = None
+    assignedAgent: Short | None = None
+    notes: Long | None = None
+    createdAt: AwareTime | None = None
+
+
+class _Patch(_Body):
+    @model_validator(mode="after")
+    def _something(self) -> "_Patch":
+        if not self.model_fields_set:
+            raise ValueError("names no field to change")
+        return self
+
+
+class EscalationPatch(_Patch):
+    status: Literal["pending", "assigned", "resolved"] | None = None
+    assignedAgent: Short | None = None
+    resolvedAt: AwareTime | None = None
+    notes: Long | None = None
+
+
+class ConversationPatch(_Patch):
+    intent: Short | None = None
+    sentiment: Short | None = None
+    priority: Priority | None = None
+    assignedAgent: Short | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=50)
+    metadata: dict[str, Any] | None = None
+    status: Literal["active", "closed", "escalated"] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return value
+        text = json.dumps(value)
+        if len(text) > 10_000:
+            raise ValueError("is over 10,000 characters as JSON")
+        if "\\u0000" in text:
+            raise ValueError("contains a NUL character, which PostgreSQL cannot store")
+        return value
+
+
+# -- the stores the reads fall back through -------------------------------------------------------
+
+@dataclass
+class ApiStores:
+    """How the API reaches the stores; each callable returns None when that store is not configured."""
+
+    journal: Journal
+    postgres: Callable[[], Any] | None  # -> async context manager of PostgresRows
+    airtable: Callable[[], tuple[Any, dict[str, str]] | None]
+
+
+JOURNAL_KEY = web.AppKey("api_stores", ApiStores)
+TOKEN_KEY = web.AppKey("api_token", bytes)
+
+
+def add_api(app: web.Application, token: str, stores: ApiStores) -> None:
+    app[TOKEN_KEY] = token.encode()
+    app[JOURNAL_KEY] = stores
+    app.router.add_get(PREFIX + "/openapi.json", handle_openapi)
+    app.router.add_post(PREFIX + "/interactions", post_interaction)
+    app.router.add_post(PREFIX + "/escalations", post_escalation)
+    app.router.add_patch(PREFIX + "/escalations/{id}", patch_escalation)
+    app.router.add_patch(PREFIX + "/conversations/{id}", patch_conversation)
+    app.router.add_get(PREFIX + "/conversations/{id}", get_conversation)
+    app.router.add_get(PREFIX + "/conversations/{id}/interactions", get_interactions)
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+class _Refused(Exception):
+    def __init__(self, response: web.Response):
+        self.response = response
+
+
+def _authorize(request: web.Request) -> None:
+    expected = request.app[TOKEN_KEY]
+    if not expected:
+        raise _Refused(_error(401, "the API is disabled: set [server] api_token"))
+    header = request.headers.get("Authorization", "")
+    offered = header[7:] if header.lower().startswith("bearer ") else request.headers.get("X-Api-Token", "")
+    if not hmac.compare_digest(offered.encode(), expected):
+        raise _Refused(_error(401, "missing or wrong api token (Authorization: Bearer TOKEN)"))
+
+
+async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _Refused(_error(400, "the body is not JSON (or nested too deeply)")) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        fields = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        raise _Refused(_error(422, "validation failed", fields=fields)) from None
+
+
+def _route(handler):
+    """Authorization, bad bodies and an unwritable journal answered the same way everywhere."""
+    async def wrapped(request: web.Request) -> web.Response:
+        try:
+            _authorize(request)
+            return await handler(request)
+        except _Refused as refused:
+            return refused.response
+        except JournalUnavailable as exc:
+            return _error(503, f"journal cannot write, nothing was accepted: {exc}")
+    wrapped.__name__ = handler.__name__
+    return wrapped
+
+
+async def _journal(request: web.Request, title: str, dedup_key: str, body: BaseModel, *,
+                   conversation_id: str | None, phone: str | None = None, message_id: str | None = None,
+                   direction: str | None = None, text: str | None = None, at: datetime | None = None) -> bool:
+    """Journal one API write (durably); False when its key was already there (a retry)."""
+    now = datetime.now(timezone.utc)
+    raw = json.dumps(body.model_dump(mode="json", exclude_unset=True) | {"id": getattr(body, "id", None)
+                     or request.match_info.get("id")}, sort_keys=True, ensure_ascii=False)
+    event = Event(
+        dedup_key=dedup_key, title=title, service="api", bot_id=None, contact_id=None,
+        phone=digits_only(phone) if phone else None, contact_name=None, message_id=message_id,
+        platform_message_id=None, direction=direction, message_type="api", text=text,
+        occurred_at=at or now, received_at=now, raw=raw, conversation_id=conversation_id,
+    )
+    result = await request.app[JOURNAL_KEY].journal.append([event])
+    return result.accepted == 1
+
+
+def _patch_key(request: web.Request, kind: str, body: BaseModel) -> str:
+    given = request.headers.get("Idempotency-Key")
+    suffix = hashlib.sha256(given.encode()).hexdigest()[:32] if given else uuid.uuid4().hex
+    return f"api:{kind}-update:{request.match_info['id']}:{suffix}"
+
+
+@_route
+async def post_interaction(request: web.Request) -> web.Response:
+    body: InteractionIn = await _body(request, InteractionIn)
+    new = await _journal(request, API_INTERACTION, f"api:interaction:{body.id}", body,
+                         conversation_id=body.conversationId, phone=body.customerPhone, message_id=body.messageId,
+                         direction=body.direction, text=body.content, at=body.timestamp)
+    return web.json_response({"id": body.id, "interactionId": api_interaction_id(body.id, body.messageId, body.direction),
+                              "conversationId": body.conversationId, "duplicate": not new}, status=201 if new else 200)
+
+
+@_route
+async def post_escalation(request: web.Request) -> web.Response:
+    body: EscalationIn = await _body(request, EscalationIn)
+    new = await _journal(request, API_ESCALATION, f"api:escalation:{body.id}", body,
+                         conversation_id=body.conversationId, phone=body.customerPhone, text=body.notes,
+                         at=body.createdAt)
+    return web.json_response({"id": body.id, "conversationId": body.conversationId, "duplicate": not new},
+                             status=201 if new else 200)
+
+
+@_route
+async def patch_escalation(request: web.Request) -> web.Response:
+    escalation_id = request.match_info["id"]
+    body: EscalationPatch = await _body(request, EscalationPatch)
+    if not await _escalation_known(request.app[JOURNAL_KEY], escalation_id):
+        return _error(404, f"no escalation {escalation_id}")
+    new = await _journal(request, API_ESCALATION_UPDATE, _patch_key(request, "escalation", body), body,
+                         conversation_id=None)
+    return web.json_response({"id": escalation_id, "duplicate": not new})
+
+
+@_route
+async def patch_conversation(request: web.Request) -> web.Response:
+    conversation_id = request.match_info["id"]
+    body: ConversationPatch = await _body(request, ConversationPatch)
+    new = await _journal(request, API_CONVERSATION_UPDATE, _patch_key(request, "conversation", body), body,
+                         conversation_id=conversation_id)
+    return web.json_response({"id": conversation_id, "duplicate": not new})
+
+
+async def _escalation_known(stores: ApiStores, escalation_id: str) -> bool:
+    if await stores.journal.has_event(f"api:escalation:{escalation_id}"):
+        return True
+    if stores.postgres is None:
+        return False
+    try:
+        async with stores.postgres() as pg:
+            return bool(await pg.existing("escalations", [escalation_id]))
+    except SinkError as exc:
+        raise _Refused(_error(503, f"cannot tell whether escalation {escalation_id} exists: {exc}")) from None
+
+
+# -- reads -----------------------------------------------------------------------------------------
+
+CONVERSATION_OUT = {"conversation_id": "conversationId", "customer_phone": "customerPhone",
+                    "customer_name": "customerName", "status": "status", "started_at": "startedAt",
+                    "last_activity": "lastActivity", "message_count": "messageCount", "intent": "intent",
+                    "sentiment": "sentiment", "priority": "priority", "assigned_agent": "assignedAgent",
+                    "tags": "tags", "metadata": "metadata"}
+INTERACTION_OUT = {"interaction_id": "id", "conversation_id": "conversationId", "message_id": "messageId",
+                   "direction": "direction", "content": "content", "intent": "intent", "response": "response",
+                   "processing_time_ms": "processingTime", "status": "status", "error_message": "errorMessage",
+                   "occurred_at": "timestamp"}
+AIRTABLE_CONVERSATION = {"ConversationId": "conversationId", "CustomerPhone": "customerPhone",
+                         "CustomerName": "customerName", "Status": "status", "StartedAt": "startedAt",
+                         "LastActivity": "lastActivity", "MessageCount": "messageCount", "Intent": "intent",
+                         "Sentiment": "sentiment", "Priority": "priority", "AssignedAgent": "assignedAgent",
+                         "Tags": "tags", "Metadata": "metadata"}
+AIRTABLE_INTERACTION = {"InteractionId": "id", "ConversationId": "conversationId", "MessageId": "messageId",
+                        "Direction": "direction", "Content": "content", "Intent": "intent", "Response": "response",
+                        "ProcessingTime": "processingTime", "Status": "status", "ErrorMessage": "errorMessage",
+                        "Timestamp": "timestamp"}
+
+
+def _renamed(row: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    return {out: row.get(name) for name, out in names.items()}
+
+
+def _from_airtable(fields: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    out = _renamed(fields, names)
+    if "tags" in out:
+        out["tags"] = parse_tags(out["tags"])
+    if isinstance(out.get("metadata"), str):
+        try:
+            out["metadata"] = json.loads(out["metadata"])
+        except ValueError:
+            pass
+    return out
+
+
+async def _read(stores: ApiStores, from_postgres, from_journal, from_airtable) -> tuple[str, Any] | None:
+    """The first store that answers with something: PostgreSQL, the journal, Airtable."""
+    problems = []
+    if stores.postgres is not None:
+        try:
+            async with stores.postgres() as pg:
+                found = await from_postgres(pg)
+            if found:
+                return "postgres", found
+        except SinkError as exc:
+            problems.append(f"postgres: {exc}")
+    found = await from_journal(stores.journal)
+    if found:
+        return "journal", found
+    airtable = stores.airtable()
+    if airtable is not None:
+        try:
+            found = await from_airtable(*airtable)
+            if found:
+                return "airtable", found
+        except SinkError as exc:
+            problems.append(f"airtable: {exc}")
+    if problems:
+        logger.warning("api read: {}", "; ".join(problems))
+    return None
+
+
+async def _airtable_rows(client: Any, table: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+    from pyairtable.formulas import EQ, Field, to_formula_str
+
+    from daemon.sinks.airtable import pages
+
+    rows: list[dict[str, Any]] = []
+    async for page in pages(client, table, to_formula_str(EQ(Field("ConversationId"), conversation_id))):
+        rows += [record.get("fields", {}) for record in page]
+        if len(rows) >= limit:
+            break
+    return rows[:limit]
+
+
+@_route
+async def get_conversation(request: web.Request) -> web.Response:
+    conversation_id = request.match_info["id"]
+    stores = request.app[JOURNAL_KEY]
+
+    async def from_postgres(pg: Any) -> Any:
+        found = await pg.existing("conversations", [conversation_id])
+        return _renamed(found[conversation_id], CONVERSATION_OUT) if found else None
+
+    async def from_journal(journal: Journal) -> Any:
+        state = (await journal.conversations([conversation_id])).get(conversation_id)
+        if state is None:
+            return None
+        return {"conversationId": state.conversation_id, "customerPhone": state.phone, "customerName": state.name,
+                "status": state.status, "startedAt": state.started_at, "lastActivity": state.last_activity,
+                "messageCount": state.message_count}
+
+    async def from_airtable(client: Any, tables: dict[str, str]) -> Any:
+        rows = await _airtable_rows(client, tables["conversations"], conversation_id, 1)
+        return _from_airtable(rows[0], AIRTABLE_CONVERSATION) if rows else None
+
+    answer = await _read(stores, from_postgres, from_journal, from_airtable)
+    if answer is None:
+        return _error(404, f"no conversation {conversation_id} in any store that answered")
+    return web.json_response({"source": answer[0], "conversation": answer[1]})
+
+
+@_route
+async def get_interactions(request: web.Request) -> web.Response:
+    conversation_id = request.match_info["id"]
+    try:
+        limit = min(READ_LIMIT, max(1, int(request.query.get("limit", "100"))))
+    except ValueError:
+        return _error(422, "validation failed", fields=[{"loc": ["query", "limit"], "msg": "not an integer",
+                                                          "type": "int_parsing"}])
+    stores = request.app[JOURNAL_KEY]
+
+    async def from_postgres(pg: Any) -> Any:
+        if not await pg.existing("conversations", [conversation_id]):
+            return None
+        return [_renamed(row, INTERACTION_OUT) for row in await pg.interactions_of(conversation_id, limit)]
+
+    async def from_journal(journal: Journal) -> Any:
+        events = await journal.events_of_conversation(conversation_id, READ_LIMIT * 4)
+        if not events:
+            return None
+        rows = {row.interaction_id: row for row in map_events(events).interactions}
+        ordered = sorted(rows.values(), key=lambda r: (r.occurred_at, r.interaction_id))[:limit]
+        return [{"id": r.interaction_id, "conversationId": r.conversation_id, "messageId": r.message_id,
+                 "direction": r.direction, "content": r.content, "intent": r.intent, "response": r.response,
+                 "processingTime": r.processing_time_ms, "status": r.status, "errorMessage": r.error_message,
+                 "timestamp": iso(r.occurred_at)} for r in ordered]
+
+    async def from_airtable(client: Any, tables: dict[str, str]) -> Any:
+        rows = await _airtable_rows(client, tables["interactions"], conversation_id, limit)
+        out = [_from_airtable(row, AIRTABLE_INTERACTION) for row in rows]
+        return sorted(out, key=lambda r: (r.get("timestamp") or "", r.get("id") or "")) or None
+
+    answer = await _read(stores, from_postgres, from_journal, from_airtable)
+    if answer is None:
+        return _error(404, f"no conversation {conversation_id} in any store that answered")
+    return web.json_response({"source": answer[0], "conversationId": conversation_id, "interactions": answer[1]})
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------------
+
+def openapi() -> dict[str, Any]:
+    """The API's OpenAPI 3.1 document (request bodies from the pydantic models)."""
+    schemas: dict[str, Any] = {}
+    for model in (InteractionIn, EscalationIn, EscalationPatch, ConversationPatch):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    error = {"description": "error", "content": {"application/json": {"schema": {"type": "object"}}}}
+    ok = {"description": "accepted", "content": {"application/json": {"schema": {"type": "object"}}}}
+
+    def write(model: str, created: bool) -> dict[str, Any]:
+        responses = {"200": ok, "400": error, "401": error, "422": error, "503": error}
+        if created:
+            responses["201"] = ok
+        return {"security": [{"bearer": []}], "responses": responses, "requestBody": {
+            "required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}
+
+    path_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}]
+    read = {"security": [{"bearer": []}], "parameters": path_id,
+            "responses": {"200": ok, "401": error, "404": error}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "chatledger bot API", "version": "1"},
+        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            PREFIX + "/interactions": {"post": write("InteractionIn", True)},
+            PREFIX + "/escalations": {"post": write("EscalationIn", True)},
+            PREFIX + "/escalations/{id}": {"patch": {**write("EscalationPatch", False), "parameters": path_id}},
+            PREFIX + "/conversations/{id}": {"patch": {**write("ConversationPatch", False), "parameters": path_id},
+                                             "get": read},
+            PREFIX + "/conversations/{id}/interactions": {"get": {**read, "parameters": path_id + [
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                            "maximum": READ_LIMIT}}]}},
+        },
+    }
+
+
+async def handle_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi())

@@ -1,0 +1,310 @@
+"""The bot-facing API: writes through the journal to both sinks, reads falling back PostgreSQL -> journal
+-> Airtable, validation, auth, and a property-based test over its OpenAPI document that finds no 5xx."""
+
+import asyncio
+import json
+import threading
+import urllib.error
+import urllib.request
+from contextlib import asynccontextmanager
+from functools import partial
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from daemon.api import ApiStores, add_api, openapi
+from daemon.config import ServerConfig
+from daemon.journal import Journal
+from daemon.ratelimit import RequestBudget
+from daemon.records import api_interaction_id, conversation_id_for
+from daemon.sinks.airtable import AirtableClient, AirtableSink, init_base
+from daemon.sinks.postgres import PostgresSink, quote_ident
+from daemon.sinks.postgres_rows import PostgresRows
+from daemon.webhook import create_webhook_app
+from tests.integration.conftest import BASE, NAMES, TOKEN as AIRTABLE_TOKEN
+from tests.support import free_port, incoming
+
+API_TOKEN = "api-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+CONVERSATION = conversation_id_for("bot1", "c1", None)
+
+
+def server_config():
+    return ServerConfig(webhook_token="webhook-token-0123456789", api_token=API_TOKEN)
+
+
+@asynccontextmanager
+async def api_client(journal, postgres=None, airtable=None):
+    app = create_webhook_app(server_config(), journal)
+    add_api(app, API_TOKEN, ApiStores(journal, postgres, lambda: airtable))
+    client = TestClient(TestServer(app, host="127.0.0.1", port=free_port()))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def stores_for(stores_emulator, tmp_path):
+    """A journal for both sinks, the real sinks, and a delivery that empties it into them."""
+    async def make(dsn, schema):
+        journal = await Journal.open(tmp_path / "api.sqlite", ["postgres", "airtable"])
+        client = AirtableClient(AIRTABLE_TOKEN, BASE, stores_emulator.url, RequestBudget(5))
+        await init_base(client, NAMES)
+        airtable = AirtableSink(client, NAMES, journal.conversations)
+        postgres = PostgresSink(dsn, schema)
+
+        async def deliver():
+            for sink in (postgres, airtable):
+                events = await journal.pending(sink.name, 0, 10_000)
+                await sink.deliver(events)
+                await journal.mark_delivered(sink.name, [e.id for e in events])
+        return journal, client, postgres, airtable, deliver
+    return make
+
+
+def airtable_rows(emulator, table):
+    def read():
+        t = emulator.emulator.bases[BASE].table(table)
+        return [t.by_name(r) for r in t.records.values()]
+    return emulator.run(read)
+
+
+async def test_writes_reach_both_sinks_and_enrich_the_webhook_rows(stores_for, stores_emulator, pg_cluster, pg_conn,
+                                                                   pg_schema):
+    from daemon.events import normalize
+    from datetime import datetime, timezone
+
+    journal, client, postgres, airtable, deliver = await stores_for(pg_cluster.dsn(), pg_schema)
+    rows = partial(PostgresRows.open, pg_cluster.dsn(), pg_schema)
+    try:
+        await journal.append([normalize(incoming("wamid.1", contact="c1"), datetime.now(timezone.utc))])
+        async with api_client(journal, rows, (client, NAMES)) as api:
+            interaction = {"id": "bot-1", "conversationId": CONVERSATION, "messageId": "wamid.1",
+                           "direction": "inbound", "content": "oi", "intent": "greeting", "response": "Olá!",
+                           "processingTime": 120, "status": "read", "customerPhone": "+55 11 98765-4321",
+                           "timestamp": "2026-11-27T10:00:00Z"}
+            first = await api.post("/api/v1/interactions", json=interaction, headers=AUTH)
+            assert first.status == 201 and (await first.json())["interactionId"] == api_interaction_id(
+                "bot-1", "wamid.1", "inbound")
+            again = await api.post("/api/v1/interactions", json=interaction, headers=AUTH)
+            assert again.status == 200 and (await again.json())["duplicate"] is True
+            loose = {"id": "bot-2", "conversationId": CONVERSATION, "direction": "outbound", "content": "Olá!",
+                     "processingTime": 80}
+            assert (await api.post("/api/v1/interactions", json=loose, headers=AUTH)).status == 201
+            escalation = {"id": "esc-1", "conversationId": CONVERSATION, "reason": "wants a human",
+                          "priority": "HIGH"}
+            assert (await api.post("/api/v1/escalations", json=escalation, headers=AUTH)).status == 201
+            patch = await api.patch("/api/v1/escalations/esc-1", json={"status": "resolved", "assignedAgent": "ana",
+                                                                        "resolvedAt": "2026-11-27T11:00:00Z"},
+                                    headers=AUTH)
+            assert patch.status == 200
+            assert (await api.patch("/api/v1/escalations/nobody", json={"status": "resolved"},
+                                    headers=AUTH)).status == 404
+            conv = await api.patch(f"/api/v1/conversations/{CONVERSATION}", headers=AUTH, json={
+                "intent": "support", "sentiment": "positive", "priority": "HIGH", "tags": ["vip", "pix"],
+                "metadata": {"plan": "gold"}})
+            assert conv.status == 200
+            await deliver()
+
+            s = quote_ident(pg_schema)
+            got = await pg_conn.fetch(f"SELECT interaction_id, message_id, content, intent, response, "
+                                      f"processing_time_ms, status FROM {s}.interactions ORDER BY message_id")
+            assert [tuple(r) for r in got] == [
+                (api_interaction_id("bot-1", "wamid.1", "inbound"), "wamid.1", "oi", "greeting", "Olá!", 120, "read"),
+                ("bot-2", None, "Olá!", None, None, 80, "sent")]
+            esc = await pg_conn.fetchrow(f"SELECT status, assigned_agent, priority, resolved_at FROM {s}.escalations")
+            assert (esc["status"], esc["assigned_agent"], esc["priority"]) == ("resolved", "ana", "HIGH")
+            c = await pg_conn.fetchrow(f"SELECT intent, sentiment, priority, tags, metadata, message_count "
+                                       f"FROM {s}.conversations WHERE conversation_id = $1", CONVERSATION)
+            assert (c["intent"], c["priority"], json.loads(c["tags"]), c["message_count"]) == \
+                ("support", "HIGH", ["vip", "pix"], 2)
+            assert json.loads(c["metadata"])["plan"] == "gold"
+
+            at = {r["InteractionId"]: r for r in airtable_rows(stores_emulator, "Interactions")}
+            assert len(at) == 2 and at[api_interaction_id("bot-1", "wamid.1", "inbound")]["Intent"] == "greeting"
+            assert at["bot-2"]["ProcessingTime"] == 80
+            [at_esc] = airtable_rows(stores_emulator, "Escalations")
+            assert (at_esc["Status"], at_esc["AssignedAgent"], at_esc["Priority"]) == ("resolved", "ana", "HIGH")
+            [at_conv] = airtable_rows(stores_emulator, "Conversations")
+            assert (at_conv["Intent"], at_conv["Tags"], at_conv["Priority"]) == ("support", "vip, pix", "HIGH")
+
+            read = await (await api.get(f"/api/v1/conversations/{CONVERSATION}", headers=AUTH)).json()
+            assert read["source"] == "postgres" and read["conversation"]["intent"] == "support"
+            listed = await (await api.get(f"/api/v1/conversations/{CONVERSATION}/interactions", headers=AUTH)).json()
+            assert listed["source"] == "postgres" and [i["id"] for i in listed["interactions"]][1] == "bot-2"
+    finally:
+        await postgres.close()
+        await airtable.close()
+        await journal.close()
+
+
+async def test_reads_fall_back_to_the_journal_then_airtable(stores_for, own_pg, tmp_path):
+    journal, client, postgres, airtable, deliver = await stores_for(own_pg.dsn(), "chatledger")
+    rows = partial(PostgresRows.open, own_pg.dsn(), "chatledger")
+    try:
+        async with api_client(journal, rows, (client, NAMES)) as api:
+            body = {"id": "bot-9", "conversationId": "conv-9", "direction": "inbound", "content": "hello",
+                    "customerPhone": "5511999999999"}
+            assert (await api.post("/api/v1/interactions", json=body, headers=AUTH)).status == 201
+            await deliver()
+            own_pg.stop("immediate")
+            read = await (await api.get("/api/v1/conversations/conv-9/interactions", headers=AUTH)).json()
+            assert read["source"] == "journal" and read["interactions"][0]["content"] == "hello"
+        # a journal that no longer holds it (purged): Airtable answers
+        other = await Journal.open(tmp_path / "empty.sqlite", [])
+        try:
+            async with api_client(other, rows, (client, NAMES)) as api:
+                conv = await (await api.get("/api/v1/conversations/conv-9", headers=AUTH)).json()
+                assert conv["source"] == "airtable" and conv["conversation"]["customerPhone"] == "5511999999999"
+                listed = await (await api.get("/api/v1/conversations/conv-9/interactions", headers=AUTH)).json()
+                assert listed["source"] == "airtable" and listed["interactions"][0]["content"] == "hello"
+                missing = await api.get("/api/v1/conversations/none", headers=AUTH)
+                assert missing.status == 404
+        finally:
+            await other.close()
+    finally:
+        await postgres.close()
+        await airtable.close()
+        await journal.close()
+
+
+async def test_auth_and_validation_errors(tmp_path):
+    journal = await Journal.open(tmp_path / "j.sqlite", [])
+    try:
+        async with api_client(journal) as api:
+            body = {"id": "x", "conversationId": "c", "direction": "sideways", "processingTime": -1}
+            assert (await api.post("/api/v1/interactions", json=body)).status == 401
+            wrong = await api.post("/api/v1/interactions", json=body, headers={"Authorization": "Bearer nope"})
+            assert wrong.status == 401
+            bad = await api.post("/api/v1/interactions", json=body, headers=AUTH)
+            assert bad.status == 422
+            fields = {tuple(f["loc"]) for f in (await bad.json())["fields"]}
+            assert fields == {("direction",), ("processingTime",)}
+            assert (await api.patch("/api/v1/conversations/c", json={}, headers=AUTH)).status == 422
+            assert (await api.post("/api/v1/escalations", data=b"{not json", headers=AUTH)).status == 400
+            assert (await api.get("/api/v1/openapi.json")).status == 200
+            assert (await journal.counts())["events"] == 0  # nothing invalid was journaled
+    finally:
+        await journal.close()
+
+
+# -- property-based: whatever the body, never a 5xx ------------------------------------------------
+
+class ApiThread:
+    """The API app (journal only) on its own loop in a thread, for synchronous hypothesis examples."""
+
+    def __init__(self, path):
+        self.path = path
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+        return self
+
+    async def _start(self):
+        self.journal = await Journal.open(self.path, ["postgres"])
+        app = create_webhook_app(server_config(), self.journal)
+        add_api(app, API_TOKEN, ApiStores(self.journal, None, lambda: None))
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self):
+        await self.runner.cleanup()
+        await self.journal.close()
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def request(self, method, route, body):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{route}", data=data, method=method,
+                                         headers={**AUTH, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+
+@pytest.fixture(scope="module")
+def api_thread(tmp_path_factory):
+    running = ApiThread(tmp_path_factory.mktemp("api") / "journal.sqlite").start()
+    yield running
+    running.stop()
+
+
+DOC = openapi()
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+
+
+def _value(schema):
+    """Values of the schema's type (often valid), mixed with any JSON at all."""
+    kinds = {s.get("type") for s in schema.get("anyOf", [schema])}
+    options = [JSON]
+    if "string" in kinds:
+        options += [st.text(max_size=40), st.sampled_from(["2026-11-27T10:00:00Z", "inbound", "outbound", "sent",
+                                                          "resolved", "HIGH", "active", "+55 11 98765-4321", ""])]
+    for s in schema.get("anyOf", [schema]):
+        if "enum" in s:
+            options.append(st.sampled_from(s["enum"]))
+        if "const" in s:
+            options.append(st.just(s["const"]))
+    if "integer" in kinds:
+        options.append(st.integers(min_value=-10, max_value=2**40))
+    if "array" in kinds:
+        options.append(st.lists(st.text(max_size=12), max_size=4))
+    if "object" in kinds:
+        options.append(st.dictionaries(st.text(max_size=8), JSON, max_size=3))
+    return st.one_of(options)
+
+
+def bodies(model):
+    properties = DOC["components"]["schemas"][model]["properties"]
+    return st.fixed_dictionaries({}, optional={name: _value(schema) for name, schema in properties.items()}) | JSON
+
+
+OPERATIONS = [(method.upper(), path, op["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1])
+              for path, item in DOC["paths"].items() for method, op in item.items() if "requestBody" in op]
+
+
+@pytest.mark.parametrize("method,path,model", OPERATIONS, ids=[f"{m} {p}" for m, p, _ in OPERATIONS])
+def test_no_body_makes_the_api_fail_with_a_5xx(api_thread, method, path, model):
+    route = path.replace("{id}", "esc-any")
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(body=bodies(model), raw=st.booleans(), junk=st.binary(max_size=20))
+    def check(body, raw, junk):
+        status = api_thread.request(method, route, junk if raw and not body else body)
+        assert status < 500, (method, route, body)
+
+    check()
+
+
+def test_reads_never_fail_with_a_5xx(api_thread):
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(conversation=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20),
+           limit=st.one_of(st.integers(-5, 5000).map(str), st.text(max_size=5)))
+    def check(conversation, limit):
+        from urllib.parse import quote, urlencode
+        route = f"/api/v1/conversations/{quote(conversation, safe='')}/interactions?{urlencode({'limit': limit})}"
+        request = urllib.request.Request(f"http://127.0.0.1:{api_thread.port}{route}", headers=AUTH)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                status = answer.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        assert status < 500, route
+    check()
