@@ -42,7 +42,7 @@ SELECT {e}conversation_id, {e}bot_id, {e}contact_id, {e}service, {e}phone, {e}co
     {e}occurred_at, {e}occurred_at, {e}occurred_at,
     CASE WHEN {is_message} THEN {e}occurred_at END, CASE WHEN {is_message} THEN {e}occurred_at END,
     CASE WHEN {is_message} THEN 1 ELSE 0 END,
-    CASE WHEN {is_status} THEN {e}title END, CASE WHEN {is_status} THEN {e}occurred_at END,
+    {status_title}, CASE WHEN {is_status} THEN {e}occurred_at END,
     CASE WHEN {is_status} THEN {e}occurred_at || '|' || {e}dedup_key END,
     strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
 {source}
@@ -71,11 +71,26 @@ ON CONFLICT (conversation_id) DO UPDATE SET
 """
 MESSAGE_TITLE_SQL = "{e}title IN ('incoming_message', 'outgoing_message')"
 STATUS_TITLE_SQL = "{e}title IN ('open_chat', 'unsubscribe', 'bot_block')"
+# v3 adds the bot API's events (daemon.records API_TITLES): an interaction the bot posts counts as a
+# message unless it names a SendPulse message (whose webhook counts it); a conversation PATCH with a
+# status acts as the status event that explains it (records.STATUS_AS_TITLE).
+API_MESSAGE_SQL = "({e}title = 'api_interaction' AND {e}message_id IS NULL)"
+API_STATUS_SQL = ("({e}title = 'api_conversation_update' AND "
+                  "json_extract({e}raw, '$.status') IN ('escalated', 'closed', 'active'))")
+API_STATUS_TITLE_SQL = ("CASE json_extract({e}raw, '$.status') WHEN 'escalated' THEN 'open_chat' "
+                        "WHEN 'closed' THEN 'unsubscribe' WHEN 'active' THEN 'api_active' END")
 
 
-def conversation_upsert(e: str, source: str) -> str:
-    return CONVERSATION_UPSERT.format(
-        e=e, source=source, is_message=MESSAGE_TITLE_SQL.format(e=e), is_status=STATUS_TITLE_SQL.format(e=e))
+def conversation_upsert(e: str, source: str, api: bool = False) -> str:
+    is_message, is_status = MESSAGE_TITLE_SQL.format(e=e), STATUS_TITLE_SQL.format(e=e)
+    status_title = f"CASE WHEN {is_status} THEN {e}title END"
+    if api:
+        status_title = (f"CASE WHEN {is_status} THEN {e}title WHEN {API_STATUS_SQL.format(e=e)} "
+                        f"THEN {API_STATUS_TITLE_SQL.format(e=e)} END")
+        is_message = f"({is_message} OR {API_MESSAGE_SQL.format(e=e)})"
+        is_status = f"({is_status} OR {API_STATUS_SQL.format(e=e)})"
+    return CONVERSATION_UPSERT.format(e=e, source=source, is_message=is_message, is_status=is_status,
+                                      status_title=status_title)
 
 
 REBUILD_CONVERSATIONS = (
@@ -179,6 +194,7 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     """.replace("{upsert_new}", conversation_upsert("NEW.", "WHERE true")),
     # v3: the record of erasures (`chatledger forget`): who, as a salted hash only; when; how much.
+    # And the conversation record learns the bot API's events (see API_MESSAGE_SQL).
     """
     CREATE TABLE audit (
         id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -188,7 +204,12 @@ MIGRATIONS: tuple[str, ...] = (
         report       TEXT NOT NULL
     );
     INSERT OR IGNORE INTO meta (key, value) VALUES ('audit_salt', lower(hex(randomblob(16))));
-    """,
+    DROP TRIGGER events_conversation;
+    CREATE TRIGGER events_conversation AFTER INSERT ON events WHEN NEW.conversation_id IS NOT NULL
+    BEGIN
+        {upsert_new};
+    END;
+    """.replace("{upsert_new}", conversation_upsert("NEW.", "WHERE true", api=True)),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

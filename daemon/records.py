@@ -321,7 +321,8 @@ def _map_api(event: StoredEvent, conversation_id: str, at: datetime, records: Re
         ))
     elif event.title == API_ESCALATION:
         records.escalations.append(EscalationRow(
-            escalation_id=body["id"], ticket_id=body.get("ticketId") or ticket_for(body["id"]),
+            escalation_id=body["id"],
+            ticket_id=body.get("ticketId") or ticket_for(_id("escalation", f"api:{body['id']}")),
             conversation_id=conversation_id, reason=clean_text(body.get("reason")),
             priority=body.get("priority") or "MEDIUM", status=body.get("status") or "pending",
             customer_phone=event.phone, created_at=at, notes=clean_text(body.get("notes")),
