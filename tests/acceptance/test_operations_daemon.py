@@ -1,6 +1,9 @@
 """`recover` and `forget` as an operator runs them: the installed command, a real cluster, the emulator."""
 
 import asyncio
+import json
+import urllib.error
+import urllib.request
 
 import asyncpg
 import pytest
@@ -86,3 +89,43 @@ def test_recover_and_forget_commands(tmp_path, emulator, own_pg):
     no_pg = tmp_path / "no-pg"
     no_pg.mkdir()
     assert cli(write_config(no_pg), "recover", "--all").returncode == 78
+
+
+def test_bot_api_through_the_daemon(tmp_path, emulator, own_pg):
+    token = "bot-api-token-0123456789"
+    config = write_config(tmp_path, extra=emulator.config() + f'[postgres]\ndsn = "{own_pg.dsn()}"\n')
+    config.write_text(config.read_text().replace("[journal]", f'api_token = "{token}"\n[journal]', 1))
+    assert cli(config, "airtable", "init").returncode == 0
+    daemon = Daemon(config).start()
+    base = f"http://127.0.0.1:{daemon.port}/api/v1"
+
+    def call(method, route, body=None, auth=True):
+        request = urllib.request.Request(base + route, method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json",
+                                                  **({"Authorization": f"Bearer {token}"} if auth else {})})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    try:
+        assert call("POST", "/interactions", {"id": "x"}, auth=False)[0] == 401
+        status, answer = call("POST", "/interactions", {"id": "bot-1", "conversationId": "conv-1",
+                                                         "direction": "outbound", "content": "Olá",
+                                                         "intent": "greeting", "customerPhone": "5511900000009"})
+        assert status == 201, answer
+        assert call("POST", "/interactions", {"id": "bot-1", "direction": "up"})[0] == 422
+        wait_for(lambda: delivered_everywhere(daemon, 1), "the interaction in both sinks")
+        assert sql(own_pg.dsn(), "SELECT intent FROM chatledger.interactions")[0][0] == "greeting"
+        assert [r["Intent"] for r in emulator.records("Interactions")] == ["greeting"]
+        assert call("GET", "/conversations/conv-1")[1]["source"] == "postgres"
+        own_pg.stop("immediate")
+        status, answer = call("GET", "/conversations/conv-1/interactions")
+        assert status == 200 and answer["source"] == "journal" and answer["interactions"][0]["intent"] == "greeting"
+        assert call("GET", "/openapi.json", auth=False)[1]["openapi"].startswith("3.")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
