@@ -22,9 +22,9 @@ from loguru import logger
 from pyairtable.formulas import EQ, GTE, OR, Field, to_formula_str
 
 from daemon.events import digits_only
-from daemon.records import iso, parse_time, parse_tags, status_key
+from daemon.records import iso, parse_tags, parse_time, status_key, ticket_for
 from daemon.sinks.airtable import AirtableClient, pages
-from daemon.sinks.postgres_rows import PostgresRows
+from daemon.sinks.postgres_rows import KEYS, PostgresRows
 
 KINDS = ("conversations", "interactions", "escalations")
 IDS_PER_FORMULA = 40
@@ -181,7 +181,7 @@ def escalation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
     escalation_id = _required(fields, "EscalationId")
     return {
         "escalation_id": escalation_id,
-        "ticket_id": _text(fields, "TicketId") or "ESC-" + escalation_id.replace("-", "")[:8].upper(),
+        "ticket_id": _text(fields, "TicketId") or ticket_for(escalation_id),
         "conversation_id": _required(fields, "ConversationId"), "reason": _text(fields, "Reason"),
         "priority": _text(fields, "Priority") or "normal", "status": _text(fields, "Status") or "pending",
         "customer_phone": digits_only(fields.get("CustomerPhone")), "assigned_agent": _text(fields, "AssignedAgent"),
@@ -193,7 +193,6 @@ def escalation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
 ROWS: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
     "conversations": conversation_row, "interactions": interaction_row, "escalations": escalation_row,
 }
-KEYS = {"conversations": "conversation_id", "interactions": "interaction_id", "escalations": "escalation_id"}
 
 
 def built_conversation(row: dict[str, Any], now: str) -> dict[str, Any]:
