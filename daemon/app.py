@@ -17,10 +17,10 @@ from daemon import __version__
 from daemon.api import ApiStores, add_api
 from daemon.config import Config, ConfigError, load_config, split_listen
 from daemon.delivery import DeliveryWorker
-from daemon.journal import Journal, JournalUnavailable, Requeue
+from daemon.journal import COMMIT_BUCKETS, Journal, JournalUnavailable, Requeue
 from daemon.logs import setup_logging
 from daemon.sdnotify import Notifier
-from daemon.status import create_status_app, prepare_socket_path, secure_socket
+from daemon.status import create_metrics_app, create_status_app, prepare_socket_path, secure_socket
 from daemon.webhook import create_webhook_app
 
 SINK_NAMES = ("postgres", "airtable")
@@ -64,6 +64,7 @@ class Daemon:
             self.journal = await Journal.open(self.config.journal.path, self.config.enabled_sinks)
             webhook_runner = await self._start_webhook()
             status_runner = await self._start_status()
+            await self._start_metrics()
             self._start_workers()
             host, port = split_listen(self.config.server.listen)
             logger.info("chatledger {} accepting webhooks on http://{}:{}{} (status socket {})",
@@ -104,6 +105,17 @@ class Daemon:
         await web.UnixSite(runner, str(socket_path)).start()
         secure_socket(socket_path)
         return runner
+
+    async def _start_metrics(self) -> None:
+        """The optional TCP listener for Prometheus ([metrics] listen); the socket always has /metrics."""
+        if not self.config.metrics.listen:
+            return
+        runner = web.AppRunner(create_metrics_app(self.snapshot), access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        host, port = split_listen(self.config.metrics.listen)
+        await web.TCPSite(runner, host, port).start()
+        logger.info("metrics on http://{}:{}/metrics", host, port)
 
     def _start_workers(self) -> None:
         """One delivery worker per enabled sink; each runs on its own, none waits on another."""
@@ -319,6 +331,10 @@ class Daemon:
                 "writer_alive": self.journal.writer_alive,
                 "commits": journal_stats.commits,
                 "committed_events": journal_stats.events,
+                "commit_failures": journal_stats.failures,
+                "commit_seconds": {"buckets": list(zip(COMMIT_BUCKETS, journal_stats.commit_buckets)),
+                                   "over": journal_stats.commit_buckets[-1],
+                                   "sum": round(journal_stats.commit_seconds_total, 6)},
                 "last_error": journal_stats.last_error,
                 "retention_days": self.config.journal.retention_days,
                 "purged_since_start": self.purged,

@@ -149,6 +149,18 @@ class AirtableConfig(_Section):
         return bool(self.api_key.get_secret_value().strip())
 
 
+class MetricsConfig(_Section):
+    # Prometheus text at GET /metrics is always on the status socket; this adds a TCP listener.
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str) -> str:
+        if value:
+            split_listen(value)
+        return value
+
+
 class StatusConfig(_Section):
     socket: Path = Path("/run/chatledger/status.sock")
 
@@ -262,6 +274,7 @@ class Config(BaseSettings):
     postgres: PostgresConfig = PostgresConfig()
     airtable: AirtableConfig = AirtableConfig()
     status: StatusConfig = StatusConfig()
+    metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 
     model_config = SettingsConfigDict(extra="forbid", validate_default=False)

@@ -56,6 +56,7 @@ class DeliveryWorker:
         self.retry_at: float | None = None
         self.delivered_since_start = 0
         self.dead_since_start = 0
+        self.failed_attempts = 0  # since start, for the metrics (failures counts consecutive ones)
         journal.add_listener(self._on_new_events)
 
     # -- control ---------------------------------------------------------------------------------
@@ -90,6 +91,9 @@ class DeliveryWorker:
             "last_error_at": _wall(self.last_error_at),
             "last_delivery_at": _wall(self.last_delivery_at),
             "consecutive_failures": self.failures,
+            "delivered_since_start": self.delivered_since_start,
+            "dead_since_start": self.dead_since_start,
+            "failed_attempts_since_start": self.failed_attempts,
         }
         if self.retry_at is not None:
             status["retry_in_s"] = round(max(0.0, self.retry_at - self._clock()), 1)
@@ -191,6 +195,7 @@ class DeliveryWorker:
     async def _failed(self, batch: Sequence[StoredEvent], exc: TransientError) -> None:
         """Record a transient failure (on the batch's first event, if any) and back off."""
         self.failures += 1
+        self.failed_attempts += 1
         delay = exc.retry_after if exc.retry_after is not None else backoff_delay(self.failures)
         error = str(exc)
         was = self.state

@@ -8,6 +8,7 @@ concurrent webhooks share one fsync (WAL, synchronous=FULL).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fcntl
 import hashlib
 import json
@@ -15,7 +16,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -387,6 +388,10 @@ class _Ping:
 _STOP = object()
 
 
+# Upper bounds (seconds) of the commit-latency histogram's buckets; the last one is +Inf.
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
 @dataclass
 class CommitStats:
     commits: int = 0
@@ -396,6 +401,12 @@ class CommitStats:
     last_error_at: float | None = None
     last_commit_seconds: float = 0.0
     commit_seconds_total: float = 0.0
+    commit_buckets: list[int] = field(default_factory=lambda: [0] * (len(COMMIT_BUCKETS) + 1))
+
+    def observe(self, seconds: float) -> None:
+        self.last_commit_seconds = seconds
+        self.commit_seconds_total += seconds
+        self.commit_buckets[bisect.bisect_left(COMMIT_BUCKETS, seconds)] += 1
 
 
 class Journal:
@@ -620,8 +631,7 @@ class Journal:
                     intake.done.set_result(result)
         self.stats.commits += 1
         self.stats.events += len(new_ids)
-        self.stats.last_commit_seconds = elapsed
-        self.stats.commit_seconds_total += elapsed
+        self.stats.observe(elapsed)
         if new_ids:
             self._last_id = new_ids[-1][0]
             for listener in self._listeners:

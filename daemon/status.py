@@ -43,6 +43,7 @@ def create_status_app(
     app[REPLAY] = replay
     app[FORGET] = forget
     app.router.add_post("/forget", _handle_forget)
+    app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/status", _handle_status)
     app.router.add_post("/sync", _handle_sync)
     app.router.add_post("/replay", _handle_replay)
@@ -69,6 +70,21 @@ async def _handle_replay(request: web.Request) -> web.Response:
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400, dumps=_dumps)
     return web.json_response(answer, dumps=_dumps)
+
+
+def create_metrics_app(snapshot: Callable[[], Awaitable[dict[str, Any]]]) -> web.Application:
+    """GET /metrics alone, for the optional [metrics] listen TCP address."""
+    app = web.Application()
+    app[SNAPSHOT] = snapshot
+    app.router.add_get("/metrics", handle_metrics)
+    return app
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    from daemon.metrics import CONTENT_TYPE, render as render_metrics
+
+    body = render_metrics(await request.app[SNAPSHOT]())
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 async def _handle_forget(request: web.Request) -> web.Response:

@@ -205,3 +205,46 @@ def test_journal_check_command(config):
     assert json.loads(found.stdout)["orphan_deliveries"] == {"postgres": 1}
     fixed = cli(config, "journal", "check", "--repair")
     assert fixed.returncode == 0 and "repaired: 1 delivery rows without an event removed" in fixed.stdout
+
+
+def test_prometheus_metrics_on_the_socket_and_a_tcp_listener(tmp_path):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.support import free_port
+
+    port = free_port()
+    config = write_config(tmp_path, extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    daemon = Daemon(config).start()
+    try:
+        for i in range(5):
+            assert post(daemon.url, [incoming(f"m{i}"), incoming(f"n{i}")])[0] == 200
+        assert post(daemon.url, [incoming("m0"), "not an object"])[0] == 200
+
+        def scrape(text):
+            return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                    for f in text_string_to_metric_families(text) for s in f.samples}
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            assert answer.headers["Content-Type"].startswith("text/plain")
+            tcp = scrape(answer.read().decode())
+        assert tcp[("chatledger_events_accepted_total", ())] == 10
+        assert tcp[("chatledger_events_duplicates_total", ())] == 1
+        assert tcp[("chatledger_events_rejected_total", ())] == 1
+        commits = tcp[("chatledger_journal_commits_total", ())]
+        assert commits >= 6 and tcp[("chatledger_journal_commit_seconds_count", ())] == commits
+        assert tcp[("chatledger_sink_state", (("sink", "postgres"), ("state", "disabled")))] == 1
+
+        with socket.socket(socket.AF_UNIX) as unix:
+            unix.connect(str(config.parent / "run" / "status.sock"))
+            unix.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            raw = b""
+            while chunk := unix.recv(65536):
+                raw += chunk
+        over_socket = scrape(raw.split(b"\r\n\r\n", 1)[1].decode())
+        assert over_socket[("chatledger_events_accepted_total", ())] == 10
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
