@@ -14,6 +14,7 @@ from aiohttp import web
 from loguru import logger
 
 from daemon import __version__
+from daemon.alerts import AlertLimiter, AlertRules, AlertSender
 from daemon.api import ApiStores, add_api
 from daemon.config import Config, ConfigError, load_config, split_listen
 from daemon.delivery import DeliveryWorker
@@ -31,6 +32,7 @@ RETENTION_FIRST_DELAY = 60.0  # let a restart catch up before purging
 RETENTION_INTERVAL = 3600.0
 RETENTION_BATCH = 500  # events per purge transaction: short, so webhooks never wait long
 RETENTION_PAUSE = 0.05
+ALERT_CHECK_INTERVAL = 5.0
 
 EXIT_OK, EXIT_CRASH = 0, 1
 
@@ -51,6 +53,7 @@ class Daemon:
         self._hup = asyncio.Event()
         self._runners: list[web.AppRunner] = []
         self.purged = 0
+        self.alerts = AlertSender(config.alerts.command, config.alerts.webhook_url.get_secret_value())
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -148,6 +151,8 @@ class Daemon:
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
             asyncio.create_task(self._hup_loop(), name="sighup"),
             asyncio.create_task(self._retention_loop(), name="retention"),
+            asyncio.create_task(self._alerts_loop(), name="alerts"),
+            asyncio.create_task(self.alerts.run(), name="alert-sender"),
             self.journal.writer_task,
             *self._worker_tasks,
         }
@@ -234,6 +239,21 @@ class Daemon:
                 logger.info("journal retention: purged {} events received before {} and delivered to {}",
                             purged, cutoff.isoformat(timespec="seconds"), ", ".join(sinks))
             await asyncio.sleep(RETENTION_INTERVAL)
+
+    async def _alerts_loop(self) -> None:
+        """Compare the status every few seconds and raise what changed: sinks down or back, the
+        Airtable fallback, new dead letters, an old backlog, the Airtable quota. Errors here are
+        logged; they never stop the daemon or delivery."""
+        settings = self.config.alerts
+        rules = AlertRules(settings.pending_age_threshold_s)
+        limiter = AlertLimiter(settings.min_interval_s, time.monotonic)
+        while True:
+            await asyncio.sleep(ALERT_CHECK_INTERVAL)
+            try:
+                for alert in limiter.admit(rules.evaluate(await self.snapshot())):
+                    self.alerts.submit(alert)
+            except Exception:
+                logger.exception("alert check failed")
 
     async def _hup_loop(self) -> None:
         while True:

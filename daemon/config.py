@@ -161,6 +161,21 @@ class MetricsConfig(_Section):
         return value
 
 
+class AlertsConfig(_Section):
+    # Run with the alert as JSON on stdin (split like a shell would, not run by one), and/or POSTed.
+    command: str = ""
+    webhook_url: SecretStr = SecretStr("")  # chat webhooks carry their secret in the URL
+    pending_age_threshold_s: float = Field(default=600.0, gt=0)
+    min_interval_s: float = Field(default=300.0, ge=0)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url_is_http(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value() and not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class StatusConfig(_Section):
     socket: Path = Path("/run/chatledger/status.sock")
 
@@ -275,6 +290,7 @@ class Config(BaseSettings):
     airtable: AirtableConfig = AirtableConfig()
     status: StatusConfig = StatusConfig()
     metrics: MetricsConfig = MetricsConfig()
+    alerts: AlertsConfig = AlertsConfig()
     log: LogConfig = LogConfig()
 
     model_config = SettingsConfigDict(extra="forbid", validate_default=False)
@@ -304,7 +320,7 @@ class Config(BaseSettings):
         """The effective settings as plain data, every secret replaced by whether it is set."""
         data = self.model_dump(mode="json", by_alias=True)
         for section, key in (("server", "webhook_token"), ("server", "api_token"), ("airtable", "api_key"),
-                             ("postgres", "dsn")):
+                             ("postgres", "dsn"), ("alerts", "webhook_url")):
             secret: SecretStr = getattr(getattr(self, section), key)
             data[section][key] = "(set)" if secret.get_secret_value() else "(empty)"
         return data

@@ -99,3 +99,46 @@ def test_renamed_field_holds_delivery_until_init_and_sighup(tmp_path, emulator):
     finally:
         if daemon.process.poll() is None:
             daemon.kill()
+
+
+def test_alerts_reach_the_command_and_the_webhook(tmp_path, emulator):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from tests.support import free_port
+
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    alerts_file = tmp_path / "alerts.jsonl"
+    dead_pg = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
+    config = write_config(tmp_path, extra=emulator.config() + f'[postgres]\ndsn = "{dead_pg}"\n'
+                          f'[alerts]\ncommand = "sh -c \'cat >> {alerts_file}; echo >> {alerts_file}\'"\n'
+                          f'webhook_url = "http://127.0.0.1:{server.server_port}/hook"\n')
+    assert cli(config, "airtable", "init").returncode == 0
+    daemon = Daemon(config).start()
+    try:
+        assert post(daemon.url, messages(0, 5))[0] == 200
+        kinds = lambda: {r["kind"] for r in received}  # noqa: E731
+        wait_for(lambda: {"sink_down", "fallback_active"} <= kinds(), "alerts posted to the webhook", timeout=60)
+        lines = [json.loads(line) for line in alerts_file.read_text().splitlines() if line.strip()]
+        assert {"sink_down", "fallback_active"} <= {line["kind"] for line in lines}
+        down = next(line for line in lines if line["kind"] == "sink_down")
+        assert down["sink"] == "postgres" and down["severity"] == "critical" and down["service"] == "chatledger"
+        assert "alert sink_down" in daemon.log()
+        assert daemon.stop() == 0
+    finally:
+        server.shutdown()
+        if daemon.process.poll() is None:
+            daemon.kill()

@@ -1,0 +1,201 @@
+"""Alerts: what changed for the worse (or better) between two status snapshots, rate-limited, sent to
+an operator's command (JSON on stdin) and/or a webhook (JSON POST), never in the delivery's way.
+
+The rules are pure (snapshots in, alerts out) and the limiter runs on an injected clock; only
+`AlertSender` does I/O, from its own task and queue, with a timeout on each send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import socket
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from loguru import logger
+
+DOWN_STATES = frozenset({"down", "misconfigured"})
+QUEUE_SIZE = 100
+SEND_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str  # sink_down, sink_up, fallback_active, fallback_ended, dead_letters, backlog_old, quota_exhausted
+    severity: str  # critical, warning, info
+    message: str
+    sink: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        """Alerts about the same thing share a key: the limiter keeps only the latest of them."""
+        family = {"sink_down": "sink_state", "sink_up": "sink_state", "fallback_active": "fallback",
+                  "fallback_ended": "fallback"}.get(self.kind, self.kind)
+        return family, self.sink
+
+    def payload(self, at: datetime) -> dict[str, Any]:
+        return {**asdict(self), "at": at.isoformat(timespec="seconds"), "host": socket.gethostname(),
+                "service": "chatledger"}
+
+
+class AlertRules:
+    """Compares each snapshot with the previous one; the first snapshot only sets the baseline
+    (except for conditions already true, which alert once)."""
+
+    def __init__(self, pending_age_threshold_s: float):
+        self.threshold = pending_age_threshold_s
+        self._states: dict[str, str] = {}
+        self._dead: dict[str, int] = {}
+        self._old: set[str] = set()
+        self._fallback = False
+        self._quota = False
+
+    def evaluate(self, snapshot: dict[str, Any]) -> list[Alert]:
+        alerts: list[Alert] = []
+        sinks = {name: s for name, s in snapshot.get("sinks", {}).items() if s.get("state") != "disabled"}
+        for name, sink in sinks.items():
+            state = sink.get("state", "starting")
+            was = self._states.get(name)
+            if state in DOWN_STATES and was not in DOWN_STATES:
+                alerts.append(Alert("sink_down", "critical", f"{name} is {state}: {sink.get('last_error') or '?'}; "
+                                    f"{sink.get('pending', 0)} deliveries pending (kept, retried)", name,
+                                    {"state": state, "last_error": sink.get("last_error"),
+                                     "pending": sink.get("pending", 0)}))
+            elif state == "up" and was in DOWN_STATES:
+                alerts.append(Alert("sink_up", "info", f"{name} is up again", name, {"state": state}))
+            if state != "starting":
+                self._states[name] = state
+
+            dead, seen = sink.get("dead", 0), self._dead.get(name, 0)
+            if dead > seen:
+                alerts.append(Alert("dead_letters", "warning",
+                                    f"{name}: {dead - seen} new dead letter(s), {dead} in all; see `chatledger dead`",
+                                    name, {"dead": dead, "new": dead - seen}))
+            self._dead[name] = dead
+
+            age = sink.get("oldest_pending_age_s") or 0
+            if age > self.threshold and name not in self._old:
+                self._old.add(name)
+                alerts.append(Alert("backlog_old", "warning",
+                                    f"{name}: the oldest pending delivery is {age:.0f} s old "
+                                    f"(threshold {self.threshold:.0f} s), {sink.get('pending', 0)} pending",
+                                    name, {"oldest_pending_age_s": age, "pending": sink.get("pending", 0)}))
+            elif age <= self.threshold:
+                self._old.discard(name)
+
+        postgres, airtable = sinks.get("postgres"), sinks.get("airtable")
+        fallback = bool(postgres and airtable and postgres.get("state") in DOWN_STATES
+                        and airtable.get("state") == "up")
+        if fallback and not self._fallback:
+            alerts.append(Alert("fallback_active", "warning",
+                                "PostgreSQL is unavailable; Airtable is receiving everything (operators: read "
+                                "Airtable until PostgreSQL is back)", None,
+                                {"postgres_state": postgres.get("state") if postgres else None}))
+        elif self._fallback and not fallback and postgres and postgres.get("state") == "up":
+            alerts.append(Alert("fallback_ended", "info", "PostgreSQL is back; the fallback is over"))
+        if fallback or (postgres and postgres.get("state") == "up"):
+            self._fallback = fallback
+
+        quota = bool(airtable and (airtable.get("state") == "quota"
+                                   or airtable.get("pause_reason") == "monthly API quota exhausted"))
+        if quota and not self._quota:
+            alerts.append(Alert("quota_exhausted", "critical",
+                                "Airtable's monthly API quota is exhausted: Airtable delivery stops (retried "
+                                "hourly, or at once after `chatledger sync`); PostgreSQL is unaffected", "airtable"))
+        self._quota = quota
+        return alerts
+
+
+class AlertLimiter:
+    """At most one alert per key per `interval`; one that comes too soon waits, and a later one with the
+    same key replaces it (so the operator gets the latest state, not a storm)."""
+
+    def __init__(self, interval: float, clock: Callable[[], float]):
+        self.interval = interval
+        self._clock = clock
+        self._last: dict[tuple[str, str | None], float] = {}
+        self._waiting: dict[tuple[str, str | None], Alert] = {}
+
+    def admit(self, alerts: list[Alert]) -> list[Alert]:
+        now = self._clock()
+        for alert in alerts:
+            self._waiting[alert.key] = alert
+        out = []
+        for key, alert in list(self._waiting.items()):
+            last = self._last.get(key)
+            if last is None or now - last >= self.interval:
+                out.append(alert)
+                self._last[key] = now
+                del self._waiting[key]
+        return out
+
+
+class AlertSender:
+    """Sends alerts from its own queue: a slow or failing target never holds anything else up."""
+
+    def __init__(self, command: str, webhook_url: str):
+        self.argv = shlex.split(command) if command else []
+        self.webhook_url = webhook_url
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        self.sent = 0
+        self.failed = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.argv or self.webhook_url)
+
+    def submit(self, alert: Alert) -> None:
+        logger.warning("alert {}: {}", alert.kind, alert.message)
+        if not self.enabled:
+            return
+        try:
+            self.queue.put_nowait(alert.payload(datetime.now(timezone.utc)))
+        except asyncio.QueueFull:
+            self.failed += 1
+            logger.error("alert {} not sent: {} alerts already waiting to be sent", alert.kind, QUEUE_SIZE)
+
+    async def run(self) -> None:
+        while True:
+            payload = await self.queue.get()
+            body = json.dumps(payload).encode()
+            if self.argv:
+                await self._guarded("command", self._run_command(body))
+            if self.webhook_url:
+                await self._guarded("webhook", self._post(body))
+
+    async def _guarded(self, target: str, sending: Any) -> None:
+        try:
+            await asyncio.wait_for(sending, SEND_TIMEOUT)
+            self.sent += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an alert target's failure is logged, never fatal
+            self.failed += 1
+            logger.error("alert {} failed: {}", target, f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc))
+
+    async def _run_command(self, body: bytes) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        try:
+            _, err = await process.communicate(body)
+        except asyncio.CancelledError:
+            process.kill()
+            raise
+        if process.returncode:
+            raise RuntimeError(f"{self.argv[0]} exited {process.returncode}: {err.decode(errors='replace')[-300:]}")
+
+    async def _post(self, body: bytes) -> None:
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=SEND_TIMEOUT)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.post(self.webhook_url, data=body,
+                                    headers={"Content-Type": "application/json"}) as response:
+                if response.status >= 300:
+                    raise RuntimeError(f"{self.webhook_url} answered HTTP {response.status}")

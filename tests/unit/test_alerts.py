@@ -1,0 +1,66 @@
+"""Alert rules over status snapshots, and the limiter, on a fake clock."""
+
+from daemon.alerts import AlertLimiter, AlertRules
+
+
+def snap(postgres=None, airtable=None):
+    sinks = {}
+    if postgres is not None:
+        sinks["postgres"] = {"state": "up", "pending": 0, "dead": 0, "oldest_pending_age_s": None, **postgres}
+    if airtable is not None:
+        sinks["airtable"] = {"state": "up", "pending": 0, "dead": 0, "oldest_pending_age_s": None, **airtable}
+    return {"sinks": sinks}
+
+
+def kinds(alerts):
+    return [(a.kind, a.sink) for a in alerts]
+
+
+def test_down_fallback_and_back():
+    rules = AlertRules(600)
+    assert kinds(rules.evaluate(snap({"state": "starting"}, {"state": "starting"}))) == []
+    assert kinds(rules.evaluate(snap({}, {}))) == []
+    down = rules.evaluate(snap({"state": "down", "last_error": "refused", "pending": 3}, {}))
+    assert kinds(down) == [("sink_down", "postgres"), ("fallback_active", None)]
+    assert "refused" in down[0].message and down[0].severity == "critical"
+    assert kinds(rules.evaluate(snap({"state": "down"}, {}))) == []  # still down: said once
+    assert kinds(rules.evaluate(snap({"state": "misconfigured"}, {}))) == []
+    assert kinds(rules.evaluate(snap({}, {}))) == [("sink_up", "postgres"), ("fallback_ended", None)]
+
+
+def test_an_airtable_outage_is_no_fallback():
+    rules = AlertRules(600)
+    rules.evaluate(snap({}, {}))
+    assert kinds(rules.evaluate(snap({}, {"state": "down"}))) == [("sink_down", "airtable")]
+
+
+def test_dead_letters_backlog_and_quota():
+    rules = AlertRules(600)
+    rules.evaluate(snap({}, {}))
+    assert kinds(rules.evaluate(snap({"dead": 2}, {}))) == [("dead_letters", "postgres")]
+    assert kinds(rules.evaluate(snap({"dead": 2}, {}))) == []
+    assert rules.evaluate(snap({"dead": 5}, {}))[0].details == {"dead": 5, "new": 3}
+    assert kinds(rules.evaluate(snap({"dead": 5, "oldest_pending_age_s": 601}, {}))) == [("backlog_old", "postgres")]
+    assert kinds(rules.evaluate(snap({"dead": 5, "oldest_pending_age_s": 900}, {}))) == []
+    rules.evaluate(snap({"dead": 5, "oldest_pending_age_s": 10}, {}))
+    assert kinds(rules.evaluate(snap({"dead": 5, "oldest_pending_age_s": 700}, {}))) == [("backlog_old", "postgres")]
+    quota = {"state": "quota", "pause_reason": "monthly API quota exhausted"}
+    assert ("quota_exhausted", "airtable") in kinds(rules.evaluate(snap({"dead": 5}, quota)))
+    assert kinds(rules.evaluate(snap({"dead": 5}, quota))) == []
+
+
+def test_the_limiter_keeps_the_latest_state_of_a_flapping_sink():
+    now = [0.0]
+    limiter = AlertLimiter(300, lambda: now[0])
+    rules = AlertRules(600)
+    rules.evaluate(snap({}, {}))
+    assert kinds(limiter.admit(rules.evaluate(snap({"state": "down"}, {})))) == \
+        [("sink_down", "postgres"), ("fallback_active", None)]
+    now[0] = 10
+    assert limiter.admit(rules.evaluate(snap({}, {}))) == []  # up again, too soon: waits
+    now[0] = 20
+    assert limiter.admit(rules.evaluate(snap({"state": "down"}, {}))) == []  # down again replaces it
+    now[0] = 301
+    assert kinds(limiter.admit([])) == [("sink_down", "postgres"), ("fallback_active", None)]
+    now[0] = 302
+    assert limiter.admit([]) == []
