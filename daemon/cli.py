@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     command("check-config", "validate the config (file and environment) and print it, secrets hidden")
     status = command("status", "show what the running daemon holds; exit 0 healthy, 1 degraded, 2 unreachable")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
+    top = command("top", "a live view of the running daemon (intake, sinks, backlog, Airtable budget, errors); "
+                         "Ctrl-C quits")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between frames (default 1)")
+    top.add_argument("--count", type=int, default=0, help="stop after this many frames (default: until Ctrl-C)")
     command("sync", "ask the running daemon to replay pending deliveries now (same as SIGHUP)")
     command("migrate", "create or upgrade the PostgreSQL schema, then exit")
     replay = command("replay", "re-queue deliveries (dead letters, or everything since a date, or one event), "
@@ -105,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dead": _dead,
         "journal": _journal,
         "recover": _recover,
+        "top": _top,
         "forget": _forget,
     }[args.command]
     return handler(config, args)
@@ -456,3 +461,29 @@ def _forget_offline(config: Config, phone: str) -> dict[str, Any]:
         return asyncio.run(run())
     except JournalError as exc:
         return {"error": f"{exc}; nothing was erased"}
+
+
+def _top(config: Config, args: argparse.Namespace) -> int:
+    import time
+
+    from daemon.top import CLEAR, TopView
+
+    view = TopView()
+    interactive = sys.stdout.isatty()
+    frames = 0
+    try:
+        while True:
+            try:
+                snapshot = asyncio.run(request_status(config.status.socket))
+            except StatusUnreachable as exc:
+                text = f"chatledger: {exc} (retrying; Ctrl-C quits)"
+            else:
+                text = view.frame(snapshot)
+            sys.stdout.write((CLEAR if interactive else "") + text + "\n" + ("" if interactive else "\n"))
+            sys.stdout.flush()
+            frames += 1
+            if args.count and frames >= args.count:
+                return EXIT_OK
+            time.sleep(max(0.1, args.interval))
+    except KeyboardInterrupt:
+        return EXIT_OK

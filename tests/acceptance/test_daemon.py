@@ -248,3 +248,17 @@ def test_prometheus_metrics_on_the_socket_and_a_tcp_listener(tmp_path):
     finally:
         if daemon.process.poll() is None:
             daemon.kill()
+
+
+def test_top_shows_intake_and_sinks(daemon, config):
+    for i in range(3):
+        assert post(daemon.url, [incoming(f"top{i}")])[0] == 200
+    shown = cli(config, "top", "--count", "2", "--interval", "0.2")
+    assert shown.returncode == 0, shown.stderr
+    frames = shown.stdout.split("\n\nchatledger ")
+    assert len(frames) == 2, shown.stdout
+    first, second = frames
+    assert "HEALTHY" in first and "3 accepted, 0 duplicates, 0 rejected" in first
+    assert "postgres  disabled" in first and "no errors seen" in first
+    assert "/s accepted" in second  # the second frame has a rate
+    assert "\x1b[" not in shown.stdout  # no screen control when not on a terminal
