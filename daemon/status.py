@@ -142,7 +142,7 @@ def exit_code_for(snapshot: dict[str, Any]) -> int:
     return EXIT_HEALTHY if snapshot.get("health", {}).get("status") == "healthy" else EXIT_DEGRADED
 
 
-def _age(seconds: float | None) -> str:
+def age_text(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     seconds = int(seconds)
@@ -162,7 +162,7 @@ def render(snapshot: dict[str, Any]) -> str:
     webhook = snapshot.get("webhook", {})
     lines = [
         f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
-        f"up {_age(snapshot.get('uptime_s'))}",
+        f"up {age_text(snapshot.get('uptime_s'))}",
         f"health    {health.get('status', '?').upper()}",
     ]
     lines += [f"          - {problem}" for problem in health.get("problems", [])]
@@ -182,7 +182,7 @@ def render(snapshot: dict[str, Any]) -> str:
             error = f"{error} (at {sink['last_error_at']})"
         lines.append(
             f"{name:<10}{sink.get('state', '?'):<15}{sink.get('pending', 0):>9}"
-            f"{_age(sink.get('oldest_pending_age_s')):>9}{sink.get('delivered', 0):>11}"
+            f"{age_text(sink.get('oldest_pending_age_s')):>9}{sink.get('delivered', 0):>11}"
             f"{sink.get('dead', 0):>7}  {error}".rstrip()
         )
         if "tokens_left" in sink:

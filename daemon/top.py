@@ -11,7 +11,7 @@ import time
 from collections import deque
 from typing import Any
 
-from daemon.status import _age
+from daemon.status import age_text
 
 CLEAR = "\x1b[H\x1b[2J"
 RECENT_ERRORS = 8
@@ -41,8 +41,8 @@ class TopView:
         journal = snapshot.get("journal", {})
         webhook = snapshot.get("webhook", {})
         lines = [
-            f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  up {_age(snapshot.get('uptime_s'))}"
-            f"  {health.get('status', '?').upper()}",
+            f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
+            f"up {age_text(snapshot.get('uptime_s'))}  {health.get('status', '?').upper()}",
             *(f"  ! {problem}" for problem in health.get("problems", [])),
             "",
             f"intake    {rate(('webhook', 'accepted'))} accepted   {webhook.get('accepted', 0)} accepted, "
@@ -58,7 +58,7 @@ class TopView:
                 continue
             retry = f"  retry in {sink['retry_in_s']:.0f}s" if sink.get("retry_in_s") is not None else ""
             lines.append(f"{name:<10}{sink.get('state', '?'):<15}{sink.get('pending', 0):>9}"
-                         f"{_age(sink.get('oldest_pending_age_s')):>9}"
+                         f"{age_text(sink.get('oldest_pending_age_s')):>9}"
                          f"{rate(('sinks', name, 'delivered_since_start')):>10}{sink.get('delivered', 0):>11}"
                          f"{sink.get('dead', 0):>6}{retry}")
             if "tokens_left" in sink:
