@@ -1,6 +1,6 @@
 """The long chaos soak: N events (default 20,000) through PostgreSQL stops, kill -9 and Airtable 503s.
 
-    .venv/bin/python bench/soak.py [--events 20000] [--senders 8] [--contacts 200]
+    .venv/bin/python bench/soak.py [--events 20000] [--senders 8] [--contacts 200] [--rate 250]
 
 Same driver as tests/acceptance/test_chaos.py (tests/soak.py): concurrent senders, resent duplicates,
 malformed elements; PostgreSQL stopped and started three times, the daemon killed with -9 and
@@ -28,11 +28,12 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--senders", type=int, default=8)
     parser.add_argument("--contacts", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=250.0, help="events/s over all senders (0: unpaced)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="chatledger-soak-"))
     print(machine())
-    report = Soak(work, args.events, senders=args.senders, contacts=args.contacts).run()
-    print(f"events: {args.events} sent by {args.senders} senders in {report.posts} posts "
+    report = Soak(work, args.events, senders=args.senders, contacts=args.contacts, rate=args.rate).run()
+    print(f"events: {args.events} sent by {args.senders} senders at up to {args.rate:.0f} events/s in {report.posts} posts "
           f"({report.refused} refused or unreachable and retried), {report.duplicates_sent} duplicate elements, "
           f"{report.malformed_sent} malformed elements")
     print("chaos: " + ", ".join(f"{a} at {n} acknowledged ({t} s)" for a, n, t in report.actions))

@@ -58,10 +58,13 @@ class SoakReport:
 
 
 class Soak:
-    def __init__(self, work: Path, events: int, *, senders: int = 8, contacts: int = 40, seed: int = 7):
+    def __init__(self, work: Path, events: int, *, senders: int = 8, contacts: int = 40, rate: float = 250.0,
+                 seed: int = 7):
         self.work = work
         self.events = events
         self.senders = senders
+        self.rate = rate  # events/s over all senders (0: as fast as answered), so outages span deliveries
+        self._next_at = 0.0
         self.contacts = contacts
         self.random = random.Random(seed)
         self.report = SoakReport(events)
@@ -126,8 +129,17 @@ class Soak:
             self._next += 1
             return batch
 
+    def _pace(self, size: int) -> None:
+        if not self.rate:
+            return
+        with self._lock:
+            at = max(time.monotonic(), self._next_at)
+            self._next_at = at + size / self.rate
+        time.sleep(max(0.0, at - time.monotonic()))
+
     def _sender(self) -> None:
         while (batch := self._take()) is not None:
+            self._pace(len(batch))
             while not self._post(batch):
                 time.sleep(0.05)  # SendPulse retries too; the daemon may be restarting
             ids = {element["info"]["message"]["id"] for element in batch
