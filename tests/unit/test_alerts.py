@@ -64,3 +64,29 @@ def test_the_limiter_keeps_the_latest_state_of_a_flapping_sink():
     assert kinds(limiter.admit([])) == [("sink_down", "postgres"), ("fallback_active", None)]
     now[0] = 302
     assert limiter.admit([]) == []
+
+
+async def test_a_failing_target_is_logged_and_never_raises(tmp_path):
+    import asyncio
+
+    from loguru import logger
+
+    from daemon.alerts import Alert, AlertSender
+
+    lines = []
+    handler = logger.add(lines.append, level="ERROR")
+    try:
+        sender = AlertSender("false", "http://127.0.0.1:9/unreachable")
+        task = asyncio.create_task(sender.run())
+        sender.submit(Alert("sink_down", "critical", "postgres is down", "postgres"))
+        for _ in range(500):
+            if sender.failed >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert not task.done()  # still serving the queue
+        task.cancel()
+    finally:
+        logger.remove(handler)
+    assert sender.failed == 2 and sender.sent == 0
+    assert any("alert command failed" in line and "exited 1" in line for line in lines)
+    assert any("alert webhook failed" in line for line in lines)
