@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -112,7 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "top": _top,
         "forget": _forget,
     }[args.command]
-    return handler(config, args)
+    try:
+        return handler(config, args)
+    except BrokenPipeError:  # `chatledger status | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
