@@ -68,6 +68,13 @@ class _Snapshot:
             histogram.add_metric([], buckets, latency["sum"])
             yield histogram
 
+        alerts = snap.get("alerts", {})
+        for key, help_text in (("sent", "Alerts sent to the command or webhook"),
+                               ("failed", "Alerts that could not be sent (logged)")):
+            counter = CounterMetricFamily(f"chatledger_alerts_{key}", help_text)
+            counter.add_metric([], alerts.get(key, 0))
+            yield counter
+
         sinks = snap.get("sinks", {})
         gauges = {
             "pending": GaugeMetricFamily("chatledger_sink_pending", "Deliveries waiting for the sink", labels=["sink"]),

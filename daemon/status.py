@@ -155,6 +155,13 @@ def age_text(seconds: float | None) -> str:
     return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
 
 
+def _alerts_line(alerts: dict[str, Any]) -> list[str]:
+    if not alerts.get("enabled"):
+        return []
+    failed = f", {alerts['failed']} FAILED (see the log)" if alerts.get("failed") else ""
+    return [f"alerts    {alerts.get('sent', 0)} sent{failed}"]
+
+
 def render(snapshot: dict[str, Any]) -> str:
     """A table an operator reads at a glance: health first, then intake, then each sink."""
     health = snapshot.get("health", {})
@@ -173,6 +180,7 @@ def render(snapshot: dict[str, Any]) -> str:
         f"{journal.get('events', 0)} events, {journal.get('quarantined', 0)} quarantined",
         f"webhook   {webhook.get('accepted', 0)} accepted, {webhook.get('duplicates', 0)} duplicates, "
         f"{webhook.get('rejected', 0)} rejected",
+        *_alerts_line(snapshot.get("alerts", {})),
         "",
         f"{'sink':<10}{'state':<15}{'pending':>9}{'oldest':>9}{'delivered':>11}{'dead':>7}  last error",
     ]

@@ -137,6 +137,9 @@ def test_alerts_reach_the_command_and_the_webhook(tmp_path, emulator):
         down = next(line for line in lines if line["kind"] == "sink_down")
         assert down["sink"] == "postgres" and down["severity"] == "critical" and down["service"] == "chatledger"
         assert "alert sink_down" in daemon.log()
+        alerts = daemon.status()["alerts"]
+        assert alerts["enabled"] and alerts["sent"] >= 4 and alerts["failed"] == 0  # 2 alerts x 2 targets
+        assert " sent" in cli(config, "status").stdout
         assert daemon.stop() == 0
     finally:
         server.shutdown()
