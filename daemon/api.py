@@ -278,24 +278,26 @@ async def _escalation_known(stores: ApiStores, escalation_id: str) -> bool:
 
 # -- reads -----------------------------------------------------------------------------------------
 
-CONVERSATION_OUT = {"conversation_id": "conversationId", "customer_phone": "customerPhone",
-                    "customer_name": "customerName", "status": "status", "started_at": "startedAt",
-                    "last_activity": "lastActivity", "message_count": "messageCount", "intent": "intent",
-                    "sentiment": "sentiment", "priority": "priority", "assigned_agent": "assignedAgent",
-                    "tags": "tags", "metadata": "metadata"}
-INTERACTION_OUT = {"interaction_id": "id", "conversation_id": "conversationId", "message_id": "messageId",
-                   "direction": "direction", "content": "content", "intent": "intent", "response": "response",
-                   "processing_time_ms": "processingTime", "status": "status", "error_message": "errorMessage",
-                   "occurred_at": "timestamp"}
-AIRTABLE_CONVERSATION = {"ConversationId": "conversationId", "CustomerPhone": "customerPhone",
-                         "CustomerName": "customerName", "Status": "status", "StartedAt": "startedAt",
-                         "LastActivity": "lastActivity", "MessageCount": "messageCount", "Intent": "intent",
-                         "Sentiment": "sentiment", "Priority": "priority", "AssignedAgent": "assignedAgent",
-                         "Tags": "tags", "Metadata": "metadata"}
-AIRTABLE_INTERACTION = {"InteractionId": "id", "ConversationId": "conversationId", "MessageId": "messageId",
-                        "Direction": "direction", "Content": "content", "Intent": "intent", "Response": "response",
-                        "ProcessingTime": "processingTime", "Status": "status", "ErrorMessage": "errorMessage",
-                        "Timestamp": "timestamp"}
+# (PostgreSQL column, API name, Airtable field) of what the reads return.
+CONVERSATION_FIELDS = (
+    ("conversation_id", "conversationId", "ConversationId"), ("customer_phone", "customerPhone", "CustomerPhone"),
+    ("customer_name", "customerName", "CustomerName"), ("status", "status", "Status"),
+    ("started_at", "startedAt", "StartedAt"), ("last_activity", "lastActivity", "LastActivity"),
+    ("message_count", "messageCount", "MessageCount"), ("intent", "intent", "Intent"),
+    ("sentiment", "sentiment", "Sentiment"), ("priority", "priority", "Priority"),
+    ("assigned_agent", "assignedAgent", "AssignedAgent"), ("tags", "tags", "Tags"), ("metadata", "metadata", "Metadata"),
+)
+INTERACTION_FIELDS = (
+    ("interaction_id", "id", "InteractionId"), ("conversation_id", "conversationId", "ConversationId"),
+    ("message_id", "messageId", "MessageId"), ("direction", "direction", "Direction"),
+    ("content", "content", "Content"), ("intent", "intent", "Intent"), ("response", "response", "Response"),
+    ("processing_time_ms", "processingTime", "ProcessingTime"), ("status", "status", "Status"),
+    ("error_message", "errorMessage", "ErrorMessage"), ("occurred_at", "timestamp", "Timestamp"),
+)
+CONVERSATION_OUT = {column: name for column, name, _ in CONVERSATION_FIELDS}
+INTERACTION_OUT = {column: name for column, name, _ in INTERACTION_FIELDS}
+AIRTABLE_CONVERSATION = {field: name for _, name, field in CONVERSATION_FIELDS}
+AIRTABLE_INTERACTION = {field: name for _, name, field in INTERACTION_FIELDS}
 
 
 def _renamed(row: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:

@@ -17,6 +17,16 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 SINK_STATES = ("disabled", "starting", "up", "down", "misconfigured", "throttled", "quota")
 
 
+COUNTER, GAUGE = CounterMetricFamily, GaugeMetricFamily
+
+
+def _single(kind: type, name: str, help_text: str, value: Any) -> Any:
+    """A metric family with one unlabelled sample (None counts as 0, a bool as 0/1)."""
+    family = kind(f"chatledger_{name}", help_text)
+    family.add_metric([], float(value or 0))
+    return family
+
+
 class _Snapshot:
     """A prometheus_client collector over one snapshot."""
 
@@ -25,37 +35,27 @@ class _Snapshot:
 
     def collect(self):
         snap = self.snapshot
-        webhook = snap.get("webhook", {})
-        for key, help_text in (("accepted", "events journaled"), ("duplicates", "events already journaled (resent)"),
-                               ("rejected", "webhook elements quarantined as malformed")):
-            counter = CounterMetricFamily(f"chatledger_events_{key}", f"Webhook {help_text}, since the journal began")
-            counter.add_metric([], webhook.get(key, 0))
-            yield counter
-
-        health = GaugeMetricFamily("chatledger_healthy", "1 when `chatledger status` would exit 0")
-        health.add_metric([], 1 if snap.get("health", {}).get("status") == "healthy" else 0)
-        yield health
-
-        journal = snap.get("journal", {})
-        writable = GaugeMetricFamily("chatledger_journal_writable", "1 while the journal accepts writes")
-        writable.add_metric([], 1 if journal.get("writable") else 0)
-        yield writable
-        events = GaugeMetricFamily("chatledger_journal_events", "Events held in the journal")
-        events.add_metric([], journal.get("events", 0))
-        yield events
-        commits = CounterMetricFamily("chatledger_journal_commits", "Journal transactions committed (group commits)")
-        commits.add_metric([], journal.get("commits", 0))
-        yield commits
-        committed = CounterMetricFamily("chatledger_journal_committed_events", "Events committed by this process")
-        committed.add_metric([], journal.get("committed_events", 0))
-        yield committed
-        per_commit = GaugeMetricFamily("chatledger_journal_events_per_commit", "Mean events per journal commit")
-        per_commit.add_metric([], journal.get("committed_events", 0) / journal["commits"] if journal.get("commits")
-                              else 0.0)
-        yield per_commit
-        failures = CounterMetricFamily("chatledger_journal_commit_failures", "Journal commits that failed")
-        failures.add_metric([], journal.get("commit_failures", 0))
-        yield failures
+        webhook, journal, alerts = snap.get("webhook", {}), snap.get("journal", {}), snap.get("alerts", {})
+        commits = journal.get("commits", 0)
+        for kind, name, help_text, value in (
+            (COUNTER, "events_accepted", "Webhook events journaled, since the journal began", webhook.get("accepted")),
+            (COUNTER, "events_duplicates", "Webhook events already journaled (resent), since the journal began",
+             webhook.get("duplicates")),
+            (COUNTER, "events_rejected", "Webhook elements quarantined as malformed, since the journal began",
+             webhook.get("rejected")),
+            (GAUGE, "healthy", "1 when `chatledger status` would exit 0",
+             snap.get("health", {}).get("status") == "healthy"),
+            (GAUGE, "journal_writable", "1 while the journal accepts writes", journal.get("writable")),
+            (GAUGE, "journal_events", "Events held in the journal", journal.get("events")),
+            (COUNTER, "journal_commits", "Journal transactions committed (group commits)", commits),
+            (COUNTER, "journal_committed_events", "Events committed by this process", journal.get("committed_events")),
+            (GAUGE, "journal_events_per_commit", "Mean events per journal commit",
+             journal.get("committed_events", 0) / commits if commits else 0.0),
+            (COUNTER, "journal_commit_failures", "Journal commits that failed", journal.get("commit_failures")),
+            (COUNTER, "alerts_sent", "Alerts sent to the command or webhook", alerts.get("sent")),
+            (COUNTER, "alerts_failed", "Alerts that could not be sent (logged)", alerts.get("failed")),
+        ):
+            yield _single(kind, name, help_text, value)
         latency = journal.get("commit_seconds")
         if latency:
             cumulative, buckets = 0, []
@@ -67,13 +67,6 @@ class _Snapshot:
                                               "Journal commit latency (write + fsync)")
             histogram.add_metric([], buckets, latency["sum"])
             yield histogram
-
-        alerts = snap.get("alerts", {})
-        for key, help_text in (("sent", "Alerts sent to the command or webhook"),
-                               ("failed", "Alerts that could not be sent (logged)")):
-            counter = CounterMetricFamily(f"chatledger_alerts_{key}", help_text)
-            counter.add_metric([], alerts.get(key, 0))
-            yield counter
 
         sinks = snap.get("sinks", {})
         gauges = {
@@ -109,24 +102,16 @@ class _Snapshot:
 
         airtable = sinks.get("airtable", {})
         if "tokens_left" in airtable:
-            requests = CounterMetricFamily("chatledger_airtable_requests", "Requests sent to Airtable")
-            requests.add_metric([], airtable.get("requests_total", 0))
-            yield requests
-            limited = CounterMetricFamily("chatledger_airtable_rate_limited", "429 answers from Airtable")
-            limited.add_metric([], airtable.get("rate_limited_429", 0))
-            yield limited
-            tokens = GaugeMetricFamily("chatledger_airtable_tokens", "Requests the budget allows right now")
-            tokens.add_metric([], airtable.get("tokens_left", 0))
-            yield tokens
-            capacity = GaugeMetricFamily("chatledger_airtable_requests_per_window",
-                                         "The budget's current rate (halved after a 429)")
-            capacity.add_metric([], airtable.get("requests_per_window", 0))
-            yield capacity
-            paused = GaugeMetricFamily("chatledger_airtable_paused_seconds",
-                                       "Seconds left in a pause (429 lockout, quota); 0 when none")
-            paused.add_metric([], airtable.get("paused_for_s") or 0)
-            yield paused
-
+            for kind, name, help_text, value in (
+                (COUNTER, "airtable_requests", "Requests sent to Airtable", airtable.get("requests_total")),
+                (COUNTER, "airtable_rate_limited", "429 answers from Airtable", airtable.get("rate_limited_429")),
+                (GAUGE, "airtable_tokens", "Requests the budget allows right now", airtable.get("tokens_left")),
+                (GAUGE, "airtable_requests_per_window", "The budget's current rate (halved after a 429)",
+                 airtable.get("requests_per_window")),
+                (GAUGE, "airtable_paused_seconds", "Seconds left in a pause (429 lockout, quota); 0 when none",
+                 airtable.get("paused_for_s")),
+            ):
+                yield _single(kind, name, help_text, value)
 
 def render(snapshot: dict[str, Any]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)

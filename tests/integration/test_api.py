@@ -2,6 +2,7 @@
 -> Airtable, validation, auth, and a property-based test over its OpenAPI document that finds no 5xx."""
 
 import asyncio
+import itertools
 import json
 import threading
 import urllib.error
@@ -309,12 +310,16 @@ def _valid(schema):
     return TEXT | st.sampled_from(["+55 11 98765-4321", "wamid.HBg", "id-1", "a\x00b", " lead"])
 
 
+UNIQUE = itertools.count()
+
+
 def bodies(model):
     schema = DOC["components"]["schemas"][model]
     properties, required = schema["properties"], set(schema.get("required", []))
     # Unique values stay unique: a ticket or message id reused for another row is a contradiction
     # PostgreSQL refuses (a dead letter, by design), not what this test looks for.
-    unique = {name: st.uuids().map(str) | st.none() for name in ("ticketId", "messageId") if name in properties}
+    fresh = st.builds(lambda: f"u-{next(UNIQUE)}")  # hypothesis repeats values on purpose, even uuids
+    unique = {name: fresh | st.none() for name in ("ticketId", "messageId") if name in properties}
     valid = st.fixed_dictionaries({name: _valid(properties[name]) for name in required},
                                   optional={name: unique.get(name, _valid(s)) for name, s in properties.items()
                                             if name not in required})
