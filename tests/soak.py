@@ -176,6 +176,9 @@ class Soak:
             self.report.actions.append((action, self._acked(), round(time.monotonic() - started, 1)))
             if action == "pg_stop":
                 self.cluster.stop("immediate")
+                # the outage must be felt: deliveries fail while webhooks keep being answered
+                wait_for(lambda: self.daemon.status()["sinks"]["postgres"]["state"] == "down",
+                         "the daemon sees PostgreSQL down", timeout=60)
             elif action == "pg_start":
                 self.cluster.start()
             elif action == "kill":
