@@ -2,8 +2,9 @@
 
 Order matters. Everything is looked up first, so that a store that cannot be reached stops the
 erasure before anything is erased. Then the journal (so no delivery can bring the data back), then
-a wait for any delivery that had already read it, then PostgreSQL, then Airtable (interactions and
-escalations before their conversations, so that a run cut short finds the rest when run again). An
+a wait for any delivery that had already read it, then PostgreSQL, then Airtable, looked up again
+(a delivery may have added records since the first look) and erased interactions and escalations
+before their conversations, so that a run cut short finds the rest when run again. An
 audit entry keeps a salted hash of the phone, the time and the counts per store; never the phone.
 Later messages from that phone are journaled and delivered as usual.
 """
@@ -81,9 +82,8 @@ async def forget_phone(
         pg = await stack.enter_async_context(postgres()) if postgres else None
         if pg is not None:
             conversation_ids += [c for c in await pg.conversations_of(phone) if c not in conversation_ids]
-        found: dict[str, list[str]] = {}
-        if airtable is not None:
-            found, conversation_ids = await _airtable_targets(*airtable, phone, conversation_ids)
+        if airtable is not None:  # what Airtable knows of the person (and that it answers)
+            _, conversation_ids = await _airtable_targets(*airtable, phone, conversation_ids)
         # Every store answered: erase, the journal first.
         counts, event_keys = await journal.forget(phone, conversation_ids)
         if not await journal.checkpoint():
@@ -95,6 +95,8 @@ async def forget_phone(
             if pg is not None:
                 report.stores["postgres"] = await pg.forget(phone, conversation_ids, event_keys)
             if airtable is not None:
+                # looked up again: a delivery that finished after the first look may have added records
+                found, _ = await _airtable_targets(*airtable, phone, conversation_ids)
                 done = report.stores["airtable"] = {kind: 0 for kind in ("conversations", "interactions",
                                                                          "escalations")}
                 await _airtable_delete(*airtable, found, done)
