@@ -102,7 +102,7 @@ class Daemon:
     async def _start_status(self) -> web.AppRunner:
         socket_path = self.config.status.socket
         prepare_socket_path(socket_path)
-        runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay, self.forget), access_log=None)
+        runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay, self.forget, self.recover), access_log=None)
         await runner.setup()
         self._runners.append(runner)
         await web.UnixSite(runner, str(socket_path)).start()
@@ -313,6 +313,31 @@ class Daemon:
         except SinkError as exc:
             return {"error": f"{exc}; nothing was erased"}
         return report.as_dict()
+
+    async def recover(self, params: dict[str, str], emit: Any) -> dict[str, Any]:
+        """`chatledger recover` with this daemon's Airtable client, so that the base's budget is shared."""
+        from daemon.recover import Recovery, Selection
+        from daemon.sinks.base import SinkError
+
+        airtable = self.workers.get("airtable")
+        postgres = postgres_rows(self.config)
+        if airtable is None or postgres is None:
+            return {"error": "recover needs both [postgres] and [airtable] configured in the running daemon"}
+        selection = Selection(conversation=params.get("conversation") or None, phone=params.get("phone") or None,
+                              since=params.get("since") or None, everything=params.get("all") == "1")
+        prefer = "airtable" if params.get("prefer") == "airtable" else "postgres"
+        logger.info("recover ({}) from Airtable, asked over the status socket", selection.describe())
+
+        async def progress(report: Any) -> None:
+            await emit({"progress": report.as_dict()})
+
+        try:
+            async with postgres() as pg:
+                report = await Recovery(airtable.sink.client, airtable.sink.tables, pg, prefer=prefer,
+                                        progress=progress).run(selection)
+        except SinkError as exc:
+            return {"error": str(exc)}
+        return {"report": report.as_dict()}
 
     # -- status ----------------------------------------------------------------------------------
 

@@ -338,26 +338,28 @@ def _stores_needed(config: Config, *stores: str) -> str | None:
 
 
 def _progress_line(stream: Any) -> Any:
-    """A one-line progress display on a terminal; nothing otherwise."""
+    """A one-line progress display on a terminal (from a report as JSON data); nothing otherwise."""
     if not stream.isatty():
         return None
     started = datetime.now(timezone.utc)
 
-    def show(report: Any) -> None:
+    def show(report: dict[str, Any]) -> None:
         seconds = (datetime.now(timezone.utc) - started).total_seconds()
-        parts = [f"{kind} {t.read} read/{t.inserted} new" for kind, t in report.tallies.items()]
+        parts = [f"{kind} {t['read']} read/{t['inserted']} new" for kind, t in report["tables"].items()]
         stream.write(f"\rrecovering: {' · '.join(parts)} · {seconds:.0f} s ")
         stream.flush()
 
     return show
 
 
+RECOVER_TIMEOUT = 24 * 3600.0
+
+
 def _recover(config: Config, args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
     from daemon.events import digits_only
-    from daemon.recover import Recovery, Selection
-    from daemon.sinks.airtable import AirtableSink
-    from daemon.sinks.base import SinkError
-    from daemon.sinks.postgres_rows import PostgresRows
+    from daemon.recover import Selection
 
     missing = _stores_needed(config, "postgres", "airtable")
     if missing:
@@ -368,41 +370,75 @@ def _recover(config: Config, args: argparse.Namespace) -> int:
         print(f"chatledger: --phone {args.phone!r} has no digits", file=sys.stderr)
         return EXIT_CONFIG
     selection = Selection(conversation=args.conversation, phone=phone, since=args.since, everything=args.all)
-    setup_logging("WARNING", config.log.json_)
     progress = _progress_line(sys.stderr)
+    query = urlencode({k: v for k, v in {"conversation": args.conversation, "phone": phone, "since": args.since,
+                                          "all": "1" if args.all else None, "prefer": args.prefer}.items() if v})
 
-    async def run() -> Any:
+    async def through_daemon() -> dict[str, Any]:
+        """With the daemon running, it recovers with its own Airtable budget: no second client competes
+        for the base's 5 requests/s."""
+        from daemon.status import stream_status
+
+        last: dict[str, Any] = {}
+        async for line in stream_status(config.status.socket, "/recover?" + query, RECOVER_TIMEOUT):
+            if "progress" in line:
+                if progress:
+                    progress(line["progress"])
+            else:
+                last = line
+        return last
+
+    try:
+        answer = asyncio.run(through_daemon())
+        where = "through the running daemon"
+    except StatusUnreachable:
+        answer = _recover_offline(config, selection, args.prefer, progress)
+        where = "daemon not running"
+    if progress:
+        sys.stderr.write("\n")
+    if "error" in answer or "report" not in answer:
+        print(f"chatledger: recover stopped: {answer.get('error', 'no report')}; nothing written is lost, "
+              "run it again to go on", file=sys.stderr)
+        return EXIT_FAILURE
+    report = answer["report"]
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_FAILURE if report["problems"] else EXIT_OK
+    print(f"recovered {selection.describe()} from Airtable into PostgreSQL ({where}; "
+          f"{'Airtable' if args.prefer == 'airtable' else 'PostgreSQL'} wins where they differ)")
+    print(f"  {'':<14}{'read':>8}{'inserted':>10}{'present':>9}{'conflicting':>13}{'replaced':>10}{'unusable':>10}")
+    for kind, t in report["tables"].items():
+        print(f"  {kind:<14}{t['read']:>8}{t['inserted']:>10}{t['present']:>9}{t['conflicting']:>13}"
+              f"{t['replaced']:>10}{t['unusable']:>10}")
+    built = report["tables"]["conversations"]["built"]
+    if built:
+        print(f"  {built} conversations were in neither store: built from their interactions and escalations")
+    for problem in report["problems"]:
+        print(f"problem: {problem}")
+    return EXIT_FAILURE if report["problems"] else EXIT_OK
+
+
+def _recover_offline(config: Config, selection: Any, prefer: str, progress: Any) -> dict[str, Any]:
+    from daemon.recover import Recovery
+    from daemon.sinks.airtable import AirtableSink
+    from daemon.sinks.base import SinkError
+    from daemon.sinks.postgres_rows import PostgresRows
+
+    setup_logging("WARNING", config.log.json_)
+
+    async def run() -> dict[str, Any]:
         sink = AirtableSink.from_config(config.airtable, None)
+        show = (lambda report: progress(report.as_dict())) if progress else None
         try:
             async with PostgresRows.open(config.postgres.dsn.get_secret_value(), config.postgres.schema_) as pg:
-                return await Recovery(sink.client, sink.tables, pg, prefer=args.prefer, progress=progress).run(selection)
+                report = await Recovery(sink.client, sink.tables, pg, prefer=prefer, progress=show).run(selection)
+            return {"report": report.as_dict()}
+        except SinkError as exc:
+            return {"error": str(exc)}
         finally:
             await sink.close()
 
-    try:
-        report = asyncio.run(run())
-    except SinkError as exc:
-        if progress:
-            sys.stderr.write("\n")
-        print(f"chatledger: recover stopped: {exc}; nothing written is lost, run it again to go on", file=sys.stderr)
-        return EXIT_FAILURE
-    if progress:
-        sys.stderr.write("\n")
-    if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
-        return EXIT_OK
-    print(f"recovered {selection.describe()} from Airtable into PostgreSQL "
-          f"({'Airtable' if args.prefer == 'airtable' else 'PostgreSQL'} wins where they differ)")
-    print(f"  {'':<14}{'read':>8}{'inserted':>10}{'present':>9}{'conflicting':>13}{'replaced':>10}{'unusable':>10}")
-    for kind, t in report.tallies.items():
-        print(f"  {kind:<14}{t.read:>8}{t.inserted:>10}{t.present:>9}{t.conflicting:>13}{t.replaced:>10}"
-              f"{t.unusable:>10}")
-    built = report.tallies["conversations"].built
-    if built:
-        print(f"  {built} conversations were in neither store: built from their interactions and escalations")
-    for problem in report.problems:
-        print(f"problem: {problem}")
-    return EXIT_FAILURE if report.problems else EXIT_OK
+    return asyncio.run(run())
 
 
 FORGET_TIMEOUT = 3600.0  # Airtable at 5 requests/s: a long history takes a while

@@ -12,6 +12,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -249,7 +250,7 @@ TIME_FIELDS = {"conversations": "LastActivity", "interactions": "Timestamp", "es
 
 # -- the run --------------------------------------------------------------------------------------
 
-Progress = Callable[[Report], None]
+Progress = Callable[[Report], Any]  # may return an awaitable
 
 
 class Recovery:
@@ -297,7 +298,9 @@ class Recovery:
                     await self._ensure_conversations(rows)
                 await self._apply(kind, rows)
                 ids.extend(row["conversation_id"] for row in rows)
-                self.progress(self.report)
+                shown = self.progress(self.report)
+                if inspect.isawaitable(shown):
+                    await shown
         return list(dict.fromkeys(ids))
 
     def _rows(self, kind: str, page: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ import errno
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,9 @@ SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
 SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
 REPLAY = web.AppKey("replay", Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]])
 FORGET = web.AppKey("forget", Callable[[str], Awaitable[dict[str, Any]]])
+# (query parameters, emit(line)) -> the final line
+RECOVER = web.AppKey("recover", Callable[[dict[str, str], Callable[[dict[str, Any]], Awaitable[None]]],
+                                         Awaitable[dict[str, Any]]])
 
 SOCKET_MODE = 0o660
 CLIENT_TIMEOUT = 10.0
@@ -35,6 +38,7 @@ def create_status_app(
     sync: Callable[[], Awaitable[dict[str, Any]]],
     replay: Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]],
     forget: Callable[[str], Awaitable[dict[str, Any]]],
+    recover: Callable[..., Awaitable[dict[str, Any]]] | None = None,
 ) -> web.Application:
     """Build the status app: GET /status, POST /sync, POST /replay?sink=NAME&dead=1, POST /forget?phone=DIGITS."""
     app = web.Application()
@@ -43,6 +47,9 @@ def create_status_app(
     app[REPLAY] = replay
     app[FORGET] = forget
     app.router.add_post("/forget", _handle_forget)
+    if recover is not None:
+        app[RECOVER] = recover
+        app.router.add_post("/recover", _handle_recover)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/status", _handle_status)
     app.router.add_post("/sync", _handle_sync)
@@ -92,6 +99,37 @@ async def _handle_forget(request: web.Request) -> web.Response:
     if not phone.isdigit():
         return web.json_response({"error": "phone must be digits"}, status=400, dumps=_dumps)
     return web.json_response(await request.app[FORGET](phone), dumps=_dumps)
+
+
+async def _handle_recover(request: web.Request) -> web.StreamResponse:
+    """POST /recover?all=1|since=|phone=|conversation=&prefer=: one JSON line per progress step, then
+    the report (or an error) as the last line."""
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+
+    async def emit(line: dict[str, Any]) -> None:
+        await response.write((json.dumps(line) + "\n").encode())
+
+    await emit(await request.app[RECOVER](dict(request.query), emit))
+    await response.write_eof()
+    return response
+
+
+async def stream_status(socket_path: Path, route: str, timeout_s: float) -> AsyncIterator[dict[str, Any]]:
+    """POST to the daemon and yield the JSON lines it streams; StatusUnreachable when nobody answers
+    (or the daemon does not know the route)."""
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    try:
+        async with aiohttp.ClientSession(connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+            async with session.post(f"http://chatledger{route}") as response:
+                if response.status != 200:
+                    raise StatusUnreachable(f"daemon answered HTTP {response.status} on {route}")
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+    except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
+        raise StatusUnreachable(f"no chatledger answers on {socket_path}: {exc}") from None
 
 
 def _dumps(value: Any) -> str:

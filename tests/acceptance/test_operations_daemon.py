@@ -57,6 +57,7 @@ def test_recover_and_forget_commands(tmp_path, emulator, own_pg):
     sql(dsn, "DELETE FROM chatledger.interactions")
     recovered = cli(config, "recover", "--all")
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
+    assert "daemon not running" in recovered.stdout
     assert "interactions" in recovered.stdout and "      60" in recovered.stdout
     assert sql(dsn, "SELECT count(*) FROM chatledger.interactions")[0][0] == 60
     counts = sorted(r[0] for r in sql(dsn, "SELECT message_count FROM chatledger.conversations"))
@@ -67,6 +68,12 @@ def test_recover_and_forget_commands(tmp_path, emulator, own_pg):
     # forget while the daemon runs: through its socket, under its Airtable budget
     daemon = Daemon(config).start()
     try:
+        # recover too: the daemon does it with its own Airtable client (one budget for the base)
+        sql(dsn, "DELETE FROM chatledger.interactions WHERE customer_phone = '5511900000002'")
+        online = cli(config, "recover", "--phone", "5511900000002", timeout=300)
+        assert online.returncode == 0, online.stdout + online.stderr
+        assert "through the running daemon" in online.stdout
+        assert sql(dsn, "SELECT count(*) FROM chatledger.interactions")[0][0] == 60
         forgotten = cli(config, "forget", "--phone", "+55 11 900000001", timeout=300)
         assert forgotten.returncode == 0, forgotten.stdout + forgotten.stderr
         assert "postgres  1 conversations, 20 interactions" in forgotten.stdout
