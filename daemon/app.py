@@ -102,7 +102,8 @@ class Daemon:
     async def _start_status(self) -> web.AppRunner:
         socket_path = self.config.status.socket
         prepare_socket_path(socket_path)
-        runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay, self.forget, self.recover), access_log=None)
+        runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay, self.forget, self.recover,
+                                                    self.airtable_setup), access_log=None)
         await runner.setup()
         self._runners.append(runner)
         await web.UnixSite(runner, str(socket_path)).start()
@@ -338,6 +339,23 @@ class Daemon:
         except SinkError as exc:
             return {"error": str(exc)}
         return {"report": report.as_dict()}
+
+    async def airtable_setup(self, action: str) -> dict[str, Any]:
+        """`chatledger airtable init|check` with this daemon's budget; after init, the sink re-checks
+        the base at once (a held delivery resumes without waiting for its backoff)."""
+        from daemon.sinks.airtable import set_up_base
+        from daemon.sinks.base import SinkError
+
+        worker = self.workers.get("airtable")
+        if worker is None:
+            return {"error": "Airtable is not enabled in the running daemon"}
+        try:
+            result = await set_up_base(worker.sink.client, worker.sink.tables, create=action == "init")
+        except SinkError as exc:
+            return {"error": str(exc)}
+        if action == "init":
+            worker.wake()
+        return result
 
     # -- status ----------------------------------------------------------------------------------
 

@@ -243,38 +243,45 @@ def _requeue_offline(config: Config, sink: str | None, selection: Any) -> int:
 
 
 def _airtable(config: Config, args: argparse.Namespace) -> int:
-    """`airtable init` / `airtable check`, under the same request budget as the daemon."""
-    from daemon.sinks.airtable import AirtableSink, init_base, schema_differences
+    """`airtable init` / `airtable check`: through the running daemon (its budget for the base), or on
+    a budget of its own when no daemon answers."""
+    from daemon.sinks.airtable import AirtableSink, set_up_base
     from daemon.sinks.base import SinkError
 
     if not config.airtable.enabled:
         print("chatledger: [airtable] api_key is empty (or AIRTABLE_API_KEY unset): nothing to do", file=sys.stderr)
         return EXIT_CONFIG
-    setup_logging("WARNING", config.log.json_)
 
-    async def run() -> int:
+    async def offline() -> dict[str, Any]:
         sink = AirtableSink.from_config(config.airtable, None)
         try:
-            if args.action == "init":
-                for line in await init_base(sink.client, sink.tables) or ["nothing to create"]:
-                    print(line)
-            problems, notes = schema_differences(await sink.client.schema(), sink.tables)
+            return await set_up_base(sink.client, sink.tables, create=args.action == "init")
+        except SinkError as exc:
+            return {"error": str(exc)}
         finally:
             await sink.close()
-        for note in notes:
-            print(f"note: {note}")
-        for problem in problems:
-            print(f"difference: {problem}")
-        if problems:
-            return EXIT_FAILURE
-        print(f"base {config.airtable.base_id}: tables and fields match what chatledger writes")
-        return EXIT_OK
 
     try:
-        return asyncio.run(run())
-    except SinkError as exc:
-        print(f"chatledger: {exc}", file=sys.stderr)
+        result = asyncio.run(request_status(config.status.socket, "POST", f"/airtable?action={args.action}",
+                                            timeout_s=300))
+        where = "through the running daemon"
+    except StatusUnreachable:
+        setup_logging("WARNING", config.log.json_)
+        result = asyncio.run(offline())
+        where = "daemon not running"
+    if "error" in result:
+        print(f"chatledger: {result['error']}", file=sys.stderr)
         return EXIT_FAILURE
+    for line in result["done"]:
+        print(line)
+    for note in result["notes"]:
+        print(f"note: {note}")
+    for problem in result["problems"]:
+        print(f"difference: {problem}")
+    if result["problems"]:
+        return EXIT_FAILURE
+    print(f"base {config.airtable.base_id}: tables and fields match what chatledger writes ({where})")
+    return EXIT_OK
 
 
 def _dead(config: Config, args: argparse.Namespace) -> int:

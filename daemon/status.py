@@ -19,6 +19,7 @@ SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
 SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
 REPLAY = web.AppKey("replay", Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]])
 FORGET = web.AppKey("forget", Callable[[str], Awaitable[dict[str, Any]]])
+AIRTABLE = web.AppKey("airtable", Callable[[str], Awaitable[dict[str, Any]]])
 # (query parameters, emit(line)) -> the final line
 RECOVER = web.AppKey("recover", Callable[[dict[str, str], Callable[[dict[str, Any]], Awaitable[None]]],
                                          Awaitable[dict[str, Any]]])
@@ -39,6 +40,7 @@ def create_status_app(
     replay: Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]],
     forget: Callable[[str], Awaitable[dict[str, Any]]],
     recover: Callable[..., Awaitable[dict[str, Any]]] | None = None,
+    airtable: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
 ) -> web.Application:
     """Build the status app: GET /status, POST /sync, POST /replay?sink=NAME&dead=1, POST /forget?phone=DIGITS."""
     app = web.Application()
@@ -50,6 +52,9 @@ def create_status_app(
     if recover is not None:
         app[RECOVER] = recover
         app.router.add_post("/recover", _handle_recover)
+    if airtable is not None:
+        app[AIRTABLE] = airtable
+        app.router.add_post("/airtable", _handle_airtable)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/status", _handle_status)
     app.router.add_post("/sync", _handle_sync)
@@ -99,6 +104,14 @@ async def _handle_forget(request: web.Request) -> web.Response:
     if not phone.isdigit():
         return web.json_response({"error": "phone must be digits"}, status=400, dumps=_dumps)
     return web.json_response(await request.app[FORGET](phone), dumps=_dumps)
+
+
+async def _handle_airtable(request: web.Request) -> web.Response:
+    """POST /airtable?action=init|check: set up or check the base with the daemon's own budget."""
+    action = request.query.get("action", "check")
+    if action not in ("init", "check"):
+        return web.json_response({"error": "action must be init or check"}, status=400, dumps=_dumps)
+    return web.json_response(await request.app[AIRTABLE](action), dumps=_dumps)
 
 
 async def _handle_recover(request: web.Request) -> web.StreamResponse:

@@ -376,6 +376,14 @@ async def init_base(client: AirtableClient, names: dict[str, str]) -> list[str]:
     return done
 
 
+async def set_up_base(client: AirtableClient, names: dict[str, str], create: bool) -> dict[str, list[str]]:
+    """`chatledger airtable init` (create=True) or `check`: what was created, the differences that stop
+    delivery, and the notes."""
+    done = (await init_base(client, names) or ["nothing to create"]) if create else []
+    problems, notes = schema_differences(await client.schema(), names)
+    return {"done": done, "problems": problems, "notes": notes}
+
+
 class AirtableSink:
     name = "airtable"
     batch_size = BATCH_SIZE

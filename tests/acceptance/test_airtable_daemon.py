@@ -81,7 +81,9 @@ def test_renamed_field_holds_delivery_until_init_and_sighup(tmp_path, emulator):
         assert "airtable is misconfigured" in " ".join(daemon.status()["health"]["problems"])
         assert emulator.records("Interactions") == []
 
-        assert cli(config, "airtable", "init").returncode == 0  # puts the field back
+        init = cli(config, "airtable", "init")  # puts the field back, with the daemon's own budget
+        assert init.returncode == 0 and "through the running daemon" in init.stdout
+        assert "created field Interactions.Content" in init.stdout
         daemon.signal(signal.SIGHUP)
         wait_for(lambda: airtable_status(daemon)["delivered"] == 30, "drained after init + SIGHUP")
         assert len(emulator.records("Interactions")) == 30
