@@ -313,7 +313,8 @@ class Requeue:
             what += f" received since {self.since}"
         return what
 # One person's events: by phone, or by a conversation of that phone.
-FORGET_SELECTION = "FROM events WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?))"
+FORGET_EVENTS = ("DELETE FROM events WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?)) "
+                 "RETURNING dedup_key")
 FORGET_CONVERSATIONS = "DELETE FROM conversations WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?))"
 FORGET_QUARANTINE = "DELETE FROM quarantine WHERE raw LIKE '%' || ? || '%'"
 CONVERSATIONS_OF_PHONE = "SELECT conversation_id FROM conversations WHERE phone = ?"
@@ -767,11 +768,10 @@ class Journal:
         params = (phone, json.dumps(list(conversation_ids)))
 
         async def run(conn: aiosqlite.Connection) -> tuple[dict[str, int], list[str]]:
-            keys = [row[0] for row in await (await conn.execute("SELECT dedup_key " + FORGET_SELECTION, params)).fetchall()]
-            events = (await conn.execute("DELETE " + FORGET_SELECTION, params)).rowcount
+            keys = [row[0] for row in await (await conn.execute(FORGET_EVENTS, params)).fetchall()]
             conversations = (await conn.execute(FORGET_CONVERSATIONS, params)).rowcount
             quarantined = (await conn.execute(FORGET_QUARANTINE, (phone,))).rowcount
-            return {"events": events, "conversations": conversations, "quarantined": quarantined}, keys
+            return {"events": len(keys), "conversations": conversations, "quarantined": quarantined}, keys
 
         return await self.write(run)
 
