@@ -245,9 +245,13 @@ def render(snapshot: dict[str, Any]) -> str:
             f"{sink.get('dead', 0):>7}  {error}".rstrip()
         )
         if "tokens_left" in sink:
-            paused = f", paused until {sink['paused_until']} ({sink['pause_reason']})" if sink.get("paused_until") else ""
-            lines.append(
-                f"{'':<10}{sink.get('requests_last_minute', 0)} requests in the last minute, "
-                f"{sink.get('rate_limited_429', 0)} x 429, {sink['tokens_left']}/{sink.get('requests_per_window', '?')} "
-                f"tokens left{paused}")
+            lines.append(f"{'':<10}{budget_text(sink)}")
     return "\n".join(lines)
+
+
+def budget_text(sink: dict[str, Any]) -> str:
+    """The Airtable request budget in one line (status and top)."""
+    paused = f", paused until {sink['paused_until']} ({sink['pause_reason']})" if sink.get("paused_until") else ""
+    return (f"{sink.get('requests_last_minute', 0)} requests in the last minute, "
+            f"{sink.get('rate_limited_429', 0)} x 429, {sink['tokens_left']}/{sink.get('requests_per_window', '?')} "
+            f"tokens left{paused}")

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from typing import Any
 
-from daemon.status import age_text
+from daemon.status import age_text, budget_text
 
 CLEAR = "\x1b[H\x1b[2J"
 RECENT_ERRORS = 8
@@ -62,11 +62,7 @@ class TopView:
                          f"{rate(('sinks', name, 'delivered_since_start')):>10}{sink.get('delivered', 0):>11}"
                          f"{sink.get('dead', 0):>6}{retry}")
             if "tokens_left" in sink:
-                pause = (f", PAUSED {sink.get('paused_for_s', 0):.0f}s ({sink.get('pause_reason')})"
-                         if sink.get("paused_until") else "")
-                lines.append(f"{'':<10}airtable budget: {sink['tokens_left']}/{sink.get('requests_per_window', '?')} "
-                             f"tokens, {sink.get('requests_last_minute', 0)} requests last minute, "
-                             f"{sink.get('rate_limited_429', 0)} x 429{pause}")
+                lines.append(f"{'':<10}{budget_text(sink)}")
         lines += ["", "recent errors" if self.errors else "no errors seen", *(f"  {e}" for e in self.errors)]
         return "\n".join(line[:width] for line in lines)
 
