@@ -32,7 +32,7 @@ from daemon.recover import Recovery, Selection  # noqa: E402
 from daemon.sinks.airtable import AirtableClient, AirtableSink, init_base  # noqa: E402
 from daemon.sinks.postgres import PostgresSink  # noqa: E402
 from daemon.sinks.postgres_rows import PostgresRows  # noqa: E402
-from daemon.testing.airtable import Emulator, EmulatorThread  # noqa: E402
+from daemon.testing.airtable import EmulatorThread  # noqa: E402
 from daemon.testing.postgres import PgCluster  # noqa: E402
 from tests.support import incoming  # noqa: E402
 
@@ -95,8 +95,7 @@ def main() -> int:
     import tempfile
 
     work = Path(tempfile.mkdtemp(prefix="chatledger-recover-bench-"))
-    emulator = EmulatorThread(Emulator([TOKEN], rate=5, lockout=30.0)).start()
-    emulator.run(emulator.emulator.add_base, BASE)
+    emulator = EmulatorThread.serving(TOKEN, BASE, rate=5, lockout=30.0)
     cluster = PgCluster.create()
     cluster.start()
     try:

@@ -11,7 +11,7 @@ from daemon.ratelimit import RequestBudget
 from daemon.records import conversation_id_for
 from daemon.sinks.airtable import AirtableClient, AirtableSink, init_base
 from daemon.sinks.postgres import PostgresSink
-from daemon.testing.airtable import Emulator, EmulatorThread
+from daemon.testing.airtable import EmulatorThread
 
 TOKEN = "patRECOVER00000001.0123456789abcdef"
 BASE = "appRECOVER0000001"
@@ -44,8 +44,7 @@ PAYLOADS = ([message(i, f"c{i % 4}", i * 60) for i in range(60)]
 
 @pytest.fixture
 def stores_emulator():
-    running = EmulatorThread(Emulator([TOKEN], rate=5, lockout=30.0)).start()
-    running.run(running.emulator.add_base, BASE)
+    running = EmulatorThread.serving(TOKEN, BASE, rate=5, lockout=30.0)
     yield running
     running.stop()
 

@@ -10,7 +10,7 @@ import requests
 from pyairtable import Api
 from pyairtable.formulas import AND, GTE, OR, Field, match
 
-from daemon.testing.airtable import Emulator, EmulatorThread
+from daemon.testing.airtable import EmulatorThread
 from tests.support import free_port
 
 TOKEN = "patEMULATOR0000001.0123456789abcdef"
@@ -34,8 +34,7 @@ def error_type(exc: requests.HTTPError) -> str:
 
 @pytest.fixture
 def emulator():
-    running = EmulatorThread(Emulator([TOKEN], rate=1000, lockout=30)).start()
-    running.run(running.emulator.add_base, BASE)
+    running = EmulatorThread.serving(TOKEN, BASE, rate=1000, lockout=30)
     yield running
     running.stop()
 
@@ -173,9 +172,8 @@ def test_auth_and_unknown_routes(emulator, table):
 
 
 def test_rate_limit_locks_the_base_out(api):
-    running = EmulatorThread(Emulator([TOKEN], rate=5, lockout=30)).start()
+    running = EmulatorThread.serving(TOKEN, BASE, rate=5, lockout=30)
     try:
-        running.run(running.emulator.add_base, BASE)
         fast = Api(TOKEN, endpoint_url=running.url, retry_strategy=None, timeout=(5, 10))
         answers = []
         for _ in range(7):

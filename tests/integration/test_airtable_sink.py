@@ -13,7 +13,7 @@ from daemon.ratelimit import RequestBudget
 from daemon.records import conversation_id_for
 from daemon.sinks.airtable import TABLES, AirtableClient, AirtableSink, init_base, schema_differences
 from daemon.sinks.base import SetupError
-from daemon.testing.airtable import Emulator, EmulatorThread
+from daemon.testing.airtable import EmulatorThread
 from tests.support import until
 
 TOKEN = "patSINK00000000001.0123456789abcdef"
@@ -37,8 +37,7 @@ def open_chat(contact="c1", at=10_000):
 
 
 def emulator_thread(rate=5, lockout=30.0):
-    running = EmulatorThread(Emulator([TOKEN], rate=rate, lockout=lockout)).start()
-    running.run(running.emulator.add_base, BASE)
+    running = EmulatorThread.serving(TOKEN, BASE, rate=rate, lockout=lockout)
     return running
 
 

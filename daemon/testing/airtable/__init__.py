@@ -47,6 +47,13 @@ class EmulatorThread:
         self._runner = self.call(serve(self.emulator, "127.0.0.1", self.port))
         return self
 
+    @classmethod
+    def serving(cls, token: str, base_id: str, **limits: Any) -> "EmulatorThread":
+        """Started, accepting `token`, with one empty base `base_id`; `limits`: rate, window, lockout."""
+        running = cls(Emulator([token], **limits)).start()
+        running.run(running.emulator.add_base, base_id)
+        return running
+
     def call(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
 
