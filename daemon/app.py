@@ -90,8 +90,10 @@ class Daemon:
             worker = self.workers.get("airtable")
             return (worker.sink.client, worker.sink.tables) if worker else None
 
+        # API reads and checks do not migrate: the PostgreSQL sink does at its connect, and a read
+        # should not create tables (before the sink has, a read fails over to the journal)
         add_api(app, self.config.server.api_token.get_secret_value(),
-                ApiStores(self.journal, postgres_rows(self.config), airtable))
+                ApiStores(self.journal, postgres_rows(self.config, migrate_schema=False), airtable))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT)
         await runner.setup()
         self._runners.append(runner)
@@ -424,7 +426,7 @@ def build_sinks(config: Config, journal: Journal) -> list[Any]:
     return sinks
 
 
-def postgres_rows(config: Config) -> Any:
+def postgres_rows(config: Config, migrate_schema: bool = True) -> Any:
     """A factory of one-connection PostgresRows sessions (an async context manager), or None."""
     if not config.postgres.enabled:
         return None
@@ -432,7 +434,8 @@ def postgres_rows(config: Config) -> Any:
 
     from daemon.sinks.postgres_rows import PostgresRows
 
-    return partial(PostgresRows.open, config.postgres.dsn.get_secret_value(), config.postgres.schema_)
+    return partial(PostgresRows.open, config.postgres.dsn.get_secret_value(), config.postgres.schema_,
+                   migrate_schema=migrate_schema)
 
 
 def erasure_stores(config: Config, airtable_sink: Any = None) -> dict[str, Any]:

@@ -81,10 +81,12 @@ class PostgresRows:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, dsn: str, schema: str) -> AsyncIterator["PostgresRows"]:
+    async def open(cls, dsn: str, schema: str, migrate_schema: bool = True) -> AsyncIterator["PostgresRows"]:
+        """A session; migrate_schema=False for reads beside a daemon whose sink already migrated it."""
         conn = await connect(dsn)
         try:
-            await migrate(conn, schema)
+            if migrate_schema:
+                await migrate(conn, schema)
             await conn.execute("SET TIME ZONE 'UTC'")
             yield cls(conn, schema)
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
