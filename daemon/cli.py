@@ -365,16 +365,14 @@ RECOVER_TIMEOUT = 24 * 3600.0
 def _recover(config: Config, args: argparse.Namespace) -> int:
     from urllib.parse import urlencode
 
-    from daemon.events import digits_only
     from daemon.recover import Selection
 
     missing = _stores_needed(config, "postgres", "airtable")
     if missing:
         print(f"chatledger: recover reads Airtable and writes PostgreSQL: {missing}", file=sys.stderr)
         return EXIT_CONFIG
-    phone = digits_only(args.phone) if args.phone else None
+    phone = _phone_digits(args.phone) if args.phone else None
     if args.phone and not phone:
-        print(f"chatledger: --phone {args.phone!r} has no digits", file=sys.stderr)
         return EXIT_CONFIG
     selection = Selection(conversation=args.conversation, phone=phone, since=args.since, everything=args.all)
     progress = _progress_line(sys.stderr)
@@ -451,12 +449,19 @@ def _recover_offline(config: Config, selection: Any, prefer: str, progress: Any)
 FORGET_TIMEOUT = 3600.0  # Airtable at 5 requests/s: a long history takes a while
 
 
-def _forget(config: Config, args: argparse.Namespace) -> int:
+def _phone_digits(text: str) -> str | None:
+    """--phone as its digits; None, having said why, when it has none."""
     from daemon.events import digits_only
 
-    phone = digits_only(args.phone)
+    phone = digits_only(text)
     if not phone:
-        print(f"chatledger: --phone {args.phone!r} has no digits", file=sys.stderr)
+        print(f"chatledger: --phone {text!r} has no digits", file=sys.stderr)
+    return phone
+
+
+def _forget(config: Config, args: argparse.Namespace) -> int:
+    phone = _phone_digits(args.phone)
+    if not phone:
         return EXIT_CONFIG
     try:
         answer = asyncio.run(request_status(config.status.socket, "POST", f"/forget?phone={phone}",
