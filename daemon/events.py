@@ -20,10 +20,16 @@ MEDIA_KINDS = ("image", "video", "audio", "voice", "document", "sticker", "file"
 
 # A `date` above this is milliseconds; as seconds it would be past the year 33658.
 _MS_THRESHOLD = 1e12
+# A `date` outside these years is not believed (the receive time stands in); the bot API agrees.
+EARLIEST_YEAR, LATEST_YEAR = 2000, 2200
 
 
 class BodyError(ValueError):
     """The request body as a whole is unusable (not JSON, or not an object or array)."""
+
+
+class TooManyElements(BodyError):
+    """The body holds more elements than one request may carry."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Event:
     received_at: datetime
     raw: str
     conversation_id: str | None = None  # given by the bot API; webhooks derive it from bot and contact
+    original: str | None = None  # the element verbatim, when `raw` had to be cleaned to be storable
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+def _lenient_int(literal: str) -> int | float:
+    return int(literal) if len(literal) <= 4000 else float(literal)  # float(): inf, and no quadratic time
+
+
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# Only for a body the fast decoder refused for an integer of more than 4300 digits (Python's limit).
+_LENIENT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_lenient_int)
 _WHITESPACE = " \t\n\r"
 _NOT_DIGITS = re.compile(r"[^0-9]+")
 
@@ -97,8 +110,9 @@ class Element:
     raw: str
 
 
-def parse_body(body: bytes) -> list[Element]:
-    """Split a webhook body into its elements (one object, or an array of anything), each verbatim."""
+def parse_body(body: bytes, max_elements: int | None = None) -> list[Element]:
+    """Split a webhook body into its elements (one object, or an array of anything), each verbatim;
+    TooManyElements as soon as there are more than `max_elements`."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -106,16 +120,23 @@ def parse_body(body: bytes) -> list[Element]:
     if text.startswith("\ufeff"):
         text = text[1:]
     try:
-        return _split_elements(text)
+        try:
+            return _split_elements(text, _DECODER, max_elements)
+        except ValueError as exc:
+            if "integer string conversion" not in str(exc):
+                raise
+            return _split_elements(text, _LENIENT_DECODER, max_elements)
     except json.JSONDecodeError as exc:
         raise BodyError(f"body is not valid JSON: {exc}") from None
+    except BodyError:
+        raise
     except ValueError as exc:
         raise BodyError(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BodyError("body is not valid JSON: nested too deeply") from None
 
 
-def _split_elements(text: str) -> list[Element]:
+def _split_elements(text: str, decoder: json.JSONDecoder, max_elements: int | None) -> list[Element]:
     start = _skip(text, 0)
     if start < len(text) and text[start] == "[":
         elements = []
@@ -124,7 +145,9 @@ def _split_elements(text: str) -> list[Element]:
             position += 1
         else:
             while True:
-                value, end = _DECODER.raw_decode(text, position)
+                if max_elements is not None and len(elements) == max_elements:
+                    raise TooManyElements(f"body holds more than {max_elements} elements")
+                value, end = decoder.raw_decode(text, position)
                 elements.append(Element(value, text[position:end]))
                 position = _skip(text, end)
                 if position < len(text) and text[position] == ",":
@@ -137,7 +160,7 @@ def _split_elements(text: str) -> list[Element]:
         if _skip(text, position) != len(text):
             raise json.JSONDecodeError("extra data after the array", text, _skip(text, position))
         return elements
-    value, end = _DECODER.raw_decode(text, start)
+    value, end = decoder.raw_decode(text, start)
     if _skip(text, end) != len(text):
         raise json.JSONDecodeError("extra data after the value", text, _skip(text, end))
     if isinstance(value, dict):
@@ -152,12 +175,20 @@ def _skip(text: str, position: int) -> int:
 
 
 def normalize(element: Any, received_at: datetime, raw: str | None = None) -> Event | Rejected:
-    """Turn one webhook element into an Event, or say why it is rejected.
+    """Turn one webhook element into an Event, or say why it is rejected; never raises.
 
     `raw` is the element's text as received; without it the element is serialized again.
     """
-    if raw is None:
-        raw = _dumps(element)
+    try:
+        if raw is None:
+            raw = _dumps(element)
+        return _normalize(element, received_at, raw)
+    except Exception as exc:  # noqa: BLE001 - one unreadable element is quarantined, never the request
+        reason = f"element cannot be read: {type(exc).__name__}: {exc}"[:300]
+        return Rejected(reason, raw if raw is not None else _dumps_safely(element), received_at)
+
+
+def _normalize(element: Any, received_at: datetime, raw: str) -> Event | Rejected:
     if not isinstance(element, dict):
         return Rejected(f"element is {_json_kind(element)}, not an object", raw, received_at)
     title = element.get("title")
@@ -166,6 +197,7 @@ def normalize(element: Any, received_at: datetime, raw: str | None = None) -> Ev
         if isinstance(title, str):
             reason = "title is empty"
         return Rejected(reason, raw, received_at)
+    title = storable_text(title)
 
     info = _obj(element.get("info"))
     info_message = _obj(info.get("message"))
@@ -177,6 +209,7 @@ def normalize(element: Any, received_at: datetime, raw: str | None = None) -> Ev
 
     message_id = _text(info_message.get("id")) or _text(info.get("message_id"))
     direction = DIRECTIONS.get(title)
+    cleaned = storable_json(raw)
     return Event(
         dedup_key=dedup_key(element, title, message_id),
         title=title,
@@ -197,7 +230,8 @@ def normalize(element: Any, received_at: datetime, raw: str | None = None) -> Ev
         text=_message_text(message, top_message, contact, direction),
         occurred_at=parse_date(element.get("date"), received_at),
         received_at=received_at,
-        raw=raw,
+        raw=cleaned or raw,
+        original=raw if cleaned is not None else None,
     )
 
 
@@ -214,7 +248,8 @@ def dedup_key(element: dict[str, Any], title: str, message_id: str | None) -> st
 
 
 def parse_date(value: Any, received_at: datetime) -> datetime:
-    """`date` in seconds or milliseconds (number or numeric string), UTC; receive time otherwise."""
+    """`date` in seconds or milliseconds (number or numeric string) or ISO 8601, UTC; the receive time
+    when it is anything else or implausible (outside EARLIEST_YEAR..LATEST_YEAR)."""
     if isinstance(value, bool) or value is None:
         return received_at
     number: float | None = None
@@ -226,26 +261,34 @@ def parse_date(value: Any, received_at: datetime) -> datetime:
         except ValueError:
             try:
                 parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-            except ValueError:
+                if parsed.tzinfo is None:
+                    parsed = parsed.replace(tzinfo=timezone.utc)
+                return _plausible(parsed.astimezone(timezone.utc), received_at)
+            except (ValueError, OverflowError):  # year 9999 with a negative offset overflows in UTC
                 return received_at
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=timezone.utc)
-            return parsed.astimezone(timezone.utc)
     if number is None or not math.isfinite(number) or number <= 0:
         return received_at
     seconds = number / 1000.0 if number > _MS_THRESHOLD else number
     try:
-        return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        return _plausible(datetime.fromtimestamp(seconds, tz=timezone.utc), received_at)
     except (OverflowError, OSError, ValueError):
         return received_at
+
+
+def _plausible(moment: datetime, received_at: datetime) -> datetime:
+    return moment if EARLIEST_YEAR <= moment.year <= LATEST_YEAR else received_at
 
 
 def digits_only(phone: Any) -> str | None:
     """A phone number as its digits alone; None when there are none."""
     if isinstance(phone, bool) or phone is None:
         return None
-    if isinstance(phone, (int, float)):
+    if isinstance(phone, float):
+        if not math.isfinite(phone) or abs(phone) >= 1e16:  # 1e400 is inf; no phone has 17 digits
+            return None
         phone = str(int(phone))
+    elif isinstance(phone, int):
+        phone = str(phone) if -10**16 < phone < 10**16 else None
     if not isinstance(phone, str):
         return None
     digits = _NOT_DIGITS.sub("", phone)
@@ -337,14 +380,67 @@ def _text(value: Any) -> str | None:
 
 
 def _clean(text: str) -> str:
-    """Drop what no store takes in a text column: NUL characters and lone UTF-16 surrogates."""
+    """A field's text: without NUL characters, lone surrogates replaced (see storable_text)."""
     if "\x00" in text:
         text = text.replace("\x00", "")
+    return storable_text(text)
+
+
+def storable_text(text: str) -> str:
+    """Text every store takes: NUL characters and lone UTF-16 surrogates become U+FFFD."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        text = text.encode("utf-8", "replace").decode("utf-8")
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
+
+
+# What in valid JSON text a store refuses: a \u0000 escape or a lone surrogate escape (PostgreSQL's
+# jsonb), a number out of a double's range (jsonb's numeric stops near 1e131072 and 1e-16383;
+# Airtable's numbers are doubles). Cheap to look for; a hit is checked exactly by storable_json.
+_HIGH, _LOW = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+_SUSPECT = re.compile(rf"\\u0000|{_HIGH}(?!{_LOW})|(?<!{_HIGH}){_LOW}|[eE][-+]?[0-9]{{3,}}|[0-9]{{300}}")
+
+
+class _Number(str):
+    """A JSON number kept as its literal text."""
+
+
+_LITERAL_DECODER = json.JSONDecoder(parse_float=_Number, parse_int=_Number, parse_constant=_reject_constant)
+
+
+def storable_json(raw: str) -> str | None:
+    """`raw` (JSON text) cleaned so that every store takes it, or None when it already is: strings
+    through storable_text, a number no double can hold as its literal text in a string."""
+    if not _SUSPECT.search(raw):
+        return None
+    changed: list[bool] = []
+    value = _storable(_LITERAL_DECODER.decode(raw), changed)
+    if not changed:
+        return None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _storable(value: Any, changed: list[bool]) -> Any:
+    if isinstance(value, _Number):
+        number = float(value)
+        underflow = number == 0 and any(c in "123456789" for c in value.split("e")[0].split("E")[0])
+        if math.isfinite(number) and not underflow:
+            return int(value) if value.lstrip("-").isdigit() else number
+        changed.append(True)
+        return str(value)
+    if isinstance(value, str):
+        text = storable_text(value)
+        if text != value:
+            changed.append(True)
+        return text
+    if isinstance(value, list):
+        return [_storable(item, changed) for item in value]
+    if isinstance(value, dict):
+        return {_storable(key, changed): _storable(item, changed) for key, item in value.items()}
+    return value
 
 
 def _json_kind(value: Any) -> str:
@@ -368,3 +464,13 @@ def _dumps(value: Any) -> str:
     except UnicodeEncodeError:  # a lone surrogate: keep it, escaped, so the raw copy stays exact
         text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
     return text
+
+
+def _dumps_safely(value: Any) -> str:
+    try:
+        return _dumps(value)
+    except (ValueError, TypeError, RecursionError):
+        try:
+            return storable_text(repr(value))[:10_000]
+        except (ValueError, RecursionError):
+            return f"<an element chatledger cannot print: {type(value).__name__}>"

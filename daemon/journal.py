@@ -211,6 +211,11 @@ MIGRATIONS: tuple[str, ...] = (
         {upsert_new};
     END;
     """.replace("{upsert_new}", conversation_upsert("NEW.", "WHERE true", api=True)),
+    # v4: an element no store could take as received (a NUL, a lone surrogate, a number out of range)
+    # is delivered cleaned (`raw`); the element as received stays beside it, for inspection.
+    """
+    ALTER TABLE events ADD COLUMN original TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -219,14 +224,15 @@ EVENT_COLUMNS = (
     "contact_name", "message_id", "platform_message_id", "direction", "message_type", "text", "raw",
     "conversation_id",
 )
+INSERT_COLUMNS = (*EVENT_COLUMNS, "original")
 # One multi-row statement per chunk: a single trip to the SQLite thread however many events.
-ROWS_PER_INSERT = 32766 // len(EVENT_COLUMNS) // 100 * 100  # SQLite's bound-variable limit
-_ROW = "(" + ", ".join("?" * len(EVENT_COLUMNS)) + ")"
+ROWS_PER_INSERT = 32766 // len(INSERT_COLUMNS) // 100 * 100  # SQLite's bound-variable limit
+_ROW = "(" + ", ".join("?" * len(INSERT_COLUMNS)) + ")"
 
 
 def insert_events_sql(rows: int) -> str:
     return (
-        f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES {', '.join([_ROW] * rows)} "
+        f"INSERT INTO events ({', '.join(INSERT_COLUMNS)}) VALUES {', '.join([_ROW] * rows)} "
         "ON CONFLICT (dedup_key) DO NOTHING RETURNING id, dedup_key"
     )
 
@@ -387,6 +393,11 @@ class _Ping:
 
 
 _STOP = object()
+
+# A write that failed on its own data rather than on the journal's ability to write (a lone surrogate,
+# an integer too large for SQLite, a constraint): the rest of its group is committed without it.
+DATA_ERRORS = (ValueError, TypeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
+               sqlite3.IntegrityError, sqlite3.DataError)
 
 
 # Upper bounds (seconds) of the commit-latency histogram's buckets; the last one is +Inf.
@@ -557,35 +568,94 @@ class Journal:
         intakes = [item for item in batch if isinstance(item, _Intake)]
         ops = [item for item in batch if isinstance(item, _Op)]
         pings = [item for item in batch if isinstance(item, _Ping)]
-        results: list[Any] = []
+        outcomes: list[tuple[bool, Any]] = []  # per op: (succeeded, its result or its exception)
         started = time.monotonic()
         new_ids: list[tuple[int, str]] = []
         if intakes or ops:
             try:
-                # isolation_level IMMEDIATE: the first write opens the transaction, saving a trip
                 try:
-                    new_ids = await self._write_intakes(intakes)
-                    for op in ops:
-                        results.append(await op.run(self._writer))
-                    await self._writer.commit()
-                except BaseException:
-                    await _rollback(self._writer)
-                    raise
+                    # isolation_level IMMEDIATE: the first write opens the transaction, saving a trip
+                    try:
+                        new_ids = await self._write_intakes(intakes)
+                        outcomes = [(True, await op.run(self._writer)) for op in ops]
+                        await self._writer.commit()
+                    except BaseException:
+                        await _rollback(self._writer)
+                        raise
+                except DATA_ERRORS as exc:
+                    # One request's data, not the journal: commit the others without it.
+                    logger.warning("journal: a write in a group of {} failed on its data ({}: {}); committing "
+                                   "the group again with that write set apart", len(intakes) + len(ops),
+                                   type(exc).__name__, exc)
+                    new_ids, outcomes = await self._commit_isolated(intakes, ops)
             except (sqlite3.Error, OSError) as exc:
                 self._fail(batch, exc)
                 return
-            except Exception as exc:  # a bug in an op: fail this group loudly, keep the writer alive
+            except Exception as exc:  # a bug: fail this group loudly, keep the writer alive
                 logger.exception("journal commit failed unexpectedly")
                 self._fail(batch, exc)
                 return
         elapsed = time.monotonic() - started
         self._succeed(intakes, new_ids, elapsed, wrote=bool(intakes or ops))
-        for op, result in zip(ops, results):
+        for op, (succeeded, outcome) in zip(ops, outcomes):
             if not op.done.done():
-                op.done.set_result(result)
+                if succeeded:
+                    op.done.set_result(outcome)
+                else:
+                    op.done.set_exception(outcome)
         for ping in pings:
             if not ping.done.done():
                 ping.done.set_result(None)
+
+    async def _commit_isolated(self, intakes: list[_Intake],
+                               ops: list[_Op]) -> tuple[list[tuple[int, str]], list[tuple[bool, Any]]]:
+        """The group again in one transaction, each write in a savepoint: a request whose data the
+        journal refuses is retried event by event, and what still fails is quarantined with the reason
+        (its request answers with it as rejected); an op that fails gets its exception. One fsync."""
+        conn = self._writer
+        new_ids: list[tuple[int, str]] = []
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            for intake in intakes:
+                succeeded, outcome = await self._savepoint(lambda: self._write_intakes([intake]))
+                if succeeded:
+                    new_ids += outcome
+                    continue
+                kept, refused = [], list(intake.rejected)
+                for event in intake.events:
+                    succeeded, outcome = await self._savepoint(
+                        lambda: self._write_intakes([_Intake([event], (), intake.done)]))
+                    if succeeded:
+                        kept.append(event)
+                        new_ids += outcome
+                    else:
+                        logger.error("journal: event {} cannot be stored ({}: {}); quarantined instead",
+                                     event.dedup_key[:80], type(outcome).__name__, outcome)
+                        refused.append(Rejected(f"the journal could not store it: {type(outcome).__name__}: "
+                                                f"{outcome}"[:300], event.original or event.raw, event.received_at))
+                intake.events, intake.rejected = kept, refused
+                await self._write_intakes([_Intake((), refused, intake.done)])
+            for op in ops:
+                outcomes.append(await self._savepoint(lambda: op.run(conn)))
+            await conn.commit()
+        except BaseException:
+            await _rollback(conn)
+            raise
+        new_ids.sort()
+        return new_ids, outcomes
+
+    async def _savepoint(self, work: Callable[[], Awaitable[Any]]) -> tuple[bool, Any]:
+        """Run `work()` inside a savepoint; on a data error undo just it: (False, the error)."""
+        await self._writer.execute("SAVEPOINT isolated")
+        try:
+            result = await work()
+        except DATA_ERRORS as exc:
+            await self._writer.execute("ROLLBACK TO isolated")
+            await self._writer.execute("RELEASE isolated")
+            return False, exc
+        await self._writer.execute("RELEASE isolated")
+        return True, result
 
     async def _write_intakes(self, intakes: list[_Intake]) -> list[tuple[int, str]]:
         if not intakes:
@@ -593,7 +663,7 @@ class Journal:
         stamps: dict[datetime, str] = {}  # a request's events share one receive time
         rows = [_event_row(event, stamps) for intake in intakes for event in intake.events]
         quarantined = [
-            (iso(item.received_at), item.reason, item.raw) for intake in intakes for item in intake.rejected
+            (iso(item.received_at), item.reason, _sql_text(item.raw)) for intake in intakes for item in intake.rejected
         ]
         new_ids: list[tuple[int, str]] = []
         for start in range(0, len(rows), ROWS_PER_INSERT):
@@ -836,6 +906,15 @@ class Journal:
         logger.info("journal {} closed", self.path)
 
 
+def _sql_text(text: str) -> str:
+    """Text SQLite takes: a lone surrogate (only our own bugs can bring one here) backslash-escaped."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _events_in(batch: list[Any]) -> int:
     return sum(len(getattr(item, "events", ())) for item in batch)
 
@@ -850,6 +929,7 @@ def _event_row(event: Event, stamps: dict[datetime, str]) -> tuple[Any, ...]:
         event.bot_id, event.contact_id, event.phone, event.contact_name, event.message_id,
         event.platform_message_id, event.direction, event.message_type, event.text, event.raw,
         event.conversation_id or conversation_id_for(event.bot_id, event.contact_id, event.phone),
+        event.original,
     )
 
 

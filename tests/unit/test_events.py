@@ -257,11 +257,13 @@ def test_empty_array_is_no_events():
     assert parse_body(b"[]") == []
 
 
-def test_lone_surrogate_is_kept_escaped_in_raw():
+def test_lone_surrogate_is_cleaned_in_raw_and_kept_verbatim_in_original():
     (element,) = parse_body(b'[{"title": "incoming_message", "x": "\\ud800"}]')
     for event in (normalize(element.value, NOW, element.raw), normalize(element.value, NOW)):
         event.raw.encode("utf-8")  # storable
-        assert json.loads(event.raw)["x"] == "\ud800"
+        assert json.loads(event.raw)["x"] == "\ufffd"  # what the stores receive (jsonb refuses \ud800)
+        assert json.loads(event.original)["x"] == "\ud800"  # the element as received, for inspection
+    assert normalize(element.value, NOW, element.raw).original == element.raw
 
 
 def test_raw_is_each_element_verbatim():
@@ -275,3 +277,77 @@ def test_raw_is_each_element_verbatim():
 def test_malformed_arrays(body):
     with pytest.raises(BodyError, match="not valid JSON"):
         parse_body(body)
+
+
+@pytest.mark.parametrize(
+    "element",
+    [
+        {"title": "incoming_message", "contact": {"phone": 1e400}},
+        {"title": "incoming_message", "contact": {"phone": float("nan")}},
+        {"title": "incoming_message", "contact": {"phone": 10 ** 20}},
+        {"title": "incoming_message", "date": "9999-12-31T23:59:59-05:00"},
+        {"title": "incoming_message", "date": "0001-01-01T00:00:00+05:00"},
+        {"title": "incoming_message", "date": 1e400},
+        {"title": "\ud800", "contact": {"name": "\udfff"}},
+    ],
+)
+def test_normalizing_never_raises(element):
+    event = normalize(element, NOW)
+    assert isinstance(event, Event)
+    assert event.occurred_at == NOW  # an unreadable date is the receive time
+    for value in (event.title, event.raw, event.dedup_key, event.contact_name or ""):
+        value.encode("utf-8")  # every field is storable
+
+
+def test_an_element_python_cannot_print_is_rejected_not_raised():
+    rejected = normalize({"title": "x", "n": 10 ** 5000}, NOW)  # only code, not a body, can hand us one
+    assert isinstance(rejected, Rejected) and "cannot be read" in rejected.reason
+
+
+def test_a_body_with_a_5000_digit_number_is_read():
+    (element,) = parse_body(b'{"title": "incoming_message", "contact": {"phone": ' + b"5" * 5000 + b"}}")
+    event = normalize(element.value, NOW, element.raw)
+    assert event.phone is None and json.loads(event.raw)["contact"]["phone"] == "5" * 5000
+
+
+def test_an_element_that_cannot_be_read_is_rejected_alone(monkeypatch):
+    monkeypatch.setattr("daemon.events._message_text", lambda *args: 1 / 0)
+    rejected = normalize({"title": "incoming_message"}, NOW, '{"title": "incoming_message"}')
+    assert isinstance(rejected, Rejected)
+    assert rejected.reason == "element cannot be read: ZeroDivisionError: division by zero"
+    assert rejected.raw == '{"title": "incoming_message"}'
+
+
+@pytest.mark.parametrize("date", ["1999-12-31T23:59:59Z", "2201-01-01T00:00:00Z", 1, 946684799])
+def test_implausible_dates_are_the_receive_time(date):
+    assert parse_date(date, NOW) == NOW
+
+
+@pytest.mark.parametrize(
+    "raw, delivered",
+    [
+        ('{"title":"a\\u0000b"}', {"title": "a\ufffdb"}),
+        ('{"title":"x","n":"\\udc00\\ud800"}', {"title": "x", "n": "\ufffd\ufffd"}),
+        ('{"title":"x","\\ud800":1}', {"title": "x", "\ufffd": 1}),
+        ('{"title":"x","big":1e400,"small":-1e-400,"n":1.5}',
+         {"title": "x", "big": "1e400", "small": "-1e-400", "n": 1.5}),
+        ('{"title":"x","huge":' + "9" * 400 + "}", {"title": "x", "huge": "9" * 400}),
+        ('{"title":"x","huger":' + "9" * 5000 + "}", {"title": "x", "huger": "9" * 5000}),
+    ],
+)
+def test_what_no_store_takes_is_cleaned_and_the_original_kept(raw, delivered):
+    (element,) = parse_body(raw.encode())
+    event = normalize(element.value, NOW, element.raw)
+    assert json.loads(event.raw) == delivered
+    assert event.original == raw
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ['{"title":"x","emoji":"\\ud83d\\ude00","e":"\\u00e9"}', '{"title":"x","n":1e300,"s":"e100"}',
+     '{"title":"x","path":"C:\\\\ud800"}', '{"title":"x","zero":0e999}'],
+)
+def test_storable_elements_are_kept_verbatim(raw):
+    (element,) = parse_body(raw.encode())
+    event = normalize(element.value, NOW, element.raw)
+    assert (event.raw, event.original) == (raw, None)
