@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,20 +25,23 @@ from pydantic import (
     AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator,
 )
 
-from daemon.events import Event, digits_only
+from daemon.events import EARLIEST_YEAR, LATEST_YEAR, Event, digits_only, storable_text
 from daemon.journal import Journal, JournalUnavailable
 from daemon.records import (
     API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, api_interaction_id, iso,
     map_events, parse_tags,
 )
 from daemon.sinks.base import SinkError
+from daemon.webhook import Unreadable, header_bytes, read_body
 
 PREFIX = "/api/v1"
 READ_LIMIT = 1000
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00\s][^\x00]*$")]
+# pydantic refuses a lone surrogate in a str field (422); only metadata's free values need cleaning.
 Short = Annotated[str, StringConstraints(max_length=1000)]
 Long = Annotated[str, StringConstraints(max_length=100_000)]
+METADATA_DEPTH = 32
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^,\x00]+$")]
 Priority = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
 
@@ -55,8 +59,12 @@ class _Body(BaseModel):
 
 def _aware(value: datetime) -> datetime:
     value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if not 2000 <= value.astimezone(timezone.utc).year <= 2200:
-        raise ValueError("is not a plausible time (years 2000 to 2200)")
+    try:
+        year = value.astimezone(timezone.utc).year
+    except OverflowError:  # 9999-12-31T23:59:59-05:00 is past datetime's range in UTC
+        year = 0
+    if not EARLIEST_YEAR <= year <= LATEST_YEAR:
+        raise ValueError(f"is not a plausible time (years {EARLIEST_YEAR} to {LATEST_YEAR})")
     return value
 
 
@@ -120,12 +128,28 @@ class ConversationPatch(_Patch):
     def _metadata_storable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is None:
             return value
+        value = _storable_metadata(value, 1)
         text = json.dumps(value)
         if len(text) > 10_000:
             raise ValueError("is over 10,000 characters as JSON")
         if "\\u0000" in text:
             raise ValueError("contains a NUL character, which PostgreSQL cannot store")
         return value
+
+
+def _storable_metadata(value: Any, depth: int) -> Any:
+    """Metadata as every store takes it: strings cleaned; too deep or a number no double holds is refused."""
+    if depth > METADATA_DEPTH:
+        raise ValueError(f"is nested deeper than {METADATA_DEPTH} levels")
+    if isinstance(value, dict):
+        return {storable_text(key): _storable_metadata(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable_metadata(item, depth + 1) for item in value]
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("holds a number out of range (1e400 and the like)")
+    return value
 
 
 # -- the stores the reads fall back through -------------------------------------------------------
@@ -170,18 +194,24 @@ def _authorize(request: web.Request) -> None:
         raise _Refused(_error(401, "the API is disabled: set [server] api_token"))
     header = request.headers.get("Authorization", "")
     offered = header[7:] if header.lower().startswith("bearer ") else request.headers.get("X-Api-Token", "")
-    if not hmac.compare_digest(offered.encode(), expected):
+    if not hmac.compare_digest(header_bytes(offered), expected):
         raise _Refused(_error(401, "missing or wrong api token (Authorization: Bearer TOKEN)"))
 
 
 async def _body(request: web.Request, model: type[BaseModel]) -> Any:
-    raw = await request.read()
+    try:
+        raw = await read_body(request)
+    except Unreadable as unreadable:
+        raise _Refused(unreadable.response) from None
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):
         raise _Refused(_error(400, "the body is not JSON (or nested too deeply)")) from None
     try:
         return model.model_validate(data)
+    except RecursionError:
+        raise _Refused(_error(422, "validation failed", fields=[{"loc": ["body"], "msg": "nested too deeply",
+                                                                  "type": "too_deep"}])) from None
     except ValidationError as exc:
         fields = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         raise _Refused(_error(422, "validation failed", fields=fields)) from None

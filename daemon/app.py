@@ -22,7 +22,7 @@ from daemon.journal import COMMIT_BUCKETS, Journal, JournalUnavailable, Requeue
 from daemon.logs import setup_logging
 from daemon.sdnotify import Notifier
 from daemon.status import create_metrics_app, create_status_app, prepare_socket_path, secure_socket
-from daemon.webhook import create_webhook_app
+from daemon.webhook import GuardedRunner, create_webhook_app
 
 SINK_NAMES = ("postgres", "airtable")
 HTTP_SHUTDOWN_TIMEOUT = 4.0  # in-flight webhooks get this long; the whole stop must fit in 10 s
@@ -94,7 +94,7 @@ class Daemon:
         # should not create tables (before the sink has, a read fails over to the journal)
         add_api(app, self.config.server.api_token.get_secret_value(),
                 ApiStores(self.journal, postgres_rows(self.config, migrate_schema=False), airtable))
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT)
+        runner = GuardedRunner(app, self.config.server, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT)
         await runner.setup()
         self._runners.append(runner)
         host, port = split_listen(self.config.server.listen)

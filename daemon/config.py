@@ -54,6 +54,12 @@ class ServerConfig(_Section):
     webhook_token: SecretStr = SecretStr("")
     api_token: SecretStr = SecretStr("")  # the bot-facing API (/api/v1); empty: the API answers 401
     max_body_bytes: int = Field(default=1024 * 1024, gt=0, le=256 * 1024 * 1024)
+    # SendPulse batches a handful of events; more than this in one request is answered 413.
+    max_elements_per_request: int = Field(default=1000, gt=0, le=100_000)
+    # A connection whose request line and headers, or whose body, take longer than this is closed.
+    read_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    # Connections open at once (webhooks and the API); one more is answered 503 and closed.
+    max_connections: int = Field(default=512, gt=0, le=60_000)
 
     @field_validator("listen")
     @classmethod

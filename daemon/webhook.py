@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from datetime import datetime, timezone
+from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 from loguru import logger
 
 from daemon.config import ServerConfig
-from daemon.events import BodyError, Event, Rejected, normalize, parse_body
+from daemon.events import BodyError, Event, Rejected, TooManyElements, normalize, parse_body
 from daemon.journal import Journal, JournalUnavailable
 
 JOURNAL = web.AppKey("journal", Journal)
 TOKEN = web.AppKey("webhook_token", bytes)
-MAX_BODY = web.AppKey("max_body_bytes", int)
+SERVER = web.AppKey("server", ServerConfig)
 
 HEALTH_PROBE_TIMEOUT = 5.0
 RETRY_AFTER_SECONDS = "5"
+CAP_WARNING_INTERVAL = 60.0
+_REFUSAL_BODY = b'{"error": "too many connections, nothing was read: retry"}'
+TOO_MANY_CONNECTIONS = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: "
+                        + RETRY_AFTER_SECONDS.encode() + b"\r\nConnection: close\r\nContent-Length: "
+                        + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY)
+NORMALIZE_SLICE = 100  # elements normalized between two turns of the event loop: no request hogs it
+REASONS_LOGGED = 3
 
 
 def create_webhook_app(server: ServerConfig, journal: Journal) -> web.Application:
@@ -26,10 +35,55 @@ def create_webhook_app(server: ServerConfig, journal: Journal) -> web.Applicatio
     app = web.Application(client_max_size=server.max_body_bytes)
     app[JOURNAL] = journal
     app[TOKEN] = server.webhook_token.get_secret_value().encode()
-    app[MAX_BODY] = server.max_body_bytes
+    app[SERVER] = server
     app.router.add_post(server.webhook_path, handle_webhook)
     app.router.add_get("/healthz", handle_healthz)
     return app
+
+
+class GuardedRunner(web.AppRunner):
+    """The public listener's runner: a connection that has not sent its request line and headers
+    within [server] read_timeout_s is closed (aiohttp's keep-alive timer runs from the connection's
+    start), and past [server] max_connections a new connection is answered 503 and closed, so slow or
+    idle clients cannot use up the process's file descriptors."""
+
+    def __init__(self, app: web.Application, server: ServerConfig, **kwargs: Any):
+        super().__init__(app, keepalive_timeout=server.read_timeout_s, **kwargs)
+        self._max_connections = server.max_connections
+
+    async def _make_server(self) -> Any:
+        return _CappedServer(await super()._make_server(), self._max_connections)
+
+
+class _CappedServer:
+    """aiohttp's Server (the protocol factory) with a cap on open connections."""
+
+    def __init__(self, server: web.Server, limit: int):
+        self._server = server
+        self._limit = limit
+        self.refused = 0
+        self._last_warning = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self._server.connections) < self._limit:
+            return self._server()
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._last_warning >= CAP_WARNING_INTERVAL:
+            self._last_warning = now
+            logger.warning("{} connections are open ([server] max_connections): new ones are answered 503 "
+                           "until some close ({} refused so far)", self._limit, self.refused)
+        return _Refusal()
+
+
+class _Refusal(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(TOO_MANY_CONNECTIONS)
+        transport.close()
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -39,7 +93,37 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 def _authorized(request: web.Request) -> bool:
     expected = request.app[TOKEN]
     offered = request.query.get("token") or request.headers.get("X-Webhook-Token") or ""
-    return hmac.compare_digest(offered.encode(), expected)
+    return hmac.compare_digest(header_bytes(offered), expected)
+
+
+def header_bytes(value: str) -> bytes:
+    """A header or query value as the bytes that came (aiohttp keeps a byte that is not UTF-8 as a
+    lone surrogate, which .encode() refuses)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+class Unreadable(Exception):
+    """The request's body cannot be read: the answer is ready."""
+
+    def __init__(self, response: web.Response):
+        self.response = response
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The body within [server] max_body_bytes and read_timeout_s; Unreadable(413/408/400) otherwise."""
+    server = request.app[SERVER]
+    limit = server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise Unreadable(_error(413, f"body is {request.content_length} bytes, over the {limit}-byte limit"))
+    try:
+        return await asyncio.wait_for(request.read(), server.read_timeout_s)
+    except web.HTTPRequestEntityTooLarge:
+        raise Unreadable(_error(413, f"body is over the {limit}-byte limit")) from None
+    except asyncio.TimeoutError:
+        raise Unreadable(_error(408, f"body did not arrive within {server.read_timeout_s:g} s",
+                                Connection="close")) from None
+    except web_protocol.RequestPayloadError as exc:  # a broken Content-Encoding or chunked framing
+        raise Unreadable(_error(400, f"body cannot be read: {str(exc).splitlines()[-1].strip()}")) from None
 
 
 async def handle_webhook(request: web.Request) -> web.Response:
@@ -47,26 +131,29 @@ async def handle_webhook(request: web.Request) -> web.Response:
     if not _authorized(request):
         logger.warning("webhook from {} refused: missing or wrong token", request.remote)
         return _error(401, "missing or wrong webhook token")
-    limit = request.app[MAX_BODY]
-    if request.content_length is not None and request.content_length > limit:
-        return _error(413, f"body is {request.content_length} bytes, over the {limit}-byte limit")
+    server = request.app[SERVER]
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _error(413, f"body is over the {limit}-byte limit")
+        body = await read_body(request)
+    except Unreadable as unreadable:
+        logger.warning("webhook from {} refused: {}", request.remote, unreadable.response.text)
+        return unreadable.response
     try:
-        elements = parse_body(body)
+        elements = parse_body(body, server.max_elements_per_request)
+    except TooManyElements as exc:
+        logger.warning("webhook from {} refused: {}", request.remote, exc)
+        return _error(413, f"{exc}: send at most {server.max_elements_per_request} per request")
     except BodyError as exc:
-        logger.warning("webhook body refused: {}", exc)
+        logger.warning("webhook from {} refused: {}", request.remote, exc)
         return _error(400, str(exc))
 
     received_at = datetime.now(timezone.utc)
     events: list[Event] = []
     rejected: list[Rejected] = []
     for position, element in enumerate(elements):
+        if position and not position % NORMALIZE_SLICE:
+            await asyncio.sleep(0)
         item = normalize(element.value, received_at, element.raw)
         if isinstance(item, Rejected):
-            logger.warning("webhook element {} quarantined: {}", position, item.reason)
             rejected.append(item)
         else:
             events.append(item)
@@ -75,11 +162,22 @@ async def handle_webhook(request: web.Request) -> web.Response:
     except JournalUnavailable as exc:
         return _error(503, f"journal cannot write, nothing was accepted: {exc}",
                       **{"Retry-After": RETRY_AFTER_SECONDS})
-    logger.debug("webhook: {} accepted, {} duplicates, {} rejected",
-                 result.accepted, result.duplicates, result.rejected)
+    if result.rejected:
+        # one line per request, however many elements: a flood of bad elements is not a flood of logs
+        logger.warning("webhook from {}: {} accepted, {} duplicates, {} rejected into quarantine ({})",
+                       request.remote, result.accepted, result.duplicates, result.rejected,
+                       _first_reasons(rejected))
+    else:
+        logger.debug("webhook: {} accepted, {} duplicates", result.accepted, result.duplicates)
     return web.json_response(
         {"accepted": result.accepted, "duplicates": result.duplicates, "rejected": result.rejected}
     )
+
+
+def _first_reasons(rejected: list[Rejected]) -> str:
+    reasons = list(dict.fromkeys(item.reason for item in rejected))
+    more = f"; and {len(reasons) - REASONS_LOGGED} other reasons" if len(reasons) > REASONS_LOGGED else ""
+    return "; ".join(reasons[:REASONS_LOGGED]) + more
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
