@@ -24,7 +24,7 @@ from typing import Any
 import aiosqlite
 from loguru import logger
 
-from daemon.events import Event, Rejected, StoredEvent
+from daemon.events import Event, Rejected, StoredEvent, mentions_phone
 from daemon.records import ConversationState, conversation_id_for, iso
 
 MAX_EVENTS_PER_COMMIT = 5000
@@ -316,7 +316,7 @@ class Requeue:
 FORGET_EVENTS = ("DELETE FROM events WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?)) "
                  "RETURNING dedup_key")
 FORGET_CONVERSATIONS = "DELETE FROM conversations WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?))"
-FORGET_QUARANTINE = "DELETE FROM quarantine WHERE raw LIKE '%' || ? || '%'"
+FORGET_QUARANTINE = "DELETE FROM quarantine WHERE mentions_phone(raw, ?)"  # daemon.events.mentions_phone
 CONVERSATIONS_OF_PHONE = "SELECT conversation_id FROM conversations WHERE phone = ?"
 INSERT_AUDIT = "INSERT INTO audit (at, action, subject_hash, report) VALUES (?, ?, ?, ?)"
 AUDIT_SALT = "SELECT value FROM meta WHERE key = 'audit_salt'"
@@ -768,6 +768,7 @@ class Journal:
         params = (phone, json.dumps(list(conversation_ids)))
 
         async def run(conn: aiosqlite.Connection) -> tuple[dict[str, int], list[str]]:
+            await conn.create_function("mentions_phone", 2, mentions_phone, deterministic=True)
             keys = [row[0] for row in await (await conn.execute(FORGET_EVENTS, params)).fetchall()]
             conversations = (await conn.execute(FORGET_CONVERSATIONS, params)).rowcount
             quarantined = (await conn.execute(FORGET_QUARANTINE, (phone,))).rowcount

@@ -5,8 +5,9 @@ from functools import partial
 
 import pytest
 
-from daemon.events import normalize
+from daemon.events import Rejected, normalize
 from daemon.forget import forget_phone
+from daemon.journal import Journal
 from daemon.sinks.base import TransientError
 from daemon.sinks.postgres import PostgresSink, quote_ident
 from daemon.sinks.postgres_rows import PostgresRows
@@ -88,3 +89,22 @@ async def test_an_unreachable_store_stops_forget_before_anything_is_erased(store
     assert await stores.journal.audit_entries() == []
     assert "900000002" in await postgres_text(pg_conn, pg_schema)
 
+
+
+QUARANTINED = {  # raw -> erased when 5511988887777 is forgotten
+    "1": False, '{"phone": "+55 11 98888-7777"}': True, '{"phone": 5511988887777}': True,
+    '{"id": 155119888877770}': False, '{"text": "call +55 (11) 98888-7777 now"}': True,
+    '{"phone": "+55 11 98888-7776"}': False, '{"phone": "1"}': False,
+}
+
+
+async def test_forget_erases_quarantined_elements_holding_the_whole_number_only(tmp_path):
+    journal = await Journal.open(tmp_path / "j.sqlite", [])
+    try:
+        await journal.append([], [Rejected("element has no title", raw, RECEIVED) for raw in QUARANTINED])
+        counts, _ = await journal.forget("5511988887777", [])
+        left = [raw for (raw,) in await journal.query("SELECT raw FROM quarantine ORDER BY id")]
+    finally:
+        await journal.close()
+    assert left == [raw for raw, erased in QUARANTINED.items() if not erased]
+    assert counts["quarantined"] == 3
