@@ -450,12 +450,14 @@ FORGET_TIMEOUT = 3600.0  # Airtable at 5 requests/s: a long history takes a whil
 
 
 def _phone_digits(text: str) -> str | None:
-    """--phone as its digits; None, having said why, when it has none."""
-    from daemon.events import digits_only
+    """--phone as its digits; None, having said why, when they cannot be a phone number."""
+    from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, digits_only, is_phone_number
 
     phone = digits_only(text)
-    if not phone:
-        print(f"chatledger: --phone {text!r} has no digits", file=sys.stderr)
+    if not phone or not is_phone_number(phone):
+        print(f"chatledger: --phone {text!r} is not a phone number ({PHONE_DIGITS_MIN} to {PHONE_DIGITS_MAX} "
+              f"digits; it has {len(phone) if phone else 'none'})", file=sys.stderr)
+        return None
     return phone
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, is_phone_number
 from daemon.journal import Requeue
 
 SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
@@ -101,8 +102,9 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 async def _handle_forget(request: web.Request) -> web.Response:
     phone = request.query.get("phone", "")
-    if not phone.isdigit():
-        return web.json_response({"error": "phone must be digits"}, status=400, dumps=_dumps)
+    if not is_phone_number(phone):
+        return web.json_response({"error": f"phone must be a phone number: {PHONE_DIGITS_MIN} to "
+                                           f"{PHONE_DIGITS_MAX} digits"}, status=400, dumps=_dumps)
     return web.json_response(await request.app[FORGET](phone), dumps=_dumps)
 
 

@@ -4,14 +4,18 @@ import json
 from functools import partial
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from daemon.cli import EXIT_CONFIG, main
 from daemon.events import Rejected, normalize
 from daemon.forget import forget_phone
 from daemon.journal import Journal
 from daemon.sinks.base import TransientError
 from daemon.sinks.postgres import PostgresSink, quote_ident
 from daemon.sinks.postgres_rows import PostgresRows
+from daemon.status import create_status_app
 from tests.integration.conftest import BASE, NAMES, RECEIVED, cid, message
+from tests.support import write_config
 
 PHONE = "5511900000002"  # contact c2, sent as "+55 11 900000002"
 TRACES = ("900000002", cid("c2"))
@@ -108,3 +112,29 @@ async def test_forget_erases_quarantined_elements_holding_the_whole_number_only(
         await journal.close()
     assert left == [raw for raw, erased in QUARANTINED.items() if not erased]
     assert counts["quarantined"] == 3
+
+
+@pytest.mark.parametrize("phone", ["1", "123456", "+55 11 98888-7777 0000", "no digits"])
+def test_forget_refuses_what_is_not_a_phone_number_and_does_nothing(tmp_path, capsys, phone):
+    config = write_config(tmp_path)
+    assert main(["forget", "--phone", phone, "--config", str(config)]) == EXIT_CONFIG
+    assert "is not a phone number" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()  # not even the journal was opened
+
+
+async def test_the_socket_refuses_to_forget_what_is_not_a_phone_number():
+    asked = []
+
+    async def forget(phone):
+        asked.append(phone)
+        return {"stores": {}}
+
+    async def nothing(*args):
+        return {}
+
+    async with TestClient(TestServer(create_status_app(nothing, nothing, nothing, forget))) as client:
+        for phone in ("1", "123456", "1234567890123456", "55119888877a7"):
+            answer = await client.post("/forget", params={"phone": phone})
+            assert answer.status == 400 and "phone number" in (await answer.json())["error"]
+        assert (await client.post("/forget", params={"phone": "5511988887777"})).status == 200
+    assert asked == ["5511988887777"]
