@@ -91,6 +91,8 @@ _NOT_DIGITS = re.compile(r"[^0-9]+")
 # parentheses ("+55 (11) 98888-7777"). The run is taken whole, so a number inside a longer one never matches.
 _PHONE_RUN = re.compile(r"\+?[0-9]+(?:[ .()-]{1,3}[0-9]+)*")
 PHONE_DIGITS_MIN, PHONE_DIGITS_MAX = 7, 15  # E.164 allows at most 15 digits
+# C0 and C1 controls, DEL, and lone surrogates (no UTF-8 store can hold one)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,11 @@ def digits_only(phone: Any) -> str | None:
         return None
     digits = _NOT_DIGITS.sub("", phone)
     return digits or None
+
+
+def has_control(text: str) -> bool:
+    """Whether `text` holds a control character or a lone surrogate."""
+    return _CONTROL.search(text) is not None
 
 
 def is_phone_number(digits: str) -> bool:
