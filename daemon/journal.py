@@ -835,7 +835,8 @@ class Journal:
         return entry
 
     async def audit_entries(self) -> list[dict[str, Any]]:
-        return [{**dict(zip(AUDIT_KEYS, row)), "report": json.loads(row[-1])} for row in await self.query(AUDIT_ENTRIES)]
+        rows = await self.query(AUDIT_ENTRIES)
+        return [{**dict(zip(AUDIT_KEYS, row)), "report": json.loads(row[-1])} for row in rows]
 
     async def dead_letters(self, sink: str, limit: int = 100) -> list[dict[str, Any]]:
         """The first dead letters of `sink`, with their errors."""

@@ -195,7 +195,8 @@ def interaction_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
         raise Unusable(f"Direction is {direction!r}, not inbound or outbound")
     return {
         "interaction_id": _key(fields, "InteractionId"), "conversation_id": _key(fields, "ConversationId"),
-        "message_id": _key(fields, "MessageId", required=False), "direction": direction, "content": _text(fields, "Content"),
+        "message_id": _key(fields, "MessageId", required=False), "direction": direction,
+        "content": _text(fields, "Content"),
         "intent": _text(fields, "Intent"), "response": _text(fields, "Response"),
         "processing_time_ms": _int(fields, "ProcessingTime"),
         "status": _text(fields, "Status") or ("delivered" if direction == "inbound" else "sent"),
@@ -385,7 +386,8 @@ class Recovery:
             existing = await self.pg.existing(kind, [row[key] for row in rows])
             new = [row for row in rows if row[key] not in existing]
             inserted = await self.pg.insert(kind, new)
-            differ = {row[key]: bool(differences(kind, row, existing[row[key]])) for row in rows if row[key] in existing}
+            differ = {row[key]: bool(differences(kind, row, existing[row[key]]))
+                      for row in rows if row[key] in existing}
             replace = [row for row in rows if differ.get(row[key]) and self.prefer == "airtable"]
             await self.pg.update(kind, replace, COMPARED[kind])
             changed = [row for row in rows if row[key] in inserted] + replace

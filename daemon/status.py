@@ -43,7 +43,7 @@ def create_status_app(
     recover: Callable[..., Awaitable[dict[str, Any]]] | None = None,
     airtable: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
 ) -> web.Application:
-    """Build the status app: GET /status, POST /sync, POST /replay?sink=NAME&dead=1, POST /forget?phone=DIGITS&reference=TEXT."""
+    """Build the status app: GET /status, POST /sync, /replay?sink=NAME&dead=1, /forget?phone=DIGITS&reference=TEXT."""
     app = web.Application()
     app[SNAPSHOT] = snapshot
     app[SYNC] = sync

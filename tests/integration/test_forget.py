@@ -182,6 +182,7 @@ async def test_a_v3_journal_loses_its_audit_hashes_and_salt_on_upgrade(tmp_path)
 ])
 def test_forget_refuses_a_reference_that_is_unprintable_long_or_holds_the_number(tmp_path, capsys, reference, says):
     config = write_config(tmp_path)
-    assert main(["forget", "--phone", "5511988887777", "--reference", reference, "--config", str(config)]) == EXIT_CONFIG
+    args = ["forget", "--phone", "5511988887777", "--reference", reference, "--config", str(config)]
+    assert main(args) == EXIT_CONFIG
     assert says in capsys.readouterr().err
     assert not (tmp_path / "state").exists()
