@@ -36,6 +36,7 @@ from daemon.sinks.base import SinkError
 PREFIX = "/api/v1"
 READ_LIMIT = 1000
 
+
 def _no_control(value: str) -> str:
     if has_control(value):
         raise ValueError("must not hold a control character")

@@ -354,6 +354,7 @@ def reference_problem(reference: str, phone: str) -> str | None:
         return "must not hold the phone number: the audit keeps nothing it could be found from"
     return None
 
+
 DEAD_LETTERS = """
 SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, d.updated_at
 FROM deliveries d JOIN events e ON e.id = d.event_id
