@@ -22,10 +22,11 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from loguru import logger
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator,
+    AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator,
+    model_validator,
 )
 
-from daemon.events import EARLIEST_YEAR, LATEST_YEAR, Event, digits_only, storable_text
+from daemon.events import EARLIEST_YEAR, LATEST_YEAR, Event, digits_only, has_control, storable_text
 from daemon.journal import Journal, JournalUnavailable
 from daemon.records import (
     API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, api_interaction_id, iso,
@@ -37,7 +38,14 @@ from daemon.webhook import Unreadable, header_bytes, read_body
 PREFIX = "/api/v1"
 READ_LIMIT = 1000
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00\s][^\x00]*$")]
+
+def _no_control(value: str) -> str:
+    if has_control(value):
+        raise ValueError("must not hold a control character")
+    return value
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S"), AfterValidator(_no_control)]
 # pydantic refuses a lone surrogate in a str field (422); only metadata's free values need cleaning.
 Short = Annotated[str, StringConstraints(max_length=1000)]
 Long = Annotated[str, StringConstraints(max_length=100_000)]
@@ -217,6 +225,18 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
         raise _Refused(_error(422, "validation failed", fields=fields)) from None
 
 
+_PATH_ID = TypeAdapter(Id)
+
+
+def _path_id(request: web.Request) -> str:
+    """The path's {id}, held to the same rules as an id in a body."""
+    try:
+        return _PATH_ID.validate_python(request.match_info["id"])
+    except ValidationError as exc:
+        fields = [{"loc": ["path", "id", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        raise _Refused(_error(422, "validation failed", fields=fields)) from None
+
+
 def _route(handler):
     """Authorization, bad bodies and an unwritable journal answered the same way everywhere."""
     async def wrapped(request: web.Request) -> web.Response:
@@ -276,7 +296,7 @@ async def post_escalation(request: web.Request) -> web.Response:
 
 @_route
 async def patch_escalation(request: web.Request) -> web.Response:
-    escalation_id = request.match_info["id"]
+    escalation_id = _path_id(request)
     body: EscalationPatch = await _body(request, EscalationPatch)
     if not await _escalation_known(request.app[JOURNAL_KEY], escalation_id):
         return _error(404, f"no escalation {escalation_id}")
@@ -287,7 +307,7 @@ async def patch_escalation(request: web.Request) -> web.Response:
 
 @_route
 async def patch_conversation(request: web.Request) -> web.Response:
-    conversation_id = request.match_info["id"]
+    conversation_id = _path_id(request)
     body: ConversationPatch = await _body(request, ConversationPatch)
     new = await _journal(request, API_CONVERSATION_UPDATE, _patch_key(request, "conversation", body), body,
                          conversation_id=conversation_id)
@@ -388,7 +408,7 @@ async def _airtable_rows(client: Any, table: str, conversation_id: str, limit: i
 
 @_route
 async def get_conversation(request: web.Request) -> web.Response:
-    conversation_id = request.match_info["id"]
+    conversation_id = _path_id(request)
     stores = request.app[JOURNAL_KEY]
 
     async def from_postgres(pg: Any) -> Any:
@@ -415,7 +435,7 @@ async def get_conversation(request: web.Request) -> web.Response:
 
 @_route
 async def get_interactions(request: web.Request) -> web.Response:
-    conversation_id = request.match_info["id"]
+    conversation_id = _path_id(request)
     try:
         limit = min(READ_LIMIT, max(1, int(request.query.get("limit", "100"))))
     except ValueError:

@@ -298,7 +298,7 @@ class Daemon:
             self.workers[name].wake()
         return {"replay": "triggered", "sinks": names, "requeued": requeued}
 
-    async def forget(self, phone: str) -> dict[str, Any]:
+    async def forget(self, phone: str, reference: str | None = None) -> dict[str, Any]:
         """Erase one phone everywhere, through this daemon's journal, workers and Airtable budget."""
         from daemon.forget import forget_phone
         from daemon.sinks.base import SinkError
@@ -312,7 +312,7 @@ class Daemon:
 
         try:
             report = await forget_phone(phone, self.journal, **erasure_stores(
-                self.config, airtable.sink if airtable else None), quiesce=quiesce)
+                self.config, airtable.sink if airtable else None), quiesce=quiesce, reference=reference)
         except SinkError as exc:
             return {"error": f"{exc}; nothing was erased"}
         return report.as_dict()

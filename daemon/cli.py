@@ -86,8 +86,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="whose values win when a row is in both and differs (default: postgres)")
     recover.add_argument("--json", action="store_true", help="print the summary as JSON")
     forget = command("forget", "erase one person's data from the journal, PostgreSQL and Airtable (LGPD), keep an "
-                               "audit entry (a salted hash of the phone, the time, the counts) and print the report")
+                               "audit entry (the time, the counts, the last four digits, --reference) and print the "
+                               "report")
     forget.add_argument("--phone", required=True, metavar="PHONE", help="the phone number (any formatting)")
+    forget.add_argument("--reference", metavar="TEXT",
+                        help="kept in the audit entry, e.g. the request's ticket id (at most 100 characters)")
     forget.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
@@ -450,32 +453,43 @@ FORGET_TIMEOUT = 3600.0  # Airtable at 5 requests/s: a long history takes a whil
 
 
 def _phone_digits(text: str) -> str | None:
-    """--phone as its digits; None, having said why, when it has none."""
-    from daemon.events import digits_only
+    """--phone as its digits; None, having said why, when they cannot be a phone number."""
+    from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, digits_only, is_phone_number
 
     phone = digits_only(text)
-    if not phone:
-        print(f"chatledger: --phone {text!r} has no digits", file=sys.stderr)
+    if not phone or not is_phone_number(phone):
+        print(f"chatledger: --phone {text!r} is not a phone number ({PHONE_DIGITS_MIN} to {PHONE_DIGITS_MAX} "
+              f"digits; it has {len(phone) if phone else 'none'})", file=sys.stderr)
+        return None
     return phone
 
 
 def _forget(config: Config, args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    from daemon.journal import reference_problem
+
     phone = _phone_digits(args.phone)
     if not phone:
         return EXIT_CONFIG
+    problem = reference_problem(args.reference, phone) if args.reference is not None else None
+    if problem:
+        print(f"chatledger: --reference {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    query = urlencode({"phone": phone} | ({"reference": args.reference} if args.reference is not None else {}))
     try:
-        answer = asyncio.run(request_status(config.status.socket, "POST", f"/forget?phone={phone}",
+        answer = asyncio.run(request_status(config.status.socket, "POST", f"/forget?{query}",
                                             timeout_s=FORGET_TIMEOUT))
     except StatusUnreachable:
-        answer = _forget_offline(config, phone)  # no daemon: the journal is ours to open
+        answer = _forget_offline(config, phone, args.reference)  # no daemon: the journal is ours to open
     if args.json:
         print(json.dumps(answer, indent=2))
     if answer.get("error") and not answer.get("stores"):
         print(f"chatledger: forget: {answer['error']}", file=sys.stderr)
         return EXIT_FAILURE
     if not args.json:
-        print(f"forgot phone ...{phone[-4:]} (audit hash {answer['audit']['subject_hash'][:16]}, "
-              f"at {answer['audit']['at']})")
+        reference = f", reference {args.reference}" if args.reference is not None else ""
+        print(f"forgot phone ...{phone[-4:]} (audit entry at {answer['audit']['at']}{reference})")
         for store, counts in answer["stores"].items():
             text = counts if isinstance(counts, str) else ", ".join(f"{n} {what}" for what, n in counts.items())
             print(f"  {store:<9} {text}")
@@ -486,7 +500,7 @@ def _forget(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _forget_offline(config: Config, phone: str) -> dict[str, Any]:
+def _forget_offline(config: Config, phone: str, reference: str | None) -> dict[str, Any]:
     from daemon.app import erasure_stores
     from daemon.forget import forget_phone
     from daemon.journal import Journal
@@ -502,7 +516,7 @@ def _forget_offline(config: Config, phone: str) -> dict[str, Any]:
             sink = AirtableSink.from_config(config.airtable, None)
         journal = await Journal.open(config.journal.path, config.enabled_sinks)
         try:
-            return (await forget_phone(phone, journal, **erasure_stores(config, sink))).as_dict()
+            return (await forget_phone(phone, journal, **erasure_stores(config, sink), reference=reference)).as_dict()
         except SinkError as exc:
             return {"error": f"{exc}; nothing was erased"}
         finally:

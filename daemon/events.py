@@ -100,6 +100,12 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _LENIENT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_lenient_int)
 _WHITESPACE = " \t\n\r"
 _NOT_DIGITS = re.compile(r"[^0-9]+")
+# A phone as people write it: digits, an optional leading +, groups parted by spaces, dashes, dots or
+# parentheses ("+55 (11) 98888-7777"). The run is taken whole, so a number inside a longer one never matches.
+_PHONE_RUN = re.compile(r"\+?[0-9]+(?:[ .()-]{1,3}[0-9]+)*")
+PHONE_DIGITS_MIN, PHONE_DIGITS_MAX = 7, 15  # E.164 allows at most 15 digits
+# C0 and C1 controls, DEL, and lone surrogates (no UTF-8 store can hold one)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -293,6 +299,25 @@ def digits_only(phone: Any) -> str | None:
         return None
     digits = _NOT_DIGITS.sub("", phone)
     return digits or None
+
+
+def has_control(text: str) -> bool:
+    """Whether `text` holds a control character or a lone surrogate."""
+    return _CONTROL.search(text) is not None
+
+
+def is_phone_number(digits: str) -> bool:
+    """Whether these digits can be a whole phone number (7 to 15 ASCII digits)."""
+    return digits.isascii() and digits.isdigit() and PHONE_DIGITS_MIN <= len(digits) <= PHONE_DIGITS_MAX
+
+
+def mentions_phone(text: Any, digits: str) -> bool:
+    """Whether `text` holds the phone `digits` whole: as a bare digit run or as one formatted phone-like run."""
+    if not isinstance(text, str) or not digits or digits not in _NOT_DIGITS.sub("", text):
+        return False  # a run's digits are a slice of all the digits: most texts stop here
+    if re.search(f"(?<![0-9]){re.escape(digits)}(?![0-9])", text):
+        return True
+    return any(_NOT_DIGITS.sub("", run.group()) == digits for run in _PHONE_RUN.finditer(text))
 
 
 def _phone(contact: dict[str, Any], message: dict[str, Any]) -> str | None:

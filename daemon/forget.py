@@ -5,8 +5,9 @@ erasure before anything is erased. Then the journal (so no delivery can bring th
 a wait for any delivery that had already read it, then PostgreSQL, then Airtable, looked up again
 (a delivery may have added records since the first look) and erased interactions and escalations
 before their conversations, so that a run cut short finds the rest when run again. An
-audit entry keeps a salted hash of the phone, the time and the counts per store; never the phone.
-Later messages from that phone are journaled and delivered as usual.
+audit entry keeps the time, the counts per store, the phone's last four digits and the operator's
+reference; nothing the phone could be found from (a hash would be: phone numbers are few enough to
+try them all). Later messages from that phone are journaled and delivered as usual.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ async def forget_phone(
     phone: str, journal: Journal, *,
     postgres: Callable[[], AbstractAsyncContextManager[PostgresRows]] | None,
     airtable: tuple[AirtableClient, dict[str, str]] | None,
-    quiesce: Callable[[], Awaitable[None]] | None = None,
+    quiesce: Callable[[], Awaitable[None]] | None = None, reference: str | None = None,
 ) -> ForgetReport:
     """Erase `phone` (digits) from every configured store; the report is also the audit entry's."""
     report = ForgetReport()
@@ -105,6 +106,7 @@ async def forget_phone(
     if "journal" in report.stores:
         report.stores.setdefault("postgres", "not configured")
         report.stores.setdefault("airtable", "not configured")
-        report.audit = await journal.audit("forget", phone, {"stores": report.stores, "complete": report.complete})
-        logger.info("forget: erased a phone (audit hash {}): {}", report.audit["subject_hash"][:12], report.stores)
+        report.audit = await journal.audit("forget", {"stores": report.stores, "complete": report.complete},
+                                           last4=phone[-4:], reference=reference)
+        logger.info("forget: erased phone ...{} (reference {}): {}", phone[-4:], reference, report.stores)
     return report

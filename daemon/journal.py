@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import fcntl
-import hashlib
 import json
 import os
 import sqlite3
@@ -24,7 +23,7 @@ from typing import Any
 import aiosqlite
 from loguru import logger
 
-from daemon.events import Event, Rejected, StoredEvent
+from daemon.events import Event, Rejected, StoredEvent, has_control, mentions_phone
 from daemon.records import ConversationState, conversation_id_for, iso
 
 MAX_EVENTS_PER_COMMIT = 5000
@@ -213,11 +212,28 @@ MIGRATIONS: tuple[str, ...] = (
     """.replace("{upsert_new}", conversation_upsert("NEW.", "WHERE true", api=True)),
     # v4: an element no store could take as received (a NUL, a lone surrogate, a number out of range)
     # is delivered cleaned (`raw`); the element as received stays beside it, for inspection.
+    # And the audit keeps no hash of the phone: with its salt in the same file, the number came back
+    # in a fraction of a second. The last four digits and an operator's reference instead.
     """
     ALTER TABLE events ADD COLUMN original TEXT;
+    CREATE TABLE audit_v4 (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        at        TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        last4     TEXT,
+        reference TEXT,
+        report    TEXT NOT NULL
+    );
+    INSERT INTO audit_v4 (id, at, action, report) SELECT id, at, action, report FROM audit;
+    DROP TABLE audit;
+    ALTER TABLE audit_v4 RENAME TO audit;
+    DELETE FROM meta WHERE key = 'audit_salt';
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# v4 erases the audit's hashes: secure_delete zeroes their pages in the WAL, and a checkpoint right
+# after migrating copies them over the file's (the old pages would otherwise stay there for a while).
+ERASING_MIGRATION = 4
 
 EVENT_COLUMNS = (
     "dedup_key", "received_at", "occurred_at", "title", "service", "bot_id", "contact_id", "phone",
@@ -322,11 +338,26 @@ class Requeue:
 FORGET_EVENTS = ("DELETE FROM events WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?)) "
                  "RETURNING dedup_key")
 FORGET_CONVERSATIONS = "DELETE FROM conversations WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?))"
-FORGET_QUARANTINE = "DELETE FROM quarantine WHERE raw LIKE '%' || ? || '%'"
+FORGET_QUARANTINE = "DELETE FROM quarantine WHERE mentions_phone(raw, ?)"  # daemon.events.mentions_phone
 CONVERSATIONS_OF_PHONE = "SELECT conversation_id FROM conversations WHERE phone = ?"
-INSERT_AUDIT = "INSERT INTO audit (at, action, subject_hash, report) VALUES (?, ?, ?, ?)"
-AUDIT_SALT = "SELECT value FROM meta WHERE key = 'audit_salt'"
-AUDIT_ENTRIES = "SELECT id, at, action, subject_hash, report FROM audit ORDER BY id"
+INSERT_AUDIT = "INSERT INTO audit (at, action, last4, reference, report) VALUES (?, ?, ?, ?, ?)"
+AUDIT_ENTRIES = "SELECT id, at, action, last4, reference, report FROM audit ORDER BY id"
+AUDIT_KEYS = ("id", "at", "action", "last4", "reference", "report")
+REFERENCE_MAX = 100
+
+
+def reference_problem(reference: str, phone: str) -> str | None:
+    """Why an operator's reference (a ticket id) cannot go into the audit entry of erasing `phone`."""
+    if not reference.strip():
+        return "is empty"
+    if len(reference) > REFERENCE_MAX:
+        return f"must be at most {REFERENCE_MAX} characters"
+    if has_control(reference):
+        return "must not hold a control character"
+    if mentions_phone(reference, phone):
+        return "must not hold the phone number: the audit keeps nothing it could be found from"
+    return None
+
 
 DEAD_LETTERS = """
 SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, d.updated_at
@@ -838,6 +869,7 @@ class Journal:
         params = (phone, json.dumps(list(conversation_ids)))
 
         async def run(conn: aiosqlite.Connection) -> tuple[dict[str, int], list[str]]:
+            await conn.create_function("mentions_phone", 2, mentions_phone, deterministic=True)
             keys = [row[0] for row in await (await conn.execute(FORGET_EVENTS, params)).fetchall()]
             conversations = (await conn.execute(FORGET_CONVERSATIONS, params)).rowcount
             quarantined = (await conn.execute(FORGET_QUARANTINE, (phone,))).rowcount
@@ -858,12 +890,12 @@ class Journal:
             await asyncio.sleep(0.05)
         return False
 
-    async def audit(self, action: str, subject: str, report: dict[str, Any]) -> dict[str, Any]:
-        """Record an erasure: the subject only as a salted SHA-256; returns the entry."""
-        (salt,) = (await self.query(AUDIT_SALT))[0]
-        entry = {"at": iso(datetime.now(timezone.utc)), "action": action,
-                 "subject_hash": hashlib.sha256(f"{salt}:{subject}".encode()).hexdigest(), "report": report}
-        params = (entry["at"], action, entry["subject_hash"], json.dumps(report, sort_keys=True))
+    async def audit(self, action: str, report: dict[str, Any], *, last4: str | None = None,
+                    reference: str | None = None) -> dict[str, Any]:
+        """Record an erasure: when, what, how much, and nothing the subject could be found from; returns it."""
+        entry = {"at": iso(datetime.now(timezone.utc)), "action": action, "last4": last4, "reference": reference,
+                 "report": report}
+        params = (entry["at"], action, last4, reference, json.dumps(report, sort_keys=True))
 
         async def run(conn: aiosqlite.Connection) -> None:
             await conn.execute(INSERT_AUDIT, params)
@@ -872,8 +904,8 @@ class Journal:
         return entry
 
     async def audit_entries(self) -> list[dict[str, Any]]:
-        return [{"id": i, "at": at, "action": action, "subject_hash": subject, "report": json.loads(report)}
-                for i, at, action, subject, report in await self.query(AUDIT_ENTRIES)]
+        rows = await self.query(AUDIT_ENTRIES)
+        return [{**dict(zip(AUDIT_KEYS, row)), "report": json.loads(row[-1])} for row in rows]
 
     async def dead_letters(self, sink: str, limit: int = 100) -> list[dict[str, Any]]:
         """The first dead letters of `sink`, with their errors."""
@@ -985,6 +1017,8 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
             await _rollback(conn)
             raise
         logger.info("journal {} migrated to schema v{}", path, target)
+    if version < ERASING_MIGRATION <= SCHEMA_VERSION:
+        await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 async def _backfill_conversations(conn: aiosqlite.Connection) -> None:

@@ -22,9 +22,10 @@ from typing import Any
 from loguru import logger
 from pyairtable.formulas import EQ, GTE, OR, Field, to_formula_str
 
-from daemon.events import digits_only
-from daemon.records import iso, parse_tags, parse_time, status_key, ticket_for
+from daemon.events import digits_only, has_control
+from daemon.records import clean_text, iso, parse_tags, parse_time, status_key, ticket_for
 from daemon.sinks.airtable import AirtableClient, pages
+from daemon.sinks.base import PermanentError
 from daemon.sinks.postgres_rows import KEYS, PostgresRows
 
 KINDS = ("conversations", "interactions", "escalations")
@@ -48,7 +49,7 @@ STATUS_EVENTS = {"escalated": "open_chat", "closed": "unsubscribe"}
 
 
 class Unusable(ValueError):
-    """An Airtable record that cannot become a row (a key or a required value is missing)."""
+    """An Airtable record that cannot become a row (a key missing or unusable, a required value missing)."""
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,24 @@ class Report:
 # -- Airtable record -> PostgreSQL row (pure) ---------------------------------------------------------
 
 def _text(fields: dict[str, Any], name: str) -> str | None:
+    """The field as text, NUL replaced (PostgreSQL text cannot hold it)."""
     value = fields.get(name)
     if value is None or value == "":
         return None
-    return value if isinstance(value, str) else str(value)
+    return clean_text(value if isinstance(value, str) else str(value))
+
+
+def _key(fields: dict[str, Any], name: str, required: bool = True) -> str | None:
+    """An id field: a control character in it is not cleaned (the id would change) but refused."""
+    value = fields.get(name)
+    text = None if value is None or value == "" else value if isinstance(value, str) else str(value)
+    if text is None:
+        if required:
+            raise Unusable(f"no {name}")
+        return None
+    if has_control(text):
+        raise Unusable(f"{name} {text!r} holds a control character")
+    return text
 
 
 def _time(fields: dict[str, Any], name: str, required: bool = False) -> str | None:
@@ -136,10 +151,21 @@ def _metadata(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
     try:
-        value = json.loads(text)
+        value = _cleaned(json.loads(text))
     except ValueError:
         return {"airtable_metadata": text}  # kept as it was typed
     return value if isinstance(value, dict) else {"airtable_metadata": value}
+
+
+def _cleaned(value: Any) -> Any:
+    """Parsed JSON with NUL replaced in every string (a \\u0000 escape becomes a NUL when parsed)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, list):
+        return [_cleaned(item) for item in value]
+    if isinstance(value, dict):
+        return {clean_text(k): _cleaned(item) for k, item in value.items()}
+    return value
 
 
 def conversation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
@@ -152,7 +178,7 @@ def conversation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
         metadata.update(status_event=title, status_event_at=last_activity,
                         status_key=status_key(parse_time(last_activity), ""))
     return {
-        "conversation_id": _required(fields, "ConversationId"),
+        "conversation_id": _key(fields, "ConversationId"),
         "customer_phone": digits_only(fields.get("CustomerPhone")), "customer_name": _text(fields, "CustomerName"),
         "status": status, "started_at": _time(fields, "StartedAt"), "last_activity": last_activity,
         "message_count": _int(fields, "MessageCount") or 0, "intent": _text(fields, "Intent"),
@@ -168,8 +194,9 @@ def interaction_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
     if direction not in ("inbound", "outbound"):
         raise Unusable(f"Direction is {direction!r}, not inbound or outbound")
     return {
-        "interaction_id": _required(fields, "InteractionId"), "conversation_id": _required(fields, "ConversationId"),
-        "message_id": _text(fields, "MessageId"), "direction": direction, "content": _text(fields, "Content"),
+        "interaction_id": _key(fields, "InteractionId"), "conversation_id": _key(fields, "ConversationId"),
+        "message_id": _key(fields, "MessageId", required=False), "direction": direction,
+        "content": _text(fields, "Content"),
         "intent": _text(fields, "Intent"), "response": _text(fields, "Response"),
         "processing_time_ms": _int(fields, "ProcessingTime"),
         "status": _text(fields, "Status") or ("delivered" if direction == "inbound" else "sent"),
@@ -179,11 +206,11 @@ def interaction_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
 
 
 def escalation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
-    escalation_id = _required(fields, "EscalationId")
+    escalation_id = _key(fields, "EscalationId")
     return {
         "escalation_id": escalation_id,
-        "ticket_id": _text(fields, "TicketId") or ticket_for(escalation_id),
-        "conversation_id": _required(fields, "ConversationId"), "reason": _text(fields, "Reason"),
+        "ticket_id": _key(fields, "TicketId", required=False) or ticket_for(escalation_id),
+        "conversation_id": _key(fields, "ConversationId"), "reason": _text(fields, "Reason"),
         "priority": _text(fields, "Priority") or "normal", "status": _text(fields, "Status") or "pending",
         "customer_phone": digits_only(fields.get("CustomerPhone")), "assigned_agent": _text(fields, "AssignedAgent"),
         "created_at": _time(fields, "CreatedAt", required=True), "resolved_at": _time(fields, "ResolvedAt"),
@@ -338,36 +365,44 @@ class Recovery:
             self._conversations.update(done)
 
     async def _apply(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        """Apply rows in one transaction; when PostgreSQL refuses their data, one by one, so that only
+        the rows it refuses are left out (and reported)."""
         if not rows:
             return
+        try:
+            await self._apply_together(kind, rows)
+        except PermanentError as exc:
+            if len(rows) > 1:
+                for row in rows:
+                    await self._apply(kind, [row])
+                return
+            self.report.tallies[kind].unusable += 1
+            self.report.problem(f"{kind} {rows[0][KEYS[kind]]}: PostgreSQL refused it ({exc}); not recovered")
+
+    async def _apply_together(self, kind: str, rows: list[dict[str, Any]]) -> None:
         tally = self.report.tallies[kind]
         key = KEYS[kind]
         async with self.pg.transaction():
             existing = await self.pg.existing(kind, [row[key] for row in rows])
             new = [row for row in rows if row[key] not in existing]
             inserted = await self.pg.insert(kind, new)
-            tally.inserted += len(inserted)
-            for row in new:
-                if row[key] not in inserted:
-                    tally.conflicting += 1
-                    self.report.problem(f"{kind} {row[key]}: a unique value (message or ticket id) belongs to "
-                                        "another row in PostgreSQL; not recovered")
-            replace = []
-            for row in rows:
-                if row[key] not in existing:
-                    continue
-                differ = differences(kind, row, existing[row[key]])
-                if not differ:
-                    tally.present += 1
-                    continue
-                tally.conflicting += 1
-                if self.prefer == "airtable":
-                    replace.append(row)
+            differ = {row[key]: bool(differences(kind, row, existing[row[key]]))
+                      for row in rows if row[key] in existing}
+            replace = [row for row in rows if differ.get(row[key]) and self.prefer == "airtable"]
             await self.pg.update(kind, replace, COMPARED[kind])
-            tally.replaced += len(replace)
             changed = [row for row in rows if row[key] in inserted] + replace
-            if kind == "conversations":
-                self._conversations.update(row[key] for row in rows if row[key] in inserted or row[key] in existing)
             if kind == "interactions":
                 await self.pg.fill_interaction_phones([row[key] for row in changed])
             await self.pg.refresh(list(dict.fromkeys(row["conversation_id"] for row in changed)))
+        # committed: only now is anything counted
+        tally.inserted += len(inserted)
+        for row in new:
+            if row[key] not in inserted:
+                tally.conflicting += 1
+                self.report.problem(f"{kind} {row[key]}: a unique value (message or ticket id) belongs to "
+                                    "another row in PostgreSQL; not recovered")
+        tally.present += sum(1 for differs in differ.values() if not differs)
+        tally.conflicting += sum(1 for differs in differ.values() if differs)
+        tally.replaced += len(replace)
+        if kind == "conversations":
+            self._conversations.update(row[key] for row in rows if row[key] in inserted or row[key] in existing)

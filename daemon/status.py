@@ -13,12 +13,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from daemon.journal import Requeue
+from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, is_phone_number
+from daemon.journal import Requeue, reference_problem
 
 SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
 SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
 REPLAY = web.AppKey("replay", Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]])
-FORGET = web.AppKey("forget", Callable[[str], Awaitable[dict[str, Any]]])
+FORGET = web.AppKey("forget", Callable[[str, str | None], Awaitable[dict[str, Any]]])
 AIRTABLE = web.AppKey("airtable", Callable[[str], Awaitable[dict[str, Any]]])
 # (query parameters, emit(line)) -> the final line
 RECOVER = web.AppKey("recover", Callable[[dict[str, str], Callable[[dict[str, Any]], Awaitable[None]]],
@@ -38,11 +39,11 @@ def create_status_app(
     snapshot: Callable[[], Awaitable[dict[str, Any]]],
     sync: Callable[[], Awaitable[dict[str, Any]]],
     replay: Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]],
-    forget: Callable[[str], Awaitable[dict[str, Any]]],
+    forget: Callable[[str, str | None], Awaitable[dict[str, Any]]],
     recover: Callable[..., Awaitable[dict[str, Any]]] | None = None,
     airtable: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
 ) -> web.Application:
-    """Build the status app: GET /status, POST /sync, POST /replay?sink=NAME&dead=1, POST /forget?phone=DIGITS."""
+    """Build the status app: GET /status, POST /sync, /replay?sink=NAME&dead=1, /forget?phone=DIGITS&reference=TEXT."""
     app = web.Application()
     app[SNAPSHOT] = snapshot
     app[SYNC] = sync
@@ -101,9 +102,14 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 async def _handle_forget(request: web.Request) -> web.Response:
     phone = request.query.get("phone", "")
-    if not phone.isdigit():
-        return web.json_response({"error": "phone must be digits"}, status=400, dumps=_dumps)
-    return web.json_response(await request.app[FORGET](phone), dumps=_dumps)
+    if not is_phone_number(phone):
+        return web.json_response({"error": f"phone must be a phone number: {PHONE_DIGITS_MIN} to "
+                                           f"{PHONE_DIGITS_MAX} digits"}, status=400, dumps=_dumps)
+    reference = request.query.get("reference")
+    problem = reference_problem(reference, phone) if reference is not None else None
+    if problem:
+        return web.json_response({"error": f"reference {problem}"}, status=400, dumps=_dumps)
+    return web.json_response(await request.app[FORGET](phone, reference), dumps=_dumps)
 
 
 async def _handle_airtable(request: web.Request) -> web.Response:

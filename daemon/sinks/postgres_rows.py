@@ -14,8 +14,8 @@ from typing import Any, AsyncIterator
 
 import asyncpg
 
-from daemon.sinks.base import TransientError
-from daemon.sinks.postgres import REFRESH_CONVERSATIONS, _describe, connect, migrate, quote_ident
+from daemon.sinks.base import PermanentError, TransientError
+from daemon.sinks.postgres import POISON_CLASSES, REFRESH_CONVERSATIONS, _describe, connect, migrate, quote_ident
 
 KEYS = {"conversations": "conversation_id", "interactions": "interaction_id", "escalations": "escalation_id"}
 
@@ -100,8 +100,16 @@ class PostgresRows:
                                key=KEYS.get(table, ""), columns=", ".join(columns),
                                assignments=", ".join(f"{c} = r.{c}" for c in columns))
 
-    def transaction(self):
-        return self._conn.transaction()
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """A transaction; rows PostgreSQL refuses for their data roll it back and raise PermanentError."""
+        try:
+            async with self._conn.transaction():
+                yield
+        except asyncpg.PostgresError as exc:
+            if (exc.sqlstate or "")[:2] in POISON_CLASSES:
+                raise PermanentError(_describe(exc)) from exc
+            raise
 
     async def existing(self, table: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The rows of `table` with these ids, as JSON objects (timestamps as ISO text in UTC)."""

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import sqlite3
 import urllib.error
 import urllib.request
 
@@ -74,8 +75,9 @@ def test_recover_and_forget_commands(tmp_path, emulator, own_pg):
         assert online.returncode == 0, online.stdout + online.stderr
         assert "through the running daemon" in online.stdout
         assert sql(dsn, "SELECT count(*) FROM chatledger.interactions")[0][0] == 60
-        forgotten = cli(config, "forget", "--phone", "+55 11 900000001", timeout=300)
+        forgotten = cli(config, "forget", "--phone", "+55 11 900000001", "--reference", "LGPD-7", timeout=300)
         assert forgotten.returncode == 0, forgotten.stdout + forgotten.stderr
+        assert "forgot phone ...0001" in forgotten.stdout and "reference LGPD-7" in forgotten.stdout
         assert "postgres  1 conversations, 20 interactions" in forgotten.stdout
         assert "airtable  1 conversations, 20 interactions" in forgotten.stdout
         assert "900000001" not in forgotten.stdout  # the report shows only the last digits
@@ -92,6 +94,9 @@ def test_recover_and_forget_commands(tmp_path, emulator, own_pg):
     finally:
         if daemon.process.poll() is None:
             daemon.kill()
+    with sqlite3.connect(tmp_path / "state" / "journal.sqlite") as journal:
+        assert journal.execute("SELECT last4, reference FROM audit").fetchall() == [("0001", "LGPD-7")]
+    journal.close()
     assert cli(config, "forget", "--phone", "no digits").returncode == 78
     no_pg = tmp_path / "no-pg"
     no_pg.mkdir()

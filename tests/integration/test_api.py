@@ -201,6 +201,34 @@ async def test_auth_and_validation_errors(tmp_path):
         await journal.close()
 
 
+CONTROL_IDS = [  # (method, path, body, the field named)
+    ("patch", "/api/v1/conversations/a%00b", {"status": "closed"}, ["path", "id"]),
+    ("patch", "/api/v1/escalations/a%1Bb", {"status": "resolved"}, ["path", "id"]),
+    ("get", "/api/v1/conversations/a%7Fb", None, ["path", "id"]),
+    ("get", "/api/v1/conversations/a%C2%85b/interactions", None, ["path", "id"]),
+    ("post", "/api/v1/interactions", {"id": "a\tb", "conversationId": "c", "direction": "inbound"}, ["id"]),
+    ("post", "/api/v1/interactions", {"id": "i", "conversationId": "c\ud800", "direction": "inbound"},
+     ["conversationId"]),
+    ("post", "/api/v1/interactions", {"id": "i", "conversationId": "c", "direction": "inbound",
+                                      "messageId": "m\x9b"}, ["messageId"]),
+    ("post", "/api/v1/escalations", {"id": "e", "conversationId": "c", "ticketId": "t\nx"}, ["ticketId"]),
+]
+
+
+@pytest.mark.parametrize("method, path, body, loc", CONTROL_IDS)
+async def test_ids_with_control_characters_are_refused_naming_the_field(tmp_path, method, path, body, loc):
+    journal = await Journal.open(tmp_path / "j.sqlite", ["postgres"])
+    try:
+        async with api_client(journal) as api:
+            answer = await api.request(method, path, json=body, headers=AUTH)
+            assert answer.status == 422
+            refused = await answer.json()
+            assert refused["error"] == "validation failed" and [f["loc"] for f in refused["fields"]] == [loc]
+            assert (await journal.counts())["events"] == 0  # nothing journaled, no dead letter to come
+    finally:
+        await journal.close()
+
+
 # -- property-based: whatever the body, never a 5xx ------------------------------------------------
 
 class ApiThread:

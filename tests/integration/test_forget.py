@@ -1,16 +1,22 @@
 """`forget --phone`: no trace of the person left in the journal, PostgreSQL or Airtable; an audit entry kept."""
 
 import json
+import sqlite3
 from functools import partial
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from daemon.events import normalize
+from daemon.cli import EXIT_CONFIG, main
+from daemon.events import Rejected, normalize
 from daemon.forget import forget_phone
+from daemon.journal import MIGRATIONS, Journal
 from daemon.sinks.base import TransientError
 from daemon.sinks.postgres import PostgresSink, quote_ident
 from daemon.sinks.postgres_rows import PostgresRows
+from daemon.status import create_status_app
 from tests.integration.conftest import BASE, NAMES, RECEIVED, cid, message
+from tests.support import write_config
 
 PHONE = "5511900000002"  # contact c2, sent as "+55 11 900000002"
 TRACES = ("900000002", cid("c2"))
@@ -34,9 +40,15 @@ def journal_bytes(path):
     return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
-async def forget(stores, pg_cluster, pg_schema, phone=PHONE):
+async def forget(stores, pg_cluster, pg_schema, phone=PHONE, reference=None):
     return await forget_phone(phone, stores.journal, postgres=partial(PostgresRows.open, pg_cluster.dsn(), pg_schema),
-                              airtable=(stores.client, NAMES))
+                              airtable=(stores.client, NAMES), reference=reference)
+
+
+def audit_table(path):
+    with sqlite3.connect(path) as conn:
+        return ([column for _, column, *_ in conn.execute("PRAGMA table_info(audit)")],
+                conn.execute("SELECT key FROM meta WHERE key LIKE '%salt%'").fetchall())
 
 
 async def test_forget_leaves_no_trace_in_any_store_and_keeps_an_audit_entry(
@@ -47,7 +59,7 @@ async def test_forget_leaves_no_trace_in_any_store_and_keeps_an_audit_entry(
     assert b"900000002" in journal_bytes(stores.journal.path)
     others_before = (await postgres_text(pg_conn, pg_schema)).count("900000001")
 
-    report = await forget(stores, pg_cluster, pg_schema)
+    report = await forget(stores, pg_cluster, pg_schema, reference="TICKET-42")
 
     assert report.complete and report.error is None
     assert report.stores["journal"] == {"events": 16, "conversations": 1, "quarantined": 0}
@@ -59,8 +71,11 @@ async def test_forget_leaves_no_trace_in_any_store_and_keeps_an_audit_entry(
     assert b"900000002" not in journal_bytes(stores.journal.path)  # secure_delete + WAL truncated
     assert (await postgres_text(pg_conn, pg_schema)).count("900000001") == others_before  # nobody else touched
     [entry] = await stores.journal.audit_entries()
-    assert entry["action"] == "forget" and len(entry["subject_hash"]) == 64 and PHONE not in json.dumps(entry)
-    assert entry["report"]["stores"]["postgres"]["interactions"] == 15
+    assert entry == {"id": 1, "at": report.audit["at"], "action": "forget", "last4": "0002",
+                     "reference": "TICKET-42", "report": {"stores": report.stores, "complete": True}}
+    assert report.audit == {k: v for k, v in entry.items() if k != "id"}
+    # nothing the number could be recovered from: no hash of it, no salt beside one
+    assert audit_table(stores.journal.path) == (["id", "at", "action", "last4", "reference", "report"], [])
 
     again = await forget(stores, pg_cluster, pg_schema)  # nothing left: all zero, a second audit entry
     assert again.stores["journal"]["events"] == 0 and again.stores["airtable"]["interactions"] == 0
@@ -88,3 +103,86 @@ async def test_an_unreachable_store_stops_forget_before_anything_is_erased(store
     assert await stores.journal.audit_entries() == []
     assert "900000002" in await postgres_text(pg_conn, pg_schema)
 
+
+
+QUARANTINED = {  # raw -> erased when 5511988887777 is forgotten
+    "1": False, '{"phone": "+55 11 98888-7777"}': True, '{"phone": 5511988887777}': True,
+    '{"id": 155119888877770}': False, '{"text": "call +55 (11) 98888-7777 now"}': True,
+    '{"phone": "+55 11 98888-7776"}': False, '{"phone": "1"}': False,
+}
+
+
+async def test_forget_erases_quarantined_elements_holding_the_whole_number_only(tmp_path):
+    journal = await Journal.open(tmp_path / "j.sqlite", [])
+    try:
+        await journal.append([], [Rejected("element has no title", raw, RECEIVED) for raw in QUARANTINED])
+        counts, _ = await journal.forget("5511988887777", [])
+        left = [raw for (raw,) in await journal.query("SELECT raw FROM quarantine ORDER BY id")]
+    finally:
+        await journal.close()
+    assert left == [raw for raw, erased in QUARANTINED.items() if not erased]
+    assert counts["quarantined"] == 3
+
+
+@pytest.mark.parametrize("phone", ["1", "123456", "+55 11 98888-7777 0000", "no digits"])
+def test_forget_refuses_what_is_not_a_phone_number_and_does_nothing(tmp_path, capsys, phone):
+    config = write_config(tmp_path)
+    assert main(["forget", "--phone", phone, "--config", str(config)]) == EXIT_CONFIG
+    assert "is not a phone number" in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()  # not even the journal was opened
+
+
+async def test_the_socket_refuses_to_forget_what_is_not_a_phone_number():
+    asked = []
+
+    async def forget(phone, reference):
+        asked.append((phone, reference))
+        return {"stores": {}}
+
+    async def nothing(*args):
+        return {}
+
+    async with TestClient(TestServer(create_status_app(nothing, nothing, nothing, forget))) as client:
+        for phone in ("1", "123456", "1234567890123456", "55119888877a7"):
+            answer = await client.post("/forget", params={"phone": phone})
+            assert answer.status == 400 and "phone number" in (await answer.json())["error"]
+        answer = await client.post("/forget", params={"phone": "5511988887777", "reference": "a\x00b"})
+        assert answer.status == 400 and "control character" in (await answer.json())["error"]
+        assert (await client.post("/forget", params={"phone": "5511988887777"})).status == 200
+        assert (await client.post("/forget", params={"phone": "5511988887777", "reference": "T-1"})).status == 200
+    assert asked == [("5511988887777", None), ("5511988887777", "T-1")]
+
+
+async def test_a_v3_journal_loses_its_audit_hashes_and_salt_on_upgrade(tmp_path):
+    path = tmp_path / "old.sqlite"
+    salt, digest = "5a17" * 8, "d1" * 32
+    with sqlite3.connect(path) as conn:  # a journal as v3 wrote it, with one erasure audited
+        for migration in MIGRATIONS[:3]:
+            conn.executescript(migration)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_salt'", (salt,))
+        conn.execute("INSERT INTO audit (at, action, subject_hash, report) VALUES (?, 'forget', ?, ?)",
+                     ("2026-11-25T12:00:00.000Z", digest, '{"complete": true}'))
+        conn.execute("PRAGMA user_version = 3")
+    conn.close()
+    assert salt.encode() in path.read_bytes() and digest.encode() in path.read_bytes()
+    journal = await Journal.open(path, [])
+    try:
+        assert await journal.audit_entries() == [{"id": 1, "at": "2026-11-25T12:00:00.000Z", "action": "forget",
+                                                  "last4": None, "reference": None, "report": {"complete": True}}]
+        assert not any(secret in journal_bytes(path) for secret in (salt.encode(), digest.encode()))
+        entry = await journal.audit("forget", {"complete": True}, last4="7777")
+    finally:
+        await journal.close()
+    assert entry["last4"] == "7777" and audit_table(path)[1] == []
+
+
+@pytest.mark.parametrize("reference, says", [
+    ("ticket\x07", "control character"), ("x" * 101, "at most 100 characters"),
+    ("LGPD request from +55 11 98888-7777", "must not hold the phone number"),
+])
+def test_forget_refuses_a_reference_that_is_unprintable_long_or_holds_the_number(tmp_path, capsys, reference, says):
+    config = write_config(tmp_path)
+    args = ["forget", "--phone", "5511988887777", "--reference", reference, "--config", str(config)]
+    assert main(args) == EXIT_CONFIG
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "state").exists()

@@ -1,13 +1,17 @@
 """`recover`: rows PostgreSQL lost come back from Airtable (real cluster, emulator over HTTP, real pyairtable)."""
 
+import asyncio
 from datetime import datetime, timezone
 
+import asyncpg
 import pytest
 
-from daemon.recover import Recovery, Selection, Unusable, conversation_row, interaction_row
+from daemon.cli import EXIT_FAILURE, main
+from daemon.recover import Recovery, Selection, Unusable, conversation_row, escalation_row, interaction_row
 from daemon.sinks.postgres import quote_ident
 from daemon.sinks.postgres_rows import PostgresRows
-from tests.integration.conftest import BASE, NAMES, T0, cid
+from tests.integration.conftest import BASE, NAMES, T0, TOKEN, cid
+from tests.support import write_config
 
 COMPARED = {
     "conversations": "conversation_id, customer_phone, customer_name, status, started_at, last_activity, "
@@ -124,3 +128,70 @@ def test_records_that_cannot_be_rows_say_why():
                             "LastActivity": "2026-11-20T08:00:00.000Z", "Tags": "vip, billing"}, "now")
     assert row["customer_phone"] == "5511987654321" and row["tags"] == ["vip", "billing"]
     assert row["metadata"]["status_event"] == "open_chat"
+    with pytest.raises(Unusable, match="TicketId .* holds a control character"):
+        escalation_row({"EscalationId": "e", "TicketId": "t\x1b", "ConversationId": "c",
+                        "CreatedAt": "2026-11-27T00:00:00.000Z"}, "now")
+    row = conversation_row({"ConversationId": "c", "CustomerName": "A\x00na", "Metadata": '{"k\\u0000": ["\\u0000"]}'},
+                           "now")
+    assert row["customer_name"] == "A\ufffdna" and row["metadata"] == {"k\ufffd": ["\ufffd"]}
+
+
+BROKEN = [  # Airtable interactions PostgreSQL cannot take as they are
+    {"InteractionId": "nul-key", "ConversationId": "a\x00b", "Direction": "inbound",
+     "Timestamp": "2026-11-27T00:00:00.000Z"},
+    {"InteractionId": "nul-content", "ConversationId": cid("c1"), "Direction": "inbound", "Content": "x\x00y",
+     "Timestamp": "2026-11-27T00:00:00.000Z"},
+    {"InteractionId": "huge-time", "ConversationId": cid("c1"), "Direction": "outbound", "ProcessingTime": 10**12,
+     "Timestamp": "2026-11-27T00:00:00.000Z"},
+]
+
+
+async def test_records_postgresql_cannot_take_are_reported_and_the_rest_recovered(stores, pg_cluster, pg_conn,
+                                                                                 pg_schema):
+    s = quote_ident(pg_schema)
+    await pg_conn.execute(f"DELETE FROM {s}.interactions")
+    await stores.client.upsert(NAMES["interactions"], "InteractionId", BROKEN)
+
+    report = await recover(stores.client, pg_cluster, pg_schema, Selection(everything=True))
+
+    t = report.tallies["interactions"]
+    assert (t.read, t.inserted, t.unusable) == (63, 61, 2)
+    assert await pg_conn.fetchval(f"SELECT count(*) FROM {s}.interactions") == 61
+    assert await pg_conn.fetchval(f"SELECT content FROM {s}.interactions WHERE interaction_id = 'nul-content'") == \
+        "x\ufffdy"
+    assert [p for p in report.problems if "ConversationId" in p and "control character" in p]
+    assert [p for p in report.problems if "huge-time" in p and "not recovered" in p]
+    assert len(report.problems) == 2
+    assert await pg_conn.fetchval(f"SELECT message_count FROM {s}.conversations WHERE conversation_id = $1",
+                                  cid("c1")) == 16  # recounted: its 15 and the cleaned one
+
+
+def test_recover_all_on_the_command_line_goes_on_past_an_unusable_record_and_exits_1(
+        stores, stores_emulator, pg_cluster, pg_schema, tmp_path, capsys):
+    async def lose_interactions():
+        conn = await asyncpg.connect(pg_cluster.dsn())
+        try:
+            await conn.execute(f"DELETE FROM {quote_ident(pg_schema)}.interactions")
+        finally:
+            await conn.close()
+    asyncio.run(lose_interactions())
+    config = write_config(tmp_path, extra=(
+        f'[airtable]\napi_key = "{TOKEN}"\nbase_id = "{BASE}"\nendpoint_url = "{stores_emulator.url}"\n'
+        f'[postgres]\ndsn = "{pg_cluster.dsn()}"\nschema = "{pg_schema}"\n'))
+    asyncio.run(_upsert(stores_emulator.url, BROKEN[:1]))
+
+    assert main(["recover", "--all", "--config", str(config)]) == EXIT_FAILURE
+    out = capsys.readouterr().out
+    assert "problem: Interactions record" in out and "control character" in out
+    assert "      60" in out  # the 60 good interactions were recovered
+
+
+async def _upsert(url, rows):
+    from daemon.ratelimit import RequestBudget
+    from daemon.sinks.airtable import AirtableClient
+
+    client = AirtableClient(TOKEN, BASE, url, RequestBudget(5))
+    try:
+        await client.upsert(NAMES["interactions"], "InteractionId", rows)
+    finally:
+        client.close()

@@ -5,7 +5,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from daemon.events import BodyError, Event, Rejected, digits_only, normalize, parse_body, parse_date
+from daemon.events import (
+    BodyError, Event, Rejected, digits_only, is_phone_number, mentions_phone, normalize, parse_body, parse_date,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -234,6 +236,31 @@ def test_dates_in_seconds_or_milliseconds(value, expected):
 )
 def test_phone_digits_only(phone, digits):
     assert digits_only(phone) == digits
+
+
+@pytest.mark.parametrize(
+    "text, mentioned",
+    [("5511988887777", True), ('{"phone": "+55 11 98888-7777"}', True), ("call +55 (11) 98888-7777 now", True),
+     ("55.11.98888.7777", True), ('{"phone": 5511988887777, "n": 1}', True), ("x+5511988887777x", True),
+     ("155119888877770", False), ("5511988887777 0", True), ("15511988887777", False), ("55119888877771", False),
+     ("+55 11 98888-77770", False), ("1", False), ("+55 11 98888", False), ("", False), (None, False),
+     ("55 11 98888/7777", False)],
+)
+def test_a_phone_is_mentioned_only_as_a_whole_number(text, mentioned):
+    assert mentions_phone(text, "5511988887777") is mentioned
+
+
+def test_mentions_phone_stays_linear_on_hostile_text():
+    text = "1 " * 200_000 + "5511988887777"
+    # one phone-like run of 200,001 groups: not the phone 1111111; its last bare digit run is the phone
+    assert mentions_phone(text, "5511988887777") and not mentions_phone(text, "1111111")
+
+
+@pytest.mark.parametrize("digits, valid", [("5511988887777", True), ("1234567", True), ("123456789012345", True),
+                                           ("123456", False), ("1234567890123456", False), ("1", False),
+                                           ("", False), ("12345\u0661789", False)])
+def test_a_phone_number_has_7_to_15_digits(digits, valid):
+    assert is_phone_number(digits) is valid
 
 
 @pytest.mark.parametrize(
