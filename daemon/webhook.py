@@ -164,7 +164,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
                       **{"Retry-After": RETRY_AFTER_SECONDS})
     if result.rejected:
         # one line per request, however many elements: a flood of bad elements is not a flood of logs
-        logger.warning("webhook from {}: {} accepted, {} duplicates, {} rejected into quarantine ({})",
+        logger.warning("webhook from {}: {} accepted, {} duplicates, {} quarantined ({})",
                        request.remote, result.accepted, result.duplicates, result.rejected,
                        _first_reasons(rejected))
     else:

@@ -130,7 +130,7 @@ async def test_a_flood_of_tiny_elements_is_413_and_logged_once(env):
     finally:
         logger.remove(sink_id)
     assert len(lines) == 2  # one line per request, not one per element
-    assert "1000 rejected into quarantine (element has no title)" in lines[1]
+    assert "1000 quarantined (element has no title)" in lines[1]
     assert rows(journal, "SELECT count(*) FROM quarantine") == [(1000,)]
 
 
