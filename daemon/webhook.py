@@ -97,9 +97,9 @@ def _authorized(request: web.Request) -> bool:
 
 
 def header_bytes(value: str) -> bytes:
-    """A header or query value as the bytes that came (aiohttp keeps a byte that is not UTF-8 as a
-    lone surrogate, which .encode() refuses)."""
-    return value.encode("utf-8", "surrogateescape")
+    """A header or query value as bytes to compare (aiohttp keeps a byte that is not UTF-8 as a lone
+    surrogate, which a plain .encode() refuses)."""
+    return value.encode("utf-8", "surrogatepass")
 
 
 class Unreadable(Exception):
