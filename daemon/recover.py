@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from loguru import logger
-from pyairtable.formulas import EQ, GTE, OR, Field, to_formula_str
+from pyairtable.formulas import CONCATENATE, EQ, GTE, OR, REGEX_REPLACE, Field, to_formula_str
 
 from daemon.events import digits_only
 from daemon.records import iso, parse_tags, parse_time, status_key, ticket_for
@@ -226,8 +227,15 @@ def differences(kind: str, airtable: dict[str, Any], postgres: dict[str, Any]) -
 
 # -- formulas ---------------------------------------------------------------------------------------
 
+# Every formula is built by pyairtable, whose to_formula_str quotes each value (quoted(): backslash and
+# quote escaped) and each field name: a value can never change what a formula selects.
+
 def _formula(node: Any) -> str:
     return to_formula_str(node)
+
+
+def equals_formula(name: str, value: str) -> str:
+    return _formula(EQ(Field(name), value))
 
 
 def ids_formulas(name: str, ids: Sequence[str]) -> list[str]:
@@ -238,7 +246,10 @@ def ids_formulas(name: str, ids: Sequence[str]) -> list[str]:
 
 def phone_formula(name: str, phone: str) -> str:
     """Matches however the phone was typed (+55 11 ..., 5511...): compares the digits."""
-    return f"REGEX_REPLACE({{{name}}} & '', '[^0-9]', '') = '{phone}'"
+    if not re.fullmatch(r"[0-9]+", phone):
+        raise ValueError(f"a phone to look up must be digits, not {phone!r}")
+    # CONCATENATE makes a number cell text, which REGEX_REPLACE needs
+    return _formula(EQ(REGEX_REPLACE(CONCATENATE(Field(name), ""), "[^0-9]", ""), phone))
 
 
 def since_formula(name: str, since: str) -> str:
@@ -281,7 +292,7 @@ class Recovery:
 
     def _conversation_formulas(self, selection: Selection) -> list[str | None]:
         if selection.conversation:
-            return [_formula(EQ(Field("ConversationId"), selection.conversation))]
+            return [equals_formula("ConversationId", selection.conversation)]
         if selection.phone:
             return [phone_formula("CustomerPhone", selection.phone)]
         if selection.since:
