@@ -317,18 +317,15 @@ class Daemon:
             return {"error": f"{exc}; nothing was erased"}
         return report.as_dict()
 
-    async def recover(self, params: dict[str, str], emit: Any) -> dict[str, Any]:
+    async def recover(self, selection: Any, prefer: str, emit: Any) -> dict[str, Any]:
         """`chatledger recover` with this daemon's Airtable client, so that the base's budget is shared."""
-        from daemon.recover import Recovery, Selection
+        from daemon.recover import Recovery
         from daemon.sinks.base import SinkError
 
         airtable = self.workers.get("airtable")
         postgres = postgres_rows(self.config)
         if airtable is None or postgres is None:
             return {"error": "recover needs both [postgres] and [airtable] configured in the running daemon"}
-        selection = Selection(conversation=params.get("conversation") or None, phone=params.get("phone") or None,
-                              since=params.get("since") or None, everything=params.get("all") == "1")
-        prefer = "airtable" if params.get("prefer") == "airtable" else "postgres"
         logger.info("recover ({}) from Airtable, asked over the status socket", selection.describe())
 
         async def progress(report: Any) -> None:

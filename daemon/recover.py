@@ -59,6 +59,16 @@ class Selection:
     since: str | None = None  # journal time text
     everything: bool = False
 
+    def __post_init__(self) -> None:
+        given = [option for option, value in (("--conversation", self.conversation), ("--phone", self.phone),
+                                              ("--since", self.since), ("--all", self.everything)) if value]
+        if not given:
+            raise ValueError("one of the arguments --conversation --phone --since --all is required")
+        if len(given) > 1:
+            raise ValueError(f"argument {given[1]}: not allowed with argument {given[0]}")
+        if self.phone and not re.fullmatch(r"[0-9]+", self.phone):
+            raise ValueError(f"--phone {self.phone!r}: digits only")
+
     def describe(self) -> str:
         if self.conversation:
             return f"conversation {self.conversation}"

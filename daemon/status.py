@@ -6,22 +6,24 @@ import errno
 import json
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from daemon import params
 from daemon.journal import Requeue
+from daemon.params import BadParameter
 
 SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
 SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
 REPLAY = web.AppKey("replay", Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]])
 FORGET = web.AppKey("forget", Callable[[str], Awaitable[dict[str, Any]]])
 AIRTABLE = web.AppKey("airtable", Callable[[str], Awaitable[dict[str, Any]]])
-# (query parameters, emit(line)) -> the final line
-RECOVER = web.AppKey("recover", Callable[[dict[str, str], Callable[[dict[str, Any]], Awaitable[None]]],
+# (selection, prefer, emit(line)) -> the final line
+RECOVER = web.AppKey("recover", Callable[[Any, str, Callable[[dict[str, Any]], Awaitable[None]]],
                                          Awaitable[dict[str, Any]]])
 
 SOCKET_MODE = 0o660
@@ -32,6 +34,10 @@ EXIT_HEALTHY, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
 
 class StatusUnreachable(Exception):
     """No daemon answers on the status socket."""
+
+
+class StatusRefused(Exception):
+    """The daemon answered, and refused: a bad parameter (400) or a caller it does not allow (403)."""
 
 
 def create_status_app(
@@ -72,10 +78,14 @@ async def _handle_sync(request: web.Request) -> web.Response:
 
 async def _handle_replay(request: web.Request) -> web.Response:
     """POST /replay?sink=NAME&dead=1&since=ISO&event=ID: re-queue what is selected, then replay."""
-    query = request.query
-    sink = query.get("sink") or None
-    dead = query.get("dead", "0") in ("1", "true", "yes")
-    since, event = query.get("since") or None, query.get("event") or None
+    try:
+        query = _query(request, ("sink", "dead", "since", "event"))
+        sink = params.choice("--sink", query["sink"], params.SINKS) if query.get("sink") else None
+        dead = _flag("dead", query.get("dead", ""))
+        since = params.since(query["since"]) if query.get("since") else None
+    except BadParameter as exc:
+        return _bad(exc)
+    event = query.get("event") or None
     selection = Requeue(dead_only=dead, since=since, event=event) if (dead or since or event) else None
     try:
         answer = await request.app[REPLAY](sink, selection)
@@ -100,9 +110,10 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 
 async def _handle_forget(request: web.Request) -> web.Response:
-    phone = request.query.get("phone", "")
-    if not phone.isdigit():
-        return web.json_response({"error": "phone must be digits"}, status=400, dumps=_dumps)
+    try:
+        phone = params.phone_digits(_query(request, ("phone",)).get("phone", ""))
+    except BadParameter as exc:
+        return _bad(exc)
     return web.json_response(await request.app[FORGET](phone), dumps=_dumps)
 
 
@@ -117,32 +128,67 @@ async def _handle_airtable(request: web.Request) -> web.Response:
 async def _handle_recover(request: web.Request) -> web.StreamResponse:
     """POST /recover?all=1|since=|phone=|conversation=&prefer=: one JSON line per progress step, then
     the report (or an error) as the last line."""
+    from daemon.recover import Selection
+
+    try:
+        query = _query(request, ("conversation", "phone", "since", "all", "prefer"))
+        selection = Selection(
+            conversation=query.get("conversation") or None, everything=_flag("all", query.get("all", "")),
+            phone=params.phone_digits(query["phone"]) if query.get("phone") else None,
+            since=params.since(query["since"]) if query.get("since") else None)
+        prefer = params.choice("--prefer", query.get("prefer") or "postgres", params.PREFER)
+    except ValueError as exc:  # BadParameter, or a selection that is not exactly one thing
+        return _bad(exc)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
 
     async def emit(line: dict[str, Any]) -> None:
         await response.write((json.dumps(line) + "\n").encode())
 
-    await emit(await request.app[RECOVER](dict(request.query), emit))
+    await emit(await request.app[RECOVER](selection, prefer, emit))
     await response.write_eof()
     return response
 
 
 async def stream_status(socket_path: Path, route: str, timeout_s: float) -> AsyncIterator[dict[str, Any]]:
     """POST to the daemon and yield the JSON lines it streams; StatusUnreachable when nobody answers
-    (or the daemon does not know the route)."""
+    (or the daemon does not know the route), StatusRefused when it refuses."""
     connector = aiohttp.UnixConnector(path=str(socket_path))
     try:
         async with aiohttp.ClientSession(connector=connector,
                                          timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
             async with session.post(f"http://chatledger{route}") as response:
                 if response.status != 200:
-                    raise StatusUnreachable(f"daemon answered HTTP {response.status} on {route}")
+                    raise await _not_ok(response, route)
                 async for line in response.content:
                     if line.strip():
                         yield json.loads(line)
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
         raise StatusUnreachable(f"no chatledger answers on {socket_path}: {exc}") from None
+
+
+def _query(request: web.Request, known: Sequence[str]) -> dict[str, str]:
+    """The query's parameters; one the route does not know, or one given twice, is refused (a typo must
+    not widen what a command selects)."""
+    unknown = sorted(set(request.query) - set(known))
+    if unknown:
+        raise BadParameter(f"unknown parameter {', '.join(unknown)} (this route takes {', '.join(known)})")
+    twice = sorted(name for name in set(request.query) if len(request.query.getall(name)) > 1)
+    if twice:
+        raise BadParameter(f"parameter {', '.join(twice)} given more than once")
+    return dict(request.query)
+
+
+def _flag(name: str, value: str) -> bool:
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise BadParameter(f"{name} must be 1 or 0, not {value!r}")
+
+
+def _bad(exc: Exception) -> web.Response:
+    return web.json_response({"error": str(exc)}, status=400, dumps=_dumps)
 
 
 def _dumps(value: Any) -> str:
@@ -174,19 +220,33 @@ def secure_socket(path: Path) -> None:
 
 async def request_status(socket_path: Path, method: str = "GET", route: str = "/status",
                          timeout_s: float = CLIENT_TIMEOUT) -> dict[str, Any]:
-    """Ask the daemon over its socket; raise StatusUnreachable when nobody answers."""
+    """Ask the daemon over its socket; raise StatusUnreachable when nobody answers, StatusRefused when it
+    refuses."""
     connector = aiohttp.UnixConnector(path=str(socket_path))
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             async with session.request(method, f"http://chatledger{route}") as response:
                 if response.status != 200:
-                    raise StatusUnreachable(f"daemon answered HTTP {response.status} on {route}")
+                    raise await _not_ok(response, route)
                 return await response.json()
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
         raise StatusUnreachable(f"no chatledger answers on {socket_path}: {exc}") from None
     except TimeoutError:
         raise StatusUnreachable(f"chatledger on {socket_path} did not answer in {timeout_s:.0f} s") from None
+
+
+async def _not_ok(response: aiohttp.ClientResponse, route: str) -> Exception:
+    """A refusal carries the daemon's reason, never to be mistaken for no daemon (a command would then
+    do the work itself); a 404 is a daemon that does not know the route."""
+    if response.status == 404 or response.status >= 500:
+        return StatusUnreachable(f"daemon answered HTTP {response.status} on {route}")
+    try:
+        error = (await response.json(content_type=None)).get("error")
+    except (ValueError, AttributeError, aiohttp.ClientError):
+        error = None
+    return StatusRefused(f"the daemon refused: {error}" if error else f"daemon answered HTTP {response.status} "
+                         f"on {route}")
 
 
 def exit_code_for(snapshot: dict[str, Any]) -> int:

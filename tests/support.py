@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,27 @@ def cli(config: Path, *args: str, env: dict[str, str] | None = None, timeout: fl
         [chatledger_bin(), *args, "--config", str(config)],
         capture_output=True, text=True, timeout=timeout, env=_env(env),
     )
+
+
+# An HTTP/1.0 request over a Unix socket (no chunked answer): the response as bytes on stdout.
+_UNIX_HTTP = r"""
+import socket, sys
+path, method, route = sys.argv[1:4]
+with socket.socket(socket.AF_UNIX) as unix:
+    unix.connect(path)
+    unix.sendall(f"{method} {route} HTTP/1.0\r\nHost: chatledger\r\nContent-Length: 0\r\n\r\n".encode())
+    while chunk := unix.recv(65536):
+        sys.stdout.buffer.write(chunk)
+"""
+
+
+def unix_http(socket_path: Path, method: str, route: str, run_as: Sequence[str] = ()) -> tuple[int, str]:
+    """One request to the status socket from a process of its own (of another user with `run_as`)."""
+    done = subprocess.run([*run_as, sys.executable, "-c", _UNIX_HTTP, str(socket_path), method, route],
+                          capture_output=True, timeout=120, env=_env({"PYTHONDONTWRITEBYTECODE": "1"}))
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    head, _, body = done.stdout.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
 
 
 def _env(extra: dict[str, str] | None) -> dict[str, str]:
