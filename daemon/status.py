@@ -5,13 +5,16 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pwd
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from loguru import logger
 
 from daemon import params
 from daemon.journal import Requeue
@@ -49,7 +52,7 @@ def create_status_app(
     airtable: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
 ) -> web.Application:
     """Build the status app: GET /status, POST /sync, POST /replay?sink=NAME&dead=1, POST /forget?phone=DIGITS."""
-    app = web.Application()
+    app = web.Application(middlewares=[_owner_only])
     app[SNAPSHOT] = snapshot
     app[SYNC] = sync
     app[REPLAY] = replay
@@ -66,6 +69,53 @@ def create_status_app(
     app.router.add_post("/sync", _handle_sync)
     app.router.add_post("/replay", _handle_replay)
     return app
+
+
+# Routes that change data (the journal, PostgreSQL, the base): only the daemon's own user and root may
+# call them. Whoever can open the socket (0660: its group) may read, sync and check.
+OWNER_ONLY = {"/replay": "replay", "/forget": "forget", "/recover": "recover"}
+
+
+def _owner_command(request: web.Request) -> str | None:
+    if request.path == "/airtable" and request.query.get("action") == "init":
+        return "airtable init"
+    return OWNER_ONLY.get(request.path)
+
+
+@web.middleware
+async def _owner_only(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                      ) -> web.StreamResponse:
+    command = _owner_command(request)
+    if command is None:
+        return await handler(request)
+    uid = peer_uid(request)
+    if uid in (0, os.geteuid()):
+        return await handler(request)
+    owner = _user_name(os.geteuid())
+    logger.warning("status socket: {} refused to uid {}: only {} or root may", command, uid, owner)
+    return web.json_response({"error": f"{command} changes data: only the daemon's user ({owner}) or root may ask "
+                                       f"for it; run the command as that user, e.g. `sudo -u {owner} chatledger "
+                                       f"{command} --config ...`, or as root"}, status=403, dumps=_dumps)
+
+
+def peer_uid(request: web.Request) -> int | None:
+    """The uid of the process at the other end of the Unix socket (SO_PEERCRED); None when unknown."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return uid
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 async def _handle_status(request: web.Request) -> web.Response:

@@ -72,11 +72,24 @@ def write_config(folder: Path, *, port: int | None = None, extra: str = "", leve
     return path
 
 
-def cli(config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def cli(config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+        run_as: Sequence[str] = ()) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [chatledger_bin(), *args, "--config", str(config)],
+        [*run_as, chatledger_bin(), *args, "--config", str(config)],
         capture_output=True, text=True, timeout=timeout, env=_env(env),
     )
+
+
+OTHER_USER = "nobody"  # any user but root and the daemon's: an operator
+
+
+def as_operator(group: int) -> list[str]:
+    """The prefix that runs a command as another user who is in `group` (the socket's): an operator who
+    joined the daemon's group to run `chatledger status`. Needs root."""
+    import pwd
+
+    user = pwd.getpwnam(OTHER_USER)
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", f"--groups={group}"]
 
 
 # An HTTP/1.0 request over a Unix socket (no chunked answer): the response as bytes on stdout.

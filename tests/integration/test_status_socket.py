@@ -2,6 +2,7 @@
 what (peer credentials), and parameters checked exactly as the command line checks them."""
 
 import asyncio
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from daemon.cli import main
 from daemon.journal import Requeue
 from daemon.recover import Selection
 from daemon.status import StatusRefused, create_status_app, request_status, secure_socket, stream_status
-from tests.support import write_config
+from tests.support import as_operator, unix_http, write_config
 
 
 @pytest.fixture
@@ -55,6 +56,32 @@ async def served():
     yield SimpleNamespace(path=path, calls=calls)
     await runner.cleanup()
     shutil.rmtree(folder)
+
+
+READS = [("GET", "/status"), ("GET", "/metrics"), ("POST", "/sync"), ("POST", "/airtable?action=check"),
+         ("POST", "/airtable")]
+CHANGES = [("POST", "/replay"), ("POST", "/replay?dead=1"), ("POST", "/forget?phone=5511900000001"),
+           ("POST", "/recover?all=1"), ("POST", "/airtable?action=init")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+async def test_the_socket_group_reads_and_only_the_daemon_user_or_root_changes(served):
+    operator = as_operator(served.path.stat().st_gid)
+    for method, route in READS:
+        status, body = await asyncio.to_thread(unix_http, served.path, method, route, operator)
+        assert status == 200, (route, body)
+    assert served.calls == [("sync",), ("airtable", "check"), ("airtable", "check")]
+    for method, route in CHANGES:
+        status, body = await asyncio.to_thread(unix_http, served.path, method, route, operator)
+        assert status == 403, (route, body)
+        assert "only the daemon's user (root) or root" in body and "sudo -u root chatledger" in body
+    assert len(served.calls) == 3  # nothing refused reached the daemon
+
+    # root (and the daemon's own user, here the same) may
+    for method, route in CHANGES:
+        status, body = await asyncio.to_thread(unix_http, served.path, method, route)
+        assert status == 200, (route, body)
+    assert [call[0] for call in served.calls[3:]] == ["replay", "replay", "forget", "recover", "airtable"]
 
 
 async def refused(path, route):
