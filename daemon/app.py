@@ -70,7 +70,7 @@ class Daemon:
             await self._start_metrics()
             self._start_workers()
             host, port = split_listen(self.config.server.listen)
-            logger.info("chatledger {} accepting webhooks on http://{}:{}{} (status socket {})",
+            logger.info("chatledger {} accepting webhooks on {}:{} at {} (status socket {})",
                         __version__, host, port, self.config.server.webhook_path, self.config.status.socket)
             self.notifier.ready(f"accepting webhooks; sinks: {', '.join(self.config.enabled_sinks) or 'none'}")
             exit_code = await self._supervise()
@@ -121,7 +121,7 @@ class Daemon:
         self._runners.append(runner)
         host, port = split_listen(self.config.metrics.listen)
         await web.TCPSite(runner, host, port).start()
-        logger.info("metrics on http://{}:{}/metrics", host, port)
+        logger.info("metrics on {}:{} at /metrics", host, port)
 
     def _start_workers(self) -> None:
         """One delivery worker per enabled sink; each runs on its own, none waits on another."""
