@@ -18,6 +18,8 @@ from typing import Any
 
 from loguru import logger
 
+from daemon.logs import safe_url
+
 DOWN_STATES = frozenset({"down", "misconfigured"})
 QUEUE_SIZE = 100
 SEND_TIMEOUT = 10.0
@@ -176,6 +178,7 @@ class AlertSender:
             raise
         except Exception as exc:  # noqa: BLE001 - an alert target's failure is logged, never fatal
             self.failed += 1
+            # aiohttp's errors quote the whole URL, a chat webhook's secret included: the log keeps its host
             logger.error("alert {} failed: {}", target, f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc))
 
     async def _run_command(self, body: bytes) -> None:
@@ -198,4 +201,4 @@ class AlertSender:
             async with session.post(self.webhook_url, data=body,
                                     headers={"Content-Type": "application/json"}) as response:
                 if response.status >= 300:
-                    raise RuntimeError(f"{self.webhook_url} answered HTTP {response.status}")
+                    raise RuntimeError(f"{safe_url(self.webhook_url)} answered HTTP {response.status}")

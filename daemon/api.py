@@ -394,12 +394,11 @@ async def _read(stores: ApiStores, from_postgres, from_journal, from_airtable) -
 
 
 async def _airtable_rows(client: Any, table: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
-    from pyairtable.formulas import EQ, Field, to_formula_str
-
+    from daemon.recover import equals_formula
     from daemon.sinks.airtable import pages
 
     rows: list[dict[str, Any]] = []
-    async for page in pages(client, table, to_formula_str(EQ(Field("ConversationId"), conversation_id))):
+    async for page in pages(client, table, equals_formula("ConversationId", conversation_id)):
         rows += [record.get("fields", {}) for record in page]
         if len(rows) >= limit:
             break

@@ -70,7 +70,7 @@ class Daemon:
             await self._start_metrics()
             self._start_workers()
             host, port = split_listen(self.config.server.listen)
-            logger.info("chatledger {} accepting webhooks on http://{}:{}{} (status socket {})",
+            logger.info("chatledger {} accepting webhooks on {}:{} at {} (status socket {})",
                         __version__, host, port, self.config.server.webhook_path, self.config.status.socket)
             self.notifier.ready(f"accepting webhooks; sinks: {', '.join(self.config.enabled_sinks) or 'none'}")
             exit_code = await self._supervise()
@@ -121,7 +121,7 @@ class Daemon:
         self._runners.append(runner)
         host, port = split_listen(self.config.metrics.listen)
         await web.TCPSite(runner, host, port).start()
-        logger.info("metrics on http://{}:{}/metrics", host, port)
+        logger.info("metrics on {}:{} at /metrics", host, port)
 
     def _start_workers(self) -> None:
         """One delivery worker per enabled sink; each runs on its own, none waits on another."""
@@ -317,18 +317,15 @@ class Daemon:
             return {"error": f"{exc}; nothing was erased"}
         return report.as_dict()
 
-    async def recover(self, params: dict[str, str], emit: Any) -> dict[str, Any]:
+    async def recover(self, selection: Any, prefer: str, emit: Any) -> dict[str, Any]:
         """`chatledger recover` with this daemon's Airtable client, so that the base's budget is shared."""
-        from daemon.recover import Recovery, Selection
+        from daemon.recover import Recovery
         from daemon.sinks.base import SinkError
 
         airtable = self.workers.get("airtable")
         postgres = postgres_rows(self.config)
         if airtable is None or postgres is None:
             return {"error": "recover needs both [postgres] and [airtable] configured in the running daemon"}
-        selection = Selection(conversation=params.get("conversation") or None, phone=params.get("phone") or None,
-                              since=params.get("since") or None, everything=params.get("all") == "1")
-        prefer = "airtable" if params.get("prefer") == "airtable" else "postgres"
         logger.info("recover ({}) from Airtable, asked over the status socket", selection.describe())
 
         async def progress(report: Any) -> None:

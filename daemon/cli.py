@@ -20,6 +20,7 @@ from daemon.journal import JournalError
 from daemon.logs import setup_logging
 from daemon.status import (
     EXIT_UNREACHABLE,
+    StatusRefused,
     StatusUnreachable,
     exit_code_for,
     render,
@@ -118,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command]
     try:
         return handler(config, args)
+    except StatusRefused as exc:  # a bad parameter or a caller it does not allow: never done offline instead
+        print(f"chatledger: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except BrokenPipeError:  # `chatledger status | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
@@ -186,13 +190,12 @@ def _migrate(config: Config, args: argparse.Namespace) -> int:
 
 def _since(text: str) -> str:
     """A DATE argument as journal time text (UTC ISO 8601 with ms and Z)."""
-    from daemon.records import iso
+    from daemon.params import BadParameter, since
 
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 date: {text!r} (e.g. 2026-11-20 or 2026-11-20T08:00)")
-    return iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+        return since(text)
+    except BadParameter as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _replay(config: Config, args: argparse.Namespace) -> int:
@@ -377,7 +380,11 @@ def _recover(config: Config, args: argparse.Namespace) -> int:
     phone = _phone_digits(args.phone) if args.phone else None
     if args.phone and not phone:
         return EXIT_CONFIG
-    selection = Selection(conversation=args.conversation, phone=phone, since=args.since, everything=args.all)
+    try:
+        selection = Selection(conversation=args.conversation, phone=phone, since=args.since, everything=args.all)
+    except ValueError as exc:  # an empty --conversation: no selection is not "everything"
+        print(f"chatledger: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     progress = _progress_line(sys.stderr)
     query = urlencode({k: v for k, v in {"conversation": args.conversation, "phone": phone, "since": args.since,
                                           "all": "1" if args.all else None, "prefer": args.prefer}.items() if v})
@@ -454,14 +461,13 @@ FORGET_TIMEOUT = 3600.0  # Airtable at 5 requests/s: a long history takes a whil
 
 def _phone_digits(text: str) -> str | None:
     """--phone as its digits; None, having said why, when they cannot be a phone number."""
-    from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, digits_only, is_phone_number
+    from daemon.params import BadParameter, phone_digits
 
-    phone = digits_only(text)
-    if not phone or not is_phone_number(phone):
-        print(f"chatledger: --phone {text!r} is not a phone number ({PHONE_DIGITS_MIN} to {PHONE_DIGITS_MAX} "
-              f"digits; it has {len(phone) if phone else 'none'})", file=sys.stderr)
+    try:
+        return phone_digits(text)
+    except BadParameter as exc:
+        print(f"chatledger: {exc}", file=sys.stderr)
         return None
-    return phone
 
 
 def _forget(config: Config, args: argparse.Namespace) -> int:

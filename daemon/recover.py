@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from loguru import logger
-from pyairtable.formulas import EQ, GTE, OR, Field, to_formula_str
+from pyairtable.formulas import CONCATENATE, EQ, GTE, OR, REGEX_REPLACE, Field, to_formula_str
 
 from daemon.events import digits_only, has_control
 from daemon.records import clean_text, iso, parse_tags, parse_time, status_key, ticket_for
@@ -58,6 +59,16 @@ class Selection:
     phone: str | None = None
     since: str | None = None  # journal time text
     everything: bool = False
+
+    def __post_init__(self) -> None:
+        given = [option for option, value in (("--conversation", self.conversation), ("--phone", self.phone),
+                                              ("--since", self.since), ("--all", self.everything)) if value]
+        if not given:
+            raise ValueError("one of the arguments --conversation --phone --since --all is required")
+        if len(given) > 1:
+            raise ValueError(f"argument {given[1]}: not allowed with argument {given[0]}")
+        if self.phone and not re.fullmatch(r"[0-9]+", self.phone):
+            raise ValueError(f"--phone {self.phone!r}: digits only")
 
     def describe(self) -> str:
         if self.conversation:
@@ -253,8 +264,15 @@ def differences(kind: str, airtable: dict[str, Any], postgres: dict[str, Any]) -
 
 # -- formulas ---------------------------------------------------------------------------------------
 
+# Every formula is built by pyairtable, whose to_formula_str quotes each value (quoted(): backslash and
+# quote escaped) and each field name: a value can never change what a formula selects.
+
 def _formula(node: Any) -> str:
     return to_formula_str(node)
+
+
+def equals_formula(name: str, value: str) -> str:
+    return _formula(EQ(Field(name), value))
 
 
 def ids_formulas(name: str, ids: Sequence[str]) -> list[str]:
@@ -265,7 +283,10 @@ def ids_formulas(name: str, ids: Sequence[str]) -> list[str]:
 
 def phone_formula(name: str, phone: str) -> str:
     """Matches however the phone was typed (+55 11 ..., 5511...): compares the digits."""
-    return f"REGEX_REPLACE({{{name}}} & '', '[^0-9]', '') = '{phone}'"
+    if not re.fullmatch(r"[0-9]+", phone):
+        raise ValueError(f"a phone to look up must be digits, not {phone!r}")
+    # CONCATENATE makes a number cell text, which REGEX_REPLACE needs
+    return _formula(EQ(REGEX_REPLACE(CONCATENATE(Field(name), ""), "[^0-9]", ""), phone))
 
 
 def since_formula(name: str, since: str) -> str:
@@ -308,7 +329,7 @@ class Recovery:
 
     def _conversation_formulas(self, selection: Selection) -> list[str | None]:
         if selection.conversation:
-            return [_formula(EQ(Field("ConversationId"), selection.conversation))]
+            return [equals_formula("ConversationId", selection.conversation)]
         if selection.phone:
             return [phone_formula("CustomerPhone", selection.phone)]
         if selection.since:

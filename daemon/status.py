@@ -5,24 +5,28 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pwd
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from loguru import logger
 
-from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, is_phone_number
+from daemon import params
 from daemon.journal import Requeue, reference_problem
+from daemon.params import BadParameter
 
 SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
 SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
 REPLAY = web.AppKey("replay", Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]])
 FORGET = web.AppKey("forget", Callable[[str, str | None], Awaitable[dict[str, Any]]])
 AIRTABLE = web.AppKey("airtable", Callable[[str], Awaitable[dict[str, Any]]])
-# (query parameters, emit(line)) -> the final line
-RECOVER = web.AppKey("recover", Callable[[dict[str, str], Callable[[dict[str, Any]], Awaitable[None]]],
+# (selection, prefer, emit(line)) -> the final line
+RECOVER = web.AppKey("recover", Callable[[Any, str, Callable[[dict[str, Any]], Awaitable[None]]],
                                          Awaitable[dict[str, Any]]])
 
 SOCKET_MODE = 0o660
@@ -35,6 +39,10 @@ class StatusUnreachable(Exception):
     """No daemon answers on the status socket."""
 
 
+class StatusRefused(Exception):
+    """The daemon answered, and refused: a bad parameter (400) or a caller it does not allow (403)."""
+
+
 def create_status_app(
     snapshot: Callable[[], Awaitable[dict[str, Any]]],
     sync: Callable[[], Awaitable[dict[str, Any]]],
@@ -44,7 +52,7 @@ def create_status_app(
     airtable: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
 ) -> web.Application:
     """Build the status app: GET /status, POST /sync, /replay?sink=NAME&dead=1, /forget?phone=DIGITS&reference=TEXT."""
-    app = web.Application()
+    app = web.Application(middlewares=[_owner_only])
     app[SNAPSHOT] = snapshot
     app[SYNC] = sync
     app[REPLAY] = replay
@@ -63,6 +71,53 @@ def create_status_app(
     return app
 
 
+# Routes that change data (the journal, PostgreSQL, the base): only the daemon's own user and root may
+# call them. Whoever can open the socket (0660: its group) may read, sync and check.
+OWNER_ONLY = {"/replay": "replay", "/forget": "forget", "/recover": "recover"}
+
+
+def _owner_command(request: web.Request) -> str | None:
+    if request.path == "/airtable" and request.query.get("action") == "init":
+        return "airtable init"
+    return OWNER_ONLY.get(request.path)
+
+
+@web.middleware
+async def _owner_only(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                      ) -> web.StreamResponse:
+    command = _owner_command(request)
+    if command is None:
+        return await handler(request)
+    uid = peer_uid(request)
+    if uid in (0, os.geteuid()):
+        return await handler(request)
+    owner = _user_name(os.geteuid())
+    logger.warning("status socket: {} refused to uid {}: only {} or root may", command, uid, owner)
+    return web.json_response({"error": f"{command} changes data: only the daemon's user ({owner}) or root may ask "
+                                       f"for it; run the command as that user, e.g. `sudo -u {owner} chatledger "
+                                       f"{command} --config ...`, or as root"}, status=403, dumps=_dumps)
+
+
+def peer_uid(request: web.Request) -> int | None:
+    """The uid of the process at the other end of the Unix socket (SO_PEERCRED); None when unknown."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return uid
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
 async def _handle_status(request: web.Request) -> web.Response:
     return web.json_response(await request.app[SNAPSHOT](), dumps=_dumps)
 
@@ -73,10 +128,14 @@ async def _handle_sync(request: web.Request) -> web.Response:
 
 async def _handle_replay(request: web.Request) -> web.Response:
     """POST /replay?sink=NAME&dead=1&since=ISO&event=ID: re-queue what is selected, then replay."""
-    query = request.query
-    sink = query.get("sink") or None
-    dead = query.get("dead", "0") in ("1", "true", "yes")
-    since, event = query.get("since") or None, query.get("event") or None
+    try:
+        query = _query(request, ("sink", "dead", "since", "event"))
+        sink = params.choice("--sink", query["sink"], params.SINKS) if query.get("sink") else None
+        dead = _flag("dead", query.get("dead", ""))
+        since = params.since(query["since"]) if query.get("since") else None
+    except BadParameter as exc:
+        return _bad(exc)
+    event = query.get("event") or None
     selection = Requeue(dead_only=dead, since=since, event=event) if (dead or since or event) else None
     try:
         answer = await request.app[REPLAY](sink, selection)
@@ -101,14 +160,15 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 
 async def _handle_forget(request: web.Request) -> web.Response:
-    phone = request.query.get("phone", "")
-    if not is_phone_number(phone):
-        return web.json_response({"error": f"phone must be a phone number: {PHONE_DIGITS_MIN} to "
-                                           f"{PHONE_DIGITS_MAX} digits"}, status=400, dumps=_dumps)
-    reference = request.query.get("reference")
+    try:
+        query = _query(request, ("phone", "reference"))
+        phone = params.phone_digits(query.get("phone", ""))
+    except BadParameter as exc:
+        return _bad(exc)
+    reference = query.get("reference")
     problem = reference_problem(reference, phone) if reference is not None else None
     if problem:
-        return web.json_response({"error": f"reference {problem}"}, status=400, dumps=_dumps)
+        return _bad(BadParameter(f"--reference {problem}"))
     return web.json_response(await request.app[FORGET](phone, reference), dumps=_dumps)
 
 
@@ -123,32 +183,67 @@ async def _handle_airtable(request: web.Request) -> web.Response:
 async def _handle_recover(request: web.Request) -> web.StreamResponse:
     """POST /recover?all=1|since=|phone=|conversation=&prefer=: one JSON line per progress step, then
     the report (or an error) as the last line."""
+    from daemon.recover import Selection
+
+    try:
+        query = _query(request, ("conversation", "phone", "since", "all", "prefer"))
+        selection = Selection(
+            conversation=query.get("conversation") or None, everything=_flag("all", query.get("all", "")),
+            phone=params.phone_digits(query["phone"]) if query.get("phone") else None,
+            since=params.since(query["since"]) if query.get("since") else None)
+        prefer = params.choice("--prefer", query.get("prefer") or "postgres", params.PREFER)
+    except ValueError as exc:  # BadParameter, or a selection that is not exactly one thing
+        return _bad(exc)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
 
     async def emit(line: dict[str, Any]) -> None:
         await response.write((json.dumps(line) + "\n").encode())
 
-    await emit(await request.app[RECOVER](dict(request.query), emit))
+    await emit(await request.app[RECOVER](selection, prefer, emit))
     await response.write_eof()
     return response
 
 
 async def stream_status(socket_path: Path, route: str, timeout_s: float) -> AsyncIterator[dict[str, Any]]:
     """POST to the daemon and yield the JSON lines it streams; StatusUnreachable when nobody answers
-    (or the daemon does not know the route)."""
+    (or the daemon does not know the route), StatusRefused when it refuses."""
     connector = aiohttp.UnixConnector(path=str(socket_path))
     try:
         async with aiohttp.ClientSession(connector=connector,
                                          timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
             async with session.post(f"http://chatledger{route}") as response:
                 if response.status != 200:
-                    raise StatusUnreachable(f"daemon answered HTTP {response.status} on {route}")
+                    raise await _not_ok(response, route)
                 async for line in response.content:
                     if line.strip():
                         yield json.loads(line)
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
         raise StatusUnreachable(f"no chatledger answers on {socket_path}: {exc}") from None
+
+
+def _query(request: web.Request, known: Sequence[str]) -> dict[str, str]:
+    """The query's parameters; one the route does not know, or one given twice, is refused (a typo must
+    not widen what a command selects)."""
+    unknown = sorted(set(request.query) - set(known))
+    if unknown:
+        raise BadParameter(f"unknown parameter {', '.join(unknown)} (this route takes {', '.join(known)})")
+    twice = sorted(name for name in set(request.query) if len(request.query.getall(name)) > 1)
+    if twice:
+        raise BadParameter(f"parameter {', '.join(twice)} given more than once")
+    return dict(request.query)
+
+
+def _flag(name: str, value: str) -> bool:
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise BadParameter(f"{name} must be 1 or 0, not {value!r}")
+
+
+def _bad(exc: Exception) -> web.Response:
+    return web.json_response({"error": str(exc)}, status=400, dumps=_dumps)
 
 
 def _dumps(value: Any) -> str:
@@ -180,19 +275,33 @@ def secure_socket(path: Path) -> None:
 
 async def request_status(socket_path: Path, method: str = "GET", route: str = "/status",
                          timeout_s: float = CLIENT_TIMEOUT) -> dict[str, Any]:
-    """Ask the daemon over its socket; raise StatusUnreachable when nobody answers."""
+    """Ask the daemon over its socket; raise StatusUnreachable when nobody answers, StatusRefused when it
+    refuses."""
     connector = aiohttp.UnixConnector(path=str(socket_path))
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             async with session.request(method, f"http://chatledger{route}") as response:
                 if response.status != 200:
-                    raise StatusUnreachable(f"daemon answered HTTP {response.status} on {route}")
+                    raise await _not_ok(response, route)
                 return await response.json()
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
         raise StatusUnreachable(f"no chatledger answers on {socket_path}: {exc}") from None
     except TimeoutError:
         raise StatusUnreachable(f"chatledger on {socket_path} did not answer in {timeout_s:.0f} s") from None
+
+
+async def _not_ok(response: aiohttp.ClientResponse, route: str) -> Exception:
+    """A refusal carries the daemon's reason, never to be mistaken for no daemon (a command would then
+    do the work itself); a 404 is a daemon that does not know the route."""
+    if response.status == 404 or response.status >= 500:
+        return StatusUnreachable(f"daemon answered HTTP {response.status} on {route}")
+    try:
+        error = (await response.json(content_type=None)).get("error")
+    except (ValueError, AttributeError, aiohttp.ClientError):
+        error = None
+    return StatusRefused(f"the daemon refused: {error}" if error else f"daemon answered HTTP {response.status} "
+                         f"on {route}")
 
 
 def exit_code_for(snapshot: dict[str, Any]) -> int:

@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,45 @@ def write_config(folder: Path, *, port: int | None = None, extra: str = "", leve
     return path
 
 
-def cli(config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def cli(config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
+        run_as: Sequence[str] = ()) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [chatledger_bin(), *args, "--config", str(config)],
+        [*run_as, chatledger_bin(), *args, "--config", str(config)],
         capture_output=True, text=True, timeout=timeout, env=_env(env),
     )
+
+
+OTHER_USER = "nobody"  # any user but root and the daemon's: an operator
+
+
+def as_operator(group: int) -> list[str]:
+    """The prefix that runs a command as another user who is in `group` (the socket's): an operator who
+    joined the daemon's group to run `chatledger status`. Needs root."""
+    import pwd
+
+    user = pwd.getpwnam(OTHER_USER)
+    return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", f"--groups={group}"]
+
+
+# An HTTP/1.0 request over a Unix socket (no chunked answer): the response as bytes on stdout.
+_UNIX_HTTP = r"""
+import socket, sys
+path, method, route = sys.argv[1:4]
+with socket.socket(socket.AF_UNIX) as unix:
+    unix.connect(path)
+    unix.sendall(f"{method} {route} HTTP/1.0\r\nHost: chatledger\r\nContent-Length: 0\r\n\r\n".encode())
+    while chunk := unix.recv(65536):
+        sys.stdout.buffer.write(chunk)
+"""
+
+
+def unix_http(socket_path: Path, method: str, route: str, run_as: Sequence[str] = ()) -> tuple[int, str]:
+    """One request to the status socket from a process of its own (of another user with `run_as`)."""
+    done = subprocess.run([*run_as, sys.executable, "-c", _UNIX_HTTP, str(socket_path), method, route],
+                          capture_output=True, timeout=120, env=_env({"PYTHONDONTWRITEBYTECODE": "1"}))
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    head, _, body = done.stdout.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
 
 
 def _env(extra: dict[str, str] | None) -> dict[str, str]:

@@ -5,7 +5,6 @@ import sqlite3
 from functools import partial
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from daemon.cli import EXIT_CONFIG, main
 from daemon.events import Rejected, normalize
@@ -14,7 +13,6 @@ from daemon.journal import MIGRATIONS, Journal
 from daemon.sinks.base import TransientError
 from daemon.sinks.postgres import PostgresSink, quote_ident
 from daemon.sinks.postgres_rows import PostgresRows
-from daemon.status import create_status_app
 from tests.integration.conftest import BASE, NAMES, RECEIVED, cid, message
 from tests.support import write_config
 
@@ -130,27 +128,6 @@ def test_forget_refuses_what_is_not_a_phone_number_and_does_nothing(tmp_path, ca
     assert main(["forget", "--phone", phone, "--config", str(config)]) == EXIT_CONFIG
     assert "is not a phone number" in capsys.readouterr().err
     assert not (tmp_path / "state").exists()  # not even the journal was opened
-
-
-async def test_the_socket_refuses_to_forget_what_is_not_a_phone_number():
-    asked = []
-
-    async def forget(phone, reference):
-        asked.append((phone, reference))
-        return {"stores": {}}
-
-    async def nothing(*args):
-        return {}
-
-    async with TestClient(TestServer(create_status_app(nothing, nothing, nothing, forget))) as client:
-        for phone in ("1", "123456", "1234567890123456", "55119888877a7"):
-            answer = await client.post("/forget", params={"phone": phone})
-            assert answer.status == 400 and "phone number" in (await answer.json())["error"]
-        answer = await client.post("/forget", params={"phone": "5511988887777", "reference": "a\x00b"})
-        assert answer.status == 400 and "control character" in (await answer.json())["error"]
-        assert (await client.post("/forget", params={"phone": "5511988887777"})).status == 200
-        assert (await client.post("/forget", params={"phone": "5511988887777", "reference": "T-1"})).status == 200
-    assert asked == [("5511988887777", None), ("5511988887777", "T-1")]
 
 
 async def test_a_v3_journal_loses_its_audit_hashes_and_salt_on_upgrade(tmp_path):

@@ -73,6 +73,24 @@ async def test_recover_one_phone_or_conversation_touches_only_it(stores, pg_clus
     assert counts == {cid("c1"): 15, cid("c2"): 15}
 
 
+async def test_a_conversation_id_with_quotes_and_backslashes_recovers_exactly_it(stores, pg_cluster, pg_conn,
+                                                                                 pg_schema):
+    s = quote_ident(pg_schema)
+    odd = "it's \\' a \"test\" \\"
+    ids = [odd, "it's ", "it", "x' != 'y", odd + "x", "\\"]
+    await stores.client.upsert("Conversations", "ConversationId",
+                               [{"ConversationId": c, "CustomerPhone": "5511900000077"} for c in ids])
+    await stores.client.upsert("Interactions", "InteractionId", [
+        {"InteractionId": f"odd-{n}", "ConversationId": c, "Direction": "inbound",
+         "Timestamp": "2026-11-25T12:00:00.000Z"} for n, c in enumerate(ids)])
+    report = await recover(stores.client, pg_cluster, pg_schema, Selection(conversation=odd))
+    assert report.tallies["conversations"].read == 1 and report.tallies["interactions"].read == 1
+    assert await pg_conn.fetchval(f"SELECT array_agg(conversation_id) FROM {s}.conversations "
+                                  "WHERE customer_phone = '5511900000077'") == [odd]
+    assert await pg_conn.fetchval(f"SELECT array_agg(interaction_id) FROM {s}.interactions "
+                                  "WHERE interaction_id LIKE 'odd-%'") == ["odd-0"]
+
+
 async def test_recover_since_a_date(stores, pg_cluster, pg_conn, pg_schema):
     s = quote_ident(pg_schema)
     await pg_conn.execute(f"DELETE FROM {s}.interactions")

@@ -90,3 +90,47 @@ async def test_a_failing_target_is_logged_and_never_raises(tmp_path):
     assert sender.failed == 2 and sender.sent == 0
     assert any("alert command failed" in line and "exited 1" in line for line in lines)
     assert any("alert webhook failed" in line for line in lines)
+
+
+async def test_a_failing_webhook_is_logged_by_its_host_alone():
+    import asyncio
+
+    from aiohttp import web
+    from loguru import logger
+
+    from daemon.alerts import Alert, AlertSender
+    from daemon.logs import setup_logging
+
+    async def refuse(request):
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", refuse)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    lines = []
+    setup_logging("ERROR")  # the daemon's patcher: the test sees what the log gets
+    handler = logger.add(lines.append, level="ERROR", format="{message}")
+    try:
+        for url in (f"http://127.0.0.1:{port}/hooks/SECRET1?token=SECRET2",
+                    "http://127.0.0.1:99999/hooks/SECRET1?token=SECRET2",
+                    "http://u:SECRET3@127.0.0.1:9/hooks/SECRET1?token=SECRET2"):
+            sender = AlertSender("", url)
+            task = asyncio.create_task(sender.run())
+            sender.submit(Alert("sink_down", "critical", "postgres is down", "postgres"))
+            for _ in range(1000):
+                if sender.failed:
+                    break
+                await asyncio.sleep(0.01)
+            task.cancel()
+            assert sender.failed == 1
+    finally:
+        logger.remove(handler)
+        setup_logging("INFO")
+        await runner.cleanup()
+    assert len(lines) == 3
+    assert f"http://127.0.0.1:{port} answered HTTP 500" in lines[0]
+    assert not [line for line in lines if "SECRET" in line], lines

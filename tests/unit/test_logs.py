@@ -64,3 +64,89 @@ def test_journald_lines_have_priority_and_no_timestamp(captured, monkeypatch):
     setup_logging("INFO", stream=captured)
     logger.warning("careful")
     assert captured.getvalue() == "<4>WARNING: careful\n"
+
+
+def server_error(exc, message="Error handling request from %s", *args):
+    import logging
+
+    logging.getLogger("aiohttp.server").error(message, *(args or ("127.0.0.1",)), exc_info=exc)
+
+
+def raised(exc):
+    try:
+        raise exc
+    except Exception as caught:  # noqa: BLE001 - a traceback to log
+        return caught
+
+
+def test_aiohttp_errors_come_as_one_line_without_any_byte_of_the_request(captured):
+    from aiohttp.http_exceptions import BadHttpMessage, BadStatusLine, InvalidHeader, LineTooLong
+
+    setup_logging("INFO", stream=captured)
+    # the C parser's shape: a fixed reason, then the bytes; the Python parser's: the bytes in the text
+    server_error(raised(BadHttpMessage("Invalid header token:\n\n  b'X-SECRET\\xffd: a'\n       ^")))
+    server_error(raised(BadStatusLine(error="Bad status line:\n  Invalid minor version:\n\n  "
+                                            "b'POST /?token=SECRET HTTP/9.x'\n   ^")))
+    server_error(raised(InvalidHeader(b"Authorization: Bearer SECRET\xff")))
+    server_error(raised(LineTooLong(b"Bearer SECRET" + b"A" * 100, 8190)))
+    server_error(raised(BadStatusLine("POST /webhooks/sendpulse?token=SECRET HTTP/1.1")))
+    server_error(raised(BadHttpMessage("Reason: with 'quotes' SECRET:\n\n  b'x'")))
+    lines = captured.getvalue().splitlines()
+    assert "SECRET" not in captured.getvalue() and "Bearer" not in captured.getvalue()
+    assert [line.split(" WARNING  ", 1)[1] for line in lines] == [
+        "bad HTTP request from 127.0.0.1: Invalid header token",
+        "bad HTTP request from 127.0.0.1: Invalid minor version",
+        "bad HTTP request from 127.0.0.1: invalid header",
+        "bad HTTP request from 127.0.0.1: line too long",
+        "bad HTTP request from 127.0.0.1: invalid request line",
+        "bad HTTP request from 127.0.0.1: malformed request",
+    ]
+
+
+def test_a_request_handler_crash_keeps_its_frames_but_not_its_message(captured):
+    setup_logging("INFO", stream=captured)
+    server_error(raised(UnicodeEncodeError("utf-8", "Bearer SECRET\udcff", 13, 14, "surrogates not allowed")))
+    out = captured.getvalue()
+    assert "SECRET" not in out
+    assert "ERROR    error handling a request from 127.0.0.1: UnicodeEncodeError" in out
+    assert "in raised" in out  # where it happened
+
+
+def test_other_stdlib_records_reach_the_log(captured):
+    import logging
+
+    setup_logging("INFO", stream=captured)
+    logging.getLogger("asyncio").error("Task exception was never retrieved for 5582981627838")
+    logging.getLogger("aiohttp.access").info('127.0.0.1 "GET /webhooks/sendpulse?token=SECRET HTTP/1.1" 200')
+    logging.getLogger("asyncio").debug("hidden at INFO")
+    assert captured.getvalue().splitlines() == [
+        captured.getvalue().splitlines()[0].split(" ERROR", 1)[0] + " ERROR    Task exception was never retrieved "
+                                                                    "for ***7838"]
+
+
+@pytest.mark.parametrize("text, safe", [
+    ("http://127.0.0.1:8080/hooks/SECRET?token=SECRET", "http://127.0.0.1:8080"),
+    ("https://user:SECRET@hooks.example.com/x", "https://hooks.example.com"),
+    ("failed: URL('https://hooks.example.com/T0/SECRET') answered 500", "failed: URL('https://hooks.example.com') "
+                                                                         "answered 500"),
+    ("postgresql://u:SECRET@[::1]:5432/db down", "postgresql://[::1]:5432 down"),
+    ("no url here", "no url here"),
+])
+def test_urls_are_logged_by_their_host(text, safe):
+    from daemon.logs import scrub_urls
+
+    assert scrub_urls(text) == safe
+
+
+
+def test_every_log_line_keeps_urls_to_their_host(captured):
+    setup_logging("INFO", stream=captured)
+    logger.bind(target="https://hooks.example.com/T0/SECRET").warning("posting to {}", "http://h:81/x?token=SECRET")
+    try:
+        raise RuntimeError("InvalidUrlClientError: http://127.0.0.1:99999/hooks/SECRET")
+    except RuntimeError:
+        logger.exception("failed")
+    out = captured.getvalue()
+    assert "SECRET" not in out
+    assert "posting to http://h:81 [target=https://hooks.example.com]" in out
+    assert "InvalidUrlClientError: http://127.0.0.1" in out

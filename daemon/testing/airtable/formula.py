@@ -2,8 +2,8 @@
 
 Literals ('text' or "text" with backslash escapes, numbers), field references ({Name}, `\\}` escaped),
 operators (= != < > <= >= & + - * /), and the functions AND, OR, NOT, IF, TRUE, FALSE, BLANK,
-DATETIME_PARSE, RECORD_ID, LOWER, UPPER, LEN, FIND, IS_BEFORE, IS_AFTER. An empty cell reads as
-BLANK, which equals "" and 0, as in Airtable.
+DATETIME_PARSE, RECORD_ID, LOWER, UPPER, LEN, FIND, CONCATENATE, REGEX_REPLACE, IS_BEFORE, IS_AFTER.
+An empty cell reads as BLANK, which equals "" and 0, as in Airtable.
 """
 
 from __future__ import annotations
@@ -238,6 +238,7 @@ FUNCTIONS: dict[str, Callable[[list[Any], str], Any]] = {
     "UPPER": _arity(1, lambda v: str(v or "").upper()),
     "LEN": _arity(1, lambda v: len(str(v or ""))),
     "FIND": _find,
+    "CONCATENATE": lambda values, _: "".join("" if v is None else str(v) for v in values),
     "REGEX_REPLACE": _arity(3, lambda text, pattern, replacement: re.sub(
         str(pattern or ""), str(replacement or "").replace("\\", "\\\\"), str("" if text is None else text))),
     "IS_BEFORE": _arity(2, lambda a, b: _compare("<", _as_time(a), _as_time(b))),

@@ -1,0 +1,42 @@
+"""The operator commands' parameters, checked alike on the command line and on the status socket, with
+the same messages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+
+from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, digits_only, is_phone_number
+from daemon.records import iso
+
+SINKS = ("postgres", "airtable")
+PREFER = ("postgres", "airtable")
+
+
+class BadParameter(ValueError):
+    """A parameter no command takes; the message says why, in the command line's words."""
+
+
+def since(text: str) -> str:
+    """A DATE as journal time text (UTC ISO 8601 with ms and Z); UTC unless it gives an offset."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise BadParameter(f"not an ISO 8601 date: {text!r} (e.g. 2026-11-20 or 2026-11-20T08:00)") from None
+    return iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+
+
+def phone_digits(text: str) -> str:
+    """A phone, however it was typed, as its digits; 7 to 15 of them (E.164), or it is not one."""
+    phone = digits_only(text)
+    if not phone or not is_phone_number(phone):
+        raise BadParameter(f"--phone {text!r} is not a phone number ({PHONE_DIGITS_MIN} to {PHONE_DIGITS_MAX} "
+                           f"digits; it has {len(phone) if phone else 'none'})")
+    return phone
+
+
+def choice(option: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise BadParameter(f"argument {option}: invalid choice: {value!r} "
+                           f"(choose from {', '.join(repr(c) for c in choices)})")
+    return value

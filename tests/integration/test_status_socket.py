@@ -1,0 +1,156 @@
+"""The status socket's routes over a real Unix socket, with fakes of the daemon behind them: who may call
+what (peer credentials), and parameters checked exactly as the command line checks them."""
+
+import asyncio
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from aiohttp import web
+
+from daemon.cli import main
+from daemon.journal import Requeue
+from daemon.recover import Selection
+from daemon.status import StatusRefused, create_status_app, request_status, secure_socket, stream_status
+from tests.support import as_operator, unix_http, write_config
+
+
+@pytest.fixture
+async def served():
+    """The status app on a socket an operator (the socket's group) can reach; the calls it passed on."""
+    folder = Path(tempfile.mkdtemp(prefix="chatledger-socket-"))
+    folder.chmod(0o711)
+    path = folder / "status.sock"
+    calls = []
+
+    async def snapshot():
+        return {"health": {"status": "healthy"}}
+
+    async def sync():
+        calls.append(("sync",))
+        return {"replay": "triggered", "sinks": []}
+
+    async def replay(sink, selection):
+        calls.append(("replay", sink, selection))
+        return {"replay": "triggered", "sinks": [], "requeued": {}}
+
+    async def forget(phone, reference):
+        calls.append(("forget", phone, reference))
+        return {"stores": {}, "complete": True}
+
+    async def recover(selection, prefer, emit):
+        calls.append(("recover", selection, prefer))
+        return {"report": {}}
+
+    async def airtable(action):
+        calls.append(("airtable", action))
+        return {"done": [], "problems": [], "notes": []}
+
+    runner = web.AppRunner(create_status_app(snapshot, sync, replay, forget, recover, airtable), access_log=None)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    secure_socket(path)
+    yield SimpleNamespace(path=path, calls=calls)
+    await runner.cleanup()
+    shutil.rmtree(folder)
+
+
+READS = [("GET", "/status"), ("GET", "/metrics"), ("POST", "/sync"), ("POST", "/airtable?action=check"),
+         ("POST", "/airtable")]
+CHANGES = [("POST", "/replay"), ("POST", "/replay?dead=1"), ("POST", "/forget?phone=5511900000001"),
+           ("POST", "/recover?all=1"), ("POST", "/airtable?action=init")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+async def test_the_socket_group_reads_and_only_the_daemon_user_or_root_changes(served):
+    operator = as_operator(served.path.stat().st_gid)
+    for method, route in READS:
+        status, body = await asyncio.to_thread(unix_http, served.path, method, route, operator)
+        assert status == 200, (route, body)
+    assert served.calls == [("sync",), ("airtable", "check"), ("airtable", "check")]
+    for method, route in CHANGES:
+        status, body = await asyncio.to_thread(unix_http, served.path, method, route, operator)
+        assert status == 403, (route, body)
+        assert "only the daemon's user (root) or root" in body and "sudo -u root chatledger" in body
+    assert len(served.calls) == 3  # nothing refused reached the daemon
+
+    # root (and the daemon's own user, here the same) may
+    for method, route in CHANGES:
+        status, body = await asyncio.to_thread(unix_http, served.path, method, route)
+        assert status == 200, (route, body)
+    assert [call[0] for call in served.calls[3:]] == ["replay", "replay", "forget", "recover", "airtable"]
+
+
+async def refused(path, route):
+    with pytest.raises(StatusRefused) as caught:
+        if route.startswith("/recover"):
+            async for _ in stream_status(path, route, 10):
+                pass
+        else:
+            await request_status(path, "POST", route)
+    return str(caught.value)
+
+
+BAD = [
+    ("/recover?phone=x' != 'y", "--phone \"x' != 'y\" is not a phone number"),
+    ("/recover?phone=x%27%20!%3D%20%27y", "--phone \"x' != 'y\" is not a phone number"),
+    ("/recover", "one of the arguments --conversation --phone --since --all is required"),
+    ("/recover?conversation=", "one of the arguments --conversation --phone --since --all is required"),
+    ("/recover?all=1&phone=5511900000001", "argument --all: not allowed with argument --phone"),
+    ("/recover?since=yesterday", "not an ISO 8601 date: 'yesterday'"),
+    ("/recover?all=1&prefer=mine", "argument --prefer: invalid choice: 'mine' (choose from 'postgres', 'airtable')"),
+    ("/recover?al=1", "unknown parameter al"),
+    ("/recover?phone=5511&phone=x", "parameter phone given more than once"),
+    ("/recover?all=maybe", "all must be 1 or 0"),
+    ("/replay?sink=mysql", "argument --sink: invalid choice: 'mysql'"),
+    ("/replay?since=2026-13-01", "not an ISO 8601 date: '2026-13-01'"),
+    ("/replay?dead=maybe", "dead must be 1 or 0"),
+    ("/forget?phone=abc", "--phone 'abc' is not a phone number (7 to 15 digits; it has none)"),
+    ("/forget", "--phone '' is not a phone number"),
+    ("/forget?phone=1", "--phone '1' is not a phone number (7 to 15 digits; it has 1)"),
+    ("/forget?phone=1234567890123456", "is not a phone number (7 to 15 digits; it has 16)"),
+    ("/forget?phone=5511988887777&reference=a%00b", "--reference must not hold a control character"),
+    ("/forget?phone=5511988887777&reference=5511988887777", "--reference must not hold the phone number"),
+    ("/forget?phone=5511&everyone=1", "unknown parameter everyone"),
+]
+
+
+@pytest.mark.parametrize("route, message", BAD)
+async def test_a_bad_parameter_is_refused_with_the_command_line_message(served, route, message):
+    assert message in await refused(served.path, route)
+    assert served.calls == []
+
+
+async def test_good_parameters_reach_the_daemon_as_the_command_line_sends_them(served):
+    await request_status(served.path, "POST", "/forget?phone=%2B55%2011%2090000-0001")
+    await request_status(served.path, "POST", "/forget?phone=5511900000001&reference=T-1")
+    await request_status(served.path, "POST", "/replay?since=2026-11-20&sink=postgres")
+    await request_status(served.path, "POST", "/replay?dead=1")
+    async for _ in stream_status(served.path, "/recover?phone=%2B55%2011%2090000-0001&prefer=airtable", 10):
+        pass
+    async for _ in stream_status(served.path, "/recover?conversation=it%27s%20%5C", 10):
+        pass
+    assert served.calls == [
+        ("forget", "5511900000001", None),
+        ("forget", "5511900000001", "T-1"),
+        ("replay", "postgres", Requeue(dead_only=False, since="2026-11-20T00:00:00.000Z")),
+        ("replay", None, Requeue(dead_only=True)),
+        ("recover", Selection(phone="5511900000001"), "airtable"),
+        ("recover", Selection(conversation="it's \\"), "postgres"),
+    ]
+
+
+def test_the_command_line_says_the_same(tmp_path, capsys):
+    config = write_config(tmp_path)
+    assert main(["forget", "--phone", "abc", "--config", str(config)]) == 78
+    assert capsys.readouterr().err.strip() == ("chatledger: --phone 'abc' is not a phone number "
+                                               "(7 to 15 digits; it has none)")
+    with pytest.raises(SystemExit):
+        main(["replay", "--since", "2026-13-01", "--config", str(config)])
+    assert "argument --since: not an ISO 8601 date: '2026-13-01'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["replay", "--sink", "mysql", "--config", str(config)])
+    assert "argument --sink: invalid choice: 'mysql' (choose from 'postgres', 'airtable')" in capsys.readouterr().err
