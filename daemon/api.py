@@ -21,7 +21,8 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from loguru import logger
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints, ValidationError,
+    WithJsonSchema, field_validator, model_validator,
 )
 
 from daemon.events import Event, digits_only
@@ -31,9 +32,12 @@ from daemon.records import (
     map_events, parse_tags,
 )
 from daemon.sinks.base import SinkError
+from daemon.webhook import MAX_BODY
 
 PREFIX = "/api/v1"
 READ_LIMIT = 1000
+DEFAULT_READ_LIMIT = 100
+YEARS = (2000, 2200)  # a time outside is a unit mistake (seconds for milliseconds, a zero date), not an event
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00\s][^\x00]*$")]
 Short = Annotated[str, StringConstraints(max_length=1000)]
@@ -53,26 +57,44 @@ class _Body(BaseModel):
         return value
 
 
-def _aware(value: datetime) -> datetime:
-    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if not 2000 <= value.astimezone(timezone.utc).year <= 2200:
-        raise ValueError("is not a plausible time (years 2000 to 2200)")
+def _date_text(value: Any) -> Any:
+    # pydantic would also read a number, or a string of digits, as seconds since 1970.
+    if not isinstance(value, str) or not value[:4].isascii() or not value[:4].isdigit() or value[4:5] != "-":
+        raise ValueError("must be an ISO 8601 date-time string, e.g. 2026-11-27T10:00:00Z")
     return value
 
 
-AwareTime = Annotated[datetime, AfterValidator(_aware)]
+def _aware(value: datetime) -> datetime:
+    # The year as written: converting 9999-12-31T23:00-01:00 to UTC first would overflow.
+    if not YEARS[0] <= value.year <= YEARS[1]:
+        raise ValueError(f"is not a plausible time (years {YEARS[0]} to {YEARS[1]})")
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+AwareTime = Annotated[datetime, BeforeValidator(_date_text), AfterValidator(_aware), WithJsonSchema({
+    "type": "string", "format": "date-time", "pattern": f"^(2[01][0-9]{{2}}|{YEARS[1]})-",
+    "description": f"ISO 8601, years {YEARS[0]} to {YEARS[1]}; without an offset it is UTC"})]
+
+
+def _whole(value: Any) -> Any:
+    # JSON Schema's integer is any number without a fraction (12.0 is 12); false and "12" are not numbers.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Milliseconds = Annotated[int, Strict(), Field(ge=0, le=2_147_483_647), BeforeValidator(_whole)]
+PHONE_SCHEMA = {"pattern": "[0-9]", "description": "any formatting, at least one digit"}
 
 
 class InteractionIn(_Body):
     id: Id
     conversationId: Id
     messageId: Id | None = None
-    customerPhone: Short | None = None
+    customerPhone: Short | None = Field(default=None, json_schema_extra=PHONE_SCHEMA)
     content: Long | None = None
     direction: Literal["inbound", "outbound"]
     intent: Short | None = None
     response: Long | None = None
-    processingTime: int | None = Field(default=None, ge=0, le=2_147_483_647, description="milliseconds")
+    processingTime: Milliseconds | None = Field(default=None, description="milliseconds")
     status: Literal["sent", "delivered", "read", "failed"] | None = None
     errorMessage: Long | None = None
     timestamp: AwareTime | None = None
@@ -85,13 +107,15 @@ class EscalationIn(_Body):
     reason: Long | None = None
     priority: Priority = "MEDIUM"
     status: Literal["pending", "assigned", "resolved"] = "pending"
-    customerPhone: Short | None = None
+    customerPhone: Short | None = Field(default=None, json_schema_extra=PHONE_SCHEMA)
     assignedAgent: Short | None = None
     notes: Long | None = None
     createdAt: AwareTime | None = None
 
 
 class _Patch(_Body):
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
     @model_validator(mode="after")
     def _something(self) -> "_Patch":
         if not self.model_fields_set:
@@ -195,10 +219,18 @@ def _route(handler):
             return await handler(request)
         except _Refused as refused:
             return refused.response
+        except web.HTTPRequestEntityTooLarge:
+            return _too_large(request)
         except JournalUnavailable as exc:
             return _error(503, f"journal cannot write, nothing was accepted: {exc}")
     wrapped.__name__ = handler.__name__
     return wrapped
+
+
+def _too_large(request: web.Request) -> web.Response:
+    """The webhook's 413 (the API shares its server and its max_body_bytes)."""
+    size = f" {request.content_length} bytes," if request.content_length else ""
+    return _error(413, f"body is{size} over the {request.app[MAX_BODY]}-byte limit")
 
 
 async def _journal(request: web.Request, title: str, dedup_key: str, body: BaseModel, *,
@@ -383,14 +415,18 @@ async def get_conversation(request: web.Request) -> web.Response:
     return web.json_response({"source": answer[0], "conversation": answer[1]})
 
 
+def _limit(request: web.Request) -> int:
+    text = request.query.get("limit", str(DEFAULT_READ_LIMIT))
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= READ_LIMIT):
+        raise _Refused(_error(422, "validation failed", fields=[{
+            "loc": ["query", "limit"], "msg": f"must be a whole number from 1 to {READ_LIMIT}", "type": "limit"}]))
+    return int(text)
+
+
 @_route
 async def get_interactions(request: web.Request) -> web.Response:
     conversation_id = request.match_info["id"]
-    try:
-        limit = min(READ_LIMIT, max(1, int(request.query.get("limit", "100"))))
-    except ValueError:
-        return _error(422, "validation failed", fields=[{"loc": ["query", "limit"], "msg": "not an integer",
-                                                          "type": "int_parsing"}])
+    limit = _limit(request)
     stores = request.app[JOURNAL_KEY]
 
     async def from_postgres(pg: Any) -> Any:
