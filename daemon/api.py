@@ -458,39 +458,108 @@ async def get_interactions(request: web.Request) -> web.Response:
 
 # -- OpenAPI ---------------------------------------------------------------------------------------
 
+def _nullable(kind: str) -> dict[str, Any]:
+    return {"type": [kind, "null"]}
+
+
+TEXT = _nullable("string")
+# What the answers hold, for the document. Reads may come from Airtable, where an operator can empty
+# any field: only the keys are promised there, so the values are nullable.
+ANSWERS: dict[str, dict[str, Any]] = {
+    "Error": {"type": "object", "required": ["error"], "additionalProperties": False, "properties": {
+        "error": {"type": "string"},
+        "fields": {"type": "array", "description": "what failed validation (422)", "items": {
+            "type": "object", "required": ["loc", "msg", "type"], "properties": {
+                "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                "msg": {"type": "string"}, "type": {"type": "string"}}}}}},
+    "InteractionAccepted": {"type": "object", "additionalProperties": False,
+                            "required": ["id", "interactionId", "conversationId", "duplicate"], "properties": {
+        "id": {"type": "string"}, "interactionId": {"type": "string", "description": "the row it became"},
+        "conversationId": {"type": "string"}, "duplicate": {"type": "boolean"}}},
+    "EscalationAccepted": {"type": "object", "additionalProperties": False,
+                           "required": ["id", "conversationId", "duplicate"], "properties": {
+        "id": {"type": "string"}, "conversationId": {"type": "string"}, "duplicate": {"type": "boolean"}}},
+    "Updated": {"type": "object", "additionalProperties": False, "required": ["id", "duplicate"], "properties": {
+        "id": {"type": "string"},
+        "duplicate": {"type": "boolean", "description": "this Idempotency-Key was already applied"}}},
+    "Conversation": {"type": "object", "additionalProperties": False, "required": [
+        "conversationId", "customerPhone", "customerName", "status", "startedAt", "lastActivity", "messageCount"],
+        "properties": {name: TEXT for _, name, _ in CONVERSATION_FIELDS} | {
+            "conversationId": {"type": "string"}, "messageCount": _nullable("integer"),
+            "tags": {"type": ["array", "null"], "items": {"type": "string"}},
+            "metadata": {"description": "an object; from Airtable its Metadata text when that is not JSON"}}},
+    "Interaction": {"type": "object", "additionalProperties": False,
+                    "required": [name for _, name, _ in INTERACTION_FIELDS],
+                    "properties": {name: TEXT for _, name, _ in INTERACTION_FIELDS} | {
+                        "processingTime": _nullable("integer")}},
+}
+SOURCE = {"type": "string", "enum": ["postgres", "journal", "airtable"], "description": "the store that answered"}
+ANSWERS["ConversationRead"] = {"type": "object", "additionalProperties": False,
+                               "required": ["source", "conversation"], "properties": {
+    "source": SOURCE, "conversation": {"$ref": "#/components/schemas/Conversation"}}}
+ANSWERS["InteractionsRead"] = {"type": "object", "additionalProperties": False,
+                               "required": ["source", "conversationId", "interactions"], "properties": {
+    "source": SOURCE, "conversationId": {"type": "string"},
+    "interactions": {"type": "array", "description": "oldest first",
+                     "items": {"$ref": "#/components/schemas/Interaction"}}}}
+
+SECURITY = [{"bearer": []}, {"apiToken": []}]  # Authorization: Bearer TOKEN, or X-Api-Token: TOKEN
+FAILURES = {
+    "400": "the body is not JSON", "401": "missing or wrong api token, or the API is disabled",
+    "404": "no store that answered knows it", "413": "the body is over [server] max_body_bytes",
+    "422": "validation failed: `fields` says where; nothing was written",
+    "503": "the journal cannot write (or, for an escalation's PATCH, PostgreSQL cannot tell whether it exists): "
+           "nothing was written",
+}
+
+
 def openapi() -> dict[str, Any]:
-    """The API's OpenAPI 3.1 document (request bodies from the pydantic models)."""
-    schemas: dict[str, Any] = {}
+    """The API's OpenAPI 3.1 document: request bodies from the pydantic models, every status each route answers."""
+    schemas: dict[str, Any] = dict(ANSWERS)
     for model in (InteractionIn, EscalationIn, EscalationPatch, ConversationPatch):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    error = {"description": "error", "content": {"application/json": {"schema": {"type": "object"}}}}
-    ok = {"description": "accepted", "content": {"application/json": {"schema": {"type": "object"}}}}
 
-    def write(model: str, created: bool) -> dict[str, Any]:
-        responses = {"200": ok, "400": error, "401": error, "422": error, "503": error}
-        if created:
-            responses["201"] = ok
-        return {"security": [{"bearer": []}], "responses": responses, "requestBody": {
-            "required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}
+    def answers(ok: dict[str, tuple[str, str]], *failures: str) -> dict[str, Any]:
+        out = {status: {"description": text, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{name}"}}}} for status, (name, text) in ok.items()}
+        return out | {status: {"description": FAILURES[status], "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/Error"}}}} for status in failures}
+
+    def write(model: str, ok: dict[str, tuple[str, str]], *failures: str) -> dict[str, Any]:
+        return {"security": SECURITY, "responses": answers(ok, "400", "401", *failures, "413", "422", "503"),
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{model}"}}}}}
 
     path_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}]
-    read = {"security": [{"bearer": []}], "parameters": path_id,
-            "responses": {"200": ok, "401": error, "404": error}}
+    limit = {"name": "limit", "in": "query", "required": False, "schema": {
+        "type": "integer", "minimum": 1, "maximum": READ_LIMIT, "default": DEFAULT_READ_LIMIT}}
+    idempotency = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+                   "description": "a PATCH sent again with the same key is applied once; without one, every PATCH is"}
+    updated = {"200": ("Updated", "recorded")}
+
+    def created(name: str) -> dict[str, tuple[str, str]]:
+        return {"201": (name, "recorded"), "200": (name, "already recorded under this id (duplicate)")}
+
     return {
         "openapi": "3.1.0",
         "info": {"title": "chatledger bot API", "version": "1"},
-        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": schemas, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiToken": {"type": "apiKey", "in": "header", "name": "X-Api-Token"}}},
         "paths": {
-            PREFIX + "/interactions": {"post": write("InteractionIn", True)},
-            PREFIX + "/escalations": {"post": write("EscalationIn", True)},
-            PREFIX + "/escalations/{id}": {"patch": {**write("EscalationPatch", False), "parameters": path_id}},
-            PREFIX + "/conversations/{id}": {"patch": {**write("ConversationPatch", False), "parameters": path_id},
-                                             "get": read},
-            PREFIX + "/conversations/{id}/interactions": {"get": {**read, "parameters": path_id + [
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                            "maximum": READ_LIMIT}}]}},
+            PREFIX + "/interactions": {"post": write("InteractionIn", created("InteractionAccepted"))},
+            PREFIX + "/escalations": {"post": write("EscalationIn", created("EscalationAccepted"))},
+            PREFIX + "/escalations/{id}": {
+                "patch": {**write("EscalationPatch", updated, "404"), "parameters": [*path_id, idempotency]}},
+            PREFIX + "/conversations/{id}": {
+                "patch": {**write("ConversationPatch", updated), "parameters": [*path_id, idempotency]},
+                "get": {"security": SECURITY, "parameters": path_id,
+                        "responses": answers({"200": ("ConversationRead", "found")}, "401", "404")}},
+            PREFIX + "/conversations/{id}/interactions": {"get": {
+                "security": SECURITY, "parameters": [*path_id, limit],
+                "responses": answers({"200": ("InteractionsRead", "found")}, "401", "404", "422")}},
         },
     }
 

@@ -6,9 +6,58 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-import pytest
+from functools import partial
 
-from tests.integration.test_api import AUTH, ApiThread, server_config
+import jsonschema_rs
+import pytest
+import schemathesis
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance, negative_data_rejection, positive_data_acceptance, response_schema_conformance,
+    status_code_conformance,
+)
+
+from daemon.api import openapi
+from daemon.journal import Journal
+from daemon.sinks.postgres_rows import PostgresRows
+from tests.integration.conftest import NAMES
+from tests.integration.test_api import (  # noqa: F401 - stores_for is a fixture
+    API_TOKEN, AUTH, ApiThread, api_client, server_config, stores_for,
+)
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          negative_data_rejection, positive_data_acceptance]
+SETTINGS = {
+    "auth": {"openapi": {"bearer": {"bearer": API_TOKEN}, "apiToken": {"api_key": API_TOKEN}}},
+    "generation": {"mode": "all", "max-examples": 25, "database": "none"},
+    "phases": {"stateful": {"enabled": False}},
+    # A body the schema allows can still be over max_body_bytes (three 100,000-character texts): 413 is
+    # documented, and it is a refusal of an invalid one too.
+    "checks": {"positive_data_acceptance": {"expected-statuses": ["200", "201", "404", "413"]},
+               "negative_data_rejection": {"expected-statuses": ["400", "401", "404", "413", "422"]}},
+}
+
+schema = schemathesis.openapi.from_dict(openapi(), config=schemathesis.Config.from_dict(SETTINGS))
+IDS = ("id", "conversationId", "messageId", "ticketId")
+
+
+@schema.hook
+def filter_failure(context, failure, case, response):
+    """Every failure counts but two disagreements other branches of issue 12 settle; drop each clause when
+    its fix is merged: (1) a NUL in `metadata` is a 422 the document does not show (the NUL handling
+    branch); (2) an id starting with a character Python's `\\s` calls whitespace and OpenAPI's regex
+    dialect does not (U+0085, U+001C..U+001F) is refused by the Id pattern (the id validation branch)."""
+    if response.status_code != 422 or not isinstance(case.body, dict):
+        return True
+    fields = json.loads(response.content)["fields"]
+    nul_in_metadata = [f["loc"] for f in fields] == [["metadata"]] and "NUL" in fields[0]["msg"]
+    odd_space_id = bool(fields) and all(f["type"] == "string_pattern_mismatch" and f["loc"][0] in IDS
+                                        and _starts_with_odd_space(case.body.get(f["loc"][0])) for f in fields)
+    return not (nul_in_metadata or odd_space_id)
+
+
+def _starts_with_odd_space(value):
+    return isinstance(value, str) and value[:1] != "" and value[0] in "\x1c\x1d\x1e\x1f\x85"
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +66,15 @@ def served(tmp_path_factory):
     yield running
     running.stop()
 
+
+def test_the_served_document_is_the_one_tested(served):
+    with urllib.request.urlopen(f"http://127.0.0.1:{served.port}/api/v1/openapi.json", timeout=30) as answer:
+        assert json.load(answer) == openapi()
+
+
+@schema.parametrize()
+def test_the_api_answers_as_its_document_says(case, served):
+    case.call_and_validate(base_url=f"http://127.0.0.1:{served.port}", checks=CHECKS)
 
 
 def call(served, method, route, body=None, data=None):
@@ -83,3 +141,43 @@ def test_a_time_outside_the_plausible_years_is_a_422_even_at_the_calendar_edges(
     status, _, answer = call(served, "POST", "/api/v1/interactions", body)
     assert status == 422 and answer["fields"][0]["loc"] == ["timestamp"]
 
+
+def conforms(name, answer):
+    """Whether an answer has the shape the document gives `name`."""
+    document = openapi()
+    return jsonschema_rs.validator_for({"$ref": f"#/components/schemas/{name}",
+                                        "components": document["components"]}).is_valid(answer)
+
+
+async def test_reads_from_every_store_have_the_documented_shape(stores_for, own_pg, tmp_path):
+    journal, client, postgres, airtable, deliver = await stores_for(own_pg.dsn(), "chatledger")
+    rows = partial(PostgresRows.open, own_pg.dsn(), "chatledger")
+    conversation, interactions = "/api/v1/conversations/conv-shape", "/api/v1/conversations/conv-shape/interactions"
+    try:
+        async with api_client(journal, rows, (client, NAMES)) as api:
+            body = {"id": "bot-shape", "conversationId": "conv-shape", "direction": "inbound", "content": "hello",
+                    "processingTime": 5, "timestamp": "2026-11-27T10:00:00Z", "customerPhone": "5511999999999"}
+            assert (await api.post("/api/v1/interactions", json=body, headers=AUTH)).status == 201
+            assert (await api.patch(conversation, json={"tags": ["vip"], "metadata": {"plan": "gold"}},
+                                    headers=AUTH)).status == 200
+            for source in ("journal", "postgres"):
+                if source == "postgres":
+                    await deliver()
+                read = await (await api.get(conversation, headers=AUTH)).json()
+                assert read["source"] == source and conforms("ConversationRead", read), read
+                listed = await (await api.get(interactions, headers=AUTH)).json()
+                assert listed["source"] == source and conforms("InteractionsRead", listed), listed
+            own_pg.stop("immediate")
+        empty = await Journal.open(tmp_path / "empty.sqlite", [])
+        try:
+            async with api_client(empty, rows, (client, NAMES)) as api:
+                read = await (await api.get(conversation, headers=AUTH)).json()
+                assert read["source"] == "airtable" and conforms("ConversationRead", read), read
+                listed = await (await api.get(interactions, headers=AUTH)).json()
+                assert listed["source"] == "airtable" and conforms("InteractionsRead", listed), listed
+        finally:
+            await empty.close()
+    finally:
+        await postgres.close()
+        await airtable.close()
+        await journal.close()
