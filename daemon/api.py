@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 from aiohttp import web
 from loguru import logger
 from pydantic import (
-    AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, field_validator,
-    model_validator,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints, TypeAdapter,
+    ValidationError, WithJsonSchema, field_validator, model_validator,
 )
 
 from daemon.events import EARLIEST_YEAR, LATEST_YEAR, Event, digits_only, has_control, storable_text
@@ -37,6 +37,8 @@ from daemon.webhook import Unreadable, header_bytes, read_body
 
 PREFIX = "/api/v1"
 READ_LIMIT = 1000
+DEFAULT_READ_LIMIT = 100
+YEARS = (EARLIEST_YEAR, LATEST_YEAR)  # outside: a unit mistake (seconds for milliseconds, a zero date), not an event
 
 
 def _no_control(value: str) -> str:
@@ -45,7 +47,11 @@ def _no_control(value: str) -> str:
     return value
 
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S"), AfterValidator(_no_control)]
+# Spelt out rather than \s and \S, which Python, pydantic's Rust regex and OpenAPI's ECMA dialect read
+# differently: no control character anywhere, no space of any kind first.
+ID_PATTERN = (r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+              r"[^\x00-\x1f\x7f-\x9f]*$")
+Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN), AfterValidator(_no_control)]
 # pydantic refuses a lone surrogate in a str field (422); only metadata's free values need cleaning.
 Short = Annotated[str, StringConstraints(max_length=1000)]
 Long = Annotated[str, StringConstraints(max_length=100_000)]
@@ -65,30 +71,44 @@ class _Body(BaseModel):
         return value
 
 
-def _aware(value: datetime) -> datetime:
-    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    try:
-        year = value.astimezone(timezone.utc).year
-    except OverflowError:  # 9999-12-31T23:59:59-05:00 is past datetime's range in UTC
-        year = 0
-    if not EARLIEST_YEAR <= year <= LATEST_YEAR:
-        raise ValueError(f"is not a plausible time (years {EARLIEST_YEAR} to {LATEST_YEAR})")
+def _date_text(value: Any) -> Any:
+    # pydantic would also read a number, or a string of digits, as seconds since 1970.
+    if not isinstance(value, str) or not value[:4].isascii() or not value[:4].isdigit() or value[4:5] != "-":
+        raise ValueError("must be an ISO 8601 date-time string, e.g. 2026-11-27T10:00:00Z")
     return value
 
 
-AwareTime = Annotated[datetime, AfterValidator(_aware)]
+def _aware(value: datetime) -> datetime:
+    # The year as written: converting 9999-12-31T23:00-01:00 to UTC first would overflow.
+    if not YEARS[0] <= value.year <= YEARS[1]:
+        raise ValueError(f"is not a plausible time (years {YEARS[0]} to {YEARS[1]})")
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+AwareTime = Annotated[datetime, BeforeValidator(_date_text), AfterValidator(_aware), WithJsonSchema({
+    "type": "string", "format": "date-time", "pattern": f"^(2[01][0-9]{{2}}|{YEARS[1]})-",
+    "description": f"ISO 8601, years {YEARS[0]} to {YEARS[1]}; without an offset it is UTC"})]
+
+
+def _whole(value: Any) -> Any:
+    # JSON Schema's integer is any number without a fraction (12.0 is 12); false and "12" are not numbers.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Milliseconds = Annotated[int, Strict(), Field(ge=0, le=2_147_483_647), BeforeValidator(_whole)]
+PHONE_SCHEMA = {"pattern": "[0-9]", "description": "any formatting, at least one digit"}
 
 
 class InteractionIn(_Body):
     id: Id
     conversationId: Id
     messageId: Id | None = None
-    customerPhone: Short | None = None
+    customerPhone: Short | None = Field(default=None, json_schema_extra=PHONE_SCHEMA)
     content: Long | None = None
     direction: Literal["inbound", "outbound"]
     intent: Short | None = None
     response: Long | None = None
-    processingTime: int | None = Field(default=None, ge=0, le=2_147_483_647, description="milliseconds")
+    processingTime: Milliseconds | None = Field(default=None, description="milliseconds")
     status: Literal["sent", "delivered", "read", "failed"] | None = None
     errorMessage: Long | None = None
     timestamp: AwareTime | None = None
@@ -101,13 +121,15 @@ class EscalationIn(_Body):
     reason: Long | None = None
     priority: Priority = "MEDIUM"
     status: Literal["pending", "assigned", "resolved"] = "pending"
-    customerPhone: Short | None = None
+    customerPhone: Short | None = Field(default=None, json_schema_extra=PHONE_SCHEMA)
     assignedAgent: Short | None = None
     notes: Long | None = None
     createdAt: AwareTime | None = None
 
 
 class _Patch(_Body):
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
     @model_validator(mode="after")
     def _something(self) -> "_Patch":
         if not self.model_fields_set:
@@ -140,8 +162,6 @@ class ConversationPatch(_Patch):
         text = json.dumps(value)
         if len(text) > 10_000:
             raise ValueError("is over 10,000 characters as JSON")
-        if "\\u0000" in text:
-            raise ValueError("contains a NUL character, which PostgreSQL cannot store")
         return value
 
 
@@ -432,14 +452,18 @@ async def get_conversation(request: web.Request) -> web.Response:
     return web.json_response({"source": answer[0], "conversation": answer[1]})
 
 
+def _limit(request: web.Request) -> int:
+    text = request.query.get("limit", str(DEFAULT_READ_LIMIT))
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= READ_LIMIT):
+        raise _Refused(_error(422, "validation failed", fields=[{
+            "loc": ["query", "limit"], "msg": f"must be a whole number from 1 to {READ_LIMIT}", "type": "limit"}]))
+    return int(text)
+
+
 @_route
 async def get_interactions(request: web.Request) -> web.Response:
     conversation_id = _path_id(request)
-    try:
-        limit = min(READ_LIMIT, max(1, int(request.query.get("limit", "100"))))
-    except ValueError:
-        return _error(422, "validation failed", fields=[{"loc": ["query", "limit"], "msg": "not an integer",
-                                                          "type": "int_parsing"}])
+    limit = _limit(request)
     stores = request.app[JOURNAL_KEY]
 
     async def from_postgres(pg: Any) -> Any:
@@ -471,39 +495,108 @@ async def get_interactions(request: web.Request) -> web.Response:
 
 # -- OpenAPI ---------------------------------------------------------------------------------------
 
+def _nullable(kind: str) -> dict[str, Any]:
+    return {"type": [kind, "null"]}
+
+
+TEXT = _nullable("string")
+# What the answers hold, for the document. Reads may come from Airtable, where an operator can empty
+# any field: only the keys are promised there, so the values are nullable.
+ANSWERS: dict[str, dict[str, Any]] = {
+    "Error": {"type": "object", "required": ["error"], "additionalProperties": False, "properties": {
+        "error": {"type": "string"},
+        "fields": {"type": "array", "description": "what failed validation (422)", "items": {
+            "type": "object", "required": ["loc", "msg", "type"], "properties": {
+                "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                "msg": {"type": "string"}, "type": {"type": "string"}}}}}},
+    "InteractionAccepted": {"type": "object", "additionalProperties": False,
+                            "required": ["id", "interactionId", "conversationId", "duplicate"], "properties": {
+        "id": {"type": "string"}, "interactionId": {"type": "string", "description": "the row it became"},
+        "conversationId": {"type": "string"}, "duplicate": {"type": "boolean"}}},
+    "EscalationAccepted": {"type": "object", "additionalProperties": False,
+                           "required": ["id", "conversationId", "duplicate"], "properties": {
+        "id": {"type": "string"}, "conversationId": {"type": "string"}, "duplicate": {"type": "boolean"}}},
+    "Updated": {"type": "object", "additionalProperties": False, "required": ["id", "duplicate"], "properties": {
+        "id": {"type": "string"},
+        "duplicate": {"type": "boolean", "description": "this Idempotency-Key was already applied"}}},
+    "Conversation": {"type": "object", "additionalProperties": False, "required": [
+        "conversationId", "customerPhone", "customerName", "status", "startedAt", "lastActivity", "messageCount"],
+        "properties": {name: TEXT for _, name, _ in CONVERSATION_FIELDS} | {
+            "conversationId": {"type": "string"}, "messageCount": _nullable("integer"),
+            "tags": {"type": ["array", "null"], "items": {"type": "string"}},
+            "metadata": {"description": "an object; from Airtable its Metadata text when that is not JSON"}}},
+    "Interaction": {"type": "object", "additionalProperties": False,
+                    "required": [name for _, name, _ in INTERACTION_FIELDS],
+                    "properties": {name: TEXT for _, name, _ in INTERACTION_FIELDS} | {
+                        "processingTime": _nullable("integer")}},
+}
+SOURCE = {"type": "string", "enum": ["postgres", "journal", "airtable"], "description": "the store that answered"}
+ANSWERS["ConversationRead"] = {"type": "object", "additionalProperties": False,
+                               "required": ["source", "conversation"], "properties": {
+    "source": SOURCE, "conversation": {"$ref": "#/components/schemas/Conversation"}}}
+ANSWERS["InteractionsRead"] = {"type": "object", "additionalProperties": False,
+                               "required": ["source", "conversationId", "interactions"], "properties": {
+    "source": SOURCE, "conversationId": {"type": "string"},
+    "interactions": {"type": "array", "description": "oldest first",
+                     "items": {"$ref": "#/components/schemas/Interaction"}}}}
+
+SECURITY = [{"bearer": []}, {"apiToken": []}]  # Authorization: Bearer TOKEN, or X-Api-Token: TOKEN
+FAILURES = {
+    "400": "the body is not JSON", "401": "missing or wrong api token, or the API is disabled",
+    "404": "no store that answered knows it", "413": "the body is over [server] max_body_bytes",
+    "422": "validation failed: `fields` says where; nothing was written",
+    "503": "the journal cannot write (or, for an escalation's PATCH, PostgreSQL cannot tell whether it exists): "
+           "nothing was written",
+}
+
+
 def openapi() -> dict[str, Any]:
-    """The API's OpenAPI 3.1 document (request bodies from the pydantic models)."""
-    schemas: dict[str, Any] = {}
+    """The API's OpenAPI 3.1 document: request bodies from the pydantic models, every status each route answers."""
+    schemas: dict[str, Any] = dict(ANSWERS)
     for model in (InteractionIn, EscalationIn, EscalationPatch, ConversationPatch):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    error = {"description": "error", "content": {"application/json": {"schema": {"type": "object"}}}}
-    ok = {"description": "accepted", "content": {"application/json": {"schema": {"type": "object"}}}}
 
-    def write(model: str, created: bool) -> dict[str, Any]:
-        responses = {"200": ok, "400": error, "401": error, "422": error, "503": error}
-        if created:
-            responses["201"] = ok
-        return {"security": [{"bearer": []}], "responses": responses, "requestBody": {
-            "required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}}}}
+    def answers(ok: dict[str, tuple[str, str]], *failures: str) -> dict[str, Any]:
+        out = {status: {"description": text, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{name}"}}}} for status, (name, text) in ok.items()}
+        return out | {status: {"description": FAILURES[status], "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/Error"}}}} for status in failures}
 
-    path_id = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}]
-    read = {"security": [{"bearer": []}], "parameters": path_id,
-            "responses": {"200": ok, "401": error, "404": error}}
+    def write(model: str, ok: dict[str, tuple[str, str]], *failures: str) -> dict[str, Any]:
+        return {"security": SECURITY, "responses": answers(ok, "400", "401", *failures, "413", "422", "503"),
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{model}"}}}}}
+
+    path_id = [{"name": "id", "in": "path", "required": True, "schema": _PATH_ID.json_schema()}]
+    limit = {"name": "limit", "in": "query", "required": False, "schema": {
+        "type": "integer", "minimum": 1, "maximum": READ_LIMIT, "default": DEFAULT_READ_LIMIT}}
+    idempotency = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
+                   "description": "a PATCH sent again with the same key is applied once; without one, every PATCH is"}
+    updated = {"200": ("Updated", "recorded")}
+
+    def created(name: str) -> dict[str, tuple[str, str]]:
+        return {"201": (name, "recorded"), "200": (name, "already recorded under this id (duplicate)")}
+
     return {
         "openapi": "3.1.0",
         "info": {"title": "chatledger bot API", "version": "1"},
-        "components": {"schemas": schemas, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"schemas": schemas, "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "apiToken": {"type": "apiKey", "in": "header", "name": "X-Api-Token"}}},
         "paths": {
-            PREFIX + "/interactions": {"post": write("InteractionIn", True)},
-            PREFIX + "/escalations": {"post": write("EscalationIn", True)},
-            PREFIX + "/escalations/{id}": {"patch": {**write("EscalationPatch", False), "parameters": path_id}},
-            PREFIX + "/conversations/{id}": {"patch": {**write("ConversationPatch", False), "parameters": path_id},
-                                             "get": read},
-            PREFIX + "/conversations/{id}/interactions": {"get": {**read, "parameters": path_id + [
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                            "maximum": READ_LIMIT}}]}},
+            PREFIX + "/interactions": {"post": write("InteractionIn", created("InteractionAccepted"))},
+            PREFIX + "/escalations": {"post": write("EscalationIn", created("EscalationAccepted"))},
+            PREFIX + "/escalations/{id}": {
+                "patch": {**write("EscalationPatch", updated, "404"), "parameters": [*path_id, idempotency]}},
+            PREFIX + "/conversations/{id}": {
+                "patch": {**write("ConversationPatch", updated), "parameters": [*path_id, idempotency]},
+                "get": {"security": SECURITY, "parameters": path_id,
+                        "responses": answers({"200": ("ConversationRead", "found")}, "401", "404", "422")}},
+            PREFIX + "/conversations/{id}/interactions": {"get": {
+                "security": SECURITY, "parameters": [*path_id, limit],
+                "responses": answers({"200": ("InteractionsRead", "found")}, "401", "404", "422")}},
         },
     }
 

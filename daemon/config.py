@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+import urllib.parse
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,6 +38,8 @@ LEGACY_ENV = {
     "DATABASE_URL": ("postgres", "dsn"),
 }
 
+DSN_SCHEMES = ("postgresql", "postgres")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 SUN_PATH_MAX = 107  # bytes a Unix socket path may hold (sockaddr_un.sun_path minus the NUL)
 
@@ -107,6 +111,13 @@ class PostgresConfig(_Section):
 
     model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
 
+    @field_validator("dsn")
+    @classmethod
+    def _dsn_is_usable(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value().strip():
+            check_dsn(value.get_secret_value())
+        return value
+
     @field_validator("schema_")
     @classmethod
     def _schema_is_identifier(cls, value: str) -> str:
@@ -135,6 +146,13 @@ class AirtableConfig(_Section):
     def _endpoint_is_http(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        try:
+            parsed = urllib.parse.urlsplit(value)
+            parsed.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+        except ValueError:
+            raise ValueError("must be a valid URL (check the host and port)") from None
+        if not parsed.hostname:
+            raise ValueError("must name a host, e.g. https://api.airtable.com")
         return value.rstrip("/")
 
     @field_validator("conversations_table", "interactions_table", "escalations_table")
@@ -329,7 +347,76 @@ class Config(BaseSettings):
                              ("postgres", "dsn"), ("alerts", "webhook_url")):
             secret: SecretStr = getattr(getattr(self, section), key)
             data[section][key] = "(set)" if secret.get_secret_value() else "(empty)"
+        data["airtable"]["endpoint_url"] = without_userinfo(self.airtable.endpoint_url)
         return data
+
+
+def without_userinfo(url: str) -> str:
+    """The URL with any user:password@ shown as ***@, for output and logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    _, at, host = rest[:end].rpartition("@")
+    return f"{scheme}://***@{host}{rest[end:]}" if at else url
+
+
+_IPV6_HOST = re.compile(r"\[[^\]]+\](?::(.*))?")
+_PERCENT_HINT = " (a password with @ / ? # : in it must be percent-encoded, e.g. @ as %40)"
+
+
+def _check_port(text: str) -> None:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 65535):
+        raise ValueError("has a port that is not a number from 1 to 65535" + _PERCENT_HINT)
+
+
+def _check_hosts(hostlist: str) -> int:
+    """Check asyncpg's comma-separated host[:port] list; return how many hosts it names."""
+    specs = hostlist.split(",")
+    for spec in specs:
+        if spec.startswith("["):
+            match = _IPV6_HOST.fullmatch(spec)
+            if match is None:
+                raise ValueError("has an IPv6 host that is not [address] or [address]:port")
+            port = match.group(1) or ""
+        elif spec.startswith("/"):
+            port = ""
+        else:
+            host, _, port = spec.partition(":")
+            if not host:
+                raise ValueError("has an empty host in its host list")
+        if port:
+            _check_port(port)
+    return len(specs)
+
+
+def check_dsn(dsn: str) -> None:
+    """Raise ValueError unless asyncpg can connect with this DSN; the message never quotes it (the password)."""
+    try:
+        parsed = urllib.parse.urlsplit(dsn)
+    except ValueError:
+        raise ValueError("is not a valid URL (check the brackets of an IPv6 host)") from None
+    if parsed.scheme not in DSN_SCHEMES or not dsn[len(parsed.scheme):].startswith("://"):
+        raise ValueError("must start with postgresql:// or postgres:// "
+                         "(asyncpg reads no other form, e.g. not host=... dbname=...)")
+    hostlist = parsed.netloc.partition("@")[2] if "@" in parsed.netloc else parsed.netloc
+    if "@" in hostlist:
+        raise ValueError("has more than one @" + _PERCENT_HINT)
+    hosts = _check_hosts(hostlist) if hostlist else 0
+    try:
+        query = urllib.parse.parse_qs(parsed.query, strict_parsing=True) if parsed.query else {}
+    except ValueError:
+        raise ValueError("has a malformed query string (expected ?key=value&key=value)") from None
+    options = {key: values[-1] for key, values in query.items()}
+    if options.get("sslmode", "prefer") not in SSL_MODES:
+        raise ValueError(f"has an unknown sslmode (one of {', '.join(SSL_MODES)})")
+    ports = options["port"].split(",") if options.get("port") else []
+    for port in ports:
+        _check_port(port)
+    if options.get("host") and not hosts:  # asyncpg ignores ?host= when the URL names a host
+        hosts = _check_hosts(options["host"])
+        if len(ports) > 1 and len(ports) != hosts:
+            raise ValueError(f"has {len(ports)} ports in ?port= for {hosts} hosts in ?host=")
 
 
 def split_listen(listen: str) -> tuple[str, int]:

@@ -1,5 +1,5 @@
-"""Logging with loguru: journald-aware format, optional JSON lines, phone numbers masked, stdlib logging
-(aiohttp, asyncio) bridged in without any byte of a request."""
+"""Logging with loguru: journald-aware format, optional JSON lines, phone numbers and URLs masked, stdlib
+logging (aiohttp, asyncio) bridged in without any byte of a request."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ from loguru import logger
 # and are left alone.
 _PHONE = re.compile(r"(?<![\w+])\+?\d{1,15}(?:[ -]\d{2,15})*(?![\w])")
 
+# The user:password@ of a URL (e.g. in a requests error quoting the URL it called), up to the last '@'
+# before the path.
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^\s/?#]*@", re.IGNORECASE)
+
 # journald reads a "<N>" syslog priority prefix on each stderr line (SyslogLevelPrefix=yes).
 _SYSLOG_PRIORITY = {
     "TRACE": 7, "DEBUG": 7, "INFO": 6, "SUCCESS": 5, "WARNING": 4, "ERROR": 3, "CRITICAL": 2,
@@ -37,8 +41,8 @@ def _mask_match(match: re.Match[str]) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Mask every phone-number-looking run of digits in free text."""
-    return _PHONE.sub(_mask_match, text)
+    """Mask every phone-number-looking run of digits and every URL's user:password@ in free text."""
+    return _PHONE.sub(_mask_match, _USERINFO.sub(r"\1***@", text))
 
 
 def _mask_record(record: dict[str, Any]) -> None:

@@ -170,6 +170,23 @@ def test_check_config_prints_settings_without_secrets(config):
     assert "sinks enabled: postgres" in result.stdout
 
 
+@pytest.mark.parametrize("dsn", ["mysql://u:hunter2@h/db", "postgresql://u:hunter2@h:notaport/db"])
+def test_a_dsn_asyncpg_cannot_use_is_a_config_error(config, dsn):
+    for env in ({"CHATLEDGER_POSTGRES__DSN": dsn}, {"DATABASE_URL": dsn}):
+        for command in ("check-config", "run"):
+            result = cli(config, command, env=env)
+            assert result.returncode == 78
+            assert "[postgres] dsn" in result.stderr
+            assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_check_config_hides_the_endpoint_userinfo(config):
+    result = cli(config, "check-config", env={"CHATLEDGER_AIRTABLE__ENDPOINT_URL": "https://u:hunter2@proxy.example"})
+    assert result.returncode == 0
+    assert "hunter2" not in result.stdout
+    assert '"endpoint_url": "https://***@proxy.example"' in result.stdout
+
+
 def test_status_and_sync_without_a_daemon_exit_2(config):
     assert cli(config, "status").returncode == 2
     assert cli(config, "status", "--json").returncode == 2

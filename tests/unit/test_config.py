@@ -3,8 +3,11 @@
 from pathlib import Path
 
 import pytest
+from asyncpg import connect_utils
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from daemon.config import ConfigError, load_config
+from daemon.config import ConfigError, check_dsn, load_config, without_userinfo
 
 TOKEN = "0123456789abcdef-token"
 
@@ -160,3 +163,115 @@ def test_secrets_never_appear_in_redacted_or_repr(tmp_path):
     for secret in (TOKEN, "hunter2", "patSECRETSECRET"):
         assert secret not in text
     assert config.redacted()["postgres"]["dsn"] == "(set)"
+
+
+GOOD_DSNS = [
+    "postgresql://u:p@localhost/db",
+    "postgres://u@127.0.0.1:5432/db",
+    "POSTGRESQL://h/db",
+    "postgresql:///chatledger",  # the local socket, peer authentication
+    "postgresql://u:p%40ss@h:1/db",
+    "postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write",
+    "postgresql://u@h1,h2:5433/db",
+    "postgresql://u@[::1]:65535/db",
+    "postgresql://u@%2Frun%2Fpostgresql/db",
+    "postgresql:///db?host=/run/postgresql&port=5433",
+    "postgresql:///db?host=h1,h2&port=5432,5433&sslmode=require",
+    "postgresql://u@h:/db",  # an empty port is the default port, as libpq reads it
+]
+
+
+def asyncpg_hosts(dsn: str, monkeypatch) -> list[tuple[str, int]]:
+    """What asyncpg makes of a DSN (host, port pairs), or its exception; nothing from the environment."""
+    for name in ("PGHOST", "PGPORT", "PGSSLMODE", "PGSERVICE", "PGSERVICEFILE", "PGPASSFILE"):
+        monkeypatch.delenv(name, raising=False)
+    addrs, _ = connect_utils._parse_connect_dsn_and_args(
+        dsn=dsn, host=None, port=None, user=None, password=None, passfile=None, database=None, ssl=None,
+        service=None, servicefile=None, direct_tls=None, server_settings=None, target_session_attrs=None,
+        krbsrvname=None, gsslib=None)
+    return [addr if isinstance(addr, tuple) else (addr, 0) for addr in addrs]
+
+
+@pytest.mark.parametrize("dsn", GOOD_DSNS)
+def test_dsns_asyncpg_can_use_are_accepted(tmp_path, monkeypatch, dsn):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert asyncpg_hosts(dsn, monkeypatch)  # the oracle agrees these are usable
+    path = write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n[postgres]\ndsn = "{dsn}"\n')
+    assert load_config(path, {}).postgres.dsn.get_secret_value() == dsn
+    assert load_config(write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n'),
+                       {"DATABASE_URL": dsn}).postgres.enabled
+
+
+@pytest.mark.parametrize(
+    "dsn, message",
+    [
+        ("mysql://u:hunter2@h/db", "must start with postgresql:// or postgres://"),
+        ("host=h user=u password=hunter2 dbname=db", "must start with postgresql:// or postgres://"),
+        ("u:hunter2@h/db", "must start with postgresql:// or postgres://"),
+        ("postgresql://u:hunter2@h:notaport/db", "port .*1 to 65535"),
+        ("postgresql://u:hunter2@h:0/db", "port .*1 to 65535"),
+        ("postgresql://u:hunter2@h:65536/db", "port .*1 to 65535"),
+        ("postgresql://u:hunter2@h:+5432/db", "port .*1 to 65535"),
+        ("postgresql://u:hunter2@h1:5432,h2:x/db", "port .*1 to 65535"),
+        ("postgresql://u:hunter2@h1,/db", "empty host"),
+        ("postgresql://u:hunter2@:5432/db", "empty host"),
+        ("postgresql://u:hunter2@[::1/db", "not a valid URL"),
+        ("postgresql://u:hunter2@[::1]x/db", "IPv6"),
+        ("postgresql://u:hunt@r2@h/db", "percent-encoded"),
+        ("postgresql://u:hunter/2@h/db", "port .*1 to 65535.*percent-encoded"),
+        ("postgresql://u:hunter2@h/db?port=99999", "port .*1 to 65535"),
+        ("postgresql://u:hunter2@h/db?sslmode", "query"),
+        ("postgresql://u:hunter2@h/db?sslmode=sometimes", "sslmode"),
+        ("postgresql:///db?host=h1,h2,h3&port=1,2", "3 hosts"),
+    ],
+)
+def test_dsns_asyncpg_cannot_use_name_the_key_and_hide_the_password(tmp_path, dsn, message):
+    path = write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n[postgres]\ndsn = "{dsn}"\n')
+    with pytest.raises(ConfigError, match=rf"\[postgres\] dsn: .*{message}") as raised:
+        load_config(path, {})
+    assert "hunt" not in str(raised.value)
+    with pytest.raises(ConfigError, match=rf"\[postgres\] dsn: .*{message}") as raised:
+        load_config(write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n'), {"DATABASE_URL": dsn})
+    assert "hunt" not in str(raised.value)
+
+
+DSN_PARTS = st.sampled_from(["postgresql://", "postgres://", "u", ":", "@", "h", "[::1]", "/", "db", ",", "?",
+                             "&", "=", "port", "host", "sslmode", "prefer", "5432", "0", "70000", "%2F", "#", " "])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(DSN_PARTS, max_size=12).map("".join))
+def test_every_accepted_dsn_is_one_asyncpg_parses(dsn):
+    try:
+        check_dsn(dsn)
+    except ValueError:
+        return
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("HOME", "/nonexistent")
+        hosts = asyncpg_hosts(dsn, monkeypatch)
+    assert hosts and all(host and (host.startswith("/") or 1 <= port <= 65535) for host, port in hosts), hosts
+
+
+@pytest.mark.parametrize("url", ["http://", "https://:443", "http://h:notaport", "http://h:70000", "file:///x"])
+def test_endpoint_url_needs_http_and_a_host(tmp_path, url):
+    path = write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n[airtable]\nendpoint_url = "{url}"\n')
+    with pytest.raises(ConfigError, match=r"\[airtable\] endpoint_url: must"):
+        load_config(path, {})
+
+
+def test_endpoint_userinfo_is_hidden_in_redacted(tmp_path):
+    path = write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n[airtable]\n'
+                           'endpoint_url = "https://proxyuser:hunter2@proxy.example:8443/airtable/"\n')
+    config = load_config(path, {})
+    assert config.airtable.endpoint_url == "https://proxyuser:hunter2@proxy.example:8443/airtable"
+    assert config.redacted()["airtable"]["endpoint_url"] == "https://***@proxy.example:8443/airtable"
+    assert "hunter2" not in str(config.redacted())
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("https://api.airtable.com", "https://api.airtable.com"),
+    ("http://u@h", "http://***@h"),
+    ("http://u:p@ss@h/x", "http://***@h/x"),
+])
+def test_without_userinfo(url, shown):
+    assert without_userinfo(url) == shown

@@ -18,6 +18,9 @@ from daemon.logs import mask_phone, mask_text, setup_logging
         ("id 6a4969158278b1482a02e7f6 stays", "id 6a4969158278b1482a02e7f6 stays"),
         ("event 12345 stays", "event 12345 stays"),
         ("phone=380991234567,", "phone=***4567,"),
+        ("401 for url: https://u:hunter2@proxy.example/v0/x", "401 for url: https://***@proxy.example/v0/x"),
+        ("at postgresql://u:p@ss@h:5432/db?x=1 down", "at postgresql://***@h:5432/db?x=1 down"),
+        ("https://api.airtable.com/v0 and a@example.com stay", "https://api.airtable.com/v0 and a@example.com stay"),
     ],
 )
 def test_mask_text(text, masked):
@@ -40,11 +43,11 @@ def test_plain_lines_mask_message_extras_and_tracebacks(captured):
     setup_logging("DEBUG", json_lines=False, stream=captured)
     logger.bind(phone="5582981627838").info("message from {}", "+5582981627838")
     try:
-        raise ValueError("bad number 5582981627838")
+        raise ValueError("bad number 5582981627838 at http://u:hunter2@h/")
     except ValueError:
         logger.exception("failed for 5582981627838")
     out = captured.getvalue()
-    assert "5582981627838" not in out
+    assert "5582981627838" not in out and "hunter2" not in out
     for expected in ("message from ***7838 [phone=***7838]", "failed for ***7838",
                      "ValueError: bad number ***7838"):
         assert expected in out
