@@ -24,6 +24,7 @@ from typing import Any
 import aiosqlite
 from loguru import logger
 
+from daemon import journal_files
 from daemon.events import Event, Rejected, StoredEvent
 from daemon.records import ConversationState, conversation_id_for, iso
 
@@ -335,8 +336,9 @@ DEAD_LETTER_KEYS = ("event_id", "dedup_key", "title", "attempts", "last_error", 
 def read_dead_letters(path: Path, sinks: Sequence[str], limit: int) -> dict[str, list[dict[str, Any]]]:
     """Dead letters per sink, read through a read-only connection: safe beside a running daemon
     (WAL lets readers in) and without one."""
-    if not path.exists():
-        raise JournalError(f"journal {path} does not exist")
+    problem = journal_files.unreadable(path)
+    if problem:
+        raise JournalError(problem)
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as exc:
@@ -433,12 +435,16 @@ class Journal:
         """Open (creating if needed) and migrate the journal, and start its writer task."""
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            journal_files.make_folder(path.parent)
         except OSError as exc:
             raise JournalError(f"journal folder {path.parent}: {exc.strerror or exc}") from None
         lock_fd = _lock(path)
         writer = reader = None
         try:
+            try:
+                journal_files.make_private(path)
+            except OSError as exc:
+                raise JournalError(f"journal {path}: {exc.strerror or exc}") from None
             writer = await aiosqlite.connect(str(path), isolation_level=None)
             await _configure(writer, path)
             await _migrate(writer, path)
