@@ -2,12 +2,14 @@
 
 import os
 import shutil
+import socket
 import sqlite3
 import stat
 import subprocess
 
 import pytest
 
+from tests.damage import first_leaf, flip
 from tests.support import Daemon, chatledger_bin, cli, incoming, post, write_config
 
 pytestmark = pytest.mark.acceptance
@@ -60,6 +62,61 @@ def test_a_file_at_the_status_socket_path_is_left_alone(config):
     assert daemon.process.wait(timeout=30) == 1
     assert "is a regular file, not a socket" in daemon.log()
     assert stray.read_text() == "not mine to delete"
+
+
+def nothing_answers_on(port):
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def sqlite3_can_recover():
+    probe = subprocess.run(["sqlite3", ":memory:", "SELECT count(*) FROM sqlite_dbpage"], capture_output=True)
+    return probe.returncode == 0
+
+
+# README, "When the journal is damaged", step 2 and its variant
+COPY_READABLE = {
+    "recover": ['sqlite3 {old} ".recover" | sqlite3 {new}'],
+    "dump": ["sqlite3 {old} .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' | sqlite3 {new}",
+             """sqlite3 {new} "PRAGMA user_version = $(sqlite3 {old} 'PRAGMA user_version')\""""],
+}
+
+
+@pytest.mark.parametrize("method", ["recover", "dump"])
+def test_a_damaged_journal_stops_the_start_and_the_readme_steps_recover_it(config, method):
+    if shutil.which("sqlite3") is None or (method == "recover" and not sqlite3_can_recover()):
+        pytest.skip(f"this sqlite3 cannot {method}")
+    journal = journal_with_events(config, 1500)
+    flip(journal, [first_leaf(journal, "events")])  # 200 bytes of the oldest events' page
+    daemon = Daemon(config).start(wait=False)
+    assert daemon.process.wait(timeout=60) == 1
+    assert nothing_answers_on(daemon.port)
+    log = daemon.log()
+    assert f"journal {journal} is damaged" in log and '".recover"' in log and "journal check --repair" in log
+
+    damaged = journal.with_name("journal.sqlite.damaged")
+    journal.rename(damaged)
+    for command in COPY_READABLE[method]:
+        subprocess.run(command.format(old=damaged, new=journal), shell=True, check=True)
+    repaired = cli(config, "journal", "check", "--repair")
+    assert repaired.returncode == 0 and "no problems found" in repaired.stdout, repaired.stdout + repaired.stderr
+    daemon = Daemon(config).start()
+    try:
+        kept = daemon.status()["journal"]["events"]
+        assert 1000 < kept < 1500  # all but the rows of the damaged page
+        assert post(daemon.url, incoming("after"))[0] == 200
+        assert post(daemon.url, incoming("m1499"))[1]["duplicates"] == 1  # a kept event is still known
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_an_emptied_journal_stops_the_start(config):
+    journal = journal_with_events(config, 3)
+    journal.write_bytes(b"")
+    daemon = Daemon(config).start(wait=False)
+    assert daemon.process.wait(timeout=60) == 1
+    assert "is empty (0 bytes), but its lock file" in daemon.log()
+    assert journal.stat().st_size == 0
 
 
 def without_root_powers(config, *command):

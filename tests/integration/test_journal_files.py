@@ -1,6 +1,7 @@
-"""The journal's files on a real disk: owner-only modes whatever the umask."""
+"""The journal's files on a real disk: damage found at open, a lost journal refused, owner-only modes."""
 
 import json
+import sqlite3
 import os
 import stat
 import subprocess
@@ -9,8 +10,10 @@ import sys
 import pytest
 from loguru import logger
 
+import daemon.journal as journal_module
 from daemon.events import normalize
-from daemon.journal import Journal
+from daemon.journal import Journal, JournalError
+from tests.damage import first_leaf, flip
 from tests.integration.test_journal import NOW
 
 
@@ -44,6 +47,94 @@ def warnings():
     handler = logger.add(lambda m: lines.append(str(m)), level="WARNING")
     yield lines
     logger.remove(handler)
+
+
+async def test_damage_where_start_reads_nothing_is_found_and_refused(tmp_path):
+    path = await filled(tmp_path / "j" / "journal.sqlite")
+    flip(path, [first_leaf(path, "events")])  # the oldest events: nothing else at start reads them
+    with pytest.raises(JournalError) as caught:
+        await Journal.open(path, ["postgres"])
+    message_text = str(caught.value)
+    assert f"journal {path} is damaged" in message_text
+    for step in ("stop chatledger", f"mv {path} {path}.damaged",
+                 f'sqlite3 {path}.damaged ".recover" | sqlite3 {path}', "chatledger journal check --repair",
+                 "When the journal is damaged"):
+        assert step in message_text
+    with pytest.raises(JournalError, match="is damaged"):  # the lock was let go, the file left as it was
+        await Journal.open(path, ["postgres"])
+
+
+async def test_a_check_out_of_time_warns_and_opens(tmp_path, monkeypatch, warnings):
+    path = await filled(tmp_path / "journal.sqlite")
+    monkeypatch.setattr(journal_module, "QUICK_CHECK_SECONDS", 0.0)
+    journal = await Journal.open(path, ["postgres"])
+    try:
+        assert (await journal.counts())["events"] == 3000
+    finally:
+        await journal.close()
+    assert any("integrity check stopped after" in line and "chatledger journal check" in line for line in warnings)
+
+
+async def test_an_emptied_journal_is_refused_when_its_lock_file_knows_better(tmp_path):
+    path = await filled(tmp_path / "journal.sqlite", 10)
+    path.write_bytes(b"")
+    with pytest.raises(JournalError) as caught:
+        await Journal.open(path, ["postgres"])
+    text = str(caught.value)
+    assert f"journal {path} is empty (0 bytes), but its lock file {path}.lock shows" in text
+    assert f"remove {path} and {path}.lock" in text
+    assert path.stat().st_size == 0  # not re-created empty
+    path.unlink()
+    siblings(path)[".lock"].unlink()  # starting afresh deliberately, as the message says
+    journal = await Journal.open(path, ["postgres"])
+    try:
+        assert (await journal.counts())["events"] == 0
+    finally:
+        await journal.close()
+
+
+async def test_a_vanished_journal_is_refused_too(tmp_path):
+    path = await filled(tmp_path / "journal.sqlite", 10)
+    path.unlink()
+    with pytest.raises(JournalError, match=rf"journal {path} is missing, but its lock file"):
+        await Journal.open(path, ["postgres"])
+    assert not path.exists()
+
+
+async def test_a_new_journal_is_recorded_in_its_lock_file_after_its_first_migration(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    journal = await Journal.open(path, [])
+    await journal.close()
+    pid, initialised = siblings(path)[".lock"].read_text().splitlines()
+    assert pid == str(os.getpid()) and initialised.startswith("initialised ")
+    journal = await Journal.open(path, [])  # and the next open keeps it
+    await journal.close()
+    assert siblings(path)[".lock"].read_text().splitlines()[1] == initialised
+
+
+async def test_a_crash_before_the_first_migration_does_not_block_the_next_start(tmp_path):
+    path = tmp_path / "journal.sqlite"
+    crash = ("import asyncio, os, sys\nfrom pathlib import Path\nimport daemon.journal as j\n"
+             "async def die(*args):\n    os._exit(9)\nj._migrate = die\n"
+             "asyncio.run(j.Journal.open(Path(sys.argv[1]), []))\n")
+    assert subprocess.run([sys.executable, "-c", crash, str(path)]).returncode == 9
+    assert path.exists() and siblings(path)[".lock"].exists()
+    journal = await Journal.open(path, ["postgres"])
+    try:
+        await journal.append([message(1)])
+    finally:
+        await journal.close()
+
+
+async def test_a_lock_file_from_before_the_record_does_not_block_an_existing_journal(tmp_path):
+    path = await filled(tmp_path / "journal.sqlite", 10)
+    siblings(path)[".lock"].write_text("12345\n")  # what earlier versions wrote
+    journal = await Journal.open(path, ["postgres"])
+    try:
+        assert (await journal.counts())["events"] == 10
+    finally:
+        await journal.close()
+    assert siblings(path)[".lock"].read_text().splitlines()[1].startswith("initialised ")
 
 
 MODES = """
@@ -90,3 +181,13 @@ async def test_loose_modes_of_existing_journal_files_are_tightened(tmp_path, war
     finally:
         await journal.close()
     assert sum("was mode 644, now 600" in line for line in warnings) == 4
+
+
+async def test_tables_without_a_schema_version_are_refused_untouched(tmp_path):
+    path = await filled(tmp_path / "journal.sqlite", 10)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA user_version = 0")  # what a restore through .dump leaves
+    with pytest.raises(JournalError, match=r"chatledger's tables but no schema version .*PRAGMA user_version = N"):
+        await Journal.open(path, ["postgres"])
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 10
