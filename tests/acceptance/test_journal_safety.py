@@ -1,15 +1,17 @@
 """The installed `chatledger` facing a mistaken config, a damaged journal and loose file modes."""
 
+import json
 import os
 import shutil
 import socket
 import sqlite3
 import stat
 import subprocess
+import urllib.request
 
 import pytest
 
-from tests.damage import first_leaf, flip
+from tests.damage import first_leaf, flip, root_pages
 from tests.support import Daemon, chatledger_bin, cli, incoming, post, write_config
 
 pytestmark = pytest.mark.acceptance
@@ -117,6 +119,23 @@ def test_an_emptied_journal_stops_the_start(config):
     assert daemon.process.wait(timeout=60) == 1
     assert "is empty (0 bytes), but its lock file" in daemon.log()
     assert journal.stat().st_size == 0
+
+
+def test_damage_met_while_running_is_reported_by_status(config):
+    journal = journal_with_events(config, 1500)
+    daemon = Daemon(config).start()
+    try:
+        flip(journal, root_pages(journal, "events"))  # the table and every index of it: any count reads one
+        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/healthz", timeout=10) as answer:
+            assert answer.status == 200  # a write elsewhere: the status reader's cache is dropped
+        result = cli(config, "status", "--json")
+        assert result.returncode == 1, result.stderr
+        snapshot = json.loads(result.stdout)
+        assert "malformed" in snapshot["journal"]["read_error"]
+        assert any(p.startswith("journal cannot be read") for p in snapshot["health"]["problems"])
+        assert "journal cannot be read" in cli(config, "status").stdout
+    finally:
+        daemon.kill()
 
 
 def without_root_powers(config, *command):
