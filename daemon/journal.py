@@ -915,9 +915,11 @@ async def _quick_check(conn: aiosqlite.Connection, path: Path) -> None:
     deadline = started + QUICK_CHECK_SECONDS
     await asyncio.to_thread(journal_files.preread, path, deadline)
     await conn.set_progress_handler(lambda: time.monotonic() > deadline, QUICK_CHECK_STEPS)
+    check = asyncio.ensure_future(_fetch_all(conn, f"PRAGMA quick_check({QUICK_CHECK_ERRORS})"))
     try:
-        cursor = await conn.execute(f"PRAGMA quick_check({QUICK_CHECK_ERRORS})")
-        found = [row[0] for row in await cursor.fetchall()]
+        if not (await asyncio.wait({check}, timeout=max(0.0, deadline - time.monotonic())))[0]:
+            await conn.interrupt()  # the b-tree walk is one VM step the progress handler never sees
+        found = [row[0] for row in await check]
     except sqlite3.OperationalError as exc:
         if getattr(exc, "sqlite_errorcode", None) != SQLITE_INTERRUPT:
             raise
@@ -925,10 +927,16 @@ async def _quick_check(conn: aiosqlite.Connection, path: Path) -> None:
                        "read was sound. `chatledger journal check` checks it whole", path, QUICK_CHECK_SECONDS)
         return
     finally:
+        if not check.done():
+            check.cancel()
         await conn.set_progress_handler(None, 0)
     if found != ["ok"]:
         raise JournalError(journal_files.damaged(path, "; ".join(found[:3])))
     logger.debug("journal {}: integrity quick check ok in {:.1f} s", path, time.monotonic() - started)
+
+
+async def _fetch_all(conn: aiosqlite.Connection, sql: str) -> list[Any]:
+    return list(await (await conn.execute(sql)).fetchall())
 
 
 async def _refuse_unversioned(conn: aiosqlite.Connection, path: Path) -> None:
