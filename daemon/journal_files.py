@@ -103,7 +103,7 @@ def lost_journal(path: Path, initialised: str | None) -> str | None:
         state = "is empty (0 bytes)"
     except FileNotFoundError:
         state = "is missing"
-    lock = siblings(path)[2]
+    lock = path.with_name(path.name + ".lock")
     when = initialised[len(INITIALISED):].strip()
     return (
         f"journal {path} {state}, but its lock file {lock} shows a journal was created there ({when}): its "
