@@ -34,7 +34,7 @@ COMMIT_DELAY_SECONDS = 0.0015
 COMMIT_DELAY_EVENTS = 24  # a batch smaller than this, with company, waits COMMIT_DELAY_SECONDS
 DELIVERY_STATES = ("pending", "delivered", "dead")
 # At open every page is read once (PRAGMA quick_check), within a budget so that a huge journal on a
-# slow disk cannot hold the start past systemd's TimeoutStartSec (1M events, 850 MiB: 3-4 s).
+# slow disk cannot hold the start past systemd's TimeoutStartSec (1M events, 850 MiB: 3-5 s).
 QUICK_CHECK_SECONDS = 20.0
 QUICK_CHECK_ERRORS = 10
 QUICK_CHECK_STEPS = 10000  # SQLite VM steps between looks at the clock
