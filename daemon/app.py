@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -53,6 +54,8 @@ class Daemon:
         self._hup = asyncio.Event()
         self._runners: list[web.AppRunner] = []
         self.purged = 0
+        self._last_counts: dict[str, Any] = {"events": 0, "quarantined": 0, "counters": {}, "sinks": {}}
+        self._read_error: str | None = None
         self.alerts = AlertSender(config.alerts.command, config.alerts.webhook_url.get_secret_value())
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -362,7 +365,7 @@ class Daemon:
         """Everything `chatledger status` shows, as JSON-ready data."""
         assert self.journal is not None
         now = datetime.now(timezone.utc)
-        counts = await self.journal.counts()
+        counts, read_error = await self._journal_counts()
         sinks: dict[str, dict[str, Any]] = {}
         for name in SINK_NAMES:
             rows = counts["sinks"].get(name, {})
@@ -398,6 +401,7 @@ class Daemon:
                                    "over": journal_stats.commit_buckets[-1],
                                    "sum": round(journal_stats.commit_seconds_total, 6)},
                 "last_error": journal_stats.last_error,
+                "read_error": read_error,
                 "retention_days": self.config.journal.retention_days,
                 "purged_since_start": self.purged,
             },
@@ -407,6 +411,21 @@ class Daemon:
         }
         snapshot["health"] = _health(snapshot)
         return snapshot
+
+    async def _journal_counts(self) -> tuple[dict[str, Any], str | None]:
+        """The journal's counts, or the last ones read and why they could not be read now (a page
+        damaged while running): status must still answer and say so."""
+        try:
+            self._last_counts = await self.journal.counts()
+        except sqlite3.Error as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if reason != self._read_error:
+                logger.error("journal {} cannot be read ({}); see README, \"When the journal is damaged\"",
+                             self.journal.path, reason)
+            self._read_error = reason
+            return self._last_counts, reason
+        self._read_error = None
+        return self._last_counts, None
 
 
 def build_sinks(config: Config, journal: Journal) -> list[Any]:
@@ -455,6 +474,8 @@ def _health(snapshot: dict[str, Any]) -> dict[str, Any]:
         problems.append("journal writer is not running")
     if not journal["writable"]:
         problems.append(f"journal cannot write, webhooks get 503: {journal['last_error']}")
+    if journal.get("read_error"):
+        problems.append(f"journal cannot be read, the counts shown are the last read: {journal['read_error']}")
     for name, sink in snapshot["sinks"].items():
         if sink["state"] in ("down", "misconfigured", "quota"):
             reason = f": {sink['last_error']}" if sink.get("last_error") else ""

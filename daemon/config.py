@@ -470,4 +470,31 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str] 
         StatusConfig(socket=config.status.socket)
     except ValidationError as exc:
         raise ConfigError(f"invalid configuration: [status] socket: {exc.errors()[0]['msg']}") from None
+    clobbered = _kept_file_at(config.status.socket, config.journal.path, toml_path)
+    if clobbered:
+        raise ConfigError(
+            f"invalid configuration: [status] socket: is {clobbered}; chatledger removes a stale socket at "
+            "start, so it would delete it: give the socket a path of its own (e.g. /run/chatledger/status.sock)"
+        )
     return config
+
+
+def _kept_file_at(socket: Path, journal: Path, config_file: Path | None) -> str | None:
+    """Which file chatledger keeps (the journal, its siblings, the config) `socket` names, if any."""
+    kept = {
+        journal: "the journal",
+        journal.with_name(journal.name + "-wal"): "the journal's WAL",
+        journal.with_name(journal.name + "-shm"): "the journal's shared-memory file",
+        journal.with_name(journal.name + ".lock"): "the journal's lock file",
+    }
+    if config_file is not None:
+        kept[config_file] = "the config file"
+    for path, what in kept.items():
+        if os.path.realpath(socket) == os.path.realpath(path):
+            return f"{what} {path}"
+        try:
+            if os.path.samefile(socket, path):  # a hard link or a bind mount of it
+                return f"{what} {path}"
+        except OSError:
+            pass  # one of them does not exist (yet): realpath was the whole answer
+    return None

@@ -23,6 +23,7 @@ from typing import Any
 import aiosqlite
 from loguru import logger
 
+from daemon import journal_files
 from daemon.events import Event, Rejected, StoredEvent, has_control, mentions_phone
 from daemon.records import ConversationState, conversation_id_for, iso
 
@@ -31,6 +32,12 @@ GATHER_YIELDS = 2  # event-loop turns the writer gives concurrent requests to jo
 COMMIT_DELAY_SECONDS = 0.0015
 COMMIT_DELAY_EVENTS = 24  # a batch smaller than this, with company, waits COMMIT_DELAY_SECONDS
 DELIVERY_STATES = ("pending", "delivered", "dead")
+# At open every page is read once (PRAGMA quick_check), within a budget so that a huge journal on a
+# slow disk cannot hold the start past systemd's TimeoutStartSec (1M events, 850 MiB: 3-5 s).
+QUICK_CHECK_SECONDS = 20.0
+QUICK_CHECK_ERRORS = 10
+QUICK_CHECK_STEPS = 10000  # SQLite VM steps between looks at the clock
+SQLITE_INTERRUPT, SQLITE_CORRUPT, SQLITE_NOTADB = 9, 11, 26
 
 # The journal's record of a conversation, folded in one event at a time (see migration v2). The
 # trigger runs it for each new event; a rebuild runs it over all events in id order.
@@ -372,8 +379,9 @@ DEAD_LETTER_KEYS = ("event_id", "dedup_key", "title", "attempts", "last_error", 
 def read_dead_letters(path: Path, sinks: Sequence[str], limit: int) -> dict[str, list[dict[str, Any]]]:
     """Dead letters per sink, read through a read-only connection: safe beside a running daemon
     (WAL lets readers in) and without one."""
-    if not path.exists():
-        raise JournalError(f"journal {path} does not exist")
+    problem = journal_files.unreadable(path)
+    if problem:
+        raise JournalError(problem)
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     except sqlite3.Error as exc:
@@ -472,29 +480,43 @@ class Journal:
 
     @classmethod
     async def open(cls, path: Path, sinks: Sequence[str], *, page_limit: int | None = None) -> "Journal":
-        """Open (creating if needed) and migrate the journal, and start its writer task."""
+        """Open (creating if needed), check and migrate the journal, and start its writer task."""
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            journal_files.make_folder(path.parent)
         except OSError as exc:
             raise JournalError(f"journal folder {path.parent}: {exc.strerror or exc}") from None
         lock_fd = _lock(path)
         writer = reader = None
         try:
+            _, initialised = journal_files.read_lock(lock_fd)
+            lost = journal_files.lost_journal(path, initialised)
+            if lost:
+                raise JournalError(lost)
+            try:
+                journal_files.make_private(path)
+            except OSError as exc:
+                raise JournalError(f"journal {path}: {exc.strerror or exc}") from None
             writer = await aiosqlite.connect(str(path), isolation_level=None)
             await _configure(writer, path)
+            await _quick_check(writer, path)
+            await _refuse_unversioned(writer, path)
             await _migrate(writer, path)
+            if initialised is None:
+                journal_files.mark_initialised(lock_fd)
             await _record_sinks(writer, sinks)
             writer.isolation_level = "IMMEDIATE"
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 5000")
             cursor = await writer.execute("SELECT coalesce(max(id), 0) FROM events")
             (last_id,) = await cursor.fetchone()
-        except BaseException:
+        except BaseException as exc:
             for conn in (reader, writer):
                 if conn is not None:
                     await conn.close()
             os.close(lock_fd)
+            if _is_damage(exc):  # met past the check (a budget run out) or by the check itself
+                raise JournalError(journal_files.damaged(path, str(exc))) from None
             raise
         journal = cls(path, sinks, writer, reader, lock_fd, last_id)
         if page_limit is not None:
@@ -974,11 +996,10 @@ def _lock(path: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        holder = journal_files.read_lock(fd)[0] or "another process"
         os.close(fd)
         raise JournalError(f"journal {path} is in use by another chatledger (pid {holder})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    journal_files.write_lock(fd, journal_files.read_lock(fd)[1])
     return fd
 
 
@@ -994,7 +1015,57 @@ async def _configure(conn: aiosqlite.Connection, path: Path) -> None:
         await conn.execute("PRAGMA busy_timeout = 5000")
         await conn.execute("PRAGMA cache_size = -32768")  # 32 MiB: index pages stay in memory
     except sqlite3.DatabaseError as exc:
+        if _is_damage(exc):
+            raise JournalError(journal_files.damaged(path, f"not a usable SQLite database: {exc}")) from None
         raise JournalError(f"journal {path}: not a usable SQLite database: {exc}") from None
+
+
+async def _quick_check(conn: aiosqlite.Connection, path: Path) -> None:
+    """Read every page once (PRAGMA quick_check) and refuse a damaged journal; past the time budget,
+    warn and go on (the damage, if any, is then met when its page is read)."""
+    started = time.monotonic()
+    deadline = started + QUICK_CHECK_SECONDS
+    await asyncio.to_thread(journal_files.preread, path, deadline)
+    await conn.set_progress_handler(lambda: time.monotonic() > deadline, QUICK_CHECK_STEPS)
+    check = asyncio.ensure_future(_fetch_all(conn, f"PRAGMA quick_check({QUICK_CHECK_ERRORS})"))
+    try:
+        if not (await asyncio.wait({check}, timeout=max(0.0, deadline - time.monotonic())))[0]:
+            await conn.interrupt()  # the b-tree walk is one VM step the progress handler never sees
+        found = [row[0] for row in await check]
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", None) != SQLITE_INTERRUPT:
+            raise
+        logger.warning("journal {}: integrity check stopped after {:.0f} s, the budget at start; the part "
+                       "read was sound. `chatledger journal check` checks it whole", path, QUICK_CHECK_SECONDS)
+        return
+    finally:
+        if not check.done():
+            check.cancel()
+        await conn.set_progress_handler(None, 0)
+    if found != ["ok"]:
+        raise JournalError(journal_files.damaged(path, "; ".join(found[:3])))
+    logger.debug("journal {}: integrity quick check ok in {:.1f} s", path, time.monotonic() - started)
+
+
+async def _fetch_all(conn: aiosqlite.Connection, sql: str) -> list[Any]:
+    return list(await (await conn.execute(sql)).fetchall())
+
+
+async def _refuse_unversioned(conn: aiosqlite.Connection, path: Path) -> None:
+    """Tables without a schema version (a journal restored from `.dump`): migrating would fail half-way."""
+    (version,) = await (await conn.execute("PRAGMA user_version")).fetchone()
+    (tables,) = await (await conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'events'")).fetchone()
+    if version == 0 and tables:
+        raise JournalError(
+            f"journal {path} has chatledger's tables but no schema version (restored from a .dump?): set it "
+            f"from the journal it came from: sqlite3 {path} \"PRAGMA user_version = N\", N being what "
+            "sqlite3 OLD \"PRAGMA user_version\" says (README, \"When the journal is damaged\")"
+        )
+
+
+def _is_damage(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.DatabaseError) else None
+    return code is not None and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
 
 
 async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:

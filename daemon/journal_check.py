@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon import journal_files
 from daemon.journal import SCHEMA_VERSION, JournalError, _lock
 
 ORPHAN_DELIVERIES = """
@@ -58,8 +59,9 @@ class JournalReport:
 
 def check_journal(path: Path, sinks: list[str], *, repair: bool = False) -> JournalReport:
     """Check (read-only, safe beside a running daemon) or repair (needs the daemon stopped)."""
-    if not path.exists():
-        raise JournalError(f"journal {path} does not exist")
+    problem = journal_files.unreadable(path)
+    if problem:
+        raise JournalError(problem)
     lock = _lock(path) if repair else None  # a running daemon refuses the repair
     try:
         return _check(path, sinks, repair)

@@ -7,6 +7,7 @@ import json
 import os
 import pwd
 import socket
+import stat
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -251,22 +252,39 @@ def _dumps(value: Any) -> str:
 
 
 def prepare_socket_path(path: Path) -> None:
-    """Create the folder and clear a stale socket; refuse if a live daemon answers there."""
+    """Create the folder and clear a stale socket; refuse if a live daemon answers there, or if
+    anything but a socket is there (a mistaken path must never cost a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() and not path.is_symlink():
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(mode):
+        raise FileExistsError(
+            errno.EEXIST,
+            f"the status socket path {path} is {_file_kind(mode)}, not a socket: chatledger only ever removes "
+            "a stale socket there, so it leaves it alone; move it away or set [status] socket to a path of its own",
+        )
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
         probe.connect(str(path))
     except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
             raise
         path.unlink(missing_ok=True)  # left behind by a daemon that was killed
         return
     finally:
         probe.close()
     raise OSError(errno.EADDRINUSE, f"another chatledger answers on the status socket {path}")
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a regular file" if stat.S_ISREG(mode) else "a special file"
 
 
 def secure_socket(path: Path) -> None:

@@ -275,3 +275,37 @@ def test_endpoint_userinfo_is_hidden_in_redacted(tmp_path):
 ])
 def test_without_userinfo(url, shown):
     assert without_userinfo(url) == shown
+
+
+@pytest.mark.parametrize("socket, what", [
+    ("state/journal.sqlite", "the journal"),
+    ("state/./journal.sqlite-wal", "the journal's WAL"),
+    ("state/../state/journal.sqlite-shm", "the journal's shared-memory file"),
+    ("state/journal.sqlite.lock", "the journal's lock file"),
+    ("chatledger.toml", "the config file"),
+    ("linked/journal.sqlite", "the journal"),  # the same file through a symlinked folder
+])
+def test_a_status_socket_on_a_file_chatledger_keeps_is_refused(tmp_path, socket, what):
+    (tmp_path / "state").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "state")
+    path = write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n[journal]\npath = "state/journal.sqlite"\n'
+                           f'[status]\nsocket = "{socket}"\n')
+    with pytest.raises(ConfigError, match=rf"\[status\] socket: is {what} .*would delete it"):
+        load_config(path, {})
+
+
+def test_a_status_socket_hard_linked_to_the_journal_is_refused(tmp_path):
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "journal.sqlite").write_bytes(b"data")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "status.sock").hardlink_to(tmp_path / "state" / "journal.sqlite")
+    path = write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n[journal]\npath = "state/journal.sqlite"\n'
+                           '[status]\nsocket = "run/status.sock"\n')
+    with pytest.raises(ConfigError, match=r"\[status\] socket: is the journal "):
+        load_config(path, {})
+
+
+def test_a_status_socket_beside_the_journal_is_fine(tmp_path):
+    path = write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n[journal]\npath = "state/journal.sqlite"\n'
+                           '[status]\nsocket = "state/journal.sock"\n')
+    assert load_config(path, {}).status.socket == tmp_path / "state" / "journal.sock"
