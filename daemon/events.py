@@ -424,9 +424,15 @@ def storable_text(text: str) -> str:
 
 # What in valid JSON text a store refuses: a \u0000 escape or a lone surrogate escape (PostgreSQL's
 # jsonb), a number out of a double's range (jsonb's numeric stops near 1e131072 and 1e-16383;
-# Airtable's numbers are doubles). Cheap to look for; a hit is checked exactly by storable_json.
+# Airtable's numbers are doubles). Cheap to look for (two searches, the escapes' only where a \u is);
+# a hit is checked exactly by storable_json.
 _HIGH, _LOW = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-_SUSPECT = re.compile(rf"\\u0000|{_HIGH}(?!{_LOW})|(?<!{_HIGH}){_LOW}|[eE][-+]?[0-9]{{3,}}|[0-9]{{300}}")
+_SUSPECT_ESCAPE = re.compile(rf"\\u0000|{_HIGH}(?!{_LOW})|(?<!{_HIGH}){_LOW}")
+_SUSPECT_NUMBER = re.compile(r"[0-9](?:[eE][-+]?[0-9]{3}|[0-9]{299})")
+
+
+def _suspect(raw: str) -> bool:
+    return bool(("\\u" in raw and _SUSPECT_ESCAPE.search(raw)) or _SUSPECT_NUMBER.search(raw))
 
 
 class _Number(str):
@@ -439,7 +445,7 @@ _LITERAL_DECODER = json.JSONDecoder(parse_float=_Number, parse_int=_Number, pars
 def storable_json(raw: str) -> str | None:
     """`raw` (JSON text) cleaned so that every store takes it, or None when it already is: strings
     through storable_text, a number no double can hold as its literal text in a string."""
-    if not _SUSPECT.search(raw):
+    if not _suspect(raw):
         return None
     changed: list[bool] = []
     value = _storable(_LITERAL_DECODER.decode(raw), changed)
