@@ -26,7 +26,8 @@ def journal_with_events(config, count):
     """Run the daemon once and acknowledge `count` events; return the journal's path."""
     daemon = Daemon(config).start()
     try:
-        assert post(daemon.url, [incoming(f"m{i}") for i in range(count)])[0] == 200
+        for start in range(0, count, 500):  # within [server] max_elements_per_request
+            assert post(daemon.url, [incoming(f"m{i}") for i in range(start, min(count, start + 500))])[0] == 200
         assert daemon.stop() == 0
     finally:
         if daemon.process.poll() is None:
