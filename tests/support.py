@@ -122,11 +122,12 @@ def _env(extra: dict[str, str] | None) -> dict[str, str]:
 
 
 class Daemon:
-    """`chatledger run` in a subprocess, its output in a log file."""
+    """`chatledger run` (`binary`, else chatledger_bin()) in a subprocess, its output in a log file."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None):
+    def __init__(self, config: Path, env: dict[str, str] | None = None, binary: str | None = None):
         self.config = config
         self.env = env
+        self.binary = binary
         self.log_path = config.parent / "daemon.log"
         self.process: subprocess.Popen | None = None
         text = config.read_text()
@@ -139,7 +140,7 @@ class Daemon:
     def start(self, wait: bool = True) -> "Daemon":
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [chatledger_bin(), "run", "--config", str(self.config)],
+            [self.binary or chatledger_bin(), "run", "--config", str(self.config)],
             stdout=log, stderr=subprocess.STDOUT, env=_env(self.env),
         )
         log.close()
