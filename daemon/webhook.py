@@ -116,7 +116,8 @@ async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise Unreadable(_error(413, f"body is {request.content_length} bytes, over the {limit}-byte limit"))
     try:
-        return await asyncio.wait_for(request.read(), server.read_timeout_s)
+        async with asyncio.timeout(server.read_timeout_s):  # no task of its own, unlike wait_for
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise Unreadable(_error(413, f"body is over the {limit}-byte limit")) from None
     except asyncio.TimeoutError:
