@@ -46,6 +46,16 @@ def mask_text(text: str) -> str:
 
 
 def _mask_record(record: dict[str, Any]) -> None:
+    """Mask the record; never raise (a log call must never fail what it reports on, a commit say)."""
+    try:
+        _mask(record)
+    except Exception as exc:  # noqa: BLE001 - the unmasked text is dropped, never printed
+        record["message"] = f"(a log line chatledger could not mask: {type(exc).__name__})"
+        record["extra"] = {key: value for key, value in record["extra"].items() if not isinstance(value, str)}
+        record["exception"] = None
+
+
+def _mask(record: dict[str, Any]) -> None:
     record["message"] = _masked(record["message"])
     for key, value in list(record["extra"].items()):
         if isinstance(value, str):
@@ -96,14 +106,18 @@ _URL = re.compile(r"""\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s/?#'"<>()]+[^\s'"<>()]*"""
 
 def safe_url(url: str) -> str:
     """A URL fit for a log line: scheme://host[:port]. Its user, path and query can hold a secret (chat
-    webhooks carry theirs in the path)."""
+    webhooks carry theirs in the path). Never raises: what cannot be read is `scheme://?`."""
+    scheme = url.split("://", 1)[0]
     try:
         parts = urlsplit(url)
+    except ValueError:  # an unclosed IPv6 bracket
+        return f"{scheme}://?"
+    try:
         port = f":{parts.port}" if parts.port else ""
     except ValueError:  # a port that is not a number
-        parts, port = urlsplit(url), ""
+        port = ""
     host = parts.hostname or "?"
-    return f"{parts.scheme}://{f'[{host}]' if ':' in host else host}{port}"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}{port}"
 
 
 def scrub_urls(text: str) -> str:
@@ -137,6 +151,7 @@ def _aiohttp_record(record: logging.LogRecord) -> tuple[int, str] | None:
     """aiohttp's record as (level, text) without the request's bytes (request line, query string, header
     values), which its messages and exceptions quote; None to drop it."""
     from aiohttp.http_exceptions import HttpProcessingError
+    from aiohttp.web_protocol import RequestPayloadError
 
     if record.name == "aiohttp.access":  # request lines with their query strings: never enabled, never logged
         return None
@@ -145,6 +160,9 @@ def _aiohttp_record(record: logging.LogRecord) -> tuple[int, str] | None:
     exc = record.exc_info[1] if record.exc_info else None
     if isinstance(exc, HttpProcessingError):
         return min(record.levelno, logging.WARNING), f"bad HTTP request{peer}: {_http_error_kind(exc)}"
+    if isinstance(exc, RequestPayloadError):  # a body that does not decode, met again while draining it
+        cause = exc.__cause__ if isinstance(exc.__cause__, HttpProcessingError) else exc
+        return min(record.levelno, logging.WARNING), f"bad HTTP request{peer}: {_http_error_kind(cause)}"
     if exc is not None:  # a handler crashed: where, but not the message, which may quote the request
         frames = "".join(traceback.format_tb(exc.__traceback__))
         return record.levelno, (f"error handling a request{peer}: {type(exc).__name__} (its message is not "

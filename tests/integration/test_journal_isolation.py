@@ -71,3 +71,18 @@ async def test_duplicates_still_count_after_isolation(journal):
                                          journal.append([message(3), message(3)]))
     assert (first.accepted, first.duplicates, first.rejected) == (0, 1, 1)
     assert (second.accepted, second.duplicates, second.rejected) == (1, 1, 0)
+
+
+async def test_a_refused_event_whose_text_the_log_cannot_read_still_leaves_its_group_committed(journal):
+    import io
+
+    from daemon.logs import setup_logging
+
+    setup_logging("INFO", stream=io.StringIO())  # the daemon's masking patcher, which once raised here
+    try:
+        hostile = dataclasses.replace(unstorable(2), dedup_key="msg:http://[x\ud800:m2")
+        first, second = await asyncio.gather(journal.append([message(1)]), journal.append([hostile, message(3)]))
+    finally:
+        setup_logging("INFO")
+    assert (first.accepted, second.accepted, second.rejected) == (1, 1, 1)
+    assert journal.writable

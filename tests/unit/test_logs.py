@@ -134,11 +134,42 @@ def test_other_stdlib_records_reach_the_log(captured):
                                                                          "answered 500"),
     ("postgresql://u:SECRET@[::1]:5432/db down", "postgresql://[::1]:5432 down"),
     ("no url here", "no url here"),
+    ("http://[x/SECRET and on", "http://? and on"),  # urlsplit refuses an unclosed bracket
+    ("http://h:port/SECRET", "http://h"),
+    ("ftp://]weird[/SECRET", "ftp://?"),
 ])
 def test_urls_are_logged_by_their_host(text, safe):
     from daemon.logs import scrub_urls
 
     assert scrub_urls(text) == safe
+
+
+def test_a_log_call_never_raises_whatever_it_quotes(captured, monkeypatch):
+    setup_logging("INFO", stream=captured)
+    logger.info("refused event {}", "msg:http://[x/SECRET:m1")  # urlsplit raises on this
+    monkeypatch.setattr("daemon.logs.scrub_urls", lambda text: 1 / 0)  # and on anything we did not foresee
+    logger.error("event {} for 5582981627838", "SECRET")
+    lines = captured.getvalue().splitlines()
+    assert lines[0].endswith("refused event msg:http://?")
+    assert lines[1].endswith("(a log line chatledger could not mask: ZeroDivisionError)")
+    assert "SECRET" not in captured.getvalue() and "5582981627838" not in captured.getvalue()
+
+
+def test_a_body_that_does_not_decode_is_one_warning_line(captured):
+    from aiohttp.http_exceptions import ContentEncodingError
+    from aiohttp.web_protocol import RequestPayloadError
+
+    setup_logging("INFO", stream=captured)
+    try:
+        try:
+            raise ContentEncodingError("deflate")
+        except ContentEncodingError as inner:
+            raise RequestPayloadError("Can not decode content-encoding: deflate") from inner
+    except RequestPayloadError as exc:
+        server_error(exc)
+    out = captured.getvalue()
+    assert "Traceback" not in out and "ERROR" not in out
+    assert out.split(" WARNING  ", 1)[1].strip() == "bad HTTP request from 127.0.0.1: invalid content encoding"
 
 
 
