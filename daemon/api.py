@@ -290,7 +290,7 @@ async def _journal(request: web.Request, title: str, dedup_key: str, body: BaseM
 
 def _patch_key(request: web.Request, kind: str, body: BaseModel) -> str:
     given = request.headers.get("Idempotency-Key")
-    suffix = hashlib.sha256(given.encode()).hexdigest()[:32] if given else uuid.uuid4().hex
+    suffix = hashlib.sha256(header_bytes(given)).hexdigest()[:32] if given else uuid.uuid4().hex
     return f"api:{kind}-update:{request.match_info['id']}:{suffix}"
 
 

@@ -158,6 +158,10 @@ async def test_a_token_header_with_a_byte_that_is_not_utf8_is_401(env):
                                  headers={"Authorization": "Bearer \udcff".encode("utf-8", "surrogateescape")
                                           .decode("latin-1")})
     assert response.status == 401
+    for key in ("\xff\xfe", "caf\xc3\xa9"):  # a byte that is not UTF-8, and UTF-8 read as latin-1
+        response = await client.patch("/api/v1/conversations/c1", data='{"status": "closed"}',
+                                      headers={"Authorization": f"Bearer {API_TOKEN}", "Idempotency-Key": key})
+        assert response.status == 200, await response.text()
 
 
 @pytest.mark.parametrize("encoding, body", [("deflate", b"garbage, not deflate"), ("gzip", b"not gzip either"),
