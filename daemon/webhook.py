@@ -22,6 +22,7 @@ SERVER = web.AppKey("server", ServerConfig)
 HEALTH_PROBE_TIMEOUT = 5.0
 RETRY_AFTER_SECONDS = "5"
 CAP_WARNING_INTERVAL = 60.0
+REFUSAL_LINGER_SECONDS = 2.0
 _REFUSAL_BODY = b'{"error": "too many connections, nothing was read: retry"}'
 TOO_MANY_CONNECTIONS = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: "
                         + RETRY_AFTER_SECONDS.encode() + b"\r\nConnection: close\r\nContent-Length: "
@@ -56,11 +57,13 @@ class GuardedRunner(web.AppRunner):
 
 
 class _CappedServer:
-    """aiohttp's Server (the protocol factory) with a cap on open connections."""
+    """aiohttp's Server (the protocol factory) with a cap on open connections, counted from the moment
+    a connection is accepted (a burst of connects is accepted before any of them is set up)."""
 
     def __init__(self, server: web.Server, limit: int):
         self._server = server
         self._limit = limit
+        self.open = 0
         self.refused = 0
         self._last_warning = 0.0
 
@@ -68,8 +71,9 @@ class _CappedServer:
         return getattr(self._server, name)
 
     def __call__(self) -> asyncio.BaseProtocol:
-        if len(self._server.connections) < self._limit:
-            return self._server()
+        if self.open < self._limit:
+            self.open += 1
+            return _Counted(self._server(), self)
         self.refused += 1
         now = time.monotonic()
         if now - self._last_warning >= CAP_WARNING_INTERVAL:
@@ -79,11 +83,57 @@ class _CappedServer:
         return _Refusal()
 
 
+class _Counted(asyncio.Protocol):
+    """aiohttp's request handler, counted until its connection ends."""
+
+    __slots__ = ("_handler", "_server")
+
+    def __init__(self, handler: asyncio.Protocol, server: _CappedServer):
+        self._handler = handler
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.open -= 1
+        self._handler.connection_lost(exc)
+
+
 class _Refusal(asyncio.Protocol):
+    """Answer 503 and close, reading (and dropping) what the client sends meanwhile: closing with unread
+    data would reset the connection, and the client would see a reset, not the answer."""
+
+    _closer: asyncio.TimerHandle | None = None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         transport.write(TOO_MANY_CONNECTIONS)
-        transport.close()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._closer = asyncio.get_running_loop().call_later(REFUSAL_LINGER_SECONDS, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closer is not None:
+            self._closer.cancel()
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:

@@ -274,3 +274,15 @@ async def test_connections_over_the_cap_are_refused_and_webhooks_resume(guarded)
     for _, writer in idle:
         writer.close()
     assert await webhook_status(port) == 200
+
+
+async def test_a_burst_of_connections_is_held_to_the_cap(guarded):
+    port, _, _ = guarded
+    connections = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(40)))
+    answers = await asyncio.gather(*(closed_by_server(reader) for reader, _ in connections))
+    for _, writer in connections:
+        writer.close()
+    admitted = [answer for answer in answers if answer == b""]  # closed by the read timeout, unanswered
+    assert len(admitted) <= 4
+    assert all(answer.startswith(b"HTTP/1.1 503") for answer in answers if answer != b"")
+    assert await webhook_status(port) == 200
