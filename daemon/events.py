@@ -260,7 +260,10 @@ def parse_date(value: Any, received_at: datetime) -> datetime:
         return received_at
     number: float | None = None
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            return received_at
     elif isinstance(value, str) and value.strip():
         try:
             number = float(value.strip())
@@ -435,6 +438,9 @@ def _suspect(raw: str) -> bool:
     return bool(("\\u" in raw and _SUSPECT_ESCAPE.search(raw)) or _SUSPECT_NUMBER.search(raw))
 
 
+UNWALKED_KEY = "chatledger_element_as_text"
+
+
 class _Number(str):
     """A JSON number kept as its literal text."""
 
@@ -448,7 +454,10 @@ def storable_json(raw: str) -> str | None:
     if not _suspect(raw):
         return None
     changed: list[bool] = []
-    value = _storable(_LITERAL_DECODER.decode(raw), changed)
+    try:
+        value = _storable(_LITERAL_DECODER.decode(raw), changed)
+    except RecursionError:  # nested deeper than this walk goes: delivered as text, kept whole in `original`
+        return json.dumps({UNWALKED_KEY: storable_text(raw)}, ensure_ascii=False)
     if not changed:
         return None
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -378,3 +378,17 @@ def test_storable_elements_are_kept_verbatim(raw):
     (element,) = parse_body(raw.encode())
     event = normalize(element.value, NOW, element.raw)
     assert (event.raw, event.original) == (raw, None)
+
+
+def test_a_date_of_hundreds_of_digits_is_the_receive_time():
+    (element,) = parse_body(b'{"title": "incoming_message", "date": ' + b"9" * 400 + b"}")
+    event = normalize(element.value, NOW, element.raw)
+    assert isinstance(event, Event) and event.occurred_at == NOW
+
+
+def test_a_deep_element_that_needs_cleaning_is_accepted_and_delivered_as_text():
+    raw = '{"title": "incoming_message", "x": ' + "[" * 900 + '"a\\u0000b"' + "]" * 900 + "}"
+    (element,) = parse_body(raw.encode())
+    event = normalize(element.value, NOW, element.raw)
+    assert isinstance(event, Event) and event.original == raw
+    assert json.loads(event.raw) == {"chatledger_element_as_text": raw}  # its escapes are plain text now
