@@ -21,9 +21,11 @@ def since(text: str) -> str:
     """A DATE as journal time text (UTC ISO 8601 with ms and Z); UTC unless it gives an offset."""
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
     except ValueError:
         raise BadParameter(f"not an ISO 8601 date: {text!r} (e.g. 2026-11-20 or 2026-11-20T08:00)") from None
-    return iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+    except OverflowError:  # 0001-01-01T00:00+05:00 is before year 1 in UTC
+        raise BadParameter(f"not a date chatledger can use: {text!r} is out of range in UTC") from None
 
 
 def phone_digits(text: str) -> str:

@@ -112,6 +112,8 @@ BAD = [
     ("/recover?all=maybe", "all must be 1 or 0"),
     ("/replay?sink=mysql", "argument --sink: invalid choice: 'mysql'"),
     ("/replay?since=2026-13-01", "not an ISO 8601 date: '2026-13-01'"),
+    ("/replay?since=0001-01-01T00:00:00%2B05:00", "out of range in UTC"),
+    ("/recover?since=9999-12-31T23:59:59-05:00", "out of range in UTC"),
     ("/replay?dead=maybe", "dead must be 1 or 0"),
     ("/forget?phone=abc", "--phone 'abc' is not a phone number (7 to 15 digits; it has none)"),
     ("/forget", "--phone '' is not a phone number"),
@@ -156,6 +158,9 @@ def test_the_command_line_says_the_same(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["replay", "--since", "2026-13-01", "--config", str(config)])
     assert "argument --since: not an ISO 8601 date: '2026-13-01'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["replay", "--since", "0001-01-01T00:00:00+05:00", "--config", str(config)])
+    assert "argument --since: not a date chatledger can use" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["replay", "--sink", "mysql", "--config", str(config)])
     assert "argument --sink: invalid choice: 'mysql' (choose from 'postgres', 'airtable')" in capsys.readouterr().err
