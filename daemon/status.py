@@ -41,7 +41,8 @@ class StatusUnreachable(Exception):
 
 
 class StatusRefused(Exception):
-    """The daemon answered, and refused: a bad parameter (400) or a caller it does not allow (403)."""
+    """The daemon answered, and did not do it: a bad parameter (400), a caller it does not allow (403),
+    or a failure of its own (5xx)."""
 
 
 def create_status_app(
@@ -201,7 +202,12 @@ async def _handle_recover(request: web.Request) -> web.StreamResponse:
     async def emit(line: dict[str, Any]) -> None:
         await response.write((json.dumps(line) + "\n").encode())
 
-    await emit(await request.app[RECOVER](selection, prefer, emit))
+    try:
+        last = await request.app[RECOVER](selection, prefer, emit)
+    except Exception as exc:  # noqa: BLE001 - the answer has begun: the failure is its last line
+        logger.exception("recover failed")
+        last = {"error": f"recover failed in the daemon: {type(exc).__name__} (see its log)"}
+    await emit(last)
     await response.write_eof()
     return response
 
@@ -219,6 +225,8 @@ async def stream_status(socket_path: Path, route: str, timeout_s: float) -> Asyn
                 async for line in response.content:
                     if line.strip():
                         yield json.loads(line)
+    except aiohttp.ClientPayloadError as exc:  # the daemon stopped (or broke) half-way through its answer
+        raise StatusRefused(f"the daemon's answer on {route} was cut short: {exc}") from None
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
         raise StatusUnreachable(f"no chatledger answers on {socket_path}: {exc}") from None
 
@@ -310,9 +318,9 @@ async def request_status(socket_path: Path, method: str = "GET", route: str = "/
 
 
 async def _not_ok(response: aiohttp.ClientResponse, route: str) -> Exception:
-    """A refusal carries the daemon's reason, never to be mistaken for no daemon (a command would then
-    do the work itself); a 404 is a daemon that does not know the route."""
-    if response.status == 404 or response.status >= 500:
+    """A refusal or a failure carries the daemon's reason, never to be mistaken for no daemon (a command
+    would then do the work itself beside it); a 404 is a daemon that does not know the route."""
+    if response.status == 404:
         return StatusUnreachable(f"daemon answered HTTP {response.status} on {route}")
     try:
         error = (await response.json(content_type=None)).get("error")

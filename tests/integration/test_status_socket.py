@@ -224,3 +224,26 @@ def test_anything_but_a_socket_is_refused_untouched(tmp_path, kind):
         assert (path / "inside").read_bytes() == b"precious"
     else:
         assert path.is_symlink()
+
+
+async def test_a_daemon_that_fails_is_not_taken_for_no_daemon(tmp_path):
+    """A 500 must not send a command to do the work itself beside the running daemon."""
+    async def failing(*args):
+        raise RuntimeError("broken")
+
+    async def snapshot():
+        return {}
+
+    folder = Path(tempfile.mkdtemp(prefix="chatledger-socket-"))
+    path = folder / "status.sock"
+    runner = web.AppRunner(create_status_app(snapshot, failing, failing, failing, failing, failing), access_log=None)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    try:
+        with pytest.raises(StatusRefused, match="HTTP 500"):
+            await request_status(path, "POST", "/replay?dead=1")
+        lines = [line async for line in stream_status(path, "/recover?all=1", 10)]
+        assert lines == [{"error": "recover failed in the daemon: RuntimeError (see its log)"}]
+    finally:
+        await runner.cleanup()
+        shutil.rmtree(folder)
