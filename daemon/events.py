@@ -203,7 +203,6 @@ def _normalize(element: Any, received_at: datetime, raw: str) -> Event | Rejecte
         if isinstance(title, str):
             reason = "title is empty"
         return Rejected(reason, raw, received_at)
-    title = storable_text(title)
 
     info = _obj(element.get("info"))
     info_message = _obj(info.get("message"))
@@ -213,18 +212,19 @@ def _normalize(element: Any, received_at: datetime, raw: str) -> Event | Rejecte
     bot = _obj(element.get("bot"))
     top_message = _obj(element.get("message"))  # seen only in one integrator's WhatsApp outbound payload
 
-    message_id = _text(info_message.get("id")) or _text(info.get("message_id"))
+    given_id = _text(info_message.get("id"), clean=False) or _text(info.get("message_id"), clean=False)
     direction = DIRECTIONS.get(title)
     cleaned = storable_json(raw)
     return Event(
-        dedup_key=dedup_key(element, title, message_id),
-        title=title,
+        # keyed by what came: two ids that clean alike (m\x001 and m1) are two messages
+        dedup_key=dedup_key(element, _key_part(title), _key_part(given_id) if given_id else None),
+        title=storable_text(title),
         service=_text(element.get("service")),
         bot_id=_text(bot.get("id")) or _text(element.get("bot_id")),
         contact_id=_text(contact.get("id")),
         phone=_phone(contact, message),
         contact_name=_text(contact.get("name")),
-        message_id=message_id,
+        message_id=storable_text(given_id) if given_id else None,
         platform_message_id=(
             _text(message.get("id"))
             or _text(message.get("mid"))
@@ -396,22 +396,21 @@ def _obj(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _text(value: Any) -> str | None:
+def _text(value: Any, clean: bool = True) -> str | None:
+    """A field's value as text (a number as its digits), made storable; None when there is none."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, (int, float)):
         return str(value)
-    if isinstance(value, str):
-        value = _clean(value)
-        return value if value.strip() else None
+    if isinstance(value, str) and value.strip():
+        return storable_text(value) if clean else value
     return None
 
 
-def _clean(text: str) -> str:
-    """A field's text: without NUL characters, lone surrogates replaced (see storable_text)."""
-    if "\x00" in text:
-        text = text.replace("\x00", "")
-    return storable_text(text)
+def _key_part(value: str) -> str:
+    """A value as it came, for a dedup key: if it needs cleaning it is escaped instead, so that values
+    that clean alike (\ud800 and \udfff) stay apart."""
+    return value if storable_text(value) == value else json.dumps(value)[1:-1]
 
 
 def storable_text(text: str) -> str:

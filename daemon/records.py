@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from daemon.events import StoredEvent
+from daemon.events import StoredEvent, storable_text
 
 MESSAGE_TITLES = {"incoming_message": "inbound", "outgoing_message": "outbound"}
 ESCALATING_TITLES = frozenset({"open_chat"})
@@ -224,10 +224,8 @@ def conversation_status(status_title: str | None, status_at: datetime | None,
 
 
 def clean_text(value: str | None) -> str | None:
-    """Text without NUL characters, which PostgreSQL text and Airtable fields cannot hold."""
-    if value is None or "\x00" not in value:
-        return value
-    return value.replace("\x00", "\ufffd")
+    """Text every store takes (events.storable_text), None kept."""
+    return None if value is None else storable_text(value)
 
 
 def map_events(events: Iterable[StoredEvent]) -> Records:

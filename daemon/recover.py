@@ -164,12 +164,12 @@ def _metadata(text: str | None) -> dict[str, Any]:
     try:
         value = _cleaned(json.loads(text))
     except ValueError:
-        return {"airtable_metadata": text}  # kept as it was typed
+        return {"airtable_metadata": clean_text(text)}  # kept as it was typed
     return value if isinstance(value, dict) else {"airtable_metadata": value}
 
 
 def _cleaned(value: Any) -> Any:
-    """Parsed JSON with NUL replaced in every string (a \\u0000 escape becomes a NUL when parsed)."""
+    """Parsed JSON with every string made storable (a \\u0000 escape becomes a NUL when parsed)."""
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, list):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 from loguru import logger
 
-from daemon.events import StoredEvent
+from daemon.events import StoredEvent, storable_json
 from daemon.records import Records, map_events, parse_time
 from daemon.sinks.base import PermanentError, SetupError, TransientError
 
@@ -206,8 +205,6 @@ WHERE c.conversation_id = t.conversation_id
 
 # SQLSTATE classes a retry cannot fix: the data is wrong (22) or breaks a constraint (23).
 POISON_CLASSES = ("22", "23")
-# A JSON \u0000 escape: jsonb refuses it. Kept verbatim in the journal, replaced here.
-_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 class SchemaTooNew(SetupError):
@@ -223,10 +220,9 @@ def quote_ident(name: str) -> str:
 
 
 def jsonb_text(raw: str) -> str:
-    """The raw element as text jsonb accepts (a \\u0000 escape becomes \\ufffd)."""
-    if "\\u0000" not in raw:
-        return raw
-    return _NUL_ESCAPE.sub(lambda m: m.group(1) + "\\ufffd", raw)
+    """The raw element as text jsonb accepts: intake cleans webhook elements, but not journal rows from
+    before it did, and json.dumps writes an API body's NUL as \\u0000."""
+    return storable_json(raw) or raw
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

@@ -176,8 +176,8 @@ async def test_nul_characters_are_stored_not_refused(tmp_path, sink, pg_conn, pg
     assert "\\u0000" in original[0]  # the journal keeps it verbatim
     await sink.deliver(events)
     s = quote_ident(pg_schema)
-    # normalization drops NUL from text; the raw payload keeps its place, as U+FFFD (jsonb refuses \u0000)
-    assert await pg_conn.fetchval(f"SELECT content FROM {s}.interactions") == "ab"
+    # a NUL becomes U+FFFD in the normalized text and in the raw payload (text and jsonb refuse it)
+    assert await pg_conn.fetchval(f"SELECT content FROM {s}.interactions") == "a\ufffdb"
     assert await pg_conn.fetchval(
         f"SELECT payload #>> '{{info,message,channel_data,message,text,body}}' FROM {s}.events") == "a\ufffdb"
     await journal.close()

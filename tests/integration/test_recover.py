@@ -161,6 +161,8 @@ BROKEN = [  # Airtable interactions PostgreSQL cannot take as they are
      "Timestamp": "2026-11-27T00:00:00.000Z"},
     {"InteractionId": "huge-time", "ConversationId": cid("c1"), "Direction": "outbound", "ProcessingTime": 10**12,
      "Timestamp": "2026-11-27T00:00:00.000Z"},
+    {"InteractionId": "surrogates", "ConversationId": cid("c1"), "Direction": "inbound", "Content": "x\ud800y",
+     "Response": "\udfff", "Timestamp": "2026-11-28T00:00:00.000Z"},  # JavaScript strings may hold them
 ]
 
 
@@ -173,15 +175,17 @@ async def test_records_postgresql_cannot_take_are_reported_and_the_rest_recovere
     report = await recover(stores.client, pg_cluster, pg_schema, Selection(everything=True))
 
     t = report.tallies["interactions"]
-    assert (t.read, t.inserted, t.unusable) == (63, 61, 2)
-    assert await pg_conn.fetchval(f"SELECT count(*) FROM {s}.interactions") == 61
+    assert (t.read, t.inserted, t.unusable) == (64, 62, 2)
+    assert await pg_conn.fetchval(f"SELECT count(*) FROM {s}.interactions") == 62
     assert await pg_conn.fetchval(f"SELECT content FROM {s}.interactions WHERE interaction_id = 'nul-content'") == \
         "x\ufffdy"
+    assert await pg_conn.fetchrow(f"SELECT content, response FROM {s}.interactions WHERE interaction_id = "
+                                  "'surrogates'") == ("x\ufffdy", "\ufffd")
     assert [p for p in report.problems if "ConversationId" in p and "control character" in p]
     assert [p for p in report.problems if "huge-time" in p and "not recovered" in p]
     assert len(report.problems) == 2
     assert await pg_conn.fetchval(f"SELECT message_count FROM {s}.conversations WHERE conversation_id = $1",
-                                  cid("c1")) == 16  # recounted: its 15 and the cleaned one
+                                  cid("c1")) == 17  # recounted: its 15 and the two cleaned ones
 
 
 def test_recover_all_on_the_command_line_goes_on_past_an_unusable_record_and_exits_1(

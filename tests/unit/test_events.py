@@ -150,7 +150,7 @@ def test_s7_telegram_minimal():
         ({"type": "image", "image": {"caption": "receipt", "url": "https://x/img.jpg"}}, "receipt\nhttps://x/img.jpg"),
         ({"type": "document", "document": {"url": "https://x/r.pdf"}}, "https://x/r.pdf"),
         ({"type": "document", "file": {"link": "https://x/f.pdf"}}, "https://x/f.pdf"),
-        ({"type": "text", "text": {"body": "a\u0000b"}}, "ab"),
+        ({"type": "text", "text": {"body": "a\u0000b"}}, "a\ufffdb"),  # what no store takes is marked, not dropped
     ],
 )
 def test_message_text_shapes(message, expected):
@@ -392,3 +392,14 @@ def test_a_deep_element_that_needs_cleaning_is_accepted_and_delivered_as_text():
     event = normalize(element.value, NOW, element.raw)
     assert isinstance(event, Event) and event.original == raw
     assert json.loads(event.raw) == {"chatledger_element_as_text": raw}  # its escapes are plain text now
+
+
+def test_ids_that_clean_alike_are_still_two_messages():
+    def with_id(message_id):
+        return normalize({"title": "incoming_message", "info": {"message": {"id": message_id}}}, NOW)
+
+    keys = [with_id(i).dedup_key for i in ("m1", "m\x001", "m\ufffd1", "m\ud800", "m\udfff")]
+    assert len(set(keys)) == 5
+    assert with_id("m\x001").message_id == "m\ufffd1" and with_id("m1").dedup_key == "msg:incoming_message:m1"
+    for key in keys:
+        key.encode("utf-8")  # storable
