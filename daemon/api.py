@@ -285,6 +285,9 @@ async def _journal(request: web.Request, title: str, dedup_key: str, body: BaseM
         occurred_at=at or now, received_at=now, raw=raw, conversation_id=conversation_id,
     )
     result = await request.app[JOURNAL_KEY].journal.append([event])
+    if result.rejected:  # the journal could not store it even cleaned (see Journal._commit_isolated)
+        raise _Refused(_error(422, "this write cannot be stored: it is kept in the journal's quarantine with the "
+                                   "reason; nothing was recorded"))
     return result.accepted == 1
 
 

@@ -286,3 +286,19 @@ async def test_a_burst_of_connections_is_held_to_the_cap(guarded):
     assert len(admitted) <= 4
     assert all(answer.startswith(b"HTTP/1.1 503") for answer in answers if answer != b"")
     assert await webhook_status(port) == 200
+
+
+async def test_an_api_write_the_journal_sets_apart_is_never_answered_as_recorded(env, monkeypatch):
+    from daemon.journal import AppendResult
+
+    client, journal = env
+
+    async def set_apart(events, rejected=()):  # what Journal._commit_isolated answers for an unstorable event
+        return AppendResult(accepted=0, duplicates=0, rejected=1, event_ids=())
+
+    monkeypatch.setattr(journal, "append", set_apart)
+    body = {"id": "i1", "conversationId": "c1", "direction": "inbound"}
+    response = await client.post("/api/v1/interactions", data=json.dumps(body),
+                                 headers={"Authorization": f"Bearer {API_TOKEN}"})
+    assert response.status == 422
+    assert "cannot be stored" in (await response.json())["error"]
