@@ -103,7 +103,9 @@ _NOT_DIGITS = re.compile(r"[^0-9]+")
 # A phone as people write it: digits, an optional leading +, groups parted by spaces, dashes, dots or
 # parentheses ("+55 (11) 98888-7777"). The run is taken whole, so a number inside a longer one never matches.
 _PHONE_RUN = re.compile(r"\+?[0-9]+(?:[ .()-]{1,3}[0-9]+)*")
-PHONE_DIGITS_MIN, PHONE_DIGITS_MAX = 7, 15  # E.164 allows at most 15 digits
+# E.164 numbers have at most 15 digits; intake keeps whatever a contact's phone holds (a trunk 0, an
+# extension), and matching is exact, so forget takes up to 20 rather than leave such a contact unerasable.
+PHONE_DIGITS_MIN, PHONE_DIGITS_MAX = 7, 20
 # C0 and C1 controls, DEL, and lone surrogates (no UTF-8 store can hold one)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
@@ -310,7 +312,7 @@ def has_control(text: str) -> bool:
 
 
 def is_phone_number(digits: str) -> bool:
-    """Whether these digits can be a whole phone number (7 to 15 ASCII digits)."""
+    """Whether these digits can be a whole phone number (7 to 20 ASCII digits)."""
     return digits.isascii() and digits.isdigit() and PHONE_DIGITS_MIN <= len(digits) <= PHONE_DIGITS_MAX
 
 

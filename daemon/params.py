@@ -29,7 +29,7 @@ def since(text: str) -> str:
 
 
 def phone_digits(text: str) -> str:
-    """A phone, however it was typed, as its digits; 7 to 15 of them (E.164), or it is not one."""
+    """A phone, however it was typed, as its digits; 7 to 20 of them, or it is not one."""
     phone = digits_only(text)
     if not phone or not is_phone_number(phone):
         raise BadParameter(f"--phone {text!r} is not a phone number ({PHONE_DIGITS_MIN} to {PHONE_DIGITS_MAX} "

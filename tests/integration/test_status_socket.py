@@ -115,10 +115,10 @@ BAD = [
     ("/replay?since=0001-01-01T00:00:00%2B05:00", "out of range in UTC"),
     ("/recover?since=9999-12-31T23:59:59-05:00", "out of range in UTC"),
     ("/replay?dead=maybe", "dead must be 1 or 0"),
-    ("/forget?phone=abc", "--phone 'abc' is not a phone number (7 to 15 digits; it has none)"),
+    ("/forget?phone=abc", "--phone 'abc' is not a phone number (7 to 20 digits; it has none)"),
     ("/forget", "--phone '' is not a phone number"),
-    ("/forget?phone=1", "--phone '1' is not a phone number (7 to 15 digits; it has 1)"),
-    ("/forget?phone=1234567890123456", "is not a phone number (7 to 15 digits; it has 16)"),
+    ("/forget?phone=1", "--phone '1' is not a phone number (7 to 20 digits; it has 1)"),
+    ("/forget?phone=123456789012345678901", "is not a phone number (7 to 20 digits; it has 21)"),
     ("/forget?phone=5511988887777&reference=a%00b", "--reference must not hold a control character"),
     ("/forget?phone=5511988887777&reference=5511988887777", "--reference must not hold the phone number"),
     ("/forget?phone=5511&everyone=1", "unknown parameter everyone"),
@@ -154,7 +154,7 @@ def test_the_command_line_says_the_same(tmp_path, capsys):
     config = write_config(tmp_path)
     assert main(["forget", "--phone", "abc", "--config", str(config)]) == 78
     assert capsys.readouterr().err.strip() == ("chatledger: --phone 'abc' is not a phone number "
-                                               "(7 to 15 digits; it has none)")
+                                               "(7 to 20 digits; it has none)")
     with pytest.raises(SystemExit):
         main(["replay", "--since", "2026-13-01", "--config", str(config)])
     assert "argument --since: not an ISO 8601 date: '2026-13-01'" in capsys.readouterr().err
