@@ -122,7 +122,7 @@ async def test_forget_erases_quarantined_elements_holding_the_whole_number_only(
     assert counts["quarantined"] == 3
 
 
-@pytest.mark.parametrize("phone", ["1", "123456", "+55 11 98888-7777 0000", "no digits"])
+@pytest.mark.parametrize("phone", ["1", "123456", "+55 11 98888-7777 0000 00000", "no digits"])
 def test_forget_refuses_what_is_not_a_phone_number_and_does_nothing(tmp_path, capsys, phone):
     config = write_config(tmp_path)
     assert main(["forget", "--phone", phone, "--config", str(config)]) == EXIT_CONFIG
