@@ -716,7 +716,8 @@ class Journal:
         stamps: dict[datetime, str] = {}  # a request's events share one receive time
         rows = [_event_row(event, stamps) for intake in intakes for event in intake.events]
         quarantined = [
-            (iso(item.received_at), item.reason, _sql_text(item.raw)) for intake in intakes for item in intake.rejected
+            (iso(item.received_at), _sql_text(item.reason), _sql_text(item.raw))
+            for intake in intakes for item in intake.rejected
         ]
         new_ids: list[tuple[int, str]] = []
         for start in range(0, len(rows), ROWS_PER_INSERT):

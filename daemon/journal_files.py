@@ -12,9 +12,10 @@ from pathlib import Path
 
 from loguru import logger
 
-# Phones and message texts: the owner (the daemon's user) only, whatever the umask.
+# Phones and message texts: the owner (the daemon's user) only, whatever the umask. Folders the group
+# may pass through (the example config keeps the status socket beside the journal); the files stay closed.
 FILE_MODE = 0o600
-FOLDER_MODE = 0o700
+FOLDER_MODE = 0o750
 INITIALISED = "initialised"  # the lock file's second line, once the journal's first migration committed
 PREREAD_CHUNK = 1 << 20
 

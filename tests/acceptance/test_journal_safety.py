@@ -150,7 +150,7 @@ def without_root_powers(config, *command):
 def test_a_user_who_cannot_read_the_journal_is_told_why(config):
     journal = journal_with_events(config, 2)
     assert stat.S_IMODE(journal.stat().st_mode) == 0o600
-    assert stat.S_IMODE(journal.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(journal.parent.stat().st_mode) == 0o750
     owned = [journal.parent, *journal.parent.iterdir()]
     for path in owned:
         os.chown(path, 65534, 65534)  # the daemon's user is now someone else (nobody)
