@@ -1,10 +1,8 @@
 """The bot-facing API: writes through the journal to both sinks, reads falling back PostgreSQL -> journal
 -> Airtable, validation, auth, and a property-based test over its OpenAPI document that finds no 5xx."""
 
-import asyncio
 import itertools
 import json
-import threading
 import urllib.error
 import urllib.request
 from contextlib import asynccontextmanager
@@ -26,7 +24,7 @@ from daemon.sinks.postgres import PostgresSink, quote_ident
 from daemon.sinks.postgres_rows import PostgresRows
 from daemon.webhook import create_webhook_app
 from tests.integration.conftest import BASE, NAMES, TOKEN as AIRTABLE_TOKEN
-from tests.support import free_port, incoming
+from tests.support import LoopThread, free_port, incoming
 
 API_TOKEN = "api-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -231,18 +229,16 @@ async def test_ids_with_control_characters_are_refused_naming_the_field(tmp_path
 
 # -- property-based: whatever the body, never a 5xx ------------------------------------------------
 
-class ApiThread:
+class ApiThread(LoopThread):
     """The API app (journal only) on its own loop in a thread, for synchronous hypothesis examples."""
 
     def __init__(self, path):
+        super().__init__()
         self.path = path
         self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self):
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(30)
+        self.run(self._start(), 30)
         return self
 
     async def _start(self):
@@ -253,17 +249,13 @@ class ApiThread:
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 
-    def run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(60)
-
     async def _stop(self):
         await self.runner.cleanup()
         await self.journal.close()
 
     def stop(self):
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.run(self._stop(), 30)
+        self.close()
 
     def request(self, method, route, body):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -6,7 +6,6 @@ a dead letter."""
 import asyncio
 import itertools
 import json
-import threading
 
 import aiohttp
 import pytest
@@ -19,7 +18,7 @@ from daemon.delivery import DeliveryWorker
 from daemon.journal import Journal
 from daemon.sinks.postgres import PostgresSink, quote_ident
 from daemon.webhook import GuardedRunner, create_webhook_app
-from tests.support import free_port
+from tests.support import LoopThread, free_port
 
 TOKEN = "property-token-0123456789"
 PATH = "/webhooks/sendpulse"
@@ -87,17 +86,15 @@ def valid(n):
             "info": {"message": {"id": f"valid-{n}", "channel_data": {"message": {"text": {"body": f"oi {n}"}}}}}}
 
 
-class WebhookThread:
+class WebhookThread(LoopThread):
     """The daemon's webhook listener on its own loop in a thread, for synchronous hypothesis examples."""
 
     def __init__(self, path):
+        super().__init__()
         self.path = path
         self.port = free_port()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self):
-        self.thread.start()
         self.run(self._start())
         return self
 
@@ -109,9 +106,6 @@ class WebhookThread:
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
         self.session = aiohttp.ClientSession()
 
-    def run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(120)
-
     async def post(self, text: str):
         async with self.session.post(f"http://127.0.0.1:{self.port}{PATH}?token={TOKEN}", data=text.encode(),
                                      headers={"Content-Type": "application/json"}) as response:
@@ -120,9 +114,11 @@ class WebhookThread:
     async def _stop(self):
         await self.session.close()
         await self.runner.cleanup()
+        await self.journal.close()
 
     def stop(self):
         self.run(self._stop())
+        self.close()
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +126,6 @@ def webhook(tmp_path_factory):
     running = WebhookThread(tmp_path_factory.mktemp("hostile") / "journal.sqlite").start()
     yield running
     running.stop()
-    running.run(running.journal.close())
-    running.loop.call_soon_threadsafe(running.loop.stop)
-    running.thread.join(10)
 
 
 def test_hostile_batches_beside_valid_traffic(webhook, pg_cluster, pg_schema):
