@@ -18,6 +18,8 @@ from typing import Any
 
 from loguru import logger
 
+from daemon.ratelimit import MONTH_WARNING_SHARE, MONTHLY_LIMIT_REASON
+
 from daemon.logs import safe_url
 
 DOWN_STATES = frozenset({"down", "misconfigured"})
@@ -27,7 +29,8 @@ SEND_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # sink_down, sink_up, fallback_active, fallback_ended, dead_letters, backlog_old, quota_exhausted
+    kind: str  # sink_down, sink_up, fallback_active, fallback_ended, dead_letters, backlog_old, quota_exhausted,
+    #            monthly_requests_high
     severity: str  # critical, warning, info
     message: str
     sink: str | None = None
@@ -56,6 +59,7 @@ class AlertRules:
         self._old: set[str] = set()
         self._fallback = False
         self._quota = False
+        self._month_warned: str | None = None  # the month the 80 % alert was sent for
 
     def evaluate(self, snapshot: dict[str, Any]) -> list[Alert]:
         alerts: list[Alert] = []
@@ -106,10 +110,25 @@ class AlertRules:
         quota = bool(airtable and (airtable.get("state") == "quota"
                                    or airtable.get("pause_reason") == "monthly API quota exhausted"))
         if quota and not self._quota:
-            alerts.append(Alert("quota_exhausted", "critical",
-                                "Airtable's monthly API quota is exhausted: Airtable delivery stops (retried "
-                                "hourly, or at once after `chatledger sync`); PostgreSQL is unaffected", "airtable"))
+            ours = MONTHLY_LIMIT_REASON in (airtable.get("last_error") or "")
+            alerts.append(Alert("quota_exhausted", "critical", (
+                f"[airtable] monthly_request_limit ({airtable.get('monthly_request_limit')}) is reached: Airtable "
+                "delivery waits for the month to turn, or goes on after `chatledger sync`" if ours else
+                "Airtable's monthly API quota is exhausted: Airtable delivery stops (retried hourly, or at once "
+                "after `chatledger sync`)") + "; PostgreSQL is unaffected", "airtable"))
         self._quota = quota
+
+        used, limit = (airtable or {}).get("requests_this_month"), (airtable or {}).get("monthly_request_limit")
+        if used is not None and limit and used >= MONTH_WARNING_SHARE * limit:
+            month = airtable.get("month")
+            if month != self._month_warned:
+                self._month_warned = month
+                alerts.append(Alert("monthly_requests_high", "warning",
+                                    f"Airtable: {used:,} of this month's {limit:,} requests used "
+                                    f"({used / limit:.0%}); {airtable.get('requests_month_forecast', 0):,} at this "
+                                    "pace", "airtable", {"requests_this_month": used, "monthly_request_limit": limit,
+                                                         "requests_month_forecast": airtable.get(
+                                                             "requests_month_forecast")}))
         return alerts
 
 

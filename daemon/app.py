@@ -21,6 +21,7 @@ from daemon.config import Config, ConfigError, load_config, split_listen
 from daemon.delivery import DeliveryWorker
 from daemon.journal import COMMIT_BUCKETS, Journal, JournalUnavailable, Requeue
 from daemon.logs import setup_logging
+from daemon.ratelimit import MonthlyRequests
 from daemon.sdnotify import Notifier
 from daemon.status import create_metrics_app, create_status_app, prepare_socket_path, secure_socket
 from daemon.webhook import GuardedRunner, create_webhook_app
@@ -34,6 +35,7 @@ RETENTION_INTERVAL = 3600.0
 RETENTION_BATCH = 500  # events per purge transaction: short, so webhooks never wait long
 RETENTION_PAUSE = 0.05
 ALERT_CHECK_INTERVAL = 5.0
+MONTH_SAVE_INTERVAL = 5.0
 
 EXIT_OK, EXIT_CRASH = 0, 1
 
@@ -54,6 +56,7 @@ class Daemon:
         self._hup = asyncio.Event()
         self._runners: list[web.AppRunner] = []
         self.purged = 0
+        self.monthly: MonthlyRequests | None = None  # the Airtable base's requests this month
         self._last_counts: dict[str, Any] = {"events": 0, "quarantined": 0, "counters": {}, "sinks": {}}
         self._read_error: str | None = None
         self.alerts = AlertSender(config.alerts.command, config.alerts.webhook_url.get_secret_value())
@@ -68,6 +71,9 @@ class Daemon:
         exit_code = EXIT_OK
         try:
             self.journal = await Journal.open(self.config.journal.path, self.config.enabled_sinks)
+            if self.config.airtable.enabled:
+                self.monthly = MonthlyRequests.restore(self.config.airtable.monthly_request_limit,
+                                                       await self.journal.meta(MonthlyRequests.JOURNAL_KEY))
             webhook_runner = await self._start_webhook()
             status_runner = await self._start_status()
             await self._start_metrics()
@@ -129,7 +135,7 @@ class Daemon:
     def _start_workers(self) -> None:
         """One delivery worker per enabled sink; each runs on its own, none waits on another."""
         assert self.journal is not None
-        for sink in build_sinks(self.config, self.journal):
+        for sink in build_sinks(self.config, self.journal, self.monthly):
             worker = DeliveryWorker(self.journal, sink)
             self.workers[sink.name] = worker
             self._worker_tasks.append(asyncio.create_task(worker.run(), name=f"{sink.name}-delivery"))
@@ -158,6 +164,7 @@ class Daemon:
             asyncio.create_task(self._hup_loop(), name="sighup"),
             asyncio.create_task(self._retention_loop(), name="retention"),
             asyncio.create_task(self._alerts_loop(), name="alerts"),
+            asyncio.create_task(self._month_loop(), name="airtable-month"),
             asyncio.create_task(self.alerts.run(), name="alert-sender"),
             self.journal.writer_task,
             *self._worker_tasks,
@@ -184,6 +191,7 @@ class Daemon:
         await webhook_runner.cleanup()
         self._runners.remove(webhook_runner)
         await self._stop_workers()
+        await self.save_month()
         if self.journal is not None:
             await self.journal.close()
         await status_runner.cleanup()
@@ -196,6 +204,7 @@ class Daemon:
             await runner.cleanup()
         self._runners.clear()
         await self._stop_workers()
+        await self.save_month()
         if self.journal is not None:
             await self.journal.close()
 
@@ -260,6 +269,21 @@ class Daemon:
                     self.alerts.submit(alert)
             except Exception:
                 logger.exception("alert check failed")
+
+    async def _month_loop(self) -> None:
+        """Keep the Airtable base's monthly request count in the journal, so a restart does not reset it."""
+        while True:
+            await asyncio.sleep(MONTH_SAVE_INTERVAL)
+            await self.save_month()
+
+    async def save_month(self) -> None:
+        if self.monthly is None or not self.monthly.dirty or self.journal is None:
+            return
+        try:
+            await self.journal.set_meta(MonthlyRequests.JOURNAL_KEY, self.monthly.dumps())
+        except JournalUnavailable as exc:
+            self.monthly.dirty = True
+            logger.warning("the Airtable monthly request count is not saved yet: {}", exc)
 
     async def _hup_loop(self) -> None:
         while True:
@@ -428,7 +452,7 @@ class Daemon:
         return self._last_counts, None
 
 
-def build_sinks(config: Config, journal: Journal) -> list[Any]:
+def build_sinks(config: Config, journal: Journal, monthly: MonthlyRequests | None = None) -> list[Any]:
     """The concrete sink adapters the config enables (the only place that builds them)."""
     sinks: list[Any] = []
     if config.postgres.enabled:
@@ -438,7 +462,7 @@ def build_sinks(config: Config, journal: Journal) -> list[Any]:
     if config.airtable.enabled:
         from daemon.sinks.airtable import AirtableSink
 
-        sinks.append(AirtableSink.from_config(config.airtable, journal.conversations))
+        sinks.append(AirtableSink.from_config(config.airtable, journal.conversations, monthly))
     return sinks
 
 

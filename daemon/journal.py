@@ -263,6 +263,8 @@ def insert_events_sql(rows: int) -> str:
 INSERT_QUARANTINE = "INSERT INTO quarantine (received_at, reason, raw) VALUES (?, ?, ?)"
 ADD_DUPLICATES = "UPDATE counters SET value = value + ? WHERE name = 'duplicates'"
 SET_SINKS = "INSERT INTO sinks (name) VALUES (?)"
+GET_META = "SELECT value FROM meta WHERE key = ?"
+SET_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
 WRITE_PROBE = """
 INSERT INTO meta (key, value) VALUES ('last_write_probe', ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
@@ -539,6 +541,17 @@ class Journal:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._submit(_Op(run, future))
         return await future
+
+    async def meta(self, key: str) -> str | None:
+        """A value the daemon keeps between runs (the journal's meta table)."""
+        rows = await self.query(GET_META, (key,))
+        return rows[0][0] if rows else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async def run(conn: aiosqlite.Connection) -> None:
+            await conn.execute(SET_META, (key, value))
+
+        await self.write(run)
 
     async def probe(self) -> None:
         """Make a tiny durable write; raise JournalUnavailable if the journal cannot write."""

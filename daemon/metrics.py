@@ -110,8 +110,15 @@ class _Snapshot:
                  airtable.get("requests_per_window")),
                 (GAUGE, "airtable_paused_seconds", "Seconds left in a pause (429 lockout, quota); 0 when none",
                  airtable.get("paused_for_s")),
+                (GAUGE, "airtable_requests_this_month", "Requests sent to the base this calendar month (UTC)",
+                 airtable.get("requests_this_month")),
+                (GAUGE, "airtable_requests_month_forecast", "This month's requests at the pace so far",
+                 airtable.get("requests_month_forecast")),
+                (GAUGE, "airtable_monthly_request_limit", "[airtable] monthly_request_limit; 0 when none",
+                 airtable.get("monthly_request_limit")),
             ):
                 yield _single(kind, name, help_text, value)
+
 
 def render(snapshot: dict[str, Any]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)

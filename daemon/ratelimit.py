@@ -15,6 +15,7 @@ Every request to the base goes through `RequestBudget.request()`: writes, reads 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +25,7 @@ from typing import Any
 
 WINDOW_STATS = 60.0  # "requests in the last minute"
 RECOVERY_STEP = 10.0  # after a 429, the rate climbs back one request per window this often
+MONTHLY_LIMIT_REASON = "[airtable] monthly_request_limit reached"
 
 
 class BudgetPaused(Exception):
@@ -37,7 +39,7 @@ class BudgetPaused(Exception):
 
 class RequestBudget:
     def __init__(self, rate: float = 5, per: float = 1.0, *, clock: Callable[[], float] = time.monotonic,
-                 start_empty: bool = False):
+                 start_empty: bool = False, monthly: MonthlyRequests | None = None):
         if rate < 1:
             raise ValueError("rate must allow at least one request per window")
         self.configured = self.capacity = int(rate)
@@ -58,6 +60,7 @@ class RequestBudget:
         self._sent: deque[float] = deque()
         self.requests_total = 0
         self.rejected_429 = 0
+        self.monthly = monthly
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -92,6 +95,7 @@ class RequestBudget:
             "paused_until": _wall(self.paused_until, now) if paused else None,
             "paused_for_s": round(self.paused_until - now, 1) if paused else None,
             "pause_reason": self.pause_reason if paused else None,
+            **(self.monthly.stats() if self.monthly else {}),
         }
 
     # -- control ---------------------------------------------------------------------------------
@@ -145,6 +149,9 @@ class RequestBudget:
                 now = self._clock()
                 if now < self.paused_until and self._refusing:
                     raise BudgetPaused(self.pause_reason or "paused", self.paused_until - now)
+                month_left = self.monthly.reached() if self.monthly else None
+                if month_left is not None:
+                    raise BudgetPaused(MONTHLY_LIMIT_REASON, month_left)
                 if now < self.paused_until:
                     await self._wait(self.paused_until - now)
                     continue
@@ -157,6 +164,8 @@ class RequestBudget:
             self._in_flight += 1
             self.requests_total += 1
             self._sent.append(now)
+            if self.monthly:
+                self.monthly.note()
 
     async def _wait(self, timeout: float | None) -> None:
         self._changed.clear()
@@ -168,3 +177,80 @@ class RequestBudget:
 
 def _wall(moment: float, now: float) -> str:
     return datetime.fromtimestamp(time.time() + (moment - now), timezone.utc).isoformat(timespec="seconds")
+
+
+MONTH_WARNING_SHARE = 0.8  # status and an alert say so from here
+
+
+def month_of(wall: float) -> str:
+    return datetime.fromtimestamp(wall, timezone.utc).strftime("%Y-%m")
+
+
+def _month_bounds(month: str) -> tuple[float, float]:
+    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=timezone.utc)
+    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return start.timestamp(), end.timestamp()
+
+
+class MonthlyRequests:
+    """Requests sent to the base in the current calendar month (UTC), against an optional limit (a
+    plan's monthly API calls). Restored from and saved to the journal by the daemon, so a restart
+    does not reset it."""
+
+    def __init__(self, limit: int, month: str | None = None, count: int = 0, *,
+                 wall: Callable[[], float] = time.time):
+        self.limit = limit
+        self._wall = wall
+        self.month = month_of(wall())
+        self.count = count if month == self.month else 0  # a count from an earlier month starts over
+        self.allowed_past_limit: str | None = None  # the month an operator's `sync` lifted the limit for
+        self.dirty = False
+
+    def _roll(self) -> None:
+        month = month_of(self._wall())
+        if month != self.month:
+            self.month, self.count, self.dirty = month, 0, True
+
+    def note(self) -> None:
+        self._roll()
+        self.count += 1
+        self.dirty = True
+
+    def reached(self) -> float | None:
+        """Seconds until the month turns when the limit is reached (and not lifted), else None."""
+        self._roll()
+        if not self.limit or self.count < self.limit or self.allowed_past_limit == self.month:
+            return None
+        return max(1.0, _month_bounds(self.month)[1] - self._wall())
+
+    def lift(self) -> None:
+        """The operator asked for delivery anyway (`sync`): no limit until the month turns."""
+        self._roll()
+        if self.limit and self.count >= self.limit:
+            self.allowed_past_limit = self.month
+
+    def forecast(self) -> int:
+        """This month's requests at the pace so far."""
+        start, end = _month_bounds(self.month)
+        elapsed = max(3600.0, self._wall() - start)  # the first hour says too little to extrapolate
+        return round(self.count * (end - start) / elapsed)
+
+    def stats(self) -> dict[str, Any]:
+        self._roll()
+        return {"requests_this_month": self.count, "monthly_request_limit": self.limit or None,
+                "requests_month_forecast": self.forecast(), "month": self.month}
+
+    # kept in the journal's meta table as {"month": "YYYY-MM", "count": N}
+    JOURNAL_KEY = "airtable_requests_month"
+
+    def dumps(self) -> str:
+        self.dirty = False
+        return json.dumps({"month": self.month, "count": self.count})
+
+    @classmethod
+    def restore(cls, limit: int, saved: str | None, *, wall: Callable[[], float] = time.time) -> "MonthlyRequests":
+        try:
+            data = json.loads(saved) if saved else {}
+            return cls(limit, str(data.get("month")), int(data.get("count", 0)), wall=wall)
+        except (ValueError, TypeError, AttributeError):  # an unreadable record counts from zero
+            return cls(limit, wall=wall)

@@ -393,6 +393,12 @@ def render(snapshot: dict[str, Any]) -> str:
 def budget_text(sink: dict[str, Any]) -> str:
     """The Airtable request budget in one line (status and top)."""
     paused = f", paused until {sink['paused_until']} ({sink['pause_reason']})" if sink.get("paused_until") else ""
+    month = ""
+    if sink.get("requests_this_month") is not None:
+        limit = sink.get("monthly_request_limit")
+        share = f" of {limit:,} ({sink['requests_this_month'] / limit:.0%})" if limit else ""
+        month = (f"; {sink['requests_this_month']:,} this month{share}, {sink.get('requests_month_forecast', 0):,} "
+                 "at this pace")
     return (f"{sink.get('requests_last_minute', 0)} requests in the last minute, "
             f"{sink.get('rate_limited_429', 0)} x 429, {sink['tokens_left']}/{sink.get('requests_per_window', '?')} "
-            f"tokens left{paused}")
+            f"tokens left{paused}{month}")

@@ -22,7 +22,7 @@ from loguru import logger
 from pyairtable import Api
 
 from daemon.events import StoredEvent
-from daemon.ratelimit import BudgetPaused, RequestBudget
+from daemon.ratelimit import BudgetPaused, MonthlyRequests, RequestBudget
 from daemon.records import ConversationState, Records, iso, map_events, tags_text
 from daemon.sinks.base import PermanentError, SetupError, TransientError
 
@@ -397,8 +397,8 @@ class AirtableSink:
         self.schema_notes: list[str] = []
 
     @classmethod
-    def from_config(cls, config: Any, conversations) -> "AirtableSink":
-        budget = RequestBudget(config.requests_per_second, start_empty=True)
+    def from_config(cls, config: Any, conversations, monthly: MonthlyRequests | None = None) -> "AirtableSink":
+        budget = RequestBudget(config.requests_per_second, start_empty=True, monthly=monthly)
         client = AirtableClient(config.api_key.get_secret_value(), config.base_id, config.endpoint_url, budget)
         tables = {"conversations": config.conversations_table, "interactions": config.interactions_table,
                   "escalations": config.escalations_table}
@@ -408,10 +408,13 @@ class AirtableSink:
         return self.client.budget.stats()
 
     def wake(self) -> None:
-        """An operator asked for a retry: check the schema again, and lift a quota pause."""
+        """An operator asked for a retry: check the schema again, lift a quota pause, and let delivery go
+        on past [airtable] monthly_request_limit for the rest of this month."""
         self._schema_ok = False
         if self.client.budget.pause_reason == QUOTA_REASON:
             self.client.budget.resume()
+        if self.client.budget.monthly is not None:
+            self.client.budget.monthly.lift()
 
     async def check(self) -> None:
         problems, notes = schema_differences(await self.client.schema(), self.tables)

@@ -147,3 +147,29 @@ def test_alerts_reach_the_command_and_the_webhook(tmp_path, emulator):
         server.shutdown()
         if daemon.process.poll() is None:
             daemon.kill()
+
+
+def test_the_monthly_request_limit_holds_the_base_across_a_restart_until_sync(tmp_path, emulator):
+    config = write_config(tmp_path, extra=emulator.config().replace(
+        "[airtable]\n", "[airtable]\nmonthly_request_limit = 8\n"))
+    assert cli(config, "airtable", "init").returncode == 0  # a command of its own: not the daemon's count
+    daemon = Daemon(config).start()
+    try:
+        assert post(daemon.url, messages(0, 200))[0] == 200
+        held = wait_for(lambda: (s := airtable_status(daemon))["state"] == "quota" and s, "held at the limit")
+        assert held["requests_this_month"] == 8 and held["monthly_request_limit"] == 8
+        assert "monthly_request_limit reached" in held["last_error"] and held["dead"] == 0
+        sent = emulator.stats()["requests"]
+        readable = cli(config, "status")
+        assert "8 this month of 8 (100%)" in readable.stdout
+        assert daemon.stop() == 0
+        daemon.start()  # the count is in the journal: a restart does not buy a new month
+        held = wait_for(lambda: (s := airtable_status(daemon))["state"] == "quota" and s, "still held")
+        assert held["requests_this_month"] == 8 and emulator.stats()["requests"] == sent
+        assert cli(config, "sync").returncode == 0  # the operator says: go on this month
+        wait_for(lambda: airtable_status(daemon)["delivered"] == 200, "everything delivered after sync")
+        assert airtable_status(daemon)["requests_this_month"] > 8 and airtable_status(daemon)["dead"] == 0
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()

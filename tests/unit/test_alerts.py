@@ -134,3 +134,20 @@ async def test_a_failing_webhook_is_logged_by_its_host_alone():
     assert len(lines) == 3
     assert f"http://127.0.0.1:{port} answered HTTP 500" in lines[0]
     assert not [line for line in lines if "SECRET" in line], lines
+
+
+def test_the_monthly_request_limit_warns_once_a_month_at_80_percent_then_when_reached():
+    rules = AlertRules(600)
+    month = {"monthly_request_limit": 1000, "requests_month_forecast": 1500, "month": "2026-12"}
+    assert kinds(rules.evaluate(snap({}, {"requests_this_month": 799, **month}))) == []
+    high = rules.evaluate(snap({}, {"requests_this_month": 800, **month}))
+    assert kinds(high) == [("monthly_requests_high", "airtable")]
+    assert "800 of this month's 1,000 requests used (80%); 1,500 at this pace" in high[0].message
+    assert kinds(rules.evaluate(snap({}, {"requests_this_month": 950, **month}))) == []  # once a month
+    reached = rules.evaluate(snap({}, {"state": "quota", "requests_this_month": 1000, **month,
+                                       "last_error": "upserting: not sent, [airtable] monthly_request_limit reached"}))
+    assert kinds(reached) == [("quota_exhausted", "airtable")]
+    assert "monthly_request_limit (1000) is reached" in reached[-1].message
+    january = {**month, "month": "2027-01"}
+    assert kinds(rules.evaluate(snap({}, {"requests_this_month": 810, **january}))) == [
+        ("monthly_requests_high", "airtable")]

@@ -128,3 +128,65 @@ async def test_a_new_budget_can_start_empty():
     assert budget.tokens_left == 0  # the previous process may have spent this second
     now[0] += 1.0
     assert budget.tokens_left == 5
+
+
+class Wall:
+    """A wall clock the test sets (UTC seconds)."""
+
+    def __init__(self, text):
+        self.now = self.at(text)
+
+    @staticmethod
+    def at(text):
+        from datetime import datetime, timezone
+
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+    def __call__(self):
+        return self.now
+
+
+def test_monthly_requests_count_and_start_over_when_the_month_turns():
+    from daemon.ratelimit import MonthlyRequests
+
+    wall = Wall("2026-12-31T23:59:00")
+    monthly = MonthlyRequests(0, "2026-12", 41, wall=wall)  # restored from the journal: same month, kept
+    monthly.note()
+    assert (monthly.count, monthly.dirty) == (42, True)
+    wall.now = Wall.at("2027-01-01T00:00:01")
+    assert monthly.stats()["requests_this_month"] == 0 and monthly.month == "2027-01"
+    assert MonthlyRequests(0, "2026-11", 900, wall=wall).count == 0  # an earlier month's count is not this one's
+
+
+def test_the_forecast_extrapolates_the_pace_so_far():
+    from daemon.ratelimit import MonthlyRequests
+
+    wall = Wall("2026-11-11T00:00:00")  # a third of November's 30 days
+    assert MonthlyRequests(1000, "2026-11", 200, wall=wall).forecast() == 600
+    wall.now = Wall.at("2026-11-01T00:10:00")  # too early to say much: the first hour counts as an hour
+    assert MonthlyRequests(1000, "2026-11", 2, wall=wall).forecast() == 2 * 720
+
+
+async def test_at_the_monthly_limit_requests_are_refused_until_the_month_turns_or_it_is_lifted():
+    from daemon.ratelimit import MONTHLY_LIMIT_REASON, BudgetPaused, MonthlyRequests
+
+    wall = Wall("2026-11-30T23:00:00")
+    budget = RequestBudget(rate=5, per=0.001, monthly=MonthlyRequests(3, "2026-11", 1, wall=wall))
+    for _ in range(2):
+        async with budget.request():
+            pass
+    with pytest.raises(BudgetPaused) as refused:
+        async with budget.request():
+            pass
+    assert refused.value.reason == MONTHLY_LIMIT_REASON and refused.value.retry_after == 3600
+    assert budget.stats()["requests_this_month"] == 3  # a refused request is not sent, not counted
+    budget.monthly.lift()  # `chatledger sync`: deliver anyway, until the month turns
+    async with budget.request():
+        pass
+    wall.now = Wall.at("2026-12-01T00:00:00")
+    for _ in range(3):
+        async with budget.request():
+            pass
+    with pytest.raises(BudgetPaused):  # December has its own limit again
+        async with budget.request():
+            pass
