@@ -20,7 +20,7 @@ from loguru import logger
 
 from daemon.logs import safe_url
 
-DOWN_STATES = frozenset({"down", "misconfigured"})
+DOWN_STATES = frozenset({"down", "misconfigured", "blocked"})
 QUEUE_SIZE = 100
 SEND_TIMEOUT = 10.0
 
