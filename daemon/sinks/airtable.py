@@ -408,6 +408,9 @@ class AirtableSink:
         self._conversations = conversations
         self._schema_ok = False
         self.schema_notes: list[str] = []
+        # keys looked up and found on one record since the base last took a new one: a blocked base's
+        # retries refuse the same events again, and need not look them up again
+        self._single: set[tuple[str, str, Any]] = set()
 
     @classmethod
     def from_config(cls, config: Any, conversations) -> "AirtableSink":
@@ -479,18 +482,22 @@ class AirtableSink:
                         if duplicated:
                             raise PermanentError(f"{error}: {duplicated}") from error
                     raise error
+        if created:
+            self._single.clear()
         return created
 
     async def _duplicated(self, table: str, key: str, rows: list[dict[str, Any]]) -> str | None:
         """Why an upsert fails if it is a key typed twice in the base by hand (the upsert then matches
         several records; Airtable does not document its error for that, so we look)."""
-        values = list(dict.fromkeys(row[key] for row in rows if row.get(key) is not None))
+        values = list(dict.fromkeys(row[key] for row in rows if row.get(key) is not None
+                                    and (table, key, row[key]) not in self._single))
         if not values:
             return None
         found, _ = await self.client.list_page(table, to_formula_str(OR(*(EQ(Field(key), v) for v in values))), None)
         counts = Counter(record.get("fields", {}).get(key) for record in found)
         twice = [value for value in values if counts[value] > 1]
         if not twice:
+            self._single.update((table, key, value) for value in values)
             return None
         which = ", ".join(f"{key} {value!r} ({counts[value]} records)" for value in twice)
         return (f"{table} holds {which}, and an upsert must find at most one: delete the duplicate row in "

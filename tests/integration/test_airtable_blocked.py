@@ -73,6 +73,16 @@ async def test_at_the_records_cap_what_fits_lands_nothing_is_dead_and_all_drains
     assert sum(r["MessageCount"] for r in rows(emulator, "Conversations")) == 50
     assert stats(emulator)["requests"] - requests <= 30  # not one attempt (or dead letter) per event
 
+    requests, failed = stats(emulator)["requests"], worker.failed_attempts
+    worker.wake()  # a retry while blocked: the oldest events one by one, the keys not looked up again
+
+    async def retried():
+        return worker.failed_attempts == failed + 1
+    await until(retried, task, "retried")
+    assert worker.state == "blocked"
+    assert stats(emulator)["requests"] - requests <= 5  # the schema, then two events of two writes each
+    assert (await airtable_counts(journal)).get("dead", 0) == 0
+
     set_cap(emulator, None)  # the plan is upgraded
     worker.wake()
     await until(lambda: delivered(journal, 50), task, "drained")
