@@ -22,7 +22,7 @@ from daemon.ratelimit import MONTH_WARNING_SHARE, MONTHLY_LIMIT_REASON
 
 from daemon.logs import safe_url
 
-DOWN_STATES = frozenset({"down", "misconfigured"})
+DOWN_STATES = frozenset({"down", "misconfigured", "blocked"})
 QUEUE_SIZE = 100
 SEND_TIMEOUT = 10.0
 

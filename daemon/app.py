@@ -501,7 +501,7 @@ def _health(snapshot: dict[str, Any]) -> dict[str, Any]:
     if journal.get("read_error"):
         problems.append(f"journal cannot be read, the counts shown are the last read: {journal['read_error']}")
     for name, sink in snapshot["sinks"].items():
-        if sink["state"] in ("down", "misconfigured", "quota"):
+        if sink["state"] in ("down", "misconfigured", "blocked", "quota"):
             reason = f": {sink['last_error']}" if sink.get("last_error") else ""
             problems.append(f"{name} is {sink['state']}{reason}")
         if sink["dead"]:

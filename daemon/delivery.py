@@ -5,6 +5,21 @@ loaded whole), and hands them to its sink. Success marks them delivered in the j
 transient failure keeps them pending and waits (exponential backoff with jitter, capped); a
 permanent failure splits the batch until the event at fault is alone, and parks only that one as a
 dead letter. Workers never wait on each other: a failing sink cannot hold back the other.
+
+A refusal that may be the base's rather than the data's (`RefusedError`: an Airtable records cap, a
+plan limit, an error type never seen) is split the same way, left half first, so that the part of
+the batch that still fits is written, in order. But an event refused alone is only a suspect: under
+a records cap every event that creates a record is refused alike while updates still pass, so
+neither its own refusal nor an update delivered after it says whose fault it is. Once records are
+created after it, it is tried alone again; refused again, it becomes a dead letter at the next
+creation (it fails alone while its neighbours succeed, twice, which a cap with room left for a
+smaller event cannot fake). When REFUSED_IN_A_ROW suspects gather with no record created after
+them, or the batch ends with one, the condition is the base's: the pass stops (what was delivered
+stays delivered), nothing is parked, and the sink is held "blocked" with the refusal as its last
+error, retried with backoff. While blocked, a retry reads only the oldest PROBE_SIZE events and
+tries them one at a time (a blocked base is expected to refuse, and Airtable allows 5 requests/s).
+A pass costs its batch's own requests plus a few per halving level (log2 of the batch) and per
+suspect, never one attempt per event.
 """
 
 from __future__ import annotations
@@ -19,12 +34,15 @@ from loguru import logger
 
 from daemon.events import StoredEvent
 from daemon.journal import Journal, JournalUnavailable
-from daemon.sinks.base import PermanentError, Sink, TransientError
+from daemon.sinks.base import BlockedError, PermanentError, RefusedError, Sink, TransientError
 
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 60.0
 JOURNAL_RETRY = 1.0  # when the journal itself cannot record a result
 IDLE_CHECK_INTERVAL = 30.0  # an idle worker checks its sink this often, so status stays true
+REFUSED_IN_A_ROW = 2  # events refused alone with no record created after them: the base's condition
+PROBE_SIZE = 3  # what a retry reads while blocked: a suspect and two creations after it can judge it
+BLOCKED_RETRY_CAP = 600.0  # a cap lifts when an operator acts (then `sync` retries at once): probe gently
 
 
 def backoff_delay(failures: int, rand: Callable[[], float] = random.random,
@@ -110,7 +128,8 @@ class DeliveryWorker:
         while not self._stopping:
             self._new_events.clear()
             async with self._attempt:
-                batch = await self.journal.pending(self.name, self._cursor, self.sink.batch_size)
+                size = PROBE_SIZE if self.state == "blocked" else self.sink.batch_size
+                batch = await self.journal.pending(self.name, self._cursor, size)
                 outcome = await self._attempt_send(batch) if batch else None
             if batch:
                 await self._settle(batch, outcome)
@@ -167,25 +186,61 @@ class DeliveryWorker:
         self._recovered()
 
     async def _send(self, batch: Sequence[StoredEvent]) -> None:
-        """Deliver, splitting on permanent errors until the poison event is alone and parked."""
-        try:
-            await self.sink.deliver(batch)
-        except PermanentError as exc:
-            if len(batch) == 1:
-                await self._park(batch[0], exc)
+        """Deliver, isolating what the sink refuses: a poison event is parked, a base-wide refusal held."""
+        seen = _Pass()
+        await self._isolate(batch, seen)
+        if seen.refused:
+            raise _blocked(seen.refused)
+
+    async def _isolate(self, batch: Sequence[StoredEvent], seen: "_Pass") -> None:
+        # While blocked a batch is expected to be refused: go one by one at once, sparing its requests.
+        if not (self.state == "blocked" and len(batch) > 1):
+            try:
+                created = await self._deliver(batch)
+            except RefusedError as exc:
+                if len(batch) == 1:
+                    _suspect(seen, batch[0], exc, retested=False)
+                    return
+                logger.warning("{} refused a batch of {} events ({}); splitting to write what it takes",
+                               self.name, len(batch), exc)
+            except PermanentError as exc:
+                if len(batch) == 1:
+                    await self._park(batch[0], exc)
+                    return
+                logger.warning("{} refused a batch of {} events ({}); splitting to isolate the cause",
+                               self.name, len(batch), exc)
+            else:
+                if created is None or created > 0:  # the base still takes new records
+                    await self._judge(seen)
                 return
-            middle = len(batch) // 2
-            logger.warning("{} refused a batch of {} events ({}); splitting to isolate the cause",
-                           self.name, len(batch), exc)
-            await self._send(batch[:middle])
-            await self._send(batch[middle:])
-            return
+        middle = len(batch) // 2
+        await self._isolate(batch[:middle], seen)
+        await self._isolate(batch[middle:], seen)
+
+    async def _judge(self, seen: "_Pass") -> None:
+        """Records were just created: a suspect refused again since then is parked, the others retried."""
+        suspects, seen.refused = seen.refused, []
+        for event, exc, retested in suspects:
+            if retested:
+                await self._park(event, exc, "refused alone twice while records were created around it")
+                continue
+            try:
+                await self._deliver([event])
+            except RefusedError as again:
+                _suspect(seen, event, again, retested=True)
+            except PermanentError as again:
+                await self._park(event, again)
+
+    async def _deliver(self, batch: Sequence[StoredEvent]) -> int | None:
+        """One attempt; on success the batch is marked delivered. How many records it created."""
+        created = await self.sink.deliver(batch)
         await self.journal.mark_delivered(self.name, [event.id for event in batch])
         self.delivered_since_start += len(batch)
         self.last_delivery_at = time.time()
+        return created
 
-    async def _park(self, event: StoredEvent, exc: PermanentError) -> None:
-        error = str(exc)
+    async def _park(self, event: StoredEvent, exc: PermanentError, why: str = "") -> None:
+        error = f"{exc} ({why})" if why else str(exc)
         logger.error("{} refused event {} ({} {}) for good; parked as a dead letter "
                      "(`chatledger replay --dead --sink {}` retries it): {}",
                      self.name, event.id, event.title, event.dedup_key, self.name, error)
@@ -196,7 +251,12 @@ class DeliveryWorker:
         """Record a transient failure (on the batch's first event, if any) and back off."""
         self.failures += 1
         self.failed_attempts += 1
-        delay = exc.retry_after if exc.retry_after is not None else backoff_delay(self.failures)
+        if exc.retry_after is not None:
+            delay = exc.retry_after
+        elif isinstance(exc, BlockedError):
+            delay = backoff_delay(self.failures, cap=BLOCKED_RETRY_CAP)
+        else:
+            delay = backoff_delay(self.failures)
         error = str(exc)
         was = self.state
         self.state = exc.state
@@ -232,6 +292,27 @@ class DeliveryWorker:
         except asyncio.TimeoutError:
             pass
         self.retry_at = None
+
+
+class _Pass:
+    """The suspects of one batch's isolation: events refused alone with no record created since, each
+    with its refusal and whether it was refused again after records were created (then the next
+    creation makes it a dead letter)."""
+
+    def __init__(self) -> None:
+        self.refused: list[tuple[StoredEvent, RefusedError, bool]] = []
+
+
+def _suspect(seen: _Pass, event: StoredEvent, exc: RefusedError, retested: bool) -> None:
+    seen.refused.append((event, exc, retested))
+    if len(seen.refused) >= REFUSED_IN_A_ROW:
+        raise _blocked(seen.refused)
+
+
+def _blocked(refused: list[tuple[StoredEvent, RefusedError, bool]]) -> BlockedError:
+    last = refused[-1][1]
+    return BlockedError(f"{last}; held, nothing dead-lettered: {len(refused)} event(s) in a row refused alone "
+                        "with no record created after them (a condition of the base, not of the events)")
 
 
 def _wall(moment: float | None) -> str | None:

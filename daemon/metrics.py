@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-SINK_STATES = ("disabled", "starting", "up", "down", "misconfigured", "throttled", "quota")
+SINK_STATES = ("disabled", "starting", "up", "down", "misconfigured", "blocked", "throttled", "quota")
 
 
 COUNTER, GAUGE = CounterMetricFamily, GaugeMetricFamily

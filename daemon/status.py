@@ -34,6 +34,8 @@ SOCKET_MODE = 0o660
 CLIENT_TIMEOUT = 10.0
 
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
+BLOCKED_HINT = ("held, nothing dead-lettered: the base refuses every write alike (a records cap, a plan limit: "
+                "see the error); once there is room it drains by itself, or at once after `chatledger sync`")
 
 
 class StatusUnreachable(Exception):
@@ -385,6 +387,8 @@ def render(snapshot: dict[str, Any]) -> str:
             f"{age_text(sink.get('oldest_pending_age_s')):>9}{sink.get('delivered', 0):>11}"
             f"{sink.get('dead', 0):>7}  {error}".rstrip()
         )
+        if sink.get("state") == "blocked":
+            lines.append(f"{'':<10}{BLOCKED_HINT}")
         if "tokens_left" in sink:
             lines.append(f"{'':<10}{budget_text(sink)}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from typing import Any
 
-from daemon.status import age_text, budget_text
+from daemon.status import BLOCKED_HINT, age_text, budget_text
 
 CLEAR = "\x1b[H\x1b[2J"
 RECENT_ERRORS = 8
@@ -61,6 +61,8 @@ class TopView:
                          f"{age_text(sink.get('oldest_pending_age_s')):>9}"
                          f"{rate(('sinks', name, 'delivered_since_start')):>10}{sink.get('delivered', 0):>11}"
                          f"{sink.get('dead', 0):>6}{retry}")
+            if sink.get("state") == "blocked":
+                lines.append(f"{'':<10}{BLOCKED_HINT}")
             if "tokens_left" in sink:
                 lines.append(f"{'':<10}{budget_text(sink)}")
         lines += ["", "recent errors" if self.errors else "no errors seen", *(f"  {e}" for e in self.errors)]

@@ -260,6 +260,14 @@ class AirtableEmulator:
     def faults(self, **settings: Any) -> None:
         self._control("/_emulator/faults", settings)
 
+    def plan(self, **settings: Any) -> dict[str, Any]:
+        """The base's records cap: max_records=N (None lifts it), error={...}."""
+        return self._control("/_emulator/plan", {"base": AIRTABLE_BASE, **settings})
+
+    def add_record(self, table: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """A record typed in by hand (no key uniqueness, no cap)."""
+        return self._control("/_emulator/records", {"base": AIRTABLE_BASE, "table": table, "fields": fields})
+
     def rename_field(self, table: str, field: str, name: str) -> None:
         self._control("/_emulator/rename-field", {"base": AIRTABLE_BASE, "table": table, "field": field, "name": name})
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,11 +21,12 @@ from typing import Any
 import requests
 from loguru import logger
 from pyairtable import Api
+from pyairtable.formulas import EQ, OR, Field, to_formula_str
 
 from daemon.events import StoredEvent
 from daemon.ratelimit import BudgetPaused, MonthlyRequests, RequestBudget
 from daemon.records import ConversationState, Records, iso, map_events, tags_text
-from daemon.sinks.base import PermanentError, SetupError, TransientError
+from daemon.sinks.base import PermanentError, RefusedError, SetupError, TransientError
 
 RECORDS_PER_REQUEST = 10
 PAGE_SIZE = 100  # records per list request, Airtable's maximum
@@ -209,8 +211,12 @@ SETUP_TYPES = {"UNKNOWN_FIELD_NAME", "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND", "
                "AUTHENTICATION_REQUIRED", "NOT_FOUND", "TABLE_NOT_FOUND", "INVALID_MULTIPLE_CHOICE_OPTIONS"}
 
 
-def classify(exc: Exception, what: str) -> Exception:
-    """A pyairtable/requests failure as the delivery loop's error kinds."""
+def classify(exc: Exception, what: str, write: bool = False) -> Exception:
+    """A pyairtable/requests failure as the delivery loop's error kinds.
+
+    A write refused with a 4xx that is neither the credentials, a missing table nor the rate is a
+    RefusedError: a value Airtable will not take, but just as well a records cap or a plan limit (its
+    answer there is not documented), which only the delivery loop can tell apart."""
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         status = exc.response.status_code
         try:
@@ -224,9 +230,13 @@ def classify(exc: Exception, what: str) -> Exception:
             return QuotaError(detail)
         if status == 429:
             return ThrottledError(detail)
-        if status in (401, 403, 404) or kind in SETUP_TYPES:
+        if status == 401 or kind in SETUP_TYPES or (status in (403, 404) and not (write and kind)):
             return SetupError(detail)
-        if status in (413, 422):
+        if status == 413:
+            return PermanentError(detail)
+        if write and 400 <= status < 500:
+            return RefusedError(detail)
+        if status == 422:
             return PermanentError(detail)
         return TransientError(detail)
     if isinstance(exc, requests.Timeout):
@@ -263,7 +273,7 @@ class AirtableClient:
                                         endpoint_url=self._endpoint_url)
         return api
 
-    async def call(self, what: str, function: Callable[[Api], Any]) -> Any:
+    async def call(self, what: str, function: Callable[[Api], Any], write: bool = False) -> Any:
         """One HTTP request: a token, then the call in a thread; failures come back classified."""
         try:
             async with self.budget.request():
@@ -271,7 +281,7 @@ class AirtableClient:
                 try:
                     return await loop.run_in_executor(self._pool, lambda: function(self._api()))
                 except Exception as exc:  # noqa: BLE001 - classified below, nothing swallowed
-                    error = classify(exc, what)
+                    error = classify(exc, what, write)
                     if isinstance(error, ThrottledError):
                         self.budget.note_429()
                         self.budget.pause(self.lockout, "429 RATE_LIMIT_REACHED")
@@ -289,10 +299,13 @@ class AirtableClient:
             "GET", api.build_url(f"meta/bases/{self.base_id}/tables")))
         return answer.get("tables", [])
 
-    async def upsert(self, table: str, key: str, rows: list[dict[str, Any]]) -> None:
+    async def upsert(self, table: str, key: str, rows: list[dict[str, Any]]) -> int:
+        """Create or update these records by `key`; how many were created."""
         assert len(rows) <= RECORDS_PER_REQUEST
-        await self.call(f"upserting {len(rows)} records into {table}", lambda api: api.table(
-            self.base_id, table).batch_upsert([{"fields": row} for row in rows], key_fields=[key], typecast=True))
+        answer = await self.call(f"upserting {len(rows)} records into {table}", lambda api: api.table(
+            self.base_id, table).batch_upsert([{"fields": row} for row in rows], key_fields=[key], typecast=True),
+            write=True)
+        return len(answer.get("createdRecords") or [])
 
     async def list_page(self, table: str, formula: str | None,
                         offset: str | None) -> tuple[list[dict[str, Any]], str | None]:
@@ -395,6 +408,9 @@ class AirtableSink:
         self._conversations = conversations
         self._schema_ok = False
         self.schema_notes: list[str] = []
+        # keys looked up and found on one record since the base last took a new one: a blocked base's
+        # retries refuse the same events again, and need not look them up again
+        self._single: set[tuple[str, str, Any]] = set()
 
     @classmethod
     def from_config(cls, config: Any, conversations, monthly: MonthlyRequests | None = None) -> "AirtableSink":
@@ -434,20 +450,61 @@ class AirtableSink:
         records = map_events(events)
         ids = [touch.conversation_id for touch in records.conversations]
         rows = airtable_rows(events, records, await self._conversations(ids))
-        calls = [self.client.upsert(self.tables[kind], KEYS[kind], chunk)
-                 for kind, table_rows in rows.items()
-                 for chunk in (table_rows[i:i + RECORDS_PER_REQUEST]
-                               for i in range(0, len(table_rows), RECORDS_PER_REQUEST))]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        for kind in SEVERITY:
-            for error in errors:
+        writes = [(self.tables[kind], KEYS[kind], chunk)
+                  for kind, table_rows in rows.items()
+                  for chunk in (table_rows[i:i + RECORDS_PER_REQUEST]
+                                for i in range(0, len(table_rows), RECORDS_PER_REQUEST))]
+        return await self._write(writes, alone=len(events) == 1)
+
+    async def _write(self, writes: list[tuple[str, str, list[dict[str, Any]]]], alone: bool) -> int:
+        """Send the upserts THREADS at a time (the budget is the pace) and none after one fails: the
+        batch is sent again or split anyway, and a base refusing everything must not cost the whole
+        batch's requests. How many records they created, or the gravest failure."""
+        created = 0
+        failures: list[tuple[Exception, tuple[str, str, list[dict[str, Any]]]]] = []
+        queue = iter(writes)
+
+        async def runner() -> None:
+            nonlocal created
+            for write in queue:
+                try:
+                    created += await self.client.upsert(*write)
+                except Exception as exc:  # noqa: BLE001 - classified by the client, raised below
+                    failures.append((exc, write))
+                if failures:
+                    return
+
+        await asyncio.gather(*(runner() for _ in range(min(THREADS, len(writes)))))
+        for kind in (*SEVERITY, Exception):
+            for error, write in failures:
                 if isinstance(error, kind):
                     if isinstance(error, SetupError):
                         self._schema_ok = False
+                    if isinstance(error, RefusedError) and alone:
+                        duplicated = await self._duplicated(*write)
+                        if duplicated:
+                            raise PermanentError(f"{error}: {duplicated}") from error
                     raise error
-        for error in errors:
-            raise error
+        if created:
+            self._single.clear()
+        return created
+
+    async def _duplicated(self, table: str, key: str, rows: list[dict[str, Any]]) -> str | None:
+        """Why an upsert fails if it is a key typed twice in the base by hand (the upsert then matches
+        several records; Airtable does not document its error for that, so we look)."""
+        values = list(dict.fromkeys(row[key] for row in rows if row.get(key) is not None
+                                    and (table, key, row[key]) not in self._single))
+        if not values:
+            return None
+        found, _ = await self.client.list_page(table, to_formula_str(OR(*(EQ(Field(key), v) for v in values))), None)
+        counts = Counter(record.get("fields", {}).get(key) for record in found)
+        twice = [value for value in values if counts[value] > 1]
+        if not twice:
+            self._single.update((table, key, value) for value in values)
+            return None
+        which = ", ".join(f"{key} {value!r} ({counts[value]} records)" for value in twice)
+        return (f"{table} holds {which}, and an upsert must find at most one: delete the duplicate row in "
+                "Airtable, then run `chatledger replay --dead`")
 
     async def close(self) -> None:
         self.client.close()

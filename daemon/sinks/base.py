@@ -34,6 +34,21 @@ class PermanentError(SinkError):
     """
 
 
+class RefusedError(PermanentError):
+    """A write refused for a reason that may be the whole base's rather than the data's (a records cap, a
+    plan limit, an error type never seen): the delivery loop dead-letters an event only when it is refused
+    alone while records are still being created around it, and otherwise holds the sink as "blocked"."""
+
+
+class BlockedError(TransientError):
+    """The sink refuses every write alike (a records cap, a plan limit): hold everything, retry with backoff.
+
+    Nothing is dead-lettered; the deliveries drain by themselves once the condition ends.
+    """
+
+    state = "blocked"
+
+
 class SetupError(TransientError):
     """The sink is misconfigured (bad credentials, newer schema, missing table): an operator must act.
 
@@ -49,8 +64,9 @@ class Sink(Protocol):
     name: str
     batch_size: int
 
-    async def deliver(self, events: Sequence[StoredEvent]) -> None:
-        """Write these events; raise TransientError or PermanentError, nothing else."""
+    async def deliver(self, events: Sequence[StoredEvent]) -> int | None:
+        """Write these events and return how many new records that made (None: the sink cannot tell);
+        raise TransientError or PermanentError, nothing else."""
         ...
 
     async def check(self) -> None:

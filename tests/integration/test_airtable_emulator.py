@@ -138,6 +138,41 @@ def test_upsert_creates_once_then_updates(table):
     assert all("Count" not in r["fields"] for r in table.all(formula=match({"Name": "twin"})))
 
 
+def test_a_records_cap_refuses_creates_alone_and_can_be_raised(emulator, api, table):
+    other = api.base(BASE).create_table("Other", [{"name": "Name", "type": "singleLineText"}])
+    table.batch_upsert([{"fields": {"Name": f"k{i}"}} for i in range(3)], key_fields=["Name"])
+    api.table(BASE, other.id).create({"Name": "o"})
+    assert control(emulator, "/_emulator/plan", {"base": BASE, "max_records": 5})["records"] == 4
+    with pytest.raises(requests.HTTPError) as exc:  # 2 new records would make 6: the whole request fails
+        table.batch_upsert([{"fields": {"Name": k}} for k in ("k0", "new1", "new2")], key_fields=["Name"])
+    assert (exc.value.response.status_code, error_type(exc.value)) == (422, "BASE_RECORD_LIMIT_EXCEEDED")
+    assert "maximum of 5 records" in exc.value.response.json()["error"]["message"]
+    assert table.create({"Name": "new1"})["fields"] == {"Name": "new1"}  # one fits
+    with pytest.raises(requests.HTTPError):
+        table.create({"Name": "new2"})
+    assert control(emulator, "/_emulator/stats")[BASE]["records"] == 5
+    updated = table.batch_upsert([{"fields": {"Name": f"k{i}", "Count": i}} for i in range(3)], key_fields=["Name"])
+    assert updated["createdRecords"] == [] and len(updated["updatedRecords"]) == 3  # updates add nothing
+    control(emulator, "/_emulator/plan", {"base": BASE, "error": {"status": 403, "type": "PLAN_LIMIT"}})
+    with pytest.raises(requests.HTTPError) as exc:
+        table.create({"Name": "new2"})
+    assert (exc.value.response.status_code, error_type(exc.value)) == (403, "PLAN_LIMIT")
+    control(emulator, "/_emulator/plan", {"base": BASE, "max_records": None})
+    assert table.create({"Name": "new2"})["fields"] == {"Name": "new2"}
+
+
+def test_a_key_row_typed_twice_by_hand_fails_the_upsert(emulator, table):
+    for _ in range(2):  # the API would upsert the second onto the first: the control route does not
+        typed = control(emulator, "/_emulator/records", {"base": BASE, "table": "Things",
+                                                          "fields": {"Name": "twin", "Count": "7"}})
+        assert typed["fields"] == {"Name": "twin", "Count": 7}
+    assert len(table.all(formula=match({"Name": "twin"}))) == 2
+    with pytest.raises(requests.HTTPError) as exc:
+        table.batch_upsert([{"fields": {"Name": "twin", "Notes": "x"}}], key_fields=["Name"])
+    assert exc.value.response.status_code == 422
+    assert all("Notes" not in r["fields"] for r in table.all())
+
+
 def test_pagination_and_the_formulas_pyairtable_builds(table):
     table.batch_create([{"Name": f"n{i:03d}", "Count": i, "At": f"2026-11-{1 + i % 28:02d}T10:00:00Z",
                          "Done": i % 2 == 0} for i in range(250)])

@@ -34,6 +34,18 @@ def test_an_airtable_outage_is_no_fallback():
     assert kinds(rules.evaluate(snap({}, {"state": "down"}))) == [("sink_down", "airtable")]
 
 
+def test_a_blocked_base_alerts_like_an_outage_and_is_no_fallback():
+    rules = AlertRules(600)
+    rules.evaluate(snap({}, {}))
+    cap = "HTTP 422 BASE_RECORD_LIMIT_EXCEEDED: the maximum of 1000 records"
+    blocked = rules.evaluate(snap({"state": "down"}, {"state": "blocked", "last_error": cap, "pending": 40}))
+    assert kinds(blocked) == [("sink_down", "postgres"), ("sink_down", "airtable")]  # nobody has everything
+    assert blocked[1].severity == "critical" and cap in blocked[1].message
+    assert blocked[1].details["state"] == "blocked"
+    assert kinds(rules.evaluate(snap({"state": "down"}, {"state": "blocked"}))) == []
+    assert kinds(rules.evaluate(snap({"state": "down"}, {}))) == [("sink_up", "airtable"), ("fallback_active", None)]
+
+
 def test_dead_letters_backlog_and_quota():
     rules = AlertRules(600)
     rules.evaluate(snap({}, {}))

@@ -10,7 +10,7 @@ from daemon import delivery
 from daemon.delivery import DeliveryWorker
 from daemon.events import normalize
 from daemon.journal import Journal
-from daemon.sinks.base import PermanentError, SetupError, TransientError
+from daemon.sinks.base import PermanentError, RefusedError, SetupError, TransientError
 from tests.support import until
 
 RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -140,3 +140,139 @@ async def test_an_idle_worker_reports_a_misconfigured_sink(journal, monkeypatch)
     await until(up, task, timeout=FAIL_BOUND)
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
+
+
+class CappedSink(FakeSink):
+    """A base with room for `room` new records: each message creates one, a message seen before and a
+    status update create none; `poison` messages are refused for their own value."""
+
+    name = "airtable"
+    batch_size = 64
+
+    def __init__(self, room, poison=(), updates=()):
+        super().__init__(poison=poison)
+        self.room = room
+        self.updates = set(updates)
+        self.sizes = []
+
+    async def deliver(self, events):
+        self.calls += 1
+        self.sizes.append(len(events))
+        bad = [e.message_id for e in events if e.message_id in self.poison]
+        if bad:
+            raise RefusedError(f"HTTP 422 INVALID_VALUE_FOR_COLUMN in {bad[0]}")
+        new = [e.message_id for e in events if e.message_id not in self.updates and e.message_id not in self.accepted]
+        if self.room is not None and len(new) > self.room:
+            raise RefusedError("HTTP 422 BASE_RECORD_LIMIT_EXCEEDED: the plan's maximum of records")
+        if self.room is not None:
+            self.room -= len(new)
+        self.accepted.update(e.message_id for e in events)
+        return len(new)
+
+
+@pytest.fixture
+async def airtable_journal(tmp_path):
+    journal = await Journal.open(tmp_path / "j.sqlite", ["airtable"])
+    yield journal
+    await journal.close()
+
+
+async def airtable_counts(journal):
+    return (await journal.counts())["sinks"]["airtable"]
+
+
+async def test_at_a_records_cap_what_fits_is_written_the_rest_held_blocked_and_nothing_dead(
+        airtable_journal, monkeypatch):
+    journal = airtable_journal
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
+    updates = {f"m{i}" for i in range(40, 64, 3)}  # status changes and the like: no new record
+    sink = CappedSink(room=10, updates=updates)
+    worker = DeliveryWorker(journal, sink)
+    await journal.append([normalize(message(i), RECEIVED) for i in range(64)])
+    task = asyncio.create_task(worker.run())
+
+    async def blocked():
+        return worker.state == "blocked"
+    await until(blocked, task, timeout=FAIL_BOUND)
+    counts = await airtable_counts(journal)
+    assert counts.get("dead", 0) == 0 and counts["delivered"] == 10 and counts["pending"] == 54
+    assert set(sink.accepted) == {f"m{i}" for i in range(10)}  # the oldest, in order
+    assert "BASE_RECORD_LIMIT_EXCEEDED" in worker.live_status()["last_error"]
+    assert sink.calls <= 12  # two per halving level at most, never one attempt per event
+
+    calls = sink.calls
+    worker.wake()  # a retry while blocked reads the oldest few and tries them one by one
+    await until(lambda: _attempts_since(sink, calls, 2), task, timeout=FAIL_BOUND)
+    assert sink.sizes[calls:] == [1, 1] and worker.state == "blocked"
+    assert (await airtable_counts(journal)).get("dead", 0) == 0
+
+    sink.room = None  # the operator raised the plan, or deleted records
+    worker.wake()
+    await until(lambda: _airtable_delivered(journal, 64), task, timeout=FAIL_BOUND)
+    assert worker.state == "up" and sink.accepted == Counter({f"m{i}": 1 for i in range(64)})
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+async def _attempts_since(sink, calls, n):
+    return sink.calls >= calls + n
+
+
+async def _airtable_delivered(journal, n):
+    return (await airtable_counts(journal)).get("delivered", 0) == n
+
+
+async def test_a_cap_reached_mid_batch_holds_even_when_updates_pass_after_it(airtable_journal, monkeypatch):
+    journal = airtable_journal
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
+    sink = CappedSink(room=0, updates={"m1", "m3", "m5"})  # at the cap: creates refused, updates pass
+    worker = DeliveryWorker(journal, sink)
+    await journal.append([normalize(message(i), RECEIVED) for i in range(8)])
+    task = asyncio.create_task(worker.run())
+
+    async def blocked():
+        return worker.state == "blocked"
+    await until(blocked, task, timeout=FAIL_BOUND)
+    counts = await airtable_counts(journal)
+    assert counts.get("dead", 0) == 0 and "m1" in sink.accepted and "m0" not in sink.accepted
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+async def test_an_event_refused_alone_while_records_are_created_around_it_is_dead(airtable_journal):
+    journal = airtable_journal
+    sink = CappedSink(room=None, poison={"m13"})
+    worker = DeliveryWorker(journal, sink)
+    await journal.append([normalize(message(i), RECEIVED) for i in range(40)])
+    task = asyncio.create_task(worker.run())
+    await until(lambda: _airtable_delivered(journal, 39), task, timeout=FAIL_BOUND)
+    counts = await airtable_counts(journal)
+    assert counts["dead"] == 1 and counts.get("pending", 0) == 0 and worker.state == "up"
+    [dead] = await journal.dead_letters("airtable", 10)
+    assert "m13" in str(dead) and "refused alone twice" in str(dead)
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+async def test_a_lone_refused_event_waits_for_neighbours_then_is_dead(airtable_journal, monkeypatch):
+    journal = airtable_journal
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
+    sink = CappedSink(room=None, poison={"m0"})
+    worker = DeliveryWorker(journal, sink)
+    await journal.append([normalize(message(0), RECEIVED)])
+    task = asyncio.create_task(worker.run())
+
+    async def blocked():
+        return worker.state == "blocked"
+    await until(blocked, task, timeout=FAIL_BOUND)  # alone, nothing tells whose fault it is yet
+    assert (await airtable_counts(journal)).get("dead", 0) == 0
+    await journal.append([normalize(message(i), RECEIVED) for i in (1, 2)])  # traffic goes on
+    worker.wake()
+    await until(lambda: _airtable_delivered(journal, 2), task, timeout=FAIL_BOUND)
+    await until(lambda: _dead(journal, 1), task, timeout=FAIL_BOUND)
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+async def _dead(journal, n):
+    return (await airtable_counts(journal)).get("dead", 0) == n

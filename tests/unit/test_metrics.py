@@ -38,6 +38,7 @@ def test_counters_gauges_and_labels():
     assert got[("chatledger_sink_failed_attempts_total", (("sink", "postgres"),))] == 7
     assert got[("chatledger_sink_state", (("sink", "postgres"), ("state", "down")))] == 1
     assert got[("chatledger_sink_state", (("sink", "postgres"), ("state", "up")))] == 0
+    assert got[("chatledger_sink_state", (("sink", "airtable"), ("state", "blocked")))] == 0  # always exported
     assert got[("chatledger_airtable_tokens", ())] == 4
     assert got[("chatledger_journal_events_per_commit", ())] == 4.0
 

@@ -20,10 +20,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="an empty base id to create, e.g. appLOCAL0000000000 (repeatable; default appLOCAL)")
     parser.add_argument("--rate", type=int, default=5, help="requests per second per base (default 5)")
     parser.add_argument("--lockout", type=float, default=30.0, help="seconds a base stays locked after a 429")
+    parser.add_argument("--max-records", type=int, default=None,
+                        help="records each base may hold, across its tables (a plan's cap; default none)")
     args = parser.parse_args(argv)
     emulator = Emulator(args.token or ["patLOCAL"], rate=args.rate, lockout=args.lockout)
     for base_id in args.base or ["appLOCAL"]:
-        emulator.add_base(base_id)
+        emulator.add_base(base_id).max_records = args.max_records
 
     async def run() -> None:
         runner = await serve(emulator, args.host, args.port)

@@ -244,14 +244,33 @@ class Table:
         return {f.name: record.cells.get(f.id) for f in self.fields}
 
 
+# Airtable does not document what it answers at a base's records cap: the emulator's default is a type
+# chatledger has never seen, as any unfamiliar refusal must be handled (settable per base).
+CAP_ERROR = {"status": 422, "type": "BASE_RECORD_LIMIT_EXCEEDED",
+             "message": "This base has reached the maximum of {max_records} records allowed on its plan"}
+
+
 @dataclass
 class Base:
     id: str
     name: str
     tables: list[Table] = field(default_factory=list)
+    max_records: int | None = None  # the plan's records cap, across all tables; None: no cap
+    cap_error: dict[str, Any] = field(default_factory=lambda: dict(CAP_ERROR))
 
     def table(self, key: str) -> Table | None:
         return by_id_or_name(self.tables, key)
+
+    @property
+    def record_count(self) -> int:
+        return sum(len(t.records) for t in self.tables)
+
+    def admit_creates(self, count: int) -> None:
+        """Refuse a write that would create `count` records past the cap (the whole request fails)."""
+        if count and self.max_records is not None and self.record_count + count > self.max_records:
+            error = self.cap_error
+            raise ApiError(int(error["status"]), str(error["type"]),
+                           str(error.get("message", "")).format(max_records=self.max_records) or None)
 
 
 def by_id_or_name(items: list[Any], key: str) -> Any:

@@ -77,7 +77,9 @@ class Emulator:
 
     def stats(self) -> dict[str, Any]:
         return {base_id: {"requests": t.requests, "rate_limited": t.rate_limited, "writes": t.writes,
-                          "locked_for_s": round(max(0.0, t.locked_until - self.clock()), 1)}
+                          "locked_for_s": round(max(0.0, t.locked_until - self.clock()), 1),
+                          **({"records": self.bases[base_id].record_count,
+                              "max_records": self.bases[base_id].max_records} if base_id in self.bases else {})}
                 for base_id, t in self.traffic.items()}
 
     # -- limits ----------------------------------------------------------------------------------
@@ -219,6 +221,7 @@ async def create_records(request: web.Request) -> web.Response:
     single = "records" not in body and "fields" in body
     payload = [{"fields": body["fields"]}] if single else _records_payload(body)
     prepared = [_write_cells(table, r.get("fields", {}), typecast) for r in payload]
+    emulator.base(request.match_info["base"]).admit_creates(len(prepared))
     created = []
     for cells in prepared:
         record = Record(new_id("rec"), iso_now(), cells)
@@ -278,6 +281,9 @@ async def update_records(request: web.Request) -> web.Response:
             plan.append((None, {"__same_as__": id(planned[0][1])}))
         else:
             plan.append((None, cells))
+    # updates add no records: at the cap they still succeed, and only a request creating some fails
+    emulator.base(request.match_info["base"]).admit_creates(
+        sum(1 for record, cells in plan if record is None and "__same_as__" not in cells))
     results, created_ids, updated_ids, made = [], [], [], {}
     for record, cells in plan:
         if record is None and "__same_as__" in cells:
@@ -534,6 +540,36 @@ async def control_records(request: web.Request) -> web.Response:
     return web.json_response({"records": [table.by_name(r) for r in table.records.values()]})
 
 
+async def control_add_record(request: web.Request) -> web.Response:
+    """{"base", "table", "fields"}: a record typed in by hand, with no check that its key is unique (a
+    duplicated key row) nor against the cap; not rate-limited."""
+    body = await request.json()
+    try:
+        table = request.app[EMULATOR].table(body.get("base", ""), body.get("table", ""))
+        cells = _write_cells(table, body.get("fields", {}), typecast=True)
+    except ApiError as exc:
+        return _error(exc)
+    record = Record(new_id("rec"), iso_now(), cells)
+    table.records[record.id] = record
+    return web.json_response(table.render(record))
+
+
+async def control_plan(request: web.Request) -> web.Response:
+    """{"base", "max_records": N | null, "error": {"status", "type", "message"}}: the base's records cap,
+    changed at run time (an operator upgrading the plan or deleting records raises it)."""
+    body = await request.json()
+    try:
+        base = request.app[EMULATOR].base(body.get("base", ""))
+    except ApiError as exc:
+        return _error(exc)
+    if "max_records" in body:
+        base.max_records = None if body["max_records"] is None else int(body["max_records"])
+    if "error" in body:
+        base.cap_error = {**base.cap_error, **body["error"]}
+    return web.json_response({"max_records": base.max_records, "records": base.record_count,
+                              "error": base.cap_error})
+
+
 async def control_rename_field(request: web.Request) -> web.Response:
     """{"base", "table", "field", "name"}: what an operator does in the Airtable UI (not rate-limited)."""
     body = await request.json()
@@ -577,5 +613,7 @@ def create_app(emulator: Emulator) -> web.Application:
     app.router.add_post("/_emulator/faults", control_faults)
     app.router.add_post("/_emulator/bases", control_base)
     app.router.add_get("/_emulator/records", control_records)
+    app.router.add_post("/_emulator/records", control_add_record)
+    app.router.add_post("/_emulator/plan", control_plan)
     app.router.add_post("/_emulator/rename-field", control_rename_field)
     return app

@@ -1,0 +1,32 @@
+"""What the readable status, `top` and the health verdict say about a sink's state."""
+
+from daemon.app import _health
+from daemon.status import render
+from daemon.top import TopView
+
+CAP = "upserting 1 records into Interactions: HTTP 422 BASE_RECORD_LIMIT_EXCEEDED: the maximum of 1000 records"
+
+
+def snapshot(state, last_error=None):
+    airtable = {"state": state, "pending": 40, "delivered": 960, "dead": 0, "oldest_pending_age_s": 75,
+                "last_error": last_error, "last_error_at": "2026-11-25T12:00:00Z" if last_error else None}
+    return {"version": "t", "pid": 1, "uptime_s": 10,
+            "journal": {"writer_alive": True, "writable": True, "events": 1000, "path": "j.sqlite"},
+            "webhook": {}, "sinks": {"airtable": airtable}}
+
+
+def test_a_blocked_base_is_a_problem_shown_with_its_error_and_what_to_do():
+    blocked = snapshot("blocked", CAP)
+    health = _health(blocked)
+    assert health["status"] == "degraded" and health["problems"] == [f"airtable is blocked: {CAP}"]
+    readable = render({**blocked, "health": health})
+    assert "blocked" in readable and CAP in readable
+    assert "held, nothing dead-lettered" in readable and "chatledger sync" in readable
+    frame = TopView().frame({**blocked, "health": health}, now=1.0, width=400)
+    assert "held, nothing dead-lettered" in frame and "airtable is blocked" in frame
+
+
+def test_an_up_base_says_nothing_of_the_kind():
+    up = snapshot("up")
+    assert _health(up) == {"status": "healthy", "problems": []}
+    assert "held" not in render({**up, "health": _health(up)})
