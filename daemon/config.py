@@ -142,6 +142,8 @@ class AirtableConfig(_Section):
     requests_per_second: float = Field(default=5.0, gt=0, le=50)
     # The plan's API calls per month (Free 1,000, Team 100,000); 0: not counted against a limit.
     monthly_request_limit: int = Field(default=0, ge=0)
+    # Deliveries wait up to this long for a request to carry 10 records (sync, SIGHUP, a stop: at once).
+    linger_s: float = Field(default=10.0, ge=0, le=3600)
 
     @field_validator("endpoint_url")
     @classmethod

@@ -34,6 +34,7 @@ from loguru import logger
 
 from daemon.events import StoredEvent
 from daemon.journal import Journal, JournalUnavailable
+from daemon.records import parse_time
 from daemon.sinks.base import BlockedError, PermanentError, RefusedError, Sink, TransientError
 
 BACKOFF_FIRST = 0.5
@@ -55,11 +56,17 @@ def backoff_delay(failures: int, rand: Callable[[], float] = random.random,
 class DeliveryWorker:
     """Delivers one sink's pending events until stopped; wake() skips the backoff."""
 
-    def __init__(self, journal: Journal, sink: Sink, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, journal: Journal, sink: Sink, *, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
         self.journal = journal
         self.sink = sink
         self.name = sink.name
         self._clock = clock
+        self._wall = wall
+        # A sink that pays per request (Airtable) may linger: wait until a batch is worth a request
+        self.linger_s = float(getattr(sink, "linger_s", 0) or 0)
+        self.linger_batch = int(getattr(sink, "linger_batch", 1) or 1)
+        self._flush = False  # sync, SIGHUP or stop: deliver what lingers now
         self._new_events = asyncio.Event()
         self._woken = asyncio.Event()
         self._stopping = False
@@ -88,11 +95,13 @@ class DeliveryWorker:
         if sink_wake is not None:
             sink_wake()
         self._cursor = 0
+        self._flush = True
         self._woken.set()
         self._new_events.set()
 
     def stop(self) -> None:
         self._stopping = True
+        self._flush = True
         self._woken.set()
         self._new_events.set()
 
@@ -127,6 +136,8 @@ class DeliveryWorker:
         logger.info("{} delivery started", self.name)
         while not self._stopping:
             self._new_events.clear()
+            if await self._linger():
+                continue
             async with self._attempt:
                 size = PROBE_SIZE if self.state == "blocked" else self.sink.batch_size
                 batch = await self.journal.pending(self.name, self._cursor, size)
@@ -136,12 +147,49 @@ class DeliveryWorker:
             elif self._cursor:
                 self._cursor = 0  # end of a pass: the next one starts from the oldest pending again
             else:
+                self._flush = False
                 await self._idle()
+        if self.linger_s > 0 and self.state == "up":
+            await self._flush_at_stop()
         logger.info("{} delivery stopped", self.name)
 
+    async def _linger(self) -> bool:
+        """With linger_s, wait while fewer than linger_batch events are pending and the oldest is younger
+        than linger_s (new events arriving meanwhile join the batch); True when it waited. A backlog, a
+        retry, a flush (sync, SIGHUP, stop) never waits."""
+        if self.linger_s <= 0 or self._flush or self._cursor or self.state != "up":
+            return False
+        waiting = await self.journal.pending(self.name, 0, self.linger_batch)
+        if not waiting or len(waiting) >= self.linger_batch:
+            return False
+        left = self.linger_s - (self._wall() - parse_time(waiting[0].received_at).timestamp())
+        if left <= 0:
+            return False
+        try:
+            await asyncio.wait_for(self._new_events.wait(), left)
+        except asyncio.TimeoutError:
+            pass
+        return True
+
+    async def _flush_at_stop(self) -> None:
+        """Deliver what was lingering, once, as the daemon stops (it is bounded by the stop's own timeout)."""
+        async with self._attempt:
+            batch = await self.journal.pending(self.name, 0, self.sink.batch_size)
+            if not batch:
+                return
+            outcome = await self._attempt_send(batch)
+        if outcome is None:
+            logger.info("{}: {} lingering events delivered at stop", self.name, len(batch))
+        else:
+            logger.info("{}: lingering events stay pending for the next start ({})", self.name, outcome)
+
     async def _idle(self) -> None:
-        """Nothing pending: make sure the sink answers (so status is true), then wait for events."""
-        if self.state != "up" or self._clock() - self._checked_at >= IDLE_CHECK_INTERVAL:
+        """Nothing pending: make sure the sink answers (so status is true), then wait for events. A sink
+        whose checks cost what it pays for (Airtable's requests) sets idle_check_s = None: checked only
+        while it is not up."""
+        interval = getattr(self.sink, "idle_check_s", IDLE_CHECK_INTERVAL)
+        due = interval is not None and self._clock() - self._checked_at >= interval
+        if self.state != "up" or due:
             try:
                 await self.sink.check()
             except TransientError as exc:

@@ -400,6 +400,11 @@ async def set_up_base(client: AirtableClient, names: dict[str, str], create: boo
 class AirtableSink:
     name = "airtable"
     batch_size = BATCH_SIZE
+    # Requests are what a plan counts: no check while idle (a schema read every 30 s is 86,000 a month),
+    # and deliveries linger until a request can carry RECORDS_PER_REQUEST records ([airtable] linger_s).
+    idle_check_s = None
+    linger_batch = RECORDS_PER_REQUEST
+    linger_s = 0.0
 
     def __init__(self, client: AirtableClient, tables: dict[str, str],
                  conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]]):
@@ -418,7 +423,9 @@ class AirtableSink:
         client = AirtableClient(config.api_key.get_secret_value(), config.base_id, config.endpoint_url, budget)
         tables = {"conversations": config.conversations_table, "interactions": config.interactions_table,
                   "escalations": config.escalations_table}
-        return cls(client, tables, conversations)
+        sink = cls(client, tables, conversations)
+        sink.linger_s = config.linger_s
+        return sink
 
     def stats(self) -> dict[str, Any]:
         return self.client.budget.stats()

@@ -276,3 +276,92 @@ async def test_a_lone_refused_event_waits_for_neighbours_then_is_dead(airtable_j
 
 async def _dead(journal, n):
     return (await airtable_counts(journal)).get("dead", 0) == n
+
+
+class LingeringSink(FakeSink):
+    name = "postgres"
+    batch_size = 500
+    linger_batch = 10
+
+    def __init__(self, linger_s):
+        super().__init__()
+        self.linger_s = linger_s
+        self.batches = []
+
+    async def deliver(self, events):
+        self.batches.append(len(events))
+        return await super().deliver(events)
+
+
+async def lingering_worker(journal, linger_s, wall=None):
+    sink = LingeringSink(linger_s)
+    worker = DeliveryWorker(journal, sink, **({"wall": wall} if wall else {}))
+    task = asyncio.create_task(worker.run())
+
+    async def up():
+        return worker.state == "up"
+    await until(up, task, timeout=FAIL_BOUND)
+    return sink, worker, task
+
+
+FRESH = lambda: RECEIVED.timestamp() + 1  # noqa: E731 - a wall clock one second after the events arrived
+
+
+async def test_a_lingering_sink_waits_for_a_full_batch_then_sends_it_at_once(journal):
+    sink, worker, task = await lingering_worker(journal, linger_s=3600, wall=FRESH)
+    await journal.append([normalize(message(i), RECEIVED) for i in range(3)])
+    await journal.append([normalize(message(i), RECEIVED) for i in range(3, 9)])
+    assert sink.batches == [] and (await sink_counts(journal))["pending"] == 9
+    await journal.append([normalize(message(i), RECEIVED) for i in range(9, 12)])  # 12 >= 10: go
+    await until(lambda: _delivered(journal, 12), task, timeout=FAIL_BOUND)
+    assert sink.batches == [12]  # one delivery, however many webhooks brought them
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+@pytest.mark.parametrize("flush", ["wake", "stop"])
+async def test_sync_sighup_and_stop_deliver_what_lingers_at_once(journal, flush):
+    sink, worker, task = await lingering_worker(journal, linger_s=3600, wall=FRESH)
+    await journal.append([normalize(message(i), RECEIVED) for i in range(3)])
+    getattr(worker, flush)()
+    if flush == "stop":
+        await asyncio.wait_for(task, FAIL_BOUND)
+    await until(lambda: _delivered(journal, 3), task if flush == "wake" else asyncio.create_task(asyncio.sleep(60)),
+                timeout=FAIL_BOUND)
+    assert sink.batches == [3]
+    if flush == "wake":
+        worker.stop()
+        await asyncio.wait_for(task, FAIL_BOUND)
+
+
+async def test_what_lingers_goes_once_the_oldest_is_linger_s_old(journal):
+    sink, worker, task = await lingering_worker(journal, linger_s=0.2)
+    await journal.append([normalize(message(i), datetime.now(timezone.utc)) for i in range(2)])
+    await until(lambda: _delivered(journal, 2), task, timeout=FAIL_BOUND)
+    assert sink.batches == [2]
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+@pytest.mark.parametrize("idle_check_s, checked_again", [(None, False), (0.01, True)])
+async def test_a_sink_that_pays_per_request_is_not_checked_while_idle_and_up(journal, monkeypatch, idle_check_s,
+                                                                            checked_again):
+    monkeypatch.setattr(delivery, "IDLE_CHECK_INTERVAL", 0.01)  # idle loops come round fast
+    sink = FakeSink()
+    sink.idle_check_s = idle_check_s
+    checks = []
+
+    async def check():
+        checks.append(1)
+    sink.check = check
+    worker = DeliveryWorker(journal, sink)
+    task = asyncio.create_task(worker.run())
+
+    async def looped():
+        return worker.state == "up" and (len(checks) > 3 or not checked_again)
+    await until(looped, task, timeout=FAIL_BOUND)
+    for _ in range(20):  # twenty idle turns at least
+        await asyncio.sleep(0.01)
+    assert (len(checks) > 1) == checked_again
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
