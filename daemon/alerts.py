@@ -27,7 +27,8 @@ SEND_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # sink_down, sink_up, fallback_active, fallback_ended, dead_letters, backlog_old, quota_exhausted
+    kind: str  # sink_down, sink_up, fallback_active, fallback_ended, dead_letters, backlog_old, quota_exhausted,
+    #            airtable_warnings
     severity: str  # critical, warning, info
     message: str
     sink: str | None = None
@@ -56,6 +57,7 @@ class AlertRules:
         self._old: set[str] = set()
         self._fallback = False
         self._quota = False
+        self._warned: set[frozenset[str]] = set()  # each set of Airtable warnings is told once
 
     def evaluate(self, snapshot: dict[str, Any]) -> list[Alert]:
         alerts: list[Alert] = []
@@ -110,6 +112,14 @@ class AlertRules:
                                 "Airtable's monthly API quota is exhausted: Airtable delivery stops (retried "
                                 "hourly, or at once after `chatledger sync`); PostgreSQL is unaffected", "airtable"))
         self._quota = quota
+
+        warnings = frozenset((airtable or {}).get("warnings") or ())
+        if warnings and warnings not in self._warned:
+            self._warned.add(warnings)
+            alerts.append(Alert("airtable_warnings", "warning",
+                                "Airtable: chatledger keeps delivering, but the base differs from what it writes "
+                                "(`chatledger airtable check`): " + "; ".join(sorted(warnings)), "airtable",
+                                {"warnings": sorted(warnings)}))
         return alerts
 
 

@@ -110,6 +110,8 @@ class _Snapshot:
                  airtable.get("requests_per_window")),
                 (GAUGE, "airtable_paused_seconds", "Seconds left in a pause (429 lockout, quota); 0 when none",
                  airtable.get("paused_for_s")),
+                (GAUGE, "airtable_warnings", "Differences of the base that leave fields out of the writes "
+                 "(`chatledger airtable check`)", len(airtable.get("warnings") or ())),
             ):
                 yield _single(kind, name, help_text, value)
 

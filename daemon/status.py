@@ -387,6 +387,7 @@ def render(snapshot: dict[str, Any]) -> str:
         )
         if "tokens_left" in sink:
             lines.append(f"{'':<10}{budget_text(sink)}")
+        lines += [f"{'':<10}warning: {warning}" for warning in sink.get("warnings") or ()]
     return "\n".join(lines)
 
 

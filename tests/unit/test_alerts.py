@@ -134,3 +134,16 @@ async def test_a_failing_webhook_is_logged_by_its_host_alone():
     assert len(lines) == 3
     assert f"http://127.0.0.1:{port} answered HTTP 500" in lines[0]
     assert not [line for line in lines if "SECRET" in line], lines
+
+
+def test_airtable_warnings_are_told_once_per_distinct_set():
+    rules = AlertRules(600)
+    left_out = ["Interactions.Content is missing: left out of what chatledger writes"]
+    [first] = rules.evaluate(snap({}, {"warnings": left_out}))  # true at start: told at once
+    assert (first.kind, first.sink, first.severity) == ("airtable_warnings", "airtable", "warning")
+    assert left_out[0] in first.message and first.details == {"warnings": left_out}
+    assert kinds(rules.evaluate(snap({}, {"warnings": left_out}))) == []
+    more = left_out + ["Conversations.MessageCount is a formula field, computed by Airtable"]
+    assert kinds(rules.evaluate(snap({}, {"warnings": list(reversed(more))}))) == [("airtable_warnings", "airtable")]
+    assert kinds(rules.evaluate(snap({}, {"warnings": more}))) == []  # the same set in another order
+    assert kinds(rules.evaluate(snap({}, {"warnings": []}))) == []
