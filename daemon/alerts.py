@@ -30,7 +30,7 @@ SEND_TIMEOUT = 10.0
 @dataclass(frozen=True)
 class Alert:
     kind: str  # sink_down, sink_up, fallback_active, fallback_ended, dead_letters, backlog_old, quota_exhausted,
-    #            monthly_requests_high
+    #            monthly_requests_high, airtable_warnings
     severity: str  # critical, warning, info
     message: str
     sink: str | None = None
@@ -60,6 +60,7 @@ class AlertRules:
         self._fallback = False
         self._quota = False
         self._month_warned: str | None = None  # the month the 80 % alert was sent for
+        self._warned: set[frozenset[str]] = set()  # each set of Airtable warnings is told once
 
     def evaluate(self, snapshot: dict[str, Any]) -> list[Alert]:
         alerts: list[Alert] = []
@@ -129,6 +130,14 @@ class AlertRules:
                                     "pace", "airtable", {"requests_this_month": used, "monthly_request_limit": limit,
                                                          "requests_month_forecast": airtable.get(
                                                              "requests_month_forecast")}))
+
+        warnings = frozenset((airtable or {}).get("warnings") or ())
+        if warnings and warnings not in self._warned:
+            self._warned.add(warnings)
+            alerts.append(Alert("airtable_warnings", "warning",
+                                "Airtable: chatledger keeps delivering, but the base differs from what it writes "
+                                "(`chatledger airtable check`): " + "; ".join(sorted(warnings)), "airtable",
+                                {"warnings": sorted(warnings)}))
         return alerts
 
 

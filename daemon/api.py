@@ -378,9 +378,10 @@ def _renamed(row: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
 
 
 def _from_airtable(fields: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    """A record's cells (under our field names) as the API's answer."""
     out = _renamed(fields, names)
     if "tags" in out:
-        out["tags"] = parse_tags(out["tags"])
+        out["tags"] = out["tags"] if isinstance(out["tags"], list) else parse_tags(out["tags"])
     if isinstance(out.get("metadata"), str):
         try:
             out["metadata"] = json.loads(out["metadata"])
@@ -416,13 +417,18 @@ async def _read(stores: ApiStores, from_postgres, from_journal, from_airtable) -
     return None
 
 
-async def _airtable_rows(client: Any, table: str, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+async def _airtable_rows(client: Any, tables: dict[str, str], kind: str, conversation_id: str,
+                         limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` records of one conversation, their cells under our field names ([airtable.fields])."""
     from daemon.recover import equals_formula
     from daemon.sinks.airtable import pages
+    from daemon.sinks.airtable_schema import BaseNames
 
+    names = BaseNames.of(tables)
     rows: list[dict[str, Any]] = []
-    async for page in pages(client, table, equals_formula("ConversationId", conversation_id)):
-        rows += [record.get("fields", {}) for record in page]
+    formula = equals_formula(names.field(kind, "ConversationId"), conversation_id)
+    async for page in pages(client, names[kind], formula):
+        rows += [names.logical(kind, record.get("fields", {})) for record in page]
         if len(rows) >= limit:
             break
     return rows[:limit]
@@ -446,7 +452,7 @@ async def get_conversation(request: web.Request) -> web.Response:
                 "messageCount": state.message_count}
 
     async def from_airtable(client: Any, tables: dict[str, str]) -> Any:
-        rows = await _airtable_rows(client, tables["conversations"], conversation_id, 1)
+        rows = await _airtable_rows(client, tables, "conversations", conversation_id, 1)
         return _from_airtable(rows[0], AIRTABLE_CONVERSATION) if rows else None
 
     answer = await _read(stores, from_postgres, from_journal, from_airtable)
@@ -486,7 +492,7 @@ async def get_interactions(request: web.Request) -> web.Response:
                  "timestamp": iso(r.occurred_at)} for r in ordered]
 
     async def from_airtable(client: Any, tables: dict[str, str]) -> Any:
-        rows = await _airtable_rows(client, tables["interactions"], conversation_id, limit)
+        rows = await _airtable_rows(client, tables, "interactions", conversation_id, limit)
         out = [_from_airtable(row, AIRTABLE_INTERACTION) for row in rows]
         return sorted(out, key=lambda r: (r.get("timestamp") or "", r.get("id") or "")) or None
 

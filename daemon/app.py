@@ -289,20 +289,28 @@ class Daemon:
         while True:
             await self._hup.wait()
             self._hup.clear()
-            logger.info("SIGHUP: reloading the log settings and replaying now")
-            self.reload_logging()
+            logger.info("SIGHUP: reloading the log settings and [airtable.fields], and replaying now")
+            self.reload_settings()
             await self.sync()
 
-    def reload_logging(self) -> None:
-        """Apply [log] from the config file again; keep the current settings if it is now invalid."""
+    def reload_settings(self) -> None:
+        """Apply [log] and [airtable.fields] from the config file again; keep the current settings if it is
+        now invalid."""
         try:
             fresh = load_config(self.config_path)
         except ConfigError as exc:
-            logger.error("config reload failed, keeping the current log settings: {}", exc)
+            logger.error("config reload failed, keeping the current settings: {}", exc)
             return
         self.config.log = fresh.log
         setup_logging(fresh.log.level, fresh.log.json_)
         logger.info("log level {}{}", fresh.log.level, " (JSON lines)" if fresh.log.json_ else "")
+        airtable = self.workers.get("airtable")
+        if airtable is not None and fresh.airtable.fields != self.config.airtable.fields:
+            from daemon.sinks.airtable_schema import parse_field_mapping
+
+            self.config.airtable.fields = fresh.airtable.fields
+            airtable.sink.rename_fields(parse_field_mapping(fresh.airtable.fields))
+            logger.info("[airtable.fields] now {}", fresh.airtable.fields or "empty")
 
     async def sync(self) -> dict[str, Any]:
         """Wake every sink worker so it replays what is pending now, skipping any backoff."""

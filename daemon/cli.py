@@ -74,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="add missing delivery rows as pending, drop rows whose event is gone (daemon stopped)")
     journal.add_argument("--json", action="store_true", help="print JSON")
     airtable = command("airtable", "set up or check the Airtable base: `init` creates missing tables and fields, "
-                                   "`check` prints the differences (exit 1 on any)")
+                                   "`check` prints the differences (exit 1 when delivery is held or a field is "
+                                   "left out)")
     airtable.add_argument("action", choices=("init", "check"))
     recover = command("recover", "copy Airtable's rows back into PostgreSQL (rows PostgreSQL lost that the journal "
                                  "no longer holds); idempotent")
@@ -280,13 +281,25 @@ def _airtable(config: Config, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     for line in result["done"]:
         print(line)
+    if result.get("fields", config.airtable.fields) != config.airtable.fields:
+        print(f"note: the running daemon reads [airtable.fields] as {result['fields']}, this config as "
+              f"{config.airtable.fields}: SIGHUP the daemon to apply the file's")
     for note in result["notes"]:
         print(f"note: {note}")
+    for warning in result.get("warnings", []):
+        print(f"warning: {warning}")
     for problem in result["problems"]:
         print(f"difference: {problem}")
     if result["problems"]:
+        print(f"base {config.airtable.base_id}: Airtable delivery is held until the differences are fixed ({where})")
         return EXIT_FAILURE
-    print(f"base {config.airtable.base_id}: tables and fields match what chatledger writes ({where})")
+    if result.get("warnings"):
+        print(f"base {config.airtable.base_id}: chatledger delivers, leaving out what the warnings name ({where})")
+        return EXIT_FAILURE
+    if result["notes"]:
+        print(f"base {config.airtable.base_id}: chatledger writes every field, as the notes say ({where})")
+    else:
+        print(f"base {config.airtable.base_id}: tables and fields match what chatledger writes ({where})")
     return EXIT_OK
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -25,6 +26,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from daemon.sinks.airtable_schema import parse_field_mapping
 
 ENV_PREFIX = "CHATLEDGER_"
 
@@ -144,6 +147,29 @@ class AirtableConfig(_Section):
     monthly_request_limit: int = Field(default=0, ge=0)
     # Deliveries wait up to this long for a request to carry 10 records (sync, SIGHUP, a stop: at once).
     linger_s: float = Field(default=10.0, ge=0, le=3600)
+    # [airtable.fields]: "Interactions.Content" = "Message" when the operators renamed a column.
+    fields: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _fields_from_environment(cls, value: Any) -> Any:
+        """CHATLEDGER_AIRTABLE__FIELDS holds the table as a JSON object."""
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError('must be a table; in the environment a JSON object such as '
+                                 '{"Interactions.Content": "Message"}') from None
+            if not isinstance(value, dict):
+                raise ValueError('must be a table; in the environment a JSON object such as '
+                                 '{"Interactions.Content": "Message"}')
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _fields_are_ours(cls, value: dict[str, str]) -> dict[str, str]:
+        parse_field_mapping(value)
+        return value
 
     @field_validator("endpoint_url")
     @classmethod

@@ -22,6 +22,7 @@ from loguru import logger
 from daemon.journal import Journal
 from daemon.recover import ids_formulas, phone_formula
 from daemon.sinks.airtable import RECORDS_PER_REQUEST, AirtableClient, pages, patiently
+from daemon.sinks.airtable_schema import BaseNames
 from daemon.sinks.base import SinkError
 from daemon.sinks.postgres_rows import PostgresRows
 
@@ -40,22 +41,27 @@ class ForgetReport:
 async def _airtable_targets(client: AirtableClient, tables: dict[str, str], phone: str,
                             conversation_ids: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """Airtable record ids to delete per table, and the conversation ids Airtable adds."""
-    found: dict[str, list[str]] = {kind: [] for kind in tables}
+    names = BaseNames.of(tables)
+    found: dict[str, list[str]] = {kind: [] for kind in names}
     ids = list(conversation_ids)
-    async for page in pages(client, tables["conversations"], phone_formula("CustomerPhone", phone)):
+    conversation_field = names.field("conversations", "ConversationId")
+    async for page in pages(client, names["conversations"],
+                            phone_formula(names.field("conversations", "CustomerPhone"), phone)):
         for record in page:
             found["conversations"].append(record["id"])
-            conversation = record.get("fields", {}).get("ConversationId")
+            conversation = record.get("fields", {}).get(conversation_field)
             if conversation and conversation not in ids:
                 ids.append(conversation)
-    for formula in ids_formulas("ConversationId", ids):
-        async for page in pages(client, tables["conversations"], formula):
+    for formula in ids_formulas(names.field("conversations", "ConversationId"), ids):
+        async for page in pages(client, names["conversations"], formula):
             found["conversations"] += [r["id"] for r in page if r["id"] not in found["conversations"]]
-        async for page in pages(client, tables["interactions"], formula):
+    for formula in ids_formulas(names.field("interactions", "ConversationId"), ids):
+        async for page in pages(client, names["interactions"], formula):
             found["interactions"] += [r["id"] for r in page]
-    escalation_formulas = [phone_formula("CustomerPhone", phone)] + ids_formulas("ConversationId", ids)
+    escalation_formulas = [phone_formula(names.field("escalations", "CustomerPhone"), phone)] + \
+        ids_formulas(names.field("escalations", "ConversationId"), ids)
     for formula in escalation_formulas:
-        async for page in pages(client, tables["escalations"], formula):
+        async for page in pages(client, names["escalations"], formula):
             found["escalations"] += [r["id"] for r in page if r["id"] not in found["escalations"]]
     return found, ids
 

@@ -116,6 +116,8 @@ class _Snapshot:
                  airtable.get("requests_month_forecast")),
                 (GAUGE, "airtable_monthly_request_limit", "[airtable] monthly_request_limit; 0 when none",
                  airtable.get("monthly_request_limit")),
+                (GAUGE, "airtable_warnings", "Differences of the base that leave fields out of the writes "
+                 "(`chatledger airtable check`)", len(airtable.get("warnings") or ())),
             ):
                 yield _single(kind, name, help_text, value)
 

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 from loguru import logger
@@ -25,7 +26,8 @@ from pyairtable.formulas import CONCATENATE, EQ, GTE, OR, REGEX_REPLACE, Field, 
 
 from daemon.events import digits_only, has_control
 from daemon.records import clean_text, iso, parse_tags, parse_time, status_key, ticket_for
-from daemon.sinks.airtable import AirtableClient, pages
+from daemon.sinks.airtable import AirtableClient, pages, patiently
+from daemon.sinks.airtable_schema import BaseNames
 from daemon.sinks.base import PermanentError
 from daemon.sinks.postgres_rows import KEYS, PostgresRows
 
@@ -108,8 +110,11 @@ class Report:
 # -- Airtable record -> PostgreSQL row (pure) ---------------------------------------------------------
 
 def _text(fields: dict[str, Any], name: str) -> str | None:
-    """The field as text, NUL replaced (PostgreSQL text cannot hold it)."""
+    """The field as text, NUL replaced (PostgreSQL text cannot hold it); a multiple select's choices
+    comma-separated."""
     value = fields.get(name)
+    if isinstance(value, list):
+        value = ", ".join(str(item) for item in value)
     if value is None or value == "":
         return None
     return clean_text(value if isinstance(value, str) else str(value))
@@ -129,6 +134,8 @@ def _key(fields: dict[str, Any], name: str, required: bool = True) -> str | None
 
 
 def _time(fields: dict[str, Any], name: str, required: bool = False) -> str | None:
+    """ISO 8601 in UTC; a date field without time stays a bare date (YYYY-MM-DD), which PostgreSQL reads as
+    midnight UTC and the comparison reads as that day only."""
     value = _text(fields, name)
     if value is None:
         if required:
@@ -138,7 +145,18 @@ def _time(fields: dict[str, Any], name: str, required: bool = False) -> str | No
         moment = parse_time(value)
     except ValueError:
         raise Unusable(f"{name} is not a date: {value!r}") from None
+    if _date_only(value):
+        return value
     return iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+
+
+def _date_only(value: Any) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value) is not None
+
+
+def _utc(text: str) -> datetime:
+    moment = parse_time(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _int(fields: dict[str, Any], name: str) -> int | None:
@@ -187,7 +205,7 @@ def conversation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
     title = STATUS_EVENTS.get(status)
     if title and last_activity:
         metadata.update(status_event=title, status_event_at=last_activity,
-                        status_key=status_key(parse_time(last_activity), ""))
+                        status_key=status_key(_utc(last_activity), ""))
     return {
         "conversation_id": _key(fields, "ConversationId"),
         "customer_phone": digits_only(fields.get("CustomerPhone")), "customer_name": _text(fields, "CustomerName"),
@@ -252,7 +270,9 @@ def _same(column: str, ours: Any, theirs: Any) -> bool:
     if ours is None or theirs is None:
         return False
     if column in TIMES:
-        return parse_time(str(ours)) == parse_time(str(theirs))
+        if _date_only(ours) or _date_only(theirs):  # a date field without time: the day is all it holds
+            return _utc(str(ours)).date() == _utc(str(theirs)).date()
+        return _utc(str(ours)) == _utc(str(theirs))
     if column in PHONES:
         return digits_only(ours) == digits_only(theirs)
     return ours == theirs
@@ -305,36 +325,50 @@ class Recovery:
     def __init__(self, client: AirtableClient, tables: dict[str, str], pg: PostgresRows, *,
                  prefer: str = "postgres", progress: Progress | None = None):
         self.client = client
-        self.tables = tables
+        self.tables = BaseNames.of(tables)
         self.pg = pg
         self.prefer = prefer
         self.progress = progress or (lambda report: None)
         self.report = Report()
         self.now = iso(datetime.now(timezone.utc))
         self._conversations: set[str] = set()  # in PostgreSQL now
+        self._schema: list[dict[str, Any]] | None = None  # the base's tables, read for a --since
 
     async def run(self, selection: Selection) -> Report:
-        conversations = await self._table("conversations", self._conversation_formulas(selection))
+        conversations = await self._table("conversations", await self._conversation_formulas(selection))
         if selection.conversation:
             conversations = [selection.conversation]
-        if selection.conversation or selection.phone:
-            formulas = ids_formulas("ConversationId", conversations)
-            for kind in ("interactions", "escalations"):
-                await self._table(kind, formulas)
-        else:
-            for kind in ("interactions", "escalations"):
-                await self._table(kind, [since_formula(TIME_FIELDS[kind], selection.since)]
+        for kind in ("interactions", "escalations"):
+            if selection.conversation or selection.phone:
+                await self._table(kind, ids_formulas(self.tables.field(kind, "ConversationId"), conversations))
+            else:
+                await self._table(kind, [await self._since_formula(kind, selection.since)]
                                   if selection.since else [None])
         return self.report
 
-    def _conversation_formulas(self, selection: Selection) -> list[str | None]:
+    async def _conversation_formulas(self, selection: Selection) -> list[str | None]:
+        field = partial(self.tables.field, "conversations")
         if selection.conversation:
-            return [equals_formula("ConversationId", selection.conversation)]
+            return [equals_formula(field("ConversationId"), selection.conversation)]
         if selection.phone:
-            return [phone_formula("CustomerPhone", selection.phone)]
+            return [phone_formula(field("CustomerPhone"), selection.phone)]
         if selection.since:
-            return [since_formula("LastActivity", selection.since)]
+            return [await self._since_formula("conversations", selection.since)]
         return [None]
+
+    async def _since_formula(self, kind: str, since: str) -> str:
+        """Records of `kind` from `since` on. A date field without time holds only the day (compared as its
+        midnight), so there, and when the schema cannot be read, the selection starts at that day's start
+        in UTC: a few more records are read, present ones are only counted."""
+        name = self.tables.field(kind, TIME_FIELDS[kind])
+        if self._schema is None:
+            self._schema = await patiently(self.client.schema) or []
+        table = next((t for t in self._schema if self.tables[kind] in (t.get("id"), t.get("name"))), {})
+        type_ = next((f.get("type") for f in table.get("fields", []) if f.get("name") == name), None)
+        if type_ != "dateTime":
+            day = _utc(since).astimezone(timezone.utc).date()
+            since = datetime(day.year, day.month, day.day, tzinfo=timezone.utc).isoformat()
+        return since_formula(name, since)
 
     async def _table(self, kind: str, formulas: Sequence[str | None]) -> list[str]:
         """Recover the records of one table matching any of the formulas; their conversation ids."""
@@ -357,7 +391,7 @@ class Recovery:
         for record in page:
             tally.read += 1
             try:
-                row = ROWS[kind](record.get("fields", {}), self.now)
+                row = ROWS[kind](self.tables.logical(kind, record.get("fields", {})), self.now)
             except Unusable as exc:
                 tally.unusable += 1
                 self.report.problem(f"{self.tables[kind]} record {record.get('id')}: {exc}; not recovered")
@@ -372,7 +406,7 @@ class Recovery:
             return
         self._conversations.update(await self.pg.existing("conversations", wanted))
         missing = [c for c in wanted if c not in self._conversations]
-        for formula in ids_formulas("ConversationId", missing):
+        for formula in ids_formulas(self.tables.field("conversations", "ConversationId"), missing):
             async for page in pages(self.client, self.tables["conversations"], formula):
                 await self._apply("conversations", self._rows("conversations", page))
         first = {}

@@ -391,6 +391,7 @@ def render(snapshot: dict[str, Any]) -> str:
             lines.append(f"{'':<10}{BLOCKED_HINT}")
         if "tokens_left" in sink:
             lines.append(f"{'':<10}{budget_text(sink)}")
+        lines += [f"{'':<10}warning: {warning}" for warning in sink.get("warnings") or ()]
     return "\n".join(lines)
 
 

@@ -218,18 +218,21 @@ AIRTABLE_BASE = "appLOCAL000000001"
 class AirtableEmulator:
     """`python -m daemon.testing.airtable` in a subprocess, with the real limits unless told."""
 
-    def __init__(self, folder: Path, *, lockout: float = 30.0):
+    def __init__(self, folder: Path, *, lockout: float = 30.0, documented: str | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = folder / "airtable-emulator.log"
         self.lockout = lockout
+        self.documented = documented  # the operators' documented base: "date", "dateTime" or "mixed"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "AirtableEmulator":
         log = open(self.log_path, "ab")
+        documented = ["--documented", self.documented] if self.documented else []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daemon.testing.airtable", "--port", str(self.port), "--token", AIRTABLE_TOKEN,
-             "--base", AIRTABLE_BASE, "--lockout", str(self.lockout)], stdout=log, stderr=subprocess.STDOUT)
+             "--base", AIRTABLE_BASE, "--lockout", str(self.lockout), *documented],
+            stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT
         while True:

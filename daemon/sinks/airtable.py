@@ -4,7 +4,8 @@ pyairtable is synchronous (requests): every call runs in a small thread pool, ne
 loop, with a timeout and pyairtable's own retries off, so that the request budget (5/s per base)
 and the delivery loop's backoff are the only retry layers. Every request, reads and metadata
 included, takes a token first. Writes are upserts keyed on ConversationId / InteractionId /
-EscalationId, so a retry or a replay never creates a duplicate.
+EscalationId, so a retry or a replay never creates a duplicate. Which field each value goes to, and
+in which form, comes from the base's own schema (airtable_schema's write plan).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -26,6 +26,9 @@ from pyairtable.formulas import EQ, OR, Field, to_formula_str
 from daemon.events import StoredEvent
 from daemon.ratelimit import BudgetPaused, MonthlyRequests, RequestBudget
 from daemon.records import ConversationState, Records, iso, map_events, tags_text
+from daemon.sinks.airtable_schema import (
+    KEYS, TABLES, TITLES, BaseNames, BasePlan, parse_field_mapping, plan_base,
+)
 from daemon.sinks.base import PermanentError, RefusedError, SetupError, TransientError
 
 RECORDS_PER_REQUEST = 10
@@ -36,73 +39,6 @@ LOCKOUT = 30.0  # what Airtable imposes after a 429
 QUOTA_RETRY = 3600.0  # the monthly quota does not come back by waiting a minute
 THREADS = 5
 QUOTA_REASON = "monthly API quota exhausted"
-
-DATE_OPTIONS = {"timeZone": "utc", "dateFormat": {"name": "iso"}, "timeFormat": {"name": "24hour"}}
-PRIORITIES = ["LOW", "MEDIUM", "HIGH", "CRITICAL"]
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    name: str
-    type: str
-    choices: tuple[str, ...] = ()
-
-    def config(self) -> dict[str, Any]:
-        """The metadata-API field config that creates it."""
-        out: dict[str, Any] = {"name": self.name, "type": self.type}
-        if self.type == "number":
-            out["options"] = {"precision": 0}
-        elif self.type == "dateTime":
-            out["options"] = DATE_OPTIONS
-        elif self.type == "singleSelect":
-            out["options"] = {"choices": [{"name": c} for c in self.choices]}
-        return out
-
-
-def _text(name: str) -> FieldSpec:
-    return FieldSpec(name, "singleLineText")
-
-
-def _long(name: str) -> FieldSpec:
-    return FieldSpec(name, "multilineText")
-
-
-def _date(name: str) -> FieldSpec:
-    return FieldSpec(name, "dateTime")
-
-
-def _select(name: str, *choices: str) -> FieldSpec:
-    return FieldSpec(name, "singleSelect", choices)
-
-
-# The operators' base, exactly: the first field of each table is its primary field and upsert key.
-TABLES: dict[str, tuple[FieldSpec, ...]] = {
-    "conversations": (
-        _text("ConversationId"), FieldSpec("CustomerPhone", "phoneNumber"), _text("CustomerName"),
-        _select("Status", "active", "closed", "escalated"), _date("StartedAt"), _date("LastActivity"),
-        FieldSpec("MessageCount", "number"), _text("Intent"), _text("Sentiment"), _select("Priority", *PRIORITIES),
-        _text("AssignedAgent"), _long("Tags"), _long("Metadata"), _date("CreatedAt"), _date("UpdatedAt"),
-    ),
-    "interactions": (
-        _text("InteractionId"), _text("ConversationId"), _text("MessageId"), _select("Direction", "inbound", "outbound"),
-        _long("Content"), _text("Intent"), _long("Response"), FieldSpec("ProcessingTime", "number"),
-        _select("Status", "sent", "delivered", "read", "failed"), _long("ErrorMessage"), _date("Timestamp"),
-        _date("CreatedAt"),
-    ),
-    "escalations": (
-        _text("EscalationId"), _text("TicketId"), _text("ConversationId"), _long("Reason"),
-        _select("Priority", *PRIORITIES), _select("Status", "pending", "assigned", "resolved"),
-        FieldSpec("CustomerPhone", "phoneNumber"), _text("AssignedAgent"), _date("CreatedAt"), _date("ResolvedAt"),
-        _long("Notes"),
-    ),
-}
-KEYS = {kind: fields[0].name for kind, fields in TABLES.items()}
-# Fields of the same family Airtable converts between without loss (typecast writes text to either).
-COMPATIBLE = {"singleLineText": {"singleLineText", "multilineText", "phoneNumber"},
-              "multilineText": {"multilineText", "singleLineText", "richText"},
-              "phoneNumber": {"phoneNumber", "singleLineText"},
-              "number": {"number"}, "dateTime": {"dateTime"}, "singleSelect": {"singleSelect"}}
-
 
 class ThrottledError(TransientError):
     """Airtable answered 429 RATE_LIMIT_REACHED anyway: the whole base pauses for the lockout."""
@@ -174,35 +110,6 @@ def _merged(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     for row in rows:
         out.setdefault(row[key], {}).update(row)
     return list(out.values())
-
-
-# -- schema ----------------------------------------------------------------------------------------
-
-def schema_differences(tables: list[dict[str, Any]], names: dict[str, str]) -> tuple[list[str], list[str]]:
-    """(differences that stop delivery, notes) between the base's schema and what chatledger writes."""
-    problems: list[str] = []
-    notes: list[str] = []
-    by_name = {table["name"]: table for table in tables}
-    for kind, specs in TABLES.items():
-        table = by_name.get(names[kind])
-        if table is None:
-            problems.append(f"table {names[kind]!r} ({kind}) is missing")
-            continue
-        fields = {f["name"]: f for f in table.get("fields", [])}
-        for spec in specs:
-            found = fields.get(spec.name)
-            if found is None:
-                problems.append(f"{names[kind]}.{spec.name} is missing (a {spec.type} field)")
-            elif found.get("type") not in COMPATIBLE.get(spec.type, {spec.type}):
-                problems.append(f"{names[kind]}.{spec.name} is a {found.get('type')} field; chatledger writes "
-                                f"{spec.type}")
-            elif spec.choices:
-                have = {c.get("name") for c in (found.get("options") or {}).get("choices", [])}
-                missing = [c for c in spec.choices if c not in have]
-                if missing:
-                    notes.append(f"{names[kind]}.{spec.name} lacks the choices {', '.join(missing)} "
-                                 "(created on first use)")
-    return problems, notes
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -294,10 +201,27 @@ class AirtableClient:
             raise QuotaError(f"{what}: not sent, {paused.reason}; next try in {paused.retry_after:.0f} s",
                              retry_after=paused.retry_after) from None
 
-    async def schema(self) -> list[dict[str, Any]]:
-        answer = await self.call("reading the base schema", lambda api: api.request(
-            "GET", api.build_url(f"meta/bases/{self.base_id}/tables")))
-        return answer.get("tables", [])
+    async def schema(self) -> list[dict[str, Any]] | None:
+        """The base's tables (metadata API); None when the token may not read them (403: a token without
+        the scope schema.bases:read, or without access to the base, which a data call then tells)."""
+        def read(api: Api) -> Any:
+            try:
+                return api.request("GET", api.build_url(f"meta/bases/{self.base_id}/tables"))
+            except requests.HTTPError as exc:
+                if exc.response is not None and exc.response.status_code == 403:
+                    return None
+                raise
+
+        answer = await self.call("reading the base schema", read)
+        return None if answer is None else answer.get("tables", [])
+
+    async def probe(self, table: str, field: str) -> None:
+        """Read at most one record of `table`, `field` only: fails as a write would on a missing table or field."""
+        def fetch(api: Api) -> Any:
+            return api.request("GET", api.table(self.base_id, table).urls.records,
+                               options={"page_size": 1, "fields": [field]})
+
+        await self.call(f"reading {table}", fetch)
 
     async def upsert(self, table: str, key: str, rows: list[dict[str, Any]]) -> int:
         """Create or update these records by `key`; how many were created."""
@@ -367,34 +291,62 @@ async def pages(client: AirtableClient, table: str, formula: str | None) -> Asyn
             return
 
 
-async def init_base(client: AirtableClient, names: dict[str, str]) -> list[str]:
-    """Create the tables and fields chatledger writes that the base lacks; what was done, in words.
+async def probe_tables(client: AirtableClient, names: BaseNames) -> None:
+    """Without the schema, check each table and its key by reading a record: a missing one is a SetupError."""
+    for kind in TABLES:
+        await client.probe(names[kind], names.field(kind, KEYS[kind]))
 
-    Existing tables and fields are never changed: a field of the wrong type is left for the
-    operator (`chatledger airtable check` names it)."""
+
+async def read_plan(client: AirtableClient, names: BaseNames, probe: bool = True) -> BasePlan:
+    """The base's write plan from its schema; without the schema scope, the documented base's (the tables
+    probed first unless `probe` is False)."""
+    schema = await client.schema()
+    if schema is None and probe:
+        await probe_tables(client, names)
+    return plan_base(schema, names)
+
+
+async def init_base(client: AirtableClient, names: dict[str, str]) -> list[str]:
+    """Create the tables and fields chatledger writes that the base lacks, under the operator's names;
+    what was done, in words.
+
+    Existing tables and fields are never changed: a field of another type is written as its type
+    allows, or left out (`chatledger airtable check` says which). A missing field that looks renamed is
+    not created beside its twin: [airtable.fields] maps it."""
+    names = BaseNames.of(names)
+    schema = await client.schema()
+    if schema is None:
+        raise SetupError("airtable init reads and changes the base's schema: give the token the scopes "
+                         "schema.bases:read and schema.bases:write (HTTP 403 on the metadata API)")
+    plan = plan_base(schema, names)
     done = []
-    tables = {table["name"]: table for table in await client.schema()}
     for kind, specs in TABLES.items():
         name = names[kind]
-        table = tables.get(name)
-        if table is None:
-            await client.create_table(name, [spec.config() for spec in specs])
+        if kind in plan.missing_tables:
+            await client.create_table(name, [spec.config(names.field(kind, spec.name)) for spec in specs])
             done.append(f"created table {name} with {len(specs)} fields")
             continue
-        have = {f["name"].lower() for f in table.get("fields", [])}
-        for spec in specs:
-            if spec.name.lower() not in have:
-                await client.create_field(table["id"], spec.config())
-                done.append(f"created field {name}.{spec.name} ({spec.type})")
+        for missing in plan.missing.get(kind, []):
+            if missing.twin:
+                done.append(f"did not create {name}.{missing.name}: {missing.twin!r} looks like it renamed "
+                            f"(map it under [airtable.fields], or create the field by hand)")
+                continue
+            await client.create_field(plan.table_ids[kind], missing.spec.config(missing.name))
+            done.append(f"created field {name}.{missing.name} ({missing.spec.type})")
     return done
 
 
-async def set_up_base(client: AirtableClient, names: dict[str, str], create: bool) -> dict[str, list[str]]:
+async def set_up_base(client: AirtableClient, names: dict[str, str], create: bool) -> dict[str, Any]:
     """`chatledger airtable init` (create=True) or `check`: what was created, the differences that stop
-    delivery, and the notes."""
+    delivery (problems), the fields left out of the writes (warnings), the compatible differences
+    (notes), and the [airtable.fields] mapping used."""
+    names = BaseNames.of(names)
     done = (await init_base(client, names) or ["nothing to create"]) if create else []
-    problems, notes = schema_differences(await client.schema(), names)
-    return {"done": done, "problems": problems, "notes": notes}
+    plan = await read_plan(client, names)
+    mapping = {f"{TITLES[kind]}.{ours}": theirs for kind, fields in names.fields.items()
+               for ours, theirs in fields.items()}
+    return {"done": done, "problems": plan.problems, "warnings": plan.warnings, "notes": plan.notes,
+            "fields": mapping}
 
 
 class AirtableSink:
@@ -409,29 +361,29 @@ class AirtableSink:
     def __init__(self, client: AirtableClient, tables: dict[str, str],
                  conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]]):
         self.client = client
-        self.tables = tables  # kind -> table name in the base
+        self.tables = BaseNames.of(tables)  # kind -> table name in the base, and the field names
         self._conversations = conversations
         self._schema_ok = False
+        self.plan: BasePlan | None = None
         self.schema_notes: list[str] = []
         # keys looked up and found on one record since the base last took a new one: a blocked base's
         # retries refuse the same events again, and need not look them up again
         self._single: set[tuple[str, str, Any]] = set()
+        self.warnings: list[str] = []  # what the writes leave out, and why
 
     @classmethod
     def from_config(cls, config: Any, conversations, monthly: MonthlyRequests | None = None) -> "AirtableSink":
         budget = RequestBudget(config.requests_per_second, start_empty=True, monthly=monthly)
         client = AirtableClient(config.api_key.get_secret_value(), config.base_id, config.endpoint_url, budget)
-        tables = {"conversations": config.conversations_table, "interactions": config.interactions_table,
-                  "escalations": config.escalations_table}
-        sink = cls(client, tables, conversations)
+        sink = cls(client, names_from_config(config), conversations)
         sink.linger_s = config.linger_s
         return sink
 
     def stats(self) -> dict[str, Any]:
-        return self.client.budget.stats()
+        return {**self.client.budget.stats(), "warnings": list(self.warnings)}
 
     def wake(self) -> None:
-        """An operator asked for a retry: check the schema again, lift a quota pause, and let delivery go
+        """An operator asked for a retry: read the schema again, lift a quota pause, and let delivery go
         on past [airtable] monthly_request_limit for the rest of this month."""
         self._schema_ok = False
         if self.client.budget.pause_reason == QUOTA_REASON:
@@ -439,16 +391,27 @@ class AirtableSink:
         if self.client.budget.monthly is not None:
             self.client.budget.monthly.lift()
 
+    def rename_fields(self, fields: dict[str, dict[str, str]]) -> None:
+        """Apply a new [airtable.fields] (SIGHUP); the schema is read again before the next write."""
+        self.tables = BaseNames(self.tables, fields)
+        self._schema_ok = False
+
     async def check(self) -> None:
-        problems, notes = schema_differences(await self.client.schema(), self.tables)
-        if notes != self.schema_notes:
-            for note in notes:
+        plan = await read_plan(self.client, self.tables, probe=not self._schema_ok)
+        if plan.notes != self.schema_notes:
+            for note in plan.notes:
                 logger.info("airtable: {}", note)
-            self.schema_notes = notes
-        if problems:
+            self.schema_notes = plan.notes
+        if plan.warnings != self.warnings:
+            for warning in plan.warnings:
+                logger.warning("airtable: {}", warning)
+            self.warnings = plan.warnings
+        if plan.problems:
             self._schema_ok = False
-            raise SetupError("the base differs from what chatledger writes (`chatledger airtable init` fixes "
-                             "missing tables and fields): " + "; ".join(problems))
+            raise SetupError("the base cannot take what chatledger writes (`chatledger airtable init` creates "
+                             "missing tables and fields, [airtable.fields] maps renamed ones): "
+                             + "; ".join(plan.problems))
+        self.plan = plan
         self._schema_ok = True
 
     async def deliver(self, events: Sequence[StoredEvent]) -> None:
@@ -456,8 +419,10 @@ class AirtableSink:
             await self.check()
         records = map_events(events)
         ids = [touch.conversation_id for touch in records.conversations]
-        rows = airtable_rows(events, records, await self._conversations(ids))
-        writes = [(self.tables[kind], KEYS[kind], chunk)
+        tables = self.plan.tables
+        rows = {kind: [tables[kind].row(row) for row in table_rows]
+                for kind, table_rows in airtable_rows(events, records, await self._conversations(ids)).items()}
+        writes = [(tables[kind].table, tables[kind].key, chunk)
                   for kind, table_rows in rows.items()
                   for chunk in (table_rows[i:i + RECORDS_PER_REQUEST]
                                 for i in range(0, len(table_rows), RECORDS_PER_REQUEST))]
@@ -515,3 +480,9 @@ class AirtableSink:
 
     async def close(self) -> None:
         self.client.close()
+
+
+def names_from_config(config: Any) -> BaseNames:
+    """The tables' and fields' names in the base, from [airtable]."""
+    return BaseNames({"conversations": config.conversations_table, "interactions": config.interactions_table,
+                      "escalations": config.escalations_table}, parse_field_mapping(config.fields))

@@ -2,10 +2,11 @@
 
 import signal
 from collections import Counter
+from datetime import datetime, timezone
 
 import pytest
 
-from tests.support import wait_for, AirtableEmulator, Daemon, cli, incoming, post, write_config
+from tests.support import AirtableEmulator, Daemon, cli, incoming, post, wait_for, write_config
 
 pytestmark = pytest.mark.acceptance
 
@@ -68,39 +69,96 @@ def test_postgres_down_airtable_still_gets_everything(tmp_path, emulator, own_pg
             daemon.kill()
 
 
-def test_renamed_field_holds_delivery_until_init_and_sighup(tmp_path, emulator):
+def test_the_documented_base_gets_every_message_once_with_no_init(tmp_path):
+    emulator = AirtableEmulator(tmp_path, documented="date").start()
     config = write_config(tmp_path, extra=emulator.config())
+    daemon = Daemon(config).start()
+    try:
+        days = {datetime.now(timezone.utc).date().isoformat()}
+        batches = [messages(i, 20) for i in range(0, 100, 20)]
+        assert all(post(daemon.url, batch)[0] == 200 for batch in batches)
+        assert post(daemon.url, batches[1][:7])[0] == 200  # SendPulse sends some again
+        chat = {"title": "open_chat", "service": "whatsapp", "bot": {"id": "bot1"},
+                "contact": {"id": "c1", "phone": "5511900000001", "name": "Cliente"}, "info": None}
+        assert post(daemon.url, [chat])[0] == 200
+        done = wait_for(lambda: (s := airtable_status(daemon))["delivered"] == 101 and s, "delivered")
+        days.add(datetime.now(timezone.utc).date().isoformat())
+        assert (done["state"], done["dead"], done["pending"], done["warnings"]) == ("up", 0, 0, [])
+        interactions = emulator.records("Interactions")
+        assert Counter(r["MessageId"] for r in interactions) == Counter(f"wamid.{i}" for i in range(100))
+        assert {r["Timestamp"] for r in interactions} <= days  # date fields without time: the UTC day
+        counts = {r["CustomerPhone"]: r["MessageCount"] for r in emulator.records("Conversations")}
+        assert counts == {f"55119{c:08d}": 20 for c in range(5)}
+        [escalation] = emulator.records("Escalations")
+        assert (escalation["Reason"], escalation["Status"]) == ("live chat opened", "pending")  # a choice made
+        check = cli(config, "airtable", "check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "note: Escalations.Reason is a single select field" in check.stdout
+        assert "chatledger writes every field, as the notes say (through the running daemon)" in check.stdout
+        assert emulator.stats()["rate_limited"] == 0
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+        emulator.stop()
+
+
+def test_a_renamed_field_is_left_out_said_and_then_mapped_on_sighup(tmp_path, emulator):
+    alerts_file = tmp_path / "alerts.jsonl"
+    alerts = f'[alerts]\ncommand = "sh -c \'cat >> {alerts_file}; echo >> {alerts_file}\'"\n'
+    config = write_config(tmp_path, extra=emulator.config() + alerts)
     assert cli(config, "airtable", "init").returncode == 0
     emulator.rename_field("Interactions", "Content", "Body")
     daemon = Daemon(config).start()
     try:
         assert post(daemon.url, messages(0, 30))[0] == 200
-        held = wait_for(lambda: (s := airtable_status(daemon))["state"] == "misconfigured" and s, "misconfigured")
-        assert "Interactions.Content is missing" in held["last_error"]
-        assert held["pending"] == 30 and held["dead"] == 0
-        assert "airtable is misconfigured" in " ".join(daemon.status()["health"]["problems"])
-        assert emulator.records("Interactions") == []
+        done = wait_for(lambda: (s := airtable_status(daemon))["delivered"] == 30 and s, "delivered without Content")
+        hint = '"Interactions.Content" = "Body" under [airtable.fields]'
+        [warning] = done["warnings"]
+        assert warning.startswith("Interactions.Content is missing: left out") and hint in warning
+        assert done["state"] == "up" and done["dead"] == 0
+        assert all(r["Body"] is None for r in emulator.records("Interactions"))
+        assert f"warning: {warning}" in cli(config, "status").stdout
+        told = wait_for(lambda: [a for a in _alerts(alerts_file) if a["kind"] == "airtable_warnings"], "alerted")
+        assert told[0]["details"]["warnings"] == [warning] and told[0]["sink"] == "airtable"
 
-        init = cli(config, "airtable", "init")  # puts the field back, with the daemon's own budget
-        assert init.returncode == 0 and "through the running daemon" in init.stdout
-        assert "created field Interactions.Content" in init.stdout
-        daemon.signal(signal.SIGHUP)
-        wait_for(lambda: airtable_status(daemon)["delivered"] == 30, "drained after init + SIGHUP")
-        assert len(emulator.records("Interactions")) == 30
+        check = cli(config, "airtable", "check")
+        assert check.returncode == 1 and f"warning: {warning}" in check.stdout
+        init = cli(config, "airtable", "init")  # no empty Content beside the renamed field
+        assert "did not create Interactions.Content: 'Body' looks like it renamed" in init.stdout
+        assert "Content" not in emulator.records("Interactions")[0]
+
+        config.write_text(config.read_text().replace("[alerts]", '[airtable.fields]\n"Interactions.Content" = "Body"\n'
+                                                                   "[alerts]"))
+        daemon.signal(signal.SIGHUP)  # reads [airtable.fields] and the schema again
+        wait_for(lambda: airtable_status(daemon)["warnings"] == [], "mapped")
+        assert post(daemon.url, messages(30, 20))[0] == 200
+        wait_for(lambda: airtable_status(daemon)["delivered"] == 50, "delivered through the mapping")
+        bodies = {r["MessageId"]: r["Body"] for r in emulator.records("Interactions")}
+        assert all(bodies[f"wamid.{i}"] == "oi" for i in range(30, 50))
+        again = cli(config, "airtable", "check")
+        assert again.returncode == 0 and "through the running daemon" in again.stdout
+        assert len([a for a in _alerts(alerts_file) if a["kind"] == "airtable_warnings"]) == 1
 
         # down for a while: the backlog waits and drains afterwards; nothing is duplicated
         emulator.faults(down_seconds=3600)
-        assert post(daemon.url, messages(30, 20))[0] == 200
+        assert post(daemon.url, messages(50, 20))[0] == 200
         wait_for(lambda: airtable_status(daemon)["state"] == "down", "down")
         emulator.faults(clear=True, down_seconds=0)
         assert cli(config, "sync").returncode == 0
-        wait_for(lambda: airtable_status(daemon)["delivered"] == 50, "drained after the outage")
+        wait_for(lambda: airtable_status(daemon)["delivered"] == 70, "drained after the outage")
         assert Counter(r["MessageId"] for r in emulator.records("Interactions")) == Counter(
-            f"wamid.{i}" for i in range(50))
+            f"wamid.{i}" for i in range(70))
         assert daemon.stop() == 0
     finally:
         if daemon.process.poll() is None:
             daemon.kill()
+
+
+def _alerts(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def test_alerts_reach_the_command_and_the_webhook(tmp_path, emulator):

@@ -67,3 +67,38 @@ async def stores(tmp_path, stores_emulator, pg_cluster, pg_schema):
     await journal.close()
 
 
+# The documented base (dates without time, no `init`) with columns the operators renamed, and the
+# [airtable.fields] that maps them: every command must read and write through those names.
+RENAMED = {"Conversations.CustomerPhone": "Phone", "Conversations.LastActivity": "Last activity",
+           "Interactions.ConversationId": "Conversation", "Interactions.Content": "Message",
+           "Interactions.Timestamp": "When", "Escalations.CustomerPhone": "Phone"}
+
+
+@pytest.fixture
+async def renamed_stores(tmp_path, stores_emulator, pg_cluster, pg_schema):
+    """Both sinks holding PAYLOADS, Airtable's copy in a documented base whose columns were renamed."""
+    from daemon.sinks.airtable_schema import BaseNames, parse_field_mapping
+    from daemon.testing.airtable.bases import documented_base
+
+    def build():
+        base = documented_base(stores_emulator.emulator.bases[BASE], "date")
+        for key, name in RENAMED.items():
+            table, field = key.split(".")
+            base.table(table).field(field).name = name
+    stores_emulator.run(build)
+    names = BaseNames(NAMES, parse_field_mapping(RENAMED))
+    journal = await Journal.open(tmp_path / "j.sqlite", ["postgres", "airtable"])
+    await journal.append([normalize(p, RECEIVED) for p in PAYLOADS])
+    events = await journal.pending("postgres", 0, 10_000)
+    client = AirtableClient(TOKEN, BASE, stores_emulator.url, RequestBudget(5))
+    airtable = AirtableSink(client, names, journal.conversations)
+    postgres = PostgresSink(pg_cluster.dsn(), pg_schema)
+    await postgres.deliver(events)
+    await airtable.deliver(events)
+    assert airtable.warnings == []
+    await postgres.close()
+    yield SimpleNamespace(journal=journal, client=client, names=names)
+    await airtable.close()
+    await journal.close()
+
+

@@ -274,3 +274,79 @@ def test_standalone_command_serves_pyairtable():
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
+
+
+def test_the_documented_base_parses_strictly_and_takes_what_airtable_documents(emulator, api):
+    from daemon.testing.airtable.bases import documented_base, formula_options
+
+    def build():
+        base = documented_base(emulator.emulator.bases[BASE], "mixed")
+        count = base.table("Conversations").field("MessageCount")
+        count.type, count.options = "formula", formula_options()
+    emulator.run(build)
+    schema = api.base(BASE).schema(force=True)  # pyairtable's strict models take every table and field
+    interactions = schema.table("Interactions")
+    assert [f.name for f in interactions.fields][:4] == ["InteractionId", "ConversationId", "MessageId", "Direction"]
+    assert (interactions.field("Timestamp").type, interactions.field("CreatedAt").type) == ("dateTime", "date")
+    reason = schema.table("Escalations").field("Reason")
+    assert reason.type == "singleSelect" and reason.options.choices == []
+    assert schema.table("Conversations").field("CustomerPhone").type == "phoneNumber"
+
+    table = api.table(BASE, "Interactions")
+    record = table.create({"InteractionId": "i1", "CreatedAt": "2026-11-25"})
+    assert record["fields"]["CreatedAt"] == "2026-11-25"
+    for value in ("2026-11-25T23:30:00.000Z", "25/11/2026", 20261125):  # not the documented form
+        with pytest.raises(requests.HTTPError) as exc:
+            table.create({"InteractionId": "i2", "CreatedAt": value})
+        assert error_type(exc.value) == "INVALID_VALUE_FOR_COLUMN"
+    # typecast's best effort: a timestamp gives its date in UTC
+    cast = table.create({"InteractionId": "i3", "CreatedAt": "2026-11-25T23:30:00-05:00"}, typecast=True)
+    assert cast["fields"]["CreatedAt"] == "2026-11-26"
+    escalations = api.table(BASE, "Escalations")
+    with pytest.raises(requests.HTTPError) as exc:
+        escalations.create({"EscalationId": "e1", "Reason": "wants a human"})
+    assert error_type(exc.value) == "INVALID_MULTIPLE_CHOICE_OPTIONS"
+    assert escalations.create({"EscalationId": "e1", "Reason": "wants a human"}, typecast=True)["fields"][
+        "Reason"] == "wants a human"
+    assert [c.name for c in api.base(BASE).schema(force=True).table("Escalations").field("Reason").options.choices] \
+        == ["wants a human"]
+    with pytest.raises(requests.HTTPError) as exc:  # a computed field refuses, typecast or not
+        api.table(BASE, "Conversations").create({"ConversationId": "c", "MessageCount": 3}, typecast=True)
+    assert error_type(exc.value) == "INVALID_VALUE_FOR_COLUMN" and "computed" in str(exc.value)
+
+
+def test_a_token_without_the_schema_scope_gets_403_on_the_metadata_api(emulator, api, table):
+    emulator.run(emulator.emulator.grant, "patDATAONLY", {"data.records:read", "data.records:write"})
+    data_only = Api("patDATAONLY", endpoint_url=emulator.url, retry_strategy=None, timeout=(5, 10))
+    for call in (lambda: data_only.base(BASE).schema(force=True), lambda: data_only.bases(force=True),
+                 lambda: data_only.table(BASE, "Things").create_field("X", "singleLineText")):
+        with pytest.raises(requests.HTTPError) as exc:
+            call()
+        assert (exc.value.response.status_code, error_type(exc.value)) == \
+            (403, "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND")
+    things = data_only.table(BASE, "Things")
+    assert things.create({"Name": "a"})["fields"] == {"Name": "a"}
+    assert [r["fields"] for r in things.all(fields=["Name"])] == [{"Name": "a"}]
+    with pytest.raises(requests.HTTPError) as exc:
+        things.all(fields=["Nope"])
+    assert error_type(exc.value) == "UNKNOWN_FIELD_NAME"
+
+
+def test_standalone_command_serves_the_documented_base_and_a_token_without_schema():
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "daemon.testing.airtable", "--port", str(port),
+                                "--token", TOKEN, "--base", BASE, "--documented", "--token-without-schema",
+                                "patDATAONLY"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "Airtable emulator on" in process.stdout.readline()
+        url = f"http://127.0.0.1:{port}"
+        schema = Api(TOKEN, endpoint_url=url, retry_strategy=None, timeout=(5, 10)).base(BASE).schema()
+        assert [t.name for t in schema.tables] == ["Conversations", "Interactions", "Escalations"]
+        assert schema.table("Interactions").field("Timestamp").type == "date"
+        data_only = Api("patDATAONLY", endpoint_url=url, retry_strategy=None, timeout=(5, 10))
+        assert data_only.table(BASE, "Interactions").all() == []
+        with pytest.raises(requests.HTTPError):
+            data_only.base(BASE).schema()
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0

@@ -11,7 +11,8 @@ from daemon.events import normalize
 from daemon.journal import Journal
 from daemon.ratelimit import RequestBudget
 from daemon.records import conversation_id_for
-from daemon.sinks.airtable import TABLES, AirtableClient, AirtableSink, init_base, schema_differences
+from daemon.sinks.airtable import TABLES, AirtableClient, AirtableSink, init_base
+from daemon.sinks.airtable_schema import parse_field_mapping, plan_base
 from daemon.sinks.base import SetupError
 from daemon.testing.airtable import EmulatorThread
 from tests.support import until
@@ -95,11 +96,12 @@ async def stop(worker, task, sink):
 
 async def test_init_creates_the_operators_tables_and_check_agrees(emulator):
     client = client_for(emulator)
-    problems, _ = schema_differences(await client.schema(), NAMES)
-    assert "table 'Conversations' (conversations) is missing" in problems
+    plan = plan_base(await client.schema(), NAMES)
+    assert "table 'Conversations' (conversations) is missing" in plan.problems
     done = await init_base(client, NAMES)
     assert done == [f"created table {n} with {len(TABLES[k])} fields" for k, n in NAMES.items()]
-    assert schema_differences(await client.schema(), NAMES) == ([], [])
+    plan = plan_base(await client.schema(), NAMES)
+    assert (plan.problems, plan.warnings, plan.notes) == ([], [], [])
     assert await init_base(client, NAMES) == []
     client.close()
 
@@ -134,7 +136,7 @@ async def test_a_burst_of_1000_messages_lands_once_without_a_429(emulator, journ
     await stop(worker, task, sink)
 
 
-async def test_a_changed_base_holds_everything_until_fixed(emulator, journal):
+async def test_a_renamed_field_is_left_out_until_mapped_and_nothing_waits(emulator, journal):
     sink = AirtableSink(client_for(emulator), NAMES, journal.conversations)
     await init_base(sink.client, NAMES)
 
@@ -144,18 +146,23 @@ async def test_a_changed_base_holds_everything_until_fixed(emulator, journal):
     emulator.run(rename)
     worker, task = await started(journal, sink)
     await journal.append([normalize(message(i), RECEIVED) for i in range(30)])
+    await until(lambda: delivered(journal, 30), task, "delivered without the field")
+    assert worker.state == "up" and worker.live_status()["warnings"] == [
+        "Interactions.Content is missing: left out of what chatledger writes; 'Body' looks like it renamed: map it "
+        "with \"Interactions.Content\" = \"Body\" under [airtable.fields]"]
+    assert len(rows(emulator, "Interactions")) == 30 and all(r["Body"] is None for r in rows(emulator, "Interactions"))
+    assert await init_base(sink.client, NAMES) == [
+        "did not create Interactions.Content: 'Body' looks like it renamed (map it under [airtable.fields], or "
+        "create the field by hand)"]
+    sink.rename_fields(parse_field_mapping({"Interactions.Content": "Body"}))  # what SIGHUP does
+    await journal.write(lambda conn: conn.execute("UPDATE deliveries SET state = 'pending' WHERE sink = 'airtable'"))
+    worker.wake()
+    await until(lambda: delivered(journal, 30), task, "delivered again through the mapping")
 
-    async def misconfigured():
-        return worker.state == "misconfigured"
-    await until(misconfigured, task, "misconfigured")
-    assert "Interactions.Content is missing" in worker.live_status()["last_error"]
-    counts = (await journal.counts())["sinks"]["airtable"]
-    assert counts.get("dead", 0) == 0 and counts["pending"] == 30
-    assert rows(emulator, "Interactions") == []
-    assert await init_base(sink.client, NAMES) == ["created field Interactions.Content (multilineText)"]
-    worker.wake()  # what SIGHUP does
-    await until(lambda: delivered(journal, 30), task, "drained after init")
-    assert len(rows(emulator, "Interactions")) == 30
+    async def bodies():
+        return all(r["Body"] for r in rows(emulator, "Interactions"))
+    await until(bodies, task, "every Body written")
+    assert len(rows(emulator, "Interactions")) == 30 and worker.live_status()["warnings"] == []
     await stop(worker, task, sink)
 
 
@@ -164,8 +171,9 @@ async def test_down_then_back_and_a_poison_record_alone_is_dead(emulator, journa
     await init_base(sink.client, NAMES)
     fault(emulator, down_until=emulator.emulator.clock() + 3600)
     worker, task = await started(journal, sink)
+    fault(emulator, refuse_value="poison")  # a value Airtable refuses: this record alone
     payloads = [message(i) for i in range(25)]
-    payloads[7] = message(7, text="x" * 100_001)  # over Airtable's cell limit: this record alone is refused
+    payloads[7] = message(7, text="poison")
     await journal.append([normalize(p, RECEIVED) for p in payloads])
 
     async def down():

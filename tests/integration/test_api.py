@@ -402,3 +402,20 @@ def test_whatever_the_api_accepted_lands_in_postgresql_and_maps_for_airtable(api
         return len(events)
 
     assert api_thread.run(deliver()) > 20
+
+
+async def test_reads_from_airtable_use_the_mapped_field_names(renamed_stores, tmp_path):
+    from tests.integration.conftest import cid
+
+    empty = await Journal.open(tmp_path / "empty.sqlite", [])  # neither PostgreSQL nor the journal knows it
+    try:
+        async with api_client(empty, None, (renamed_stores.client, renamed_stores.names)) as api:
+            conv = await (await api.get(f"/api/v1/conversations/{cid('c2')}", headers=AUTH)).json()
+            assert conv["source"] == "airtable" and conv["conversation"]["customerPhone"] == "5511900000002"
+            listed = await (await api.get(f"/api/v1/conversations/{cid('c2')}/interactions?limit=3",
+                                          headers=AUTH)).json()
+            assert listed["source"] == "airtable" and len(listed["interactions"]) == 3
+            assert all(int(i["content"].split()[1]) % 4 == 2 for i in listed["interactions"])  # c2's messages
+            assert listed["interactions"][0]["timestamp"] == "2026-09-21"  # a date field without time
+    finally:
+        await empty.close()

@@ -163,3 +163,14 @@ def test_forget_refuses_a_reference_that_is_unprintable_long_or_holds_the_number
     assert main(args) == EXIT_CONFIG
     assert says in capsys.readouterr().err
     assert not (tmp_path / "state").exists()
+
+
+async def test_forget_finds_the_person_through_the_mapped_names(renamed_stores, stores_emulator, pg_cluster,
+                                                                pg_schema):
+    assert all(trace in airtable_text(stores_emulator) for trace in TRACES)
+    report = await forget_phone(PHONE, renamed_stores.journal,
+                                postgres=partial(PostgresRows.open, pg_cluster.dsn(), pg_schema),
+                                airtable=(renamed_stores.client, renamed_stores.names))
+    assert report.complete and report.stores["airtable"] == {"conversations": 1, "interactions": 15,
+                                                             "escalations": 0}
+    assert not any(trace in airtable_text(stores_emulator) for trace in TRACES)

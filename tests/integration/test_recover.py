@@ -217,3 +217,37 @@ async def _upsert(url, rows):
         await client.upsert(NAMES["interactions"], "InteractionId", rows)
     finally:
         client.close()
+
+
+async def test_recover_reads_a_documented_base_through_the_mapped_names(renamed_stores, pg_cluster, pg_conn,
+                                                                       pg_schema):
+    s = quote_ident(pg_schema)
+    before = await dump(pg_conn, pg_schema)
+    await pg_conn.execute(f"DELETE FROM {s}.interactions WHERE conversation_id = $1", cid("c3"))
+    await pg_conn.execute(f"DELETE FROM {s}.escalations")
+
+    async def run(selection, prefer="postgres"):
+        async with PostgresRows.open(pg_cluster.dsn(), pg_schema) as pg:
+            return await Recovery(renamed_stores.client, renamed_stores.names, pg, prefer=prefer).run(selection)
+
+    report = await run(Selection(everything=True), prefer="airtable")
+    t = report.tallies
+    assert (t["interactions"].read, t["interactions"].inserted, t["interactions"].present) == (60, 15, 45)
+    assert (t["escalations"].inserted, t["conversations"].present) == (1, 4)
+    # dates without time hold the day only: the same day is the same time, nothing conflicts or is replaced
+    assert all(tally.conflicting == 0 and tally.replaced == 0 for tally in t.values()) and report.problems == []
+    after = await dump(pg_conn, pg_schema)
+    day = lambda row: (*row[:4], row[4].date(), row[5].date(), row[6])  # noqa: E731 - spans come from the days
+    assert [day(row) for row in after["conversations"]] == [day(row) for row in before["conversations"]]
+    lost = {row[0]: row for row in before["interactions"] if row[1] == cid("c3")}
+    back = {row[0]: row for row in after["interactions"] if row[1] == cid("c3")}
+    assert {k: v[:7] for k, v in back.items()} == {k: v[:7] for k, v in lost.items()}  # content included
+    assert {v[7].date() for v in back.values()} == {v[7].date() for v in lost.values()}
+
+    await pg_conn.execute(f"DELETE FROM {s}.interactions")
+    report = await run(Selection(phone="5511900000002"))  # a formula on the renamed Phone field
+    assert report.tallies["interactions"].inserted == 15
+    since = datetime.fromtimestamp(T0 + 40 * 60, timezone.utc).isoformat()
+    report = await run(Selection(since=since))  # on the renamed When field, which holds only the day
+    assert (report.tallies["interactions"].inserted, report.tallies["interactions"].present) == (45, 15)
+    assert report.problems == []

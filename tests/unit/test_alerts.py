@@ -163,3 +163,16 @@ def test_the_monthly_request_limit_warns_once_a_month_at_80_percent_then_when_re
     january = {**month, "month": "2027-01"}
     assert kinds(rules.evaluate(snap({}, {"requests_this_month": 810, **january}))) == [
         ("monthly_requests_high", "airtable")]
+
+
+def test_airtable_warnings_are_told_once_per_distinct_set():
+    rules = AlertRules(600)
+    left_out = ["Interactions.Content is missing: left out of what chatledger writes"]
+    [first] = rules.evaluate(snap({}, {"warnings": left_out}))  # true at start: told at once
+    assert (first.kind, first.sink, first.severity) == ("airtable_warnings", "airtable", "warning")
+    assert left_out[0] in first.message and first.details == {"warnings": left_out}
+    assert kinds(rules.evaluate(snap({}, {"warnings": left_out}))) == []
+    more = left_out + ["Conversations.MessageCount is a formula field, computed by Airtable"]
+    assert kinds(rules.evaluate(snap({}, {"warnings": list(reversed(more))}))) == [("airtable_warnings", "airtable")]
+    assert kinds(rules.evaluate(snap({}, {"warnings": more}))) == []  # the same set in another order
+    assert kinds(rules.evaluate(snap({}, {"warnings": []}))) == []

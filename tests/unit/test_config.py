@@ -57,6 +57,9 @@ conversations_table = "Conv"
 interactions_table = "Int"
 escalations_table = "Esc"
 requests_per_second = 4.5
+[airtable.fields]
+"Interactions.Content" = "Message"
+"Conversations.CustomerPhone" = "Phone"
 [status]
 socket = "/run/x.sock"
 [log]
@@ -71,6 +74,7 @@ json = true
     assert config.airtable.endpoint_url == "http://127.0.0.1:9"
     assert config.airtable.conversations_table == "Conv"
     assert config.airtable.requests_per_second == 4.5
+    assert config.airtable.fields == {"Interactions.Content": "Message", "Conversations.CustomerPhone": "Phone"}
     assert config.status.socket == Path("/run/x.sock")
     assert config.log.level == "DEBUG" and config.log.json_ is True
     assert config.enabled_sinks == ("postgres", "airtable")
@@ -82,6 +86,14 @@ def test_env_overrides_one_key_and_keeps_the_rest(tmp_path):
     assert config.server.listen == "127.0.0.1:2"
     assert config.server.webhook_token.get_secret_value() == TOKEN
     assert config.log.json_ is True
+
+
+def test_airtable_fields_from_the_environment_replace_the_files(tmp_path):
+    path = write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n[airtable.fields]\n"Interactions.Content" = "Body"\n')
+    assert load_config(path, {}).airtable.fields == {"Interactions.Content": "Body"}
+    env = {"CHATLEDGER_AIRTABLE__FIELDS": '{"Escalations.Reason": "Motivo"}'}
+    assert load_config(path, env).airtable.fields == {"Escalations.Reason": "Motivo"}
+    assert load_config(path, {"CHATLEDGER_AIRTABLE__FIELDS": "{}"}).airtable.fields == {}
 
 
 def test_legacy_env_names(minimal):
@@ -127,6 +139,21 @@ def test_token_from_env_alone(tmp_path):
         (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable]\napi_key = "pat"\n', {}, r"\[airtable\] base_id: is required when api_key is set"),
         (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable]\nrequests_per_second = 0\n', {}, r"\[airtable\] requests_per_second"),
         (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable]\nendpoint_url = "ftp://x"\n', {}, r"\[airtable\] endpoint_url: must start with http"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable.fields]\n"Content" = "Message"\n', {},
+         r"\[airtable\] fields: 'Content': a key is Table.Field with Table one of Conversations"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable.fields]\n"Messages.Content" = "Message"\n', {},
+         r"\[airtable\] fields: 'Messages.Content': a key is Table.Field"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable.fields]\n"Interactions.Body" = "Message"\n', {},
+         r"\[airtable\] fields: 'Interactions.Body': Interactions has no field 'Body' \(its fields: InteractionId"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable.fields]\n"Interactions.Content" = " "\n', {},
+         r"\[airtable\] fields: 'Interactions.Content': the field name in the base must not be empty"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable.fields]\n"Interactions.Content" = "response"\n', {},
+         r"\[airtable\] fields: Interactions.Content and Interactions.Response would both be written to the "
+         r"field 'Response'"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable.fields]\n"Interactions.Content" = 3\n', {},
+         r"\[airtable\] fields.Interactions.Content: Input should be a valid string"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n', {"CHATLEDGER_AIRTABLE__FIELDS": "Content=Message"},
+         r"\[airtable\] fields: must be a table; in the environment a JSON object"),
         ("[server\n", {}, r"not valid TOML"),
         (f'[server]\nwebhook_token = "{TOKEN}"\n', {"CHATLEDGER_SERVER__MAX_BODY_BYTES": "lots"}, r"\[server\] max_body_bytes"),
         (f'[server]\nwebhook_token = "{TOKEN}"\n', {"CHATLEDGER_TYPO": "1"}, r"CHATLEDGER_TYPO: not a chatledger setting"),

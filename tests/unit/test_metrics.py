@@ -15,7 +15,7 @@ SNAPSHOT = {
         "airtable": {"state": "up", "pending": 0, "delivered": 120, "dead": 2, "oldest_pending_age_s": None,
                      "delivered_since_start": 120, "failed_attempts_since_start": 0, "dead_since_start": 2,
                      "requests_total": 30, "rate_limited_429": 0, "tokens_left": 4, "requests_per_window": 5,
-                     "paused_for_s": None},
+                     "paused_for_s": None, "warnings": ["Interactions.Content is missing", "x"]},
     },
 }
 
@@ -40,6 +40,7 @@ def test_counters_gauges_and_labels():
     assert got[("chatledger_sink_state", (("sink", "postgres"), ("state", "up")))] == 0
     assert got[("chatledger_sink_state", (("sink", "airtable"), ("state", "blocked")))] == 0  # always exported
     assert got[("chatledger_airtable_tokens", ())] == 4
+    assert got[("chatledger_airtable_warnings", ())] == 2
     assert got[("chatledger_journal_events_per_commit", ())] == 4.0
 
 

@@ -8,6 +8,7 @@ import signal
 import sys
 
 from daemon.testing.airtable import Emulator, serve
+from daemon.testing.airtable.bases import DATE_TYPES, documented_base
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,10 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lockout", type=float, default=30.0, help="seconds a base stays locked after a 429")
     parser.add_argument("--max-records", type=int, default=None,
                         help="records each base may hold, across its tables (a plan's cap; default none)")
+    parser.add_argument("--documented", nargs="?", const="date", choices=DATE_TYPES,
+                        help="give each base the operators' documented tables (Reason a single select, dates "
+                             "without time by default; dateTime or mixed for dates with time)")
+    parser.add_argument("--token-without-schema", action="append", default=[], metavar="TOKEN",
+                        help="a token it accepts for records only: the metadata API answers it 403, as Airtable "
+                             "does without the scope schema.bases:read (repeatable)")
     args = parser.parse_args(argv)
     emulator = Emulator(args.token or ["patLOCAL"], rate=args.rate, lockout=args.lockout)
+    for token in args.token_without_schema:
+        emulator.grant(token, {"data.records:read", "data.records:write"})
     for base_id in args.base or ["appLOCAL"]:
-        emulator.add_base(base_id).max_records = args.max_records
+        base = emulator.add_base(base_id)
+        base.max_records = args.max_records
+        if args.documented:
+            documented_base(base, args.documented)
 
     async def run() -> None:
         runner = await serve(emulator, args.host, args.port)

@@ -10,7 +10,10 @@ from typing import Any
 
 MAX_TEXT = 100_000
 TEXT_TYPES = {"singleLineText", "multilineText", "phoneNumber", "email", "url", "richText"}
-COMPUTED_TYPES = {"createdTime", "lastModifiedTime", "autoNumber", "formula", "rollup", "lookup", "count"}
+# Types Airtable computes: a write to them is refused (422), never ignored.
+COMPUTED_TYPES = {"createdTime", "lastModifiedTime", "autoNumber", "formula", "rollup", "lookup",
+                  "multipleLookupValues", "count", "createdBy", "lastModifiedBy", "button", "externalSyncSource",
+                  "aiText"}
 NO_OPTIONS_TYPES = TEXT_TYPES | {"date"}
 MERGEABLE_TYPES = {"singleLineText", "multilineText", "number", "singleSelect", "multipleSelects", "date",
                    "dateTime"}
@@ -106,12 +109,7 @@ class Field:
         if self.type == "dateTime":
             return iso(_parse_time(self.name, value))
         if self.type == "date":
-            if not isinstance(value, str):
-                raise invalid(self.name)
-            try:
-                return date.fromisoformat(value[:10]).isoformat()
-            except ValueError:
-                raise invalid(self.name, f'Cannot parse date value "{value}" for field {self.name}') from None
+            return _parse_date(self.name, value, typecast)
         if self.type == "singleSelect":
             if not isinstance(value, str):
                 raise invalid(self.name)
@@ -132,6 +130,22 @@ class Field:
                            f'Insufficient permissions to create new select option ""{name}""')
         self.choices.append({"id": new_id("sel"), "name": name, "color": COLORS[len(self.choices) % len(COLORS)]})
         return name
+
+
+def _parse_date(name: str, value: Any, typecast: bool) -> str:
+    """A date field takes the documented form, "2022-09-05"; a timestamp only through typecast's best effort
+    (its date in UTC): the reference documents nothing else."""
+    if isinstance(value, str) and len(value) == 10:
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
+    if typecast and isinstance(value, str):
+        try:
+            return _parse_time(name, value).astimezone(timezone.utc).date().isoformat()
+        except ApiError:
+            pass
+    raise invalid(name, f'Cannot parse date value "{value}" for field {name}')
 
 
 def _parse_time(name: str, value: Any) -> datetime:
@@ -217,6 +231,19 @@ class Table:
 
     def field(self, key: str) -> Field | None:
         return by_id_or_name(self.fields, key)
+
+    def add_field(self, name: str, type_: str, options: dict[str, Any] | None = None) -> Field:
+        """A field of any type, computed ones too: what an operator builds in Airtable's UI."""
+        new = Field(new_id("fld"), name, type_, options)
+        self.fields.append(new)
+        return new
+
+    def remove_field(self, name: str) -> None:
+        target = self.field(name)
+        assert target is not None and target is not self.fields[0], f"no removable field {name!r}"
+        self.fields.remove(target)
+        for record in self.records.values():
+            record.cells.pop(target.id, None)
 
     def model(self, visible_field_ids: bool = False) -> dict[str, Any]:
         view: dict[str, Any] = {"id": self.view_id, "name": "Grid view", "type": "grid"}

@@ -43,6 +43,7 @@ class Faults:
     latency: float = 0.0  # seconds added to every request
     down_until: float | None = None  # drop connections until then
     billing_exceeded: bool = False  # 429 PUBLIC_API_BILLING_LIMIT_EXCEEDED on data calls
+    refuse_value: str | None = None  # a write holding this text is refused as Airtable refuses a bad value
 
 
 @dataclass
@@ -58,8 +59,9 @@ class Emulator:
     """State shared by every request: bases, tokens, limits, faults, counters."""
 
     def __init__(self, tokens: list[str], *, rate: int = 5, window: float = 1.0, lockout: float = 30.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, scopes: dict[str, set[str]] | None = None):
         self.tokens = set(tokens)
+        self.scopes = {token: set(granted) for token, granted in (scopes or {}).items()}  # absent: every scope
         self.rate = rate
         self.window = window
         self.lockout = lockout
@@ -74,6 +76,11 @@ class Emulator:
         self.bases[base.id] = base
         self.traffic[base.id] = BaseTraffic()
         return base
+
+    def grant(self, token: str, scopes: set[str]) -> None:
+        """Accept `token` with only these scopes (a token made without schema.bases:read, say)."""
+        self.tokens.add(token)
+        self.scopes[token] = set(scopes)
 
     def stats(self) -> dict[str, Any]:
         return {base_id: {"requests": t.requests, "rate_limited": t.rate_limited, "writes": t.writes,
@@ -141,10 +148,13 @@ async def airtable_middleware(request: web.Request, handler):
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer ") or header[7:] not in emulator.tokens:
             raise ApiError(401, "AUTHENTICATION_REQUIRED", "Authentication required")
+        token = header[7:]
         base_id = request.match_info.get("base")
         if base_id is None:
+            _check_scope(emulator, token, request)
             return await _routed(request, handler)
         emulator.admit(base_id)
+        _check_scope(emulator, token, request)
         if faults.status is not None and (faults.status_until is None or now < faults.status_until):
             if faults.status_count is None or faults.status_count > 0:
                 if faults.status_count is not None:
@@ -161,6 +171,21 @@ async def airtable_middleware(request: web.Request, handler):
         return await _routed(request, handler)
     except ApiError as exc:
         return _error(exc)
+
+
+def _scope_needed(request: web.Request) -> str:
+    if request.path.startswith("/v0/meta/"):
+        return "schema.bases:read" if request.method == "GET" else "schema.bases:write"
+    if request.method == "GET" or request.path.endswith("/listRecords"):
+        return "data.records:read"
+    return "data.records:write"
+
+
+def _check_scope(emulator: Emulator, token: str, request: web.Request) -> None:
+    """A token without the scope a route needs gets Airtable's 403, as for a base it cannot see."""
+    granted = emulator.scopes.get(token)
+    if granted is not None and _scope_needed(request) not in granted:
+        raise NOT_FOUND_MODEL
 
 
 async def _routed(request: web.Request, handler) -> web.StreamResponse:
@@ -188,7 +213,7 @@ def _flag(value: Any) -> bool:
 
 # -- records ---------------------------------------------------------------------------------------
 
-def _write_cells(table: Table, fields: Any, typecast: bool) -> dict[str, Any]:
+def _write_cells(table: Table, fields: Any, typecast: bool, refuse: str | None = None) -> dict[str, Any]:
     """Validated cell values by field id; raises ApiError (the whole request then fails)."""
     if not isinstance(fields, dict):
         raise ApiError(422, *INVALID_REQUEST)
@@ -197,6 +222,8 @@ def _write_cells(table: Table, fields: Any, typecast: bool) -> dict[str, Any]:
         target = table.field(key)
         if target is None:
             raise ApiError(422, "UNKNOWN_FIELD_NAME", f'Unknown field name: "{key}"')
+        if refuse is not None and value == refuse:
+            raise ApiError(422, "INVALID_VALUE_FOR_COLUMN", f'Field "{target.name}" cannot accept the provided value')
         cells[target.id] = target.coerce(value, typecast)
     return cells
 
@@ -220,7 +247,8 @@ async def create_records(request: web.Request) -> web.Response:
     typecast, by_id = _flag(body.get("typecast")), _flag(body.get("returnFieldsByFieldId"))
     single = "records" not in body and "fields" in body
     payload = [{"fields": body["fields"]}] if single else _records_payload(body)
-    prepared = [_write_cells(table, r.get("fields", {}), typecast) for r in payload]
+    refuse = emulator.faults.refuse_value
+    prepared = [_write_cells(table, r.get("fields", {}), typecast, refuse) for r in payload]
     emulator.base(request.match_info["base"]).admit_creates(len(prepared))
     created = []
     for cells in prepared:
@@ -255,7 +283,7 @@ async def update_records(request: web.Request) -> web.Response:
             merge_fields.append(target)
     plan: list[tuple[Record | None, dict[str, Any]]] = []
     for item in payload:
-        cells = _write_cells(table, item.get("fields", {}), typecast)
+        cells = _write_cells(table, item.get("fields", {}), typecast, emulator.faults.refuse_value)
         record_id = item.get("id")
         if record_id is not None:
             record = table.records.get(record_id)
@@ -411,6 +439,9 @@ async def list_records(request: web.Request) -> web.Response:
         start, cursor = 0, "itr" + secrets.token_hex(7)
     page = ids[start:start + page_size]
     only = set(options["fields"]) if options["fields"] else None
+    for name in only or ():
+        if table.field(name) is None:
+            raise ApiError(422, "UNKNOWN_FIELD_NAME", f'Unknown field name: "{name}"')
     answer: dict[str, Any] = {"records": [table.render(table.records[r], options["returnFieldsByFieldId"], only)
                                           for r in page if r in table.records]}
     if start + page_size < len(ids):
@@ -506,7 +537,7 @@ async def control_stats(request: web.Request) -> web.Response:
 
 async def control_faults(request: web.Request) -> web.Response:
     """Set faults: {"status": 503, "count": 3 | "seconds": 10}, {"latency": 0.5}, {"down_seconds": 5},
-    {"billing_exceeded": true}, {"unlock": true}, {"clear": true}."""
+    {"billing_exceeded": true}, {"refuse_value": "text"}, {"unlock": true}, {"clear": true}."""
     emulator = request.app[EMULATOR]
     body = await request.json()
     now = emulator.clock()
@@ -523,6 +554,8 @@ async def control_faults(request: web.Request) -> web.Response:
         faults.down_until = now + float(body["down_seconds"])
     if "billing_exceeded" in body:
         faults.billing_exceeded = bool(body["billing_exceeded"])
+    if "refuse_value" in body:
+        faults.refuse_value = body["refuse_value"]
     if body.get("unlock"):
         for traffic in emulator.traffic.values():
             traffic.locked_until = 0.0
