@@ -67,6 +67,7 @@ class DeliveryWorker:
         self.linger_s = float(getattr(sink, "linger_s", 0) or 0)
         self.linger_batch = int(getattr(sink, "linger_batch", 1) or 1)
         self._flush = False  # sync, SIGHUP or stop: deliver what lingers now
+        self._check_now = False
         self._new_events = asyncio.Event()
         self._woken = asyncio.Event()
         self._stopping = False
@@ -96,6 +97,7 @@ class DeliveryWorker:
             sink_wake()
         self._cursor = 0
         self._flush = True
+        self._check_now = True  # an idle sink is checked at once (Airtable reads its schema again)
         self._woken.set()
         self._new_events.set()
 
@@ -186,10 +188,11 @@ class DeliveryWorker:
     async def _idle(self) -> None:
         """Nothing pending: make sure the sink answers (so status is true), then wait for events. A sink
         whose checks cost what it pays for (Airtable's requests) sets idle_check_s = None: checked only
-        while it is not up."""
+        while it is not up, or when an operator asks (sync, SIGHUP)."""
         interval = getattr(self.sink, "idle_check_s", IDLE_CHECK_INTERVAL)
         due = interval is not None and self._clock() - self._checked_at >= interval
-        if self.state != "up" or due:
+        if self.state != "up" or due or self._check_now:
+            self._check_now = False
             try:
                 await self.sink.check()
             except TransientError as exc:

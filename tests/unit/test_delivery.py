@@ -363,5 +363,11 @@ async def test_a_sink_that_pays_per_request_is_not_checked_while_idle_and_up(jou
     for _ in range(20):  # twenty idle turns at least
         await asyncio.sleep(0.01)
     assert (len(checks) > 1) == checked_again
+    before = len(checks)
+    worker.wake()  # sync or SIGHUP: checked at once all the same (Airtable reads its schema again)
+
+    async def checked():
+        return len(checks) > before
+    await until(checked, task, timeout=FAIL_BOUND)
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
