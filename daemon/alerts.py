@@ -22,6 +22,7 @@ from daemon.ratelimit import MONTH_WARNING_SHARE, MONTHLY_LIMIT_REASON
 
 from daemon.logs import safe_url
 
+RECORDS_WARNING_SHARES = (0.8, 0.95)
 DOWN_STATES = frozenset({"down", "misconfigured", "blocked"})
 QUEUE_SIZE = 100
 SEND_TIMEOUT = 10.0
@@ -30,7 +31,7 @@ SEND_TIMEOUT = 10.0
 @dataclass(frozen=True)
 class Alert:
     kind: str  # sink_down, sink_up, fallback_active, fallback_ended, dead_letters, backlog_old, quota_exhausted,
-    #            monthly_requests_high, airtable_warnings
+    #            monthly_requests_high, airtable_warnings, records_high
     severity: str  # critical, warning, info
     message: str
     sink: str | None = None
@@ -60,6 +61,7 @@ class AlertRules:
         self._fallback = False
         self._quota = False
         self._month_warned: str | None = None  # the month the 80 % alert was sent for
+        self._records_share = 0.0  # the highest of RECORDS_WARNING_SHARES the base's records reached
         self._warned: set[frozenset[str]] = set()  # each set of Airtable warnings is told once
 
     def evaluate(self, snapshot: dict[str, Any]) -> list[Alert]:
@@ -131,6 +133,16 @@ class AlertRules:
                                                          "requests_month_forecast": airtable.get(
                                                              "requests_month_forecast")}))
 
+        held, cap = (airtable or {}).get("records"), (airtable or {}).get("max_records")
+        if held is not None and cap:
+            reached = max((share for share in RECORDS_WARNING_SHARES if held >= share * cap), default=0.0)
+            if reached > self._records_share:
+                alerts.append(Alert("records_high", "critical" if reached >= RECORDS_WARNING_SHARES[-1] else "warning",
+                                    f"Airtable: the base holds {held:,} of its plan's {cap:,} records ({held / cap:.0%});"
+                                    " at the cap new records are refused and Airtable delivery is held (`blocked`): "
+                                    "raise the plan, or set [airtable] retention_days", "airtable",
+                                    {"records": held, "max_records": cap}))
+            self._records_share = reached  # falls back when retention or an operator makes room: told again
         warnings = frozenset((airtable or {}).get("warnings") or ())
         if warnings and warnings not in self._warned:
             self._warned.add(warnings)

@@ -147,6 +147,9 @@ class AirtableConfig(_Section):
     monthly_request_limit: int = Field(default=0, ge=0)
     # Deliveries wait up to this long for a request to carry 10 records (sync, SIGHUP, a stop: at once).
     linger_s: float = Field(default=10.0, ge=0, le=3600)
+    # The plan's records per base, across its tables (Free 1,000; Team 50,000; Business 125,000); 0: not
+    # counted. Counted at start and on sync, then from the upserts; alerted at 80 % and 95 %.
+    max_records: int = Field(default=0, ge=0)
     # [airtable.fields]: "Interactions.Content" = "Message" when the operators renamed a column.
     fields: dict[str, str] = Field(default_factory=dict)
 

@@ -116,6 +116,9 @@ class _Snapshot:
                  airtable.get("requests_month_forecast")),
                 (GAUGE, "airtable_monthly_request_limit", "[airtable] monthly_request_limit; 0 when none",
                  airtable.get("monthly_request_limit")),
+                (GAUGE, "airtable_records", "Records the base's three tables hold (counted when max_records is set)",
+                 airtable.get("records")),
+                (GAUGE, "airtable_max_records", "[airtable] max_records; 0 when none", airtable.get("max_records")),
                 (GAUGE, "airtable_warnings", "Differences of the base that leave fields out of the writes "
                  "(`chatledger airtable check`)", len(airtable.get("warnings") or ())),
             ):

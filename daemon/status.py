@@ -404,6 +404,10 @@ def budget_text(sink: dict[str, Any]) -> str:
         share = f" of {limit:,} ({sink['requests_this_month'] / limit:.0%})" if limit else ""
         month = (f"; {sink['requests_this_month']:,} this month{share}, {sink.get('requests_month_forecast', 0):,} "
                  "at this pace")
+    if sink.get("max_records"):
+        held = sink.get("records")
+        month += (f"; records {held:,} of {sink['max_records']:,} ({held / sink['max_records']:.0%})"
+                  if held is not None else f"; records not counted yet (max {sink['max_records']:,})")
     return (f"{sink.get('requests_last_minute', 0)} requests in the last minute, "
             f"{sink.get('rate_limited_429', 0)} x 429, {sink['tokens_left']}/{sink.get('requests_per_window', '?')} "
             f"tokens left{paused}{month}")

@@ -231,12 +231,15 @@ class AirtableClient:
             write=True)
         return len(answer.get("createdRecords") or [])
 
-    async def list_page(self, table: str, formula: str | None,
-                        offset: str | None) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of a table's records (id and fields) matching `formula`, and the next page's offset."""
+    async def list_page(self, table: str, formula: str | None, offset: str | None,
+                        fields: Sequence[str] = ()) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of a table's records (id and fields, or only `fields`) matching `formula`, and the next
+        page's offset."""
         options: dict[str, Any] = {"page_size": PAGE_SIZE}
         if formula:
             options["formula"] = formula
+        if fields:
+            options["fields"] = list(fields)
         if offset:
             options["offset"] = offset
 
@@ -281,11 +284,12 @@ async def patiently(call: Callable[[], Awaitable[Any]], attempts: int = 8) -> An
     raise AssertionError("unreachable")
 
 
-async def pages(client: AirtableClient, table: str, formula: str | None) -> AsyncIterator[list[dict[str, Any]]]:
+async def pages(client: AirtableClient, table: str, formula: str | None,
+                fields: Sequence[str] = ()) -> AsyncIterator[list[dict[str, Any]]]:
     """Every page of records matching `formula`, one budgeted request each, patiently."""
     offset: str | None = None
     while True:
-        page, offset = await patiently(lambda: client.list_page(table, formula, offset))
+        page, offset = await patiently(lambda: client.list_page(table, formula, offset, fields))
         yield page
         if not offset:
             return
@@ -370,6 +374,9 @@ class AirtableSink:
         # retries refuse the same events again, and need not look them up again
         self._single: set[tuple[str, str, Any]] = set()
         self.warnings: list[str] = []  # what the writes leave out, and why
+        self.max_records = 0  # [airtable] max_records: the plan's cap across the base's tables; 0 not counted
+        self.records: int | None = None  # what the three tables hold: counted at start and on sync, then kept
+        self._recount = True
 
     @classmethod
     def from_config(cls, config: Any, conversations, monthly: MonthlyRequests | None = None) -> "AirtableSink":
@@ -377,15 +384,20 @@ class AirtableSink:
         client = AirtableClient(config.api_key.get_secret_value(), config.base_id, config.endpoint_url, budget)
         sink = cls(client, names_from_config(config), conversations)
         sink.linger_s = config.linger_s
+        sink.max_records = config.max_records
         return sink
 
     def stats(self) -> dict[str, Any]:
-        return {**self.client.budget.stats(), "warnings": list(self.warnings)}
+        stats = {**self.client.budget.stats(), "warnings": list(self.warnings)}
+        if self.max_records:
+            stats.update(records=self.records, max_records=self.max_records)
+        return stats
 
     def wake(self) -> None:
         """An operator asked for a retry: read the schema again, lift a quota pause, and let delivery go
         on past [airtable] monthly_request_limit for the rest of this month."""
         self._schema_ok = False
+        self._recount = True
         if self.client.budget.pause_reason == QUOTA_REASON:
             self.client.budget.resume()
         if self.client.budget.monthly is not None:
@@ -413,6 +425,19 @@ class AirtableSink:
                              + "; ".join(plan.problems))
         self.plan = plan
         self._schema_ok = True
+        if self.max_records and self._recount:
+            self.records = await self.count_records()
+            self._recount = False
+
+    async def count_records(self) -> int:
+        """The records of the three tables, a page of 100 keys a request (a Team base's 50,000: 500)."""
+        total = 0
+        for kind in TABLES:
+            async for page in pages(self.client, self.tables[kind], None,
+                                    fields=[self.tables.field(kind, KEYS[kind])]):
+                total += len(page)
+        logger.info("airtable: the base holds {} records ([airtable] max_records {})", total, self.max_records)
+        return total
 
     async def deliver(self, events: Sequence[StoredEvent]) -> None:
         if not self._schema_ok:
@@ -440,7 +465,8 @@ class AirtableSink:
             nonlocal created
             for write in queue:
                 try:
-                    created += await self.client.upsert(*write)
+                    made = await self.client.upsert(*write)  # not `created += await ...`: runners interleave
+                    created += made
                 except Exception as exc:  # noqa: BLE001 - classified by the client, raised below
                     failures.append((exc, write))
                 if failures:
@@ -459,6 +485,8 @@ class AirtableSink:
                     raise error
         if created:
             self._single.clear()
+            if self.records is not None:
+                self.records += created
         return created
 
     async def _duplicated(self, table: str, key: str, rows: list[dict[str, Any]]) -> str | None:

@@ -182,9 +182,10 @@ async def test_down_then_back_and_a_poison_record_alone_is_dead(emulator, journa
     assert "cannot reach Airtable" in worker.live_status()["last_error"]
     fault(emulator, down_until=None)
     worker.wake()
-    await until(lambda: delivered(journal, 24), task, "drained")
-    counts = (await journal.counts())["sinks"]["airtable"]
-    assert counts["dead"] == 1
+    async def settled():  # the poison is judged after records are created behind it: wait for both
+        counts = (await journal.counts())["sinks"]["airtable"]
+        return counts.get("delivered") == 24 and counts.get("dead") == 1
+    await until(settled, task, "drained, the poison parked")
     [dead] = await journal.dead_letters("airtable", 10)
     assert "INVALID_VALUE_FOR_COLUMN" in str(dead)
     assert sorted(r["MessageId"] for r in rows(emulator, "Interactions")) == sorted(
@@ -229,3 +230,27 @@ async def test_check_at_start_reports_a_missing_base_as_misconfigured(emulator, 
         await sink.check()
     assert "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND" in str(exc.value)
     await sink.close()
+
+
+async def test_with_max_records_the_base_is_counted_at_start_then_from_what_upserts_create(emulator, journal):
+    client = client_for(emulator)
+    await init_base(client, NAMES)
+    await client.upsert("Interactions", "InteractionId", [{"InteractionId": f"typed-{i}"} for i in range(7)])
+    sink = AirtableSink(client, NAMES, journal.conversations)
+    sink.max_records = 100
+    worker, task = await started(journal, sink)
+    await until(lambda: _is(worker.live_status().get("records"), 7), task, "counted at start")
+    assert worker.live_status()["max_records"] == 100
+    await journal.append([normalize(message(i, contacts=3), RECEIVED) for i in range(30)])
+    await until(lambda: delivered(journal, 30), task, "delivered")
+    held = sum(len(rows(emulator, table)) for table in NAMES.values())
+    assert worker.live_status()["records"] == held == 7 + 30 + 3
+    await journal.write(lambda conn: conn.execute("UPDATE deliveries SET state = 'pending' WHERE sink = 'airtable'"))
+    worker.wake()  # a replay updates: the count stays (and sync counts the base again)
+    await until(lambda: delivered(journal, 30), task, "replayed")
+    assert worker.live_status()["records"] == held
+    await stop(worker, task, sink)
+
+
+async def _is(value, expected):
+    return value == expected

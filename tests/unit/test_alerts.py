@@ -176,3 +176,18 @@ def test_airtable_warnings_are_told_once_per_distinct_set():
     assert kinds(rules.evaluate(snap({}, {"warnings": list(reversed(more))}))) == [("airtable_warnings", "airtable")]
     assert kinds(rules.evaluate(snap({}, {"warnings": more}))) == []  # the same set in another order
     assert kinds(rules.evaluate(snap({}, {"warnings": []}))) == []
+
+
+def test_the_records_cap_warns_at_80_and_95_percent_and_again_after_room_was_made():
+    rules = AlertRules(600)
+    cap = {"max_records": 1000}
+    assert kinds(rules.evaluate(snap({}, {"records": 799, **cap}))) == []
+    [eighty] = rules.evaluate(snap({}, {"records": 800, **cap}))
+    assert (eighty.kind, eighty.severity) == ("records_high", "warning") and "800 of its plan's 1,000" in eighty.message
+    assert kinds(rules.evaluate(snap({}, {"records": 900, **cap}))) == []
+    [ninety_five] = rules.evaluate(snap({}, {"records": 960, **cap}))
+    assert ninety_five.severity == "critical"
+    assert kinds(rules.evaluate(snap({}, {"records": 990, **cap}))) == []
+    assert kinds(rules.evaluate(snap({}, {"records": 500, **cap}))) == []  # retention made room
+    assert kinds(rules.evaluate(snap({}, {"records": 820, **cap}))) == [("records_high", "airtable")]
+    assert kinds(rules.evaluate(snap({}, {"records": 10**6}))) == []  # no cap set: not counted
