@@ -36,6 +36,8 @@ RETENTION_BATCH = 500  # events per purge transaction: short, so webhooks never 
 RETENTION_PAUSE = 0.05
 ALERT_CHECK_INTERVAL = 5.0
 MONTH_SAVE_INTERVAL = 5.0
+AIRTABLE_RETENTION_INTERVAL = 86400.0  # a listing of each table a day: 90 requests a month
+SPARE_POLL = 1.0
 
 EXIT_OK, EXIT_CRASH = 0, 1
 
@@ -107,7 +109,7 @@ class Daemon:
         await runner.setup()
         self._runners.append(runner)
         host, port = split_listen(self.config.server.listen)
-        await web.TCPSite(runner, host, port, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT).start()
+        await web.TCPSite(runner, host, port).start()  # the runner holds the shutdown timeout
         return runner
 
     async def _start_status(self) -> web.AppRunner:
@@ -165,6 +167,7 @@ class Daemon:
             asyncio.create_task(self._retention_loop(), name="retention"),
             asyncio.create_task(self._alerts_loop(), name="alerts"),
             asyncio.create_task(self._month_loop(), name="airtable-month"),
+            asyncio.create_task(self._airtable_retention_loop(), name="airtable-retention"),
             asyncio.create_task(self.alerts.run(), name="alert-sender"),
             self.journal.writer_task,
             *self._worker_tasks,
@@ -269,6 +272,40 @@ class Daemon:
                     self.alerts.submit(alert)
             except Exception:
                 logger.exception("alert check failed")
+
+    async def _airtable_retention_loop(self) -> None:
+        """[airtable] retention_days: once a day, delete from the base what is older and PostgreSQL holds,
+        on spare budget only (a run that fails is logged and tried again the next day)."""
+        days = self.config.airtable.retention_days
+        worker = self.workers.get("airtable")
+        postgres = postgres_rows(self.config)
+        if not days or worker is None or postgres is None:
+            if days:
+                logger.warning("[airtable] retention_days is set, but nothing is deleted from Airtable: PostgreSQL "
+                               "is not configured, so nothing there can be known to be held elsewhere")
+            await asyncio.Event().wait()
+        from daemon.sinks.airtable_retention import purge_airtable
+        from daemon.sinks.base import SinkError
+
+        sink = worker.sink
+        await asyncio.sleep(RETENTION_FIRST_DELAY)
+        while True:
+            cutoff = datetime.now(timezone.utc) - timedelta(days=days)
+            try:
+                deleted = await purge_airtable(sink.client, sink.tables, postgres, cutoff, self._airtable_spare)
+            except SinkError as exc:
+                logger.warning("airtable retention stopped, tried again in a day: {}", exc)
+            else:
+                if sink.records is not None:
+                    sink.records = max(0, sink.records - sum(deleted.values()))
+            await asyncio.sleep(AIRTABLE_RETENTION_INTERVAL)
+
+    async def _airtable_spare(self) -> None:
+        """Return once Airtable deliveries have nothing pending and the budget is full: they go first."""
+        assert self.journal is not None
+        budget = self.workers["airtable"].sink.client.budget
+        while await self.journal.pending("airtable", 0, 1) or budget.tokens_left < budget.capacity:
+            await asyncio.sleep(SPARE_POLL)
 
     async def _month_loop(self) -> None:
         """Keep the Airtable base's monthly request count in the journal, so a restart does not reset it."""

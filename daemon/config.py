@@ -150,6 +150,9 @@ class AirtableConfig(_Section):
     # The plan's records per base, across its tables (Free 1,000; Team 50,000; Business 125,000); 0: not
     # counted. Counted at start and on sync, then from the upserts; alerted at 80 % and 95 %.
     max_records: int = Field(default=0, ge=0)
+    # Interactions older than this that PostgreSQL holds are deleted from the base, then escalations and
+    # conversations with nothing newer; daily, on spare budget. 0 keeps everything.
+    retention_days: int = Field(default=0, ge=0)
     # [airtable.fields]: "Interactions.Content" = "Message" when the operators renamed a column.
     fields: dict[str, str] = Field(default_factory=dict)
 

@@ -284,11 +284,14 @@ async def patiently(call: Callable[[], Awaitable[Any]], attempts: int = 8) -> An
     raise AssertionError("unreachable")
 
 
-async def pages(client: AirtableClient, table: str, formula: str | None,
-                fields: Sequence[str] = ()) -> AsyncIterator[list[dict[str, Any]]]:
-    """Every page of records matching `formula`, one budgeted request each, patiently."""
+async def pages(client: AirtableClient, table: str, formula: str | None, fields: Sequence[str] = (),
+                before_each: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every page of records matching `formula`, one budgeted request each, patiently (after
+    `before_each()`, when given: a background job waiting for spare budget)."""
     offset: str | None = None
     while True:
+        if before_each is not None:
+            await before_each()
         page, offset = await patiently(lambda: client.list_page(table, formula, offset, fields))
         yield page
         if not offset:
