@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine, sink_status, wait_drained  # noqa: E402
-from tests.support import AirtableEmulator, Daemon, cli, incoming, post, write_config  # noqa: E402
+from common import airtable_daemon, machine, wait_drained  # noqa: E402
+from tests.support import AirtableEmulator, incoming, post  # noqa: E402
 
 
 def main() -> int:
@@ -37,14 +37,8 @@ def main() -> int:
     emulator = AirtableEmulator(work).start()
     daemon = None
     try:
-        config = write_config(work, extra=emulator.config())
-        init = cli(config, "airtable", "init")
-        assert init.returncode == 0, init.stdout + init.stderr
         before = emulator.stats()
-        daemon = Daemon(config).start()
-        socket = work / "run" / "status.sock"
-        while sink_status(socket, "airtable")["state"] != "up":
-            time.sleep(0.05)  # the daemon has checked the base: a running daemon is what is measured
+        daemon, socket = airtable_daemon(work, emulator)
         events = [incoming(f"wamid.bench.{i}", contact=f"c{i % args.contacts}", phone=f"55119{i % args.contacts:08d}")
                   for i in range(args.events)]
         started = time.perf_counter()

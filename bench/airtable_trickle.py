@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import machine, sink_status, wait_drained  # noqa: E402
-from tests.support import AirtableEmulator, Daemon, cli, incoming, post, write_config  # noqa: E402
+from common import airtable_daemon, machine, wait_drained  # noqa: E402
+from tests.support import AirtableEmulator, incoming, post  # noqa: E402
 
 
 def main() -> int:
@@ -40,16 +40,7 @@ def main() -> int:
     emulator = AirtableEmulator(work).start()
     daemon = None
     try:
-        extra = emulator.config()
-        if args.linger is not None:
-            extra = extra.replace("[airtable]\n", f"[airtable]\nlinger_s = {args.linger}\n")
-        config = write_config(work, extra=extra)
-        init = cli(config, "airtable", "init")
-        assert init.returncode == 0, init.stdout + init.stderr
-        daemon = Daemon(config).start()
-        socket = work / "run" / "status.sock"
-        while sink_status(socket, "airtable")["state"] != "up":
-            time.sleep(0.05)  # the start-up schema check is done: ordinary traffic is what is measured
+        daemon, socket = airtable_daemon(work, emulator, f"linger_s = {args.linger}\n" if args.linger is not None else "")
         before = emulator.stats()
         count = int(args.seconds * args.rate)
         events = [incoming(f"wamid.trickle.{i}", contact=f"c{i % args.contacts}",

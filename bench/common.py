@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from daemon.status import request_status
-from tests.support import Daemon
+from tests.support import AirtableEmulator, Daemon, cli, write_config
 
 
 def machine() -> str:
@@ -39,3 +39,17 @@ def wait_drained(daemon: Daemon, socket: Path, sink: str, events: int, poll: flo
         if daemon.process.poll() is not None:
             raise RuntimeError(f"daemon exited:\n{daemon.log()[-2000:]}")
         time.sleep(poll)
+
+
+def airtable_daemon(work: Path, emulator: AirtableEmulator, airtable_settings: str = "") -> tuple[Daemon, Path]:
+    """The installed daemon (Airtable only) on a base `airtable init` set up, once it reports Airtable up
+    (its start-up check done: what follows is what is measured); and its status socket."""
+    extra = emulator.config().replace("[airtable]\n", "[airtable]\n" + airtable_settings)
+    config = write_config(work, extra=extra)
+    init = cli(config, "airtable", "init")
+    assert init.returncode == 0, init.stdout + init.stderr
+    daemon = Daemon(config).start()
+    socket = work / "run" / "status.sock"
+    while sink_status(socket, "airtable")["state"] != "up":
+        time.sleep(0.05)
+    return daemon, socket
