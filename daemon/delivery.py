@@ -68,6 +68,7 @@ class DeliveryWorker:
         self.linger_batch = int(getattr(sink, "linger_batch", 1) or 1)
         self._flush = False  # sync, SIGHUP or stop: deliver what lingers now
         self._check_now = False
+        self.lingering = False  # waiting for a batch worth a request (status; the tests wait for it)
         self._new_events = asyncio.Event()
         self._woken = asyncio.Event()
         self._stopping = False
@@ -164,13 +165,17 @@ class DeliveryWorker:
         waiting = await self.journal.pending(self.name, 0, self.linger_batch)
         if not waiting or len(waiting) >= self.linger_batch:
             return False
-        left = self.linger_s - (self._wall() - parse_time(waiting[0].received_at).timestamp())
+        age = self._wall() - parse_time(waiting[0].received_at).timestamp()
+        left = min(self.linger_s, self.linger_s - age)  # a clock stepped back never makes it longer
         if left <= 0:
             return False
+        self.lingering = True
         try:
             await asyncio.wait_for(self._new_events.wait(), left)
         except asyncio.TimeoutError:
             pass
+        finally:
+            self.lingering = False
         return True
 
     async def _flush_at_stop(self) -> None:
@@ -232,8 +237,11 @@ class DeliveryWorker:
             self._cursor = 0
             await self._pause(JOURNAL_RETRY)
             return
-        self._cursor = batch[-1].id
+        # A short batch ends the pass: what arrived while it was sent starts a new one, which may linger
+        # (else one slow request after another would each carry what came meanwhile, one by one).
+        self._cursor = batch[-1].id if len(batch) >= self.sink.batch_size else 0
         self._checked_at = self._clock()
+        self._check_now = False  # the delivery showed the sink answers (and re-read what wake() asked)
         self._recovered()
 
     async def _send(self, batch: Sequence[StoredEvent]) -> None:

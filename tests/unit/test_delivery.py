@@ -319,28 +319,66 @@ async def test_a_lingering_sink_waits_for_a_full_batch_then_sends_it_at_once(jou
     await asyncio.wait_for(task, FAIL_BOUND)
 
 
+async def lingering(worker, task):
+    async def waiting():
+        return worker.lingering
+    await until(waiting, task, "lingering", timeout=FAIL_BOUND)
+
+
 @pytest.mark.parametrize("flush", ["wake", "stop"])
 async def test_sync_sighup_and_stop_deliver_what_lingers_at_once(journal, flush):
     sink, worker, task = await lingering_worker(journal, linger_s=3600, wall=FRESH)
     await journal.append([normalize(message(i), RECEIVED) for i in range(3)])
+    await lingering(worker, task)
+    assert sink.batches == []
     getattr(worker, flush)()
     if flush == "stop":
         await asyncio.wait_for(task, FAIL_BOUND)
-    await until(lambda: _delivered(journal, 3), task if flush == "wake" else asyncio.create_task(asyncio.sleep(60)),
-                timeout=FAIL_BOUND)
-    assert sink.batches == [3]
-    if flush == "wake":
+        assert await _delivered(journal, 3)
+    else:
+        await until(lambda: _delivered(journal, 3), task, timeout=FAIL_BOUND)
         worker.stop()
         await asyncio.wait_for(task, FAIL_BOUND)
+    assert sink.batches == [3]
 
 
 async def test_what_lingers_goes_once_the_oldest_is_linger_s_old(journal):
     sink, worker, task = await lingering_worker(journal, linger_s=0.2)
-    await journal.append([normalize(message(i), datetime.now(timezone.utc)) for i in range(2)])
+    await journal.append([normalize(message(0), datetime.now(timezone.utc))])
+    await lingering(worker, task)
+    await journal.append([normalize(message(1), datetime.now(timezone.utc))])  # joins the wait
     await until(lambda: _delivered(journal, 2), task, timeout=FAIL_BOUND)
     assert sink.batches == [2]
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
+
+
+async def test_what_arrives_during_a_slow_delivery_lingers_in_turn(journal):
+    sink, worker, task = await lingering_worker(journal, linger_s=3600, wall=FRESH)
+    gate = asyncio.Event()
+    deliver = sink.deliver
+
+    async def slow(events):
+        if not sink.batches:
+            await gate.wait()  # the first request is slow: a message arrives meanwhile
+        return await deliver(events)
+    sink.deliver = slow
+    await journal.append([normalize(message(i), RECEIVED) for i in range(10)])
+    await until(lambda: _is(sink.batches, []), task, timeout=FAIL_BOUND)
+    await journal.append([normalize(message(10), RECEIVED)])
+    gate.set()
+    await until(lambda: _delivered(journal, 10), task, timeout=FAIL_BOUND)
+    await lingering(worker, task)  # the late one waits for company instead of costing a request alone
+    assert sink.batches == [10]
+    await journal.append([normalize(message(i), RECEIVED) for i in range(11, 20)])
+    await until(lambda: _delivered(journal, 20), task, timeout=FAIL_BOUND)
+    assert sink.batches == [10, 10]
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+async def _is(value, expected):
+    return value == expected
 
 
 @pytest.mark.parametrize("idle_check_s, checked_again", [(None, False), (0.01, True)])
