@@ -27,6 +27,10 @@ def _single(kind: type, name: str, help_text: str, value: Any) -> Any:
     return family
 
 
+# Figures that are unknown (not counted yet) or unset (no limit) when None: no sample, never a 0.
+UNKNOWN_WHEN_NONE = frozenset({"airtable_monthly_request_limit", "airtable_records", "airtable_max_records"})
+
+
 class _Snapshot:
     """A prometheus_client collector over one snapshot."""
 
@@ -114,15 +118,18 @@ class _Snapshot:
                  airtable.get("requests_this_month")),
                 (GAUGE, "airtable_requests_month_forecast", "This month's requests at the pace so far",
                  airtable.get("requests_month_forecast")),
-                (GAUGE, "airtable_monthly_request_limit", "[airtable] monthly_request_limit; 0 when none",
+                (GAUGE, "airtable_monthly_request_limit", "[airtable] monthly_request_limit; no sample when none",
                  airtable.get("monthly_request_limit")),
-                (GAUGE, "airtable_records", "Records the base's three tables hold (counted when max_records is set)",
+                (GAUGE, "airtable_records", "Records the base's three tables hold (when max_records is set; no "
+                 "sample until counted)",
                  airtable.get("records")),
-                (GAUGE, "airtable_max_records", "[airtable] max_records; 0 when none", airtable.get("max_records")),
+                (GAUGE, "airtable_max_records", "[airtable] max_records; no sample when none",
+                 airtable.get("max_records")),
                 (GAUGE, "airtable_warnings", "Differences of the base that leave fields out of the writes "
                  "(`chatledger airtable check`)", len(airtable.get("warnings") or ())),
             ):
-                yield _single(kind, name, help_text, value)
+                if value is not None or name not in UNKNOWN_WHEN_NONE:
+                    yield _single(kind, name, help_text, value)
 
 
 def render(snapshot: dict[str, Any]) -> bytes:

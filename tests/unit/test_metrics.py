@@ -57,3 +57,13 @@ def test_no_airtable_metrics_without_airtable():
     snapshot = {**SNAPSHOT, "sinks": {"postgres": SNAPSHOT["sinks"]["postgres"]}}
     names = {f.name for f in text_string_to_metric_families(render(snapshot).decode())}
     assert "chatledger_airtable_tokens" not in names and "chatledger_sink_pending" in names
+
+
+def test_an_unknown_or_unset_airtable_figure_has_no_sample_rather_than_a_zero():
+    airtable = {**SNAPSHOT["sinks"]["airtable"], "requests_this_month": 12, "requests_month_forecast": 40,
+                "monthly_request_limit": None, "max_records": 1000, "records": None}
+    snapshot = {**SNAPSHOT, "sinks": {**SNAPSHOT["sinks"], "airtable": airtable}}
+    names = {s.name for f in text_string_to_metric_families(render(snapshot).decode()) for s in f.samples}
+    assert {"chatledger_airtable_requests_this_month", "chatledger_airtable_max_records"} <= names
+    # not counted yet is not an empty base; no limit is not a limit of 0
+    assert not {"chatledger_airtable_records", "chatledger_airtable_monthly_request_limit"} & names
