@@ -228,6 +228,7 @@ class MonthlyRequests:
         self._roll()
         if self.limit and self.count >= self.limit:
             self.allowed_past_limit = self.month
+            self.dirty = True  # kept in the journal: a restart does not hold the base again this month
 
     def forecast(self) -> int:
         """This month's requests at the pace so far."""
@@ -240,17 +241,20 @@ class MonthlyRequests:
         return {"requests_this_month": self.count, "monthly_request_limit": self.limit or None,
                 "requests_month_forecast": self.forecast(), "month": self.month}
 
-    # kept in the journal's meta table as {"month": "YYYY-MM", "count": N}
+    # kept in the journal's meta table as {"month": "YYYY-MM", "count": N, "lifted": "YYYY-MM" | null}
     JOURNAL_KEY = "airtable_requests_month"
 
     def dumps(self) -> str:
         self.dirty = False
-        return json.dumps({"month": self.month, "count": self.count})
+        return json.dumps({"month": self.month, "count": self.count, "lifted": self.allowed_past_limit})
 
     @classmethod
     def restore(cls, limit: int, saved: str | None, *, wall: Callable[[], float] = time.time) -> "MonthlyRequests":
         try:
             data = json.loads(saved) if saved else {}
-            return cls(limit, str(data.get("month")), int(data.get("count", 0)), wall=wall)
+            monthly = cls(limit, str(data.get("month")), int(data.get("count", 0)), wall=wall)
+            if data.get("lifted") == monthly.month:
+                monthly.allowed_past_limit = monthly.month
+            return monthly
         except (ValueError, TypeError, AttributeError):  # an unreadable record counts from zero
             return cls(limit, wall=wall)

@@ -190,3 +190,18 @@ async def test_at_the_monthly_limit_requests_are_refused_until_the_month_turns_o
     with pytest.raises(BudgetPaused):  # December has its own limit again
         async with budget.request():
             pass
+
+
+def test_a_lift_is_kept_in_the_journal_for_the_rest_of_its_month():
+    from daemon.ratelimit import MonthlyRequests
+
+    wall = Wall("2026-11-20T10:00:00")
+    monthly = MonthlyRequests(3, "2026-11", 3, wall=wall)
+    monthly.lift()
+    assert monthly.dirty  # saved soon, not only at the next request
+    restored = MonthlyRequests.restore(3, monthly.dumps(), wall=wall)  # a restart after `sync`
+    assert restored.reached() is None and restored.count == 3
+    wall.now = Wall.at("2026-12-01T00:00:00")
+    december = MonthlyRequests.restore(3, MonthlyRequests(3, "2026-12", 3, wall=wall).dumps(), wall=wall)
+    assert december.reached() is not None  # a lift from November does not carry over
+    assert MonthlyRequests.restore(3, monthly.dumps(), wall=wall).reached() is None  # a new month: count 0
