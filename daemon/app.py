@@ -328,7 +328,7 @@ class Daemon:
             self._hup.clear()
             logger.info("SIGHUP: reloading the log settings and [airtable.fields], and replaying now")
             self.reload_settings()
-            await self.sync()
+            await self.sync(operator=False)
 
     def reload_settings(self) -> None:
         """Apply [log] and [airtable.fields] from the config file again; keep the current settings if it is
@@ -349,8 +349,13 @@ class Daemon:
             airtable.sink.rename_fields(parse_field_mapping(fresh.airtable.fields))
             logger.info("[airtable.fields] now {}", fresh.airtable.fields or "empty")
 
-    async def sync(self) -> dict[str, Any]:
-        """Wake every sink worker so it replays what is pending now, skipping any backoff."""
+    async def sync(self, operator: bool = True) -> dict[str, Any]:
+        """Wake every sink worker so it replays what is pending now, skipping any backoff; `chatledger sync`
+        itself (not SIGHUP) also lifts the monthly request limit and counts the base's records again."""
+        airtable = self.workers.get("airtable")
+        if operator and airtable is not None:
+            airtable.sink.operator_sync()
+            await self.save_month()  # the lift outlives a kill -9
         for worker in self.workers.values():
             worker.wake()
         return {"replay": "triggered", "sinks": sorted(self.workers)}

@@ -397,14 +397,17 @@ class AirtableSink:
         return stats
 
     def wake(self) -> None:
-        """An operator asked for a retry: read the schema again, lift a quota pause, and let delivery go
-        on past [airtable] monthly_request_limit for the rest of this month."""
+        """A retry asked for (sync, SIGHUP, replay, init): read the schema again, lift a quota pause."""
         self._schema_ok = False
-        self._recount = True
         if self.client.budget.pause_reason == QUOTA_REASON:
             self.client.budget.resume()
+
+    def operator_sync(self) -> None:
+        """`chatledger sync` itself: let delivery go on past [airtable] monthly_request_limit for the rest
+        of this month, and count the base's records again (the operator may have deleted some)."""
         if self.client.budget.monthly is not None:
             self.client.budget.monthly.lift()
+        self._recount = bool(self.max_records)
 
     def rename_fields(self, fields: dict[str, dict[str, str]]) -> None:
         """Apply a new [airtable.fields] (SIGHUP); the schema is read again before the next write."""
@@ -428,9 +431,19 @@ class AirtableSink:
                              + "; ".join(plan.problems))
         self.plan = plan
         self._schema_ok = True
-        if self.max_records and self._recount:
+        await self._count()
+
+    async def _count(self) -> None:
+        """Count the base's records when asked (start, sync); a failure leaves it for the next delivery."""
+        if not (self.max_records and self._recount):
+            return
+        try:
             self.records = await self.count_records()
-            self._recount = False
+        except Exception as exc:  # noqa: BLE001 - the count is a figure: delivery goes on without it
+            logger.warning("airtable: the base's records are not counted yet ({}); tried again at the next "
+                           "delivery", exc)
+            return
+        self._recount = False
 
     async def count_records(self) -> int:
         """The records of the three tables, a page of 100 keys a request (a Team base's 50,000: 500)."""
@@ -445,6 +458,8 @@ class AirtableSink:
     async def deliver(self, events: Sequence[StoredEvent]) -> None:
         if not self._schema_ok:
             await self.check()
+        else:
+            await self._count()
         records = map_events(events)
         ids = [touch.conversation_id for touch in records.conversations]
         tables = self.plan.tables
@@ -476,6 +491,10 @@ class AirtableSink:
                     return
 
         await asyncio.gather(*(runner() for _ in range(min(THREADS, len(writes)))))
+        if created:  # before any failure is raised: what the writes that went through created is in the base
+            self._single.clear()
+            if self.records is not None:
+                self.records += created
         for kind in (*SEVERITY, Exception):
             for error, write in failures:
                 if isinstance(error, kind):
@@ -486,10 +505,6 @@ class AirtableSink:
                         if duplicated:
                             raise PermanentError(f"{error}: {duplicated}") from error
                     raise error
-        if created:
-            self._single.clear()
-            if self.records is not None:
-                self.records += created
         return created
 
     async def _duplicated(self, table: str, key: str, rows: list[dict[str, Any]]) -> str | None:

@@ -227,6 +227,10 @@ def test_the_monthly_request_limit_holds_the_base_across_a_restart_until_sync(tm
         assert cli(config, "sync").returncode == 0  # the operator says: go on this month
         wait_for(lambda: airtable_status(daemon)["delivered"] == 200, "everything delivered after sync")
         assert airtable_status(daemon)["requests_this_month"] > 8 and airtable_status(daemon)["dead"] == 0
+        daemon.kill()
+        daemon.start()  # the operator's sync holds for the rest of the month, across a crash too
+        assert post(daemon.url, messages(200, 20))[0] == 200
+        wait_for(lambda: airtable_status(daemon)["delivered"] == 220, "delivered after a restart, past the limit")
         assert daemon.stop() == 0
     finally:
         if daemon.process.poll() is None:

@@ -13,7 +13,7 @@ from daemon.ratelimit import RequestBudget
 from daemon.records import conversation_id_for
 from daemon.sinks.airtable import TABLES, AirtableClient, AirtableSink, init_base
 from daemon.sinks.airtable_schema import parse_field_mapping, plan_base
-from daemon.sinks.base import SetupError
+from daemon.sinks.base import RefusedError, SetupError
 from daemon.testing.airtable import EmulatorThread
 from tests.support import until
 
@@ -254,3 +254,58 @@ async def test_with_max_records_the_base_is_counted_at_start_then_from_what_upse
 
 async def _is(value, expected):
     return value == expected
+
+
+def held(emulator):
+    return sum(len(rows(emulator, table)) for table in NAMES.values())
+
+
+async def test_what_a_failing_batch_created_is_counted_all_the_same(emulator, journal):
+    client = client_for(emulator)
+    await init_base(client, NAMES)
+    sink = AirtableSink(client, NAMES, journal.conversations)
+    sink.max_records = 1000
+    await sink.check()
+    assert sink.records == 0
+    await journal.append([normalize(message(i, contacts=3), RECEIVED) for i in range(30)])
+    fault(emulator, refuse_value="hello 29")  # in the last chunk of interactions; the others go alongside
+    with pytest.raises(RefusedError):
+        await sink.deliver(await journal.pending("airtable", 0, 100))
+    assert 0 < held(emulator) < 33 and sink.records == held(emulator)
+    fault(emulator, refuse_value=None)
+    await sink.deliver(await journal.pending("airtable", 0, 100))  # the retry finds most as updates
+    assert sink.records == held(emulator) == 33
+    await sink.close()
+
+
+async def test_a_count_that_fails_at_start_is_made_at_a_later_delivery(emulator, journal):
+    client = client_for(emulator)
+    await init_base(client, NAMES)
+    await client.upsert("Interactions", "InteractionId", [{"InteractionId": f"typed-{i}"} for i in range(7)])
+    sink = AirtableSink(client, NAMES, journal.conversations)
+    sink.max_records = 1000
+    fault(emulator, billing_exceeded=True)  # the schema (meta API) reads, the records do not
+    await sink.check()  # the base is fine: delivery goes on, the count waits
+    assert sink.records is None
+    fault(emulator, billing_exceeded=False)
+    sink.client.budget.resume()  # the hourly quota pause, as its end would
+    await journal.append([normalize(message(i, contacts=3), RECEIVED) for i in range(5)])
+    await sink.deliver(await journal.pending("airtable", 0, 100))
+    assert sink.records == held(emulator) == 7 + 5 + 3
+    await sink.close()
+
+
+async def test_only_an_operators_sync_lets_delivery_past_the_monthly_limit_or_counts_again(emulator, journal):
+    from daemon.ratelimit import MonthlyRequests
+
+    monthly = MonthlyRequests(5)
+    monthly.count = 5
+    client = AirtableClient(TOKEN, BASE, emulator.url, RequestBudget(5, monthly=monthly))
+    sink = AirtableSink(client, NAMES, journal.conversations)
+    sink.max_records = 1000
+    sink._recount = False  # counted at start
+    sink.wake()  # SIGHUP, replay, airtable init: the schema is read again, nothing more
+    assert monthly.reached() is not None and not sink._recount
+    sink.operator_sync()  # `chatledger sync`
+    assert monthly.reached() is None and sink._recount
+    await sink.close()
