@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -135,4 +135,5 @@ class _Snapshot:
 def render(snapshot: dict[str, Any]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(snapshot))
+    ProcessCollector(registry=registry)  # resident memory, CPU, open files (from /proc; nothing elsewhere)
     return generate_latest(registry)

@@ -67,3 +67,10 @@ def test_an_unknown_or_unset_airtable_figure_has_no_sample_rather_than_a_zero():
     assert {"chatledger_airtable_requests_this_month", "chatledger_airtable_max_records"} <= names
     # not counted yet is not an empty base; no limit is not a limit of 0
     assert not {"chatledger_airtable_records", "chatledger_airtable_monthly_request_limit"} & names
+
+
+def test_the_process_itself_is_measured():
+    got = samples()
+    assert got[("process_resident_memory_bytes", ())] > 1_000_000
+    assert got[("process_open_fds", ())] >= 3 and got[("process_max_fds", ())] > 0
+    assert ("process_cpu_seconds_total", ()) in got and ("process_start_time_seconds", ()) in got
