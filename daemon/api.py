@@ -332,9 +332,36 @@ async def patch_escalation(request: web.Request) -> web.Response:
 async def patch_conversation(request: web.Request) -> web.Response:
     conversation_id = _path_id(request)
     body: ConversationPatch = await _body(request, ConversationPatch)
+    if not await _conversation_known(request.app[JOURNAL_KEY], conversation_id):
+        return _error(404, f"no conversation {conversation_id} in any store")
     new = await _journal(request, API_CONVERSATION_UPDATE, _patch_key(request, "conversation", body), body,
                          conversation_id=conversation_id)
     return web.json_response({"id": conversation_id, "duplicate": not new})
+
+
+async def _conversation_known(stores: ApiStores, conversation_id: str) -> bool:
+    """Whether a store knows it (the journal, PostgreSQL, else Airtable); 503 when one that might could not say."""
+    if await stores.journal.conversations([conversation_id]):
+        return True
+    problems = []
+    if stores.postgres is not None:
+        try:
+            async with stores.postgres() as pg:
+                if await pg.existing("conversations", [conversation_id]):
+                    return True
+        except SinkError as exc:
+            problems.append(f"postgres: {exc}")
+    airtable = stores.airtable()
+    if airtable is not None:
+        try:
+            if await _airtable_rows(*airtable, "conversations", conversation_id, 1):
+                return True
+        except SinkError as exc:
+            problems.append(f"airtable: {exc}")
+    if problems:
+        raise _Refused(_error(503, f"cannot tell whether conversation {conversation_id} exists: "
+                                   + "; ".join(problems)))
+    return False
 
 
 async def _escalation_known(stores: ApiStores, escalation_id: str) -> bool:
@@ -600,7 +627,7 @@ def openapi() -> dict[str, Any]:
             PREFIX + "/escalations/{id}": {
                 "patch": {**write("EscalationPatch", updated, "404"), "parameters": [*path_id, idempotency]}},
             PREFIX + "/conversations/{id}": {
-                "patch": {**write("ConversationPatch", updated), "parameters": [*path_id, idempotency]},
+                "patch": {**write("ConversationPatch", updated, "404"), "parameters": [*path_id, idempotency]},
                 "get": {"security": SECURITY, "parameters": path_id,
                         "responses": answers({"200": ("ConversationRead", "found")}, "401", "404", "422")}},
             PREFIX + "/conversations/{id}/interactions": {"get": {

@@ -104,6 +104,9 @@ async def test_writes_reach_both_sinks_and_enrich_the_webhook_rows(stores_for, s
             assert patch.status == 200
             assert (await api.patch("/api/v1/escalations/nobody", json={"status": "resolved"},
                                     headers=AUTH)).status == 404
+            phantom = await api.patch("/api/v1/conversations/nobody", json={"status": "closed"}, headers=AUTH)
+            assert phantom.status == 404 and "no conversation nobody" in (await phantom.json())["error"]
+            assert await journal.conversations(["nobody"]) == {}  # nothing journaled: no phantom in either store
             conv = await api.patch(f"/api/v1/conversations/{CONVERSATION}", headers=AUTH, json={
                 "intent": "support", "sentiment": "positive", "priority": "HIGH", "tags": ["vip", "pix"],
                 "metadata": {"plan": "gold"}})
