@@ -83,6 +83,8 @@ class Daemon:
             host, port = split_listen(self.config.server.listen)
             logger.info("chatledger {} accepting webhooks on {}:{} at {} (status socket {})",
                         __version__, host, port, self.config.server.webhook_path, self.config.status.socket)
+            for warning in self.config.warnings():
+                logger.warning(warning)
             self.notifier.ready(f"accepting webhooks; sinks: {', '.join(self.config.enabled_sinks) or 'none'}")
             exit_code = await self._supervise()
             await self._shutdown(webhook_runner, status_runner)

@@ -147,6 +147,8 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
     print(json.dumps(config.redacted(), indent=2))
     sinks = ", ".join(config.enabled_sinks) or "none (journal only)"
     print(f"sinks enabled: {sinks}")
+    for warning in config.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -47,6 +47,9 @@ LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL
 SUN_PATH_MAX = 107  # bytes a Unix socket path may hold (sockaddr_un.sun_path minus the NUL)
 
 
+EXAMPLE_WEBHOOK_TOKEN = "example-token-replace-me-0123456789"  # config.example.toml's, public
+
+
 class ConfigError(Exception):
     """A configuration that cannot be used; the message names the key and the problem."""
 
@@ -375,6 +378,14 @@ class Config(BaseSettings):
         if self.airtable.enabled:
             sinks.append("airtable")
         return tuple(sinks)
+
+    def warnings(self) -> list[str]:
+        """What works but should not stay so (check-config prints it, the daemon logs it at start)."""
+        warnings = []
+        if self.server.webhook_token.get_secret_value() == EXAMPLE_WEBHOOK_TOKEN:
+            warnings.append("[server] webhook_token is the example's, which anyone can read: replace it "
+                            "(openssl rand -hex 24) and update the URL in SendPulse")
+        return warnings
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, every secret replaced by whether it is set."""

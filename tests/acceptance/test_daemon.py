@@ -1,10 +1,12 @@
 """The installed `chatledger run` in a subprocess: webhooks, status, signals, kill -9, restart."""
 
 import json
+import re
 import os
 import signal
 import socket
 import sqlite3
+from pathlib import Path
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -279,3 +281,25 @@ def test_top_shows_intake_and_sinks(daemon, config):
     assert "postgres  disabled" in first and "no errors seen" in first
     assert "/s accepted" in second  # the second frame has a rate
     assert "\x1b[" not in shown.stdout  # no screen control when not on a terminal
+
+
+def test_check_config_and_the_start_warn_while_the_webhook_token_is_the_examples(config):
+    example = "example-token-replace-me-0123456789"  # config.example.toml's, public
+    assert example in (Path(__file__).parents[2] / "config.example.toml").read_text()
+    result = cli(config, "check-config", env={"CHATLEDGER_SERVER__WEBHOOK_TOKEN": example})
+    assert result.returncode == 0  # it works, but anyone who read the example can post to it
+    assert "[server] webhook_token is the example's" in result.stderr and "openssl rand -hex 24" in result.stderr
+    assert "webhook_token is the example" not in cli(config, "check-config").stderr
+
+
+def test_the_readmes_example_webhook_is_accepted(config):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    body = re.search(r"-d '(\[.*?\])'\n# (\{.*?\})\n", readme, re.S)
+    url = re.search(r"curl -s '(http://127\.0\.0\.1:8080(/webhooks/sendpulse)\?token=([^']+))'", readme)
+    assert body and url and url.group(3) == "example-token-replace-me-0123456789"
+    daemon = Daemon(config).start()
+    try:
+        assert post(daemon.url, json.loads(body.group(1))) == (200, json.loads(body.group(2)))
+        assert daemon.status()["journal"]["events"] == 1
+    finally:
+        daemon.stop()
