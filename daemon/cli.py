@@ -15,7 +15,7 @@ from typing import Any
 from loguru import logger
 
 from daemon import __version__
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import CONFIG_ENV, Config, ConfigError, load_config
 from daemon.journal import JournalError
 from daemon.logs import setup_logging
 from daemon.status import (
@@ -30,10 +30,29 @@ from daemon.status import (
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd's RestartPreventExitStatus names it
+EXIT_USAGE = 64  # EX_USAGE: a bad command line (2 is `status`'s "no daemon answers")
+DEFAULT_CONFIG = Path("/etc/chatledger/config.toml")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on EXIT_USAGE rather than 2."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def config_path(given: Path | None, environ: Any = os.environ) -> Path | None:
+    """--config, else $CHATLEDGER_CONFIG, else /etc/chatledger/config.toml when it exists."""
+    if given is not None:
+        return given
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="chatledger",
         description="Journal SendPulse webhooks durably and deliver them to PostgreSQL and Airtable.",
     )
@@ -42,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument("--config", type=Path, required=True, metavar="PATH", help="the TOML config file")
+        sub.add_argument("--config", type=Path, metavar="PATH",
+                         help=f"the TOML config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG})")
         return sub
 
     command("run", "run the daemon in the foreground (systemd runs this)")
@@ -99,6 +119,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.config = config_path(args.config)
+    if args.config is None:
+        print(f"chatledger {args.command}: no config: give --config PATH, or set {CONFIG_ENV}, or install "
+              f"{DEFAULT_CONFIG}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -559,19 +584,20 @@ def _top(config: Config, args: argparse.Namespace) -> int:
     view = TopView()
     interactive = sys.stdout.isatty()
     frames = 0
+    code = EXIT_OK  # of the last frame: no daemon is not a success
     try:
         while True:
             try:
                 snapshot = asyncio.run(request_status(config.status.socket))
             except StatusUnreachable as exc:
-                text = f"chatledger: {exc} (retrying; Ctrl-C quits)"
+                text, code = f"chatledger: {exc} (retrying; Ctrl-C quits)", EXIT_UNREACHABLE
             else:
-                text = view.frame(snapshot)
+                text, code = view.frame(snapshot), EXIT_OK
             sys.stdout.write((CLEAR if interactive else "") + text + "\n" + ("" if interactive else "\n"))
             sys.stdout.flush()
             frames += 1
             if args.count and frames >= args.count:
-                return EXIT_OK
+                return code
             time.sleep(max(0.1, args.interval))
     except KeyboardInterrupt:
-        return EXIT_OK
+        return code

@@ -30,6 +30,7 @@ from pydantic_settings import (
 from daemon.sinks.airtable_schema import parse_field_mapping
 
 ENV_PREFIX = "CHATLEDGER_"
+CONFIG_ENV = "CHATLEDGER_CONFIG"  # names the file when --config is not given: not a setting
 
 # Names the previous TypeScript deployment used; still honoured so an existing .env keeps working.
 LEGACY_ENV = {
@@ -307,7 +308,7 @@ class _EnvSource(PydanticBaseSettingsSource):
             if name in environ:
                 values.setdefault(section, {})[key] = environ[name]
         for name, value in environ.items():
-            if not name.startswith(ENV_PREFIX):
+            if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
                 continue
             section, sep, key = name[len(ENV_PREFIX):].lower().partition("__")
             if not sep or not key or section not in Config.model_fields:
@@ -315,6 +316,10 @@ class _EnvSource(PydanticBaseSettingsSource):
                     f"environment variable {name}: not a chatledger setting "
                     f"(expected {ENV_PREFIX}<SECTION>__<KEY>, e.g. {ENV_PREFIX}SERVER__LISTEN)"
                 )
+            fields = Config.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
+            if not any(key in (field, info.alias) for field, info in fields.items()):
+                keys = ", ".join(info.alias or field for field, info in fields.items())
+                raise ConfigError(f"environment variable {name}: [{section}] has no key {key} (its keys: {keys})")
             values.setdefault(section, {})[key] = value
         return values
 

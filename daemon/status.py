@@ -42,6 +42,14 @@ class StatusUnreachable(Exception):
     """No daemon answers on the status socket."""
 
 
+def _unreachable(socket_path: Path, exc: Exception) -> StatusUnreachable:
+    """Nobody answers, said in the operating system's words (aiohttp's own names `ssl:default` for a socket)."""
+    error = getattr(exc, "os_error", None) or exc
+    reason = getattr(error, "strerror", None) or str(error)
+    return StatusUnreachable(f"no chatledger answers on {socket_path} ({reason}): is the daemon running "
+                             "with this config?")
+
+
 class StatusRefused(Exception):
     """The daemon answered, and did not do it: a bad parameter (400), a caller it does not allow (403),
     or a failure of its own (5xx)."""
@@ -230,7 +238,7 @@ async def stream_status(socket_path: Path, route: str, timeout_s: float) -> Asyn
     except aiohttp.ClientPayloadError as exc:  # the daemon stopped (or broke) half-way through its answer
         raise StatusRefused(f"the daemon's answer on {route} was cut short: {exc}") from None
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
-        raise StatusUnreachable(f"no chatledger answers on {socket_path}: {exc}") from None
+        raise _unreachable(socket_path, exc) from None
 
 
 def _query(request: web.Request, known: Sequence[str]) -> dict[str, str]:
@@ -314,7 +322,7 @@ async def request_status(socket_path: Path, method: str = "GET", route: str = "/
                     raise await _not_ok(response, route)
                 return await response.json()
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
-        raise StatusUnreachable(f"no chatledger answers on {socket_path}: {exc}") from None
+        raise _unreachable(socket_path, exc) from None
     except TimeoutError:
         raise StatusUnreachable(f"chatledger on {socket_path} did not answer in {timeout_s:.0f} s") from None
 

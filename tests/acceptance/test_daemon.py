@@ -6,13 +6,14 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 from pathlib import Path
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support import TOKEN, Daemon, cli, incoming, post, write_config
+from tests.support import TOKEN, Daemon, chatledger_bin, cli, incoming, post, write_config
 
 pytestmark = pytest.mark.acceptance
 
@@ -303,3 +304,26 @@ def test_the_readmes_example_webhook_is_accepted(config):
         assert daemon.status()["journal"]["events"] == 1
     finally:
         daemon.stop()
+
+
+def test_top_without_a_daemon_does_not_exit_0(config):
+    result = cli(config, "top", "--count", "1")
+    assert result.returncode == 2 and "retrying" in result.stdout
+
+
+def test_usage_errors_have_their_own_exit_code_and_the_config_has_defaults(tmp_path, config):
+    def bare(*args, env=None):
+        return subprocess.run([chatledger_bin(), *args], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, **(env or {})} if env else
+                              {k: v for k, v in os.environ.items() if k != "CHATLEDGER_CONFIG"}, cwd=tmp_path)
+
+    missing = bare("status")  # no --config, no CHATLEDGER_CONFIG, no /etc/chatledger/config.toml here
+    if not Path("/etc/chatledger/config.toml").exists():
+        assert missing.returncode == 64
+        assert "CHATLEDGER_CONFIG" in missing.stderr and "/etc/chatledger/config.toml" in missing.stderr
+    assert bare("replay", "--bogus", "--config", str(config)).returncode == 64
+    assert bare("no-such-command").returncode == 64
+    by_env = bare("check-config", env={"CHATLEDGER_CONFIG": str(config)})
+    assert by_env.returncode == 0 and f"{config}: OK" in by_env.stdout
+    gone = bare("check-config", env={"CHATLEDGER_CONFIG": str(tmp_path / "nope.toml")})
+    assert gone.returncode == 78 and "nope.toml" in gone.stderr

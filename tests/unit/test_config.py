@@ -157,12 +157,19 @@ def test_token_from_env_alone(tmp_path):
         ("[server\n", {}, r"not valid TOML"),
         (f'[server]\nwebhook_token = "{TOKEN}"\n', {"CHATLEDGER_SERVER__MAX_BODY_BYTES": "lots"}, r"\[server\] max_body_bytes"),
         (f'[server]\nwebhook_token = "{TOKEN}"\n', {"CHATLEDGER_TYPO": "1"}, r"CHATLEDGER_TYPO: not a chatledger setting"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n', {"CHATLEDGER_SERVER__WEBHOOK_TOKN": "1"},
+         r"environment variable CHATLEDGER_SERVER__WEBHOOK_TOKN: \[server\] has no key webhook_tokn"),
         (f'[server]\nwebhook_token = "{TOKEN}"\n[status]\nsocket = "/{"x" * 120}"\n', {}, r"\[status\] socket: .*107 bytes"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, env, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, text), env)
+
+
+def test_chatledger_config_names_the_file_and_is_no_setting(tmp_path):
+    config = load_config(write(tmp_path, f'[server]\nwebhook_token = "{TOKEN}"\n'), {"CHATLEDGER_CONFIG": "x.toml"})
+    assert config.server.webhook_token.get_secret_value() == TOKEN
 
 
 def test_missing_file(tmp_path):
