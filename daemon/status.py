@@ -388,7 +388,9 @@ def render(snapshot: dict[str, Any]) -> str:
     ]
     for name, sink in snapshot.get("sinks", {}).items():
         error = sink.get("last_error") or ""
-        if error and sink.get("last_error_at"):
+        if error and sink.get("state") == "up":  # history, not the present: say so
+            error = f"none now (the last, at {sink.get('last_error_at') or '?'}: {error})"
+        elif error and sink.get("last_error_at"):
             error = f"{error} (at {sink['last_error_at']})"
         lines.append(
             f"{name:<10}{sink.get('state', '?'):<15}{sink.get('pending', 0):>9}"
