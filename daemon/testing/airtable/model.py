@@ -93,7 +93,7 @@ class Field:
             if len(value) > MAX_TEXT:
                 raise invalid(self.name, f'Field "{self.name}" cannot accept a value longer than {MAX_TEXT} characters')
             return value
-        if self.type == "number":
+        if self.type in ("number", "duration"):  # a duration is a number of seconds
             if typecast and isinstance(value, str):
                 try:
                     value = float(value) if "." in value else int(value)
