@@ -3,19 +3,21 @@
 The fields chatledger knows are fixed (TABLES); the operator's base is not. Its field names can be
 mapped in `[airtable.fields]` (BaseNames), and from the base's schema (the metadata API) each table
 gets a write plan: every field chatledger knows either goes to an actual field with a converter into
-the form that field's type takes, or is left out with the reason. Pure: no I/O, no pyairtable.
+the form that field's type takes (and its inverse, for what reads Airtable back: recover, the API), or
+is left out with the reason. Pure: no I/O, no pyairtable.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from daemon.records import iso, parse_tags
+from daemon.records import iso, parse_tags, tags_text
 
 # Airtable's cell limit for text (https://support.airtable.com/using-rich-text-with-airtable).
 MAX_CELL_TEXT = 100_000
@@ -227,10 +229,51 @@ def _as_tag_choices(value: Any) -> list[str]:
     return parse_tags(value) if isinstance(value, str) else [str(tag) for tag in value]
 
 
+# -- inverses: a cell read back as the value chatledger holds --------------------------------------
+# What an operator typed that is not in the form chatledger writes is left as it is, for the reader to judge.
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _from_number_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return value
+    if not math.isfinite(number):  # "nan", "inf" and "1e400" are text to Python's float() too
+        return value
+    return int(number) if number.is_integer() else number
+
+
+def _from_seconds(value: Any) -> Any:
+    # round: 1234.567 * 1000 is 1234566.9999999998
+    return round(value * 1000) if _is_number(value) else value
+
+
+def _from_choices(value: Any) -> Any:
+    """A multiple select's choices as the text we hold (tags comma-separated, as tags_text writes them)."""
+    return tags_text(str(choice) for choice in value) if isinstance(value, list) else value
+
+
+def _from_date(value: Any) -> Any:
+    try:
+        return _as_date(value)
+    except (TypeError, ValueError):
+        return value
+
+
 @dataclass(frozen=True)
 class Converter:
     convert: Callable[[Any], Any]
     note: str | None = None  # a compatible difference worth telling the operator
+    read: Callable[[Any], Any] = _unchanged  # the inverse: a cell of that type as the value we hold
 
 
 def converter_for(spec: FieldSpec, type_: str | None) -> Converter | str:
@@ -244,21 +287,22 @@ def converter_for(spec: FieldSpec, type_: str | None) -> Converter | str:
             note = f"is a {type_words(type_)} field: {VALUE_WORDS[kind]} is written as its text"
         elif kind == CHOICE or type_ in ("richText", "email", "url"):
             note = f"is a {type_words(type_)} field: written as text"
-        return Converter(_as_text, note)
+        return Converter(_as_text, note, _from_number_text if kind == NUMBER else _unchanged)
     if type_ == "singleSelect" and kind in (TEXT, CHOICE, TAGS):
         note = None if spec.type == "singleSelect" else \
             "is a single select field: each new value becomes a choice (written with typecast)"
         return Converter(_as_choice, note)
     if type_ == "multipleSelects" and kind in (TEXT, CHOICE, TAGS):
         return Converter(_as_tag_choices if kind == TAGS else _as_choices,
-                         "is a multiple select field: each new value becomes a choice (written with typecast)")
+                         "is a multiple select field: each new value becomes a choice (written with typecast)",
+                         _from_choices)
     if type_ in NUMBER_TYPES and kind == NUMBER:
         return Converter(_as_number, None if type_ == "number" else f"is a {type_words(type_)} field: "
                          "written as a plain number")
     if type_ == "duration" and kind == NUMBER and spec.unit == "ms":
-        return Converter(_as_seconds, "is a duration field: milliseconds are written as seconds")
+        return Converter(_as_seconds, "is a duration field: milliseconds are written as seconds", _from_seconds)
     if type_ == "date" and kind == TIME:
-        return Converter(_as_date, "is a date field without time: chatledger writes the date in UTC")
+        return Converter(_as_date, "is a date field without time: chatledger writes the date in UTC", _from_date)
     if type_ == "dateTime" and kind == TIME:
         return Converter(_as_date_time)
     return f"is a {type_words(type_)} field, which cannot take {VALUE_WORDS[kind]}"
@@ -271,6 +315,7 @@ class Column:
     logical: str
     name: str  # in the base
     convert: Callable[[Any], Any]
+    read: Callable[[Any], Any] = _unchanged
 
 
 @dataclass(frozen=True)
@@ -286,6 +331,15 @@ class TablePlan:
     def row(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """One record's fields (ours, by our names) as the base takes them."""
         return {c.name: c.convert(values[c.logical]) for c in self.columns if c.logical in values}
+
+    def values(self, cells: Mapping[str, Any]) -> dict[str, Any]:
+        """One record's cells (by the base's names) as the values chatledger wrote, by our names: row's inverse."""
+        return {c.logical: c.read(cells[c.name]) for c in self.columns if c.name in cells}
+
+    @property
+    def written(self) -> frozenset[str]:
+        """Our fields this table holds as chatledger writes them."""
+        return frozenset(c.logical for c in self.columns)
 
 
 @dataclass(frozen=True)
@@ -307,6 +361,15 @@ class BasePlan:
     table_ids: dict[str, str] = field(default_factory=dict)  # kind -> tbl id, for the tables found
     missing: dict[str, list[Missing]] = field(default_factory=dict)  # kind -> fields the base lacks
     missing_tables: list[str] = field(default_factory=list)
+
+
+def read_back(plan: BasePlan | None, names: BaseNames, kind: str, cells: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's cells by our names: what the plan writes as the value chatledger wrote, the rest as it is."""
+    out = names.logical(kind, cells)
+    table = plan.tables.get(kind) if plan is not None else None
+    if table is not None:
+        out.update(table.values(cells))
+    return out
 
 
 def _find_table(tables: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
@@ -395,7 +458,7 @@ def _plan_table(plan: BasePlan, kind: str, specs: tuple[FieldSpec, ...], table: 
             left_out[spec.name] = how
             plan.warnings.append(f"{where} {how}: left out of what chatledger writes")
             continue
-        columns.append(Column(spec.name, name, how.convert))
+        columns.append(Column(spec.name, name, how.convert, how.read))
         if name != spec.name:
             plan.notes.append(f"{TITLES[kind]}.{spec.name} is written to {label}.{name} ([airtable.fields])")
         if how.note:

@@ -178,3 +178,35 @@ def test_a_mapping_that_cannot_be_meant_is_refused(mapping, message):
     with pytest.raises(ValueError, match=message):
         parse_field_mapping(mapping)
 
+
+
+def test_each_field_type_reads_back_as_the_value_chatledger_wrote():
+    base = documented("mixed")  # StartedAt / Timestamp with time, the other dates without
+    conversations, interactions = base.table("Conversations"), base.table("Interactions")
+    conversations.field("Tags").type, conversations.field("Tags").options = "multipleSelects", {"choices": []}
+    conversations.field("MessageCount").type = "singleLineText"
+    conversations.field("Status").type, conversations.field("Status").options = "multipleSelects", {"choices": []}
+    interactions.field("ProcessingTime").type = "duration"
+    interactions.field("Timestamp").type = "multilineText"
+    plan = plan_base(schema(base), NAMES)
+    ours = {
+        "conversations": {"ConversationId": "c", "Tags": "vip, late", "MessageCount": 12, "Status": "closed",
+                          "StartedAt": "2026-11-25T23:30:00.000Z", "LastActivity": "2026-11-25T23:30:00.000Z",
+                          "CustomerName": "Ana"},
+        "interactions": {"InteractionId": "i", "ProcessingTime": 350, "Timestamp": "2026-11-25T23:30:00.000Z",
+                         "CreatedAt": "2026-11-25T23:30:00.000Z"},
+    }
+    back = {kind: plan.tables[kind].values(plan.tables[kind].row(values)) for kind, values in ours.items()}
+    assert back["conversations"] == {**ours["conversations"], "LastActivity": "2026-11-25"}  # the day only
+    assert back["interactions"] == {**ours["interactions"], "CreatedAt": "2026-11-25"}
+    assert type(back["interactions"]["ProcessingTime"]) is int  # milliseconds, from 0.35 s
+    assert plan.tables["interactions"].values({"InteractionId": "i", "ProcessingTime": 1234.567}) == \
+        {"InteractionId": "i", "ProcessingTime": 1234567}
+    # what an operator typed that is not our form is left as it is, for the reader to judge
+    for typed in ("a dozen", "nan", "1e400"):
+        assert plan.tables["conversations"].values({"ConversationId": "c", "MessageCount": typed}) == \
+            {"ConversationId": "c", "MessageCount": typed}
+    # without the schema the documented base's forms apply: a number, the text, a date-time
+    assumed = plan_base(None, NAMES).tables["interactions"]
+    assert assumed.values({"InteractionId": "i", "ProcessingTime": 350, "Content": "oi"}) == \
+        {"InteractionId": "i", "ProcessingTime": 350, "Content": "oi"}
