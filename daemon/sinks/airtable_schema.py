@@ -166,6 +166,10 @@ class BaseNames(dict[str, str]):
         """The base's name for one of our fields."""
         return self.fields[kind].get(logical, logical)
 
+    def same(self, other: Mapping[str, str]) -> bool:
+        """The same tables and mapped fields (dict equality alone ignores the fields)."""
+        return dict(self) == dict(other) and self.fields == BaseNames.of(other).fields
+
     def logical(self, kind: str, cells: Mapping[str, Any]) -> dict[str, Any]:
         """A record's cells under our field names (what the base calls them mapped back)."""
         return {spec.name: cells[self.field(kind, spec.name)] for spec in TABLES[kind]
@@ -362,14 +366,24 @@ class BasePlan:
     missing: dict[str, list[Missing]] = field(default_factory=dict)  # kind -> fields the base lacks
     missing_tables: list[str] = field(default_factory=list)
 
+    def unselectable(self, names: BaseNames, kind: str, logical: str) -> str | None:
+        """Why records of `kind` cannot be selected by our field `logical`, or None: a formula naming a missing
+        field is refused (422), and a field left out of the writes holds none of our values."""
+        table = self.tables.get(kind)
+        why = table.left_out.get(logical) if table is not None else None
+        if why is None:
+            return None
+        name = names.field(kind, logical)
+        where = f"{table.table}.{name}" + (f" ({TITLES[kind]}.{logical} in [airtable.fields])"
+                                           if name != logical else "")
+        return f"{where} {'is missing' if why == 'missing' else why}"
+
 
 def read_back(plan: BasePlan | None, names: BaseNames, kind: str, cells: Mapping[str, Any]) -> dict[str, Any]:
-    """A record's cells by our names: what the plan writes as the value chatledger wrote, the rest as it is."""
-    out = names.logical(kind, cells)
+    """A record's cells by our names, as the values chatledger wrote: only what the plan writes (a field left
+    out holds the operators' values, not ours); without the table's plan, every cell as it is."""
     table = plan.tables.get(kind) if plan is not None else None
-    if table is not None:
-        out.update(table.values(cells))
-    return out
+    return table.values(cells) if table is not None else names.logical(kind, cells)
 
 
 def _find_table(tables: list[dict[str, Any]], name: str) -> dict[str, Any] | None:

@@ -3,7 +3,7 @@
 import pytest
 
 from daemon.sinks.airtable_schema import (
-    MAX_CELL_TEXT, SCOPE_WARNING, TABLES, BaseNames, cut_text, parse_field_mapping, plan_base,
+    MAX_CELL_TEXT, SCOPE_WARNING, TABLES, BaseNames, cut_text, parse_field_mapping, plan_base, read_back,
 )
 from daemon.testing.airtable.bases import documented_base, formula_options
 from daemon.testing.airtable.model import Base
@@ -210,3 +210,39 @@ def test_each_field_type_reads_back_as_the_value_chatledger_wrote():
     assumed = plan_base(None, NAMES).tables["interactions"]
     assert assumed.values({"InteractionId": "i", "ProcessingTime": 350, "Content": "oi"}) == \
         {"InteractionId": "i", "ProcessingTime": 350, "Content": "oi"}
+
+
+def test_a_field_left_out_of_the_writes_is_not_read_back_as_ours():
+    base = documented()
+    base.table("Interactions").field("Intent").type = "formula"
+    base.table("Interactions").field("Intent").options = formula_options("'computed'")
+    base.table("Conversations").remove_field("Sentiment")
+    plan = plan_base(schema(base), NAMES)
+    names = BaseNames(NAMES)
+    cells = {"InteractionId": "i", "Intent": "computed", "Content": "oi"}
+    assert read_back(plan, names, "interactions", cells) == {"InteractionId": "i", "Content": "oi"}
+    assert read_back(None, names, "interactions", cells) == cells  # no plan: every cell as it is
+
+
+def test_a_selection_on_a_field_the_base_does_not_hold_as_written_is_explained():
+    base = documented()
+    base.table("Interactions").remove_field("ConversationId")
+    base.table("Conversations").field("CustomerPhone").type = "formula"
+    base.table("Conversations").field("CustomerPhone").options = formula_options("'x'")
+    plan = plan_base(schema(base), NAMES)
+    names = BaseNames(NAMES)
+    assert plan.unselectable(names, "interactions", "ConversationId") == "Interactions.ConversationId is missing"
+    assert plan.unselectable(names, "conversations", "CustomerPhone").startswith(
+        "Conversations.CustomerPhone is a formula field")
+    assert plan.unselectable(names, "escalations", "ConversationId") is None
+    assert plan_base(None, names).unselectable(names, "interactions", "ConversationId") is None
+    renamed = BaseNames(NAMES, parse_field_mapping({"Interactions.Timestamp": "When"}))
+    assert plan_base(schema(base), renamed).unselectable(renamed, "interactions", "Timestamp") == \
+        "Interactions.When (Interactions.Timestamp in [airtable.fields]) is missing"
+
+
+def test_base_names_are_the_same_when_tables_and_mapped_fields_are():
+    mapped = BaseNames(NAMES, parse_field_mapping({"Interactions.Content": "Message"}))
+    assert mapped.same(BaseNames(NAMES, parse_field_mapping({"Interactions.Content": "Message"})))
+    assert not mapped.same(BaseNames(NAMES)) and not BaseNames(NAMES).same(mapped)
+    assert BaseNames(NAMES).same(NAMES) and not BaseNames(NAMES).same({**NAMES, "escalations": "Tickets"})
