@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,6 +40,9 @@ LOCKOUT = 30.0  # what Airtable imposes after a 429
 QUOTA_RETRY = 3600.0  # the monthly quota does not come back by waiting a minute
 THREADS = 5
 QUOTA_REASON = "monthly API quota exhausted"
+# How long a reader (the bot API) trusts the plan last read: the sink reads the schema again on sync,
+# SIGHUP and init, and what an operator changes without telling chatledger is seen within this.
+PLAN_MAX_AGE = 600.0
 
 class ThrottledError(TransientError):
     """Airtable answered 429 RATE_LIMIT_REACHED anyway: the whole base pauses for the lockout."""
@@ -160,6 +164,29 @@ SEVERITY = (SetupError, QuotaError, ThrottledError, PermanentError, TransientErr
 
 # -- the sink --------------------------------------------------------------------------------------
 
+class PlanCache:
+    """The base's write plan as last read, so that a reader need not read the schema for every request."""
+
+    def __init__(self, max_age: float = PLAN_MAX_AGE, clock: Callable[[], float] = time.monotonic):
+        self.max_age = max_age
+        self._clock = clock
+        self._last: tuple[float, BaseNames, BasePlan] | None = None
+
+    def remember(self, names: BaseNames, plan: BasePlan) -> None:
+        self._last = (self._clock(), names, plan)
+
+    async def get(self, names: Mapping[str, str], read: Callable[[], Awaitable[BasePlan]]) -> BasePlan:
+        """The plan for `names` read less than max_age ago, else `read()` now."""
+        names = BaseNames.of(names)
+        if self._last is not None:
+            at, known, plan = self._last
+            if self._clock() - at < self.max_age and known.same(names):
+                return plan
+        plan = await read()
+        self.remember(names, plan)
+        return plan
+
+
 class AirtableClient:
     """pyairtable behind the base's budget, in a thread pool; one Api (requests.Session) per thread."""
 
@@ -172,6 +199,7 @@ class AirtableClient:
         self._endpoint_url = endpoint_url
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="airtable")
+        self.plans = PlanCache()  # what the sink, `airtable check` or recover read last, for the bot API
 
     def _api(self) -> Api:
         api = getattr(self._local, "api", None)
@@ -310,7 +338,16 @@ async def read_plan(client: AirtableClient, names: BaseNames, probe: bool = True
     schema = await client.schema()
     if schema is None and probe:
         await probe_tables(client, names)
-    return plan_base(schema, names)
+    plan = plan_base(schema, names)
+    client.plans.remember(names, plan)
+    return plan
+
+
+async def current_plan(client: AirtableClient, names: Mapping[str, str]) -> BasePlan:
+    """The base's write plan for a reader: the one last read through `client` while recent, else the
+    schema read now (patiently; without the schema scope, the documented base's)."""
+    names = BaseNames.of(names)
+    return await client.plans.get(names, lambda: patiently(lambda: read_plan(client, names, probe=False)))
 
 
 async def init_base(client: AirtableClient, names: dict[str, str]) -> list[str]:
