@@ -2,12 +2,16 @@
 no longer holds.
 
 Airtable is read page by page (100 records a request, through the same request budget as the
-daemon). Each record becomes the row the PostgreSQL sink writes, and per page, in one transaction:
-what is missing is inserted, what is identical is counted as present, and a row that differs keeps
-PostgreSQL's values unless prefer="airtable". Conversations come first (the other tables reference
-them); a row whose conversation is in neither store gets a minimal one built from it. Message counts,
-spans and statuses are then recomputed from the interactions, as delivery does, so running it again
-changes nothing.
+daemon). Each record is read back through the base's write plan (a duration's seconds are our
+milliseconds again, a date field holds the day; a field left out of the writes holds none of our
+values) and becomes the row the PostgreSQL sink writes; per page, in one transaction: what is missing
+is inserted, what is identical is counted as present, and a row that differs keeps PostgreSQL's
+values unless prefer="airtable". Only the fields the base holds as chatledger writes them are
+compared and replaced. A selection on a field the base lacks is not sent (Airtable refuses the
+formula): the report says which table was not read. Conversations come first (the other tables
+reference them); a row whose conversation is in neither store gets a minimal one built from it.
+Message counts, spans and statuses are then recomputed from the interactions, as delivery does, so
+running it again changes nothing.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from pyairtable.formulas import CONCATENATE, EQ, GTE, OR, REGEX_REPLACE, Field, 
 from daemon.events import digits_only, has_control
 from daemon.records import clean_text, iso, parse_tags, parse_time, status_key, ticket_for
 from daemon.sinks.airtable import AirtableClient, pages, patiently
-from daemon.sinks.airtable_schema import BaseNames
-from daemon.sinks.base import PermanentError
+from daemon.sinks.airtable_schema import BaseNames, BasePlan, cut_text, plan_base, read_back
+from daemon.sinks.base import PermanentError, SinkError
 from daemon.sinks.postgres_rows import KEYS, PostgresRows
 
 KINDS = ("conversations", "interactions", "escalations")
@@ -45,10 +49,28 @@ COMPARED = {
     "escalations": ("ticket_id", "conversation_id", "reason", "priority", "status", "customer_phone",
                     "assigned_agent", "created_at", "resolved_at", "notes"),
 }
+# The Airtable field each compared column is read from.
+SOURCES = {
+    "conversations": {"customer_phone": "CustomerPhone", "customer_name": "CustomerName", "intent": "Intent",
+                      "sentiment": "Sentiment", "priority": "Priority", "assigned_agent": "AssignedAgent",
+                      "tags": "Tags"},
+    "interactions": {"conversation_id": "ConversationId", "message_id": "MessageId", "direction": "Direction",
+                     "content": "Content", "intent": "Intent", "response": "Response",
+                     "processing_time_ms": "ProcessingTime", "status": "Status", "error_message": "ErrorMessage",
+                     "occurred_at": "Timestamp"},
+    "escalations": {"ticket_id": "TicketId", "conversation_id": "ConversationId", "reason": "Reason",
+                    "priority": "Priority", "status": "Status", "customer_phone": "CustomerPhone",
+                    "assigned_agent": "AssignedAgent", "created_at": "CreatedAt", "resolved_at": "ResolvedAt",
+                    "notes": "Notes"},
+}
 TIMES = frozenset({"started_at", "last_activity", "created_at", "updated_at", "occurred_at", "resolved_at"})
 PHONES = frozenset({"customer_phone"})
 # A status only PostgreSQL's status event can explain: the recovered conversation gets one.
 STATUS_EVENTS = {"escalated": "open_chat", "closed": "unsubscribe"}
+
+
+class Unselectable(SinkError):
+    """The selection asked for needs a field the base does not hold as chatledger writes it: nothing was read."""
 
 
 class Unusable(ValueError):
@@ -275,11 +297,25 @@ def _same(column: str, ours: Any, theirs: Any) -> bool:
         return _utc(str(ours)) == _utc(str(theirs))
     if column in PHONES:
         return digits_only(ours) == digits_only(theirs)
+    if isinstance(ours, str) and isinstance(theirs, str) and ours != theirs:
+        return cut_text(theirs) == ours  # a text longer than a cell holds was written cut, with a marker
     return ours == theirs
 
 
-def differences(kind: str, airtable: dict[str, Any], postgres: dict[str, Any]) -> list[str]:
-    return [c for c in COMPARED[kind] if not _same(c, airtable.get(c), postgres.get(c))]
+def compared(kind: str, plan: BasePlan | None = None) -> tuple[str, ...]:
+    """The columns compared: those whose field the base holds as chatledger writes it (all without a plan)."""
+    table = plan.tables.get(kind) if plan is not None else None
+    if table is None:
+        return COMPARED[kind]
+    return tuple(c for c in COMPARED[kind] if SOURCES[kind][c] in table.written)
+
+
+def differences(kind: str, airtable: dict[str, Any], postgres: dict[str, Any],
+                columns: Sequence[str] | None = None) -> list[str]:
+    """The columns where Airtable's row and PostgreSQL's differ (`airtable` first: a text it holds cut is
+    PostgreSQL's)."""
+    return [c for c in (COMPARED[kind] if columns is None else columns)
+            if not _same(c, airtable.get(c), postgres.get(c))]
 
 
 # -- formulas ---------------------------------------------------------------------------------------
@@ -332,18 +368,25 @@ class Recovery:
         self.report = Report()
         self.now = iso(datetime.now(timezone.utc))
         self._conversations: set[str] = set()  # in PostgreSQL now
-        self._schema: list[dict[str, Any]] | None = None  # the base's tables, read for a --since
+        self._schema: list[dict[str, Any]] | None = None  # the base's tables; None: the token may not read them
+        self._plan: BasePlan | None = None
 
     async def run(self, selection: Selection) -> Report:
+        self._schema = await patiently(self.client.schema)
+        self._plan = plan_base(self._schema, self.tables)  # without the schema, the documented base's
+        self.client.plans.remember(self.tables, self._plan)
         conversations = await self._table("conversations", await self._conversation_formulas(selection))
         if selection.conversation:
             conversations = [selection.conversation]
         for kind in ("interactions", "escalations"):
             if selection.conversation or selection.phone:
-                await self._table(kind, ids_formulas(self.tables.field(kind, "ConversationId"), conversations))
+                if self._selectable(kind, "ConversationId", "by conversation"):
+                    await self._table(kind, ids_formulas(self.tables.field(kind, "ConversationId"), conversations))
+            elif selection.since:
+                if self._selectable(kind, TIME_FIELDS[kind], "by time"):
+                    await self._table(kind, [await self._since_formula(kind, selection.since)])
             else:
-                await self._table(kind, [await self._since_formula(kind, selection.since)]
-                                  if selection.since else [None])
+                await self._table(kind, [None])
         return self.report
 
     async def _conversation_formulas(self, selection: Selection) -> list[str | None]:
@@ -351,19 +394,33 @@ class Recovery:
         if selection.conversation:
             return [equals_formula(field("ConversationId"), selection.conversation)]
         if selection.phone:
+            why = self._plan.unselectable(self.tables, "conversations", "CustomerPhone")
+            if why:
+                raise Unselectable(f"--phone selects conversations by their phone, but {why}: nothing was recovered "
+                                   "(`chatledger airtable init` creates a missing field; --conversation ID selects "
+                                   "by the key)")
             return [phone_formula(field("CustomerPhone"), selection.phone)]
         if selection.since:
+            if not self._selectable("conversations", TIME_FIELDS["conversations"], "by time"):
+                return []  # the conversations of the interactions and escalations read are read by their id
             return [await self._since_formula("conversations", selection.since)]
         return [None]
+
+    def _selectable(self, kind: str, logical: str, how: str) -> bool:
+        """Whether records of `kind` can be selected by our field `logical`; if not, the report says why."""
+        why = self._plan.unselectable(self.tables, kind, logical)
+        if why:
+            also = "; `recover --all` reads every record" if how == "by time" else ""
+            self.report.problem(f"{why}: {kind} cannot be selected {how}, none were read (`chatledger airtable "
+                                f"init` creates a missing field{also})")
+        return why is None
 
     async def _since_formula(self, kind: str, since: str) -> str:
         """Records of `kind` from `since` on. A date field without time holds only the day (compared as its
         midnight), so there, and when the schema cannot be read, the selection starts at that day's start
         in UTC: a few more records are read, present ones are only counted."""
         name = self.tables.field(kind, TIME_FIELDS[kind])
-        if self._schema is None:
-            self._schema = await patiently(self.client.schema) or []
-        table = next((t for t in self._schema if self.tables[kind] in (t.get("id"), t.get("name"))), {})
+        table = next((t for t in self._schema or [] if self.tables[kind] in (t.get("id"), t.get("name"))), {})
         type_ = next((f.get("type") for f in table.get("fields", []) if f.get("name") == name), None)
         if type_ != "dateTime":
             day = _utc(since).astimezone(timezone.utc).date()
@@ -391,7 +448,7 @@ class Recovery:
         for record in page:
             tally.read += 1
             try:
-                row = ROWS[kind](self.tables.logical(kind, record.get("fields", {})), self.now)
+                row = ROWS[kind](read_back(self._plan, self.tables, kind, record.get("fields", {})), self.now)
             except Unusable as exc:
                 tally.unusable += 1
                 self.report.problem(f"{self.tables[kind]} record {record.get('id')}: {exc}; not recovered")
@@ -441,10 +498,11 @@ class Recovery:
             existing = await self.pg.existing(kind, [row[key] for row in rows])
             new = [row for row in rows if row[key] not in existing]
             inserted = await self.pg.insert(kind, new)
-            differ = {row[key]: bool(differences(kind, row, existing[row[key]]))
+            columns = compared(kind, self._plan)
+            differ = {row[key]: bool(differences(kind, row, existing[row[key]], columns))
                       for row in rows if row[key] in existing}
             replace = [row for row in rows if differ.get(row[key]) and self.prefer == "airtable"]
-            await self.pg.update(kind, replace, COMPARED[kind])
+            await self.pg.update(kind, replace, columns)
             changed = [row for row in rows if row[key] in inserted] + replace
             if kind == "interactions":
                 await self.pg.fill_interaction_phones([row[key] for row in changed])

@@ -1,14 +1,15 @@
 """Both sinks holding the same conversations, delivered the normal way: for recover and forget."""
 
+import json
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import pytest
 
-from daemon.events import normalize
+from daemon.events import Event, normalize
 from daemon.journal import Journal
 from daemon.ratelimit import RequestBudget
-from daemon.records import conversation_id_for
+from daemon.records import API_CONVERSATION_UPDATE, API_INTERACTION, conversation_id_for
 from daemon.sinks.airtable import AirtableClient, AirtableSink, init_base
 from daemon.sinks.postgres import PostgresSink
 from daemon.testing.airtable import EmulatorThread
@@ -102,3 +103,61 @@ async def renamed_stores(tmp_path, stores_emulator, pg_cluster, pg_schema):
     await journal.close()
 
 
+
+
+def api_event(title, body, at):
+    """What the bot API journals for a write about c1."""
+    return Event(dedup_key=f"api:{title}:{body['id']}:{at}", title=title, service="api", bot_id=None,
+                 contact_id=None, phone=None, contact_name=None, message_id=None, platform_message_id=None,
+                 direction=body.get("direction"), message_type="api", text=body.get("content"),
+                 occurred_at=datetime.fromtimestamp(T0 + at, timezone.utc), received_at=RECEIVED,
+                 raw=json.dumps(body), conversation_id=cid("c1"))
+
+
+# What only the bot API sets: a processing time in milliseconds, tags, a sentiment.
+API_EXTRAS = [
+    api_event(API_INTERACTION, {"id": "bot-1", "direction": "outbound", "content": "hi from the bot",
+                                "intent": "greeting", "response": "Olá!", "processingTime": 350}, 30),
+    api_event(API_INTERACTION, {"id": "bot-2", "direction": "outbound", "content": "more",
+                                "processingTime": 1_234_567}, 31),
+    api_event(API_CONVERSATION_UPDATE, {"id": cid("c1"), "tags": ["vip", "late"], "sentiment": "calm",
+                                        "priority": "HIGH"}, 32),
+]
+
+
+def duration_and_multiple_select(base):
+    """The documented base where the operators made ProcessingTime a duration and Tags a multiple select."""
+    processing = base.table("Interactions").field("ProcessingTime")
+    processing.type, processing.options = "duration", {"durationFormat": "h:mm:ss.SSS"}
+    tags = base.table("Conversations").field("Tags")
+    tags.type, tags.options = "multipleSelects", {"choices": []}
+
+
+@pytest.fixture
+async def typed_stores(tmp_path, stores_emulator, pg_cluster, pg_schema):
+    """Both sinks holding PAYLOADS and API_EXTRAS, Airtable's copy in a documented base (dates without time)
+    changed by the operators; `await typed_stores(change)` delivers and gives the journal and the client."""
+    from daemon.testing.airtable.bases import documented_base
+
+    opened = []
+
+    async def make(change):
+        def build():
+            change(documented_base(stores_emulator.emulator.bases[BASE], "date"))
+        stores_emulator.run(build)
+        journal = await Journal.open(tmp_path / "j.sqlite", ["postgres", "airtable"])
+        await journal.append([normalize(p, RECEIVED) for p in PAYLOADS] + API_EXTRAS)
+        events = await journal.pending("postgres", 0, 10_000)
+        client = AirtableClient(TOKEN, BASE, stores_emulator.url, RequestBudget(5))
+        airtable = AirtableSink(client, NAMES, journal.conversations)
+        opened.append((airtable, journal))
+        postgres = PostgresSink(pg_cluster.dsn(), pg_schema)
+        await postgres.deliver(events)
+        await airtable.deliver(events)
+        await postgres.close()
+        return SimpleNamespace(journal=journal, client=client, warnings=airtable.warnings)
+
+    yield make
+    for airtable, journal in opened:
+        await airtable.close()
+        await journal.close()

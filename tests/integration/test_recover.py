@@ -1,6 +1,7 @@
 """`recover`: rows PostgreSQL lost come back from Airtable (real cluster, emulator over HTTP, real pyairtable)."""
 
 import asyncio
+import json
 from datetime import datetime, timezone
 
 import asyncpg
@@ -8,9 +9,11 @@ import pytest
 
 from daemon.cli import EXIT_FAILURE, main
 from daemon.recover import Recovery, Selection, Unusable, conversation_row, escalation_row, interaction_row
+from daemon.sinks.base import SinkError
 from daemon.sinks.postgres import quote_ident
 from daemon.sinks.postgres_rows import PostgresRows
-from tests.integration.conftest import BASE, NAMES, T0, TOKEN, cid
+from daemon.testing.airtable.bases import formula_options
+from tests.integration.conftest import BASE, NAMES, T0, TOKEN, cid, duration_and_multiple_select
 from tests.support import write_config
 
 COMPARED = {
@@ -251,3 +254,126 @@ async def test_recover_reads_a_documented_base_through_the_mapped_names(renamed_
     report = await run(Selection(since=since))  # on the renamed When field, which holds only the day
     assert (report.tallies["interactions"].inserted, report.tallies["interactions"].present) == (45, 15)
     assert report.problems == []
+
+
+async def test_recover_reads_a_duration_and_a_multiple_select_as_what_was_delivered(typed_stores, pg_cluster,
+                                                                                    pg_conn, pg_schema):
+    stores = await typed_stores(duration_and_multiple_select)
+    assert stores.warnings == []
+    s = quote_ident(pg_schema)
+    times = f"SELECT processing_time_ms FROM {s}.interactions WHERE processing_time_ms IS NOT NULL ORDER BY 1"
+    assert [r[0] for r in await pg_conn.fetch(times)] == [350, 1_234_567]
+
+    report = await recover(stores.client, pg_cluster, pg_schema, Selection(everything=True), prefer="airtable")
+    t = report.tallies
+    assert (t["interactions"].read, t["interactions"].present) == (62, 62)  # 0.35 s is the 350 ms delivered
+    assert (t["conversations"].read, t["conversations"].present) == (4, 4)  # the choices are the tags
+    assert all(tally.conflicting == 0 and tally.replaced == 0 and tally.unusable == 0 for tally in t.values())
+    assert report.problems == []
+
+    await pg_conn.execute(f"DELETE FROM {s}.escalations")
+    await pg_conn.execute(f"DELETE FROM {s}.interactions WHERE conversation_id = $1", cid("c1"))
+    await pg_conn.execute(f"DELETE FROM {s}.conversations WHERE conversation_id = $1", cid("c1"))
+    report = await recover(stores.client, pg_cluster, pg_schema, Selection(conversation=cid("c1")))
+    assert report.tallies["interactions"].inserted == 17 and report.problems == []
+    assert [r[0] for r in await pg_conn.fetch(times)] == [350, 1_234_567]  # milliseconds, as the API took them
+    assert json.loads(await pg_conn.fetchval(f"SELECT tags FROM {s}.conversations WHERE conversation_id = $1",
+                                             cid("c1"))) == ["vip", "late"]
+
+
+def left_out_fields(base):
+    """Fields chatledger cannot write: Sentiment removed, Intent a formula."""
+    base.table("Conversations").remove_field("Sentiment")
+    intent = base.table("Interactions").field("Intent")
+    intent.type, intent.options = "formula", formula_options("'computed'")
+
+
+async def test_a_field_chatledger_leaves_out_is_no_conflict_and_never_replaces_postgresql(typed_stores, pg_cluster,
+                                                                                          pg_conn, pg_schema):
+    stores = await typed_stores(left_out_fields)
+    assert len(stores.warnings) == 2
+    report = await recover(stores.client, pg_cluster, pg_schema, Selection(everything=True), prefer="airtable")
+    t = report.tallies
+    assert (t["interactions"].present, t["conversations"].present) == (62, 4)
+    assert all(tally.conflicting == 0 and tally.replaced == 0 for tally in t.values()) and report.problems == []
+    s = quote_ident(pg_schema)
+    assert await pg_conn.fetchval(f"SELECT sentiment FROM {s}.conversations WHERE conversation_id = $1",
+                                  cid("c1")) == "calm"
+    assert await pg_conn.fetchval(f"SELECT array_agg(DISTINCT intent) FROM {s}.interactions") == ["greeting", None]
+
+
+def computed_intents(emulator):
+    """What Airtable shows in the Intent formula field (the emulator computes no formula)."""
+    table = emulator.bases[BASE].table("Interactions")
+    for record in table.records.values():
+        record.cells[table.field("Intent").id] = "computed"
+
+
+async def test_a_left_out_field_is_not_recovered_as_ours(typed_stores, stores_emulator, pg_cluster, pg_conn,
+                                                         pg_schema):
+    stores = await typed_stores(left_out_fields)
+    stores_emulator.run(computed_intents, stores_emulator.emulator)
+    s = quote_ident(pg_schema)
+    await pg_conn.execute(f"DELETE FROM {s}.escalations")
+    await pg_conn.execute(f"DELETE FROM {s}.interactions")
+    await pg_conn.execute(f"DELETE FROM {s}.conversations")
+    report = await recover(stores.client, pg_cluster, pg_schema, Selection(everything=True))
+    assert report.tallies["interactions"].inserted == 62 and report.problems == []
+    # Intent is the operators' formula ('computed' everywhere): none of it was written by chatledger
+    assert await pg_conn.fetchval(f"SELECT array_agg(DISTINCT intent) FROM {s}.interactions") == [None]
+
+
+def without_phones(base):
+    base.table("Conversations").remove_field("CustomerPhone")
+    base.table("Escalations").remove_field("CustomerPhone")
+
+
+async def test_recover_by_phone_without_the_phone_field_says_why_and_reads_nothing(typed_stores, pg_cluster,
+                                                                                   pg_conn, pg_schema):
+    stores = await typed_stores(without_phones)
+    assert "Conversations.CustomerPhone is missing" in stores.warnings[0]  # only a warning for delivery
+    await pg_conn.execute(f"DELETE FROM {quote_ident(pg_schema)}.interactions")
+    with pytest.raises(SinkError, match=r"^--phone selects conversations by their phone, but "
+                                        r"Conversations\.CustomerPhone is missing: nothing was recovered"):
+        await recover(stores.client, pg_cluster, pg_schema, Selection(phone="5511900000002"))
+    assert await pg_conn.fetchval(f"SELECT count(*) FROM {quote_ident(pg_schema)}.interactions") == 0
+
+
+def without_interaction_conversations(base):
+    base.table("Interactions").remove_field("ConversationId")
+
+
+async def test_a_table_that_cannot_be_selected_by_conversation_is_skipped_and_said(typed_stores, pg_cluster,
+                                                                                   pg_conn, pg_schema):
+    stores = await typed_stores(without_interaction_conversations)
+    s = quote_ident(pg_schema)
+    await pg_conn.execute(f"DELETE FROM {s}.escalations")
+    report = await recover(stores.client, pg_cluster, pg_schema, Selection(conversation=cid("c1")))
+    assert report.problems == [
+        "Interactions.ConversationId is missing: interactions cannot be selected by conversation, none were read "
+        "(`chatledger airtable init` creates a missing field)"]
+    t = report.tallies
+    assert t["interactions"].read == 0 and (t["conversations"].present, t["escalations"].inserted) == (1, 1)
+
+
+def without_times(base):
+    base.table("Interactions").remove_field("Timestamp")
+    base.table("Escalations").remove_field("CreatedAt")
+
+
+async def test_a_table_that_cannot_be_selected_by_time_is_skipped_and_said(typed_stores, pg_cluster, pg_conn,
+                                                                           pg_schema):
+    stores = await typed_stores(without_times)
+    s = quote_ident(pg_schema)
+    await pg_conn.execute(f"DELETE FROM {s}.escalations")
+    await pg_conn.execute(f"DELETE FROM {s}.interactions")
+    await pg_conn.execute(f"DELETE FROM {s}.conversations")
+    since = datetime.fromtimestamp(T0 + 3000, timezone.utc).isoformat()
+    report = await recover(stores.client, pg_cluster, pg_schema, Selection(since=since))
+    assert report.problems == [
+        f"{table}.{field} is missing: {kind} cannot be selected by time, none were read (`chatledger airtable init` "
+        "creates a missing field; `recover --all` reads every record)"
+        for table, field, kind in (("Interactions", "Timestamp", "interactions"),
+                                   ("Escalations", "CreatedAt", "escalations"))]
+    t = report.tallies
+    assert t["conversations"].inserted == 4 and t["interactions"].read == t["escalations"].read == 0
