@@ -417,9 +417,15 @@ def _from_airtable(fields: dict[str, Any], names: dict[str, str]) -> dict[str, A
     return out
 
 
-async def _read(stores: ApiStores, from_postgres, from_journal, from_airtable) -> tuple[str, Any] | None:
-    """The first store that answers with something: PostgreSQL, the journal, Airtable."""
-    problems = []
+class _NotAsked(SinkError):
+    """A store that cannot answer this question, and why (said in the 404, not only logged)."""
+
+
+async def _read(stores: ApiStores, from_postgres, from_journal, from_airtable, absent: str) -> tuple[str, Any]:
+    """The first store that answers with something: PostgreSQL, the journal, Airtable; else a 404 saying
+    `absent`, and why a store was not asked."""
+    problems: list[str] = []
+    not_asked: list[str] = []
     if stores.postgres is not None:
         try:
             async with stores.postgres() as pg:
@@ -437,25 +443,33 @@ async def _read(stores: ApiStores, from_postgres, from_journal, from_airtable) -
             found = await from_airtable(*airtable)
             if found:
                 return "airtable", found
+        except _NotAsked as exc:
+            not_asked.append(f"Airtable was not asked: {exc}")
         except SinkError as exc:
             problems.append(f"airtable: {exc}")
-    if problems:
-        logger.warning("api read: {}", "; ".join(problems))
-    return None
+    if problems or not_asked:
+        logger.warning("api read: {}", "; ".join(problems + not_asked))
+    raise _Refused(_error(404, absent + (f" ({'; '.join(not_asked)})" if not_asked else "")))
 
 
 async def _airtable_rows(client: Any, tables: dict[str, str], kind: str, conversation_id: str,
                          limit: int) -> list[dict[str, Any]]:
-    """Up to `limit` records of one conversation, their cells under our field names ([airtable.fields])."""
+    """Up to `limit` records of one conversation as the values chatledger wrote, under our field names
+    (the base's plan maps the names of [airtable.fields] and undoes each field type's form)."""
     from daemon.recover import equals_formula
-    from daemon.sinks.airtable import pages
-    from daemon.sinks.airtable_schema import BaseNames
+    from daemon.sinks.airtable import current_plan, pages
+    from daemon.sinks.airtable_schema import BaseNames, read_back
 
     names = BaseNames.of(tables)
+    plan = await current_plan(client, names)
+    why = plan.unselectable(names, kind, "ConversationId")
+    if why:
+        fix = "; `chatledger airtable init` creates it" if why.endswith(" is missing") else ""
+        raise _NotAsked(f"{why}, so {kind} cannot be selected by conversation{fix}")
     rows: list[dict[str, Any]] = []
     formula = equals_formula(names.field(kind, "ConversationId"), conversation_id)
     async for page in pages(client, names[kind], formula):
-        rows += [names.logical(kind, record.get("fields", {})) for record in page]
+        rows += [read_back(plan, names, kind, record.get("fields", {})) for record in page]
         if len(rows) >= limit:
             break
     return rows[:limit]
@@ -482,10 +496,9 @@ async def get_conversation(request: web.Request) -> web.Response:
         rows = await _airtable_rows(client, tables, "conversations", conversation_id, 1)
         return _from_airtable(rows[0], AIRTABLE_CONVERSATION) if rows else None
 
-    answer = await _read(stores, from_postgres, from_journal, from_airtable)
-    if answer is None:
-        return _error(404, f"no conversation {conversation_id} in any store that answered")
-    return web.json_response({"source": answer[0], "conversation": answer[1]})
+    source, found = await _read(stores, from_postgres, from_journal, from_airtable,
+                                f"no conversation {conversation_id} in any store that answered")
+    return web.json_response({"source": source, "conversation": found})
 
 
 def _limit(request: web.Request) -> int:
@@ -523,10 +536,9 @@ async def get_interactions(request: web.Request) -> web.Response:
         out = [_from_airtable(row, AIRTABLE_INTERACTION) for row in rows]
         return sorted(out, key=lambda r: (r.get("timestamp") or "", r.get("id") or "")) or None
 
-    answer = await _read(stores, from_postgres, from_journal, from_airtable)
-    if answer is None:
-        return _error(404, f"no conversation {conversation_id} in any store that answered")
-    return web.json_response({"source": answer[0], "conversationId": conversation_id, "interactions": answer[1]})
+    source, found = await _read(stores, from_postgres, from_journal, from_airtable,
+                                f"no conversation {conversation_id} in any store that answered")
+    return web.json_response({"source": source, "conversationId": conversation_id, "interactions": found})
 
 
 # -- OpenAPI ---------------------------------------------------------------------------------------

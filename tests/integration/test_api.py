@@ -422,3 +422,79 @@ async def test_reads_from_airtable_use_the_mapped_field_names(renamed_stores, tm
             assert listed["interactions"][0]["timestamp"] == "2026-09-21"  # a date field without time
     finally:
         await empty.close()
+
+
+def emulator_requests(emulator):
+    return emulator.run(emulator.emulator.stats)[BASE]["requests"]
+
+
+async def test_reads_from_airtable_give_our_values_whatever_the_field_types(typed_stores, stores_emulator,
+                                                                           tmp_path):
+    from daemon.sinks.airtable_schema import BaseNames
+    from tests.integration.conftest import cid, duration_and_multiple_select
+
+    stores = await typed_stores(duration_and_multiple_select)
+    empty = await Journal.open(tmp_path / "empty.sqlite", [])  # neither PostgreSQL nor the journal knows it
+    requests = emulator_requests(stores_emulator)
+    try:
+        async with api_client(empty, None, (stores.client, BaseNames(NAMES))) as api:
+            conv = await (await api.get(f"/api/v1/conversations/{cid('c1')}", headers=AUTH)).json()
+            assert conv["source"] == "airtable" and conv["conversation"]["tags"] == ["vip", "late"]
+            assert conv["conversation"]["messageCount"] == 17
+            listed = await (await api.get(f"/api/v1/conversations/{cid('c1')}/interactions", headers=AUTH)).json()
+            assert listed["source"] == "airtable"
+            # a duration field holds seconds; the API documents milliseconds
+            assert sorted(i["processingTime"] for i in listed["interactions"] if i["processingTime"]) == \
+                [350, 1_234_567]
+            assert emulator_requests(stores_emulator) - requests == 2  # the sink's plan, no schema read
+    finally:
+        await empty.close()
+
+
+async def test_reads_from_airtable_read_the_base_schema_once_not_per_request(typed_stores, stores_emulator,
+                                                                             tmp_path):
+    from tests.integration.conftest import cid, duration_and_multiple_select
+
+    stores = await typed_stores(duration_and_multiple_select)
+    empty = await Journal.open(tmp_path / "empty.sqlite", [])
+    # the base's budget, but no plan: nothing read the schema through this client
+    client = AirtableClient(AIRTABLE_TOKEN, BASE, stores_emulator.url, stores.client.budget)
+    try:
+        async with api_client(empty, None, (client, NAMES)) as api:
+            requests = emulator_requests(stores_emulator)
+            for _ in range(2):
+                listed = await (await api.get(f"/api/v1/conversations/{cid('c1')}/interactions",
+                                              headers=AUTH)).json()
+                assert 350 in [i["processingTime"] for i in listed["interactions"]]
+            conv = await (await api.get(f"/api/v1/conversations/{cid('c1')}", headers=AUTH)).json()
+            assert conv["conversation"]["tags"] == ["vip", "late"]
+            assert emulator_requests(stores_emulator) - requests == 1 + 3  # the schema once, then a list each
+    finally:
+        client.close()
+        await empty.close()
+
+
+async def test_a_read_airtable_cannot_select_says_why_instead_of_sending_a_broken_formula(typed_stores,
+                                                                                           stores_emulator, tmp_path):
+    from tests.integration.conftest import cid
+
+    def without_interaction_conversations(base):
+        base.table("Interactions").remove_field("ConversationId")
+
+    stores = await typed_stores(without_interaction_conversations)
+    assert stores.warnings and "Interactions.ConversationId is missing" in stores.warnings[0]
+    empty = await Journal.open(tmp_path / "empty.sqlite", [])
+    try:
+        async with api_client(empty, None, (stores.client, NAMES)) as api:
+            requests = emulator_requests(stores_emulator)
+            answer = await api.get(f"/api/v1/conversations/{cid('c1')}/interactions", headers=AUTH)
+            assert answer.status == 404
+            assert (await answer.json())["error"] == (
+                f"no conversation {cid('c1')} in any store that answered (Airtable was not asked: "
+                "Interactions.ConversationId is missing, so interactions cannot be selected by conversation; "
+                "`chatledger airtable init` creates it)")
+            assert emulator_requests(stores_emulator) == requests  # no formula Airtable answers 422
+            conv = await api.get(f"/api/v1/conversations/{cid('c1')}", headers=AUTH)
+            assert conv.status == 200 and (await conv.json())["source"] == "airtable"
+    finally:
+        await empty.close()
