@@ -510,8 +510,9 @@ class Journal:
             writer.isolation_level = "IMMEDIATE"
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 5000")
-            cursor = await writer.execute("SELECT coalesce(max(id), 0) FROM events")
-            (last_id,) = await cursor.fetchone()
+            (last_id,) = await (await writer.execute("SELECT coalesce(max(id), 0) FROM events")).fetchone()
+            # two statements: together, max() and count(*) lose their shortcuts and read the whole table
+            (events,) = await (await writer.execute(COUNT_EVENTS)).fetchone()
         except BaseException as exc:
             for conn in (reader, writer):
                 if conn is not None:
@@ -525,7 +526,7 @@ class Journal:
             await journal.set_page_limit(page_limit)
         journal._task = asyncio.create_task(journal._write_loop(), name="journal-writer")
         logger.info("journal {} open (schema v{}, {} events, sinks: {})", path, SCHEMA_VERSION,
-                    last_id, ", ".join(sinks) or "none")
+                    events, ", ".join(sinks) or "none")
         return journal
 
     # -- writing ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import sqlite3
 from datetime import datetime, timezone
 
 import pytest
+from loguru import logger
 
 from daemon.events import Rejected, normalize
 from daemon.journal import SCHEMA_VERSION, Journal, JournalError, JournalUnavailable
@@ -163,3 +164,21 @@ async def test_listeners_hear_the_last_event_id(journal):
     await journal.append([message(1), message(2)])
     await journal.append([message(1)])  # duplicate only: nothing new to hear
     assert heard == [2]
+
+
+async def test_the_start_log_counts_events_not_the_highest_id(tmp_path):
+    path = tmp_path / "j.sqlite"
+    journal = await Journal.open(path, [])
+    await journal.append([message(i) for i in range(7)])
+    await journal.close()
+    with sqlite3.connect(path) as conn:  # as retention or `forget` leaves it: ids 1 to 7, 4 events
+        conn.execute("DELETE FROM events WHERE id IN (2, 3, 5)")
+    lines = []
+    handler = logger.add(lambda m: lines.append(str(m)), level="INFO", format="{message}")
+    try:
+        journal = await Journal.open(path, [])
+        await journal.close()
+    finally:
+        logger.remove(handler)
+    (opened,) = [line for line in lines if " open (" in line]
+    assert "4 events" in opened, opened
