@@ -324,6 +324,15 @@ WHERE sink = ? AND state IN ({states})
   AND (? IS NULL OR event_id IN (SELECT id FROM events WHERE CAST(id AS TEXT) = ? OR dedup_key = ?
                                                             OR message_id = ?))
 """
+# `replay --since/--event` also selects events that have no row for the sink (journaled before it was
+# enabled): they get one, pending.
+REQUEUE_MISSING = """
+INSERT INTO deliveries (sink, event_id, state, attempts, next_attempt_at, updated_at)
+SELECT ?, e.id, 'pending', 0, 0, ? FROM events e
+WHERE (? IS NULL OR e.received_at >= ?)
+  AND (? IS NULL OR CAST(e.id AS TEXT) = ? OR e.dedup_key = ? OR e.message_id = ?)
+  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.sink = ? AND d.event_id = e.id)
+"""
 
 
 @dataclass(frozen=True)
@@ -881,13 +890,17 @@ class Journal:
         return await self.requeue(sink, Requeue())
 
     async def requeue(self, sink: str, selection: Requeue) -> int:
-        """Make the selected deliveries of `sink` pending again (a replay); return how many."""
+        """Make the selected deliveries of `sink` pending again (a replay), and give the selected events
+        that have no row for it one (unless dead letters only); return how many became pending."""
         states = "'dead'" if selection.dead_only else "'dead', 'delivered'"
-        params = (time.time(), sink, selection.since, selection.since, *[selection.event] * 4)
+        now = time.time()
+        selected = (selection.since, selection.since, *[selection.event] * 4)
 
         async def run(conn: aiosqlite.Connection) -> int:
-            cursor = await conn.execute(REQUEUE.format(states=states), params)
-            return cursor.rowcount
+            count = (await conn.execute(REQUEUE.format(states=states), (now, sink, *selected))).rowcount
+            if not selection.dead_only:
+                count += (await conn.execute(REQUEUE_MISSING, (sink, now, *selected, sink))).rowcount
+            return count
 
         return int(await self.write(run))
 
