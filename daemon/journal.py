@@ -333,6 +333,24 @@ WHERE (? IS NULL OR e.received_at >= ?)
   AND (? IS NULL OR CAST(e.id AS TEXT) = ? OR e.dedup_key = ? OR e.message_id = ?)
   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.sink = ? AND d.event_id = e.id)
 """
+# Events journaled before a sink was enabled have no row for it (the insert fans out to the sinks
+# enabled then): daemon.backfill makes them pending, a page of ids at a time.
+# One statement, one snapshot: an intake committed between two would add an event and its row.
+COUNT_EVENTS_AND_ROWS = "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM deliveries WHERE sink = ?)"
+COUNT_MISSING = """
+SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.sink = ? AND d.event_id = e.id)
+"""
+MISSING_PAGE = """
+SELECT e.id FROM events e
+WHERE e.id > ? AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.sink = ? AND d.event_id = e.id)
+ORDER BY e.id LIMIT ?
+"""
+ADD_MISSING = """
+INSERT INTO deliveries (sink, event_id, state, attempts, next_attempt_at, updated_at)
+SELECT ?, e.id, 'pending', 0, 0, ? FROM events e
+WHERE e.id IN (SELECT value FROM json_each(?))
+  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.sink = ? AND d.event_id = e.id)
+"""
 
 
 @dataclass(frozen=True)
@@ -589,7 +607,7 @@ class Journal:
         return int(pages)
 
     def add_listener(self, listener: Callable[[int], None]) -> None:
-        """Call `listener(last_event_id)` after every commit that added events."""
+        """Call `listener(last_event_id)` after every commit that added events or made old ones pending."""
         self._listeners.append(listener)
 
     @property
@@ -782,11 +800,14 @@ class Journal:
         self.stats.observe(elapsed)
         if new_ids:
             self._last_id = new_ids[-1][0]
-            for listener in self._listeners:
-                try:
-                    listener(self._last_id)
-                except Exception:
-                    logger.exception("journal listener failed")
+            self._notify()
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener(self._last_id)
+            except Exception:
+                logger.exception("journal listener failed")
 
     def _fail(self, batch: list[Any], exc: BaseException) -> None:
         reason = f"{type(exc).__name__}: {exc}"
@@ -903,6 +924,32 @@ class Journal:
             return count
 
         return int(await self.write(run))
+
+    async def missing_deliveries(self, sink: str) -> int:
+        """How many events have no delivery row for `sink` (journaled before it was enabled)."""
+        [(events, rows)] = await self.query(COUNT_EVENTS_AND_ROWS, (sink,))
+        # Rows cannot outlive their event (foreign keys cascade; `journal check` finds any that did), so
+        # as many rows as events means none is missing: the exact count would read every event.
+        if rows >= events:
+            return 0
+        [(missing,)] = await self.query(COUNT_MISSING, (sink,))
+        return int(missing)
+
+    async def add_missing_deliveries(self, sink: str, after_id: int, limit: int) -> tuple[int, int | None]:
+        """Make pending for `sink`, in one transaction, the next `limit` events after `after_id` that have
+        no row for it: (how many, the last id taken), or (0, None) once there are none."""
+        ids = [row[0] for row in await self.query(MISSING_PAGE, (after_id, sink, limit))]
+        if not ids:
+            return 0, None
+        params = (sink, time.time(), json.dumps(ids), sink)
+
+        async def run(conn: aiosqlite.Connection) -> int:
+            return (await conn.execute(ADD_MISSING, params)).rowcount
+
+        added = int(await self.write(run))
+        if added:
+            self._notify()  # the delivery workers wake as for new events
+        return added, ids[-1]
 
     async def events_of_conversation(self, conversation_id: str, limit: int) -> list[StoredEvent]:
         return [StoredEvent(*row) for row in await self.query(CONVERSATION_EVENTS, (conversation_id, limit))]
