@@ -17,6 +17,7 @@ from loguru import logger
 from daemon import __version__
 from daemon.alerts import AlertLimiter, AlertRules, AlertSender
 from daemon.api import ApiStores, add_api
+from daemon.backfill import Backfill
 from daemon.config import Config, ConfigError, load_config, split_listen
 from daemon.delivery import DeliveryWorker
 from daemon.journal import COMMIT_BUCKETS, Journal, JournalUnavailable, Requeue
@@ -54,6 +55,7 @@ class Daemon:
         self.workers: dict[str, DeliveryWorker] = {}
         self._worker_tasks: list[asyncio.Task[None]] = []
         self.journal: Journal | None = None
+        self.backfill: Backfill | None = None
         self._stop = asyncio.Event()
         self._hup = asyncio.Event()
         self._runners: list[web.AppRunner] = []
@@ -73,6 +75,7 @@ class Daemon:
         exit_code = EXIT_OK
         try:
             self.journal = await Journal.open(self.config.journal.path, self.config.enabled_sinks)
+            self.backfill = Backfill(self.journal, self.config.enabled_sinks)
             if self.config.airtable.enabled:
                 self.monthly = MonthlyRequests.restore(self.config.airtable.monthly_request_limit,
                                                        await self.journal.meta(MonthlyRequests.JOURNAL_KEY))
@@ -166,6 +169,7 @@ class Daemon:
         tasks = {
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
             asyncio.create_task(self._hup_loop(), name="sighup"),
+            asyncio.create_task(self._backfill_loop(), name="backfill"),
             asyncio.create_task(self._retention_loop(), name="retention"),
             asyncio.create_task(self._alerts_loop(), name="alerts"),
             asyncio.create_task(self._month_loop(), name="airtable-month"),
@@ -308,6 +312,13 @@ class Daemon:
         budget = self.workers["airtable"].sink.client.budget
         while await self.journal.pending("airtable", 0, 1) or budget.tokens_left < budget.capacity:
             await asyncio.sleep(SPARE_POLL)
+
+    async def _backfill_loop(self) -> None:
+        """Make pending what was journaled before a sink was enabled (after READY: readiness never waits
+        for it), then rest: a supervised task ends only by failing."""
+        if self.backfill is not None:
+            await self.backfill.run()
+        await asyncio.Event().wait()
 
     async def _month_loop(self) -> None:
         """Keep the Airtable base's monthly request count in the journal, so a restart does not reset it."""
@@ -453,6 +464,7 @@ class Daemon:
                 "dead": rows.get("dead", 0),
                 "oldest_pending_at": oldest,
                 "oldest_pending_age_s": _age_seconds(oldest, now),
+                "backfill": self.backfill.status(name) if self.backfill else None,
             }
             if name in self.config.enabled_sinks:
                 worker = self.workers.get(name)

@@ -399,10 +399,23 @@ def render(snapshot: dict[str, Any]) -> str:
         )
         if sink.get("state") == "blocked":
             lines.append(f"{'':<10}{BLOCKED_HINT}")
+        backfill = backfill_text(name, sink.get("backfill"))
+        if backfill:
+            lines.append(f"{'':<10}backfill: {backfill}")
         if "tokens_left" in sink:
             lines.append(f"{'':<10}{budget_text(sink)}")
         lines += [f"{'':<10}warning: {warning}" for warning in sink.get("warnings") or ()]
     return "\n".join(lines)
+
+
+def backfill_text(name: str, backfill: dict[str, Any] | None) -> str | None:
+    """The events journaled before the sink was enabled, made pending at start; None when there were none."""
+    if not backfill or not backfill.get("total"):
+        return None
+    what = f"events journaled before {name} was enabled made pending"
+    if backfill.get("state") == "done":
+        return f"{backfill.get('done', 0):,} {what} at start"
+    return f"{backfill.get('done', 0):,} of {backfill['total']:,} {what}, {backfill.get('to_go', 0):,} to go"
 
 
 def budget_text(sink: dict[str, Any]) -> str:

@@ -194,3 +194,38 @@ def test_replay_dead_letters_offline_then_online(tmp_path, own_pg):
     finally:
         if daemon.process.poll() is None:
             daemon.kill()
+
+
+def test_events_journaled_before_postgres_was_enabled_are_delivered(tmp_path, own_pg):
+    """README's first run is journal only; PostgreSQL enabled later receives what was journaled before."""
+    journal_only = write_config(tmp_path)
+    daemon = Daemon(journal_only).start()
+    try:
+        for group in batches(7, 2):
+            assert post(daemon.url, group)[0] == 200
+        assert daemon.status()["sinks"]["postgres"]["backfill"] is None  # not enabled
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+
+    config = pg_config(tmp_path, own_pg)
+    assert "7 events have no postgres delivery row" in cli(config, "journal", "check").stdout
+    daemon = Daemon(config).start()
+    try:
+        done = wait_for(lambda: (s := postgres_status(daemon))["delivered"] == 7 and s["pending"] == 0 and s,
+                        "the events journaled before delivered")
+        assert done["backfill"] == {"state": "done", "total": 7, "done": 7, "to_go": 0}
+        assert "backfill: 7 events journaled before postgres was enabled made pending at start" in cli(
+            config, "status").stdout
+        assert_exactly_once(own_pg, 7)
+        log = daemon.log()
+        # readiness did not wait for it: the count is logged once, after the daemon took webhooks
+        assert log.count("postgres: 7 events journaled before it was enabled") == 1
+        assert log.rindex("accepting webhooks") < log.index("postgres: 7 events journaled before it was enabled")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+    checked = cli(config, "journal", "check")
+    assert checked.returncode == 0 and "no postgres delivery row" not in checked.stdout
