@@ -38,11 +38,13 @@ async def test_old_records_postgresql_holds_are_deleted_and_nothing_else(stores,
                                                                             pg_schema),
                                    datetime.now(timezone.utc) - timedelta(days=30), spare)
 
-    assert deleted == {"interactions": 45, "escalations": 1, "conversations": 3}
+    # c1's escalation is still pending: it stays, and so does its conversation
+    assert deleted == {"interactions": 45, "escalations": 0, "conversations": 2}
     assert {r["ConversationId"] for r in airtable(stores_emulator, "Interactions")} == {cid("c3")}
     assert len(airtable(stores_emulator, "Interactions")) == 15
-    assert airtable(stores_emulator, "Escalations") == []
-    assert [r["ConversationId"] for r in airtable(stores_emulator, "Conversations")] == [cid("c3")]
+    assert [r["ConversationId"] for r in airtable(stores_emulator, "Escalations")] == [cid("c1")]
+    assert sorted(r["ConversationId"] for r in airtable(stores_emulator, "Conversations")) == \
+        sorted([cid("c1"), cid("c3")])
     assert len(waits) == requests(stores_emulator) - sent  # every request waited for spare budget first
     assert await pg_conn.fetchval(f"SELECT count(*) FROM {s}.interactions") == 45  # PostgreSQL untouched
 
@@ -76,16 +78,108 @@ async def test_the_daemon_runs_it_on_spare_budget(stores, stores_emulator, pg_cl
     running = asyncio.create_task(daemon.run())
     try:
         for _ in range(600):  # a bound for a failure only: the purge's end is the state awaited
-            if not airtable(stores_emulator, "Conversations"):
+            if len(airtable(stores_emulator, "Conversations")) == 1:
                 break
             assert not running.done(), running
             await asyncio.sleep(0.1)
-        assert airtable(stores_emulator, "Interactions") == [] and airtable(stores_emulator, "Escalations") == []
+        assert airtable(stores_emulator, "Interactions") == []
+        # c1's escalation is still pending: it and its conversation stay
+        assert [r["ConversationId"] for r in airtable(stores_emulator, "Conversations")] == [cid("c1")]
+        assert len(airtable(stores_emulator, "Escalations")) == 1
         for _ in range(600):
-            if (await daemon.snapshot())["sinks"]["airtable"].get("records") == 0:
+            if (await daemon.snapshot())["sinks"]["airtable"].get("records") == 2:
                 break
             await asyncio.sleep(0.1)
-        assert (await daemon.snapshot())["sinks"]["airtable"]["records"] == 0  # the count follows the deletions
+        assert (await daemon.snapshot())["sinks"]["airtable"]["records"] == 2  # the count follows the deletions
     finally:
         daemon._stop.set()
         assert await asyncio.wait_for(running, 30) == 0
+
+
+async def test_escalations_stay_while_open_recently_resolved_or_their_conversation_is_active(
+        renamed_stores, stores_emulator, pg_cluster, pg_conn, pg_schema):
+    """Operators work from the Escalations table: only what is resolved, and was so before the cutoff, in a
+    conversation quiet since, leaves it; a conversation keeps any escalation that stays. Through the
+    operators' own field names."""
+    from daemon.sinks.airtable_schema import parse_field_mapping
+    from tests.integration.conftest import RENAMED
+
+    renames = {"Escalations.Status": "State", "Escalations.ResolvedAt": "Closed on"}
+
+    def rename():
+        table = stores_emulator.emulator.bases[BASE].table("Escalations")
+        for key, name in renames.items():
+            table.field(key.split(".")[1]).name = name
+    stores_emulator.run(rename)
+    names = BaseNames(NAMES, parse_field_mapping({**RENAMED, **renames}))
+    s = quote_ident(pg_schema)
+    old, now = "2026-09-22", datetime.now(timezone.utc)
+    yesterday = (now - timedelta(days=1)).date().isoformat()
+    escalations = {  # id: (contact, state, resolved on)
+        "e-done": ("c0", "resolved", old),  # the only one that goes, and c0 with it
+        "e-recent": ("c2", "resolved", yesterday),
+        "e-undated": ("c2", "resolved", None),
+        "e-active": ("c3", "resolved", old),  # c3 wrote again since (PostgreSQL has it, the base not yet)
+    }
+    for key, (contact, state, resolved) in escalations.items():
+        await pg_conn.execute(
+            f"INSERT INTO {s}.escalations (escalation_id, ticket_id, conversation_id, status, created_at, resolved_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6)", key, "T-" + key, cid(contact), state,
+            datetime(2026, 9, 21, tzinfo=timezone.utc),
+            datetime.fromisoformat(resolved).replace(tzinfo=timezone.utc) if resolved else None)
+        cells = {"EscalationId": key, "ConversationId": cid(contact), "State": state, "CreatedAt": "2026-09-21"}
+        if resolved:
+            cells["Closed on"] = resolved
+        await renamed_stores.client.upsert("Escalations", "EscalationId", [cells])
+    await pg_conn.execute(f"UPDATE {s}.conversations SET last_activity = $1 WHERE conversation_id = $2",
+                          now - timedelta(hours=2), cid("c3"))
+
+    async def spare():
+        pass
+
+    deleted = await purge_airtable(renamed_stores.client, names, partial(PostgresRows.open, pg_cluster.dsn(),
+                                                                         pg_schema),
+                                   now - timedelta(days=30), spare)
+
+    assert deleted == {"interactions": 60, "escalations": 1, "conversations": 1}
+    assert sorted(r["EscalationId"] or "" for r in airtable(stores_emulator, "Escalations")) == sorted(
+        ["e-recent", "e-undated", "e-active", await pg_conn.fetchval(
+            f"SELECT escalation_id FROM {s}.escalations WHERE conversation_id = $1 AND status = 'pending'",
+            cid("c1"))])
+    assert sorted(r["ConversationId"] for r in airtable(stores_emulator, "Conversations")) == \
+        sorted([cid("c1"), cid("c2"), cid("c3")])
+
+
+def remove_fields(emulator, *keys):
+    def apply():
+        for key in keys:
+            table, name = key.split(".")
+            emulator.emulator.bases[BASE].table(table).remove_field(name)
+    emulator.run(apply)
+
+
+async def test_a_field_the_base_lacks_skips_what_needs_it_instead_of_failing_every_run(
+        stores, stores_emulator, pg_cluster, pg_schema):
+    """Timestamp and LastActivity missing are delivery warnings only: retention must not answer them with a
+    formula Airtable refuses (422) every day, but keep those tables, say why, and purge the rest."""
+    from loguru import logger
+
+    remove_fields(stores_emulator, "Interactions.Timestamp", "Conversations.LastActivity", "Escalations.ResolvedAt")
+    lines = []
+    handler = logger.add(lines.append, level="WARNING", format="{message}")
+
+    async def spare():
+        pass
+
+    try:
+        deleted = await purge_airtable(stores.client, BaseNames(NAMES), partial(PostgresRows.open, pg_cluster.dsn(),
+                                                                                pg_schema),
+                                       datetime.now(timezone.utc) - timedelta(days=30), spare)
+    finally:
+        logger.remove(handler)
+    assert deleted == {"interactions": 0, "escalations": 0, "conversations": 0}
+    assert len(airtable(stores_emulator, "Interactions")) == 60
+    said = "".join(lines)
+    for gap, kept in (("Interactions.Timestamp", "Interactions"), ("Conversations.LastActivity", "Conversations"),
+                      ("Escalations.ResolvedAt", "Escalations")):
+        assert f"the base lacks {gap}: every record of {kept} is kept" in said
