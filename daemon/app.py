@@ -297,13 +297,11 @@ class Daemon:
         await asyncio.sleep(RETENTION_FIRST_DELAY)
         while True:
             cutoff = datetime.now(timezone.utc) - timedelta(days=days)
-            try:
-                deleted = await purge_airtable(sink.client, sink.tables, postgres, cutoff, self._airtable_spare)
+            try:  # the records count follows each deleted chunk (through the sink), a run cut short too
+                await purge_airtable(sink.client, sink.tables, postgres, cutoff, self._airtable_spare,
+                                     plan=sink.plan, delete=sink.delete_records)
             except SinkError as exc:
                 logger.warning("airtable retention stopped, tried again in a day: {}", exc)
-            else:
-                if sink.records is not None:
-                    sink.records = max(0, sink.records - sum(deleted.values()))
             await asyncio.sleep(AIRTABLE_RETENTION_INTERVAL)
 
     async def _airtable_spare(self) -> None:
@@ -543,16 +541,17 @@ def postgres_rows(config: Config, migrate_schema: bool = True) -> Any:
 
 
 def erasure_stores(config: Config, airtable_sink: Any = None) -> dict[str, Any]:
-    """The PostgreSQL and Airtable handles `forget` works on (None for a store not configured)."""
+    """The PostgreSQL and Airtable handles `forget` works on (None for a store not configured); Airtable's
+    deletions go through the sink, whose records count follows them."""
     postgres = postgres_rows(config)
-    airtable = None
-    if config.airtable.enabled:
-        if airtable_sink is None:
-            from daemon.sinks.airtable import AirtableSink
+    if not config.airtable.enabled:
+        return {"postgres": postgres, "airtable": None}
+    if airtable_sink is None:
+        from daemon.sinks.airtable import AirtableSink
 
-            airtable_sink = AirtableSink.from_config(config.airtable, None)
-        airtable = (airtable_sink.client, airtable_sink.tables)
-    return {"postgres": postgres, "airtable": airtable}
+        airtable_sink = AirtableSink.from_config(config.airtable, None)
+    return {"postgres": postgres, "airtable": (airtable_sink.client, airtable_sink.tables),
+            "airtable_delete": airtable_sink.delete_records}
 
 
 def _health(snapshot: dict[str, Any]) -> dict[str, Any]:

@@ -539,6 +539,8 @@ def _forget(config: Config, args: argparse.Namespace) -> int:
         for store, counts in answer["stores"].items():
             text = counts if isinstance(counts, str) else ", ".join(f"{n} {what}" for what, n in counts.items())
             print(f"  {store:<9} {text}")
+    for note in answer.get("notes") or ():
+        print(f"chatledger: forget: {note}", file=sys.stderr)
     if not answer.get("complete", True):
         print(f"chatledger: forget is incomplete: {answer.get('error')}; run the same command again to finish",
               file=sys.stderr)

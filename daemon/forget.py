@@ -7,7 +7,9 @@ a wait for any delivery that had already read it, then PostgreSQL, then Airtable
 before their conversations, so that a run cut short finds the rest when run again. An
 audit entry keeps the time, the counts per store, the phone's last four digits and the operator's
 reference; nothing the phone could be found from (a hash would be: phone numbers are few enough to
-try them all). Later messages from that phone are journaled and delivered as usual.
+try them all). Later messages from that phone are journaled and delivered as usual. A field the base
+lacks (a delivery warning only) cannot be searched: that lookup is skipped and the report's notes say
+what could not be found through it, rather than the whole erasure failing on a formula Airtable refuses.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from loguru import logger
 
 from daemon.journal import Journal
 from daemon.recover import ids_formulas, phone_formula
-from daemon.sinks.airtable import RECORDS_PER_REQUEST, AirtableClient, pages, patiently
-from daemon.sinks.airtable_schema import BaseNames
+from daemon.sinks.airtable import RECORDS_PER_REQUEST, AirtableClient, pages, patiently, read_plan
+from daemon.sinks.airtable_schema import KEYS, BaseNames, BasePlan
 from daemon.sinks.base import SinkError
 from daemon.sinks.postgres_rows import PostgresRows
 
@@ -33,46 +35,88 @@ class ForgetReport:
     complete: bool = True
     error: str | None = None
     audit: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)  # what could not be searched, and what that leaves
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stores": self.stores, "complete": self.complete, "error": self.error, "audit": self.audit}
+        return {"stores": self.stores, "complete": self.complete, "error": self.error, "audit": self.audit,
+                "notes": self.notes}
 
 
-async def _airtable_targets(client: AirtableClient, tables: dict[str, str], phone: str,
+Delete = Callable[[str, list[str]], Awaitable[None]]
+
+
+class _Lookups:
+    """Which fields of the base can be searched (its plan), and a note for each lookup that cannot."""
+
+    def __init__(self, names: BaseNames, plan: BasePlan):
+        self.names, self.plan = names, plan
+        self.notes: list[str] = []
+
+    def has(self, kind: str, logical: str) -> bool:
+        return kind in self.plan.tables and logical not in {m.spec.name for m in self.plan.missing.get(kind, [])}
+
+    def field(self, kind: str, logical: str, without: str) -> str | None:
+        """The base's name for the field to search, or None (noted, with `without`: what that leaves)."""
+        table = self.names[kind]
+        if kind in self.plan.missing_tables:
+            gap, without = f"table {table} is missing", "nothing to erase there"
+        elif kind not in self.plan.tables:
+            gap = f"{table}.{self.names.field(kind, KEYS[kind])} cannot be read as the table's key"
+        elif logical in {m.spec.name for m in self.plan.missing.get(kind, [])}:
+            gap = f"{table}.{self.names.field(kind, logical)} is missing from the base"
+        else:
+            return self.names.field(kind, logical)
+        note = f"Airtable: {gap}: {without}"
+        if note not in self.notes:
+            self.notes.append(note)
+        return None
+
+
+async def _airtable_targets(client: AirtableClient, lookups: _Lookups, phone: str,
                             conversation_ids: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     """Airtable record ids to delete per table, and the conversation ids Airtable adds."""
-    names = BaseNames.of(tables)
+    names = lookups.names
     found: dict[str, list[str]] = {kind: [] for kind in names}
     ids = list(conversation_ids)
-    conversation_field = names.field("conversations", "ConversationId")
-    async for page in pages(client, names["conversations"],
-                            phone_formula(names.field("conversations", "CustomerPhone"), phone)):
-        for record in page:
-            found["conversations"].append(record["id"])
-            conversation = record.get("fields", {}).get(conversation_field)
-            if conversation and conversation not in ids:
-                ids.append(conversation)
-    for formula in ids_formulas(names.field("conversations", "ConversationId"), ids):
+    key = lookups.field("conversations", "ConversationId", "no conversation could be looked up")
+    phone_field = key and lookups.field("conversations", "CustomerPhone", "conversations were looked up only by "
+                                        "the ids the journal and PostgreSQL know")
+    if phone_field:
+        async for page in pages(client, names["conversations"], phone_formula(phone_field, phone)):
+            for record in page:
+                found["conversations"].append(record["id"])
+                conversation = record.get("fields", {}).get(key)
+                if conversation and conversation not in ids:
+                    ids.append(conversation)
+    for formula in ids_formulas(key, ids) if key else []:
         async for page in pages(client, names["conversations"], formula):
             found["conversations"] += [r["id"] for r in page if r["id"] not in found["conversations"]]
-    for formula in ids_formulas(names.field("interactions", "ConversationId"), ids):
+    by_conversation = lookups.field("interactions", "ConversationId", "no interaction could be found (they "
+                                    "carry no phone): delete this person's messages there by hand")
+    for formula in ids_formulas(by_conversation, ids) if by_conversation else []:
         async for page in pages(client, names["interactions"], formula):
             found["interactions"] += [r["id"] for r in page]
-    escalation_formulas = [phone_formula(names.field("escalations", "CustomerPhone"), phone)] + \
-        ids_formulas(names.field("escalations", "ConversationId"), ids)
+    escalation_formulas = []
+    neither = "no escalation could be found: delete this person's escalations there by hand"
+    if phone_field := lookups.field("escalations", "CustomerPhone", "escalations were looked up only by conversation"
+                                    if lookups.has("escalations", "ConversationId") else neither):
+        escalation_formulas.append(phone_formula(phone_field, phone))
+    if by_conversation := lookups.field("escalations", "ConversationId", "escalations were looked up only by phone"
+                                        if lookups.has("escalations", "CustomerPhone") else neither):
+        escalation_formulas += ids_formulas(by_conversation, ids)
     for formula in escalation_formulas:
         async for page in pages(client, names["escalations"], formula):
             found["escalations"] += [r["id"] for r in page if r["id"] not in found["escalations"]]
     return found, ids
 
 
-async def _airtable_delete(client: AirtableClient, tables: dict[str, str], found: dict[str, list[str]],
+async def _airtable_delete(delete: Delete, tables: dict[str, str], found: dict[str, list[str]],
                            counts: dict[str, int]) -> None:
     for kind in ("interactions", "escalations", "conversations"):
         record_ids = found[kind]
         for start in range(0, len(record_ids), RECORDS_PER_REQUEST):
             chunk = record_ids[start:start + RECORDS_PER_REQUEST]
-            await patiently(lambda: client.delete(tables[kind], chunk))
+            await patiently(lambda: delete(tables[kind], chunk))
             counts[kind] += len(chunk)
 
 
@@ -81,16 +125,22 @@ async def forget_phone(
     postgres: Callable[[], AbstractAsyncContextManager[PostgresRows]] | None,
     airtable: tuple[AirtableClient, dict[str, str]] | None,
     quiesce: Callable[[], Awaitable[None]] | None = None, reference: str | None = None,
+    airtable_delete: Delete | None = None,
 ) -> ForgetReport:
-    """Erase `phone` (digits) from every configured store; the report is also the audit entry's."""
+    """Erase `phone` (digits) from every configured store; the report is also the audit entry's.
+    `airtable_delete`: how a chunk of Airtable records is deleted (the daemon's sink keeps its count)."""
     report = ForgetReport()
+    lookups = None
     conversation_ids = await journal.conversations_of_phone(phone)
     async with AsyncExitStack() as stack:
         pg = await stack.enter_async_context(postgres()) if postgres else None
         if pg is not None:
             conversation_ids += [c for c in await pg.conversations_of(phone) if c not in conversation_ids]
         if airtable is not None:  # what Airtable knows of the person (and that it answers)
-            _, conversation_ids = await _airtable_targets(*airtable, phone, conversation_ids)
+            client, names = airtable[0], BaseNames.of(airtable[1])
+            lookups = _Lookups(names, await read_plan(client, names, probe=False))
+            _, conversation_ids = await _airtable_targets(client, lookups, phone, conversation_ids)
+            report.notes = lookups.notes
         # Every store answered: erase, the journal first.
         counts, event_keys = await journal.forget(phone, conversation_ids)
         if not await journal.checkpoint():
@@ -101,18 +151,21 @@ async def forget_phone(
         try:
             if pg is not None:
                 report.stores["postgres"] = await pg.forget(phone, conversation_ids, event_keys)
-            if airtable is not None:
+            if airtable is not None and lookups is not None:
                 # looked up again: a delivery that finished after the first look may have added records
-                found, _ = await _airtable_targets(*airtable, phone, conversation_ids)
+                found, _ = await _airtable_targets(airtable[0], lookups, phone, conversation_ids)
                 done = report.stores["airtable"] = {kind: 0 for kind in ("conversations", "interactions",
                                                                          "escalations")}
-                await _airtable_delete(*airtable, found, done)
+                await _airtable_delete(airtable_delete or airtable[0].delete, lookups.names, found, done)
         except SinkError as exc:
             report.complete, report.error = False, str(exc)
     if "journal" in report.stores:
         report.stores.setdefault("postgres", "not configured")
         report.stores.setdefault("airtable", "not configured")
-        report.audit = await journal.audit("forget", {"stores": report.stores, "complete": report.complete},
+        audited = {"stores": report.stores, "complete": report.complete}
+        report.audit = await journal.audit("forget", audited | ({"notes": report.notes} if report.notes else {}),
                                            last4=phone[-4:], reference=reference)
         logger.info("forget: erased phone ...{} (reference {}): {}", phone[-4:], reference, report.stores)
+        for note in report.notes:
+            logger.warning("forget: {}", note)
     return report

@@ -417,6 +417,8 @@ class AirtableSink:
         self.max_records = 0  # [airtable] max_records: the plan's cap across the base's tables; 0 not counted
         self.records: int | None = None  # what the three tables hold: counted at start and on sync, then kept
         self._recount = True
+        # a recount and a deletion never overlap: a deletion then counts once, whether a recount saw it or not
+        self._counting = asyncio.Lock()
 
     @classmethod
     def from_config(cls, config: Any, conversations, monthly: MonthlyRequests | None = None) -> "AirtableSink":
@@ -485,12 +487,20 @@ class AirtableSink:
     async def count_records(self) -> int:
         """The records of the three tables, a page of 100 keys a request (a Team base's 50,000: 500)."""
         total = 0
-        for kind in TABLES:
-            async for page in pages(self.client, self.tables[kind], None,
-                                    fields=[self.tables.field(kind, KEYS[kind])]):
-                total += len(page)
+        async with self._counting:
+            for kind in TABLES:
+                async for page in pages(self.client, self.tables[kind], None,
+                                        fields=[self.tables.field(kind, KEYS[kind])]):
+                    total += len(page)
         logger.info("airtable: the base holds {} records ([airtable] max_records {})", total, self.max_records)
         return total
+
+    async def delete_records(self, table: str, record_ids: list[str]) -> None:
+        """Delete up to 10 records (retention, forget); the records count follows each such request."""
+        async with self._counting:
+            await self.client.delete(table, record_ids)
+            if self.records is not None:
+                self.records = max(0, self.records - len(record_ids))
 
     async def deliver(self, events: Sequence[StoredEvent]) -> None:
         if not self._schema_ok:

@@ -4,6 +4,8 @@ emulator over HTTP, real pyairtable)."""
 from datetime import datetime, timedelta, timezone
 from functools import partial
 
+import pytest
+
 from daemon.sinks.airtable_retention import purge_airtable
 from daemon.sinks.airtable_schema import BaseNames
 from daemon.sinks.postgres import quote_ident
@@ -183,3 +185,74 @@ async def test_a_field_the_base_lacks_skips_what_needs_it_instead_of_failing_eve
     for gap, kept in (("Interactions.Timestamp", "Interactions"), ("Conversations.LastActivity", "Conversations"),
                       ("Escalations.ResolvedAt", "Escalations")):
         assert f"the base lacks {gap}: every record of {kept} is kept" in said
+
+
+def emulator_records(emulator):
+    return emulator.run(lambda: emulator.emulator.bases[BASE].record_count)
+
+
+def set_cap(emulator, max_records):
+    def apply():
+        emulator.emulator.bases[BASE].max_records = max_records
+    emulator.run(apply)
+
+
+class CutShort(Exception):
+    pass
+
+
+async def test_the_records_count_follows_each_deleted_chunk_even_of_a_purge_cut_short(
+        stores, stores_emulator, pg_cluster, pg_schema):
+    from daemon.sinks.airtable import AirtableSink
+
+    sink = AirtableSink(stores.client, NAMES, stores.journal.conversations)
+    sink.max_records = 1000
+    await sink.check()
+    assert sink.records == emulator_records(stores_emulator) == 65
+
+    async def spare():
+        if sink.records <= 65 - 20:  # two chunks deleted: the run stops (an error, a stop) before a third
+            raise CutShort
+
+    with pytest.raises(CutShort):
+        await purge_airtable(stores.client, BaseNames(NAMES), partial(PostgresRows.open, pg_cluster.dsn(), pg_schema),
+                             datetime.now(timezone.utc) - timedelta(days=30), spare, plan=sink.plan,
+                             delete=sink.delete_records)
+    assert emulator_records(stores_emulator) == 45
+    assert sink.records == 45
+
+
+async def test_a_recount_racing_a_deletion_counts_it_once(stores, stores_emulator):
+    """A purge (or forget) deletes while a recount lists the base: whether the listing saw the records or
+    not, the count ends equal to the base."""
+    import asyncio
+
+    from daemon.sinks.airtable import AirtableSink
+
+    sink = AirtableSink(stores.client, NAMES, stores.journal.conversations)
+    sink.max_records = 1000
+    await sink.check()
+    assert sink.records == 65
+    interactions, _ = await stores.client.list_page("Interactions", None, None)
+    listing = stores.client.list_page
+    deleting = []
+
+    async def list_page(table, formula, offset, fields=()):
+        page, after = await listing(table, formula, offset, fields)
+        if table == "Conversations" and not deleting:
+            # the recount has counted every conversation; two of them and two interactions it has not
+            # reached yet are deleted now
+            deleting.append(asyncio.gather(sink.delete_records("Conversations", [r["id"] for r in page[:2]]),
+                                           sink.delete_records("Interactions", [r["id"] for r in interactions[:2]])))
+            await asyncio.wait(deleting, timeout=2)  # bounds the wait only: a deletion may wait for the recount
+        return page, after
+
+    stores.client.list_page = list_page
+    try:
+        sink.wake()  # as `sync` does: count again
+        await sink.check()
+        await deleting[0]
+    finally:
+        stores.client.list_page = listing
+    assert emulator_records(stores_emulator) == 61
+    assert sink.records == 61

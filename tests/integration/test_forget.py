@@ -174,3 +174,48 @@ async def test_forget_finds_the_person_through_the_mapped_names(renamed_stores, 
     assert report.complete and report.stores["airtable"] == {"conversations": 1, "interactions": 15,
                                                              "escalations": 0}
     assert not any(trace in airtable_text(stores_emulator) for trace in TRACES)
+
+
+async def test_airtable_deletions_of_forget_keep_the_records_count(stores, stores_emulator, pg_cluster, pg_schema):
+    from daemon.sinks.airtable import AirtableSink
+
+    sink = AirtableSink(stores.client, NAMES, stores.journal.conversations)
+    sink.max_records = 1000
+    await sink.check()
+    before = sink.records
+    report = await forget_phone(PHONE, stores.journal, postgres=partial(PostgresRows.open, pg_cluster.dsn(), pg_schema),
+                                airtable=(stores.client, NAMES), airtable_delete=sink.delete_records)
+    assert report.complete and sum(report.stores["airtable"].values()) == 16
+    assert sink.records == before - 16 == stores_emulator.run(lambda: stores_emulator.emulator.bases[BASE].record_count)
+
+
+async def test_fields_the_base_lacks_are_not_searched_and_the_report_says_what_that_leaves(
+        stores, stores_emulator, pg_cluster, pg_schema):
+    """Conversations.CustomerPhone and Interactions.ConversationId missing are delivery warnings only: forget
+    erases what it can still find, and says what it could not search, instead of erasing nothing."""
+    def remove():
+        base = stores_emulator.emulator.bases[BASE]
+        base.table("Conversations").remove_field("CustomerPhone")
+        base.table("Interactions").remove_field("ConversationId")
+    stores_emulator.run(remove)
+
+    report = await forget(stores, pg_cluster, pg_schema)
+
+    assert report.complete and report.error is None
+    assert report.stores["airtable"] == {"conversations": 1, "interactions": 0, "escalations": 0}
+    assert cid("c2") not in airtable_text(stores_emulator)
+    assert any("Conversations.CustomerPhone is missing" in note and "looked up only by the ids" in note
+               for note in report.notes)
+    assert any("Interactions.ConversationId is missing" in note and "by hand" in note for note in report.notes)
+    assert report.audit["report"]["notes"] == report.notes
+
+
+def test_the_cli_prints_what_forget_could_not_search(tmp_path, capsys, monkeypatch):
+    from daemon import cli
+
+    note = "Airtable: Interactions.ConversationId is missing from the base: no interaction could be found"
+    monkeypatch.setattr(cli, "_forget_offline", lambda config, phone, reference: {
+        "stores": {"journal": {"events": 1}}, "complete": True, "error": None, "notes": [note],
+        "audit": {"at": "2026-12-03T00:00:00Z"}})
+    assert main(["forget", "--phone", PHONE, "--config", str(write_config(tmp_path))]) == 0
+    assert note in capsys.readouterr().err
