@@ -38,6 +38,8 @@ RETENTION_PAUSE = 0.05
 ALERT_CHECK_INTERVAL = 5.0
 MONTH_SAVE_INTERVAL = 5.0
 AIRTABLE_RETENTION_INTERVAL = 86400.0  # a listing of each table a day: 90 requests a month
+AIRTABLE_RETENTION_MIN_GAP = 3600.0  # a blocked base calls for a purge soon, but not one after another
+RETENTION_PRESSURE_POLL = 5.0
 SPARE_POLL = 1.0
 
 EXIT_OK, EXIT_CRASH = 0, 1
@@ -280,8 +282,10 @@ class Daemon:
                 logger.exception("alert check failed")
 
     async def _airtable_retention_loop(self) -> None:
-        """[airtable] retention_days: once a day, delete from the base what is older and PostgreSQL holds,
-        on spare budget only (a run that fails is logged and tried again the next day)."""
+        """[airtable] retention_days: delete from the base what is older and PostgreSQL holds, on spare budget
+        only: daily, and soon once the base is blocked at its cap or near it (never twice within
+        AIRTABLE_RETENTION_MIN_GAP). A run that fails is logged and tried again later; one that made room in
+        a blocked base lets the held deliveries go at once."""
         days = self.config.airtable.retention_days
         worker = self.workers.get("airtable")
         postgres = postgres_rows(self.config)
@@ -290,25 +294,45 @@ class Daemon:
                 logger.warning("[airtable] retention_days is set, but nothing is deleted from Airtable: PostgreSQL "
                                "is not configured, so nothing there can be known to be held elsewhere")
             await asyncio.Event().wait()
-        from daemon.sinks.airtable_retention import purge_airtable
+        from daemon.sinks.airtable_retention import RetentionSchedule, day_start, purge_airtable
         from daemon.sinks.base import SinkError
 
         sink = worker.sink
-        await asyncio.sleep(RETENTION_FIRST_DELAY)
+        schedule = RetentionSchedule(RETENTION_FIRST_DELAY, AIRTABLE_RETENTION_INTERVAL, AIRTABLE_RETENTION_MIN_GAP)
         while True:
             cutoff = datetime.now(timezone.utc) - timedelta(days=days)
-            try:  # the records count follows each deleted chunk (through the sink), a run cut short too
+            pressure = _records_pressure(worker)
+            if not schedule.due(pressure is not None, day_start(cutoff).date()):
+                await asyncio.sleep(RETENTION_PRESSURE_POLL)
+                continue
+            if pressure:
+                logger.info("airtable retention: {}, deleting what is older than {} days now", pressure, days)
+            schedule.started(day_start(cutoff).date())
+            removed = 0
+
+            async def delete(table: str, record_ids: list[str]) -> None:
+                nonlocal removed
+                await sink.delete_records(table, record_ids)
+                removed += len(record_ids)
+
+            try:
                 await purge_airtable(sink.client, sink.tables, postgres, cutoff, self._airtable_spare,
-                                     plan=sink.plan, delete=sink.delete_records)
+                                     plan=sink.plan, delete=delete)
             except SinkError as exc:
-                logger.warning("airtable retention stopped, tried again in a day: {}", exc)
-            await asyncio.sleep(AIRTABLE_RETENTION_INTERVAL)
+                schedule.finished(ok=False)
+                logger.warning("airtable retention stopped, tried again later: {}", exc)
+            else:
+                schedule.finished(ok=True)
+            if removed and worker.state == "blocked":
+                logger.info("airtable retention made room for {} records: the held deliveries go now", removed)
+                worker.retry_now()
 
     async def _airtable_spare(self) -> None:
-        """Return once Airtable deliveries have nothing pending and the budget is full: they go first."""
-        assert self.journal is not None
-        budget = self.workers["airtable"].sink.client.budget
-        while await self.journal.pending("airtable", 0, 1) or budget.tokens_left < budget.capacity:
+        """Return once the Airtable worker is not sending and the budget is full: deliveries go first. Events
+        pending do not count (they may be lingering, or held by a cap only retention lifts)."""
+        worker = self.workers["airtable"]
+        budget = worker.sink.client.budget
+        while worker.sending or budget.tokens_left < budget.capacity:
             await asyncio.sleep(SPARE_POLL)
 
     async def _backfill_loop(self) -> None:
@@ -538,6 +562,18 @@ def postgres_rows(config: Config, migrate_schema: bool = True) -> Any:
 
     return partial(PostgresRows.open, config.postgres.dsn.get_secret_value(), config.postgres.schema_,
                    migrate_schema=migrate_schema)
+
+
+def _records_pressure(worker: DeliveryWorker) -> str | None:
+    """Why the base needs room now (blocked at its cap, or at records_high's first share), or None."""
+    from daemon.alerts import RECORDS_WARNING_SHARES
+
+    if worker.state == "blocked":
+        return "the base is blocked (at its records cap, or another limit of its plan)"
+    held, cap = getattr(worker.sink, "records", None), getattr(worker.sink, "max_records", 0)
+    if cap and held is not None and held >= RECORDS_WARNING_SHARES[0] * cap:
+        return f"the base holds {held:,} of its {cap:,} records"
+    return None
 
 
 def erasure_stores(config: Config, airtable_sink: Any = None) -> dict[str, Any]:

@@ -102,6 +102,17 @@ class DeliveryWorker:
         self._woken.set()
         self._new_events.set()
 
+    def retry_now(self) -> None:
+        """Skip the backoff only (retention made room in a blocked base): no re-check, no flush."""
+        self._cursor = 0
+        self._woken.set()
+        self._new_events.set()
+
+    @property
+    def sending(self) -> bool:
+        """Whether a batch is being read or sent now (background work on the sink's budget waits for it)."""
+        return self._attempt.locked()
+
     def stop(self) -> None:
         self._stopping = True
         self._flush = True

@@ -15,9 +15,10 @@ log line, instead of failing every run on a formula Airtable refuses.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from loguru import logger
@@ -216,3 +217,41 @@ async def purge_airtable(client: AirtableClient, names: BaseNames,
     await purge.interactions()
     await purge.escalations_and_conversations()
     return purge.deleted
+
+
+class RetentionSchedule:
+    """When the purge runs: first `first_delay` after start, then `interval` after each run; sooner while
+    the base is under pressure (blocked at its cap, records_high), but never twice within `min_gap`: when the
+    pressure appears, then again only once the cutoff has moved to another day or the last run failed
+    (another run on the same day's cutoff finds nothing new)."""
+
+    def __init__(self, first_delay: float, interval: float, min_gap: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.interval, self.min_gap, self._clock = interval, min_gap, clock
+        self._next = clock() + first_delay
+        self._last: float | None = None
+        self._day: date | None = None
+        self._failed = False
+        self._pressed = False
+        self._new_pressure = False
+
+    def due(self, pressure: bool, day: date) -> bool:
+        """Whether a run should start now; `day`: the day the cutoff falls on now."""
+        now = self._clock()
+        if pressure and not self._pressed:
+            self._new_pressure = True
+        self._pressed = pressure
+        if now >= self._next:
+            return True
+        if not pressure or (self._last is not None and now - self._last < self.min_gap):
+            return False
+        return self._new_pressure or self._failed or day != self._day
+
+    def started(self, day: date) -> None:
+        self._last = self._clock()
+        self._next = self._last + self.interval
+        self._day = day
+        self._new_pressure = False
+
+    def finished(self, ok: bool) -> None:
+        self._failed = not ok

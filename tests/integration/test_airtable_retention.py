@@ -256,3 +256,56 @@ async def test_a_recount_racing_a_deletion_counts_it_once(stores, stores_emulato
         stores.client.list_page = listing
     assert emulator_records(stores_emulator) == 61
     assert sink.records == 61
+
+
+async def test_a_base_at_its_records_cap_is_drained_by_retention_without_an_operator(
+        stores, stores_emulator, pg_cluster, pg_schema, tmp_path, monkeypatch):
+    """The case retention exists for: the base is full, deliveries are held (`blocked`, pending), and the
+    old records PostgreSQL holds make the room. No daily schedule, no backoff, no operator: the block itself
+    starts the purge, and the purge's end resumes delivery."""
+    import asyncio
+    import time
+
+    from daemon import app, delivery
+    from daemon.config import load_config
+    from daemon.events import normalize
+    from daemon.journal import Journal
+    from tests.integration.conftest import RECEIVED, TOKEN, message
+    from tests.support import write_config
+
+    monkeypatch.setattr(app, "RETENTION_FIRST_DELAY", 3600.0)  # the daily run is not what drains it
+    monkeypatch.setattr(app, "RETENTION_PRESSURE_POLL", 0.05)
+    monkeypatch.setattr(app, "SPARE_POLL", 0.05)
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)  # nor a retry by backoff
+    full = emulator_records(stores_emulator)
+    set_cap(stores_emulator, full)
+    path = write_config(tmp_path, extra=(
+        f'[airtable]\napi_key = "{TOKEN}"\nbase_id = "{BASE}"\nendpoint_url = "{stores_emulator.url}"\n'
+        f'retention_days = 30\nlinger_s = 0\n'
+        f'[postgres]\ndsn = "{pg_cluster.dsn()}"\nschema = "{pg_schema}"\n'))
+    config = load_config(path)
+    journal = await Journal.open(config.journal.path, config.enabled_sinks)
+    recent = int(time.time()) - T0 - 3600
+    await journal.append([normalize(message(100 + i, "c7", recent + i), RECEIVED) for i in range(12)])
+    await journal.close()
+
+    daemon = app.Daemon(config, path)
+    running = asyncio.create_task(daemon.run())
+    try:
+        while "airtable" not in daemon.workers:  # started
+            assert not running.done(), running
+            await asyncio.sleep(0.05)
+        for _ in range(1200):  # a bound for a failure only: the drained state is what is awaited
+            airtable_sink = (await daemon.snapshot())["sinks"]["airtable"]
+            if airtable_sink["pending"] == 0 and airtable_sink["delivered"] == 12:
+                break
+            assert not running.done(), running
+            await asyncio.sleep(0.1)
+        assert airtable_sink["pending"] == 0 and airtable_sink["delivered"] == 12 and airtable_sink["dead"] == 0
+        assert airtable_sink["state"] == "up"
+        assert sorted(r["MessageId"] for r in airtable(stores_emulator, "Interactions")) == \
+            sorted(f"wamid.{100 + i}" for i in range(12))
+        assert emulator_records(stores_emulator) <= full
+    finally:
+        daemon._stop.set()
+        assert await asyncio.wait_for(running, 30) == 0

@@ -121,6 +121,45 @@ async def test_wake_skips_the_backoff_and_stop_ends_a_pause(journal, monkeypatch
     assert (await sink_counts(journal))["pending"] == 1
 
 
+async def test_retry_now_skips_the_backoff_without_waking_the_sink_and_sending_tells_a_send(journal, monkeypatch):
+    """Retention made room in a blocked base: the held deliveries go at once, but this is not an operator's
+    `sync` (the sink's wake() lifts a monthly limit and recounts the base); and retention waits while a batch
+    is being sent."""
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
+    sink = FakeSink(failures=[TransientError("held")])
+    woken = []
+    sink.wake = lambda: woken.append(1)
+    release = asyncio.Event()
+    sending = []
+    real_deliver = sink.deliver
+
+    async def deliver(events):
+        sending.append(worker.sending)
+        if not sink.failures:
+            await release.wait()
+        await real_deliver(events)
+    sink.deliver = deliver
+    worker = DeliveryWorker(journal, sink)
+    await journal.append([normalize(message(1), RECEIVED)])
+    task = asyncio.create_task(worker.run())
+
+    async def paused():
+        return worker.live_status().get("retry_in_s", 0) > 3000
+    await until(paused, task, timeout=FAIL_BOUND)
+    assert not worker.sending
+    worker.retry_now()
+
+    async def in_send():
+        return len(sending) == 2
+    await until(in_send, task, timeout=FAIL_BOUND)
+    assert sending == [True, True] and worker.sending
+    release.set()
+    await until(lambda: _delivered(journal, 1), task, timeout=FAIL_BOUND)
+    assert not worker.sending and woken == []
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
 async def test_an_idle_worker_reports_a_misconfigured_sink(journal, monkeypatch):
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures: 3600.0)
     sink = FakeSink()
