@@ -249,7 +249,7 @@ async def test_a_recount_racing_a_deletion_counts_it_once(stores, stores_emulato
 
     stores.client.list_page = list_page
     try:
-        sink.wake()  # as `sync` does: count again
+        sink.operator_sync()  # `chatledger sync`: count again
         await sink.check()
         await deleting[0]
     finally:

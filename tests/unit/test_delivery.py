@@ -122,9 +122,9 @@ async def test_wake_skips_the_backoff_and_stop_ends_a_pause(journal, monkeypatch
 
 
 async def test_retry_now_skips_the_backoff_without_waking_the_sink_and_sending_tells_a_send(journal, monkeypatch):
-    """Retention made room in a blocked base: the held deliveries go at once, but this is not an operator's
-    `sync` (the sink's wake() lifts a monthly limit and recounts the base); and retention waits while a batch
-    is being sent."""
+    """Retention made room in a blocked base: the held deliveries go at once, but nobody asked for a replay
+    (the sink's wake() reads the base's schema again, a request); and retention waits while a batch is being
+    sent."""
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
     sink = FakeSink(failures=[TransientError("held")])
     woken = []
