@@ -317,7 +317,7 @@ class Daemon:
 
             try:
                 await purge_airtable(sink.client, sink.tables, postgres, cutoff, self._airtable_spare,
-                                     plan=sink.plan, delete=delete)
+                                     delete=delete)
             except SinkError as exc:
                 schedule.finished(ok=False)
                 logger.warning("airtable retention stopped, tried again later: {}", exc)

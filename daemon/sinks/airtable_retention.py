@@ -9,8 +9,9 @@ the last one; a conversation PostgreSQL saw active since the cutoff stays (its n
 wait for delivery). The cutoff is taken at the start of its UTC day, which a date field without time
 compares alike. Ids are gathered a table at a time before anything of that table is deleted (deleting
 under a listing's offset could skip records), and every request waits for `spare()`: deliveries go
-first. A field the purge reads that the base lacks (a delivery warning only) skips what needs it, with a
-log line, instead of failing every run on a formula Airtable refuses.
+first. A field the purge reads that the base lacks, or that the writes leave out (a delivery warning
+only: it holds the operators' values, not ours), keeps what would be judged by it, with a log line,
+rather than failing every run on a formula Airtable refuses.
 """
 
 from __future__ import annotations
@@ -63,24 +64,24 @@ def _after(value: Any, before: datetime) -> bool:
     return moment is not None and moment >= before
 
 
-def _lacking(plan: BasePlan, kind: str, fields: tuple[str, ...]) -> list[str]:
-    """Which of these fields of ours the base's table of `kind` lacks."""
-    missing = {m.spec.name for m in plan.missing.get(kind, [])}
-    return [name for name in fields if name in missing]
+def _lacking(plan: BasePlan, names: BaseNames, kind: str, fields: tuple[str, ...]) -> dict[str, str]:
+    """Those of our fields the purge cannot read from the table of `kind`, and why: missing, or left out of
+    the writes (then it holds the operators' values, not ours)."""
+    return {name: why for name in fields if (why := plan.unselectable(names, kind, name))}
 
 
 def _gaps(plan: BasePlan, names: BaseNames, kind: str, fields: tuple[str, ...]) -> list[str]:
-    """What the base lacks to read these fields of `kind`, in its names: the table, its key, or fields."""
+    """Why the purge cannot read these fields of `kind`: the table, its key, or the fields."""
     if kind in plan.missing_tables:
-        return [f"table {names[kind]}"]
+        return [f"table {names[kind]} is missing"]
     if kind not in plan.tables:  # its key is missing or not text: the plan's problems say which
-        return [f"{names[kind]}.{names.field(kind, KEYS[kind])}"]
-    return [f"{names[kind]}.{names.field(kind, name)}" for name in _lacking(plan, kind, fields)]
+        return [f"{names[kind]}.{names.field(kind, KEYS[kind])} cannot be read as its key"]
+    return list(_lacking(plan, names, kind, fields).values())
 
 
 def _skipped(table: str, gaps: list[str], consequence: str = "") -> None:
-    logger.warning("airtable retention: the base lacks {}: every record of {} is kept{} (`chatledger airtable "
-                   "check` tells more)", ", ".join(gaps), table, consequence)
+    logger.warning("airtable retention: {}: every record of {} is kept{} (`chatledger airtable check` tells "
+                   "more)", "; ".join(gaps), table, consequence)
 
 
 class _Purge:
@@ -153,7 +154,7 @@ class _Purge:
             _skipped(self.names["escalations"], _gaps(self.plan, self.names, "escalations", ()),
                      ", and conversations too (which of them have escalations cannot be told)")
             return None
-        lacking = _lacking(self.plan, "escalations", ESCALATION_FIELDS)
+        lacking = _lacking(self.plan, self.names, "escalations", ESCALATION_FIELDS)
         if any(name in lacking for name in DECIDES_ESCALATION):
             _skipped(self.names["escalations"], _gaps(self.plan, self.names, "escalations", DECIDES_ESCALATION))
         return await self.listing("escalations", None, tuple(f for f in ESCALATION_FIELDS if f not in lacking))
@@ -163,7 +164,7 @@ class _Purge:
         escalations = await self.every_escalation()
         if escalations is None:
             return
-        undecidable = _lacking(self.plan, "escalations", DECIDES_ESCALATION)
+        undecidable = _lacking(self.plan, self.names, "escalations", DECIDES_ESCALATION)
         held_escalations = await self.held("escalations", {c[KEYS["escalations"]] for c in escalations.values()})
 
         def conversation_of(cells: dict[str, Any]) -> str | None:
@@ -208,7 +209,8 @@ async def purge_airtable(client: AirtableClient, names: BaseNames,
                          spare: Callable[[], Awaitable[None]], *, plan: BasePlan | None = None,
                          delete: Delete | None = None) -> dict[str, int]:
     """Delete the records older than `cutoff` that PostgreSQL holds; how many, per table. `plan`: the base's
-    (read when not given); `delete`: how a chunk of records is deleted (the sink's keeps its records count)."""
+    (read now when not given: a field removed since the last look must not fail the run); `delete`: how a
+    chunk of records is deleted (the sink's keeps its records count)."""
     names = BaseNames.of(names)
     if plan is None:
         await spare()
