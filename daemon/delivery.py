@@ -35,7 +35,7 @@ from loguru import logger
 from daemon.events import StoredEvent
 from daemon.journal import Journal, JournalUnavailable
 from daemon.records import parse_time
-from daemon.sinks.base import BlockedError, PermanentError, RefusedError, Sink, TransientError
+from daemon.sinks.base import BlockedError, PermanentError, RefusedError, SetupError, Sink, TransientError
 
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 60.0
@@ -314,6 +314,8 @@ class DeliveryWorker:
             delay = exc.retry_after
         elif isinstance(exc, BlockedError):
             delay = backoff_delay(self.failures, cap=BLOCKED_RETRY_CAP)
+        elif isinstance(exc, SetupError):
+            delay = backoff_delay(self.failures, cap=getattr(self.sink, "setup_retry_cap", BACKOFF_CAP))
         else:
             delay = backoff_delay(self.failures)
         error = str(exc)

@@ -38,6 +38,7 @@ BATCH_SIZE = 500  # events per delivery: 50 interaction requests share the conve
 TIMEOUT = (5, 30)  # connect, read (seconds)
 LOCKOUT = 30.0  # what Airtable imposes after a 429
 QUOTA_RETRY = 3600.0  # the monthly quota does not come back by waiting a minute
+SETUP_RETRY = 3600.0  # an unprepared base is fixed by an operator, who then runs `sync`: each check costs requests
 THREADS = 5
 QUOTA_REASON = "monthly API quota exhausted"
 # How long a reader (the bot API) trusts the plan last read: the sink reads the schema again on sync,
@@ -401,6 +402,7 @@ class AirtableSink:
     idle_check_s = None
     linger_batch = RECORDS_PER_REQUEST
     linger_s = 0.0
+    setup_retry_cap = SETUP_RETRY  # misconfigured: the backoff's cap (each retry reads the schema)
 
     def __init__(self, client: AirtableClient, tables: dict[str, str],
                  conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]]):

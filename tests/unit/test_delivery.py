@@ -10,6 +10,7 @@ from daemon import delivery
 from daemon.delivery import DeliveryWorker
 from daemon.events import normalize
 from daemon.journal import Journal
+from daemon.sinks.airtable import AirtableSink
 from daemon.sinks.base import PermanentError, RefusedError, SetupError, TransientError
 from tests.support import until
 
@@ -99,7 +100,7 @@ async def test_a_poison_event_alone_becomes_a_dead_letter(journal):
 
 
 async def test_wake_skips_the_backoff_and_stop_ends_a_pause(journal, monkeypatch):
-    monkeypatch.setattr(delivery, "backoff_delay", lambda failures: 3600.0)
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
     sink = FakeSink(failures=[TransientError("server closed the connection")])
     worker = DeliveryWorker(journal, sink)
     await journal.append([normalize(message(1), RECEIVED)])
@@ -122,7 +123,7 @@ async def test_wake_skips_the_backoff_and_stop_ends_a_pause(journal, monkeypatch
 
 
 async def test_an_idle_worker_reports_a_misconfigured_sink(journal, monkeypatch):
-    monkeypatch.setattr(delivery, "backoff_delay", lambda failures: 3600.0)
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
     sink = FakeSink()
     sink.check_error = SetupError("password authentication failed")
     worker = DeliveryWorker(journal, sink)
@@ -138,6 +139,29 @@ async def test_an_idle_worker_reports_a_misconfigured_sink(journal, monkeypatch)
     async def up():
         return worker.state == "up"
     await until(up, task, timeout=FAIL_BOUND)
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+@pytest.mark.parametrize("error, pays_per_request, at_least, at_most", [
+    (SetupError("TABLE_NOT_FOUND"), True, 600, 3600),  # an unprepared Airtable base: the operator acts, then syncs
+    (SetupError("password authentication failed"), False, 0, 60),  # PostgreSQL: nothing to save
+    (TransientError("HTTP 503"), True, 0, 60),  # an outage ends by itself: retried soon
+])
+async def test_a_misconfigured_sink_that_pays_per_request_waits_long_between_checks(
+        journal, error, pays_per_request, at_least, at_most):
+    sink = FakeSink()
+    if pays_per_request:
+        sink.setup_retry_cap = AirtableSink.setup_retry_cap
+    sink.check_error = error
+    worker = DeliveryWorker(journal, sink, clock=lambda: 1000.0)  # frozen: retry_in_s is the backoff itself
+    worker.failures = 20  # long past the first doublings
+
+    async def backing_off():
+        return worker.retry_at is not None
+    task = asyncio.create_task(worker.run())
+    await until(backing_off, task, timeout=FAIL_BOUND)
+    assert at_least <= worker.live_status()["retry_in_s"] <= at_most
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
