@@ -18,9 +18,10 @@ suspects gather with no record created after them, one more event decides: if it
 are judged as above, if it is refused too (or the pass ends first) the condition is the base's: the
 pass stops (what was delivered stays delivered), nothing is parked, and the sink is held "blocked"
 with the refusal as its last error, noted on the held events, retried with backoff (capped at an
-hour, further spaced by a sink that counts its month's requests). Held, every retry is a probe: one
-event, the oldest that is not a suspect (its creating write alone, one request), whatever a 429 or an
-outage meanwhile shows as the state. A probe that creates records ends the hold; one that only
+hour, further spaced by a sink that counts its month's requests). Held, every retry is a probe, one
+event (its creating write alone, one request), whatever a 429 or an outage meanwhile shows as the
+state: the oldest that is not a suspect, then each suspect in turn, so that an event refused for its
+own value cannot stand for the base. A probe that creates records ends the hold; one that only
 updates is no verdict, and the next event is probed at once.
 A pass costs its batch's own requests plus a few per halving level (log2 of the batch) and per
 suspect, never one attempt per event.
@@ -90,6 +91,7 @@ class DeliveryWorker:
         self.failed_attempts = 0  # since start, for the metrics (failures counts consecutive ones)
         self._suspects: dict[int, _Suspect] = {}  # event id -> an event refused alone, set aside
         self._held = False  # held by refusal: retries probe, whatever state a 429 or an outage shows meanwhile
+        self._probes = 0  # refused probes of this hold: each probe takes the next of the held events in turn
         journal.add_listener(self._on_new_events)
 
     # -- control ---------------------------------------------------------------------------------
@@ -228,12 +230,13 @@ class DeliveryWorker:
         """What to send now: a batch after the cursor, or while held by refusal one event to probe with."""
         if not self._held:
             return await self._pending(self._cursor, self.sink.batch_size)
-        probe = await self._pending(0, 1)
-        if not probe:  # only suspects are pending: one of them is the probe
-            probe = [event for event in await self._reread(list(self._suspects)[:1])]
-        if not probe:
-            self._held = False  # nothing left to hold (delivered elsewhere, erased, parked)
-        return probe
+        # The oldest event not set aside first, then each suspect in turn: one refused for its own value
+        # must not stand for the base for ever (the suspects' keys are already looked up: one request each).
+        candidates = await self._pending(0, 1) + await self._reread(list(self._suspects))
+        if not candidates:
+            self._held = False  # nothing left to hold (erased)
+            return []
+        return [candidates[self._probes % len(candidates)]]
 
     async def _pending(self, after_id: int, limit: int) -> list[StoredEvent]:
         """The next pending events without the suspects, which wait aside for records to be created."""
@@ -294,6 +297,7 @@ class DeliveryWorker:
         try:
             created = await self._deliver([event])
         except RefusedError as exc:
+            self._probes += 1
             raise self._block(exc) from None
         except PermanentError as exc:
             self._suspects.pop(event.id, None)
@@ -340,7 +344,8 @@ class DeliveryWorker:
             raise self._block(exc)
 
     def _block(self, exc: RefusedError | None = None) -> BlockedError:
-        self._held = True
+        if not self._held:
+            self._held, self._probes = True, 0
         last = exc or list(self._suspects.values())[-1].error
         return BlockedError(f"{last}; held, nothing dead-lettered: events refused alone in a row with no record "
                             "created after them (a condition of the base, not of the events)")

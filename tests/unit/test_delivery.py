@@ -364,6 +364,21 @@ async def blocked_at_the_cap(journal, monkeypatch, **worker_options):
     return sink, worker, task
 
 
+async def test_a_probe_refused_for_its_own_value_does_not_keep_the_base_held_once_there_is_room(
+        airtable_journal, monkeypatch):
+    journal = airtable_journal
+    sink, worker, task = await blocked_at_the_cap(journal, monkeypatch)  # m10, m11, m12 held
+    sink.poison = {"m13"}  # the first probe's own value is refused, room or not
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 0.01)
+    sink.room = None
+    worker.wake()
+    await until(lambda: _airtable_delivered(journal, 63), task, timeout=FAIL_BOUND)
+    await until(lambda: _dead(journal, 1), task, timeout=FAIL_BOUND)
+    assert "m13" not in sink.accepted and worker.state == "up"
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
 async def test_a_429_or_5xx_during_a_probe_does_not_bring_back_whole_batches(airtable_journal, monkeypatch):
     journal = airtable_journal
     sink, worker, task = await blocked_at_the_cap(journal, monkeypatch)
