@@ -55,7 +55,7 @@ class AlertRules:
 
     def __init__(self, pending_age_threshold_s: float):
         self.threshold = pending_age_threshold_s
-        self._states: dict[str, str] = {}
+        self._down: set[str] = set()  # sinks told down and not yet told up (a 429 in between changes neither)
         self._dead: dict[str, int] = {}
         self._old: set[str] = set()
         self._fallback = False
@@ -69,16 +69,15 @@ class AlertRules:
         sinks = {name: s for name, s in snapshot.get("sinks", {}).items() if s.get("state") != "disabled"}
         for name, sink in sinks.items():
             state = sink.get("state", "starting")
-            was = self._states.get(name)
-            if state in DOWN_STATES and was not in DOWN_STATES:
+            if state in DOWN_STATES and name not in self._down:
+                self._down.add(name)
                 alerts.append(Alert("sink_down", "critical", f"{name} is {state}: {sink.get('last_error') or '?'}; "
                                     f"{sink.get('pending', 0)} deliveries pending (kept, retried)", name,
                                     {"state": state, "last_error": sink.get("last_error"),
                                      "pending": sink.get("pending", 0)}))
-            elif state == "up" and was in DOWN_STATES:
+            elif state == "up" and name in self._down:
+                self._down.discard(name)
                 alerts.append(Alert("sink_up", "info", f"{name} is up again", name, {"state": state}))
-            if state != "starting":
-                self._states[name] = state
 
             dead, seen = sink.get("dead", 0), self._dead.get(name, 0)
             if dead > seen:

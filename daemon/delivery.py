@@ -10,14 +10,19 @@ A refusal that may be the base's rather than the data's (`RefusedError`: an Airt
 plan limit, an error type never seen) is split the same way, left half first, so that the part of
 the batch that still fits is written, in order. But an event refused alone is only a suspect: under
 a records cap every event that creates a record is refused alike while updates still pass, so
-neither its own refusal nor an update delivered after it says whose fault it is. Once records are
-created after it, it is tried alone again; refused again, it becomes a dead letter at the next
-creation (it fails alone while its neighbours succeed, twice, which a cap with room left for a
-smaller event cannot fake). When REFUSED_IN_A_ROW suspects gather with no record created after
-them, or the batch ends with one, the condition is the base's: the pass stops (what was delivered
-stays delivered), nothing is parked, and the sink is held "blocked" with the refusal as its last
-error, retried with backoff. While blocked, a retry reads only the oldest PROBE_SIZE events and
-tries them one at a time (a blocked base is expected to refuse, and Airtable allows 5 requests/s).
+neither its own refusal nor an update delivered after it says whose fault it is. Suspects are set
+aside (later batches go without them) and tried alone again each time records are created after
+them; refused at two such times, a suspect becomes a dead letter (it fails alone while its neighbours
+succeed, twice, which a cap with room left for a smaller event cannot fake). When REFUSED_IN_A_ROW
+suspects gather with no record created after them, one more event decides: if it creates records they
+are judged as above, if it is refused too (or the pass ends first) the condition is the base's: the
+pass stops (what was delivered stays delivered), nothing is parked, and the sink is held "blocked"
+with the refusal as its last error, noted on the held events, retried with backoff (capped at an
+hour, further spaced by a sink that counts its month's requests). Held, every retry is a probe, one
+event (its creating write alone, one request), whatever a 429 or an outage meanwhile shows as the
+state: the oldest that is not a suspect, then each suspect in turn, so that an event refused for its
+own value cannot stand for the base. A probe that creates records ends the hold; one that only
+updates is no verdict, and the next event is probed at once.
 A pass costs its batch's own requests plus a few per halving level (log2 of the batch) and per
 suspect, never one attempt per event.
 """
@@ -35,15 +40,15 @@ from loguru import logger
 from daemon.events import StoredEvent
 from daemon.journal import Journal, JournalUnavailable
 from daemon.records import parse_time
-from daemon.sinks.base import BlockedError, PermanentError, RefusedError, Sink, TransientError
+from daemon.sinks.base import BlockedError, PermanentError, RefusedError, SetupError, Sink, TransientError
 
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 60.0
 JOURNAL_RETRY = 1.0  # when the journal itself cannot record a result
 IDLE_CHECK_INTERVAL = 30.0  # an idle worker checks its sink this often, so status stays true
-REFUSED_IN_A_ROW = 2  # events refused alone with no record created after them: the base's condition
-PROBE_SIZE = 3  # what a retry reads while blocked: a suspect and two creations after it can judge it
-BLOCKED_RETRY_CAP = 600.0  # a cap lifts when an operator acts (then `sync` retries at once): probe gently
+REFUSED_IN_A_ROW = 2  # events refused alone with no record created after them: one more decides
+REFUSED_TIMES = 2  # a suspect refused alone right after records were created this often is a dead letter
+BLOCKED_RETRY_CAP = 3600.0  # a cap lifts when an operator acts (then `sync` retries at once): probe gently
 
 
 def backoff_delay(failures: int, rand: Callable[[], float] = random.random,
@@ -84,6 +89,9 @@ class DeliveryWorker:
         self.delivered_since_start = 0
         self.dead_since_start = 0
         self.failed_attempts = 0  # since start, for the metrics (failures counts consecutive ones)
+        self._suspects: dict[int, _Suspect] = {}  # event id -> an event refused alone, set aside
+        self._held = False  # held by refusal: retries probe, whatever state a 429 or an outage shows meanwhile
+        self._probes = 0  # refused probes of this hold: each probe takes the next of the held events in turn
         journal.add_listener(self._on_new_events)
 
     # -- control ---------------------------------------------------------------------------------
@@ -153,8 +161,7 @@ class DeliveryWorker:
             if await self._linger():
                 continue
             async with self._attempt:
-                size = PROBE_SIZE if self.state == "blocked" else self.sink.batch_size
-                batch = await self.journal.pending(self.name, self._cursor, size)
+                batch = await self._next_batch()
                 outcome = await self._attempt_send(batch) if batch else None
             if batch:
                 await self._settle(batch, outcome)
@@ -173,7 +180,7 @@ class DeliveryWorker:
         retry, a flush (sync, SIGHUP, stop) never waits."""
         if self.linger_s <= 0 or self._flush or self._cursor or self.state != "up":
             return False
-        waiting = await self.journal.pending(self.name, 0, self.linger_batch)
+        waiting = await self._pending(0, self.linger_batch)
         if not waiting or len(waiting) >= self.linger_batch:
             return False
         age = self._wall() - parse_time(waiting[0].received_at).timestamp()
@@ -192,7 +199,7 @@ class DeliveryWorker:
     async def _flush_at_stop(self) -> None:
         """Deliver what was lingering, once, as the daemon stops (it is bounded by the stop's own timeout)."""
         async with self._attempt:
-            batch = await self.journal.pending(self.name, 0, self.sink.batch_size)
+            batch = await self._pending(0, self.sink.batch_size)
             if not batch:
                 return
             outcome = await self._attempt_send(batch)
@@ -230,6 +237,34 @@ class DeliveryWorker:
         self.retry_at = None
         self.state = "up"
 
+    async def _next_batch(self) -> list[StoredEvent]:
+        """What to send now: a batch after the cursor, or while held by refusal one event to probe with."""
+        if not self._held:
+            return await self._pending(self._cursor, self.sink.batch_size)
+        # The oldest event not set aside first, then each suspect in turn: one refused for its own value
+        # must not stand for the base for ever (the suspects' keys are already looked up: one request each).
+        candidates = await self._pending(0, 1) + await self._reread(list(self._suspects))
+        if not candidates:
+            self._held = False  # nothing left to hold (erased)
+            return []
+        return [candidates[self._probes % len(candidates)]]
+
+    async def _pending(self, after_id: int, limit: int) -> list[StoredEvent]:
+        """The next pending events without the suspects, which wait aside for records to be created."""
+        events = await self.journal.pending(self.name, after_id, limit + len(self._suspects))
+        return [event for event in events if event.id not in self._suspects][:limit]
+
+    async def _reread(self, event_ids: Sequence[int]) -> list[StoredEvent]:
+        """These events as the journal has them now, if still pending (an erasure may have taken one)."""
+        found = []
+        for event_id in event_ids:
+            events = await self.journal.pending(self.name, event_id - 1, 1)
+            if events and events[0].id == event_id:
+                found.append(events[0])
+            else:
+                self._suspects.pop(event_id, None)
+        return found
+
     async def _attempt_send(self, batch: Sequence[StoredEvent]) -> Exception | None:
         """Send a batch; the failure the caller must wait out, if any (waiting happens outside the lock)."""
         try:
@@ -248,6 +283,10 @@ class DeliveryWorker:
             self._cursor = 0
             await self._pause(JOURNAL_RETRY)
             return
+        if self._held:  # the probe only updated, or was parked: no verdict yet, the next event is probed now
+            self._cursor = 0
+            self.state = BlockedError.state  # the base answers (a 429 or an outage before may show otherwise)
+            return
         # A short batch ends the pass: what arrived while it was sent starts a new one, which may linger
         # (else one slow request after another would each carry what came meanwhile, one by one).
         self._cursor = batch[-1].id if len(batch) >= self.sink.batch_size else 0
@@ -257,49 +296,93 @@ class DeliveryWorker:
 
     async def _send(self, batch: Sequence[StoredEvent]) -> None:
         """Deliver, isolating what the sink refuses: a poison event is parked, a base-wide refusal held."""
-        seen = _Pass()
-        await self._isolate(batch, seen)
-        if seen.refused:
-            raise _blocked(seen.refused)
+        if self._held:
+            await self._probe(batch[0])
+            return
+        await self._isolate(batch)
+        if len(batch) < self.sink.batch_size and self._in_a_row():
+            raise self._block()  # the pass ends on suspects: nothing after them can judge them yet
 
-    async def _isolate(self, batch: Sequence[StoredEvent], seen: "_Pass") -> None:
-        # While blocked a batch is expected to be refused: go one by one at once, sparing its requests.
-        if not (self.state == "blocked" and len(batch) > 1):
-            try:
-                created = await self._deliver(batch)
-            except RefusedError as exc:
-                if len(batch) == 1:
-                    _suspect(seen, batch[0], exc, retested=False)
-                    return
-                logger.warning("{} refused a batch of {} events ({}); splitting to write what it takes",
-                               self.name, len(batch), exc)
-            except PermanentError as exc:
-                if len(batch) == 1:
-                    await self._park(batch[0], exc)
-                    return
-                logger.warning("{} refused a batch of {} events ({}); splitting to isolate the cause",
-                               self.name, len(batch), exc)
-            else:
-                if created is None or created > 0:  # the base still takes new records
-                    await self._judge(seen)
+    async def _probe(self, event: StoredEvent) -> None:
+        """While held: does the base take new records again?"""
+        try:
+            created = await self._deliver([event])
+        except RefusedError as exc:
+            self._probes += 1
+            raise self._block(exc) from None
+        except PermanentError as exc:
+            self._suspects.pop(event.id, None)
+            await self._park(event, exc)
+            return
+        self._suspects.pop(event.id, None)
+        if created is None or created > 0:
+            # Room appeared since the suspects were refused, and this probe may have taken the last of
+            # it: their refusals now say nothing about them, and the retests below count no strike.
+            await self._judge(strike=False)
+
+    async def _isolate(self, batch: Sequence[StoredEvent]) -> None:
+        try:
+            created = await self._deliver(batch)
+        except RefusedError as exc:
+            if len(batch) == 1:
+                self._suspect(batch[0], exc)
                 return
+            logger.warning("{} refused a batch of {} events ({}); splitting to write what it takes",
+                           self.name, len(batch), exc)
+        except PermanentError as exc:
+            if len(batch) == 1:
+                await self._park(batch[0], exc)
+                return
+            logger.warning("{} refused a batch of {} events ({}); splitting to isolate the cause",
+                           self.name, len(batch), exc)
+        else:
+            if created is None or created > 0:  # the base still takes new records
+                await self._judge()
+            return
         middle = len(batch) // 2
-        await self._isolate(batch[:middle], seen)
-        await self._isolate(batch[middle:], seen)
+        await self._isolate(batch[:middle])
+        await self._isolate(batch[middle:])
 
-    async def _judge(self, seen: "_Pass") -> None:
-        """Records were just created: a suspect refused again since then is parked, the others retried."""
-        suspects, seen.refused = seen.refused, []
-        for event, exc, retested in suspects:
-            if retested:
-                await self._park(event, exc, "refused alone twice while records were created around it")
-                continue
+    def _in_a_row(self) -> int:
+        """Events refused alone (for the first time) since records were last created."""
+        return sum(1 for suspect in self._suspects.values() if suspect.in_a_row)
+
+    def _suspect(self, event: StoredEvent, exc: RefusedError) -> None:
+        """Set an event refused alone aside; hold the base when it is one more beyond REFUSED_IN_A_ROW."""
+        in_a_row = self._in_a_row()
+        self._suspects[event.id] = _Suspect(exc)
+        if in_a_row >= REFUSED_IN_A_ROW:
+            raise self._block(exc)
+
+    def _block(self, exc: RefusedError | None = None) -> BlockedError:
+        if not self._held:
+            self._held, self._probes = True, 0
+        last = exc or list(self._suspects.values())[-1].error
+        return BlockedError(f"{last}; held, nothing dead-lettered: events refused alone in a row with no record "
+                            "created after them (a condition of the base, not of the events)")
+
+    async def _judge(self, strike: bool = True) -> None:
+        """Records were just created: the base takes them, so each suspect is tried alone again; one
+        refused now as it was the last time records were created is parked."""
+        self._held = False
+        for suspect in self._suspects.values():
+            suspect.in_a_row = False
+        for event in await self._reread(list(self._suspects)):
+            suspect = self._suspects[event.id]
             try:
                 await self._deliver([event])
             except RefusedError as again:
-                _suspect(seen, event, again, retested=True)
+                suspect.error = again
+                suspect.strikes += strike
+                if suspect.strikes >= REFUSED_TIMES:
+                    del self._suspects[event.id]
+                    await self._park(event, again, "refused alone each time records were created around it")
+                continue
             except PermanentError as again:
+                del self._suspects[event.id]
                 await self._park(event, again)
+                continue
+            del self._suspects[event.id]
 
     async def _deliver(self, batch: Sequence[StoredEvent]) -> int | None:
         """One attempt; on success the batch is marked delivered. How many records it created."""
@@ -318,13 +401,19 @@ class DeliveryWorker:
         self.dead_since_start += 1
 
     async def _failed(self, batch: Sequence[StoredEvent], exc: TransientError) -> None:
-        """Record a transient failure (on the batch's first event, if any) and back off."""
+        """Record a transient failure (on the batch's first event, or on what a block holds) and back off."""
         self.failures += 1
         self.failed_attempts += 1
+        noted = [event.id for event in batch[:1]]
         if exc.retry_after is not None:
             delay = exc.retry_after
         elif isinstance(exc, BlockedError):
-            delay = backoff_delay(self.failures, cap=BLOCKED_RETRY_CAP)
+            spacing = getattr(self.sink, "probe_spacing", None)  # a sink that counts its month's requests
+            delay = max(backoff_delay(self.failures, cap=BLOCKED_RETRY_CAP), spacing() if spacing else 0.0)
+            # the held events, not batch[0], which the pass may have delivered before the block
+            noted = sorted({*self._suspects, *(event.id for event in batch if len(batch) == 1)})
+        elif isinstance(exc, SetupError):
+            delay = backoff_delay(self.failures, cap=getattr(self.sink, "setup_retry_cap", BACKOFF_CAP))
         else:
             delay = backoff_delay(self.failures)
         error = str(exc)
@@ -336,9 +425,9 @@ class DeliveryWorker:
         # Armed before the journal write below: status shows the retry at once, and a wake()
         # (sync, SIGHUP) arriving during that write is not lost.
         self._arm_retry(delay)
-        if batch:
+        if noted:
             try:
-                await self.journal.note_failure(self.name, [batch[0].id], error, time.time() + delay)
+                await self.journal.note_failure(self.name, noted, error, time.time() + delay)
             except JournalUnavailable:
                 pass  # the journal's own state is reported separately; the retry goes on
         await self._wait_retry()
@@ -364,25 +453,14 @@ class DeliveryWorker:
         self.retry_at = None
 
 
-class _Pass:
-    """The suspects of one batch's isolation: events refused alone with no record created since, each
-    with its refusal and whether it was refused again after records were created (then the next
-    creation makes it a dead letter)."""
+class _Suspect:
+    """An event refused alone: its last refusal, whether no record was created since its first one, and
+    how often it was refused again right after records were created (each time, it is tried again)."""
 
-    def __init__(self) -> None:
-        self.refused: list[tuple[StoredEvent, RefusedError, bool]] = []
-
-
-def _suspect(seen: _Pass, event: StoredEvent, exc: RefusedError, retested: bool) -> None:
-    seen.refused.append((event, exc, retested))
-    if len(seen.refused) >= REFUSED_IN_A_ROW:
-        raise _blocked(seen.refused)
-
-
-def _blocked(refused: list[tuple[StoredEvent, RefusedError, bool]]) -> BlockedError:
-    last = refused[-1][1]
-    return BlockedError(f"{last}; held, nothing dead-lettered: {len(refused)} event(s) in a row refused alone "
-                        "with no record created after them (a condition of the base, not of the events)")
+    def __init__(self, error: RefusedError) -> None:
+        self.error = error
+        self.in_a_row = True
+        self.strikes = 0
 
 
 def _wall(moment: float | None) -> str | None:

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any
 
 import requests
@@ -38,11 +39,14 @@ BATCH_SIZE = 500  # events per delivery: 50 interaction requests share the conve
 TIMEOUT = (5, 30)  # connect, read (seconds)
 LOCKOUT = 30.0  # what Airtable imposes after a 429
 QUOTA_RETRY = 3600.0  # the monthly quota does not come back by waiting a minute
+SETUP_RETRY = 3600.0  # an unprepared base is fixed by an operator, who then runs `sync`: each check costs requests
 THREADS = 5
 QUOTA_REASON = "monthly API quota exhausted"
 # How long a reader (the bot API) trusts the plan last read: the sink reads the schema again on sync,
 # SIGHUP and init, and what an operator changes without telling chatledger is seen within this.
 PLAN_MAX_AGE = 600.0
+PROBE_SHARE = 0.1  # a blocked base's probes spend at most this share of the month's remaining requests
+CREATING_FIRST = ("interactions", "escalations", "conversations")  # the write most likely to create a record first
 
 class ThrottledError(TransientError):
     """Airtable answered 429 RATE_LIMIT_REACHED anyway: the whole base pauses for the lockout."""
@@ -401,6 +405,7 @@ class AirtableSink:
     idle_check_s = None
     linger_batch = RECORDS_PER_REQUEST
     linger_s = 0.0
+    setup_retry_cap = SETUP_RETRY  # misconfigured: the backoff's cap (each retry reads the schema)
 
     def __init__(self, client: AirtableClient, tables: dict[str, str],
                  conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]]):
@@ -502,6 +507,13 @@ class AirtableSink:
             if self.records is not None:
                 self.records = max(0, self.records - len(record_ids))
 
+    def probe_spacing(self) -> float:
+        """Seconds at least between probes of a blocked base, under [airtable] monthly_request_limit."""
+        monthly = self.client.budget.monthly
+        if monthly is None:
+            return 0.0
+        return probe_spacing(monthly.limit, monthly.stats()["requests_this_month"], time.time())
+
     async def deliver(self, events: Sequence[StoredEvent]) -> None:
         if not self._schema_ok:
             await self.check()
@@ -510,10 +522,10 @@ class AirtableSink:
         records = map_events(events)
         ids = [touch.conversation_id for touch in records.conversations]
         tables = self.plan.tables
-        rows = {kind: [tables[kind].row(row) for row in table_rows]
-                for kind, table_rows in airtable_rows(events, records, await self._conversations(ids)).items()}
+        rows = airtable_rows(events, records, await self._conversations(ids))
         writes = [(tables[kind].table, tables[kind].key, chunk)
-                  for kind, table_rows in rows.items()
+                  for kind in CREATING_FIRST
+                  for table_rows in ([tables[kind].row(row) for row in rows[kind]],)
                   for chunk in (table_rows[i:i + RECORDS_PER_REQUEST]
                                 for i in range(0, len(table_rows), RECORDS_PER_REQUEST))]
         return await self._write(writes, alone=len(events) == 1)
@@ -522,6 +534,11 @@ class AirtableSink:
         """Send the upserts THREADS at a time (the budget is the pace) and none after one fails: the
         batch is sent again or split anyway, and a base refusing everything must not cost the whole
         batch's requests. How many records they created, or the gravest failure."""
+        if alone and len(writes) > 1:
+            # One event's creating write goes first, alone: a base at its records cap (a blocked base's
+            # probe) refuses it for one request, not one per table.
+            created = await self._write(writes[:1], alone)
+            return created + await self._write(writes[1:], alone)
         created = 0
         failures: list[tuple[Exception, tuple[str, str, list[dict[str, Any]]]]] = []
         queue = iter(writes)
@@ -573,6 +590,18 @@ class AirtableSink:
 
     async def close(self) -> None:
         self.client.close()
+
+
+def probe_spacing(limit: int, used: int, now: float) -> float:
+    """Seconds between probes so that they spend at most PROBE_SHARE of the requests `limit` leaves
+    this month (UTC), never past the month's turn; 0 without a limit, or past it (the base is then
+    held as `quota`, or an operator's `sync` chose to go on)."""
+    left = limit - used
+    if not limit or left <= 0:
+        return 0.0
+    day = datetime.fromtimestamp(now, timezone.utc)
+    turn = datetime(day.year + day.month // 12, day.month % 12 + 1, 1, tzinfo=timezone.utc).timestamp()
+    return min(turn - now, (turn - now) / (PROBE_SHARE * left))
 
 
 def names_from_config(config: Any) -> BaseNames:

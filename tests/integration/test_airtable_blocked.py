@@ -2,17 +2,20 @@
 emulator's records cap and a key row typed twice by hand, through the real pyairtable."""
 
 import json
+import time
 import urllib.request
+from datetime import datetime, timezone
 
 import pytest
 
 from daemon import delivery
 from daemon.events import normalize
 from daemon.journal import Journal
+from daemon.ratelimit import MonthlyRequests, RequestBudget, month_of
 from daemon.records import conversation_id_for
-from daemon.sinks.airtable import AirtableSink, init_base
+from daemon.sinks.airtable import PROBE_SHARE, AirtableClient, AirtableSink, init_base, probe_spacing
 from tests.integration.test_airtable_sink import (
-    BASE, NAMES, RECEIVED, client_for, delivered, emulator_thread, message, rows, started, stats, stop,
+    BASE, NAMES, RECEIVED, TOKEN, client_for, delivered, emulator_thread, message, rows, started, stats, stop,
 )
 from tests.support import until
 
@@ -74,13 +77,13 @@ async def test_at_the_records_cap_what_fits_lands_nothing_is_dead_and_all_drains
     assert stats(emulator)["requests"] - requests <= 30  # not one attempt (or dead letter) per event
 
     requests, failed = stats(emulator)["requests"], worker.failed_attempts
-    worker.wake()  # a retry while blocked: the oldest events one by one, the keys not looked up again
+    worker.wake()  # a retry while blocked: a probe, one event
 
     async def retried():
         return worker.failed_attempts == failed + 1
     await until(retried, task, "retried")
     assert worker.state == "blocked"
-    assert stats(emulator)["requests"] - requests <= 5  # the schema, then two events of two writes each
+    assert stats(emulator)["requests"] - requests <= 3  # the schema, one event's creating write, its key looked up
     assert (await airtable_counts(journal)).get("dead", 0) == 0
 
     set_cap(emulator, None)  # the plan is upgraded
@@ -89,6 +92,62 @@ async def test_at_the_records_cap_what_fits_lands_nothing_is_dead_and_all_drains
     assert sorted(r["MessageId"] for r in rows(emulator, "Interactions")) == sorted(f"wamid.{i}" for i in range(50))
     assert worker.state == "up" and (await airtable_counts(journal)).get("dead", 0) == 0
     await stop(worker, task, sink)
+
+
+async def test_a_blocked_base_costs_one_request_a_probe(emulator, journal, monkeypatch):
+    quick = {"left": 0}  # how many of the next waits are short; the others are an hour, still while we look
+
+    def backoff(failures, **_):
+        if quick["left"]:
+            quick["left"] -= 1
+            return 0.05
+        return 3600.0
+    monkeypatch.setattr(delivery, "backoff_delay", backoff)
+    sink = AirtableSink(client_for(emulator), NAMES, journal.conversations)
+    await init_base(sink.client, NAMES)
+    worker, task = await started(journal, sink)
+    await journal.append([normalize(message(i), RECEIVED) for i in range(10)])
+    await until(lambda: delivered(journal, 10), task, "first messages")
+    set_cap(emulator, 7 + 10)  # full: 7 conversations and 10 interactions
+    await journal.append([normalize(message(i), RECEIVED) for i in range(10, 30)])
+
+    async def waiting(failed):
+        return worker.failed_attempts == failed and worker.retry_at is not None and worker.state == "blocked"
+    await until(lambda: waiting(1), task, "blocked")
+    worker.wake()  # the first probe of an event also looks its key up once (a key typed twice by hand?)
+    await until(lambda: waiting(2), task, "probed once")
+
+    requests = stats(emulator)["requests"]
+    quick["left"] = 4
+    worker.wake()  # five probes in a row
+    await until(lambda: waiting(7), task, "probed five times")
+    spent = stats(emulator)["requests"] - requests
+    assert spent - 1 <= 5  # the schema read a wake asks for, then one request a probe: its interaction write
+    counts = await airtable_counts(journal)
+    assert counts.get("dead", 0) == 0 and counts["pending"] == 20
+    await stop(worker, task, sink)
+
+
+def test_with_a_monthly_limit_probes_keep_to_a_share_of_what_is_left():
+    now = datetime(2026, 11, 16, tzinfo=timezone.utc).timestamp()  # 15 days before the month turns
+    month_left = 15 * 86400
+    assert PROBE_SHARE <= 0.1
+    assert probe_spacing(1000, 500, now) == pytest.approx(month_left / (PROBE_SHARE * 500))  # Free, half used
+    assert probe_spacing(0, 500, now) == 0  # no limit: the hourly cap alone
+    assert probe_spacing(1000, 1000, now) == 0  # at the limit the base is held as `quota` anyway
+    assert probe_spacing(1000, 998, now) == month_left  # too little left: next month
+    new_year_s_eve = datetime(2026, 12, 31, tzinfo=timezone.utc).timestamp()
+    assert probe_spacing(1000, 0, new_year_s_eve) == pytest.approx(86400 / (PROBE_SHARE * 1000))
+
+
+async def test_the_sink_spaces_probes_by_its_month_s_requests(emulator):
+    monthly = MonthlyRequests(1000, month_of(time.time()), 500)
+    sink = AirtableSink(AirtableClient(TOKEN, BASE, emulator.url, RequestBudget(5, monthly=monthly)), NAMES, None)
+    assert sink.probe_spacing() == pytest.approx(probe_spacing(1000, 500, time.time()), rel=0.01)
+    unlimited = AirtableSink(client_for(emulator), NAMES, None)
+    assert unlimited.probe_spacing() == 0
+    await sink.close()
+    await unlimited.close()
 
 
 async def test_a_key_row_typed_twice_by_hand_makes_one_dead_letter_that_names_it(emulator, journal):

@@ -46,6 +46,17 @@ def test_a_blocked_base_alerts_like_an_outage_and_is_no_fallback():
     assert kinds(rules.evaluate(snap({"state": "down"}, {}))) == [("sink_up", "airtable"), ("fallback_active", None)]
 
 
+def test_a_throttle_between_two_blocked_spells_sends_no_second_down_and_up_comes_after_it():
+    rules = AlertRules(600)
+    rules.evaluate(snap({}, {}))
+    assert kinds(rules.evaluate(snap({}, {"state": "blocked"}))) == [("sink_down", "airtable")]
+    assert kinds(rules.evaluate(snap({}, {"state": "throttled"}))) == []  # a 429 during a probe
+    assert kinds(rules.evaluate(snap({}, {"state": "blocked"}))) == []  # still the same outage
+    assert kinds(rules.evaluate(snap({}, {"state": "throttled"}))) == []
+    assert kinds(rules.evaluate(snap({}, {}))) == [("sink_up", "airtable")]  # told, though throttled last
+    assert kinds(rules.evaluate(snap({}, {"state": "blocked"}))) == [("sink_down", "airtable")]
+
+
 def test_dead_letters_backlog_and_quota():
     rules = AlertRules(600)
     rules.evaluate(snap({}, {}))

@@ -10,6 +10,7 @@ from daemon import delivery
 from daemon.delivery import DeliveryWorker
 from daemon.events import normalize
 from daemon.journal import Journal
+from daemon.sinks.airtable import AirtableSink
 from daemon.sinks.base import PermanentError, RefusedError, SetupError, TransientError
 from tests.support import until
 
@@ -99,7 +100,7 @@ async def test_a_poison_event_alone_becomes_a_dead_letter(journal):
 
 
 async def test_wake_skips_the_backoff_and_stop_ends_a_pause(journal, monkeypatch):
-    monkeypatch.setattr(delivery, "backoff_delay", lambda failures: 3600.0)
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
     sink = FakeSink(failures=[TransientError("server closed the connection")])
     worker = DeliveryWorker(journal, sink)
     await journal.append([normalize(message(1), RECEIVED)])
@@ -161,7 +162,7 @@ async def test_retry_now_skips_the_backoff_without_waking_the_sink_and_sending_t
 
 
 async def test_an_idle_worker_reports_a_misconfigured_sink(journal, monkeypatch):
-    monkeypatch.setattr(delivery, "backoff_delay", lambda failures: 3600.0)
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
     sink = FakeSink()
     sink.check_error = SetupError("password authentication failed")
     worker = DeliveryWorker(journal, sink)
@@ -181,6 +182,29 @@ async def test_an_idle_worker_reports_a_misconfigured_sink(journal, monkeypatch)
     await asyncio.wait_for(task, FAIL_BOUND)
 
 
+@pytest.mark.parametrize("error, pays_per_request, at_least, at_most", [
+    (SetupError("TABLE_NOT_FOUND"), True, 600, 3600),  # an unprepared Airtable base: the operator acts, then syncs
+    (SetupError("password authentication failed"), False, 0, 60),  # PostgreSQL: nothing to save
+    (TransientError("HTTP 503"), True, 0, 60),  # an outage ends by itself: retried soon
+])
+async def test_a_misconfigured_sink_that_pays_per_request_waits_long_between_checks(
+        journal, error, pays_per_request, at_least, at_most):
+    sink = FakeSink()
+    if pays_per_request:
+        sink.setup_retry_cap = AirtableSink.setup_retry_cap
+    sink.check_error = error
+    worker = DeliveryWorker(journal, sink, clock=lambda: 1000.0)  # frozen: retry_in_s is the backoff itself
+    worker.failures = 20  # long past the first doublings
+
+    async def backing_off():
+        return worker.retry_at is not None
+    task = asyncio.create_task(worker.run())
+    await until(backing_off, task, timeout=FAIL_BOUND)
+    assert at_least <= worker.live_status()["retry_in_s"] <= at_most
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
 class CappedSink(FakeSink):
     """A base with room for `room` new records: each message creates one, a message seen before and a
     status update create none; `poison` messages are refused for their own value."""
@@ -188,15 +212,23 @@ class CappedSink(FakeSink):
     name = "airtable"
     batch_size = 64
 
-    def __init__(self, room, poison=(), updates=()):
+    def __init__(self, room, poison=(), updates=(), heals=None):
         super().__init__(poison=poison)
         self.room = room
         self.updates = set(updates)
+        self.heals = dict(heals or {})  # message id -> how many times it is refused alone before it is taken
         self.sizes = []
 
     async def deliver(self, events):
         self.calls += 1
         self.sizes.append(len(events))
+        if self.failures:
+            raise self.failures.pop(0)
+        for e in events:
+            if self.heals.get(e.message_id):
+                if len(events) == 1:
+                    self.heals[e.message_id] -= 1
+                raise RefusedError(f"HTTP 422 INVALID_VALUE_FOR_COLUMN in {e.message_id}")
         bad = [e.message_id for e in events if e.message_id in self.poison]
         if bad:
             raise RefusedError(f"HTTP 422 INVALID_VALUE_FOR_COLUMN in {bad[0]}")
@@ -237,12 +269,15 @@ async def test_at_a_records_cap_what_fits_is_written_the_rest_held_blocked_and_n
     assert counts.get("dead", 0) == 0 and counts["delivered"] == 10 and counts["pending"] == 54
     assert set(sink.accepted) == {f"m{i}" for i in range(10)}  # the oldest, in order
     assert "BASE_RECORD_LIMIT_EXCEEDED" in worker.live_status()["last_error"]
-    assert sink.calls <= 12  # two per halving level at most, never one attempt per event
+    assert sink.calls <= 14  # two per halving level at most, never one attempt per event
 
-    calls = sink.calls
-    worker.wake()  # a retry while blocked reads the oldest few and tries them one by one
-    await until(lambda: _attempts_since(sink, calls, 2), task, timeout=FAIL_BOUND)
-    assert sink.sizes[calls:] == [1, 1] and worker.state == "blocked"
+    calls, failed = sink.calls, worker.failed_attempts
+    worker.wake()  # a retry while blocked is a probe: one event
+
+    async def retried():
+        return worker.failed_attempts == failed + 1
+    await until(retried, task, timeout=FAIL_BOUND)
+    assert sink.sizes[calls:] == [1] and worker.state == "blocked"
     assert (await airtable_counts(journal)).get("dead", 0) == 0
 
     sink.room = None  # the operator raised the plan, or deleted records
@@ -288,7 +323,7 @@ async def test_an_event_refused_alone_while_records_are_created_around_it_is_dea
     counts = await airtable_counts(journal)
     assert counts["dead"] == 1 and counts.get("pending", 0) == 0 and worker.state == "up"
     [dead] = await journal.dead_letters("airtable", 10)
-    assert "m13" in str(dead) and "refused alone twice" in str(dead)
+    assert "m13" in str(dead) and "refused alone each time records were created" in str(dead)
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
@@ -308,13 +343,134 @@ async def test_a_lone_refused_event_waits_for_neighbours_then_is_dead(airtable_j
     await journal.append([normalize(message(i), RECEIVED) for i in (1, 2)])  # traffic goes on
     worker.wake()
     await until(lambda: _airtable_delivered(journal, 2), task, timeout=FAIL_BOUND)
+    assert (await airtable_counts(journal)).get("dead", 0) == 0  # the first creation ended a hold: no verdict
+    await journal.append([normalize(message(3), RECEIVED)])
     await until(lambda: _dead(journal, 1), task, timeout=FAIL_BOUND)
+    assert worker.state == "up" and (await airtable_counts(journal))["delivered"] == 3
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
 
 async def _dead(journal, n):
     return (await airtable_counts(journal)).get("dead", 0) == n
+
+
+@pytest.mark.parametrize("poison", [{"m5", "m6"}, {"m5", "m6", "m7"}])
+async def test_events_refused_for_their_own_value_side_by_side_never_hold_the_base(airtable_journal, monkeypatch,
+                                                                                   poison):
+    journal = airtable_journal
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 0.01)
+    sink = CappedSink(room=None, poison=poison)  # one contact's messages, each carrying a value the base refuses
+    worker = DeliveryWorker(journal, sink)
+    await journal.append([normalize(message(i), RECEIVED) for i in range(40)])
+    task = asyncio.create_task(worker.run())
+    await journal.append([normalize(message(i), RECEIVED) for i in range(40, 70)])
+    await until(lambda: _airtable_delivered(journal, 70 - len(poison)), task, timeout=FAIL_BOUND)
+    if len(poison) == 2:  # two set aside, and the next event created records: never held
+        assert worker.failed_attempts == 0
+    await journal.append([normalize(message(i), RECEIVED) for i in range(70, 72)])  # traffic goes on
+    await until(lambda: _dead(journal, len(poison)), task, timeout=FAIL_BOUND)
+    await until(lambda: _airtable_delivered(journal, 72 - len(poison)), task, timeout=FAIL_BOUND)
+    dead = await journal.dead_letters("airtable", 10)
+    assert sorted(str(d["dedup_key"]).rsplit(":", 1)[-1] for d in dead) == sorted(poison)
+    assert set(sink.accepted) == {f"m{i}" for i in range(72)} - poison and worker.state == "up"
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+async def test_a_suspect_refused_twice_is_tried_once_more_before_it_is_parked(airtable_journal):
+    journal = airtable_journal
+    sink = CappedSink(room=None, heals={"m5": 2})  # refused while the base had no room for it, then room came
+    worker = DeliveryWorker(journal, sink)
+    await journal.append([normalize(message(i), RECEIVED) for i in range(40)])
+    task = asyncio.create_task(worker.run())
+    await until(lambda: _airtable_delivered(journal, 40), task, timeout=FAIL_BOUND)
+    assert (await airtable_counts(journal)).get("dead", 0) == 0 and sink.accepted["m5"] == 1
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+async def blocked_at_the_cap(journal, monkeypatch, **worker_options):
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
+    sink = CappedSink(room=10)
+    worker = DeliveryWorker(journal, sink, **worker_options)
+    await journal.append([normalize(message(i), RECEIVED) for i in range(64)])
+    task = asyncio.create_task(worker.run())
+
+    async def blocked():
+        return worker.state == "blocked" and worker.retry_at is not None
+    await until(blocked, task, timeout=FAIL_BOUND)
+    return sink, worker, task
+
+
+async def test_a_probe_refused_for_its_own_value_does_not_keep_the_base_held_once_there_is_room(
+        airtable_journal, monkeypatch):
+    journal = airtable_journal
+    sink, worker, task = await blocked_at_the_cap(journal, monkeypatch)  # m10, m11, m12 held
+    sink.poison = {"m13"}  # the first probe's own value is refused, room or not
+    monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 0.01)
+    sink.room = None
+    worker.wake()
+    await until(lambda: _airtable_delivered(journal, 63), task, timeout=FAIL_BOUND)
+    await until(lambda: _dead(journal, 1), task, timeout=FAIL_BOUND)
+    assert "m13" not in sink.accepted and worker.state == "up"
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+async def test_a_429_or_5xx_during_a_probe_does_not_bring_back_whole_batches(airtable_journal, monkeypatch):
+    journal = airtable_journal
+    sink, worker, task = await blocked_at_the_cap(journal, monkeypatch)
+    sink.failures = [TransientError("HTTP 503")]
+    calls = sink.calls
+    worker.wake()
+
+    async def down():
+        return worker.state == "down" and worker.retry_at is not None
+    await until(down, task, timeout=FAIL_BOUND)
+    worker.wake()
+
+    async def blocked_again():
+        return worker.state == "blocked" and worker.retry_at is not None
+    await until(blocked_again, task, timeout=FAIL_BOUND)
+    assert sink.sizes[calls:] == [1, 1]  # still probing with one event, not a batch split all over again
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+async def test_the_held_event_carries_the_refusal_in_the_journal(airtable_journal, monkeypatch):
+    journal = airtable_journal
+    sink, worker, task = await blocked_at_the_cap(journal, monkeypatch)
+    [oldest] = await journal.pending("airtable", 0, 1)
+    assert oldest.message_id == "m10"  # m0..m9 fitted
+    [(error, attempts)] = await journal.query(
+        "SELECT last_error, attempts FROM deliveries WHERE sink = 'airtable' AND event_id = ?", (oldest.id,))
+    assert "BASE_RECORD_LIMIT_EXCEEDED" in error and "held, nothing dead-lettered" in error and attempts >= 1
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
+
+
+async def test_a_blocked_base_is_probed_at_most_hourly_and_within_the_month_s_budget(airtable_journal):
+    journal = airtable_journal
+    sink = CappedSink(room=0)
+    worker = DeliveryWorker(journal, sink, clock=lambda: 1000.0)  # frozen: retry_in_s is the wait itself
+    worker.failures = 20  # long past the first doublings
+    await journal.append([normalize(message(i), RECEIVED) for i in range(8)])
+    task = asyncio.create_task(worker.run())
+
+    async def blocked():
+        return worker.state == "blocked" and worker.retry_at is not None
+    await until(blocked, task, timeout=FAIL_BOUND)
+    assert 1800 <= worker.live_status()["retry_in_s"] <= 3600  # 24 to 48 probes a day
+    sink.probe_spacing = lambda: 5 * 3600.0  # what a tenth of the month's remaining requests allows
+    worker.wake()
+
+    async def retried():
+        return worker.failures == 1 and worker.retry_at is not None
+    await until(retried, task, timeout=FAIL_BOUND)
+    assert worker.live_status()["retry_in_s"] == 5 * 3600.0
+    worker.stop()
+    await asyncio.wait_for(task, FAIL_BOUND)
 
 
 class LingeringSink(FakeSink):
