@@ -550,16 +550,17 @@ async def test_what_lingers_goes_once_the_oldest_is_linger_s_old(journal):
 
 async def test_what_arrives_during_a_slow_delivery_lingers_in_turn(journal):
     sink, worker, task = await lingering_worker(journal, linger_s=3600, wall=FRESH)
-    gate = asyncio.Event()
+    gate, sending = asyncio.Event(), asyncio.Event()
     deliver = sink.deliver
 
     async def slow(events):
         if not sink.batches:
+            sending.set()
             await gate.wait()  # the first request is slow: a message arrives meanwhile
         return await deliver(events)
     sink.deliver = slow
     await journal.append([normalize(message(i), RECEIVED) for i in range(10)])
-    await until(lambda: _is(sink.batches, []), task, timeout=FAIL_BOUND)
+    await until(lambda: _is(sending.is_set(), True), task, timeout=FAIL_BOUND)  # the ten are read and on their way
     await journal.append([normalize(message(10), RECEIVED)])
     gate.set()
     await until(lambda: _delivered(journal, 10), task, timeout=FAIL_BOUND)
