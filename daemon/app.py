@@ -123,7 +123,7 @@ class Daemon:
         socket_path = self.config.status.socket
         prepare_socket_path(socket_path)
         runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay, self.forget, self.recover,
-                                                    self.airtable_setup), access_log=None)
+                                                    self.airtable_setup, discard=self.discard), access_log=None)
         await runner.setup()
         self._runners.append(runner)
         await web.UnixSite(runner, str(socket_path)).start()
@@ -418,6 +418,16 @@ class Daemon:
                 logger.info("{} {} of {} re-queued on request", requeued[name], selection.describe(), name)
             self.workers[name].wake()
         return {"replay": "triggered", "sinks": names, "requeued": requeued}
+
+    async def discard(self, sink: str | None, event: str | None, reason: str, by: str) -> dict[str, Any]:
+        """Give up dead letters (one event's, or all with None) of one sink or every enabled one; a sink no
+        longer enabled may be named: its dead letters would otherwise stay open for good."""
+        assert self.journal is not None
+        result = await self.journal.discard([sink] if sink else sorted(self.workers), event, reason, by)
+        if result.discarded:
+            logger.info("{} dead letter(s) discarded on request of {} ({}): {}", len(result.discarded), by,
+                        ", ".join(f"{d['sink']} event {d['event_id']}" for d in result.discarded[:20]), reason)
+        return result.as_dict()
 
     async def forget(self, phone: str, reference: str | None = None) -> dict[str, Any]:
         """Erase one phone everywhere, through this daemon's journal, workers and Airtable budget."""
