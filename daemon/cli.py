@@ -428,8 +428,8 @@ def _discard(config: Config, args: argparse.Namespace) -> int:
         for letter in answer["discarded"]:
             print(f"{letter['sink']}: event {letter['event_id']} ({letter['title']}, {letter['dedup_key']}) discarded")
         count = len(answer["discarded"])
-        print(f"{count} dead letter{'' if count == 1 else 's'} discarded by {answer['by']} at {answer['at']} ({where}): "
-              f"{answer['reason']}; `chatledger dead --discarded` lists them")
+        print(f"{count} dead letter{'' if count == 1 else 's'} discarded by {answer['by']} at {answer['at']} "
+              f"({where}): {answer['reason']}; `chatledger dead --discarded` lists them")
     return EXIT_OK
 
 
