@@ -244,7 +244,9 @@ class AlertLimiter:
         for alert in alerts:
             if alert.kind not in RECOVERIES:
                 self._waiting[alert.key] = alert
-            elif self._waiting.pop(alert.key, None) is None and alert.key in self.memory.open:
+                continue
+            self._waiting.pop(alert.key, None)  # over before it was told: never told
+            if alert.key in self.memory.open:
                 out.append(alert)
         for key, alert in list(self._waiting.items()):
             last = self._last.get(key)

@@ -155,3 +155,17 @@ def test_memory_that_cannot_be_read_starts_empty():
     for text in (None, "", "not json", "[1, 2]", '{"open": "x"}', '{"open": [{"kind": 3}]}'):
         memory = AlertMemory.loads(text)
         assert memory.open == {} and memory.dead_told == {}
+
+
+def test_a_recovery_goes_out_when_its_problem_was_told_even_if_a_repeat_of_it_is_held():
+    clock = Clock()
+    limiter = AlertLimiter(300, clock)
+    down = Alert("sink_down", "critical", "airtable is blocked", "airtable", {"state": "blocked"})
+    assert limiter.admit([down]) == [down]
+    clock.now = 10
+    assert limiter.admit([down]) == []  # told again too soon: held
+    clock.now = 20
+    assert kinds(limiter.admit([Alert("sink_up", "info", "airtable is up again", "airtable")])) == [
+        ("sink_up", "airtable")]
+    clock.now = 400
+    assert limiter.admit([]) == []  # the held repeat is gone with it
