@@ -408,7 +408,7 @@ def _discard(config: Config, args: argparse.Namespace) -> int:
                                           "reason": args.reason, "operator": os.environ.get("SUDO_USER")}.items()
                        if v})
     try:
-        answer = asyncio.run(request_status(config.status.socket, "POST", "/discard?" + query))
+        answer = asyncio.run(request_status(config.status.socket, "POST", "/discard?" + query, timeout_s=300))
         where = "through the running daemon"
     except StatusUnreachable:
         try:

@@ -1068,15 +1068,16 @@ class Journal:
                 cursor = await conn.execute(DELIVERIES_OF_EVENTS.format(sinks=marks, ids=", ".join("?" * len(ids))),
                                             (*sinks, *ids))
             discarded, others = [], []
-            now = time.time()
             for sink, event_id, dedup_key, title, state, last_error in await cursor.fetchall():
-                if state != "dead":
+                if state == "dead":
+                    discarded.append({"sink": sink, "event_id": event_id, "dedup_key": dedup_key, "title": title,
+                                      "last_error": last_error})
+                else:
                     others.append({"sink": sink, "event_id": event_id, "state": state})
-                    continue
-                await conn.execute(MARK_DISCARDED, (now, sink, event_id))
-                await conn.execute(INSERT_DISCARD, (at, sink, event_id, reason, by, last_error))
-                discarded.append({"sink": sink, "event_id": event_id, "dedup_key": dedup_key, "title": title,
-                                  "last_error": last_error})
+            now = time.time()
+            await conn.executemany(MARK_DISCARDED, [(now, d["sink"], d["event_id"]) for d in discarded])
+            await conn.executemany(INSERT_DISCARD, [(at, d["sink"], d["event_id"], reason, by, d["last_error"])
+                                                    for d in discarded])
             return discarded, others
 
         discarded, others = await self.write(run) if sinks else ([], [])
