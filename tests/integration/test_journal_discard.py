@@ -129,3 +129,11 @@ async def test_a_v4_journal_migrates_keeping_every_delivery_row(tmp_path, monkey
         assert rows(path, "PRAGMA foreign_key_check") == [] and rows(path, "PRAGMA integrity_check") == [("ok",)]
     finally:
         await journal.close()
+
+
+async def test_forgetting_a_person_erases_the_record_of_their_discarded_dead_letters(journal):
+    await journal.discard(["postgres", "airtable"], None, "their messages broke the row", "root")
+    assert rows(journal.path, "SELECT count(*) FROM discards")[0][0] == 3
+    counts, _ = await journal.forget("5511987654321", [])  # incoming()'s phone: every planted event
+    assert counts["events"] == 3
+    assert rows(journal.path, "SELECT count(*) FROM discards")[0][0] == 0
