@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 from loguru import logger
 
@@ -26,12 +26,17 @@ RECORDS_WARNING_SHARES = (0.8, 0.95)
 DOWN_STATES = frozenset({"down", "misconfigured", "blocked"})
 QUEUE_SIZE = 100
 SEND_TIMEOUT = 10.0
+# A problem that ends says so, at once: its recovery shares its key and is never held by the limiter.
+RECOVERIES = {"sink_up": "sink_down", "fallback_ended": "fallback_active", "quota_ended": "quota_exhausted",
+              "backlog_cleared": "backlog_old"}
+FAMILIES = {"sink_down": "sink_state", "sink_up": "sink_state", "fallback_active": "fallback",
+            "fallback_ended": "fallback", "quota_ended": "quota_exhausted", "backlog_cleared": "backlog_old"}
 
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str  # sink_down, sink_up, fallback_active, fallback_ended, dead_letters, backlog_old, quota_exhausted,
-    #            monthly_requests_high, airtable_warnings, records_high
+    kind: str  # sink_down, sink_up, fallback_active, fallback_ended, dead_letters, backlog_old, backlog_cleared,
+    #            quota_exhausted, quota_ended, monthly_requests_high, airtable_warnings, records_high
     severity: str  # critical, warning, info
     message: str
     sink: str | None = None
@@ -40,26 +45,75 @@ class Alert:
     @property
     def key(self) -> tuple[str, str | None]:
         """Alerts about the same thing share a key: the limiter keeps only the latest of them."""
-        family = {"sink_down": "sink_state", "sink_up": "sink_state", "fallback_active": "fallback",
-                  "fallback_ended": "fallback"}.get(self.kind, self.kind)
-        return family, self.sink
+        return FAMILIES.get(self.kind, self.kind), self.sink
 
     def payload(self, at: datetime) -> dict[str, Any]:
         return {**asdict(self), "at": at.isoformat(timespec="seconds"), "host": socket.gethostname(),
                 "service": "chatledger"}
 
 
+@dataclass
+class AlertMemory:
+    """What the operator was told, kept in the journal so that a restart neither repeats it nor leaves it
+    open: the problems told and not yet over (by key), and per sink when the latest dead letter told died."""
+
+    JOURNAL_KEY: ClassVar[str] = "alerts"
+    open: dict[tuple[str, str | None], dict[str, Any]] = field(default_factory=dict)
+    dead_told: dict[str, str] = field(default_factory=dict)
+    dirty: bool = False
+
+    def note(self, alert: Alert) -> None:
+        """Remember an alert that was sent."""
+        if alert.kind in RECOVERIES:
+            self.dirty |= self.open.pop(alert.key, None) is not None
+        elif alert.kind in RECOVERIES.values():
+            self.open[alert.key] = {"kind": alert.kind, "sink": alert.sink}
+            self.dirty = True
+        elif alert.kind == "dead_letters" and alert.sink and alert.details.get("dead_last_at"):
+            self.dead_told[alert.sink] = max(self.dead_told.get(alert.sink, ""), alert.details["dead_last_at"])
+            self.dirty = True
+
+    def dumps(self) -> str:
+        return json.dumps({"open": list(self.open.values()), "dead_told": self.dead_told}, sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str | None) -> "AlertMemory":
+        """What an earlier run kept; anything unreadable is forgotten (at worst an alert is told again)."""
+        memory = cls()
+        try:
+            kept = json.loads(text) if text else {}
+            for entry in kept.get("open", []):
+                problem = Alert(str(entry["kind"]), "", "", entry.get("sink"))
+                if problem.kind in RECOVERIES.values():
+                    memory.open[problem.key] = {"kind": problem.kind, "sink": problem.sink}
+            memory.dead_told = {str(sink): str(at) for sink, at in kept.get("dead_told", {}).items()}
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            logger.warning("alerts: what earlier runs told cannot be read ({}); starting afresh", exc)
+            return cls()
+        return memory
+
+
 class AlertRules:
     """Compares each snapshot with the previous one; the first snapshot only sets the baseline
-    (except for conditions already true, which alert once)."""
+    (except for conditions already true, which alert once, unless `memory` says they were told before
+    a restart: those are resolved once the state is known)."""
 
-    def __init__(self, pending_age_threshold_s: float):
+    def __init__(self, pending_age_threshold_s: float, memory: AlertMemory | None = None):
         self.threshold = pending_age_threshold_s
         self._down: set[str] = set()  # sinks told down and not yet told up (a 429 in between changes neither)
-        self._dead: dict[str, int] = {}
+        self._dead_seen: dict[str, str] = dict(memory.dead_told) if memory else {}
         self._old: set[str] = set()
         self._fallback = False
         self._quota = False
+        for problem in (memory.open.values() if memory else ()):
+            if problem["kind"] == "sink_down" and problem["sink"]:
+                self._down.add(problem["sink"])
+            elif problem["kind"] == "backlog_old" and problem["sink"]:
+                self._old.add(problem["sink"])
+            elif problem["kind"] == "fallback_active":
+                self._fallback = True
+            elif problem["kind"] == "quota_exhausted":
+                self._quota = True
         self._month_warned: str | None = None  # the month the 80 % alert was sent for
         self._records_share = 0.0  # the highest of RECORDS_WARNING_SHARES the base's records reached
         self._warned: set[frozenset[str]] = set()  # each set of Airtable warnings is told once
@@ -67,6 +121,15 @@ class AlertRules:
     def evaluate(self, snapshot: dict[str, Any]) -> list[Alert]:
         alerts: list[Alert] = []
         sinks = {name: s for name, s in snapshot.get("sinks", {}).items() if s.get("state") != "disabled"}
+        for name in sorted((self._down | self._old) - set(sinks)):  # told before a restart, now disabled
+            if name in self._down:
+                self._down.discard(name)
+                alerts.append(Alert("sink_up", "info", f"{name} is no longer enabled: its alert is closed", name,
+                                    {"state": "disabled"}))
+            if name in self._old:
+                self._old.discard(name)
+                alerts.append(Alert("backlog_cleared", "info", f"{name} is no longer enabled: its backlog alert "
+                                    "is closed", name, {"oldest_pending_age_s": None}))
         for name, sink in sinks.items():
             state = sink.get("state", "starting")
             if state in DOWN_STATES and name not in self._down:
@@ -79,12 +142,14 @@ class AlertRules:
                 self._down.discard(name)
                 alerts.append(Alert("sink_up", "info", f"{name} is up again", name, {"state": state}))
 
-            dead, seen = sink.get("dead", 0), self._dead.get(name, 0)
-            if dead > seen:
+            # a dead letter is new when it died after the latest one told: told once, even across restarts
+            dead, last = sink.get("dead", 0), sink.get("dead_last_at")
+            if last and last > self._dead_seen.get(name, ""):
                 alerts.append(Alert("dead_letters", "warning",
-                                    f"{name}: {dead - seen} new dead letter(s), {dead} in all; see `chatledger dead`",
-                                    name, {"dead": dead, "new": dead - seen}))
-            self._dead[name] = dead
+                                    f"{name}: new dead letter(s), the latest at {last}; {dead} open in all: "
+                                    "`chatledger dead` lists them, to replay or discard",
+                                    name, {"dead": dead, "dead_last_at": last}))
+                self._dead_seen[name] = last
 
             age = sink.get("oldest_pending_age_s") or 0
             if age > self.threshold and name not in self._old:
@@ -93,8 +158,12 @@ class AlertRules:
                                     f"{name}: the oldest pending delivery is {age:.0f} s old "
                                     f"(threshold {self.threshold:.0f} s), {sink.get('pending', 0)} pending",
                                     name, {"oldest_pending_age_s": age, "pending": sink.get("pending", 0)}))
-            elif age <= self.threshold:
+            elif age <= self.threshold and name in self._old:
                 self._old.discard(name)
+                alerts.append(Alert("backlog_cleared", "info", f"{name}: the backlog is no longer old "
+                                    f"({sink.get('pending', 0)} pending)", name,
+                                    {"oldest_pending_age_s": sink.get("oldest_pending_age_s"),
+                                     "pending": sink.get("pending", 0)}))
 
         postgres, airtable = sinks.get("postgres"), sinks.get("airtable")
         fallback = bool(postgres and airtable and postgres.get("state") in DOWN_STATES
@@ -111,6 +180,7 @@ class AlertRules:
 
         quota = bool(airtable and (airtable.get("state") == "quota"
                                    or airtable.get("pause_reason") == "monthly API quota exhausted"))
+        known = not airtable or airtable.get("state") != "starting"
         if quota and not self._quota:
             ours = MONTHLY_LIMIT_REASON in (airtable.get("last_error") or "")
             alerts.append(Alert("quota_exhausted", "critical", (
@@ -118,7 +188,11 @@ class AlertRules:
                 "delivery waits for the month to turn, or goes on after `chatledger sync`" if ours else
                 "Airtable's monthly API quota is exhausted: Airtable delivery stops (retried hourly, or at once "
                 "after `chatledger sync`)") + "; PostgreSQL is unaffected", "airtable"))
-        self._quota = quota
+        elif self._quota and not quota and known:
+            alerts.append(Alert("quota_ended", "info", "Airtable delivery is no longer held by the monthly quota",
+                                "airtable"))
+        if known:
+            self._quota = quota
 
         used, limit = (airtable or {}).get("requests_this_month"), (airtable or {}).get("monthly_request_limit")
         if used is not None and limit and used >= MONTH_WARNING_SHARE * limit:
@@ -154,25 +228,34 @@ class AlertRules:
 
 class AlertLimiter:
     """At most one alert per key per `interval`; one that comes too soon waits, and a later one with the
-    same key replaces it (so the operator gets the latest state, not a storm)."""
+    same key replaces it (so the operator gets the latest state, not a storm). A recovery goes out at
+    once when its problem was told (`memory`), and ends a problem still waiting, untold, silently."""
 
-    def __init__(self, interval: float, clock: Callable[[], float]):
+    def __init__(self, interval: float, clock: Callable[[], float], memory: AlertMemory | None = None):
         self.interval = interval
         self._clock = clock
+        self.memory = memory if memory is not None else AlertMemory()
         self._last: dict[tuple[str, str | None], float] = {}
         self._waiting: dict[tuple[str, str | None], Alert] = {}
 
     def admit(self, alerts: list[Alert]) -> list[Alert]:
         now = self._clock()
-        for alert in alerts:
-            self._waiting[alert.key] = alert
         out = []
+        for alert in alerts:
+            if alert.kind not in RECOVERIES:
+                self._waiting[alert.key] = alert
+                continue
+            self._waiting.pop(alert.key, None)  # over before it was told: never told
+            if alert.key in self.memory.open:
+                out.append(alert)
         for key, alert in list(self._waiting.items()):
             last = self._last.get(key)
             if last is None or now - last >= self.interval:
                 out.append(alert)
                 self._last[key] = now
                 del self._waiting[key]
+        for alert in out:
+            self.memory.note(alert)
         return out
 
 
@@ -191,7 +274,7 @@ class AlertSender:
         return bool(self.argv or self.webhook_url)
 
     def submit(self, alert: Alert) -> None:
-        logger.warning("alert {}: {}", alert.kind, alert.message)
+        logger.log("INFO" if alert.severity == "info" else "WARNING", "alert {}: {}", alert.kind, alert.message)
         if not self.enabled:
             return
         try:

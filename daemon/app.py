@@ -15,7 +15,7 @@ from aiohttp import web
 from loguru import logger
 
 from daemon import __version__
-from daemon.alerts import AlertLimiter, AlertRules, AlertSender
+from daemon.alerts import AlertLimiter, AlertMemory, AlertRules, AlertSender
 from daemon.api import ApiStores, add_api
 from daemon.backfill import Backfill
 from daemon.config import Config, ConfigError, load_config, split_listen
@@ -123,7 +123,7 @@ class Daemon:
         socket_path = self.config.status.socket
         prepare_socket_path(socket_path)
         runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay, self.forget, self.recover,
-                                                    self.airtable_setup), access_log=None)
+                                                    self.airtable_setup, discard=self.discard), access_log=None)
         await runner.setup()
         self._runners.append(runner)
         await web.UnixSite(runner, str(socket_path)).start()
@@ -268,16 +268,25 @@ class Daemon:
 
     async def _alerts_loop(self) -> None:
         """Compare the status every few seconds and raise what changed: sinks down or back, the
-        Airtable fallback, new dead letters, an old backlog, the Airtable quota. Errors here are
-        logged; they never stop the daemon or delivery."""
+        Airtable fallback, new dead letters, an old backlog, the Airtable quota. What was told is kept
+        in the journal: a restart neither repeats it nor leaves a problem that ended meanwhile open.
+        Errors here are logged; they never stop the daemon or delivery."""
+        assert self.journal is not None
         settings = self.config.alerts
-        rules = AlertRules(settings.pending_age_threshold_s)
-        limiter = AlertLimiter(settings.min_interval_s, time.monotonic)
+        memory = AlertMemory.loads(await self.journal.meta(AlertMemory.JOURNAL_KEY))
+        rules = AlertRules(settings.pending_age_threshold_s, memory)
+        limiter = AlertLimiter(settings.min_interval_s, time.monotonic, memory)
         while True:
             await asyncio.sleep(ALERT_CHECK_INTERVAL)
             try:
                 for alert in limiter.admit(rules.evaluate(await self.snapshot())):
                     self.alerts.submit(alert)
+                if memory.dirty:
+                    memory.dirty = False
+                    await self.journal.set_meta(AlertMemory.JOURNAL_KEY, memory.dumps())
+            except JournalUnavailable as exc:
+                memory.dirty = True
+                logger.warning("what the alerts told is not saved yet: {}", exc)
             except Exception:
                 logger.exception("alert check failed")
 
@@ -410,6 +419,16 @@ class Daemon:
             self.workers[name].wake()
         return {"replay": "triggered", "sinks": names, "requeued": requeued}
 
+    async def discard(self, sink: str | None, event: str | None, reason: str, by: str) -> dict[str, Any]:
+        """Give up dead letters (one event's, or all with None) of one sink or every enabled one; a sink no
+        longer enabled may be named: its dead letters would otherwise stay open for good."""
+        assert self.journal is not None
+        result = await self.journal.discard([sink] if sink else sorted(self.workers), event, reason, by)
+        if result.discarded:
+            logger.info("{} dead letter(s) discarded on request of {} ({}): {}", len(result.discarded), by,
+                        ", ".join(f"{d['sink']} event {d['event_id']}" for d in result.discarded[:20]), reason)
+        return result.as_dict()
+
     async def forget(self, phone: str, reference: str | None = None) -> dict[str, Any]:
         """Erase one phone everywhere, through this daemon's journal, workers and Airtable budget."""
         from daemon.forget import forget_phone
@@ -484,6 +503,8 @@ class Daemon:
                 "pending": rows.get("pending", 0),
                 "delivered": rows.get("delivered", 0),
                 "dead": rows.get("dead", 0),
+                "dead_last_at": rows.get("dead_last_at"),
+                "discarded": rows.get("discarded", 0),
                 "oldest_pending_at": oldest,
                 "oldest_pending_age_s": _age_seconds(oldest, now),
                 "backfill": self.backfill.status(name) if self.backfill else None,
@@ -604,7 +625,9 @@ def _health(snapshot: dict[str, Any]) -> dict[str, Any]:
             reason = f": {sink['last_error']}" if sink.get("last_error") else ""
             problems.append(f"{name} is {sink['state']}{reason}")
         if sink["dead"]:
-            problems.append(f"{name} has {sink['dead']} dead letters (see `chatledger status`)")
+            problems.append(f"{name} has {sink['dead']} dead letters: `chatledger dead` lists them and why; fix the "
+                            "cause and `chatledger replay --dead`, or give them up with `chatledger dead --discard "
+                            "ID|--all --reason TEXT`")
     return {"status": "degraded" if problems else "healthy", "problems": problems}
 
 

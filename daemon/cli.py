@@ -83,10 +83,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="re-queue every delivery of the events received since DATE (ISO 8601, UTC unless an "
                              "offset is given), e.g. after restoring a database backup; with --dead, dead letters only")
     replay.add_argument("--event", metavar="ID", help="re-queue this event (journal id, dedup key or SendPulse message id)")
-    dead = command("dead", "list the dead letters (deliveries no retry can fix) with their reasons")
+    dead = command("dead", "list the dead letters (deliveries no retry can fix) with their reasons, or give them up "
+                           "(--discard): recorded with who, when and why, no longer counted as a problem")
     dead.add_argument("--sink", choices=("postgres", "airtable"), help="only this sink (default: all enabled)")
     dead.add_argument("--limit", type=int, default=100, help="at most this many per sink (default 100)")
     dead.add_argument("--json", action="store_true", help="print JSON")
+    dead.add_argument("--discarded", action="store_true", help="list the discarded ones, with who, when and why")
+    dead.add_argument("--discard", nargs="?", const="", metavar="ID",
+                      help="give up the dead letters of this event (journal id, dedup key or SendPulse message id), "
+                           "or with --all every one; needs --reason; works with the daemon running or stopped")
+    dead.add_argument("--all", action="store_true", help="with --discard: every open dead letter (of --sink)")
+    dead.add_argument("--reason", type=_reason, metavar="TEXT", help="why they are given up (kept with them)")
     journal = command("journal", "`check`: SQLite integrity, schema version, deliveries by sink and state, "
                                  "rows without events and events without rows; exit 1 on any problem")
     journal.add_argument("action", choices=("check",))
@@ -118,7 +125,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    misuse = _dead_usage(args) if args.command == "dead" else None
+    if misuse:
+        parser.error(misuse)
     args.config = config_path(args.config)
     if args.config is None:
         print(f"chatledger {args.command}: no config: give --config PATH, or set {CONFIG_ENV}, or install "
@@ -330,12 +341,34 @@ def _airtable(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _reason(text: str) -> str:
+    from daemon.params import BadParameter, reason
+
+    try:
+        return reason(text)
+    except BadParameter as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--reason ")) from None
+
+
+def _dead_usage(args: argparse.Namespace) -> str | None:
+    """What is wrong with how `dead`'s options were combined, or None."""
+    if args.discard is None:
+        return "--all and --reason go with --discard" if args.all or args.reason is not None else None
+    if bool(args.discard) == args.all:
+        return "--discard takes one event ID, or --all"
+    if args.reason is None:
+        return "--discard needs --reason TEXT: why they are given up (kept with them)"
+    return "--discarded lists; it does not go with --discard" if args.discarded else None
+
+
 def _dead(config: Config, args: argparse.Namespace) -> int:
     from daemon.journal import read_dead_letters
 
+    if args.discard is not None:
+        return _discard(config, args)
     sinks = [args.sink] if args.sink else list(config.enabled_sinks)
     try:
-        letters = read_dead_letters(config.journal.path, sinks, args.limit)
+        letters = read_dead_letters(config.journal.path, sinks, args.limit, discarded=args.discarded)
     except JournalError as exc:
         print(f"chatledger: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -344,16 +377,98 @@ def _dead(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     total = sum(len(rows) for rows in letters.values())
     if not total:
-        print(f"no dead letters ({', '.join(sinks) or 'no sink enabled'})")
+        print(f"no {'discarded ' if args.discarded else ''}dead letters ({', '.join(sinks) or 'no sink enabled'})")
         return EXIT_OK
     for sink, rows in letters.items():
         for row in rows:
             when = datetime.fromtimestamp(row["updated_at"], timezone.utc).isoformat(timespec="seconds") \
                 if row["updated_at"] else "?"
-            print(f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} {when}  {row['dedup_key']}\n"
-                  f"{'':<9} {row['last_error']}")
-    print(f"{total} dead letters; after fixing the cause: chatledger replay --dead --config {args.config}")
+            if args.discarded:
+                print(f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} discarded {row['discarded_at']} by "
+                      f"{row['discarded_by']}  {row['dedup_key']}\n{'':<9} reason: {row['reason']}\n"
+                      f"{'':<9} {row['last_error']}")
+            else:
+                print(f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} {when}  {row['dedup_key']}\n"
+                      f"{'':<9} {row['last_error']}")
+    if args.discarded:
+        print(f"{total} discarded dead letters; `chatledger replay --event ID` delivers one after all")
+    else:
+        print(f"{total} dead letters; after fixing the cause: chatledger replay --dead --config {args.config}; to give "
+              f"them up: chatledger dead --discard ID|--all --reason TEXT --config {args.config}")
     return EXIT_OK
+
+
+def _discard(config: Config, args: argparse.Namespace) -> int:
+    """`dead --discard ID|--all --reason TEXT`: through the daemon (owner or root only), else in the journal
+    under its lock."""
+    from urllib.parse import urlencode
+
+    event = args.discard or None
+    query = urlencode({k: v for k, v in {"sink": args.sink, "event": event, "all": "1" if args.all else None,
+                                          "reason": args.reason, "operator": os.environ.get("SUDO_USER")}.items()
+                       if v})
+    try:
+        answer = asyncio.run(request_status(config.status.socket, "POST", "/discard?" + query, timeout_s=300))
+        where = "through the running daemon"
+    except StatusUnreachable:
+        try:
+            answer = _discard_offline(config, args.sink, event, args.reason)
+        except JournalError as exc:
+            print(f"chatledger: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        where = "daemon not running"
+    sinks = args.sink or ", ".join(config.enabled_sinks) or "no sink enabled"
+    if args.json:
+        print(json.dumps({**answer, "where": where}, indent=2))
+    problem = _discard_problem(answer, event, sinks)
+    if problem:
+        print(f"chatledger: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not args.json:
+        for letter in answer["discarded"]:
+            print(f"{letter['sink']}: event {letter['event_id']} ({letter['title']}, {letter['dedup_key']}) discarded")
+        count = len(answer["discarded"])
+        print(f"{count} dead letter{'' if count == 1 else 's'} discarded by {answer['by']} at {answer['at']} "
+              f"({where}): {answer['reason']}; `chatledger dead --discarded` lists them")
+    return EXIT_OK
+
+
+def _discard_problem(answer: dict[str, Any], event: str | None, sinks: str) -> str | None:
+    """Why nothing was discarded, or None."""
+    if answer["discarded"]:
+        return None
+    if event is None:
+        return f"no dead letters to discard ({sinks})"
+    if not answer["found"]:
+        return (f"no event {event} in the journal (give a journal id, dedup key or SendPulse message id, as "
+                "`chatledger dead` lists them)")
+    if not answer["others"]:
+        return f"event {event} has no delivery for {sinks}"
+    states = ", ".join(f"{o['sink']} {o['state']}" for o in answer["others"])
+    return f"event {event} is not a dead letter ({states}): nothing discarded"
+
+
+def _discard_offline(config: Config, sink: str | None, event: str | None, reason: str) -> dict[str, Any]:
+    import pwd
+
+    from daemon.journal import Journal
+    from daemon.params import operator_name
+
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = f"uid {os.geteuid()}"
+    by = operator_name(user, os.environ.get("SUDO_USER"))
+
+    async def discard() -> dict[str, Any]:
+        journal = await Journal.open(config.journal.path, config.enabled_sinks)
+        try:
+            return (await journal.discard([sink] if sink else list(config.enabled_sinks), event, reason, by)).as_dict()
+        finally:
+            await journal.close()
+
+    setup_logging("WARNING", config.log.json_)
+    return asyncio.run(discard())
 
 
 def _journal(config: Config, args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ MAX_EVENTS_PER_COMMIT = 5000
 GATHER_YIELDS = 2  # event-loop turns the writer gives concurrent requests to join a commit
 COMMIT_DELAY_SECONDS = 0.0015
 COMMIT_DELAY_EVENTS = 24  # a batch smaller than this, with company, waits COMMIT_DELAY_SECONDS
-DELIVERY_STATES = ("pending", "delivered", "dead")
+DELIVERY_STATES = ("pending", "delivered", "dead", "discarded")
 # At open every page is read once (PRAGMA quick_check), within a budget so that a huge journal on a
 # slow disk cannot hold the start past systemd's TimeoutStartSec (1M events, 850 MiB: 3-5 s).
 QUICK_CHECK_SECONDS = 20.0
@@ -236,6 +236,45 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE audit_v4 RENAME TO audit;
     DELETE FROM meta WHERE key = 'audit_salt';
     """,
+    # v5: a dead letter the operator gives up on is `discarded` (`chatledger dead --discard`): no longer
+    # counted as dead, never re-queued by `replay --dead`, and kept with who, when and why. SQLite cannot
+    # widen a CHECK in place, so the table is copied (the fan-out trigger names it: dropped meanwhile).
+    """
+    DROP TRIGGER events_fan_out;
+    CREATE TABLE deliveries_v5 (
+        sink            TEXT NOT NULL,
+        event_id        INTEGER NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        state           TEXT NOT NULL DEFAULT 'pending'
+                        CHECK (state IN ('pending', 'delivered', 'dead', 'discarded')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        updated_at      REAL,
+        PRIMARY KEY (sink, event_id)
+    ) WITHOUT ROWID;
+    INSERT INTO deliveries_v5 (sink, event_id, state, attempts, next_attempt_at, last_error, updated_at)
+    SELECT sink, event_id, state, attempts, next_attempt_at, last_error, updated_at FROM deliveries
+    ORDER BY sink, event_id;
+    DROP TABLE deliveries;
+    ALTER TABLE deliveries_v5 RENAME TO deliveries;
+    CREATE INDEX deliveries_by_state ON deliveries (sink, state, event_id);
+    CREATE TRIGGER events_fan_out AFTER INSERT ON events
+    BEGIN
+        INSERT INTO deliveries (sink, event_id, state, attempts, next_attempt_at, updated_at)
+        SELECT name, NEW.id, 'pending', 0, 0, (julianday('now') - 2440587.5) * 86400.0 FROM sinks;
+        UPDATE counters SET value = value + 1 WHERE name = 'accepted';
+    END;
+    CREATE TABLE discards (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at         TEXT NOT NULL,
+        sink       TEXT NOT NULL,
+        event_id   INTEGER NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        reason     TEXT NOT NULL,
+        operator   TEXT NOT NULL,
+        last_error TEXT
+    );
+    CREATE INDEX discards_of_event ON discards (event_id, sink);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # v4 erases the audit's hashes: secure_delete zeroes their pages in the WAL, and a checkpoint right
@@ -272,7 +311,10 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value
 COUNT_EVENTS = "SELECT count(*) FROM events"
 COUNT_QUARANTINE = "SELECT count(*) FROM quarantine"
 SELECT_COUNTERS = "SELECT name, value FROM counters"
-SINK_STATE_COUNTS = "SELECT sink, state, count(*) FROM deliveries GROUP BY sink, state"
+SINK_STATE_COUNTS = """
+SELECT sink, state, count(*), strftime('%Y-%m-%dT%H:%M:%fZ', max(updated_at), 'unixepoch')
+FROM deliveries GROUP BY sink, state
+"""
 OLDEST_PENDING = """
 SELECT e.received_at FROM deliveries d JOIN events e ON e.id = d.event_id
 WHERE d.sink = ? AND d.state = 'pending' ORDER BY d.event_id LIMIT 1
@@ -317,6 +359,23 @@ NOTE_FAILURE = """
 UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, updated_at = ?
 WHERE sink = ? AND event_id = ? AND state = 'pending'
 """
+# The events an operator names: by journal id, dedup key or SendPulse message id (read before writing:
+# message ids are not indexed, and a scan must not hold the writer).
+EVENTS_NAMED = "SELECT id FROM events WHERE id = ? OR dedup_key = ? OR message_id = ? ORDER BY id"
+DELIVERIES_OF_EVENTS = """
+SELECT d.sink, d.event_id, e.dedup_key, e.title, d.state, d.last_error
+FROM deliveries d JOIN events e ON e.id = d.event_id
+WHERE d.sink IN ({sinks}) AND d.event_id IN ({ids}) ORDER BY d.event_id, d.sink
+"""
+OPEN_DEAD_LETTERS = """
+SELECT d.sink, d.event_id, e.dedup_key, e.title, d.state, d.last_error
+FROM deliveries d JOIN events e ON e.id = d.event_id
+WHERE d.sink IN ({sinks}) AND d.state = 'dead' ORDER BY d.event_id, d.sink
+"""
+MARK_DISCARDED = """
+UPDATE deliveries SET state = 'discarded', updated_at = ? WHERE sink = ? AND event_id = ? AND state = 'dead'
+"""
+INSERT_DISCARD = "INSERT INTO discards (at, sink, event_id, reason, operator, last_error) VALUES (?, ?, ?, ?, ?, ?)"
 REQUEUE = """
 UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = 0, last_error = NULL, updated_at = ?
 WHERE sink = ? AND state IN ({states})
@@ -363,6 +422,13 @@ class Requeue:
     since: str | None = None  # journal time text (UTC ISO 8601, ms, Z)
     event: str | None = None
 
+    @property
+    def states(self) -> str:
+        """The states re-queued: a discarded dead letter only when its event is named (undoing a discard)."""
+        if self.dead_only:
+            return "'dead'"
+        return "'dead', 'delivered', 'discarded'" if self.event is not None else "'dead', 'delivered'"
+
     def describe(self) -> str:
         what = "dead letters" if self.dead_only else "deliveries"
         if self.event is not None:
@@ -370,6 +436,25 @@ class Requeue:
         if self.since is not None:
             what += f" received since {self.since}"
         return what
+
+
+@dataclass(frozen=True)
+class Discard:
+    """What `dead --discard` did: the dead letters now discarded, and when an event was named, its
+    deliveries in another state (`others`) and whether the journal holds it at all (`found`)."""
+
+    at: str
+    by: str
+    reason: str
+    discarded: list[dict[str, Any]]
+    others: list[dict[str, Any]] = field(default_factory=list)
+    found: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "by": self.by, "reason": self.reason, "discarded": self.discarded,
+                "others": self.others, "found": self.found}
+
+
 # One person's events: by phone, or by a conversation of that phone.
 FORGET_EVENTS = ("DELETE FROM events WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?)) "
                  "RETURNING dedup_key")
@@ -396,18 +481,28 @@ def reference_problem(reference: str, phone: str) -> str | None:
 
 
 DEAD_LETTERS = """
-SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, d.updated_at
+SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, d.updated_at, d.state
 FROM deliveries d JOIN events e ON e.id = d.event_id
 WHERE d.sink = ? AND d.state = 'dead' ORDER BY d.event_id LIMIT ?
 """
+DISCARDED_LETTERS = """
+SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, d.updated_at, d.state,
+       x.at, x.operator, x.reason
+FROM deliveries d JOIN events e ON e.id = d.event_id
+JOIN discards x ON x.id = (SELECT max(id) FROM discards WHERE event_id = d.event_id AND sink = d.sink)
+WHERE d.sink = ? AND d.state = 'discarded' ORDER BY d.event_id LIMIT ?
+"""
+DISCARDS_SINCE = 5  # the schema version that has them
 
 
-DEAD_LETTER_KEYS = ("event_id", "dedup_key", "title", "attempts", "last_error", "updated_at")
+DEAD_LETTER_KEYS = ("event_id", "dedup_key", "title", "attempts", "last_error", "updated_at", "state")
+DISCARDED_KEYS = (*DEAD_LETTER_KEYS, "discarded_at", "discarded_by", "reason")
 
 
-def read_dead_letters(path: Path, sinks: Sequence[str], limit: int) -> dict[str, list[dict[str, Any]]]:
-    """Dead letters per sink, read through a read-only connection: safe beside a running daemon
-    (WAL lets readers in) and without one."""
+def read_dead_letters(path: Path, sinks: Sequence[str], limit: int,
+                      discarded: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Dead letters per sink (or the discarded ones), read through a read-only connection: safe beside a
+    running daemon (WAL lets readers in) and without one."""
     problem = journal_files.unreadable(path)
     if problem:
         raise JournalError(problem)
@@ -416,8 +511,10 @@ def read_dead_letters(path: Path, sinks: Sequence[str], limit: int) -> dict[str,
     except sqlite3.Error as exc:
         raise JournalError(f"journal {path}: cannot open it read-only: {exc}") from None
     try:
-        return {sink: [dict(zip(DEAD_LETTER_KEYS, row)) for row in conn.execute(DEAD_LETTERS, (sink, limit))]
-                for sink in sinks}
+        if discarded and conn.execute("PRAGMA user_version").fetchone()[0] < DISCARDS_SINCE:
+            return {sink: [] for sink in sinks}  # not migrated yet: nothing was ever discarded
+        sql, keys = (DISCARDED_LETTERS, DISCARDED_KEYS) if discarded else (DEAD_LETTERS, DEAD_LETTER_KEYS)
+        return {sink: [dict(zip(keys, row)) for row in conn.execute(sql, (sink, limit))] for sink in sinks}
     except sqlite3.Error as exc:
         raise JournalError(f"journal {path}: {exc}") from None
     finally:
@@ -833,8 +930,11 @@ class Journal:
         (quarantined,) = await (await reader.execute(COUNT_QUARANTINE)).fetchone()
         counters = dict(await (await reader.execute(SELECT_COUNTERS)).fetchall())
         sinks: dict[str, dict[str, Any]] = {}
-        for sink, state, count in await (await reader.execute(SINK_STATE_COUNTS)).fetchall():
-            sinks.setdefault(sink, {s: 0 for s in DELIVERY_STATES})[state] = count
+        for sink, state, count, latest in await (await reader.execute(SINK_STATE_COUNTS)).fetchall():
+            entry = sinks.setdefault(sink, {**{s: 0 for s in DELIVERY_STATES}, "dead_last_at": None})
+            entry[state] = count
+            if state == "dead":
+                entry["dead_last_at"] = latest  # when the latest open dead letter died
         for sink in sinks:
             row = await (await reader.execute(OLDEST_PENDING, (sink,))).fetchone()
             sinks[sink]["oldest_pending_at"] = row[0] if row else None
@@ -913,12 +1013,11 @@ class Journal:
     async def requeue(self, sink: str, selection: Requeue) -> int:
         """Make the selected deliveries of `sink` pending again (a replay), and give the selected events
         that have no row for it one (unless dead letters only); return how many became pending."""
-        states = "'dead'" if selection.dead_only else "'dead', 'delivered'"
         now = time.time()
         selected = (selection.since, selection.since, *[selection.event] * 4)
 
         async def run(conn: aiosqlite.Connection) -> int:
-            count = (await conn.execute(REQUEUE.format(states=states), (now, sink, *selected))).rowcount
+            count = (await conn.execute(REQUEUE.format(states=selection.states), (now, sink, *selected))).rowcount
             if not selection.dead_only:
                 count += (await conn.execute(REQUEUE_MISSING, (sink, now, *selected, sink))).rowcount
             return count
@@ -950,6 +1049,39 @@ class Journal:
         if added:
             self._notify()  # the delivery workers wake as for new events
         return added, ids[-1]
+
+    async def discard(self, sinks: Sequence[str], event: str | None, reason: str, by: str) -> Discard:
+        """Give up on the dead letters of `sinks` (those of one event, named as `replay --event` names it, or
+        all with None): their state becomes `discarded`, each with a record of who, when and why."""
+        at = iso(datetime.now(timezone.utc))
+        marks = ", ".join("?" * len(sinks))
+        ids: list[int] = []
+        if event is not None:
+            ids = [row[0] for row in await self.query(EVENTS_NAMED, (_int_or_none(event), event, event))]
+            if not ids:
+                return Discard(at, by, reason, [], found=False)
+
+        async def run(conn: aiosqlite.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            if event is None:
+                cursor = await conn.execute(OPEN_DEAD_LETTERS.format(sinks=marks), tuple(sinks))
+            else:
+                cursor = await conn.execute(DELIVERIES_OF_EVENTS.format(sinks=marks, ids=", ".join("?" * len(ids))),
+                                            (*sinks, *ids))
+            discarded, others = [], []
+            for sink, event_id, dedup_key, title, state, last_error in await cursor.fetchall():
+                if state == "dead":
+                    discarded.append({"sink": sink, "event_id": event_id, "dedup_key": dedup_key, "title": title,
+                                      "last_error": last_error})
+                else:
+                    others.append({"sink": sink, "event_id": event_id, "state": state})
+            now = time.time()
+            await conn.executemany(MARK_DISCARDED, [(now, d["sink"], d["event_id"]) for d in discarded])
+            await conn.executemany(INSERT_DISCARD, [(at, d["sink"], d["event_id"], reason, by, d["last_error"])
+                                                    for d in discarded])
+            return discarded, others
+
+        discarded, others = await self.write(run) if sinks else ([], [])
+        return Discard(at, by, reason, discarded, others)
 
     async def events_of_conversation(self, conversation_id: str, limit: int) -> list[StoredEvent]:
         return [StoredEvent(*row) for row in await self.query(CONVERSATION_EVENTS, (conversation_id, limit))]
@@ -1042,6 +1174,10 @@ def _sql_text(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def _int_or_none(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else None
 
 
 def _events_in(batch: list[Any]) -> int:

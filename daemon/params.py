@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, digits_only, is_phone_number
+from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, digits_only, has_control, is_phone_number
 from daemon.records import iso
 
 SINKS = ("postgres", "airtable")
 PREFER = ("postgres", "airtable")
+REASON_MAX = 500
 
 
 class BadParameter(ValueError):
@@ -42,3 +43,23 @@ def choice(option: str, value: str, choices: Sequence[str]) -> str:
         raise BadParameter(f"argument {option}: invalid choice: {value!r} "
                            f"(choose from {', '.join(repr(c) for c in choices)})")
     return value
+
+
+def reason(text: str) -> str:
+    """Why an operator gives dead letters up (`dead --discard --reason`): kept beside them, so it must say
+    something."""
+    text = text.strip()
+    if not text:
+        raise BadParameter("--reason is empty: say why these dead letters are given up (it is kept with them)")
+    if len(text) > REASON_MAX:
+        raise BadParameter(f"--reason must be at most {REASON_MAX} characters")
+    if has_control(text):
+        raise BadParameter("--reason must not hold a control character")
+    return text
+
+
+def operator_name(user: str, sudo_user: str | None) -> str:
+    """Who asked: the caller's user, and who ran sudo to become it when that is someone else."""
+    if sudo_user and sudo_user != user and len(sudo_user) <= 64 and not has_control(sudo_user):
+        return f"{user} (sudo from {sudo_user})"
+    return user

@@ -26,6 +26,8 @@ SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
 REPLAY = web.AppKey("replay", Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]])
 FORGET = web.AppKey("forget", Callable[[str, str | None], Awaitable[dict[str, Any]]])
 AIRTABLE = web.AppKey("airtable", Callable[[str], Awaitable[dict[str, Any]]])
+# (sink or None, event or None for all, reason, who) -> what was discarded
+DISCARD = web.AppKey("discard", Callable[[str | None, str | None, str, str], Awaitable[dict[str, Any]]])
 # (selection, prefer, emit(line)) -> the final line
 RECOVER = web.AppKey("recover", Callable[[Any, str, Callable[[dict[str, Any]], Awaitable[None]]],
                                          Awaitable[dict[str, Any]]])
@@ -62,8 +64,10 @@ def create_status_app(
     forget: Callable[[str, str | None], Awaitable[dict[str, Any]]],
     recover: Callable[..., Awaitable[dict[str, Any]]] | None = None,
     airtable: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
+    discard: Callable[[str | None, str | None, str, str], Awaitable[dict[str, Any]]] | None = None,
 ) -> web.Application:
-    """Build the status app: GET /status, POST /sync, /replay?sink=NAME&dead=1, /forget?phone=DIGITS&reference=TEXT."""
+    """Build the status app: GET /status, POST /sync, /replay?sink=NAME&dead=1, /forget?phone=DIGITS&reference=TEXT,
+    /discard?event=ID|all=1&reason=TEXT."""
     app = web.Application(middlewares=[_owner_only])
     app[SNAPSHOT] = snapshot
     app[SYNC] = sync
@@ -76,6 +80,9 @@ def create_status_app(
     if airtable is not None:
         app[AIRTABLE] = airtable
         app.router.add_post("/airtable", _handle_airtable)
+    if discard is not None:
+        app[DISCARD] = discard
+        app.router.add_post("/discard", _handle_discard)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/status", _handle_status)
     app.router.add_post("/sync", _handle_sync)
@@ -85,7 +92,7 @@ def create_status_app(
 
 # Routes that change data (the journal, PostgreSQL, the base): only the daemon's own user and root may
 # call them. Whoever can open the socket (0660: its group) may read, sync and check.
-OWNER_ONLY = {"/replay": "replay", "/forget": "forget", "/recover": "recover"}
+OWNER_ONLY = {"/replay": "replay", "/forget": "forget", "/recover": "recover", "/discard": "dead --discard"}
 
 
 def _owner_command(request: web.Request) -> str | None:
@@ -153,6 +160,28 @@ async def _handle_replay(request: web.Request) -> web.Response:
         answer = await request.app[REPLAY](sink, selection)
     except ValueError as exc:
         return web.json_response({"error": str(exc)}, status=400, dumps=_dumps)
+    return web.json_response(answer, dumps=_dumps)
+
+
+async def _handle_discard(request: web.Request) -> web.Response:
+    """POST /discard?event=ID|all=1&reason=TEXT&sink=NAME&operator=SUDO_USER: give dead letters up, recorded
+    as asked by the socket's peer."""
+    try:
+        query = _query(request, ("sink", "event", "all", "reason", "operator"))
+        sink = params.choice("--sink", query["sink"], params.SINKS) if query.get("sink") else None
+        everything = _flag("all", query.get("all", ""))
+        event = query.get("event") or None
+        if (event is None) == (not everything):
+            raise BadParameter("--discard takes one event ID, or --all")
+        reason = params.reason(query.get("reason", ""))
+    except BadParameter as exc:
+        return _bad(exc)
+    uid = peer_uid(request)
+    who = params.operator_name(_user_name(uid) if uid is not None else "unknown", query.get("operator"))
+    try:
+        answer = await request.app[DISCARD](sink, event, reason, who)
+    except ValueError as exc:
+        return _bad(exc)
     return web.json_response(answer, dumps=_dumps)
 
 

@@ -73,8 +73,9 @@ async def test_a_v1_journal_gets_its_conversations_on_upgrade(tmp_path):
         await journal.append([normalize(p, RECEIVED) for p in PAYLOADS[:3]])
     finally:
         await journal.close()
-    # simulate v1 rows: drop what v2, v3 and v4 added, then downgrade the version number
+    # simulate v1 rows: drop what v2 to v5 added, then downgrade the version number
     conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE discards")
     conn.execute("ALTER TABLE events DROP COLUMN original")
     conn.execute("DROP TABLE audit")
     conn.execute("DELETE FROM meta WHERE key = 'audit_salt'")

@@ -5,6 +5,7 @@ prepare_socket_path on a real filesystem: only a stale socket is ever removed.""
 import asyncio
 import errno
 import os
+import pwd
 import shutil
 import socket
 import tempfile
@@ -54,7 +55,12 @@ async def served():
         calls.append(("airtable", action))
         return {"done": [], "problems": [], "notes": []}
 
-    runner = web.AppRunner(create_status_app(snapshot, sync, replay, forget, recover, airtable), access_log=None)
+    async def discard(sink, event, reason, by):
+        calls.append(("discard", sink, event, reason, by))
+        return {"discarded": [], "others": [], "found": True}
+
+    runner = web.AppRunner(create_status_app(snapshot, sync, replay, forget, recover, airtable, discard=discard),
+                           access_log=None)
     await runner.setup()
     await web.UnixSite(runner, str(path)).start()
     secure_socket(path)
@@ -63,10 +69,11 @@ async def served():
     shutil.rmtree(folder)
 
 
+ME = pwd.getpwuid(os.geteuid()).pw_name  # who the daemon records as asking, from the socket's peer
 READS = [("GET", "/status"), ("GET", "/metrics"), ("POST", "/sync"), ("POST", "/airtable?action=check"),
          ("POST", "/airtable")]
 CHANGES = [("POST", "/replay"), ("POST", "/replay?dead=1"), ("POST", "/forget?phone=5511900000001"),
-           ("POST", "/recover?all=1"), ("POST", "/airtable?action=init")]
+           ("POST", "/recover?all=1"), ("POST", "/airtable?action=init"), ("POST", "/discard?all=1&reason=x")]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
@@ -86,7 +93,7 @@ async def test_the_socket_group_reads_and_only_the_daemon_user_or_root_changes(s
     for method, route in CHANGES:
         status, body = await asyncio.to_thread(unix_http, served.path, method, route)
         assert status == 200, (route, body)
-    assert [call[0] for call in served.calls[3:]] == ["replay", "replay", "forget", "recover", "airtable"]
+    assert [call[0] for call in served.calls[3:]] == ["replay", "replay", "forget", "recover", "airtable", "discard"]
 
 
 async def refused(path, route):
@@ -122,6 +129,14 @@ BAD = [
     ("/forget?phone=5511988887777&reference=a%00b", "--reference must not hold a control character"),
     ("/forget?phone=5511988887777&reference=5511988887777", "--reference must not hold the phone number"),
     ("/forget?phone=5511&everyone=1", "unknown parameter everyone"),
+    ("/discard?all=1", "--reason is empty"),
+    ("/discard?event=7&reason=%20%20", "--reason is empty"),
+    ("/discard?reason=why", "--discard takes one event ID, or --all"),
+    ("/discard?event=7&all=1&reason=why", "--discard takes one event ID, or --all"),
+    ("/discard?event=7&reason=a%07b", "--reason must not hold a control character"),
+    ("/discard?event=7&reason=" + "x" * 501, "--reason must be at most 500 characters"),
+    ("/discard?all=1&reason=x&sink=mysql", "argument --sink: invalid choice: 'mysql'"),
+    ("/discard?all=1&reason=x&everything=1", "unknown parameter everything"),
 ]
 
 
@@ -136,6 +151,8 @@ async def test_good_parameters_reach_the_daemon_as_the_command_line_sends_them(s
     await request_status(served.path, "POST", "/forget?phone=5511900000001&reference=T-1")
     await request_status(served.path, "POST", "/replay?since=2026-11-20&sink=postgres")
     await request_status(served.path, "POST", "/replay?dead=1")
+    await request_status(served.path, "POST", "/discard?event=wamid.7&sink=airtable&reason=test%20data&operator=alice")
+    await request_status(served.path, "POST", "/discard?all=1&reason=%20fixed%20")
     async for _ in stream_status(served.path, "/recover?phone=%2B55%2011%2090000-0001&prefer=airtable", 10):
         pass
     async for _ in stream_status(served.path, "/recover?conversation=it%27s%20%5C", 10):
@@ -145,6 +162,8 @@ async def test_good_parameters_reach_the_daemon_as_the_command_line_sends_them(s
         ("forget", "5511900000001", "T-1"),
         ("replay", "postgres", Requeue(dead_only=False, since="2026-11-20T00:00:00.000Z")),
         ("replay", None, Requeue(dead_only=True)),
+        ("discard", "airtable", "wamid.7", "test data", f"{ME} (sudo from alice)"),
+        ("discard", None, None, "fixed", ME),
         ("recover", Selection(phone="5511900000001"), "airtable"),
         ("recover", Selection(conversation="it's \\"), "postgres"),
     ]

@@ -60,9 +60,11 @@ def test_a_throttle_between_two_blocked_spells_sends_no_second_down_and_up_comes
 def test_dead_letters_backlog_and_quota():
     rules = AlertRules(600)
     rules.evaluate(snap({}, {}))
-    assert kinds(rules.evaluate(snap({"dead": 2}, {}))) == [("dead_letters", "postgres")]
-    assert kinds(rules.evaluate(snap({"dead": 2}, {}))) == []
-    assert rules.evaluate(snap({"dead": 5}, {}))[0].details == {"dead": 5, "new": 3}
+    first = {"dead": 2, "dead_last_at": "2026-11-25T12:00:00.000Z"}
+    assert kinds(rules.evaluate(snap(first, {}))) == [("dead_letters", "postgres")]
+    assert kinds(rules.evaluate(snap(first, {}))) == []
+    later = {"dead": 5, "dead_last_at": "2026-11-25T12:00:01.000Z"}
+    assert rules.evaluate(snap(later, {}))[0].details == {"dead": 5, "dead_last_at": "2026-11-25T12:00:01.000Z"}
     assert kinds(rules.evaluate(snap({"dead": 5, "oldest_pending_age_s": 601}, {}))) == [("backlog_old", "postgres")]
     assert kinds(rules.evaluate(snap({"dead": 5, "oldest_pending_age_s": 900}, {}))) == []
     rules.evaluate(snap({"dead": 5, "oldest_pending_age_s": 10}, {}))
@@ -80,9 +82,10 @@ def test_the_limiter_keeps_the_latest_state_of_a_flapping_sink():
     assert kinds(limiter.admit(rules.evaluate(snap({"state": "down"}, {})))) == \
         [("sink_down", "postgres"), ("fallback_active", None)]
     now[0] = 10
-    assert limiter.admit(rules.evaluate(snap({}, {}))) == []  # up again, too soon: waits
+    assert kinds(limiter.admit(rules.evaluate(snap({}, {})))) == \
+        [("sink_up", "postgres"), ("fallback_ended", None)]  # a recovery is never held
     now[0] = 20
-    assert limiter.admit(rules.evaluate(snap({"state": "down"}, {}))) == []  # down again replaces it
+    assert limiter.admit(rules.evaluate(snap({"state": "down"}, {}))) == []  # down again, too soon: waits
     now[0] = 301
     assert kinds(limiter.admit([])) == [("sink_down", "postgres"), ("fallback_active", None)]
     now[0] = 302
@@ -173,7 +176,7 @@ def test_the_monthly_request_limit_warns_once_a_month_at_80_percent_then_when_re
     assert "monthly_request_limit (1000) is reached" in reached[-1].message
     january = {**month, "month": "2027-01"}
     assert kinds(rules.evaluate(snap({}, {"requests_this_month": 810, **january}))) == [
-        ("monthly_requests_high", "airtable")]
+        ("quota_ended", "airtable"), ("monthly_requests_high", "airtable")]  # the month turned: no longer held
 
 
 def test_airtable_warnings_are_told_once_per_distinct_set():

@@ -12,7 +12,7 @@ SNAPSHOT = {
     "sinks": {
         "postgres": {"state": "down", "pending": 80, "delivered": 40, "dead": 0, "oldest_pending_age_s": 12.5,
                      "delivered_since_start": 40, "failed_attempts_since_start": 7, "dead_since_start": 0},
-        "airtable": {"state": "up", "pending": 0, "delivered": 120, "dead": 2, "oldest_pending_age_s": None,
+        "airtable": {"state": "up", "pending": 0, "delivered": 120, "dead": 2, "discarded": 3, "oldest_pending_age_s": None,
                      "delivered_since_start": 120, "failed_attempts_since_start": 0, "dead_since_start": 2,
                      "requests_total": 30, "rate_limited_429": 0, "tokens_left": 4, "requests_per_window": 5,
                      "paused_for_s": None, "warnings": ["Interactions.Content is missing", "x"]},
@@ -34,6 +34,8 @@ def test_counters_gauges_and_labels():
     assert got[("chatledger_events_duplicates_total", ())] == 3
     assert got[("chatledger_healthy", ())] == 0
     assert got[("chatledger_sink_pending", (("sink", "postgres"),))] == 80
+    assert got[("chatledger_sink_discarded", (("sink", "airtable"),))] == 3
+    assert got[("chatledger_sink_discarded", (("sink", "postgres"),))] == 0
     assert got[("chatledger_sink_oldest_pending_age_seconds", (("sink", "airtable"),))] == 0
     assert got[("chatledger_sink_failed_attempts_total", (("sink", "postgres"),))] == 7
     assert got[("chatledger_sink_state", (("sink", "postgres"), ("state", "down")))] == 1

@@ -30,3 +30,15 @@ def test_an_up_base_says_nothing_of_the_kind():
     up = snapshot("up")
     assert _health(up) == {"status": "healthy", "problems": []}
     assert "held" not in render({**up, "health": _health(up)})
+
+
+def test_open_dead_letters_degrade_and_say_how_to_deal_with_them_discarded_ones_do_not():
+    dead = snapshot("up")
+    dead["sinks"]["airtable"].update(dead=2, discarded=5)
+    health = _health(dead)
+    assert health["status"] == "degraded"
+    [problem] = health["problems"]
+    assert problem.startswith("airtable has 2 dead letters")
+    assert "`chatledger dead`" in problem and "replay --dead" in problem and "dead --discard" in problem
+    dead["sinks"]["airtable"].update(dead=0)
+    assert _health(dead) == {"status": "healthy", "problems": []}
