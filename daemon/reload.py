@@ -2,8 +2,8 @@
 running, name what needs a restart.
 
 Pure, but for `apply_live` (which sets the running config's values in place: the webhook app and the
-loops hold its sections and read them as they go). The daemon does the rest: the log, the alert
-targets, the Airtable budget, and replacing a sink built from changed keys.
+loops hold its sections and read them as they go) and `retune_airtable`. The daemon does the rest:
+the log, the alert targets, and replacing a sink built from changed keys.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from daemon.config import Config
+from daemon.sinks.airtable_schema import parse_field_mapping
 
 SINKS = ("postgres", "airtable")
 
@@ -111,3 +112,15 @@ def describe(plan: ReloadPlan) -> tuple[str, str]:
     else:
         info = "nothing applied" if plan.restart else "nothing changed"
     return warning, info
+
+
+def retune_airtable(worker: Any, settings: Any, live: set[str]) -> None:
+    """Set the running Airtable sink's (and its worker's) live [airtable] keys that `live` names."""
+    if "[airtable] requests_per_second" in live:
+        worker.sink.client.budget.set_rate(settings.requests_per_second)
+    if "[airtable] max_records" in live:
+        worker.sink.set_max_records(settings.max_records)
+    if "[airtable] linger_s" in live:
+        worker.sink.linger_s = worker.linger_s = settings.linger_s
+    if "[airtable.fields]" in live:
+        worker.sink.rename_fields(parse_field_mapping(settings.fields))

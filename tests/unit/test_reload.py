@@ -2,11 +2,15 @@
 
 import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 
+from daemon.alerts import AlertSender
 from daemon.config import load_config
-from daemon.reload import apply_live, describe, plan_reload
+from daemon.reload import apply_live, describe, plan_reload, retune_airtable
+from daemon.sinks.airtable import AirtableSink
+from daemon.sinks.base import SinkError
 
 TOKEN = "reload-token-0123456789abcdef"
 DSN = "postgresql://ledger:first-password@127.0.0.1:5432/ledger"
@@ -144,3 +148,37 @@ def test_apply_changes_the_running_config_in_place_and_keeps_what_needs_a_restar
     assert airtable.fields == {"Interactions.Content": "Message"}
     assert alerts.command == "notify-ops" and running.metrics.listen == ""
     assert plan_reload(running, fresh).restart == ["[server] listen", "[metrics] listen"]
+
+
+def test_retuning_airtable_sets_its_rate_cap_linger_and_fields_on_the_running_sink(tmp_path):
+    running = load(tmp_path, airtable=AIRTABLE)
+    sink = AirtableSink.from_config(running.airtable, None)
+    worker = SimpleNamespace(sink=sink, linger_s=sink.linger_s)
+    fresh = load(tmp_path, airtable={**AIRTABLE, "requests_per_second": 3, "max_records": 1000, "linger_s": 0},
+                 **{"airtable.fields": {"Interactions.Content": "Message"}})
+    plan = plan_reload(running, fresh)
+    apply_live(running, fresh, plan)
+    retune_airtable(worker, running.airtable, set(plan.applied))
+    try:
+        stats = sink.stats()
+        assert stats["requests_per_window"] == 3 and stats["tokens_left"] <= 3
+        assert (stats["max_records"], stats["records"]) == (1000, None)  # counted at the next check
+        assert worker.linger_s == sink.linger_s == 0
+        assert sink.tables.field("interactions", "Content") == "Message"
+    finally:
+        sink.client.close()
+
+
+async def test_a_job_still_holding_a_replaced_airtable_sink_gets_a_sink_error(tmp_path):
+    sink = AirtableSink.from_config(load(tmp_path, airtable=AIRTABLE).airtable, None)
+    await sink.close()
+    with pytest.raises(SinkError, match="the Airtable client was closed"):  # a retention run: retried, not a crash
+        await sink.client.list_page("Interactions", None, None)
+
+
+def test_new_alert_targets_take_the_next_alert():
+    sender = AlertSender("", "")
+    assert not sender.enabled
+    sender.configure("notify-ops --to 'on call'", "https://chat.example/hook/abc")
+    assert sender.enabled and sender.argv == ["notify-ops", "--to", "on call"]
+    assert sender.webhook_url == "https://chat.example/hook/abc"
