@@ -23,6 +23,7 @@ from daemon.delivery import DeliveryWorker
 from daemon.journal import COMMIT_BUCKETS, Journal, JournalUnavailable, Requeue
 from daemon.logs import setup_logging
 from daemon.ratelimit import MonthlyRequests
+from daemon.reload import carry_counters
 from daemon.sdnotify import Notifier
 from daemon.status import create_metrics_app, create_status_app, prepare_socket_path, secure_socket
 from daemon.webhook import GuardedRunner, create_webhook_app
@@ -56,6 +57,8 @@ class Daemon:
         self.started_at = datetime.now(timezone.utc)
         self.workers: dict[str, DeliveryWorker] = {}
         self._worker_tasks: list[asyncio.Task[None]] = []
+        self._successors: dict[str, tuple[DeliveryWorker, asyncio.Future[bool]]] = {}  # SIGHUP's replacements
+        self._stopping_workers = False
         self.journal: Journal | None = None
         self.backfill: Backfill | None = None
         self._stop = asyncio.Event()
@@ -145,11 +148,53 @@ class Daemon:
         """One delivery worker per enabled sink; each runs on its own, none waits on another."""
         assert self.journal is not None
         for sink in build_sinks(self.config, self.journal, self.monthly):
-            worker = DeliveryWorker(self.journal, sink)
-            self.workers[sink.name] = worker
-            self._worker_tasks.append(asyncio.create_task(worker.run(), name=f"{sink.name}-delivery"))
+            self._start_worker(sink)
+
+    def _start_worker(self, sink: Any) -> None:
+        assert self.journal is not None
+        self.workers[sink.name] = DeliveryWorker(self.journal, sink)
+        self._worker_tasks.append(asyncio.create_task(self._deliver(sink.name), name=f"{sink.name}-delivery"))
+
+    async def _deliver(self, name: str) -> None:
+        """Run the sink's worker until stop; when SIGHUP replaced it, its successor goes on in this same
+        task (so the supervisor sees no task end), once the old sink is closed."""
+        while True:
+            worker = self.workers[name]
+            await worker.run()
+            successor, handed_over = self._successors.pop(name, (None, None))
+            if successor is None:
+                return
+            worker.detach()
+            if self._stopping_workers:  # the daemon stops: the successor never starts
+                successor.detach()
+                await _close_sink(successor.sink)
+                if not handed_over.done():
+                    handed_over.set_result(False)
+                return
+            carry_counters(worker, successor)
+            self.workers[name] = successor  # API reads, recover and forget use the new sink from now on
+            await _close_sink(worker.sink)
+            if not handed_over.done():  # cancelled when the SIGHUP task was, at a stop
+                handed_over.set_result(True)
+
+    async def replace_sink(self, sink: Any) -> bool:
+        """Put `sink` in place of the running one of its name: the old worker finishes what it is sending
+        (what lingers stays pending for the new one), the old sink is closed, a new worker takes the
+        pending deliveries from the journal; nothing is lost or sent twice. False if the daemon stopped
+        first."""
+        assert self.journal is not None
+        if self._stopping_workers:
+            await _close_sink(sink)
+            return False
+        old = self.workers[sink.name]
+        handed_over: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._successors[sink.name] = (DeliveryWorker(self.journal, sink), handed_over)
+        old.linger_s = 0  # a lingering batch is the new sink's to send, not flushed to the old one
+        old.stop()
+        return await handed_over
 
     async def _stop_workers(self) -> None:
+        self._stopping_workers = True
         for worker in self.workers.values():
             worker.stop()
         if self._worker_tasks:
@@ -160,10 +205,7 @@ class Daemon:
             await asyncio.gather(*self._worker_tasks, return_exceptions=True)
             self._worker_tasks.clear()
         for worker in self.workers.values():
-            try:
-                await worker.sink.close()
-            except Exception:
-                logger.exception("closing the {} sink failed", worker.name)
+            await _close_sink(worker.sink)
 
     async def _supervise(self) -> int:
         """Wait for a stop signal; a background task that dies stops the daemon loudly."""
@@ -540,16 +582,25 @@ class Daemon:
 
 def build_sinks(config: Config, journal: Journal, monthly: MonthlyRequests | None = None) -> list[Any]:
     """The concrete sink adapters the config enables (the only place that builds them)."""
-    sinks: list[Any] = []
-    if config.postgres.enabled:
+    return [build_sink(name, config, journal, monthly) for name in config.enabled_sinks]
+
+
+def build_sink(name: str, config: Config, journal: Journal, monthly: MonthlyRequests | None = None) -> Any:
+    """One sink adapter, as the config describes it (at start, and when SIGHUP replaces it)."""
+    if name == "postgres":
         from daemon.sinks.postgres import PostgresSink
 
-        sinks.append(PostgresSink(config.postgres.dsn.get_secret_value(), config.postgres.schema_))
-    if config.airtable.enabled:
-        from daemon.sinks.airtable import AirtableSink
+        return PostgresSink(config.postgres.dsn.get_secret_value(), config.postgres.schema_)
+    from daemon.sinks.airtable import AirtableSink
 
-        sinks.append(AirtableSink.from_config(config.airtable, journal.conversations, monthly))
-    return sinks
+    return AirtableSink.from_config(config.airtable, journal.conversations, monthly)
+
+
+async def _close_sink(sink: Any) -> None:
+    try:
+        await sink.close()
+    except Exception:
+        logger.exception("closing the {} sink failed", sink.name)
 
 
 def postgres_rows(config: Config, migrate_schema: bool = True) -> Any:

@@ -2,8 +2,8 @@
 running, name what needs a restart.
 
 Pure, but for `apply_live` (which sets the running config's values in place: the webhook app and the
-loops hold its sections and read them as they go) and `retune_airtable`. The daemon does the rest:
-the log, the alert targets, and replacing a sink built from changed keys.
+loops hold its sections and read them as they go), `retune_airtable` and `carry_counters`. The daemon
+does the rest: the log, the alert targets, and replacing a sink built from changed keys.
 """
 
 from __future__ import annotations
@@ -124,3 +124,14 @@ def retune_airtable(worker: Any, settings: Any, live: set[str]) -> None:
         worker.sink.linger_s = worker.linger_s = settings.linger_s
     if "[airtable.fields]" in live:
         worker.sink.rename_fields(parse_field_mapping(settings.fields))
+
+
+def carry_counters(old: Any, new: Any) -> None:
+    """A replacing worker and its sink go on counting where the replaced ones were: the metrics are counters
+    since start, not since a SIGHUP."""
+    for counter in ("delivered_since_start", "dead_since_start", "failed_attempts"):
+        setattr(new, counter, getattr(old, counter))
+    budgets = [getattr(getattr(worker.sink, "client", None), "budget", None) for worker in (old, new)]
+    if all(budget is not None for budget in budgets):
+        budgets[1].requests_total += budgets[0].requests_total
+        budgets[1].rejected_429 += budgets[0].rejected_429

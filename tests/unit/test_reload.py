@@ -1,16 +1,24 @@
-"""SIGHUP: which changed keys apply while running, which replace a sink, which need a restart."""
+"""SIGHUP: which changed keys apply while running, which replace a sink, which need a restart; and a
+sink replaced under a running worker (a real journal, sinks of our own)."""
 
+import asyncio
 import copy
 import json
+from collections import Counter
+from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import pytest
 
 from daemon.alerts import AlertSender
+from daemon.app import Daemon
 from daemon.config import load_config
+from daemon.events import normalize
+from daemon.journal import Journal
 from daemon.reload import apply_live, describe, plan_reload, retune_airtable
 from daemon.sinks.airtable import AirtableSink
 from daemon.sinks.base import SinkError
+from tests.support import until
 
 TOKEN = "reload-token-0123456789abcdef"
 DSN = "postgresql://ledger:first-password@127.0.0.1:5432/ledger"
@@ -18,6 +26,7 @@ AIRTABLE = {"api_key": "patFIRST000000000.secret", "base_id": "appFIRST000000000
             "endpoint_url": "http://127.0.0.1:8701"}
 BASE = {"server": {"listen": "127.0.0.1:8080", "webhook_token": TOKEN},
         "journal": {"path": "state/journal.sqlite"}, "status": {"socket": "run/status.sock"}}
+FAIL_BOUND = 30.0
 
 
 def load(tmp_path, **changes):
@@ -182,3 +191,109 @@ def test_new_alert_targets_take_the_next_alert():
     sender.configure("notify-ops --to 'on call'", "https://chat.example/hook/abc")
     assert sender.enabled and sender.argv == ["notify-ops", "--to", "on call"]
     assert sender.webhook_url == "https://chat.example/hook/abc"
+
+
+# -- a sink replaced under its running worker ------------------------------------------------------
+
+RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+
+
+class GatedSink:
+    """A sink of our own whose deliveries wait for `gate` (an in-flight delivery, held open)."""
+
+    name = "postgres"
+    batch_size = 8
+
+    def __init__(self, gated=False):
+        self.gate = asyncio.Event()
+        if not gated:
+            self.gate.set()
+        self.in_flight = asyncio.Event()
+        self.accepted = Counter()
+        self.closed = False
+
+    async def deliver(self, events):
+        assert not self.closed, "delivered through a closed sink"
+        self.in_flight.set()
+        await self.gate.wait()
+        assert not self.closed, "closed under a delivery in flight"
+        self.accepted.update(e.message_id for e in events)
+
+    async def check(self):
+        pass
+
+    async def close(self):
+        self.closed = True
+
+
+def message(i):
+    return normalize({"title": "incoming_message", "contact": {"id": "c1"},
+                      "info": {"message": {"id": f"m{i}", "channel_data": {"message": {"text": {"body": "x"}}}}}},
+                     RECEIVED)
+
+
+async def test_a_replaced_sink_finishes_its_delivery_and_the_new_one_takes_the_rest(tmp_path):
+    daemon = Daemon(load(tmp_path, postgres={"dsn": DSN}), None)
+    daemon.journal = await Journal.open(tmp_path / "j.sqlite", ["postgres"])
+    try:
+        old, new = GatedSink(gated=True), GatedSink()
+        daemon._start_worker(old)
+        [task] = daemon._worker_tasks
+        await daemon.journal.append([message(i) for i in range(5)])
+        await until(_set(old.in_flight), task, "delivery in flight", FAIL_BOUND)
+
+        replacing = asyncio.create_task(daemon.replace_sink(new))
+        await daemon.journal.append([message(i) for i in range(5, 10)])
+        await asyncio.sleep(0)  # one turn: the replacement has asked the old worker to stop
+        assert not replacing.done() and not old.closed  # the in-flight delivery is not cut short
+        assert daemon.workers["postgres"].sink is old  # status shows the worker still delivering
+        old.gate.set()
+        await asyncio.wait_for(replacing, FAIL_BOUND)
+        assert old.closed and not new.closed and daemon.workers["postgres"].sink is new
+
+        await until(_true(lambda: sum(new.accepted.values()) == 5), task, "the rest through the new sink", FAIL_BOUND)
+        assert old.accepted == Counter(f"m{i}" for i in range(5))
+        assert new.accepted == Counter(f"m{i}" for i in range(5, 10))
+        assert (await daemon.journal.counts())["sinks"]["postgres"].get("delivered") == 10
+        assert not task.done()  # the sink's delivery task goes on: the daemon's supervisor sees no crash
+        assert daemon.workers["postgres"].delivered_since_start == 10  # counters since start, not since SIGHUP
+
+        await daemon._stop_workers()
+        assert task.done() and not task.cancelled() and new.closed
+    finally:
+        await daemon.journal.close()
+
+
+async def test_a_stop_during_a_replacement_closes_both_sinks_and_starts_neither(tmp_path):
+    daemon = Daemon(load(tmp_path, postgres={"dsn": DSN}), None)
+    daemon.journal = await Journal.open(tmp_path / "j.sqlite", ["postgres"])
+    try:
+        old, new = GatedSink(gated=True), GatedSink()
+        daemon._start_worker(old)
+        [task] = daemon._worker_tasks
+        await daemon.journal.append([message(i) for i in range(5)])
+        await until(_set(old.in_flight), task, "delivery in flight", FAIL_BOUND)
+        replacing = asyncio.create_task(daemon.replace_sink(new))
+        stopping = asyncio.create_task(daemon._stop_workers())
+        await asyncio.sleep(0)
+        old.gate.set()  # the in-flight delivery ends while the daemon stops
+        await asyncio.wait_for(stopping, FAIL_BOUND)
+        assert await asyncio.wait_for(replacing, FAIL_BOUND) is False
+        assert old.closed and new.closed and not new.accepted
+        assert old.accepted == Counter(f"m{i}" for i in range(5)) and task.done() and not task.cancelled()
+        late = GatedSink()
+        assert await daemon.replace_sink(late) is False and late.closed
+    finally:
+        await daemon.journal.close()
+
+
+def _set(event):
+    async def check():
+        return event.is_set()
+    return check
+
+
+def _true(predicate):
+    async def check():
+        return predicate()
+    return check
