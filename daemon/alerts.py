@@ -263,11 +263,15 @@ class AlertSender:
     """Sends alerts from its own queue: a slow or failing target never holds anything else up."""
 
     def __init__(self, command: str, webhook_url: str):
-        self.argv = shlex.split(command) if command else []
-        self.webhook_url = webhook_url
+        self.configure(command, webhook_url)
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
         self.sent = 0
         self.failed = 0
+
+    def configure(self, command: str, webhook_url: str) -> None:
+        """Set the targets ([alerts] command, webhook_url; again on SIGHUP): alerts sent from now go there."""
+        self.argv = shlex.split(command) if command else []
+        self.webhook_url = webhook_url
 
     @property
     def enabled(self) -> bool:

@@ -23,6 +23,7 @@ from daemon.delivery import DeliveryWorker
 from daemon.journal import COMMIT_BUCKETS, Journal, JournalUnavailable, Requeue
 from daemon.logs import setup_logging
 from daemon.ratelimit import MonthlyRequests
+from daemon.reload import apply_live, carry_counters, describe, plan_reload, retune_airtable
 from daemon.sdnotify import Notifier
 from daemon.status import create_metrics_app, create_status_app, prepare_socket_path, secure_socket
 from daemon.webhook import GuardedRunner, create_webhook_app
@@ -56,6 +57,8 @@ class Daemon:
         self.started_at = datetime.now(timezone.utc)
         self.workers: dict[str, DeliveryWorker] = {}
         self._worker_tasks: list[asyncio.Task[None]] = []
+        self._successors: dict[str, tuple[DeliveryWorker, asyncio.Future[bool]]] = {}  # SIGHUP's replacements
+        self._stopping_workers = False
         self.journal: Journal | None = None
         self.backfill: Backfill | None = None
         self._stop = asyncio.Event()
@@ -108,10 +111,13 @@ class Daemon:
             worker = self.workers.get("airtable")
             return (worker.sink.client, worker.sink.tables) if worker else None
 
+        def postgres() -> Any:  # the DSN as it is now (SIGHUP may change it)
+            return postgres_rows(self.config, migrate_schema=False)()
+
         # API reads and checks do not migrate: the PostgreSQL sink does at its connect, and a read
         # should not create tables (before the sink has, a read fails over to the journal)
         add_api(app, self.config.server.api_token.get_secret_value(),
-                ApiStores(self.journal, postgres_rows(self.config, migrate_schema=False), airtable))
+                ApiStores(self.journal, postgres if self.config.postgres.enabled else None, airtable))
         runner = GuardedRunner(app, self.config.server, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT)
         await runner.setup()
         self._runners.append(runner)
@@ -145,11 +151,53 @@ class Daemon:
         """One delivery worker per enabled sink; each runs on its own, none waits on another."""
         assert self.journal is not None
         for sink in build_sinks(self.config, self.journal, self.monthly):
-            worker = DeliveryWorker(self.journal, sink)
-            self.workers[sink.name] = worker
-            self._worker_tasks.append(asyncio.create_task(worker.run(), name=f"{sink.name}-delivery"))
+            self._start_worker(sink)
+
+    def _start_worker(self, sink: Any) -> None:
+        assert self.journal is not None
+        self.workers[sink.name] = DeliveryWorker(self.journal, sink)
+        self._worker_tasks.append(asyncio.create_task(self._deliver(sink.name), name=f"{sink.name}-delivery"))
+
+    async def _deliver(self, name: str) -> None:
+        """Run the sink's worker until stop; when SIGHUP replaced it, its successor goes on in this same
+        task (so the supervisor sees no task end), once the old sink is closed."""
+        while True:
+            worker = self.workers[name]
+            await worker.run()
+            successor, handed_over = self._successors.pop(name, (None, None))
+            if successor is None:
+                return
+            worker.detach()
+            if self._stopping_workers:  # the daemon stops: the successor never starts
+                successor.detach()
+                await _close_sink(successor.sink)
+                if not handed_over.done():
+                    handed_over.set_result(False)
+                return
+            carry_counters(worker, successor)
+            self.workers[name] = successor  # API reads, recover and forget use the new sink from now on
+            await _close_sink(worker.sink)
+            if not handed_over.done():  # cancelled when the SIGHUP task was, at a stop
+                handed_over.set_result(True)
+
+    async def replace_sink(self, sink: Any) -> bool:
+        """Put `sink` in place of the running one of its name: the old worker finishes what it is sending
+        (what lingers stays pending for the new one), the old sink is closed, a new worker takes the
+        pending deliveries from the journal; nothing is lost or sent twice. False if the daemon stopped
+        first."""
+        assert self.journal is not None
+        if self._stopping_workers:
+            await _close_sink(sink)
+            return False
+        old = self.workers[sink.name]
+        handed_over: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._successors[sink.name] = (DeliveryWorker(self.journal, sink), handed_over)
+        old.linger_s = 0  # a lingering batch is the new sink's to send, not flushed to the old one
+        old.stop()
+        return await handed_over
 
     async def _stop_workers(self) -> None:
+        self._stopping_workers = True
         for worker in self.workers.values():
             worker.stop()
         if self._worker_tasks:
@@ -160,10 +208,7 @@ class Daemon:
             await asyncio.gather(*self._worker_tasks, return_exceptions=True)
             self._worker_tasks.clear()
         for worker in self.workers.values():
-            try:
-                await worker.sink.close()
-            except Exception:
-                logger.exception("closing the {} sink failed", worker.name)
+            await _close_sink(worker.sink)
 
     async def _supervise(self) -> int:
         """Wait for a stop signal; a background task that dies stops the daemon loudly."""
@@ -240,14 +285,18 @@ class Daemon:
     async def _retention_loop(self) -> None:
         """Purge old, fully delivered events in small batches, a minute after start, then hourly.
         Runs until cancelled at stop (a purge is one short transaction; an interrupted pass resumes)."""
-        days = self.config.journal.retention_days
         sinks = list(self.config.enabled_sinks)
-        if not days or not sinks:
-            logger.info("journal retention off ({})", "retention_days = 0" if not days else
-                        "no sink enabled: the journal is the only copy")
-            await asyncio.Event().wait()
+        if not self.config.journal.retention_days or not sinks:
+            logger.info("journal retention off ({})", "no sink enabled: the journal is the only copy" if not sinks
+                        else "retention_days = 0")
+            if not sinks:
+                await asyncio.Event().wait()
         await asyncio.sleep(RETENTION_FIRST_DELAY)
         while True:
+            days = self.config.journal.retention_days  # SIGHUP may change it, to 0 too
+            if not days:
+                await asyncio.sleep(RETENTION_INTERVAL)
+                continue
             cutoff = datetime.now(timezone.utc) - timedelta(days=days)
             purged = 0
             while True:
@@ -278,6 +327,7 @@ class Daemon:
         limiter = AlertLimiter(settings.min_interval_s, time.monotonic, memory)
         while True:
             await asyncio.sleep(ALERT_CHECK_INTERVAL)
+            rules.threshold, limiter.interval = settings.pending_age_threshold_s, settings.min_interval_s  # SIGHUP
             try:
                 for alert in limiter.admit(rules.evaluate(await self.snapshot())):
                     self.alerts.submit(alert)
@@ -295,20 +345,23 @@ class Daemon:
         only: daily, and soon once the base is blocked at its cap or near it (never twice within
         AIRTABLE_RETENTION_MIN_GAP). A run that fails is logged and tried again later; one that made room in
         a blocked base lets the held deliveries go at once."""
-        days = self.config.airtable.retention_days
-        worker = self.workers.get("airtable")
-        postgres = postgres_rows(self.config)
-        if not days or worker is None or postgres is None:
-            if days:
+        if "airtable" not in self.workers or not self.config.postgres.enabled:
+            if self.config.airtable.retention_days:
                 logger.warning("[airtable] retention_days is set, but nothing is deleted from Airtable: PostgreSQL "
                                "is not configured, so nothing there can be known to be held elsewhere")
             await asyncio.Event().wait()
         from daemon.sinks.airtable_retention import RetentionSchedule, day_start, purge_airtable
         from daemon.sinks.base import SinkError
 
-        sink = worker.sink
         schedule = RetentionSchedule(RETENTION_FIRST_DELAY, AIRTABLE_RETENTION_INTERVAL, AIRTABLE_RETENTION_MIN_GAP)
         while True:
+            # SIGHUP may change the days (to 0 too), the DSN, and replace the sink
+            days, worker, postgres = self.config.airtable.retention_days, self.workers["airtable"], postgres_rows(
+                self.config)
+            if not days:
+                await asyncio.sleep(RETENTION_PRESSURE_POLL)
+                continue
+            sink = worker.sink
             cutoff = datetime.now(timezone.utc) - timedelta(days=days)
             pressure = _records_pressure(worker)
             if not schedule.due(pressure is not None, day_start(cutoff).date()):
@@ -370,28 +423,42 @@ class Daemon:
         while True:
             await self._hup.wait()
             self._hup.clear()
-            logger.info("SIGHUP: reloading the log settings and [airtable.fields], and replaying now")
-            self.reload_settings()
+            logger.info("SIGHUP: reloading the config and replaying now")
+            try:
+                await self.reload_settings()
+            except Exception:  # noqa: BLE001 - a reload must not stop intake; what failed is logged
+                logger.exception("SIGHUP: applying the config failed part way; restart chatledger to apply it whole")
             await self.sync(operator=False)
 
-    def reload_settings(self) -> None:
-        """Apply [log] and [airtable.fields] from the config file again; keep the current settings if it is
-        now invalid."""
+    async def reload_settings(self) -> None:
+        """Read the config file again and apply what can change while running (README, "Reloading"); an
+        invalid file changes nothing."""
         try:
             fresh = load_config(self.config_path)
         except ConfigError as exc:
             logger.error("config reload failed, keeping the current settings: {}", exc)
             return
-        self.config.log = fresh.log
-        setup_logging(fresh.log.level, fresh.log.json_)
-        logger.info("log level {}{}", fresh.log.level, " (JSON lines)" if fresh.log.json_ else "")
+        plan = plan_reload(self.config, fresh)
+        warning, applied = describe(plan)
+        if warning:
+            logger.warning(warning)
+        apply_live(self.config, fresh, plan)
+        live = {key.name for key in plan.live}
+        if {"[log] level", "[log] json"} & live:
+            setup_logging(self.config.log.level, self.config.log.json_)
+            logger.info("log level {}{}", self.config.log.level, " (JSON lines)" if self.config.log.json_ else "")
+        alerts = self.config.alerts
+        self.alerts.configure(alerts.command, alerts.webhook_url.get_secret_value())
+        if self.monthly is not None:
+            self.monthly.limit = self.config.airtable.monthly_request_limit
+        for name in plan.rebuild:
+            assert self.journal is not None
+            if not await self.replace_sink(build_sink(name, self.config, self.journal, self.monthly)):
+                return  # stopping
         airtable = self.workers.get("airtable")
-        if airtable is not None and fresh.airtable.fields != self.config.airtable.fields:
-            from daemon.sinks.airtable_schema import parse_field_mapping
-
-            self.config.airtable.fields = fresh.airtable.fields
-            airtable.sink.rename_fields(parse_field_mapping(fresh.airtable.fields))
-            logger.info("[airtable.fields] now {}", fresh.airtable.fields or "empty")
+        if airtable is not None and "airtable" not in plan.rebuild:  # a new sink is built with all of them
+            retune_airtable(airtable, self.config.airtable, live)
+        logger.info(applied)
 
     async def sync(self, operator: bool = True) -> dict[str, Any]:
         """Wake every sink worker so it replays what is pending now, skipping any backoff; `chatledger sync`
@@ -561,16 +628,25 @@ class Daemon:
 
 def build_sinks(config: Config, journal: Journal, monthly: MonthlyRequests | None = None) -> list[Any]:
     """The concrete sink adapters the config enables (the only place that builds them)."""
-    sinks: list[Any] = []
-    if config.postgres.enabled:
+    return [build_sink(name, config, journal, monthly) for name in config.enabled_sinks]
+
+
+def build_sink(name: str, config: Config, journal: Journal, monthly: MonthlyRequests | None = None) -> Any:
+    """One sink adapter, as the config describes it (at start, and when SIGHUP replaces it)."""
+    if name == "postgres":
         from daemon.sinks.postgres import PostgresSink
 
-        sinks.append(PostgresSink(config.postgres.dsn.get_secret_value(), config.postgres.schema_))
-    if config.airtable.enabled:
-        from daemon.sinks.airtable import AirtableSink
+        return PostgresSink(config.postgres.dsn.get_secret_value(), config.postgres.schema_)
+    from daemon.sinks.airtable import AirtableSink
 
-        sinks.append(AirtableSink.from_config(config.airtable, journal.conversations, monthly))
-    return sinks
+    return AirtableSink.from_config(config.airtable, journal.conversations, monthly)
+
+
+async def _close_sink(sink: Any) -> None:
+    try:
+        await sink.close()
+    except Exception:
+        logger.exception("closing the {} sink failed", sink.name)
 
 
 def postgres_rows(config: Config, migrate_schema: bool = True) -> Any:

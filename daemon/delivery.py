@@ -121,6 +121,10 @@ class DeliveryWorker:
         """Whether a batch is being read or sent now (background work on the sink's budget waits for it)."""
         return self._attempt.locked()
 
+    def detach(self) -> None:
+        """Stop listening to the journal: this worker was replaced (SIGHUP) and will not run again."""
+        self.journal.remove_listener(self._on_new_events)
+
     def stop(self) -> None:
         self._stopping = True
         self._flush = True

@@ -707,6 +707,9 @@ class Journal:
         """Call `listener(last_event_id)` after every commit that added events or made old ones pending."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: Callable[[int], None]) -> None:
+        self._listeners.remove(listener)
+
     @property
     def writer_alive(self) -> bool:
         return self._task is not None and not self._task.done()

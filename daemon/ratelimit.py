@@ -117,6 +117,13 @@ class RequestBudget:
         self.paused_until = 0.0
         self._changed.set()
 
+    def set_rate(self, rate: float) -> None:
+        """A new [airtable] requests_per_second (SIGHUP); tokens in use come back as they would have."""
+        if rate < 1:
+            raise ValueError("rate must allow at least one request per window")
+        self.configured = self.capacity = int(rate)
+        self._changed.set()
+
     def note_429(self) -> None:
         """The server refused a request anyway: our rate is too high for it (a wrong setting, another
         client on the base). Halve it, so that progress resumes; it climbs back one step per quiet

@@ -31,7 +31,7 @@ from daemon.records import ConversationState, Records, iso, map_events, tags_tex
 from daemon.sinks.airtable_schema import (
     KEYS, TABLES, TITLES, BaseNames, BasePlan, parse_field_mapping, plan_base,
 )
-from daemon.sinks.base import PermanentError, RefusedError, SetupError, TransientError
+from daemon.sinks.base import PermanentError, RefusedError, SetupError, SinkError, TransientError
 
 RECORDS_PER_REQUEST = 10
 PAGE_SIZE = 100  # records per list request, Airtable's maximum
@@ -204,6 +204,7 @@ class AirtableClient:
         self._local = threading.local()
         self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="airtable")
         self.plans = PlanCache()  # what the sink, `airtable check` or recover read last, for the bot API
+        self.closed = False
 
     def _api(self) -> Api:
         api = getattr(self._local, "api", None)
@@ -214,6 +215,8 @@ class AirtableClient:
 
     async def call(self, what: str, function: Callable[[Api], Any], write: bool = False) -> Any:
         """One HTTP request: a token, then the call in a thread; failures come back classified."""
+        if self.closed:  # a job that held on to a sink SIGHUP replaced (a retention run, an API read)
+            raise SinkError(f"{what}: not sent, the Airtable client was closed (replaced on SIGHUP, or stopping)")
         try:
             async with self.budget.request():
                 loop = asyncio.get_running_loop()
@@ -296,6 +299,7 @@ class AirtableClient:
             "POST", api.build_url(f"meta/bases/{self.base_id}/tables/{table_id}/fields"), json=field))
 
     def close(self) -> None:
+        self.closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -452,6 +456,12 @@ class AirtableSink:
         if self.client.budget.monthly is not None:
             self.client.budget.monthly.lift()
         self._recount = bool(self.max_records)
+
+    def set_max_records(self, max_records: int) -> None:
+        """A new [airtable] max_records (SIGHUP): a cap set where there was none counts the base at the next check."""
+        self.max_records = max_records
+        if max_records and self.records is None:
+            self._recount = True
 
     def rename_fields(self, fields: dict[str, dict[str, str]]) -> None:
         """Apply a new [airtable.fields] (SIGHUP); the schema is read again before the next write."""
