@@ -30,7 +30,7 @@ from daemon.events import EARLIEST_YEAR, LATEST_YEAR, Event, digits_only, has_co
 from daemon.journal import Journal, JournalUnavailable
 from daemon.records import (
     API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, api_interaction_id, iso,
-    map_events, parse_tags,
+    map_events, merged_interactions, parse_tags,
 )
 from daemon.sinks.base import SinkError
 from daemon.webhook import Unreadable, header_bytes, read_body
@@ -524,8 +524,8 @@ async def get_interactions(request: web.Request) -> web.Response:
         events = await journal.events_of_conversation(conversation_id, READ_LIMIT * 4)
         if not events:
             return None
-        rows = {row.interaction_id: row for row in map_events(events).interactions}
-        ordered = sorted(rows.values(), key=lambda r: (r.occurred_at, r.interaction_id))[:limit]
+        rows = merged_interactions(map_events(events).interactions)
+        ordered = sorted(rows, key=lambda r: (r.occurred_at, r.interaction_id))[:limit]
         return [{"id": r.interaction_id, "conversationId": r.conversation_id, "messageId": r.message_id,
                  "direction": r.direction, "content": r.content, "intent": r.intent, "response": r.response,
                  "processingTime": r.processing_time_ms, "status": r.status, "errorMessage": r.error_message,

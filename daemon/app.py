@@ -548,7 +548,8 @@ def build_sinks(config: Config, journal: Journal, monthly: MonthlyRequests | Non
     if config.airtable.enabled:
         from daemon.sinks.airtable import AirtableSink
 
-        sinks.append(AirtableSink.from_config(config.airtable, journal.conversations, monthly))
+        sinks.append(AirtableSink.from_config(config.airtable, journal.conversations, monthly,
+                                              messages=journal.event_times))
     return sinks
 
 

@@ -289,6 +289,7 @@ SELECT e.id, {', '.join('e.' + c for c in EVENT_COLUMNS)}
 FROM events e WHERE e.conversation_id = ? ORDER BY e.id LIMIT ?
 """
 HAS_EVENT = "SELECT 1 FROM events WHERE dedup_key = ?"
+EVENT_TIMES = "SELECT dedup_key, occurred_at, received_at FROM events WHERE dedup_key IN ({marks})"
 # An event may go once every enabled sink holds it and nothing about it is pending or dead.
 PURGE_EVENTS = """
 DELETE FROM events WHERE id IN (
@@ -956,6 +957,16 @@ class Journal:
 
     async def has_event(self, dedup_key: str) -> bool:
         return bool(await self.query(HAS_EVENT, (dedup_key,)))
+
+    async def event_times(self, dedup_keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """(occurred_at, received_at) of the events the journal holds under these keys."""
+        keys = list(dict.fromkeys(dedup_keys))
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows = await self.query(EVENT_TIMES.format(marks=", ".join("?" * len(chunk))), chunk)
+            found.update((key, (occurred, received)) for key, occurred, received in rows)
+        return found
 
     async def conversations_of_phone(self, phone: str) -> list[str]:
         return [row[0] for row in await self.query(CONVERSATIONS_OF_PHONE, (phone,))]
