@@ -290,6 +290,10 @@ FROM events e WHERE e.conversation_id = ? ORDER BY e.id LIMIT ?
 """
 HAS_EVENT = "SELECT 1 FROM events WHERE dedup_key = ?"
 EVENT_TIMES = "SELECT dedup_key, occurred_at, received_at FROM events WHERE dedup_key IN ({marks})"
+EVENTS_BY_KEY_RANGE = f"""
+SELECT e.id, {', '.join('e.' + c for c in EVENT_COLUMNS)}
+FROM events e WHERE e.dedup_key >= ? AND e.dedup_key < ? ORDER BY e.id
+"""
 # An event may go once every enabled sink holds it and nothing about it is pending or dead.
 PURGE_EVENTS = """
 DELETE FROM events WHERE id IN (
@@ -971,6 +975,11 @@ class Journal:
     async def conversations_of_phone(self, phone: str) -> list[str]:
         return [row[0] for row in await self.query(CONVERSATIONS_OF_PHONE, (phone,))]
 
+    async def events_keyed(self, prefix: str) -> list[StoredEvent]:
+        """The events whose dedup key starts with `prefix` (non-empty), in id order, through the key's index."""
+        after = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # keys compare as UTF-8 bytes, in code point order
+        return [StoredEvent(*row) for row in await self.query(EVENTS_BY_KEY_RANGE, (prefix, after))]
+
     async def forget(self, phone: str, conversation_ids: Sequence[str]) -> tuple[dict[str, int], list[str]]:
         """Erase one person: their events (delivery rows go with them), their conversations' records and
         quarantined elements naming the phone. Counts per table, and the erased events' dedup keys."""
@@ -1044,6 +1053,50 @@ class Journal:
                 logger.exception("closing a journal connection failed")
         os.close(self._lock_fd)
         logger.info("journal {} closed", self.path)
+
+
+class JournalReader:
+    """The journal's reads through a read-only connection, for a command beside a running daemon (WAL
+    lets readers in) or without one: no lock taken, nothing migrated or written."""
+
+    def __init__(self, path: Path, conn: aiosqlite.Connection):
+        self.path = path
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, path: Path) -> "JournalReader":
+        path = Path(path)
+        problem = journal_files.unreadable(path)
+        if problem:
+            raise JournalError(problem)
+        try:
+            conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {path}: cannot open it read-only: {exc}") from None
+        try:
+            await conn.execute("PRAGMA busy_timeout = 5000")
+            (version,) = await (await conn.execute("PRAGMA user_version")).fetchone()
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise JournalError(f"journal {path}: {exc}") from None
+        if version != SCHEMA_VERSION:
+            await conn.close()
+            raise JournalError(f"journal {path} is at schema v{version}, this chatledger reads v{SCHEMA_VERSION}: "
+                               "start the daemon once to bring it up to date")
+        return cls(path, conn)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cursor = await self._conn.execute(sql, params)
+        return list(await cursor.fetchall())
+
+    conversations = Journal.conversations
+    events_of_conversation = Journal.events_of_conversation
+    conversations_of_phone = Journal.conversations_of_phone
+    events_keyed = Journal.events_keyed
+    event_times = Journal.event_times
+
+    async def close(self) -> None:
+        await self._conn.close()
 
 
 def _sql_text(text: str) -> str:

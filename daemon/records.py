@@ -325,6 +325,11 @@ def _given(first: Any, second: Any) -> Any:
     return second if first is None else first
 
 
+def api_update_prefix(kind: str, target_id: str) -> str:
+    """How the dedup key of every PATCH of one escalation or conversation starts (daemon.api)."""
+    return f"api:{kind}-update:{target_id}:"
+
+
 def ticket_for(escalation_id: str) -> str:
     return "ESC-" + escalation_id.replace("-", "")[:8].upper()
 
