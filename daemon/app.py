@@ -123,7 +123,8 @@ class Daemon:
         socket_path = self.config.status.socket
         prepare_socket_path(socket_path)
         runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay, self.forget, self.recover,
-                                                    self.airtable_setup), access_log=None)
+                                                    self.airtable_setup,
+                                                    show=self.show), access_log=None)
         await runner.setup()
         self._runners.append(runner)
         await web.UnixSite(runner, str(socket_path)).start()
@@ -450,6 +451,17 @@ class Daemon:
         except SinkError as exc:
             return {"error": str(exc)}
         return {"report": report.as_dict()}
+
+    async def show(self, conversation: str | None, phone: str | None, limit: int) -> dict[str, Any]:
+        """`chatledger show` with this daemon's journal and Airtable client (the base's budget is shared)."""
+        from daemon.reads import Stores
+        from daemon.show import show as show_conversations
+
+        assert self.journal is not None
+        airtable = self.workers.get("airtable")
+        stores = Stores(self.journal, postgres_rows(self.config, migrate_schema=False),
+                        lambda: (airtable.sink.client, airtable.sink.tables) if airtable else None)
+        return await show_conversations(stores, conversation=conversation, phone=phone, limit=limit)
 
     async def airtable_setup(self, action: str) -> dict[str, Any]:
         """`chatledger airtable init|check` with this daemon's budget; after init, the sink re-checks

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, digits_only, is_phone_number
+from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, digits_only, has_control, is_phone_number
 from daemon.records import iso
 
 SINKS = ("postgres", "airtable")
@@ -42,3 +42,19 @@ def choice(option: str, value: str, choices: Sequence[str]) -> str:
         raise BadParameter(f"argument {option}: invalid choice: {value!r} "
                            f"(choose from {', '.join(repr(c) for c in choices)})")
     return value
+
+
+def conversation_id(text: str) -> str:
+    """A conversation's id as the bot API takes one: 1 to 200 characters, no control character."""
+    if not 1 <= len(text) <= 200:
+        raise BadParameter(f"--conversation must be 1 to 200 characters (it has {len(text)})")
+    if has_control(text):
+        raise BadParameter("--conversation must not hold a control character")
+    return text
+
+
+def limit(text: str, most: int) -> int:
+    """--limit: a whole number from 1 to `most`."""
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= most):
+        raise BadParameter(f"--limit must be a whole number from 1 to {most}, not {text!r}")
+    return int(text)

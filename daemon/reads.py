@@ -14,6 +14,9 @@ from daemon.sinks.base import SinkError
 
 READ_LIMIT = 1000  # the API's most interactions a read
 EVENTS_PER_INTERACTION = 4  # the journal reads this many events per interaction asked (statuses, PATCHes between)
+# A reader is waiting (the bot, an operator): a transient Airtable failure is tried again twice (1 s, then 2 s
+# later; a 429 waits out its lockout), not for the minutes a background job may wait.
+AIRTABLE_ATTEMPTS = 3
 
 # (PostgreSQL column, answer name, Airtable field) of what the reads return.
 CONVERSATION_FIELDS = (
@@ -140,14 +143,14 @@ async def airtable_records_of(client: Any, tables: dict[str, str], kind: str, co
     from daemon.sinks.airtable_schema import BaseNames, read_back
 
     names = BaseNames.of(tables)
-    plan = await current_plan(client, names)
+    plan = await current_plan(client, names, AIRTABLE_ATTEMPTS)
     why = plan.unselectable(names, kind, "ConversationId")
     if why:
         fix = "; `chatledger airtable init` creates it" if why.endswith(" is missing") else ""
         raise NotAsked(f"{why}, so {kind} cannot be selected by conversation{fix}")
     rows: list[dict[str, Any]] = []
     formula = equals_formula(names.field(kind, "ConversationId"), conversation_id)
-    async for page in pages(client, names[kind], formula):
+    async for page in pages(client, names[kind], formula, attempts=AIRTABLE_ATTEMPTS):
         rows += [read_back(plan, names, kind, record.get("fields", {})) for record in page]
         if len(rows) >= limit:
             break
@@ -328,13 +331,14 @@ async def _airtable_conversations_of_phone(client: Any, tables: dict[str, str], 
     from daemon.sinks.airtable_schema import BaseNames, read_back
 
     names = BaseNames.of(tables)
-    plan = await current_plan(client, names)
+    plan = await current_plan(client, names, AIRTABLE_ATTEMPTS)
     why = plan.unselectable(names, "conversations", "CustomerPhone")
     if why:
         raise NotAsked(f"{why}, so conversations cannot be selected by phone")
     ids: list[str] = []
     async for page in pages(client, names["conversations"],
-                            phone_formula(names.field("conversations", "CustomerPhone"), phone)):
+                            phone_formula(names.field("conversations", "CustomerPhone"), phone),
+                            attempts=AIRTABLE_ATTEMPTS):
         for record in page:
             found = read_back(plan, names, "conversations", record.get("fields", {})).get("ConversationId")
             if found and found not in ids:

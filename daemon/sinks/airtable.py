@@ -338,14 +338,15 @@ async def patiently(call: Callable[[], Awaitable[Any]], attempts: int = 8) -> An
 
 
 async def pages(client: AirtableClient, table: str, formula: str | None, fields: Sequence[str] = (),
-                before_each: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+                before_each: Callable[[], Awaitable[None]] | None = None,
+                attempts: int = 8) -> AsyncIterator[list[dict[str, Any]]]:
     """Every page of records matching `formula`, one budgeted request each, patiently (after
     `before_each()`, when given: a background job waiting for spare budget)."""
     offset: str | None = None
     while True:
         if before_each is not None:
             await before_each()
-        page, offset = await patiently(lambda: client.list_page(table, formula, offset, fields))
+        page, offset = await patiently(lambda: client.list_page(table, formula, offset, fields), attempts)
         yield page
         if not offset:
             return
@@ -368,11 +369,11 @@ async def read_plan(client: AirtableClient, names: BaseNames, probe: bool = True
     return plan
 
 
-async def current_plan(client: AirtableClient, names: Mapping[str, str]) -> BasePlan:
+async def current_plan(client: AirtableClient, names: Mapping[str, str], attempts: int = 8) -> BasePlan:
     """The base's write plan for a reader: the one last read through `client` while recent, else the
     schema read now (patiently; without the schema scope, the documented base's)."""
     names = BaseNames.of(names)
-    return await client.plans.get(names, lambda: patiently(lambda: read_plan(client, names, probe=False)))
+    return await client.plans.get(names, lambda: patiently(lambda: read_plan(client, names, probe=False), attempts))
 
 
 async def init_base(client: AirtableClient, names: dict[str, str]) -> list[str]:
