@@ -4,7 +4,7 @@ does not tell us (intent, response, processing time, escalations handled by agen
 Writes go through the journal like a webhook: answered once committed, delivered to both sinks,
 idempotent on the id (a POST) or on the Idempotency-Key header (a PATCH; without one every PATCH
 applies, in order). Reads come from PostgreSQL, or when it cannot answer from the journal, then
-from Airtable; the response names the source.
+from Airtable (daemon.reads); the response names the source.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import hmac
 import json
 import math
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -26,17 +24,18 @@ from pydantic import (
     ValidationError, WithJsonSchema, field_validator, model_validator,
 )
 
+from daemon import reads
 from daemon.events import EARLIEST_YEAR, LATEST_YEAR, Event, digits_only, has_control, storable_text
-from daemon.journal import Journal, JournalUnavailable
+from daemon.journal import JournalUnavailable
+from daemon.reads import CONVERSATION_FIELDS, INTERACTION_FIELDS, READ_LIMIT, Answer, Stores
 from daemon.records import (
-    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, api_interaction_id, iso,
-    map_events, parse_tags,
+    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, api_interaction_id,
+    api_update_prefix,
 )
 from daemon.sinks.base import SinkError
 from daemon.webhook import Unreadable, header_bytes, read_body
 
 PREFIX = "/api/v1"
-READ_LIMIT = 1000
 DEFAULT_READ_LIMIT = 100
 YEARS = (EARLIEST_YEAR, LATEST_YEAR)  # outside: a unit mistake (seconds for milliseconds, a zero date), not an event
 
@@ -182,14 +181,7 @@ def _storable_metadata(value: Any, depth: int) -> Any:
 
 # -- the stores the reads fall back through -------------------------------------------------------
 
-@dataclass
-class ApiStores:
-    """How the API reaches the stores; each callable returns None when that store is not configured."""
-
-    journal: Journal
-    postgres: Callable[[], Any] | None  # -> async context manager of PostgresRows
-    airtable: Callable[[], tuple[Any, dict[str, str]] | None]
-
+ApiStores = Stores  # its journal a Journal: the API writes through it
 
 JOURNAL_KEY = web.AppKey("api_stores", ApiStores)
 TOKEN_KEY = web.AppKey("api_token", bytes)
@@ -294,7 +286,7 @@ async def _journal(request: web.Request, title: str, dedup_key: str, body: BaseM
 def _patch_key(request: web.Request, kind: str, body: BaseModel) -> str:
     given = request.headers.get("Idempotency-Key")
     suffix = hashlib.sha256(header_bytes(given)).hexdigest()[:32] if given else uuid.uuid4().hex
-    return f"api:{kind}-update:{request.match_info['id']}:{suffix}"
+    return api_update_prefix(kind, request.match_info["id"]) + suffix
 
 
 @_route
@@ -354,7 +346,7 @@ async def _conversation_known(stores: ApiStores, conversation_id: str) -> bool:
     airtable = stores.airtable()
     if airtable is not None:
         try:
-            if await _airtable_rows(*airtable, "conversations", conversation_id, 1):
+            if await reads.airtable_records_of(*airtable, "conversations", conversation_id, 1):
                 return True
         except SinkError as exc:
             problems.append(f"airtable: {exc}")
@@ -378,125 +370,19 @@ async def _escalation_known(stores: ApiStores, escalation_id: str) -> bool:
 
 # -- reads -----------------------------------------------------------------------------------------
 
-# (PostgreSQL column, API name, Airtable field) of what the reads return.
-CONVERSATION_FIELDS = (
-    ("conversation_id", "conversationId", "ConversationId"), ("customer_phone", "customerPhone", "CustomerPhone"),
-    ("customer_name", "customerName", "CustomerName"), ("status", "status", "Status"),
-    ("started_at", "startedAt", "StartedAt"), ("last_activity", "lastActivity", "LastActivity"),
-    ("message_count", "messageCount", "MessageCount"), ("intent", "intent", "Intent"),
-    ("sentiment", "sentiment", "Sentiment"), ("priority", "priority", "Priority"),
-    ("assigned_agent", "assignedAgent", "AssignedAgent"), ("tags", "tags", "Tags"), ("metadata", "metadata", "Metadata"),
-)
-INTERACTION_FIELDS = (
-    ("interaction_id", "id", "InteractionId"), ("conversation_id", "conversationId", "ConversationId"),
-    ("message_id", "messageId", "MessageId"), ("direction", "direction", "Direction"),
-    ("content", "content", "Content"), ("intent", "intent", "Intent"), ("response", "response", "Response"),
-    ("processing_time_ms", "processingTime", "ProcessingTime"), ("status", "status", "Status"),
-    ("error_message", "errorMessage", "ErrorMessage"), ("occurred_at", "timestamp", "Timestamp"),
-)
-CONVERSATION_OUT = {column: name for column, name, _ in CONVERSATION_FIELDS}
-INTERACTION_OUT = {column: name for column, name, _ in INTERACTION_FIELDS}
-AIRTABLE_CONVERSATION = {field: name for _, name, field in CONVERSATION_FIELDS}
-AIRTABLE_INTERACTION = {field: name for _, name, field in INTERACTION_FIELDS}
-
-
-def _renamed(row: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
-    return {out: row.get(name) for name, out in names.items()}
-
-
-def _from_airtable(fields: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
-    """A record's cells (under our field names) as the API's answer."""
-    out = _renamed(fields, names)
-    if "tags" in out:
-        out["tags"] = out["tags"] if isinstance(out["tags"], list) else parse_tags(out["tags"])
-    if isinstance(out.get("metadata"), str):
-        try:
-            out["metadata"] = json.loads(out["metadata"])
-        except ValueError:
-            pass
-    return out
-
-
-class _NotAsked(SinkError):
-    """A store that cannot answer this question, and why (said in the 404, not only logged)."""
-
-
-async def _read(stores: ApiStores, from_postgres, from_journal, from_airtable, absent: str) -> tuple[str, Any]:
-    """The first store that answers with something: PostgreSQL, the journal, Airtable; else a 404 saying
-    `absent`, and why a store was not asked."""
-    problems: list[str] = []
-    not_asked: list[str] = []
-    if stores.postgres is not None:
-        try:
-            async with stores.postgres() as pg:
-                found = await from_postgres(pg)
-            if found:
-                return "postgres", found
-        except SinkError as exc:
-            problems.append(f"postgres: {exc}")
-    found = await from_journal(stores.journal)
-    if found:
-        return "journal", found
-    airtable = stores.airtable()
-    if airtable is not None:
-        try:
-            found = await from_airtable(*airtable)
-            if found:
-                return "airtable", found
-        except _NotAsked as exc:
-            not_asked.append(f"Airtable was not asked: {exc}")
-        except SinkError as exc:
-            problems.append(f"airtable: {exc}")
-    if problems or not_asked:
-        logger.warning("api read: {}", "; ".join(problems + not_asked))
-    raise _Refused(_error(404, absent + (f" ({'; '.join(not_asked)})" if not_asked else "")))
-
-
-async def _airtable_rows(client: Any, tables: dict[str, str], kind: str, conversation_id: str,
-                         limit: int) -> list[dict[str, Any]]:
-    """Up to `limit` records of one conversation as the values chatledger wrote, under our field names
-    (the base's plan maps the names of [airtable.fields] and undoes each field type's form)."""
-    from daemon.recover import equals_formula
-    from daemon.sinks.airtable import current_plan, pages
-    from daemon.sinks.airtable_schema import BaseNames, read_back
-
-    names = BaseNames.of(tables)
-    plan = await current_plan(client, names)
-    why = plan.unselectable(names, kind, "ConversationId")
-    if why:
-        fix = "; `chatledger airtable init` creates it" if why.endswith(" is missing") else ""
-        raise _NotAsked(f"{why}, so {kind} cannot be selected by conversation{fix}")
-    rows: list[dict[str, Any]] = []
-    formula = equals_formula(names.field(kind, "ConversationId"), conversation_id)
-    async for page in pages(client, names[kind], formula):
-        rows += [read_back(plan, names, kind, record.get("fields", {})) for record in page]
-        if len(rows) >= limit:
-            break
-    return rows[:limit]
+async def _read(answer: Answer, absent: str) -> tuple[str, Any]:
+    """The store that answered and what it found; else a 404 saying `absent`, and why a store was not asked."""
+    if answer.problems or answer.not_asked:
+        logger.warning("api read: {}", "; ".join(answer.problems + answer.not_asked))
+    if answer.source is None:
+        raise _Refused(_error(404, absent + (f" ({'; '.join(answer.not_asked)})" if answer.not_asked else "")))
+    return answer.source, answer.found
 
 
 @_route
 async def get_conversation(request: web.Request) -> web.Response:
     conversation_id = _path_id(request)
-    stores = request.app[JOURNAL_KEY]
-
-    async def from_postgres(pg: Any) -> Any:
-        found = await pg.existing("conversations", [conversation_id])
-        return _renamed(found[conversation_id], CONVERSATION_OUT) if found else None
-
-    async def from_journal(journal: Journal) -> Any:
-        state = (await journal.conversations([conversation_id])).get(conversation_id)
-        if state is None:
-            return None
-        return {"conversationId": state.conversation_id, "customerPhone": state.phone, "customerName": state.name,
-                "status": state.status, "startedAt": state.started_at, "lastActivity": state.last_activity,
-                "messageCount": state.message_count}
-
-    async def from_airtable(client: Any, tables: dict[str, str]) -> Any:
-        rows = await _airtable_rows(client, tables, "conversations", conversation_id, 1)
-        return _from_airtable(rows[0], AIRTABLE_CONVERSATION) if rows else None
-
-    source, found = await _read(stores, from_postgres, from_journal, from_airtable,
+    source, found = await _read(await reads.conversation(request.app[JOURNAL_KEY], conversation_id),
                                 f"no conversation {conversation_id} in any store that answered")
     return web.json_response({"source": source, "conversation": found})
 
@@ -513,30 +399,7 @@ def _limit(request: web.Request) -> int:
 async def get_interactions(request: web.Request) -> web.Response:
     conversation_id = _path_id(request)
     limit = _limit(request)
-    stores = request.app[JOURNAL_KEY]
-
-    async def from_postgres(pg: Any) -> Any:
-        if not await pg.existing("conversations", [conversation_id]):
-            return None
-        return [_renamed(row, INTERACTION_OUT) for row in await pg.interactions_of(conversation_id, limit)]
-
-    async def from_journal(journal: Journal) -> Any:
-        events = await journal.events_of_conversation(conversation_id, READ_LIMIT * 4)
-        if not events:
-            return None
-        rows = {row.interaction_id: row for row in map_events(events).interactions}
-        ordered = sorted(rows.values(), key=lambda r: (r.occurred_at, r.interaction_id))[:limit]
-        return [{"id": r.interaction_id, "conversationId": r.conversation_id, "messageId": r.message_id,
-                 "direction": r.direction, "content": r.content, "intent": r.intent, "response": r.response,
-                 "processingTime": r.processing_time_ms, "status": r.status, "errorMessage": r.error_message,
-                 "timestamp": iso(r.occurred_at)} for r in ordered]
-
-    async def from_airtable(client: Any, tables: dict[str, str]) -> Any:
-        rows = await _airtable_rows(client, tables, "interactions", conversation_id, limit)
-        out = [_from_airtable(row, AIRTABLE_INTERACTION) for row in rows]
-        return sorted(out, key=lambda r: (r.get("timestamp") or "", r.get("id") or "")) or None
-
-    source, found = await _read(stores, from_postgres, from_journal, from_airtable,
+    source, found = await _read(await reads.interactions(request.app[JOURNAL_KEY], conversation_id, limit),
                                 f"no conversation {conversation_id} in any store that answered")
     return web.json_response({"source": source, "conversationId": conversation_id, "interactions": found})
 

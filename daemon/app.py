@@ -129,7 +129,8 @@ class Daemon:
         socket_path = self.config.status.socket
         prepare_socket_path(socket_path)
         runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay, self.forget, self.recover,
-                                                    self.airtable_setup, discard=self.discard), access_log=None)
+                                                    self.airtable_setup, discard=self.discard,
+                                                    show=self.show), access_log=None)
         await runner.setup()
         self._runners.append(runner)
         await web.UnixSite(runner, str(socket_path)).start()
@@ -537,6 +538,17 @@ class Daemon:
             return {"error": str(exc)}
         return {"report": report.as_dict()}
 
+    async def show(self, conversation: str | None, phone: str | None, limit: int) -> dict[str, Any]:
+        """`chatledger show` with this daemon's journal and Airtable client (the base's budget is shared)."""
+        from daemon.reads import Stores
+        from daemon.show import show as show_conversations
+
+        assert self.journal is not None
+        airtable = self.workers.get("airtable")
+        stores = Stores(self.journal, postgres_rows(self.config, migrate_schema=False),
+                        lambda: (airtable.sink.client, airtable.sink.tables) if airtable else None)
+        return await show_conversations(stores, conversation=conversation, phone=phone, limit=limit)
+
     async def airtable_setup(self, action: str) -> dict[str, Any]:
         """`chatledger airtable init|check` with this daemon's budget; after init, the sink re-checks
         the base at once (a held delivery resumes without waiting for its backoff)."""
@@ -639,7 +651,8 @@ def build_sink(name: str, config: Config, journal: Journal, monthly: MonthlyRequ
         return PostgresSink(config.postgres.dsn.get_secret_value(), config.postgres.schema_)
     from daemon.sinks.airtable import AirtableSink
 
-    return AirtableSink.from_config(config.airtable, journal.conversations, monthly)
+    return AirtableSink.from_config(config.airtable, journal.conversations, monthly,
+                                     messages=journal.event_times)
 
 
 async def _close_sink(sink: Any) -> None:

@@ -121,6 +121,15 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("--reference", metavar="TEXT",
                         help="kept in the audit entry, e.g. the request's ticket id (at most 100 characters)")
     forget.add_argument("--json", action="store_true", help="print the report as JSON")
+    show = command("show", "one conversation (or each of a phone's) with its interactions and escalations, from "
+                           "PostgreSQL, else the journal, else Airtable, saying which answered; exit 1 when none knows it")
+    shown = show.add_mutually_exclusive_group(required=True)
+    shown.add_argument("--conversation", metavar="ID", help="its id (ConversationId)")
+    shown.add_argument("--phone", metavar="PHONE", help="every conversation of this phone (any formatting)")
+    show.add_argument("--limit", default="1000", metavar="N",
+                      help="at most this many interactions and escalations a conversation, oldest first (default "
+                           "1000, at most 10000)")
+    show.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -153,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "recover": _recover,
         "top": _top,
         "forget": _forget,
+        "show": _show,
     }[args.command]
     try:
         return handler(config, args)
@@ -691,6 +701,74 @@ def _forget_offline(config: Config, phone: str, reference: str | None) -> dict[s
         return asyncio.run(run())
     except JournalError as exc:
         return {"error": f"{exc}; nothing was erased"}
+
+
+SHOW_TIMEOUT = 600.0  # Airtable at 5 requests/s, 100 records a request: 10,000 interactions take 20 s and more
+
+
+def _show(config: Config, args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    from daemon import params
+    from daemon.show import MAX_LIMIT, render
+
+    try:
+        conversation = params.conversation_id(args.conversation) if args.conversation is not None else None
+        phone = params.phone_digits(args.phone) if args.phone is not None else None
+        limit = params.limit(args.limit, MAX_LIMIT)
+    except params.BadParameter as exc:
+        print(f"chatledger show: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    query = urlencode({k: v for k, v in {"conversation": conversation, "phone": phone, "limit": limit}.items()
+                       if v is not None})
+    try:
+        answer = asyncio.run(request_status(config.status.socket, "GET", "/show?" + query, timeout_s=SHOW_TIMEOUT))
+        where = "read through the running daemon"
+    except StatusUnreachable:
+        answer = _show_offline(config, conversation, phone, limit)
+        where = "read directly (daemon not running)"
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    if not answer["conversations"]:
+        print(f"chatledger: {answer['error']}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not args.json:
+        print(f"{render(answer)}\n{where}")
+    return EXIT_OK
+
+
+def _show_offline(config: Config, conversation: str | None, phone: str | None, limit: int) -> dict[str, Any]:
+    """The reads without a daemon: the journal read-only (no lock: a daemon may start meanwhile), PostgreSQL
+    and Airtable from the config."""
+    from daemon.app import postgres_rows
+    from daemon.journal import JournalReader
+    from daemon.reads import Stores
+    from daemon.show import show
+
+    setup_logging("WARNING", config.log.json_)
+
+    async def run() -> dict[str, Any]:
+        down: dict[str, str] = {}
+        journal = sink = None
+        try:
+            journal = await JournalReader.open(config.journal.path)
+        except JournalError as exc:
+            down["journal"] = f"journal: {exc}"
+        if config.airtable.enabled:
+            from daemon.sinks.airtable import AirtableSink
+
+            sink = AirtableSink.from_config(config.airtable, None)
+        try:
+            stores = Stores(journal, postgres_rows(config, migrate_schema=False),
+                            lambda: (sink.client, sink.tables) if sink else None)
+            return await show(stores, conversation=conversation, phone=phone, limit=limit, down=down)
+        finally:
+            if journal is not None:
+                await journal.close()
+            if sink is not None:
+                await sink.close()
+
+    return asyncio.run(run())
 
 
 def _top(config: Config, args: argparse.Namespace) -> int:

@@ -331,6 +331,11 @@ SELECT e.id, {', '.join('e.' + c for c in EVENT_COLUMNS)}
 FROM events e WHERE e.conversation_id = ? ORDER BY e.id LIMIT ?
 """
 HAS_EVENT = "SELECT 1 FROM events WHERE dedup_key = ?"
+EVENT_TIMES = "SELECT dedup_key, occurred_at, received_at FROM events WHERE dedup_key IN ({marks})"
+EVENTS_BY_KEY_RANGE = f"""
+SELECT e.id, {', '.join('e.' + c for c in EVENT_COLUMNS)}
+FROM events e WHERE e.dedup_key >= ? AND e.dedup_key < ? ORDER BY e.id
+"""
 # An event may go once every enabled sink holds it and nothing about it is pending or dead.
 PURGE_EVENTS = """
 DELETE FROM events WHERE id IN (
@@ -1092,8 +1097,23 @@ class Journal:
     async def has_event(self, dedup_key: str) -> bool:
         return bool(await self.query(HAS_EVENT, (dedup_key,)))
 
+    async def event_times(self, dedup_keys: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """(occurred_at, received_at) of the events the journal holds under these keys."""
+        keys = list(dict.fromkeys(dedup_keys))
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            rows = await self.query(EVENT_TIMES.format(marks=", ".join("?" * len(chunk))), chunk)
+            found.update((key, (occurred, received)) for key, occurred, received in rows)
+        return found
+
     async def conversations_of_phone(self, phone: str) -> list[str]:
         return [row[0] for row in await self.query(CONVERSATIONS_OF_PHONE, (phone,))]
+
+    async def events_keyed(self, prefix: str) -> list[StoredEvent]:
+        """The events whose dedup key starts with `prefix` (non-empty), in id order, through the key's index."""
+        after = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # keys compare as UTF-8 bytes, in code point order
+        return [StoredEvent(*row) for row in await self.query(EVENTS_BY_KEY_RANGE, (prefix, after))]
 
     async def forget(self, phone: str, conversation_ids: Sequence[str]) -> tuple[dict[str, int], list[str]]:
         """Erase one person: their events (delivery rows go with them), their conversations' records and
@@ -1168,6 +1188,50 @@ class Journal:
                 logger.exception("closing a journal connection failed")
         os.close(self._lock_fd)
         logger.info("journal {} closed", self.path)
+
+
+class JournalReader:
+    """The journal's reads through a read-only connection, for a command beside a running daemon (WAL
+    lets readers in) or without one: no lock taken, nothing migrated or written."""
+
+    def __init__(self, path: Path, conn: aiosqlite.Connection):
+        self.path = path
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, path: Path) -> "JournalReader":
+        path = Path(path)
+        problem = journal_files.unreadable(path)
+        if problem:
+            raise JournalError(problem)
+        try:
+            conn = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {path}: cannot open it read-only: {exc}") from None
+        try:
+            await conn.execute("PRAGMA busy_timeout = 5000")
+            (version,) = await (await conn.execute("PRAGMA user_version")).fetchone()
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise JournalError(f"journal {path}: {exc}") from None
+        if version != SCHEMA_VERSION:
+            await conn.close()
+            raise JournalError(f"journal {path} is at schema v{version}, this chatledger reads v{SCHEMA_VERSION}: "
+                               "start the daemon once to bring it up to date")
+        return cls(path, conn)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cursor = await self._conn.execute(sql, params)
+        return list(await cursor.fetchall())
+
+    conversations = Journal.conversations
+    events_of_conversation = Journal.events_of_conversation
+    conversations_of_phone = Journal.conversations_of_phone
+    events_keyed = Journal.events_keyed
+    event_times = Journal.event_times
+
+    async def close(self) -> None:
+        await self._conn.close()
 
 
 def _sql_text(text: str) -> str:

@@ -63,3 +63,19 @@ def operator_name(user: str, sudo_user: str | None) -> str:
     if sudo_user and sudo_user != user and len(sudo_user) <= 64 and not has_control(sudo_user):
         return f"{user} (sudo from {sudo_user})"
     return user
+
+
+def conversation_id(text: str) -> str:
+    """A conversation's id as the bot API takes one: 1 to 200 characters, no control character."""
+    if not 1 <= len(text) <= 200:
+        raise BadParameter(f"--conversation must be 1 to 200 characters (it has {len(text)})")
+    if has_control(text):
+        raise BadParameter("--conversation must not hold a control character")
+    return text
+
+
+def limit(text: str, most: int) -> int:
+    """--limit: a whole number from 1 to `most`."""
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= most):
+        raise BadParameter(f"--limit must be a whole number from 1 to {most}, not {text!r}")
+    return int(text)

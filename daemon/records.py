@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -286,13 +286,48 @@ def interaction_id_for(dedup_key: str) -> str:
     return _id("interaction", dedup_key)
 
 
+def message_key(message_id: str, direction: str) -> str:
+    """The dedup key of the webhook event of a SendPulse message (daemon.events.dedup_key)."""
+    title = "incoming_message" if direction == "inbound" else "outgoing_message"
+    return f"msg:{title}:{message_id}"
+
+
 def api_interaction_id(given: str, message_id: str | None, direction: str) -> str:
     """A bot-posted interaction about a SendPulse message is the webhook's interaction of that message
     (one row, enriched); without a message id it keeps the id the bot gave."""
     if not message_id:
         return given
-    title = "incoming_message" if direction == "inbound" else "outgoing_message"
-    return interaction_id_for(f"msg:{title}:{message_id}")
+    return interaction_id_for(message_key(message_id, direction))
+
+
+def merged_interactions(rows: Iterable[InteractionRow]) -> list[InteractionRow]:
+    """One row per interaction id from rows in journal order, as PostgreSQL folds them: the message's
+    time and (unless the bot gave one) text, the bot's fields over them, whichever came first."""
+    merged: dict[str, InteractionRow] = {}
+    for row in rows:
+        known = merged.get(row.interaction_id)
+        if known is None:
+            merged[row.interaction_id] = row
+        elif row.from_api:
+            merged[row.interaction_id] = replace(
+                known, content=_given(row.content, known.content), status=row.status,
+                customer_phone=_given(known.customer_phone, row.customer_phone),
+                intent=_given(row.intent, known.intent), response=_given(row.response, known.response),
+                processing_time_ms=_given(row.processing_time_ms, known.processing_time_ms),
+                error_message=_given(row.error_message, known.error_message))
+        else:
+            merged[row.interaction_id] = replace(known, occurred_at=row.occurred_at,
+                                                 content=_given(known.content, row.content))
+    return list(merged.values())
+
+
+def _given(first: Any, second: Any) -> Any:
+    return second if first is None else first
+
+
+def api_update_prefix(kind: str, target_id: str) -> str:
+    """How the dedup key of every PATCH of one escalation or conversation starts (daemon.api)."""
+    return f"api:{kind}-update:{target_id}:"
 
 
 def ticket_for(escalation_id: str) -> str:

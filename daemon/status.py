@@ -31,6 +31,8 @@ DISCARD = web.AppKey("discard", Callable[[str | None, str | None, str, str], Awa
 # (selection, prefer, emit(line)) -> the final line
 RECOVER = web.AppKey("recover", Callable[[Any, str, Callable[[dict[str, Any]], Awaitable[None]]],
                                          Awaitable[dict[str, Any]]])
+# (conversation, phone, limit) -> what `chatledger show` prints
+SHOW = web.AppKey("show", Callable[[str | None, str | None, int], Awaitable[dict[str, Any]]])
 
 SOCKET_MODE = 0o660
 CLIENT_TIMEOUT = 10.0
@@ -65,6 +67,7 @@ def create_status_app(
     recover: Callable[..., Awaitable[dict[str, Any]]] | None = None,
     airtable: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
     discard: Callable[[str | None, str | None, str, str], Awaitable[dict[str, Any]]] | None = None,
+    show: Callable[[str | None, str | None, int], Awaitable[dict[str, Any]]] | None = None,
 ) -> web.Application:
     """Build the status app: GET /status, POST /sync, /replay?sink=NAME&dead=1, /forget?phone=DIGITS&reference=TEXT,
     /discard?event=ID|all=1&reason=TEXT."""
@@ -83,6 +86,9 @@ def create_status_app(
     if discard is not None:
         app[DISCARD] = discard
         app.router.add_post("/discard", _handle_discard)
+    if show is not None:
+        app[SHOW] = show
+        app.router.add_get("/show", _handle_show)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/status", _handle_status)
     app.router.add_post("/sync", _handle_sync)
@@ -211,6 +217,23 @@ async def _handle_forget(request: web.Request) -> web.Response:
     if problem:
         return _bad(BadParameter(f"--reference {problem}"))
     return web.json_response(await request.app[FORGET](phone, reference), dumps=_dumps)
+
+
+async def _handle_show(request: web.Request) -> web.Response:
+    """GET /show?conversation=ID|phone=DIGITS&limit=N: what `chatledger show` prints, read by the daemon (its
+    journal, its Airtable budget); a read, so whoever may open the socket may ask."""
+    from daemon.show import DEFAULT_LIMIT, MAX_LIMIT
+
+    try:
+        query = _query(request, ("conversation", "phone", "limit"))
+        if ("conversation" in query) == ("phone" in query):
+            raise BadParameter("give one of conversation and phone")
+        conversation = params.conversation_id(query["conversation"]) if "conversation" in query else None
+        phone = params.phone_digits(query["phone"]) if "phone" in query else None
+        limit = params.limit(query.get("limit", str(DEFAULT_LIMIT)), MAX_LIMIT)
+    except BadParameter as exc:
+        return _bad(exc)
+    return web.json_response(await request.app[SHOW](conversation, phone, limit), dumps=_dumps)
 
 
 async def _handle_airtable(request: web.Request) -> web.Response:

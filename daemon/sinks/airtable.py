@@ -27,7 +27,7 @@ from pyairtable.formulas import EQ, OR, Field, to_formula_str
 
 from daemon.events import StoredEvent
 from daemon.ratelimit import BudgetPaused, MonthlyRequests, RequestBudget
-from daemon.records import ConversationState, Records, iso, map_events, tags_text
+from daemon.records import ConversationState, InteractionRow, Records, iso, map_events, message_key, tags_text
 from daemon.sinks.airtable_schema import (
     KEYS, TABLES, TITLES, BaseNames, BasePlan, parse_field_mapping, plan_base,
 )
@@ -77,18 +77,39 @@ def conversation_fields(state: ConversationState) -> dict[str, Any]:
     })
 
 
-def airtable_rows(events: Sequence[StoredEvent], records: Records,
-                  conversations: dict[str, ConversationState]) -> dict[str, list[dict[str, Any]]]:
+def enriched_messages(records: Records) -> list[str]:
+    """The dedup keys of the messages this delivery's bot API interactions enrich."""
+    return [message_key(row.message_id, row.direction) for row in records.interactions
+            if row.from_api and row.message_id]
+
+
+def _interaction_times(row: InteractionRow, received: dict[str, str],
+                       messages: Mapping[str, tuple[str, str]]) -> tuple[str, str]:
+    """Timestamp and CreatedAt: an enrichment of a message the journal holds has that message's (as
+    PostgreSQL keeps them); the bot's time stands in only until the message arrives."""
+    if row.from_api and row.message_id:
+        known = messages.get(message_key(row.message_id, row.direction))
+        if known is not None:
+            return known
+    return iso(row.occurred_at), received[row.dedup_key]
+
+
+def airtable_rows(events: Sequence[StoredEvent], records: Records, conversations: dict[str, ConversationState],
+                  messages: Mapping[str, tuple[str, str]] | None = None) -> dict[str, list[dict[str, Any]]]:
     """The upserts one delivery makes, by table: one per interaction and escalation, and one per
     conversation touched (coalesced, with the journal's latest count and span, then what the bot API
-    set on it), each record once."""
+    set on it), each record once. `messages`: (occurred_at, received_at) of the enriched messages
+    (enriched_messages) the journal holds."""
     received = {event.dedup_key: event.received_at for event in events}
-    interactions = [_drop_empty({
-        "InteractionId": row.interaction_id, "ConversationId": row.conversation_id, "MessageId": row.message_id,
-        "Direction": row.direction, "Content": row.content, "Status": row.status,
-        "Timestamp": iso(row.occurred_at), "CreatedAt": received[row.dedup_key], "Intent": row.intent,
-        "Response": row.response, "ProcessingTime": row.processing_time_ms, "ErrorMessage": row.error_message,
-    }) for row in records.interactions]
+    interactions = []
+    for row in records.interactions:
+        timestamp, created = _interaction_times(row, received, messages or {})
+        interactions.append(_drop_empty({
+            "InteractionId": row.interaction_id, "ConversationId": row.conversation_id,
+            "MessageId": row.message_id, "Direction": row.direction, "Content": row.content, "Status": row.status,
+            "Timestamp": timestamp, "CreatedAt": created, "Intent": row.intent, "Response": row.response,
+            "ProcessingTime": row.processing_time_ms, "ErrorMessage": row.error_message,
+        }))
     escalations = [_drop_empty({
         "EscalationId": row.escalation_id, "TicketId": row.ticket_id, "ConversationId": row.conversation_id,
         "Reason": row.reason, "Priority": row.priority, "Status": row.status, "CustomerPhone": row.customer_phone,
@@ -321,14 +342,15 @@ async def patiently(call: Callable[[], Awaitable[Any]], attempts: int = 8) -> An
 
 
 async def pages(client: AirtableClient, table: str, formula: str | None, fields: Sequence[str] = (),
-                before_each: Callable[[], Awaitable[None]] | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+                before_each: Callable[[], Awaitable[None]] | None = None,
+                attempts: int = 8) -> AsyncIterator[list[dict[str, Any]]]:
     """Every page of records matching `formula`, one budgeted request each, patiently (after
     `before_each()`, when given: a background job waiting for spare budget)."""
     offset: str | None = None
     while True:
         if before_each is not None:
             await before_each()
-        page, offset = await patiently(lambda: client.list_page(table, formula, offset, fields))
+        page, offset = await patiently(lambda: client.list_page(table, formula, offset, fields), attempts)
         yield page
         if not offset:
             return
@@ -351,11 +373,11 @@ async def read_plan(client: AirtableClient, names: BaseNames, probe: bool = True
     return plan
 
 
-async def current_plan(client: AirtableClient, names: Mapping[str, str]) -> BasePlan:
+async def current_plan(client: AirtableClient, names: Mapping[str, str], attempts: int = 8) -> BasePlan:
     """The base's write plan for a reader: the one last read through `client` while recent, else the
     schema read now (patiently; without the schema scope, the documented base's)."""
     names = BaseNames.of(names)
-    return await client.plans.get(names, lambda: patiently(lambda: read_plan(client, names, probe=False)))
+    return await client.plans.get(names, lambda: patiently(lambda: read_plan(client, names, probe=False), attempts))
 
 
 async def init_base(client: AirtableClient, names: dict[str, str]) -> list[str]:
@@ -412,10 +434,12 @@ class AirtableSink:
     setup_retry_cap = SETUP_RETRY  # misconfigured: the backoff's cap (each retry reads the schema)
 
     def __init__(self, client: AirtableClient, tables: dict[str, str],
-                 conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]]):
+                 conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]],
+                 messages: Callable[[Sequence[str]], Awaitable[dict[str, tuple[str, str]]]] | None = None):
         self.client = client
         self.tables = BaseNames.of(tables)  # kind -> table name in the base, and the field names
         self._conversations = conversations
+        self._messages = messages  # the journal's Journal.event_times: the times of the messages enriched
         self._schema_ok = False
         self.plan: BasePlan | None = None
         self.schema_notes: list[str] = []
@@ -430,10 +454,11 @@ class AirtableSink:
         self._counting = asyncio.Lock()
 
     @classmethod
-    def from_config(cls, config: Any, conversations, monthly: MonthlyRequests | None = None) -> "AirtableSink":
+    def from_config(cls, config: Any, conversations, monthly: MonthlyRequests | None = None,
+                    messages=None) -> "AirtableSink":
         budget = RequestBudget(config.requests_per_second, start_empty=True, monthly=monthly)
         client = AirtableClient(config.api_key.get_secret_value(), config.base_id, config.endpoint_url, budget)
-        sink = cls(client, names_from_config(config), conversations)
+        sink = cls(client, names_from_config(config), conversations, messages)
         sink.linger_s = config.linger_s
         sink.max_records = config.max_records
         return sink
@@ -531,8 +556,10 @@ class AirtableSink:
             await self._count()
         records = map_events(events)
         ids = [touch.conversation_id for touch in records.conversations]
+        enriched = enriched_messages(records)
+        messages = await self._messages(enriched) if enriched and self._messages is not None else {}
         tables = self.plan.tables
-        rows = airtable_rows(events, records, await self._conversations(ids))
+        rows = airtable_rows(events, records, await self._conversations(ids), messages)
         writes = [(tables[kind].table, tables[kind].key, chunk)
                   for kind in CREATING_FIRST
                   for table_rows in ([tables[kind].row(row) for row in rows[kind]],)

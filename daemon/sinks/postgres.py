@@ -124,12 +124,16 @@ ON CONFLICT (conversation_id) DO UPDATE SET
     last_activity  = CASE WHEN c.message_count > 0 THEN c.last_activity
                           ELSE greatest(c.last_activity, excluded.last_activity) END
 """
+# A row already there is this message's (a replay), or the bot's enrichment of it that came first: the
+# message's time is the interaction's, and its text fills an enrichment that gave none.
 INSERT_INTERACTIONS = """
-INSERT INTO {s}.interactions
+INSERT INTO {s}.interactions AS i
     (interaction_id, conversation_id, message_id, direction, content, status, customer_phone, occurred_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::timestamptz[])
-ON CONFLICT (interaction_id) DO NOTHING
+ON CONFLICT (interaction_id) DO UPDATE SET
+    occurred_at = excluded.occurred_at, content = coalesce(i.content, excluded.content)
+WHERE i.occurred_at IS DISTINCT FROM excluded.occurred_at OR (i.content IS NULL AND excluded.content IS NOT NULL)
 """
 # A bot-posted interaction enriches the webhook's row of the same message (same id), whichever came first.
 UPSERT_API_INTERACTIONS = """
@@ -344,7 +348,8 @@ class PostgresSink:
         await conn.execute(sql["conversations"], *_columns(
             [(c.conversation_id, c.customer_phone, c.customer_name, c.first_at, c.last_at,
               c.bot_id, c.contact_id, c.service) for c in records.conversations], 8))
-        webhook = [i for i in records.interactions if not i.from_api]
+        # once each: an upsert may not touch a row twice in one statement
+        webhook = list({i.interaction_id: i for i in records.interactions if not i.from_api}.values())
         if webhook:
             await conn.execute(sql["interactions"], *_columns(
                 [(i.interaction_id, i.conversation_id, i.message_id, i.direction, i.content, i.status,

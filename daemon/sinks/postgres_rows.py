@@ -40,6 +40,9 @@ WHERE i.interaction_id = ANY($1::text[]) AND i.customer_phone IS NULL AND c.conv
 INTERACTIONS_OF = """
 SELECT to_jsonb(i) FROM {s}.interactions AS i WHERE i.conversation_id = $1 ORDER BY i.occurred_at, i.interaction_id LIMIT $2
 """
+ESCALATIONS_OF = """
+SELECT to_jsonb(e) FROM {s}.escalations AS e WHERE e.conversation_id = $1 ORDER BY e.created_at, e.escalation_id LIMIT $2
+"""
 CONVERSATIONS_OF_PHONE = "SELECT conversation_id FROM {s}.conversations WHERE customer_phone = $1"
 # One person's rows: their conversations, everything attached to them, and any interaction, escalation or
 # raw event that carries the phone (a raw event by its contact or its contact.phone, never by its text).
@@ -139,6 +142,9 @@ class PostgresRows:
 
     async def interactions_of(self, conversation_id: str, limit: int) -> list[dict[str, Any]]:
         return [json.loads(r[0]) for r in await self._conn.fetch(self._sql(INTERACTIONS_OF), conversation_id, limit)]
+
+    async def escalations_of(self, conversation_id: str, limit: int) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in await self._conn.fetch(self._sql(ESCALATIONS_OF), conversation_id, limit)]
 
     async def conversations_of(self, phone: str) -> list[str]:
         return [r[0] for r in await self._conn.fetch(self._sql(CONVERSATIONS_OF_PHONE), phone)]

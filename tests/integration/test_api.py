@@ -54,7 +54,7 @@ def stores_for(stores_emulator, tmp_path):
         journal = await Journal.open(tmp_path / "api.sqlite", ["postgres", "airtable"])
         client = AirtableClient(AIRTABLE_TOKEN, BASE, stores_emulator.url, RequestBudget(5))
         await init_base(client, NAMES)
-        airtable = AirtableSink(client, NAMES, journal.conversations)
+        airtable = AirtableSink(client, NAMES, journal.conversations, journal.event_times)
         postgres = PostgresSink(dsn, schema)
 
         async def deliver():
@@ -498,3 +498,87 @@ async def test_a_read_airtable_cannot_select_says_why_instead_of_sending_a_broke
             assert conv.status == 200 and (await conv.json())["source"] == "airtable"
     finally:
         await empty.close()
+
+
+def _message(message_id, at, text="oi"):
+    from daemon.events import normalize
+    from datetime import datetime, timezone
+
+    return normalize(incoming(message_id, text=text) | {"date": at}, datetime.now(timezone.utc))
+
+
+async def _interaction_times(pg_conn, schema):
+    got = await pg_conn.fetch(f"SELECT message_id, occurred_at, content, intent FROM {quote_ident(schema)}.interactions")
+    return {r["message_id"]: (r["occurred_at"].isoformat(), r["content"], r["intent"]) for r in got}
+
+
+async def test_an_enrichment_never_moves_the_time_of_its_message_in_either_store(stores_for, stores_emulator,
+                                                                                pg_cluster, pg_conn, pg_schema):
+    """Whichever comes first, the webhook's message or the bot's enrichment of it (without a timestamp),
+    both stores end with the message's time and text, and the bot's fields."""
+    journal, client, postgres, airtable, deliver = await stores_for(pg_cluster.dsn(), pg_schema)
+    t1, t2, t3 = "2026-11-27T09:00:00+00:00", "2026-11-27T09:05:00+00:00", "2026-11-27T09:10:00+00:00"
+    try:
+        async with api_client(journal, None, (client, NAMES)) as api:
+            async def enrich(message_id):
+                body = {"id": f"bot-{message_id}", "conversationId": CONVERSATION, "messageId": message_id,
+                        "direction": "inbound", "intent": "greeting"}
+                assert (await api.post("/api/v1/interactions", json=body, headers=AUTH)).status == 201
+
+            await journal.append([_message("wamid.1", t1, "first")])  # the message, delivered, then its enrichment
+            await deliver()
+            await enrich("wamid.1")
+            await deliver()
+            await enrich("wamid.2")  # the enrichment first, delivered, then its message
+            await deliver()
+            await journal.append([_message("wamid.2", t2, "second")])
+            await deliver()
+            await journal.append([_message("wamid.3", t3, "third")])  # both in one delivery
+            await enrich("wamid.3")
+            await deliver()
+
+            assert await _interaction_times(pg_conn, pg_schema) == {
+                "wamid.1": (t1, "first", "greeting"), "wamid.2": (t2, "second", "greeting"),
+                "wamid.3": (t3, "third", "greeting")}
+            received = {e.message_id: e.received_at for e in await journal.events_of_conversation(CONVERSATION, 100)
+                        if e.title == "incoming_message"}
+            at = {r["MessageId"]: r for r in airtable_rows(stores_emulator, "Interactions")}
+            assert {m: (r["Timestamp"], r.get("CreatedAt"), r.get("Content"), r.get("Intent"))
+                    for m, r in at.items()} == {
+                "wamid.1": ("2026-11-27T09:00:00.000Z", received["wamid.1"], "first", "greeting"),
+                "wamid.2": ("2026-11-27T09:05:00.000Z", received["wamid.2"], "second", "greeting"),
+                "wamid.3": ("2026-11-27T09:10:00.000Z", received["wamid.3"], "third", "greeting")}
+
+            # PostgreSQL not configured: the journal answers, with the message's text and time
+            listed = await (await api.get(f"/api/v1/conversations/{CONVERSATION}/interactions", headers=AUTH)).json()
+            assert listed["source"] == "journal"
+            assert [(i["messageId"], i["timestamp"], i["content"], i["intent"]) for i in listed["interactions"]] == [
+                ("wamid.1", "2026-11-27T09:00:00.000Z", "first", "greeting"),
+                ("wamid.2", "2026-11-27T09:05:00.000Z", "second", "greeting"),
+                ("wamid.3", "2026-11-27T09:10:00.000Z", "third", "greeting")]
+    finally:
+        await postgres.close()
+        await airtable.close()
+        await journal.close()
+
+
+async def test_reads_from_the_journal_while_postgresql_is_down_carry_the_message_text(stores_for, own_pg):
+    journal, client, postgres, airtable, deliver = await stores_for(own_pg.dsn(), "chatledger")
+    rows = partial(PostgresRows.open, own_pg.dsn(), "chatledger")
+    try:
+        await journal.append([_message("wamid.9", "2026-11-27T09:00:00Z", "quero falar com alguém")])
+        async with api_client(journal, rows, (client, NAMES)) as api:
+            body = {"id": "bot-9", "conversationId": CONVERSATION, "messageId": "wamid.9", "direction": "inbound",
+                    "intent": "human", "processingTime": 40}
+            assert (await api.post("/api/v1/interactions", json=body, headers=AUTH)).status == 201
+            await deliver()
+            own_pg.stop("immediate")
+            listed = await (await api.get(f"/api/v1/conversations/{CONVERSATION}/interactions", headers=AUTH)).json()
+            assert listed["source"] == "journal"
+            [one] = listed["interactions"]
+            assert (one["content"], one["intent"], one["processingTime"], one["timestamp"]) == (
+                "quero falar com alguém", "human", 40, "2026-11-27T09:00:00.000Z")
+    finally:
+        await postgres.close()
+        await airtable.close()
+        await journal.close()

@@ -81,6 +81,35 @@ def test_conversation_status_rules(title, status_at, last_message_at, expected):
     assert conversation_status(title, at(status_at), at(last_message_at)) == expected
 
 
+def enrichment(n, message, at, **fields):
+    """The bot API's enrichment of the webhook message `message` (stored(message)'s m<message>)."""
+    import json
+
+    body = {"id": f"bot-{n}", "messageId": f"m{message}", "direction": "inbound", **fields}
+    return StoredEvent(
+        id=n, dedup_key=f"api:interaction:bot-{n}", received_at=T0.isoformat(),
+        occurred_at=(T0 + timedelta(seconds=at)).isoformat(), title="api_interaction", service="api", bot_id=None,
+        contact_id=None, phone=None, contact_name=None, message_id=f"m{message}", platform_message_id=None,
+        direction="inbound", message_type="api", text=fields.get("content"), raw=json.dumps(body),
+        conversation_id=conversation_id_for("bot1", "c1", None))
+
+
+def test_an_enrichment_folds_into_its_message_in_either_order_keeping_its_time_and_text():
+    from daemon.records import merged_interactions
+
+    from dataclasses import replace
+
+    message = replace(stored(1, at=0, text="oi"), dedup_key="msg:incoming_message:m1")  # as events.dedup_key
+    bare = enrichment(2, 1, at=600, intent="greeting", processingTime=40)  # no text, no timestamp
+    for events in ([message, bare], [bare, message]):
+        [row] = merged_interactions(map_events(events).interactions)
+        assert (row.occurred_at, row.content, row.intent, row.processing_time_ms) == (T0, "oi", "greeting", 40)
+    worded = enrichment(3, 1, at=600, content="oi!", status="read")
+    for events in ([message, worded], [worded, message]):
+        [row] = merged_interactions(map_events(events).interactions)
+        assert (row.occurred_at, row.content, row.status) == (T0, "oi!", "read")
+
+
 def test_backoff_doubles_is_capped_and_jittered():
     assert [backoff_delay(n, rand=lambda: 1.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 4.0, 8.0]
     assert backoff_delay(1, rand=lambda: 0.0) == 0.25  # at least half the ceiling
