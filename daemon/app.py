@@ -20,6 +20,7 @@ from daemon.api import ApiStores, add_api
 from daemon.backfill import Backfill
 from daemon.config import Config, ConfigError, load_config, split_listen
 from daemon.delivery import DeliveryWorker
+from daemon.sinks.base import state_words
 from daemon.journal import COMMIT_BUCKETS, Journal, JournalUnavailable, Requeue
 from daemon.logs import setup_logging
 from daemon.ratelimit import MonthlyRequests
@@ -712,7 +713,7 @@ def _health(snapshot: dict[str, Any]) -> dict[str, Any]:
     for name, sink in snapshot["sinks"].items():
         if sink["state"] in ("down", "misconfigured", "blocked", "quota"):
             reason = f": {sink['last_error']}" if sink.get("last_error") else ""
-            problems.append(f"{name} is {sink['state']}{reason}")
+            problems.append(f"{name} is {state_words(sink['state'])}{reason}")
         if sink["dead"]:
             problems.append(f"{name} has {sink['dead']} dead letters: `chatledger dead` lists them and why; fix the "
                             "cause and `chatledger replay --dead`, or give them up with `chatledger dead --discard "

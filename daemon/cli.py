@@ -391,8 +391,7 @@ def _dead(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     for sink, rows in letters.items():
         for row in rows:
-            when = datetime.fromtimestamp(row["updated_at"], timezone.utc).isoformat(timespec="seconds") \
-                if row["updated_at"] else "?"
+            when = row["updated_at"] or "?"
             if args.discarded:
                 print(f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} discarded {row['discarded_at']} by "
                       f"{row['discarded_by']}  {row['dedup_key']}\n{'':<9} reason: {row['reason']}\n"

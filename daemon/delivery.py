@@ -40,7 +40,8 @@ from loguru import logger
 from daemon.events import StoredEvent
 from daemon.journal import Journal, JournalUnavailable
 from daemon.records import parse_time
-from daemon.sinks.base import BlockedError, PermanentError, RefusedError, SetupError, Sink, TransientError
+from daemon.sinks.base import (BlockedError, PermanentError, RefusedError, SetupError, Sink, TransientError,
+                               state_words)
 
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 60.0
@@ -425,7 +426,8 @@ class DeliveryWorker:
         self.state = exc.state
         self.last_error, self.last_error_at = error, time.time()
         log = logger.error if was != self.state or self.failures in (1, 10) else logger.debug
-        log("{} is {} (attempt {}), retrying in {:.1f} s: {}", self.name, self.state, self.failures, delay, error)
+        log("{} is {} (attempt {}), retrying in {:.1f} s: {}", self.name, state_words(self.state), self.failures, delay,
+            error)
         # Armed before the journal write below: status shows the retry at once, and a wake()
         # (sync, SIGHUP) arriving during that write is not lost.
         self._arm_retry(delay)

@@ -486,12 +486,12 @@ def reference_problem(reference: str, phone: str) -> str | None:
 
 
 DEAD_LETTERS = """
-SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, d.updated_at, d.state
+SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, strftime('%Y-%m-%dT%H:%M:%fZ', d.updated_at, 'unixepoch'), d.state
 FROM deliveries d JOIN events e ON e.id = d.event_id
 WHERE d.sink = ? AND d.state = 'dead' ORDER BY d.event_id LIMIT ?
 """
 DISCARDED_LETTERS = """
-SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, d.updated_at, d.state,
+SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, strftime('%Y-%m-%dT%H:%M:%fZ', d.updated_at, 'unixepoch'), d.state,
        x.at, x.operator, x.reason
 FROM deliveries d JOIN events e ON e.id = d.event_id
 JOIN discards x ON x.id = (SELECT max(id) FROM discards WHERE event_id = d.event_id AND sink = d.sink)

@@ -8,6 +8,14 @@ from typing import Protocol
 from daemon.events import StoredEvent
 
 
+STATE_WORDS = {"quota": "held at its monthly quota"}  # "airtable is quota" is no sentence
+
+
+def state_words(state: str) -> str:
+    """A sink's state as it reads after "<sink> is"."""
+    return STATE_WORDS.get(state, state)
+
+
 class SinkError(Exception):
     """A delivery failed."""
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
@@ -163,7 +164,9 @@ def test_replay_dead_letters_offline_then_online(tmp_path, own_pg):
     listed = cli(config, "dead")
     assert listed.returncode == 0, listed.stderr
     assert "planted: value out of range" in listed.stdout and "1 dead letters" in listed.stdout
-    assert json.loads(cli(config, "dead", "--json").stdout)["postgres"][0]["title"] == "incoming_message"
+    letter = json.loads(cli(config, "dead", "--json").stdout)["postgres"][0]
+    assert letter["title"] == "incoming_message"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", letter["updated_at"])  # as status writes times
     offline = cli(config, "replay", "--dead", "--sink", "postgres")
     assert offline.returncode == 0, offline.stderr
     assert "postgres: 1 dead letters re-queued" in offline.stdout and "not running" in offline.stdout

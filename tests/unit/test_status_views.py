@@ -42,3 +42,8 @@ def test_open_dead_letters_degrade_and_say_how_to_deal_with_them_discarded_ones_
     assert "`chatledger dead`" in problem and "replay --dead" in problem and "dead --discard" in problem
     dead["sinks"]["airtable"].update(dead=0)
     assert _health(dead) == {"status": "healthy", "problems": []}
+
+
+def test_a_base_at_its_quota_is_said_in_words():
+    held = snapshot("quota", "monthly API quota exhausted")
+    assert _health(held)["problems"] == ["airtable is held at its monthly quota: monthly API quota exhausted"]
