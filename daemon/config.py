@@ -146,7 +146,7 @@ class AirtableConfig(_Section):
     conversations_table: str = "Conversations"
     interactions_table: str = "Interactions"
     escalations_table: str = "Escalations"
-    requests_per_second: float = Field(default=5.0, gt=0, le=50)
+    requests_per_second: float = Field(default=5.0, ge=1, le=50)
     # The plan's API calls per month (Free 1,000, Team 100,000); 0: not counted against a limit.
     monthly_request_limit: int = Field(default=0, ge=0)
     # Deliveries wait up to this long for a request to carry 10 records (sync, SIGHUP, a stop: at once).

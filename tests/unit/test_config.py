@@ -138,6 +138,8 @@ def test_token_from_env_alone(tmp_path):
         (f'[server]\nwebhook_token = "{TOKEN}"\n[postgres]\nschema = "x; drop"\n', {}, r"\[postgres\] schema: must be a plain SQL identifier"),
         (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable]\napi_key = "pat"\n', {}, r"\[airtable\] base_id: is required when api_key is set"),
         (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable]\nrequests_per_second = 0\n', {}, r"\[airtable\] requests_per_second"),
+        (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable]\nrequests_per_second = 0.5\n', {},
+         r"\[airtable\] requests_per_second: Input should be greater than or equal to 1"),  # the budget's floor
         (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable]\nendpoint_url = "ftp://x"\n', {}, r"\[airtable\] endpoint_url: must start with http"),
         (f'[server]\nwebhook_token = "{TOKEN}"\n[airtable.fields]\n"Content" = "Message"\n', {},
          r"\[airtable\] fields: 'Content': a key is Table.Field with Table one of Conversations"),
