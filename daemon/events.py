@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-DIRECTIONS = {
-    "incoming_message": "inbound",
-    "outgoing_message": "outbound",
-    "outbound_message": "outbound",  # a variant integrators report receiving
-}
+# The one table of message titles: what becomes an interaction, in which direction. Records, the journal's
+# conversation fold (journal.MESSAGE_TITLE_SQL, checked against this by a test) and the PostgreSQL sink
+# see only these titles: an alias is journaled under the title it stands for (its payload keeps it).
+MESSAGE_TITLES = {"incoming_message": "inbound", "outgoing_message": "outbound"}
+TITLE_ALIASES = {"outbound_message": "outgoing_message"}  # a variant integrators report receiving
 
 MEDIA_KINDS = ("image", "video", "audio", "voice", "document", "sticker", "file")
 
@@ -215,7 +215,8 @@ def _normalize(element: Any, received_at: datetime, raw: str) -> Event | Rejecte
     top_message = _obj(element.get("message"))  # seen only in one integrator's WhatsApp outbound payload
 
     given_id = _text(info_message.get("id"), clean=False) or _text(info.get("message_id"), clean=False)
-    direction = DIRECTIONS.get(title)
+    title = TITLE_ALIASES.get(title, title)
+    direction = MESSAGE_TITLES.get(title)
     cleaned = storable_json(raw)
     return Event(
         # keyed by what came: two ids that clean alike (m\x001 and m1) are two messages

@@ -173,7 +173,7 @@ MIGRATIONS: tuple[str, ...] = (
     # v2: the journal's own record of each conversation, kept by the insert itself, so that a sink
     # (Airtable) can write the right MessageCount / StartedAt / LastActivity / Status while
     # PostgreSQL is down and after old events are purged. Every event is inserted once (dedup key),
-    # so counting on insert is exact. Titles: daemon.records MESSAGE_TITLES and STATUS_TITLES.
+    # so counting on insert is exact. Titles: daemon.events MESSAGE_TITLES, daemon.records STATUS_TITLES.
     """
     ALTER TABLE events ADD COLUMN conversation_id TEXT;
     CREATE INDEX events_conversation ON events (conversation_id);

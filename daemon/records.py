@@ -24,9 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from daemon.events import StoredEvent, storable_text
-
-MESSAGE_TITLES = {"incoming_message": "inbound", "outgoing_message": "outbound"}
+from daemon.events import MESSAGE_TITLES, StoredEvent, storable_text
 ESCALATING_TITLES = frozenset({"open_chat"})
 CLOSING_TITLES = frozenset({"unsubscribe", "bot_block"})
 STATUS_TITLES = ESCALATING_TITLES | CLOSING_TITLES

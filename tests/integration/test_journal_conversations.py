@@ -90,3 +90,20 @@ async def test_a_v1_journal_gets_its_conversations_on_upgrade(tmp_path):
     conn.close()
     upgraded = await state_after(tmp_path, "old.sqlite", PAYLOADS[3:])
     assert summary(upgraded[C1]) == summary(current[C1])
+
+
+async def test_the_outbound_message_variant_is_a_message_like_outgoing_message(tmp_path):
+    from daemon.records import map_events
+
+    variant = event("outbound_message", "m9", at=40)
+    found = await state_after(tmp_path, "v.sqlite", [*PAYLOADS, variant])
+    assert found[C1].message_count == 5  # counted by the journal's fold
+    journal = await Journal.open(tmp_path / "w.sqlite", ["postgres"])
+    try:
+        result = await journal.append([normalize(variant, RECEIVED)])
+        again = await journal.append([normalize({**variant, "title": "outgoing_message"}, RECEIVED)])
+        assert (result.accepted, again.duplicates) == (1, 1)  # one message, whichever title it came under
+        records = map_events(await journal.pending("postgres", 0, 10))
+        assert [(i.message_id, i.direction) for i in records.interactions] == [("m9", "outbound")]
+    finally:
+        await journal.close()

@@ -117,3 +117,16 @@ def test_backoff_doubles_is_capped_and_jittered():
     assert backoff_delay(10_000, rand=lambda: 1.0) == BACKOFF_CAP  # no overflow after days down
     delays = {backoff_delay(8, rand=random.Random(seed).random) for seed in range(20)}
     assert len(delays) > 1 and all(30.0 <= d <= 60.0 for d in delays)
+
+
+def test_the_journals_sql_restates_the_same_titles():
+    import re
+
+    from daemon.events import MESSAGE_TITLES
+    from daemon.journal import MESSAGE_TITLE_SQL, STATUS_TITLE_SQL
+    from daemon.records import STATUS_TITLES
+
+    def titles(sql):
+        return set(re.findall(r"'([a-z_]+)'", sql))
+    assert titles(MESSAGE_TITLE_SQL) == set(MESSAGE_TITLES)
+    assert titles(STATUS_TITLE_SQL) == set(STATUS_TITLES)
