@@ -67,6 +67,7 @@ TIMES = frozenset({"started_at", "last_activity", "created_at", "updated_at", "o
 PHONES = frozenset({"customer_phone"})
 # A status only PostgreSQL's status event can explain: the recovered conversation gets one.
 STATUS_EVENTS = {"escalated": "open_chat", "closed": "unsubscribe"}
+DEFAULT_PRIORITY = "MEDIUM"  # PostgreSQL's column default (schema v2) and the bot API's
 
 
 class Unselectable(SinkError):
@@ -233,7 +234,7 @@ def conversation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
         "customer_phone": digits_only(fields.get("CustomerPhone")), "customer_name": _text(fields, "CustomerName"),
         "status": status, "started_at": _time(fields, "StartedAt"), "last_activity": last_activity,
         "message_count": _int(fields, "MessageCount") or 0, "intent": _text(fields, "Intent"),
-        "sentiment": _text(fields, "Sentiment"), "priority": _text(fields, "Priority") or "normal",
+        "sentiment": _text(fields, "Sentiment"), "priority": _text(fields, "Priority") or DEFAULT_PRIORITY,
         "assigned_agent": _text(fields, "AssignedAgent"), "tags": parse_tags(_text(fields, "Tags")),
         "metadata": metadata, "created_at": _time(fields, "CreatedAt") or now,
         "updated_at": _time(fields, "UpdatedAt") or now,
@@ -262,7 +263,7 @@ def escalation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
         "escalation_id": escalation_id,
         "ticket_id": _key(fields, "TicketId", required=False) or ticket_for(escalation_id),
         "conversation_id": _key(fields, "ConversationId"), "reason": _text(fields, "Reason"),
-        "priority": _text(fields, "Priority") or "normal", "status": _text(fields, "Status") or "pending",
+        "priority": _text(fields, "Priority") or DEFAULT_PRIORITY, "status": _text(fields, "Status") or "pending",
         "customer_phone": digits_only(fields.get("CustomerPhone")), "assigned_agent": _text(fields, "AssignedAgent"),
         "created_at": _time(fields, "CreatedAt", required=True), "resolved_at": _time(fields, "ResolvedAt"),
         "notes": _text(fields, "Notes"),
@@ -280,7 +281,7 @@ def built_conversation(row: dict[str, Any], now: str) -> dict[str, Any]:
     return {
         "conversation_id": row["conversation_id"], "customer_phone": row.get("customer_phone"),
         "customer_name": None, "status": "active", "started_at": at, "last_activity": at, "message_count": 0,
-        "intent": None, "sentiment": None, "priority": "normal", "assigned_agent": None, "tags": [],
+        "intent": None, "sentiment": None, "priority": DEFAULT_PRIORITY, "assigned_agent": None, "tags": [],
         "metadata": {"recovered": "built from its rows: the conversation was in neither store"},
         "created_at": now, "updated_at": now,
     }

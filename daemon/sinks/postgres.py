@@ -84,6 +84,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX escalations_by_conversation ON {s}.escalations (conversation_id, created_at);
     CREATE INDEX escalations_open ON {s}.escalations (status) WHERE status <> 'resolved';
     """,
+    # v2: a priority is one of Airtable's choices (LOW, MEDIUM, HIGH, CRITICAL), MEDIUM as the bot API's
+    # escalations default. 'normal' was only ever the old column default (nothing chatledger writes takes
+    # it: the API refuses it, delivery writes MEDIUM), so it means "none given" and becomes MEDIUM.
+    """
+    ALTER TABLE {s}.conversations ALTER COLUMN priority SET DEFAULT 'MEDIUM';
+    ALTER TABLE {s}.escalations ALTER COLUMN priority SET DEFAULT 'MEDIUM';
+    UPDATE {s}.conversations SET priority = 'MEDIUM' WHERE priority = 'normal';
+    UPDATE {s}.escalations SET priority = 'MEDIUM' WHERE priority = 'normal';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -130,9 +130,11 @@ async def test_rows_whose_conversation_is_nowhere_get_one_built(stores, stores_e
     stores_emulator.run(drop_conversation)
     report = await recover(stores.client, pg_cluster, pg_schema, Selection(everything=True))
     assert report.tallies["conversations"].built == 1
-    row = await pg_conn.fetchrow(f"SELECT message_count, customer_phone FROM {s}.conversations "
+    row = await pg_conn.fetchrow(f"SELECT message_count, customer_phone, priority FROM {s}.conversations "
                                  "WHERE conversation_id = $1", cid("c0"))
     assert row["message_count"] == 15 and row["customer_phone"] is None
+    assert row["priority"] == "MEDIUM"  # one of Airtable's choices, as every other conversation's default
+    assert await pg_conn.fetchval(f"SELECT array_agg(DISTINCT priority) FROM {s}.conversations") == ["MEDIUM"]
     assert await pg_conn.fetchval(f"SELECT count(*) FROM {s}.interactions") == 60
 
 
