@@ -6,9 +6,11 @@ daemon). Each record is read back through the base's write plan (a duration's se
 milliseconds again, a date field holds the day; a field left out of the writes holds none of our
 values) and becomes the row the PostgreSQL sink writes; per page, in one transaction: what is missing
 is inserted, what is identical is counted as present, and a row that differs keeps PostgreSQL's
-values unless prefer="airtable". Only the fields the base holds as chatledger writes them are
-compared and replaced. A selection on a field the base lacks is not sent (Airtable refuses the
-formula): the report says which table was not read. Conversations come first (the other tables
+values unless prefer="airtable", which replaces the columns that differ, after copying the row to
+recover_backup under the run's id (`recover --undo RUN`). Only the fields the base holds as
+chatledger writes them are compared, and a field Airtable leaves empty is no difference: an empty or
+an assumed value never replaces one PostgreSQL holds. A selection on a field the base lacks is not
+sent (Airtable refuses the formula): the report says which table was not read. Conversations come first (the other tables
 reference them); a row whose conversation is in neither store gets a minimal one built from it.
 Message counts, spans and statuses are then recomputed from the interactions, as delivery does, so
 running it again changes nothing.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +32,7 @@ from loguru import logger
 from pyairtable.formulas import CONCATENATE, EQ, GTE, OR, REGEX_REPLACE, Field, to_formula_str
 
 from daemon.events import digits_only, has_control
-from daemon.records import clean_text, iso, parse_tags, parse_time, status_key, ticket_for
+from daemon.records import INTERACTION_STATUS, clean_text, iso, parse_tags, parse_time, status_key, ticket_for
 from daemon.sinks.airtable import AirtableClient, pages, patiently
 from daemon.sinks.airtable_schema import BaseNames, BasePlan, cut_text, plan_base, read_back
 from daemon.sinks.base import PermanentError, SinkError
@@ -120,6 +123,7 @@ class Tally:
 class Report:
     tallies: dict[str, Tally] = field(default_factory=lambda: {kind: Tally() for kind in KINDS})
     problems: list[str] = field(default_factory=list)
+    run_id: str | None = None  # the rows this run replaced are kept under it (None: none were)
 
     def problem(self, text: str) -> None:
         if len(self.problems) < PROBLEMS_KEPT:
@@ -127,7 +131,13 @@ class Report:
         logger.warning("recover: {}", text)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"tables": {kind: asdict(t) for kind, t in self.tallies.items()}, "problems": self.problems}
+        return {"tables": {kind: asdict(t) for kind, t in self.tallies.items()}, "problems": self.problems,
+                "run_id": self.run_id}
+
+
+def new_run_id(now: datetime) -> str:
+    """A recover run's name in the backup table: its start in UTC and a few random hex digits."""
+    return now.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(2)
 
 
 # -- Airtable record -> PostgreSQL row (pure) ---------------------------------------------------------
@@ -234,7 +244,7 @@ def conversation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
         "customer_phone": digits_only(fields.get("CustomerPhone")), "customer_name": _text(fields, "CustomerName"),
         "status": status, "started_at": _time(fields, "StartedAt"), "last_activity": last_activity,
         "message_count": _int(fields, "MessageCount") or 0, "intent": _text(fields, "Intent"),
-        "sentiment": _text(fields, "Sentiment"), "priority": _text(fields, "Priority") or DEFAULT_PRIORITY,
+        "sentiment": _text(fields, "Sentiment"), "priority": _text(fields, "Priority"),
         "assigned_agent": _text(fields, "AssignedAgent"), "tags": parse_tags(_text(fields, "Tags")),
         "metadata": metadata, "created_at": _time(fields, "CreatedAt") or now,
         "updated_at": _time(fields, "UpdatedAt") or now,
@@ -251,7 +261,7 @@ def interaction_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
         "content": _text(fields, "Content"),
         "intent": _text(fields, "Intent"), "response": _text(fields, "Response"),
         "processing_time_ms": _int(fields, "ProcessingTime"),
-        "status": _text(fields, "Status") or ("delivered" if direction == "inbound" else "sent"),
+        "status": _text(fields, "Status"),
         "error_message": _text(fields, "ErrorMessage"), "customer_phone": None,
         "occurred_at": _time(fields, "Timestamp", required=True), "created_at": _time(fields, "CreatedAt") or now,
     }
@@ -261,13 +271,24 @@ def escalation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
     escalation_id = _key(fields, "EscalationId")
     return {
         "escalation_id": escalation_id,
-        "ticket_id": _key(fields, "TicketId", required=False) or ticket_for(escalation_id),
+        "ticket_id": _key(fields, "TicketId", required=False),
         "conversation_id": _key(fields, "ConversationId"), "reason": _text(fields, "Reason"),
-        "priority": _text(fields, "Priority") or DEFAULT_PRIORITY, "status": _text(fields, "Status") or "pending",
+        "priority": _text(fields, "Priority"), "status": _text(fields, "Status"),
         "customer_phone": digits_only(fields.get("CustomerPhone")), "assigned_agent": _text(fields, "AssignedAgent"),
         "created_at": _time(fields, "CreatedAt", required=True), "resolved_at": _time(fields, "ResolvedAt"),
         "notes": _text(fields, "Notes"),
     }
+
+
+def with_defaults(kind: str, row: dict[str, Any]) -> dict[str, Any]:
+    """The row as inserted: what PostgreSQL requires and Airtable left empty, as delivery sets it. Only an insert
+    takes these: an assumed value is never compared, nor does it replace one PostgreSQL holds."""
+    if kind == "conversations":
+        return {**row, "priority": row["priority"] or DEFAULT_PRIORITY}
+    if kind == "interactions":
+        return {**row, "status": row["status"] or INTERACTION_STATUS[row["direction"]]}
+    return {**row, "ticket_id": row["ticket_id"] or ticket_for(row["escalation_id"]),
+            "priority": row["priority"] or DEFAULT_PRIORITY, "status": row["status"] or "pending"}
 
 
 ROWS: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
@@ -287,20 +308,29 @@ def built_conversation(row: dict[str, Any], now: str) -> dict[str, Any]:
     }
 
 
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == []
+
+
 def _same(column: str, ours: Any, theirs: Any) -> bool:
-    if ours in (None, "") and theirs in (None, ""):
+    if _empty(ours) and _empty(theirs):
         return True
     if ours is None or theirs is None:
         return False
     if column in TIMES:
         if _date_only(ours) or _date_only(theirs):  # a date field without time: the day is all it holds
             return _utc(str(ours)).date() == _utc(str(theirs)).date()
-        return _utc(str(ours)) == _utc(str(theirs))
+        return _milliseconds(_utc(str(ours))) == _milliseconds(_utc(str(theirs)))
     if column in PHONES:
         return digits_only(ours) == digits_only(theirs)
     if isinstance(ours, str) and isinstance(theirs, str) and ours != theirs:
         return cut_text(theirs) == ours  # a text longer than a cell holds was written cut, with a marker
     return ours == theirs
+
+
+def _milliseconds(moment: datetime) -> datetime:
+    """Airtable keeps a time to the millisecond: finer digits are not a difference."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def compared(kind: str, plan: BasePlan | None = None) -> tuple[str, ...]:
@@ -313,10 +343,11 @@ def compared(kind: str, plan: BasePlan | None = None) -> tuple[str, ...]:
 
 def differences(kind: str, airtable: dict[str, Any], postgres: dict[str, Any],
                 columns: Sequence[str] | None = None) -> list[str]:
-    """The columns where Airtable's row and PostgreSQL's differ (`airtable` first: a text it holds cut is
-    PostgreSQL's)."""
+    """The columns where Airtable's row holds a value and PostgreSQL's differs (`airtable` first: a text it holds
+    cut is PostgreSQL's). A field Airtable leaves empty tells nothing: it is not a difference, and so never
+    replaces what PostgreSQL holds."""
     return [c for c in (COMPARED[kind] if columns is None else columns)
-            if not _same(c, airtable.get(c), postgres.get(c))]
+            if not _empty(airtable.get(c)) and not _same(c, airtable.get(c), postgres.get(c))]
 
 
 # -- formulas ---------------------------------------------------------------------------------------
@@ -367,7 +398,9 @@ class Recovery:
         self.prefer = prefer
         self.progress = progress or (lambda report: None)
         self.report = Report()
-        self.now = iso(datetime.now(timezone.utc))
+        started = datetime.now(timezone.utc)
+        self.now = iso(started)
+        self.run_id = new_run_id(started)
         self._conversations: set[str] = set()  # in PostgreSQL now
         self._schema: list[dict[str, Any]] | None = None  # the base's tables; None: the token may not read them
         self._plan: BasePlan | None = None
@@ -497,14 +530,15 @@ class Recovery:
         key = KEYS[kind]
         async with self.pg.transaction():
             existing = await self.pg.existing(kind, [row[key] for row in rows])
-            new = [row for row in rows if row[key] not in existing]
+            new = [with_defaults(kind, row) for row in rows if row[key] not in existing]
             inserted = await self.pg.insert(kind, new)
             columns = compared(kind, self._plan)
-            differ = {row[key]: bool(differences(kind, row, existing[row[key]], columns))
+            differ = {row[key]: differences(kind, row, existing[row[key]], columns)
                       for row in rows if row[key] in existing}
-            replace = [row for row in rows if differ.get(row[key]) and self.prefer == "airtable"]
-            await self.pg.update(kind, replace, columns)
-            changed = [row for row in rows if row[key] in inserted] + replace
+            # only the columns that differ: a text Airtable holds cut, a date field's day stay PostgreSQL's
+            replace = {k: d for k, d in differ.items() if d} if self.prefer == "airtable" else {}
+            await self.pg.replace(kind, [row for row in rows if row[key] in replace], replace, self.run_id)
+            changed = [row for row in rows if row[key] in inserted or row[key] in replace]
             if kind == "interactions":
                 await self.pg.fill_interaction_phones([row[key] for row in changed])
             await self.pg.refresh(list(dict.fromkeys(row["conversation_id"] for row in changed)))
@@ -518,5 +552,7 @@ class Recovery:
         tally.present += sum(1 for differs in differ.values() if not differs)
         tally.conflicting += sum(1 for differs in differ.values() if differs)
         tally.replaced += len(replace)
+        if replace:
+            self.report.run_id = self.run_id
         if kind == "conversations":
             self._conversations.update(row[key] for row in rows if row[key] in inserted or row[key] in existing)

@@ -93,6 +93,22 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE {s}.conversations SET priority = 'MEDIUM' WHERE priority = 'normal';
     UPDATE {s}.escalations SET priority = 'MEDIUM' WHERE priority = 'normal';
     """,
+    # v3: every row `recover --prefer airtable` replaces, before and after, with the columns it replaced, so
+    # that `recover --undo RUN` can put them back.
+    """
+    CREATE TABLE {s}.recover_backup (
+        id          bigserial PRIMARY KEY,
+        run_id      text NOT NULL,
+        replaced_at timestamptz NOT NULL DEFAULT now(),
+        table_name  text NOT NULL,
+        row_key     text NOT NULL,
+        columns     text[] NOT NULL,
+        old_row     jsonb NOT NULL,
+        new_row     jsonb NOT NULL,
+        undone_at   timestamptz
+    );
+    CREATE INDEX recover_backup_by_run ON {s}.recover_backup (run_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -3,12 +3,16 @@
 import asyncio
 import json
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
 
 from daemon.cli import EXIT_FAILURE, main
-from daemon.recover import Recovery, Selection, Unusable, conversation_row, escalation_row, interaction_row
+from daemon.recover import (
+    Recovery, Selection, Unusable, conversation_row, differences, escalation_row, interaction_row,
+)
+from daemon.sinks.airtable_schema import cut_text
 from daemon.sinks.base import SinkError
 from daemon.sinks.postgres import quote_ident
 from daemon.sinks.postgres_rows import PostgresRows
@@ -157,6 +161,17 @@ def test_records_that_cannot_be_rows_say_why():
     row = conversation_row({"ConversationId": "c", "CustomerName": "A\x00na", "Metadata": '{"k\\u0000": ["\\u0000"]}'},
                            "now")
     assert row["customer_name"] == "A\ufffdna" and row["metadata"] == {"k\ufffd": ["\ufffd"]}
+
+
+def test_values_are_compared_as_chatledger_wrote_them():
+    postgres = {"occurred_at": "2026-11-20T09:33:28.017654+00:00", "content": "oi", "processing_time_ms": 350,
+                "status": "read", "customer_phone": "5511987654321", "tags": ["vip"], "priority": "HIGH"}
+    assert differences("interactions", {"occurred_at": "2026-11-20T09:33:28.017Z", "content": None,
+                                        "processing_time_ms": 350.0, "status": None}, postgres) == []
+    assert differences("conversations", {"customer_phone": "+55 (11) 98765-4321", "tags": [], "priority": None},
+                       postgres) == []
+    assert differences("interactions", {"occurred_at": "2026-11-20T09:33:28.018Z", "content": "olá",
+                                        "status": "read"}, postgres) == ["content", "occurred_at"]
 
 
 BROKEN = [  # Airtable interactions PostgreSQL cannot take as they are
@@ -379,3 +394,67 @@ async def test_a_table_that_cannot_be_selected_by_time_is_skipped_and_said(typed
                                    ("Escalations", "CreatedAt", "escalations"))]
     t = report.tallies
     assert t["conversations"].inserted == 4 and t["interactions"].read == t["escalations"].read == 0
+
+
+def edit_airtable(emulator, table_name, key_field, key, **cells):
+    """Change one record's cells in the base as an operator would in Airtable's UI (None empties a cell)."""
+    def edit():
+        table = emulator.emulator.bases[BASE].table(table_name)
+        [record] = [r for r in table.records.values() if table.by_name(r)[key_field] == key]
+        for name, value in cells.items():
+            record.cells[table.field(name).id] = value
+    emulator.run(edit)
+
+
+async def lost_and_changed(stores, stores_emulator, pg_conn, s):
+    """c3's wamid.7 emptied in Airtable (Content) and marked read there; c1 renamed there while PostgreSQL
+    holds a priority Airtable leaves empty; the escalation assigned there, its Priority emptied; a long text
+    PostgreSQL holds whole and Airtable cut."""
+    wamid7 = await pg_conn.fetchval(f"SELECT interaction_id FROM {s}.interactions WHERE message_id = 'wamid.7'")
+    edit_airtable(stores_emulator, "Interactions", "InteractionId", wamid7, Content=None, Status="read")
+    await pg_conn.execute(f"UPDATE {s}.conversations SET priority = 'HIGH' WHERE conversation_id = $1", cid("c1"))
+    edit_airtable(stores_emulator, "Conversations", "ConversationId", cid("c1"), CustomerName="Nome Novo")
+    escalation = await pg_conn.fetchval(f"SELECT escalation_id FROM {s}.escalations")
+    edit_airtable(stores_emulator, "Escalations", "EscalationId", escalation, Priority=None, Status="assigned")
+    whole = "ção 👋 " * 20_000  # 120,000 characters; Airtable holds its first 100,000 UTF-16 units
+    wamid3 = await pg_conn.fetchval(f"SELECT interaction_id FROM {s}.interactions WHERE message_id = 'wamid.3'")
+    await pg_conn.execute(f"UPDATE {s}.interactions SET content = $1 WHERE interaction_id = $2", whole, wamid3)
+    edit_airtable(stores_emulator, "Interactions", "InteractionId", wamid3, Content=cut_text(whole), Status="read")
+    return SimpleNamespace(wamid7=wamid7, wamid3=wamid3, escalation=escalation, whole=whole)
+
+
+async def test_prefer_airtable_replaces_only_what_differs_never_with_an_empty_or_assumed_value(
+        stores, stores_emulator, pg_cluster, pg_conn, pg_schema):
+    s = quote_ident(pg_schema)
+    changed = await lost_and_changed(stores, stores_emulator, pg_conn, s)
+
+    report = await recover(stores.client, pg_cluster, pg_schema, Selection(everything=True), prefer="airtable")
+
+    t = report.tallies
+    assert (t["interactions"].conflicting, t["interactions"].replaced) == (2, 2)
+    assert (t["conversations"].replaced, t["escalations"].replaced) == (1, 1)
+    row = await pg_conn.fetchrow(f"SELECT content, status FROM {s}.interactions WHERE interaction_id = $1",
+                                 changed.wamid7)
+    assert tuple(row) == ("hello 7", "read")  # the empty Content did not wipe PostgreSQL's
+    row = await pg_conn.fetchrow(f"SELECT content, status FROM {s}.interactions WHERE interaction_id = $1",
+                                 changed.wamid3)
+    assert tuple(row) == (changed.whole, "read")  # the cut text is the same text: kept whole
+    row = await pg_conn.fetchrow(f"SELECT customer_name, priority FROM {s}.conversations WHERE conversation_id = $1",
+                                 cid("c1"))
+    assert tuple(row) == ("Nome Novo", "HIGH")  # an empty Priority is not "normal"
+    row = await pg_conn.fetchrow(f"SELECT status, priority FROM {s}.escalations")
+    assert tuple(row) == ("assigned", "MEDIUM")
+
+
+async def test_a_day_from_a_date_field_never_replaces_a_time_of_that_day(renamed_stores, stores_emulator, pg_cluster,
+                                                                         pg_conn, pg_schema):
+    s = quote_ident(pg_schema)
+    wamid7 = await pg_conn.fetchval(f"SELECT interaction_id FROM {s}.interactions WHERE message_id = 'wamid.7'")
+    before = await pg_conn.fetchval(f"SELECT occurred_at FROM {s}.interactions WHERE interaction_id = $1", wamid7)
+    edit_airtable(stores_emulator, "Interactions", "InteractionId", wamid7, Status="read")
+    async with PostgresRows.open(pg_cluster.dsn(), pg_schema) as pg:
+        report = await Recovery(renamed_stores.client, renamed_stores.names, pg, prefer="airtable").run(
+            Selection(conversation=cid("c3")))
+    assert report.tallies["interactions"].replaced == 1
+    row = await pg_conn.fetchrow(f"SELECT status, occurred_at FROM {s}.interactions WHERE interaction_id = $1", wamid7)
+    assert tuple(row) == ("read", before)  # not midnight: the day is all the field holds, and it is the same
