@@ -9,8 +9,9 @@ is inserted, what is identical is counted as present, and a row that differs kee
 values unless prefer="airtable", which replaces the columns that differ, after copying the row to
 recover_backup under the run's id (`recover --undo RUN`). Only the fields the base holds as
 chatledger writes them are compared, and a field Airtable leaves empty is no difference: an empty or
-an assumed value never replaces one PostgreSQL holds. A selection on a field the base lacks is not
-sent (Airtable refuses the formula): the report says which table was not read. Conversations come first (the other tables
+an assumed value never replaces one PostgreSQL holds. A dry run makes each page's writes and rolls
+them back. A selection on a field the base lacks is not sent (Airtable refuses the formula): the
+report says which table was not read. Conversations come first (the other tables
 reference them); a row whose conversation is in neither store gets a minimal one built from it.
 Message counts, spans and statuses are then recomputed from the interactions, as delivery does, so
 running it again changes nothing.
@@ -41,6 +42,8 @@ from daemon.sinks.postgres_rows import KEYS, PostgresRows
 KINDS = ("conversations", "interactions", "escalations")
 IDS_PER_FORMULA = 40
 PROBLEMS_KEPT = 20
+DIFFS_KEPT = 1000  # rows whose differences --diff lists; the rest are counted
+SHORT = 60  # characters of a value --diff shows
 
 # The columns whose difference is a conflict; the others are derived from the interactions
 # (counts, spans, status) or bookkeeping (created/updated).
@@ -123,16 +126,37 @@ class Tally:
 class Report:
     tallies: dict[str, Tally] = field(default_factory=lambda: {kind: Tally() for kind in KINDS})
     problems: list[str] = field(default_factory=list)
+    dry_run: bool = False  # the counts are what a run would do: nothing was written
     run_id: str | None = None  # the rows this run replaced are kept under it (None: none were)
+    diffs: list[dict[str, Any]] = field(default_factory=list)  # with --diff: per conflicting row
+    diffs_left_off: int = 0
 
     def problem(self, text: str) -> None:
         if len(self.problems) < PROBLEMS_KEPT:
             self.problems.append(text)
         logger.warning("recover: {}", text)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"tables": {kind: asdict(t) for kind, t in self.tallies.items()}, "problems": self.problems,
-                "run_id": self.run_id}
+    def difference(self, kind: str, key: str, fields: dict[str, list[str | None]]) -> None:
+        if len(self.diffs) < DIFFS_KEPT:
+            self.diffs.append({"table": kind, "key": key, "fields": fields})
+        else:
+            self.diffs_left_off += 1
+
+    def as_dict(self, diffs: bool = True) -> dict[str, Any]:
+        """The report as JSON data; diffs=False for a progress line."""
+        out = {"tables": {kind: asdict(t) for kind, t in self.tallies.items()}, "problems": self.problems,
+               "dry_run": self.dry_run, "run_id": self.run_id}
+        if diffs:
+            out.update(diffs=self.diffs, diffs_left_off=self.diffs_left_off)
+        return out
+
+
+def short(value: Any) -> str | None:
+    """A value for --diff: its text, the first SHORT characters of a long one and its length."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= SHORT else f"{text[:SHORT]}… ({len(text):,} characters)"
 
 
 def new_run_id(now: datetime) -> str:
@@ -391,17 +415,23 @@ Progress = Callable[[Report], Any]  # may return an awaitable
 
 class Recovery:
     def __init__(self, client: AirtableClient, tables: dict[str, str], pg: PostgresRows, *,
-                 prefer: str = "postgres", progress: Progress | None = None):
+                 prefer: str = "postgres", dry_run: bool = False, diff: bool = False,
+                 progress: Progress | None = None):
         self.client = client
         self.tables = BaseNames.of(tables)
         self.pg = pg
         self.prefer = prefer
+        self.dry_run = dry_run
+        self.diff = diff
         self.progress = progress or (lambda report: None)
-        self.report = Report()
+        self.report = Report(dry_run=dry_run)
         started = datetime.now(timezone.utc)
         self.now = iso(started)
         self.run_id = new_run_id(started)
-        self._conversations: set[str] = set()  # in PostgreSQL now
+        self._conversations: set[str] = set()  # in PostgreSQL now (in a dry run: or as a run would have them)
+        # A dry run writes in transactions it rolls back: the conversations a run would have inserted are
+        # inserted again in each later one, so that what refers to them is tried as a run would.
+        self._staged: dict[str, dict[str, Any]] = {}
         self._schema: list[dict[str, Any]] | None = None  # the base's tables; None: the token may not read them
         self._plan: BasePlan | None = None
 
@@ -505,10 +535,20 @@ class Recovery:
             first.setdefault(row["conversation_id"], row)
         built = [built_conversation(first[c], self.now) for c in missing if c not in self._conversations]
         if built:
-            async with self.pg.transaction():
+            async with self.pg.transaction(rollback=self.dry_run):
                 done = await self.pg.insert("conversations", built)
             self.report.tallies["conversations"].built += len(done)
             self._conversations.update(done)
+            self._stage([row for row in built if row["conversation_id"] in done])
+
+    def _stage(self, conversations: list[dict[str, Any]]) -> None:
+        if self.dry_run:
+            self._staged.update((row["conversation_id"], row) for row in conversations)
+
+    async def _insert_staged(self, rows: list[dict[str, Any]]) -> None:
+        """In a dry run's transaction: the conversations these rows need that only a run would have inserted."""
+        needed = [self._staged[c] for c in dict.fromkeys(row["conversation_id"] for row in rows) if c in self._staged]
+        await self.pg.insert("conversations", needed)
 
     async def _apply(self, kind: str, rows: list[dict[str, Any]]) -> None:
         """Apply rows in one transaction; when PostgreSQL refuses their data, one by one, so that only
@@ -528,7 +568,9 @@ class Recovery:
     async def _apply_together(self, kind: str, rows: list[dict[str, Any]]) -> None:
         tally = self.report.tallies[kind]
         key = KEYS[kind]
-        async with self.pg.transaction():
+        async with self.pg.transaction(rollback=self.dry_run):
+            if kind != "conversations":
+                await self._insert_staged(rows)
             existing = await self.pg.existing(kind, [row[key] for row in rows])
             new = [with_defaults(kind, row) for row in rows if row[key] not in existing]
             inserted = await self.pg.insert(kind, new)
@@ -542,7 +584,7 @@ class Recovery:
             if kind == "interactions":
                 await self.pg.fill_interaction_phones([row[key] for row in changed])
             await self.pg.refresh(list(dict.fromkeys(row["conversation_id"] for row in changed)))
-        # committed: only now is anything counted
+        # committed (or, in a dry run, done and rolled back): only now is anything counted
         tally.inserted += len(inserted)
         for row in new:
             if row[key] not in inserted:
@@ -552,7 +594,14 @@ class Recovery:
         tally.present += sum(1 for differs in differ.values() if not differs)
         tally.conflicting += sum(1 for differs in differ.values() if differs)
         tally.replaced += len(replace)
-        if replace:
+        if replace and not self.dry_run:
             self.report.run_id = self.run_id
+        if self.diff:
+            airtable = {row[key]: row for row in rows}
+            for k, columns in differ.items():
+                if columns:
+                    self.report.difference(kind, k, {c: [short(airtable[k].get(c)), short(existing[k].get(c))]
+                                                     for c in columns})
         if kind == "conversations":
             self._conversations.update(row[key] for row in rows if row[key] in inserted or row[key] in existing)
+            self._stage([row for row in new if row[key] in inserted])

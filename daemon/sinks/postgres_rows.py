@@ -127,15 +127,22 @@ class PostgresRows:
                                restore=", ".join(f"{c} = r.{c}" for c in names))
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        """A transaction; rows PostgreSQL refuses for their data roll it back and raise PermanentError."""
+    async def transaction(self, rollback: bool = False) -> AsyncIterator[None]:
+        """A transaction (rolled back at its end when `rollback`: a dry run); rows PostgreSQL refuses for their
+        data roll it back and raise PermanentError."""
+        transaction = self._conn.transaction()
+        await transaction.start()
         try:
-            async with self._conn.transaction():
-                yield
-        except asyncpg.PostgresError as exc:
-            if (exc.sqlstate or "")[:2] in POISON_CLASSES:
+            yield
+        except BaseException as exc:
+            await transaction.rollback()
+            if isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in POISON_CLASSES:
                 raise PermanentError(_describe(exc)) from exc
             raise
+        if rollback:
+            await transaction.rollback()
+        else:
+            await transaction.commit()
 
     async def existing(self, table: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The rows of `table` with these ids, as JSON objects (timestamps as ISO text in UTC)."""

@@ -458,3 +458,50 @@ async def test_a_day_from_a_date_field_never_replaces_a_time_of_that_day(renamed
     assert report.tallies["interactions"].replaced == 1
     row = await pg_conn.fetchrow(f"SELECT status, occurred_at FROM {s}.interactions WHERE interaction_id = $1", wamid7)
     assert tuple(row) == ("read", before)  # not midnight: the day is all the field holds, and it is the same
+
+
+async def test_diff_names_each_conflicting_row_and_its_fields_with_both_values(stores, stores_emulator, pg_cluster,
+                                                                               pg_conn, pg_schema):
+    s = quote_ident(pg_schema)
+    changed = await lost_and_changed(stores, stores_emulator, pg_conn, s)
+    async with PostgresRows.open(pg_cluster.dsn(), pg_schema) as pg:
+        report = await Recovery(stores.client, NAMES, pg, diff=True).run(Selection(everything=True))
+    diffs = {(d["table"], d["key"]): d["fields"] for d in report.as_dict()["diffs"]}
+    assert diffs == {
+        ("conversations", cid("c1")): {"customer_name": ["Nome Novo", "Name c1"]},
+        ("interactions", changed.wamid7): {"status": ["read", "delivered"]},
+        ("interactions", changed.wamid3): {"status": ["read", "delivered"]},
+        ("escalations", changed.escalation): {"status": ["assigned", "pending"]},
+    }
+    # the content Airtable left empty is no difference; a long value is shortened
+    await pg_conn.execute(f"UPDATE {s}.interactions SET content = $1 WHERE interaction_id = $2", "é" * 500,
+                          changed.wamid7)
+    edit_airtable(stores_emulator, "Interactions", "InteractionId", changed.wamid7, Content="hello 7")
+    async with PostgresRows.open(pg_cluster.dsn(), pg_schema) as pg:
+        report = await Recovery(stores.client, NAMES, pg, diff=True).run(Selection(conversation=cid("c3")))
+    [fields] = [d["fields"] for d in report.as_dict()["diffs"] if d["key"] == changed.wamid7]
+    assert fields == {"content": ["hello 7", "é" * 60 + "… (500 characters)"], "status": ["read", "delivered"]}
+
+
+async def test_dry_run_writes_nothing_and_counts_what_a_run_would_do(stores, stores_emulator, pg_cluster, pg_conn,
+                                                                     pg_schema):
+    s = quote_ident(pg_schema)
+    await lost_and_changed(stores, stores_emulator, pg_conn, s)
+    await pg_conn.execute(f"DELETE FROM {s}.escalations")
+    await pg_conn.execute(f"DELETE FROM {s}.interactions WHERE conversation_id = ANY($1)", [cid("c0"), cid("c2")])
+    await pg_conn.execute(f"DELETE FROM {s}.conversations WHERE conversation_id = ANY($1)", [cid("c0"), cid("c2")])
+    before = await dump(pg_conn, pg_schema)
+    everything = f"SELECT (SELECT count(*) FROM {s}.conversations), (SELECT count(*) FROM {s}.interactions), " \
+                 f"(SELECT count(*) FROM {s}.escalations), (SELECT count(*) FROM {s}.recover_backup)"
+    counts = tuple(await pg_conn.fetchrow(everything))
+
+    async with PostgresRows.open(pg_cluster.dsn(), pg_schema) as pg:
+        dry = await Recovery(stores.client, NAMES, pg, prefer="airtable", dry_run=True).run(Selection(everything=True))
+
+    assert await dump(pg_conn, pg_schema) == before and tuple(await pg_conn.fetchrow(everything)) == counts
+    assert dry.as_dict()["dry_run"] is True and dry.as_dict()["run_id"] is None
+    real = await recover(stores.client, pg_cluster, pg_schema, Selection(everything=True), prefer="airtable")
+    assert dry.as_dict()["tables"] == real.as_dict()["tables"]  # interactions of missing conversations included
+    t = real.tallies
+    assert (t["conversations"].inserted, t["interactions"].inserted, t["escalations"].inserted) == (2, 30, 1)
+    assert t["interactions"].replaced == 2
