@@ -429,8 +429,9 @@ class Daemon:
             return {"error": f"{exc}; nothing was erased"}
         return report.as_dict()
 
-    async def recover(self, selection: Any, prefer: str, emit: Any) -> dict[str, Any]:
-        """`chatledger recover` with this daemon's Airtable client, so that the base's budget is shared."""
+    async def recover(self, selection: Any, options: dict[str, Any], emit: Any) -> dict[str, Any]:
+        """`chatledger recover` with this daemon's Airtable client, so that the base's budget is shared;
+        `options`: prefer, dry_run, diff."""
         from daemon.recover import Recovery
         from daemon.sinks.base import SinkError
 
@@ -441,12 +442,12 @@ class Daemon:
         logger.info("recover ({}) from Airtable, asked over the status socket", selection.describe())
 
         async def progress(report: Any) -> None:
-            await emit({"progress": report.as_dict()})
+            await emit({"progress": report.as_dict(diffs=False)})
 
         try:
             async with postgres() as pg:
-                report = await Recovery(airtable.sink.client, airtable.sink.tables, pg, prefer=prefer,
-                                        progress=progress).run(selection)
+                report = await Recovery(airtable.sink.client, airtable.sink.tables, pg, progress=progress,
+                                        **options).run(selection)
         except SinkError as exc:
             return {"error": str(exc)}
         return {"report": report.as_dict()}

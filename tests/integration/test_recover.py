@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
@@ -505,3 +506,53 @@ async def test_dry_run_writes_nothing_and_counts_what_a_run_would_do(stores, sto
     t = real.tallies
     assert (t["conversations"].inserted, t["interactions"].inserted, t["escalations"].inserted) == (2, 30, 1)
     assert t["interactions"].replaced == 2
+
+
+async def test_replaced_rows_are_kept_and_undo_puts_them_back(stores, stores_emulator, pg_cluster, pg_conn, pg_schema,
+                                                              tmp_path, capsys):
+    s = quote_ident(pg_schema)
+    changed = await lost_and_changed(stores, stores_emulator, pg_conn, s)
+    await pg_conn.execute(f"UPDATE {s}.interactions SET content = 'edited in PostgreSQL' WHERE interaction_id = $1",
+                          changed.wamid7)
+    edit_airtable(stores_emulator, "Interactions", "InteractionId", changed.wamid7, Content="hello 7")
+    config = cli_config(tmp_path, stores_emulator, pg_cluster, pg_schema)
+    assert await asyncio.to_thread(main, ["recover", "--all", "--prefer", "airtable", "--diff",
+                                          "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"  interactions {changed.wamid7}: content \"hello 7\" | \"edited in PostgreSQL\"; " \
+           "status \"read\" | \"delivered\"" in out
+    [run] = re.findall(rf"kept in {re.escape(s)}\.recover_backup as run (\S+): `chatledger recover --undo \1` "
+                       "puts them back", out)
+    kept = await pg_conn.fetch(f"SELECT table_name, row_key, columns, old_row FROM {s}.recover_backup "
+                               "WHERE run_id = $1", run)
+    assert {(r["table_name"], r["row_key"]): {c: json.loads(r["old_row"])[c] for c in r["columns"]} for r in kept} \
+        == {("conversations", cid("c1")): {"customer_name": "Name c1"},
+            ("escalations", changed.escalation): {"status": "pending"},
+            ("interactions", changed.wamid7): {"content": "edited in PostgreSQL", "status": "delivered"},
+            ("interactions", changed.wamid3): {"status": "delivered"}}
+    # since the recover, the escalation was resolved: undo leaves what changed since as it is
+    escalation = "SELECT status FROM {s}.escalations"
+    await pg_conn.execute(f"UPDATE {s}.escalations SET status = 'resolved'")
+
+    assert await asyncio.to_thread(main, ["recover", "--undo", run, "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"undid recover run {run}: 3 rows put back" in out
+    assert f"escalations {changed.escalation}: status changed since, left as it is" in out
+    row = await pg_conn.fetchrow(f"SELECT content, status FROM {s}.interactions WHERE interaction_id = $1",
+                                 changed.wamid7)
+    assert tuple(row) == ("edited in PostgreSQL", "delivered")
+    assert await pg_conn.fetchval(f"SELECT customer_name FROM {s}.conversations WHERE conversation_id = $1",
+                                  cid("c1")) == "Name c1"
+    assert await pg_conn.fetchval(escalation.format(s=s)) == "resolved"
+
+    assert await asyncio.to_thread(main, ["recover", "--undo", run, "--config", str(config)]) == EXIT_FAILURE
+    assert f"recover run {run} was undone already" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, ["recover", "--undo", "nope", "--config", str(config)]) == EXIT_FAILURE
+    assert "nothing found: no recover run 'nope'" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, ["recover", "--undo", run, "--dry-run", "--config", str(config)]) == 64
+
+
+def cli_config(tmp_path, stores_emulator, pg_cluster, pg_schema):
+    return write_config(tmp_path, extra=(
+        f'[airtable]\napi_key = "{TOKEN}"\nbase_id = "{BASE}"\nendpoint_url = "{stores_emulator.url}"\n'
+        f'[postgres]\ndsn = "{pg_cluster.dsn()}"\nschema = "{pg_schema}"\n'))
