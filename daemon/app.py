@@ -432,7 +432,7 @@ class Daemon:
     async def recover(self, selection: Any, options: dict[str, Any], emit: Any) -> dict[str, Any]:
         """`chatledger recover` with this daemon's Airtable client, so that the base's budget is shared;
         `options`: prefer, dry_run, diff."""
-        from daemon.recover import Recovery
+        from daemon.recover import Recovery, Unselectable
         from daemon.sinks.base import SinkError
 
         airtable = self.workers.get("airtable")
@@ -448,6 +448,8 @@ class Daemon:
             async with postgres() as pg:
                 report = await Recovery(airtable.sink.client, airtable.sink.tables, pg, progress=progress,
                                         **options).run(selection)
+        except Unselectable as exc:  # nothing read, nothing written: the reason says what to do
+            return {"error": str(exc), "refused": True}
         except SinkError as exc:
             return {"error": str(exc)}
         return {"report": report.as_dict()}

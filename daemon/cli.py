@@ -463,14 +463,24 @@ def _recover(config: Config, args: argparse.Namespace) -> int:
         where = "daemon not running"
     if progress:
         sys.stderr.write("\n")
+    if answer.get("refused"):  # nothing was read or written: the reason says what to do
+        print(f"chatledger: {answer['error']}", file=sys.stderr)
+        return EXIT_FAILURE
     if "error" in answer or "report" not in answer:
         print(f"chatledger: recover stopped: {answer.get('error', 'no report')}; nothing written is lost, "
               "run it again to go on", file=sys.stderr)
         return EXIT_FAILURE
     report = answer["report"]
+    nothing = all(t["read"] == 0 for t in report["tables"].values())
     if args.json:
         print(json.dumps(report, indent=2))
-        return EXIT_FAILURE if report["problems"] else EXIT_OK
+        return EXIT_FAILURE if report["problems"] or nothing else EXIT_OK
+    if nothing:
+        for problem in report["problems"]:
+            print(f"problem: {problem}")
+        print(f"chatledger: nothing found in Airtable for {selection.describe()}: nothing was recovered",
+              file=sys.stderr)
+        return EXIT_FAILURE
     _print_recovered(report, selection.describe(), where, args.prefer, config.postgres.schema_)
     return EXIT_FAILURE if report["problems"] else EXIT_OK
 
@@ -514,7 +524,7 @@ def _quoted(value: str | None) -> str:
 
 
 def _recover_offline(config: Config, selection: Any, options: dict[str, Any], progress: Any) -> dict[str, Any]:
-    from daemon.recover import Recovery
+    from daemon.recover import Recovery, Unselectable
     from daemon.sinks.airtable import AirtableSink
     from daemon.sinks.base import SinkError
     from daemon.sinks.postgres_rows import PostgresRows
@@ -528,6 +538,8 @@ def _recover_offline(config: Config, selection: Any, options: dict[str, Any], pr
             async with PostgresRows.open(config.postgres.dsn.get_secret_value(), config.postgres.schema_) as pg:
                 report = await Recovery(sink.client, sink.tables, pg, progress=show, **options).run(selection)
             return {"report": report.as_dict()}
+        except Unselectable as exc:
+            return {"error": str(exc), "refused": True}
         except SinkError as exc:
             return {"error": str(exc)}
         finally:

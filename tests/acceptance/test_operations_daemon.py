@@ -79,6 +79,8 @@ def test_recover_and_forget_commands(tmp_path, emulator, own_pg):
         assert dry.returncode == 0, dry.stdout + dry.stderr
         assert "through the running daemon" in dry.stdout and "dry run, nothing written" in dry.stdout
         assert sql(dsn, "SELECT count(*) FROM chatledger.interactions")[0][0] == 40
+        nothing = cli(config, "recover", "--conversation", "nope", timeout=300)
+        assert nothing.returncode == 1 and "nothing found in Airtable for conversation nope" in nothing.stderr
         online = cli(config, "recover", "--phone", "5511900000002", timeout=300)
         assert online.returncode == 0, online.stdout + online.stderr
         assert "through the running daemon" in online.stdout

@@ -556,3 +556,26 @@ def cli_config(tmp_path, stores_emulator, pg_cluster, pg_schema):
     return write_config(tmp_path, extra=(
         f'[airtable]\napi_key = "{TOKEN}"\nbase_id = "{BASE}"\nendpoint_url = "{stores_emulator.url}"\n'
         f'[postgres]\ndsn = "{pg_cluster.dsn()}"\nschema = "{pg_schema}"\n'))
+
+
+@pytest.mark.parametrize("selection", [["--conversation", "nope"], ["--phone", "+55 11 90000-0099"]])
+async def test_a_selection_that_matches_nothing_says_so_and_exits_1(stores, stores_emulator, pg_cluster, pg_schema,
+                                                                    tmp_path, capsys, selection):
+    config = cli_config(tmp_path, stores_emulator, pg_cluster, pg_schema)
+    assert await asyncio.to_thread(main, ["recover", *selection, "--config", str(config)]) == EXIT_FAILURE
+    captured = capsys.readouterr()
+    assert "nothing found in Airtable for " in captured.err and "nothing was recovered" in captured.err
+    assert "inserted" not in captured.out  # no all-zero table
+    assert await asyncio.to_thread(main, ["recover", *selection, "--json", "--config", str(config)]) == EXIT_FAILURE
+    assert json.loads(capsys.readouterr().out)["tables"]["conversations"]["read"] == 0
+
+
+async def test_phone_without_the_phone_field_stops_with_the_reason_and_no_retry_hint(
+        typed_stores, stores_emulator, pg_cluster, pg_schema, tmp_path, capsys):
+    await typed_stores(without_phones)
+    config = cli_config(tmp_path, stores_emulator, pg_cluster, pg_schema)
+    assert await asyncio.to_thread(main, ["recover", "--phone", "5511900000002", "--config", str(config)]) == \
+        EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert "Conversations.CustomerPhone is missing: nothing was recovered" in err
+    assert "run it again" not in err
