@@ -517,9 +517,10 @@ class Daemon:
             return {"error": f"{exc}; nothing was erased"}
         return report.as_dict()
 
-    async def recover(self, selection: Any, prefer: str, emit: Any) -> dict[str, Any]:
-        """`chatledger recover` with this daemon's Airtable client, so that the base's budget is shared."""
-        from daemon.recover import Recovery
+    async def recover(self, selection: Any, options: dict[str, Any], emit: Any) -> dict[str, Any]:
+        """`chatledger recover` with this daemon's Airtable client, so that the base's budget is shared;
+        `options`: prefer, dry_run, diff."""
+        from daemon.recover import Recovery, Unselectable
         from daemon.sinks.base import SinkError
 
         airtable = self.workers.get("airtable")
@@ -529,12 +530,14 @@ class Daemon:
         logger.info("recover ({}) from Airtable, asked over the status socket", selection.describe())
 
         async def progress(report: Any) -> None:
-            await emit({"progress": report.as_dict()})
+            await emit({"progress": report.as_dict(diffs=False)})
 
         try:
             async with postgres() as pg:
-                report = await Recovery(airtable.sink.client, airtable.sink.tables, pg, prefer=prefer,
-                                        progress=progress).run(selection)
+                report = await Recovery(airtable.sink.client, airtable.sink.tables, pg, progress=progress,
+                                        **options).run(selection)
+        except Unselectable as exc:  # nothing read, nothing written: the reason says what to do
+            return {"error": str(exc), "refused": True}
         except SinkError as exc:
             return {"error": str(exc)}
         return {"report": report.as_dict()}

@@ -111,8 +111,14 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--phone", metavar="PHONE", help="every conversation of this phone (any formatting)")
     which.add_argument("--since", type=_since, metavar="DATE", help="rows with activity since DATE (ISO 8601)")
     which.add_argument("--all", action="store_true", help="every row of the three tables")
+    which.add_argument("--undo", metavar="RUN", help="put back the PostgreSQL rows recover run RUN replaced "
+                                                     "(its report names it), where nothing changed them since")
     recover.add_argument("--prefer", choices=("postgres", "airtable"), default="postgres",
-                         help="whose values win when a row is in both and differs (default: postgres)")
+                         help="whose values win when a row is in both and differs (default: postgres); an empty "
+                              "Airtable field never replaces a value")
+    recover.add_argument("--dry-run", action="store_true", help="read and compare, write nothing: what a run would do")
+    recover.add_argument("--diff", action="store_true",
+                         help="list each conflicting row with the fields that differ (Airtable | PostgreSQL)")
     recover.add_argument("--json", action="store_true", help="print the summary as JSON")
     forget = command("forget", "erase one person's data from the journal, PostgreSQL and Airtable (LGPD), keep an "
                                "audit entry (the time, the counts, the last four digits, --reference) and print the "
@@ -522,7 +528,8 @@ def _progress_line(stream: Any) -> Any:
 
     def show(report: dict[str, Any]) -> None:
         seconds = (datetime.now(timezone.utc) - started).total_seconds()
-        parts = [f"{kind} {t['read']} read/{t['inserted']} new" for kind, t in report["tables"].items()]
+        new = "would be new" if report.get("dry_run") else "new"
+        parts = [f"{kind} {t['read']} read/{t['inserted']} {new}" for kind, t in report["tables"].items()]
         stream.write(f"\rrecovering: {' · '.join(parts)} · {seconds:.0f} s ")
         stream.flush()
 
@@ -537,6 +544,8 @@ def _recover(config: Config, args: argparse.Namespace) -> int:
 
     from daemon.recover import Selection
 
+    if args.undo is not None:
+        return _recover_undo(config, args)
     missing = _stores_needed(config, "postgres", "airtable")
     if missing:
         print(f"chatledger: recover reads Airtable and writes PostgreSQL: {missing}", file=sys.stderr)
@@ -550,8 +559,11 @@ def _recover(config: Config, args: argparse.Namespace) -> int:
         print(f"chatledger: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     progress = _progress_line(sys.stderr)
+    options = {"prefer": args.prefer, "dry_run": args.dry_run, "diff": args.diff}
     query = urlencode({k: v for k, v in {"conversation": args.conversation, "phone": phone, "since": args.since,
-                                          "all": "1" if args.all else None, "prefer": args.prefer}.items() if v})
+                                          "all": "1" if args.all else None, "prefer": args.prefer,
+                                          "dry_run": "1" if args.dry_run else None,
+                                          "diff": "1" if args.diff else None}.items() if v})
 
     async def through_daemon() -> dict[str, Any]:
         """With the daemon running, it recovers with its own Airtable budget: no second client competes
@@ -571,34 +583,72 @@ def _recover(config: Config, args: argparse.Namespace) -> int:
         answer = asyncio.run(through_daemon())
         where = "through the running daemon"
     except StatusUnreachable:
-        answer = _recover_offline(config, selection, args.prefer, progress)
+        answer = _recover_offline(config, selection, options, progress)
         where = "daemon not running"
     if progress:
         sys.stderr.write("\n")
+    if answer.get("refused"):  # nothing was read or written: the reason says what to do
+        print(f"chatledger: {answer['error']}", file=sys.stderr)
+        return EXIT_FAILURE
     if "error" in answer or "report" not in answer:
         print(f"chatledger: recover stopped: {answer.get('error', 'no report')}; nothing written is lost, "
               "run it again to go on", file=sys.stderr)
         return EXIT_FAILURE
     report = answer["report"]
+    nothing = all(t["read"] == 0 for t in report["tables"].values())
     if args.json:
         print(json.dumps(report, indent=2))
-        return EXIT_FAILURE if report["problems"] else EXIT_OK
-    print(f"recovered {selection.describe()} from Airtable into PostgreSQL ({where}; "
-          f"{'Airtable' if args.prefer == 'airtable' else 'PostgreSQL'} wins where they differ)")
-    print(f"  {'':<14}{'read':>8}{'inserted':>10}{'present':>9}{'conflicting':>13}{'replaced':>10}{'unusable':>10}")
-    for kind, t in report["tables"].items():
-        print(f"  {kind:<14}{t['read']:>8}{t['inserted']:>10}{t['present']:>9}{t['conflicting']:>13}"
-              f"{t['replaced']:>10}{t['unusable']:>10}")
-    built = report["tables"]["conversations"]["built"]
-    if built:
-        print(f"  {built} conversations were in neither store: built from their interactions and escalations")
-    for problem in report["problems"]:
-        print(f"problem: {problem}")
+        return EXIT_FAILURE if report["problems"] or nothing else EXIT_OK
+    if nothing:
+        for problem in report["problems"]:
+            print(f"problem: {problem}")
+        print(f"chatledger: nothing found in Airtable for {selection.describe()}: nothing was recovered",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    _print_recovered(report, selection.describe(), where, args.prefer, config.postgres.schema_)
     return EXIT_FAILURE if report["problems"] else EXIT_OK
 
 
-def _recover_offline(config: Config, selection: Any, prefer: str, progress: Any) -> dict[str, Any]:
-    from daemon.recover import Recovery
+def _print_recovered(report: dict[str, Any], what: str, where: str, prefer: str, schema: str) -> None:
+    from daemon.sinks.postgres import quote_ident
+
+    winner = "Airtable" if prefer == "airtable" else "PostgreSQL"
+    dry = bool(report.get("dry_run"))
+    if dry:
+        print(f"dry run, nothing written: what recovering {what} from Airtable into PostgreSQL would do ({where}; "
+              f"{winner} would win where they differ)")
+    else:
+        print(f"recovered {what} from Airtable into PostgreSQL ({where}; {winner} wins where they differ)")
+    inserted, replaced = ("would insert", "would replace") if dry else ("inserted", "replaced")
+    print(f"  {'':<14}{'read':>8}{inserted:>{len(inserted) + 2}}{'present':>9}{'conflicting':>13}"
+          f"{replaced:>{len(replaced) + 2}}{'unusable':>10}")
+    for kind, t in report["tables"].items():
+        print(f"  {kind:<14}{t['read']:>8}{t['inserted']:>{len(inserted) + 2}}{t['present']:>9}"
+              f"{t['conflicting']:>13}{t['replaced']:>{len(replaced) + 2}}{t['unusable']:>10}")
+    built = report["tables"]["conversations"]["built"]
+    if built:
+        print(f"  {built} conversations were in neither store: {'would be ' if dry else ''}built from their "
+              "interactions and escalations")
+    if report.get("diffs"):
+        print("differences (Airtable | PostgreSQL):")
+        for diff in report["diffs"]:
+            fields = "; ".join(f"{column} {_quoted(a)} | {_quoted(p)}" for column, (a, p) in diff["fields"].items())
+            print(f"  {diff['table']} {diff['key']}: {fields}")
+        if report.get("diffs_left_off"):
+            print(f"  … and {report['diffs_left_off']} more rows (--json lists the same first rows)")
+    if report.get("run_id"):
+        print(f"the rows replaced are kept in {quote_ident(schema)}.recover_backup as run {report['run_id']}: "
+              f"`chatledger recover --undo {report['run_id']}` puts them back")
+    for problem in report["problems"]:
+        print(f"problem: {problem}")
+
+
+def _quoted(value: str | None) -> str:
+    return "(empty)" if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _recover_offline(config: Config, selection: Any, options: dict[str, Any], progress: Any) -> dict[str, Any]:
+    from daemon.recover import Recovery, Unselectable
     from daemon.sinks.airtable import AirtableSink
     from daemon.sinks.base import SinkError
     from daemon.sinks.postgres_rows import PostgresRows
@@ -607,17 +657,64 @@ def _recover_offline(config: Config, selection: Any, prefer: str, progress: Any)
 
     async def run() -> dict[str, Any]:
         sink = AirtableSink.from_config(config.airtable, None)
-        show = (lambda report: progress(report.as_dict())) if progress else None
+        show = (lambda report: progress(report.as_dict(diffs=False))) if progress else None
         try:
             async with PostgresRows.open(config.postgres.dsn.get_secret_value(), config.postgres.schema_) as pg:
-                report = await Recovery(sink.client, sink.tables, pg, prefer=prefer, progress=show).run(selection)
+                report = await Recovery(sink.client, sink.tables, pg, progress=show, **options).run(selection)
             return {"report": report.as_dict()}
+        except Unselectable as exc:
+            return {"error": str(exc), "refused": True}
         except SinkError as exc:
             return {"error": str(exc)}
         finally:
             await sink.close()
 
     return asyncio.run(run())
+
+
+def _recover_undo(config: Config, args: argparse.Namespace) -> int:
+    """`recover --undo RUN`: in PostgreSQL alone, whether the daemon runs or not."""
+    from daemon.sinks.base import SinkError
+    from daemon.sinks.postgres import quote_ident
+    from daemon.sinks.postgres_rows import PostgresRows
+
+    given = [option for option, value in (("--dry-run", args.dry_run), ("--diff", args.diff),
+                                          ("--prefer", args.prefer != "postgres")) if value]
+    if given:
+        print(f"chatledger recover: argument {given[0]}: not allowed with argument --undo", file=sys.stderr)
+        return EXIT_USAGE
+    missing = _stores_needed(config, "postgres")
+    if missing:
+        print(f"chatledger: recover --undo writes PostgreSQL: {missing}", file=sys.stderr)
+        return EXIT_CONFIG
+    setup_logging("WARNING", config.log.json_)
+    backup = f"{quote_ident(config.postgres.schema_)}.recover_backup"
+
+    async def run() -> dict[str, Any] | None:
+        async with PostgresRows.open(config.postgres.dsn.get_secret_value(), config.postgres.schema_) as pg:
+            return await pg.undo(args.undo)
+
+    try:
+        done = asyncio.run(run())
+    except SinkError as exc:
+        print(f"chatledger: recover --undo failed: {exc}; nothing was put back", file=sys.stderr)
+        return EXIT_FAILURE
+    if done is None:
+        print(f"chatledger: nothing found: no recover run {args.undo!r} in {backup}", file=sys.stderr)
+        return EXIT_FAILURE
+    if done["undone_at"]:
+        print(f"chatledger: recover run {args.undo} was undone already ({done['undone_at']}): nothing to put back",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(done, indent=2))
+        return EXIT_OK
+    restored = done["restored"]
+    print(f"undid recover run {args.undo}: {sum(restored.values())} rows put back ("
+          + ", ".join(f"{kind} {n}" for kind, n in restored.items()) + ")")
+    for left in done["left"]:
+        print(f"  {left['table']} {left['key']}: {', '.join(left['columns'])} {left['why']}, left as it is")
+    return EXIT_OK
 
 
 FORGET_TIMEOUT = 3600.0  # Airtable at 5 requests/s: a long history takes a while

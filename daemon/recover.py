@@ -6,9 +6,12 @@ daemon). Each record is read back through the base's write plan (a duration's se
 milliseconds again, a date field holds the day; a field left out of the writes holds none of our
 values) and becomes the row the PostgreSQL sink writes; per page, in one transaction: what is missing
 is inserted, what is identical is counted as present, and a row that differs keeps PostgreSQL's
-values unless prefer="airtable". Only the fields the base holds as chatledger writes them are
-compared and replaced. A selection on a field the base lacks is not sent (Airtable refuses the
-formula): the report says which table was not read. Conversations come first (the other tables
+values unless prefer="airtable", which replaces the columns that differ, after copying the row to
+recover_backup under the run's id (`recover --undo RUN`). Only the fields the base holds as
+chatledger writes them are compared, and a field Airtable leaves empty is no difference: an empty or
+an assumed value never replaces one PostgreSQL holds. A dry run makes each page's writes and rolls
+them back. A selection on a field the base lacks is not sent (Airtable refuses the formula): the
+report says which table was not read. Conversations come first (the other tables
 reference them); a row whose conversation is in neither store gets a minimal one built from it.
 Message counts, spans and statuses are then recomputed from the interactions, as delivery does, so
 running it again changes nothing.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +33,7 @@ from loguru import logger
 from pyairtable.formulas import CONCATENATE, EQ, GTE, OR, REGEX_REPLACE, Field, to_formula_str
 
 from daemon.events import digits_only, has_control
-from daemon.records import clean_text, iso, parse_tags, parse_time, status_key, ticket_for
+from daemon.records import INTERACTION_STATUS, clean_text, iso, parse_tags, parse_time, status_key, ticket_for
 from daemon.sinks.airtable import AirtableClient, pages, patiently
 from daemon.sinks.airtable_schema import BaseNames, BasePlan, cut_text, plan_base, read_back
 from daemon.sinks.base import PermanentError, SinkError
@@ -38,6 +42,8 @@ from daemon.sinks.postgres_rows import KEYS, PostgresRows
 KINDS = ("conversations", "interactions", "escalations")
 IDS_PER_FORMULA = 40
 PROBLEMS_KEPT = 20
+DIFFS_KEPT = 1000  # rows whose differences --diff lists; the rest are counted
+SHORT = 60  # characters of a value --diff shows
 
 # The columns whose difference is a conflict; the others are derived from the interactions
 # (counts, spans, status) or bookkeeping (created/updated).
@@ -67,6 +73,7 @@ TIMES = frozenset({"started_at", "last_activity", "created_at", "updated_at", "o
 PHONES = frozenset({"customer_phone"})
 # A status only PostgreSQL's status event can explain: the recovered conversation gets one.
 STATUS_EVENTS = {"escalated": "open_chat", "closed": "unsubscribe"}
+DEFAULT_PRIORITY = "MEDIUM"  # PostgreSQL's column default (schema v2) and the bot API's
 
 
 class Unselectable(SinkError):
@@ -119,14 +126,42 @@ class Tally:
 class Report:
     tallies: dict[str, Tally] = field(default_factory=lambda: {kind: Tally() for kind in KINDS})
     problems: list[str] = field(default_factory=list)
+    dry_run: bool = False  # the counts are what a run would do: nothing was written
+    run_id: str | None = None  # the rows this run replaced are kept under it (None: none were)
+    diffs: list[dict[str, Any]] = field(default_factory=list)  # with --diff: per conflicting row
+    diffs_left_off: int = 0
 
     def problem(self, text: str) -> None:
         if len(self.problems) < PROBLEMS_KEPT:
             self.problems.append(text)
         logger.warning("recover: {}", text)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"tables": {kind: asdict(t) for kind, t in self.tallies.items()}, "problems": self.problems}
+    def difference(self, kind: str, key: str, fields: dict[str, list[str | None]]) -> None:
+        if len(self.diffs) < DIFFS_KEPT:
+            self.diffs.append({"table": kind, "key": key, "fields": fields})
+        else:
+            self.diffs_left_off += 1
+
+    def as_dict(self, diffs: bool = True) -> dict[str, Any]:
+        """The report as JSON data; diffs=False for a progress line."""
+        out = {"tables": {kind: asdict(t) for kind, t in self.tallies.items()}, "problems": self.problems,
+               "dry_run": self.dry_run, "run_id": self.run_id}
+        if diffs:
+            out.update(diffs=self.diffs, diffs_left_off=self.diffs_left_off)
+        return out
+
+
+def short(value: Any) -> str | None:
+    """A value for --diff: its text, the first SHORT characters of a long one and its length."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= SHORT else f"{text[:SHORT]}… ({len(text):,} characters)"
+
+
+def new_run_id(now: datetime) -> str:
+    """A recover run's name in the backup table: its start in UTC and a few random hex digits."""
+    return now.strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(2)
 
 
 # -- Airtable record -> PostgreSQL row (pure) ---------------------------------------------------------
@@ -233,7 +268,7 @@ def conversation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
         "customer_phone": digits_only(fields.get("CustomerPhone")), "customer_name": _text(fields, "CustomerName"),
         "status": status, "started_at": _time(fields, "StartedAt"), "last_activity": last_activity,
         "message_count": _int(fields, "MessageCount") or 0, "intent": _text(fields, "Intent"),
-        "sentiment": _text(fields, "Sentiment"), "priority": _text(fields, "Priority") or "normal",
+        "sentiment": _text(fields, "Sentiment"), "priority": _text(fields, "Priority"),
         "assigned_agent": _text(fields, "AssignedAgent"), "tags": parse_tags(_text(fields, "Tags")),
         "metadata": metadata, "created_at": _time(fields, "CreatedAt") or now,
         "updated_at": _time(fields, "UpdatedAt") or now,
@@ -250,7 +285,7 @@ def interaction_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
         "content": _text(fields, "Content"),
         "intent": _text(fields, "Intent"), "response": _text(fields, "Response"),
         "processing_time_ms": _int(fields, "ProcessingTime"),
-        "status": _text(fields, "Status") or ("delivered" if direction == "inbound" else "sent"),
+        "status": _text(fields, "Status"),
         "error_message": _text(fields, "ErrorMessage"), "customer_phone": None,
         "occurred_at": _time(fields, "Timestamp", required=True), "created_at": _time(fields, "CreatedAt") or now,
     }
@@ -260,13 +295,24 @@ def escalation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
     escalation_id = _key(fields, "EscalationId")
     return {
         "escalation_id": escalation_id,
-        "ticket_id": _key(fields, "TicketId", required=False) or ticket_for(escalation_id),
+        "ticket_id": _key(fields, "TicketId", required=False),
         "conversation_id": _key(fields, "ConversationId"), "reason": _text(fields, "Reason"),
-        "priority": _text(fields, "Priority") or "normal", "status": _text(fields, "Status") or "pending",
+        "priority": _text(fields, "Priority"), "status": _text(fields, "Status"),
         "customer_phone": digits_only(fields.get("CustomerPhone")), "assigned_agent": _text(fields, "AssignedAgent"),
         "created_at": _time(fields, "CreatedAt", required=True), "resolved_at": _time(fields, "ResolvedAt"),
         "notes": _text(fields, "Notes"),
     }
+
+
+def with_defaults(kind: str, row: dict[str, Any]) -> dict[str, Any]:
+    """The row as inserted: what PostgreSQL requires and Airtable left empty, as delivery sets it. Only an insert
+    takes these: an assumed value is never compared, nor does it replace one PostgreSQL holds."""
+    if kind == "conversations":
+        return {**row, "priority": row["priority"] or DEFAULT_PRIORITY}
+    if kind == "interactions":
+        return {**row, "status": row["status"] or INTERACTION_STATUS[row["direction"]]}
+    return {**row, "ticket_id": row["ticket_id"] or ticket_for(row["escalation_id"]),
+            "priority": row["priority"] or DEFAULT_PRIORITY, "status": row["status"] or "pending"}
 
 
 ROWS: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
@@ -280,26 +326,35 @@ def built_conversation(row: dict[str, Any], now: str) -> dict[str, Any]:
     return {
         "conversation_id": row["conversation_id"], "customer_phone": row.get("customer_phone"),
         "customer_name": None, "status": "active", "started_at": at, "last_activity": at, "message_count": 0,
-        "intent": None, "sentiment": None, "priority": "normal", "assigned_agent": None, "tags": [],
+        "intent": None, "sentiment": None, "priority": DEFAULT_PRIORITY, "assigned_agent": None, "tags": [],
         "metadata": {"recovered": "built from its rows: the conversation was in neither store"},
         "created_at": now, "updated_at": now,
     }
 
 
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == []
+
+
 def _same(column: str, ours: Any, theirs: Any) -> bool:
-    if ours in (None, "") and theirs in (None, ""):
+    if _empty(ours) and _empty(theirs):
         return True
     if ours is None or theirs is None:
         return False
     if column in TIMES:
         if _date_only(ours) or _date_only(theirs):  # a date field without time: the day is all it holds
             return _utc(str(ours)).date() == _utc(str(theirs)).date()
-        return _utc(str(ours)) == _utc(str(theirs))
+        return _milliseconds(_utc(str(ours))) == _milliseconds(_utc(str(theirs)))
     if column in PHONES:
         return digits_only(ours) == digits_only(theirs)
     if isinstance(ours, str) and isinstance(theirs, str) and ours != theirs:
         return cut_text(theirs) == ours  # a text longer than a cell holds was written cut, with a marker
     return ours == theirs
+
+
+def _milliseconds(moment: datetime) -> datetime:
+    """Airtable keeps a time to the millisecond: finer digits are not a difference."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def compared(kind: str, plan: BasePlan | None = None) -> tuple[str, ...]:
@@ -312,10 +367,11 @@ def compared(kind: str, plan: BasePlan | None = None) -> tuple[str, ...]:
 
 def differences(kind: str, airtable: dict[str, Any], postgres: dict[str, Any],
                 columns: Sequence[str] | None = None) -> list[str]:
-    """The columns where Airtable's row and PostgreSQL's differ (`airtable` first: a text it holds cut is
-    PostgreSQL's)."""
+    """The columns where Airtable's row holds a value and PostgreSQL's differs (`airtable` first: a text it holds
+    cut is PostgreSQL's). A field Airtable leaves empty tells nothing: it is not a difference, and so never
+    replaces what PostgreSQL holds."""
     return [c for c in (COMPARED[kind] if columns is None else columns)
-            if not _same(c, airtable.get(c), postgres.get(c))]
+            if not _empty(airtable.get(c)) and not _same(c, airtable.get(c), postgres.get(c))]
 
 
 # -- formulas ---------------------------------------------------------------------------------------
@@ -359,15 +415,23 @@ Progress = Callable[[Report], Any]  # may return an awaitable
 
 class Recovery:
     def __init__(self, client: AirtableClient, tables: dict[str, str], pg: PostgresRows, *,
-                 prefer: str = "postgres", progress: Progress | None = None):
+                 prefer: str = "postgres", dry_run: bool = False, diff: bool = False,
+                 progress: Progress | None = None):
         self.client = client
         self.tables = BaseNames.of(tables)
         self.pg = pg
         self.prefer = prefer
+        self.dry_run = dry_run
+        self.diff = diff
         self.progress = progress or (lambda report: None)
-        self.report = Report()
-        self.now = iso(datetime.now(timezone.utc))
-        self._conversations: set[str] = set()  # in PostgreSQL now
+        self.report = Report(dry_run=dry_run)
+        started = datetime.now(timezone.utc)
+        self.now = iso(started)
+        self.run_id = new_run_id(started)
+        self._conversations: set[str] = set()  # in PostgreSQL now (in a dry run: or as a run would have them)
+        # A dry run writes in transactions it rolls back: the conversations a run would have inserted are
+        # inserted again in each later one, so that what refers to them is tried as a run would.
+        self._staged: dict[str, dict[str, Any]] = {}
         self._schema: list[dict[str, Any]] | None = None  # the base's tables; None: the token may not read them
         self._plan: BasePlan | None = None
 
@@ -471,10 +535,20 @@ class Recovery:
             first.setdefault(row["conversation_id"], row)
         built = [built_conversation(first[c], self.now) for c in missing if c not in self._conversations]
         if built:
-            async with self.pg.transaction():
+            async with self.pg.transaction(rollback=self.dry_run):
                 done = await self.pg.insert("conversations", built)
             self.report.tallies["conversations"].built += len(done)
             self._conversations.update(done)
+            self._stage([row for row in built if row["conversation_id"] in done])
+
+    def _stage(self, conversations: list[dict[str, Any]]) -> None:
+        if self.dry_run:
+            self._staged.update((row["conversation_id"], row) for row in conversations)
+
+    async def _insert_staged(self, rows: list[dict[str, Any]]) -> None:
+        """In a dry run's transaction: the conversations these rows need that only a run would have inserted."""
+        needed = [self._staged[c] for c in dict.fromkeys(row["conversation_id"] for row in rows) if c in self._staged]
+        await self.pg.insert("conversations", needed)
 
     async def _apply(self, kind: str, rows: list[dict[str, Any]]) -> None:
         """Apply rows in one transaction; when PostgreSQL refuses their data, one by one, so that only
@@ -494,20 +568,23 @@ class Recovery:
     async def _apply_together(self, kind: str, rows: list[dict[str, Any]]) -> None:
         tally = self.report.tallies[kind]
         key = KEYS[kind]
-        async with self.pg.transaction():
+        async with self.pg.transaction(rollback=self.dry_run):
+            if kind != "conversations":
+                await self._insert_staged(rows)
             existing = await self.pg.existing(kind, [row[key] for row in rows])
-            new = [row for row in rows if row[key] not in existing]
+            new = [with_defaults(kind, row) for row in rows if row[key] not in existing]
             inserted = await self.pg.insert(kind, new)
             columns = compared(kind, self._plan)
-            differ = {row[key]: bool(differences(kind, row, existing[row[key]], columns))
+            differ = {row[key]: differences(kind, row, existing[row[key]], columns)
                       for row in rows if row[key] in existing}
-            replace = [row for row in rows if differ.get(row[key]) and self.prefer == "airtable"]
-            await self.pg.update(kind, replace, columns)
-            changed = [row for row in rows if row[key] in inserted] + replace
+            # only the columns that differ: a text Airtable holds cut, a date field's day stay PostgreSQL's
+            replace = {k: d for k, d in differ.items() if d} if self.prefer == "airtable" else {}
+            await self.pg.replace(kind, [row for row in rows if row[key] in replace], replace, self.run_id)
+            changed = [row for row in rows if row[key] in inserted or row[key] in replace]
             if kind == "interactions":
                 await self.pg.fill_interaction_phones([row[key] for row in changed])
             await self.pg.refresh(list(dict.fromkeys(row["conversation_id"] for row in changed)))
-        # committed: only now is anything counted
+        # committed (or, in a dry run, done and rolled back): only now is anything counted
         tally.inserted += len(inserted)
         for row in new:
             if row[key] not in inserted:
@@ -517,5 +594,14 @@ class Recovery:
         tally.present += sum(1 for differs in differ.values() if not differs)
         tally.conflicting += sum(1 for differs in differ.values() if differs)
         tally.replaced += len(replace)
+        if replace and not self.dry_run:
+            self.report.run_id = self.run_id
+        if self.diff:
+            airtable = {row[key]: row for row in rows}
+            for k, columns in differ.items():
+                if columns:
+                    self.report.difference(kind, k, {c: [short(airtable[k].get(c)), short(existing[k].get(c))]
+                                                     for c in columns})
         if kind == "conversations":
             self._conversations.update(row[key] for row in rows if row[key] in inserted or row[key] in existing)
+            self._stage([row for row in new if row[key] in inserted])

@@ -28,8 +28,8 @@ FORGET = web.AppKey("forget", Callable[[str, str | None], Awaitable[dict[str, An
 AIRTABLE = web.AppKey("airtable", Callable[[str], Awaitable[dict[str, Any]]])
 # (sink or None, event or None for all, reason, who) -> what was discarded
 DISCARD = web.AppKey("discard", Callable[[str | None, str | None, str, str], Awaitable[dict[str, Any]]])
-# (selection, prefer, emit(line)) -> the final line
-RECOVER = web.AppKey("recover", Callable[[Any, str, Callable[[dict[str, Any]], Awaitable[None]]],
+# (selection, options {prefer, dry_run, diff}, emit(line)) -> the final line
+RECOVER = web.AppKey("recover", Callable[[Any, dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]],
                                          Awaitable[dict[str, Any]]])
 # (conversation, phone, limit) -> what `chatledger show` prints
 SHOW = web.AppKey("show", Callable[[str | None, str | None, int], Awaitable[dict[str, Any]]])
@@ -245,17 +245,18 @@ async def _handle_airtable(request: web.Request) -> web.Response:
 
 
 async def _handle_recover(request: web.Request) -> web.StreamResponse:
-    """POST /recover?all=1|since=|phone=|conversation=&prefer=: one JSON line per progress step, then
-    the report (or an error) as the last line."""
+    """POST /recover?all=1|since=|phone=|conversation=&prefer=&dry_run=1&diff=1: one JSON line per progress
+    step, then the report (or an error) as the last line."""
     from daemon.recover import Selection
 
     try:
-        query = _query(request, ("conversation", "phone", "since", "all", "prefer"))
+        query = _query(request, ("conversation", "phone", "since", "all", "prefer", "dry_run", "diff"))
         selection = Selection(
             conversation=query.get("conversation") or None, everything=_flag("all", query.get("all", "")),
             phone=params.phone_digits(query["phone"]) if query.get("phone") else None,
             since=params.since(query["since"]) if query.get("since") else None)
-        prefer = params.choice("--prefer", query.get("prefer") or "postgres", params.PREFER)
+        options = {"prefer": params.choice("--prefer", query.get("prefer") or "postgres", params.PREFER),
+                   "dry_run": _flag("dry_run", query.get("dry_run", "")), "diff": _flag("diff", query.get("diff", ""))}
     except ValueError as exc:  # BadParameter, or a selection that is not exactly one thing
         return _bad(exc)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -265,7 +266,7 @@ async def _handle_recover(request: web.Request) -> web.StreamResponse:
         await response.write((json.dumps(line) + "\n").encode())
 
     try:
-        last = await request.app[RECOVER](selection, prefer, emit)
+        last = await request.app[RECOVER](selection, options, emit)
     except Exception as exc:  # noqa: BLE001 - the answer has begun: the failure is its last line
         logger.exception("recover failed")
         last = {"error": f"recover failed in the daemon: {type(exc).__name__} (see its log)"}

@@ -84,6 +84,31 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX escalations_by_conversation ON {s}.escalations (conversation_id, created_at);
     CREATE INDEX escalations_open ON {s}.escalations (status) WHERE status <> 'resolved';
     """,
+    # v2: a priority is one of Airtable's choices (LOW, MEDIUM, HIGH, CRITICAL), MEDIUM as the bot API's
+    # escalations default. 'normal' was only ever the old column default (nothing chatledger writes takes
+    # it: the API refuses it, delivery writes MEDIUM), so it means "none given" and becomes MEDIUM.
+    """
+    ALTER TABLE {s}.conversations ALTER COLUMN priority SET DEFAULT 'MEDIUM';
+    ALTER TABLE {s}.escalations ALTER COLUMN priority SET DEFAULT 'MEDIUM';
+    UPDATE {s}.conversations SET priority = 'MEDIUM' WHERE priority = 'normal';
+    UPDATE {s}.escalations SET priority = 'MEDIUM' WHERE priority = 'normal';
+    """,
+    # v3: every row `recover --prefer airtable` replaces, before and after, with the columns it replaced, so
+    # that `recover --undo RUN` can put them back.
+    """
+    CREATE TABLE {s}.recover_backup (
+        id          bigserial PRIMARY KEY,
+        run_id      text NOT NULL,
+        replaced_at timestamptz NOT NULL DEFAULT now(),
+        table_name  text NOT NULL,
+        row_key     text NOT NULL,
+        columns     text[] NOT NULL,
+        old_row     jsonb NOT NULL,
+        new_row     jsonb NOT NULL,
+        undone_at   timestamptz
+    );
+    CREATE INDEX recover_backup_by_run ON {s}.recover_backup (run_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -26,11 +26,35 @@ SELECT {columns} FROM jsonb_populate_recordset(NULL::{s}.{table}, $1::jsonb)
 ON CONFLICT DO NOTHING
 RETURNING {key}
 """
-UPDATE_ROWS = """
-UPDATE {s}.{table} AS t SET {assignments}
-FROM jsonb_populate_recordset(NULL::{s}.{table}, $1::jsonb) AS r
-WHERE t.{key} = r.{key}
+# Rows recover replaces, each only in the columns $2 names for it ({key: [column, ...]}), never with a NULL;
+# kept whole before and after in recover_backup under the run's id. One statement, so one snapshot: `old` reads
+# the rows as they were before `new` changed them.
+REPLACE_ROWS = """
+WITH given AS (
+    SELECT r.*, c.value AS replaced
+    FROM jsonb_populate_recordset(NULL::{s}.{table}, $1::jsonb) AS r
+    JOIN jsonb_each($2::jsonb) AS c ON c.key = r.{key}
+), old AS (
+    SELECT t.{key} AS k, to_jsonb(t) AS row FROM {s}.{table} AS t WHERE t.{key} IN (SELECT {key} FROM given)
+), new AS (
+    UPDATE {s}.{table} AS t SET {assignments}
+    FROM given AS r WHERE t.{key} = r.{key}
+    RETURNING t.{key} AS k, to_jsonb(t) AS row
+)
+INSERT INTO {s}.recover_backup (run_id, table_name, row_key, columns, old_row, new_row)
+SELECT $3, $4, new.k, ARRAY(SELECT jsonb_array_elements_text(g.replaced)), old.row, new.row
+FROM new JOIN old USING (k) JOIN given AS g ON g.{key} = new.k
 """
+BACKUP_OF_RUN = """
+SELECT id, table_name, row_key, columns, old_row, new_row, undone_at FROM {s}.recover_backup
+WHERE run_id = $1 ORDER BY id DESC
+"""
+CURRENT_ROW = "SELECT to_jsonb(t) FROM {s}.{table} AS t WHERE t.{key} = $1 FOR UPDATE"
+RESTORE_ROW = """
+UPDATE {s}.{table} AS t SET {restore} FROM jsonb_populate_record(NULL::{s}.{table}, $1::jsonb) AS r
+WHERE t.{key} = $2
+"""
+MARK_UNDONE = "UPDATE {s}.recover_backup SET undone_at = now() WHERE run_id = $1 AND undone_at IS NULL"
 # Airtable's interactions carry no phone: a recovered one takes its conversation's.
 FILL_INTERACTION_PHONES = """
 UPDATE {s}.interactions AS i SET customer_phone = c.customer_phone
@@ -99,20 +123,29 @@ class PostgresRows:
                 conn.terminate()
 
     def _sql(self, template: str, table: str = "", columns: Sequence[str] = ()) -> str:
+        names = [quote_ident(c) for c in columns]
         return template.format(s=quote_ident(self.schema), table=quote_ident(table) if table else "",
-                               key=KEYS.get(table, ""), columns=", ".join(columns),
-                               assignments=", ".join(f"{c} = r.{c}" for c in columns))
+                               key=KEYS.get(table, ""), columns=", ".join(names),
+                               assignments=", ".join(f"{c} = coalesce(r.{c}, t.{c})" for c in names),
+                               restore=", ".join(f"{c} = r.{c}" for c in names))
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        """A transaction; rows PostgreSQL refuses for their data roll it back and raise PermanentError."""
+    async def transaction(self, rollback: bool = False) -> AsyncIterator[None]:
+        """A transaction (rolled back at its end when `rollback`: a dry run); rows PostgreSQL refuses for their
+        data roll it back and raise PermanentError."""
+        transaction = self._conn.transaction()
+        await transaction.start()
         try:
-            async with self._conn.transaction():
-                yield
-        except asyncpg.PostgresError as exc:
-            if (exc.sqlstate or "")[:2] in POISON_CLASSES:
+            yield
+        except BaseException as exc:
+            await transaction.rollback()
+            if isinstance(exc, asyncpg.PostgresError) and (exc.sqlstate or "")[:2] in POISON_CLASSES:
                 raise PermanentError(_describe(exc)) from exc
             raise
+        if rollback:
+            await transaction.rollback()
+        else:
+            await transaction.commit()
 
     async def existing(self, table: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The rows of `table` with these ids, as JSON objects (timestamps as ISO text in UTC)."""
@@ -127,9 +160,52 @@ class PostgresRows:
         inserted = await self._conn.fetch(self._sql(INSERT_ROWS, table, columns), json.dumps(list(rows)))
         return {r[0] for r in inserted}
 
-    async def update(self, table: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-        if rows and columns:
-            await self._conn.execute(self._sql(UPDATE_ROWS, table, columns), json.dumps(list(rows)))
+    async def replace(self, table: str, rows: Sequence[dict[str, Any]], columns: dict[str, Sequence[str]],
+                      run_id: str) -> None:
+        """Replace, in each row, the columns named for its key (a NULL given never replaces a value); the rows
+        are kept before and after in recover_backup under `run_id`."""
+        if not rows:
+            return
+        key = KEYS[table]
+        given = [{key: row[key], **{c: row[c] for c in columns[row[key]]}} for row in rows]
+        names = list(dict.fromkeys(c for row in rows for c in columns[row[key]]))
+        await self._conn.execute(self._sql(REPLACE_ROWS, table, names), json.dumps(given),
+                                 json.dumps({row[key]: list(columns[row[key]]) for row in rows}), run_id, table)
+
+    async def undo(self, run_id: str) -> dict[str, Any] | None:
+        """Put back what recover run `run_id` replaced, column by column, where the row still holds what the run
+        wrote (a value changed since is left as it is, and said); None when there is no such run."""
+        entries = await self._conn.fetch(self._sql(BACKUP_OF_RUN), run_id)
+        if not entries:
+            return None
+        undone_at = max((e["undone_at"] for e in entries if e["undone_at"]), default=None)
+        out: dict[str, Any] = {"run_id": run_id, "restored": {t: 0 for t in KEYS}, "left": [],
+                               "undone_at": undone_at.isoformat() if undone_at else None}
+        if undone_at:
+            return out
+        conversations: list[str] = []
+        async with self._conn.transaction():
+            for entry in entries:  # newest first: a row replaced twice ends as it was first
+                table, key = entry["table_name"], entry["row_key"]
+                old, new = json.loads(entry["old_row"]), json.loads(entry["new_row"])
+                current = await self._conn.fetchval(self._sql(CURRENT_ROW, table), key) if table in KEYS else None
+                if current is None:
+                    out["left"].append({"table": table, "key": key, "columns": list(entry["columns"]),
+                                        "why": "the row is gone"})
+                    continue
+                current = json.loads(current)
+                columns = [c for c in entry["columns"] if c in old]  # a column name never reaches SQL unchecked
+                back = [c for c in columns if current.get(c) == new.get(c)]
+                changed = [c for c in columns if c not in back]
+                if changed:
+                    out["left"].append({"table": table, "key": key, "columns": changed, "why": "changed since"})
+                if back:
+                    await self._conn.execute(self._sql(RESTORE_ROW, table, back), json.dumps(old), key)
+                    out["restored"][table] += 1
+                    conversations += [old["conversation_id"], new["conversation_id"]]
+            await self.refresh(list(dict.fromkeys(conversations)))
+            await self._conn.execute(self._sql(MARK_UNDONE), run_id)
+        return out
 
     async def refresh(self, conversation_ids: Sequence[str]) -> None:
         """Recompute message counts, spans and status from the interactions (as delivery does)."""

@@ -56,6 +56,10 @@ def test_recover_and_forget_commands(tmp_path, emulator, own_pg):
 
     # PostgreSQL loses a day: the journal no longer matters, Airtable has it all
     sql(dsn, "DELETE FROM chatledger.interactions")
+    dry = cli(config, "recover", "--all", "--dry-run")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "dry run, nothing written" in dry.stdout and "would insert" in dry.stdout and "      60" in dry.stdout
+    assert sql(dsn, "SELECT count(*) FROM chatledger.interactions")[0][0] == 0
     recovered = cli(config, "recover", "--all")
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     assert "daemon not running" in recovered.stdout
@@ -71,6 +75,12 @@ def test_recover_and_forget_commands(tmp_path, emulator, own_pg):
     try:
         # recover too: the daemon does it with its own Airtable client (one budget for the base)
         sql(dsn, "DELETE FROM chatledger.interactions WHERE customer_phone = '5511900000002'")
+        dry = cli(config, "recover", "--phone", "5511900000002", "--dry-run", "--diff", timeout=300)
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert "through the running daemon" in dry.stdout and "dry run, nothing written" in dry.stdout
+        assert sql(dsn, "SELECT count(*) FROM chatledger.interactions")[0][0] == 40
+        nothing = cli(config, "recover", "--conversation", "nope", timeout=300)
+        assert nothing.returncode == 1 and "nothing found in Airtable for conversation nope" in nothing.stderr
         online = cli(config, "recover", "--phone", "5511900000002", timeout=300)
         assert online.returncode == 0, online.stdout + online.stderr
         assert "through the running daemon" in online.stdout

@@ -287,3 +287,29 @@ def test_orders_fixture_is_meaningful():
     samples = [tuple(rng.sample(range(8), 8)) for _ in range(3)]
     assert len(set(samples) | {tuple(range(8)), tuple(reversed(range(8)))}) == 5
     assert list(itertools.islice(samples, 1))
+
+
+async def test_a_conversation_or_escalation_without_priority_is_medium_and_old_normal_rows_become_medium(
+        pg_conn, pg_schema):
+    from daemon.sinks.postgres import MIGRATIONS, _sql
+
+    s = quote_ident(pg_schema)
+    await pg_conn.execute(f"CREATE SCHEMA {s}")
+    async with pg_conn.transaction():  # a schema as version 1 left it, with rows that took its default
+        await pg_conn.execute(_sql("CREATE TABLE {s}.schema_migrations (version integer PRIMARY KEY, "
+                                   "applied_at timestamptz NOT NULL DEFAULT now())", pg_schema))
+        await pg_conn.execute(_sql(MIGRATIONS[0], pg_schema))
+        await pg_conn.execute(f"INSERT INTO {s}.schema_migrations (version) VALUES (1)")
+    await pg_conn.execute(f"INSERT INTO {s}.conversations (conversation_id) VALUES ('old'), ('high')")
+    await pg_conn.execute(f"UPDATE {s}.conversations SET priority = 'HIGH' WHERE conversation_id = 'high'")
+    await pg_conn.execute(f"INSERT INTO {s}.escalations (escalation_id, ticket_id, conversation_id, created_at) "
+                          "VALUES ('e', 'ESC-1', 'old', now())")
+    assert await pg_conn.fetchval(f"SELECT priority FROM {s}.escalations") == "normal"
+
+    assert await migrate(pg_conn, pg_schema) == (1, SCHEMA_VERSION)
+
+    assert dict(await pg_conn.fetch(f"SELECT conversation_id, priority FROM {s}.conversations")) == \
+        {"old": "MEDIUM", "high": "HIGH"}
+    assert await pg_conn.fetchval(f"SELECT priority FROM {s}.escalations") == "MEDIUM"
+    await pg_conn.execute(f"INSERT INTO {s}.conversations (conversation_id) VALUES ('new')")
+    assert await pg_conn.fetchval(f"SELECT priority FROM {s}.conversations WHERE conversation_id = 'new'") == "MEDIUM"

@@ -2,13 +2,18 @@
 
 import asyncio
 import json
+import re
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import asyncpg
 import pytest
 
 from daemon.cli import EXIT_FAILURE, main
-from daemon.recover import Recovery, Selection, Unusable, conversation_row, escalation_row, interaction_row
+from daemon.recover import (
+    Recovery, Selection, Unusable, conversation_row, differences, escalation_row, interaction_row,
+)
+from daemon.sinks.airtable_schema import cut_text
 from daemon.sinks.base import SinkError
 from daemon.sinks.postgres import quote_ident
 from daemon.sinks.postgres_rows import PostgresRows
@@ -130,9 +135,11 @@ async def test_rows_whose_conversation_is_nowhere_get_one_built(stores, stores_e
     stores_emulator.run(drop_conversation)
     report = await recover(stores.client, pg_cluster, pg_schema, Selection(everything=True))
     assert report.tallies["conversations"].built == 1
-    row = await pg_conn.fetchrow(f"SELECT message_count, customer_phone FROM {s}.conversations "
+    row = await pg_conn.fetchrow(f"SELECT message_count, customer_phone, priority FROM {s}.conversations "
                                  "WHERE conversation_id = $1", cid("c0"))
     assert row["message_count"] == 15 and row["customer_phone"] is None
+    assert row["priority"] == "MEDIUM"  # one of Airtable's choices, as every other conversation's default
+    assert await pg_conn.fetchval(f"SELECT array_agg(DISTINCT priority) FROM {s}.conversations") == ["MEDIUM"]
     assert await pg_conn.fetchval(f"SELECT count(*) FROM {s}.interactions") == 60
 
 
@@ -155,6 +162,17 @@ def test_records_that_cannot_be_rows_say_why():
     row = conversation_row({"ConversationId": "c", "CustomerName": "A\x00na", "Metadata": '{"k\\u0000": ["\\u0000"]}'},
                            "now")
     assert row["customer_name"] == "A\ufffdna" and row["metadata"] == {"k\ufffd": ["\ufffd"]}
+
+
+def test_values_are_compared_as_chatledger_wrote_them():
+    postgres = {"occurred_at": "2026-11-20T09:33:28.017654+00:00", "content": "oi", "processing_time_ms": 350,
+                "status": "read", "customer_phone": "5511987654321", "tags": ["vip"], "priority": "HIGH"}
+    assert differences("interactions", {"occurred_at": "2026-11-20T09:33:28.017Z", "content": None,
+                                        "processing_time_ms": 350.0, "status": None}, postgres) == []
+    assert differences("conversations", {"customer_phone": "+55 (11) 98765-4321", "tags": [], "priority": None},
+                       postgres) == []
+    assert differences("interactions", {"occurred_at": "2026-11-20T09:33:28.018Z", "content": "olá",
+                                        "status": "read"}, postgres) == ["content", "occurred_at"]
 
 
 BROKEN = [  # Airtable interactions PostgreSQL cannot take as they are
@@ -377,3 +395,187 @@ async def test_a_table_that_cannot_be_selected_by_time_is_skipped_and_said(typed
                                    ("Escalations", "CreatedAt", "escalations"))]
     t = report.tallies
     assert t["conversations"].inserted == 4 and t["interactions"].read == t["escalations"].read == 0
+
+
+def edit_airtable(emulator, table_name, key_field, key, **cells):
+    """Change one record's cells in the base as an operator would in Airtable's UI (None empties a cell)."""
+    def edit():
+        table = emulator.emulator.bases[BASE].table(table_name)
+        [record] = [r for r in table.records.values() if table.by_name(r)[key_field] == key]
+        for name, value in cells.items():
+            record.cells[table.field(name).id] = value
+    emulator.run(edit)
+
+
+async def lost_and_changed(stores, stores_emulator, pg_conn, s):
+    """c3's wamid.7 emptied in Airtable (Content) and marked read there; c1 renamed there while PostgreSQL
+    holds a priority Airtable leaves empty; the escalation assigned there, its Priority emptied; a long text
+    PostgreSQL holds whole and Airtable cut."""
+    wamid7 = await pg_conn.fetchval(f"SELECT interaction_id FROM {s}.interactions WHERE message_id = 'wamid.7'")
+    edit_airtable(stores_emulator, "Interactions", "InteractionId", wamid7, Content=None, Status="read")
+    await pg_conn.execute(f"UPDATE {s}.conversations SET priority = 'HIGH' WHERE conversation_id = $1", cid("c1"))
+    edit_airtable(stores_emulator, "Conversations", "ConversationId", cid("c1"), CustomerName="Nome Novo")
+    escalation = await pg_conn.fetchval(f"SELECT escalation_id FROM {s}.escalations")
+    edit_airtable(stores_emulator, "Escalations", "EscalationId", escalation, Priority=None, Status="assigned")
+    whole = "ção 👋 " * 20_000  # 120,000 characters; Airtable holds its first 100,000 UTF-16 units
+    wamid3 = await pg_conn.fetchval(f"SELECT interaction_id FROM {s}.interactions WHERE message_id = 'wamid.3'")
+    await pg_conn.execute(f"UPDATE {s}.interactions SET content = $1 WHERE interaction_id = $2", whole, wamid3)
+    edit_airtable(stores_emulator, "Interactions", "InteractionId", wamid3, Content=cut_text(whole), Status="read")
+    return SimpleNamespace(wamid7=wamid7, wamid3=wamid3, escalation=escalation, whole=whole)
+
+
+async def test_prefer_airtable_replaces_only_what_differs_never_with_an_empty_or_assumed_value(
+        stores, stores_emulator, pg_cluster, pg_conn, pg_schema):
+    s = quote_ident(pg_schema)
+    changed = await lost_and_changed(stores, stores_emulator, pg_conn, s)
+
+    report = await recover(stores.client, pg_cluster, pg_schema, Selection(everything=True), prefer="airtable")
+
+    t = report.tallies
+    assert (t["interactions"].conflicting, t["interactions"].replaced) == (2, 2)
+    assert (t["conversations"].replaced, t["escalations"].replaced) == (1, 1)
+    row = await pg_conn.fetchrow(f"SELECT content, status FROM {s}.interactions WHERE interaction_id = $1",
+                                 changed.wamid7)
+    assert tuple(row) == ("hello 7", "read")  # the empty Content did not wipe PostgreSQL's
+    row = await pg_conn.fetchrow(f"SELECT content, status FROM {s}.interactions WHERE interaction_id = $1",
+                                 changed.wamid3)
+    assert tuple(row) == (changed.whole, "read")  # the cut text is the same text: kept whole
+    row = await pg_conn.fetchrow(f"SELECT customer_name, priority FROM {s}.conversations WHERE conversation_id = $1",
+                                 cid("c1"))
+    assert tuple(row) == ("Nome Novo", "HIGH")  # an empty Priority is not "normal"
+    row = await pg_conn.fetchrow(f"SELECT status, priority FROM {s}.escalations")
+    assert tuple(row) == ("assigned", "MEDIUM")
+
+
+async def test_a_day_from_a_date_field_never_replaces_a_time_of_that_day(renamed_stores, stores_emulator, pg_cluster,
+                                                                         pg_conn, pg_schema):
+    s = quote_ident(pg_schema)
+    wamid7 = await pg_conn.fetchval(f"SELECT interaction_id FROM {s}.interactions WHERE message_id = 'wamid.7'")
+    before = await pg_conn.fetchval(f"SELECT occurred_at FROM {s}.interactions WHERE interaction_id = $1", wamid7)
+    edit_airtable(stores_emulator, "Interactions", "InteractionId", wamid7, Status="read")
+    async with PostgresRows.open(pg_cluster.dsn(), pg_schema) as pg:
+        report = await Recovery(renamed_stores.client, renamed_stores.names, pg, prefer="airtable").run(
+            Selection(conversation=cid("c3")))
+    assert report.tallies["interactions"].replaced == 1
+    row = await pg_conn.fetchrow(f"SELECT status, occurred_at FROM {s}.interactions WHERE interaction_id = $1", wamid7)
+    assert tuple(row) == ("read", before)  # not midnight: the day is all the field holds, and it is the same
+
+
+async def test_diff_names_each_conflicting_row_and_its_fields_with_both_values(stores, stores_emulator, pg_cluster,
+                                                                               pg_conn, pg_schema):
+    s = quote_ident(pg_schema)
+    changed = await lost_and_changed(stores, stores_emulator, pg_conn, s)
+    async with PostgresRows.open(pg_cluster.dsn(), pg_schema) as pg:
+        report = await Recovery(stores.client, NAMES, pg, diff=True).run(Selection(everything=True))
+    diffs = {(d["table"], d["key"]): d["fields"] for d in report.as_dict()["diffs"]}
+    assert diffs == {
+        ("conversations", cid("c1")): {"customer_name": ["Nome Novo", "Name c1"]},
+        ("interactions", changed.wamid7): {"status": ["read", "delivered"]},
+        ("interactions", changed.wamid3): {"status": ["read", "delivered"]},
+        ("escalations", changed.escalation): {"status": ["assigned", "pending"]},
+    }
+    # the content Airtable left empty is no difference; a long value is shortened
+    await pg_conn.execute(f"UPDATE {s}.interactions SET content = $1 WHERE interaction_id = $2", "é" * 500,
+                          changed.wamid7)
+    edit_airtable(stores_emulator, "Interactions", "InteractionId", changed.wamid7, Content="hello 7")
+    async with PostgresRows.open(pg_cluster.dsn(), pg_schema) as pg:
+        report = await Recovery(stores.client, NAMES, pg, diff=True).run(Selection(conversation=cid("c3")))
+    [fields] = [d["fields"] for d in report.as_dict()["diffs"] if d["key"] == changed.wamid7]
+    assert fields == {"content": ["hello 7", "é" * 60 + "… (500 characters)"], "status": ["read", "delivered"]}
+
+
+async def test_dry_run_writes_nothing_and_counts_what_a_run_would_do(stores, stores_emulator, pg_cluster, pg_conn,
+                                                                     pg_schema):
+    s = quote_ident(pg_schema)
+    await lost_and_changed(stores, stores_emulator, pg_conn, s)
+    await pg_conn.execute(f"DELETE FROM {s}.escalations")
+    await pg_conn.execute(f"DELETE FROM {s}.interactions WHERE conversation_id = ANY($1)", [cid("c0"), cid("c2")])
+    await pg_conn.execute(f"DELETE FROM {s}.conversations WHERE conversation_id = ANY($1)", [cid("c0"), cid("c2")])
+    before = await dump(pg_conn, pg_schema)
+    everything = f"SELECT (SELECT count(*) FROM {s}.conversations), (SELECT count(*) FROM {s}.interactions), " \
+                 f"(SELECT count(*) FROM {s}.escalations), (SELECT count(*) FROM {s}.recover_backup)"
+    counts = tuple(await pg_conn.fetchrow(everything))
+
+    async with PostgresRows.open(pg_cluster.dsn(), pg_schema) as pg:
+        dry = await Recovery(stores.client, NAMES, pg, prefer="airtable", dry_run=True).run(Selection(everything=True))
+
+    assert await dump(pg_conn, pg_schema) == before and tuple(await pg_conn.fetchrow(everything)) == counts
+    assert dry.as_dict()["dry_run"] is True and dry.as_dict()["run_id"] is None
+    real = await recover(stores.client, pg_cluster, pg_schema, Selection(everything=True), prefer="airtable")
+    assert dry.as_dict()["tables"] == real.as_dict()["tables"]  # interactions of missing conversations included
+    t = real.tallies
+    assert (t["conversations"].inserted, t["interactions"].inserted, t["escalations"].inserted) == (2, 30, 1)
+    assert t["interactions"].replaced == 2
+
+
+async def test_replaced_rows_are_kept_and_undo_puts_them_back(stores, stores_emulator, pg_cluster, pg_conn, pg_schema,
+                                                              tmp_path, capsys):
+    s = quote_ident(pg_schema)
+    changed = await lost_and_changed(stores, stores_emulator, pg_conn, s)
+    await pg_conn.execute(f"UPDATE {s}.interactions SET content = 'edited in PostgreSQL' WHERE interaction_id = $1",
+                          changed.wamid7)
+    edit_airtable(stores_emulator, "Interactions", "InteractionId", changed.wamid7, Content="hello 7")
+    config = cli_config(tmp_path, stores_emulator, pg_cluster, pg_schema)
+    assert await asyncio.to_thread(main, ["recover", "--all", "--prefer", "airtable", "--diff",
+                                          "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"  interactions {changed.wamid7}: content \"hello 7\" | \"edited in PostgreSQL\"; " \
+           "status \"read\" | \"delivered\"" in out
+    [run] = re.findall(rf"kept in {re.escape(s)}\.recover_backup as run (\S+): `chatledger recover --undo \1` "
+                       "puts them back", out)
+    kept = await pg_conn.fetch(f"SELECT table_name, row_key, columns, old_row FROM {s}.recover_backup "
+                               "WHERE run_id = $1", run)
+    assert {(r["table_name"], r["row_key"]): {c: json.loads(r["old_row"])[c] for c in r["columns"]} for r in kept} \
+        == {("conversations", cid("c1")): {"customer_name": "Name c1"},
+            ("escalations", changed.escalation): {"status": "pending"},
+            ("interactions", changed.wamid7): {"content": "edited in PostgreSQL", "status": "delivered"},
+            ("interactions", changed.wamid3): {"status": "delivered"}}
+    # since the recover, the escalation was resolved: undo leaves what changed since as it is
+    escalation = "SELECT status FROM {s}.escalations"
+    await pg_conn.execute(f"UPDATE {s}.escalations SET status = 'resolved'")
+
+    assert await asyncio.to_thread(main, ["recover", "--undo", run, "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"undid recover run {run}: 3 rows put back" in out
+    assert f"escalations {changed.escalation}: status changed since, left as it is" in out
+    row = await pg_conn.fetchrow(f"SELECT content, status FROM {s}.interactions WHERE interaction_id = $1",
+                                 changed.wamid7)
+    assert tuple(row) == ("edited in PostgreSQL", "delivered")
+    assert await pg_conn.fetchval(f"SELECT customer_name FROM {s}.conversations WHERE conversation_id = $1",
+                                  cid("c1")) == "Name c1"
+    assert await pg_conn.fetchval(escalation.format(s=s)) == "resolved"
+
+    assert await asyncio.to_thread(main, ["recover", "--undo", run, "--config", str(config)]) == EXIT_FAILURE
+    assert f"recover run {run} was undone already" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, ["recover", "--undo", "nope", "--config", str(config)]) == EXIT_FAILURE
+    assert "nothing found: no recover run 'nope'" in capsys.readouterr().err
+    assert await asyncio.to_thread(main, ["recover", "--undo", run, "--dry-run", "--config", str(config)]) == 64
+
+
+def cli_config(tmp_path, stores_emulator, pg_cluster, pg_schema):
+    return write_config(tmp_path, extra=(
+        f'[airtable]\napi_key = "{TOKEN}"\nbase_id = "{BASE}"\nendpoint_url = "{stores_emulator.url}"\n'
+        f'[postgres]\ndsn = "{pg_cluster.dsn()}"\nschema = "{pg_schema}"\n'))
+
+
+@pytest.mark.parametrize("selection", [["--conversation", "nope"], ["--phone", "+55 11 90000-0099"]])
+async def test_a_selection_that_matches_nothing_says_so_and_exits_1(stores, stores_emulator, pg_cluster, pg_schema,
+                                                                    tmp_path, capsys, selection):
+    config = cli_config(tmp_path, stores_emulator, pg_cluster, pg_schema)
+    assert await asyncio.to_thread(main, ["recover", *selection, "--config", str(config)]) == EXIT_FAILURE
+    captured = capsys.readouterr()
+    assert "nothing found in Airtable for " in captured.err and "nothing was recovered" in captured.err
+    assert "inserted" not in captured.out  # no all-zero table
+    assert await asyncio.to_thread(main, ["recover", *selection, "--json", "--config", str(config)]) == EXIT_FAILURE
+    assert json.loads(capsys.readouterr().out)["tables"]["conversations"]["read"] == 0
+
+
+async def test_phone_without_the_phone_field_stops_with_the_reason_and_no_retry_hint(
+        typed_stores, stores_emulator, pg_cluster, pg_schema, tmp_path, capsys):
+    await typed_stores(without_phones)
+    config = cli_config(tmp_path, stores_emulator, pg_cluster, pg_schema)
+    assert await asyncio.to_thread(main, ["recover", "--phone", "5511900000002", "--config", str(config)]) == \
+        EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert "Conversations.CustomerPhone is missing: nothing was recovered" in err
+    assert "run it again" not in err

@@ -47,8 +47,8 @@ async def served():
         calls.append(("forget", phone, reference))
         return {"stores": {}, "complete": True}
 
-    async def recover(selection, prefer, emit):
-        calls.append(("recover", selection, prefer))
+    async def recover(selection, options, emit):
+        calls.append(("recover", selection, options))
         return {"report": {}}
 
     async def airtable(action):
@@ -117,6 +117,8 @@ BAD = [
     ("/recover?al=1", "unknown parameter al"),
     ("/recover?phone=5511&phone=x", "parameter phone given more than once"),
     ("/recover?all=maybe", "all must be 1 or 0"),
+    ("/recover?all=1&dry_run=perhaps", "dry_run must be 1 or 0"),
+    ("/recover?all=1&diff=2", "diff must be 1 or 0"),
     ("/replay?sink=mysql", "argument --sink: invalid choice: 'mysql'"),
     ("/replay?since=2026-13-01", "not an ISO 8601 date: '2026-13-01'"),
     ("/replay?since=0001-01-01T00:00:00%2B05:00", "out of range in UTC"),
@@ -157,6 +159,8 @@ async def test_good_parameters_reach_the_daemon_as_the_command_line_sends_them(s
         pass
     async for _ in stream_status(served.path, "/recover?conversation=it%27s%20%5C", 10):
         pass
+    async for _ in stream_status(served.path, "/recover?all=1&dry_run=1&diff=1", 10):
+        pass
     assert served.calls == [
         ("forget", "5511900000001", None),
         ("forget", "5511900000001", "T-1"),
@@ -164,8 +168,9 @@ async def test_good_parameters_reach_the_daemon_as_the_command_line_sends_them(s
         ("replay", None, Requeue(dead_only=True)),
         ("discard", "airtable", "wamid.7", "test data", f"{ME} (sudo from alice)"),
         ("discard", None, None, "fixed", ME),
-        ("recover", Selection(phone="5511900000001"), "airtable"),
-        ("recover", Selection(conversation="it's \\"), "postgres"),
+        ("recover", Selection(phone="5511900000001"), {"prefer": "airtable", "dry_run": False, "diff": False}),
+        ("recover", Selection(conversation="it's \\"), {"prefer": "postgres", "dry_run": False, "diff": False}),
+        ("recover", Selection(everything=True), {"prefer": "postgres", "dry_run": True, "diff": True}),
     ]
 
 
