@@ -3,9 +3,6 @@ from PostgreSQL, else the journal, else Airtable."""
 
 import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -97,15 +94,6 @@ def test_a_show_that_cannot_be_asked_is_a_usage_error(tmp_path, args, why):
     config = write_config(tmp_path)
     code, out, err = shown(config, *args)
     assert (code, out) == (64, "") and why in err, err
-
-
-@pytest.fixture
-def folder():
-    """The daemon's folder, which the socket's group may enter (pytest's tmp folders are root's alone)."""
-    path = Path(tempfile.mkdtemp(prefix="chatledger-show-"))
-    path.chmod(0o750)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")

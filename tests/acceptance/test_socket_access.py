@@ -1,10 +1,7 @@
 """The status socket of the installed daemon: who may do what, and hostile parameters."""
 
 import os
-import shutil
 import sqlite3
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -21,15 +18,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.acceptance
-
-
-@pytest.fixture
-def folder():
-    """The daemon's folder, which the socket's group may enter (pytest's tmp folders are root's alone)."""
-    path = Path(tempfile.mkdtemp(prefix="chatledger-access-"))
-    path.chmod(0o750)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
