@@ -258,6 +258,10 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
 
     from daemon.journal import Requeue
 
+    if not config.enabled_sinks:
+        print(f"chatledger: no sink is enabled in {args.config} (journal only): nothing to replay; configure "
+              "[postgres] or [airtable] first (what the journal holds is delivered at the next start)", file=sys.stderr)
+        return EXIT_CONFIG
     if args.sink and args.sink not in config.enabled_sinks:
         print(f"chatledger: sink {args.sink} is not enabled in {args.config}", file=sys.stderr)
         return EXIT_CONFIG
@@ -278,7 +282,16 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
         count = answer.get("requeued", {}).get(sink, 0)
         print(f"{sink}: {count} {selection.describe()} re-queued, replay triggered" if selection
               else f"{sink}: replay triggered")
-    return EXIT_OK
+    return _requeued_something(selection, answer.get("requeued", {}))
+
+
+def _requeued_something(selection: Any, counts: dict[str, int]) -> int:
+    """A selection that matched nothing is said, and is no success."""
+    if selection is None or any(counts.values()):
+        return EXIT_OK
+    print(f"chatledger: nothing re-queued: no {selection.describe()} to re-queue (not in the journal, or already "
+          "pending)", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def _requeue_offline(config: Config, sink: str | None, selection: Any) -> int:
@@ -300,7 +313,7 @@ def _requeue_offline(config: Config, sink: str | None, selection: Any) -> int:
     for name, count in counts.items():
         print(f"{name}: {count} {selection.describe()} re-queued in {config.journal.path} (daemon not running; "
               "they are delivered when it starts)")
-    return EXIT_OK
+    return _requeued_something(selection, counts)
 
 
 def _airtable(config: Config, args: argparse.Namespace) -> int:

@@ -327,3 +327,9 @@ def test_usage_errors_have_their_own_exit_code_and_the_config_has_defaults(tmp_p
     assert by_env.returncode == 0 and f"{config}: OK" in by_env.stdout
     gone = bare("check-config", env={"CHATLEDGER_CONFIG": str(tmp_path / "nope.toml")})
     assert gone.returncode == 78 and "nope.toml" in gone.stderr
+
+
+def test_replay_without_any_sink_says_there_is_nothing_to_replay(config):
+    result = cli(config, "replay", "--dead")
+    assert result.returncode == 78 and "no sink is enabled" in result.stderr
+    assert cli(config, "replay").returncode == 78

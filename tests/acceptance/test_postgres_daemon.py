@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import asyncpg
 import pytest
 
+from daemon.sinks.postgres import SCHEMA_VERSION
 from tests.support import wait_for, Daemon, cli, incoming, post, write_config
 
 pytestmark = pytest.mark.acceptance
@@ -127,9 +128,9 @@ def test_kill_9_in_the_middle_of_a_backlog_still_exactly_once(tmp_path, own_pg):
 def test_migrate_command_and_newer_schema_refused(tmp_path, own_pg):
     config = pg_config(tmp_path, own_pg)
     first = cli(config, "migrate")
-    assert first.returncode == 0 and "at version 1" in first.stdout
+    assert first.returncode == 0 and f"at version {SCHEMA_VERSION}" in first.stdout
     again = cli(config, "migrate")
-    assert again.returncode == 0 and "at version 1" in again.stdout
+    assert again.returncode == 0 and f"at version {SCHEMA_VERSION}" in again.stdout
     query(own_pg, "INSERT INTO chatledger.schema_migrations (version) VALUES (99)")
     refused = cli(config, "migrate")
     assert refused.returncode != 0 and "99" in refused.stderr and "newer" in refused.stderr
@@ -171,6 +172,8 @@ def test_replay_dead_letters_offline_then_online(tmp_path, own_pg):
     assert offline.returncode == 0, offline.stderr
     assert "postgres: 1 dead letters re-queued" in offline.stdout and "not running" in offline.stdout
     assert cli(config, "replay", "--dead", "--sink", "airtable").returncode == 78  # not enabled
+    nothing = cli(config, "replay", "--event", "nope")  # nothing found is no success
+    assert nothing.returncode == 1 and "nothing re-queued" in nothing.stderr and "nope" in nothing.stderr
 
     asyncio.run(plant([2, 3]))  # one more dead letter while the daemon is stopped
     daemon = Daemon(config).start()
@@ -193,6 +196,8 @@ def test_replay_dead_letters_offline_then_online(tmp_path, own_pg):
         one = cli(config, "replay", "--event", "wamid.1")
         assert one.returncode == 0 and "postgres: 1 deliveries of event wamid.1" in one.stdout
         assert cli(config, "replay", "--since", "yesterday").returncode == 64  # a usage error: not "unreachable"
+        nothing = cli(config, "replay", "--event", "nope")  # through the daemon too
+        assert nothing.returncode == 1 and "nothing re-queued" in nothing.stderr
         assert daemon.stop() == 0
     finally:
         if daemon.process.poll() is None:
