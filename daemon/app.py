@@ -606,6 +606,7 @@ class Daemon:
                 "path": str(self.journal.path),
                 "events": counts["events"],
                 "quarantined": counts["quarantined"],
+                "quarantine_discarded": counts.get("quarantine_discarded", 0),
                 "writable": self.journal.writable,
                 "writer_alive": self.journal.writer_alive,
                 "commits": journal_stats.commits,

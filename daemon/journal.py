@@ -275,6 +275,18 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX discards_of_event ON discards (event_id, sink);
     """,
+    # v6: reserved for another change of issue 14; this empty placeholder stands in for it until that
+    # change is merged (then its migration takes this place, and nothing else moves).
+    "",
+    # v7: a quarantined element the operator has looked at can be discarded (`chatledger quarantine
+    # --discard`): kept with who, when and why, no longer listed or counted as open. Adding columns is
+    # instant (no copy); the partial index counts the open ones without reading the elements.
+    """
+    ALTER TABLE quarantine ADD COLUMN discarded_at TEXT;
+    ALTER TABLE quarantine ADD COLUMN discarded_by TEXT;
+    ALTER TABLE quarantine ADD COLUMN discard_reason TEXT;
+    CREATE INDEX quarantine_open ON quarantine (discarded_at) WHERE discarded_at IS NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # v4 erases the audit's hashes: secure_delete zeroes their pages in the WAL, and a checkpoint right
@@ -309,7 +321,8 @@ INSERT INTO meta (key, value) VALUES ('last_write_probe', ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
 COUNT_EVENTS = "SELECT count(*) FROM events"
-COUNT_QUARANTINE = "SELECT count(*) FROM quarantine"
+COUNT_QUARANTINE = "SELECT count(*) FROM quarantine WHERE discarded_at IS NULL"  # the open ones
+QUARANTINE_COUNTS = f"SELECT ({COUNT_QUARANTINE}), (SELECT count(*) FROM quarantine)"  # one snapshot
 SELECT_COUNTERS = "SELECT name, value FROM counters"
 SINK_STATE_COUNTS = """
 SELECT sink, state, count(*), strftime('%Y-%m-%dT%H:%M:%fZ', max(updated_at), 'unixepoch')
@@ -935,7 +948,7 @@ class Journal:
         """Events, quarantine, webhook counters and per-sink delivery counts, from the read connection."""
         reader = self._reader
         (events,) = await (await reader.execute(COUNT_EVENTS)).fetchone()
-        (quarantined,) = await (await reader.execute(COUNT_QUARANTINE)).fetchone()
+        quarantined, quarantine_all = await (await reader.execute(QUARANTINE_COUNTS)).fetchone()
         counters = dict(await (await reader.execute(SELECT_COUNTERS)).fetchall())
         sinks: dict[str, dict[str, Any]] = {}
         for sink, state, count, latest in await (await reader.execute(SINK_STATE_COUNTS)).fetchall():
@@ -946,7 +959,8 @@ class Journal:
         for sink in sinks:
             row = await (await reader.execute(OLDEST_PENDING, (sink,))).fetchone()
             sinks[sink]["oldest_pending_at"] = row[0] if row else None
-        return {"events": events, "quarantined": quarantined, "counters": counters, "sinks": sinks}
+        return {"events": events, "quarantined": quarantined, "quarantine_discarded": quarantine_all - quarantined,
+                "counters": counters, "sinks": sinks}
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query on the reader connection."""
