@@ -94,6 +94,18 @@ def _parser() -> argparse.ArgumentParser:
                            "or with --all every one; needs --reason; works with the daemon running or stopped")
     dead.add_argument("--all", action="store_true", help="with --discard: every open dead letter (of --sink)")
     dead.add_argument("--reason", type=_reason, metavar="TEXT", help="why they are given up (kept with them)")
+    quarantine = command("quarantine", "list the webhook elements kept in the journal's quarantine (rejected: id, "
+                                       "when, why, a preview), or give them up (--discard): recorded with who, when "
+                                       "and why, no longer listed nor counted as open")
+    quarantine.add_argument("--limit", type=_limit, default=100, metavar="N",
+                            help="at most this many, oldest first (default 100)")
+    quarantine.add_argument("--json", action="store_true", help="print JSON, each element whole as received (raw)")
+    quarantine.add_argument("--discarded", action="store_true", help="list the discarded ones, with who, when and why")
+    quarantine.add_argument("--discard", nargs="?", const="", metavar="ID",
+                            help="give up this element (its id, as listed), or with --all every open one; needs "
+                                 "--reason; works with the daemon running or stopped")
+    quarantine.add_argument("--all", action="store_true", help="with --discard: every open element")
+    quarantine.add_argument("--reason", type=_element_reason, metavar="TEXT", help="why it is given up (kept with it)")
     journal = command("journal", "`check`: SQLite integrity, schema version, deliveries by sink and state, "
                                  "rows without events and events without rows; exit 1 on any problem")
     journal.add_argument("action", choices=("check",))
@@ -142,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    misuse = _dead_usage(args) if args.command == "dead" else None
+    misuse = _discard_usage(args, DISCARDS[args.command]) if args.command in DISCARDS else None
     if misuse:
         parser.error(misuse)
     args.config = config_path(args.config)
@@ -164,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": _replay,
         "airtable": _airtable,
         "dead": _dead,
+        "quarantine": _quarantine,
         "journal": _journal,
         "recover": _recover,
         "top": _top,
@@ -366,15 +379,46 @@ def _reason(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--reason ")) from None
 
 
-def _dead_usage(args: argparse.Namespace) -> str | None:
-    """What is wrong with how `dead`'s options were combined, or None."""
+def _element_reason(text: str) -> str:
+    from daemon.params import BadParameter, reason
+
+    try:
+        return reason(text, "these elements")
+    except BadParameter as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--reason ")) from None
+
+
+def _limit(text: str) -> int:
+    from daemon.params import BadParameter, limit
+    from daemon.status import QUARANTINE_LIMIT_MAX
+
+    try:
+        return limit(text, QUARANTINE_LIMIT_MAX)
+    except BadParameter as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--limit ")) from None
+
+
+DISCARDS = {"dead": "one event ID", "quarantine": "one element id"}  # what `--discard` takes
+
+
+def _discard_usage(args: argparse.Namespace, takes: str) -> str | None:
+    """What is wrong with how `dead`'s or `quarantine`'s options were combined, or None."""
+    from daemon.params import BadParameter, element_id
+
     if args.discard is None:
         return "--all and --reason go with --discard" if args.all or args.reason is not None else None
     if bool(args.discard) == args.all:
-        return "--discard takes one event ID, or --all"
+        return f"--discard takes {takes}, or --all"
     if args.reason is None:
         return "--discard needs --reason TEXT: why they are given up (kept with them)"
-    return "--discarded lists; it does not go with --discard" if args.discarded else None
+    if args.discarded:
+        return "--discarded lists; it does not go with --discard"
+    if args.command == "quarantine" and args.discard:
+        try:
+            element_id(args.discard)
+        except BadParameter as exc:
+            return str(exc)
+    return None
 
 
 def _dead(config: Config, args: argparse.Namespace) -> int:
@@ -463,22 +507,101 @@ def _discard_problem(answer: dict[str, Any], event: str | None, sinks: str) -> s
     return f"event {event} is not a dead letter ({states}): nothing discarded"
 
 
-def _discard_offline(config: Config, sink: str | None, event: str | None, reason: str) -> dict[str, Any]:
+def _operator() -> str:
+    """Who runs this command, as the daemon would record them from its socket's peer."""
     import pwd
 
-    from daemon.journal import Journal
     from daemon.params import operator_name
 
     try:
         user = pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         user = f"uid {os.geteuid()}"
-    by = operator_name(user, os.environ.get("SUDO_USER"))
+    return operator_name(user, os.environ.get("SUDO_USER"))
+
+
+def _discard_offline(config: Config, sink: str | None, event: str | None, reason: str) -> dict[str, Any]:
+    from daemon.journal import Journal
+
+    by = _operator()
 
     async def discard() -> dict[str, Any]:
         journal = await Journal.open(config.journal.path, config.enabled_sinks)
         try:
             return (await journal.discard([sink] if sink else list(config.enabled_sinks), event, reason, by)).as_dict()
+        finally:
+            await journal.close()
+
+    setup_logging("WARNING", config.log.json_)
+    return asyncio.run(discard())
+
+
+def _quarantine(config: Config, args: argparse.Namespace) -> int:
+    """`quarantine`: through the daemon (its user and root only: the elements are personal data), else from
+    the journal read-only; `--discard` through the daemon, else in the journal under its lock."""
+    from urllib.parse import urlencode
+
+    from daemon.quarantine import read_quarantine, render_quarantine
+
+    if args.discard is not None:
+        return _quarantine_discard(config, args)
+    query = urlencode({k: v for k, v in {"limit": args.limit, "discarded": "1" if args.discarded else None,
+                                          "whole": "1" if args.json else None}.items() if v})
+    try:
+        answer = asyncio.run(request_status(config.status.socket, "GET", "/quarantine?" + query, timeout_s=60))
+    except StatusUnreachable:
+        try:
+            answer = read_quarantine(config.journal.path, args.limit, discarded=args.discarded, whole=args.json)
+        except JournalError as exc:
+            print(f"chatledger: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(render_quarantine(answer, args.discarded, f"--config {args.config}"))
+    return EXIT_OK
+
+
+def _quarantine_discard(config: Config, args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    from daemon.quarantine import discard_problem, discarded_text
+
+    element = int(args.discard) if args.discard else None
+    query = urlencode({k: v for k, v in {"id": element, "all": "1" if args.all else None, "reason": args.reason,
+                                          "operator": os.environ.get("SUDO_USER")}.items() if v is not None})
+    try:
+        answer = asyncio.run(request_status(config.status.socket, "POST", "/quarantine/discard?" + query,
+                                            timeout_s=300))
+        where = "through the running daemon"
+    except StatusUnreachable:
+        try:
+            answer = _quarantine_discard_offline(config, element, args.reason)
+        except JournalError as exc:
+            print(f"chatledger: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        where = "daemon not running"
+    if args.json:
+        print(json.dumps({**answer, "where": where}, indent=2))
+    problem = discard_problem(answer, element)
+    if problem:
+        print(f"chatledger: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not args.json:
+        print(discarded_text(answer, where))
+    return EXIT_OK
+
+
+def _quarantine_discard_offline(config: Config, element: int | None, reason: str) -> dict[str, Any]:
+    from daemon.journal import Journal
+    from daemon.quarantine import discard_quarantined
+
+    by = _operator()
+
+    async def discard() -> dict[str, Any]:
+        journal = await Journal.open(config.journal.path, config.enabled_sinks)
+        try:
+            return await discard_quarantined(journal, element, reason, by)
         finally:
             await journal.close()
 
