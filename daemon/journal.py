@@ -473,11 +473,15 @@ class Discard:
                 "others": self.others, "found": self.found}
 
 
-# One person's events: by phone, or by a conversation of that phone.
-FORGET_EVENTS = ("DELETE FROM events WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?)) "
-                 "RETURNING dedup_key")
-FORGET_CONVERSATIONS = "DELETE FROM conversations WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?))"
-FORGET_QUARANTINE = "DELETE FROM quarantine WHERE mentions_phone(raw, ?)"  # daemon.events.mentions_phone
+# One person's events: by phone, or by a conversation of that phone. A dry run counts with the same terms.
+OF_PERSON = "phone = ? OR conversation_id IN (SELECT value FROM json_each(?))"
+NAMING_PHONE = "mentions_phone(raw, ?)"  # daemon.events.mentions_phone
+FORGET_EVENTS = f"DELETE FROM events WHERE {OF_PERSON} RETURNING dedup_key"
+FORGET_CONVERSATIONS = f"DELETE FROM conversations WHERE {OF_PERSON}"
+FORGET_QUARANTINE = f"DELETE FROM quarantine WHERE {NAMING_PHONE}"
+EVENTS_OF_PERSON = f"SELECT dedup_key FROM events WHERE {OF_PERSON}"
+COUNT_CONVERSATIONS_OF_PERSON = f"SELECT count(*) FROM conversations WHERE {OF_PERSON}"
+COUNT_QUARANTINE_NAMING = f"SELECT count(*) FROM quarantine WHERE {NAMING_PHONE}"
 CONVERSATIONS_OF_PHONE = "SELECT conversation_id FROM conversations WHERE phone = ?"
 INSERT_AUDIT = "INSERT INTO audit (at, action, last4, reference, report) VALUES (?, ?, ?, ?, ?)"
 AUDIT_ENTRIES = "SELECT id, at, action, last4, reference, report FROM audit ORDER BY id"
@@ -652,6 +656,7 @@ class Journal:
             writer.isolation_level = "IMMEDIATE"
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 5000")
+            await reader.create_function("mentions_phone", 2, mentions_phone, deterministic=True)  # forget's dry run
             (last_id,) = await (await writer.execute("SELECT coalesce(max(id), 0) FROM events")).fetchone()
             # two statements: together, max() and count(*) lose their shortcuts and read the whole table
             (events,) = await (await writer.execute(COUNT_EVENTS)).fetchone()
@@ -1142,6 +1147,14 @@ class Journal:
             return {"events": len(keys), "conversations": conversations, "quarantined": quarantined}, keys
 
         return await self.write(run)
+
+    async def forget_counts(self, phone: str, conversation_ids: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+        """What `forget` would erase (a dry run): the same counts and dedup keys, read without writing."""
+        params = (phone, json.dumps(list(conversation_ids)))
+        keys = [row[0] for row in await self.query(EVENTS_OF_PERSON, params)]
+        [(conversations,)] = await self.query(COUNT_CONVERSATIONS_OF_PERSON, params)
+        [(quarantined,)] = await self.query(COUNT_QUARANTINE_NAMING, (phone,))
+        return {"events": len(keys), "conversations": conversations, "quarantined": quarantined}, keys
 
     async def checkpoint(self, attempts: int = 20) -> bool:
         """Copy the WAL into the database and truncate it (after an erasure, no old page stays in the
