@@ -500,8 +500,9 @@ class Daemon:
                         ", ".join(f"{d['sink']} event {d['event_id']}" for d in result.discarded[:20]), reason)
         return result.as_dict()
 
-    async def forget(self, phone: str, reference: str | None = None) -> dict[str, Any]:
-        """Erase one phone everywhere, through this daemon's journal, workers and Airtable budget."""
+    async def forget(self, phone: str, reference: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Erase one phone everywhere (or count what that would erase), through this daemon's journal, workers
+        and Airtable budget."""
         from daemon.forget import forget_phone
         from daemon.sinks.base import SinkError
 
@@ -514,9 +515,10 @@ class Daemon:
 
         try:
             report = await forget_phone(phone, self.journal, **erasure_stores(
-                self.config, airtable.sink if airtable else None), quiesce=quiesce, reference=reference)
+                self.config, airtable.sink if airtable else None), quiesce=quiesce, reference=reference,
+                dry_run=dry_run)
         except SinkError as exc:
-            return {"error": f"{exc}; nothing was erased"}
+            return {"error": f"{exc}; nothing was erased", "dry_run": dry_run}
         return report.as_dict()
 
     async def quarantine(self, limit: int, discarded: bool, whole: bool) -> dict[str, Any]:

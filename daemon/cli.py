@@ -139,6 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("--reference", metavar="TEXT",
                         help="kept in the audit entry, e.g. the request's ticket id (at most 100 characters)")
     forget.add_argument("--json", action="store_true", help="print the report as JSON")
+    forget.add_argument("--dry-run", action="store_true",
+                        help="say what would be erased in each store; erase nothing, write no audit entry")
+    forget.add_argument("--yes", action="store_true",
+                        help="do not ask first (on a terminal, forget shows what it would erase and asks)")
     show = command("show", "one conversation (or each of a phone's) with its interactions and escalations, from "
                            "PostgreSQL, else the journal, else Airtable, saying which answered; exit 1 when none knows it")
     shown = show.add_mutually_exclusive_group(required=True)
@@ -855,8 +859,8 @@ def _phone_digits(text: str) -> str | None:
 
 
 def _forget(config: Config, args: argparse.Namespace) -> int:
-    from urllib.parse import urlencode
-
+    """`forget`: on a terminal, what would be erased is shown first and the operator asked (unless --yes);
+    elsewhere (scripts) it erases at once, as it always did."""
     from daemon.journal import reference_problem
 
     phone = _phone_digits(args.phone)
@@ -866,12 +870,26 @@ def _forget(config: Config, args: argparse.Namespace) -> int:
     if problem:
         print(f"chatledger: --reference {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    query = urlencode({"phone": phone} | ({"reference": args.reference} if args.reference is not None else {}))
-    try:
-        answer = asyncio.run(request_status(config.status.socket, "POST", f"/forget?{query}",
-                                            timeout_s=FORGET_TIMEOUT))
-    except StatusUnreachable:
-        answer = _forget_offline(config, phone, args.reference)  # no daemon: the journal is ours to open
+    ask = not (args.yes or args.dry_run or args.json) and sys.stdin.isatty() and sys.stdout.isatty()
+    if args.dry_run or ask:
+        answer = _forget_answer(config, phone, args.reference, dry_run=True)
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        if answer.get("error"):
+            print(f"chatledger: forget: {answer['error']}", file=sys.stderr)
+            return EXIT_FAILURE
+        if not args.json:
+            print(f"dry run: nothing was erased; forget --phone ...{phone[-4:]} would erase:" if args.dry_run
+                  else f"forget --phone ...{phone[-4:]} erases:")
+            _print_stores(answer["stores"])
+        for note in answer.get("notes") or ():
+            print(f"chatledger: forget: {note}", file=sys.stderr)
+        if args.dry_run:
+            return EXIT_OK
+        if not _confirmed("erase? [y/N] "):
+            print("chatledger: forget: aborted: nothing was erased", file=sys.stderr)
+            return EXIT_FAILURE
+    answer = _forget_answer(config, phone, args.reference)
     if args.json:
         print(json.dumps(answer, indent=2))
     if answer.get("error") and not answer.get("stores"):
@@ -880,9 +898,7 @@ def _forget(config: Config, args: argparse.Namespace) -> int:
     if not args.json:
         reference = f", reference {args.reference}" if args.reference is not None else ""
         print(f"forgot phone ...{phone[-4:]} (audit entry at {answer['audit']['at']}{reference})")
-        for store, counts in answer["stores"].items():
-            text = counts if isinstance(counts, str) else ", ".join(f"{n} {what}" for what, n in counts.items())
-            print(f"  {store:<9} {text}")
+        _print_stores(answer["stores"])
     for note in answer.get("notes") or ():
         print(f"chatledger: forget: {note}", file=sys.stderr)
     if not answer.get("complete", True):
@@ -892,7 +908,35 @@ def _forget(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _forget_offline(config: Config, phone: str, reference: str | None) -> dict[str, Any]:
+def _forget_answer(config: Config, phone: str, reference: str | None, dry_run: bool = False) -> dict[str, Any]:
+    """The report of `forget` (or of its dry run): through the daemon, else done here on the journal."""
+    from urllib.parse import urlencode
+
+    query = urlencode({"phone": phone} | ({"reference": reference} if reference is not None else {})
+                      | ({"dry_run": "1"} if dry_run else {}))
+    try:
+        return asyncio.run(request_status(config.status.socket, "POST", f"/forget?{query}", timeout_s=FORGET_TIMEOUT))
+    except StatusUnreachable:
+        return _forget_offline(config, phone, reference, dry_run)  # no daemon: the journal is ours to open
+
+
+def _print_stores(stores: dict[str, Any]) -> None:
+    for store, counts in stores.items():
+        text = counts if isinstance(counts, str) else ", ".join(f"{n} {what}" for what, n in counts.items())
+        print(f"  {store:<9} {text}")
+
+
+def _confirmed(question: str) -> bool:
+    """The operator's answer on the terminal: y or yes, anything else (an empty line, Ctrl-D, Ctrl-C) is no."""
+    try:
+        answer = input(question)
+    except (EOFError, KeyboardInterrupt):
+        print()
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _forget_offline(config: Config, phone: str, reference: str | None, dry_run: bool = False) -> dict[str, Any]:
     from daemon.app import erasure_stores
     from daemon.forget import forget_phone
     from daemon.journal import Journal
@@ -908,9 +952,10 @@ def _forget_offline(config: Config, phone: str, reference: str | None) -> dict[s
             sink = AirtableSink.from_config(config.airtable, None)
         journal = await Journal.open(config.journal.path, config.enabled_sinks)
         try:
-            return (await forget_phone(phone, journal, **erasure_stores(config, sink), reference=reference)).as_dict()
+            return (await forget_phone(phone, journal, **erasure_stores(config, sink), reference=reference,
+                                       dry_run=dry_run)).as_dict()
         except SinkError as exc:
-            return {"error": f"{exc}; nothing was erased"}
+            return {"error": f"{exc}; nothing was erased", "dry_run": dry_run}
         finally:
             await journal.close()
             if sink is not None:
@@ -919,7 +964,7 @@ def _forget_offline(config: Config, phone: str, reference: str | None) -> dict[s
     try:
         return asyncio.run(run())
     except JournalError as exc:
-        return {"error": f"{exc}; nothing was erased"}
+        return {"error": f"{exc}; nothing was erased", "dry_run": dry_run}
 
 
 SHOW_TIMEOUT = 600.0  # Airtable at 5 requests/s, 100 records a request: 10,000 interactions take 20 s and more

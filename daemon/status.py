@@ -25,7 +25,8 @@ from daemon.params import BadParameter
 SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
 SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
 REPLAY = web.AppKey("replay", Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]])
-FORGET = web.AppKey("forget", Callable[[str, str | None], Awaitable[dict[str, Any]]])
+# (phone, reference, dry run) -> the report
+FORGET = web.AppKey("forget", Callable[[str, str | None, bool], Awaitable[dict[str, Any]]])
 AIRTABLE = web.AppKey("airtable", Callable[[str], Awaitable[dict[str, Any]]])
 # (sink or None, event or None for all, reason, who) -> what was discarded
 DISCARD = web.AppKey("discard", Callable[[str | None, str | None, str, str], Awaitable[dict[str, Any]]])
@@ -68,7 +69,7 @@ def create_status_app(
     snapshot: Callable[[], Awaitable[dict[str, Any]]],
     sync: Callable[[], Awaitable[dict[str, Any]]],
     replay: Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]],
-    forget: Callable[[str, str | None], Awaitable[dict[str, Any]]],
+    forget: Callable[[str, str | None, bool], Awaitable[dict[str, Any]]],
     recover: Callable[..., Awaitable[dict[str, Any]]] | None = None,
     airtable: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
     discard: Callable[[str | None, str | None, str, str], Awaitable[dict[str, Any]]] | None = None,
@@ -120,6 +121,8 @@ def _owner_command(request: web.Request) -> tuple[str, str] | None:
     """The command a route serves, and why only the daemon's user and root may ask for it; None for anyone."""
     if request.path == "/airtable" and request.query.get("action") == "init":
         return "airtable init", "changes data"
+    if request.path == "/forget" and request.query.get("dry_run", "") not in ("", "0", "false", "no"):
+        return "forget --dry-run", "reads the journal's personal data"
     if request.path in PERSONAL_READS:
         return PERSONAL_READS[request.path], "reads the journal's personal data"
     return (OWNER_ONLY[request.path], "changes data") if request.path in OWNER_ONLY else None
@@ -226,16 +229,18 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 
 async def _handle_forget(request: web.Request) -> web.Response:
+    """POST /forget?phone=DIGITS&reference=TEXT&dry_run=1: erase one person (or count what that would erase)."""
     try:
-        query = _query(request, ("phone", "reference"))
+        query = _query(request, ("phone", "reference", "dry_run"))
         phone = params.phone_digits(query.get("phone", ""))
+        dry_run = _flag("dry_run", query.get("dry_run", ""))
     except BadParameter as exc:
         return _bad(exc)
     reference = query.get("reference")
     problem = reference_problem(reference, phone) if reference is not None else None
     if problem:
         return _bad(BadParameter(f"--reference {problem}"))
-    return web.json_response(await request.app[FORGET](phone, reference), dumps=_dumps)
+    return web.json_response(await request.app[FORGET](phone, reference, dry_run), dumps=_dumps)
 
 
 async def _handle_show(request: web.Request) -> web.Response:

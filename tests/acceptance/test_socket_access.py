@@ -44,6 +44,8 @@ def test_an_operator_in_the_socket_group_reads_but_cannot_change_anything(folder
         assert quarantine.returncode == 1 and "daemon not running" not in quarantine.stdout + quarantine.stderr
         assert ("the daemon refused: quarantine reads the journal's personal data: only the daemon's user"
                 in quarantine.stderr), quarantine.stderr
+        dry = cli(config, "forget", "--phone", "5511900000001", "--dry-run", run_as=operator)
+        assert dry.returncode == 1 and "the daemon refused: forget" in dry.stderr, dry.stderr
         replay = cli(config, "replay", "--since", "2020-01-01", run_as=operator)
         assert replay.returncode == 1 and "the daemon refused: replay" in replay.stderr, replay.stderr
         for method, route in (("POST", "/recover?all=1"), ("POST", "/airtable?action=init"),

@@ -43,8 +43,8 @@ async def served():
         calls.append(("replay", sink, selection))
         return {"replay": "triggered", "sinks": [], "requeued": {}}
 
-    async def forget(phone, reference):
-        calls.append(("forget", phone, reference))
+    async def forget(phone, reference, dry_run=False):
+        calls.append(("forget", phone, reference, *(["dry run"] if dry_run else [])))
         return {"stores": {}, "complete": True}
 
     async def recover(selection, options, emit):
@@ -84,7 +84,7 @@ READS = [("GET", "/status"), ("GET", "/metrics"), ("POST", "/sync"), ("POST", "/
 # what changes data, and what reads the journal's personal data (as `dead` does: the journal is 0600)
 CHANGES = [("POST", "/replay"), ("POST", "/replay?dead=1"), ("POST", "/forget?phone=5511900000001"),
            ("POST", "/recover?all=1"), ("POST", "/airtable?action=init"), ("POST", "/discard?all=1&reason=x"),
-           ("GET", "/quarantine"),
+           ("POST", "/forget?phone=5511900000001&dry_run=1"), ("GET", "/quarantine"),
            ("POST", "/quarantine/discard?all=1&reason=x")]
 
 
@@ -106,7 +106,7 @@ async def test_the_socket_group_reads_and_only_the_daemon_user_or_root_changes(s
         status, body = await asyncio.to_thread(unix_http, served.path, method, route)
         assert status == 200, (route, body)
     assert [call[0] for call in served.calls[3:]] == ["replay", "replay", "forget", "recover", "airtable", "discard",
-                                                      "quarantine", "quarantine discard"]
+                                                      "forget", "quarantine", "quarantine discard"]
 
 
 async def refused(path, route):
@@ -152,6 +152,7 @@ BAD = [
     ("/discard?event=7&reason=" + "x" * 501, "--reason must be at most 500 characters"),
     ("/discard?all=1&reason=x&sink=mysql", "argument --sink: invalid choice: 'mysql'"),
     ("/discard?all=1&reason=x&everything=1", "unknown parameter everything"),
+    ("/forget?phone=5511988887777&dry_run=maybe", "dry_run must be 1 or 0"),
     ("/quarantine?limit=0", "--limit must be a whole number from 1 to 10000, not '0'"),
     ("/quarantine?limit=x", "--limit must be a whole number from 1 to 10000, not 'x'"),
     ("/quarantine?discarded=maybe", "discarded must be 1 or 0"),
@@ -179,6 +180,7 @@ async def test_good_parameters_reach_the_daemon_as_the_command_line_sends_them(s
     await request_status(served.path, "POST", "/replay?dead=1")
     await request_status(served.path, "POST", "/discard?event=wamid.7&sink=airtable&reason=test%20data&operator=alice")
     await request_status(served.path, "POST", "/discard?all=1&reason=%20fixed%20")
+    await request_status(served.path, "POST", "/forget?phone=5511900000001&dry_run=1")
     await request_status(served.path, "GET", "/quarantine")
     await request_status(served.path, "GET", "/quarantine?limit=5&discarded=1&whole=1")
     await request_status(served.path, "POST", "/quarantine/discard?id=7&reason=a%20test&operator=alice")
@@ -196,6 +198,7 @@ async def test_good_parameters_reach_the_daemon_as_the_command_line_sends_them(s
         ("replay", None, Requeue(dead_only=True)),
         ("discard", "airtable", "wamid.7", "test data", f"{ME} (sudo from alice)"),
         ("discard", None, None, "fixed", ME),
+        ("forget", "5511900000001", None, "dry run"),
         ("quarantine", 100, False, False),
         ("quarantine", 5, True, True),
         ("quarantine discard", 7, "a test", f"{ME} (sudo from alice)"),
