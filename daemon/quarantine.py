@@ -145,7 +145,8 @@ def render_quarantine(answer: dict[str, Any], discarded: bool, config: str) -> s
         first = f" (the first {shown} listed: --limit N for more)" if shown < total else ""
         lines.append(f"{total} {state} quarantined element{'' if total == 1 else 's'}{first}")
     if not discarded and total:
-        lines[-1] += f"; to give one up, once looked at: chatledger quarantine --discard ID|--all --reason TEXT {config}"
+        lines[-1] += (f"; to give one up, once looked at: chatledger quarantine --discard ID|--all --reason TEXT "
+                      f"{config}")
     if not discarded and answer["discarded"]:
         lines[-1] += f" ({answer['discarded']} discarded: --discarded lists them)"
     return "\n".join(lines)

@@ -83,7 +83,8 @@ async def test_forget_leaves_no_trace_in_any_store_and_keeps_an_audit_entry(
 async def test_a_dry_run_counts_in_every_store_what_forget_then_erases_and_erases_nothing(
         stores, stores_emulator, pg_cluster, pg_conn, pg_schema):
     await stores.journal.append([], [Rejected("element has no title", '{"phone": "+55 11 900000002"}', RECEIVED)])
-    before = (airtable_text(stores_emulator), await postgres_text(pg_conn, pg_schema), journal_bytes(stores.journal.path))
+    before = (airtable_text(stores_emulator), await postgres_text(pg_conn, pg_schema),
+              journal_bytes(stores.journal.path))
 
     dry = await forget(stores, pg_cluster, pg_schema, reference="TICKET-43", dry_run=True)
 
