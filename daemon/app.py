@@ -131,7 +131,9 @@ class Daemon:
         prepare_socket_path(socket_path)
         runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay, self.forget, self.recover,
                                                     self.airtable_setup, discard=self.discard,
-                                                    show=self.show), access_log=None)
+                                                    show=self.show,
+                                                    quarantine=self.quarantine,
+                                                    quarantine_discard=self.discard_quarantined), access_log=None)
         await runner.setup()
         self._runners.append(runner)
         await web.UnixSite(runner, str(socket_path)).start()
@@ -498,8 +500,9 @@ class Daemon:
                         ", ".join(f"{d['sink']} event {d['event_id']}" for d in result.discarded[:20]), reason)
         return result.as_dict()
 
-    async def forget(self, phone: str, reference: str | None = None) -> dict[str, Any]:
-        """Erase one phone everywhere, through this daemon's journal, workers and Airtable budget."""
+    async def forget(self, phone: str, reference: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Erase one phone everywhere (or count what that would erase), through this daemon's journal, workers
+        and Airtable budget."""
         from daemon.forget import forget_phone
         from daemon.sinks.base import SinkError
 
@@ -512,10 +515,29 @@ class Daemon:
 
         try:
             report = await forget_phone(phone, self.journal, **erasure_stores(
-                self.config, airtable.sink if airtable else None), quiesce=quiesce, reference=reference)
+                self.config, airtable.sink if airtable else None), quiesce=quiesce, reference=reference,
+                dry_run=dry_run)
         except SinkError as exc:
-            return {"error": f"{exc}; nothing was erased"}
+            return {"error": f"{exc}; nothing was erased", "dry_run": dry_run}
         return report.as_dict()
+
+    async def quarantine(self, limit: int, discarded: bool, whole: bool) -> dict[str, Any]:
+        """The quarantined elements (`chatledger quarantine`), open or discarded."""
+        from daemon.quarantine import list_quarantine
+
+        assert self.journal is not None
+        return await list_quarantine(self.journal, limit, discarded=discarded, whole=whole)
+
+    async def discard_quarantined(self, element: int | None, reason: str, by: str) -> dict[str, Any]:
+        """Give up one quarantined element (or every open one with None), recorded with who, when and why."""
+        from daemon.quarantine import discard_quarantined
+
+        assert self.journal is not None
+        result = await discard_quarantined(self.journal, element, reason, by)
+        if result["discarded"]:
+            logger.info("{} quarantined element(s) discarded on request of {} ({}): {}", len(result["discarded"]), by,
+                        ", ".join(map(str, result["discarded"][:20])), reason)
+        return result
 
     async def recover(self, selection: Any, options: dict[str, Any], emit: Any) -> dict[str, Any]:
         """`chatledger recover` with this daemon's Airtable client, so that the base's budget is shared;
@@ -606,6 +628,7 @@ class Daemon:
                 "path": str(self.journal.path),
                 "events": counts["events"],
                 "quarantined": counts["quarantined"],
+                "quarantine_discarded": counts.get("quarantine_discarded", 0),
                 "writable": self.journal.writable,
                 "writer_alive": self.journal.writer_alive,
                 "commits": journal_stats.commits,

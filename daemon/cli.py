@@ -94,6 +94,18 @@ def _parser() -> argparse.ArgumentParser:
                            "or with --all every one; needs --reason; works with the daemon running or stopped")
     dead.add_argument("--all", action="store_true", help="with --discard: every open dead letter (of --sink)")
     dead.add_argument("--reason", type=_reason, metavar="TEXT", help="why they are given up (kept with them)")
+    quarantine = command("quarantine", "list the webhook elements kept in the journal's quarantine (rejected: id, "
+                                       "when, why, a preview), or give them up (--discard): recorded with who, when "
+                                       "and why, no longer listed nor counted as open")
+    quarantine.add_argument("--limit", type=_limit, default=100, metavar="N",
+                            help="at most this many, oldest first (default 100)")
+    quarantine.add_argument("--json", action="store_true", help="print JSON, each element whole as received (raw)")
+    quarantine.add_argument("--discarded", action="store_true", help="list the discarded ones, with who, when and why")
+    quarantine.add_argument("--discard", nargs="?", const="", metavar="ID",
+                            help="give up this element (its id, as listed), or with --all every open one; needs "
+                                 "--reason; works with the daemon running or stopped")
+    quarantine.add_argument("--all", action="store_true", help="with --discard: every open element")
+    quarantine.add_argument("--reason", type=_element_reason, metavar="TEXT", help="why it is given up (kept with it)")
     journal = command("journal", "`check`: SQLite integrity, schema version, deliveries by sink and state, "
                                  "rows without events and events without rows; exit 1 on any problem")
     journal.add_argument("action", choices=("check",))
@@ -127,6 +139,10 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("--reference", metavar="TEXT",
                         help="kept in the audit entry, e.g. the request's ticket id (at most 100 characters)")
     forget.add_argument("--json", action="store_true", help="print the report as JSON")
+    forget.add_argument("--dry-run", action="store_true",
+                        help="say what would be erased in each store; erase nothing, write no audit entry")
+    forget.add_argument("--yes", action="store_true",
+                        help="do not ask first (on a terminal, forget shows what it would erase and asks)")
     show = command("show", "one conversation (or each of a phone's) with its interactions and escalations, from "
                            "PostgreSQL, else the journal, else Airtable, saying which answered; exit 1 when none knows it")
     shown = show.add_mutually_exclusive_group(required=True)
@@ -142,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    misuse = _dead_usage(args) if args.command == "dead" else None
+    misuse = _discard_usage(args, DISCARDS[args.command]) if args.command in DISCARDS else None
     if misuse:
         parser.error(misuse)
     args.config = config_path(args.config)
@@ -164,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": _replay,
         "airtable": _airtable,
         "dead": _dead,
+        "quarantine": _quarantine,
         "journal": _journal,
         "recover": _recover,
         "top": _top,
@@ -379,15 +396,46 @@ def _reason(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc).removeprefix("--reason ")) from None
 
 
-def _dead_usage(args: argparse.Namespace) -> str | None:
-    """What is wrong with how `dead`'s options were combined, or None."""
+def _element_reason(text: str) -> str:
+    from daemon.params import BadParameter, reason
+
+    try:
+        return reason(text, "these elements")
+    except BadParameter as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--reason ")) from None
+
+
+def _limit(text: str) -> int:
+    from daemon.params import BadParameter, limit
+    from daemon.status import QUARANTINE_LIMIT_MAX
+
+    try:
+        return limit(text, QUARANTINE_LIMIT_MAX)
+    except BadParameter as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--limit ")) from None
+
+
+DISCARDS = {"dead": "one event ID", "quarantine": "one element id"}  # what `--discard` takes
+
+
+def _discard_usage(args: argparse.Namespace, takes: str) -> str | None:
+    """What is wrong with how `dead`'s or `quarantine`'s options were combined, or None."""
+    from daemon.params import BadParameter, element_id
+
     if args.discard is None:
         return "--all and --reason go with --discard" if args.all or args.reason is not None else None
     if bool(args.discard) == args.all:
-        return "--discard takes one event ID, or --all"
+        return f"--discard takes {takes}, or --all"
     if args.reason is None:
         return "--discard needs --reason TEXT: why they are given up (kept with them)"
-    return "--discarded lists; it does not go with --discard" if args.discarded else None
+    if args.discarded:
+        return "--discarded lists; it does not go with --discard"
+    if args.command == "quarantine" and args.discard:
+        try:
+            element_id(args.discard)
+        except BadParameter as exc:
+            return str(exc)
+    return None
 
 
 def _dead(config: Config, args: argparse.Namespace) -> int:
@@ -476,22 +524,101 @@ def _discard_problem(answer: dict[str, Any], event: str | None, sinks: str) -> s
     return f"event {event} is not a dead letter ({states}): nothing discarded"
 
 
-def _discard_offline(config: Config, sink: str | None, event: str | None, reason: str) -> dict[str, Any]:
+def _operator() -> str:
+    """Who runs this command, as the daemon would record them from its socket's peer."""
     import pwd
 
-    from daemon.journal import Journal
     from daemon.params import operator_name
 
     try:
         user = pwd.getpwuid(os.geteuid()).pw_name
     except KeyError:
         user = f"uid {os.geteuid()}"
-    by = operator_name(user, os.environ.get("SUDO_USER"))
+    return operator_name(user, os.environ.get("SUDO_USER"))
+
+
+def _discard_offline(config: Config, sink: str | None, event: str | None, reason: str) -> dict[str, Any]:
+    from daemon.journal import Journal
+
+    by = _operator()
 
     async def discard() -> dict[str, Any]:
         journal = await Journal.open(config.journal.path, config.enabled_sinks)
         try:
             return (await journal.discard([sink] if sink else list(config.enabled_sinks), event, reason, by)).as_dict()
+        finally:
+            await journal.close()
+
+    setup_logging("WARNING", config.log.json_)
+    return asyncio.run(discard())
+
+
+def _quarantine(config: Config, args: argparse.Namespace) -> int:
+    """`quarantine`: through the daemon (its user and root only: the elements are personal data), else from
+    the journal read-only; `--discard` through the daemon, else in the journal under its lock."""
+    from urllib.parse import urlencode
+
+    from daemon.quarantine import read_quarantine, render_quarantine
+
+    if args.discard is not None:
+        return _quarantine_discard(config, args)
+    query = urlencode({k: v for k, v in {"limit": args.limit, "discarded": "1" if args.discarded else None,
+                                          "whole": "1" if args.json else None}.items() if v})
+    try:
+        answer = asyncio.run(request_status(config.status.socket, "GET", "/quarantine?" + query, timeout_s=60))
+    except StatusUnreachable:
+        try:
+            answer = read_quarantine(config.journal.path, args.limit, discarded=args.discarded, whole=args.json)
+        except JournalError as exc:
+            print(f"chatledger: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        print(render_quarantine(answer, args.discarded, f"--config {args.config}"))
+    return EXIT_OK
+
+
+def _quarantine_discard(config: Config, args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    from daemon.quarantine import discard_problem, discarded_text
+
+    element = int(args.discard) if args.discard else None
+    query = urlencode({k: v for k, v in {"id": element, "all": "1" if args.all else None, "reason": args.reason,
+                                          "operator": os.environ.get("SUDO_USER")}.items() if v is not None})
+    try:
+        answer = asyncio.run(request_status(config.status.socket, "POST", "/quarantine/discard?" + query,
+                                            timeout_s=300))
+        where = "through the running daemon"
+    except StatusUnreachable:
+        try:
+            answer = _quarantine_discard_offline(config, element, args.reason)
+        except JournalError as exc:
+            print(f"chatledger: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        where = "daemon not running"
+    if args.json:
+        print(json.dumps({**answer, "where": where}, indent=2))
+    problem = discard_problem(answer, element)
+    if problem:
+        print(f"chatledger: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not args.json:
+        print(discarded_text(answer, where))
+    return EXIT_OK
+
+
+def _quarantine_discard_offline(config: Config, element: int | None, reason: str) -> dict[str, Any]:
+    from daemon.journal import Journal
+    from daemon.quarantine import discard_quarantined
+
+    by = _operator()
+
+    async def discard() -> dict[str, Any]:
+        journal = await Journal.open(config.journal.path, config.enabled_sinks)
+        try:
+            return await discard_quarantined(journal, element, reason, by)
         finally:
             await journal.close()
 
@@ -745,8 +872,8 @@ def _phone_digits(text: str) -> str | None:
 
 
 def _forget(config: Config, args: argparse.Namespace) -> int:
-    from urllib.parse import urlencode
-
+    """`forget`: on a terminal, what would be erased is shown first and the operator asked (unless --yes);
+    elsewhere (scripts) it erases at once, as it always did."""
     from daemon.journal import reference_problem
 
     phone = _phone_digits(args.phone)
@@ -756,12 +883,26 @@ def _forget(config: Config, args: argparse.Namespace) -> int:
     if problem:
         print(f"chatledger: --reference {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    query = urlencode({"phone": phone} | ({"reference": args.reference} if args.reference is not None else {}))
-    try:
-        answer = asyncio.run(request_status(config.status.socket, "POST", f"/forget?{query}",
-                                            timeout_s=FORGET_TIMEOUT))
-    except StatusUnreachable:
-        answer = _forget_offline(config, phone, args.reference)  # no daemon: the journal is ours to open
+    ask = not (args.yes or args.dry_run or args.json) and sys.stdin.isatty() and sys.stdout.isatty()
+    if args.dry_run or ask:
+        answer = _forget_answer(config, phone, args.reference, dry_run=True)
+        if args.json:
+            print(json.dumps(answer, indent=2))
+        if answer.get("error"):
+            print(f"chatledger: forget: {answer['error']}", file=sys.stderr)
+            return EXIT_FAILURE
+        if not args.json:
+            print(f"dry run: nothing was erased; forget --phone ...{phone[-4:]} would erase:" if args.dry_run
+                  else f"forget --phone ...{phone[-4:]} erases:")
+            _print_stores(answer["stores"])
+        for note in answer.get("notes") or ():
+            print(f"chatledger: forget: {note}", file=sys.stderr)
+        if args.dry_run:
+            return EXIT_OK
+        if not _confirmed("erase? [y/N] "):
+            print("chatledger: forget: aborted: nothing was erased", file=sys.stderr)
+            return EXIT_FAILURE
+    answer = _forget_answer(config, phone, args.reference)
     if args.json:
         print(json.dumps(answer, indent=2))
     if answer.get("error") and not answer.get("stores"):
@@ -770,9 +911,7 @@ def _forget(config: Config, args: argparse.Namespace) -> int:
     if not args.json:
         reference = f", reference {args.reference}" if args.reference is not None else ""
         print(f"forgot phone ...{phone[-4:]} (audit entry at {answer['audit']['at']}{reference})")
-        for store, counts in answer["stores"].items():
-            text = counts if isinstance(counts, str) else ", ".join(f"{n} {what}" for what, n in counts.items())
-            print(f"  {store:<9} {text}")
+        _print_stores(answer["stores"])
     for note in answer.get("notes") or ():
         print(f"chatledger: forget: {note}", file=sys.stderr)
     if not answer.get("complete", True):
@@ -782,7 +921,35 @@ def _forget(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _forget_offline(config: Config, phone: str, reference: str | None) -> dict[str, Any]:
+def _forget_answer(config: Config, phone: str, reference: str | None, dry_run: bool = False) -> dict[str, Any]:
+    """The report of `forget` (or of its dry run): through the daemon, else done here on the journal."""
+    from urllib.parse import urlencode
+
+    query = urlencode({"phone": phone} | ({"reference": reference} if reference is not None else {})
+                      | ({"dry_run": "1"} if dry_run else {}))
+    try:
+        return asyncio.run(request_status(config.status.socket, "POST", f"/forget?{query}", timeout_s=FORGET_TIMEOUT))
+    except StatusUnreachable:
+        return _forget_offline(config, phone, reference, dry_run)  # no daemon: the journal is ours to open
+
+
+def _print_stores(stores: dict[str, Any]) -> None:
+    for store, counts in stores.items():
+        text = counts if isinstance(counts, str) else ", ".join(f"{n} {what}" for what, n in counts.items())
+        print(f"  {store:<9} {text}")
+
+
+def _confirmed(question: str) -> bool:
+    """The operator's answer on the terminal: y or yes, anything else (an empty line, Ctrl-D, Ctrl-C) is no."""
+    try:
+        answer = input(question)
+    except (EOFError, KeyboardInterrupt):
+        print()
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _forget_offline(config: Config, phone: str, reference: str | None, dry_run: bool = False) -> dict[str, Any]:
     from daemon.app import erasure_stores
     from daemon.forget import forget_phone
     from daemon.journal import Journal
@@ -798,9 +965,10 @@ def _forget_offline(config: Config, phone: str, reference: str | None) -> dict[s
             sink = AirtableSink.from_config(config.airtable, None)
         journal = await Journal.open(config.journal.path, config.enabled_sinks)
         try:
-            return (await forget_phone(phone, journal, **erasure_stores(config, sink), reference=reference)).as_dict()
+            return (await forget_phone(phone, journal, **erasure_stores(config, sink), reference=reference,
+                                       dry_run=dry_run)).as_dict()
         except SinkError as exc:
-            return {"error": f"{exc}; nothing was erased"}
+            return {"error": f"{exc}; nothing was erased", "dry_run": dry_run}
         finally:
             await journal.close()
             if sink is not None:
@@ -809,7 +977,7 @@ def _forget_offline(config: Config, phone: str, reference: str | None) -> dict[s
     try:
         return asyncio.run(run())
     except JournalError as exc:
-        return {"error": f"{exc}; nothing was erased"}
+        return {"error": f"{exc}; nothing was erased", "dry_run": dry_run}
 
 
 SHOW_TIMEOUT = 600.0  # Airtable at 5 requests/s, 100 records a request: 10,000 interactions take 20 s and more

@@ -36,10 +36,11 @@ class ForgetReport:
     error: str | None = None
     audit: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)  # what could not be searched, and what that leaves
+    dry_run: bool = False  # `stores` counts what would be erased; nothing was
 
     def as_dict(self) -> dict[str, Any]:
         return {"stores": self.stores, "complete": self.complete, "error": self.error, "audit": self.audit,
-                "notes": self.notes}
+                "notes": self.notes, "dry_run": self.dry_run}
 
 
 Delete = Callable[[str, list[str]], Awaitable[None]]
@@ -125,11 +126,12 @@ async def forget_phone(
     postgres: Callable[[], AbstractAsyncContextManager[PostgresRows]] | None,
     airtable: tuple[AirtableClient, dict[str, str]] | None,
     quiesce: Callable[[], Awaitable[None]] | None = None, reference: str | None = None,
-    airtable_delete: Delete | None = None,
+    airtable_delete: Delete | None = None, dry_run: bool = False,
 ) -> ForgetReport:
     """Erase `phone` (digits) from every configured store; the report is also the audit entry's.
-    `airtable_delete`: how a chunk of Airtable records is deleted (the daemon's sink keeps its count)."""
-    report = ForgetReport()
+    `airtable_delete`: how a chunk of Airtable records is deleted (the daemon's sink keeps its count).
+    `dry_run`: look everything up alike and count what would be erased, erasing and auditing nothing."""
+    report = ForgetReport(dry_run=dry_run)
     lookups = None
     conversation_ids = await journal.conversations_of_phone(phone)
     async with AsyncExitStack() as stack:
@@ -139,8 +141,20 @@ async def forget_phone(
         if airtable is not None:  # what Airtable knows of the person (and that it answers)
             client, names = airtable[0], BaseNames.of(airtable[1])
             lookups = _Lookups(names, await read_plan(client, names, probe=False))
-            _, conversation_ids = await _airtable_targets(client, lookups, phone, conversation_ids)
+            found, conversation_ids = await _airtable_targets(client, lookups, phone, conversation_ids)
             report.notes = lookups.notes
+        if dry_run:
+            counts, event_keys = await journal.forget_counts(phone, conversation_ids)
+            report.stores["journal"] = counts
+            if pg is not None:
+                report.stores["postgres"] = await pg.forget_counts(phone, conversation_ids, event_keys)
+            if airtable is not None:
+                report.stores["airtable"] = {kind: len(found[kind]) for kind in ("conversations", "interactions",
+                                                                                  "escalations")}
+            report.stores.setdefault("postgres", "not configured")
+            report.stores.setdefault("airtable", "not configured")
+            logger.info("forget: dry run for phone ...{}, nothing erased: {}", phone[-4:], report.stores)
+            return report
         # Every store answered: erase, the journal first.
         counts, event_keys = await journal.forget(phone, conversation_ids)
         if not await journal.checkpoint():

@@ -275,6 +275,15 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX discards_of_event ON discards (event_id, sink);
     """,
+    # v6: a quarantined element the operator has looked at can be discarded (`chatledger quarantine
+    # --discard`): kept with who, when and why, no longer listed or counted as open. Adding columns is
+    # instant (no copy); the partial index counts the open ones without reading the elements.
+    """
+    ALTER TABLE quarantine ADD COLUMN discarded_at TEXT;
+    ALTER TABLE quarantine ADD COLUMN discarded_by TEXT;
+    ALTER TABLE quarantine ADD COLUMN discard_reason TEXT;
+    CREATE INDEX quarantine_open ON quarantine (discarded_at) WHERE discarded_at IS NULL;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # v4 erases the audit's hashes: secure_delete zeroes their pages in the WAL, and a checkpoint right
@@ -309,7 +318,8 @@ INSERT INTO meta (key, value) VALUES ('last_write_probe', ?)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
 COUNT_EVENTS = "SELECT count(*) FROM events"
-COUNT_QUARANTINE = "SELECT count(*) FROM quarantine"
+COUNT_QUARANTINE = "SELECT count(*) FROM quarantine WHERE discarded_at IS NULL"  # the open ones
+QUARANTINE_COUNTS = f"SELECT ({COUNT_QUARANTINE}), (SELECT count(*) FROM quarantine)"  # one snapshot
 SELECT_COUNTERS = "SELECT name, value FROM counters"
 SINK_STATE_COUNTS = """
 SELECT sink, state, count(*), strftime('%Y-%m-%dT%H:%M:%fZ', max(updated_at), 'unixepoch')
@@ -460,11 +470,15 @@ class Discard:
                 "others": self.others, "found": self.found}
 
 
-# One person's events: by phone, or by a conversation of that phone.
-FORGET_EVENTS = ("DELETE FROM events WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?)) "
-                 "RETURNING dedup_key")
-FORGET_CONVERSATIONS = "DELETE FROM conversations WHERE phone = ? OR conversation_id IN (SELECT value FROM json_each(?))"
-FORGET_QUARANTINE = "DELETE FROM quarantine WHERE mentions_phone(raw, ?)"  # daemon.events.mentions_phone
+# One person's events: by phone, or by a conversation of that phone. A dry run counts with the same terms.
+OF_PERSON = "phone = ? OR conversation_id IN (SELECT value FROM json_each(?))"
+NAMING_PHONE = "mentions_phone(raw, ?)"  # daemon.events.mentions_phone
+FORGET_EVENTS = f"DELETE FROM events WHERE {OF_PERSON} RETURNING dedup_key"
+FORGET_CONVERSATIONS = f"DELETE FROM conversations WHERE {OF_PERSON}"
+FORGET_QUARANTINE = f"DELETE FROM quarantine WHERE {NAMING_PHONE}"
+EVENTS_OF_PERSON = f"SELECT dedup_key FROM events WHERE {OF_PERSON}"
+COUNT_CONVERSATIONS_OF_PERSON = f"SELECT count(*) FROM conversations WHERE {OF_PERSON}"
+COUNT_QUARANTINE_NAMING = f"SELECT count(*) FROM quarantine WHERE {NAMING_PHONE}"
 CONVERSATIONS_OF_PHONE = "SELECT conversation_id FROM conversations WHERE phone = ?"
 INSERT_AUDIT = "INSERT INTO audit (at, action, last4, reference, report) VALUES (?, ?, ?, ?, ?)"
 AUDIT_ENTRIES = "SELECT id, at, action, last4, reference, report FROM audit ORDER BY id"
@@ -639,6 +653,7 @@ class Journal:
             writer.isolation_level = "IMMEDIATE"
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 5000")
+            await reader.create_function("mentions_phone", 2, mentions_phone, deterministic=True)  # forget's dry run
             (last_id,) = await (await writer.execute("SELECT coalesce(max(id), 0) FROM events")).fetchone()
             # two statements: together, max() and count(*) lose their shortcuts and read the whole table
             (events,) = await (await writer.execute(COUNT_EVENTS)).fetchone()
@@ -935,7 +950,7 @@ class Journal:
         """Events, quarantine, webhook counters and per-sink delivery counts, from the read connection."""
         reader = self._reader
         (events,) = await (await reader.execute(COUNT_EVENTS)).fetchone()
-        (quarantined,) = await (await reader.execute(COUNT_QUARANTINE)).fetchone()
+        quarantined, quarantine_all = await (await reader.execute(QUARANTINE_COUNTS)).fetchone()
         counters = dict(await (await reader.execute(SELECT_COUNTERS)).fetchall())
         sinks: dict[str, dict[str, Any]] = {}
         for sink, state, count, latest in await (await reader.execute(SINK_STATE_COUNTS)).fetchall():
@@ -946,7 +961,8 @@ class Journal:
         for sink in sinks:
             row = await (await reader.execute(OLDEST_PENDING, (sink,))).fetchone()
             sinks[sink]["oldest_pending_at"] = row[0] if row else None
-        return {"events": events, "quarantined": quarantined, "counters": counters, "sinks": sinks}
+        return {"events": events, "quarantined": quarantined, "quarantine_discarded": quarantine_all - quarantined,
+                "counters": counters, "sinks": sinks}
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query on the reader connection."""
@@ -1128,6 +1144,14 @@ class Journal:
             return {"events": len(keys), "conversations": conversations, "quarantined": quarantined}, keys
 
         return await self.write(run)
+
+    async def forget_counts(self, phone: str, conversation_ids: Sequence[str]) -> tuple[dict[str, int], list[str]]:
+        """What `forget` would erase (a dry run): the same counts and dedup keys, read without writing."""
+        params = (phone, json.dumps(list(conversation_ids)))
+        keys = [row[0] for row in await self.query(EVENTS_OF_PERSON, params)]
+        [(conversations,)] = await self.query(COUNT_CONVERSATIONS_OF_PERSON, params)
+        [(quarantined,)] = await self.query(COUNT_QUARANTINE_NAMING, (phone,))
+        return {"events": len(keys), "conversations": conversations, "quarantined": quarantined}, keys
 
     async def checkpoint(self, attempts: int = 20) -> bool:
         """Copy the WAL into the database and truncate it (after an erasure, no old page stays in the

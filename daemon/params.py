@@ -45,12 +45,12 @@ def choice(option: str, value: str, choices: Sequence[str]) -> str:
     return value
 
 
-def reason(text: str) -> str:
-    """Why an operator gives dead letters up (`dead --discard --reason`): kept beside them, so it must say
-    something."""
+def reason(text: str, things: str = "these dead letters") -> str:
+    """Why an operator gives things up (`dead --discard --reason`, `quarantine --discard --reason`): kept
+    beside them, so it must say something."""
     text = text.strip()
     if not text:
-        raise BadParameter("--reason is empty: say why these dead letters are given up (it is kept with them)")
+        raise BadParameter(f"--reason is empty: say why {things} are given up (it is kept with them)")
     if len(text) > REASON_MAX:
         raise BadParameter(f"--reason must be at most {REASON_MAX} characters")
     if has_control(text):
@@ -72,6 +72,14 @@ def conversation_id(text: str) -> str:
     if has_control(text):
         raise BadParameter("--conversation must not hold a control character")
     return text
+
+
+def element_id(text: str) -> int:
+    """A quarantined element's id (`quarantine --discard ID`)."""
+    if not (text.isascii() and text.isdigit() and 0 < len(text) < 19):
+        raise BadParameter(f"--discard takes an element's id (a whole number, as `chatledger quarantine` lists it), "
+                           f"not {text!r}")
+    return int(text)
 
 
 def limit(text: str, most: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -24,10 +25,14 @@ from daemon.params import BadParameter
 SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
 SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
 REPLAY = web.AppKey("replay", Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]])
-FORGET = web.AppKey("forget", Callable[[str, str | None], Awaitable[dict[str, Any]]])
+# (phone, reference, dry run) -> the report
+FORGET = web.AppKey("forget", Callable[[str, str | None, bool], Awaitable[dict[str, Any]]])
 AIRTABLE = web.AppKey("airtable", Callable[[str], Awaitable[dict[str, Any]]])
 # (sink or None, event or None for all, reason, who) -> what was discarded
 DISCARD = web.AppKey("discard", Callable[[str | None, str | None, str, str], Awaitable[dict[str, Any]]])
+# (limit, discarded, whole) -> the quarantined elements; (element id or None for all, reason, who) -> discarded
+QUARANTINE = web.AppKey("quarantine", Callable[[int, bool, bool], Awaitable[dict[str, Any]]])
+QUARANTINE_DISCARD = web.AppKey("quarantine_discard", Callable[[int | None, str, str], Awaitable[dict[str, Any]]])
 # (selection, options {prefer, dry_run, diff}, emit(line)) -> the final line
 RECOVER = web.AppKey("recover", Callable[[Any, dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]],
                                          Awaitable[dict[str, Any]]])
@@ -36,6 +41,7 @@ SHOW = web.AppKey("show", Callable[[str | None, str | None, int], Awaitable[dict
 
 SOCKET_MODE = 0o660
 CLIENT_TIMEOUT = 10.0
+QUARANTINE_LIMIT, QUARANTINE_LIMIT_MAX = 100, 10000  # elements listed by default, and at most
 
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
 BLOCKED_HINT = ("held, nothing dead-lettered: the base refuses every write alike (a records cap, a plan limit: "
@@ -63,14 +69,16 @@ def create_status_app(
     snapshot: Callable[[], Awaitable[dict[str, Any]]],
     sync: Callable[[], Awaitable[dict[str, Any]]],
     replay: Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]],
-    forget: Callable[[str, str | None], Awaitable[dict[str, Any]]],
+    forget: Callable[[str, str | None, bool], Awaitable[dict[str, Any]]],
     recover: Callable[..., Awaitable[dict[str, Any]]] | None = None,
     airtable: Callable[[str], Awaitable[dict[str, Any]]] | None = None,
     discard: Callable[[str | None, str | None, str, str], Awaitable[dict[str, Any]]] | None = None,
     show: Callable[[str | None, str | None, int], Awaitable[dict[str, Any]]] | None = None,
+    quarantine: Callable[[int, bool, bool], Awaitable[dict[str, Any]]] | None = None,
+    quarantine_discard: Callable[[int | None, str, str], Awaitable[dict[str, Any]]] | None = None,
 ) -> web.Application:
     """Build the status app: GET /status, POST /sync, /replay?sink=NAME&dead=1, /forget?phone=DIGITS&reference=TEXT,
-    /discard?event=ID|all=1&reason=TEXT."""
+    /discard?event=ID|all=1&reason=TEXT, GET /quarantine, POST /quarantine/discard?id=N|all=1&reason=TEXT."""
     app = web.Application(middlewares=[_owner_only])
     app[SNAPSHOT] = snapshot
     app[SYNC] = sync
@@ -89,6 +97,10 @@ def create_status_app(
     if show is not None:
         app[SHOW] = show
         app.router.add_get("/show", _handle_show)
+    if quarantine is not None and quarantine_discard is not None:
+        app[QUARANTINE], app[QUARANTINE_DISCARD] = quarantine, quarantine_discard
+        app.router.add_get("/quarantine", _handle_quarantine)
+        app.router.add_post("/quarantine/discard", _handle_quarantine_discard)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/status", _handle_status)
     app.router.add_post("/sync", _handle_sync)
@@ -98,27 +110,37 @@ def create_status_app(
 
 # Routes that change data (the journal, PostgreSQL, the base): only the daemon's own user and root may
 # call them. Whoever can open the socket (0660: its group) may read, sync and check.
-OWNER_ONLY = {"/replay": "replay", "/forget": "forget", "/recover": "recover", "/discard": "dead --discard"}
+OWNER_ONLY = {"/replay": "replay", "/forget": "forget", "/recover": "recover", "/discard": "dead --discard",
+              "/quarantine/discard": "quarantine --discard"}
+# Reads of the journal's personal data (the elements as received): the same people only, as for `dead`,
+# which reads the journal itself (0600).
+PERSONAL_READS = {"/quarantine": "quarantine"}
 
 
-def _owner_command(request: web.Request) -> str | None:
+def _owner_command(request: web.Request) -> tuple[str, str] | None:
+    """The command a route serves, and why only the daemon's user and root may ask for it; None for anyone."""
     if request.path == "/airtable" and request.query.get("action") == "init":
-        return "airtable init"
-    return OWNER_ONLY.get(request.path)
+        return "airtable init", "changes data"
+    if request.path == "/forget" and request.query.get("dry_run", "") not in ("", "0", "false", "no"):
+        return "forget --dry-run", "reads the journal's personal data"
+    if request.path in PERSONAL_READS:
+        return PERSONAL_READS[request.path], "reads the journal's personal data"
+    return (OWNER_ONLY[request.path], "changes data") if request.path in OWNER_ONLY else None
 
 
 @web.middleware
 async def _owner_only(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                       ) -> web.StreamResponse:
-    command = _owner_command(request)
-    if command is None:
+    guarded = _owner_command(request)
+    if guarded is None:
         return await handler(request)
+    command, does = guarded
     uid = peer_uid(request)
     if uid in (0, os.geteuid()):
         return await handler(request)
     owner = _user_name(os.geteuid())
     logger.warning("status socket: {} refused to uid {}: only {} or root may", command, uid, owner)
-    return web.json_response({"error": f"{command} changes data: only the daemon's user ({owner}) or root may ask "
+    return web.json_response({"error": f"{command} {does}: only the daemon's user ({owner}) or root may ask "
                                        f"for it; run the command as that user, e.g. `sudo -u {owner} chatledger "
                                        f"{command} --config ...`, or as root"}, status=403, dumps=_dumps)
 
@@ -207,16 +229,18 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 
 async def _handle_forget(request: web.Request) -> web.Response:
+    """POST /forget?phone=DIGITS&reference=TEXT&dry_run=1: erase one person (or count what that would erase)."""
     try:
-        query = _query(request, ("phone", "reference"))
+        query = _query(request, ("phone", "reference", "dry_run"))
         phone = params.phone_digits(query.get("phone", ""))
+        dry_run = _flag("dry_run", query.get("dry_run", ""))
     except BadParameter as exc:
         return _bad(exc)
     reference = query.get("reference")
     problem = reference_problem(reference, phone) if reference is not None else None
     if problem:
         return _bad(BadParameter(f"--reference {problem}"))
-    return web.json_response(await request.app[FORGET](phone, reference), dumps=_dumps)
+    return web.json_response(await request.app[FORGET](phone, reference, dry_run), dumps=_dumps)
 
 
 async def _handle_show(request: web.Request) -> web.Response:
@@ -234,6 +258,36 @@ async def _handle_show(request: web.Request) -> web.Response:
     except BadParameter as exc:
         return _bad(exc)
     return web.json_response(await request.app[SHOW](conversation, phone, limit), dumps=_dumps)
+
+
+async def _handle_quarantine(request: web.Request) -> web.Response:
+    """GET /quarantine?limit=N&discarded=1&whole=1: the quarantined elements (with `whole`, each as received)."""
+    try:
+        query = _query(request, ("limit", "discarded", "whole"))
+        limit = params.limit(query.get("limit", str(QUARANTINE_LIMIT)), QUARANTINE_LIMIT_MAX)
+        discarded, whole = _flag("discarded", query.get("discarded", "")), _flag("whole", query.get("whole", ""))
+    except BadParameter as exc:
+        return _bad(exc)
+    answer = await request.app[QUARANTINE](limit, discarded, whole)
+    # elements kept whole can be large: the answer is encoded beside the event loop, never on it
+    return web.json_response(text=await asyncio.to_thread(_dumps, answer))
+
+
+async def _handle_quarantine_discard(request: web.Request) -> web.Response:
+    """POST /quarantine/discard?id=N|all=1&reason=TEXT&operator=SUDO_USER: give quarantined elements up,
+    recorded as asked by the socket's peer."""
+    try:
+        query = _query(request, ("id", "all", "reason", "operator"))
+        everything = _flag("all", query.get("all", ""))
+        if ("id" in query) == everything:
+            raise BadParameter("--discard takes one element id, or --all")
+        element = None if everything else params.element_id(query["id"])
+        reason = params.reason(query.get("reason", ""), "these elements")
+    except BadParameter as exc:
+        return _bad(exc)
+    uid = peer_uid(request)
+    who = params.operator_name(_user_name(uid) if uid is not None else "unknown", query.get("operator"))
+    return web.json_response(await request.app[QUARANTINE_DISCARD](element, reason, who), dumps=_dumps)
 
 
 async def _handle_airtable(request: web.Request) -> web.Response:

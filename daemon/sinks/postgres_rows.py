@@ -97,6 +97,22 @@ SELECT (SELECT count(*) FROM targets) AS conversations,
 DELETE_CONVERSATIONS = """
 DELETE FROM {s}.conversations WHERE customer_phone = $1 OR conversation_id = ANY($2::text[])
 """
+# What FORGET_PHONE and DELETE_CONVERSATIONS would delete (`forget --dry-run`): the same terms, counted.
+COUNT_PHONE = """
+WITH targets AS (
+    SELECT conversation_id, metadata ->> 'contact_id' AS contact_id FROM {s}.conversations
+    WHERE customer_phone = $1 OR conversation_id = ANY($2::text[])
+)
+SELECT (SELECT count(*) FROM targets) AS conversations,
+       (SELECT count(*) FROM {s}.interactions
+        WHERE customer_phone = $1 OR conversation_id IN (SELECT conversation_id FROM targets)) AS interactions,
+       (SELECT count(*) FROM {s}.escalations
+        WHERE customer_phone = $1 OR conversation_id IN (SELECT conversation_id FROM targets)) AS escalations,
+       (SELECT count(*) FROM {s}.events
+        WHERE event_id = ANY($3::text[])
+           OR contact_id IN (SELECT contact_id FROM targets)
+           OR regexp_replace(payload #>> '{{contact,phone}}', '\\D', '', 'g') = $1) AS events
+"""
 
 
 class PostgresRows:
@@ -235,3 +251,12 @@ class PostgresRows:
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise TransientError(f"PostgreSQL: {_describe(exc)}; nothing was erased there") from exc
         return counts
+
+    async def forget_counts(self, phone: str, conversation_ids: Sequence[str],
+                            event_ids: Sequence[str]) -> dict[str, int]:
+        """What forget() would delete, per table, deleting nothing."""
+        try:
+            return dict(await self._conn.fetchrow(self._sql(COUNT_PHONE), phone, list(conversation_ids),
+                                                  list(event_ids)))
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise TransientError(f"PostgreSQL: {_describe(exc)}") from exc

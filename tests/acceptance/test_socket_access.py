@@ -40,10 +40,18 @@ def test_an_operator_in_the_socket_group_reads_but_cannot_change_anything(folder
         assert "the daemon refused: forget changes data: only the daemon's user" in forget.stderr
         assert "sudo -u root chatledger forget" in forget.stderr
         assert "daemon not running" not in forget.stdout + forget.stderr  # no offline fallback
+        quarantine = cli(config, "quarantine", run_as=operator)  # personal data, read as `dead` reads it
+        assert quarantine.returncode == 1 and "daemon not running" not in quarantine.stdout + quarantine.stderr
+        assert ("the daemon refused: quarantine reads the journal's personal data: only the daemon's user"
+                in quarantine.stderr), quarantine.stderr
+        dry = cli(config, "forget", "--phone", "5511900000001", "--dry-run", run_as=operator)
+        assert dry.returncode == 1 and "the daemon refused: forget" in dry.stderr, dry.stderr
         replay = cli(config, "replay", "--since", "2020-01-01", run_as=operator)  # journal only: said before asking
         assert replay.returncode == 78 and "no sink is enabled" in replay.stderr, replay.stderr
-        for route in ("/recover?all=1", "/airtable?action=init", "/replay?dead=1"):
-            status_code, body = unix_http(socket_path, "POST", route, operator)
+        for method, route in (("POST", "/recover?all=1"), ("POST", "/airtable?action=init"),
+                              ("POST", "/replay?dead=1"), ("GET", "/quarantine"),
+                              ("POST", "/quarantine/discard?all=1&reason=x")):
+            status_code, body = unix_http(socket_path, method, route, operator)
             assert status_code == 403 and "or root" in body
         assert daemon.status()["journal"]["events"] == 3  # nothing changed
         with sqlite3.connect(folder / "state" / "journal.sqlite") as journal:

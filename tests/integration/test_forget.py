@@ -38,9 +38,9 @@ def journal_bytes(path):
     return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
 
 
-async def forget(stores, pg_cluster, pg_schema, phone=PHONE, reference=None):
+async def forget(stores, pg_cluster, pg_schema, phone=PHONE, reference=None, dry_run=False):
     return await forget_phone(phone, stores.journal, postgres=partial(PostgresRows.open, pg_cluster.dsn(), pg_schema),
-                              airtable=(stores.client, NAMES), reference=reference)
+                              airtable=(stores.client, NAMES), reference=reference, dry_run=dry_run)
 
 
 def audit_table(path):
@@ -78,6 +78,43 @@ async def test_forget_leaves_no_trace_in_any_store_and_keeps_an_audit_entry(
     again = await forget(stores, pg_cluster, pg_schema)  # nothing left: all zero, a second audit entry
     assert again.stores["journal"]["events"] == 0 and again.stores["airtable"]["interactions"] == 0
     assert len(await stores.journal.audit_entries()) == 2
+
+
+async def test_a_dry_run_counts_in_every_store_what_forget_then_erases_and_erases_nothing(
+        stores, stores_emulator, pg_cluster, pg_conn, pg_schema):
+    await stores.journal.append([], [Rejected("element has no title", '{"phone": "+55 11 900000002"}', RECEIVED)])
+    before = (airtable_text(stores_emulator), await postgres_text(pg_conn, pg_schema),
+              journal_bytes(stores.journal.path))
+
+    dry = await forget(stores, pg_cluster, pg_schema, reference="TICKET-43", dry_run=True)
+
+    assert dry.dry_run and dry.complete and dry.error is None and dry.audit is None
+    assert dry.stores == {"journal": {"events": 16, "conversations": 1, "quarantined": 1},
+                          "postgres": {"conversations": 1, "interactions": 15, "escalations": 0, "events": 16},
+                          "airtable": {"conversations": 1, "interactions": 15, "escalations": 0}}
+    assert dry.as_dict()["dry_run"] is True
+    assert airtable_text(stores_emulator) == before[0] and await postgres_text(pg_conn, pg_schema) == before[1]
+    assert journal_bytes(stores.journal.path) == before[2]  # not a byte written
+    assert await stores.journal.conversations_of_phone(PHONE) == [cid("c2")]
+    assert (await stores.journal.counts())["quarantined"] == 1
+    assert await stores.journal.audit_entries() == []  # a dry run is not an erasure: nothing audited
+
+    real = await forget(stores, pg_cluster, pg_schema, reference="TICKET-43")
+    assert real.complete and not real.dry_run and real.stores == dry.stores
+    assert (await stores.journal.counts())["quarantined"] == 0
+    assert not any(trace in airtable_text(stores_emulator) for trace in TRACES)
+
+
+async def test_a_dry_run_without_airtable_or_postgres_says_they_are_not_configured(tmp_path):
+    journal = await Journal.open(tmp_path / "j.sqlite", [])
+    try:
+        await journal.append([normalize(message(1, "c2", 60), RECEIVED)])
+        dry = await forget_phone(PHONE, journal, postgres=None, airtable=None, dry_run=True)
+        assert dry.stores == {"journal": {"events": 1, "conversations": 1, "quarantined": 0},
+                              "postgres": "not configured", "airtable": "not configured"}
+        assert await journal.conversations_of_phone(PHONE) == [cid("c2")] and await journal.audit_entries() == []
+    finally:
+        await journal.close()
 
 
 async def test_later_messages_from_a_forgotten_phone_are_stored_normally(stores, pg_cluster, pg_conn, pg_schema):
@@ -214,7 +251,7 @@ def test_the_cli_prints_what_forget_could_not_search(tmp_path, capsys, monkeypat
     from daemon import cli
 
     note = "Airtable: Interactions.ConversationId is missing from the base: no interaction could be found"
-    monkeypatch.setattr(cli, "_forget_offline", lambda config, phone, reference: {
+    monkeypatch.setattr(cli, "_forget_offline", lambda config, phone, reference, dry_run=False: {
         "stores": {"journal": {"events": 1}}, "complete": True, "error": None, "notes": [note],
         "audit": {"at": "2026-12-03T00:00:00Z"}})
     assert main(["forget", "--phone", PHONE, "--config", str(write_config(tmp_path))]) == 0

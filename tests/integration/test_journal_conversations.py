@@ -73,8 +73,11 @@ async def test_a_v1_journal_gets_its_conversations_on_upgrade(tmp_path):
         await journal.append([normalize(p, RECEIVED) for p in PAYLOADS[:3]])
     finally:
         await journal.close()
-    # simulate v1 rows: drop what v2 to v5 added, then downgrade the version number
+    # simulate v1 rows: drop what v2 to v6 added, then downgrade the version number
     conn = sqlite3.connect(path)
+    conn.execute("DROP INDEX quarantine_open")
+    for column in ("discarded_at", "discarded_by", "discard_reason"):
+        conn.execute(f"ALTER TABLE quarantine DROP COLUMN {column}")
     conn.execute("DROP TABLE discards")
     conn.execute("ALTER TABLE events DROP COLUMN original")
     conn.execute("DROP TABLE audit")

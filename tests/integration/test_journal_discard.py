@@ -120,7 +120,7 @@ async def test_a_v4_journal_migrates_keeping_every_delivery_row(tmp_path, monkey
 
     journal = await Journal.open(path, ["postgres", "airtable"])
     try:
-        assert rows(path, "PRAGMA user_version") == [(5,)]
+        assert rows(path, "PRAGMA user_version") == [(journal_module.SCHEMA_VERSION,)]
         assert rows(path, "SELECT * FROM deliveries ORDER BY sink, event_id") == before
         await journal.append([normalize(incoming("wamid.5"), NOW)])  # the fan-out trigger still works
         assert rows(path, "SELECT sink, state FROM deliveries WHERE event_id = 5 ORDER BY sink") == [

@@ -43,8 +43,8 @@ async def served():
         calls.append(("replay", sink, selection))
         return {"replay": "triggered", "sinks": [], "requeued": {}}
 
-    async def forget(phone, reference):
-        calls.append(("forget", phone, reference))
+    async def forget(phone, reference, dry_run=False):
+        calls.append(("forget", phone, reference, *(["dry run"] if dry_run else [])))
         return {"stores": {}, "complete": True}
 
     async def recover(selection, options, emit):
@@ -59,7 +59,16 @@ async def served():
         calls.append(("discard", sink, event, reason, by))
         return {"discarded": [], "others": [], "found": True}
 
-    runner = web.AppRunner(create_status_app(snapshot, sync, replay, forget, recover, airtable, discard=discard),
+    async def quarantine(limit, discarded, whole):
+        calls.append(("quarantine", limit, discarded, whole))
+        return {"open": 0, "discarded": 0, "elements": []}
+
+    async def quarantine_discard(element, reason, by):
+        calls.append(("quarantine discard", element, reason, by))
+        return {"discarded": [], "found": True}
+
+    runner = web.AppRunner(create_status_app(snapshot, sync, replay, forget, recover, airtable, discard=discard,
+                                             quarantine=quarantine, quarantine_discard=quarantine_discard),
                            access_log=None)
     await runner.setup()
     await web.UnixSite(runner, str(path)).start()
@@ -72,8 +81,11 @@ async def served():
 ME = pwd.getpwuid(os.geteuid()).pw_name  # who the daemon records as asking, from the socket's peer
 READS = [("GET", "/status"), ("GET", "/metrics"), ("POST", "/sync"), ("POST", "/airtable?action=check"),
          ("POST", "/airtable")]
+# what changes data, and what reads the journal's personal data (as `dead` does: the journal is 0600)
 CHANGES = [("POST", "/replay"), ("POST", "/replay?dead=1"), ("POST", "/forget?phone=5511900000001"),
-           ("POST", "/recover?all=1"), ("POST", "/airtable?action=init"), ("POST", "/discard?all=1&reason=x")]
+           ("POST", "/recover?all=1"), ("POST", "/airtable?action=init"), ("POST", "/discard?all=1&reason=x"),
+           ("POST", "/forget?phone=5511900000001&dry_run=1"), ("GET", "/quarantine"),
+           ("POST", "/quarantine/discard?all=1&reason=x")]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
@@ -93,7 +105,8 @@ async def test_the_socket_group_reads_and_only_the_daemon_user_or_root_changes(s
     for method, route in CHANGES:
         status, body = await asyncio.to_thread(unix_http, served.path, method, route)
         assert status == 200, (route, body)
-    assert [call[0] for call in served.calls[3:]] == ["replay", "replay", "forget", "recover", "airtable", "discard"]
+    assert [call[0] for call in served.calls[3:]] == ["replay", "replay", "forget", "recover", "airtable", "discard",
+                                                      "forget", "quarantine", "quarantine discard"]
 
 
 async def refused(path, route):
@@ -102,7 +115,7 @@ async def refused(path, route):
             async for _ in stream_status(path, route, 10):
                 pass
         else:
-            await request_status(path, "POST", route)
+            await request_status(path, "GET" if route.split("?")[0] == "/quarantine" else "POST", route)
     return str(caught.value)
 
 
@@ -139,6 +152,18 @@ BAD = [
     ("/discard?event=7&reason=" + "x" * 501, "--reason must be at most 500 characters"),
     ("/discard?all=1&reason=x&sink=mysql", "argument --sink: invalid choice: 'mysql'"),
     ("/discard?all=1&reason=x&everything=1", "unknown parameter everything"),
+    ("/forget?phone=5511988887777&dry_run=maybe", "dry_run must be 1 or 0"),
+    ("/quarantine?limit=0", "--limit must be a whole number from 1 to 10000, not '0'"),
+    ("/quarantine?limit=x", "--limit must be a whole number from 1 to 10000, not 'x'"),
+    ("/quarantine?discarded=maybe", "discarded must be 1 or 0"),
+    ("/quarantine?all=1", "unknown parameter all"),
+    ("/quarantine/discard?id=7", "--reason is empty: say why these elements are given up"),
+    ("/quarantine/discard?reason=why", "--discard takes one element id, or --all"),
+    ("/quarantine/discard?id=7&all=1&reason=why", "--discard takes one element id, or --all"),
+    ("/quarantine/discard?id=x7&reason=why", "--discard takes an element's id (a whole number, as `chatledger "
+                                             "quarantine` lists it), not 'x7'"),
+    ("/quarantine/discard?id=7&reason=a%07b", "--reason must not hold a control character"),
+    ("/quarantine/discard?all=1&reason=x&sink=postgres", "unknown parameter sink"),
 ]
 
 
@@ -155,6 +180,11 @@ async def test_good_parameters_reach_the_daemon_as_the_command_line_sends_them(s
     await request_status(served.path, "POST", "/replay?dead=1")
     await request_status(served.path, "POST", "/discard?event=wamid.7&sink=airtable&reason=test%20data&operator=alice")
     await request_status(served.path, "POST", "/discard?all=1&reason=%20fixed%20")
+    await request_status(served.path, "POST", "/forget?phone=5511900000001&dry_run=1")
+    await request_status(served.path, "GET", "/quarantine")
+    await request_status(served.path, "GET", "/quarantine?limit=5&discarded=1&whole=1")
+    await request_status(served.path, "POST", "/quarantine/discard?id=7&reason=a%20test&operator=alice")
+    await request_status(served.path, "POST", "/quarantine/discard?all=1&reason=seen")
     async for _ in stream_status(served.path, "/recover?phone=%2B55%2011%2090000-0001&prefer=airtable", 10):
         pass
     async for _ in stream_status(served.path, "/recover?conversation=it%27s%20%5C", 10):
@@ -168,6 +198,11 @@ async def test_good_parameters_reach_the_daemon_as_the_command_line_sends_them(s
         ("replay", None, Requeue(dead_only=True)),
         ("discard", "airtable", "wamid.7", "test data", f"{ME} (sudo from alice)"),
         ("discard", None, None, "fixed", ME),
+        ("forget", "5511900000001", None, "dry run"),
+        ("quarantine", 100, False, False),
+        ("quarantine", 5, True, True),
+        ("quarantine discard", 7, "a test", f"{ME} (sudo from alice)"),
+        ("quarantine discard", None, "seen", ME),
         ("recover", Selection(phone="5511900000001"), {"prefer": "airtable", "dry_run": False, "diff": False}),
         ("recover", Selection(conversation="it's \\"), {"prefer": "postgres", "dry_run": False, "diff": False}),
         ("recover", Selection(everything=True), {"prefer": "postgres", "dry_run": True, "diff": True}),
