@@ -464,11 +464,38 @@ def age_text(seconds: float | None) -> str:
     return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
 
 
-def _alerts_line(alerts: dict[str, Any]) -> list[str]:
+def alerts_text(alerts: dict[str, Any]) -> str | None:
+    """How the alerts went, None when they are off."""
     if not alerts.get("enabled"):
-        return []
+        return None
     failed = f", {alerts['failed']} FAILED (see the log)" if alerts.get("failed") else ""
-    return [f"alerts    {alerts.get('sent', 0)} sent{failed}"]
+    return f"{alerts.get('sent', 0)} sent{failed}"
+
+
+def _alerts_line(alerts: dict[str, Any]) -> list[str]:
+    text = alerts_text(alerts)
+    return [f"alerts    {text}"] if text else []
+
+
+def error_text(sink: dict[str, Any]) -> str:
+    """The sink's last error, said as history once it is up again."""
+    error = sink.get("last_error") or ""
+    if error and sink.get("state") == "up":  # history, not the present: say so
+        return f"none now (the last, at {sink.get('last_error_at') or '?'}: {error})"
+    if error and sink.get("last_error_at"):
+        return f"{error} (at {sink['last_error_at']})"
+    return error
+
+
+def sink_notes(name: str, sink: dict[str, Any]) -> list[str]:
+    """The lines under a sink's row: what to do when blocked, the backfill, the Airtable budget, warnings."""
+    notes = [BLOCKED_HINT] if sink.get("state") == "blocked" else []
+    backfill = backfill_text(name, sink.get("backfill"))
+    if backfill:
+        notes.append(f"backfill: {backfill}")
+    if "tokens_left" in sink:
+        notes.append(budget_text(sink))
+    return notes + [f"warning: {warning}" for warning in sink.get("warnings") or ()]
 
 
 def render(snapshot: dict[str, Any]) -> str:
@@ -494,24 +521,12 @@ def render(snapshot: dict[str, Any]) -> str:
         f"{'sink':<10}{'state':<15}{'pending':>9}{'oldest':>9}{'delivered':>11}{'dead':>7}  last error",
     ]
     for name, sink in snapshot.get("sinks", {}).items():
-        error = sink.get("last_error") or ""
-        if error and sink.get("state") == "up":  # history, not the present: say so
-            error = f"none now (the last, at {sink.get('last_error_at') or '?'}: {error})"
-        elif error and sink.get("last_error_at"):
-            error = f"{error} (at {sink['last_error_at']})"
         lines.append(
             f"{name:<10}{sink.get('state', '?'):<15}{sink.get('pending', 0):>9}"
             f"{age_text(sink.get('oldest_pending_age_s')):>9}{sink.get('delivered', 0):>11}"
-            f"{sink.get('dead', 0):>7}  {error}".rstrip()
+            f"{sink.get('dead', 0):>7}  {error_text(sink)}".rstrip()
         )
-        if sink.get("state") == "blocked":
-            lines.append(f"{'':<10}{BLOCKED_HINT}")
-        backfill = backfill_text(name, sink.get("backfill"))
-        if backfill:
-            lines.append(f"{'':<10}backfill: {backfill}")
-        if "tokens_left" in sink:
-            lines.append(f"{'':<10}{budget_text(sink)}")
-        lines += [f"{'':<10}warning: {warning}" for warning in sink.get("warnings") or ()]
+        lines += [f"{'':<10}{note}" for note in sink_notes(name, sink)]
     return "\n".join(lines)
 
 

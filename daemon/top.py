@@ -1,7 +1,7 @@
 """`chatledger top`: a live view of the daemon over its status socket, one frame a second.
 
-Plain text with ANSI only to clear the screen, so it works in any terminal and over SSH; the frame
-itself is built by a pure function from two snapshots.
+A frame is built by a pure function from two snapshots; written here as plain text (not on a
+terminal), and drawn by daemon/terminal.py on one.
 """
 
 from __future__ import annotations
@@ -9,12 +9,58 @@ from __future__ import annotations
 import shutil
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from daemon.status import BLOCKED_HINT, age_text, budget_text
 
-CLEAR = "\x1b[H\x1b[2J"
 RECENT_ERRORS = 8
+
+
+@dataclass(frozen=True)
+class SinkRow:
+    name: str
+    state: str
+    pending: Any = 0
+    oldest: str = "-"
+    rate: str = "-"
+    delivered: Any = 0
+    dead: Any = 0
+    retry: str = ""  # "retry in 4s" while a retry is scheduled
+    notes: tuple[str, ...] = ()  # the blocked hint, the Airtable budget
+
+
+@dataclass(frozen=True)
+class Frame:
+    """What one frame of `top` says, before it is laid out."""
+
+    title: str
+    health: str
+    problems: tuple[str, ...]
+    intake: str
+    journal: str
+    sinks: tuple[SinkRow, ...]
+    errors: tuple[str, ...]
+
+    def text(self, width: int) -> str:
+        lines = [
+            f"{self.title}  {self.health}",
+            *(f"  ! {problem}" for problem in self.problems),
+            "",
+            f"intake    {self.intake}",
+            f"journal   {self.journal}",
+            "",
+            f"{'sink':<10}{'state':<15}{'pending':>9}{'oldest':>9}{'rate':>10}{'delivered':>11}{'dead':>6}",
+        ]
+        for sink in self.sinks:
+            if sink.state == "disabled":
+                lines.append(f"{sink.name:<10}disabled")
+                continue
+            lines.append(f"{sink.name:<10}{sink.state:<15}{sink.pending:>9}{sink.oldest:>9}{sink.rate:>10}"
+                         f"{sink.delivered:>11}{sink.dead:>6}{'  ' + sink.retry if sink.retry else ''}")
+            lines += [f"{'':<10}{note}" for note in sink.notes]
+        lines += ["", "recent errors" if self.errors else "no errors seen", *(f"  {e}" for e in self.errors)]
+        return "\n".join(line[:width] for line in lines)
 
 
 class TopView:
@@ -26,8 +72,10 @@ class TopView:
         self.errors: deque[str] = deque(maxlen=RECENT_ERRORS)
 
     def frame(self, snapshot: dict[str, Any], now: float | None = None, width: int | None = None) -> str:
+        return self.update(snapshot, now).text(width or shutil.get_terminal_size((100, 30)).columns)
+
+    def update(self, snapshot: dict[str, Any], now: float | None = None) -> Frame:
         now = time.monotonic() if now is None else now
-        width = width or shutil.get_terminal_size((100, 30)).columns
         previous, elapsed = self._previous, now - self._previous_at
         self._previous, self._previous_at = snapshot, now
         self._note_errors(snapshot)
@@ -40,33 +88,30 @@ class TopView:
         health = snapshot.get("health", {})
         journal = snapshot.get("journal", {})
         webhook = snapshot.get("webhook", {})
-        lines = [
-            f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
-            f"up {age_text(snapshot.get('uptime_s'))}  {health.get('status', '?').upper()}",
-            *(f"  ! {problem}" for problem in health.get("problems", [])),
-            "",
-            f"intake    {rate(('webhook', 'accepted'))} accepted   {webhook.get('accepted', 0)} accepted, "
-            f"{webhook.get('duplicates', 0)} duplicates, {webhook.get('rejected', 0)} rejected",
-            f"journal   {journal.get('events', 0)} events, {'writable' if journal.get('writable') else 'NOT WRITABLE'}, "
-            f"{rate(('journal', 'commits'))} commits",
-            "",
-            f"{'sink':<10}{'state':<15}{'pending':>9}{'oldest':>9}{'rate':>10}{'delivered':>11}{'dead':>6}",
-        ]
+        sinks = []
         for name, sink in snapshot.get("sinks", {}).items():
             if sink.get("state") == "disabled":
-                lines.append(f"{name:<10}disabled")
+                sinks.append(SinkRow(name, "disabled"))
                 continue
-            retry = f"  retry in {sink['retry_in_s']:.0f}s" if sink.get("retry_in_s") is not None else ""
-            lines.append(f"{name:<10}{sink.get('state', '?'):<15}{sink.get('pending', 0):>9}"
-                         f"{age_text(sink.get('oldest_pending_age_s')):>9}"
-                         f"{rate(('sinks', name, 'delivered_since_start')):>10}{sink.get('delivered', 0):>11}"
-                         f"{sink.get('dead', 0):>6}{retry}")
-            if sink.get("state") == "blocked":
-                lines.append(f"{'':<10}{BLOCKED_HINT}")
+            notes = [BLOCKED_HINT] if sink.get("state") == "blocked" else []
             if "tokens_left" in sink:
-                lines.append(f"{'':<10}{budget_text(sink)}")
-        lines += ["", "recent errors" if self.errors else "no errors seen", *(f"  {e}" for e in self.errors)]
-        return "\n".join(line[:width] for line in lines)
+                notes.append(budget_text(sink))
+            sinks.append(SinkRow(
+                name, sink.get("state", "?"), sink.get("pending", 0), age_text(sink.get("oldest_pending_age_s")),
+                rate(("sinks", name, "delivered_since_start")), sink.get("delivered", 0), sink.get("dead", 0),
+                f"retry in {sink['retry_in_s']:.0f}s" if sink.get("retry_in_s") is not None else "", tuple(notes)))
+        return Frame(
+            title=f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
+                  f"up {age_text(snapshot.get('uptime_s'))}",
+            health=health.get("status", "?").upper(),
+            problems=tuple(health.get("problems", [])),
+            intake=f"{rate(('webhook', 'accepted'))} accepted   {webhook.get('accepted', 0)} accepted, "
+                   f"{webhook.get('duplicates', 0)} duplicates, {webhook.get('rejected', 0)} rejected",
+            journal=f"{journal.get('events', 0)} events, {'writable' if journal.get('writable') else 'NOT WRITABLE'}, "
+                    f"{rate(('journal', 'commits'))} commits",
+            sinks=tuple(sinks),
+            errors=tuple(self.errors),
+        )
 
     def _note_errors(self, snapshot: dict[str, Any]) -> None:
         found = [(sink.get("last_error_at") or "", f"{name}: {sink['last_error']}")
