@@ -85,7 +85,7 @@ def _sinks(rows: list[tuple[str, str, dict[str, Any], list[Text]]]) -> Renderabl
     table = _table("sink", "state", *labels, right=tuple(labels))
     notes = Table.grid(padding=(0, 2))
     notes.add_column(style="bold", no_wrap=True)
-    notes.add_column()
+    notes.add_column(overflow="fold")
     narrow = []
     for name, state, counts, lines in rows:
         cells = [_count(value, "bold red") if label == "dead" else safe(value) for label, value in counts.items()]
@@ -101,7 +101,7 @@ def _overview(title: str, rows: list[tuple[str, Text]]) -> RenderableType:
     """A panel of labelled lines (health, journal, intake...) under the daemon's version, pid and uptime."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
-    grid.add_column()
+    grid.add_column(overflow="fold")
     for label, value in rows:
         grid.add_row(label, value)
     return Panel(grid, title=safe(title, "bold"), title_align="left")
@@ -157,29 +157,33 @@ def top_view(frame: Frame) -> RenderableType:
 
 
 def dead_view(letters: dict[str, list[dict[str, Any]]], discarded: bool) -> RenderableType:
-    """`chatledger dead` (or `--discarded`) on a terminal: one row a dead letter; a few lines each when narrow."""
-    when = "discarded" if discarded else "updated"
-    table = _table("sink", "event", "title", when, "dedup key", "reason, last error" if discarded else "last error")
+    """`chatledger dead` (or `--discarded`) on a terminal: a row a dead letter, what it is beside why."""
+    table = _table("dead letter", "reason, last error" if discarded else "last error", show_lines=True)
+    table.columns[0].max_width = 36  # a long dedup key folds; the error keeps the room
     narrow = []
     for sink, rows in letters.items():
         for row in rows:
+            head = Text.assemble(safe(sink, "bold"), " event ", safe(row["event_id"], "bold"))
+            what = [safe(row["title"]), safe(row["dedup_key"])]
             if discarded:
-                at = _lines(safe(row["discarded_at"]), safe(f"by {row['discarded_by']}"))
-                why = _lines(safe(f"reason: {row['reason']}", "yellow"), safe(row["last_error"], "red"))
+                what += [safe(f"discarded {row['discarded_at']}"), safe(f"by {row['discarded_by']}")]
+                why = [safe(f"reason: {row['reason']}", "yellow"), safe(row["last_error"], "red")]
             else:
-                at, why = safe(row["updated_at"] or "?"), safe(row["last_error"], "red")
-            cells = (safe(sink, "bold"), safe(row["event_id"]), safe(row["title"]), at, safe(row["dedup_key"]), why)
-            table.add_row(*cells)
-            narrow.append(_block(Text.assemble(cells[0], " event ", cells[1], " ", cells[2]), list(cells[3:])))
-    return _ByWidth(table, Group(*narrow), at=80)
+                what.insert(1, safe(row["updated_at"] or "?"))
+                why = [safe(row["last_error"], "red")]
+            table.add_row(_lines(head, *what), _lines(*why))
+            narrow.append(_block(head, what + why))
+    return _ByWidth(table, Group(*narrow), at=72)
 
 
 def requeued_view(counts: dict[str, int], what: str, note: str) -> RenderableType:
     """`chatledger replay`: how many of `what` each sink had re-queued, and what happens next (`note`)."""
-    table = _table("sink", "re-queued", right=("re-queued",), title=safe(f"{what} re-queued"), caption=safe(note))
+    if not counts:
+        return Text(f"no sink is enabled: no {what} re-queued", style="yellow")
+    table = _table("sink", "re-queued", right=("re-queued",))
     for sink, count in counts.items():
         table.add_row(safe(sink, "bold"), _count(count, "bold"))
-    return table
+    return Group(safe(f"{what} re-queued", "bold"), table, safe(note, "dim"))
 
 
 def recover_view(tables: dict[str, dict[str, Any]]) -> RenderableType:

@@ -88,9 +88,11 @@ def test_dead_letters_are_a_table_with_their_errors():
                              "last_error": "value too long for type character varying(20)",
                              "updated_at": "2026-12-03T10:00:00Z", "state": "dead"}],
                "airtable": []}
-    words = flat(shown(terminal.dead_view(letters, discarded=False)))
-    assert re.search(r"postgres 7 incoming_message 2026-12-03T10:00:00Z wamid\.7 value too long", words)
-    assert "character varying(20)" in words
+    text = shown(terminal.dead_view(letters, discarded=False))
+    assert "┃ dead letter" in text and "┃ last error" in text
+    assert re.search(r"│ postgres event 7 +│ value too long for type character varying\(20\) +│", text)
+    words = flat(text)
+    assert "incoming_message 2026-12-03T10:00:00Z wamid.7" in words
     discarded = {"postgres": [{**letters["postgres"][0], "state": "discarded", "discarded_at": "2026-12-04T09:00:00Z",
                                "discarded_by": "ana", "reason": "test data"}]}
     words = flat(shown(terminal.dead_view(discarded, discarded=True)))
@@ -102,6 +104,7 @@ def test_replay_shows_what_was_requeued_per_sink():
     words = flat(shown(terminal.requeued_view({"postgres": 3, "airtable": 0}, "dead letters", "replay triggered")))
     assert "dead letters re-queued" in words and re.search(r"postgres 3\b", words) and re.search(r"airtable 0\b", words)
     assert "replay triggered" in words
+    assert "no sink is enabled: no dead letters re-queued" in flat(shown(terminal.requeued_view({}, "dead letters", "")))
 
 
 def test_recover_ends_with_its_counts_per_table():
