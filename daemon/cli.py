@@ -8,7 +8,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,15 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _terminal(stream: Any) -> Any:
+    """daemon.terminal's rich output when `stream` is a terminal; None: plain text, as scripts and logs read it."""
+    if not stream.isatty():
+        return None
+    from daemon.terminal import Terminal  # rich's import is not needed off a terminal
+
+    return Terminal.on(stream)
 
 
 def config_path(given: Path | None, environ: Any = os.environ) -> Path | None:
@@ -227,7 +235,11 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     except StatusUnreachable as exc:
         print(f"chatledger: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    print(json.dumps(snapshot, indent=2) if args.json else render(snapshot))
+    terminal = None if args.json else _terminal(sys.stdout)
+    if terminal:
+        terminal.status(snapshot)
+    else:
+        print(json.dumps(snapshot, indent=2) if args.json else render(snapshot))
     return exit_code_for(snapshot)
 
 
@@ -295,6 +307,11 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
             return EXIT_UNREACHABLE
         # No daemon: re-queue in the journal directly; the next start delivers them.
         return _requeue_offline(config, args.sink, selection)
+    terminal = _terminal(sys.stdout) if selection else None
+    if terminal:
+        terminal.requeued({sink: answer.get("requeued", {}).get(sink, 0) for sink in answer.get("sinks", [])},
+                          selection.describe(), "replay triggered")
+        return EXIT_OK
     for sink in answer.get("sinks", []):
         count = answer.get("requeued", {}).get(sink, 0)
         print(f"{sink}: {count} {selection.describe()} re-queued, replay triggered" if selection
@@ -327,6 +344,11 @@ def _requeue_offline(config: Config, sink: str | None, selection: Any) -> int:
     except JournalError as exc:
         print(f"chatledger: {exc}", file=sys.stderr)
         return EXIT_FAILURE
+    terminal = _terminal(sys.stdout)
+    if terminal:
+        terminal.requeued(counts, selection.describe(),
+                          f"in {config.journal.path} (daemon not running; they are delivered when it starts)")
+        return EXIT_OK
     for name, count in counts.items():
         print(f"{name}: {count} {selection.describe()} re-queued in {config.journal.path} (daemon not running; "
               "they are delivered when it starts)")
@@ -456,16 +478,20 @@ def _dead(config: Config, args: argparse.Namespace) -> int:
     if not total:
         print(f"no {'discarded ' if args.discarded else ''}dead letters ({', '.join(sinks) or 'no sink enabled'})")
         return EXIT_OK
-    for sink, rows in letters.items():
-        for row in rows:
-            when = row["updated_at"] or "?"
-            if args.discarded:
-                print(f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} discarded {row['discarded_at']} by "
-                      f"{row['discarded_by']}  {row['dedup_key']}\n{'':<9} reason: {row['reason']}\n"
-                      f"{'':<9} {row['last_error']}")
-            else:
-                print(f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} {when}  {row['dedup_key']}\n"
-                      f"{'':<9} {row['last_error']}")
+    terminal = _terminal(sys.stdout)
+    if terminal:
+        terminal.dead(letters, args.discarded)
+    else:
+        for sink, rows in letters.items():
+            for row in rows:
+                when = row["updated_at"] or "?"
+                if args.discarded:
+                    print(f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} discarded {row['discarded_at']} "
+                          f"by {row['discarded_by']}  {row['dedup_key']}\n{'':<9} reason: {row['reason']}\n"
+                          f"{'':<9} {row['last_error']}")
+                else:
+                    print(f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} {when}  {row['dedup_key']}\n"
+                          f"{'':<9} {row['last_error']}")
     if args.discarded:
         print(f"{total} discarded dead letters; `chatledger replay --event ID` delivers one after all")
     else:
@@ -661,19 +687,10 @@ def _stores_needed(config: Config, *stores: str) -> str | None:
 
 
 def _progress_line(stream: Any) -> Any:
-    """A one-line progress display on a terminal (from a report as JSON data); nothing otherwise."""
-    if not stream.isatty():
-        return None
-    started = datetime.now(timezone.utc)
-
-    def show(report: dict[str, Any]) -> None:
-        seconds = (datetime.now(timezone.utc) - started).total_seconds()
-        new = "would be new" if report.get("dry_run") else "new"
-        parts = [f"{kind} {t['read']} read/{t['inserted']} {new}" for kind, t in report["tables"].items()]
-        stream.write(f"\rrecovering: {' · '.join(parts)} · {seconds:.0f} s ")
-        stream.flush()
-
-    return show
+    """`recover`'s progress on a terminal, a line per table (fed each report as JSON data; stop() ends it);
+    None otherwise."""
+    terminal = _terminal(stream)
+    return terminal.progress() if terminal else None
 
 
 RECOVER_TIMEOUT = 24 * 3600.0
@@ -725,8 +742,9 @@ def _recover(config: Config, args: argparse.Namespace) -> int:
     except StatusUnreachable:
         answer = _recover_offline(config, selection, options, progress)
         where = "daemon not running"
-    if progress:
-        sys.stderr.write("\n")
+    finally:
+        if progress:
+            progress.stop()
     if answer.get("refused"):  # nothing was read or written: the reason says what to do
         print(f"chatledger: {answer['error']}", file=sys.stderr)
         return EXIT_FAILURE
@@ -760,11 +778,15 @@ def _print_recovered(report: dict[str, Any], what: str, where: str, prefer: str,
     else:
         print(f"recovered {what} from Airtable into PostgreSQL ({where}; {winner} wins where they differ)")
     inserted, replaced = ("would insert", "would replace") if dry else ("inserted", "replaced")
-    print(f"  {'':<14}{'read':>8}{inserted:>{len(inserted) + 2}}{'present':>9}{'conflicting':>13}"
-          f"{replaced:>{len(replaced) + 2}}{'unusable':>10}")
-    for kind, t in report["tables"].items():
-        print(f"  {kind:<14}{t['read']:>8}{t['inserted']:>{len(inserted) + 2}}{t['present']:>9}"
-              f"{t['conflicting']:>13}{t['replaced']:>{len(replaced) + 2}}{t['unusable']:>10}")
+    terminal = _terminal(sys.stdout)
+    if terminal:
+        terminal.recovered(report["tables"], inserted, replaced)
+    else:
+        print(f"  {'':<14}{'read':>8}{inserted:>{len(inserted) + 2}}{'present':>9}{'conflicting':>13}"
+              f"{replaced:>{len(replaced) + 2}}{'unusable':>10}")
+        for kind, t in report["tables"].items():
+            print(f"  {kind:<14}{t['read']:>8}{t['inserted']:>{len(inserted) + 2}}{t['present']:>9}"
+                  f"{t['conflicting']:>13}{t['replaced']:>{len(replaced) + 2}}{t['unusable']:>10}")
     built = report["tables"]["conversations"]["built"]
     if built:
         print(f"  {built} conversations were in neither store: {'would be ' if dry else ''}built from their "
@@ -1051,10 +1073,11 @@ def _show_offline(config: Config, conversation: str | None, phone: str | None, l
 def _top(config: Config, args: argparse.Namespace) -> int:
     import time
 
-    from daemon.top import CLEAR, TopView
+    from daemon.top import TopView
 
     view = TopView()
-    interactive = sys.stdout.isatty()
+    terminal = _terminal(sys.stdout)
+    screen = terminal.top() if terminal else None  # drawn in place; else plain frames one after the other
     frames = 0
     code = EXIT_OK  # of the last frame: no daemon is not a success
     try:
@@ -1062,14 +1085,20 @@ def _top(config: Config, args: argparse.Namespace) -> int:
             try:
                 snapshot = asyncio.run(request_status(config.status.socket))
             except StatusUnreachable as exc:
-                text, code = f"chatledger: {exc} (retrying; Ctrl-C quits)", EXIT_UNREACHABLE
+                shown, code = f"chatledger: {exc} (retrying; Ctrl-C quits)", EXIT_UNREACHABLE
             else:
-                text, code = view.frame(snapshot), EXIT_OK
-            sys.stdout.write((CLEAR if interactive else "") + text + "\n" + ("" if interactive else "\n"))
-            sys.stdout.flush()
+                shown, code = (view.update(snapshot) if screen else view.frame(snapshot)), EXIT_OK
+            if screen:
+                screen.show(shown)
+            else:
+                sys.stdout.write(f"{shown}\n\n")
+                sys.stdout.flush()
             frames += 1
             if args.count and frames >= args.count:
                 return code
             time.sleep(max(0.1, args.interval))
     except KeyboardInterrupt:
         return code
+    finally:
+        if screen:
+            screen.close()

@@ -186,16 +186,19 @@ def requeued_view(counts: dict[str, int], what: str, note: str) -> RenderableTyp
     return Group(safe(f"{what} re-queued", "bold"), table, safe(note, "dim"))
 
 
-def recover_view(tables: dict[str, dict[str, Any]]) -> RenderableType:
-    """`chatledger recover`'s counts per table."""
-    table = _table("", *RECOVER_COLUMNS, right=RECOVER_COLUMNS)
+def recover_view(tables: dict[str, dict[str, Any]], inserted: str = "inserted",
+                 replaced: str = "replaced") -> RenderableType:
+    """`chatledger recover`'s counts per table; a dry run heads them "would insert", "would replace"."""
+    heads = {"inserted": inserted, "replaced": replaced}
+    labels = [heads.get(column, column) for column in RECOVER_COLUMNS]
+    table = _table("", *labels, right=tuple(labels))
     alarms = {"conflicting": "yellow", "unusable": "bold red"}
     narrow = []
     for kind, tally in tables.items():
         counts = [_count(tally.get(column, 0), alarms.get(column, "")) for column in RECOVER_COLUMNS]
         table.add_row(safe(kind, "bold"), *counts)
-        narrow.append(_block(safe(kind, "bold"), [Text.assemble(count, f" {column}")
-                                                  for count, column in zip(counts, RECOVER_COLUMNS)]))
+        narrow.append(_block(safe(kind, "bold"), [Text.assemble(count, f" {label}")
+                                                  for count, label in zip(counts, labels)]))
     return _ByWidth(table, Group(*narrow), at=table)
 
 
@@ -205,14 +208,16 @@ class RecoverProgress:
     def __init__(self, console: Console):
         self._progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(bar_width=12),
-            TextColumn("{task.fields[read]} read, {task.fields[inserted]} new", markup=False), TimeElapsedColumn(),
+            TextColumn("{task.fields[read]} read, {task.fields[inserted]} {task.fields[new]}", markup=False),
+            TimeElapsedColumn(),
             console=console, transient=True)
         self._tasks: dict[str, TaskID] = {}
         self._progress.start()
 
     def __call__(self, report: dict[str, Any]) -> None:
         for kind, tally in report["tables"].items():
-            counts = {"read": tally.get("read", 0), "inserted": tally.get("inserted", 0)}
+            counts = {"read": tally.get("read", 0), "inserted": tally.get("inserted", 0),
+                      "new": "would be new" if report.get("dry_run") else "new"}
             if kind not in self._tasks:
                 self._tasks[kind] = self._progress.add_task(kind, total=None, **counts)
             else:
@@ -266,8 +271,8 @@ class Terminal:
     def requeued(self, counts: dict[str, int], what: str, note: str) -> None:
         self.print(requeued_view(counts, what, note))
 
-    def recovered(self, tables: dict[str, dict[str, Any]]) -> None:
-        self.print(recover_view(tables))
+    def recovered(self, tables: dict[str, dict[str, Any]], inserted: str, replaced: str) -> None:
+        self.print(recover_view(tables, inserted, replaced))
 
     def progress(self) -> RecoverProgress:
         return RecoverProgress(self.console)

@@ -294,3 +294,51 @@ class LoopThread:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+def cli_on_terminal(config: Path, *args: str, env: dict[str, str] | None = None, columns: int = 100,
+                    interrupt_when: str | None = None, stderr_too: bool = False,
+                    timeout: float = 60) -> tuple[int, str, str]:
+    """Run a command with its stdout (and with `stderr_too` its stderr) on a pseudo-terminal of `columns`:
+    its exit code, what the terminal received (newlines as \\n) and its stderr when piped. With
+    `interrupt_when`, Ctrl-C (SIGINT) once the screen shows that text."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    environ = {k: v for k, v in _env(None).items() if k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES",
+                                                                   "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    process = subprocess.Popen([chatledger_bin(), *args, "--config", str(config)], stdin=subprocess.DEVNULL,
+                               stdout=slave, stderr=slave if stderr_too else subprocess.PIPE, env={**environ, "TERM": "xterm-256color",
+                                                                          **(env or {})})
+    os.close(slave)
+    screen, deadline, interrupted = b"", time.monotonic() + timeout, False
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.1)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer closed the terminal
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            if interrupt_when and not interrupted and interrupt_when.encode() in screen:
+                process.send_signal(signal.SIGINT)
+                interrupted = True
+        else:
+            raise AssertionError(f"{args} did not end within {timeout} s:\n{screen.decode(errors='replace')}")
+        code = process.wait(timeout=timeout)
+        errors = process.stderr.read().decode() if process.stderr else ""
+        return code, screen.decode(errors="replace").replace("\r\n", "\n"), errors
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stderr:
+            process.stderr.close()
+        os.close(master)

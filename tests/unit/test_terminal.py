@@ -114,6 +114,8 @@ def test_recover_ends_with_its_counts_per_table():
     words = flat(shown(terminal.recover_view(tables)))
     assert "read inserted present conflicting replaced unusable" in words
     assert "conversations 12 5 6 1 0 0" in words and "escalations 0 0 0 0 0 0" in words
+    dry = flat(shown(terminal.recover_view(tables, "would insert", "would replace"), width=120))
+    assert "read would insert present conflicting would replace unusable" in dry
 
 
 def test_recover_shows_its_progress_per_table():
@@ -128,6 +130,11 @@ def test_recover_shows_its_progress_per_table():
     progress.stop()
     assert "conversations" in words and "100 read" in words and "40 new" in words
     assert "interactions" in words and "300 read" in words and "299 new" in words
+    out = console()
+    dry = terminal.RecoverProgress(out)
+    dry({**report, "dry_run": True})
+    dry.stop()
+    assert "300 read, 299 would be new" in flat(out.export_text())
 
 
 def test_top_draws_the_same_frame_as_a_table():
