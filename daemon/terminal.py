@@ -68,7 +68,8 @@ class _ByWidth:
         self.wide, self.narrow, self.at = wide, narrow, at
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        needed = self.at if isinstance(self.at, int) else Measurement.get(console, options.update_width(10_000), self.at).maximum
+        unwrapped = options.update_width(10_000)
+        needed = self.at if isinstance(self.at, int) else Measurement.get(console, unwrapped, self.at).maximum
         yield self.wide if options.max_width >= needed else self.narrow
 
 

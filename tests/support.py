@@ -312,9 +312,9 @@ def cli_on_terminal(config: Path, *args: str, env: dict[str, str] | None = None,
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     environ = {k: v for k, v in _env(None).items() if k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES",
                                                                    "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    environ.update({"TERM": "xterm-256color", **(env or {})})
     process = subprocess.Popen([chatledger_bin(), *args, "--config", str(config)], stdin=subprocess.DEVNULL,
-                               stdout=slave, stderr=slave if stderr_too else subprocess.PIPE, env={**environ, "TERM": "xterm-256color",
-                                                                          **(env or {})})
+                               stdout=slave, stderr=slave if stderr_too else subprocess.PIPE, env=environ)
     os.close(slave)
     screen, deadline, interrupted = b"", time.monotonic() + timeout, False
     try:

@@ -120,7 +120,8 @@ def test_recover_shows_its_progress_and_ends_with_a_table(tmp_path, pg_cluster, 
     emulator = AirtableEmulator(tmp_path).start()
     try:
         dsn = pg_cluster.dsn()
-        config = write_config(tmp_path, extra=emulator.config() + f'[postgres]\ndsn = "{dsn}"\nschema = "{pg_schema}"\n')
+        pg = f'[postgres]\ndsn = "{dsn}"\nschema = "{pg_schema}"\n'
+        config = write_config(tmp_path, extra=emulator.config() + pg)
         assert cli(config, "airtable", "init").returncode == 0
         daemon = Daemon(config).start()
         try:
