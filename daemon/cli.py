@@ -311,11 +311,11 @@ def _replay(config: Config, args: argparse.Namespace) -> int:
     if terminal:
         terminal.requeued({sink: answer.get("requeued", {}).get(sink, 0) for sink in answer.get("sinks", [])},
                           selection.describe(), "replay triggered")
-        return EXIT_OK
-    for sink in answer.get("sinks", []):
-        count = answer.get("requeued", {}).get(sink, 0)
-        print(f"{sink}: {count} {selection.describe()} re-queued, replay triggered" if selection
-              else f"{sink}: replay triggered")
+    else:
+        for sink in answer.get("sinks", []):
+            count = answer.get("requeued", {}).get(sink, 0)
+            print(f"{sink}: {count} {selection.describe()} re-queued, replay triggered" if selection
+                  else f"{sink}: replay triggered")
     return _requeued_something(selection, answer.get("requeued", {}))
 
 
@@ -348,10 +348,10 @@ def _requeue_offline(config: Config, sink: str | None, selection: Any) -> int:
     if terminal:
         terminal.requeued(counts, selection.describe(),
                           f"in {config.journal.path} (daemon not running; they are delivered when it starts)")
-        return EXIT_OK
-    for name, count in counts.items():
-        print(f"{name}: {count} {selection.describe()} re-queued in {config.journal.path} (daemon not running; "
-              "they are delivered when it starts)")
+    else:
+        for name, count in counts.items():
+            print(f"{name}: {count} {selection.describe()} re-queued in {config.journal.path} (daemon not running; "
+                  "they are delivered when it starts)")
     return _requeued_something(selection, counts)
 
 

@@ -112,6 +112,8 @@ def test_dead_and_replay_draw_tables_and_show_an_errors_markup_and_escapes_liter
     assert "dead letters re-queued" in words and re.search(r"postgres 2\b", words)
     assert "daemon not running" in words
     assert cli(config, "dead").stdout.startswith("no dead letters")
+    code, shown, errors = cli_on_terminal(config, "replay", "--dead")
+    assert code == 1 and "nothing re-queued" in errors  # a table of zeros is still no success
 
 
 def test_recover_shows_its_progress_and_ends_with_a_table(tmp_path, pg_cluster, pg_schema):
