@@ -112,9 +112,10 @@ def create_status_app(
 # call them. Whoever can open the socket (0660: its group) may read, sync and check.
 OWNER_ONLY = {"/replay": "replay", "/forget": "forget", "/recover": "recover", "/discard": "dead --discard",
               "/quarantine/discard": "quarantine --discard"}
-# Reads of the journal's personal data (the elements as received): the same people only, as for `dead`,
-# which reads the journal itself (0600).
-PERSONAL_READS = {"/quarantine": "quarantine"}
+# Reads of personal data (the elements as received, customers' conversations): the same people only, as for
+# `dead`, which reads the journal itself (0600). `show` also keeps the group from spending the base's budget.
+PERSONAL_READS = {"/quarantine": ("quarantine", "reads the journal's personal data"),
+                  "/show": ("show", "reads personal data (customers' conversations)")}
 
 
 def _owner_command(request: web.Request) -> tuple[str, str] | None:
@@ -124,7 +125,7 @@ def _owner_command(request: web.Request) -> tuple[str, str] | None:
     if request.path == "/forget" and request.query.get("dry_run", "") not in ("", "0", "false", "no"):
         return "forget --dry-run", "reads the journal's personal data"
     if request.path in PERSONAL_READS:
-        return PERSONAL_READS[request.path], "reads the journal's personal data"
+        return PERSONAL_READS[request.path]
     return (OWNER_ONLY[request.path], "changes data") if request.path in OWNER_ONLY else None
 
 
@@ -245,7 +246,7 @@ async def _handle_forget(request: web.Request) -> web.Response:
 
 async def _handle_show(request: web.Request) -> web.Response:
     """GET /show?conversation=ID|phone=DIGITS&limit=N: what `chatledger show` prints, read by the daemon (its
-    journal, its Airtable budget); a read, so whoever may open the socket may ask."""
+    journal, its Airtable budget); personal data, so the daemon's user and root only (PERSONAL_READS)."""
     from daemon.show import DEFAULT_LIMIT, MAX_LIMIT
 
     try:

@@ -97,13 +97,16 @@ def test_a_show_that_cannot_be_asked_is_a_usage_error(tmp_path, args, why):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
-def test_an_operator_in_the_socket_group_shows_a_conversation_through_the_daemon(folder):
+def test_show_is_for_the_daemons_user_and_root_as_every_read_of_personal_data(folder):
     config = write_config(folder)
     daemon = Daemon(config).start()
     try:
         assert post(daemon.url, messages())[0] == 200
         operator = as_operator((folder / "run" / "status.sock").stat().st_gid)
-        done = cli(config, "show", "--phone", PHONE, run_as=operator)  # the journal itself is not theirs to read
+        refused = cli(config, "show", "--phone", PHONE, run_as=operator)  # customers' messages, as dead/quarantine
+        assert refused.returncode == 1 and "the daemon refused: show reads personal data" in refused.stderr
+        assert "quero falar" not in refused.stdout + refused.stderr
+        done = cli(config, "show", "--phone", PHONE)  # the daemon's user (here root)
         assert done.returncode == 0, done.stderr
         assert "(from the journal)" in done.stdout and "in   quero falar com alguém" in done.stdout
         assert daemon.stop() == 0
