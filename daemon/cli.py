@@ -868,10 +868,16 @@ def _recover_undo(config: Config, args: argparse.Namespace) -> int:
         print(f"chatledger: recover run {args.undo} was undone already ({done['undone_at']}): nothing to put back",
               file=sys.stderr)
         return EXIT_FAILURE
+    restored = done["restored"]
     if args.json:
         print(json.dumps(done, indent=2))
-        return EXIT_OK
-    restored = done["restored"]
+        return EXIT_OK if any(restored.values()) else EXIT_FAILURE
+    if not any(restored.values()):
+        print(f"chatledger: recover --undo {args.undo}: nothing put back: every value the run replaced was changed "
+              "since (or its row is gone); the run stays undoable", file=sys.stderr)
+        for left in done["left"]:
+            print(f"  {left['table']} {left['key']}: {', '.join(left['columns'])} {left['why']}", file=sys.stderr)
+        return EXIT_FAILURE
     print(f"undid recover run {args.undo}: {sum(restored.values())} rows put back ("
           + ", ".join(f"{kind} {n}" for kind, n in restored.items()) + ")")
     for left in done["left"]:

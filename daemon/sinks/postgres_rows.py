@@ -220,7 +220,8 @@ class PostgresRows:
                     out["restored"][table] += 1
                     conversations += [old["conversation_id"], new["conversation_id"]]
             await self.refresh(list(dict.fromkeys(conversations)))
-            await self._conn.execute(self._sql(MARK_UNDONE), run_id)
+            if any(out["restored"].values()):  # an undo that put nothing back may be tried again later
+                await self._conn.execute(self._sql(MARK_UNDONE), run_id)
         return out
 
     async def refresh(self, conversation_ids: Sequence[str]) -> None:

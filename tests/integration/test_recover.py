@@ -552,6 +552,31 @@ async def test_replaced_rows_are_kept_and_undo_puts_them_back(stores, stores_emu
     assert await asyncio.to_thread(main, ["recover", "--undo", run, "--dry-run", "--config", str(config)]) == 64
 
 
+async def test_an_undo_that_puts_nothing_back_says_so_and_can_be_tried_again(stores, stores_emulator, pg_cluster,
+                                                                            pg_conn, pg_schema, tmp_path, capsys):
+    s = quote_ident(pg_schema)
+    changed = await lost_and_changed(stores, stores_emulator, pg_conn, s)
+    config = cli_config(tmp_path, stores_emulator, pg_cluster, pg_schema)
+    assert await asyncio.to_thread(main, ["recover", "--all", "--prefer", "airtable", "--config", str(config)]) == 0
+    [run] = re.findall(r"recover_backup as run (\S+):", capsys.readouterr().out)
+    kept = await pg_conn.fetch(f"SELECT table_name, row_key, columns, new_row FROM {s}.recover_backup "
+                               "WHERE run_id = $1", run)
+    keys = {"conversations": "conversation_id", "interactions": "interaction_id", "escalations": "escalation_id"}
+    for entry in kept:  # every value the run wrote was changed since
+        for column in entry["columns"]:
+            await pg_conn.execute(f"UPDATE {s}.{entry['table_name']} SET {column} = {column} || '!' "
+                                  f"WHERE {keys[entry['table_name']]} = $1", entry["row_key"])
+    assert await asyncio.to_thread(main, ["recover", "--undo", run, "--config", str(config)]) == EXIT_FAILURE
+    captured = capsys.readouterr()
+    assert "nothing put back" in captured.err and "undid" not in captured.out
+    for entry in kept:  # the operator reverts those changes: the undo can still be made
+        for column in entry["columns"]:
+            await pg_conn.execute(f"UPDATE {s}.{entry['table_name']} SET {column} = rtrim({column}, '!') "
+                                  f"WHERE {keys[entry['table_name']]} = $1", entry["row_key"])
+    assert await asyncio.to_thread(main, ["recover", "--undo", run, "--config", str(config)]) == 0
+    assert f"undid recover run {run}: {len(kept)} rows put back" in capsys.readouterr().out
+
+
 def cli_config(tmp_path, stores_emulator, pg_cluster, pg_schema):
     return write_config(tmp_path, extra=(
         f'[airtable]\napi_key = "{TOKEN}"\nbase_id = "{BASE}"\nendpoint_url = "{stores_emulator.url}"\n'
