@@ -911,18 +911,21 @@ def _forget(config: Config, args: argparse.Namespace) -> int:
     if problem:
         print(f"chatledger: --reference {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    ask = not (args.yes or args.dry_run or args.json) and sys.stdin.isatty() and sys.stdout.isatty()
+    # Someone at a terminal is asked, even when the report goes to a pipe or is JSON (the likeliest runs
+    # to keep a record); a script (stdin not a terminal) never is.
+    ask = not (args.yes or args.dry_run) and sys.stdin.isatty()
     if args.dry_run or ask:
         answer = _forget_answer(config, phone, args.reference, dry_run=True)
-        if args.json:
+        if args.json and args.dry_run:
             print(json.dumps(answer, indent=2))
         if answer.get("error"):
             print(f"chatledger: forget: {answer['error']}", file=sys.stderr)
             return EXIT_FAILURE
-        if not args.json:
+        if not (args.json and args.dry_run):
+            out = sys.stdout if args.dry_run else sys.stderr  # the question's preview never mixes into the report
             print(f"dry run: nothing was erased; forget --phone ...{phone[-4:]} would erase:" if args.dry_run
-                  else f"forget --phone ...{phone[-4:]} erases:")
-            _print_stores(answer["stores"])
+                  else f"forget --phone ...{phone[-4:]} erases:", file=out)
+            _print_stores(answer["stores"], out)
         for note in answer.get("notes") or ():
             print(f"chatledger: forget: {note}", file=sys.stderr)
         if args.dry_run:
@@ -961,19 +964,23 @@ def _forget_answer(config: Config, phone: str, reference: str | None, dry_run: b
         return _forget_offline(config, phone, reference, dry_run)  # no daemon: the journal is ours to open
 
 
-def _print_stores(stores: dict[str, Any]) -> None:
+def _print_stores(stores: dict[str, Any], out: Any = None) -> None:
     for store, counts in stores.items():
         text = counts if isinstance(counts, str) else ", ".join(f"{n} {what}" for what, n in counts.items())
-        print(f"  {store:<9} {text}")
+        print(f"  {store:<9} {text}", file=out or sys.stdout)
 
 
 def _confirmed(question: str) -> bool:
-    """The operator's answer on the terminal: y or yes, anything else (an empty line, Ctrl-D, Ctrl-C) is no."""
+    """The operator's answer on the terminal (asked on stderr): y or yes; anything else (an empty line, Ctrl-D,
+    Ctrl-C) is no."""
+    sys.stderr.write(question)
+    sys.stderr.flush()
     try:
-        answer = input(question)
-    except (EOFError, KeyboardInterrupt):
-        print()
-        return False
+        answer = sys.stdin.readline()
+    except KeyboardInterrupt:
+        answer = ""
+    if not answer.endswith("\n"):
+        sys.stderr.write("\n")
     return answer.strip().lower() in ("y", "yes")
 
 

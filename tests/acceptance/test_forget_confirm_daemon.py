@@ -122,6 +122,14 @@ def test_a_dry_run_and_the_question_on_a_terminal_erase_nothing_until_the_operat
         assert pg_count(dsn, pg_schema, "5511900000001") == 0 and audit_entries(tmp_path) == ["0001"]
         assert daemon.status()["journal"]["events"] == 3
 
+        # --json on a terminal (a report kept) is asked too, the question on stderr, the JSON alone on stdout
+        terminal = Terminal(config, "forget", "--phone", BIA, "--json")
+        terminal.read_until("erase? [y/N]")
+        terminal.type("n")
+        code, said = terminal.finish()
+        assert code == 1 and "aborted: nothing was erased" in said
+        assert pg_count(dsn, pg_schema, "5511900000002") == 3
+
         # --yes: no question, on a terminal too
         terminal = Terminal(config, "forget", "--phone", BIA, "--yes")
         code, said = terminal.finish()
