@@ -131,7 +131,15 @@ def carry_counters(old: Any, new: Any) -> None:
     since start, not since a SIGHUP."""
     for counter in ("delivered_since_start", "dead_since_start", "failed_attempts"):
         setattr(new, counter, getattr(old, counter))
-    budgets = [getattr(getattr(worker.sink, "client", None), "budget", None) for worker in (old, new)]
-    if all(budget is not None for budget in budgets):
-        budgets[1].requests_total += budgets[0].requests_total
-        budgets[1].rejected_429 += budgets[0].rejected_429
+    clients = [getattr(worker.sink, "client", None) for worker in (old, new)]
+    if any(getattr(client, "budget", None) is None for client in clients):
+        return
+    if _same_base(*clients):  # one base, one budget: its tokens, a 429's lockout, what recover still spends
+        clients[1].budget = clients[0].budget
+        return
+    clients[1].budget.requests_total += clients[0].budget.requests_total
+    clients[1].budget.rejected_429 += clients[0].budget.rejected_429
+
+
+def _same_base(old: Any, new: Any) -> bool:
+    return (old.base_id, getattr(old, "_endpoint_url", None)) == (new.base_id, getattr(new, "_endpoint_url", None))

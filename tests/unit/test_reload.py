@@ -185,6 +185,24 @@ async def test_a_job_still_holding_a_replaced_airtable_sink_gets_a_sink_error(tm
         await sink.client.list_page("Interactions", None, None)
 
 
+async def test_a_replaced_airtable_sink_of_the_same_base_keeps_its_budget_and_a_429s_pause(tmp_path):
+    from daemon.reload import carry_counters
+
+    config = load(tmp_path, airtable=AIRTABLE).airtable
+    old, same, other = (AirtableSink.from_config(config, None) for _ in range(3))
+    old.client.budget.pause(30, "a 429: the base locked for 30 s")
+    old.client.budget.requests_total = 7
+    other.client.base_id = "appOTHER000000001"
+    workers = [SimpleNamespace(sink=s, delivered_since_start=0, dead_since_start=0, failed_attempts=0)
+               for s in (old, same, other)]
+    carry_counters(workers[0], workers[1])  # a new api_key for the same base: one base, one budget
+    assert same.client.budget is old.client.budget and same.client.budget.stats()["paused_for_s"] > 0
+    carry_counters(workers[0], workers[2])  # another base: its own budget, the counts carried
+    assert other.client.budget is not old.client.budget and other.client.budget.requests_total == 7
+    for sink in (old, same, other):
+        await sink.close()
+
+
 def test_new_alert_targets_take_the_next_alert():
     sender = AlertSender("", "")
     assert not sender.enabled
