@@ -342,3 +342,75 @@ def cli_on_terminal(config: Path, *args: str, env: dict[str, str] | None = None,
         if process.stderr:
             process.stderr.close()
         os.close(master)
+
+
+SENDPULSE_CLIENT_ID = "sp-acceptance-id"
+SENDPULSE_CLIENT_SECRET = "sp-acceptance-secret-0123456789"
+SENDPULSE_BOT = "68f176502ca6f03a9705c489"
+
+
+class SendPulseEmulator:
+    """`python -m daemon.testing.sendpulse` in a subprocess, with one bot and the real limits unless told."""
+
+    def __init__(self, folder: Path, *, token_ttl: float = 3600.0, rate: int = 10):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = folder / "sendpulse-emulator.log"
+        self.token_ttl = token_ttl
+        self.rate = rate
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "SendPulseEmulator":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daemon.testing.sendpulse", "--port", str(self.port),
+             "--client-id", SENDPULSE_CLIENT_ID, "--client-secret", SENDPULSE_CLIENT_SECRET,
+             "--token-ttl", str(self.token_ttl), "--rate", str(self.rate), "--bot", SENDPULSE_BOT],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                self.stats()
+                return self
+            except OSError:
+                assert self.process.poll() is None, self.log_path.read_text()
+                assert time.monotonic() < deadline, "emulator not ready"
+                time.sleep(0.05)
+
+    def config(self) -> str:
+        return (f'[sendpulse]\nclient_id = "{SENDPULSE_CLIENT_ID}"\nclient_secret = "{SENDPULSE_CLIENT_SECRET}"\n'
+                f'api_url = "{self.url}"\n')
+
+    def _control(self, route: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + route, data=data, method="POST" if data else "GET")
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return json.loads(answer.read())
+
+    def stats(self) -> dict[str, Any]:
+        return self._control("/_emulator/stats")
+
+    def faults(self, **settings: Any) -> None:
+        self._control("/_emulator/faults", settings)
+
+    def add_contact(self, phone: str, name: str = "Cliente", **details: Any) -> dict[str, Any]:
+        return self._control("/_emulator/contacts", {"bot_id": SENDPULSE_BOT, "phone": phone, "name": name, **details})
+
+    def add_messages(self, *specs: dict[str, Any], background: bool = False) -> list[dict[str, Any]]:
+        """Messages in the history (see the README for a spec's keys); each spec's webhook posted once."""
+        return self._control("/_emulator/messages", {"messages": list(specs), "background": background})["messages"]
+
+    def set_status(self, message_id: str, status: int) -> dict[str, Any]:
+        return self._control("/_emulator/messages/status", {"id": message_id, "status": status})
+
+    def history(self, contact_id: str) -> list[dict[str, Any]]:
+        return self._control(f"/_emulator/messages?contact_id={contact_id}")["messages"]
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        return self._control("/_emulator/webhooks")["webhooks"]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
