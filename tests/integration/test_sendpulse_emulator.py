@@ -314,6 +314,12 @@ async def test_outbound_status_updates_are_visible(session, emulator):
     assert answer == 400 and body["success"] is False
     answer, _ = await control(session, emulator, "/_emulator/messages/status", {"id": "f" * 24, "status": 3})
     assert answer == 404
+    answer, body = await control(session, emulator, "/_emulator/messages", {"messages": [
+        {"contact_id": maria["id"], "direction": "in", "text": "valid"},
+        {"contact_id": maria["id"], "direction": "in", "status": "x"}]})
+    assert answer == 400 and "status" in body["message"]
+    _, history = await control(session, emulator, f"/_emulator/messages?contact_id={maria['id']}")
+    assert len(history["messages"]) == 2  # a batch with a bad message adds none of it
 
 
 async def test_chats_contacts_and_their_errors(session, emulator, clock):

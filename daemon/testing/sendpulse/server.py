@@ -386,7 +386,9 @@ async def control_change_contact(request: web.Request) -> web.Response:
             emulator.messages.pop(message.id, None)
         return web.json_response({"deleted": True, "id": contact.id})
     if "status" in body:
-        contact.status = int(body["status"])
+        if body["status"] not in (1, 2, 3, 4):
+            raise ApiError(400, f"a contact's status is 1..4, not {body['status']!r}")
+        contact.status = body["status"]
     if "is_chat_opened" in body:
         contact.is_chat_opened = bool(body["is_chat_opened"])
     return web.json_response(contact.render())
@@ -418,6 +420,10 @@ async def control_add_messages(request: web.Request) -> web.Response:
                 parse_time(spec["created_at"])
         except ValueError:
             raise ApiError(400, f"created_at is not a date-time: {spec['created_at']!r}") from None
+        if spec.get("status") is not None and spec["status"] not in range(1, 7):
+            raise ApiError(400, f"status must be 1..6, not {spec['status']!r}")
+        if spec.get("data") is not None and not isinstance(spec["data"], dict):
+            raise ApiError(400, "data must be an object")
     added = []
     for spec in specs:
         fields = {k: spec[k] for k in ("id", "wamid", "created_at", "status", "data", "channel") if k in spec}
