@@ -14,4 +14,6 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
-exec .venv/bin/python -m pytest "$@"
+# Three workers on two cores: most of the time goes to waiting (daemons, a throwaway PostgreSQL, the
+# emulators' rate limits). A file's tests stay on one worker (some follow on from the one before).
+exec .venv/bin/python -m pytest -n 3 --dist loadfile "$@"
