@@ -7,13 +7,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 from typing import Any
 
 from aiohttp import web
 
+from daemon.testing.running import AppThread, serve_app
 from daemon.testing.sendpulse.model import ApiError, Bot, Contact, Message
 from daemon.testing.sendpulse.server import Emulator, create_app
 
@@ -21,49 +19,16 @@ __all__ = ["ApiError", "Bot", "Contact", "Emulator", "EmulatorThread", "Message"
 
 
 async def serve(emulator: Emulator, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(create_app(emulator), access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+    return await serve_app(create_app(emulator), host, port)
 
 
-class EmulatorThread:
+class EmulatorThread(AppThread):
     """An emulator on 127.0.0.1 in its own thread and event loop; `call()` runs code beside it."""
 
-    def __init__(self, emulator: Emulator, port: int = 0):
-        self.emulator = emulator
-        if port == 0:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", 0))
-                port = probe.getsockname()[1]
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="sendpulse-emulator", daemon=True)
-        self._runner: web.AppRunner | None = None
-
-    def start(self) -> "EmulatorThread":
-        self._thread.start()
-        self._runner = self.call(serve(self.emulator, "127.0.0.1", self.port))
-        return self
+    name = "sendpulse-emulator"
+    create_app = staticmethod(create_app)
 
     @classmethod
     def serving(cls, client_id: str, client_secret: str, **limits: Any) -> "EmulatorThread":
         """Started, accepting these credentials; `limits`: token_ttl, rate, window, per_minute, clock."""
         return cls(Emulator(client_id, client_secret, **limits)).start()
-
-    def call(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
-
-    def run(self, function, *args, **kwargs) -> Any:
-        """Run a plain function on the emulator's loop (state is only touched from there)."""
-        async def wrapper():
-            return function(*args, **kwargs)
-        return self.call(wrapper())
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            self.call(self._runner.cleanup())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
