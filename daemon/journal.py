@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 from loguru import logger
@@ -518,10 +518,12 @@ DEAD_LETTER_KEYS = ("event_id", "dedup_key", "title", "attempts", "last_error", 
 DISCARDED_KEYS = (*DEAD_LETTER_KEYS, "discarded_at", "discarded_by", "reason")
 
 
-def read_dead_letters(path: Path, sinks: Sequence[str], limit: int,
-                      discarded: bool = False) -> dict[str, list[dict[str, Any]]]:
-    """Dead letters per sink (or the discarded ones), read through a read-only connection: safe beside a
-    running daemon (WAL lets readers in) and without one."""
+_T = TypeVar("_T")
+
+
+def read_only(path: Path, read: Callable[[sqlite3.Connection], _T]) -> _T:
+    """`read` on a read-only connection to the journal: safe beside a running daemon (WAL lets readers in)
+    and without one; any SQLite error is a JournalError."""
     problem = journal_files.unreadable(path)
     if problem:
         raise JournalError(problem)
@@ -530,14 +532,22 @@ def read_dead_letters(path: Path, sinks: Sequence[str], limit: int,
     except sqlite3.Error as exc:
         raise JournalError(f"journal {path}: cannot open it read-only: {exc}") from None
     try:
-        if discarded and conn.execute("PRAGMA user_version").fetchone()[0] < DISCARDS_SINCE:
-            return {sink: [] for sink in sinks}  # not migrated yet: nothing was ever discarded
-        sql, keys = (DISCARDED_LETTERS, DISCARDED_KEYS) if discarded else (DEAD_LETTERS, DEAD_LETTER_KEYS)
-        return {sink: [dict(zip(keys, row)) for row in conn.execute(sql, (sink, limit))] for sink in sinks}
+        return read(conn)
     except sqlite3.Error as exc:
         raise JournalError(f"journal {path}: {exc}") from None
     finally:
         conn.close()
+
+
+def read_dead_letters(path: Path, sinks: Sequence[str], limit: int,
+                      discarded: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Dead letters per sink (or the discarded ones), without the daemon's help (read_only)."""
+    def read(conn: sqlite3.Connection) -> dict[str, list[dict[str, Any]]]:
+        if discarded and conn.execute("PRAGMA user_version").fetchone()[0] < DISCARDS_SINCE:
+            return {sink: [] for sink in sinks}  # not migrated yet: nothing was ever discarded
+        sql, keys = (DISCARDED_LETTERS, DISCARDED_KEYS) if discarded else (DEAD_LETTERS, DEAD_LETTER_KEYS)
+        return {sink: [dict(zip(keys, row)) for row in conn.execute(sql, (sink, limit))] for sink in sinks}
+    return read_only(path, read)
 
 
 class JournalError(Exception):

@@ -11,8 +11,7 @@ from typing import Any
 
 import aiosqlite
 
-from daemon import journal_files
-from daemon.journal import QUARANTINE_COUNTS, Journal, JournalError
+from daemon.journal import QUARANTINE_COUNTS, Journal, read_only
 from daemon.records import iso
 
 PREVIEW_CHARS = 120
@@ -89,22 +88,12 @@ async def list_quarantine(journal: Journal, limit: int, discarded: bool = False,
 
 def read_quarantine(path: Path, limit: int, discarded: bool = False, whole: bool = False) -> dict[str, Any]:
     """As list_quarantine, through a read-only connection: no daemon needed, no lock taken."""
-    problem = journal_files.unreadable(path)
-    if problem:
-        raise JournalError(problem)
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error as exc:
-        raise JournalError(f"journal {path}: cannot open it read-only: {exc}") from None
-    try:
+    def read(conn: sqlite3.Connection) -> dict[str, Any]:
         migrated = "discarded_at" in {row[1] for row in conn.execute("PRAGMA table_info(quarantine)")}
         rows = conn.execute(_listing_sql(discarded, whole, migrated), (limit,)).fetchall()
         counts = conn.execute(QUARANTINE_COUNTS if migrated else COUNTS_UNMIGRATED).fetchone()
         return _listing(rows, counts, whole)
-    except sqlite3.Error as exc:
-        raise JournalError(f"journal {path}: {exc}") from None
-    finally:
-        conn.close()
+    return read_only(path, read)
 
 
 async def discard_quarantined(journal: Journal, element: int | None, reason: str, by: str) -> dict[str, Any]:
