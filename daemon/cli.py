@@ -249,8 +249,11 @@ def _sync(config: Config, args: argparse.Namespace) -> int:
     except StatusUnreachable as exc:
         print(f"chatledger: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    sinks = ", ".join(answer.get("sinks", [])) or "no sink is enabled"
-    print(f"replay triggered ({sinks})")
+    if not answer.get("sinks"):
+        print("chatledger: no sink is enabled in the running daemon (journal only): nothing to replay",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"replay triggered ({', '.join(answer['sinks'])})")
     return EXIT_OK
 
 
