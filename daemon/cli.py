@@ -712,12 +712,12 @@ def _recover(config: Config, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     phone = _phone_digits(args.phone) if args.phone else None
     if args.phone and not phone:
-        return EXIT_CONFIG
+        return EXIT_USAGE
     try:
         selection = Selection(conversation=args.conversation, phone=phone, since=args.since, everything=args.all)
     except ValueError as exc:  # an empty --conversation: no selection is not "everything"
         print(f"chatledger: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     progress = _progress_line(sys.stderr)
     options = {"prefer": args.prefer, "dry_run": args.dry_run, "diff": args.diff}
     query = urlencode({k: v for k, v in {"conversation": args.conversation, "phone": phone, "since": args.since,
@@ -909,11 +909,11 @@ def _forget(config: Config, args: argparse.Namespace) -> int:
 
     phone = _phone_digits(args.phone)
     if not phone:
-        return EXIT_CONFIG
+        return EXIT_USAGE
     problem = reference_problem(args.reference, phone) if args.reference is not None else None
     if problem:
         print(f"chatledger: --reference {problem}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     # Someone at a terminal is asked, even when the report goes to a pipe or is JSON (the likeliest runs
     # to keep a record); a script (stdin not a terminal) never is.
     ask = not (args.yes or args.dry_run) and sys.stdin.isatty()

@@ -107,7 +107,7 @@ def test_recover_and_forget_commands(tmp_path, emulator, own_pg):
     with sqlite3.connect(tmp_path / "state" / "journal.sqlite") as journal:
         assert journal.execute("SELECT last4, reference FROM audit").fetchall() == [("0001", "LGPD-7")]
     journal.close()
-    assert cli(config, "forget", "--phone", "no digits").returncode == 78
+    assert cli(config, "forget", "--phone", "no digits").returncode == 64
     no_pg = tmp_path / "no-pg"
     no_pg.mkdir()
     assert cli(write_config(no_pg), "recover", "--all").returncode == 78

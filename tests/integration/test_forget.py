@@ -6,7 +6,7 @@ from functools import partial
 
 import pytest
 
-from daemon.cli import EXIT_CONFIG, main
+from daemon.cli import EXIT_USAGE, main
 from daemon.events import Rejected, normalize
 from daemon.forget import forget_phone
 from daemon.journal import MIGRATIONS, Journal
@@ -162,7 +162,7 @@ async def test_forget_erases_quarantined_elements_holding_the_whole_number_only(
 @pytest.mark.parametrize("phone", ["1", "123456", "+55 11 98888-7777 0000 00000", "no digits"])
 def test_forget_refuses_what_is_not_a_phone_number_and_does_nothing(tmp_path, capsys, phone):
     config = write_config(tmp_path)
-    assert main(["forget", "--phone", phone, "--config", str(config)]) == EXIT_CONFIG
+    assert main(["forget", "--phone", phone, "--config", str(config)]) == EXIT_USAGE  # a bad parameter is a usage error
     assert "is not a phone number" in capsys.readouterr().err
     assert not (tmp_path / "state").exists()  # not even the journal was opened
 
@@ -197,7 +197,7 @@ async def test_a_v3_journal_loses_its_audit_hashes_and_salt_on_upgrade(tmp_path)
 def test_forget_refuses_a_reference_that_is_unprintable_long_or_holds_the_number(tmp_path, capsys, reference, says):
     config = write_config(tmp_path)
     args = ["forget", "--phone", "5511988887777", "--reference", reference, "--config", str(config)]
-    assert main(args) == EXIT_CONFIG
+    assert main(args) == EXIT_USAGE
     assert says in capsys.readouterr().err
     assert not (tmp_path / "state").exists()
 
