@@ -40,7 +40,7 @@ HAS_KEYS = "SELECT dedup_key FROM events WHERE dedup_key IN ({marks})"
 
 @dataclass
 class Report:
-    """What one run found: chats read, messages seen (added + present), contacts gone since, the error."""
+    """What one run found: chats whose messages were read, messages seen (added + present), contacts gone since, the error."""
 
     since: datetime
     until: datetime
@@ -80,12 +80,12 @@ async def reconcile(client: SendPulseClient, journal: Journal, since: datetime, 
         for bot in await _bots(client, bot_ids):
             report.bots += 1
             async for chat in client.chats(bot["id"], since):
-                report.chats += 1
                 try:
                     messages = await client.messages_since(chat["contact"]["id"], since)
                 except SendPulseNotFound:
                     report.skipped_contacts += 1  # deleted since it was listed
                     continue
+                report.chats += 1
                 await _journal_missing(journal, bot, chat["contact"], messages, report)
                 if progress:
                     progress(report)

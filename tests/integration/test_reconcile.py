@@ -220,3 +220,18 @@ async def test_only_the_bots_asked_for(emulator, intake):
     assert (report.bots, report.added) == (1, 1) and [r["text"] for r in events(journal)] == ["oi"]
     report = await run(emulator, journal, bot_ids=["c" * 24])
     assert report.error and "c" * 24 in report.error and report.added == 0
+
+
+async def test_a_run_cut_short_by_sendpulse_keeps_what_it_added(emulator, intake):
+    _, journal = intake
+    for phone in (5511900000001, 5511900000002):
+        person = contact(emulator, phone=phone)
+        await add(emulator, *({"contact_id": person.id, "direction": "in", "text": f"{phone}-{i}"} for i in range(3)))
+
+    def fail_from_now_on(report):
+        emulator.run(lambda: setattr(emulator.emulator.faults, "status", 503))
+
+    async with client_of(emulator) as client:
+        report = await reconcile(client, journal, now() - timedelta(hours=1), progress=fail_from_now_on)
+    assert report.state == "down" and "503" in report.error
+    assert (report.chats, report.added) == (1, 3) and len(events(journal)) == 3

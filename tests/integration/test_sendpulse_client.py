@@ -155,3 +155,18 @@ async def test_the_budget_is_never_exceeded():
         assert stats(running)["rate_limited"] == 0 and stats(running)["requests"] == 14
     finally:
         running.stop()
+
+
+async def test_a_slow_or_dropped_answer_is_retried_then_unavailable(emulator, clock):
+    async with client_of(emulator, timeout=0.2) as client:
+        await client.bots()
+        emulator.run(lambda: setattr(emulator.emulator.faults, "latency", 1.0))
+        with pytest.raises(SendPulseUnavailable) as caught:
+            await client.bots()
+        assert "no answer in time" in str(caught.value)
+        emulator.run(lambda: setattr(emulator.emulator.faults, "latency", 0.0))
+        emulator.run(lambda: setattr(emulator.emulator.faults, "down_until", clock.now + 5))
+        with pytest.raises(SendPulseUnavailable):
+            await client.bots()
+        clock.now += 5  # SendPulse is back
+        assert [bot["id"] for bot in await client.bots()] == [BOT]
