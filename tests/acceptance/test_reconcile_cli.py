@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.support import SENDPULSE_CLIENT_SECRET, SendPulseEmulator, cli, write_config
+from tests.support import SENDPULSE_CLIENT_SECRET, SendPulseEmulator, cli, cli_on_terminal, write_config
 
 pytestmark = pytest.mark.acceptance
 
@@ -72,3 +72,15 @@ def test_sendpulse_unreadable_exits_1_and_never_shows_the_secret(folder, sendpul
     sendpulse.stop()
     result = cli(config, "reconcile", "--since", "2h")
     assert result.returncode == 1 and "SendPulse could not be read (down)" in result.stderr
+
+
+def test_a_terminal_shows_progress_a_pipe_does_not(folder, sendpulse):
+    config = write_config(folder, extra=sendpulse.config())
+    for phone in ("5511900000001", "5511900000002"):
+        person = sendpulse.add_contact(phone)
+        sendpulse.add_messages({"contact_id": person["id"], "direction": "in", "text": "oi"})
+    code, screen, _ = cli_on_terminal(config, "reconcile", "--since", "1h", stderr_too=True)
+    assert code == 0 and "1 chat(s), 1 seen, 1 added" in screen and "2 chat(s), 2 seen, 2 added" in screen
+    assert "2 message(s) seen, 0 added" in cli(config, "reconcile", "--since", "1h").stdout
+    piped = cli(config, "reconcile", "--since", "1h")
+    assert "chat(s), 2 seen" not in piped.stderr and piped.returncode == 0
