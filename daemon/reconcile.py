@@ -63,10 +63,11 @@ class Report:
 
 @dataclass
 class _Held:
-    """The journal's messages of one conversation near the window: ids, wamids, and the id-less ones."""
+    """The journal's messages of one conversation near the window: their ids, and the id-less ones."""
 
-    message_ids: set[str] = field(default_factory=set)
-    wamids: set[str] = field(default_factory=set)
+    # SendPulse ids and wamids together: integrators' webhooks carry a wamid where the SendPulse id
+    # goes too, and the two kinds never collide (24 hex digits; "wamid.")
+    ids: set[str] = field(default_factory=set)
     idless: list[tuple[str | None, str | None, datetime | None]] = field(default_factory=list)
 
 
@@ -200,20 +201,17 @@ async def _held(journal: Journal, conversation_id: str | None, earliest: datetim
     bound = iso(earliest - LOOKBACK)
     for _key, message_id, wamid, direction, text, occurred in await journal.query(
             JOURNAL_CANDIDATES, (conversation_id, bound, bound)):
-        if message_id:
-            held.message_ids.add(message_id)
-        if wamid:
-            held.wamids.add(wamid)
+        held.ids.update(value for value in (message_id, wamid) if value)
         if not message_id and not wamid:
             held.idless.append((direction, text, parse_time(occurred)))
     return held
 
 
 def _is_held(event: Event, message: dict[str, Any], held: _Held) -> bool:
-    if event.message_id and event.message_id in held.message_ids:
+    if event.message_id and event.message_id in held.ids:
         return True
     wamid = wamid_of(message)
-    if wamid and wamid in held.wamids:
+    if wamid and wamid in held.ids:
         return True
     # Only an event with neither id can be this message by its text; each such event is one message.
     for index, (direction, text, occurred) in enumerate(held.idless):

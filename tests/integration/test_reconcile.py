@@ -235,3 +235,14 @@ async def test_a_run_cut_short_by_sendpulse_keeps_what_it_added(emulator, intake
         report = await reconcile(client, journal, now() - timedelta(hours=1), progress=fail_from_now_on)
     assert report.state == "down" and "503" in report.error
     assert (report.chats, report.added) == (1, 3) and len(events(journal)) == 3
+
+
+async def test_a_webhook_whose_message_id_is_the_wamid_holds_the_message(emulator, intake):
+    client, journal = intake
+    maria = contact(emulator)
+    wamid = "wamid.HBgMNTUzMjk5OTI5OTY5FQIAERgSRkFLRTEyMzQ1Njc4OTAA"
+    await add(emulator, {"contact_id": maria.id, "direction": "in", "text": "oi", "wamid": wamid,
+                         "webhook": {"url": client.hook, "id": wamid, "wamid": None}})
+    assert [(r["message_id"], r["platform_message_id"]) for r in events(journal)] == [(wamid, None)]
+    report = await run(emulator, journal)
+    assert (report.added, report.present) == (0, 1) and len(events(journal)) == 1
