@@ -80,7 +80,12 @@ async def reconcile(client: SendPulseClient, journal: Journal, since: datetime, 
     try:
         for bot in await _bots(client, bot_ids):
             report.bots += 1
+            # Listed whole before any is read: chats are paged by skip in an order that a contact's new
+            # activity changes, so listing while reading (long) would skip some and repeat others.
+            chats: dict[str, dict[str, Any]] = {}
             async for chat in client.chats(bot["id"], since):
+                chats.setdefault(chat["contact"]["id"], chat)
+            for chat in chats.values():
                 try:
                     messages = await client.messages_since(chat["contact"]["id"], since)
                 except SendPulseNotFound:

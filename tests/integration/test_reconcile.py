@@ -246,3 +246,24 @@ async def test_a_webhook_whose_message_id_is_the_wamid_holds_the_message(emulato
     assert [(r["message_id"], r["platform_message_id"]) for r in events(journal)] == [(wamid, None)]
     report = await run(emulator, journal)
     assert (report.added, report.present) == (0, 1) and len(events(journal)) == 1
+
+
+async def test_chats_reordered_by_new_activity_mid_run_are_each_read_once(emulator, intake):
+    _, journal = intake
+    start = now() - timedelta(minutes=30)
+    people = []
+    for i in range(150):  # the most recently active first: people[0] is read first, people[120] on page two
+        person = emulator.run(emulator.emulator.add_contact, BOT, 5511900000000 + i, f"c{i}", created_at=start)
+        emulator.run(emulator.emulator.add_message, person.id, "in", f"m{i}",
+                     created_at=start + timedelta(seconds=150 - i))
+        people.append(person)
+
+    def writes_again(report):
+        if report.chats == 1:  # people[120] becomes the most recently active: every chat before it moves down
+            emulator.run(emulator.emulator.add_message, people[120].id, "in", "de novo", created_at=now())
+
+    async with client_of(emulator) as client:
+        report = await reconcile(client, journal, start, progress=writes_again)
+    assert report.error is None and report.chats == 150
+    assert (report.seen, report.added, report.present) == (151, 151, 0)
+    assert len(events(journal)) == 151
