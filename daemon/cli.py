@@ -30,6 +30,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd's RestartPreventExitStatus names it
 EXIT_USAGE = 64  # EX_USAGE: a bad command line (2 is `status`'s "no daemon answers")
+EXIT_BAD_WHEN = 2  # `reconcile --since`: the issue's contract
 DEFAULT_CONFIG = Path("/etc/chatledger/config.toml")
 
 
@@ -151,6 +152,15 @@ def _parser() -> argparse.ArgumentParser:
                         help="say what would be erased in each store; erase nothing, write no audit entry")
     forget.add_argument("--yes", action="store_true",
                         help="do not ask first (on a terminal, forget shows what it would erase and asks)")
+    reconcile = command("reconcile", "fetch back from SendPulse's API the messages of the window that the journal "
+                                     "lacks (webhooks never sent or lost) and journal them as ordinary events; "
+                                     "exit 0 done, 2 bad WHEN, 78 [sendpulse] not configured, 1 SendPulse unreadable")
+    reconcile.add_argument("--since", required=True, metavar="WHEN",
+                           help="an ISO 8601 date or date-time (2026-11-30, 2026-11-30T08:00:00-03:00; no offset: "
+                                "UTC) or a duration back from now (90s, 30m, 2h, 7d)")
+    reconcile.add_argument("--bot", metavar="ID", help="only this WhatsApp bot (default: [sendpulse] bot_ids, else "
+                                                       "every bot of the account)")
+    reconcile.add_argument("--json", action="store_true", help="print the report as JSON")
     show = command("show", "one conversation (or each of a phone's) with its interactions and escalations, from "
                            "PostgreSQL, else the journal, else Airtable, saying which answered; exit 1 when none knows it")
     shown = show.add_mutually_exclusive_group(required=True)
@@ -194,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "top": _top,
         "forget": _forget,
         "show": _show,
+        "reconcile": _reconcile,
     }[args.command]
     try:
         return handler(config, args)
@@ -1118,3 +1129,82 @@ def _top(config: Config, args: argparse.Namespace) -> int:
     finally:
         if screen:
             screen.close()
+
+
+def _reconcile(config: Config, args: argparse.Namespace) -> int:
+    """`reconcile`: directly on the journal (the daemon must not hold it)."""
+    from datetime import datetime, timezone
+
+    from daemon.params import BadParameter, reconcile_since
+
+    try:
+        since = reconcile_since(args.since, datetime.now(timezone.utc))
+    except BadParameter as exc:
+        print(f"chatledger: {exc}", file=sys.stderr)
+        return EXIT_BAD_WHEN
+    if not config.sendpulse.enabled:
+        print(f"chatledger: [sendpulse] client_id is empty (or SENDPULSE_CLIENT_ID unset) in {args.config}: "
+              "reconciliation is not configured", file=sys.stderr)
+        return EXIT_CONFIG
+    progress = _reconcile_progress(sys.stderr)
+    try:
+        report = _reconcile_offline(config, since, [args.bot] if args.bot else config.sendpulse.bot_ids, progress)
+    except JournalError as exc:
+        print(f"chatledger: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        if progress:
+            progress(None)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(f"reconciled {report.as_dict()['since']} to {report.as_dict()['until']} in {config.journal.path}: "
+              f"{report.bots} bot(s), {report.chats} chat(s), {report.seen} message(s) seen, {report.added} added, "
+              f"{report.present} already present")
+        if report.skipped_contacts:
+            print(f"{report.skipped_contacts} contact(s) gone from SendPulse since they were listed: skipped")
+        if report.unreadable:
+            print(f"{report.unreadable} message(s) without an id or a direction: not journaled")
+    if report.error:
+        print(f"chatledger: SendPulse could not be read ({report.state}): {report.error}; the {report.added} "
+              "message(s) added stay, run it again to go on", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _reconcile_progress(stream: Any) -> Any:
+    """A line on a terminal, rewritten after each chat (called with None at the end); None off a terminal."""
+    if not stream.isatty():
+        return None
+
+    def show(report: Any) -> None:
+        if report is None:
+            stream.write("\r\x1b[K")
+        else:
+            stream.write(f"\r\x1b[K{report.chats} chat(s), {report.seen} seen, {report.added} added")
+        stream.flush()
+
+    return show
+
+
+def _reconcile_offline(config: Config, since: Any, bot_ids: Sequence[str], progress: Any) -> Any:
+    from daemon.journal import Journal
+    from daemon.ratelimit import RequestBudget
+    from daemon.reconcile import reconcile
+    from daemon.sendpulse import SendPulseClient
+
+    setup_logging("ERROR", config.log.json_)
+    settings = config.sendpulse
+
+    async def run() -> Any:
+        journal = await Journal.open(config.journal.path, config.enabled_sinks)
+        try:
+            # start_empty: a daemon just stopped may have spent this second's requests
+            budget = RequestBudget(settings.requests_per_second, start_empty=True)
+            async with SendPulseClient(settings.api_url, settings.client_id,
+                                       settings.client_secret.get_secret_value(), budget) as client:
+                return await reconcile(client, journal, since, bot_ids=bot_ids, progress=progress)
+        finally:
+            await journal.close()
+
+    return asyncio.run(run())

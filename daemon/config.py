@@ -40,6 +40,8 @@ LEGACY_ENV = {
     "AIRTABLE_INTERACTIONS_TABLE": ("airtable", "interactions_table"),
     "AIRTABLE_ESCALATIONS_TABLE": ("airtable", "escalations_table"),
     "DATABASE_URL": ("postgres", "dsn"),
+    "SENDPULSE_CLIENT_ID": ("sendpulse", "client_id"),
+    "SENDPULSE_CLIENT_SECRET": ("sendpulse", "client_secret"),
 }
 
 DSN_SCHEMES = ("postgresql", "postgres")
@@ -213,6 +215,70 @@ class AirtableConfig(_Section):
         return bool(self.api_key.get_secret_value().strip())
 
 
+def _http_url(value: str, example: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    try:
+        parsed = urllib.parse.urlsplit(value)
+        parsed.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ValueError("must be a valid URL (check the host and port)") from None
+    if not parsed.hostname:
+        raise ValueError(f"must name a host, e.g. {example}")
+    return value.rstrip("/")
+
+
+class SendPulseConfig(_Section):
+    """Reconciliation: what SendPulse's API holds that the webhooks did not bring."""
+
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    api_url: str = "https://api.sendpulse.com"
+    bot_ids: list[str] = Field(default_factory=list)  # empty: every WhatsApp bot of the account
+    reconcile_interval_s: float = Field(default=300.0, ge=0)  # 0: only at start and on demand
+    # The account allows 10 requests/s and the bot spends from the same allowance: stay well under.
+    requests_per_second: int = Field(default=5, ge=1, le=10)
+    # How far back a start reconciles when the journal holds no event to start from.
+    first_window_h: float = Field(default=24.0, gt=0, le=24 * 90)
+
+    @field_validator("bot_ids", mode="before")
+    @classmethod
+    def _bot_ids_from_environment(cls, value: Any) -> Any:
+        """CHATLEDGER_SENDPULSE__BOT_IDS: a JSON array or ids separated by commas."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    raise ValueError('must be a list of bot ids; in the environment a JSON array or '
+                                     'ids separated by commas') from None
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("bot_ids")
+    @classmethod
+    def _bot_ids_named(cls, value: list[str]) -> list[str]:
+        if any(not bot.strip() or any(c.isspace() for c in bot) for bot in value):
+            raise ValueError("must hold bot ids (as GET /whatsapp/bots lists them), none empty")
+        return value
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url_is_http(cls, value: str) -> str:
+        return _http_url(value, "https://api.sendpulse.com")
+
+    @model_validator(mode="after")
+    def _secret_when_enabled(self) -> "SendPulseConfig":
+        if self.enabled and not self.client_secret.get_secret_value().strip():
+            raise ValueError("client_secret: is required when client_id is set (or SENDPULSE_CLIENT_SECRET)")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.client_id.strip())
+
+
 class MetricsConfig(_Section):
     # Prometheus text at GET /metrics is always on the status socket; this adds a TCP listener.
     listen: str = ""
@@ -356,6 +422,7 @@ class Config(BaseSettings):
     journal: JournalConfig = JournalConfig()
     postgres: PostgresConfig = PostgresConfig()
     airtable: AirtableConfig = AirtableConfig()
+    sendpulse: SendPulseConfig = SendPulseConfig()
     status: StatusConfig = StatusConfig()
     metrics: MetricsConfig = MetricsConfig()
     alerts: AlertsConfig = AlertsConfig()
@@ -396,10 +463,12 @@ class Config(BaseSettings):
         """The effective settings as plain data, every secret replaced by whether it is set."""
         data = self.model_dump(mode="json", by_alias=True)
         for section, key in (("server", "webhook_token"), ("server", "api_token"), ("airtable", "api_key"),
-                             ("postgres", "dsn"), ("alerts", "webhook_url")):
+                             ("postgres", "dsn"), ("alerts", "webhook_url"),
+                             ("sendpulse", "client_secret")):
             secret: SecretStr = getattr(getattr(self, section), key)
             data[section][key] = "(set)" if secret.get_secret_value() else "(empty)"
         data["airtable"]["endpoint_url"] = without_userinfo(self.airtable.endpoint_url)
+        data["sendpulse"]["api_url"] = without_userinfo(self.sendpulse.api_url)
         return data
 
 

@@ -4,7 +4,7 @@ the same messages."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, digits_only, has_control, is_phone_number
 from daemon.records import iso
@@ -87,3 +87,29 @@ def limit(text: str, most: int) -> int:
     if not (text.isascii() and text.isdigit() and 1 <= int(text) <= most):
         raise BadParameter(f"--limit must be a whole number from 1 to {most}, not {text!r}")
     return int(text)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+WHEN_FORMS = "an ISO 8601 date or date-time (2026-11-30, 2026-11-30T08:00:00-03:00; no offset: UTC) or a duration " \
+             "back from now (90s, 30m, 2h, 7d)"
+
+
+def reconcile_since(text: str, now: datetime) -> datetime:
+    """`reconcile --since WHEN` as a UTC moment before `now`."""
+    value = text.strip()
+    if value[:-1].isascii() and value[:-1].isdigit() and value[-1:] in _DURATION_UNITS:
+        try:
+            moment = now - timedelta(seconds=int(value[:-1]) * _DURATION_UNITS[value[-1]])
+        except OverflowError:
+            raise BadParameter(f"--since {text!r} reaches back before year 1") from None
+        if moment >= now:
+            raise BadParameter(f"--since {text!r} is no window: give a duration above zero")
+        return moment
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        moment = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise BadParameter(f"--since {text!r} is not {WHEN_FORMS}") from None
+    if moment >= now:
+        raise BadParameter(f"--since {text!r} is not in the past (now is {iso(now)})")
+    return moment

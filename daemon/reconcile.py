@@ -1,0 +1,227 @@
+"""Reconciliation: journal the messages SendPulse's API holds and the webhooks never brought.
+
+For each bot, the chats active since the window's start, then each contact's messages since then.
+A message the journal does not hold becomes the event its webhook would have been (same title, same
+fields, same dedup key), its payload the API's message plus "source": "reconcile", so it is delivered,
+counted and deduplicated like any webhook.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from loguru import logger
+
+from daemon.events import Event, normalize
+from daemon.journal import Journal
+from daemon.records import conversation_id_for, iso
+from daemon.sendpulse import (
+    SendPulseClient, SendPulseError, SendPulseMisconfigured, SendPulseNotFound, SendPulseUnavailable, parse_time,
+)
+
+SOURCE = "reconcile"
+TEXT_MATCH_S = 120  # an event without ids is the same message when its text and time agree this closely
+# Journal events this much older than the window are not looked at: a webhook's date is the message's own,
+# give or take a clock; the margin only bounds the read.
+LOOKBACK = timedelta(hours=6)
+DIRECTIONS = {1: ("incoming_message", "inbound"), 2: ("outgoing_message", "outbound")}
+
+JOURNAL_CANDIDATES = """
+SELECT dedup_key, message_id, platform_message_id, direction, text, occurred_at FROM events
+WHERE conversation_id = ? AND title IN ('incoming_message', 'outgoing_message')
+  AND (occurred_at >= ? OR received_at >= ?)
+"""
+HAS_KEYS = "SELECT dedup_key FROM events WHERE dedup_key IN ({marks})"
+
+
+@dataclass
+class Report:
+    """What one run found: chats whose messages were read, messages seen (added + present), contacts gone since, the error."""
+
+    since: datetime
+    until: datetime
+    bots: int = 0
+    chats: int = 0
+    seen: int = 0
+    added: int = 0
+    present: int = 0
+    skipped_contacts: int = 0
+    unreadable: int = 0  # API messages no event can be made of (no id, unknown direction)
+    error: str | None = None
+    state: str = "up"  # up / down / misconfigured: what the error says of SendPulse
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"since": iso(self.since), "until": iso(self.until), "bots": self.bots, "chats": self.chats,
+                "seen": self.seen, "added": self.added, "present": self.present,
+                "skipped_contacts": self.skipped_contacts, "unreadable": self.unreadable,
+                "error": self.error, "state": self.state}
+
+
+@dataclass
+class _Held:
+    """The journal's messages of one conversation near the window: their ids, and the id-less ones."""
+
+    # SendPulse ids and wamids together: integrators' webhooks carry a wamid where the SendPulse id
+    # goes too, and the two kinds never collide (24 hex digits; "wamid.")
+    ids: set[str] = field(default_factory=set)
+    idless: list[tuple[str | None, str | None, datetime | None]] = field(default_factory=list)
+
+
+async def reconcile(client: SendPulseClient, journal: Journal, since: datetime, *, bot_ids: Sequence[str] = (),
+                    now: datetime | None = None, progress: Callable[[Report], None] | None = None) -> Report:
+    """Fetch back and journal what the journal lacks since `since`; the report says what happened.
+
+    A SendPulse error ends the run with `error` set; what was journaled before it stays."""
+    report = Report(since=since, until=now or datetime.now(timezone.utc))
+    try:
+        for bot in await _bots(client, bot_ids):
+            report.bots += 1
+            # Listed whole before any is read: chats are paged by skip in an order that a contact's new
+            # activity changes, so listing while reading (long) would skip some and repeat others.
+            chats: dict[str, dict[str, Any]] = {}
+            async for chat in client.chats(bot["id"], since):
+                chats.setdefault(chat["contact"]["id"], chat)
+            for chat in chats.values():
+                try:
+                    messages = await client.messages_since(chat["contact"]["id"], since)
+                except SendPulseNotFound:
+                    report.skipped_contacts += 1  # deleted since it was listed
+                    continue
+                report.chats += 1
+                await _journal_missing(journal, bot, chat["contact"], messages, report)
+                if progress:
+                    progress(report)
+    except SendPulseError as exc:
+        report.error = str(exc)
+        report.state = ("misconfigured" if isinstance(exc, SendPulseMisconfigured)
+                        else "down" if isinstance(exc, SendPulseUnavailable) else "error")
+        logger.warning("reconciliation stopped: {}", exc)
+    return report
+
+
+async def _bots(client: SendPulseClient, bot_ids: Sequence[str]) -> list[dict[str, Any]]:
+    bots = [bot for bot in await client.bots() if isinstance(bot, dict) and bot.get("id")]
+    if not bot_ids:
+        return bots
+    known = {bot["id"]: bot for bot in bots}
+    missing = [bot_id for bot_id in bot_ids if bot_id not in known]
+    if missing:
+        raise SendPulseError(f"bot {', '.join(missing)} is not a WhatsApp bot of this account "
+                             f"(its bots: {', '.join(known) or 'none'})")
+    return [known[bot_id] for bot_id in bot_ids]
+
+
+def webhook_element(message: dict[str, Any], contact: dict[str, Any], bot: dict[str, Any]) -> dict[str, Any] | None:
+    """The webhook SendPulse would have posted for this API message; None when it names no direction."""
+    way = DIRECTIONS.get(message.get("direction"))
+    if way is None:
+        return None
+    data = message.get("data") if isinstance(message.get("data"), dict) else {}
+    channel_data: dict[str, Any] = {"message": data}
+    if way[1] == "outbound" and data.get("message_id"):
+        channel_data["message_id"] = data["message_id"]  # where an outbound webhook carries the wamid
+    details = contact.get("channel_data") if isinstance(contact.get("channel_data"), dict) else {}
+    element_contact = {key: contact[key] for key in ("id", "tags", "variables", "is_chat_opened") if key in contact}
+    if details.get("phone") is not None:
+        element_contact["phone"] = str(details["phone"])
+    if details.get("name"):
+        element_contact["name"] = details["name"]
+    info_message: dict[str, Any] = {"channel_data": channel_data}
+    if message.get("id"):
+        info_message["id"] = message["id"]
+    return {"title": way[0], "service": "whatsapp",
+            "bot": {"id": bot.get("id"), "name": bot.get("name"), "channel": "WHATSAPP"},
+            "contact": element_contact, "info": {"message": info_message}, "date": message.get("created_at")}
+
+
+def event_of(message: dict[str, Any], contact: dict[str, Any], bot: dict[str, Any],
+             received_at: datetime) -> Event | None:
+    """The journal event of a fetched message: its webhook's fields and key, the API's message as payload."""
+    element = webhook_element(message, contact, bot)
+    if element is None or not message.get("id"):
+        return None
+    payload = json.dumps({**message, "source": SOURCE}, ensure_ascii=False, separators=(",", ":"))
+    event = normalize(element, received_at, payload)
+    return event if isinstance(event, Event) else None
+
+
+def wamid_of(message: dict[str, Any]) -> str | None:
+    data = message.get("data") if isinstance(message.get("data"), dict) else {}
+    wamid = data.get("id") if message.get("direction") == 1 else data.get("message_id")
+    return wamid if isinstance(wamid, str) and wamid else None
+
+
+async def _journal_missing(journal: Journal, bot: dict[str, Any], contact: dict[str, Any],
+                           messages: list[dict[str, Any]], report: Report) -> None:
+    received_at = datetime.now(timezone.utc)
+    events: list[tuple[Event, dict[str, Any]]] = []
+    for message in messages:
+        event = event_of(message, contact, bot, received_at)
+        if event is None:
+            report.unreadable += 1
+            continue
+        events.append((event, message))
+    report.seen += len(events)
+    if not events:
+        return
+    held = await _held(journal, conversation_id_for(bot.get("id"), contact.get("id"), None),
+                       min(parse_time(m.get("created_at")) or report.since for _, m in events))
+    keys = {row[0] for row in await _existing_keys(journal, [event.dedup_key for event, _ in events])}
+    missing: list[Event] = []
+    taken: set[str] = set()
+    for event, message in events:
+        if event.dedup_key in taken:
+            report.present += 1  # the API listed it twice (a page boundary moved)
+            continue
+        taken.add(event.dedup_key)
+        if event.dedup_key in keys or _is_held(event, message, held):
+            report.present += 1
+        else:
+            missing.append(event)
+    if missing:
+        result = await journal.append(missing)
+        report.added += result.accepted
+        report.present += result.duplicates  # a webhook of the same message won the race
+        if result.accepted:
+            logger.info("reconciliation journaled {} message(s) of contact {} the webhooks did not bring",
+                        result.accepted, contact.get("id"))
+
+
+async def _existing_keys(journal: Journal, keys: list[str]) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        rows.extend(await journal.query(HAS_KEYS.format(marks=", ".join("?" * len(chunk))), chunk))
+    return rows
+
+
+async def _held(journal: Journal, conversation_id: str | None, earliest: datetime) -> _Held:
+    held = _Held()
+    if conversation_id is None:
+        return held
+    bound = iso(earliest - LOOKBACK)
+    for _key, message_id, wamid, direction, text, occurred in await journal.query(
+            JOURNAL_CANDIDATES, (conversation_id, bound, bound)):
+        held.ids.update(value for value in (message_id, wamid) if value)
+        if not message_id and not wamid:
+            held.idless.append((direction, text, parse_time(occurred)))
+    return held
+
+
+def _is_held(event: Event, message: dict[str, Any], held: _Held) -> bool:
+    if event.message_id and event.message_id in held.ids:
+        return True
+    wamid = wamid_of(message)
+    if wamid and wamid in held.ids:
+        return True
+    # Only an event with neither id can be this message by its text; each such event is one message.
+    for index, (direction, text, occurred) in enumerate(held.idless):
+        if (direction == event.direction and text is not None and text == event.text and occurred is not None
+                and abs((occurred - event.occurred_at).total_seconds()) <= TEXT_MATCH_S):
+            del held.idless[index]
+            return True
+    return False
