@@ -62,6 +62,7 @@ class Daemon:
         self._stopping_workers = False
         self.journal: Journal | None = None
         self.backfill: Backfill | None = None
+        self.reconciler: Any = None  # daemon.reconciler.Reconciler when [sendpulse] is configured
         self._stop = asyncio.Event()
         self._hup = asyncio.Event()
         self._runners: list[web.AppRunner] = []
@@ -82,6 +83,10 @@ class Daemon:
         try:
             self.journal = await Journal.open(self.config.journal.path, self.config.enabled_sinks)
             self.backfill = Backfill(self.journal, self.config.enabled_sinks)
+            if self.config.sendpulse.enabled:
+                from daemon.reconciler import Reconciler
+
+                self.reconciler = Reconciler(self.config.sendpulse, self.journal)
             if self.config.airtable.enabled:
                 self.monthly = MonthlyRequests.restore(self.config.airtable.monthly_request_limit,
                                                        await self.journal.meta(MonthlyRequests.JOURNAL_KEY))
@@ -221,6 +226,7 @@ class Daemon:
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
             asyncio.create_task(self._hup_loop(), name="sighup"),
             asyncio.create_task(self._backfill_loop(), name="backfill"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
             asyncio.create_task(self._retention_loop(), name="retention"),
             asyncio.create_task(self._alerts_loop(), name="alerts"),
             asyncio.create_task(self._month_loop(), name="airtable-month"),
@@ -252,6 +258,8 @@ class Daemon:
         self._runners.remove(webhook_runner)
         await self._stop_workers()
         await self.save_month()
+        if self.reconciler is not None:
+            await self.reconciler.close()
         if self.journal is not None:
             await self.journal.close()
         await status_runner.cleanup()
@@ -265,6 +273,8 @@ class Daemon:
         self._runners.clear()
         await self._stop_workers()
         await self.save_month()
+        if self.reconciler is not None:
+            await self.reconciler.close()
         if self.journal is not None:
             await self.journal.close()
 
@@ -407,6 +417,12 @@ class Daemon:
         if self.backfill is not None:
             await self.backfill.run()
         await asyncio.Event().wait()
+
+    async def _reconcile_loop(self) -> None:
+        """Fetch back from SendPulse what the webhooks did not bring: at start, then every interval."""
+        if self.reconciler is None:
+            await asyncio.Event().wait()  # [sendpulse] not configured: idle until cancelled
+        await self.reconciler.run_forever()
 
     async def _month_loop(self) -> None:
         """Keep the Airtable base's monthly request count in the journal, so a restart does not reset it."""

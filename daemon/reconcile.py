@@ -99,7 +99,7 @@ async def reconcile(client: SendPulseClient, journal: Journal, since: datetime, 
         report.error = str(exc)
         report.state = ("misconfigured" if isinstance(exc, SendPulseMisconfigured)
                         else "down" if isinstance(exc, SendPulseUnavailable) else "error")
-        logger.warning("reconciliation stopped: {}", exc)
+        logger.debug("reconciliation stopped: {}", exc)  # the caller says it: once, in its own words
     return report
 
 

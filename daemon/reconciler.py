@@ -1,0 +1,144 @@
+"""The daemon's reconciliation: at start over the time it was down, then every interval, and on demand.
+
+One SendPulse client and request budget for all of them; runs never overlap. A failing run is logged
+and retried later; it never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from loguru import logger
+
+from daemon.config import SendPulseConfig
+from daemon.journal import Journal
+from daemon.ratelimit import RequestBudget
+from daemon.reconcile import Report, reconcile
+from daemon.records import iso
+from daemon.sendpulse import SendPulseClient, parse_time
+
+# A webhook journaled just before a stop may be newer than messages SendPulse failed to post around it,
+# and the two clocks differ: each window starts this much earlier than where the last one began.
+MARGIN = timedelta(minutes=10)
+RETRY_S = 300.0  # a failed run is tried again this soon when no interval is set
+NEWEST_EVENT = "SELECT received_at FROM events ORDER BY id DESC LIMIT 1"
+
+
+class Reconciler:
+    """Runs `reconcile` for the daemon and keeps what `status` says of SendPulse."""
+
+    def __init__(self, settings: SendPulseConfig, journal: Journal, client: SendPulseClient | None = None):
+        self.settings = settings
+        self.journal = journal
+        self.client = client or SendPulseClient(
+            settings.api_url, settings.client_id, settings.client_secret.get_secret_value(),
+            RequestBudget(settings.requests_per_second, start_empty=True))
+        self.budget = self.client.budget
+        self._lock = asyncio.Lock()
+        self.state = "starting"
+        self.running = False
+        self.last: Report | None = None
+        self.last_run_at: datetime | None = None
+        self.last_reconciled_at: datetime | None = None  # the end of the last window read whole
+        self.last_error: str | None = None
+        self.last_error_at: datetime | None = None
+        self.runs = self.failures = self.added_total = self.seen_total = 0
+        self._logged_error: str | None = None
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def run_forever(self) -> None:
+        """At start, from the newest journaled event (less the margin); then each interval from the last
+        window's start (less the margin). A failed window is read again whole at the next try."""
+        since = await self._start_since()
+        interval = self.settings.reconcile_interval_s
+        while True:
+            started = datetime.now(timezone.utc)
+            report = await self.run(since)
+            if report.error is None:
+                since = started - MARGIN
+            elif since < started - timedelta(days=7):
+                since = started - timedelta(days=7)  # a long outage must not grow the window for ever
+            if report.error is None and not interval:
+                await asyncio.Event().wait()  # on demand from now on; idle until cancelled at stop
+            await asyncio.sleep(interval or RETRY_S)
+
+    async def _start_since(self) -> datetime:
+        rows = await self.journal.query(NEWEST_EVENT)
+        newest = parse_time(rows[0][0]) if rows else None
+        if newest is None:
+            return datetime.now(timezone.utc) - timedelta(hours=self.settings.first_window_h)
+        return newest - MARGIN
+
+    async def run(self, since: datetime, bot_ids: Sequence[str] | None = None,
+                  progress: Callable[[Report], None] | None = None) -> Report:
+        """One reconciliation (after any run in progress), its outcome kept for status."""
+        async with self._lock:
+            self.running = True
+            self.last_run_at = datetime.now(timezone.utc)
+            try:
+                report = await reconcile(self.client, self.journal, since,
+                                         bot_ids=self.settings.bot_ids if bot_ids is None else bot_ids,
+                                         progress=progress)
+            finally:
+                self.running = False
+            self._record(report)
+            return report
+
+    def _record(self, report: Report) -> None:
+        self.last = report
+        self.runs += 1
+        self.added_total += report.added
+        self.seen_total += report.seen
+        if report.error is None:
+            self.state = "up"
+            self.last_reconciled_at = report.until
+            if self._logged_error is not None:
+                logger.info("SendPulse reconciliation works again")
+            self._logged_error = None
+            if report.added:
+                logger.info("reconciliation {} to {}: {} message(s) the webhooks did not bring journaled",
+                            iso(report.since), iso(report.until), report.added)
+            return
+        self.failures += 1
+        self.state = "misconfigured" if report.state in ("misconfigured", "error") else "down"
+        self.last_error, self.last_error_at = report.error, datetime.now(timezone.utc)
+        retry = (f"retried in {self.settings.reconcile_interval_s or RETRY_S:.0f} s")
+        if self.state == "misconfigured":
+            if report.error != self._logged_error:  # an operator must act; once per distinct error is enough
+                logger.error("SendPulse reconciliation is misconfigured: {}; {} (intake and delivery go on)",
+                             report.error, retry)
+        else:
+            logger.warning("SendPulse reconciliation failed ({}): {}; {}", self.state, report.error, retry)
+        self._logged_error = report.error
+
+    def status(self) -> dict[str, Any]:
+        """`sources.sendpulse` of the status snapshot."""
+        report = self.last
+        return {
+            "state": self.state,
+            "running": self.running,
+            "interval_s": self.settings.reconcile_interval_s,
+            "last_run_at": iso(self.last_run_at) if self.last_run_at else None,
+            "last_reconciled_at": iso(self.last_reconciled_at) if self.last_reconciled_at else None,
+            "window": {"since": iso(report.since), "until": iso(report.until)} if report else None,
+            "seen": report.seen if report else 0,
+            "added": report.added if report else 0,
+            "present": report.present if report else 0,
+            "runs": self.runs,
+            "failed_runs": self.failures,
+            "added_total": self.added_total,
+            "seen_total": self.seen_total,
+            "requests_total": self.client.requests,
+            "last_error": self.last_error,
+            "last_error_at": iso(self.last_error_at) if self.last_error_at else None,
+        }
+
+
+def disabled_status() -> dict[str, Any]:
+    """`sources.sendpulse` when [sendpulse] has no client_id."""
+    return {"state": "disabled"}

@@ -1,0 +1,84 @@
+"""The installed daemon fetches back, on its own, what SendPulse could not post while it was down."""
+
+import asyncio
+import json
+
+import asyncpg
+import pytest
+
+from tests.support import Daemon, SendPulseEmulator, cli, wait_for, write_config
+
+pytestmark = pytest.mark.acceptance
+
+SCHEMA = "chatledger"
+
+
+@pytest.fixture
+def sendpulse(tmp_path):
+    emulator = SendPulseEmulator(tmp_path).start()
+    yield emulator
+    emulator.stop()
+
+
+def query(cluster, sql):
+    async def run():
+        conn = await asyncpg.connect(cluster.dsn())
+        try:
+            return await conn.fetch(sql)
+        finally:
+            await conn.close()
+    return asyncio.run(run())
+
+
+def stored_ids(cluster):
+    if not query(cluster, f"SELECT to_regclass('{SCHEMA}.interactions') IS NOT NULL")[0][0]:
+        return []
+    return [r[0] for r in query(cluster, f"SELECT message_id FROM {SCHEMA}.interactions")]
+
+
+def assert_counts_right(cluster, total):
+    s = SCHEMA
+    assert query(cluster, f"SELECT count(*) FROM {s}.events")[0][0] == total
+    mismatched = query(cluster, f"""
+        SELECT c.conversation_id, c.message_count, count(i.interaction_id)
+        FROM {s}.conversations c LEFT JOIN {s}.interactions i USING (conversation_id)
+        GROUP BY 1, 2 HAVING c.message_count <> count(i.interaction_id)""")
+    assert mismatched == []
+    assert query(cluster, f"SELECT sum(message_count) FROM {s}.conversations")[0][0] == total
+
+
+def messages(sendpulse, contacts, phase, count, url):
+    return sendpulse.add_messages(*({"contact_id": contacts[i % len(contacts)]["id"],
+                                     "direction": "in" if i % 3 else "out", "text": f"{phase}-{i}",
+                                     "webhook": {"url": url, "timeout": 5}} for i in range(count)))
+
+
+def test_a_restart_after_kill_9_fetches_back_what_the_webhooks_missed(tmp_path, own_pg, sendpulse):
+    config = write_config(tmp_path, extra=f'[postgres]\ndsn = "{own_pg.dsn()}"\nschema = "{SCHEMA}"\n'
+                          + sendpulse.config() + "reconcile_interval_s = 0\n")
+    contacts = [sendpulse.add_contact(f"55119000000{i:02d}", f"Cliente {i}") for i in range(3)]
+    daemon = Daemon(config).start()
+    try:
+        live = messages(sendpulse, contacts, "live", 12, daemon.url)
+        assert all(m["webhook"].get("status") == 200 for m in live)
+        wait_for(lambda: len(stored_ids(own_pg)) == 12, "webhooks of the first phase in PostgreSQL")
+        daemon.kill()
+
+        missed = messages(sendpulse, contacts, "missed", 20, daemon.url)
+        assert all("error" in m["webhook"] for m in missed)  # posted once, failed, never retried
+
+        daemon = Daemon(config).start()
+        expected = sorted(m["id"] for m in live + missed)
+        wait_for(lambda: sorted(stored_ids(own_pg)) == expected, "both phases in PostgreSQL exactly once")
+        assert_counts_right(own_pg, len(expected))
+        assert "journaled" in daemon.log()
+        assert daemon.stop() == 0
+
+        result = cli(config, "reconcile", "--since", "2h", "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert (report["added"], report["present"]) == (0, len(expected))
+        assert sorted(stored_ids(own_pg)) == expected
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
