@@ -661,6 +661,7 @@ class Daemon:
             "sinks": sinks,
             "webhook": {key: counts["counters"].get(key, 0) for key in ("accepted", "duplicates", "rejected")},
             "alerts": {"enabled": self.alerts.enabled, "sent": self.alerts.sent, "failed": self.alerts.failed},
+            "sources": {"sendpulse": self.reconciler.status() if self.reconciler else {"state": "disabled"}},
         }
         snapshot["health"] = _health(snapshot)
         return snapshot

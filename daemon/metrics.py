@@ -7,6 +7,7 @@ webhook ones, which the journal keeps across restarts; gauges are read from the 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -14,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+SENDPULSE_STATES = ("disabled", "starting", "up", "down", "misconfigured")
 SINK_STATES = ("disabled", "starting", "up", "down", "misconfigured", "blocked", "throttled", "quota")
 
 
@@ -132,6 +134,34 @@ class _Snapshot:
             ):
                 if value is not None or name not in UNKNOWN_WHEN_NONE:
                     yield _single(kind, name, help_text, value)
+        yield from _sendpulse(snap.get("sources", {}).get("sendpulse"))
+
+
+def _sendpulse(source: dict[str, Any] | None) -> Any:
+    """Reconciliation's counters and state (none of it when the daemon predates it)."""
+    if source is None:
+        return
+    state = GaugeMetricFamily("chatledger_sendpulse_state", "1 for SendPulse reconciliation's current state",
+                              labels=["state"])
+    current = source.get("state", "disabled")
+    for possible in dict.fromkeys((*SENDPULSE_STATES, current)):
+        state.add_metric([possible], 1 if possible == current else 0)
+    yield state
+    if current == "disabled":
+        return
+    for kind, name, help_text, value in (
+        (COUNTER, "reconcile_added", "Messages journaled by reconciliation (the webhooks did not bring them)",
+         source.get("added_total")),
+        (COUNTER, "reconcile_seen", "Messages SendPulse's API listed to reconciliation", source.get("seen_total")),
+        (COUNTER, "reconcile_runs", "Reconciliation runs finished (failed ones included)", source.get("runs")),
+        (COUNTER, "reconcile_failed_runs", "Reconciliation runs SendPulse's API ended", source.get("failed_runs")),
+        (COUNTER, "sendpulse_requests", "Requests sent to SendPulse's API", source.get("requests_total")),
+    ):
+        yield _single(kind, name, help_text, value)
+    if source.get("last_reconciled_at"):
+        moment = datetime.fromisoformat(source["last_reconciled_at"].replace("Z", "+00:00"))
+        yield _single(GAUGE, "reconcile_last_success_timestamp_seconds",
+                      "End of the last window reconciliation read whole (Unix time)", moment.timestamp())
 
 
 def render(snapshot: dict[str, Any]) -> bytes:

@@ -138,7 +138,3 @@ class Reconciler:
             "last_error_at": iso(self.last_error_at) if self.last_error_at else None,
         }
 
-
-def disabled_status() -> dict[str, Any]:
-    """`sources.sendpulse` when [sendpulse] has no client_id."""
-    return {"state": "disabled"}

@@ -528,7 +528,29 @@ def render(snapshot: dict[str, Any]) -> str:
             f"{sink.get('dead', 0):>7}  {error_text(sink)}".rstrip()
         )
         lines += [f"{'':<10}{note}" for note in sink_notes(name, sink)]
-    return "\n".join(lines)
+    return "\n".join(lines + source_lines(snapshot.get("sources", {}).get("sendpulse")))
+
+
+def source_lines(source: dict[str, Any] | None) -> list[str]:
+    """SendPulse reconciliation: its state, the last run's window and findings, its last error."""
+    if source is None:
+        return []
+    state = source.get("state", "?")
+    if state == "disabled":
+        return ["", "sendpulse disabled ([sendpulse] client_id empty): nothing is fetched back"]
+    shown = state if state in ("up", "starting") else state.upper()
+    window = source.get("window")
+    if window:
+        run = (f"last run {window.get('since')} to {window.get('until')}: {source.get('seen', 0)} seen, "
+               f"{source.get('added', 0)} added")
+    else:
+        run = "no run finished yet"
+    running = ", running now" if source.get("running") else ""
+    lines = ["", f"sendpulse {shown}{running}, {run}; {source.get('added_total', 0)} added since start"]
+    if source.get("last_error"):
+        when = f" (at {source['last_error_at']})" if source.get("last_error_at") else ""
+        lines.append(f"{'':<10}last error{when}: {source['last_error']}")
+    return lines
 
 
 def backfill_text(name: str, backfill: dict[str, Any] | None) -> str | None:

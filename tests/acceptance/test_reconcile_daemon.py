@@ -6,7 +6,7 @@ import json
 import asyncpg
 import pytest
 
-from tests.support import Daemon, SendPulseEmulator, cli, wait_for, write_config
+from tests.support import Daemon, SendPulseEmulator, cli, unix_http, wait_for, write_config
 
 pytestmark = pytest.mark.acceptance
 
@@ -72,6 +72,11 @@ def test_a_restart_after_kill_9_fetches_back_what_the_webhooks_missed(tmp_path, 
         wait_for(lambda: sorted(stored_ids(own_pg)) == expected, "both phases in PostgreSQL exactly once")
         assert_counts_right(own_pg, len(expected))
         assert "journaled" in daemon.log()
+        source = wait_for(lambda: (s := daemon.status()["sources"]["sendpulse"])["runs"] and s, "the run reported")
+        assert (source["state"], source["added"], source["seen"], source["last_error"]) == ("up", 20, 32, None)
+        assert source["window"]["since"] < source["window"]["until"] == source["last_reconciled_at"]
+        assert "sendpulse up, last run" in cli(config, "status").stdout
+        assert "chatledger_reconcile_added_total 20.0" in unix_http(tmp_path / "run/status.sock", "GET", "/metrics")[1]
         assert daemon.stop() == 0
 
         result = cli(config, "reconcile", "--since", "2h", "--json")
