@@ -138,7 +138,8 @@ class Daemon:
                                                     self.airtable_setup, discard=self.discard,
                                                     show=self.show,
                                                     quarantine=self.quarantine,
-                                                    quarantine_discard=self.discard_quarantined), access_log=None)
+                                                    quarantine_discard=self.discard_quarantined,
+                                                    reconcile=self.reconcile), access_log=None)
         await runner.setup()
         self._runners.append(runner)
         await web.UnixSite(runner, str(socket_path)).start()
@@ -578,6 +579,27 @@ class Daemon:
             return {"error": str(exc), "refused": True}
         except SinkError as exc:
             return {"error": str(exc)}
+        return {"report": report.as_dict()}
+
+    async def reconcile(self, since: datetime, bot: str | None, emit: Any) -> dict[str, Any]:
+        """`chatledger reconcile` with this daemon's SendPulse client and budget, after any run in progress."""
+        if self.reconciler is None:
+            return {"error": "[sendpulse] is not configured in the running daemon (restart it with the new "
+                             "config)", "not_configured": True}
+        logger.info("reconcile from {} asked over the status socket", since.isoformat(timespec="seconds"))
+        reports: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            while (line := await reports.get()) is not None:
+                await emit({"progress": line})
+
+        pumping = asyncio.create_task(pump())
+        try:
+            report = await self.reconciler.run(since, [bot] if bot else None,
+                                               progress=lambda report: reports.put_nowait(report.as_dict()))
+        finally:
+            reports.put_nowait(None)
+            await pumping
         return {"report": report.as_dict()}
 
     async def show(self, conversation: str | None, phone: str | None, limit: int) -> dict[str, Any]:

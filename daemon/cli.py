@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from loguru import logger
@@ -708,6 +709,7 @@ def _progress_line(stream: Any) -> Any:
 
 
 RECOVER_TIMEOUT = 24 * 3600.0
+RECONCILE_TIMEOUT = 24 * 3600.0  # a window of weeks over a busy account pages for hours at 5 requests/s
 
 
 def _recover(config: Config, args: argparse.Namespace) -> int:
@@ -1147,29 +1149,60 @@ def _reconcile(config: Config, args: argparse.Namespace) -> int:
               "reconciliation is not configured", file=sys.stderr)
         return EXIT_CONFIG
     progress = _reconcile_progress(sys.stderr)
+    bot_ids = [args.bot] if args.bot else config.sendpulse.bot_ids
     try:
-        report = _reconcile_offline(config, since, [args.bot] if args.bot else config.sendpulse.bot_ids, progress)
+        try:
+            answer = asyncio.run(_reconcile_through_daemon(config, since, args.bot, progress))
+        except StatusUnreachable:
+            answer = {"report": _reconcile_offline(config, since, bot_ids, progress).as_dict()}
     except JournalError as exc:
         print(f"chatledger: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         if progress:
             progress(None)
+    if answer.get("not_configured"):
+        print(f"chatledger: {answer['error']}", file=sys.stderr)
+        return EXIT_CONFIG
+    if "report" not in answer:
+        print(f"chatledger: reconcile stopped: {answer.get('error', 'no report')}; what was added stays, run it "
+              "again to go on", file=sys.stderr)
+        return EXIT_FAILURE
+    report = answer["report"]
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps(report, indent=2))
     else:
-        print(f"reconciled {report.as_dict()['since']} to {report.as_dict()['until']} in {config.journal.path}: "
-              f"{report.bots} bot(s), {report.chats} chat(s), {report.seen} message(s) seen, {report.added} added, "
-              f"{report.present} already present")
-        if report.skipped_contacts:
-            print(f"{report.skipped_contacts} contact(s) gone from SendPulse since they were listed: skipped")
-        if report.unreadable:
-            print(f"{report.unreadable} message(s) without an id or a direction: not journaled")
-    if report.error:
-        print(f"chatledger: SendPulse could not be read ({report.state}): {report.error}; the {report.added} "
-              "message(s) added stay, run it again to go on", file=sys.stderr)
+        print(f"reconciled {report['since']} to {report['until']} in {config.journal.path}: "
+              f"{report['bots']} bot(s), {report['chats']} chat(s), {report['seen']} message(s) seen, "
+              f"{report['added']} added, {report['present']} already present")
+        if report["skipped_contacts"]:
+            print(f"{report['skipped_contacts']} contact(s) gone from SendPulse since they were listed: skipped")
+        if report["unreadable"]:
+            print(f"{report['unreadable']} message(s) without an id or a direction: not journaled")
+    if report["error"]:
+        print(f"chatledger: SendPulse could not be read ({report['state']}): {report['error']}; the "
+              f"{report['added']} message(s) added stay, run it again to go on", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+async def _reconcile_through_daemon(config: Config, since: Any, bot: str | None, progress: Any) -> dict[str, Any]:
+    """With the daemon running, it reconciles with its own journal and SendPulse budget: no second client
+    competes for the account's requests."""
+    from urllib.parse import urlencode
+
+    from daemon.records import iso
+    from daemon.status import stream_status
+
+    query = urlencode({k: v for k, v in {"since": iso(since), "bot": bot}.items() if v})
+    last: dict[str, Any] = {}
+    async for line in stream_status(config.status.socket, "/reconcile?" + query, RECONCILE_TIMEOUT):
+        if "progress" in line:
+            if progress:
+                progress(SimpleNamespace(**line["progress"]))
+        else:
+            last = line
+    return last
 
 
 def _reconcile_progress(stream: Any) -> Any:

@@ -37,6 +37,9 @@ QUARANTINE_DISCARD = web.AppKey("quarantine_discard", Callable[[int | None, str,
 RECOVER = web.AppKey("recover", Callable[[Any, dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]],
                                          Awaitable[dict[str, Any]]])
 # (conversation, phone, limit) -> what `chatledger show` prints
+# (since, bot or None, emit(line)) -> the final line (`chatledger reconcile` through the daemon)
+RECONCILE = web.AppKey("reconcile", Callable[[Any, str | None, Callable[[dict[str, Any]], Awaitable[None]]],
+                                             Awaitable[dict[str, Any]]])
 SHOW = web.AppKey("show", Callable[[str | None, str | None, int], Awaitable[dict[str, Any]]])
 
 SOCKET_MODE = 0o660
@@ -76,9 +79,11 @@ def create_status_app(
     show: Callable[[str | None, str | None, int], Awaitable[dict[str, Any]]] | None = None,
     quarantine: Callable[[int, bool, bool], Awaitable[dict[str, Any]]] | None = None,
     quarantine_discard: Callable[[int | None, str, str], Awaitable[dict[str, Any]]] | None = None,
+    reconcile: Callable[..., Awaitable[dict[str, Any]]] | None = None,
 ) -> web.Application:
     """Build the status app: GET /status, POST /sync, /replay?sink=NAME&dead=1, /forget?phone=DIGITS&reference=TEXT,
-    /discard?event=ID|all=1&reason=TEXT, GET /quarantine, POST /quarantine/discard?id=N|all=1&reason=TEXT."""
+    /discard?event=ID|all=1&reason=TEXT, GET /quarantine, POST /quarantine/discard?id=N|all=1&reason=TEXT,
+    /reconcile?since=WHEN&bot=ID."""
     app = web.Application(middlewares=[_owner_only])
     app[SNAPSHOT] = snapshot
     app[SYNC] = sync
@@ -101,6 +106,9 @@ def create_status_app(
         app[QUARANTINE], app[QUARANTINE_DISCARD] = quarantine, quarantine_discard
         app.router.add_get("/quarantine", _handle_quarantine)
         app.router.add_post("/quarantine/discard", _handle_quarantine_discard)
+    if reconcile is not None:
+        app[RECONCILE] = reconcile
+        app.router.add_post("/reconcile", _handle_reconcile)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/status", _handle_status)
     app.router.add_post("/sync", _handle_sync)
@@ -111,7 +119,7 @@ def create_status_app(
 # Routes that change data (the journal, PostgreSQL, the base): only the daemon's own user and root may
 # call them. Whoever can open the socket (0660: its group) may read, sync and check.
 OWNER_ONLY = {"/replay": "replay", "/forget": "forget", "/recover": "recover", "/discard": "dead --discard",
-              "/quarantine/discard": "quarantine --discard"}
+              "/quarantine/discard": "quarantine --discard", "/reconcile": "reconcile"}
 # Reads of personal data (the elements as received, customers' conversations): the same people only, as for
 # `dead`, which reads the journal itself (0600). `show` also keeps the group from spending the base's budget.
 PERSONAL_READS = {"/quarantine": ("quarantine", "reads the journal's personal data"),
@@ -325,6 +333,32 @@ async def _handle_recover(request: web.Request) -> web.StreamResponse:
     except Exception as exc:  # noqa: BLE001 - the answer has begun: the failure is its last line
         logger.exception("recover failed")
         last = {"error": f"recover failed in the daemon: {type(exc).__name__} (see its log)"}
+    await emit(last)
+    await response.write_eof()
+    return response
+
+
+async def _handle_reconcile(request: web.Request) -> web.StreamResponse:
+    """POST /reconcile?since=ISO|DURATION&bot=ID: one JSON line per chat read ({"progress": report}), then
+    {"report": ...} (or {"error": ...}) as the last line."""
+    from datetime import datetime, timezone
+
+    try:
+        query = _query(request, ("since", "bot"))
+        since = params.reconcile_since(query.get("since", ""), datetime.now(timezone.utc))
+    except BadParameter as exc:
+        return _bad(exc)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+
+    async def emit(line: dict[str, Any]) -> None:
+        await response.write((json.dumps(line) + "\n").encode())
+
+    try:
+        last = await request.app[RECONCILE](since, query.get("bot") or None, emit)
+    except Exception as exc:  # noqa: BLE001 - the answer has begun: the failure is its last line
+        logger.exception("reconcile failed")
+        last = {"error": f"reconcile failed in the daemon: {type(exc).__name__} (see its log)"}
     await emit(last)
     await response.write_eof()
     return response

@@ -2,11 +2,12 @@
 
 import asyncio
 import json
+import os
 
 import asyncpg
 import pytest
 
-from tests.support import Daemon, SendPulseEmulator, cli, unix_http, wait_for, write_config
+from tests.support import Daemon, SendPulseEmulator, as_operator, cli, cli_on_terminal, unix_http, wait_for, write_config
 
 pytestmark = pytest.mark.acceptance
 
@@ -77,13 +78,55 @@ def test_a_restart_after_kill_9_fetches_back_what_the_webhooks_missed(tmp_path, 
         assert source["window"]["since"] < source["window"]["until"] == source["last_reconciled_at"]
         assert "sendpulse up, last run" in cli(config, "status").stdout
         assert "chatledger_reconcile_added_total 20.0" in unix_http(tmp_path / "run/status.sock", "GET", "/metrics")[1]
-        assert daemon.stop() == 0
 
+        # through the running daemon (its journal, its request budget), the same report as offline
         result = cli(config, "reconcile", "--since", "2h", "--json")
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
-        assert (report["added"], report["present"]) == (0, len(expected))
+        assert (report["added"], report["present"], report["seen"]) == (0, len(expected), len(expected))
         assert sorted(stored_ids(own_pg)) == expected
+        source = daemon.status()["sources"]["sendpulse"]
+        assert source["runs"] == 2 and source["requests_total"] > 0
+        text = cli(config, "reconcile", "--since", "2h")
+        assert text.returncode == 0 and f"{len(expected)} message(s) seen, 0 added" in text.stdout
+        assert daemon.status()["sources"]["sendpulse"]["runs"] == 3
+        assert daemon.stop() == 0
     finally:
         if daemon.process.poll() is None:
             daemon.kill()
+
+
+def test_only_the_daemons_user_may_reconcile_through_it(folder, sendpulse):
+    config = write_config(folder, extra=sendpulse.config())
+    daemon = Daemon(config).start()
+    try:
+        socket_path = folder / "run/status.sock"
+        code, body = unix_http(socket_path, "POST", "/reconcile?since=2026-12-01T00:00:00Z",
+                               run_as=as_operator(os.stat(socket_path).st_gid))
+        assert code == 403 and "reconcile" in body
+        code, body = unix_http(socket_path, "POST", "/reconcile?since=yesterday")
+        assert code == 400 and "yesterday" in body
+        assert daemon.status()["sources"]["sendpulse"]["runs"] <= 1  # only the daemon's own run at start
+    finally:
+        daemon.stop()
+
+
+def test_through_the_daemon_progress_shows_and_an_unreadable_sendpulse_exits_1(folder, sendpulse):
+    config = write_config(folder, extra=sendpulse.config())
+    for phone in ("5511900000001", "5511900000002"):
+        person = sendpulse.add_contact(phone)
+        sendpulse.add_messages({"contact_id": person["id"], "direction": "in", "text": "oi"})
+    daemon = Daemon(config).start()
+    try:
+        wait_for(lambda: daemon.status()["sources"]["sendpulse"]["runs"], "the run at start")
+        code, screen, _ = cli_on_terminal(config, "reconcile", "--since", "1h", stderr_too=True)
+        assert code == 0 and "2 chat(s), 2 seen, 0 added" in screen
+        assert daemon.status()["sources"]["sendpulse"]["runs"] == 2  # it was the daemon's run
+
+        sendpulse.stop()
+        result = cli(config, "reconcile", "--since", "1h", "--json")
+        assert result.returncode == 1 and "SendPulse could not be read (down)" in result.stderr
+        assert json.loads(result.stdout)["added"] == 0
+        assert daemon.status()["sources"]["sendpulse"]["state"] == "down"
+    finally:
+        daemon.stop()
