@@ -68,7 +68,12 @@ class Reconciler:
             await asyncio.sleep(interval or RETRY_S)
 
     async def _start_since(self) -> datetime:
-        rows = await self.journal.query(NEWEST_EVENT)
+        try:
+            rows = await self.journal.query(NEWEST_EVENT)
+        except Exception as exc:  # noqa: BLE001 - status says the journal is unreadable; reconcile anyway
+            logger.warning("reconciliation cannot read the journal's newest event ({}): it reads the last {} h",
+                           exc, self.settings.first_window_h)
+            rows = []
         newest = parse_time(rows[0][0]) if rows else None
         if newest is None:
             return datetime.now(timezone.utc) - timedelta(hours=self.settings.first_window_h)
@@ -84,6 +89,10 @@ class Reconciler:
                 report = await reconcile(self.client, self.journal, since,
                                          bot_ids=self.settings.bot_ids if bot_ids is None else bot_ids,
                                          progress=progress)
+            except Exception as exc:  # noqa: BLE001 - a journal that cannot write, say: a failed run, not a crash
+                logger.opt(exception=exc).debug("reconciliation broke off")
+                report = Report(since=since, until=datetime.now(timezone.utc), state="down",
+                                error=f"{type(exc).__name__}: {exc}")
             finally:
                 self.running = False
             self._record(report)

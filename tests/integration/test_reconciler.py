@@ -1,5 +1,6 @@
 """The daemon's reconciler against the SendPulse emulator: its windows, its failures, its status."""
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -12,6 +13,7 @@ from daemon.ratelimit import RequestBudget
 from daemon.reconciler import MARGIN, Reconciler
 from daemon.sendpulse import SendPulseClient
 from tests.integration.test_reconcile import BOT, CLIENT_ID, SECRET, contact, serve
+from tests.support import until
 
 
 @pytest.fixture
@@ -91,4 +93,63 @@ async def test_bad_credentials_are_logged_once_and_sendpulse_down_each_time(emul
         await reconciler.run(since)
     assert reconciler.status()["state"] == "down" and reconciler.status()["last_error"]
     assert len([line for line in logged if "reconciliation failed (down)" in line]) == 2
+    await reconciler.close()
+
+
+async def test_each_interval_reads_from_the_last_runs_start_less_the_margin(emulator, journal):
+    person = contact(emulator)
+    emulator.run(emulator.emulator.add_message, person.id, "in", "first")
+    reconciler = reconciler_of(emulator, journal, reconcile_interval_s=0.05)
+    task = asyncio.create_task(reconciler.run_forever())
+    try:
+        await until(lambda: _true(reconciler.added_total == 1), task, "the first run")
+        first = reconciler.last_run_at
+        emulator.run(emulator.emulator.add_message, person.id, "out", "second")
+        await until(lambda: _true(reconciler.added_total == 2), task, "a later run")
+        later = reconciler.status()["window"]["since"]
+        # from the last run's start less the margin, not from the first window's start
+        assert abs(datetime.fromisoformat(later.replace("Z", "+00:00")) - (first - MARGIN)) < timedelta(seconds=1)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reconciler.close()
+
+
+async def test_a_failing_run_is_retried_over_the_same_window_and_never_ends_the_loop(emulator, journal):
+    nobody = type("Down", (), {"url": "http://127.0.0.1:9"})()
+    reconciler = reconciler_of(nobody, journal, reconcile_interval_s=0.05)
+    task = asyncio.create_task(reconciler.run_forever())
+    try:
+        await until(lambda: _true(reconciler.failures >= 1), task, "a failed run")
+        window = reconciler.status()["window"]["since"]
+        await until(lambda: _true(reconciler.failures >= 3), task, "two more failed runs")
+        assert reconciler.state == "down" and reconciler.last_reconciled_at is None
+        assert reconciler.status()["window"]["since"] == window  # the missed window is read again whole
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reconciler.close()
+
+
+async def test_an_unexpected_failure_is_a_failed_run_not_a_crash(emulator, journal, logged):
+    person = contact(emulator)
+    emulator.run(emulator.emulator.add_message, person.id, "in", "oi")
+    reconciler = reconciler_of(emulator, journal)
+    await journal.close()  # appending now fails: not SendPulse's fault, and no reason to stop the daemon
+    report = await reconciler.run(datetime.now(timezone.utc) - timedelta(hours=1))
+    assert report.error and reconciler.state == "down" and reconciler.failures == 1
+    assert any("reconciliation failed" in line for line in logged)
+    await reconciler.close()
+
+
+async def _true(value):
+    return value
+
+
+async def test_an_unreadable_journal_at_start_reads_the_first_window(emulator, journal, logged):
+    reconciler = reconciler_of(emulator, journal, first_window_h=3)
+    await journal.close()
+    since = await reconciler._start_since()
+    assert abs(since - (datetime.now(timezone.utc) - timedelta(hours=3))) < timedelta(minutes=1)
+    assert any("cannot read the journal's newest event" in line for line in logged)
     await reconciler.close()
