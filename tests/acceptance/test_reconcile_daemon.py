@@ -7,7 +7,9 @@ import os
 import asyncpg
 import pytest
 
-from tests.support import Daemon, SendPulseEmulator, as_operator, cli, cli_on_terminal, unix_http, wait_for, write_config
+from tests.support import (
+    Daemon, SendPulseEmulator, as_operator, cli, cli_on_terminal, incoming, post, unix_http, wait_for, write_config,
+)
 
 pytestmark = pytest.mark.acceptance
 
@@ -130,3 +132,36 @@ def test_through_the_daemon_progress_shows_and_an_unreadable_sendpulse_exits_1(f
         assert daemon.status()["sources"]["sendpulse"]["state"] == "down"
     finally:
         daemon.stop()
+
+
+def test_the_periodic_run_catches_a_webhook_sendpulse_never_sent(tmp_path, own_pg, sendpulse):
+    config = write_config(tmp_path, extra=f'[postgres]\ndsn = "{own_pg.dsn()}"\nschema = "{SCHEMA}"\n'
+                          + sendpulse.config() + "reconcile_interval_s = 1\n")
+    person = sendpulse.add_contact("5511900000077", "Ana")
+    daemon = Daemon(config).start()
+    try:
+        wait_for(lambda: daemon.status()["sources"]["sendpulse"]["runs"], "the run at start")
+        [never] = sendpulse.add_messages({"contact_id": person["id"], "direction": "in", "text": "no webhook"})
+        wait_for(lambda: stored_ids(own_pg) == [never["id"]], "the message in PostgreSQL")
+        assert daemon.status()["sources"]["sendpulse"]["added_total"] == 1
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+
+
+def test_bad_credentials_leave_intake_alone_and_are_logged_once(folder, sendpulse):
+    config = write_config(folder, extra=sendpulse.config() + "reconcile_interval_s = 0.2\n")
+    daemon = Daemon(config, env={"SENDPULSE_CLIENT_SECRET": "a-wrong-secret-value"}).start()
+    try:
+        source = wait_for(lambda: (s := daemon.status()["sources"]["sendpulse"])["failed_runs"] >= 3 and s,
+                          "three refused runs")
+        assert source["state"] == "misconfigured" and "client_id" in source["last_error"]
+        assert "MISCONFIGURED" in cli(config, "status", env=daemon.env).stdout
+        assert post(daemon.url, incoming("wamid.1"))[0] == 200
+        assert daemon.log().count("reconciliation is misconfigured") == 1
+        assert "a-wrong-secret-value" not in daemon.log()
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
