@@ -284,6 +284,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE quarantine ADD COLUMN discard_reason TEXT;
     CREATE INDEX quarantine_open ON quarantine (discarded_at) WHERE discarded_at IS NULL;
     """,
+    # v7: intake looks a message's wamid up (a webhook whose SendPulse id differs from the one
+    # reconciliation journaled its message under is still a duplicate): one indexed read per group.
+    """
+    CREATE INDEX events_platform_message_id ON events (platform_message_id, title);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # v4 erases the audit's hashes: secure_delete zeroes their pages in the WAL, and a checkpoint right
@@ -308,6 +313,9 @@ def insert_events_sql(rows: int) -> str:
     )
 
 
+# WhatsApp's wamids are unique across chats; other platforms' ids (Telegram's message_id) count per chat.
+WAMID_PREFIX = "wamid."
+HELD_WAMIDS = "SELECT title, platform_message_id FROM events WHERE platform_message_id IN ({marks})"
 INSERT_QUARANTINE = "INSERT INTO quarantine (received_at, reason, raw) VALUES (?, ?, ?)"
 ADD_DUPLICATES = "UPDATE counters SET value = value + ? WHERE name = 'duplicates'"
 SET_SINKS = "INSERT INTO sinks (name) VALUES (?)"
@@ -885,7 +893,9 @@ class Journal:
         if not intakes:
             return []
         stamps: dict[datetime, str] = {}  # a request's events share one receive time
-        rows = [_event_row(event, stamps) for intake in intakes for event in intake.events]
+        events = [event for intake in intakes for event in intake.events]
+        fresh = await self._without_held_wamids(events)
+        rows = [_event_row(event, stamps) for event in fresh]
         quarantined = [
             (iso(item.received_at), _sql_text(item.reason), _sql_text(item.raw))
             for intake in intakes for item in intake.rejected
@@ -897,10 +907,30 @@ class Journal:
             new_ids.extend(await self._writer.execute_fetchall(insert_events_sql(len(chunk)), params))
         if quarantined:
             await self._writer.executemany(INSERT_QUARANTINE, quarantined)
-        if len(rows) > len(new_ids):  # accepted and rejected are counted by triggers
-            await self._writer.execute(ADD_DUPLICATES, (len(rows) - len(new_ids),))
+        if len(events) > len(new_ids):  # accepted and rejected are counted by triggers
+            await self._writer.execute(ADD_DUPLICATES, (len(events) - len(new_ids),))
         new_ids.sort()
         return [(event_id, key) for event_id, key in new_ids]
+
+    async def _without_held_wamids(self, events: list[Event]) -> list[Event]:
+        """The events less the messages whose wamid the journal, or an earlier event here, holds for that title."""
+        wamids = list({event.platform_message_id for event in events if _wamid(event)})
+        if not wamids:
+            return events
+        held: set[tuple[str, str]] = set()
+        for start in range(0, len(wamids), 500):
+            chunk = wamids[start:start + 500]
+            found = await self._writer.execute_fetchall(HELD_WAMIDS.format(marks=", ".join("?" * len(chunk))), chunk)
+            held.update((title, wamid) for title, wamid in found)
+        fresh = []
+        for event in events:
+            if _wamid(event):
+                mark = (event.title, event.platform_message_id)
+                if mark in held:
+                    continue
+                held.add(mark)
+            fresh.append(event)
+        return fresh
 
     def _succeed(self, intakes: list[_Intake], new_ids: list[tuple[int, str]], elapsed: float,
                  wrote: bool) -> None:
@@ -1283,6 +1313,11 @@ def _int_or_none(text: str) -> int | None:
 
 def _events_in(batch: list[Any]) -> int:
     return sum(len(getattr(item, "events", ())) for item in batch)
+
+
+def _wamid(event: Event) -> bool:
+    return (event.direction is not None and event.platform_message_id is not None
+            and event.platform_message_id.startswith(WAMID_PREFIX))
 
 
 def _event_row(event: Event, stamps: dict[datetime, str]) -> tuple[Any, ...]:

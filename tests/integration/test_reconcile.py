@@ -267,3 +267,21 @@ async def test_chats_reordered_by_new_activity_mid_run_are_each_read_once(emulat
     assert report.error is None and report.chats == 150
     assert (report.seen, report.added, report.present) == (151, 151, 0)
     assert len(events(journal)) == 151
+
+
+@pytest.mark.parametrize("direction", ["in", "out"])
+async def test_a_late_webhook_whose_id_differs_from_the_apis_is_a_duplicate_when_the_wamid_matches(
+        emulator, intake, direction):
+    client, journal = intake
+    maria = contact(emulator)
+    first, second = await add(emulator, {"contact_id": maria.id, "direction": direction, "text": "cheguei tarde"},
+                              {"contact_id": maria.id, "direction": direction, "text": "outra"})
+    assert (await run(emulator, journal)).added == 2
+    for message in (first, second):
+        body = emulator.run(lambda m=message: webhook_body(
+            emulator.emulator.bots[BOT], emulator.emulator.contacts[maria.id], emulator.emulator.messages[m["id"]],
+            {"id": "f" * 24 if m is first else "e" * 24}))
+        answer = await client.post(PATH, params={"token": TOKEN}, data=json.dumps(body))
+        assert answer.status == 200 and await answer.json() == {"accepted": 0, "duplicates": 1, "rejected": 0}
+    assert sorted(r["message_id"] for r in events(journal)) == sorted([first["id"], second["id"]])
+    assert (await journal.counts())["counters"]["duplicates"] == 2
