@@ -215,53 +215,73 @@ AIRTABLE_TOKEN = "patLOCAL0000000001.0123456789abcdef"
 AIRTABLE_BASE = "appLOCAL000000001"
 
 
-class AirtableEmulator:
-    """`python -m daemon.testing.airtable` in a subprocess, with the real limits unless told."""
+class _EmulatorProcess:
+    """An emulator module (`python -m MODULE`) in a subprocess on a free port, its output in a log file."""
 
-    def __init__(self, folder: Path, *, lockout: float = 30.0, documented: str | None = None):
+    module = ""
+    control_timeout = 10.0
+
+    def __init__(self, folder: Path, log_name: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = folder / "airtable-emulator.log"
-        self.lockout = lockout
-        self.documented = documented  # the operators' documented base: "date", "dateTime" or "mixed"
+        self.log_path = folder / log_name
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "AirtableEmulator":
+    def _launch(self, *args: str) -> None:
+        """Start it and wait until its control routes answer."""
         log = open(self.log_path, "ab")
-        documented = ["--documented", self.documented] if self.documented else []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.testing.airtable", "--port", str(self.port), "--token", AIRTABLE_TOKEN,
-             "--base", AIRTABLE_BASE, "--lockout", str(self.lockout), *documented],
-            stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen([sys.executable, "-m", self.module, "--port", str(self.port), *args],
+                                        stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
             try:
-                self.stats()
-                return self
+                self._control("/_emulator/stats")
+                return
             except OSError:
                 assert self.process.poll() is None, self.log_path.read_text()
                 assert time.monotonic() < deadline, "emulator not ready"
                 time.sleep(0.05)
 
-    def config(self) -> str:
-        return (f'[airtable]\napi_key = "{AIRTABLE_TOKEN}"\nbase_id = "{AIRTABLE_BASE}"\n'
-                f'endpoint_url = "{self.url}"\n')
-
     def _control(self, route: str, body: Any = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.url + route, data=data, method="POST" if data else "GET")
-        with urllib.request.urlopen(request, timeout=10) as answer:
+        with urllib.request.urlopen(request, timeout=self.control_timeout) as answer:
             return json.loads(answer.read())
+
+    def faults(self, **settings: Any) -> None:
+        self._control("/_emulator/faults", settings)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+class AirtableEmulator(_EmulatorProcess):
+    """`python -m daemon.testing.airtable` in a subprocess, with the real limits unless told."""
+
+    module = "daemon.testing.airtable"
+
+    def __init__(self, folder: Path, *, lockout: float = 30.0, documented: str | None = None):
+        super().__init__(folder, "airtable-emulator.log")
+        self.lockout = lockout
+        self.documented = documented  # the operators' documented base: "date", "dateTime" or "mixed"
+
+    def start(self) -> "AirtableEmulator":
+        documented = ["--documented", self.documented] if self.documented else []
+        self._launch("--token", AIRTABLE_TOKEN, "--base", AIRTABLE_BASE, "--lockout", str(self.lockout), *documented)
+        return self
+
+    def config(self) -> str:
+        return (f'[airtable]\napi_key = "{AIRTABLE_TOKEN}"\nbase_id = "{AIRTABLE_BASE}"\n'
+                f'endpoint_url = "{self.url}"\n')
 
     def stats(self) -> dict[str, Any]:
         return self._control("/_emulator/stats").get(AIRTABLE_BASE, {})
 
     def records(self, table: str) -> list[dict[str, Any]]:
         return self._control(f"/_emulator/records?base={AIRTABLE_BASE}&table={table}")["records"]
-
-    def faults(self, **settings: Any) -> None:
-        self._control("/_emulator/faults", settings)
 
     def plan(self, **settings: Any) -> dict[str, Any]:
         """The base's records cap: max_records=N (None lifts it), error={...}."""
@@ -273,11 +293,6 @@ class AirtableEmulator:
 
     def rename_field(self, table: str, field: str, name: str) -> None:
         self._control("/_emulator/rename-field", {"base": AIRTABLE_BASE, "table": table, "field": field, "name": name})
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
 
 
 class LoopThread:
@@ -349,50 +364,28 @@ SENDPULSE_CLIENT_SECRET = "sp-acceptance-secret-0123456789"
 SENDPULSE_BOT = "68f176502ca6f03a9705c489"
 
 
-class SendPulseEmulator:
+class SendPulseEmulator(_EmulatorProcess):
     """`python -m daemon.testing.sendpulse` in a subprocess, with one bot and the real limits unless told."""
 
+    module = "daemon.testing.sendpulse"
+    control_timeout = 60.0  # adding messages posts their webhooks before it answers
+
     def __init__(self, folder: Path, *, token_ttl: float = 3600.0, rate: int = 10):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = folder / "sendpulse-emulator.log"
+        super().__init__(folder, "sendpulse-emulator.log")
         self.token_ttl = token_ttl
         self.rate = rate
-        self.process: subprocess.Popen | None = None
 
     def start(self) -> "SendPulseEmulator":
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.testing.sendpulse", "--port", str(self.port),
-             "--client-id", SENDPULSE_CLIENT_ID, "--client-secret", SENDPULSE_CLIENT_SECRET,
-             "--token-ttl", str(self.token_ttl), "--rate", str(self.rate), "--bot", SENDPULSE_BOT],
-            stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            try:
-                self.stats()
-                return self
-            except OSError:
-                assert self.process.poll() is None, self.log_path.read_text()
-                assert time.monotonic() < deadline, "emulator not ready"
-                time.sleep(0.05)
+        self._launch("--client-id", SENDPULSE_CLIENT_ID, "--client-secret", SENDPULSE_CLIENT_SECRET,
+                     "--token-ttl", str(self.token_ttl), "--rate", str(self.rate), "--bot", SENDPULSE_BOT)
+        return self
 
     def config(self) -> str:
         return (f'[sendpulse]\nclient_id = "{SENDPULSE_CLIENT_ID}"\nclient_secret = "{SENDPULSE_CLIENT_SECRET}"\n'
                 f'api_url = "{self.url}"\n')
 
-    def _control(self, route: str, body: Any = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + route, data=data, method="POST" if data else "GET")
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            return json.loads(answer.read())
-
     def stats(self) -> dict[str, Any]:
         return self._control("/_emulator/stats")
-
-    def faults(self, **settings: Any) -> None:
-        self._control("/_emulator/faults", settings)
 
     def add_contact(self, phone: str, name: str = "Cliente", **details: Any) -> dict[str, Any]:
         return self._control("/_emulator/contacts", {"bot_id": SENDPULSE_BOT, "phone": phone, "name": name, **details})
@@ -409,8 +402,3 @@ class SendPulseEmulator:
 
     def webhooks(self) -> list[dict[str, Any]]:
         return self._control("/_emulator/webhooks")["webhooks"]
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import threading
 from collections.abc import Callable
@@ -57,3 +58,19 @@ class AppThread:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
+
+
+def serve_until_stopped(app: web.Application, host: str, port: int, banner: str) -> int:
+    """`python -m daemon.testing.…`: serve `app` until SIGINT or SIGTERM; `banner` once it listens."""
+    async def run() -> None:
+        runner = await serve_app(app, host, port)
+        print(banner, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    asyncio.run(run())
+    return 0

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 
-from daemon.testing.airtable import Emulator, serve
+from daemon.testing.airtable import Emulator, create_app
+from daemon.testing.running import serve_until_stopped
 from daemon.testing.airtable.bases import DATE_TYPES, documented_base
 
 
@@ -39,19 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.documented:
             documented_base(base, args.documented)
 
-    async def run() -> None:
-        runner = await serve(emulator, args.host, args.port)
-        print(f"Airtable emulator on http://{args.host}:{args.port} (bases: {', '.join(emulator.bases)}; "
-              f"{args.rate} req/s per base, lockout {args.lockout:g} s)", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    asyncio.run(run())
-    return 0
+    return serve_until_stopped(create_app(emulator), args.host, args.port, (
+        f"Airtable emulator on http://{args.host}:{args.port} (bases: {', '.join(emulator.bases)}; "
+        f"{args.rate} req/s per base, lockout {args.lockout:g} s)"))
 
 
 if __name__ == "__main__":

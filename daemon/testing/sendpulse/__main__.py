@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 
-from daemon.testing.sendpulse import Emulator, serve
+from daemon.testing.sendpulse import Emulator, create_app
+from daemon.testing.running import serve_until_stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,19 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     for bot_id in args.bot:
         emulator.add_bot(bot_id)
 
-    async def run() -> None:
-        runner = await serve(emulator, args.host, args.port)
-        print(f"SendPulse emulator on http://{args.host}:{args.port} (bots: {', '.join(emulator.bots) or 'none'}; "
-              f"{args.rate} req/s, tokens live {args.token_ttl:g} s)", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-        await runner.cleanup()
-
-    asyncio.run(run())
-    return 0
+    return serve_until_stopped(create_app(emulator), args.host, args.port, (
+        f"SendPulse emulator on http://{args.host}:{args.port} (bots: {', '.join(emulator.bots) or 'none'}; "
+        f"{args.rate} req/s, tokens live {args.token_ttl:g} s)"))
 
 
 if __name__ == "__main__":
