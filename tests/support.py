@@ -55,6 +55,16 @@ async def until(condition, task, what: str = "state", timeout: float = 120.0) ->
         await asyncio.sleep(0.02)
 
 
+class HandClock:
+    """A clock the test moves by hand (`clock.now += 60`), so no assertion rests on real time."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -13,6 +13,7 @@ from daemon.records import API_CONVERSATION_UPDATE, API_INTERACTION, conversatio
 from daemon.sinks.airtable import AirtableClient, AirtableSink, init_base
 from daemon.sinks.postgres import PostgresSink
 from daemon.testing.airtable import EmulatorThread
+from tests.support import HandClock
 
 TOKEN = "patRECOVER00000001.0123456789abcdef"
 BASE = "appRECOVER0000001"
@@ -161,3 +162,9 @@ async def typed_stores(tmp_path, stores_emulator, pg_cluster, pg_schema):
     for airtable, journal in opened:
         await airtable.close()
         await journal.close()
+
+
+@pytest.fixture
+def clock():
+    """A clock the test moves by hand (the SendPulse emulator's and client's)."""
+    return HandClock()

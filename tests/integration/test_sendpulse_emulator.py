@@ -21,21 +21,6 @@ BOT = "68f176502ca6f03a9705c489"
 START = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
 
 
-class Clock:
-    """A monotonic clock the test moves by hand, so no assertion rests on real time."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
 @pytest.fixture
 def emulator(clock):
     running = EmulatorThread.serving(CLIENT_ID, SECRET, token_ttl=60, rate=10, clock=clock)

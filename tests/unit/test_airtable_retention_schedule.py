@@ -3,21 +3,14 @@
 from datetime import date
 
 from daemon.sinks.airtable_retention import RetentionSchedule
+from tests.support import HandClock
 
 HOUR, DAY = 3600.0, 86400.0
 D1, D2 = date(2026, 11, 3), date(2026, 11, 4)
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 def schedule():
-    clock = Clock()
+    clock = HandClock()
     return RetentionSchedule(60.0, DAY, HOUR, clock), clock
 
 

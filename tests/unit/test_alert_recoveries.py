@@ -4,25 +4,18 @@ problems resolve after it, dead letters are told once. On a fake clock."""
 from loguru import logger
 
 from daemon.alerts import Alert, AlertLimiter, AlertMemory, AlertRules, AlertSender
+from tests.support import HandClock
 from tests.unit.test_alerts import kinds, snap
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 def restarted(memory):
     """A new process: rules, limiter and memory built from what the journal kept."""
     kept = AlertMemory.loads(memory.dumps())
-    return AlertRules(600, kept), AlertLimiter(300, Clock(), kept), kept
+    return AlertRules(600, kept), AlertLimiter(300, HandClock(0.0), kept), kept
 
 
 def test_a_sink_coming_back_is_told_at_once_not_after_the_interval():
-    clock = Clock()
+    clock = HandClock(0.0)
     memory = AlertMemory()
     rules, limiter = AlertRules(600, memory), AlertLimiter(300, clock, memory)
     limiter.admit(rules.evaluate(snap({}, {})))
@@ -36,7 +29,7 @@ def test_a_sink_coming_back_is_told_at_once_not_after_the_interval():
 
 
 def test_a_problem_held_by_the_limiter_and_over_before_it_was_told_says_nothing():
-    clock = Clock()
+    clock = HandClock(0.0)
     memory = AlertMemory()
     rules, limiter = AlertRules(600, memory), AlertLimiter(300, clock, memory)
     limiter.admit(rules.evaluate(snap({}, {})))
@@ -67,7 +60,7 @@ def test_recoveries_are_logged_at_info_problems_at_warning():
 
 def test_a_sink_down_before_a_restart_is_resolved_once_its_state_is_known():
     memory = AlertMemory()
-    rules, limiter = AlertRules(600, memory), AlertLimiter(300, Clock(), memory)
+    rules, limiter = AlertRules(600, memory), AlertLimiter(300, HandClock(0.0), memory)
     limiter.admit(rules.evaluate(snap({}, {})))
     limiter.admit(rules.evaluate(snap({"state": "down", "last_error": "refused"}, {})))
     assert memory.dirty and set(memory.open) == {("sink_state", "postgres"), ("fallback", None)}
@@ -85,7 +78,7 @@ def test_a_sink_down_before_a_restart_is_resolved_once_its_state_is_known():
 
 def test_a_sink_down_before_a_restart_that_is_up_after_it_is_resolved_at_the_first_known_state():
     memory = AlertMemory()
-    rules, limiter = AlertRules(600, memory), AlertLimiter(300, Clock(), memory)
+    rules, limiter = AlertRules(600, memory), AlertLimiter(300, HandClock(0.0), memory)
     limiter.admit(rules.evaluate(snap({}, {"state": "blocked", "last_error": "cap"})))  # true at start: told
     rules, limiter, kept = restarted(memory)
     assert kinds(limiter.admit(rules.evaluate(snap({}, {})))) == [("sink_up", "airtable")]
@@ -94,7 +87,7 @@ def test_a_sink_down_before_a_restart_that_is_up_after_it_is_resolved_at_the_fir
 
 def test_a_sink_no_longer_enabled_after_a_restart_closes_its_alerts():
     memory = AlertMemory()
-    rules, limiter = AlertRules(600, memory), AlertLimiter(300, Clock(), memory)
+    rules, limiter = AlertRules(600, memory), AlertLimiter(300, HandClock(0.0), memory)
     limiter.admit(rules.evaluate(snap({}, {"state": "down", "oldest_pending_age_s": 900})))
     assert set(memory.open) == {("sink_state", "airtable"), ("backlog_old", "airtable")}
     rules, limiter, kept = restarted(memory)
@@ -105,7 +98,7 @@ def test_a_sink_no_longer_enabled_after_a_restart_closes_its_alerts():
 
 def test_quota_and_an_old_backlog_end_with_a_recovery_and_are_not_repeated_after_a_restart():
     memory = AlertMemory()
-    clock = Clock()
+    clock = HandClock(0.0)
     rules, limiter = AlertRules(600, memory), AlertLimiter(300, clock, memory)
     quota = {"state": "quota", "pause_reason": "monthly API quota exhausted", "oldest_pending_age_s": 700}
     assert kinds(limiter.admit(rules.evaluate(snap({}, quota)))) == [("backlog_old", "airtable"),
@@ -120,7 +113,7 @@ def test_quota_and_an_old_backlog_end_with_a_recovery_and_are_not_repeated_after
 
 def test_each_dead_letter_is_told_once_even_across_restarts():
     memory = AlertMemory()
-    clock = Clock()
+    clock = HandClock(0.0)
     rules, limiter = AlertRules(600, memory), AlertLimiter(300, clock, memory)
     first = {"dead": 1, "dead_last_at": "2026-11-25T12:00:00.000Z"}
     [told] = limiter.admit(rules.evaluate(snap(first, {})))
@@ -140,7 +133,7 @@ def test_each_dead_letter_is_told_once_even_across_restarts():
 
 def test_a_dead_letter_held_by_the_limiter_is_not_remembered_as_told():
     memory = AlertMemory()
-    clock = Clock()
+    clock = HandClock(0.0)
     rules, limiter = AlertRules(600, memory), AlertLimiter(300, clock, memory)
     limiter.admit(rules.evaluate(snap({"dead": 1, "dead_last_at": "2026-11-25T12:00:00.000Z"}, {})))
     clock.now = 10
@@ -158,7 +151,7 @@ def test_memory_that_cannot_be_read_starts_empty():
 
 
 def test_a_recovery_goes_out_when_its_problem_was_told_even_if_a_repeat_of_it_is_held():
-    clock = Clock()
+    clock = HandClock(0.0)
     limiter = AlertLimiter(300, clock)
     down = Alert("sink_down", "critical", "airtable is blocked", "airtable", {"state": "blocked"})
     assert limiter.admit([down]) == [down]

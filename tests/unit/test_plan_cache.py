@@ -2,20 +2,13 @@
 
 from daemon.sinks.airtable import PLAN_MAX_AGE, PlanCache
 from daemon.sinks.airtable_schema import BaseNames, parse_field_mapping, plan_base
+from tests.support import HandClock
 
 NAMES = {"conversations": "Conversations", "interactions": "Interactions", "escalations": "Escalations"}
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 async def test_a_plan_is_read_once_then_reused_until_it_is_old_or_the_names_change():
-    clock, reads = Clock(), []
+    clock, reads = HandClock(), []
 
     async def read():
         reads.append(clock.now)
@@ -33,7 +26,7 @@ async def test_a_plan_is_read_once_then_reused_until_it_is_old_or_the_names_chan
 
 
 async def test_a_plan_someone_else_read_is_reused():
-    clock, reads = Clock(), []
+    clock, reads = HandClock(), []
 
     async def read():
         reads.append(clock.now)
