@@ -65,6 +65,19 @@ class HandClock:
         return self.now
 
 
+def query(cluster: Any, sql: str) -> list[Any]:
+    """One statement on a test PostgreSQL cluster, from synchronous test code."""
+    async def run() -> list[Any]:
+        import asyncpg
+
+        conn = await asyncpg.connect(cluster.dsn())
+        try:
+            return await conn.fetch(sql)
+        finally:
+            await conn.close()
+    return asyncio.run(run())
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -5,11 +5,10 @@ import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-import asyncpg
 import pytest
 
 from daemon.sinks.postgres import SCHEMA_VERSION
-from tests.support import wait_for, Daemon, cli, incoming, post, write_config
+from tests.support import Daemon, cli, incoming, post, query, wait_for, write_config
 
 pytestmark = pytest.mark.acceptance
 
@@ -30,16 +29,6 @@ def batches(count, size, contacts=7):
 def post_all(url, groups, senders=4):
     with ThreadPoolExecutor(senders) as pool:
         return list(pool.map(lambda group: post(url, group), groups))
-
-
-def query(cluster, sql):
-    async def run():
-        conn = await asyncpg.connect(cluster.dsn())
-        try:
-            return await conn.fetch(sql)
-        finally:
-            await conn.close()
-    return asyncio.run(run())
 
 
 def postgres_status(daemon):

@@ -1,14 +1,13 @@
 """The installed daemon fetches back, on its own, what SendPulse could not post while it was down."""
 
-import asyncio
 import json
 import os
 
-import asyncpg
 import pytest
 
 from tests.support import (
-    Daemon, SendPulseEmulator, as_operator, cli, cli_on_terminal, incoming, post, unix_http, wait_for, write_config,
+    Daemon, SendPulseEmulator, as_operator, cli, cli_on_terminal, incoming, post, query, unix_http, wait_for,
+    write_config,
 )
 
 pytestmark = pytest.mark.acceptance
@@ -21,16 +20,6 @@ def sendpulse(tmp_path):
     emulator = SendPulseEmulator(tmp_path).start()
     yield emulator
     emulator.stop()
-
-
-def query(cluster, sql):
-    async def run():
-        conn = await asyncpg.connect(cluster.dsn())
-        try:
-            return await conn.fetch(sql)
-        finally:
-            await conn.close()
-    return asyncio.run(run())
 
 
 def stored_ids(cluster):
