@@ -14,6 +14,8 @@ from typing import Any
 # conversation fold (journal.MESSAGE_TITLE_SQL, checked against this by a test) and the PostgreSQL sink
 # see only these titles: an alias is journaled under the title it stands for (its payload keeps it).
 MESSAGE_TITLES = {"incoming_message": "inbound", "outgoing_message": "outbound"}
+# WhatsApp's own message ids: unique across chats (other platforms' ids count per chat).
+WAMID_PREFIX = "wamid."
 TITLE_ALIASES = {"outbound_message": "outgoing_message"}  # a variant integrators report receiving
 
 MEDIA_KINDS = ("image", "video", "audio", "voice", "document", "sticker", "file")
@@ -233,6 +235,8 @@ def _normalize(element: Any, received_at: datetime, raw: str) -> Event | Rejecte
             or _text(message.get("mid"))
             or _text(channel_data.get("message_id"))
             or _text(top_message.get("id"))
+            # some integrations put the wamid where SendPulse's id goes: it is still WhatsApp's id
+            or (_text(given_id) if given_id and given_id.startswith(WAMID_PREFIX) else None)
         ),
         direction=direction,
         message_type=_message_type(message, top_message),

@@ -24,7 +24,7 @@ import aiosqlite
 from loguru import logger
 
 from daemon import journal_files
-from daemon.events import Event, Rejected, StoredEvent, has_control, mentions_phone
+from daemon.events import WAMID_PREFIX, Event, Rejected, StoredEvent, has_control, mentions_phone
 from daemon.records import ConversationState, conversation_id_for, iso
 
 MAX_EVENTS_PER_COMMIT = 5000
@@ -313,8 +313,6 @@ def insert_events_sql(rows: int) -> str:
     )
 
 
-# WhatsApp's wamids are unique across chats; other platforms' ids (Telegram's message_id) count per chat.
-WAMID_PREFIX = "wamid."
 HELD_WAMIDS = "SELECT title, platform_message_id FROM events WHERE platform_message_id IN ({marks})"
 INSERT_QUARANTINE = "INSERT INTO quarantine (received_at, reason, raw) VALUES (?, ?, ?)"
 ADD_DUPLICATES = "UPDATE counters SET value = value + ? WHERE name = 'duplicates'"

@@ -243,7 +243,7 @@ async def test_a_webhook_whose_message_id_is_the_wamid_holds_the_message(emulato
     wamid = "wamid.HBgMNTUzMjk5OTI5OTY5FQIAERgSRkFLRTEyMzQ1Njc4OTAA"
     await add(emulator, {"contact_id": maria.id, "direction": "in", "text": "oi", "wamid": wamid,
                          "webhook": {"url": client.hook, "id": wamid, "wamid": None}})
-    assert [(r["message_id"], r["platform_message_id"]) for r in events(journal)] == [(wamid, None)]
+    assert [(r["message_id"], r["platform_message_id"]) for r in events(journal)] == [(wamid, wamid)]
     report = await run(emulator, journal)
     assert (report.added, report.present) == (0, 1) and len(events(journal)) == 1
 
@@ -285,3 +285,19 @@ async def test_a_late_webhook_whose_id_differs_from_the_apis_is_a_duplicate_when
         assert answer.status == 200 and await answer.json() == {"accepted": 0, "duplicates": 1, "rejected": 0}
     assert sorted(r["message_id"] for r in events(journal)) == sorted([first["id"], second["id"]])
     assert (await journal.counts())["counters"]["duplicates"] == 2
+
+
+@pytest.mark.parametrize("direction", ["in", "out"])
+async def test_a_late_webhook_carrying_the_wamid_as_its_id_is_a_duplicate(emulator, intake, direction):
+    client, journal = intake
+    maria = contact(emulator)
+    (message,) = await add(emulator, {"contact_id": maria.id, "direction": direction, "text": "só o wamid"})
+    assert (await run(emulator, journal)).added == 1
+    wamid = emulator.run(lambda: emulator.emulator.messages[message["id"]].wamid)
+    assert wamid.startswith("wamid.")
+    body = emulator.run(lambda: webhook_body(
+        emulator.emulator.bots[BOT], emulator.emulator.contacts[maria.id], emulator.emulator.messages[message["id"]],
+        {"id": wamid, "wamid": None}))  # the wamid in the SendPulse id's slot, none where it usually goes
+    answer = await client.post(PATH, params={"token": TOKEN}, data=json.dumps(body))
+    assert answer.status == 200 and await answer.json() == {"accepted": 0, "duplicates": 1, "rejected": 0}
+    assert [r["message_id"] for r in events(journal)] == [message["id"]]
