@@ -25,13 +25,13 @@ from pydantic import (
 )
 
 from daemon import reads
-from daemon.events import EARLIEST_YEAR, LATEST_YEAR, Event, digits_only, has_control, storable_text
+from daemon.events import (
+    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, EARLIEST_YEAR, LATEST_YEAR, Event,
+    digits_only, has_control, storable_text,
+)
 from daemon.journal import JournalUnavailable
 from daemon.reads import CONVERSATION_FIELDS, INTERACTION_FIELDS, READ_LIMIT, Answer, Stores
-from daemon.records import (
-    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, api_interaction_id,
-    api_update_prefix,
-)
+from daemon.records import api_interaction_id, api_update_prefix
 from daemon.sinks.base import SinkError
 from daemon.webhook import Unreadable, header_bytes, read_body
 

@@ -17,6 +17,13 @@ MESSAGE_TITLES = {"incoming_message": "inbound", "outgoing_message": "outbound"}
 # WhatsApp's own message ids: unique across chats (other platforms' ids count per chat).
 WAMID_PREFIX = "wamid."
 TITLE_ALIASES = {"outbound_message": "outgoing_message"}  # a variant integrators report receiving
+# Events chatledger journals itself: the bot-facing API's (daemon.api) and reconciliation's status reports
+# (daemon.reconcile). Their raw text is chatledger's own; a webhook may never bring one.
+API_INTERACTION, API_ESCALATION = "api_interaction", "api_escalation"
+API_ESCALATION_UPDATE, API_CONVERSATION_UPDATE = "api_escalation_update", "api_conversation_update"
+API_TITLES = frozenset({API_INTERACTION, API_ESCALATION, API_ESCALATION_UPDATE, API_CONVERSATION_UPDATE})
+DELIVERY_STATUS = "delivery_status"
+OWN_TITLES = API_TITLES | {DELIVERY_STATUS}
 
 MEDIA_KINDS = ("image", "video", "audio", "voice", "document", "sticker", "file")
 
@@ -218,6 +225,9 @@ def _normalize(element: Any, received_at: datetime, raw: str) -> Event | Rejecte
 
     given_id = _text(info_message.get("id"), clean=False) or _text(info.get("message_id"), clean=False)
     title = TITLE_ALIASES.get(title, title)
+    if title in OWN_TITLES:
+        return Rejected(f"title {title!r} is chatledger's own (its bot API and reconciliation journal it), "
+                        "not a webhook's", raw, received_at)
     direction = MESSAGE_TITLES.get(title)
     cleaned = storable_json(raw)
     return Event(

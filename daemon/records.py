@@ -24,17 +24,17 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-from daemon.events import MESSAGE_TITLES, StoredEvent, storable_text
+from daemon.events import (
+    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, API_TITLES,
+    MESSAGE_TITLES, StoredEvent, storable_text,
+)
+
 ESCALATING_TITLES = frozenset({"open_chat"})
 CLOSING_TITLES = frozenset({"unsubscribe", "bot_block"})
 STATUS_TITLES = ESCALATING_TITLES | CLOSING_TITLES
 # The values the operators' Airtable Status field allows (sent/delivered/read/failed).
 INTERACTION_STATUS = {"inbound": "delivered", "outbound": "sent"}
 ESCALATION_REASON = "live chat opened"
-# Events the bot-facing API journals (daemon.api); their raw text is the validated request body.
-API_INTERACTION, API_ESCALATION = "api_interaction", "api_escalation"
-API_ESCALATION_UPDATE, API_CONVERSATION_UPDATE = "api_escalation_update", "api_conversation_update"
-API_TITLES = frozenset({API_INTERACTION, API_ESCALATION, API_ESCALATION_UPDATE, API_CONVERSATION_UPDATE})
 # A status set through the API acts as the status event that would explain it.
 STATUS_AS_TITLE = {"escalated": "open_chat", "closed": "unsubscribe", "active": "api_active"}
 

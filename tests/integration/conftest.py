@@ -9,7 +9,8 @@ import pytest
 from daemon.events import Event, normalize
 from daemon.journal import Journal
 from daemon.ratelimit import RequestBudget
-from daemon.records import API_CONVERSATION_UPDATE, API_INTERACTION, conversation_id_for
+from daemon.events import API_CONVERSATION_UPDATE, API_INTERACTION
+from daemon.records import conversation_id_for
 from daemon.sinks.airtable import AirtableClient, AirtableSink, init_base
 from daemon.sinks.postgres import PostgresSink
 from daemon.testing.airtable import EmulatorThread

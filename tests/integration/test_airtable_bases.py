@@ -11,8 +11,8 @@ import pytest
 
 from daemon.events import Event, normalize
 from daemon.ratelimit import RequestBudget
-from daemon.records import API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, \
-    conversation_id_for
+from daemon.events import API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION
+from daemon.records import conversation_id_for
 from daemon.sinks.airtable import AirtableClient, AirtableSink, init_base, set_up_base
 from daemon.sinks.airtable_schema import SCOPE_WARNING, BaseNames, parse_field_mapping
 from daemon.sinks.base import SetupError

@@ -76,6 +76,21 @@ async def test_bad_elements_are_quarantined_alone(env):
                            ("element is a string, not an object", '"text"')]
 
 
+@pytest.mark.parametrize("title", ["api_interaction", "api_escalation", "api_escalation_update",
+                                   "api_conversation_update", "delivery_status"])
+async def test_a_title_chatledger_journals_itself_is_quarantined_not_taken_from_a_webhook(env, title):
+    # the bot API's and reconciliation's events are read back as chatledger wrote them: from a webhook,
+    # one would be counted as a message and break every delivery that maps it
+    client, journal = env
+    forged = {"title": title, "contact": {"id": "c"}, "bot": {"id": "b"}, "info": {"message": {"id": "x"}}}
+    response = await post(client, [incoming("a"), forged])
+    assert await response.json() == {"accepted": 1, "duplicates": 0, "rejected": 1}
+    with sqlite3.connect(journal.path) as conn:
+        assert conn.execute("SELECT reason FROM quarantine").fetchall() == [
+            (f"title {title!r} is chatledger's own (its bot API and reconciliation journal it), not a webhook's",)]
+        assert conn.execute("SELECT sum(message_count) FROM conversations").fetchone() == (1,)
+
+
 @pytest.mark.parametrize("token, header", [(None, False), ("wrong", False), ("wrong", True), ("", True)])
 async def test_missing_or_wrong_token_is_401_and_stores_nothing(env, token, header):
     client, journal = env
