@@ -718,7 +718,7 @@ def build_sink(name: str, config: Config, journal: Journal, monthly: MonthlyRequ
     from daemon.sinks.airtable import AirtableSink
 
     return AirtableSink.from_config(config.airtable, journal.conversations, monthly,
-                                     messages=journal.event_times)
+                                     messages=journal.event_times, reports=journal.reported_statuses)
 
 
 async def _close_sink(sink: Any) -> None:

@@ -1174,7 +1174,8 @@ def _reconcile(config: Config, args: argparse.Namespace) -> int:
     else:
         print(f"reconciled {report['since']} to {report['until']} in {config.journal.path}: "
               f"{report['bots']} bot(s), {report['chats']} chat(s), {report['seen']} message(s) seen, "
-              f"{report['added']} added, {report['present']} already present")
+              f"{report['added']} added, {report['present']} already present, "
+              f"{report.get('statuses', 0)} delivery status(es) learned")
         if report["skipped_contacts"]:
             print(f"{report['skipped_contacts']} contact(s) gone from SendPulse since they were listed: skipped")
         if report["unreadable"]:

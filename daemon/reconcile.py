@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from loguru import logger
 
-from daemon.events import Event, normalize
+from daemon.events import DELIVERY_STATUS, Event, normalize
 from daemon.journal import Journal
-from daemon.records import conversation_id_for, iso
+from daemon.records import SENDPULSE_STATUS, STATUS_ORDER, conversation_id_for, delivery_status_key, iso, status_rank
 from daemon.sendpulse import (
     SendPulseClient, SendPulseError, SendPulseMisconfigured, SendPulseNotFound, SendPulseUnavailable, parse_time,
 )
@@ -51,24 +51,33 @@ class Report:
     present: int = 0
     skipped_contacts: int = 0
     unreadable: int = 0  # API messages no event can be made of (no id, unknown direction)
+    statuses: int = 0  # delivery statuses (delivered / read / failed) the journal learned of
     error: str | None = None
     state: str = "up"  # up / down / misconfigured: what the error says of SendPulse
 
     def as_dict(self) -> dict[str, Any]:
         return {"since": iso(self.since), "until": iso(self.until), "bots": self.bots, "chats": self.chats,
                 "seen": self.seen, "added": self.added, "present": self.present,
-                "skipped_contacts": self.skipped_contacts, "unreadable": self.unreadable,
+                "skipped_contacts": self.skipped_contacts, "unreadable": self.unreadable, "statuses": self.statuses,
                 "error": self.error, "state": self.state}
+
+
+@dataclass(frozen=True)
+class _Message:
+    """A journaled message event: its dedup key and SendPulse id (a status is reported on it)."""
+
+    key: str
+    message_id: str | None
 
 
 @dataclass
 class _Held:
-    """The journal's messages of one conversation near the window: their ids, and the id-less ones."""
+    """The journal's messages of one conversation near the window: by their ids, and the id-less ones."""
 
     # SendPulse ids and wamids together: integrators' webhooks carry a wamid where the SendPulse id
     # goes too, and the two kinds never collide (24 hex digits; "wamid.")
-    ids: set[str] = field(default_factory=set)
-    idless: list[tuple[str | None, str | None, datetime | None]] = field(default_factory=list)
+    ids: dict[str, _Message] = field(default_factory=dict)
+    idless: list[tuple[str | None, str | None, datetime | None, _Message]] = field(default_factory=list)
 
 
 async def reconcile(client: SendPulseClient, journal: Journal, since: datetime, *, bot_ids: Sequence[str] = (),
@@ -173,15 +182,21 @@ async def _journal_missing(journal: Journal, bot: dict[str, Any], contact: dict[
     keys = {row[0] for row in await _existing_keys(journal, [event.dedup_key for event, _ in events])}
     missing: list[Event] = []
     taken: set[str] = set()
+    reports: list[tuple[Event, dict[str, Any], _Message]] = []  # outbound messages and the event they are
     for event, message in events:
         if event.dedup_key in taken:
             report.present += 1  # the API listed it twice (a page boundary moved)
             continue
         taken.add(event.dedup_key)
-        if event.dedup_key in keys or _is_held(event, message, held):
+        known = (_Message(event.dedup_key, event.message_id) if event.dedup_key in keys
+                 else _held_as(event, message, held))
+        if known is not None:
             report.present += 1
         else:
             missing.append(event)
+            known = _Message(event.dedup_key, event.message_id)
+        if SENDPULSE_STATUS.get(message.get("status")) and event.direction == "outbound":
+            reports.append((event, message, known))
     if missing:
         result = await journal.append(missing)
         report.added += result.accepted
@@ -189,6 +204,37 @@ async def _journal_missing(journal: Journal, bot: dict[str, Any], contact: dict[
         if result.accepted:
             logger.info("reconciliation journaled {} message(s) of contact {} the webhooks did not bring",
                         result.accepted, contact.get("id"))
+    if reports:
+        await _journal_statuses(journal, reports, received_at, report)
+
+
+async def _journal_statuses(journal: Journal, reports: list[tuple[Event, dict[str, Any], "_Message"]],
+                            received_at: datetime, report: Report) -> None:
+    """A delivery status the journal has not heard of, nor one further along, becomes an update event.
+
+    Only about a message the journal holds under that key: a fetched message that lost its race to a
+    webhook under another key has its status learned at the next run, which finds that webhook's."""
+    learned = [(event, message, target, SENDPULSE_STATUS[message["status"]]) for event, message, target in reports]
+    keys = {row[0] for row in await _existing_keys(journal, [target.key for _, _, target, _ in learned] + [
+        delivery_status_key(target.key, later) for _, _, target, status in learned
+        for later in STATUS_ORDER if status_rank(later) >= status_rank(status)])}
+    learned = [item for item in learned if item[2].key in keys]
+    fresh = [status_event(event, message, target.key, target.message_id, status, received_at)
+             for event, message, target, status in learned
+             if not any(delivery_status_key(target.key, later) in keys
+                        for later in STATUS_ORDER if status_rank(later) >= status_rank(status))]
+    if fresh:
+        report.statuses += (await journal.append(fresh)).accepted
+
+
+def status_event(event: Event, message: dict[str, Any], message_key: str, message_id: str | None, status: str,
+                 received_at: datetime) -> Event:
+    """The update event of a delivery status SendPulse reports for the message journaled under
+    `message_key`: its payload names that message and the status, with the API's message as listed."""
+    payload = {"of": message_key, "message_id": message_id, "status": status, "message": message, "source": SOURCE}
+    return replace(event, dedup_key=delivery_status_key(message_key, status), title=DELIVERY_STATUS,
+                   message_id=message_id, platform_message_id=None, received_at=received_at, original=None,
+                   raw=json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
 
 
 async def _existing_keys(journal: Journal, keys: list[str]) -> list[tuple[Any, ...]]:
@@ -204,24 +250,26 @@ async def _held(journal: Journal, conversation_id: str | None, earliest: datetim
     if conversation_id is None:
         return held
     bound = iso(earliest - LOOKBACK)
-    for _key, message_id, wamid, direction, text, occurred in await journal.query(
+    for key, message_id, wamid, direction, text, occurred in await journal.query(
             JOURNAL_CANDIDATES, (conversation_id, bound, bound)):
-        held.ids.update(value for value in (message_id, wamid) if value)
+        journaled = _Message(key, message_id)
+        held.ids.update((value, journaled) for value in (message_id, wamid) if value)
         if not message_id and not wamid:
-            held.idless.append((direction, text, parse_time(occurred)))
+            held.idless.append((direction, text, parse_time(occurred), journaled))
     return held
 
 
-def _is_held(event: Event, message: dict[str, Any], held: _Held) -> bool:
+def _held_as(event: Event, message: dict[str, Any], held: _Held) -> _Message | None:
+    """The journaled event that is this API message, if any."""
     if event.message_id and event.message_id in held.ids:
-        return True
+        return held.ids[event.message_id]
     wamid = wamid_of(message)
     if wamid and wamid in held.ids:
-        return True
+        return held.ids[wamid]
     # Only an event with neither id can be this message by its text; each such event is one message.
-    for index, (direction, text, occurred) in enumerate(held.idless):
+    for index, (direction, text, occurred, journaled) in enumerate(held.idless):
         if (direction == event.direction and text is not None and text == event.text and occurred is not None
                 and abs((occurred - event.occurred_at).total_seconds()) <= TEXT_MATCH_S):
             del held.idless[index]
-            return True
-    return False
+            return journaled
+    return None

@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from daemon.events import (
-    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, API_TITLES,
+    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, API_TITLES, DELIVERY_STATUS,
     MESSAGE_TITLES, StoredEvent, storable_text,
 )
 
@@ -34,6 +34,12 @@ CLOSING_TITLES = frozenset({"unsubscribe", "bot_block"})
 STATUS_TITLES = ESCALATING_TITLES | CLOSING_TITLES
 # The values the operators' Airtable Status field allows (sent/delivered/read/failed).
 INTERACTION_STATUS = {"inbound": "delivered", "outbound": "sent"}
+# An interaction's status only moves forward along this order, whoever reports it (the webhook, the bot
+# API, SendPulse's API through reconciliation): "delivered" or "read" after "failed" means WhatsApp
+# delivered it after all. PostgreSQL's statements are built from it (daemon.sinks.postgres).
+STATUS_ORDER = ("sent", "failed", "delivered", "read")
+# SendPulse's message `status` (its API is the only source of these) -> the interaction's.
+SENDPULSE_STATUS = {3: "delivered", 4: "read", 6: "failed"}
 ESCALATION_REASON = "live chat opened"
 # A status set through the API acts as the status event that would explain it.
 STATUS_AS_TITLE = {"escalated": "open_chat", "closed": "unsubscribe", "active": "api_active"}
@@ -69,6 +75,9 @@ class InteractionRow:
     processing_time_ms: int | None = None
     error_message: str | None = None
     from_api: bool = False
+    reported: bool = False  # a delivery status SendPulse's API reported (daemon.reconcile): only the status counts
+    # the dedup key of the message event this row enriches or reports on (bot API and reported rows)
+    message_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +253,9 @@ def map_events(events: Iterable[StoredEvent]) -> Records:
         if event.title in API_TITLES:
             _map_api(event, conversation_id, at, records, changes)
             continue
+        if event.title == DELIVERY_STATUS:
+            records.interactions.append(_reported(event, conversation_id, at))
+            continue
         direction = MESSAGE_TITLES.get(event.title)
         if direction is not None:
             records.interactions.append(InteractionRow(
@@ -306,17 +318,36 @@ def merged_interactions(rows: Iterable[InteractionRow]) -> list[InteractionRow]:
         known = merged.get(row.interaction_id)
         if known is None:
             merged[row.interaction_id] = row
+        elif row.reported:
+            merged[row.interaction_id] = replace(known, status=later_status(known.status, row.status))
         elif row.from_api:
             merged[row.interaction_id] = replace(
-                known, content=_given(row.content, known.content), status=row.status,
+                known, content=_given(row.content, known.content), status=later_status(known.status, row.status),
                 customer_phone=_given(known.customer_phone, row.customer_phone),
                 intent=_given(row.intent, known.intent), response=_given(row.response, known.response),
                 processing_time_ms=_given(row.processing_time_ms, known.processing_time_ms),
                 error_message=_given(row.error_message, known.error_message))
         else:
             merged[row.interaction_id] = replace(known, occurred_at=row.occurred_at,
-                                                 content=_given(known.content, row.content))
+                                                 content=_given(known.content, row.content),
+                                                 status=later_status(known.status, row.status))
     return list(merged.values())
+
+
+def status_rank(status: str | None) -> int:
+    """Where a status stands in STATUS_ORDER; 0 for none or one outside it."""
+    return STATUS_ORDER.index(status) + 1 if status in STATUS_ORDER else 0
+
+
+def later_status(*statuses: str | None) -> str | None:
+    """The furthest of these statuses along STATUS_ORDER (the first of equals; None when all are None)."""
+    given = [status for status in statuses if status]
+    return max(given, key=status_rank) if given else None
+
+
+def delivery_status_key(message_key: str, status: str) -> str:
+    """The dedup key of a reported status: one event per message and status, whoever learns it again."""
+    return f"status:{message_key}:{status}"
 
 
 def _given(first: Any, second: Any) -> Any:
@@ -336,6 +367,16 @@ def _optional_time(value: Any) -> datetime | None:
     return parse_time(value) if isinstance(value, str) and value else None
 
 
+def _reported(event: StoredEvent, conversation_id: str, at: datetime) -> InteractionRow:
+    """The row a status SendPulse reported makes: the message's own (as the API listed it), its status."""
+    body = json.loads(event.raw)
+    return InteractionRow(
+        interaction_id=interaction_id_for(body["of"]), conversation_id=conversation_id,
+        message_id=body.get("message_id"), direction=event.direction or "outbound", content=clean_text(event.text),
+        status=body["status"], customer_phone=event.phone, occurred_at=at, dedup_key=event.dedup_key,
+        reported=True, message_key=body["of"])
+
+
 def _map_api(event: StoredEvent, conversation_id: str, at: datetime, records: Records,
              changes: dict[str, StatusChange]) -> None:
     body = json.loads(event.raw)
@@ -349,6 +390,7 @@ def _map_api(event: StoredEvent, conversation_id: str, at: datetime, records: Re
             occurred_at=at, dedup_key=event.dedup_key, intent=clean_text(body.get("intent")),
             response=clean_text(body.get("response")), processing_time_ms=body.get("processingTime"),
             error_message=clean_text(body.get("errorMessage")), from_api=True,
+            message_key=message_key(body["messageId"], direction) if body.get("messageId") else None,
         ))
     elif event.title == API_ESCALATION:
         records.escalations.append(EscalationRow(

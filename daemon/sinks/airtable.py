@@ -27,7 +27,9 @@ from pyairtable.formulas import EQ, OR, Field, to_formula_str
 
 from daemon.events import StoredEvent
 from daemon.ratelimit import BudgetPaused, MonthlyRequests, RequestBudget
-from daemon.records import ConversationState, InteractionRow, Records, iso, map_events, message_key, tags_text
+from daemon.records import (
+    INTERACTION_STATUS, ConversationState, InteractionRow, Records, iso, later_status, map_events, tags_text,
+)
 from daemon.sinks.airtable_schema import (
     KEYS, TABLES, TITLES, BaseNames, BasePlan, parse_field_mapping, plan_base,
 )
@@ -79,34 +81,46 @@ def conversation_fields(state: ConversationState) -> dict[str, Any]:
 
 def enriched_messages(records: Records) -> list[str]:
     """The dedup keys of the messages this delivery's bot API interactions enrich."""
-    return [message_key(row.message_id, row.direction) for row in records.interactions
-            if row.from_api and row.message_id]
+    return [row.message_key for row in records.interactions if row.message_key]
 
 
 def _interaction_times(row: InteractionRow, received: dict[str, str],
                        messages: Mapping[str, tuple[str, str]]) -> tuple[str, str]:
     """Timestamp and CreatedAt: an enrichment of a message the journal holds has that message's (as
     PostgreSQL keeps them); the bot's time stands in only until the message arrives."""
-    if row.from_api and row.message_id:
-        known = messages.get(message_key(row.message_id, row.direction))
+    if row.message_key:
+        known = messages.get(row.message_key)
         if known is not None:
             return known
     return iso(row.occurred_at), received[row.dedup_key]
 
 
+def _interaction_status(row: InteractionRow, messages: Mapping[str, tuple[str, str]],
+                        reports: Mapping[str, str]) -> str | None:
+    """The furthest status anyone reported for this interaction (as PostgreSQL keeps it, records.later_status):
+    a replayed message or a late enrichment never moves it back."""
+    status = later_status(row.status, reports.get(row.message_id) if row.message_id else None)
+    if row.message_key and row.message_key in messages:  # the message's own webhook said this much
+        status = later_status(status, INTERACTION_STATUS[row.direction])
+    return status
+
+
 def airtable_rows(events: Sequence[StoredEvent], records: Records, conversations: dict[str, ConversationState],
-                  messages: Mapping[str, tuple[str, str]] | None = None) -> dict[str, list[dict[str, Any]]]:
+                  messages: Mapping[str, tuple[str, str]] | None = None,
+                  reports: Mapping[str, str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """The upserts one delivery makes, by table: one per interaction and escalation, and one per
     conversation touched (coalesced, with the journal's latest count and span, then what the bot API
     set on it), each record once. `messages`: (occurred_at, received_at) of the enriched messages
-    (enriched_messages) the journal holds."""
+    (enriched_messages) the journal holds; `reports`: the furthest status the journal's bot API and
+    reconciliation events report per message id (Journal.reported_statuses)."""
     received = {event.dedup_key: event.received_at for event in events}
     interactions = []
     for row in records.interactions:
         timestamp, created = _interaction_times(row, received, messages or {})
         interactions.append(_drop_empty({
             "InteractionId": row.interaction_id, "ConversationId": row.conversation_id,
-            "MessageId": row.message_id, "Direction": row.direction, "Content": row.content, "Status": row.status,
+            "MessageId": row.message_id, "Direction": row.direction, "Content": row.content,
+            "Status": _interaction_status(row, messages or {}, reports or {}),
             "Timestamp": timestamp, "CreatedAt": created, "Intent": row.intent, "Response": row.response,
             "ProcessingTime": row.processing_time_ms, "ErrorMessage": row.error_message,
         }))
@@ -435,11 +449,13 @@ class AirtableSink:
 
     def __init__(self, client: AirtableClient, tables: dict[str, str],
                  conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]],
-                 messages: Callable[[Sequence[str]], Awaitable[dict[str, tuple[str, str]]]] | None = None):
+                 messages: Callable[[Sequence[str]], Awaitable[dict[str, tuple[str, str]]]] | None = None,
+                 reports: Callable[[Sequence[str]], Awaitable[dict[str, str]]] | None = None):
         self.client = client
         self.tables = BaseNames.of(tables)  # kind -> table name in the base, and the field names
         self._conversations = conversations
         self._messages = messages  # the journal's Journal.event_times: the times of the messages enriched
+        self._reports = reports  # the journal's Journal.reported_statuses
         self._schema_ok = False
         self.plan: BasePlan | None = None
         self.schema_notes: list[str] = []
@@ -455,10 +471,10 @@ class AirtableSink:
 
     @classmethod
     def from_config(cls, config: Any, conversations, monthly: MonthlyRequests | None = None,
-                    messages=None) -> "AirtableSink":
+                    messages=None, reports=None) -> "AirtableSink":
         budget = RequestBudget(config.requests_per_second, start_empty=True, monthly=monthly)
         client = AirtableClient(config.api_key.get_secret_value(), config.base_id, config.endpoint_url, budget)
-        sink = cls(client, names_from_config(config), conversations, messages)
+        sink = cls(client, names_from_config(config), conversations, messages, reports)
         sink.linger_s = config.linger_s
         sink.max_records = config.max_records
         return sink
@@ -558,8 +574,10 @@ class AirtableSink:
         ids = [touch.conversation_id for touch in records.conversations]
         enriched = enriched_messages(records)
         messages = await self._messages(enriched) if enriched and self._messages is not None else {}
+        message_ids = [row.message_id for row in records.interactions if row.message_id]
+        reports = await self._reports(message_ids) if message_ids and self._reports is not None else {}
         tables = self.plan.tables
-        rows = airtable_rows(events, records, await self._conversations(ids), messages)
+        rows = airtable_rows(events, records, await self._conversations(ids), messages, reports)
         writes = [(tables[kind].table, tables[kind].key, chunk)
                   for kind in CREATING_FIRST
                   for table_rows in ([tables[kind].row(row) for row in rows[kind]],)

@@ -11,7 +11,7 @@ import asyncpg
 from loguru import logger
 
 from daemon.events import StoredEvent, storable_json
-from daemon.records import Records, map_events, parse_time
+from daemon.records import STATUS_ORDER, InteractionRow, Records, map_events, parse_time, status_rank
 from daemon.sinks.base import PermanentError, SetupError, TransientError
 
 CONNECT_TIMEOUT = 10.0
@@ -149,6 +149,15 @@ ON CONFLICT (conversation_id) DO UPDATE SET
     last_activity  = CASE WHEN c.message_count > 0 THEN c.last_activity
                           ELSE greatest(c.last_activity, excluded.last_activity) END
 """
+
+
+def _rank(status: str) -> str:
+    """records.status_rank in SQL: the status's place in records.STATUS_ORDER, 0 outside it."""
+    return f"coalesce(array_position(ARRAY[{', '.join(repr(s) for s in STATUS_ORDER)}]::text[], {status}), 0)"
+
+
+# records.later_status: an interaction's status never moves back, whoever reports it.
+LATER_STATUS = f"CASE WHEN {_rank('excluded.status')} > {_rank('i.status')} THEN excluded.status ELSE i.status END"
 # A row already there is this message's (a replay), or the bot's enrichment of it that came first: the
 # message's time is the interaction's, and its text fills an enrichment that gave none.
 INSERT_INTERACTIONS = """
@@ -157,9 +166,20 @@ INSERT INTO {s}.interactions AS i
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::timestamptz[])
 ON CONFLICT (interaction_id) DO UPDATE SET
-    occurred_at = excluded.occurred_at, content = coalesce(i.content, excluded.content)
+    occurred_at = excluded.occurred_at, content = coalesce(i.content, excluded.content), status = LATER_STATUS
 WHERE i.occurred_at IS DISTINCT FROM excluded.occurred_at OR (i.content IS NULL AND excluded.content IS NOT NULL)
-"""
+   OR RANK_EXCLUDED > RANK_KNOWN
+""".replace("LATER_STATUS", LATER_STATUS).replace("RANK_EXCLUDED", _rank("excluded.status")).replace(
+    "RANK_KNOWN", _rank("i.status"))
+# A status SendPulse reported (reconciliation): the message's row as the API listed it when PostgreSQL has
+# none yet, else only a status further along.
+UPSERT_REPORTED_STATUS = """
+INSERT INTO {s}.interactions AS i
+    (interaction_id, conversation_id, message_id, direction, content, status, customer_phone, occurred_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::timestamptz[])
+ON CONFLICT (interaction_id) DO UPDATE SET status = excluded.status WHERE RANK_EXCLUDED > RANK_KNOWN
+""".replace("RANK_EXCLUDED", _rank("excluded.status")).replace("RANK_KNOWN", _rank("i.status"))
 # A bot-posted interaction enriches the webhook's row of the same message (same id), whichever came first.
 UPSERT_API_INTERACTIONS = """
 INSERT INTO {s}.interactions AS i
@@ -168,12 +188,12 @@ INSERT INTO {s}.interactions AS i
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::timestamptz[], $9::text[], $10::text[], $11::integer[], $12::text[])
 ON CONFLICT (interaction_id) DO UPDATE SET
-    content = coalesce(excluded.content, i.content), status = excluded.status,
+    content = coalesce(excluded.content, i.content), status = LATER_STATUS,
     customer_phone = coalesce(i.customer_phone, excluded.customer_phone),
     intent = coalesce(excluded.intent, i.intent), response = coalesce(excluded.response, i.response),
     processing_time_ms = coalesce(excluded.processing_time_ms, i.processing_time_ms),
     error_message = coalesce(excluded.error_message, i.error_message)
-"""
+""".replace("LATER_STATUS", LATER_STATUS)
 INSERT_ESCALATIONS = """
 INSERT INTO {s}.escalations
     (escalation_id, ticket_id, conversation_id, reason, priority, status, customer_phone, created_at, notes,
@@ -314,6 +334,7 @@ class PostgresSink:
                 "events": INSERT_EVENTS, "conversations": UPSERT_CONVERSATIONS,
                 "interactions": INSERT_INTERACTIONS, "escalations": INSERT_ESCALATIONS,
                 "api_interactions": UPSERT_API_INTERACTIONS, "escalation_updates": UPDATE_ESCALATIONS,
+                "reported": UPSERT_REPORTED_STATUS,
                 "conversation_updates": UPDATE_CONVERSATIONS,
                 "status": APPLY_STATUS_EVENTS, "refresh": REFRESH_CONVERSATIONS,
             }.items()
@@ -374,11 +395,21 @@ class PostgresSink:
             [(c.conversation_id, c.customer_phone, c.customer_name, c.first_at, c.last_at,
               c.bot_id, c.contact_id, c.service) for c in records.conversations], 8))
         # once each: an upsert may not touch a row twice in one statement
-        webhook = list({i.interaction_id: i for i in records.interactions if not i.from_api}.values())
+        webhook = list({i.interaction_id: i for i in records.interactions
+                        if not i.from_api and not i.reported}.values())
         if webhook:
             await conn.execute(sql["interactions"], *_columns(
                 [(i.interaction_id, i.conversation_id, i.message_id, i.direction, i.content, i.status,
                   i.customer_phone, i.occurred_at) for i in webhook], 8))
+        reported: dict[str, InteractionRow] = {}  # once each, the furthest status of the batch
+        for i in records.interactions:
+            if i.reported and (i.interaction_id not in reported
+                               or status_rank(i.status) > status_rank(reported[i.interaction_id].status)):
+                reported[i.interaction_id] = i
+        if reported:
+            await conn.execute(sql["reported"], *_columns(
+                [(i.interaction_id, i.conversation_id, i.message_id, i.direction, i.content, i.status,
+                  i.customer_phone, i.occurred_at) for i in reported.values()], 8))
         for i in records.interactions:  # one by one: a batch may enrich the same row twice
             if i.from_api:
                 await conn.execute(sql["api_interactions"], *_columns(

@@ -6,10 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from daemon.events import Event, normalize
+from daemon.events import API_CONVERSATION_UPDATE, API_INTERACTION, Event, normalize
 from daemon.journal import Journal
 from daemon.ratelimit import RequestBudget
-from daemon.events import API_CONVERSATION_UPDATE, API_INTERACTION
 from daemon.records import conversation_id_for
 from daemon.sinks.airtable import AirtableClient, AirtableSink, init_base
 from daemon.sinks.postgres import PostgresSink

@@ -130,3 +130,33 @@ def test_the_journals_sql_restates_the_same_titles():
         return set(re.findall(r"'([a-z_]+)'", sql))
     assert titles(MESSAGE_TITLE_SQL) == set(MESSAGE_TITLES)
     assert titles(STATUS_TITLE_SQL) == set(STATUS_TITLES)
+
+
+def reported(n, message, status):
+    """Reconciliation's report that the webhook message `message` (stored(message)) reached `status`."""
+    import json
+
+    return StoredEvent(
+        id=n, dedup_key=f"status:k{message}:{status}", received_at=T0.isoformat(), occurred_at=T0.isoformat(),
+        title="delivery_status", service="whatsapp", bot_id="bot1", contact_id="c1", phone="5511987654321",
+        contact_name="Ana", message_id=f"m{message}", platform_message_id=None, direction="outbound",
+        message_type="text", text="oi", raw=json.dumps({"of": f"k{message}", "message_id": f"m{message}",
+                                                        "status": status, "source": "reconcile"}))
+
+
+def test_a_status_moves_forward_only_whoever_reports_it():
+    from daemon.records import later_status, merged_interactions
+
+    assert later_status("sent", "failed", None) == "failed"
+    assert later_status("failed", "delivered") == later_status("delivered", "failed") == "delivered"
+    assert later_status("read", "sent", "delivered") == "read"
+    assert later_status(None, None) is None
+    message = stored(1, "outgoing_message")
+    for order in itertools.permutations([message, reported(2, 1, "delivered"), reported(3, 1, "read")]):
+        (row,) = merged_interactions(map_events(order).interactions)
+        assert (row.status, row.message_id, row.content) == ("read", "m1", "oi"), order
+    (row,) = merged_interactions(map_events([message, reported(2, 1, "failed")]).interactions)
+    assert row.status == "failed"
+    counted = map_events([message, reported(2, 1, "read")])
+    assert len(counted.interactions) == 2 and counted.interactions[1].reported
+    assert counted.interactions[1].interaction_id == counted.interactions[0].interaction_id
