@@ -240,6 +240,9 @@ class SendPulseConfig(_Section):
     requests_per_second: int = Field(default=5, ge=1, le=10)
     # How far back a start reconciles when the journal holds no event to start from.
     first_window_h: float = Field(default=24.0, gt=0, le=24 * 90)
+    # Each run also reads again the contacts sent a message this recently that is not known read or failed
+    # (delivered and read come later than the message); 0: only the statuses of each run's window.
+    status_window_h: float = Field(default=24.0, ge=0, le=24 * 30)
 
     @field_validator("bot_ids", mode="before")
     @classmethod

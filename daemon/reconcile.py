@@ -36,6 +36,16 @@ WHERE conversation_id = ? AND title IN ('incoming_message', 'outgoing_message')
   AND (occurred_at >= ? OR received_at >= ?)
 """
 HAS_KEYS = "SELECT dedup_key FROM events WHERE dedup_key IN ({marks})"
+# Contacts with an outbound message since ? that no report says was read or failed, the most recently
+# written to first: their messages are read again for the statuses that came after the window.
+FOLLOW_UP = """
+SELECT bot_id, contact_id, max(phone), min(occurred_at) FROM events e
+WHERE title = 'outgoing_message' AND occurred_at >= ? AND contact_id IS NOT NULL AND bot_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM events s
+                  WHERE s.dedup_key IN ('status:' || e.dedup_key || ':read', 'status:' || e.dedup_key || ':failed'))
+GROUP BY bot_id, contact_id ORDER BY max(occurred_at) DESC LIMIT ?
+"""
+FOLLOW_UP_CONTACTS = 50  # at most, per run: a bound on what following up costs
 
 
 @dataclass
@@ -50,6 +60,7 @@ class Report:
     added: int = 0
     present: int = 0
     skipped_contacts: int = 0
+    followed_up: int = 0  # contacts whose messages were read again for their statuses, outside the window
     unreadable: int = 0  # API messages no event can be made of (no id, unknown direction)
     statuses: int = 0  # delivery statuses (delivered / read / failed) the journal learned of
     error: str | None = None
@@ -59,6 +70,7 @@ class Report:
         return {"since": iso(self.since), "until": iso(self.until), "bots": self.bots, "chats": self.chats,
                 "seen": self.seen, "added": self.added, "present": self.present,
                 "skipped_contacts": self.skipped_contacts, "unreadable": self.unreadable, "statuses": self.statuses,
+                "followed_up": self.followed_up,
                 "error": self.error, "state": self.state}
 
 
@@ -81,13 +93,18 @@ class _Held:
 
 
 async def reconcile(client: SendPulseClient, journal: Journal, since: datetime, *, bot_ids: Sequence[str] = (),
-                    now: datetime | None = None, progress: Callable[[Report], None] | None = None) -> Report:
+                    now: datetime | None = None, progress: Callable[[Report], None] | None = None,
+                    follow_up_since: datetime | None = None) -> Report:
     """Fetch back and journal what the journal lacks since `since`; the report says what happened.
+    `follow_up_since`: also learn the statuses of outbound messages since then that are not known read or
+    failed (their contacts' messages read again, at most FOLLOW_UP_CONTACTS of them).
 
     A SendPulse error ends the run with `error` set; what was journaled before it stays."""
     report = Report(since=since, until=now or datetime.now(timezone.utc))
+    read: set[tuple[str, str]] = set()  # (bot, contact) whose messages this run read
     try:
-        for bot in await _bots(client, bot_ids):
+        bots = await _bots(client, bot_ids)
+        for bot in bots:
             report.bots += 1
             # Listed whole before any is read: chats are paged by skip in an order that a contact's new
             # activity changes, so listing while reading (long) would skip some and repeat others.
@@ -101,15 +118,33 @@ async def reconcile(client: SendPulseClient, journal: Journal, since: datetime, 
                     report.skipped_contacts += 1  # deleted since it was listed
                     continue
                 report.chats += 1
+                read.add((bot["id"], chat["contact"]["id"]))
                 await _journal_missing(journal, bot, chat["contact"], messages, report)
                 if progress:
                     progress(report)
+        if follow_up_since is not None and follow_up_since < since:
+            await _follow_up(client, journal, {bot["id"]: bot for bot in bots}, follow_up_since, read, report)
     except SendPulseError as exc:
         report.error = str(exc)
         report.state = ("misconfigured" if isinstance(exc, SendPulseMisconfigured)
                         else "down" if isinstance(exc, SendPulseUnavailable) else "error")
         logger.debug("reconciliation stopped: {}", exc)  # the caller says it: once, in its own words
     return report
+
+
+async def _follow_up(client: SendPulseClient, journal: Journal, bots: dict[str, dict[str, Any]], since: datetime,
+                     read: set[tuple[str, str]], report: Report) -> None:
+    """Read again the messages of contacts written to since `since` whose statuses may have moved."""
+    for bot_id, contact_id, phone, oldest in await journal.query(FOLLOW_UP, (iso(since), FOLLOW_UP_CONTACTS)):
+        if bot_id not in bots or (bot_id, contact_id) in read:
+            continue
+        try:
+            messages = await client.messages_since(contact_id, parse_time(oldest) or since)
+        except SendPulseNotFound:
+            continue  # deleted since: nothing more will be reported
+        report.followed_up += 1
+        contact = {"id": contact_id, "channel_data": {"phone": phone}}
+        await _journal_missing(journal, bots[bot_id], contact, messages, report, window=False)
 
 
 async def _bots(client: SendPulseClient, bot_ids: Sequence[str]) -> list[dict[str, Any]]:
@@ -158,6 +193,11 @@ def event_of(message: dict[str, Any], contact: dict[str, Any], bot: dict[str, An
     return event if isinstance(event, Event) else None
 
 
+def _reports_status(message: dict[str, Any]) -> bool:
+    """An outbound message whose status SendPulse's API alone reports (delivered, read, failed)."""
+    return message.get("direction") == 2 and message.get("status") in SENDPULSE_STATUS
+
+
 def wamid_of(message: dict[str, Any]) -> str | None:
     data = message.get("data") if isinstance(message.get("data"), dict) else {}
     wamid = data.get("id") if message.get("direction") == 1 else data.get("message_id")
@@ -165,16 +205,21 @@ def wamid_of(message: dict[str, Any]) -> str | None:
 
 
 async def _journal_missing(journal: Journal, bot: dict[str, Any], contact: dict[str, Any],
-                           messages: list[dict[str, Any]], report: Report) -> None:
+                           messages: list[dict[str, Any]], report: Report, window: bool = True) -> None:
+    """Journal the messages the journal lacks, then the statuses it has not heard of. Outside the window
+    (`window` False: a follow-up) only statuses: a message is fetched back by the run whose window holds it."""
     received_at = datetime.now(timezone.utc)
     events: list[tuple[Event, dict[str, Any]]] = []
     for message in messages:
+        if not window and not _reports_status(message):
+            continue
         event = event_of(message, contact, bot, received_at)
         if event is None:
             report.unreadable += 1
             continue
         events.append((event, message))
-    report.seen += len(events)
+    if window:  # a follow-up's messages are not the window's
+        report.seen += len(events)
     if not events:
         return
     held = await _held(journal, conversation_id_for(bot.get("id"), contact.get("id"), None),
@@ -185,17 +230,20 @@ async def _journal_missing(journal: Journal, bot: dict[str, Any], contact: dict[
     reports: list[tuple[Event, dict[str, Any], _Message]] = []  # outbound messages and the event they are
     for event, message in events:
         if event.dedup_key in taken:
-            report.present += 1  # the API listed it twice (a page boundary moved)
+            report.present += 1 if window else 0  # the API listed it twice (a page boundary moved)
             continue
         taken.add(event.dedup_key)
         known = (_Message(event.dedup_key, event.message_id) if event.dedup_key in keys
                  else _held_as(event, message, held))
-        if known is not None:
+        if not window:
+            if known is None:
+                continue
+        elif known is not None:
             report.present += 1
         else:
             missing.append(event)
             known = _Message(event.dedup_key, event.message_id)
-        if SENDPULSE_STATUS.get(message.get("status")) and event.direction == "outbound":
+        if _reports_status(message):
             reports.append((event, message, known))
     if missing:
         result = await journal.append(missing)

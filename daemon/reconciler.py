@@ -45,7 +45,7 @@ class Reconciler:
         self.last_reconciled_at: datetime | None = None  # the end of the last window read whole
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
-        self.runs = self.failures = self.added_total = self.seen_total = 0
+        self.runs = self.failures = self.added_total = self.seen_total = self.statuses_total = 0
         self._logged_error: str | None = None
 
     async def close(self) -> None:
@@ -86,9 +86,11 @@ class Reconciler:
             self.running = True
             self.last_run_at = datetime.now(timezone.utc)
             try:
+                follow_up = self.settings.status_window_h
                 report = await reconcile(self.client, self.journal, since,
                                          bot_ids=self.settings.bot_ids if bot_ids is None else bot_ids,
-                                         progress=progress)
+                                         progress=progress, follow_up_since=self.last_run_at - timedelta(
+                                             hours=follow_up) if follow_up else None)
             except Exception as exc:  # noqa: BLE001 - a journal that cannot write, say: a failed run, not a crash
                 logger.opt(exception=exc).debug("reconciliation broke off")
                 report = Report(since=since, until=datetime.now(timezone.utc), state="down",
@@ -103,6 +105,7 @@ class Reconciler:
         self.runs += 1
         self.added_total += report.added
         self.seen_total += report.seen
+        self.statuses_total += report.statuses
         if report.error is None:
             self.state = "up"
             self.last_reconciled_at = report.until
@@ -138,10 +141,13 @@ class Reconciler:
             "seen": report.seen if report else 0,
             "added": report.added if report else 0,
             "present": report.present if report else 0,
+            "statuses": report.statuses if report else 0,
+            "followed_up": report.followed_up if report else 0,
             "runs": self.runs,
             "failed_runs": self.failures,
             "added_total": self.added_total,
             "seen_total": self.seen_total,
+            "statuses_total": self.statuses_total,
             "requests_total": self.client.requests,
             "last_error": self.last_error,
             "last_error_at": iso(self.last_error_at) if self.last_error_at else None,

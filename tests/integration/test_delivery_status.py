@@ -48,9 +48,9 @@ def now():
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
-async def run(sendpulse, journal):
+async def run(sendpulse, journal, since=None, **options):
     async with SendPulseClient(sendpulse.url, CLIENT_ID, SECRET, RequestBudget(100), backoff=0.01) as client:
-        report = await reconcile(client, journal, now() - timedelta(hours=1))
+        report = await reconcile(client, journal, since or now() - timedelta(hours=1), **options)
     assert report.error is None
     return report
 
@@ -173,3 +173,29 @@ async def test_a_status_reported_before_postgres_has_the_message_writes_the_whol
     await postgres.deliver(events[:1])
     rows = await pg_conn.fetch(f"SELECT content, status, message_id FROM {quote_ident(pg_schema)}.interactions")
     assert [tuple(row) for row in rows] == [("Olá! Como posso ajudar?", "read", message.id)]
+
+
+async def test_a_status_learned_after_the_window_is_followed_up_within_status_window(world, sendpulse):
+    journal, _, _ = world
+    people = [sendpulse.run(sendpulse.emulator.add_contact, BOT, 5533999898026 + i, f"c{i}",
+                            created_at=now() - timedelta(hours=5)) for i in range(3)]
+    # each got an outbound message 3 h ago, by webhook; people[2]'s was read at once and is known as read
+    old = [sendpulse.run(sendpulse.emulator.add_message, person.id, "out", f"oferta {i}",
+                         created_at=now() - timedelta(hours=3)) for i, person in enumerate(people)]
+    await journal.append([webhook_of(sendpulse, message.id) for message in old])
+    set_status(sendpulse, old[2].id, READ)
+    await run(sendpulse, journal, since=now() - timedelta(hours=4))
+    assert [status for _, status in status_events(journal)] == ["read"]
+    set_status(sendpulse, old[0].id, READ)  # read hours later: the contact wrote nothing since
+    set_status(sendpulse, old[1].id, DELIVERED)
+
+    before = sendpulse.run(sendpulse.emulator.stats)["requests"]
+    window = await run(sendpulse, journal, follow_up_since=now() - timedelta(hours=24))
+    assert (window.chats, window.seen, window.added, window.present) == (0, 0, 0, 0)  # nothing new in the window
+    assert (window.statuses, window.followed_up) == (2, 2)
+    assert sorted(status for _, status in status_events(journal)) == ["delivered", "read", "read"]
+    # token, bots, one chats page, and one messages page per contact not yet read (people[2] is not asked)
+    assert sendpulse.run(sendpulse.emulator.stats)["requests"] - before == 3 + 2
+    again = await run(sendpulse, journal, follow_up_since=now() - timedelta(hours=24))
+    assert (again.statuses, again.followed_up) == (0, 1)  # people[1]'s is delivered, not read yet: asked again
+    assert (await run(sendpulse, journal, follow_up_since=now() - timedelta(hours=2))).followed_up == 0

@@ -153,3 +153,18 @@ async def test_an_unreadable_journal_at_start_reads_the_first_window(emulator, j
     assert abs(since - (datetime.now(timezone.utc) - timedelta(hours=3))) < timedelta(minutes=1)
     assert any("cannot read the journal's newest event" in line for line in logged)
     await reconciler.close()
+
+
+@pytest.mark.parametrize("status_window_h, learned", [(24, 1), (0, 0)])
+async def test_each_run_follows_up_the_statuses_of_status_window_h(emulator, journal, status_window_h, learned):
+    person = contact(emulator)
+    message = emulator.run(emulator.emulator.add_message, person.id, "out", "oferta",
+                           created_at=datetime.now(timezone.utc) - timedelta(hours=3))
+    reconciler = reconciler_of(emulator, journal, status_window_h=status_window_h)
+    assert (await reconciler.run(datetime.now(timezone.utc) - timedelta(hours=4))).added == 1
+    emulator.run(emulator.emulator.set_status, message.id, 4)  # read hours later
+    report = await reconciler.run(datetime.now(timezone.utc) - timedelta(minutes=15))
+    assert (report.statuses, report.followed_up) == (learned, learned)
+    status = reconciler.status()
+    assert (status["statuses"], status["statuses_total"], status["followed_up"]) == (learned, learned, learned)
+    await reconciler.close()
