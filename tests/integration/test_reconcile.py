@@ -1,5 +1,6 @@
 """Reconciliation against the SendPulse emulator, with a real journal and the real webhook intake."""
 
+import asyncio
 import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
@@ -301,3 +302,44 @@ async def test_a_late_webhook_carrying_the_wamid_as_its_id_is_a_duplicate(emulat
     answer = await client.post(PATH, params={"token": TOKEN}, data=json.dumps(body))
     assert answer.status == 200 and await answer.json() == {"accepted": 0, "duplicates": 1, "rejected": 0}
     assert [r["message_id"] for r in events(journal)] == [message["id"]]
+
+
+@pytest.mark.parametrize("webhook_ids", [{}, {"id": "SENDPULSE-ID-UNLIKE-THE-APIS"}], ids=["same-id", "other-id"])
+async def test_webhooks_and_a_run_racing_for_the_same_messages_journal_each_once(emulator, intake, webhook_ids):
+    client, journal = intake
+    people = [emulator.run(emulator.emulator.add_contact, BOT, 5511900000000 + i, f"c{i}",
+                           created_at=now() - timedelta(hours=1)) for i in range(12)]
+    messages = [emulator.run(emulator.emulator.add_message, person.id, "in" if n % 2 else "out", f"m{i}-{n}",
+                             created_at=now() - timedelta(minutes=30 - n))
+                for i, person in enumerate(people) for n in range(4)]
+
+    async def post(message):
+        overrides = {key: f"{value}{message.id}" for key, value in webhook_ids.items()}
+        body = emulator.run(lambda: webhook_body(emulator.emulator.bots[BOT],
+                                                 emulator.emulator.contacts[message.contact_id], message, overrides))
+        answer = await client.post(PATH, params={"token": TOKEN}, data=json.dumps(body))
+        assert answer.status == 200
+
+    posted = iter(messages)
+
+    def between_chats(report):  # a few webhooks land between each chat the run reads, the rest alongside it
+        for message in [next(posted, None) for _ in range(3)]:
+            if message is not None:
+                pending.append(asyncio.ensure_future(post(message)))
+
+    pending = []
+    async with client_of(emulator, rate=10_000) as sendpulse:
+        report, *_ = await asyncio.gather(
+            reconcile(sendpulse, journal, now() - timedelta(hours=1), progress=between_chats),
+            *(post(message) for message in messages[::5]))
+    await asyncio.gather(*pending)
+    for message in posted:
+        await post(message)
+    assert report.error is None and report.added + report.present == len(messages)
+    rows = events(journal)
+    assert len(rows) == len(messages)
+    assert sorted(r["platform_message_id"] for r in rows) == sorted(m.wamid for m in messages)
+    with sqlite3.connect(journal.path) as conn:
+        assert conn.execute("SELECT sum(message_count) FROM conversations").fetchone() == (len(messages),)
+    again = await run(emulator, journal)
+    assert (again.added, again.present) == (0, len(messages))
