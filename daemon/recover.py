@@ -33,7 +33,9 @@ from loguru import logger
 from pyairtable.formulas import CONCATENATE, EQ, GTE, OR, REGEX_REPLACE, Field, to_formula_str
 
 from daemon.events import digits_only, has_control
-from daemon.records import INTERACTION_STATUS, clean_text, iso, parse_tags, parse_time, status_key, ticket_for
+from daemon.records import (
+    INTERACTION_STATUS, clean_text, iso, parse_tags, parse_time, status_key, status_rank, ticket_for,
+)
 from daemon.sinks.airtable import AirtableClient, pages, patiently
 from daemon.sinks.airtable_schema import BaseNames, BasePlan, cut_text, plan_base, read_back
 from daemon.sinks.base import PermanentError, SinkError
@@ -371,7 +373,13 @@ def differences(kind: str, airtable: dict[str, Any], postgres: dict[str, Any],
     cut is PostgreSQL's). A field Airtable leaves empty tells nothing: it is not a difference, and so never
     replaces what PostgreSQL holds."""
     return [c for c in (COMPARED[kind] if columns is None else columns)
-            if not _empty(airtable.get(c)) and not _same(c, airtable.get(c), postgres.get(c))]
+            if not _empty(airtable.get(c)) and not _same(c, airtable.get(c), postgres.get(c))
+            and not (kind == "interactions" and c == "status" and _behind(airtable[c], postgres.get(c)))]
+
+
+def _behind(theirs: Any, ours: Any) -> bool:
+    """An interaction's status never moves back (records.STATUS_ORDER), not even by `recover`."""
+    return status_rank(theirs) < status_rank(ours)
 
 
 # -- formulas ---------------------------------------------------------------------------------------

@@ -175,6 +175,15 @@ def test_values_are_compared_as_chatledger_wrote_them():
                                         "status": "read"}, postgres) == ["content", "occurred_at"]
 
 
+@pytest.mark.parametrize("airtable, postgres, differs", [
+    ("sent", "read", False), ("delivered", "read", False), ("failed", "delivered", False),
+    ("read", "delivered", True), ("delivered", "failed", True), ("read", "sent", True)])
+def test_recover_never_moves_an_interactions_status_back(airtable, postgres, differs):
+    assert differences("interactions", {"status": airtable}, {"status": postgres}) == (["status"] if differs else [])
+    # a conversation's and an escalation's status are no delivery status: any difference is one
+    assert differences("escalations", {"status": "pending"}, {"status": "resolved"}) == ["status"]
+
+
 BROKEN = [  # Airtable interactions PostgreSQL cannot take as they are
     {"InteractionId": "nul-key", "ConversationId": "a\x00b", "Direction": "inbound",
      "Timestamp": "2026-11-27T00:00:00.000Z"},
