@@ -153,6 +153,8 @@ def _sendpulse(source: dict[str, Any] | None) -> Any:
         (COUNTER, "reconcile_added", "Messages journaled by reconciliation (the webhooks did not bring them)",
          source.get("added_total")),
         (COUNTER, "reconcile_seen", "Messages SendPulse's API listed to reconciliation", source.get("seen_total")),
+        (COUNTER, "reconcile_statuses", "Delivery statuses (delivered, read, failed) reconciliation journaled",
+         source.get("statuses_total")),
         (COUNTER, "reconcile_runs", "Reconciliation runs finished (failed ones included)", source.get("runs")),
         (COUNTER, "reconcile_failed_runs", "Reconciliation runs SendPulse's API ended", source.get("failed_runs")),
         (COUNTER, "sendpulse_requests", "Requests sent to SendPulse's API", source.get("requests_total")),

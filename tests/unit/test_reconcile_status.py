@@ -9,6 +9,7 @@ UP = {"state": "up", "running": False, "interval_s": 300.0, "last_run_at": "2026
       "last_reconciled_at": "2026-12-03T14:00:02Z",
       "window": {"since": "2026-12-03T13:45:00Z", "until": "2026-12-03T14:00:00Z"}, "seen": 7, "added": 2,
       "present": 5, "runs": 4, "failed_runs": 1, "added_total": 9, "seen_total": 30, "requests_total": 40,
+      "statuses": 1, "followed_up": 3, "statuses_total": 6,
       "last_error": "POST /oauth/access_token: no answer in time", "last_error_at": "2026-12-03T13:40:00Z"}
 
 
@@ -41,6 +42,7 @@ def test_metrics_count_the_runs_and_what_they_added():
     found = samples({"sources": {"sendpulse": UP}})
     assert found[("chatledger_reconcile_added_total", ())] == 9
     assert found[("chatledger_reconcile_seen_total", ())] == 30
+    assert found[("chatledger_reconcile_statuses_total", ())] == 6
     assert found[("chatledger_reconcile_runs_total", ())] == 4
     assert found[("chatledger_reconcile_failed_runs_total", ())] == 1
     assert found[("chatledger_sendpulse_requests_total", ())] == 40
