@@ -15,7 +15,7 @@ from aiohttp import web
 from loguru import logger
 
 from daemon import __version__
-from daemon.alerts import AlertLimiter, AlertMemory, AlertRules, AlertSender
+from daemon.alerts import AlertLimiter, AlertMemory, AlertRules, AlertSender, source_problem
 from daemon.api import ApiStores, add_api
 from daemon.backfill import Backfill
 from daemon.config import Config, ConfigError, load_config, split_listen
@@ -332,7 +332,8 @@ class Daemon:
 
     async def _alerts_loop(self) -> None:
         """Compare the status every few seconds and raise what changed: sinks down or back, the
-        Airtable fallback, new dead letters, an old backlog, the Airtable quota. What was told is kept
+        Airtable fallback, new dead letters, an old backlog, the Airtable quota, SendPulse reconciliation
+        misconfigured or down for long. What was told is kept
         in the journal: a restart neither repeats it nor leaves a problem that ended meanwhile open.
         Errors here are logged; they never stop the daemon or delivery."""
         assert self.journal is not None
@@ -783,6 +784,9 @@ def _health(snapshot: dict[str, Any]) -> dict[str, Any]:
             problems.append(f"{name} has {sink['dead']} dead letters: `chatledger dead` lists them and why; fix the "
                             "cause and `chatledger replay --dead`, or give them up with `chatledger dead --discard "
                             "ID|--all --reason TEXT`")
+    source = source_problem(snapshot.get("sources", {}).get("sendpulse"))
+    if source:
+        problems.append(source)
     return {"status": "degraded" if problems else "healthy", "problems": problems}
 
 

@@ -46,6 +46,8 @@ class Reconciler:
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
         self.runs = self.failures = self.added_total = self.seen_total = 0
+        self.failed_in_a_row = 0  # alerts and health tell SendPulse down once this lasts
+        self.failing_since: datetime | None = None  # the start of the first of them
         self._logged_error: str | None = None
 
     async def close(self) -> None:
@@ -105,6 +107,7 @@ class Reconciler:
         self.seen_total += report.seen
         if report.error is None:
             self.state = "up"
+            self.failed_in_a_row, self.failing_since = 0, None
             self.last_reconciled_at = report.until
             if self._logged_error is not None:
                 logger.info("SendPulse reconciliation works again")
@@ -114,6 +117,8 @@ class Reconciler:
                             iso(report.since), iso(report.until), report.added)
             return
         self.failures += 1
+        self.failed_in_a_row += 1
+        self.failing_since = self.failing_since or self.last_run_at
         self.state = "misconfigured" if report.state in ("misconfigured", "error") else "down"
         self.last_error, self.last_error_at = report.error, datetime.now(timezone.utc)
         retry = (f"retried in {self.settings.reconcile_interval_s or RETRY_S:.0f} s")
@@ -140,6 +145,8 @@ class Reconciler:
             "present": report.present if report else 0,
             "runs": self.runs,
             "failed_runs": self.failures,
+            "failed_in_a_row": self.failed_in_a_row,
+            "failing_since": iso(self.failing_since) if self.failing_since else None,
             "added_total": self.added_total,
             "seen_total": self.seen_total,
             "requests_total": self.client.requests,

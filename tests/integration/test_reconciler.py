@@ -153,3 +153,20 @@ async def test_an_unreadable_journal_at_start_reads_the_first_window(emulator, j
     assert abs(since - (datetime.now(timezone.utc) - timedelta(hours=3))) < timedelta(minutes=1)
     assert any("cannot read the journal's newest event" in line for line in logged)
     await reconciler.close()
+
+
+async def test_status_counts_the_failed_runs_in_a_row_and_since_when(emulator, journal):
+    reconciler = reconciler_of(emulator, journal, secret="a-wrong-secret")
+    since = datetime.now(timezone.utc) - timedelta(hours=1)
+    await reconciler.run(since)
+    first = reconciler.status()
+    assert (first["failed_in_a_row"], first["failing_since"]) == (1, first["last_run_at"])
+    await reconciler.run(since)
+    assert (reconciler.status()["failed_in_a_row"], reconciler.status()["failing_since"]) == (2, first["last_run_at"])
+    await reconciler.close()
+    reconciler.client = SendPulseClient(emulator.url, CLIENT_ID, SECRET, RequestBudget(10))  # the secret fixed
+    await reconciler.run(since)
+    status = reconciler.status()
+    assert (status["state"], status["failed_in_a_row"], status["failing_since"]) == ("up", 0, None)
+    assert status["failed_runs"] == 2  # since start, unlike the spell
+    await reconciler.close()

@@ -47,3 +47,36 @@ def test_open_dead_letters_degrade_and_say_how_to_deal_with_them_discarded_ones_
 def test_a_base_at_its_quota_is_said_in_words():
     held = snapshot("quota", "monthly API quota exhausted")
     assert _health(held)["problems"] == ["airtable is held at its monthly quota: monthly API quota exhausted"]
+
+
+def with_sendpulse(**source):
+    return {**snapshot("up"), "sources": {"sendpulse": source}}
+
+
+REFUSED = ("SendPulse refused the credentials of [sendpulse] client_id 'abc' (401: invalid_client); check client_id "
+           "and client_secret (Settings > API)")
+
+
+def test_sendpulse_misconfigured_degrades_at_once_naming_what_to_check():
+    health = _health(with_sendpulse(state="misconfigured", last_error=REFUSED, failed_in_a_row=1))
+    assert health["status"] == "degraded"
+    [problem] = health["problems"]
+    assert problem.startswith("SendPulse reconciliation is misconfigured: " + REFUSED)
+    assert "[sendpulse] client_id, client_secret and bot_ids" in problem and "SIGHUP" in problem
+    assert "webhooks are still journaled and delivered" in problem
+
+
+def test_sendpulse_down_is_a_problem_only_once_the_retry_failed_too():
+    once = with_sendpulse(state="down", last_error="GET /whatsapp/bots: 503 (4 attempts)", failed_in_a_row=1,
+                          failing_since="2026-12-03T14:00:00Z")
+    assert _health(once) == {"status": "healthy", "problems": []}  # its window is read again whole: nothing lost yet
+    lasting = with_sendpulse(**{**once["sources"]["sendpulse"], "failed_in_a_row": 2})
+    [problem] = _health(lasting)["problems"]
+    assert problem.startswith("SendPulse is down (2 runs in a row since 2026-12-03T14:00:00Z): GET /whatsapp/bots")
+    assert "fetched back once it answers" in problem
+
+
+def test_sendpulse_disabled_starting_or_up_is_no_problem():
+    for source in ({"state": "disabled"}, {"state": "starting"}, {"state": "up", "last_error": REFUSED}):
+        assert _health(with_sendpulse(**source)) == {"status": "healthy", "problems": []}
+    assert _health(snapshot("up")) == {"status": "healthy", "problems": []}  # an older daemon's snapshot
