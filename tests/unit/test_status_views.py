@@ -80,3 +80,31 @@ def test_sendpulse_disabled_starting_or_up_is_no_problem():
     for source in ({"state": "disabled"}, {"state": "starting"}, {"state": "up", "last_error": REFUSED}):
         assert _health(with_sendpulse(**source)) == {"status": "healthy", "problems": []}
     assert _health(snapshot("up")) == {"status": "healthy", "problems": []}  # an older daemon's snapshot
+
+
+SENDPULSE_UP = {"state": "up", "running": False, "last_reconciled_at": "2026-12-03T14:00:02Z", "seen": 7, "added": 2,
+                "requests_total": 40, "last_error": "GET /whatsapp/bots: 503 (4 attempts)",
+                "last_error_at": "2026-12-03T13:40:00Z"}
+
+
+def test_top_shows_the_sendpulse_line_like_a_sinks():
+    view = TopView()
+    view.update(with_sendpulse(**SENDPULSE_UP), now=1.0)
+    later = with_sendpulse(**{**SENDPULSE_UP, "requests_total": 50, "running": True})
+    lines = view.frame(later, now=3.0, width=400).splitlines()
+    head = next(line for line in lines if line.startswith("source"))
+    assert head.split() == ["source", "state", "reconciled", "seen", "added", "requests", "rate"]
+    row = lines[lines.index(head) + 1]
+    assert row.split() == ["sendpulse", "up", "2026-12-03T14:00:02Z", "7", "2", "50", "5.0/s"]
+    assert lines[lines.index(head) + 2].strip() == "running now"
+    assert "  2026-12-03T13:40:00Z sendpulse: GET /whatsapp/bots: 503 (4 attempts)" in lines  # recent errors
+
+
+def test_top_says_sendpulse_is_disabled_or_has_not_reconciled_yet():
+    disabled = TopView().frame(with_sendpulse(state="disabled"), now=1.0, width=400)
+    assert "sendpulse disabled ([sendpulse] client_id empty: nothing is fetched back)" in disabled.splitlines()
+    assert "reconciled" not in disabled
+    starting = TopView().frame(with_sendpulse(state="starting", requests_total=1), now=1.0, width=400)
+    [row] = [line for line in starting.splitlines() if line.startswith("sendpulse")]
+    assert row.split() == ["sendpulse", "starting", "never", "0", "0", "1", "-"]
+    assert "sendpulse" not in TopView().frame(snapshot("up"), now=1.0, width=400)  # an older daemon's snapshot
