@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from daemon.status import age_text, alerts_text, error_text, sink_notes
+from daemon.status import age_text, alerts_text, error_text, sink_notes, source_lines
 from daemon.top import DISABLED_SOURCE, Frame, SourceRow
 
 # C0 and C1 controls but the newline, as \xNN: an ESC in an error must not reach the terminal
@@ -135,7 +135,15 @@ def status_view(snapshot: dict[str, Any]) -> RenderableType:
         sinks.append((name, state, counts, [line for line in (error, *notes) if line.plain]))
     title = (f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
              f"up {age_text(snapshot.get('uptime_s'))}")
-    return Group(_overview(title, rows), _sinks(sinks))
+    source = _source_status(snapshot.get("sources", {}).get("sendpulse"))
+    return Group(_overview(title, rows), _sinks(sinks), *([source] if source.plain else []))
+
+
+def _source_status(source: dict[str, Any] | None) -> Text:
+    """The plain text's SendPulse lines (none from an older daemon), its state's colour, its error in red."""
+    head, *errors = source_lines(source)[1:] or [""]  # without the blank line before them
+    return _lines(safe(head, STATE_STYLES.get((source or {}).get("state", ""), "")),
+                  *(safe(line, "red") for line in errors))
 
 
 def top_view(frame: Frame) -> RenderableType:

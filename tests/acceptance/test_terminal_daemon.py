@@ -47,6 +47,7 @@ def test_status_is_a_table_on_a_terminal_and_the_plain_text_otherwise(daemon, co
     assert "┃ sink" in seen(shown) and "HEALTHY" in seen(shown) and COLOUR.search(shown)
     assert "2 accepted, 0 duplicates, 0 rejected" in seen(shown)
     assert re.search(r"│ postgres\s+│ disabled\s+│", seen(shown))
+    assert "sendpulse disabled ([sendpulse] client_id empty)" in seen(shown)
 
     plain = cli(config, "status")
     assert plain.returncode == 0 and "\x1b[" not in plain.stdout and "┃" not in plain.stdout

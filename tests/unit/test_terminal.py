@@ -215,3 +215,11 @@ def test_top_draws_sendpulse_beneath_the_sinks_as_a_table_of_its_own():
     words = flat(shown(terminal.top_view(TopView().update(off, now=1.0))))
     assert "sendpulse disabled ([sendpulse] client_id empty: nothing is fetched back)" in words
     assert "reconciled" not in words
+
+
+def test_status_on_a_terminal_says_what_sendpulse_reconciliation_does_as_the_plain_text_does():
+    words = flat(shown(terminal.status_view({**snapshot(), "sources": {"sendpulse": SENDPULSE}})))
+    assert "sendpulse MISCONFIGURED, running now, no run finished yet" in words
+    assert "last error (at 2026-12-03T14:05:00Z): [bold]refused[/bold] \\x1b[31mred" in words
+    words = flat(shown(terminal.status_view({**snapshot(), "sources": {"sendpulse": {"state": "disabled"}}})))
+    assert "sendpulse disabled ([sendpulse] client_id empty): nothing is fetched back" in words
