@@ -56,8 +56,8 @@ def source_problem(source: dict[str, Any] | None) -> str | None:
         return None
     assert source is not None
     error = source.get("last_error") or "?"
-    if trouble == "misconfigured":
-        return (f"SendPulse reconciliation is misconfigured: {error}; check [sendpulse] client_id, client_secret and "
+    if trouble == "misconfigured":  # worded unlike the reconciler's own log line, which is logged once
+        return (f"SendPulse reconciliation misconfigured: {error}; check [sendpulse] client_id, client_secret and "
                 "bot_ids, then SIGHUP (webhooks are still journaled and delivered; nothing SendPulse failed to post "
                 "is fetched back until then)")
     return (f"SendPulse is down ({source.get('failed_in_a_row')} runs in a row since "

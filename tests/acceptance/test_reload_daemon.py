@@ -136,7 +136,7 @@ def test_sighup_fixes_sendpulse_credentials_and_what_it_missed_is_fetched_back(t
         source = wait_for(lambda: (s := daemon.status())["sources"]["sendpulse"]["state"] == "misconfigured" and s,
                           "misconfigured")
         [problem] = source["health"]["problems"]
-        assert problem.startswith("SendPulse reconciliation is misconfigured: SendPulse refused the credentials")
+        assert problem.startswith("SendPulse reconciliation misconfigured: SendPulse refused the credentials")
         assert "[sendpulse] client_id, client_secret and bot_ids" in problem
         assert cli(config, "status").returncode == 1  # degraded
         told = wait_for(lambda: [a for a in alerts_in(alerts) if a["kind"] == "source_misconfigured"], "alerted")

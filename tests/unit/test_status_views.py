@@ -61,7 +61,7 @@ def test_sendpulse_misconfigured_degrades_at_once_naming_what_to_check():
     health = _health(with_sendpulse(state="misconfigured", last_error=REFUSED, failed_in_a_row=1))
     assert health["status"] == "degraded"
     [problem] = health["problems"]
-    assert problem.startswith("SendPulse reconciliation is misconfigured: " + REFUSED)
+    assert problem.startswith("SendPulse reconciliation misconfigured: " + REFUSED)
     assert "[sendpulse] client_id, client_secret and bot_ids" in problem and "SIGHUP" in problem
     assert "webhooks are still journaled and delivered" in problem
 
