@@ -24,19 +24,52 @@ from daemon.logs import safe_url
 
 RECORDS_WARNING_SHARES = (0.8, 0.95)
 DOWN_STATES = frozenset({"down", "misconfigured", "blocked"})
+# A failed reconciliation's window is read again whole at the next run: SendPulse down loses nothing until
+# the retry fails too, and one failed run is as likely a blip (a 5xx, a burst of 429s) as an outage.
+SOURCE_DOWN_RUNS = 2
 QUEUE_SIZE = 100
 SEND_TIMEOUT = 10.0
-# A problem that ends says so, at once: its recovery shares its key and is never held by the limiter.
-RECOVERIES = {"sink_up": "sink_down", "fallback_ended": "fallback_active", "quota_ended": "quota_exhausted",
-              "backlog_cleared": "backlog_old"}
+# A problem that ends says so, at once: its recovery shares its key and is never held by the limiter. Told,
+# a problem stays open (AlertMemory) until its recovery is sent.
+PROBLEMS = {"sink_down": "sink_up", "fallback_active": "fallback_ended", "quota_exhausted": "quota_ended",
+            "backlog_old": "backlog_cleared", "source_misconfigured": "source_up", "source_down": "source_up"}
+RECOVERIES = frozenset(PROBLEMS.values())
 FAMILIES = {"sink_down": "sink_state", "sink_up": "sink_state", "fallback_active": "fallback",
-            "fallback_ended": "fallback", "quota_ended": "quota_exhausted", "backlog_cleared": "backlog_old"}
+            "fallback_ended": "fallback", "quota_ended": "quota_exhausted", "backlog_cleared": "backlog_old",
+            "source_misconfigured": "source_state", "source_down": "source_state", "source_up": "source_state"}
+
+
+def source_trouble(source: dict[str, Any] | None) -> str | None:
+    """What an operator must hear of SendPulse reconciliation: `misconfigured` at once, `down` once it lasted."""
+    state = (source or {}).get("state")
+    if state == "misconfigured":
+        return state
+    if state == "down" and (source or {}).get("failed_in_a_row", 0) >= SOURCE_DOWN_RUNS:
+        return state
+    return None
+
+
+def source_problem(source: dict[str, Any] | None) -> str | None:
+    """The trouble of `source_trouble` in words, with what to do (the health problem, the alert's message)."""
+    trouble = source_trouble(source)
+    if trouble is None:
+        return None
+    assert source is not None
+    error = source.get("last_error") or "?"
+    if trouble == "misconfigured":  # worded unlike the reconciler's own log line, which is logged once
+        return (f"SendPulse reconciliation misconfigured: {error}; check [sendpulse] client_id, client_secret and "
+                "bot_ids, then SIGHUP (webhooks are still journaled and delivered; nothing SendPulse failed to post "
+                "is fetched back until then)")
+    return (f"SendPulse is down ({source.get('failed_in_a_row')} runs in a row since "
+            f"{source.get('failing_since') or '?'}): {error}; retried, and what SendPulse fails to post meanwhile is "
+            "fetched back once it answers")
 
 
 @dataclass(frozen=True)
 class Alert:
     kind: str  # sink_down, sink_up, fallback_active, fallback_ended, dead_letters, backlog_old, backlog_cleared,
-    #            quota_exhausted, quota_ended, monthly_requests_high, airtable_warnings, records_high
+    #            quota_exhausted, quota_ended, monthly_requests_high, airtable_warnings, records_high,
+    #            source_misconfigured, source_down, source_up
     severity: str  # critical, warning, info
     message: str
     sink: str | None = None
@@ -66,7 +99,7 @@ class AlertMemory:
         """Remember an alert that was sent."""
         if alert.kind in RECOVERIES:
             self.dirty |= self.open.pop(alert.key, None) is not None
-        elif alert.kind in RECOVERIES.values():
+        elif alert.kind in PROBLEMS:
             self.open[alert.key] = {"kind": alert.kind, "sink": alert.sink}
             self.dirty = True
         elif alert.kind == "dead_letters" and alert.sink and alert.details.get("dead_last_at"):
@@ -84,7 +117,7 @@ class AlertMemory:
             kept = json.loads(text) if text else {}
             for entry in kept.get("open", []):
                 problem = Alert(str(entry["kind"]), "", "", entry.get("sink"))
-                if problem.kind in RECOVERIES.values():
+                if problem.kind in PROBLEMS:
                     memory.open[problem.key] = {"kind": problem.kind, "sink": problem.sink}
             memory.dead_told = {str(sink): str(at) for sink, at in kept.get("dead_told", {}).items()}
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -105,6 +138,7 @@ class AlertRules:
         self._old: set[str] = set()
         self._fallback = False
         self._quota = False
+        self._source: str | None = None  # the SendPulse trouble told and not over yet: misconfigured or down
         for problem in (memory.open.values() if memory else ()):
             if problem["kind"] == "sink_down" and problem["sink"]:
                 self._down.add(problem["sink"])
@@ -114,6 +148,8 @@ class AlertRules:
                 self._fallback = True
             elif problem["kind"] == "quota_exhausted":
                 self._quota = True
+            elif problem["kind"] in ("source_misconfigured", "source_down"):
+                self._source = problem["kind"].removeprefix("source_")
         self._month_warned: str | None = None  # the month the 80 % alert was sent for
         self._records_share = 0.0  # the highest of RECORDS_WARNING_SHARES the base's records reached
         self._warned: set[frozenset[str]] = set()  # each set of Airtable warnings is told once
@@ -223,7 +259,31 @@ class AlertRules:
                                 "Airtable: chatledger keeps delivering, but the base differs from what it writes "
                                 "(`chatledger airtable check`): " + "; ".join(sorted(warnings)), "airtable",
                                 {"warnings": sorted(warnings)}))
-        return alerts
+        return alerts + self._source_alerts(snapshot.get("sources", {}).get("sendpulse"))
+
+    def _source_alerts(self, source: dict[str, Any] | None) -> list[Alert]:
+        """SendPulse misconfigured (critical) or down for long (warning), once a spell, and its end. A spell
+        lasts until reconciliation works again: a misconfiguration found during an outage is told, and an
+        outage after a misconfiguration is not (the operator is already on it)."""
+        state = (source or {}).get("state")
+        if state in (None, "starting"):  # not known yet (an older daemon's snapshot says nothing)
+            return []
+        if state in ("up", "disabled"):
+            if self._source is None:
+                return []
+            self._source = None
+            message = ("SendPulse reconciliation works again" if state == "up" else
+                       "SendPulse reconciliation is no longer enabled: its alert is closed")
+            return [Alert("source_up", "info", message, None, {"source": "sendpulse", "state": state})]
+        trouble = source_trouble(source)
+        if trouble is None or trouble == self._source or (trouble == "down" and self._source):
+            return []
+        assert source is not None
+        self._source = trouble
+        return [Alert(f"source_{trouble}", "critical" if trouble == "misconfigured" else "warning",
+                      source_problem(source) or trouble, None,
+                      {"source": "sendpulse", "state": state, "last_error": source.get("last_error"),
+                       "failed_in_a_row": source.get("failed_in_a_row", 0)})]
 
 
 class AlertLimiter:

@@ -15,7 +15,7 @@ from aiohttp import web
 from loguru import logger
 
 from daemon import __version__
-from daemon.alerts import AlertLimiter, AlertMemory, AlertRules, AlertSender
+from daemon.alerts import AlertLimiter, AlertMemory, AlertRules, AlertSender, source_problem
 from daemon.api import ApiStores, add_api
 from daemon.backfill import Backfill
 from daemon.config import Config, ConfigError, load_config, split_listen
@@ -63,6 +63,7 @@ class Daemon:
         self.journal: Journal | None = None
         self.backfill: Backfill | None = None
         self.reconciler: Any = None  # daemon.reconciler.Reconciler when [sendpulse] is configured
+        self._sendpulse_on = asyncio.Event()  # SIGHUP switched reconciliation on
         self._stop = asyncio.Event()
         self._hup = asyncio.Event()
         self._runners: list[web.AppRunner] = []
@@ -332,7 +333,8 @@ class Daemon:
 
     async def _alerts_loop(self) -> None:
         """Compare the status every few seconds and raise what changed: sinks down or back, the
-        Airtable fallback, new dead letters, an old backlog, the Airtable quota. What was told is kept
+        Airtable fallback, new dead letters, an old backlog, the Airtable quota, SendPulse reconciliation
+        misconfigured or down for long. What was told is kept
         in the journal: a restart neither repeats it nor leaves a problem that ended meanwhile open.
         Errors here are logged; they never stop the daemon or delivery."""
         assert self.journal is not None
@@ -420,10 +422,18 @@ class Daemon:
         await asyncio.Event().wait()
 
     async def _reconcile_loop(self) -> None:
-        """Fetch back from SendPulse what the webhooks did not bring: at start, then every interval."""
-        if self.reconciler is None:
-            await asyncio.Event().wait()  # [sendpulse] not configured: idle until cancelled
-        await self.reconciler.run_forever()
+        """Fetch back from SendPulse what the webhooks did not bring: at start, then every interval. SIGHUP
+        switches it on and off; one reconciler runs at a time (a switched-off one ends its run first)."""
+        while True:
+            reconciler = self.reconciler
+            if reconciler is None:  # [sendpulse] not configured: idle until SIGHUP switches it on
+                await self._sendpulse_on.wait()
+                self._sendpulse_on.clear()
+                continue
+            try:
+                await reconciler.run_forever()  # returns once SIGHUP stopped it
+            finally:
+                await reconciler.close()
 
     async def _month_loop(self) -> None:
         """Keep the Airtable base's monthly request count in the journal, so a restart does not reset it."""
@@ -472,6 +482,7 @@ class Daemon:
         self.alerts.configure(alerts.command, alerts.webhook_url.get_secret_value())
         if self.monthly is not None:
             self.monthly.limit = self.config.airtable.monthly_request_limit
+        self._reload_sendpulse(plan.sendpulse)
         for name in plan.rebuild:
             assert self.journal is not None
             if not await self.replace_sink(build_sink(name, self.config, self.journal, self.monthly)):
@@ -480,6 +491,32 @@ class Daemon:
         if airtable is not None and "airtable" not in plan.rebuild:  # a new sink is built with all of them
             retune_airtable(airtable, self.config.airtable, live)
         logger.info(applied)
+
+    def _reload_sendpulse(self, change: str) -> None:
+        """Apply a changed [sendpulse] (already set in the running config): names and ids only in the log."""
+        from daemon.reconciler import Reconciler, client_for
+
+        assert self.journal is not None
+        settings = self.config.sendpulse
+        if settings.enabled != (self.reconciler is not None):  # also after a reload that failed part way
+            change = "on" if settings.enabled else "off"
+        if change == "on":
+            self.reconciler = Reconciler(settings, self.journal)
+            self._sendpulse_on.set()
+            logger.info("SendPulse reconciliation switched on (client_id {}): a first run now, from the newest "
+                        "journaled event less 10 minutes, as at a start", settings.client_id)
+        elif change == "off":
+            self.reconciler.stop()
+            self.reconciler = None
+            logger.info("SendPulse reconciliation switched off: a run in progress finishes, then nothing is "
+                        "fetched back")
+        elif change == "replace":
+            self.reconciler.use(client_for(settings))
+            logger.info("SendPulse client replaced (client_id {}): the next run, now, uses it; a run in progress "
+                        "finishes with the old one", settings.client_id)
+        elif change == "retune":
+            self.reconciler.wake()
+            logger.info("SendPulse reconciliation runs now with the new settings")
 
     async def sync(self, operator: bool = True) -> dict[str, Any]:
         """Wake every sink worker so it replays what is pending now, skipping any backoff; `chatledger sync`
@@ -584,8 +621,8 @@ class Daemon:
     async def reconcile(self, since: datetime, bot: str | None, emit: Any) -> dict[str, Any]:
         """`chatledger reconcile` with this daemon's SendPulse client and budget, after any run in progress."""
         if self.reconciler is None:
-            return {"error": "[sendpulse] is not configured in the running daemon (restart it with the new "
-                             "config)", "not_configured": True}
+            return {"error": "[sendpulse] is not configured in the running daemon (set client_id and "
+                             "client_secret, then reload it: SIGHUP)", "not_configured": True}
         logger.info("reconcile from {} asked over the status socket", since.isoformat(timespec="seconds"))
         reports: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
 
@@ -783,6 +820,9 @@ def _health(snapshot: dict[str, Any]) -> dict[str, Any]:
             problems.append(f"{name} has {sink['dead']} dead letters: `chatledger dead` lists them and why; fix the "
                             "cause and `chatledger replay --dead`, or give them up with `chatledger dead --discard "
                             "ID|--all --reason TEXT`")
+    source = source_problem(snapshot.get("sources", {}).get("sendpulse"))
+    if source:
+        problems.append(source)
     return {"status": "degraded" if problems else "healthy", "problems": problems}
 
 

@@ -1,7 +1,8 @@
 """The daemon's reconciliation: at start over the time it was down, then every interval, and on demand.
 
 One SendPulse client and request budget for all of them; runs never overlap. A failing run is logged
-and retried later; it never stops the daemon.
+and retried later; it never stops the daemon. SIGHUP may replace the client, change the settings
+(read at each run) and wake the loop, or stop it.
 """
 
 from __future__ import annotations
@@ -27,15 +28,19 @@ RETRY_S = 300.0  # a failed run is tried again this soon when no interval is set
 NEWEST_EVENT = "SELECT received_at FROM events ORDER BY id DESC LIMIT 1"
 
 
+def client_for(settings: SendPulseConfig) -> SendPulseClient:
+    """The account's client, its budget empty at first: a replaced client may just have spent its second."""
+    return SendPulseClient(settings.api_url, settings.client_id, settings.client_secret.get_secret_value(),
+                           RequestBudget(settings.requests_per_second, start_empty=True))
+
+
 class Reconciler:
     """Runs `reconcile` for the daemon and keeps what `status` says of SendPulse."""
 
     def __init__(self, settings: SendPulseConfig, journal: Journal, client: SendPulseClient | None = None):
         self.settings = settings
         self.journal = journal
-        self.client = client or SendPulseClient(
-            settings.api_url, settings.client_id, settings.client_secret.get_secret_value(),
-            RequestBudget(settings.requests_per_second, start_empty=True))
+        self.client = client or client_for(settings)
         self.budget = self.client.budget
         self._lock = asyncio.Lock()
         self.state = "starting"
@@ -46,26 +51,55 @@ class Reconciler:
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
         self.runs = self.failures = self.added_total = self.seen_total = self.statuses_total = 0
+        self.failed_in_a_row = 0  # alerts and health tell SendPulse down once this lasts
+        self.failing_since: datetime | None = None  # the start of the first of them
         self._logged_error: str | None = None
+        self._wake = asyncio.Event()
+        self._stopped = False
+        self._retiring: list[SendPulseClient] = []  # replaced, still finishing the run in progress
+        self._retired_requests = 0  # what replaced clients sent: status counts since start
 
     async def close(self) -> None:
-        await self.client.close()
+        for client in (*self._retiring, self.client):
+            await client.close()
+
+    def wake(self) -> None:
+        """Run now, or right after the run in progress (SIGHUP changed [sendpulse])."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End `run_forever` once the run in progress is done (SIGHUP switched reconciliation off)."""
+        self._stopped = True
+        self._wake.set()
+
+    def use(self, client: SendPulseClient) -> None:
+        """Put `client` in place of the running one: a run in progress finishes with the old one, closed at
+        the next run, which uses `client` and comes at once. The counters go on."""
+        self._retiring.append(self.client)
+        self.client, self.budget = client, client.budget
+        self.wake()
 
     async def run_forever(self) -> None:
         """At start, from the newest journaled event (less the margin); then each interval from the last
-        window's start (less the margin). A failed window is read again whole at the next try."""
+        window's start (less the margin), until `stop`. A failed window is read again whole at the next try."""
         since = await self._start_since()
-        interval = self.settings.reconcile_interval_s
-        while True:
+        while not self._stopped:
+            self._wake.clear()  # a wake from now on asks for another run after this one
             started = datetime.now(timezone.utc)
             report = await self.run(since)
             if report.error is None:
                 since = started - MARGIN
             elif since < started - timedelta(days=7):
                 since = started - timedelta(days=7)  # a long outage must not grow the window for ever
-            if report.error is None and not interval:
-                await asyncio.Event().wait()  # on demand from now on; idle until cancelled at stop
-            await asyncio.sleep(interval or RETRY_S)
+            interval = self.settings.reconcile_interval_s  # SIGHUP may change it
+            # 0: on demand from now on, or after a failure in RETRY_S
+            await self._pause(None if report.error is None and not interval else interval or RETRY_S)
+
+    async def _pause(self, seconds: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
     async def _start_since(self) -> datetime:
         try:
@@ -83,6 +117,7 @@ class Reconciler:
                   progress: Callable[[Report], None] | None = None) -> Report:
         """One reconciliation (after any run in progress), its outcome kept for status."""
         async with self._lock:
+            await self._retire()
             self.running = True
             self.last_run_at = datetime.now(timezone.utc)
             try:
@@ -100,6 +135,13 @@ class Reconciler:
             self._record(report)
             return report
 
+    async def _retire(self) -> None:
+        """Close the clients replaced since the last run: runs never overlap, so none is in use."""
+        while self._retiring:
+            old = self._retiring.pop()
+            self._retired_requests += old.requests
+            await old.close()
+
     def _record(self, report: Report) -> None:
         self.last = report
         self.runs += 1
@@ -108,6 +150,7 @@ class Reconciler:
         self.statuses_total += report.statuses
         if report.error is None:
             self.state = "up"
+            self.failed_in_a_row, self.failing_since = 0, None
             self.last_reconciled_at = report.until
             if self._logged_error is not None:
                 logger.info("SendPulse reconciliation works again")
@@ -117,6 +160,8 @@ class Reconciler:
                             iso(report.since), iso(report.until), report.added)
             return
         self.failures += 1
+        self.failed_in_a_row += 1
+        self.failing_since = self.failing_since or self.last_run_at
         self.state = "misconfigured" if report.state in ("misconfigured", "error") else "down"
         self.last_error, self.last_error_at = report.error, datetime.now(timezone.utc)
         retry = (f"retried in {self.settings.reconcile_interval_s or RETRY_S:.0f} s")
@@ -145,10 +190,12 @@ class Reconciler:
             "followed_up": report.followed_up if report else 0,
             "runs": self.runs,
             "failed_runs": self.failures,
+            "failed_in_a_row": self.failed_in_a_row,
+            "failing_since": iso(self.failing_since) if self.failing_since else None,
             "added_total": self.added_total,
             "seen_total": self.seen_total,
             "statuses_total": self.statuses_total,
-            "requests_total": self.client.requests,
+            "requests_total": self._retired_requests + sum(c.requests for c in (*self._retiring, self.client)),
             "last_error": self.last_error,
             "last_error_at": iso(self.last_error_at) if self.last_error_at else None,
         }

@@ -3,7 +3,8 @@ running, name what needs a restart.
 
 Pure, but for `apply_live` (which sets the running config's values in place: the webhook app and the
 loops hold its sections and read them as they go), `retune_airtable` and `carry_counters`. The daemon
-does the rest: the log, the alert targets, and replacing a sink built from changed keys.
+does the rest: the log, the alert targets, replacing a sink built from changed keys, and SendPulse
+reconciliation (switched on or off, its client replaced, or woken to run with the new keys).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ REBUILDS: dict[str, frozenset[str]] = {
     "airtable": frozenset({"api_key", "base_id", "endpoint_url", "conversations_table", "interactions_table",
                            "escalations_table"}),
 }
+# What the SendPulse client is built from: a change replaces it (a run in progress finishes with the old one).
+SENDPULSE_CLIENT = frozenset({"client_id", "client_secret", "api_url", "requests_per_second"})
 # Read as they go, or set on the running object by the daemon; any key not here needs a restart: the
 # listeners, the socket and the journal are opened once, the HTTP app keeps its tokens, path, body
 # size and timeouts from its start, and a new PostgreSQL schema would split the data in two.
@@ -33,6 +36,7 @@ LIVE: dict[str, frozenset[str]] = {
     "postgres": REBUILDS["postgres"],
     "airtable": REBUILDS["airtable"] | {"requests_per_second", "monthly_request_limit", "linger_s", "max_records",
                                         "retention_days", "fields"},
+    "sendpulse": SENDPULSE_CLIENT | {"bot_ids", "reconcile_interval_s", "first_window_h", "status_window_h"},
     "alerts": frozenset({"command", "webhook_url", "pending_age_threshold_s", "min_interval_s"}),
     "log": frozenset({"level", "json_"}),
 }
@@ -51,6 +55,9 @@ class ReloadPlan:
     restart: list[str] = field(default_factory=list)  # key names, kept at their running values
     switched: list[str] = field(default_factory=list)  # "airtable would be switched on", ...
     rebuild: list[str] = field(default_factory=list)  # sinks to replace
+    # what reconciliation does: "on", "off", "replace" (its client), "retune" (the next run reads the new
+    # keys), "" (nothing changed, or it stays off)
+    sendpulse: str = ""
 
     @property
     def applied(self) -> list[str]:
@@ -90,7 +97,18 @@ def plan_reload(running: Config, fresh: Config) -> ReloadPlan:
                 and key.section not in plan.rebuild:
             plan.rebuild.append(key.section)
     plan.switched.sort(key=lambda text: SINKS.index(text.split()[0]))
+    plan.sendpulse = _sendpulse_change(running, fresh, plan)
     return plan
+
+
+def _sendpulse_change(running: Config, fresh: Config, plan: ReloadPlan) -> str:
+    was, now = running.sendpulse.enabled, fresh.sendpulse.enabled
+    changed = {key.attribute for key in plan.live if key.section == "sendpulse"}
+    if was != now:
+        return "on" if now else "off"
+    if not now or not changed:
+        return ""
+    return "replace" if changed & SENDPULSE_CLIENT else "retune"
 
 
 def apply_live(running: Config, fresh: Config, plan: ReloadPlan) -> None:
@@ -107,8 +125,11 @@ def describe(plan: ReloadPlan) -> tuple[str, str]:
             if plan.switched else ""
         warning = f"needs a restart: {', '.join(plan.restart)}{why}; the running values stay in effect"
     if plan.live:
-        replaced = f" (replaced: {', '.join(plan.rebuild)})" if plan.rebuild else ""
-        info = f"SIGHUP applied: {', '.join(plan.applied)}{replaced}"
+        replaced = plan.rebuild + (["the SendPulse client"] if plan.sendpulse == "replace" else [])
+        notes = [f"replaced: {', '.join(replaced)}"] if replaced else []
+        if plan.sendpulse in ("on", "off"):
+            notes.append(f"SendPulse reconciliation switched {plan.sendpulse}")
+        info = f"SIGHUP applied: {', '.join(plan.applied)}" + "".join(f" ({note})" for note in notes)
     else:
         info = "nothing applied" if plan.restart else "nothing changed"
     return warning, info

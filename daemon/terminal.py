@@ -19,8 +19,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from daemon.status import age_text, alerts_text, error_text, sink_notes
-from daemon.top import Frame
+from daemon.status import age_text, alerts_text, error_text, sink_notes, source_lines
+from daemon.top import DISABLED_SOURCE, Frame, SourceRow
 
 # C0 and C1 controls but the newline, as \xNN: an ESC in an error must not reach the terminal
 _VISIBLE = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if code != 0x0A}
@@ -79,11 +79,11 @@ def _block(head: Text, lines: list[Text]) -> RenderableType:
     return Group(head, Padding(body, (0, 0, 0, 2))) if body.plain else head
 
 
-def _sinks(rows: list[tuple[str, str, dict[str, Any], list[Text]]]) -> RenderableType:
-    """Sinks as (name, state, counts, notes): a table of the counts, the notes beneath it; on a narrow
-    terminal a few lines a sink."""
+def _sinks(rows: list[tuple[str, str, dict[str, Any], list[Text]]], head: str = "sink") -> RenderableType:
+    """Sinks (or sources: `head`) as (name, state, counts, notes): a table of the counts, the notes beneath it;
+    on a narrow terminal a few lines a sink."""
     labels = list(rows[0][2]) if rows else []
-    table = _table("sink", "state", *labels, right=tuple(labels))
+    table = _table(head, "state", *labels, right=tuple(labels))
     notes = Table.grid(padding=(0, 2))
     notes.add_column(style="bold", no_wrap=True)
     notes.add_column(overflow="fold")
@@ -135,7 +135,15 @@ def status_view(snapshot: dict[str, Any]) -> RenderableType:
         sinks.append((name, state, counts, [line for line in (error, *notes) if line.plain]))
     title = (f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
              f"up {age_text(snapshot.get('uptime_s'))}")
-    return Group(_overview(title, rows), _sinks(sinks))
+    source = _source_status(snapshot.get("sources", {}).get("sendpulse"))
+    return Group(_overview(title, rows), _sinks(sinks), *([source] if source.plain else []))
+
+
+def _source_status(source: dict[str, Any] | None) -> Text:
+    """The plain text's SendPulse lines (none from an older daemon), its state's colour, its error in red."""
+    head, *errors = source_lines(source)[1:] or [""]  # without the blank line before them
+    return _lines(safe(head, STATE_STYLES.get((source or {}).get("state", ""), "")),
+                  *(safe(line, "red") for line in errors))
 
 
 def top_view(frame: Frame) -> RenderableType:
@@ -154,7 +162,18 @@ def top_view(frame: Frame) -> RenderableType:
         sinks.append((sink.name, sink.state, counts, [line for line in lines if line.plain]))
     errors = (_lines(*(safe(error, "red") for error in frame.errors)) if frame.errors
               else Text("no errors seen", style="dim"))
-    return Group(_overview(frame.title, rows), _sinks(sinks), Panel(errors, title="recent errors", title_align="left"))
+    source = [_source(frame.source)] if frame.source else []
+    return Group(_overview(frame.title, rows), _sinks(sinks), *source,
+                 Panel(errors, title="recent errors", title_align="left"))
+
+
+def _source(source: SourceRow) -> RenderableType:
+    """SendPulse reconciliation in `top`: a table of its own beneath the sinks', or one line when disabled."""
+    if source.state == "disabled":
+        return Text.assemble(safe(source.name, "bold"), "  ", safe(DISABLED_SOURCE, "dim"))
+    counts = {"reconciled": source.reconciled, "seen": source.seen, "added": source.added,
+              "requests": source.requests, "rate": source.rate}
+    return _sinks([(source.name, source.state, counts, [safe(note, "dim") for note in source.notes])], head="source")
 
 
 def dead_view(letters: dict[str, list[dict[str, Any]]], discarded: bool) -> RenderableType:

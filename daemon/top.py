@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,23 @@ class SinkRow:
 
 
 @dataclass(frozen=True)
+class SourceRow:
+    """SendPulse reconciliation: its state, the end of the last window read whole, the last run's findings."""
+
+    name: str
+    state: str
+    reconciled: str = "never"
+    seen: Any = 0
+    added: Any = 0
+    requests: Any = 0  # since start
+    rate: str = "-"
+    notes: tuple[str, ...] = ()  # "running now"
+
+
+DISABLED_SOURCE = "disabled ([sendpulse] client_id empty: nothing is fetched back)"
+
+
+@dataclass(frozen=True)
 class Frame:
     """What one frame of `top` says, before it is laid out."""
 
@@ -41,6 +59,7 @@ class Frame:
     journal: str
     sinks: tuple[SinkRow, ...]
     errors: tuple[str, ...]
+    source: SourceRow | None = None  # None: a daemon that does not report it
 
     def text(self, width: int) -> str:
         lines = [
@@ -59,8 +78,19 @@ class Frame:
             lines.append(f"{sink.name:<10}{sink.state:<15}{sink.pending:>9}{sink.oldest:>9}{sink.rate:>10}"
                          f"{sink.delivered:>11}{sink.dead:>6}{'  ' + sink.retry if sink.retry else ''}")
             lines += [f"{'':<10}{note}" for note in sink.notes]
+        lines += self._source_lines()
         lines += ["", "recent errors" if self.errors else "no errors seen", *(f"  {e}" for e in self.errors)]
         return "\n".join(line[:width] for line in lines)
+
+    def _source_lines(self) -> list[str]:
+        source = self.source
+        if source is None:
+            return []
+        if source.state == "disabled":
+            return ["", f"{source.name:<10}{DISABLED_SOURCE}"]
+        return ["", f"{'source':<10}{'state':<15}{'reconciled':<22}{'seen':>6}{'added':>7}{'requests':>10}{'rate':>9}",
+                f"{source.name:<10}{source.state:<15}{source.reconciled:<22}{source.seen:>6}{source.added:>7}"
+                f"{source.requests:>10}{source.rate:>9}", *(f"{'':<10}{note}" for note in source.notes)]
 
 
 class TopView:
@@ -111,11 +141,15 @@ class TopView:
                     f"{rate(('journal', 'commits'))} commits",
             sinks=tuple(sinks),
             errors=tuple(self.errors),
+            source=_source_row(snapshot.get("sources", {}).get("sendpulse"), rate),
         )
 
     def _note_errors(self, snapshot: dict[str, Any]) -> None:
         found = [(sink.get("last_error_at") or "", f"{name}: {sink['last_error']}")
                  for name, sink in snapshot.get("sinks", {}).items() if sink.get("last_error")]
+        source = snapshot.get("sources", {}).get("sendpulse") or {}
+        if source.get("last_error"):
+            found.append((source.get("last_error_at") or "", f"sendpulse: {source['last_error']}"))
         journal = snapshot.get("journal", {})
         if journal.get("last_error"):
             found.append(("", f"journal: {journal['last_error']}"))
@@ -123,6 +157,17 @@ class TopView:
             line = f"{at} {text}".strip()
             if line not in self.errors:
                 self.errors.append(line)
+
+
+def _source_row(source: dict[str, Any] | None, rate: Callable[[tuple[str, ...]], str]) -> SourceRow | None:
+    if source is None:
+        return None
+    if source.get("state") == "disabled":
+        return SourceRow("sendpulse", "disabled")
+    return SourceRow("sendpulse", source.get("state", "?"), source.get("last_reconciled_at") or "never",
+                     source.get("seen", 0), source.get("added", 0), source.get("requests_total", 0),
+                     rate(("sources", "sendpulse", "requests_total")),
+                     ("running now",) if source.get("running") else ())
 
 
 def _dig(snapshot: dict[str, Any], path: tuple[str, ...]) -> float:

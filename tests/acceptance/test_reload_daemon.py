@@ -1,5 +1,5 @@
-"""SIGHUP on the installed daemon: a new Airtable endpoint, alert target and PostgreSQL DSN take effect
-while running, with nothing lost or sent twice; what needs a restart is named and left as it was."""
+"""SIGHUP on the installed daemon: a new Airtable endpoint, alert target, PostgreSQL DSN and SendPulse secret
+take effect while running, with nothing lost or sent twice; what needs a restart is named and left as it was."""
 
 import json
 import os
@@ -10,7 +10,10 @@ from collections import Counter
 import pytest
 
 from tests.acceptance.test_postgres_daemon import query
-from tests.support import AirtableEmulator, Daemon, free_port, incoming, post, wait_for, write_config
+from tests.support import (
+    SENDPULSE_CLIENT_SECRET, AirtableEmulator, Daemon, SendPulseEmulator, cli, free_port, incoming, post, wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.acceptance
 
@@ -118,3 +121,52 @@ def test_sighup_fixes_a_wrong_dsn_without_a_restart_and_keeps_the_schema(tmp_pat
     finally:
         if daemon.process.poll() is None:
             daemon.kill()
+
+
+def test_sighup_fixes_sendpulse_credentials_and_what_it_missed_is_fetched_back(tmp_path, own_pg):
+    sendpulse = SendPulseEmulator(tmp_path).start()
+    wrong = "a-wrong-secret-value-0123"
+    alerts = tmp_path / "alerts.jsonl"
+    config = write_config(tmp_path, extra=f'[postgres]\ndsn = "{own_pg.dsn()}"\n'
+                          + sendpulse.config().replace(SENDPULSE_CLIENT_SECRET, wrong)
+                          + "reconcile_interval_s = 3600\n" + alerts_command(alerts))
+    people = [sendpulse.add_contact(f"551190000007{i}") for i in range(2)]
+    daemon = Daemon(config).start()
+    try:
+        source = wait_for(lambda: (s := daemon.status())["sources"]["sendpulse"]["state"] == "misconfigured" and s,
+                          "misconfigured")
+        [problem] = source["health"]["problems"]
+        assert problem.startswith("SendPulse reconciliation misconfigured: SendPulse refused the credentials")
+        assert "[sendpulse] client_id, client_secret and bot_ids" in problem
+        assert cli(config, "status").returncode == 1  # degraded
+        told = wait_for(lambda: [a for a in alerts_in(alerts) if a["kind"] == "source_misconfigured"], "alerted")
+        assert told[0]["severity"] == "critical" and told[0]["details"]["source"] == "sendpulse"
+
+        # intake and delivery go on meanwhile
+        live = sendpulse.add_messages(*({"contact_id": people[i % 2]["id"], "direction": "in", "text": f"live {i}",
+                                         "webhook": {"url": daemon.url, "timeout": 5}} for i in range(4)))
+        assert [m["webhook"].get("status") for m in live] == [200] * 4
+        wait_for(lambda: daemon.status()["sinks"]["postgres"]["delivered"] == 4, "the webhooks delivered")
+        missed = sendpulse.add_messages(*({"contact_id": people[i % 2]["id"], "direction": "out",
+                                           "text": f"never posted {i}"} for i in range(3)))
+
+        config.write_text(config.read_text().replace(wrong, SENDPULSE_CLIENT_SECRET))
+        os.kill(daemon.process.pid, signal.SIGHUP)
+        # the next run comes at once (the interval is an hour) and reads the window the refused runs left
+        source = wait_for(lambda: (s := daemon.status()["sources"]["sendpulse"])["state"] == "up" and s, "up")
+        assert (source["added_total"], source["failed_runs"], source["failed_in_a_row"]) == (3, source["runs"] - 1, 0)
+        expected = Counter(m["id"] for m in live + missed)
+        wait_for(lambda: Counter(r[0] for r in query(own_pg, "SELECT message_id FROM chatledger.interactions"))
+                 == expected, "every message in PostgreSQL once")
+        assert daemon.status()["health"] == {"status": "healthy", "problems": []}
+        assert wait_for(lambda: [a for a in alerts_in(alerts) if a["kind"] == "source_up"], "its end alerted")
+        log = daemon.log()
+        assert "SIGHUP applied: [sendpulse] client_secret (replaced: the SendPulse client)" in log
+        assert "needs a restart" not in log
+        for text in (log, alerts.read_text()):
+            assert wrong not in text and SENDPULSE_CLIENT_SECRET not in text
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+        sendpulse.stop()

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from daemon.status import render
-from tests.support import Daemon, cli, cli_on_terminal, incoming, post, write_config
+from tests.support import Daemon, SendPulseEmulator, cli, cli_on_terminal, incoming, post, wait_for, write_config
 
 pytestmark = pytest.mark.acceptance
 
@@ -47,6 +47,7 @@ def test_status_is_a_table_on_a_terminal_and_the_plain_text_otherwise(daemon, co
     assert "┃ sink" in seen(shown) and "HEALTHY" in seen(shown) and COLOUR.search(shown)
     assert "2 accepted, 0 duplicates, 0 rejected" in seen(shown)
     assert re.search(r"│ postgres\s+│ disabled\s+│", seen(shown))
+    assert "sendpulse disabled ([sendpulse] client_id empty)" in seen(shown)
 
     plain = cli(config, "status")
     assert plain.returncode == 0 and "\x1b[" not in plain.stdout and "┃" not in plain.stdout
@@ -69,11 +70,35 @@ def test_top_is_drawn_in_place_on_a_terminal_and_ctrl_c_quits(daemon, config):
     code, shown, errors = cli_on_terminal(config, "top", "--interval", "0.2", interrupt_when="no errors seen")
     assert code == 0, errors
     assert "┃ sink" in seen(shown) and "HEALTHY" in seen(shown) and "3 accepted" in seen(shown)
+    assert "sendpulse disabled ([sendpulse] client_id empty" in flat(seen(shown))
     assert "Traceback" not in errors
 
     daemon.stop()
     code, shown, _ = cli_on_terminal(config, "top", "--interval", "0.2", interrupt_when="retrying")
     assert code == 2 and "no chatledger answers" in flat(seen(shown))  # no daemon is not a success
+
+
+def test_top_shows_what_sendpulse_reconciliation_did(tmp_path):
+    sendpulse = SendPulseEmulator(tmp_path).start()
+    person = sendpulse.add_contact("5511900000042")
+    sendpulse.add_messages({"contact_id": person["id"], "direction": "in", "text": "no webhook"})
+    config = write_config(tmp_path, extra=sendpulse.config())
+    daemon = Daemon(config).start()
+    try:
+        source = wait_for(lambda: (s := daemon.status()["sources"]["sendpulse"])["runs"] and s, "the run at start")
+        plain = cli(config, "top", "--count", "1")
+        assert plain.returncode == 0, plain.stderr
+        [row] = [line.split() for line in plain.stdout.splitlines() if line.startswith("sendpulse")]
+        assert row[:3] == ["sendpulse", "up", source["last_reconciled_at"]] and row[3:5] == ["1", "1"]
+        assert int(row[5]) >= source["requests_total"] > 0
+        code, shown, errors = cli_on_terminal(config, "top", "--interval", "0.2", interrupt_when="no errors seen")
+        assert code == 0, errors
+        assert "┃ source" in seen(shown) and "sendpulse │ up" in seen(shown)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.process.poll() is None:
+            daemon.kill()
+        sendpulse.stop()
 
 
 def plant(journal_path, error):

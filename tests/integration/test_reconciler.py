@@ -1,12 +1,13 @@
 """The daemon's reconciler against the SendPulse emulator: its windows, its failures, its status."""
 
 import asyncio
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 from loguru import logger
 
-from daemon.config import SendPulseConfig
+from daemon.config import SendPulseConfig, load_config
 from daemon.events import normalize
 from daemon.journal import Journal
 from daemon.ratelimit import RequestBudget
@@ -168,3 +169,151 @@ async def test_each_run_follows_up_the_statuses_of_status_window_h(emulator, jou
     status = reconciler.status()
     assert (status["statuses"], status["statuses_total"], status["followed_up"]) == (learned, learned, learned)
     await reconciler.close()
+
+
+async def test_status_counts_the_failed_runs_in_a_row_and_since_when(emulator, journal):
+    reconciler = reconciler_of(emulator, journal, secret="a-wrong-secret")
+    since = datetime.now(timezone.utc) - timedelta(hours=1)
+    await reconciler.run(since)
+    first = reconciler.status()
+    assert (first["failed_in_a_row"], first["failing_since"]) == (1, first["last_run_at"])
+    await reconciler.run(since)
+    assert (reconciler.status()["failed_in_a_row"], reconciler.status()["failing_since"]) == (2, first["last_run_at"])
+    await reconciler.close()
+    reconciler.client = SendPulseClient(emulator.url, CLIENT_ID, SECRET, RequestBudget(10))  # the secret fixed
+    await reconciler.run(since)
+    status = reconciler.status()
+    assert (status["state"], status["failed_in_a_row"], status["failing_since"]) == ("up", 0, None)
+    assert status["failed_runs"] == 2  # since start, unlike the spell
+    await reconciler.close()
+
+
+class GatedClient(SendPulseClient):
+    """A real client whose run waits at its first request until `gate` opens: a run held in progress."""
+
+    def __init__(self, url, secret=SECRET):
+        super().__init__(url, CLIENT_ID, secret, RequestBudget(10), backoff=0.01, retries=1)
+        self.entered, self.gate = asyncio.Event(), asyncio.Event()
+
+    async def bots(self):
+        self.entered.set()
+        await self.gate.wait()
+        return await super().bots()
+
+
+async def test_a_new_client_takes_the_next_run_at_once_and_the_run_in_progress_ends_with_the_old(emulator, journal):
+    person = contact(emulator)
+    emulator.run(emulator.emulator.add_message, person.id, "in", "missed")
+    old = GatedClient(emulator.url, secret="a-wrong-secret")
+    config = SendPulseConfig(client_id=CLIENT_ID, client_secret="a-wrong-secret", api_url=emulator.url,
+                             reconcile_interval_s=3600)
+    reconciler = Reconciler(config, journal, old)
+    task = asyncio.create_task(reconciler.run_forever())
+    try:
+        await until(lambda: _true(old.entered.is_set()), task, "the run in progress")
+        new = SendPulseClient(emulator.url, CLIENT_ID, SECRET, RequestBudget(10))
+        reconciler.use(new)
+        assert reconciler.client is new
+        old.gate.set()
+        # the run in progress ended with the old credentials; the next came at once, not an hour later
+        await until(lambda: _true(reconciler.state == "up"), task, "the run with the new client")
+        assert old.requests and old._session is None  # it sent the run's request, and was closed after it
+        status = reconciler.status()
+        assert (status["runs"], status["failed_runs"], status["added_total"]) == (2, 1, 1)
+        assert status["requests_total"] == old.requests + new.requests and old.requests and new.requests
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reconciler.close()
+
+
+async def test_stop_ends_the_loop_once_the_run_in_progress_is_done(emulator, journal):
+    client = GatedClient(emulator.url)
+    reconciler = Reconciler(SendPulseConfig(client_id=CLIENT_ID, client_secret=SECRET, api_url=emulator.url,
+                                            reconcile_interval_s=0), journal, client)
+    task = asyncio.create_task(reconciler.run_forever())
+    try:
+        await until(lambda: _true(client.entered.is_set()), task, "the run in progress")
+        reconciler.stop()
+        await asyncio.sleep(0)
+        assert not task.done() and reconciler.running
+        client.gate.set()
+        await asyncio.wait_for(task, 30)  # returns: the loop ended, not cancelled
+        assert (reconciler.runs, reconciler.state) == (1, "up")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reconciler.close()
+
+
+async def test_a_changed_interval_and_a_wake_take_effect_without_waiting_out_the_old_interval(emulator, journal):
+    reconciler = reconciler_of(emulator, journal, reconcile_interval_s=0)  # at start, then on demand only
+    task = asyncio.create_task(reconciler.run_forever())
+    try:
+        await until(lambda: _true(reconciler.runs == 1), task, "the run at start")
+        reconciler.settings.reconcile_interval_s = 0.05  # as SIGHUP sets it
+        reconciler.wake()
+        await until(lambda: _true(reconciler.runs >= 4), task, "runs at the new interval")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reconciler.close()
+
+
+# -- SIGHUP: the daemon switches reconciliation on and off and replaces its client ------------------------------
+
+def write(path, sendpulse=None):
+    text = (f'[server]\nlisten = "127.0.0.1:8080"\nwebhook_token = "reload-token-0123456789abcde"\n'
+            f'[journal]\npath = "journal.sqlite"\n[status]\nsocket = "status.sock"\n')
+    if sendpulse:
+        text += "[sendpulse]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in sendpulse.items())
+    path.write_text(text)
+
+
+async def test_sighup_switches_reconciliation_on_replaces_its_client_and_switches_it_off(emulator, tmp_path, logged):
+    from daemon.app import Daemon
+
+    person = contact(emulator)
+    emulator.run(emulator.emulator.add_message, person.id, "in", "missed")
+    path = tmp_path / "chatledger.toml"
+    write(path)
+    daemon = Daemon(load_config(path, {}), path)
+    daemon.journal = await Journal.open(tmp_path / "journal.sqlite", [])
+    loop = asyncio.create_task(daemon._reconcile_loop())
+
+    async def source():
+        return (await daemon.snapshot())["sources"]["sendpulse"]
+
+    async def state_is(state):
+        return (await source())["state"] == state
+
+    try:
+        assert await source() == {"state": "disabled"}
+        wrong = {"client_id": CLIENT_ID, "client_secret": "a-wrong-secret", "api_url": emulator.url,
+                 "reconcile_interval_s": 3600}
+        write(path, wrong)
+        await daemon.reload_settings()
+        await until(lambda: state_is("misconfigured"), loop, "switched on, refused")
+        first = daemon.reconciler
+
+        write(path, {**wrong, "client_secret": SECRET})
+        await daemon.reload_settings()
+        await until(lambda: state_is("up"), loop, "the fixed secret's run, at once")
+        assert daemon.reconciler is first  # the same reconciler, its counters kept
+        assert ((await source())["runs"], (await source())["failed_runs"], (await source())["added_total"]) == (2, 1, 1)
+
+        write(path)
+        await daemon.reload_settings()
+        assert await source() == {"state": "disabled"}
+        await until(lambda: _true(first.client._session is None), loop, "its client closed")
+        assert not loop.done()  # the loop waits to be switched on again; nothing crashed
+        text = "\n".join(logged)
+        assert "SendPulse reconciliation switched on" in text and "SendPulse client replaced" in text
+        assert "SendPulse reconciliation switched off" in text
+        assert SECRET not in text and "a-wrong-secret" not in text
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+        if daemon.reconciler:
+            await daemon.reconciler.close()
+        await daemon.journal.close()

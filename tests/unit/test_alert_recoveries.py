@@ -162,3 +162,70 @@ def test_a_recovery_goes_out_when_its_problem_was_told_even_if_a_repeat_of_it_is
         ("sink_up", "airtable")]
     clock.now = 400
     assert limiter.admit([]) == []  # the held repeat is gone with it
+
+
+REFUSED = "SendPulse refused the credentials of [sendpulse] client_id 'abc' (401: invalid_client)"
+
+
+def sendpulse(state, **more):
+    return {"sinks": {}, "sources": {"sendpulse": {"state": state, **more}}}
+
+
+def test_sendpulse_misconfigured_is_told_once_a_spell_and_its_end_at_once():
+    clock = HandClock(0.0)
+    memory = AlertMemory()
+    rules, limiter = AlertRules(600, memory), AlertLimiter(300, clock, memory)
+    assert limiter.admit(rules.evaluate(sendpulse("starting"))) == []
+    [told] = limiter.admit(rules.evaluate(sendpulse("misconfigured", last_error=REFUSED, failed_in_a_row=1)))
+    assert (told.kind, told.severity, told.sink) == ("source_misconfigured", "critical", None)
+    assert REFUSED in told.message and "[sendpulse] client_id, client_secret and bot_ids" in told.message
+    assert told.details == {"source": "sendpulse", "state": "misconfigured", "last_error": REFUSED,
+                            "failed_in_a_row": 1}
+    clock.now = 400
+    for runs in (2, 3):
+        assert limiter.admit(rules.evaluate(sendpulse("misconfigured", last_error=REFUSED,
+                                                      failed_in_a_row=runs))) == []
+    clock.now = 410
+    [back] = limiter.admit(rules.evaluate(sendpulse("up")))
+    assert (back.kind, back.severity, back.details["source"]) == ("source_up", "info", "sendpulse")
+    assert memory.open == {}
+
+
+def test_sendpulse_down_is_told_once_it_lasted_and_a_misconfiguration_during_it_is_told_too():
+    rules = AlertRules(600)
+    rules.evaluate(sendpulse("up"))
+    assert rules.evaluate(sendpulse("down", failed_in_a_row=1, last_error="503")) == []  # a blip, retried whole
+    assert rules.evaluate(sendpulse("up")) == []  # and over before it counted: nothing to recover from
+    assert rules.evaluate(sendpulse("down", failed_in_a_row=1)) == []
+    [down] = rules.evaluate(sendpulse("down", failed_in_a_row=2, last_error="503", failing_since="2026-12-03T14:00Z"))
+    assert (down.kind, down.severity) == ("source_down", "warning") and "503" in down.message
+    assert "since 2026-12-03T14:00Z" in down.message
+    assert rules.evaluate(sendpulse("down", failed_in_a_row=3)) == []
+    assert [a.kind for a in rules.evaluate(sendpulse("misconfigured", failed_in_a_row=4))] == ["source_misconfigured"]
+    assert rules.evaluate(sendpulse("down", failed_in_a_row=5)) == []  # one spell until it works again
+    assert [a.kind for a in rules.evaluate(sendpulse("up"))] == ["source_up"]
+    assert rules.evaluate(sendpulse("up")) == []
+
+
+def test_sendpulse_disabled_is_never_a_problem_and_closes_one_told_before_a_restart():
+    memory = AlertMemory()
+    rules, limiter = AlertRules(600, memory), AlertLimiter(300, HandClock(0.0), memory)
+    assert limiter.admit(rules.evaluate(sendpulse("disabled"))) == []
+    assert limiter.admit(rules.evaluate({"sinks": {}})) == []  # an older daemon's snapshot
+    limiter.admit(rules.evaluate(sendpulse("misconfigured", last_error=REFUSED)))
+    assert set(memory.open) == {("source_state", None)}
+    rules, limiter, kept = restarted(memory)
+    [closed] = limiter.admit(rules.evaluate(sendpulse("disabled")))
+    assert closed.kind == "source_up" and "no longer enabled" in closed.message and kept.open == {}
+
+
+def test_sendpulse_told_before_a_restart_is_not_told_again_and_its_end_is():
+    memory = AlertMemory()
+    rules, limiter = AlertRules(600, memory), AlertLimiter(300, HandClock(0.0), memory)
+    limiter.admit(rules.evaluate(sendpulse("down", failed_in_a_row=2)))
+    rules, limiter, kept = restarted(memory)
+    assert limiter.admit(rules.evaluate(sendpulse("starting"))) == []  # not known yet
+    assert limiter.admit(rules.evaluate(sendpulse("down", failed_in_a_row=1))) == []  # not over, not anew
+    assert limiter.admit(rules.evaluate(sendpulse("down", failed_in_a_row=2))) == []  # still the spell told
+    assert [a.kind for a in limiter.admit(rules.evaluate(sendpulse("up")))] == ["source_up"]
+    assert kept.open == {}

@@ -315,3 +315,45 @@ def _true(predicate):
     async def check():
         return predicate()
     return check
+
+
+# -- [sendpulse] -------------------------------------------------------------------------------------
+
+SENDPULSE = {"client_id": "sp-client-id", "client_secret": "sp-FIRST-secret", "api_url": "http://127.0.0.1:8090"}
+
+
+@pytest.mark.parametrize("key, value", [("client_id", "sp-other-id"), ("client_secret", "sp-SECOND-secret"),
+                                        ("api_url", "http://127.0.0.1:8091"), ("requests_per_second", 2)])
+def test_sendpulse_credentials_address_and_rate_replace_its_client(tmp_path, key, value):
+    plan = plan_reload(load(tmp_path, sendpulse=SENDPULSE), load(tmp_path, sendpulse={**SENDPULSE, key: value}))
+    assert plan.applied == [f"[sendpulse] {key}"] and plan.restart == [] and plan.sendpulse == "replace"
+    assert plan.rebuild == []  # no sink is replaced
+    warning, info = describe(plan)
+    assert warning == "" and info == f"SIGHUP applied: [sendpulse] {key} (replaced: the SendPulse client)"
+    assert "SECOND" not in info and "FIRST" not in info
+
+
+def test_sendpulse_bots_interval_and_first_window_apply_at_the_next_run(tmp_path):
+    fresh = load(tmp_path, sendpulse={**SENDPULSE, "bot_ids": ["bot2"], "reconcile_interval_s": 60,
+                                      "first_window_h": 2, "status_window_h": 6})
+    plan = plan_reload(load(tmp_path, sendpulse=SENDPULSE), fresh)
+    assert plan.applied == ["[sendpulse] bot_ids", "[sendpulse] reconcile_interval_s", "[sendpulse] first_window_h",
+                            "[sendpulse] status_window_h"]
+    assert (plan.restart, plan.sendpulse) == ([], "retune")
+    assert describe(plan) == ("", "SIGHUP applied: " + ", ".join(plan.applied))
+
+
+def test_sendpulse_is_switched_on_and_off_without_a_restart(tmp_path):
+    off, on = load(tmp_path), load(tmp_path, sendpulse={**SENDPULSE, "reconcile_interval_s": 60})
+    plan = plan_reload(off, on)
+    assert plan.applied == ["[sendpulse] client_id", "[sendpulse] client_secret", "[sendpulse] api_url",
+                            "[sendpulse] reconcile_interval_s"]
+    assert (plan.restart, plan.sendpulse) == ([], "on")
+    assert describe(plan)[1].endswith("(SendPulse reconciliation switched on)")
+    back = plan_reload(on, off)
+    assert (back.restart, back.sendpulse) == ([], "off") and back.applied == plan.applied
+    assert describe(back)[1].endswith("(SendPulse reconciliation switched off)")
+    apply_live(on, off, back)
+    assert not on.sendpulse.enabled
+    quiet = plan_reload(off, load(tmp_path, sendpulse={"api_url": "http://127.0.0.1:8091"}))  # stays off
+    assert quiet.applied == ["[sendpulse] api_url"] and quiet.sendpulse == ""

@@ -197,3 +197,29 @@ def test_no_color_is_respected(monkeypatch, no_color):
 def test_a_dumb_terminal_gets_plain_text(monkeypatch):
     monkeypatch.setenv("TERM", "dumb")
     assert terminal.Terminal.on(_Tty()) is None
+
+
+SENDPULSE = {"state": "misconfigured", "running": True, "last_reconciled_at": "2026-12-03T14:00:02Z", "seen": 7,
+             "added": 2, "requests_total": 40, "last_error": HOSTILE, "last_error_at": "2026-12-03T14:05:00Z"}
+
+
+def test_top_draws_sendpulse_beneath_the_sinks_as_a_table_of_its_own():
+    state = {**snapshot(), "sources": {"sendpulse": SENDPULSE}}
+    words = flat(shown(terminal.top_view(TopView().update(state, now=1.0))))
+    assert re.search(r"source state reconciled seen added requests rate .*"
+                     r"sendpulse misconfigured 2026-12-03T14:00:02Z 7 2 40 -", words), words
+    assert "sendpulse running now" in words and "sendpulse: [bold]refused[/bold] \\x1b[31mred" in words
+    narrow = flat(shown(terminal.top_view(TopView().update(state, now=1.0)), width=40))
+    assert "sendpulse misconfigured reconciled 2026-12-03T14:00:02Z, seen 7, added 2, requests 40" in narrow
+    off = {**snapshot(), "sources": {"sendpulse": {"state": "disabled"}}}
+    words = flat(shown(terminal.top_view(TopView().update(off, now=1.0))))
+    assert "sendpulse disabled ([sendpulse] client_id empty: nothing is fetched back)" in words
+    assert "reconciled" not in words
+
+
+def test_status_on_a_terminal_says_what_sendpulse_reconciliation_does_as_the_plain_text_does():
+    words = flat(shown(terminal.status_view({**snapshot(), "sources": {"sendpulse": SENDPULSE}})))
+    assert "sendpulse MISCONFIGURED, running now, no run finished yet" in words
+    assert "last error (at 2026-12-03T14:05:00Z): [bold]refused[/bold] \\x1b[31mred" in words
+    words = flat(shown(terminal.status_view({**snapshot(), "sources": {"sendpulse": {"state": "disabled"}}})))
+    assert "sendpulse disabled ([sendpulse] client_id empty): nothing is fetched back" in words
