@@ -263,8 +263,8 @@ async def test_a_changed_interval_and_a_wake_take_effect_without_waiting_out_the
 # -- SIGHUP: the daemon switches reconciliation on and off and replaces its client ------------------------------
 
 def write(path, sendpulse=None):
-    text = (f'[server]\nlisten = "127.0.0.1:8080"\nwebhook_token = "reload-token-0123456789abcde"\n'
-            f'[journal]\npath = "journal.sqlite"\n[status]\nsocket = "status.sock"\n')
+    text = ('[server]\nlisten = "127.0.0.1:8080"\nwebhook_token = "reload-token-0123456789abcdef"\n'
+            '[journal]\npath = "journal.sqlite"\n[status]\nsocket = "status.sock"\n')
     if sendpulse:
         text += "[sendpulse]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in sendpulse.items())
     path.write_text(text)
