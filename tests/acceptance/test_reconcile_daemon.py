@@ -2,11 +2,12 @@
 
 import json
 import os
+from collections import Counter
 
 import pytest
 
 from tests.support import (
-    Daemon, SendPulseEmulator, as_operator, cli, cli_on_terminal, incoming, post, query, unix_http, wait_for,
+    AirtableEmulator, Daemon, SendPulseEmulator, as_operator, cli, cli_on_terminal, incoming, post, query, unix_http, wait_for,
     write_config,
 )
 
@@ -18,6 +19,13 @@ SCHEMA = "chatledger"
 @pytest.fixture
 def sendpulse(tmp_path):
     emulator = SendPulseEmulator(tmp_path).start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def airtable(tmp_path):
+    emulator = AirtableEmulator(tmp_path).start()
     yield emulator
     emulator.stop()
 
@@ -39,16 +47,24 @@ def assert_counts_right(cluster, total):
     assert query(cluster, f"SELECT sum(message_count) FROM {s}.conversations")[0][0] == total
 
 
+def assert_airtable_holds(airtable, expected, counts):
+    """Every message once in Interactions, each conversation's MessageCount as `counts` (phone -> n)."""
+    assert Counter(r["MessageId"] for r in airtable.records("Interactions")) == Counter(expected)
+    assert {r["CustomerPhone"]: r["MessageCount"] for r in airtable.records("Conversations")} == counts
+
+
 def messages(sendpulse, contacts, phase, count, url):
     return sendpulse.add_messages(*({"contact_id": contacts[i % len(contacts)]["id"],
                                      "direction": "in" if i % 3 else "out", "text": f"{phase}-{i}",
                                      "webhook": {"url": url, "timeout": 5}} for i in range(count)))
 
 
-def test_a_restart_after_kill_9_fetches_back_what_the_webhooks_missed(tmp_path, own_pg, sendpulse):
+def test_a_restart_after_kill_9_fetches_back_what_the_webhooks_missed(tmp_path, own_pg, sendpulse, airtable):
     config = write_config(tmp_path, extra=f'[postgres]\ndsn = "{own_pg.dsn()}"\nschema = "{SCHEMA}"\n'
-                          + sendpulse.config() + "reconcile_interval_s = 0\n")
+                          + airtable.config() + sendpulse.config() + "reconcile_interval_s = 0\n")
+    assert cli(config, "airtable", "init").returncode == 0
     contacts = [sendpulse.add_contact(f"55119000000{i:02d}", f"Cliente {i}") for i in range(3)]
+    phones = {c["id"]: str(c["channel_data"]["phone"]) for c in contacts}
     daemon = Daemon(config).start()
     try:
         live = messages(sendpulse, contacts, "live", 12, daemon.url)
@@ -59,10 +75,15 @@ def test_a_restart_after_kill_9_fetches_back_what_the_webhooks_missed(tmp_path, 
         missed = messages(sendpulse, contacts, "missed", 20, daemon.url)
         assert all("error" in m["webhook"] for m in missed)  # posted once, failed, never retried
 
-        daemon = Daemon(config).start()
+        daemon = Daemon(config).start()  # no command typed from here until every sink holds both phases
         expected = sorted(m["id"] for m in live + missed)
+        counts = dict(Counter(phones[m["contact_id"]] for m in live + missed))
         wait_for(lambda: sorted(stored_ids(own_pg)) == expected, "both phases in PostgreSQL exactly once")
         assert_counts_right(own_pg, len(expected))
+        assert dict(query(own_pg, f"SELECT customer_phone, message_count FROM {SCHEMA}.conversations")) == counts
+        wait_for(lambda: (s := daemon.status()["sinks"]["airtable"])["pending"] == 0
+                 and s["delivered"] == len(expected), "both phases in Airtable")
+        assert_airtable_holds(airtable, expected, counts)
         assert "journaled" in daemon.log()
         source = wait_for(lambda: (s := daemon.status()["sources"]["sendpulse"])["runs"] and s, "the run reported")
         assert (source["state"], source["added"], source["seen"], source["last_error"]) == ("up", 20, 32, None)
@@ -81,6 +102,10 @@ def test_a_restart_after_kill_9_fetches_back_what_the_webhooks_missed(tmp_path, 
         text = cli(config, "reconcile", "--since", "2h")
         assert text.returncode == 0 and f"{len(expected)} message(s) seen, 0 added" in text.stdout
         assert daemon.status()["sources"]["sendpulse"]["runs"] == 3
+        sinks = daemon.status()["sinks"]
+        assert (sinks["postgres"]["delivered"], sinks["airtable"]["delivered"]) == (len(expected), len(expected))
+        assert_airtable_holds(airtable, expected, counts)
+        assert airtable.stats()["rate_limited"] == 0
         assert daemon.stop() == 0
     finally:
         if daemon.process.poll() is None:
