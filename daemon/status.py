@@ -576,7 +576,7 @@ def source_lines(source: dict[str, Any] | None) -> list[str]:
     window = source.get("window")
     if window:
         run = (f"last run {window.get('since')} to {window.get('until')}: {source.get('seen', 0)} seen, "
-               f"{source.get('added', 0)} added")
+               f"{source.get('added', 0)} added, {source.get('statuses', 0)} status(es) learned")
     else:
         run = "no run finished yet"
     running = ", running now" if source.get("running") else ""

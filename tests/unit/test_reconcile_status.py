@@ -24,7 +24,7 @@ def line_of(snapshot):
 
 def test_status_says_what_the_last_run_found():
     [line] = line_of({"sources": {"sendpulse": UP}})
-    assert "up" in line and "7 seen, 2 added" in line and "2026-12-03T13:45:00Z" in line
+    assert "up" in line and "7 seen, 2 added, 1 status" in line and "2026-12-03T13:45:00Z" in line
     assert "2026-12-03T14:00:00Z" in line
     error = [line for line in render({"sources": {"sendpulse": UP}}).splitlines() if "no answer in time" in line]
     assert error and "at 2026-12-03T13:40:00Z" in error[0]
