@@ -36,9 +36,9 @@ def stored_ids(cluster):
     return [r[0] for r in query(cluster, f"SELECT message_id FROM {SCHEMA}.interactions")]
 
 
-def assert_counts_right(cluster, total):
+def assert_counts_right(cluster, total, events=None):
     s = SCHEMA
-    assert query(cluster, f"SELECT count(*) FROM {s}.events")[0][0] == total
+    assert query(cluster, f"SELECT count(*) FROM {s}.events")[0][0] == (events or total)
     mismatched = query(cluster, f"""
         SELECT c.conversation_id, c.message_count, count(i.interaction_id)
         FROM {s}.conversations c LEFT JOIN {s}.interactions i USING (conversation_id)
@@ -74,19 +74,33 @@ def test_a_restart_after_kill_9_fetches_back_what_the_webhooks_missed(tmp_path, 
 
         missed = messages(sendpulse, contacts, "missed", 20, daemon.url)
         assert all("error" in m["webhook"] for m in missed)  # posted once, failed, never retried
+        # meanwhile WhatsApp reports two of our replies read and one failed: only the API says so
+        replies = [m for m in live + missed if m["direction"] == 2]
+        learned = {replies[0]["id"]: "read", replies[-1]["id"]: "read", replies[1]["id"]: "failed"}
+        for message_id, status in learned.items():
+            sendpulse.set_status(message_id, {"read": 4, "failed": 6}[status])
 
         daemon = Daemon(config).start()  # no command typed from here until every sink holds both phases
         expected = sorted(m["id"] for m in live + missed)
         counts = dict(Counter(phones[m["contact_id"]] for m in live + missed))
         wait_for(lambda: sorted(stored_ids(own_pg)) == expected, "both phases in PostgreSQL exactly once")
-        assert_counts_right(own_pg, len(expected))
+        events = len(expected) + len(learned)  # each status learned is an event, not a message
+        wait_for(lambda: daemon.status()["sinks"]["postgres"]["delivered"] == events, "statuses in PostgreSQL")
+        assert_counts_right(own_pg, len(expected), events)
         assert dict(query(own_pg, f"SELECT customer_phone, message_count FROM {SCHEMA}.conversations")) == counts
         wait_for(lambda: (s := daemon.status()["sinks"]["airtable"])["pending"] == 0
-                 and s["delivered"] == len(expected), "both phases in Airtable")
+                 and s["delivered"] == events, "both phases in Airtable")
         assert_airtable_holds(airtable, expected, counts)
         assert "journaled" in daemon.log()
+        statuses = {m["id"]: learned.get(m["id"], "sent") for m in replies}
+        wait_for(lambda: dict(query(own_pg, f"SELECT message_id, status FROM {SCHEMA}.interactions "
+                                            "WHERE direction = 'outbound'")) == statuses, "statuses in PostgreSQL")
+        wait_for(lambda: daemon.status()["sinks"]["airtable"]["pending"] == 0, "statuses in Airtable")
+        assert {r["MessageId"]: r["Status"] for r in airtable.records("Interactions")
+                if r["Direction"] == "outbound"} == statuses
         source = wait_for(lambda: (s := daemon.status()["sources"]["sendpulse"])["runs"] and s, "the run reported")
         assert (source["state"], source["added"], source["seen"], source["last_error"]) == ("up", 20, 32, None)
+        assert source["statuses"] == 3
         assert source["window"]["since"] < source["window"]["until"] == source["last_reconciled_at"]
         assert "sendpulse up, last run" in cli(config, "status").stdout
         assert "chatledger_reconcile_added_total 20.0" in unix_http(tmp_path / "run/status.sock", "GET", "/metrics")[1]
@@ -103,7 +117,7 @@ def test_a_restart_after_kill_9_fetches_back_what_the_webhooks_missed(tmp_path, 
         assert text.returncode == 0 and f"{len(expected)} message(s) seen, 0 added" in text.stdout
         assert daemon.status()["sources"]["sendpulse"]["runs"] == 3
         sinks = daemon.status()["sinks"]
-        assert (sinks["postgres"]["delivered"], sinks["airtable"]["delivered"]) == (len(expected), len(expected))
+        assert (sinks["postgres"]["delivered"], sinks["airtable"]["delivered"]) == (events, events)
         assert_airtable_holds(airtable, expected, counts)
         assert airtable.stats()["rate_limited"] == 0
         assert daemon.stop() == 0
