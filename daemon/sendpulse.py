@@ -251,7 +251,7 @@ def _list(data: Any, path: str) -> list[Any]:
 
 def _reason(body: Any) -> str:
     if isinstance(body, dict):
-        parts = [str(body[key]) for key in ("error", "message", "error_description") if body.get(key)]
+        parts = list(dict.fromkeys(str(body[key]) for key in ("error", "message", "error_description") if body.get(key)))
         if body.get("errors"):
             parts.append(json.dumps(body["errors"], ensure_ascii=False)[:200])
         return "; ".join(parts) or "no reason given"

@@ -72,6 +72,7 @@ async def test_wrong_credentials_are_misconfigured_and_never_show_the_secret(emu
         with pytest.raises(SendPulseMisconfigured) as caught:
             await client.bots()
     assert "client_id 'sp-client'" in str(caught.value) and "invalid_client" in str(caught.value)
+    assert str(caught.value).count("Client authentication failed") == 1  # its message and description say the same
     assert "wrong-secret-value" not in str(caught.value) + repr(client)
     assert stats(emulator)["credentials_refused"] == 1  # no retry loop hammering a refused secret
 
