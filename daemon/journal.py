@@ -39,73 +39,10 @@ QUICK_CHECK_ERRORS = 10
 QUICK_CHECK_STEPS = 10000  # SQLite VM steps between looks at the clock
 SQLITE_INTERRUPT, SQLITE_CORRUPT, SQLITE_NOTADB = 9, 11, 26
 
-# The journal's record of a conversation, folded in one event at a time (see migration v2). The
-# trigger runs it for each new event; a rebuild runs it over all events in id order.
-CONVERSATION_UPSERT = """
-INSERT INTO conversations (conversation_id, bot_id, contact_id, service, phone, name, contact_at,
-    first_event_at, last_event_at, first_message_at, last_message_at, message_count,
-    status_title, status_at, status_key, updated_at)
-SELECT {e}conversation_id, {e}bot_id, {e}contact_id, {e}service, {e}phone, {e}contact_name,
-    {e}occurred_at, {e}occurred_at, {e}occurred_at,
-    CASE WHEN {is_message} THEN {e}occurred_at END, CASE WHEN {is_message} THEN {e}occurred_at END,
-    CASE WHEN {is_message} THEN 1 ELSE 0 END,
-    {status_title}, CASE WHEN {is_status} THEN {e}occurred_at END,
-    CASE WHEN {is_status} THEN {e}occurred_at || '|' || {e}dedup_key END,
-    strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
-{source}
-ON CONFLICT (conversation_id) DO UPDATE SET
-    bot_id           = coalesce(bot_id, excluded.bot_id),
-    contact_id       = coalesce(contact_id, excluded.contact_id),
-    service          = coalesce(service, excluded.service),
-    phone            = CASE WHEN excluded.contact_at >= contact_at THEN coalesce(excluded.phone, phone)
-                            ELSE coalesce(phone, excluded.phone) END,
-    name             = CASE WHEN excluded.contact_at >= contact_at THEN coalesce(excluded.name, name)
-                            ELSE coalesce(name, excluded.name) END,
-    contact_at       = max(contact_at, excluded.contact_at),
-    first_event_at   = min(first_event_at, excluded.first_event_at),
-    last_event_at    = max(last_event_at, excluded.last_event_at),
-    first_message_at = coalesce(min(first_message_at, excluded.first_message_at),
-                                first_message_at, excluded.first_message_at),
-    last_message_at  = coalesce(max(last_message_at, excluded.last_message_at),
-                                last_message_at, excluded.last_message_at),
-    message_count    = message_count + excluded.message_count,
-    status_title     = CASE WHEN excluded.status_key > coalesce(status_key, '')
-                            THEN excluded.status_title ELSE status_title END,
-    status_at        = CASE WHEN excluded.status_key > coalesce(status_key, '')
-                            THEN excluded.status_at ELSE status_at END,
-    status_key       = max(coalesce(status_key, ''), coalesce(excluded.status_key, '')),
-    updated_at       = excluded.updated_at
-"""
-MESSAGE_TITLE_SQL = "{e}title IN ('incoming_message', 'outgoing_message')"
-STATUS_TITLE_SQL = "{e}title IN ('open_chat', 'unsubscribe', 'bot_block')"
-# v3 adds the bot API's events (daemon.records API_TITLES): an interaction the bot posts counts as a
-# message unless it names a SendPulse message (whose webhook counts it); a conversation PATCH with a
-# status acts as the status event that explains it (records.STATUS_AS_TITLE).
-API_MESSAGE_SQL = "({e}title = 'api_interaction' AND {e}message_id IS NULL)"
-API_STATUS_SQL = ("({e}title = 'api_conversation_update' AND "
-                  "json_extract({e}raw, '$.status') IN ('escalated', 'closed', 'active'))")
-API_STATUS_TITLE_SQL = ("CASE json_extract({e}raw, '$.status') WHEN 'escalated' THEN 'open_chat' "
-                        "WHEN 'closed' THEN 'unsubscribe' WHEN 'active' THEN 'api_active' END")
-
-
-def conversation_upsert(e: str, source: str, api: bool = False) -> str:
-    is_message, is_status = MESSAGE_TITLE_SQL.format(e=e), STATUS_TITLE_SQL.format(e=e)
-    status_title = f"CASE WHEN {is_status} THEN {e}title END"
-    if api:
-        status_title = (f"CASE WHEN {is_status} THEN {e}title WHEN {API_STATUS_SQL.format(e=e)} "
-                        f"THEN {API_STATUS_TITLE_SQL.format(e=e)} END")
-        is_message = f"({is_message} OR {API_MESSAGE_SQL.format(e=e)})"
-        is_status = f"({is_status} OR {API_STATUS_SQL.format(e=e)})"
-    return CONVERSATION_UPSERT.format(e=e, source=source, is_message=is_message, is_status=is_status,
-                                      status_title=status_title)
-
-
-REBUILD_CONVERSATIONS = (
-    "DELETE FROM conversations;\n"
-    + conversation_upsert("e.", "FROM events e WHERE e.conversation_id IS NOT NULL ORDER BY e.id")
-)
-
-# Each entry upgrades the schema by one version; never edit a shipped entry, append a new one.
+# Each entry upgrades the schema by one version; never edit a shipped entry, append a new one: each is
+# the text it shipped as (tests/integration/data/journal_schema.json holds them), the SQL once generated
+# from constants included. v2 and v3 restate conversation rules of daemon.events and daemon.records in
+# the events_conversation trigger, which folds each new event into its conversation's record.
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE meta (
@@ -197,11 +134,48 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE TRIGGER events_conversation AFTER INSERT ON events WHEN NEW.conversation_id IS NOT NULL
     BEGIN
-        {upsert_new};
+"""
+    "        \n"  # as shipped: a line of eight spaces before the fold
+    """INSERT INTO conversations (conversation_id, bot_id, contact_id, service, phone, name, contact_at,
+    first_event_at, last_event_at, first_message_at, last_message_at, message_count,
+    status_title, status_at, status_key, updated_at)
+SELECT NEW.conversation_id, NEW.bot_id, NEW.contact_id, NEW.service, NEW.phone, NEW.contact_name,
+    NEW.occurred_at, NEW.occurred_at, NEW.occurred_at,
+    CASE WHEN NEW.title IN ('incoming_message', 'outgoing_message') THEN NEW.occurred_at END, CASE WHEN NEW.title IN ('incoming_message', 'outgoing_message') THEN NEW.occurred_at END,
+    CASE WHEN NEW.title IN ('incoming_message', 'outgoing_message') THEN 1 ELSE 0 END,
+    CASE WHEN NEW.title IN ('open_chat', 'unsubscribe', 'bot_block') THEN NEW.title END, CASE WHEN NEW.title IN ('open_chat', 'unsubscribe', 'bot_block') THEN NEW.occurred_at END,
+    CASE WHEN NEW.title IN ('open_chat', 'unsubscribe', 'bot_block') THEN NEW.occurred_at || '|' || NEW.dedup_key END,
+    strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+WHERE true
+ON CONFLICT (conversation_id) DO UPDATE SET
+    bot_id           = coalesce(bot_id, excluded.bot_id),
+    contact_id       = coalesce(contact_id, excluded.contact_id),
+    service          = coalesce(service, excluded.service),
+    phone            = CASE WHEN excluded.contact_at >= contact_at THEN coalesce(excluded.phone, phone)
+                            ELSE coalesce(phone, excluded.phone) END,
+    name             = CASE WHEN excluded.contact_at >= contact_at THEN coalesce(excluded.name, name)
+                            ELSE coalesce(name, excluded.name) END,
+    contact_at       = max(contact_at, excluded.contact_at),
+    first_event_at   = min(first_event_at, excluded.first_event_at),
+    last_event_at    = max(last_event_at, excluded.last_event_at),
+    first_message_at = coalesce(min(first_message_at, excluded.first_message_at),
+                                first_message_at, excluded.first_message_at),
+    last_message_at  = coalesce(max(last_message_at, excluded.last_message_at),
+                                last_message_at, excluded.last_message_at),
+    message_count    = message_count + excluded.message_count,
+    status_title     = CASE WHEN excluded.status_key > coalesce(status_key, '')
+                            THEN excluded.status_title ELSE status_title END,
+    status_at        = CASE WHEN excluded.status_key > coalesce(status_key, '')
+                            THEN excluded.status_at ELSE status_at END,
+    status_key       = max(coalesce(status_key, ''), coalesce(excluded.status_key, '')),
+    updated_at       = excluded.updated_at
+;
     END;
-    """.replace("{upsert_new}", conversation_upsert("NEW.", "WHERE true")),
+    """,
     # v3: the record of erasures (`chatledger forget`): who, as a salted hash only; when; how much.
-    # And the conversation record learns the bot API's events (see API_MESSAGE_SQL).
+    # And the conversation record learns the bot API's events (daemon.events API_TITLES): an interaction
+    # the bot posts counts as a message unless it names a SendPulse message (whose webhook counts it); a
+    # conversation PATCH with a status acts as the status event that explains it (records.STATUS_AS_TITLE).
     """
     CREATE TABLE audit (
         id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -214,9 +188,44 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TRIGGER events_conversation;
     CREATE TRIGGER events_conversation AFTER INSERT ON events WHEN NEW.conversation_id IS NOT NULL
     BEGIN
-        {upsert_new};
+"""
+    "        \n"  # as shipped: a line of eight spaces before the fold
+    """INSERT INTO conversations (conversation_id, bot_id, contact_id, service, phone, name, contact_at,
+    first_event_at, last_event_at, first_message_at, last_message_at, message_count,
+    status_title, status_at, status_key, updated_at)
+SELECT NEW.conversation_id, NEW.bot_id, NEW.contact_id, NEW.service, NEW.phone, NEW.contact_name,
+    NEW.occurred_at, NEW.occurred_at, NEW.occurred_at,
+    CASE WHEN (NEW.title IN ('incoming_message', 'outgoing_message') OR (NEW.title = 'api_interaction' AND NEW.message_id IS NULL)) THEN NEW.occurred_at END, CASE WHEN (NEW.title IN ('incoming_message', 'outgoing_message') OR (NEW.title = 'api_interaction' AND NEW.message_id IS NULL)) THEN NEW.occurred_at END,
+    CASE WHEN (NEW.title IN ('incoming_message', 'outgoing_message') OR (NEW.title = 'api_interaction' AND NEW.message_id IS NULL)) THEN 1 ELSE 0 END,
+    CASE WHEN NEW.title IN ('open_chat', 'unsubscribe', 'bot_block') THEN NEW.title WHEN (NEW.title = 'api_conversation_update' AND json_extract(NEW.raw, '$.status') IN ('escalated', 'closed', 'active')) THEN CASE json_extract(NEW.raw, '$.status') WHEN 'escalated' THEN 'open_chat' WHEN 'closed' THEN 'unsubscribe' WHEN 'active' THEN 'api_active' END END, CASE WHEN (NEW.title IN ('open_chat', 'unsubscribe', 'bot_block') OR (NEW.title = 'api_conversation_update' AND json_extract(NEW.raw, '$.status') IN ('escalated', 'closed', 'active'))) THEN NEW.occurred_at END,
+    CASE WHEN (NEW.title IN ('open_chat', 'unsubscribe', 'bot_block') OR (NEW.title = 'api_conversation_update' AND json_extract(NEW.raw, '$.status') IN ('escalated', 'closed', 'active'))) THEN NEW.occurred_at || '|' || NEW.dedup_key END,
+    strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+WHERE true
+ON CONFLICT (conversation_id) DO UPDATE SET
+    bot_id           = coalesce(bot_id, excluded.bot_id),
+    contact_id       = coalesce(contact_id, excluded.contact_id),
+    service          = coalesce(service, excluded.service),
+    phone            = CASE WHEN excluded.contact_at >= contact_at THEN coalesce(excluded.phone, phone)
+                            ELSE coalesce(phone, excluded.phone) END,
+    name             = CASE WHEN excluded.contact_at >= contact_at THEN coalesce(excluded.name, name)
+                            ELSE coalesce(name, excluded.name) END,
+    contact_at       = max(contact_at, excluded.contact_at),
+    first_event_at   = min(first_event_at, excluded.first_event_at),
+    last_event_at    = max(last_event_at, excluded.last_event_at),
+    first_message_at = coalesce(min(first_message_at, excluded.first_message_at),
+                                first_message_at, excluded.first_message_at),
+    last_message_at  = coalesce(max(last_message_at, excluded.last_message_at),
+                                last_message_at, excluded.last_message_at),
+    message_count    = message_count + excluded.message_count,
+    status_title     = CASE WHEN excluded.status_key > coalesce(status_key, '')
+                            THEN excluded.status_title ELSE status_title END,
+    status_at        = CASE WHEN excluded.status_key > coalesce(status_key, '')
+                            THEN excluded.status_at ELSE status_at END,
+    status_key       = max(coalesce(status_key, ''), coalesce(excluded.status_key, '')),
+    updated_at       = excluded.updated_at
+;
     END;
-    """.replace("{upsert_new}", conversation_upsert("NEW.", "WHERE true", api=True)),
+    """,
     # v4: an element no store could take as received (a NUL, a lone surrogate, a number out of range)
     # is delivered cleaned (`raw`); the element as received stays beside it, for inspection.
     # And the audit keeps no hash of the phone: with its salt in the same file, the number came back
@@ -301,6 +310,43 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # v4 erases the audit's hashes: secure_delete zeroes their pages in the WAL, and a checkpoint right
 # after migrating copies them over the file's (the old pages would otherwise stay there for a while).
 ERASING_MIGRATION = 4
+# v1 -> v2: the conversations of the events already journaled, folded as v2's trigger did then.
+REBUILD_CONVERSATIONS = """DELETE FROM conversations;
+
+INSERT INTO conversations (conversation_id, bot_id, contact_id, service, phone, name, contact_at,
+    first_event_at, last_event_at, first_message_at, last_message_at, message_count,
+    status_title, status_at, status_key, updated_at)
+SELECT e.conversation_id, e.bot_id, e.contact_id, e.service, e.phone, e.contact_name,
+    e.occurred_at, e.occurred_at, e.occurred_at,
+    CASE WHEN e.title IN ('incoming_message', 'outgoing_message') THEN e.occurred_at END, CASE WHEN e.title IN ('incoming_message', 'outgoing_message') THEN e.occurred_at END,
+    CASE WHEN e.title IN ('incoming_message', 'outgoing_message') THEN 1 ELSE 0 END,
+    CASE WHEN e.title IN ('open_chat', 'unsubscribe', 'bot_block') THEN e.title END, CASE WHEN e.title IN ('open_chat', 'unsubscribe', 'bot_block') THEN e.occurred_at END,
+    CASE WHEN e.title IN ('open_chat', 'unsubscribe', 'bot_block') THEN e.occurred_at || '|' || e.dedup_key END,
+    strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+FROM events e WHERE e.conversation_id IS NOT NULL ORDER BY e.id
+ON CONFLICT (conversation_id) DO UPDATE SET
+    bot_id           = coalesce(bot_id, excluded.bot_id),
+    contact_id       = coalesce(contact_id, excluded.contact_id),
+    service          = coalesce(service, excluded.service),
+    phone            = CASE WHEN excluded.contact_at >= contact_at THEN coalesce(excluded.phone, phone)
+                            ELSE coalesce(phone, excluded.phone) END,
+    name             = CASE WHEN excluded.contact_at >= contact_at THEN coalesce(excluded.name, name)
+                            ELSE coalesce(name, excluded.name) END,
+    contact_at       = max(contact_at, excluded.contact_at),
+    first_event_at   = min(first_event_at, excluded.first_event_at),
+    last_event_at    = max(last_event_at, excluded.last_event_at),
+    first_message_at = coalesce(min(first_message_at, excluded.first_message_at),
+                                first_message_at, excluded.first_message_at),
+    last_message_at  = coalesce(max(last_message_at, excluded.last_message_at),
+                                last_message_at, excluded.last_message_at),
+    message_count    = message_count + excluded.message_count,
+    status_title     = CASE WHEN excluded.status_key > coalesce(status_key, '')
+                            THEN excluded.status_title ELSE status_title END,
+    status_at        = CASE WHEN excluded.status_key > coalesce(status_key, '')
+                            THEN excluded.status_at ELSE status_at END,
+    status_key       = max(coalesce(status_key, ''), coalesce(excluded.status_key, '')),
+    updated_at       = excluded.updated_at
+"""
 
 EVENT_COLUMNS = (
     "dedup_key", "received_at", "occurred_at", "title", "service", "bot_id", "contact_id", "phone",
