@@ -6,8 +6,8 @@ import json
 import sqlite3
 from pathlib import Path
 
-from daemon import journal as journal_module
 from daemon.journal import MIGRATIONS, Journal
+from daemon.journal import schema as journal_schema
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "journal_schema.json").read_text())
 SHIPPED = GOLDEN["schema_version"]
@@ -26,12 +26,12 @@ def test_every_shipped_migration_is_the_text_that_shipped():
 
 
 def test_the_v2_backfill_folds_conversations_as_it_shipped():
-    assert journal_module.REBUILD_CONVERSATIONS == GOLDEN["rebuild_conversations"]
+    assert journal_schema.REBUILD_CONVERSATIONS == GOLDEN["rebuild_conversations"]
 
 
 async def test_a_fresh_journal_migrated_to_the_shipped_version_has_the_shipped_schema(tmp_path, monkeypatch):
-    monkeypatch.setattr(journal_module, "MIGRATIONS", MIGRATIONS[:SHIPPED])  # later migrations change it
-    monkeypatch.setattr(journal_module, "SCHEMA_VERSION", SHIPPED)
+    monkeypatch.setattr(journal_schema, "MIGRATIONS", MIGRATIONS[:SHIPPED])  # later migrations change it
+    monkeypatch.setattr(journal_schema, "SCHEMA_VERSION", SHIPPED)
     journal = await Journal.open(tmp_path / "j.sqlite", ["postgres"])
     await journal.close()
     assert master(tmp_path / "j.sqlite") == GOLDEN["sqlite_master_opened"]

@@ -123,7 +123,8 @@ def test_the_journals_sql_restates_the_same_titles():
     import re
 
     from daemon.events import API_CONVERSATION_UPDATE, API_INTERACTION, DELIVERY_STATUS, MESSAGE_TITLES
-    from daemon.journal import MIGRATIONS, STATUS_REPORTS
+    from daemon.journal.conversations import STATUS_REPORTS
+    from daemon.journal.schema import MIGRATIONS
     from daemon.records import STATUS_AS_TITLE, STATUS_TITLES
 
     def titles(sql):
