@@ -668,7 +668,7 @@ def _quarantine_discard_offline(config: Config, element: int | None, reason: str
 
 
 def _journal(config: Config, args: argparse.Namespace) -> int:
-    from daemon.journal_check import check_journal
+    from daemon.journal import check_journal
 
     try:
         report = check_journal(config.journal.path, list(config.enabled_sinks), repair=args.repair)

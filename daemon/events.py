@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 # The one table of message titles: what becomes an interaction, in which direction. Records, the journal's
-# conversation fold (journal.MESSAGE_TITLE_SQL, checked against this by a test) and the PostgreSQL sink
+# conversation fold (daemon.journal.schema, checked against this by tests) and the PostgreSQL sink
 # see only these titles: an alias is journaled under the title it stands for (its payload keeps it).
 MESSAGE_TITLES = {"incoming_message": "inbound", "outgoing_message": "outbound"}
 # WhatsApp's own message ids: unique across chats (other platforms' ids count per chat).

@@ -6,8 +6,7 @@ from datetime import datetime, timezone
 import pytest
 
 from daemon.events import normalize
-from daemon.journal import Journal, JournalError
-from daemon.journal_check import check_journal
+from daemon.journal import Journal, JournalError, check_journal
 from tests.support import incoming
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)

@@ -5,7 +5,8 @@ import sqlite3
 from datetime import datetime, timezone
 
 from daemon.events import normalize
-from daemon.journal import MIGRATIONS, Journal, _statements
+from daemon.journal import MIGRATIONS, Journal
+from daemon.journal.schema import statements
 from daemon.records import conversation_id_for
 
 RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -63,7 +64,7 @@ async def test_a_v1_journal_gets_its_conversations_on_upgrade(tmp_path):
     current = await state_after(tmp_path, "new.sqlite", PAYLOADS)
     # write a v1 journal by hand, as the previous release did
     conn = sqlite3.connect(path)
-    for statement in _statements(MIGRATIONS[0]):
+    for statement in statements(MIGRATIONS[0]):
         conn.execute(statement)
     conn.execute("PRAGMA user_version = 1")
     conn.commit()

@@ -7,10 +7,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from daemon import journal as journal_module
 from daemon.events import normalize
-from daemon.journal import Journal, Requeue, read_dead_letters
-from daemon.journal_check import check_journal
+from daemon.journal import Journal, Requeue, check_journal, read_dead_letters
+from daemon.journal import schema as journal_schema
 from tests.support import incoming
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -108,8 +107,8 @@ async def test_journal_check_accepts_discarded_deliveries_and_repair_leaves_them
 async def test_a_v4_journal_migrates_keeping_every_delivery_row(tmp_path, monkeypatch):
     path = tmp_path / "old.sqlite"
     with monkeypatch.context() as old:
-        old.setattr(journal_module, "MIGRATIONS", journal_module.MIGRATIONS[:4])
-        old.setattr(journal_module, "SCHEMA_VERSION", 4)
+        old.setattr(journal_schema, "MIGRATIONS", journal_schema.MIGRATIONS[:4])
+        old.setattr(journal_schema, "SCHEMA_VERSION", 4)
         v4 = await Journal.open(path, ["postgres", "airtable"])
         await v4.append([normalize(incoming(f"wamid.{i}"), NOW) for i in range(1, 5)])
         await v4.mark_delivered("postgres", [1, 2])
@@ -120,7 +119,7 @@ async def test_a_v4_journal_migrates_keeping_every_delivery_row(tmp_path, monkey
 
     journal = await Journal.open(path, ["postgres", "airtable"])
     try:
-        assert rows(path, "PRAGMA user_version") == [(journal_module.SCHEMA_VERSION,)]
+        assert rows(path, "PRAGMA user_version") == [(journal_schema.SCHEMA_VERSION,)]
         assert rows(path, "SELECT * FROM deliveries ORDER BY sink, event_id") == before
         await journal.append([normalize(incoming("wamid.5"), NOW)])  # the fan-out trigger still works
         assert rows(path, "SELECT sink, state FROM deliveries WHERE event_id = 5 ORDER BY sink") == [

@@ -10,7 +10,7 @@ import sys
 import pytest
 from loguru import logger
 
-import daemon.journal as journal_module
+import daemon.journal.files as journal_files
 from daemon.events import normalize
 from daemon.journal import Journal, JournalError
 from tests.damage import first_leaf, flip
@@ -66,7 +66,7 @@ async def test_damage_where_start_reads_nothing_is_found_and_refused(tmp_path):
 
 async def test_a_check_out_of_time_warns_and_opens(tmp_path, monkeypatch, warnings):
     path = await filled(tmp_path / "journal.sqlite")
-    monkeypatch.setattr(journal_module, "QUICK_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(journal_files, "QUICK_CHECK_SECONDS", 0.0)
     journal = await Journal.open(path, ["postgres"])
     try:
         assert (await journal.counts())["events"] == 3000
@@ -114,8 +114,8 @@ async def test_a_new_journal_is_recorded_in_its_lock_file_after_its_first_migrat
 
 async def test_a_crash_before_the_first_migration_does_not_block_the_next_start(tmp_path):
     path = tmp_path / "journal.sqlite"
-    crash = ("import asyncio, os, sys\nfrom pathlib import Path\nimport daemon.journal as j\n"
-             "async def die(*args):\n    os._exit(9)\nj._migrate = die\n"
+    crash = ("import asyncio, os, sys\nfrom pathlib import Path\nimport daemon.journal as j, daemon.journal.schema as s\n"
+             "async def die(*args):\n    os._exit(9)\ns.migrate = die\n"
              "asyncio.run(j.Journal.open(Path(sys.argv[1]), []))\n")
     assert subprocess.run([sys.executable, "-c", crash, str(path)]).returncode == 9
     assert path.exists() and siblings(path)[".lock"].exists()

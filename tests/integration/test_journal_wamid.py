@@ -72,7 +72,7 @@ async def test_an_incoming_wamid_does_not_hold_an_outgoing_message(journal):
 
 
 async def test_the_wamid_lookup_reads_an_index(journal):
-    from daemon.journal import HELD_WAMIDS
+    from daemon.journal.intake import HELD_WAMIDS
     with sqlite3.connect(journal.path) as conn:
         plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + HELD_WAMIDS.format(marks="?, ?"),
                                                          (WAMID, "x")))

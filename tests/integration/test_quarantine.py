@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from daemon import journal as journal_module
 from daemon.events import Rejected, normalize
-from daemon.journal import Journal
+from daemon.journal import COUNT_QUARANTINE, Journal
+from daemon.journal import schema as journal_schema
 from daemon.quarantine import PREVIEW_CHARS, discard_quarantined, list_quarantine, preview, read_quarantine
 from tests.support import incoming
 
@@ -101,8 +101,8 @@ async def test_forget_still_erases_quarantined_elements_naming_the_phone_discard
 async def test_a_v5_journal_migrates_with_every_element_open_and_is_read_before_it_is(tmp_path, monkeypatch):
     path = tmp_path / "old.sqlite"
     with monkeypatch.context() as old:
-        old.setattr(journal_module, "MIGRATIONS", journal_module.MIGRATIONS[:5])
-        old.setattr(journal_module, "SCHEMA_VERSION", 5)
+        old.setattr(journal_schema, "MIGRATIONS", journal_schema.MIGRATIONS[:5])
+        old.setattr(journal_schema, "SCHEMA_VERSION", 5)
         v5 = await Journal.open(path, [])
         await v5.append([], [Rejected(reason, raw, RECEIVED) for reason, raw in ELEMENTS])
         await v5.close()
@@ -113,7 +113,7 @@ async def test_a_v5_journal_migrates_with_every_element_open_and_is_read_before_
 
     journal = await Journal.open(path, [])
     try:
-        assert rows(path, "PRAGMA user_version") == [(journal_module.SCHEMA_VERSION,)]
+        assert rows(path, "PRAGMA user_version") == [(journal_schema.SCHEMA_VERSION,)]
         assert rows(path, "SELECT id, received_at, reason, raw FROM quarantine ORDER BY id") == before
         assert (await journal.counts())["quarantined"] == 3
         assert await list_quarantine(journal, limit=100) == unmigrated
@@ -123,5 +123,5 @@ async def test_a_v5_journal_migrates_with_every_element_open_and_is_read_before_
 
 
 async def test_the_open_count_reads_the_index_not_the_elements(journal):
-    plan = " ".join(str(r) for r in rows(journal.path, "EXPLAIN QUERY PLAN " + journal_module.COUNT_QUARANTINE))
+    plan = " ".join(str(r) for r in rows(journal.path, "EXPLAIN QUERY PLAN " + COUNT_QUARANTINE))
     assert "COVERING INDEX quarantine_open" in plan
