@@ -22,8 +22,9 @@ from typing import Any
 from loguru import logger
 
 from daemon.journal import Journal
-from daemon.recover import ids_formulas, phone_formula
-from daemon.sinks.airtable import RECORDS_PER_REQUEST, AirtableClient, pages, patiently, read_plan
+from daemon.sinks.airtable_client import (
+    RECORDS_PER_REQUEST, AirtableClient, ids_formulas, pages, patiently, phone_formula, read_plan,
+)
 from daemon.sinks.airtable_schema import KEYS, BaseNames, BasePlan
 from daemon.sinks.base import SinkError
 from daemon.sinks.postgres_rows import PostgresRows

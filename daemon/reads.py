@@ -138,8 +138,7 @@ async def airtable_records_of(client: Any, tables: dict[str, str], kind: str, co
                               limit: int) -> list[dict[str, Any]]:
     """Up to `limit` records of one conversation as the values chatledger wrote, under our field names
     (the base's plan maps the names of [airtable.fields] and undoes each field type's form)."""
-    from daemon.recover import equals_formula
-    from daemon.sinks.airtable import current_plan, pages
+    from daemon.sinks.airtable_client import current_plan, equals_formula, pages
     from daemon.sinks.airtable_schema import BaseNames, read_back
 
     names = BaseNames.of(tables)
@@ -326,8 +325,7 @@ async def conversations_of_phone(stores: Stores, phone: str, down: dict[str, str
 
 
 async def _airtable_conversations_of_phone(client: Any, tables: dict[str, str], phone: str) -> list[str]:
-    from daemon.recover import phone_formula
-    from daemon.sinks.airtable import current_plan, pages
+    from daemon.sinks.airtable_client import current_plan, pages, phone_formula
     from daemon.sinks.airtable_schema import BaseNames, read_back
 
     names = BaseNames.of(tables)

@@ -30,19 +30,19 @@ from functools import partial
 from typing import Any
 
 from loguru import logger
-from pyairtable.formulas import CONCATENATE, EQ, GTE, OR, REGEX_REPLACE, Field, to_formula_str
 
 from daemon.events import digits_only, has_control
 from daemon.records import (
     INTERACTION_STATUS, clean_text, iso, parse_tags, parse_time, status_key, status_rank, ticket_for,
 )
-from daemon.sinks.airtable import AirtableClient, pages, patiently
+from daemon.sinks.airtable_client import (
+    AirtableClient, equals_formula, ids_formulas, pages, patiently, phone_formula, since_formula,
+)
 from daemon.sinks.airtable_schema import BaseNames, BasePlan, cut_text, plan_base, read_back
 from daemon.sinks.base import PermanentError, SinkError
 from daemon.sinks.postgres_rows import KEYS, PostgresRows
 
 KINDS = ("conversations", "interactions", "escalations")
-IDS_PER_FORMULA = 40
 PROBLEMS_KEPT = 20
 DIFFS_KEPT = 1000  # rows whose differences --diff lists; the rest are counted
 SHORT = 60  # characters of a value --diff shows
@@ -380,37 +380,6 @@ def differences(kind: str, airtable: dict[str, Any], postgres: dict[str, Any],
 def _behind(theirs: Any, ours: Any) -> bool:
     """An interaction's status never moves back (records.STATUS_ORDER), not even by `recover`."""
     return status_rank(theirs) < status_rank(ours)
-
-
-# -- formulas ---------------------------------------------------------------------------------------
-
-# Every formula is built by pyairtable, whose to_formula_str quotes each value (quoted(): backslash and
-# quote escaped) and each field name: a value can never change what a formula selects.
-
-def _formula(node: Any) -> str:
-    return to_formula_str(node)
-
-
-def equals_formula(name: str, value: str) -> str:
-    return _formula(EQ(Field(name), value))
-
-
-def ids_formulas(name: str, ids: Sequence[str]) -> list[str]:
-    """Formulas matching these values of `name`, a few dozen per formula (URLs stay short)."""
-    chunks = [ids[i:i + IDS_PER_FORMULA] for i in range(0, len(ids), IDS_PER_FORMULA)]
-    return [_formula(OR(*(EQ(Field(name), value) for value in chunk))) for chunk in chunks]
-
-
-def phone_formula(name: str, phone: str) -> str:
-    """Matches however the phone was typed (+55 11 ..., 5511...): compares the digits."""
-    if not re.fullmatch(r"[0-9]+", phone):
-        raise ValueError(f"a phone to look up must be digits, not {phone!r}")
-    # CONCATENATE makes a number cell text, which REGEX_REPLACE needs
-    return _formula(EQ(REGEX_REPLACE(CONCATENATE(Field(name), ""), "[^0-9]", ""), phone))
-
-
-def since_formula(name: str, since: str) -> str:
-    return _formula(GTE(Field(name), parse_time(since)))
 
 
 TIME_FIELDS = {"conversations": "LastActivity", "interactions": "Timestamp", "escalations": "CreatedAt"}

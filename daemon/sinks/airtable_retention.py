@@ -23,9 +23,10 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from loguru import logger
-from pyairtable.formulas import LT, Field, to_formula_str
 
-from daemon.sinks.airtable import RECORDS_PER_REQUEST, AirtableClient, pages, patiently, read_plan
+from daemon.sinks.airtable_client import (
+    RECORDS_PER_REQUEST, AirtableClient, before_formula, pages, patiently, read_plan,
+)
 from daemon.sinks.airtable_schema import KEYS, BaseNames, BasePlan
 from daemon.sinks.postgres_rows import PostgresRows
 
@@ -115,7 +116,7 @@ class _Purge:
         if gaps:
             _skipped(self.names[kind], gaps)
             return None
-        return await self.listing(kind, to_formula_str(LT(Field(self.field(kind, OLD_BY[kind])), self.before)), ())
+        return await self.listing(kind, before_formula(self.field(kind, OLD_BY[kind]), self.before), ())
 
     async def held(self, kind: str, keys: set[str]) -> dict[str, dict[str, Any]]:
         if not keys:
