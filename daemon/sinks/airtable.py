@@ -2,8 +2,9 @@
 
 Every request goes through AirtableClient (pyairtable off the event loop, one token each, failures
 classified). Writes are upserts keyed on each table's key (airtable_fields.KEYS), so a retry or a
-replay never creates a duplicate. Which field of the base each value goes to, and in which form,
-comes from the base's own schema (airtable_schema's write plan).
+replay never creates a duplicate. A row is built by PostgreSQL column and named by the field table
+(airtable_fields); which field of the base each value goes to, and in which form, comes from the
+base's own schema (airtable_schema's write plan).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from daemon.records import (
 from daemon.sinks.airtable_client import (
     RECORDS_PER_REQUEST, SEVERITY, THREADS, QUOTA_REASON, AirtableClient, any_of_formula, pages, read_plan,
 )
-from daemon.sinks.airtable_fields import KEYS, TABLES, TITLES, BaseNames
+from daemon.sinks.airtable_fields import KEYS, TABLES, TITLES, BaseNames, as_fields
 from daemon.sinks.airtable_schema import BasePlan, parse_field_mapping, plan_base
 from daemon.sinks.base import PermanentError, RefusedError, SetupError
 
@@ -37,19 +38,25 @@ CREATING_FIRST = ("interactions", "escalations", "conversations")  # the write m
 
 
 # -- mapping ---------------------------------------------------------------------------------------
+# A row is given by PostgreSQL column, as the PostgreSQL sink writes it; the field table names its fields.
 
 def _drop_empty(fields: dict[str, Any]) -> dict[str, Any]:
     """Leave out what we do not know, so that an upsert never clears what an operator typed."""
     return {k: v for k, v in fields.items() if v is not None and v != ""}
 
 
+def _fields(kind: str, columns: dict[str, Any]) -> dict[str, Any]:
+    """A row of `kind`, by PostgreSQL column, as the fields an upsert sends (what we know only)."""
+    return as_fields(kind, _drop_empty(columns))
+
+
 def conversation_fields(state: ConversationState) -> dict[str, Any]:
     metadata = _drop_empty({"bot_id": state.bot_id, "contact_id": state.contact_id, "service": state.service})
-    return _drop_empty({
-        "ConversationId": state.conversation_id, "CustomerPhone": state.phone, "CustomerName": state.name,
-        "Status": state.status, "StartedAt": state.started_at, "LastActivity": state.last_activity,
-        "MessageCount": state.message_count, "Metadata": json.dumps(metadata, sort_keys=True),
-        "CreatedAt": state.first_event_at, "UpdatedAt": state.updated_at,
+    return _fields("conversations", {
+        "conversation_id": state.conversation_id, "customer_phone": state.phone, "customer_name": state.name,
+        "status": state.status, "started_at": state.started_at, "last_activity": state.last_activity,
+        "message_count": state.message_count, "metadata": json.dumps(metadata, sort_keys=True),
+        "created_at": state.first_event_at, "updated_at": state.updated_at,
     })
 
 
@@ -91,34 +98,31 @@ def airtable_rows(events: Sequence[StoredEvent], records: Records, conversations
     interactions = []
     for row in records.interactions:
         timestamp, created = _interaction_times(row, received, messages or {})
-        interactions.append(_drop_empty({
-            "InteractionId": row.interaction_id, "ConversationId": row.conversation_id,
-            "MessageId": row.message_id, "Direction": row.direction, "Content": row.content,
-            "Status": _interaction_status(row, messages or {}, reports or {}),
-            "Timestamp": timestamp, "CreatedAt": created, "Intent": row.intent, "Response": row.response,
-            "ProcessingTime": row.processing_time_ms, "ErrorMessage": row.error_message,
+        interactions.append(_fields("interactions", {
+            "interaction_id": row.interaction_id, "conversation_id": row.conversation_id,
+            "message_id": row.message_id, "direction": row.direction, "content": row.content,
+            "status": _interaction_status(row, messages or {}, reports or {}),
+            "occurred_at": timestamp, "created_at": created, "intent": row.intent, "response": row.response,
+            "processing_time_ms": row.processing_time_ms, "error_message": row.error_message,
         }))
-    escalations = [_drop_empty({
-        "EscalationId": row.escalation_id, "TicketId": row.ticket_id, "ConversationId": row.conversation_id,
-        "Reason": row.reason, "Priority": row.priority, "Status": row.status, "CustomerPhone": row.customer_phone,
-        "CreatedAt": iso(row.created_at), "Notes": row.notes, "AssignedAgent": row.assigned_agent,
+    escalations = [_fields("escalations", {
+        "escalation_id": row.escalation_id, "ticket_id": row.ticket_id, "conversation_id": row.conversation_id,
+        "reason": row.reason, "priority": row.priority, "status": row.status, "customer_phone": row.customer_phone,
+        "created_at": iso(row.created_at), "notes": row.notes, "assigned_agent": row.assigned_agent,
     }) for row in records.escalations]
-    escalations += [_drop_empty({
-        "EscalationId": u.escalation_id, "Status": u.status, "AssignedAgent": u.assigned_agent,
-        "ResolvedAt": iso(u.resolved_at) if u.resolved_at else None, "Notes": u.notes,
+    escalations += [_fields("escalations", {
+        "escalation_id": u.escalation_id, "status": u.status, "assigned_agent": u.assigned_agent,
+        "resolved_at": iso(u.resolved_at) if u.resolved_at else None, "notes": u.notes,
     }) for u in records.escalation_updates]
     touched = dict.fromkeys(touch.conversation_id for touch in records.conversations)
     conversation_rows = [conversation_fields(conversations[c]) for c in touched if c in conversations]
-    conversation_rows += [_drop_empty({
-        "ConversationId": u.conversation_id, "Intent": u.intent, "Sentiment": u.sentiment, "Priority": u.priority,
-        "AssignedAgent": u.assigned_agent, "Tags": tags_text(u.tags) if u.tags is not None else None,
-        "Status": u.status,
+    conversation_rows += [_fields("conversations", {
+        "conversation_id": u.conversation_id, "intent": u.intent, "sentiment": u.sentiment, "priority": u.priority,
+        "assigned_agent": u.assigned_agent, "tags": tags_text(u.tags) if u.tags is not None else None,
+        "status": u.status,
     }) for u in records.conversation_updates]
-    return {
-        "conversations": _merged(conversation_rows, "ConversationId"),
-        "interactions": _merged(interactions, "InteractionId"),
-        "escalations": _merged(escalations, "EscalationId"),
-    }
+    rows = {"conversations": conversation_rows, "interactions": interactions, "escalations": escalations}
+    return {kind: _merged(rows[kind], KEYS[kind]) for kind in TABLES}
 
 
 def _merged(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:

@@ -128,6 +128,10 @@ class BaseNames(dict[str, str]):
         """The base's name for one of our fields."""
         return self.fields[kind].get(logical, logical)
 
+    def field_for(self, kind: str, column: str) -> str:
+        """The base's name for our field that copies PostgreSQL's `column`."""
+        return self.field(kind, FIELD_OF[kind][column])
+
     def same(self, other: Mapping[str, str]) -> bool:
         """The same tables and mapped fields (dict equality alone ignores the fields)."""
         return dict(self) == dict(other) and self.fields == BaseNames.of(other).fields

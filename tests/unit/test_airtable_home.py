@@ -1,14 +1,18 @@
-"""Airtable has one home: pyairtable (and its requests) only in daemon/sinks/airtable_client.py."""
+"""Airtable has one home: pyairtable (and its requests) only in daemon/sinks/airtable_client.py, the field
+names only in daemon/sinks/airtable_fields.py."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import daemon
+from daemon.sinks.airtable_fields import TABLES
 
 PACKAGE = Path(daemon.__file__).parent
 CLIENT = "sinks/airtable_client.py"
+FIELDS = "sinks/airtable_fields.py"
 
 
 def modules() -> dict[str, ast.Module]:
@@ -39,3 +43,24 @@ def test_the_config_and_the_field_table_load_no_http_client():
             "print(sorted(m for m in ('pyairtable', 'requests') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_module_that_speaks_airtable_names_its_fields_through_the_field_table():
+    """By the PostgreSQL column a field copies (FIELD_OF, BaseNames.field_for) or the table's constants."""
+    names = {spec.name for specs in TABLES.values() for spec in specs}
+    speaking = {path: tree for path, tree in modules().items() if path != FIELDS
+                and any(name.startswith("daemon.sinks.airtable") for name in imported(tree))}
+    assert {"recover.py", "forget.py", "reads.py", "sinks/airtable.py", CLIENT} <= set(speaking)
+    spelled = sorted((path, node.lineno, node.value) for path, tree in speaking.items() for node in ast.walk(tree)
+                     if isinstance(node, ast.Constant) and node.value in names)
+    assert spelled == []
+
+
+def test_every_field_copies_a_column_of_its_postgresql_table():
+    from daemon.sinks.postgres import MIGRATIONS
+
+    for kind, specs in TABLES.items():
+        body = re.search(rf"CREATE TABLE {{s}}\.{kind} \((.*?)\n    \);", MIGRATIONS[0], re.S).group(1)
+        columns = {line.split()[0] for line in body.strip().splitlines()}
+        assert {spec.column for spec in specs} <= columns, kind
+        assert len({spec.column for spec in specs}) == len(specs), kind
