@@ -103,8 +103,7 @@ def classify(exc: Exception, what: str, write: bool = False) -> Exception:
 SEVERITY = (SetupError, QuotaError, ThrottledError, PermanentError, TransientError)
 
 
-
-# -- the client ----------------------------------------------------------------------------------
+# -- the client ------------------------------------------------------------------------------------
 
 class PlanCache:
     """The base's write plan as last read, so that a reader need not read the schema for every request."""
@@ -273,6 +272,8 @@ async def pages(client: AirtableClient, table: str, formula: str | None, fields:
             return
 
 
+# -- the base's write plan, as read through the client ----------------------------------------------
+
 async def probe_tables(client: AirtableClient, names: BaseNames) -> None:
     """Without the schema, check each table and its key by reading a record: a missing one is a SetupError."""
     for kind in TABLES:
@@ -297,20 +298,15 @@ async def current_plan(client: AirtableClient, names: Mapping[str, str], attempt
     return await client.plans.get(names, lambda: patiently(lambda: read_plan(client, names, probe=False), attempts))
 
 
-
 # -- formulas ---------------------------------------------------------------------------------------
 
-def _formula(node: Any) -> str:
-    return to_formula_str(node)
-
-
 def equals_formula(name: str, value: str) -> str:
-    return _formula(EQ(Field(name), value))
+    return to_formula_str(EQ(Field(name), value))
 
 
 def any_of_formula(name: str, values: Sequence[str]) -> str:
     """Records whose `name` is one of `values` (a few dozen at most: the formula travels in the URL)."""
-    return _formula(OR(*(EQ(Field(name), value) for value in values)))
+    return to_formula_str(OR(*(EQ(Field(name), value) for value in values)))
 
 
 def ids_formulas(name: str, ids: Sequence[str]) -> list[str]:
@@ -323,14 +319,14 @@ def phone_formula(name: str, phone: str) -> str:
     if not re.fullmatch(r"[0-9]+", phone):
         raise ValueError(f"a phone to look up must be digits, not {phone!r}")
     # CONCATENATE makes a number cell text, which REGEX_REPLACE needs
-    return _formula(EQ(REGEX_REPLACE(CONCATENATE(Field(name), ""), "[^0-9]", ""), phone))
+    return to_formula_str(EQ(REGEX_REPLACE(CONCATENATE(Field(name), ""), "[^0-9]", ""), phone))
 
 
 def since_formula(name: str, since: str) -> str:
     """Records whose date `name` is at or after `since` (journal time text)."""
-    return _formula(GTE(Field(name), parse_time(since)))
+    return to_formula_str(GTE(Field(name), parse_time(since)))
 
 
 def before_formula(name: str, moment: datetime) -> str:
     """Records whose date `name` is before `moment`."""
-    return _formula(LT(Field(name), moment))
+    return to_formula_str(LT(Field(name), moment))
