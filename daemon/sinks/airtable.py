@@ -25,7 +25,7 @@ from daemon.records import (
     INTERACTION_STATUS, ConversationState, InteractionRow, Records, iso, later_status, map_events, tags_text,
 )
 from daemon.sinks.airtable_client import (
-    RECORDS_PER_REQUEST, SEVERITY, THREADS, QUOTA_REASON, AirtableClient, any_of_formula, pages, read_plan,
+    QUOTA_REASON, RECORDS_PER_REQUEST, SEVERITY, THREADS, AirtableClient, any_of_formula, pages, read_plan,
 )
 from daemon.sinks.airtable_fields import KEYS, TABLES, TITLES, BaseNames, as_fields
 from daemon.sinks.airtable_schema import BasePlan, parse_field_mapping, plan_base
