@@ -22,9 +22,11 @@ from typing import Any
 from loguru import logger
 
 from daemon.journal import Journal
-from daemon.recover import ids_formulas, phone_formula
-from daemon.sinks.airtable import RECORDS_PER_REQUEST, AirtableClient, pages, patiently, read_plan
-from daemon.sinks.airtable_schema import KEYS, BaseNames, BasePlan
+from daemon.sinks.airtable_client import (
+    RECORDS_PER_REQUEST, AirtableClient, ids_formulas, pages, patiently, phone_formula, read_plan,
+)
+from daemon.sinks.airtable_fields import FIELD_OF, KEYS, BaseNames
+from daemon.sinks.airtable_schema import BasePlan
 from daemon.sinks.base import SinkError
 from daemon.sinks.postgres_rows import PostgresRows
 
@@ -47,18 +49,20 @@ Delete = Callable[[str, list[str]], Awaitable[None]]
 
 
 class _Lookups:
-    """Which fields of the base can be searched (its plan), and a note for each lookup that cannot."""
+    """Which fields of the base can be searched (its plan), and a note for each lookup that cannot. A field is
+    named by the PostgreSQL column it copies (airtable_fields.FIELD_OF)."""
 
     def __init__(self, names: BaseNames, plan: BasePlan):
         self.names, self.plan = names, plan
         self.notes: list[str] = []
 
-    def has(self, kind: str, logical: str) -> bool:
-        return kind in self.plan.tables and logical not in {m.spec.name for m in self.plan.missing.get(kind, [])}
+    def has(self, kind: str, column: str) -> bool:
+        missing = {m.spec.name for m in self.plan.missing.get(kind, [])}
+        return kind in self.plan.tables and FIELD_OF[kind][column] not in missing
 
-    def field(self, kind: str, logical: str, without: str) -> str | None:
+    def field(self, kind: str, column: str, without: str) -> str | None:
         """The base's name for the field to search, or None (noted, with `without`: what that leaves)."""
-        table = self.names[kind]
+        table, logical = self.names[kind], FIELD_OF[kind][column]
         if kind in self.plan.missing_tables:
             gap, without = f"table {table} is missing", "nothing to erase there"
         elif kind not in self.plan.tables:
@@ -79,8 +83,8 @@ async def _airtable_targets(client: AirtableClient, lookups: _Lookups, phone: st
     names = lookups.names
     found: dict[str, list[str]] = {kind: [] for kind in names}
     ids = list(conversation_ids)
-    key = lookups.field("conversations", "ConversationId", "no conversation could be looked up")
-    phone_field = key and lookups.field("conversations", "CustomerPhone", "conversations were looked up only by "
+    key = lookups.field("conversations", "conversation_id", "no conversation could be looked up")
+    phone_field = key and lookups.field("conversations", "customer_phone", "conversations were looked up only by "
                                         "the ids the journal and PostgreSQL know")
     if phone_field:
         async for page in pages(client, names["conversations"], phone_formula(phone_field, phone)):
@@ -92,18 +96,18 @@ async def _airtable_targets(client: AirtableClient, lookups: _Lookups, phone: st
     for formula in ids_formulas(key, ids) if key else []:
         async for page in pages(client, names["conversations"], formula):
             found["conversations"] += [r["id"] for r in page if r["id"] not in found["conversations"]]
-    by_conversation = lookups.field("interactions", "ConversationId", "no interaction could be found (they "
+    by_conversation = lookups.field("interactions", "conversation_id", "no interaction could be found (they "
                                     "carry no phone): delete this person's messages there by hand")
     for formula in ids_formulas(by_conversation, ids) if by_conversation else []:
         async for page in pages(client, names["interactions"], formula):
             found["interactions"] += [r["id"] for r in page]
     escalation_formulas = []
     neither = "no escalation could be found: delete this person's escalations there by hand"
-    if phone_field := lookups.field("escalations", "CustomerPhone", "escalations were looked up only by conversation"
-                                    if lookups.has("escalations", "ConversationId") else neither):
+    if phone_field := lookups.field("escalations", "customer_phone", "escalations were looked up only by conversation"
+                                    if lookups.has("escalations", "conversation_id") else neither):
         escalation_formulas.append(phone_formula(phone_field, phone))
-    if by_conversation := lookups.field("escalations", "ConversationId", "escalations were looked up only by phone"
-                                        if lookups.has("escalations", "CustomerPhone") else neither):
+    if by_conversation := lookups.field("escalations", "conversation_id", "escalations were looked up only by phone"
+                                        if lookups.has("escalations", "customer_phone") else neither):
         escalation_formulas += ids_formulas(by_conversation, ids)
     for formula in escalation_formulas:
         async for page in pages(client, names["escalations"], formula):

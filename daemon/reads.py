@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.records import api_update_prefix, iso, map_events, merged_interactions, parse_tags
+from daemon.sinks.airtable_fields import FIELD_OF, KEYS, BaseNames
 from daemon.sinks.base import SinkError
 
 READ_LIMIT = 1000  # the API's most interactions a read
@@ -18,29 +19,30 @@ EVENTS_PER_INTERACTION = 4  # the journal reads this many events per interaction
 # later; a 429 waits out its lockout), not for the minutes a background job may wait.
 AIRTABLE_ATTEMPTS = 3
 
-# (PostgreSQL column, answer name, Airtable field) of what the reads return.
-CONVERSATION_FIELDS = (
-    ("conversation_id", "conversationId", "ConversationId"), ("customer_phone", "customerPhone", "CustomerPhone"),
-    ("customer_name", "customerName", "CustomerName"), ("status", "status", "Status"),
-    ("started_at", "startedAt", "StartedAt"), ("last_activity", "lastActivity", "LastActivity"),
-    ("message_count", "messageCount", "MessageCount"), ("intent", "intent", "Intent"),
-    ("sentiment", "sentiment", "Sentiment"), ("priority", "priority", "Priority"),
-    ("assigned_agent", "assignedAgent", "AssignedAgent"), ("tags", "tags", "Tags"), ("metadata", "metadata", "Metadata"),
-)
-INTERACTION_FIELDS = (
-    ("interaction_id", "id", "InteractionId"), ("conversation_id", "conversationId", "ConversationId"),
-    ("message_id", "messageId", "MessageId"), ("direction", "direction", "Direction"),
-    ("content", "content", "Content"), ("intent", "intent", "Intent"), ("response", "response", "Response"),
-    ("processing_time_ms", "processingTime", "ProcessingTime"), ("status", "status", "Status"),
-    ("error_message", "errorMessage", "ErrorMessage"), ("occurred_at", "timestamp", "Timestamp"),
-)
-ESCALATION_FIELDS = (
-    ("escalation_id", "id", "EscalationId"), ("ticket_id", "ticketId", "TicketId"),
-    ("conversation_id", "conversationId", "ConversationId"), ("reason", "reason", "Reason"),
-    ("priority", "priority", "Priority"), ("status", "status", "Status"),
-    ("customer_phone", "customerPhone", "CustomerPhone"), ("assigned_agent", "assignedAgent", "AssignedAgent"),
-    ("created_at", "createdAt", "CreatedAt"), ("resolved_at", "resolvedAt", "ResolvedAt"), ("notes", "notes", "Notes"),
-)
+
+def _answers(kind: str, names: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str, str], ...]:
+    """(PostgreSQL column, answer name, our Airtable field, as the field table names it) of what reads return."""
+    return tuple((column, name, FIELD_OF[kind][column]) for column, name in names)
+
+
+CONVERSATION_FIELDS = _answers("conversations", (
+    ("conversation_id", "conversationId"), ("customer_phone", "customerPhone"), ("customer_name", "customerName"),
+    ("status", "status"), ("started_at", "startedAt"), ("last_activity", "lastActivity"),
+    ("message_count", "messageCount"), ("intent", "intent"), ("sentiment", "sentiment"), ("priority", "priority"),
+    ("assigned_agent", "assignedAgent"), ("tags", "tags"), ("metadata", "metadata"),
+))
+INTERACTION_FIELDS = _answers("interactions", (
+    ("interaction_id", "id"), ("conversation_id", "conversationId"), ("message_id", "messageId"),
+    ("direction", "direction"), ("content", "content"), ("intent", "intent"), ("response", "response"),
+    ("processing_time_ms", "processingTime"), ("status", "status"), ("error_message", "errorMessage"),
+    ("occurred_at", "timestamp"),
+))
+ESCALATION_FIELDS = _answers("escalations", (
+    ("escalation_id", "id"), ("ticket_id", "ticketId"), ("conversation_id", "conversationId"),
+    ("reason", "reason"), ("priority", "priority"), ("status", "status"), ("customer_phone", "customerPhone"),
+    ("assigned_agent", "assignedAgent"), ("created_at", "createdAt"), ("resolved_at", "resolvedAt"),
+    ("notes", "notes"),
+))
 FIELDS = {"conversations": CONVERSATION_FIELDS, "interactions": INTERACTION_FIELDS, "escalations": ESCALATION_FIELDS}
 FROM_POSTGRES = {kind: {column: name for column, name, _ in fields} for kind, fields in FIELDS.items()}
 FROM_AIRTABLE = {kind: {cell: name for _, name, cell in fields} for kind, fields in FIELDS.items()}
@@ -138,18 +140,17 @@ async def airtable_records_of(client: Any, tables: dict[str, str], kind: str, co
                               limit: int) -> list[dict[str, Any]]:
     """Up to `limit` records of one conversation as the values chatledger wrote, under our field names
     (the base's plan maps the names of [airtable.fields] and undoes each field type's form)."""
-    from daemon.recover import equals_formula
-    from daemon.sinks.airtable import current_plan, pages
-    from daemon.sinks.airtable_schema import BaseNames, read_back
+    from daemon.sinks.airtable_client import current_plan, equals_formula, pages
+    from daemon.sinks.airtable_schema import read_back
 
     names = BaseNames.of(tables)
     plan = await current_plan(client, names, AIRTABLE_ATTEMPTS)
-    why = plan.unselectable(names, kind, "ConversationId")
+    why = plan.unselectable(names, kind, FIELD_OF[kind]["conversation_id"])
     if why:
         fix = "; `chatledger airtable init` creates it" if why.endswith(" is missing") else ""
         raise NotAsked(f"{why}, so {kind} cannot be selected by conversation{fix}")
     rows: list[dict[str, Any]] = []
-    formula = equals_formula(names.field(kind, "ConversationId"), conversation_id)
+    formula = equals_formula(names.field_for(kind, "conversation_id"), conversation_id)
     async for page in pages(client, names[kind], formula, attempts=AIRTABLE_ATTEMPTS):
         rows += [read_back(plan, names, kind, record.get("fields", {})) for record in page]
         if len(rows) >= limit:
@@ -326,21 +327,20 @@ async def conversations_of_phone(stores: Stores, phone: str, down: dict[str, str
 
 
 async def _airtable_conversations_of_phone(client: Any, tables: dict[str, str], phone: str) -> list[str]:
-    from daemon.recover import phone_formula
-    from daemon.sinks.airtable import current_plan, pages
-    from daemon.sinks.airtable_schema import BaseNames, read_back
+    from daemon.sinks.airtable_client import current_plan, pages, phone_formula
+    from daemon.sinks.airtable_schema import read_back
 
     names = BaseNames.of(tables)
     plan = await current_plan(client, names, AIRTABLE_ATTEMPTS)
-    why = plan.unselectable(names, "conversations", "CustomerPhone")
+    why = plan.unselectable(names, "conversations", FIELD_OF["conversations"]["customer_phone"])
     if why:
         raise NotAsked(f"{why}, so conversations cannot be selected by phone")
     ids: list[str] = []
     async for page in pages(client, names["conversations"],
-                            phone_formula(names.field("conversations", "CustomerPhone"), phone),
+                            phone_formula(names.field_for("conversations", "customer_phone"), phone),
                             attempts=AIRTABLE_ATTEMPTS):
         for record in page:
-            found = read_back(plan, names, "conversations", record.get("fields", {})).get("ConversationId")
+            found = read_back(plan, names, "conversations", record.get("fields", {})).get(KEYS["conversations"])
             if found and found not in ids:
                 ids.append(found)
     return ids

@@ -30,19 +30,20 @@ from functools import partial
 from typing import Any
 
 from loguru import logger
-from pyairtable.formulas import CONCATENATE, EQ, GTE, OR, REGEX_REPLACE, Field, to_formula_str
 
 from daemon.events import digits_only, has_control
 from daemon.records import (
     INTERACTION_STATUS, clean_text, iso, parse_tags, parse_time, status_key, status_rank, ticket_for,
 )
-from daemon.sinks.airtable import AirtableClient, pages, patiently
-from daemon.sinks.airtable_schema import BaseNames, BasePlan, cut_text, plan_base, read_back
+from daemon.sinks.airtable_client import (
+    AirtableClient, equals_formula, ids_formulas, pages, patiently, phone_formula, since_formula,
+)
+from daemon.sinks.airtable_fields import DATED_BY, FIELD_OF, BaseNames
+from daemon.sinks.airtable_schema import BasePlan, cut_text, plan_base, read_back
 from daemon.sinks.base import PermanentError, SinkError
 from daemon.sinks.postgres_rows import KEYS, PostgresRows
 
 KINDS = ("conversations", "interactions", "escalations")
-IDS_PER_FORMULA = 40
 PROBLEMS_KEPT = 20
 DIFFS_KEPT = 1000  # rows whose differences --diff lists; the rest are counted
 SHORT = 60  # characters of a value --diff shows
@@ -56,20 +57,6 @@ COMPARED = {
                      "processing_time_ms", "status", "error_message", "occurred_at"),
     "escalations": ("ticket_id", "conversation_id", "reason", "priority", "status", "customer_phone",
                     "assigned_agent", "created_at", "resolved_at", "notes"),
-}
-# The Airtable field each compared column is read from.
-SOURCES = {
-    "conversations": {"customer_phone": "CustomerPhone", "customer_name": "CustomerName", "intent": "Intent",
-                      "sentiment": "Sentiment", "priority": "Priority", "assigned_agent": "AssignedAgent",
-                      "tags": "Tags"},
-    "interactions": {"conversation_id": "ConversationId", "message_id": "MessageId", "direction": "Direction",
-                     "content": "Content", "intent": "Intent", "response": "Response",
-                     "processing_time_ms": "ProcessingTime", "status": "Status", "error_message": "ErrorMessage",
-                     "occurred_at": "Timestamp"},
-    "escalations": {"ticket_id": "TicketId", "conversation_id": "ConversationId", "reason": "Reason",
-                    "priority": "Priority", "status": "Status", "customer_phone": "CustomerPhone",
-                    "assigned_agent": "AssignedAgent", "created_at": "CreatedAt", "resolved_at": "ResolvedAt",
-                    "notes": "Notes"},
 }
 TIMES = frozenset({"started_at", "last_activity", "created_at", "updated_at", "occurred_at", "resolved_at"})
 PHONES = frozenset({"customer_phone"})
@@ -168,10 +155,23 @@ def new_run_id(now: datetime) -> str:
 
 # -- Airtable record -> PostgreSQL row (pure) ---------------------------------------------------------
 
-def _text(fields: dict[str, Any], name: str) -> str | None:
+class _Cells:
+    """A record's cells (by our field names) read by the PostgreSQL column each copies (airtable_fields.FIELD_OF)."""
+
+    def __init__(self, kind: str, fields: dict[str, Any]):
+        self._names, self._fields = FIELD_OF[kind], fields
+
+    def name(self, column: str) -> str:
+        return self._names[column]
+
+    def get(self, column: str) -> Any:
+        return self._fields.get(self._names[column])
+
+
+def _text(cells: _Cells, column: str) -> str | None:
     """The field as text, NUL replaced (PostgreSQL text cannot hold it); a multiple select's choices
     comma-separated."""
-    value = fields.get(name)
+    value = cells.get(column)
     if isinstance(value, list):
         value = ", ".join(str(item) for item in value)
     if value is None or value == "":
@@ -179,31 +179,31 @@ def _text(fields: dict[str, Any], name: str) -> str | None:
     return clean_text(value if isinstance(value, str) else str(value))
 
 
-def _key(fields: dict[str, Any], name: str, required: bool = True) -> str | None:
+def _key(cells: _Cells, column: str, required: bool = True) -> str | None:
     """An id field: a control character in it is not cleaned (the id would change) but refused."""
-    value = fields.get(name)
+    value = cells.get(column)
     text = None if value is None or value == "" else value if isinstance(value, str) else str(value)
     if text is None:
         if required:
-            raise Unusable(f"no {name}")
+            raise Unusable(f"no {cells.name(column)}")
         return None
     if has_control(text):
-        raise Unusable(f"{name} {text!r} holds a control character")
+        raise Unusable(f"{cells.name(column)} {text!r} holds a control character")
     return text
 
 
-def _time(fields: dict[str, Any], name: str, required: bool = False) -> str | None:
+def _time(cells: _Cells, column: str, required: bool = False) -> str | None:
     """ISO 8601 in UTC; a date field without time stays a bare date (YYYY-MM-DD), which PostgreSQL reads as
     midnight UTC and the comparison reads as that day only."""
-    value = _text(fields, name)
+    value = _text(cells, column)
     if value is None:
         if required:
-            raise Unusable(f"no {name}")
+            raise Unusable(f"no {cells.name(column)}")
         return None
     try:
         moment = parse_time(value)
     except ValueError:
-        raise Unusable(f"{name} is not a date: {value!r}") from None
+        raise Unusable(f"{cells.name(column)} is not a date: {value!r}") from None
     if _date_only(value):
         return value
     return iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
@@ -218,20 +218,20 @@ def _utc(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _int(fields: dict[str, Any], name: str) -> int | None:
-    value = fields.get(name)
+def _int(cells: _Cells, column: str) -> int | None:
+    value = cells.get(column)
     if value is None or value == "":
         return None
     try:
         return int(float(value))
     except (TypeError, ValueError):
-        raise Unusable(f"{name} is not a number: {value!r}") from None
+        raise Unusable(f"{cells.name(column)} is not a number: {value!r}") from None
 
 
-def _required(fields: dict[str, Any], name: str) -> str:
-    value = _text(fields, name)
+def _required(cells: _Cells, column: str) -> str:
+    value = _text(cells, column)
     if value is None:
-        raise Unusable(f"no {name}")
+        raise Unusable(f"no {cells.name(column)}")
     return value
 
 
@@ -257,52 +257,54 @@ def _cleaned(value: Any) -> Any:
 
 
 def conversation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
-    status = _text(fields, "Status")
+    cells = _Cells("conversations", fields)
+    status = _text(cells, "status")
     status = status if status in ("active", "closed", "escalated") else "active"
-    last_activity = _time(fields, "LastActivity")
-    metadata = _metadata(_text(fields, "Metadata"))
+    last_activity = _time(cells, "last_activity")
+    metadata = _metadata(_text(cells, "metadata"))
     title = STATUS_EVENTS.get(status)
     if title and last_activity:
         metadata.update(status_event=title, status_event_at=last_activity,
                         status_key=status_key(_utc(last_activity), ""))
     return {
-        "conversation_id": _key(fields, "ConversationId"),
-        "customer_phone": digits_only(fields.get("CustomerPhone")), "customer_name": _text(fields, "CustomerName"),
-        "status": status, "started_at": _time(fields, "StartedAt"), "last_activity": last_activity,
-        "message_count": _int(fields, "MessageCount") or 0, "intent": _text(fields, "Intent"),
-        "sentiment": _text(fields, "Sentiment"), "priority": _text(fields, "Priority"),
-        "assigned_agent": _text(fields, "AssignedAgent"), "tags": parse_tags(_text(fields, "Tags")),
-        "metadata": metadata, "created_at": _time(fields, "CreatedAt") or now,
-        "updated_at": _time(fields, "UpdatedAt") or now,
+        "conversation_id": _key(cells, "conversation_id"),
+        "customer_phone": digits_only(cells.get("customer_phone")), "customer_name": _text(cells, "customer_name"),
+        "status": status, "started_at": _time(cells, "started_at"), "last_activity": last_activity,
+        "message_count": _int(cells, "message_count") or 0, "intent": _text(cells, "intent"),
+        "sentiment": _text(cells, "sentiment"), "priority": _text(cells, "priority"),
+        "assigned_agent": _text(cells, "assigned_agent"), "tags": parse_tags(_text(cells, "tags")),
+        "metadata": metadata, "created_at": _time(cells, "created_at") or now,
+        "updated_at": _time(cells, "updated_at") or now,
     }
 
 
 def interaction_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
-    direction = _required(fields, "Direction")
+    cells = _Cells("interactions", fields)
+    direction = _required(cells, "direction")
     if direction not in ("inbound", "outbound"):
-        raise Unusable(f"Direction is {direction!r}, not inbound or outbound")
+        raise Unusable(f"{cells.name('direction')} is {direction!r}, not inbound or outbound")
     return {
-        "interaction_id": _key(fields, "InteractionId"), "conversation_id": _key(fields, "ConversationId"),
-        "message_id": _key(fields, "MessageId", required=False), "direction": direction,
-        "content": _text(fields, "Content"),
-        "intent": _text(fields, "Intent"), "response": _text(fields, "Response"),
-        "processing_time_ms": _int(fields, "ProcessingTime"),
-        "status": _text(fields, "Status"),
-        "error_message": _text(fields, "ErrorMessage"), "customer_phone": None,
-        "occurred_at": _time(fields, "Timestamp", required=True), "created_at": _time(fields, "CreatedAt") or now,
+        "interaction_id": _key(cells, "interaction_id"), "conversation_id": _key(cells, "conversation_id"),
+        "message_id": _key(cells, "message_id", required=False), "direction": direction,
+        "content": _text(cells, "content"),
+        "intent": _text(cells, "intent"), "response": _text(cells, "response"),
+        "processing_time_ms": _int(cells, "processing_time_ms"),
+        "status": _text(cells, "status"),
+        "error_message": _text(cells, "error_message"), "customer_phone": None,
+        "occurred_at": _time(cells, "occurred_at", required=True), "created_at": _time(cells, "created_at") or now,
     }
 
 
 def escalation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
-    escalation_id = _key(fields, "EscalationId")
+    cells = _Cells("escalations", fields)
     return {
-        "escalation_id": escalation_id,
-        "ticket_id": _key(fields, "TicketId", required=False),
-        "conversation_id": _key(fields, "ConversationId"), "reason": _text(fields, "Reason"),
-        "priority": _text(fields, "Priority"), "status": _text(fields, "Status"),
-        "customer_phone": digits_only(fields.get("CustomerPhone")), "assigned_agent": _text(fields, "AssignedAgent"),
-        "created_at": _time(fields, "CreatedAt", required=True), "resolved_at": _time(fields, "ResolvedAt"),
-        "notes": _text(fields, "Notes"),
+        "escalation_id": _key(cells, "escalation_id"),
+        "ticket_id": _key(cells, "ticket_id", required=False),
+        "conversation_id": _key(cells, "conversation_id"), "reason": _text(cells, "reason"),
+        "priority": _text(cells, "priority"), "status": _text(cells, "status"),
+        "customer_phone": digits_only(cells.get("customer_phone")), "assigned_agent": _text(cells, "assigned_agent"),
+        "created_at": _time(cells, "created_at", required=True), "resolved_at": _time(cells, "resolved_at"),
+        "notes": _text(cells, "notes"),
     }
 
 
@@ -364,7 +366,7 @@ def compared(kind: str, plan: BasePlan | None = None) -> tuple[str, ...]:
     table = plan.tables.get(kind) if plan is not None else None
     if table is None:
         return COMPARED[kind]
-    return tuple(c for c in COMPARED[kind] if SOURCES[kind][c] in table.written)
+    return tuple(c for c in COMPARED[kind] if FIELD_OF[kind][c] in table.written)
 
 
 def differences(kind: str, airtable: dict[str, Any], postgres: dict[str, Any],
@@ -380,40 +382,6 @@ def differences(kind: str, airtable: dict[str, Any], postgres: dict[str, Any],
 def _behind(theirs: Any, ours: Any) -> bool:
     """An interaction's status never moves back (records.STATUS_ORDER), not even by `recover`."""
     return status_rank(theirs) < status_rank(ours)
-
-
-# -- formulas ---------------------------------------------------------------------------------------
-
-# Every formula is built by pyairtable, whose to_formula_str quotes each value (quoted(): backslash and
-# quote escaped) and each field name: a value can never change what a formula selects.
-
-def _formula(node: Any) -> str:
-    return to_formula_str(node)
-
-
-def equals_formula(name: str, value: str) -> str:
-    return _formula(EQ(Field(name), value))
-
-
-def ids_formulas(name: str, ids: Sequence[str]) -> list[str]:
-    """Formulas matching these values of `name`, a few dozen per formula (URLs stay short)."""
-    chunks = [ids[i:i + IDS_PER_FORMULA] for i in range(0, len(ids), IDS_PER_FORMULA)]
-    return [_formula(OR(*(EQ(Field(name), value) for value in chunk))) for chunk in chunks]
-
-
-def phone_formula(name: str, phone: str) -> str:
-    """Matches however the phone was typed (+55 11 ..., 5511...): compares the digits."""
-    if not re.fullmatch(r"[0-9]+", phone):
-        raise ValueError(f"a phone to look up must be digits, not {phone!r}")
-    # CONCATENATE makes a number cell text, which REGEX_REPLACE needs
-    return _formula(EQ(REGEX_REPLACE(CONCATENATE(Field(name), ""), "[^0-9]", ""), phone))
-
-
-def since_formula(name: str, since: str) -> str:
-    return _formula(GTE(Field(name), parse_time(since)))
-
-
-TIME_FIELDS = {"conversations": "LastActivity", "interactions": "Timestamp", "escalations": "CreatedAt"}
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -452,28 +420,28 @@ class Recovery:
             conversations = [selection.conversation]
         for kind in ("interactions", "escalations"):
             if selection.conversation or selection.phone:
-                if self._selectable(kind, "ConversationId", "by conversation"):
-                    await self._table(kind, ids_formulas(self.tables.field(kind, "ConversationId"), conversations))
+                if self._selectable(kind, FIELD_OF[kind]["conversation_id"], "by conversation"):
+                    await self._table(kind, ids_formulas(self.tables.field_for(kind, "conversation_id"), conversations))
             elif selection.since:
-                if self._selectable(kind, TIME_FIELDS[kind], "by time"):
+                if self._selectable(kind, DATED_BY[kind], "by time"):
                     await self._table(kind, [await self._since_formula(kind, selection.since)])
             else:
                 await self._table(kind, [None])
         return self.report
 
     async def _conversation_formulas(self, selection: Selection) -> list[str | None]:
-        field = partial(self.tables.field, "conversations")
+        field = partial(self.tables.field_for, "conversations")
         if selection.conversation:
-            return [equals_formula(field("ConversationId"), selection.conversation)]
+            return [equals_formula(field("conversation_id"), selection.conversation)]
         if selection.phone:
-            why = self._plan.unselectable(self.tables, "conversations", "CustomerPhone")
+            why = self._plan.unselectable(self.tables, "conversations", FIELD_OF["conversations"]["customer_phone"])
             if why:
                 raise Unselectable(f"--phone selects conversations by their phone, but {why}: nothing was recovered "
                                    "(`chatledger airtable init` creates a missing field; --conversation ID selects "
                                    "by the key)")
-            return [phone_formula(field("CustomerPhone"), selection.phone)]
+            return [phone_formula(field("customer_phone"), selection.phone)]
         if selection.since:
-            if not self._selectable("conversations", TIME_FIELDS["conversations"], "by time"):
+            if not self._selectable("conversations", DATED_BY["conversations"], "by time"):
                 return []  # the conversations of the interactions and escalations read are read by their id
             return [await self._since_formula("conversations", selection.since)]
         return [None]
@@ -491,7 +459,7 @@ class Recovery:
         """Records of `kind` from `since` on. A date field without time holds only the day (compared as its
         midnight), so there, and when the schema cannot be read, the selection starts at that day's start
         in UTC: a few more records are read, present ones are only counted."""
-        name = self.tables.field(kind, TIME_FIELDS[kind])
+        name = self.tables.field(kind, DATED_BY[kind])
         table = next((t for t in self._schema or [] if self.tables[kind] in (t.get("id"), t.get("name"))), {})
         type_ = next((f.get("type") for f in table.get("fields", []) if f.get("name") == name), None)
         if type_ != "dateTime":
@@ -535,7 +503,7 @@ class Recovery:
             return
         self._conversations.update(await self.pg.existing("conversations", wanted))
         missing = [c for c in wanted if c not in self._conversations]
-        for formula in ids_formulas(self.tables.field("conversations", "ConversationId"), missing):
+        for formula in ids_formulas(self.tables.field_for("conversations", "conversation_id"), missing):
             async for page in pages(self.client, self.tables["conversations"], formula):
                 await self._apply("conversations", self._rows("conversations", page))
         first = {}

@@ -1,81 +1,62 @@
-"""The Airtable sink: the same rows as PostgreSQL, upserted through pyairtable under the base's budget.
+"""The Airtable sink: the same rows as PostgreSQL, upserted through airtable_client under the base's budget.
 
-pyairtable is synchronous (requests): every call runs in a small thread pool, never on the event
-loop, with a timeout and pyairtable's own retries off, so that the request budget (5/s per base)
-and the delivery loop's backoff are the only retry layers. Every request, reads and metadata
-included, takes a token first. Writes are upserts keyed on ConversationId / InteractionId /
-EscalationId, so a retry or a replay never creates a duplicate. Which field each value goes to, and
-in which form, comes from the base's own schema (airtable_schema's write plan).
+Every request goes through AirtableClient (pyairtable off the event loop, one token each, failures
+classified). Writes are upserts keyed on each table's key (airtable_fields.KEYS), so a retry or a
+replay never creates a duplicate. A row is built by PostgreSQL column and named by the field table
+(airtable_fields); which field of the base each value goes to, and in which form, comes from the
+base's own schema (airtable_schema's write plan).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-import requests
 from loguru import logger
-from pyairtable import Api
-from pyairtable.formulas import EQ, OR, Field, to_formula_str
 
 from daemon.events import StoredEvent
-from daemon.ratelimit import BudgetPaused, MonthlyRequests, RequestBudget
+from daemon.ratelimit import MonthlyRequests, RequestBudget
 from daemon.records import (
     INTERACTION_STATUS, ConversationState, InteractionRow, Records, iso, later_status, map_events, tags_text,
 )
-from daemon.sinks.airtable_schema import (
-    KEYS, TABLES, TITLES, BaseNames, BasePlan, parse_field_mapping, plan_base,
+from daemon.sinks.airtable_client import (
+    QUOTA_REASON, RECORDS_PER_REQUEST, SEVERITY, THREADS, AirtableClient, any_of_formula, pages, read_plan,
 )
-from daemon.sinks.base import PermanentError, RefusedError, SetupError, SinkError, TransientError
+from daemon.sinks.airtable_fields import KEYS, TABLES, TITLES, BaseNames, as_fields
+from daemon.sinks.airtable_schema import BasePlan, parse_field_mapping, plan_base
+from daemon.sinks.base import PermanentError, RefusedError, SetupError
 
-RECORDS_PER_REQUEST = 10
-PAGE_SIZE = 100  # records per list request, Airtable's maximum
 BATCH_SIZE = 500  # events per delivery: 50 interaction requests share the conversation upserts
-TIMEOUT = (5, 30)  # connect, read (seconds)
-LOCKOUT = 30.0  # what Airtable imposes after a 429
-QUOTA_RETRY = 3600.0  # the monthly quota does not come back by waiting a minute
 SETUP_RETRY = 3600.0  # an unprepared base is fixed by an operator, who then runs `sync`: each check costs requests
-THREADS = 5
-QUOTA_REASON = "monthly API quota exhausted"
-# How long a reader (the bot API) trusts the plan last read: the sink reads the schema again on sync,
-# SIGHUP and init, and what an operator changes without telling chatledger is seen within this.
-PLAN_MAX_AGE = 600.0
 PROBE_SHARE = 0.1  # a blocked base's probes spend at most this share of the month's remaining requests
 CREATING_FIRST = ("interactions", "escalations", "conversations")  # the write most likely to create a record first
 
-class ThrottledError(TransientError):
-    """Airtable answered 429 RATE_LIMIT_REACHED anyway: the whole base pauses for the lockout."""
-
-    state = "throttled"
-
-
-class QuotaError(TransientError):
-    """The workspace's monthly API quota is exhausted: stop calling, retry hourly."""
-
-    state = "quota"
-
 
 # -- mapping ---------------------------------------------------------------------------------------
+# A row is given by PostgreSQL column, as the PostgreSQL sink writes it; the field table names its fields.
 
 def _drop_empty(fields: dict[str, Any]) -> dict[str, Any]:
     """Leave out what we do not know, so that an upsert never clears what an operator typed."""
     return {k: v for k, v in fields.items() if v is not None and v != ""}
 
 
+def _fields(kind: str, columns: dict[str, Any]) -> dict[str, Any]:
+    """A row of `kind`, by PostgreSQL column, as the fields an upsert sends (what we know only)."""
+    return as_fields(kind, _drop_empty(columns))
+
+
 def conversation_fields(state: ConversationState) -> dict[str, Any]:
     metadata = _drop_empty({"bot_id": state.bot_id, "contact_id": state.contact_id, "service": state.service})
-    return _drop_empty({
-        "ConversationId": state.conversation_id, "CustomerPhone": state.phone, "CustomerName": state.name,
-        "Status": state.status, "StartedAt": state.started_at, "LastActivity": state.last_activity,
-        "MessageCount": state.message_count, "Metadata": json.dumps(metadata, sort_keys=True),
-        "CreatedAt": state.first_event_at, "UpdatedAt": state.updated_at,
+    return _fields("conversations", {
+        "conversation_id": state.conversation_id, "customer_phone": state.phone, "customer_name": state.name,
+        "status": state.status, "started_at": state.started_at, "last_activity": state.last_activity,
+        "message_count": state.message_count, "metadata": json.dumps(metadata, sort_keys=True),
+        "created_at": state.first_event_at, "updated_at": state.updated_at,
     })
 
 
@@ -117,34 +98,31 @@ def airtable_rows(events: Sequence[StoredEvent], records: Records, conversations
     interactions = []
     for row in records.interactions:
         timestamp, created = _interaction_times(row, received, messages or {})
-        interactions.append(_drop_empty({
-            "InteractionId": row.interaction_id, "ConversationId": row.conversation_id,
-            "MessageId": row.message_id, "Direction": row.direction, "Content": row.content,
-            "Status": _interaction_status(row, messages or {}, reports or {}),
-            "Timestamp": timestamp, "CreatedAt": created, "Intent": row.intent, "Response": row.response,
-            "ProcessingTime": row.processing_time_ms, "ErrorMessage": row.error_message,
+        interactions.append(_fields("interactions", {
+            "interaction_id": row.interaction_id, "conversation_id": row.conversation_id,
+            "message_id": row.message_id, "direction": row.direction, "content": row.content,
+            "status": _interaction_status(row, messages or {}, reports or {}),
+            "occurred_at": timestamp, "created_at": created, "intent": row.intent, "response": row.response,
+            "processing_time_ms": row.processing_time_ms, "error_message": row.error_message,
         }))
-    escalations = [_drop_empty({
-        "EscalationId": row.escalation_id, "TicketId": row.ticket_id, "ConversationId": row.conversation_id,
-        "Reason": row.reason, "Priority": row.priority, "Status": row.status, "CustomerPhone": row.customer_phone,
-        "CreatedAt": iso(row.created_at), "Notes": row.notes, "AssignedAgent": row.assigned_agent,
+    escalations = [_fields("escalations", {
+        "escalation_id": row.escalation_id, "ticket_id": row.ticket_id, "conversation_id": row.conversation_id,
+        "reason": row.reason, "priority": row.priority, "status": row.status, "customer_phone": row.customer_phone,
+        "created_at": iso(row.created_at), "notes": row.notes, "assigned_agent": row.assigned_agent,
     }) for row in records.escalations]
-    escalations += [_drop_empty({
-        "EscalationId": u.escalation_id, "Status": u.status, "AssignedAgent": u.assigned_agent,
-        "ResolvedAt": iso(u.resolved_at) if u.resolved_at else None, "Notes": u.notes,
+    escalations += [_fields("escalations", {
+        "escalation_id": u.escalation_id, "status": u.status, "assigned_agent": u.assigned_agent,
+        "resolved_at": iso(u.resolved_at) if u.resolved_at else None, "notes": u.notes,
     }) for u in records.escalation_updates]
     touched = dict.fromkeys(touch.conversation_id for touch in records.conversations)
     conversation_rows = [conversation_fields(conversations[c]) for c in touched if c in conversations]
-    conversation_rows += [_drop_empty({
-        "ConversationId": u.conversation_id, "Intent": u.intent, "Sentiment": u.sentiment, "Priority": u.priority,
-        "AssignedAgent": u.assigned_agent, "Tags": tags_text(u.tags) if u.tags is not None else None,
-        "Status": u.status,
+    conversation_rows += [_fields("conversations", {
+        "conversation_id": u.conversation_id, "intent": u.intent, "sentiment": u.sentiment, "priority": u.priority,
+        "assigned_agent": u.assigned_agent, "tags": tags_text(u.tags) if u.tags is not None else None,
+        "status": u.status,
     }) for u in records.conversation_updates]
-    return {
-        "conversations": _merged(conversation_rows, "ConversationId"),
-        "interactions": _merged(interactions, "InteractionId"),
-        "escalations": _merged(escalations, "EscalationId"),
-    }
+    rows = {"conversations": conversation_rows, "interactions": interactions, "escalations": escalations}
+    return {kind: _merged(rows[kind], KEYS[kind]) for kind in TABLES}
 
 
 def _merged(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -155,243 +133,7 @@ def _merged(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-# -- errors ----------------------------------------------------------------------------------------
-
-SETUP_TYPES = {"UNKNOWN_FIELD_NAME", "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND", "INVALID_PERMISSIONS",
-               "AUTHENTICATION_REQUIRED", "NOT_FOUND", "TABLE_NOT_FOUND", "INVALID_MULTIPLE_CHOICE_OPTIONS"}
-
-
-def classify(exc: Exception, what: str, write: bool = False) -> Exception:
-    """A pyairtable/requests failure as the delivery loop's error kinds.
-
-    A write refused with a 4xx that is neither the credentials, a missing table nor the rate is a
-    RefusedError: a value Airtable will not take, but just as well a records cap or a plan limit (its
-    answer there is not documented), which only the delivery loop can tell apart."""
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        status = exc.response.status_code
-        try:
-            error = exc.response.json().get("error")
-        except ValueError:
-            error = None
-        kind = error if isinstance(error, str) else (error or {}).get("type", "")
-        message = (error or {}).get("message", "") if isinstance(error, dict) else ""
-        detail = f"{what}: HTTP {status} {kind}{': ' + message if message else ''}"
-        if status == 429 and kind == "PUBLIC_API_BILLING_LIMIT_EXCEEDED":
-            return QuotaError(detail)
-        if status == 429:
-            return ThrottledError(detail)
-        if status == 401 or kind in SETUP_TYPES or (status in (403, 404) and not (write and kind)):
-            return SetupError(detail)
-        if status == 413:
-            return PermanentError(detail)
-        if write and 400 <= status < 500:
-            return RefusedError(detail)
-        if status == 422:
-            return PermanentError(detail)
-        return TransientError(detail)
-    if isinstance(exc, requests.Timeout):
-        return TransientError(f"{what}: Airtable did not answer in time ({exc.__class__.__name__})")
-    if isinstance(exc, (requests.ConnectionError, OSError)):
-        return TransientError(f"{what}: cannot reach Airtable ({exc.__class__.__name__})")
-    if isinstance(exc, requests.RequestException):
-        return TransientError(f"{what}: {exc}")
-    return exc
-
-
-SEVERITY = (SetupError, QuotaError, ThrottledError, PermanentError, TransientError)
-
-
 # -- the sink --------------------------------------------------------------------------------------
-
-class PlanCache:
-    """The base's write plan as last read, so that a reader need not read the schema for every request."""
-
-    def __init__(self, max_age: float = PLAN_MAX_AGE, clock: Callable[[], float] = time.monotonic):
-        self.max_age = max_age
-        self._clock = clock
-        self._last: tuple[float, BaseNames, BasePlan] | None = None
-
-    def remember(self, names: BaseNames, plan: BasePlan) -> None:
-        self._last = (self._clock(), names, plan)
-
-    async def get(self, names: Mapping[str, str], read: Callable[[], Awaitable[BasePlan]]) -> BasePlan:
-        """The plan for `names` read less than max_age ago, else `read()` now."""
-        names = BaseNames.of(names)
-        if self._last is not None:
-            at, known, plan = self._last
-            if self._clock() - at < self.max_age and known.same(names):
-                return plan
-        plan = await read()
-        self.remember(names, plan)
-        return plan
-
-
-class AirtableClient:
-    """pyairtable behind the base's budget, in a thread pool; one Api (requests.Session) per thread."""
-
-    def __init__(self, api_key: str, base_id: str, endpoint_url: str, budget: RequestBudget, *,
-                 lockout: float = LOCKOUT):
-        self.base_id = base_id
-        self.budget = budget
-        self.lockout = lockout
-        self._api_key = api_key
-        self._endpoint_url = endpoint_url
-        self._local = threading.local()
-        self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="airtable")
-        self.plans = PlanCache()  # what the sink, `airtable check` or recover read last, for the bot API
-        self.closed = False
-
-    def _api(self) -> Api:
-        api = getattr(self._local, "api", None)
-        if api is None:
-            api = self._local.api = Api(self._api_key, timeout=TIMEOUT, retry_strategy=None,
-                                        endpoint_url=self._endpoint_url)
-        return api
-
-    async def call(self, what: str, function: Callable[[Api], Any], write: bool = False) -> Any:
-        """One HTTP request: a token, then the call in a thread; failures come back classified."""
-        if self.closed:  # a job that held on to a sink SIGHUP replaced (a retention run, an API read)
-            raise SinkError(f"{what}: not sent, the Airtable client was closed (replaced on SIGHUP, or stopping)")
-        try:
-            async with self.budget.request():
-                loop = asyncio.get_running_loop()
-                try:
-                    return await loop.run_in_executor(self._pool, lambda: function(self._api()))
-                except Exception as exc:  # noqa: BLE001 - classified below, nothing swallowed
-                    error = classify(exc, what, write)
-                    if isinstance(error, ThrottledError):
-                        self.budget.note_429()
-                        self.budget.pause(self.lockout, "429 RATE_LIMIT_REACHED")
-                        error.retry_after = self.lockout
-                    elif isinstance(error, QuotaError):
-                        self.budget.pause(QUOTA_RETRY, QUOTA_REASON, refuse=True)
-                        error.retry_after = QUOTA_RETRY
-                    raise error from exc
-        except BudgetPaused as paused:  # only the quota pause refuses
-            raise QuotaError(f"{what}: not sent, {paused.reason}; next try in {paused.retry_after:.0f} s",
-                             retry_after=paused.retry_after) from None
-
-    async def schema(self) -> list[dict[str, Any]] | None:
-        """The base's tables (metadata API); None when the token may not read them (403: a token without
-        the scope schema.bases:read, or without access to the base, which a data call then tells)."""
-        def read(api: Api) -> Any:
-            try:
-                return api.request("GET", api.build_url(f"meta/bases/{self.base_id}/tables"))
-            except requests.HTTPError as exc:
-                if exc.response is not None and exc.response.status_code == 403:
-                    return None
-                raise
-
-        answer = await self.call("reading the base schema", read)
-        return None if answer is None else answer.get("tables", [])
-
-    async def probe(self, table: str, field: str) -> None:
-        """Read at most one record of `table`, `field` only: fails as a write would on a missing table or field."""
-        def fetch(api: Api) -> Any:
-            return api.request("GET", api.table(self.base_id, table).urls.records,
-                               options={"page_size": 1, "fields": [field]})
-
-        await self.call(f"reading {table}", fetch)
-
-    async def upsert(self, table: str, key: str, rows: list[dict[str, Any]]) -> int:
-        """Create or update these records by `key`; how many were created."""
-        assert len(rows) <= RECORDS_PER_REQUEST
-        answer = await self.call(f"upserting {len(rows)} records into {table}", lambda api: api.table(
-            self.base_id, table).batch_upsert([{"fields": row} for row in rows], key_fields=[key], typecast=True),
-            write=True)
-        return len(answer.get("createdRecords") or [])
-
-    async def list_page(self, table: str, formula: str | None, offset: str | None,
-                        fields: Sequence[str] = ()) -> tuple[list[dict[str, Any]], str | None]:
-        """One page of a table's records (id and fields, or only `fields`) matching `formula`, and the next
-        page's offset."""
-        options: dict[str, Any] = {"page_size": PAGE_SIZE}
-        if formula:
-            options["formula"] = formula
-        if fields:
-            options["fields"] = list(fields)
-        if offset:
-            options["offset"] = offset
-
-        def fetch(api: Api) -> Any:
-            urls = api.table(self.base_id, table).urls
-            return api.request("GET", urls.records, fallback=("POST", urls.records_post), options=options)
-
-        answer = await self.call(f"reading {table}", fetch)
-        return answer.get("records", []), answer.get("offset")
-
-    async def delete(self, table: str, record_ids: list[str]) -> None:
-        assert len(record_ids) <= RECORDS_PER_REQUEST
-        await self.call(f"deleting {len(record_ids)} records from {table}",
-                        lambda api: api.table(self.base_id, table).batch_delete(record_ids))
-
-    async def create_table(self, name: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self.call(f"creating table {name}", lambda api: api.request(
-            "POST", api.build_url(f"meta/bases/{self.base_id}/tables"), json={"name": name, "fields": fields}))
-
-    async def create_field(self, table_id: str, field: dict[str, Any]) -> dict[str, Any]:
-        return await self.call(f"creating field {field['name']}", lambda api: api.request(
-            "POST", api.build_url(f"meta/bases/{self.base_id}/tables/{table_id}/fields"), json=field))
-
-    def close(self) -> None:
-        self.closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-async def patiently(call: Callable[[], Awaitable[Any]], attempts: int = 8) -> Any:
-    """For an operator's command: wait out transient failures (a 429 lockout, a 5xx, a timeout) a few
-    times; a misconfiguration or an exhausted quota fails at once."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return await call()
-        except (SetupError, QuotaError):
-            raise
-        except TransientError as exc:
-            if attempt == attempts:
-                raise
-            delay = exc.retry_after or min(30.0, 0.5 * 2 ** attempt)
-            logger.warning("{}; trying again in {:.0f} s", exc, delay)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
-
-
-async def pages(client: AirtableClient, table: str, formula: str | None, fields: Sequence[str] = (),
-                before_each: Callable[[], Awaitable[None]] | None = None,
-                attempts: int = 8) -> AsyncIterator[list[dict[str, Any]]]:
-    """Every page of records matching `formula`, one budgeted request each, patiently (after
-    `before_each()`, when given: a background job waiting for spare budget)."""
-    offset: str | None = None
-    while True:
-        if before_each is not None:
-            await before_each()
-        page, offset = await patiently(lambda: client.list_page(table, formula, offset, fields), attempts)
-        yield page
-        if not offset:
-            return
-
-
-async def probe_tables(client: AirtableClient, names: BaseNames) -> None:
-    """Without the schema, check each table and its key by reading a record: a missing one is a SetupError."""
-    for kind in TABLES:
-        await client.probe(names[kind], names.field(kind, KEYS[kind]))
-
-
-async def read_plan(client: AirtableClient, names: BaseNames, probe: bool = True) -> BasePlan:
-    """The base's write plan from its schema; without the schema scope, the documented base's (the tables
-    probed first unless `probe` is False)."""
-    schema = await client.schema()
-    if schema is None and probe:
-        await probe_tables(client, names)
-    plan = plan_base(schema, names)
-    client.plans.remember(names, plan)
-    return plan
-
-
-async def current_plan(client: AirtableClient, names: Mapping[str, str], attempts: int = 8) -> BasePlan:
-    """The base's write plan for a reader: the one last read through `client` while recent, else the
-    schema read now (patiently; without the schema scope, the documented base's)."""
-    names = BaseNames.of(names)
-    return await client.plans.get(names, lambda: patiently(lambda: read_plan(client, names, probe=False), attempts))
 
 
 async def init_base(client: AirtableClient, names: dict[str, str]) -> list[str]:
@@ -633,7 +375,7 @@ class AirtableSink:
                                     and (table, key, row[key]) not in self._single))
         if not values:
             return None
-        found, _ = await self.client.list_page(table, to_formula_str(OR(*(EQ(Field(key), v) for v in values))), None)
+        found, _ = await self.client.list_page(table, any_of_formula(key, values), None)
         counts = Counter(record.get("fields", {}).get(key) for record in found)
         twice = [value for value in values if counts[value] > 1]
         if not twice:

@@ -23,16 +23,21 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from loguru import logger
-from pyairtable.formulas import LT, Field, to_formula_str
 
-from daemon.sinks.airtable import RECORDS_PER_REQUEST, AirtableClient, pages, patiently, read_plan
-from daemon.sinks.airtable_schema import KEYS, BaseNames, BasePlan
+from daemon.sinks.airtable_client import (
+    RECORDS_PER_REQUEST, AirtableClient, before_formula, pages, patiently, read_plan,
+)
+from daemon.sinks.airtable_fields import DATED_BY, FIELD_OF, KEYS, BaseNames
+from daemon.sinks.airtable_schema import BasePlan
 from daemon.sinks.postgres_rows import PostgresRows
 
 ORDER = ("interactions", "escalations", "conversations")  # a conversation goes after what refers to it
-OLD_BY = {"interactions": "Timestamp", "conversations": "LastActivity"}
-ESCALATION_FIELDS = ("ConversationId", "CreatedAt", "Status", "ResolvedAt")
-DECIDES_ESCALATION = ("CreatedAt", "Status", "ResolvedAt")
+OLD_BY = {kind: DATED_BY[kind] for kind in ("interactions", "conversations")}
+# An escalation's fields the purge reads: its conversation, and what decides whether it goes.
+CONVERSATION, CREATED, STATUS, RESOLVED_AT = (FIELD_OF["escalations"][column] for column in
+                                              ("conversation_id", "created_at", "status", "resolved_at"))
+DECIDES_ESCALATION = (CREATED, STATUS, RESOLVED_AT)
+ESCALATION_FIELDS = (CONVERSATION, *DECIDES_ESCALATION)
 RESOLVED = "resolved"
 
 Delete = Callable[[str, list[str]], Awaitable[None]]
@@ -115,7 +120,7 @@ class _Purge:
         if gaps:
             _skipped(self.names[kind], gaps)
             return None
-        return await self.listing(kind, to_formula_str(LT(Field(self.field(kind, OLD_BY[kind])), self.before)), ())
+        return await self.listing(kind, before_formula(self.field(kind, OLD_BY[kind]), self.before), ())
 
     async def held(self, kind: str, keys: set[str]) -> dict[str, dict[str, Any]]:
         if not keys:
@@ -169,7 +174,7 @@ class _Purge:
 
         def conversation_of(cells: dict[str, Any]) -> str | None:
             row = held_escalations.get(cells[KEYS["escalations"]]) or {}
-            return cells.get("ConversationId") or row.get("conversation_id")
+            return cells.get(CONVERSATION) or row.get("conversation_id")
 
         candidates = {c[KEYS["conversations"]] for c in (conversations or {}).values()}
         activity = await self.held("conversations", candidates | {conversation for cells in escalations.values()
@@ -184,14 +189,14 @@ class _Purge:
         doomed, kept_for = [], set()
         for record_id, cells in escalations.items():
             if (not undecidable and cells[KEYS["escalations"]] in held_escalations
-                    and _older(cells.get("CreatedAt"), self.before)
-                    and str(cells.get("Status", "")).strip().lower() == RESOLVED
-                    and _older(cells.get("ResolvedAt"), self.before) and quiet(conversation_of(cells))):
+                    and _older(cells.get(CREATED), self.before)
+                    and str(cells.get(STATUS, "")).strip().lower() == RESOLVED
+                    and _older(cells.get(RESOLVED_AT), self.before) and quiet(conversation_of(cells))):
                 doomed.append(record_id)
             elif conversation_of(cells):
                 kept_for.add(conversation_of(cells))
         await self.remove("escalations", doomed)
-        old_escalations = sum(1 for cells in escalations.values() if _older(cells.get("CreatedAt"), self.before))
+        old_escalations = sum(1 for cells in escalations.values() if _older(cells.get(CREATED), self.before))
         self.told("escalations", old_escalations - len(doomed),
                   "open, resolved since, their conversation active since, or PostgreSQL does not hold them")
         if not conversations:

@@ -1,10 +1,10 @@
-"""What chatledger writes to an Airtable base, under which names, and in which form.
+"""How chatledger writes to an operator's Airtable base: under which names, and in which form.
 
-The fields chatledger knows are fixed (TABLES); the operator's base is not. Its field names can be
-mapped in `[airtable.fields]` (BaseNames), and from the base's schema (the metadata API) each table
-gets a write plan: every field chatledger knows either goes to an actual field with a converter into
-the form that field's type takes (and its inverse, for what reads Airtable back: recover, the API), or
-is left out with the reason. Pure: no I/O, no pyairtable.
+The fields chatledger knows are fixed (airtable_fields.TABLES); the operator's base is not. Its field
+names can be mapped in `[airtable.fields]` (parse_field_mapping, BaseNames), and from the base's schema
+(the metadata API) each table gets a write plan: every field chatledger knows either goes to an actual
+field with a converter into the form that field's type takes (and its inverse, for what reads Airtable
+back: recover, the API), or is left out with the reason. Pure: no I/O, no pyairtable.
 """
 
 from __future__ import annotations
@@ -18,18 +18,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 from daemon.records import iso, parse_tags, tags_text
+from daemon.sinks.airtable_fields import (
+    CHOICE, KEYS, KINDS_BY_TITLE, NUMBER, TABLES, TAGS, TEXT, TIME, TITLES, BaseNames, FieldSpec,
+)
 
 # Airtable's cell limit for text (https://support.airtable.com/using-rich-text-with-airtable).
 MAX_CELL_TEXT = 100_000
 SCOPE_WARNING = ("the token cannot read the base's schema (HTTP 403 on the metadata API: give it the scope "
                         "schema.bases:read); chatledger writes as if the base were the documented one, with typecast")
 
-# What chatledger holds for a field, whatever type the base gives it.
-TEXT, CHOICE, NUMBER, TIME, TAGS = "text", "choice", "number", "time", "tags"
+# What chatledger holds for a field (airtable_fields' value kinds), in words.
 VALUE_WORDS = {TEXT: "text", CHOICE: "a choice", NUMBER: "a number", TIME: "a date and time", TAGS: "tags"}
-
-DATE_OPTIONS = {"timeZone": "utc", "dateFormat": {"name": "iso"}, "timeFormat": {"name": "24hour"}}
-PRIORITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 
 TEXT_TYPES = frozenset({"singleLineText", "multilineText", "richText", "phoneNumber", "email", "url"})
 # fieldsToMergeOn takes text, long text, number, select and date fields, never phone or email: our ids are text.
@@ -49,76 +48,6 @@ TYPE_WORDS = {"singleLineText": "single line text", "multilineText": "long text"
 
 def type_words(type_: str | None) -> str:
     return TYPE_WORDS.get(type_ or "", type_ or "unknown")
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """A field chatledger writes: its name, the type `airtable init` creates, and what chatledger holds."""
-
-    name: str
-    type: str
-    choices: tuple[str, ...] = ()
-    value: str = TEXT
-    unit: str | None = None  # "ms": a duration field holds seconds
-
-    def config(self, name: str | None = None) -> dict[str, Any]:
-        """The metadata-API field config that creates it (under `name`, the operator's, if given)."""
-        out: dict[str, Any] = {"name": name or self.name, "type": self.type}
-        if self.type == "number":
-            out["options"] = {"precision": 0}
-        elif self.type == "dateTime":
-            out["options"] = DATE_OPTIONS
-        elif self.type == "singleSelect":
-            out["options"] = {"choices": [{"name": c} for c in self.choices]}
-        return out
-
-
-def _text(name: str) -> FieldSpec:
-    return FieldSpec(name, "singleLineText")
-
-
-def _long(name: str, value: str = TEXT) -> FieldSpec:
-    return FieldSpec(name, "multilineText", value=value)
-
-
-def _date(name: str) -> FieldSpec:
-    return FieldSpec(name, "dateTime", value=TIME)
-
-
-def _number(name: str, unit: str | None = None) -> FieldSpec:
-    return FieldSpec(name, "number", value=NUMBER, unit=unit)
-
-
-def _select(name: str, *choices: str) -> FieldSpec:
-    return FieldSpec(name, "singleSelect", choices, value=CHOICE)
-
-
-# What chatledger writes, in the types it prefers (`airtable init` creates these): the first field of
-# each table is its primary field and upsert key.
-TABLES: dict[str, tuple[FieldSpec, ...]] = {
-    "conversations": (
-        _text("ConversationId"), FieldSpec("CustomerPhone", "phoneNumber"), _text("CustomerName"),
-        _select("Status", "active", "closed", "escalated"), _date("StartedAt"), _date("LastActivity"),
-        _number("MessageCount"), _text("Intent"), _text("Sentiment"), _select("Priority", *PRIORITIES),
-        _text("AssignedAgent"), _long("Tags", TAGS), _long("Metadata"), _date("CreatedAt"), _date("UpdatedAt"),
-    ),
-    "interactions": (
-        _text("InteractionId"), _text("ConversationId"), _text("MessageId"), _select("Direction", "inbound", "outbound"),
-        _long("Content"), _text("Intent"), _long("Response"), _number("ProcessingTime", "ms"),
-        _select("Status", "sent", "delivered", "read", "failed"), _long("ErrorMessage"), _date("Timestamp"),
-        _date("CreatedAt"),
-    ),
-    "escalations": (
-        _text("EscalationId"), _text("TicketId"), _text("ConversationId"), _long("Reason"),
-        _select("Priority", *PRIORITIES), _select("Status", "pending", "assigned", "resolved"),
-        FieldSpec("CustomerPhone", "phoneNumber"), _text("AssignedAgent"), _date("CreatedAt"), _date("ResolvedAt"),
-        _long("Notes"),
-    ),
-}
-KEYS = {kind: fields[0].name for kind, fields in TABLES.items()}
-# The tables' names in the documentation, as `[airtable.fields]` keys name them ("Interactions.Content").
-TITLES = {"conversations": "Conversations", "interactions": "Interactions", "escalations": "Escalations"}
-KINDS_BY_TITLE = {title: kind for kind, title in TITLES.items()}
 
 
 # -- the operator's names ----------------------------------------------------------------------------
@@ -149,31 +78,6 @@ def parse_field_mapping(mapping: Mapping[str, str]) -> dict[str, dict[str, str]]
                                  f"to the field {actual!r}")
             seen[actual.lower()] = spec.name
     return out
-
-
-class BaseNames(dict[str, str]):
-    """kind -> the table's name in the base, with the operator's names for fields ([airtable.fields])."""
-
-    def __init__(self, tables: Mapping[str, str], fields: Mapping[str, Mapping[str, str]] | None = None):
-        super().__init__(tables)
-        self.fields = {kind: dict((fields or {}).get(kind, {})) for kind in TABLES}
-
-    @classmethod
-    def of(cls, names: Mapping[str, str]) -> "BaseNames":
-        return names if isinstance(names, BaseNames) else cls(names)
-
-    def field(self, kind: str, logical: str) -> str:
-        """The base's name for one of our fields."""
-        return self.fields[kind].get(logical, logical)
-
-    def same(self, other: Mapping[str, str]) -> bool:
-        """The same tables and mapped fields (dict equality alone ignores the fields)."""
-        return dict(self) == dict(other) and self.fields == BaseNames.of(other).fields
-
-    def logical(self, kind: str, cells: Mapping[str, Any]) -> dict[str, Any]:
-        """A record's cells under our field names (what the base calls them mapped back)."""
-        return {spec.name: cells[self.field(kind, spec.name)] for spec in TABLES[kind]
-                if self.field(kind, spec.name) in cells}
 
 
 # -- converters ------------------------------------------------------------------------------------

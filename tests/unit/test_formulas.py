@@ -3,7 +3,7 @@
 
 import pytest
 
-from daemon.recover import equals_formula, ids_formulas, phone_formula, since_formula
+from daemon.sinks.airtable_client import equals_formula, ids_formulas, phone_formula, since_formula
 from daemon.testing.airtable.formula import evaluate, keeps, parse
 
 HOSTILE = ["x' != 'y", "x\" != \"y", "a\\", "a\\' , 'b", "'", "\\'", "} & {Other", "two\nlines", "ok"]

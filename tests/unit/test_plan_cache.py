@@ -1,6 +1,6 @@
 """The base's write plan kept for readers (the bot API): read once, reused while recent and for the same names."""
 
-from daemon.sinks.airtable import PLAN_MAX_AGE, PlanCache
+from daemon.sinks.airtable_client import PLAN_MAX_AGE, PlanCache
 from daemon.sinks.airtable_schema import BaseNames, parse_field_mapping, plan_base
 from tests.support import HandClock
 
