@@ -344,18 +344,11 @@ def _requeued_something(selection: Any, counts: dict[str, int]) -> int:
 
 
 def _requeue_offline(config: Config, sink: str | None, selection: Any) -> int:
-    from daemon.journal import Journal
-
-    async def requeue() -> dict[str, int]:
-        journal = await Journal.open(config.journal.path, config.enabled_sinks)
-        try:
-            return {name: await journal.requeue(name, selection) for name in ([sink] if sink else config.enabled_sinks)}
-        finally:
-            await journal.close()
+    from daemon.operations import offline
 
     setup_logging("WARNING", config.log.json_)
     try:
-        counts = asyncio.run(requeue())
+        counts = asyncio.run(offline.requeue(config, sink, selection))
     except JournalError as exc:
         print(f"chatledger: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -373,29 +366,18 @@ def _requeue_offline(config: Config, sink: str | None, selection: Any) -> int:
 def _airtable(config: Config, args: argparse.Namespace) -> int:
     """`airtable init` / `airtable check`: through the running daemon (its budget for the base), or on
     a budget of its own when no daemon answers."""
-    from daemon.sinks.airtable import AirtableSink, set_up_base
-    from daemon.sinks.base import SinkError
+    from daemon.operations import offline
 
     if not config.airtable.enabled:
         print("chatledger: [airtable] api_key is empty (or AIRTABLE_API_KEY unset): nothing to do", file=sys.stderr)
         return EXIT_CONFIG
-
-    async def offline() -> dict[str, Any]:
-        sink = AirtableSink.from_config(config.airtable, None)
-        try:
-            return await set_up_base(sink.client, sink.tables, create=args.action == "init")
-        except SinkError as exc:
-            return {"error": str(exc)}
-        finally:
-            await sink.close()
-
     try:
         result = asyncio.run(request_status(config.status.socket, "POST", f"/airtable?action={args.action}",
                                             timeout_s=300))
         where = "through the running daemon"
     except StatusUnreachable:
         setup_logging("WARNING", config.log.json_)
-        result = asyncio.run(offline())
+        result = asyncio.run(offline.airtable_base(config, args.action))
         where = "daemon not running"
     if "error" in result:
         print(f"chatledger: {result['error']}", file=sys.stderr)
@@ -579,19 +561,11 @@ def _operator() -> str:
 
 
 def _discard_offline(config: Config, sink: str | None, event: str | None, reason: str) -> dict[str, Any]:
-    from daemon.journal import Journal
+    from daemon.operations import offline
 
     by = _operator()
-
-    async def discard() -> dict[str, Any]:
-        journal = await Journal.open(config.journal.path, config.enabled_sinks)
-        try:
-            return (await journal.discard([sink] if sink else list(config.enabled_sinks), event, reason, by)).as_dict()
-        finally:
-            await journal.close()
-
     setup_logging("WARNING", config.log.json_)
-    return asyncio.run(discard())
+    return asyncio.run(offline.discard_dead(config, sink, event, reason, by))
 
 
 def _quarantine(config: Config, args: argparse.Namespace) -> int:
@@ -651,20 +625,11 @@ def _quarantine_discard(config: Config, args: argparse.Namespace) -> int:
 
 
 def _quarantine_discard_offline(config: Config, element: int | None, reason: str) -> dict[str, Any]:
-    from daemon.journal import Journal
-    from daemon.quarantine import discard_quarantined
+    from daemon.operations import offline
 
     by = _operator()
-
-    async def discard() -> dict[str, Any]:
-        journal = await Journal.open(config.journal.path, config.enabled_sinks)
-        try:
-            return await discard_quarantined(journal, element, reason, by)
-        finally:
-            await journal.close()
-
     setup_logging("WARNING", config.log.json_)
-    return asyncio.run(discard())
+    return asyncio.run(offline.discard_quarantine(config, element, reason, by))
 
 
 def _journal(config: Config, args: argparse.Namespace) -> int:
@@ -713,9 +678,7 @@ RECONCILE_TIMEOUT = 24 * 3600.0  # a window of weeks over a busy account pages f
 
 
 def _recover(config: Config, args: argparse.Namespace) -> int:
-    from urllib.parse import urlencode
-
-    from daemon.recover import Selection
+    from daemon.operations import offline, recover_query, recover_selection
 
     if args.undo is not None:
         return _recover_undo(config, args)
@@ -723,20 +686,14 @@ def _recover(config: Config, args: argparse.Namespace) -> int:
     if missing:
         print(f"chatledger: recover reads Airtable and writes PostgreSQL: {missing}", file=sys.stderr)
         return EXIT_CONFIG
-    phone = _phone_digits(args.phone) if args.phone else None
-    if args.phone and not phone:
-        return EXIT_USAGE
     try:
-        selection = Selection(conversation=args.conversation, phone=phone, since=args.since, everything=args.all)
-    except ValueError as exc:  # an empty --conversation: no selection is not "everything"
+        selection = recover_selection(args.conversation, args.phone, args.since, args.all)
+    except ValueError as exc:  # a phone that is none, an empty --conversation: no selection is not "everything"
         print(f"chatledger: {exc}", file=sys.stderr)
         return EXIT_USAGE
     progress = _progress_line(sys.stderr)
     options = {"prefer": args.prefer, "dry_run": args.dry_run, "diff": args.diff}
-    query = urlencode({k: v for k, v in {"conversation": args.conversation, "phone": phone, "since": args.since,
-                                          "all": "1" if args.all else None, "prefer": args.prefer,
-                                          "dry_run": "1" if args.dry_run else None,
-                                          "diff": "1" if args.diff else None}.items() if v})
+    query = recover_query(selection, **options)
 
     async def through_daemon() -> dict[str, Any]:
         """With the daemon running, it recovers with its own Airtable budget: no second client competes
@@ -756,7 +713,8 @@ def _recover(config: Config, args: argparse.Namespace) -> int:
         answer = asyncio.run(through_daemon())
         where = "through the running daemon"
     except StatusUnreachable:
-        answer = _recover_offline(config, selection, options, progress)
+        setup_logging("WARNING", config.log.json_)
+        answer = asyncio.run(offline.recover(config, selection, options, progress))
         where = "daemon not running"
     finally:
         if progress:
@@ -825,36 +783,11 @@ def _quoted(value: str | None) -> str:
     return "(empty)" if value is None else json.dumps(value, ensure_ascii=False)
 
 
-def _recover_offline(config: Config, selection: Any, options: dict[str, Any], progress: Any) -> dict[str, Any]:
-    from daemon.recover import Recovery, Unselectable
-    from daemon.sinks.airtable import AirtableSink
-    from daemon.sinks.base import SinkError
-    from daemon.sinks.postgres_rows import PostgresRows
-
-    setup_logging("WARNING", config.log.json_)
-
-    async def run() -> dict[str, Any]:
-        sink = AirtableSink.from_config(config.airtable, None)
-        show = (lambda report: progress(report.as_dict(diffs=False))) if progress else None
-        try:
-            async with PostgresRows.open(config.postgres.dsn.get_secret_value(), config.postgres.schema_) as pg:
-                report = await Recovery(sink.client, sink.tables, pg, progress=show, **options).run(selection)
-            return {"report": report.as_dict()}
-        except Unselectable as exc:
-            return {"error": str(exc), "refused": True}
-        except SinkError as exc:
-            return {"error": str(exc)}
-        finally:
-            await sink.close()
-
-    return asyncio.run(run())
-
-
 def _recover_undo(config: Config, args: argparse.Namespace) -> int:
     """`recover --undo RUN`: in PostgreSQL alone, whether the daemon runs or not."""
+    from daemon.operations import undo_recover
     from daemon.sinks.base import SinkError
     from daemon.sinks.postgres import quote_ident
-    from daemon.sinks.postgres_rows import PostgresRows
 
     given = [option for option, value in (("--dry-run", args.dry_run), ("--diff", args.diff),
                                           ("--prefer", args.prefer != "postgres")) if value]
@@ -867,13 +800,8 @@ def _recover_undo(config: Config, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging("WARNING", config.log.json_)
     backup = f"{quote_ident(config.postgres.schema_)}.recover_backup"
-
-    async def run() -> dict[str, Any] | None:
-        async with PostgresRows.open(config.postgres.dsn.get_secret_value(), config.postgres.schema_) as pg:
-            return await pg.undo(args.undo)
-
     try:
-        done = asyncio.run(run())
+        done = asyncio.run(undo_recover(config, args.undo))
     except SinkError as exc:
         print(f"chatledger: recover --undo failed: {exc}; nothing was put back", file=sys.stderr)
         return EXIT_FAILURE
@@ -1001,32 +929,11 @@ def _confirmed(question: str) -> bool:
 
 
 def _forget_offline(config: Config, phone: str, reference: str | None, dry_run: bool = False) -> dict[str, Any]:
-    from daemon.app import erasure_stores
-    from daemon.forget import forget_phone
-    from daemon.journal import Journal
-    from daemon.sinks.base import SinkError
+    from daemon.operations import offline
 
     setup_logging("WARNING", config.log.json_)
-
-    async def run() -> dict[str, Any]:
-        sink = None
-        if config.airtable.enabled:
-            from daemon.sinks.airtable import AirtableSink
-
-            sink = AirtableSink.from_config(config.airtable, None)
-        journal = await Journal.open(config.journal.path, config.enabled_sinks)
-        try:
-            return (await forget_phone(phone, journal, **erasure_stores(config, sink), reference=reference,
-                                       dry_run=dry_run)).as_dict()
-        except SinkError as exc:
-            return {"error": f"{exc}; nothing was erased", "dry_run": dry_run}
-        finally:
-            await journal.close()
-            if sink is not None:
-                await sink.close()
-
     try:
-        return asyncio.run(run())
+        return asyncio.run(offline.forget(config, phone, reference, dry_run))
     except JournalError as exc:
         return {"error": f"{exc}; nothing was erased", "dry_run": dry_run}
 
@@ -1066,37 +973,10 @@ def _show(config: Config, args: argparse.Namespace) -> int:
 
 
 def _show_offline(config: Config, conversation: str | None, phone: str | None, limit: int) -> dict[str, Any]:
-    """The reads without a daemon: the journal read-only (no lock: a daemon may start meanwhile), PostgreSQL
-    and Airtable from the config."""
-    from daemon.app import postgres_rows
-    from daemon.journal import JournalReader
-    from daemon.reads import Stores
-    from daemon.show import show
+    from daemon.operations import offline
 
     setup_logging("WARNING", config.log.json_)
-
-    async def run() -> dict[str, Any]:
-        down: dict[str, str] = {}
-        journal = sink = None
-        try:
-            journal = await JournalReader.open(config.journal.path)
-        except JournalError as exc:
-            down["journal"] = f"journal: {exc}"
-        if config.airtable.enabled:
-            from daemon.sinks.airtable import AirtableSink
-
-            sink = AirtableSink.from_config(config.airtable, None)
-        try:
-            stores = Stores(journal, postgres_rows(config, migrate_schema=False),
-                            lambda: (sink.client, sink.tables) if sink else None)
-            return await show(stores, conversation=conversation, phone=phone, limit=limit, down=down)
-        finally:
-            if journal is not None:
-                await journal.close()
-            if sink is not None:
-                await sink.close()
-
-    return asyncio.run(run())
+    return asyncio.run(offline.show(config, conversation, phone, limit))
 
 
 def _top(config: Config, args: argparse.Namespace) -> int:
@@ -1222,23 +1102,7 @@ def _reconcile_progress(stream: Any) -> Any:
 
 
 def _reconcile_offline(config: Config, since: Any, bot_ids: Sequence[str], progress: Any) -> Any:
-    from daemon.journal import Journal
-    from daemon.ratelimit import RequestBudget
-    from daemon.reconcile import reconcile
-    from daemon.sendpulse import SendPulseClient
+    from daemon.operations import offline
 
     setup_logging("ERROR", config.log.json_)
-    settings = config.sendpulse
-
-    async def run() -> Any:
-        journal = await Journal.open(config.journal.path, config.enabled_sinks)
-        try:
-            # start_empty: a daemon just stopped may have spent this second's requests
-            budget = RequestBudget(settings.requests_per_second, start_empty=True)
-            async with SendPulseClient(settings.api_url, settings.client_id,
-                                       settings.client_secret.get_secret_value(), budget) as client:
-                return await reconcile(client, journal, since, bot_ids=bot_ids, progress=progress)
-        finally:
-            await journal.close()
-
-    return asyncio.run(run())
+    return asyncio.run(offline.reconcile(config, since, bot_ids, progress))
