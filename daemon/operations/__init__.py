@@ -2,7 +2,7 @@
 
 The daemon runs each operation with its own journal, sinks and budgets when asked over the status
 socket; `chatledger` runs the same one with collaborators it opens itself when no daemon answers
-(daemon.operations.offline). Callers only translate: status.py from HTTP, cli.py into text and
+(daemon.operations.offline). Callers only translate: status.py from HTTP, daemon.cli into text and
 exit codes. `airtable` is the Airtable sink (its client, table names and deletions), or None when
 Airtable is not configured.
 """
