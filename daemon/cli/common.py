@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
+
+from daemon.config import Config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -32,3 +36,22 @@ def current_operator() -> str:
     except KeyError:
         user = f"uid {os.geteuid()}"
     return operator_name(user, os.environ.get("SUDO_USER"))
+
+
+def through_daemon(config: Config, route: str, timeout_s: float,
+                   progress: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any]:
+    """POST `route` to the daemon, which streams its answer: each progress line to `progress`, the last line
+    returned; StatusUnreachable when no daemon answers."""
+    from daemon.status import stream_status
+
+    async def read() -> dict[str, Any]:
+        last: dict[str, Any] = {}
+        async for line in stream_status(config.status.socket, route, timeout_s):
+            if "progress" in line:
+                if progress:
+                    progress(line["progress"])
+            else:
+                last = line
+        return last
+
+    return asyncio.run(read())

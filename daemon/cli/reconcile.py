@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
-from daemon.cli.common import EXIT_BAD_WHEN, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from daemon.cli.common import EXIT_BAD_WHEN, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, through_daemon
 from daemon.config import Config
 from daemon.journal import JournalError
 from daemon.logs import setup_logging
@@ -21,10 +21,12 @@ RECONCILE_TIMEOUT = 24 * 3600.0  # a window of weeks over a busy account pages f
 
 
 def reconcile(config: Config, args: argparse.Namespace) -> int:
-    """`reconcile`: directly on the journal (the daemon must not hold it)."""
+    """`reconcile`: through the running daemon, else directly on the journal."""
     from datetime import datetime, timezone
+    from urllib.parse import urlencode
 
     from daemon.params import BadParameter, reconcile_since
+    from daemon.records import iso
 
     try:
         since = reconcile_since(args.since, datetime.now(timezone.utc))
@@ -37,9 +39,13 @@ def reconcile(config: Config, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     progress = _reconcile_progress(sys.stderr)
     bot_ids = [args.bot] if args.bot else config.sendpulse.bot_ids
+    query = urlencode({k: v for k, v in {"since": iso(since), "bot": args.bot}.items() if v})
     try:
         try:
-            answer = asyncio.run(_reconcile_through_daemon(config, since, args.bot, progress))
+            # with the daemon running, it reconciles with its own journal and SendPulse budget: no second
+            # client competes for the account's requests
+            answer = through_daemon(config, "/reconcile?" + query, RECONCILE_TIMEOUT,
+                                    (lambda line: progress(SimpleNamespace(**line))) if progress else None)
         except StatusUnreachable:
             answer = {"report": _reconcile_offline(config, since, bot_ids, progress).as_dict()}
     except JournalError as exc:
@@ -72,25 +78,6 @@ def reconcile(config: Config, args: argparse.Namespace) -> int:
               f"{report['added']} message(s) added stay, run it again to go on", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
-
-
-async def _reconcile_through_daemon(config: Config, since: Any, bot: str | None, progress: Any) -> dict[str, Any]:
-    """With the daemon running, it reconciles with its own journal and SendPulse budget: no second client
-    competes for the account's requests."""
-    from urllib.parse import urlencode
-
-    from daemon.records import iso
-    from daemon.status import stream_status
-
-    query = urlencode({k: v for k, v in {"since": iso(since), "bot": bot}.items() if v})
-    last: dict[str, Any] = {}
-    async for line in stream_status(config.status.socket, "/reconcile?" + query, RECONCILE_TIMEOUT):
-        if "progress" in line:
-            if progress:
-                progress(SimpleNamespace(**line["progress"]))
-        else:
-            last = line
-    return last
 
 
 def _reconcile_progress(stream: Any) -> Any:

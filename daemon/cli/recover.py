@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from daemon.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, rich_terminal
+from daemon.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, rich_terminal, through_daemon
 from daemon.config import Config
 from daemon.logs import setup_logging
 from daemon.status import StatusUnreachable
@@ -50,24 +50,11 @@ def recover(config: Config, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     progress = _progress_line(sys.stderr)
     options = {"prefer": args.prefer, "dry_run": args.dry_run, "diff": args.diff}
-    query = recover_query(selection, **options)
-
-    async def through_daemon() -> dict[str, Any]:
-        """With the daemon running, it recovers with its own Airtable budget: no second client competes
-        for the base's 5 requests/s."""
-        from daemon.status import stream_status
-
-        last: dict[str, Any] = {}
-        async for line in stream_status(config.status.socket, "/recover?" + query, RECOVER_TIMEOUT):
-            if "progress" in line:
-                if progress:
-                    progress(line["progress"])
-            else:
-                last = line
-        return last
-
     try:
-        answer = asyncio.run(through_daemon())
+        # with the daemon running, it recovers with its own Airtable budget: no second client competes for
+        # the base's 5 requests/s
+        answer = through_daemon(config, "/recover?" + recover_query(selection, **options), RECOVER_TIMEOUT,
+                                progress)
         where = "through the running daemon"
     except StatusUnreachable:
         setup_logging("WARNING", config.log.json_)
