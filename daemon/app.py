@@ -537,7 +537,7 @@ class Daemon:
         for name in names:
             if name not in self.workers:
                 raise ValueError(f"sink {name!r} is not enabled (enabled: {', '.join(sorted(self.workers)) or 'none'})")
-        requeued = (await operations.requeue(self.journal, names, None, selection) if selection
+        requeued = (await operations.requeue(self.journal, sorted(self.workers), sink, selection) if selection
                     else dict.fromkeys(names, 0))
         for name in names:
             self.workers[name].wake()
