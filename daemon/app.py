@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from loguru import logger
 
-from daemon import __version__
+from daemon import __version__, operations
 from daemon.alerts import AlertLimiter, AlertMemory, AlertRules, AlertSender, source_problem
 from daemon.api import ApiStores, add_api
 from daemon.backfill import Backfill
@@ -23,6 +23,7 @@ from daemon.delivery import DeliveryWorker
 from daemon.sinks.base import state_words
 from daemon.journal import COMMIT_BUCKETS, Journal, JournalUnavailable, Requeue
 from daemon.logs import setup_logging
+from daemon.operations import postgres_rows
 from daemon.ratelimit import MonthlyRequests
 from daemon.reload import apply_live, carry_counters, describe, plan_reload, retune_airtable
 from daemon.sdnotify import Notifier
@@ -536,11 +537,9 @@ class Daemon:
         for name in names:
             if name not in self.workers:
                 raise ValueError(f"sink {name!r} is not enabled (enabled: {', '.join(sorted(self.workers)) or 'none'})")
-        requeued = {}
+        requeued = (await operations.requeue(self.journal, sorted(self.workers), sink, selection) if selection
+                    else dict.fromkeys(names, 0))
         for name in names:
-            requeued[name] = await self.journal.requeue(name, selection) if selection else 0
-            if requeued[name]:
-                logger.info("{} {} of {} re-queued on request", requeued[name], selection.describe(), name)
             self.workers[name].wake()
         return {"replay": "triggered", "sinks": names, "requeued": requeued}
 
@@ -548,32 +547,19 @@ class Daemon:
         """Give up dead letters (one event's, or all with None) of one sink or every enabled one; a sink no
         longer enabled may be named: its dead letters would otherwise stay open for good."""
         assert self.journal is not None
-        result = await self.journal.discard([sink] if sink else sorted(self.workers), event, reason, by)
-        if result.discarded:
-            logger.info("{} dead letter(s) discarded on request of {} ({}): {}", len(result.discarded), by,
-                        ", ".join(f"{d['sink']} event {d['event_id']}" for d in result.discarded[:20]), reason)
-        return result.as_dict()
+        return await operations.discard_dead(self.journal, sorted(self.workers), sink, event, reason, by)
 
     async def forget(self, phone: str, reference: str | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Erase one phone everywhere (or count what that would erase), through this daemon's journal, workers
         and Airtable budget."""
-        from daemon.forget import forget_phone
-        from daemon.sinks.base import SinkError
-
         assert self.journal is not None
-        airtable = self.workers.get("airtable")
 
         async def quiesce() -> None:
             for worker in self.workers.values():
                 await worker.quiesce()
 
-        try:
-            report = await forget_phone(phone, self.journal, **erasure_stores(
-                self.config, airtable.sink if airtable else None), quiesce=quiesce, reference=reference,
-                dry_run=dry_run)
-        except SinkError as exc:
-            return {"error": f"{exc}; nothing was erased", "dry_run": dry_run}
-        return report.as_dict()
+        return await operations.forget(self.journal, self.config, self._sink("airtable"), phone, reference,
+                                       dry_run, quiesce=quiesce)
 
     async def quarantine(self, limit: int, discarded: bool, whole: bool) -> dict[str, Any]:
         """The quarantined elements (`chatledger quarantine`), open or discarded."""
@@ -584,39 +570,18 @@ class Daemon:
 
     async def discard_quarantined(self, element: int | None, reason: str, by: str) -> dict[str, Any]:
         """Give up one quarantined element (or every open one with None), recorded with who, when and why."""
-        from daemon.quarantine import discard_quarantined
-
         assert self.journal is not None
-        result = await discard_quarantined(self.journal, element, reason, by)
-        if result["discarded"]:
-            logger.info("{} quarantined element(s) discarded on request of {} ({}): {}", len(result["discarded"]), by,
-                        ", ".join(map(str, result["discarded"][:20])), reason)
-        return result
+        return await operations.discard_quarantine(self.journal, element, reason, by)
 
     async def recover(self, selection: Any, options: dict[str, Any], emit: Any) -> dict[str, Any]:
         """`chatledger recover` with this daemon's Airtable client, so that the base's budget is shared;
         `options`: prefer, dry_run, diff."""
-        from daemon.recover import Recovery, Unselectable
-        from daemon.sinks.base import SinkError
-
-        airtable = self.workers.get("airtable")
-        postgres = postgres_rows(self.config)
+        airtable, postgres = self._sink("airtable"), postgres_rows(self.config)
         if airtable is None or postgres is None:
             return {"error": "recover needs both [postgres] and [airtable] configured in the running daemon"}
         logger.info("recover ({}) from Airtable, asked over the status socket", selection.describe())
-
-        async def progress(report: Any) -> None:
-            await emit({"progress": report.as_dict(diffs=False)})
-
-        try:
-            async with postgres() as pg:
-                report = await Recovery(airtable.sink.client, airtable.sink.tables, pg, progress=progress,
-                                        **options).run(selection)
-        except Unselectable as exc:  # nothing read, nothing written: the reason says what to do
-            return {"error": str(exc), "refused": True}
-        except SinkError as exc:
-            return {"error": str(exc)}
-        return {"report": report.as_dict()}
+        return await operations.recover(airtable, postgres, selection, options,
+                                        progress=lambda report: emit({"progress": report}))
 
     async def reconcile(self, since: datetime, bot: str | None, emit: Any) -> dict[str, Any]:
         """`chatledger reconcile` with this daemon's SendPulse client and budget, after any run in progress."""
@@ -624,48 +589,28 @@ class Daemon:
             return {"error": "[sendpulse] is not configured in the running daemon (set client_id and "
                              "client_secret, then reload it: SIGHUP)", "not_configured": True}
         logger.info("reconcile from {} asked over the status socket", since.isoformat(timespec="seconds"))
-        reports: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-
-        async def pump() -> None:
-            while (line := await reports.get()) is not None:
-                await emit({"progress": line})
-
-        pumping = asyncio.create_task(pump())
-        try:
-            report = await self.reconciler.run(since, [bot] if bot else None,
-                                               progress=lambda report: reports.put_nowait(report.as_dict()))
-        finally:
-            reports.put_nowait(None)
-            await pumping
-        return {"report": report.as_dict()}
+        return await operations.reconcile(self.reconciler, since, bot, emit)
 
     async def show(self, conversation: str | None, phone: str | None, limit: int) -> dict[str, Any]:
         """`chatledger show` with this daemon's journal and Airtable client (the base's budget is shared)."""
-        from daemon.reads import Stores
-        from daemon.show import show as show_conversations
-
         assert self.journal is not None
-        airtable = self.workers.get("airtable")
-        stores = Stores(self.journal, postgres_rows(self.config, migrate_schema=False),
-                        lambda: (airtable.sink.client, airtable.sink.tables) if airtable else None)
-        return await show_conversations(stores, conversation=conversation, phone=phone, limit=limit)
+        return await operations.show(self.journal, self.config, self._sink("airtable"), conversation, phone, limit)
 
     async def airtable_setup(self, action: str) -> dict[str, Any]:
         """`chatledger airtable init|check` with this daemon's budget; after init, the sink re-checks
         the base at once (a held delivery resumes without waiting for its backoff)."""
-        from daemon.sinks.airtable import set_up_base
-        from daemon.sinks.base import SinkError
-
         worker = self.workers.get("airtable")
         if worker is None:
             return {"error": "Airtable is not enabled in the running daemon"}
-        try:
-            result = await set_up_base(worker.sink.client, worker.sink.tables, create=action == "init")
-        except SinkError as exc:
-            return {"error": str(exc)}
-        if action == "init":
+        result = await operations.airtable_base(worker.sink, action)
+        if action == "init" and "error" not in result:
             worker.wake()
         return result
+
+    def _sink(self, name: str) -> Any:
+        """The running sink of that name (SIGHUP may have replaced it), or None when it is not enabled."""
+        worker = self.workers.get(name)
+        return worker.sink if worker else None
 
     # -- status ----------------------------------------------------------------------------------
 
@@ -765,18 +710,6 @@ async def _close_sink(sink: Any) -> None:
         logger.exception("closing the {} sink failed", sink.name)
 
 
-def postgres_rows(config: Config, migrate_schema: bool = True) -> Any:
-    """A factory of one-connection PostgresRows sessions (an async context manager), or None."""
-    if not config.postgres.enabled:
-        return None
-    from functools import partial
-
-    from daemon.sinks.postgres_rows import PostgresRows
-
-    return partial(PostgresRows.open, config.postgres.dsn.get_secret_value(), config.postgres.schema_,
-                   migrate_schema=migrate_schema)
-
-
 def _records_pressure(worker: DeliveryWorker) -> str | None:
     """Why the base needs room now (blocked at its cap, or at records_high's first share), or None."""
     from daemon.alerts import RECORDS_WARNING_SHARES
@@ -787,20 +720,6 @@ def _records_pressure(worker: DeliveryWorker) -> str | None:
     if cap and held is not None and held >= RECORDS_WARNING_SHARES[0] * cap:
         return f"the base holds {held:,} of its {cap:,} records"
     return None
-
-
-def erasure_stores(config: Config, airtable_sink: Any = None) -> dict[str, Any]:
-    """The PostgreSQL and Airtable handles `forget` works on (None for a store not configured); Airtable's
-    deletions go through the sink, whose records count follows them."""
-    postgres = postgres_rows(config)
-    if not config.airtable.enabled:
-        return {"postgres": postgres, "airtable": None}
-    if airtable_sink is None:
-        from daemon.sinks.airtable import AirtableSink
-
-        airtable_sink = AirtableSink.from_config(config.airtable, None)
-    return {"postgres": postgres, "airtable": (airtable_sink.client, airtable_sink.tables),
-            "airtable_delete": airtable_sink.delete_records}
 
 
 def _health(snapshot: dict[str, Any]) -> dict[str, Any]:

@@ -310,14 +310,12 @@ async def _handle_airtable(request: web.Request) -> web.Response:
 async def _handle_recover(request: web.Request) -> web.StreamResponse:
     """POST /recover?all=1|since=|phone=|conversation=&prefer=&dry_run=1&diff=1: one JSON line per progress
     step, then the report (or an error) as the last line."""
-    from daemon.recover import Selection
+    from daemon.operations import recover_selection
 
     try:
         query = _query(request, ("conversation", "phone", "since", "all", "prefer", "dry_run", "diff"))
-        selection = Selection(
-            conversation=query.get("conversation") or None, everything=_flag("all", query.get("all", "")),
-            phone=params.phone_digits(query["phone"]) if query.get("phone") else None,
-            since=params.since(query["since"]) if query.get("since") else None)
+        selection = recover_selection(query.get("conversation"), query.get("phone"), query.get("since"),
+                                      _flag("all", query.get("all", "")))
         options = {"prefer": params.choice("--prefer", query.get("prefer") or "postgres", params.PREFER),
                    "dry_run": _flag("dry_run", query.get("dry_run", "")), "diff": _flag("diff", query.get("diff", ""))}
     except ValueError as exc:  # BadParameter, or a selection that is not exactly one thing

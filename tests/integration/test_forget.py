@@ -248,10 +248,10 @@ async def test_fields_the_base_lacks_are_not_searched_and_the_report_says_what_t
 
 
 def test_the_cli_prints_what_forget_could_not_search(tmp_path, capsys, monkeypatch):
-    from daemon import cli
+    from daemon.cli import people
 
     note = "Airtable: Interactions.ConversationId is missing from the base: no interaction could be found"
-    monkeypatch.setattr(cli, "_forget_offline", lambda config, phone, reference, dry_run=False: {
+    monkeypatch.setattr(people, "_forget_offline", lambda config, phone, reference, dry_run=False: {
         "stores": {"journal": {"events": 1}}, "complete": True, "error": None, "notes": [note],
         "audit": {"at": "2026-12-03T00:00:00Z"}})
     assert main(["forget", "--phone", PHONE, "--config", str(write_config(tmp_path))]) == 0
