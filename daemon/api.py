@@ -15,6 +15,7 @@ import json
 import math
 import uuid
 from datetime import datetime, timezone
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
@@ -23,13 +24,14 @@ from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints, TypeAdapter,
     ValidationError, WithJsonSchema, field_validator, model_validator,
 )
+from pydantic.config import JsonDict
 
 from daemon import reads
 from daemon.events import (
     API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, EARLIEST_YEAR, LATEST_YEAR, Event,
     digits_only, has_control, storable_text,
 )
-from daemon.journal import JournalUnavailable
+from daemon.journal import AppendResult, JournalUnavailable
 from daemon.reads import CONVERSATION_FIELDS, INTERACTION_FIELDS, READ_LIMIT, Answer, Stores
 from daemon.records import api_interaction_id, api_update_prefix
 from daemon.sinks.base import SinkError
@@ -95,7 +97,7 @@ def _whole(value: Any) -> Any:
 
 
 Milliseconds = Annotated[int, Strict(), Field(ge=0, le=2_147_483_647), BeforeValidator(_whole)]
-PHONE_SCHEMA = {"pattern": "[0-9]", "description": "any formatting, at least one digit"}
+PHONE_SCHEMA: JsonDict = {"pattern": "[0-9]", "description": "any formatting, at least one digit"}
 
 
 class InteractionIn(_Body):
@@ -249,7 +251,10 @@ def _path_id(request: web.Request) -> str:
         raise _Refused(_error(422, "validation failed", fields=fields)) from None
 
 
-def _route(handler):
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _route(handler: Handler) -> Handler:
     """Authorization, bad bodies and an unwritable journal answered the same way everywhere."""
     async def wrapped(request: web.Request) -> web.Response:
         try:
@@ -276,7 +281,7 @@ async def _journal(request: web.Request, title: str, dedup_key: str, body: BaseM
         platform_message_id=None, direction=direction, message_type="api", text=text,
         occurred_at=at or now, received_at=now, raw=raw, conversation_id=conversation_id,
     )
-    result = await request.app[JOURNAL_KEY].journal.append([event])
+    result: AppendResult = await request.app[JOURNAL_KEY].journal.append([event])
     if result.rejected:  # the journal could not store it even cleaned (see Journal._commit_isolated)
         raise _Refused(_error(422, "this write cannot be stored: it is kept in the journal's quarantine with the "
                                    "reason; nothing was recorded"))
@@ -451,7 +456,7 @@ ANSWERS["InteractionsRead"] = {"type": "object", "additionalProperties": False,
     "interactions": {"type": "array", "description": "oldest first",
                      "items": {"$ref": "#/components/schemas/Interaction"}}}}
 
-SECURITY = [{"bearer": []}, {"apiToken": []}]  # Authorization: Bearer TOKEN, or X-Api-Token: TOKEN
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiToken": []}]  # Authorization: Bearer TOKEN, or X-Api-Token: TOKEN
 FAILURES = {
     "400": "the body is not JSON", "401": "missing or wrong api token, or the API is disabled",
     "404": "no store that answered knows it", "413": "the body is over [server] max_body_bytes",

@@ -9,10 +9,14 @@ import os
 import re
 import sys
 import traceback
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit
 
 from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 # Digits, optionally led by '+' and grouped by single spaces or dashes, not glued to a word; a match
 # with 8 to 15 digits is a phone number in one of the shapes SendPulse sends. Hex ids contain letters
@@ -45,7 +49,7 @@ def mask_text(text: str) -> str:
     return _PHONE.sub(_mask_match, _USERINFO.sub(r"\1***@", text))
 
 
-def _mask_record(record: dict[str, Any]) -> None:
+def _mask_record(record: Record) -> None:
     """Mask the record; never raise (a log call must never fail what it reports on, a commit say)."""
     try:
         _mask(record)
@@ -55,7 +59,7 @@ def _mask_record(record: dict[str, Any]) -> None:
         record["exception"] = None
 
 
-def _mask(record: dict[str, Any]) -> None:
+def _mask(record: Record) -> None:
     record["message"] = _masked(record["message"])
     for key, value in list(record["extra"].items()):
         if isinstance(value, str):
@@ -71,7 +75,7 @@ def _masked(text: str) -> str:
     return mask_text(scrub_urls(text))  # a URL's path and query can hold a secret
 
 
-def _json_line(record: dict[str, Any]) -> str:
+def _json_line(record: Record) -> str:
     entry = {
         "time": record["time"].isoformat(),
         "level": record["level"].name,
@@ -85,8 +89,8 @@ def _json_line(record: dict[str, Any]) -> str:
     return "{extra[_json]}\n"
 
 
-def _plain_format(journald: bool) -> Any:
-    def fmt(record: dict[str, Any]) -> str:
+def _plain_format(journald: bool) -> Callable[[Record], str]:
+    def fmt(record: Record) -> str:
         extras = " ".join(f"{k}={v}" for k, v in record["extra"].items() if not k.startswith("_"))
         record["extra"]["_suffix"] = f" [{extras}]" if extras else ""
         tail = "{extra[_suffix]}\n"
@@ -186,7 +190,7 @@ class _StdlibBridge(logging.Handler):
             levelno, text = record.levelno, record.getMessage()
         name = logging.getLevelName(levelno)
         level: str | int = name if name in _SYSLOG_PRIORITY else levelno
-        logger.patch(lambda r: r.update(name=record.name)).opt(exception=exc_info).log(level, "{}", text)
+        logger.patch(lambda r: r.update({"name": record.name})).opt(exception=exc_info).log(level, "{}", text)
 
 
 _BRIDGE = _StdlibBridge()

@@ -161,15 +161,17 @@ async def _bots(client: SendPulseClient, bot_ids: Sequence[str]) -> list[dict[st
 
 def webhook_element(message: dict[str, Any], contact: dict[str, Any], bot: dict[str, Any]) -> dict[str, Any] | None:
     """The webhook SendPulse would have posted for this API message; None when it names no direction."""
-    way = DIRECTIONS.get(message.get("direction"))
+    direction = message.get("direction")
+    way = DIRECTIONS.get(direction) if isinstance(direction, int) else None
     if way is None:
         return None
-    data = message.get("data") if isinstance(message.get("data"), dict) else {}
+    data = _object(message.get("data"))
     channel_data: dict[str, Any] = {"message": data}
     if way[1] == "outbound" and data.get("message_id"):
         channel_data["message_id"] = data["message_id"]  # where an outbound webhook carries the wamid
-    details = contact.get("channel_data") if isinstance(contact.get("channel_data"), dict) else {}
-    element_contact = {key: contact[key] for key in ("id", "tags", "variables", "is_chat_opened") if key in contact}
+    details = _object(contact.get("channel_data"))
+    element_contact: dict[str, Any] = {key: contact[key] for key in ("id", "tags", "variables", "is_chat_opened")
+                                       if key in contact}
     if details.get("phone") is not None:
         element_contact["phone"] = str(details["phone"])
     if details.get("name"):
@@ -198,8 +200,12 @@ def _reports_status(message: dict[str, Any]) -> bool:
     return message.get("direction") == 2 and message.get("status") in SENDPULSE_STATUS
 
 
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def wamid_of(message: dict[str, Any]) -> str | None:
-    data = message.get("data") if isinstance(message.get("data"), dict) else {}
+    data = _object(message.get("data"))
     wamid = data.get("id") if message.get("direction") == 1 else data.get("message_id")
     return wamid if isinstance(wamid, str) and wamid else None
 

@@ -353,7 +353,7 @@ def _same(column: str, ours: Any, theirs: Any) -> bool:
         return digits_only(ours) == digits_only(theirs)
     if isinstance(ours, str) and isinstance(theirs, str) and ours != theirs:
         return cut_text(theirs) == ours  # a text longer than a cell holds was written cut, with a marker
-    return ours == theirs
+    return bool(ours == theirs)
 
 
 def _milliseconds(moment: datetime) -> datetime:
@@ -411,6 +411,13 @@ class Recovery:
         self._schema: list[dict[str, Any]] | None = None  # the base's tables; None: the token may not read them
         self._plan: BasePlan | None = None
 
+    @property
+    def plan(self) -> BasePlan:
+        """The base's write plan, read at the start of `run`."""
+        if self._plan is None:
+            raise RuntimeError("the base's plan is read by run() first")
+        return self._plan
+
     async def run(self, selection: Selection) -> Report:
         self._schema = await patiently(self.client.schema)
         self._plan = plan_base(self._schema, self.tables)  # without the schema, the documented base's
@@ -434,7 +441,7 @@ class Recovery:
         if selection.conversation:
             return [equals_formula(field("conversation_id"), selection.conversation)]
         if selection.phone:
-            why = self._plan.unselectable(self.tables, "conversations", FIELD_OF["conversations"]["customer_phone"])
+            why = self.plan.unselectable(self.tables, "conversations", FIELD_OF["conversations"]["customer_phone"])
             if why:
                 raise Unselectable(f"--phone selects conversations by their phone, but {why}: nothing was recovered "
                                    "(`chatledger airtable init` creates a missing field; --conversation ID selects "
@@ -448,7 +455,7 @@ class Recovery:
 
     def _selectable(self, kind: str, logical: str, how: str) -> bool:
         """Whether records of `kind` can be selected by our field `logical`; if not, the report says why."""
-        why = self._plan.unselectable(self.tables, kind, logical)
+        why = self.plan.unselectable(self.tables, kind, logical)
         if why:
             also = "; `recover --all` reads every record" if how == "by time" else ""
             self.report.problem(f"{why}: {kind} cannot be selected {how}, none were read (`chatledger airtable "
@@ -506,7 +513,7 @@ class Recovery:
         for formula in ids_formulas(self.tables.field_for("conversations", "conversation_id"), missing):
             async for page in pages(self.client, self.tables["conversations"], formula):
                 await self._apply("conversations", self._rows("conversations", page))
-        first = {}
+        first: dict[str, dict[str, Any]] = {}
         for row in rows:
             first.setdefault(row["conversation_id"], row)
         built = [built_conversation(first[c], self.now) for c in missing if c not in self._conversations]
@@ -551,7 +558,7 @@ class Recovery:
             new = [with_defaults(kind, row) for row in rows if row[key] not in existing]
             inserted = await self.pg.insert(kind, new)
             columns = compared(kind, self._plan)
-            differ = {row[key]: differences(kind, row, existing[row[key]], columns)
+            differ: dict[str, Sequence[str]] = {row[key]: differences(kind, row, existing[row[key]], columns)
                       for row in rows if row[key] in existing}
             # only the columns that differ: a text Airtable holds cut, a date field's day stay PostgreSQL's
             replace = {k: d for k, d in differ.items() if d} if self.prefer == "airtable" else {}
@@ -574,10 +581,10 @@ class Recovery:
             self.report.run_id = self.run_id
         if self.diff:
             airtable = {row[key]: row for row in rows}
-            for k, columns in differ.items():
-                if columns:
+            for k, differing in differ.items():
+                if differing:
                     self.report.difference(kind, k, {c: [short(airtable[k].get(c)), short(existing[k].get(c))]
-                                                     for c in columns})
+                                                     for c in differing})
         if kind == "conversations":
             self._conversations.update(row[key] for row in rows if row[key] in inserted or row[key] in existing)
             self._stage([row for row in new if row[key] in inserted])

@@ -221,7 +221,7 @@ class SendPulseClient:
                 return status, text[:200]
 
     def _delay(self, attempt: int) -> float:
-        return min(BACKOFF_MAX_S, self._backoff * 2 ** (attempt - 1))
+        return min(BACKOFF_MAX_S, self._backoff * 2.0 ** (attempt - 1))
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:

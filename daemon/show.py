@@ -44,8 +44,10 @@ async def show(stores: reads.Stores, *, conversation: str | None = None, phone: 
     if phone is not None:
         ids, why = await reads.conversations_of_phone(stores, phone, down)
         not_asked += why
-    else:
+    elif conversation is not None:
         ids = [conversation]
+    else:
+        raise ValueError("show needs a conversation or a phone")
     shown = []
     for conversation_id in ids:
         answer = await reads.whole(stores, conversation_id, limit + 1, down)
@@ -89,10 +91,11 @@ def _text(text: Any, indent: int) -> str:
 
 
 def _interaction(row: dict[str, Any]) -> list[str]:
-    way = {"inbound": "in", "outbound": "out"}.get(row.get("direction"), _printable(row.get("direction")))
+    direction = str(row.get("direction"))
+    way = {"inbound": "in", "outbound": "out"}.get(direction, _printable(direction))
     stamp = row.get("timestamp") or "?"
     lines = [f"    {stamp}  {way:<4} {_text(row.get('content'), 4 + len(stamp) + 7)}"]
-    usual = row.get("status") == USUAL_STATUS.get(row.get("direction"))  # said only when it says something
+    usual = row.get("status") == USUAL_STATUS.get(direction)  # said only when it says something
     extra = _pairs(row | {"processingTime": f"{row['processingTime']} ms" if row.get("processingTime") is not None
                           else None, "status": None if usual else row.get("status")},
                    (("intent", "intent"), ("response", "response"), ("processingTime", "took"), ("status", "status"),

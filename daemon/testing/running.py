@@ -7,7 +7,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -38,7 +38,7 @@ class AppThread:
         self._thread = threading.Thread(target=self._loop.run_forever, name=self.name, daemon=True)
         self._runner: web.AppRunner | None = None
 
-    def start(self) -> "AppThread":
+    def start(self) -> Self:
         self._thread.start()
         self._runner = self.call(serve_app(type(self).create_app(self.emulator), "127.0.0.1", self.port))
         return self

@@ -47,13 +47,14 @@ class Node:
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
-    out, pos = [], 0
+    out: list[tuple[str, str]] = []
+    pos = 0
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if match is None:
             raise FormulaError("Invalid formula. Please check your formula text.")
         pos = match.end()
-        if match.lastgroup != "ws":
+        if match.lastgroup is not None and match.lastgroup != "ws":
             out.append((match.lastgroup, match.group()))
     return out
 
@@ -65,6 +66,11 @@ class _Parser:
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def _next(self) -> str | None:
+        """The next token's text, None at the end."""
+        token = self.peek()
+        return token[1] if token else None
 
     def take(self, value: str | None = None) -> tuple[str, str]:
         token = self.peek()
@@ -107,9 +113,9 @@ class _Parser:
                 raise FormulaError("Invalid formula. Please check your formula text.")
             self.take("(")
             args: list[Node] = []
-            if self.peek() and self.peek()[1] != ")":
+            if self._next() not in (None, ")"):
                 args.append(self.expression(0))
-                while self.peek() and self.peek()[1] == ",":
+                while self._next() == ",":
                     self.take(",")
                     args.append(self.expression(0))
             self.take(")")

@@ -6,7 +6,8 @@ import secrets
 import string
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
 MAX_TEXT = 100_000
 TEXT_TYPES = {"singleLineText", "multilineText", "phoneNumber", "email", "url", "richText"}
@@ -77,7 +78,8 @@ class Field:
 
     @property
     def choices(self) -> list[dict[str, Any]]:
-        return (self.options or {}).setdefault("choices", [])
+        choices: list[dict[str, Any]] = (self.options or {}).setdefault("choices", [])
+        return choices
 
     def coerce(self, value: Any, typecast: bool) -> Any:
         """The stored cell value for a write, or ApiError; None clears the cell."""
@@ -300,6 +302,14 @@ class Base:
                            str(error.get("message", "")).format(max_records=self.max_records) or None)
 
 
-def by_id_or_name(items: list[Any], key: str) -> Any:
+class _Named(Protocol):
+    id: str
+    name: str
+
+
+Named = TypeVar("Named", bound=_Named)
+
+
+def by_id_or_name(items: Sequence[Named], key: str) -> Named | None:
     """Airtable looks a table or field up by id first, then by exact name."""
     return next((i for i in items if i.id == key), None) or next((i for i in items if i.name == key), None)

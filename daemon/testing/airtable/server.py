@@ -14,6 +14,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -48,7 +49,7 @@ class Faults:
 
 @dataclass
 class BaseTraffic:
-    arrivals: deque = field(default_factory=deque)
+    arrivals: deque[float] = field(default_factory=deque)
     locked_until: float = 0.0
     requests: int = 0
     rate_limited: int = 0  # 429 RATE_LIMIT_REACHED answers
@@ -59,7 +60,7 @@ class Emulator:
     """State shared by every request: bases, tokens, limits, faults, counters."""
 
     def __init__(self, tokens: list[str], *, rate: int = 5, window: float = 1.0, lockout: float = 30.0,
-                 clock=time.monotonic, scopes: dict[str, set[str]] | None = None):
+                 clock: Callable[[], float] = time.monotonic, scopes: dict[str, set[str]] | None = None):
         self.tokens = set(tokens)
         self.scopes = {token: set(granted) for token, granted in (scopes or {}).items()}  # absent: every scope
         self.rate = rate
@@ -129,8 +130,11 @@ def _error(exc: ApiError) -> web.Response:
     return web.json_response(exc.body(), status=exc.status)
 
 
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 @web.middleware
-async def airtable_middleware(request: web.Request, handler):
+async def airtable_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     emulator = request.app[EMULATOR]
     if request.path.startswith("/_emulator/"):
         return await handler(request)
@@ -188,7 +192,7 @@ def _check_scope(emulator: Emulator, token: str, request: web.Request) -> None:
         raise NOT_FOUND_MODEL
 
 
-async def _routed(request: web.Request, handler) -> web.StreamResponse:
+async def _routed(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Unknown routes answer as Airtable does: 404 {"error": "NOT_FOUND"}."""
     try:
         return await handler(request)
@@ -312,7 +316,10 @@ async def update_records(request: web.Request) -> web.Response:
     # updates add no records: at the cap they still succeed, and only a request creating some fails
     emulator.base(request.match_info["base"]).admit_creates(
         sum(1 for record, cells in plan if record is None and "__same_as__" not in cells))
-    results, created_ids, updated_ids, made = [], [], [], {}
+    results: list[dict[str, Any]] = []
+    created_ids: list[str] = []
+    updated_ids: list[str] = []
+    made: dict[int, Record] = {}
     for record, cells in plan:
         if record is None and "__same_as__" in cells:
             record = made[cells["__same_as__"]]
@@ -382,7 +389,7 @@ async def delete_records(request: web.Request) -> web.Response:
     return web.json_response({"records": [{"deleted": True, "id": r} for r in ids]})
 
 
-def _list_options(query: dict[str, Any], body: dict[str, Any] | None) -> dict[str, Any]:
+def _list_options(query: Mapping[str, Any], body: dict[str, Any] | None) -> dict[str, Any]:
     """Listing options from a GET query string or a POST listRecords body, in one shape."""
     if body is not None:
         sort = body.get("sort") or []
@@ -497,7 +504,7 @@ async def create_table(request: web.Request) -> web.Response:
         raise ApiError(422, *INVALID_REQUEST)
     if any(t.name.lower() == name.lower() for t in base.tables):
         raise ApiError(422, "DUPLICATE_TABLE_NAME", f'Table name "{name}" already exists')
-    fields: list = []
+    fields: list[Any] = []
     for config in configs:
         fields.append(field_from_config(config, fields))
     table = Table(new_id("tbl"), name, fields, body.get("description"))

@@ -16,6 +16,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -50,7 +51,7 @@ class Emulator:
     """State shared by every request: credentials, tokens, bots, contacts, limits, faults, counters."""
 
     def __init__(self, client_id: str, client_secret: str, *, token_ttl: float = 3600, rate: int = 10,
-                 window: float = 1.0, per_minute: int | None = None, clock=time.monotonic):
+                 window: float = 1.0, per_minute: int | None = None, clock: Callable[[], float] = time.monotonic):
         self.credentials = {client_id: client_secret}
         self.token_ttl = token_ttl
         self.rate = rate
@@ -62,11 +63,11 @@ class Emulator:
         self.contacts: dict[str, Contact] = {}
         self.messages: dict[str, Message] = {}
         self.faults = Faults()
-        self.counters: Counter = Counter()
-        self.routes: Counter = Counter()
+        self.counters: Counter[str] = Counter()
+        self.routes: Counter[str] = Counter()
         self.webhooks: list[dict[str, Any]] = []  # one entry per POST made, with its outcome
-        self._arrivals: deque = deque()
-        self._minute: deque = deque()
+        self._arrivals: deque[float] = deque()
+        self._minute: deque[float] = deque()
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -155,8 +156,9 @@ class Emulator:
         header = request.headers.get("Authorization", "")
         token = header[7:] if header.startswith("Bearer ") else None
         expires = self.tokens.get(token) if token else None
-        if expires is None or self.clock() >= expires:
-            self.tokens.pop(token, None)
+        if token is None or expires is None or self.clock() >= expires:
+            if token is not None:
+                self.tokens.pop(token, None)
             self.counters["unauthorized"] += 1
             raise UNAUTHORIZED
 
@@ -174,12 +176,13 @@ def _now() -> datetime:
 
 
 EMULATOR = web.AppKey("emulator", Emulator)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SESSION = web.AppKey("session", aiohttp.ClientSession)
-BACKGROUND = web.AppKey("background", set)
+BACKGROUND = web.AppKey("background", set[asyncio.Task[Any]])
 
 
 @web.middleware
-async def sendpulse_middleware(request: web.Request, handler):
+async def sendpulse_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     emulator = request.app[EMULATOR]
     if request.path.startswith("/_emulator/"):
         try:
@@ -255,7 +258,7 @@ def _ok(data: Any) -> web.Response:
     return web.json_response({"success": True, "data": data})
 
 
-def _int(query, name: str, default: int, low: int, high: int | None = None) -> int:
+def _int(query: Mapping[str, str], name: str, default: int, low: int, high: int | None = None) -> int:
     raw = query.get(name)
     if raw is None or raw == "":
         return default
@@ -482,13 +485,14 @@ async def control_history(request: web.Request) -> web.Response:
     return web.json_response({"messages": [m.render() for m in contact.messages]})
 
 
-async def _client(app: web.Application):
+async def _client(app: web.Application) -> AsyncIterator[None]:
     app[SESSION] = aiohttp.ClientSession()
-    app[BACKGROUND] = set()
+    background: set[asyncio.Task[Any]] = set()
+    app[BACKGROUND] = background
     yield
-    for task in list(app[BACKGROUND]):
+    for task in list(background):
         task.cancel()
-    await asyncio.gather(*app[BACKGROUND], return_exceptions=True)
+    await asyncio.gather(*background, return_exceptions=True)
     await app[SESSION].close()
 
 
