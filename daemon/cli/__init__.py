@@ -26,7 +26,7 @@ DEFAULT_CONFIG = Path("/etc/chatledger/config.toml")
 class _Parser(argparse.ArgumentParser):
     """argparse, with its usage errors on EXIT_USAGE rather than 2."""
 
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> Any:
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 

@@ -43,7 +43,7 @@ def replay(config: Config, args: argparse.Namespace) -> int:
         # No daemon: re-queue in the journal directly; the next start delivers them.
         return _requeue_offline(config, args.sink, selection)
     terminal = rich_terminal(sys.stdout) if selection else None
-    if terminal:
+    if terminal and selection:
         terminal.requeued({sink: answer.get("requeued", {}).get(sink, 0) for sink in answer.get("sinks", [])},
                           selection.describe(), "replay triggered")
     else:

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import sys
+from typing import Any
 
 from loguru import logger
 
@@ -128,6 +129,7 @@ def top(config: Config, args: argparse.Namespace) -> int:
     code = EXIT_OK  # of the last frame: no daemon is not a success
     try:
         while True:
+            shown: Any  # a frame, or the line saying the daemon does not answer
             try:
                 snapshot = asyncio.run(request_status(config.status.socket))
             except StatusUnreachable as exc:

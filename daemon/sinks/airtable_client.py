@@ -228,12 +228,14 @@ class AirtableClient:
                         lambda api: api.table(self.base_id, table).batch_delete(record_ids))
 
     async def create_table(self, name: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self.call(f"creating table {name}", lambda api: api.request(
+        created: dict[str, Any] = await self.call(f"creating table {name}", lambda api: api.request(
             "POST", api.build_url(f"meta/bases/{self.base_id}/tables"), json={"name": name, "fields": fields}))
+        return created
 
     async def create_field(self, table_id: str, field: dict[str, Any]) -> dict[str, Any]:
-        return await self.call(f"creating field {field['name']}", lambda api: api.request(
+        created: dict[str, Any] = await self.call(f"creating field {field['name']}", lambda api: api.request(
             "POST", api.build_url(f"meta/bases/{self.base_id}/tables/{table_id}/fields"), json=field))
+        return created
 
     def close(self) -> None:
         self.closed = True

@@ -275,7 +275,7 @@ class BasePlan:
         field is refused (422), and a field left out of the writes holds none of our values."""
         table = self.tables.get(kind)
         why = table.left_out.get(logical) if table is not None else None
-        if why is None:
+        if table is None or why is None:
             return None
         name = names.field(kind, logical)
         where = f"{table.table}.{name}" + (f" ({TITLES[kind]}.{logical} in [airtable.fields])"
@@ -320,7 +320,7 @@ def plan_base(schema: list[dict[str, Any]] | None, names: Mapping[str, str]) -> 
     token may not read it: the documented base is assumed, and a warning says so."""
     names = BaseNames.of(names)
     assumed = schema is None
-    if assumed:
+    if schema is None:
         schema = [{"id": names[kind], "name": names[kind],
                    "fields": [{"name": names.field(kind, s.name), "type": s.type} for s in specs]}
                   for kind, specs in TABLES.items()]
