@@ -93,7 +93,7 @@ class Tables:
             self._update_escalation(escalation_update)
 
     def _touch(self, touch: ConversationTouch) -> None:
-        """Contact details follow the newest event; the span is the events' until there are interactions."""
+        """Contact details follow the newest event; the span is the events' until _refresh finds interactions."""
         known = self.conversations.get(touch.conversation_id)
         if known is None:
             metadata = {key: value for key, value in (("bot_id", touch.bot_id), ("contact_id", touch.contact_id),
@@ -109,8 +109,7 @@ class Tables:
             else _first(known.customer_phone, touch.customer_phone),
             customer_name=_first(touch.customer_name, known.customer_name) if newer
             else _first(known.customer_name, touch.customer_name),
-            started_at=known.started_at if known.message_count else min(known.started_at, touch.first_at),
-            last_activity=known.last_activity if known.message_count else max(known.last_activity, touch.last_at))
+            started_at=min(known.started_at, touch.first_at), last_activity=max(known.last_activity, touch.last_at))
 
     def _update_conversation(self, update: ConversationUpdate) -> None:
         known = self.conversations.get(update.conversation_id)

@@ -2,6 +2,8 @@
 cluster and Airtable through the emulator, each read back as the same rows; and a deliberately broken fake
 for each clause, which the clause must catch."""
 
+import json
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -11,7 +13,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from daemon.events import normalize
+from daemon.events import (
+    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, Event, normalize,
+)
 from daemon.journal import Journal
 from daemon.ratelimit import RequestBudget
 from daemon.reconcile import status_event
@@ -27,10 +31,11 @@ RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 T0 = 1_790_000_000
 
 
-def message(i, contact, at):
+def message(i, contact, at, name=None):
     """Message i of `contact`, `at` seconds in: odd ones inbound, even ones outbound."""
+    who = {"id": contact, "phone": "+55 11 91234567" + contact[1:], "name": name or f"Name {contact}"}
     return {"title": "incoming_message" if i % 2 else "outgoing_message", "service": "whatsapp",
-            "bot": {"id": "bot1"}, "date": T0 + at, "contact": {"id": contact, "phone": "+55 11 91234567" + contact[1:]},
+            "bot": {"id": "bot1"}, "date": T0 + at, "contact": who,
             "info": {"message": {"id": f"wamid.{i}", "channel_data": {"message": {"text": {"body": f"hello {i}"}}}}}}
 
 
@@ -39,13 +44,13 @@ def event(title, contact, at):
             "contact": {"id": contact}, "info": None}
 
 
-# c1 is escalated; c2 closed after its messages; c3 unsubscribed, then wrote again (active). Split in two
-# halves, c3's unsubscribe and message 2 fall in the first, the message after it and message 2's status
-# in the second: delivered in reverse order, each arrives before what precedes it.
+# c1 is escalated; c2 closed after its messages (its last one renames it); c3 unsubscribed, then wrote
+# again (active). Split in two halves, c3's unsubscribe and message 2 fall in the first, the message after it
+# and message 2's status in the second: delivered in reverse order, each arrives before what precedes it.
 EVENTS = [normalize(p, RECEIVED) for p in [
     message(1, "c1", 0), message(2, "c1", 60), event("unsubscribe", "c3", 30), message(3, "c1", 120),
-    message(5, "c2", 10), message(6, "c2", 70), message(4, "c1", 180), event("open_chat", "c1", 600),
-    message(7, "c2", 130), event("unsubscribe", "c2", 1200), message(8, "c3", 90), message(9, "c3", 20),
+    message(5, "c2", 10), message(6, "c2", 70), message(4, "c1", 180, "Maria"), event("open_chat", "c1", 600),
+    message(7, "c2", 130, "Joana"), event("unsubscribe", "c2", 1200), message(8, "c3", 90), message(9, "c3", 20),
 ]]
 MESSAGE_2 = EVENTS[1]
 READ_2 = status_event(MESSAGE_2, {}, MESSAGE_2.dedup_key, MESSAGE_2.message_id, "read", RECEIVED)
@@ -335,3 +340,98 @@ async def test_each_clause_fails_against_a_broken_fake(tmp_path, clause, broken)
 
 def test_every_clause_has_a_broken_fake():
     assert {clause for clause, _ in BROKEN} == {*CLAUSES, a_store_that_is_down_fails_transiently_and_loses_nothing}
+
+
+# -- the fake's rows are PostgreSQL's, column for column -------------------------------------------
+
+def api_event(title, key, body, at, conversation_id):
+    return Event(dedup_key=key, title=title, service="api", bot_id=None, contact_id=None, phone=None,
+                 contact_name=None, message_id=body.get("messageId"), platform_message_id=None,
+                 direction=body.get("direction"), message_type="api", text=body.get("content") or body.get("notes"),
+                 occurred_at=datetime.fromtimestamp(T0 + at, timezone.utc), received_at=RECEIVED,
+                 raw=json.dumps(body, sort_keys=True), conversation_id=conversation_id)
+
+
+# What the bot API adds: an enrichment of message 4 (its status further along), an interaction of its own,
+# a PATCH of c1 that closes it, an escalation of c2 and its PATCH; and c4, status events and no message.
+EXTRA = [normalize(event("open_chat", "c4", 300), RECEIVED), normalize(event("unsubscribe", "c4", 50), RECEIVED),
+    api_event(API_INTERACTION, "api:interaction:bot-4", {
+        "id": "bot-4", "conversationId": cid("c1"), "direction": "outbound", "messageId": "wamid.4",
+        "status": "delivered", "intent": "greeting", "content": "Olá!", "processingTime": 350}, 181, cid("c1")),
+    api_event(API_INTERACTION, "api:interaction:bot-own", {
+        "id": "bot-own", "conversationId": cid("c3"), "direction": "outbound", "content": "from the bot",
+        "errorMessage": "template missing"}, 95, cid("c3")),
+    api_event(API_CONVERSATION_UPDATE, "api:conversation-update:c1:1", {
+        "id": cid("c1"), "tags": ["vip"], "sentiment": "calm", "priority": "HIGH", "metadata": {"crm": 7},
+        "status": "closed"}, 700, cid("c1")),
+    api_event(API_ESCALATION, "api:escalation:esc-2", {
+        "id": "esc-2", "conversationId": cid("c2"), "reason": "angry", "priority": "HIGH", "notes": "call back"},
+        140, cid("c2")),
+    api_event(API_ESCALATION_UPDATE, "api:escalation-update:esc-2:1", {
+        "id": "esc-2", "status": "resolved", "assignedAgent": "ana", "resolvedAt": "2026-11-25T13:00:00Z"}, 150, None),
+]
+COLUMNS = {
+    "conversations": ("conversation_id", "customer_phone", "customer_name", "status", "started_at", "last_activity",
+                      "message_count", "intent", "sentiment", "priority", "assigned_agent", "tags", "metadata"),
+    "interactions": ("interaction_id", "conversation_id", "message_id", "direction", "content", "intent", "response",
+                     "processing_time_ms", "status", "error_message", "customer_phone", "occurred_at"),
+    "escalations": ("escalation_id", "ticket_id", "conversation_id", "reason", "priority", "status",
+                    "customer_phone", "assigned_agent", "created_at", "resolved_at", "notes"),
+}
+STATUS_KEYS = {"status_event", "status_event_at", "status_key"}  # PostgreSQL's note of the status event followed
+
+
+async def postgres_columns(dsn, schema):
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = {}
+        for table, columns in COLUMNS.items():
+            rows = [dict(row) for row in await conn.fetch(
+                f"SELECT {', '.join(columns)} FROM {quote_ident(schema)}.{table}")]
+            for row in rows:
+                if table == "conversations":
+                    row["tags"] = json.loads(row["tags"])
+                    row["metadata"] = {k: v for k, v in json.loads(row["metadata"]).items() if k not in STATUS_KEYS}
+            tables[table] = {row[columns[0]]: row for row in rows}
+        return tables
+    finally:
+        await conn.close()
+
+
+def fake_columns(sink):
+    tables = {}
+    for table, columns in COLUMNS.items():
+        rows = [{c: getattr(row, c) for c in columns} for row in getattr(sink.tables, table).values()]
+        for row in rows:
+            if table == "conversations":
+                row["tags"] = list(row["tags"])
+        tables[table] = {row[columns[0]]: row for row in rows}
+    return tables
+
+
+def batches(events, order):
+    """The events in batches: as journaled, one by one backwards, or shuffled into random batches."""
+    if order == "journal":
+        return [events]
+    if order == "backwards":
+        return [[e] for e in reversed(events)]
+    chosen = random.Random(order).sample(events, len(events))
+    cuts = sorted(random.Random(order).sample(range(1, len(events)), 5))
+    return [chosen[a:b] for a, b in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+
+
+@pytest.mark.parametrize("order", ["journal", "backwards", "shuffled-1", "shuffled-2", "shuffled-3"])
+async def test_the_fake_holds_what_postgresql_holds_column_for_column(tmp_path, pg_cluster, pg_schema, order):
+    store = await memory_store(tmp_path)
+    postgres = PostgresSink(pg_cluster.dsn(), pg_schema)
+    try:
+        events = await store.append([*ALL, *EXTRA])
+        for batch in batches(events, order):
+            await store.sink.deliver(batch)
+            await postgres.deliver(batch)
+        held = await postgres_columns(pg_cluster.dsn(), pg_schema)
+        assert held["interactions"][iid(4)]["intent"] == "greeting"  # the API's rows are there to compare
+        assert fake_columns(store.sink) == held
+    finally:
+        await postgres.close()
+        await store.journal.close()
