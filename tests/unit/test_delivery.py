@@ -1,4 +1,4 @@
-"""The delivery loop with an in-memory sink of our own: retries, poison isolation, wake, stop."""
+"""The delivery loop with the shipped in-memory sink (daemon.testing.fakes): retries, poison isolation, wake, stop."""
 
 import asyncio
 from collections import Counter
@@ -10,40 +10,32 @@ from daemon import delivery
 from daemon.delivery import DeliveryWorker
 from daemon.events import normalize
 from daemon.journal import Journal
+from daemon.records import map_events
 from daemon.sinks.airtable import AirtableSink
-from daemon.sinks.base import PermanentError, RefusedError, SetupError, TransientError
+from daemon.sinks.base import RefusedError, SetupError, TransientError
+from daemon.testing.fakes import MemorySink
 from tests.support import until
 
 RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 FAIL_BOUND = 30.0  # a failure bound only: the tests wait for states
 
 
-class FakeSink:
-    name = "postgres"
-    batch_size = 8
+def fake_sink(failures=(), refused=()):
+    """A PostgreSQL-like sink: `failures` raised by the next deliveries, messages `refused` for their value."""
+    sink = MemorySink("postgres", 8)
+    sink.failures = list(failures)
+    sink.refused = {key(message_id) for message_id in refused}
+    return sink
 
-    def __init__(self, failures=(), poison=()):
-        self.failures = list(failures)  # exceptions raised by the next deliveries, in order
-        self.poison = set(poison)  # message ids refused for good
-        self.accepted = Counter()
-        self.calls = 0
-        self.check_error = None
 
-    async def deliver(self, events):
-        self.calls += 1
-        if self.failures:
-            raise self.failures.pop(0)
-        bad = [e.message_id for e in events if e.message_id in self.poison]
-        if bad:
-            raise PermanentError(f"value out of range in {bad[0]}")
-        self.accepted.update(e.message_id for e in events)
+def key(message_id):
+    """The dedup key of message(i), whose message id is m<i>."""
+    return f"msg:incoming_message:{message_id}"
 
-    async def check(self):
-        if self.check_error:
-            raise self.check_error
 
-    async def close(self):
-        pass
+def accepted(sink):
+    """How often each message was delivered, by message id."""
+    return Counter({dedup_key.rsplit(":", 1)[-1]: n for dedup_key, n in sink.accepted.items()})
 
 
 def message(i):
@@ -63,12 +55,12 @@ async def sink_counts(journal):
 
 
 async def test_transient_failures_are_retried_and_nothing_is_delivered_twice(journal):
-    sink = FakeSink(failures=[TransientError("connection refused"), TransientError("timeout")])
+    sink = fake_sink(failures=[TransientError("connection refused"), TransientError("timeout")])
     worker = DeliveryWorker(journal, sink)
     task = asyncio.create_task(worker.run())
     await journal.append([normalize(message(i), RECEIVED) for i in range(20)])
     await until(lambda: _delivered(journal, 20), task, timeout=FAIL_BOUND)
-    assert sink.accepted == Counter({f"m{i}": 1 for i in range(20)})
+    assert accepted(sink) == Counter({f"m{i}": 1 for i in range(20)})
     status = worker.live_status()
     assert status["state"] == "up" and status["consecutive_failures"] == 0
     assert status["last_error"] == "timeout" and status["last_delivery_at"]
@@ -81,7 +73,7 @@ async def _delivered(journal, n):
 
 
 async def test_a_poison_event_alone_becomes_a_dead_letter(journal):
-    sink = FakeSink(poison={"m5"})
+    sink = fake_sink(refused={"m5"})
     worker = DeliveryWorker(journal, sink)
     await journal.append([normalize(message(i), RECEIVED) for i in range(16)])
     task = asyncio.create_task(worker.run())
@@ -90,8 +82,8 @@ async def test_a_poison_event_alone_becomes_a_dead_letter(journal):
     assert counts.get("dead") == 1 and counts.get("pending", 0) == 0
     [dead] = await journal.dead_letters("postgres", 10)
     assert "m5" in str(dead)
-    assert sink.accepted == Counter({f"m{i}": 1 for i in range(16) if i != 5})
-    sink.poison.clear()  # the operator fixed the cause
+    assert accepted(sink) == Counter({f"m{i}": 1 for i in range(16) if i != 5})
+    sink.refused.clear()  # the operator fixed the cause
     assert await journal.requeue_dead("postgres") == 1
     worker.wake()
     await until(lambda: _delivered(journal, 16), task, timeout=FAIL_BOUND)
@@ -101,7 +93,7 @@ async def test_a_poison_event_alone_becomes_a_dead_letter(journal):
 
 async def test_wake_skips_the_backoff_and_stop_ends_a_pause(journal, monkeypatch):
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
-    sink = FakeSink(failures=[TransientError("server closed the connection")])
+    sink = fake_sink(failures=[TransientError("server closed the connection")])
     worker = DeliveryWorker(journal, sink)
     await journal.append([normalize(message(1), RECEIVED)])
     task = asyncio.create_task(worker.run())
@@ -127,7 +119,7 @@ async def test_retry_now_skips_the_backoff_without_waking_the_sink_and_sending_t
     (the sink's wake() reads the base's schema again, a request); and retention waits while a batch is being
     sent."""
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
-    sink = FakeSink(failures=[TransientError("held")])
+    sink = fake_sink(failures=[TransientError("held")])
     woken = []
     sink.wake = lambda: woken.append(1)
     release = asyncio.Event()
@@ -163,8 +155,8 @@ async def test_retry_now_skips_the_backoff_without_waking_the_sink_and_sending_t
 
 async def test_an_idle_worker_reports_a_misconfigured_sink(journal, monkeypatch):
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
-    sink = FakeSink()
-    sink.check_error = SetupError("password authentication failed")
+    sink = fake_sink()
+    sink.down = SetupError("password authentication failed")
     worker = DeliveryWorker(journal, sink)
     task = asyncio.create_task(worker.run())
 
@@ -172,7 +164,7 @@ async def test_an_idle_worker_reports_a_misconfigured_sink(journal, monkeypatch)
         return worker.state == "misconfigured"
     await until(misconfigured, task, timeout=FAIL_BOUND)
     assert worker.live_status()["last_error"] == "password authentication failed"
-    sink.check_error = None
+    sink.down = None
     worker.wake()
 
     async def up():
@@ -189,10 +181,10 @@ async def test_an_idle_worker_reports_a_misconfigured_sink(journal, monkeypatch)
 ])
 async def test_a_misconfigured_sink_that_pays_per_request_waits_long_between_checks(
         journal, error, pays_per_request, at_least, at_most):
-    sink = FakeSink()
+    sink = fake_sink()
     if pays_per_request:
         sink.setup_retry_cap = AirtableSink.setup_retry_cap
-    sink.check_error = error
+    sink.down = error
     worker = DeliveryWorker(journal, sink, clock=lambda: 1000.0)  # frozen: retry_in_s is the backoff itself
     worker.failures = 20  # long past the first doublings
 
@@ -205,40 +197,34 @@ async def test_a_misconfigured_sink_that_pays_per_request_waits_long_between_che
     await asyncio.wait_for(task, FAIL_BOUND)
 
 
-class CappedSink(FakeSink):
-    """A base with room for `room` new records: each message creates one, a message seen before and a
-    status update create none; `poison` messages are refused for their own value."""
+def capped_sink(max_records=None, refused=()):
+    """An Airtable-like sink: messages `refused` for their value as Airtable refuses one (RefusedError, the
+    delivery loop judges), and a records cap (c1's conversation is one record, each message one more)."""
+    sink = MemorySink("airtable", 64, refusal=RefusedError, max_records=max_records)
+    sink.refused = {key(message_id) for message_id in refused}
+    return sink
 
-    name = "airtable"
-    batch_size = 64
 
-    def __init__(self, room, poison=(), updates=(), heals=None):
-        super().__init__(poison=poison)
-        self.room = room
-        self.updates = set(updates)
-        self.heals = dict(heals or {})  # message id -> how many times it is refused alone before it is taken
-        self.sizes = []
+async def already_held(sink, journal, message_ids):
+    """Give the sink these journaled messages' records, as if written before: delivering them creates none."""
+    events = [e for e in await journal.pending(sink.name, 0, 10_000) if e.message_id in message_ids]
+    sink.tables.write(events, map_events(events))
+
+
+class HealingSink(MemorySink):
+    """Refuses each of `heals` (message id -> times) until it was refused alone that many times."""
+
+    def __init__(self, heals):
+        super().__init__("airtable", 64, refusal=RefusedError)
+        self.heals = dict(heals)
 
     async def deliver(self, events):
-        self.calls += 1
-        self.sizes.append(len(events))
-        if self.failures:
-            raise self.failures.pop(0)
         for e in events:
             if self.heals.get(e.message_id):
                 if len(events) == 1:
                     self.heals[e.message_id] -= 1
                 raise RefusedError(f"HTTP 422 INVALID_VALUE_FOR_COLUMN in {e.message_id}")
-        bad = [e.message_id for e in events if e.message_id in self.poison]
-        if bad:
-            raise RefusedError(f"HTTP 422 INVALID_VALUE_FOR_COLUMN in {bad[0]}")
-        new = [e.message_id for e in events if e.message_id not in self.updates and e.message_id not in self.accepted]
-        if self.room is not None and len(new) > self.room:
-            raise RefusedError("HTTP 422 BASE_RECORD_LIMIT_EXCEEDED: the plan's maximum of records")
-        if self.room is not None:
-            self.room -= len(new)
-        self.accepted.update(e.message_id for e in events)
-        return len(new)
+        return await super().deliver(events)
 
 
 @pytest.fixture
@@ -256,10 +242,12 @@ async def test_at_a_records_cap_what_fits_is_written_the_rest_held_blocked_and_n
         airtable_journal, monkeypatch):
     journal = airtable_journal
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
-    updates = {f"m{i}" for i in range(40, 64, 3)}  # status changes and the like: no new record
-    sink = CappedSink(room=10, updates=updates)
+    updates = {f"m{i}" for i in range(40, 64, 3)}  # their records are in the base already: no new record
+    sink = capped_sink()
     worker = DeliveryWorker(journal, sink)
     await journal.append([normalize(message(i), RECEIVED) for i in range(64)])
+    await already_held(sink, journal, updates)
+    sink.max_records = sink.records + 10  # room for ten new records
     task = asyncio.create_task(worker.run())
 
     async def blocked():
@@ -267,7 +255,7 @@ async def test_at_a_records_cap_what_fits_is_written_the_rest_held_blocked_and_n
     await until(blocked, task, timeout=FAIL_BOUND)
     counts = await airtable_counts(journal)
     assert counts.get("dead", 0) == 0 and counts["delivered"] == 10 and counts["pending"] == 54
-    assert set(sink.accepted) == {f"m{i}" for i in range(10)}  # the oldest, in order
+    assert set(accepted(sink)) == {f"m{i}" for i in range(10)}  # the oldest, in order
     assert "BASE_RECORD_LIMIT_EXCEEDED" in worker.live_status()["last_error"]
     assert sink.calls <= 14  # two per halving level at most, never one attempt per event
 
@@ -277,13 +265,13 @@ async def test_at_a_records_cap_what_fits_is_written_the_rest_held_blocked_and_n
     async def retried():
         return worker.failed_attempts == failed + 1
     await until(retried, task, timeout=FAIL_BOUND)
-    assert sink.sizes[calls:] == [1] and worker.state == "blocked"
+    assert sink.batch_sizes[calls:] == [1] and worker.state == "blocked"
     assert (await airtable_counts(journal)).get("dead", 0) == 0
 
-    sink.room = None  # the operator raised the plan, or deleted records
+    sink.max_records = None  # the operator raised the plan, or deleted records
     worker.wake()
     await until(lambda: _airtable_delivered(journal, 64), task, timeout=FAIL_BOUND)
-    assert worker.state == "up" and sink.accepted == Counter({f"m{i}": 1 for i in range(64)})
+    assert worker.state == "up" and accepted(sink) == Counter({f"m{i}": 1 for i in range(64)})
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
@@ -299,23 +287,25 @@ async def _airtable_delivered(journal, n):
 async def test_a_cap_reached_mid_batch_holds_even_when_updates_pass_after_it(airtable_journal, monkeypatch):
     journal = airtable_journal
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
-    sink = CappedSink(room=0, updates={"m1", "m3", "m5"})  # at the cap: creates refused, updates pass
+    sink = capped_sink()
     worker = DeliveryWorker(journal, sink)
     await journal.append([normalize(message(i), RECEIVED) for i in range(8)])
+    await already_held(sink, journal, {"m1", "m3", "m5"})
+    sink.max_records = sink.records  # at the cap: creates refused, updates pass
     task = asyncio.create_task(worker.run())
 
     async def blocked():
         return worker.state == "blocked"
     await until(blocked, task, timeout=FAIL_BOUND)
     counts = await airtable_counts(journal)
-    assert counts.get("dead", 0) == 0 and "m1" in sink.accepted and "m0" not in sink.accepted
+    assert counts.get("dead", 0) == 0 and "m1" in accepted(sink) and "m0" not in accepted(sink)
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
 
 async def test_an_event_refused_alone_while_records_are_created_around_it_is_dead(airtable_journal):
     journal = airtable_journal
-    sink = CappedSink(room=None, poison={"m13"})
+    sink = capped_sink(refused={"m13"})
     worker = DeliveryWorker(journal, sink)
     await journal.append([normalize(message(i), RECEIVED) for i in range(40)])
     task = asyncio.create_task(worker.run())
@@ -331,7 +321,7 @@ async def test_an_event_refused_alone_while_records_are_created_around_it_is_dea
 async def test_a_lone_refused_event_waits_for_neighbours_then_is_dead(airtable_journal, monkeypatch):
     journal = airtable_journal
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
-    sink = CappedSink(room=None, poison={"m0"})
+    sink = capped_sink(refused={"m0"})
     worker = DeliveryWorker(journal, sink)
     await journal.append([normalize(message(0), RECEIVED)])
     task = asyncio.create_task(worker.run())
@@ -360,7 +350,7 @@ async def test_events_refused_for_their_own_value_side_by_side_never_hold_the_ba
                                                                                    poison):
     journal = airtable_journal
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 0.01)
-    sink = CappedSink(room=None, poison=poison)  # one contact's messages, each carrying a value the base refuses
+    sink = capped_sink(refused=poison)  # one contact's messages, each carrying a value the base refuses
     worker = DeliveryWorker(journal, sink)
     await journal.append([normalize(message(i), RECEIVED) for i in range(40)])
     task = asyncio.create_task(worker.run())
@@ -373,26 +363,26 @@ async def test_events_refused_for_their_own_value_side_by_side_never_hold_the_ba
     await until(lambda: _airtable_delivered(journal, 72 - len(poison)), task, timeout=FAIL_BOUND)
     dead = await journal.dead_letters("airtable", 10)
     assert sorted(str(d["dedup_key"]).rsplit(":", 1)[-1] for d in dead) == sorted(poison)
-    assert set(sink.accepted) == {f"m{i}" for i in range(72)} - poison and worker.state == "up"
+    assert set(accepted(sink)) == {f"m{i}" for i in range(72)} - poison and worker.state == "up"
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
 
 async def test_a_suspect_refused_twice_is_tried_once_more_before_it_is_parked(airtable_journal):
     journal = airtable_journal
-    sink = CappedSink(room=None, heals={"m5": 2})  # refused while the base had no room for it, then room came
+    sink = HealingSink({"m5": 2})  # refused while the base had no room for it, then room came
     worker = DeliveryWorker(journal, sink)
     await journal.append([normalize(message(i), RECEIVED) for i in range(40)])
     task = asyncio.create_task(worker.run())
     await until(lambda: _airtable_delivered(journal, 40), task, timeout=FAIL_BOUND)
-    assert (await airtable_counts(journal)).get("dead", 0) == 0 and sink.accepted["m5"] == 1
+    assert (await airtable_counts(journal)).get("dead", 0) == 0 and accepted(sink)["m5"] == 1
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
 
 async def blocked_at_the_cap(journal, monkeypatch, **worker_options):
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
-    sink = CappedSink(room=10)
+    sink = capped_sink(max_records=1 + 10)  # c1's conversation and ten messages
     worker = DeliveryWorker(journal, sink, **worker_options)
     await journal.append([normalize(message(i), RECEIVED) for i in range(64)])
     task = asyncio.create_task(worker.run())
@@ -407,13 +397,13 @@ async def test_a_probe_refused_for_its_own_value_does_not_keep_the_base_held_onc
         airtable_journal, monkeypatch):
     journal = airtable_journal
     sink, worker, task = await blocked_at_the_cap(journal, monkeypatch)  # m10, m11, m12 held
-    sink.poison = {"m13"}  # the first probe's own value is refused, room or not
+    sink.refused = {key("m13")}  # the first probe's own value is refused, room or not
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 0.01)
-    sink.room = None
+    sink.max_records = None
     worker.wake()
     await until(lambda: _airtable_delivered(journal, 63), task, timeout=FAIL_BOUND)
     await until(lambda: _dead(journal, 1), task, timeout=FAIL_BOUND)
-    assert "m13" not in sink.accepted and worker.state == "up"
+    assert "m13" not in accepted(sink) and worker.state == "up"
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
@@ -433,7 +423,7 @@ async def test_a_429_or_5xx_during_a_probe_does_not_bring_back_whole_batches(air
     async def blocked_again():
         return worker.state == "blocked" and worker.retry_at is not None
     await until(blocked_again, task, timeout=FAIL_BOUND)
-    assert sink.sizes[calls:] == [1, 1]  # still probing with one event, not a batch split all over again
+    assert sink.batch_sizes[calls:] == [1, 1]  # still probing with one event, not a batch split all over again
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
@@ -452,7 +442,7 @@ async def test_the_held_event_carries_the_refusal_in_the_journal(airtable_journa
 
 async def test_a_blocked_base_is_probed_at_most_hourly_and_within_the_month_s_budget(airtable_journal):
     journal = airtable_journal
-    sink = CappedSink(room=0)
+    sink = capped_sink(max_records=0)
     worker = DeliveryWorker(journal, sink, clock=lambda: 1000.0)  # frozen: retry_in_s is the wait itself
     worker.failures = 20  # long past the first doublings
     await journal.append([normalize(message(i), RECEIVED) for i in range(8)])
@@ -473,23 +463,9 @@ async def test_a_blocked_base_is_probed_at_most_hourly_and_within_the_month_s_bu
     await asyncio.wait_for(task, FAIL_BOUND)
 
 
-class LingeringSink(FakeSink):
-    name = "postgres"
-    batch_size = 500
-    linger_batch = 10
-
-    def __init__(self, linger_s):
-        super().__init__()
-        self.linger_s = linger_s
-        self.batches = []
-
-    async def deliver(self, events):
-        self.batches.append(len(events))
-        return await super().deliver(events)
-
-
 async def lingering_worker(journal, linger_s, wall=None):
-    sink = LingeringSink(linger_s)
+    sink = MemorySink("postgres", 500)
+    sink.linger_s, sink.linger_batch = linger_s, 10
     worker = DeliveryWorker(journal, sink, **({"wall": wall} if wall else {}))
     task = asyncio.create_task(worker.run())
 
@@ -506,10 +482,10 @@ async def test_a_lingering_sink_waits_for_a_full_batch_then_sends_it_at_once(jou
     sink, worker, task = await lingering_worker(journal, linger_s=3600, wall=FRESH)
     await journal.append([normalize(message(i), RECEIVED) for i in range(3)])
     await journal.append([normalize(message(i), RECEIVED) for i in range(3, 9)])
-    assert sink.batches == [] and (await sink_counts(journal))["pending"] == 9
+    assert sink.batch_sizes == [] and (await sink_counts(journal))["pending"] == 9
     await journal.append([normalize(message(i), RECEIVED) for i in range(9, 12)])  # 12 >= 10: go
     await until(lambda: _delivered(journal, 12), task, timeout=FAIL_BOUND)
-    assert sink.batches == [12]  # one delivery, however many webhooks brought them
+    assert sink.batch_sizes == [12]  # one delivery, however many webhooks brought them
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
@@ -525,7 +501,7 @@ async def test_sync_sighup_and_stop_deliver_what_lingers_at_once(journal, flush)
     sink, worker, task = await lingering_worker(journal, linger_s=3600, wall=FRESH)
     await journal.append([normalize(message(i), RECEIVED) for i in range(3)])
     await lingering(worker, task)
-    assert sink.batches == []
+    assert sink.batch_sizes == []
     getattr(worker, flush)()
     if flush == "stop":
         await asyncio.wait_for(task, FAIL_BOUND)
@@ -534,7 +510,7 @@ async def test_sync_sighup_and_stop_deliver_what_lingers_at_once(journal, flush)
         await until(lambda: _delivered(journal, 3), task, timeout=FAIL_BOUND)
         worker.stop()
         await asyncio.wait_for(task, FAIL_BOUND)
-    assert sink.batches == [3]
+    assert sink.batch_sizes == [3]
 
 
 async def test_what_lingers_goes_once_the_oldest_is_linger_s_old(journal):
@@ -543,7 +519,7 @@ async def test_what_lingers_goes_once_the_oldest_is_linger_s_old(journal):
     await lingering(worker, task)
     await journal.append([normalize(message(1), datetime.now(timezone.utc))])  # joins the wait
     await until(lambda: _delivered(journal, 2), task, timeout=FAIL_BOUND)
-    assert sink.batches == [2]
+    assert sink.batch_sizes == [2]
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
@@ -554,7 +530,7 @@ async def test_what_arrives_during_a_slow_delivery_lingers_in_turn(journal):
     deliver = sink.deliver
 
     async def slow(events):
-        if not sink.batches:
+        if not sink.batch_sizes:
             sending.set()
             await gate.wait()  # the first request is slow: a message arrives meanwhile
         return await deliver(events)
@@ -565,10 +541,10 @@ async def test_what_arrives_during_a_slow_delivery_lingers_in_turn(journal):
     gate.set()
     await until(lambda: _delivered(journal, 10), task, timeout=FAIL_BOUND)
     await lingering(worker, task)  # the late one waits for company instead of costing a request alone
-    assert sink.batches == [10]
+    assert sink.batch_sizes == [10]
     await journal.append([normalize(message(i), RECEIVED) for i in range(11, 20)])
     await until(lambda: _delivered(journal, 20), task, timeout=FAIL_BOUND)
-    assert sink.batches == [10, 10]
+    assert sink.batch_sizes == [10, 10]
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
@@ -581,27 +557,22 @@ async def _is(value, expected):
 async def test_a_sink_that_pays_per_request_is_not_checked_while_idle_and_up(journal, monkeypatch, idle_check_s,
                                                                             checked_again):
     monkeypatch.setattr(delivery, "IDLE_CHECK_INTERVAL", 0.01)  # idle loops come round fast
-    sink = FakeSink()
+    sink = fake_sink()
     sink.idle_check_s = idle_check_s
-    checks = []
-
-    async def check():
-        checks.append(1)
-    sink.check = check
     worker = DeliveryWorker(journal, sink)
     task = asyncio.create_task(worker.run())
 
     async def looped():
-        return worker.state == "up" and (len(checks) > 3 or not checked_again)
+        return worker.state == "up" and (sink.checks > 3 or not checked_again)
     await until(looped, task, timeout=FAIL_BOUND)
     for _ in range(20):  # twenty idle turns at least
         await asyncio.sleep(0.01)
-    assert (len(checks) > 1) == checked_again
-    before = len(checks)
+    assert (sink.checks > 1) == checked_again
+    before = sink.checks
     worker.wake()  # sync or SIGHUP: checked at once all the same (Airtable reads its schema again)
 
     async def checked():
-        return len(checks) > before
+        return sink.checks > before
     await until(checked, task, timeout=FAIL_BOUND)
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
