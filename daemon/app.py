@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,22 +14,22 @@ from aiohttp import web
 from loguru import logger
 
 from daemon import __version__, operations
-from daemon.alerts import AlertLimiter, AlertMemory, AlertRules, AlertSender, source_problem
+from daemon.alerts import AlertLimiter, AlertMemory, AlertRules, AlertSender
 from daemon.api import ApiStores, add_api
 from daemon.backfill import Backfill
 from daemon.config import Config, ConfigError, load_config, split_listen
 from daemon.delivery import DeliveryWorker
-from daemon.sinks.base import state_words
+from daemon.health import judge
 from daemon.journal import COMMIT_BUCKETS, Journal, JournalUnavailable, Requeue
 from daemon.logs import setup_logging
 from daemon.operations import postgres_rows
 from daemon.ratelimit import MonthlyRequests
 from daemon.reload import apply_live, carry_counters, describe, plan_reload, retune_airtable
 from daemon.sdnotify import Notifier
+from daemon.snapshot import SINK_NAMES, JournalCounts, Observed, SinkStatus, Snapshot, WorkerStatus, sink_status
 from daemon.status import create_metrics_app, create_status_app, prepare_socket_path, secure_socket
 from daemon.webhook import GuardedRunner, create_webhook_app
 
-SINK_NAMES = ("postgres", "airtable")
 HTTP_SHUTDOWN_TIMEOUT = 4.0  # in-flight webhooks get this long; the whole stop must fit in 10 s
 WORKER_STOP_TIMEOUT = 2.0  # a delivery still running then is cancelled (it is idempotent, it replays)
 WATCHDOG_PING_TIMEOUT = 5.0
@@ -70,9 +69,8 @@ class Daemon:
         self._runners: list[web.AppRunner] = []
         self.purged = 0
         self.monthly: MonthlyRequests | None = None  # the Airtable base's requests this month
-        self._last_counts: dict[str, Any] = {"events": 0, "quarantined": 0, "counters": {}, "sinks": {}}
-        self._read_error: str | None = None
         self.alerts = AlertSender(config.alerts.command, config.alerts.webhook_url.get_secret_value())
+        self._counts = JournalCounts()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -614,32 +612,21 @@ class Daemon:
 
     # -- status ----------------------------------------------------------------------------------
 
-    async def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self) -> Snapshot:
         """Everything `chatledger status` shows, as JSON-ready data."""
         assert self.journal is not None
         now = datetime.now(timezone.utc)
-        counts, read_error = await self._journal_counts()
-        sinks: dict[str, dict[str, Any]] = {}
+        counts, read_error = await self._counts.read(self.journal)
+        sinks: dict[str, SinkStatus] = {}
         for name in SINK_NAMES:
-            rows = counts["sinks"].get(name, {})
-            oldest = rows.get("oldest_pending_at")
-            entry: dict[str, Any] = {
-                "state": "disabled",
-                "pending": rows.get("pending", 0),
-                "delivered": rows.get("delivered", 0),
-                "dead": rows.get("dead", 0),
-                "dead_last_at": rows.get("dead_last_at"),
-                "discarded": rows.get("discarded", 0),
-                "oldest_pending_at": oldest,
-                "oldest_pending_age_s": _age_seconds(oldest, now),
-                "backfill": self.backfill.status(name) if self.backfill else None,
-            }
+            worker = self.workers.get(name)
+            live: WorkerStatus | None = None
             if name in self.config.enabled_sinks:
-                worker = self.workers.get(name)
-                entry.update(worker.live_status() if worker else {"state": "idle"})
-            sinks[name] = entry
+                live = worker.live_status() if worker else {"state": "idle"}
+            sinks[name] = sink_status(counts["sinks"].get(name, {}), self.backfill.status(name) if self.backfill
+                                      else None, live, now)
         journal_stats = self.journal.stats
-        snapshot: dict[str, Any] = {
+        observed: Observed = {
             "version": __version__,
             "pid": os.getpid(),
             "started_at": self.started_at.isoformat(timespec="seconds"),
@@ -663,27 +650,13 @@ class Daemon:
                 "purged_since_start": self.purged,
             },
             "sinks": sinks,
-            "webhook": {key: counts["counters"].get(key, 0) for key in ("accepted", "duplicates", "rejected")},
+            "webhook": {"accepted": counts["counters"].get("accepted", 0),
+                        "duplicates": counts["counters"].get("duplicates", 0),
+                        "rejected": counts["counters"].get("rejected", 0)},
             "alerts": {"enabled": self.alerts.enabled, "sent": self.alerts.sent, "failed": self.alerts.failed},
             "sources": {"sendpulse": self.reconciler.status() if self.reconciler else {"state": "disabled"}},
         }
-        snapshot["health"] = _health(snapshot)
-        return snapshot
-
-    async def _journal_counts(self) -> tuple[dict[str, Any], str | None]:
-        """The journal's counts, or the last ones read and why they could not be read now (a page
-        damaged while running): status must still answer and say so."""
-        try:
-            self._last_counts = await self.journal.counts()
-        except sqlite3.Error as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            if reason != self._read_error:
-                logger.error("journal {} cannot be read ({}); see README, \"When the journal is damaged\"",
-                             self.journal.path, reason)
-            self._read_error = reason
-            return self._last_counts, reason
-        self._read_error = None
-        return self._last_counts, None
+        return {**observed, "health": judge(observed)}
 
 
 def build_sinks(config: Config, journal: Journal, monthly: MonthlyRequests | None = None) -> list[Any]:
@@ -720,33 +693,3 @@ def _records_pressure(worker: DeliveryWorker) -> str | None:
     if cap and held is not None and held >= RECORDS_WARNING_SHARES[0] * cap:
         return f"the base holds {held:,} of its {cap:,} records"
     return None
-
-
-def _health(snapshot: dict[str, Any]) -> dict[str, Any]:
-    problems = []
-    journal = snapshot["journal"]
-    if not journal["writer_alive"]:
-        problems.append("journal writer is not running")
-    if not journal["writable"]:
-        problems.append(f"journal cannot write, webhooks get 503: {journal['last_error']}")
-    if journal.get("read_error"):
-        problems.append(f"journal cannot be read, the counts shown are the last read: {journal['read_error']}")
-    for name, sink in snapshot["sinks"].items():
-        if sink["state"] in ("down", "misconfigured", "blocked", "quota"):
-            reason = f": {sink['last_error']}" if sink.get("last_error") else ""
-            problems.append(f"{name} is {state_words(sink['state'])}{reason}")
-        if sink["dead"]:
-            problems.append(f"{name} has {sink['dead']} dead letters: `chatledger dead` lists them and why; fix the "
-                            "cause and `chatledger replay --dead`, or give them up with `chatledger dead --discard "
-                            "ID|--all --reason TEXT`")
-    source = source_problem(snapshot.get("sources", {}).get("sendpulse"))
-    if source:
-        problems.append(source)
-    return {"status": "degraded" if problems else "healthy", "problems": problems}
-
-
-def _age_seconds(stamp: str | None, now: datetime) -> float | None:
-    if not stamp:
-        return None
-    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    return round(max(0.0, (now - moment).total_seconds()), 1)
