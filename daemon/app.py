@@ -26,6 +26,9 @@ from daemon.operations import postgres_rows
 from daemon.ratelimit import MonthlyRequests
 from daemon.reload import apply_live, carry_counters, describe, plan_reload, retune_airtable
 from daemon.sdnotify import Notifier
+from daemon.sinks.airtable import AirtableSink, BaseAccess
+from daemon.sinks.airtable_client import AirtableClient
+from daemon.sinks.airtable_fields import BaseNames
 from daemon.snapshot import SINK_NAMES, JournalCounts, Observed, SinkStatus, Snapshot, WorkerStatus, sink_status
 from daemon.status import create_metrics_app, create_status_app, prepare_socket_path, secure_socket
 from daemon.webhook import GuardedRunner, create_webhook_app
@@ -113,9 +116,9 @@ class Daemon:
         assert self.journal is not None
         app = create_webhook_app(self.config.server, self.journal)
 
-        def airtable() -> tuple[Any, dict[str, str]] | None:
-            worker = self.workers.get("airtable")
-            return (worker.sink.client, worker.sink.tables) if worker else None
+        def airtable() -> tuple[AirtableClient, BaseNames] | None:
+            access = self._airtable_access()
+            return access.reads() if access else None
 
         def postgres() -> Any:  # the DSN as it is now (SIGHUP may change it)
             return postgres_rows(self.config, migrate_schema=False)()
@@ -374,12 +377,13 @@ class Daemon:
             # SIGHUP may change the days (to 0 too), the DSN, and replace the sink
             days, worker, postgres = self.config.airtable.retention_days, self.workers["airtable"], postgres_rows(
                 self.config)
-            if not days:
+            sink = self._airtable()
+            if not days or sink is None:
                 await asyncio.sleep(RETENTION_PRESSURE_POLL)
                 continue
-            sink = worker.sink
+            access = sink.access()
             cutoff = datetime.now(timezone.utc) - timedelta(days=days)
-            pressure = _records_pressure(worker)
+            pressure = _records_pressure(worker, sink)
             if not schedule.due(pressure is not None, day_start(cutoff).date()):
                 await asyncio.sleep(RETENTION_PRESSURE_POLL)
                 continue
@@ -390,11 +394,11 @@ class Daemon:
 
             async def delete(table: str, record_ids: list[str]) -> None:
                 nonlocal removed
-                await sink.delete_records(table, record_ids)
+                await access.delete(table, record_ids)
                 removed += len(record_ids)
 
             try:
-                await purge_airtable(sink.client, sink.tables, postgres, cutoff, self._airtable_spare,
+                await purge_airtable(access.client, access.names, postgres, cutoff, self._airtable_spare,
                                      delete=delete)
             except SinkError as exc:
                 schedule.finished(ok=False)
@@ -408,9 +412,8 @@ class Daemon:
     async def _airtable_spare(self) -> None:
         """Return once the Airtable worker is not sending and the budget is full: deliveries go first. Events
         pending do not count (they may be lingering, or held by a cap only retention lifts)."""
-        worker = self.workers["airtable"]
-        budget = worker.sink.client.budget
-        while worker.sending or budget.tokens_left < budget.capacity:
+        worker, sink = self.workers["airtable"], self._airtable()
+        while worker.sending or (sink is not None and not sink.budget_full()):
             await asyncio.sleep(SPARE_POLL)
 
     async def _backfill_loop(self) -> None:
@@ -520,9 +523,9 @@ class Daemon:
     async def sync(self, operator: bool = True) -> dict[str, Any]:
         """Wake every sink worker so it replays what is pending now, skipping any backoff; `chatledger sync`
         itself (not SIGHUP) also lifts the monthly request limit and counts the base's records again."""
-        airtable = self.workers.get("airtable")
+        airtable = self._airtable()
         if operator and airtable is not None:
-            airtable.sink.operator_sync()
+            airtable.operator_sync()
             await self.save_month()  # the lift outlives a kill -9
         for worker in self.workers.values():
             worker.wake()
@@ -556,7 +559,7 @@ class Daemon:
             for worker in self.workers.values():
                 await worker.quiesce()
 
-        return await operations.forget(self.journal, self.config, self._sink("airtable"), phone, reference,
+        return await operations.forget(self.journal, self.config, self._airtable_access(), phone, reference,
                                        dry_run, quiesce=quiesce)
 
     async def quarantine(self, limit: int, discarded: bool, whole: bool) -> dict[str, Any]:
@@ -574,7 +577,7 @@ class Daemon:
     async def recover(self, selection: Any, options: dict[str, Any], emit: Any) -> dict[str, Any]:
         """`chatledger recover` with this daemon's Airtable client, so that the base's budget is shared;
         `options`: prefer, dry_run, diff."""
-        airtable, postgres = self._sink("airtable"), postgres_rows(self.config)
+        airtable, postgres = self._airtable_access(), postgres_rows(self.config)
         if airtable is None or postgres is None:
             return {"error": "recover needs both [postgres] and [airtable] configured in the running daemon"}
         logger.info("recover ({}) from Airtable, asked over the status socket", selection.describe())
@@ -592,23 +595,28 @@ class Daemon:
     async def show(self, conversation: str | None, phone: str | None, limit: int) -> dict[str, Any]:
         """`chatledger show` with this daemon's journal and Airtable client (the base's budget is shared)."""
         assert self.journal is not None
-        return await operations.show(self.journal, self.config, self._sink("airtable"), conversation, phone, limit)
+        return await operations.show(self.journal, self.config, self._airtable_access(), conversation, phone, limit)
 
     async def airtable_setup(self, action: str) -> dict[str, Any]:
         """`chatledger airtable init|check` with this daemon's budget; after init, the sink re-checks
         the base at once (a held delivery resumes without waiting for its backoff)."""
-        worker = self.workers.get("airtable")
-        if worker is None:
+        worker, access = self.workers.get("airtable"), self._airtable_access()
+        if worker is None or access is None:
             return {"error": "Airtable is not enabled in the running daemon"}
-        result = await operations.airtable_base(worker.sink, action)
+        result = await operations.airtable_base(access, action)
         if action == "init" and "error" not in result:
             worker.wake()
         return result
 
-    def _sink(self, name: str) -> Any:
-        """The running sink of that name (SIGHUP may have replaced it), or None when it is not enabled."""
-        worker = self.workers.get(name)
-        return worker.sink if worker else None
+    def _airtable(self) -> AirtableSink | None:
+        """The running Airtable sink (SIGHUP may have replaced it), or None when Airtable is not enabled."""
+        worker = self.workers.get("airtable")
+        return worker.sink if worker is not None and isinstance(worker.sink, AirtableSink) else None
+
+    def _airtable_access(self) -> BaseAccess | None:
+        """The base as the running Airtable sink reaches it, with its names as they are now."""
+        sink = self._airtable()
+        return sink.access() if sink is not None else None
 
     # -- status ----------------------------------------------------------------------------------
 
@@ -670,8 +678,6 @@ def build_sink(name: str, config: Config, journal: Journal, monthly: MonthlyRequ
         from daemon.sinks.postgres import PostgresSink
 
         return PostgresSink(config.postgres.dsn.get_secret_value(), config.postgres.schema_)
-    from daemon.sinks.airtable import AirtableSink
-
     return AirtableSink.from_config(config.airtable, journal.conversations, monthly,
                                      messages=journal.event_times, reports=journal.reported_statuses)
 
@@ -683,13 +689,13 @@ async def _close_sink(sink: Any) -> None:
         logger.exception("closing the {} sink failed", sink.name)
 
 
-def _records_pressure(worker: DeliveryWorker) -> str | None:
+def _records_pressure(worker: DeliveryWorker, sink: AirtableSink) -> str | None:
     """Why the base needs room now (blocked at its cap, or at records_high's first share), or None."""
     from daemon.alerts import RECORDS_WARNING_SHARES
 
     if worker.state == "blocked":
         return "the base is blocked (at its records cap, or another limit of its plan)"
-    held, cap = getattr(worker.sink, "records", None), getattr(worker.sink, "max_records", 0)
+    held, cap = sink.records, sink.max_records
     if cap and held is not None and held >= RECORDS_WARNING_SHARES[0] * cap:
         return f"the base holds {held:,} of its {cap:,} records"
     return None

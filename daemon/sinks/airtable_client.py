@@ -143,6 +143,10 @@ class AirtableClient:
         self.plans = PlanCache()  # what the sink, `airtable check` or recover read last, for the bot API
         self.closed = False
 
+    def same_base(self, other: AirtableClient) -> bool:
+        """Whether both call the same base at the same address (one base, one budget)."""
+        return (self.base_id, self._endpoint_url) == (other.base_id, other._endpoint_url)
+
     def _api(self) -> Api:
         api = getattr(self._local, "api", None)
         if api is None:
@@ -228,12 +232,14 @@ class AirtableClient:
                         lambda api: api.table(self.base_id, table).batch_delete(record_ids))
 
     async def create_table(self, name: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
-        return await self.call(f"creating table {name}", lambda api: api.request(
+        created: dict[str, Any] = await self.call(f"creating table {name}", lambda api: api.request(
             "POST", api.build_url(f"meta/bases/{self.base_id}/tables"), json={"name": name, "fields": fields}))
+        return created
 
     async def create_field(self, table_id: str, field: dict[str, Any]) -> dict[str, Any]:
-        return await self.call(f"creating field {field['name']}", lambda api: api.request(
+        created: dict[str, Any] = await self.call(f"creating field {field['name']}", lambda api: api.request(
             "POST", api.build_url(f"meta/bases/{self.base_id}/tables/{table_id}/fields"), json=field))
+        return created
 
     def close(self) -> None:
         self.closed = True
