@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Required, TypedDict
 
 from loguru import logger
 
+from daemon.journal import COMMIT_BUCKETS
+
 if TYPE_CHECKING:
     from daemon.journal import Journal
 
@@ -189,6 +191,37 @@ def sink_status(counts: Mapping[str, Any], backfill: BackfillStatus | None, live
         "backfill": backfill,
     }
     return entry if live is None else {**entry, **live}  # the worker's state in the place of "disabled"
+
+
+def journal_status(journal: Journal, counts: Mapping[str, Any], read_error: str | None, retention_days: int,
+                   purged: int) -> JournalStatus:
+    """The journal's entry: its counts (`counts`, as JournalCounts read them), its writer's figures, retention."""
+    stats = journal.stats
+    return {
+        "path": str(journal.path),
+        "events": counts["events"],
+        "quarantined": counts["quarantined"],
+        "quarantine_discarded": counts.get("quarantine_discarded", 0),
+        "writable": journal.writable,
+        "writer_alive": journal.writer_alive,
+        "commits": stats.commits,
+        "committed_events": stats.events,
+        "commit_failures": stats.failures,
+        "commit_seconds": {"buckets": list(zip(COMMIT_BUCKETS, stats.commit_buckets)),
+                           "over": stats.commit_buckets[-1],
+                           "sum": round(stats.commit_seconds_total, 6)},
+        "last_error": stats.last_error,
+        "read_error": read_error,
+        "retention_days": retention_days,
+        "purged_since_start": purged,
+    }
+
+
+def webhook_counts(counts: Mapping[str, Any]) -> WebhookCounts:
+    """The webhook's counters, which the journal keeps across restarts."""
+    counters = counts["counters"]
+    return {"accepted": counters.get("accepted", 0), "duplicates": counters.get("duplicates", 0),
+            "rejected": counters.get("rejected", 0)}
 
 
 def age_seconds(stamp: str | None, now: datetime) -> float | None:

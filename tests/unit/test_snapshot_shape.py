@@ -4,24 +4,30 @@ import json
 
 from daemon.app import Daemon
 from daemon.config import load_config
-from daemon.delivery import DeliveryWorker
 from daemon.journal import Journal
+from tests.support import until
+
+FAIL_BOUND = 30.0
 
 
 class QuietSink:
-    """A sink that is never asked anything: the worker below is not started."""
+    """A sink that answers, with nothing to deliver."""
 
     name = "postgres"
     batch_size = 8
 
     async def deliver(self, events):
-        raise AssertionError("not started")
+        raise AssertionError("nothing was journaled")
 
     async def check(self):
-        raise AssertionError("not started")
+        pass
 
     async def close(self):
         pass
+
+
+async def _up(daemon):
+    return daemon.workers["postgres"].state == "up"
 
 
 def shape(value):
@@ -39,8 +45,11 @@ async def test_the_snapshot_keeps_its_keys_in_their_order(tmp_path):
     daemon = Daemon(load_config(path, {}), path)
     daemon.journal = await Journal.open(tmp_path / "journal.sqlite", ["postgres"])
     try:
-        daemon.workers["postgres"] = DeliveryWorker(daemon.journal, QuietSink())
+        daemon.workers.start(daemon.journal, QuietSink())
+        [task] = daemon.workers.tasks
+        await until(lambda: _up(daemon), task, "the sink up", FAIL_BOUND)
         snapshot = json.loads(json.dumps(await daemon.snapshot()))
+        await daemon.workers.stop()
     finally:
         await daemon.journal.close()
     sink = {"state": "str", "pending": "int", "delivered": "int", "dead": "int", "dead_last_at": "NoneType",
