@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 
 from loguru import logger
 
-from daemon.ratelimit import MONTH_WARNING_SHARE, MONTHLY_LIMIT_REASON
-
 from daemon.logs import safe_url
+from daemon.ratelimit import MONTH_WARNING_SHARE, MONTHLY_LIMIT_REASON
+from daemon.snapshot import SinkStats, Snapshot, SourceStatus
 
 RECORDS_WARNING_SHARES = (0.8, 0.95)
 DOWN_STATES = frozenset({"down", "misconfigured", "blocked"})
@@ -39,17 +39,19 @@ FAMILIES = {"sink_down": "sink_state", "sink_up": "sink_state", "fallback_active
             "source_misconfigured": "source_state", "source_down": "source_state", "source_up": "source_state"}
 
 
-def source_trouble(source: dict[str, Any] | None) -> str | None:
+def source_trouble(source: SourceStatus | None) -> str | None:
     """What an operator must hear of SendPulse reconciliation: `misconfigured` at once, `down` once it lasted."""
-    state = (source or {}).get("state")
+    if source is None:
+        return None
+    state = source.get("state")
     if state == "misconfigured":
         return state
-    if state == "down" and (source or {}).get("failed_in_a_row", 0) >= SOURCE_DOWN_RUNS:
+    if state == "down" and source.get("failed_in_a_row", 0) >= SOURCE_DOWN_RUNS:
         return state
     return None
 
 
-def source_problem(source: dict[str, Any] | None) -> str | None:
+def source_problem(source: SourceStatus | None) -> str | None:
     """The trouble of `source_trouble` in words, with what to do (the health problem, the alert's message)."""
     trouble = source_trouble(source)
     if trouble is None:
@@ -154,7 +156,7 @@ class AlertRules:
         self._records_share = 0.0  # the highest of RECORDS_WARNING_SHARES the base's records reached
         self._warned: set[frozenset[str]] = set()  # each set of Airtable warnings is told once
 
-    def evaluate(self, snapshot: dict[str, Any]) -> list[Alert]:
+    def evaluate(self, snapshot: Snapshot) -> list[Alert]:
         alerts: list[Alert] = []
         sinks = {name: s for name, s in snapshot.get("sinks", {}).items() if s.get("state") != "disabled"}
         for name in sorted((self._down | self._old) - set(sinks)):  # told before a restart, now disabled
@@ -217,7 +219,7 @@ class AlertRules:
         quota = bool(airtable and (airtable.get("state") == "quota"
                                    or airtable.get("pause_reason") == "monthly API quota exhausted"))
         known = not airtable or airtable.get("state") != "starting"
-        if quota and not self._quota:
+        if quota and airtable is not None and not self._quota:
             ours = MONTHLY_LIMIT_REASON in (airtable.get("last_error") or "")
             alerts.append(Alert("quota_exhausted", "critical", (
                 f"[airtable] monthly_request_limit ({airtable.get('monthly_request_limit')}) is reached: Airtable "
@@ -230,19 +232,20 @@ class AlertRules:
         if known:
             self._quota = quota
 
-        used, limit = (airtable or {}).get("requests_this_month"), (airtable or {}).get("monthly_request_limit")
+        stats: SinkStats = airtable or {}
+        used, limit = stats.get("requests_this_month"), stats.get("monthly_request_limit")
         if used is not None and limit and used >= MONTH_WARNING_SHARE * limit:
-            month = airtable.get("month")
+            month = stats.get("month")
             if month != self._month_warned:
                 self._month_warned = month
                 alerts.append(Alert("monthly_requests_high", "warning",
                                     f"Airtable: {used:,} of this month's {limit:,} requests used "
-                                    f"({used / limit:.0%}); {airtable.get('requests_month_forecast', 0):,} at this "
+                                    f"({used / limit:.0%}); {stats.get('requests_month_forecast', 0):,} at this "
                                     "pace", "airtable", {"requests_this_month": used, "monthly_request_limit": limit,
-                                                         "requests_month_forecast": airtable.get(
+                                                         "requests_month_forecast": stats.get(
                                                              "requests_month_forecast")}))
 
-        held, cap = (airtable or {}).get("records"), (airtable or {}).get("max_records")
+        held, cap = stats.get("records"), stats.get("max_records")
         if held is not None and cap:
             reached = max((share for share in RECORDS_WARNING_SHARES if held >= share * cap), default=0.0)
             if reached > self._records_share:
@@ -252,7 +255,7 @@ class AlertRules:
                                     "raise the plan, or set [airtable] retention_days", "airtable",
                                     {"records": held, "max_records": cap}))
             self._records_share = reached  # falls back when retention or an operator makes room: told again
-        warnings = frozenset((airtable or {}).get("warnings") or ())
+        warnings = frozenset(stats.get("warnings") or ())
         if warnings and warnings not in self._warned:
             self._warned.add(warnings)
             alerts.append(Alert("airtable_warnings", "warning",
@@ -261,12 +264,12 @@ class AlertRules:
                                 {"warnings": sorted(warnings)}))
         return alerts + self._source_alerts(snapshot.get("sources", {}).get("sendpulse"))
 
-    def _source_alerts(self, source: dict[str, Any] | None) -> list[Alert]:
+    def _source_alerts(self, source: SourceStatus | None) -> list[Alert]:
         """SendPulse misconfigured (critical) or down for long (warning), once a spell, and its end. A spell
         lasts until reconciliation works again: a misconfiguration found during an outage is told, and an
         outage after a misconfiguration is not (the operator is already on it)."""
-        state = (source or {}).get("state")
-        if state in (None, "starting"):  # not known yet (an older daemon's snapshot says nothing)
+        state = source.get("state") if source is not None else None
+        if state is None or state == "starting":  # not known yet (an older daemon's snapshot says nothing)
             return []
         if state in ("up", "disabled"):
             if self._source is None:

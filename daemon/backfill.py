@@ -17,6 +17,7 @@ from typing import Any
 from loguru import logger
 
 from daemon.journal import Journal, JournalUnavailable
+from daemon.snapshot import BackfillStatus
 
 BATCH = 2000  # rows a transaction: a few milliseconds of the writer's time
 RETRY_SECONDS = 5.0  # the journal could not read or write (disk full): the backfill waits, then goes on
@@ -28,7 +29,7 @@ class Progress:
     total: int | None = None  # events found without a row at start; None until counted
     done: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> BackfillStatus:
         to_go = None if self.total is None else (0 if self.state == "done" else max(0, self.total - self.done))
         return {"state": self.state, "total": self.total, "done": self.done, "to_go": to_go}
 
@@ -41,7 +42,7 @@ class Backfill:
         self.batch = batch
         self.progress = {sink: Progress() for sink in sinks}
 
-    def status(self, sink: str) -> dict[str, Any] | None:
+    def status(self, sink: str) -> BackfillStatus | None:
         """`sinks.<name>.backfill` in status; None for a sink not enabled."""
         progress = self.progress.get(sink)
         return progress.as_dict() if progress else None

@@ -33,20 +33,21 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from loguru import logger
 
 from daemon.events import StoredEvent
 from daemon.journal import Journal, JournalUnavailable
 from daemon.records import parse_time
-from daemon.sinks.base import (BlockedError, PermanentError, RefusedError, SetupError, Sink, TransientError,
-                               state_words)
+from daemon.sinks.base import (
+    IDLE_CHECK_S, BlockedError, PermanentError, RefusedError, SetupError, Sink, SinkOptions, TransientError, state_words,
+)
+from daemon.snapshot import WorkerStatus
 
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 60.0
 JOURNAL_RETRY = 1.0  # when the journal itself cannot record a result
-IDLE_CHECK_INTERVAL = 30.0  # an idle worker checks its sink this often, so status stays true
+IDLE_CHECK_INTERVAL = IDLE_CHECK_S  # an idle worker waits for events this long at most between checks
 REFUSED_IN_A_ROW = 2  # events refused alone with no record created after them: one more decides
 REFUSED_TIMES = 2  # a suspect refused alone right after records were created this often is a dead letter
 BLOCKED_RETRY_CAP = 3600.0  # a cap lifts when an operator acts (then `sync` retries at once): probe gently
@@ -55,7 +56,7 @@ BLOCKED_RETRY_CAP = 3600.0  # a cap lifts when an operator acts (then `sync` ret
 def backoff_delay(failures: int, rand: Callable[[], float] = random.random,
                   first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> float:
     """Seconds to wait after `failures` consecutive failures: doubling, capped, half of it jittered."""
-    ceiling = min(cap, first * 2 ** min(max(0, failures - 1), 64))  # no overflow after days of failures
+    ceiling = min(cap, first * 2.0 ** min(max(0, failures - 1), 64))  # no overflow after days of failures
     return ceiling / 2 + rand() * ceiling / 2
 
 
@@ -66,12 +67,13 @@ class DeliveryWorker:
                  wall: Callable[[], float] = time.time):
         self.journal = journal
         self.sink = sink
+        self.options = SinkOptions(sink)
         self.name = sink.name
         self._clock = clock
         self._wall = wall
         # A sink that pays per request (Airtable) may linger: wait until a batch is worth a request
-        self.linger_s = float(getattr(sink, "linger_s", 0) or 0)
-        self.linger_batch = int(getattr(sink, "linger_batch", 1) or 1)
+        self.linger_s = self.options.linger_s
+        self.linger_batch = self.options.linger_batch
         self._flush = False  # sync, SIGHUP or stop: deliver what lingers now
         self._check_now = False
         self.lingering = False  # waiting for a batch worth a request (status; the tests wait for it)
@@ -102,9 +104,7 @@ class DeliveryWorker:
 
     def wake(self) -> None:
         """Replay now: rescan from the oldest pending event and skip any backoff."""
-        sink_wake = getattr(self.sink, "wake", None)
-        if sink_wake is not None:
-            sink_wake()
+        self.options.wake()
         self._cursor = 0
         self._flush = True
         self._check_now = True  # an idle sink is checked at once (Airtable reads its schema again)
@@ -138,8 +138,9 @@ class DeliveryWorker:
         async with self._attempt:
             pass
 
-    def live_status(self) -> dict[str, Any]:
-        status: dict[str, Any] = {
+    def live_status(self) -> WorkerStatus:
+        """An enabled sink's entry in status, as this worker and its sink see it."""
+        status: WorkerStatus = {
             "state": self.state,
             "last_error": self.last_error,
             "last_error_at": _wall(self.last_error_at),
@@ -151,10 +152,7 @@ class DeliveryWorker:
         }
         if self.retry_at is not None:
             status["retry_in_s"] = round(max(0.0, self.retry_at - self._clock()), 1)
-        stats = getattr(self.sink, "stats", None)
-        if stats is not None:
-            status.update(stats())
-        return status
+        return {**status, **self.options.stats()}
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -217,7 +215,7 @@ class DeliveryWorker:
         """Nothing pending: make sure the sink answers (so status is true), then wait for events. A sink
         whose checks cost what it pays for (Airtable's requests) sets idle_check_s = None: checked only
         while it is not up, or when an operator asks (sync, SIGHUP)."""
-        interval = getattr(self.sink, "idle_check_s", IDLE_CHECK_INTERVAL)
+        interval = self.options.idle_check_s
         due = interval is not None and self._clock() - self._checked_at >= interval
         if self.state != "up" or due or self._check_now:
             self._check_now = False
@@ -413,12 +411,12 @@ class DeliveryWorker:
         if exc.retry_after is not None:
             delay = exc.retry_after
         elif isinstance(exc, BlockedError):
-            spacing = getattr(self.sink, "probe_spacing", None)  # a sink that counts its month's requests
-            delay = max(backoff_delay(self.failures, cap=BLOCKED_RETRY_CAP), spacing() if spacing else 0.0)
+            # a sink that counts its month's requests spaces its probes further
+            delay = max(backoff_delay(self.failures, cap=BLOCKED_RETRY_CAP), self.options.probe_spacing())
             # the held events, not batch[0], which the pass may have delivered before the block
             noted = sorted({*self._suspects, *(event.id for event in batch if len(batch) == 1)})
         elif isinstance(exc, SetupError):
-            delay = backoff_delay(self.failures, cap=getattr(self.sink, "setup_retry_cap", BACKOFF_CAP))
+            delay = backoff_delay(self.failures, cap=self.options.setup_retry_cap)
         else:
             delay = backoff_delay(self.failures)
         error = str(exc)

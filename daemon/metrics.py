@@ -7,12 +7,16 @@ webhook ones, which the journal keeps across restarts; gauges are read from the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
+
+from daemon.snapshot import SinkStats, SinkStatus, Snapshot, SourceStatus
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 SENDPULSE_STATES = ("disabled", "starting", "up", "down", "misconfigured")
@@ -36,11 +40,12 @@ UNKNOWN_WHEN_NONE = frozenset({"airtable_monthly_request_limit", "airtable_recor
 class _Snapshot:
     """A prometheus_client collector over one snapshot."""
 
-    def __init__(self, snapshot: dict[str, Any]):
+    def __init__(self, snapshot: Snapshot):
         self.snapshot = snapshot
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         snap = self.snapshot
+        value: float | None  # a sample's, of each metric below
         webhook, journal, alerts = snap.get("webhook", {}), snap.get("journal", {}), snap.get("alerts", {})
         commits = journal.get("commits", 0)
         for kind, name, help_text, value in (
@@ -97,10 +102,11 @@ class _Snapshot:
         }
         state = GaugeMetricFamily("chatledger_sink_state", "1 for the sink's current state", labels=["sink", "state"])
         for name, sink in sinks.items():
+            figures = _sink_figures(sink)
             for key, gauge in gauges.items():
-                gauge.add_metric([name], sink.get(key) or 0)
+                gauge.add_metric([name], figures[key] or 0)
             for key, counter in counters.items():
-                counter.add_metric([name], sink.get(key, 0))
+                counter.add_metric([name], figures[key] or 0)
             current = sink.get("state", "disabled")
             for possible in dict.fromkeys((*SINK_STATES, current)):
                 state.add_metric([name, possible], 1 if possible == current else 0)
@@ -108,7 +114,7 @@ class _Snapshot:
         yield from counters.values()
         yield state
 
-        airtable = sinks.get("airtable", {})
+        airtable: SinkStats = sinks.get("airtable") or {}
         if "tokens_left" in airtable:
             for kind, name, help_text, value in (
                 (COUNTER, "airtable_requests", "Requests sent to Airtable", airtable.get("requests_total")),
@@ -137,7 +143,16 @@ class _Snapshot:
         yield from _sendpulse(snap.get("sources", {}).get("sendpulse"))
 
 
-def _sendpulse(source: dict[str, Any] | None) -> Any:
+def _sink_figures(sink: SinkStatus) -> dict[str, float | None]:
+    """A sink's samples by their key in the snapshot (None: not reported, a disabled sink's worker figures)."""
+    return {"pending": sink.get("pending"), "delivered": sink.get("delivered"), "dead": sink.get("dead"),
+            "discarded": sink.get("discarded"), "oldest_pending_age_s": sink.get("oldest_pending_age_s"),
+            "delivered_since_start": sink.get("delivered_since_start"),
+            "failed_attempts_since_start": sink.get("failed_attempts_since_start"),
+            "dead_since_start": sink.get("dead_since_start")}
+
+
+def _sendpulse(source: SourceStatus | None) -> Iterator[Metric]:
     """Reconciliation's counters and state (none of it when the daemon predates it)."""
     if source is None:
         return
@@ -160,13 +175,14 @@ def _sendpulse(source: dict[str, Any] | None) -> Any:
         (COUNTER, "sendpulse_requests", "Requests sent to SendPulse's API", source.get("requests_total")),
     ):
         yield _single(kind, name, help_text, value)
-    if source.get("last_reconciled_at"):
-        moment = datetime.fromisoformat(source["last_reconciled_at"].replace("Z", "+00:00"))
+    if last := source.get("last_reconciled_at"):
+        moment = datetime.fromisoformat(last.replace("Z", "+00:00"))
         yield _single(GAUGE, "reconcile_last_success_timestamp_seconds",
                       "End of the last window reconciliation read whole (Unix time)", moment.timestamp())
 
 
-def render(snapshot: dict[str, Any]) -> bytes:
+def render(snapshot: Snapshot) -> bytes:
+    """The Prometheus text of one snapshot, with the process's own figures."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(snapshot))
     ProcessCollector(registry=registry)  # resident memory, CPU, open files (from /proc; nothing elsewhere)

@@ -21,7 +21,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from daemon.snapshot import SinkStats
 
 WINDOW_STATS = 60.0  # "requests in the last minute"
 RECOVERY_STEP = 10.0  # after a 429, the rate climbs back one request per window this often
@@ -83,10 +86,11 @@ class RequestBudget:
             self._sent.popleft()
         return len(self._sent)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> SinkStats:
+        """The budget's figures in a sink's status entry, with the month's when it counts them."""
         now = self._clock()
         paused = self.paused_until > now
-        return {
+        stats: SinkStats = {
             "requests_last_minute": self.requests_last_minute,
             "requests_total": self.requests_total,
             "rate_limited_429": self.rejected_429,
@@ -95,8 +99,10 @@ class RequestBudget:
             "paused_until": _wall(self.paused_until, now) if paused else None,
             "paused_for_s": round(self.paused_until - now, 1) if paused else None,
             "pause_reason": self.pause_reason if paused else None,
-            **(self.monthly.stats() if self.monthly else {}),
         }
+        if self.monthly is not None:
+            stats.update(self.monthly.stats())
+        return stats
 
     # -- control ---------------------------------------------------------------------------------
 
@@ -243,7 +249,7 @@ class MonthlyRequests:
         elapsed = max(3600.0, self._wall() - start)  # the first hour says too little to extrapolate
         return round(self.count * (end - start) / elapsed)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> SinkStats:
         self._roll()
         return {"requests_this_month": self.count, "monthly_request_limit": self.limit or None,
                 "requests_month_forecast": self.forecast(), "month": self.month}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from loguru import logger
 
@@ -20,6 +19,7 @@ from daemon.ratelimit import RequestBudget
 from daemon.reconcile import Report, reconcile
 from daemon.records import iso
 from daemon.sendpulse import SendPulseClient, parse_time
+from daemon.snapshot import SourceStatus
 
 # A webhook journaled just before a stop may be newer than messages SendPulse failed to post around it,
 # and the two clocks differ: each window starts this much earlier than where the last one began.
@@ -173,7 +173,7 @@ class Reconciler:
             logger.warning("SendPulse reconciliation failed ({}): {}; {}", self.state, report.error, retry)
         self._logged_error = report.error
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> SourceStatus:
         """`sources.sendpulse` of the status snapshot."""
         report = self.last
         return {

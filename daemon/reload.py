@@ -10,12 +10,16 @@ reconciliation (switched on or off, its client replaced, or woken to run with th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from daemon.config import Config
+from daemon.config import AirtableConfig, Config
+from daemon.sinks.airtable import AirtableSink
 from daemon.sinks.airtable_schema import parse_field_mapping
+
+if TYPE_CHECKING:
+    from daemon.delivery import DeliveryWorker
 
 SINKS = ("postgres", "airtable")
 
@@ -135,32 +139,26 @@ def describe(plan: ReloadPlan) -> tuple[str, str]:
     return warning, info
 
 
-def retune_airtable(worker: Any, settings: Any, live: set[str]) -> None:
+def retune_airtable(worker: DeliveryWorker, settings: AirtableConfig, live: set[str]) -> None:
     """Set the running Airtable sink's (and its worker's) live [airtable] keys that `live` names."""
+    sink = worker.sink
+    if not isinstance(sink, AirtableSink):
+        return
     if "[airtable] requests_per_second" in live:
-        worker.sink.client.budget.set_rate(settings.requests_per_second)
+        sink.set_rate(settings.requests_per_second)
     if "[airtable] max_records" in live:
-        worker.sink.set_max_records(settings.max_records)
+        sink.set_max_records(settings.max_records)
     if "[airtable] linger_s" in live:
-        worker.sink.linger_s = worker.linger_s = settings.linger_s
+        sink.linger_s = worker.linger_s = settings.linger_s
     if "[airtable.fields]" in live:
-        worker.sink.rename_fields(parse_field_mapping(settings.fields))
+        sink.rename_fields(parse_field_mapping(settings.fields))
 
 
-def carry_counters(old: Any, new: Any) -> None:
+def carry_counters(old: DeliveryWorker, new: DeliveryWorker) -> None:
     """A replacing worker and its sink go on counting where the replaced ones were: the metrics are counters
     since start, not since a SIGHUP."""
-    for counter in ("delivered_since_start", "dead_since_start", "failed_attempts"):
-        setattr(new, counter, getattr(old, counter))
-    clients = [getattr(worker.sink, "client", None) for worker in (old, new)]
-    if any(getattr(client, "budget", None) is None for client in clients):
-        return
-    if _same_base(*clients):  # one base, one budget: its tokens, a 429's lockout, what recover still spends
-        clients[1].budget = clients[0].budget
-        return
-    clients[1].budget.requests_total += clients[0].budget.requests_total
-    clients[1].budget.rejected_429 += clients[0].budget.rejected_429
-
-
-def _same_base(old: Any, new: Any) -> bool:
-    return (old.base_id, getattr(old, "_endpoint_url", None)) == (new.base_id, getattr(new, "_endpoint_url", None))
+    new.delivered_since_start = old.delivered_since_start
+    new.dead_since_start = old.dead_since_start
+    new.failed_attempts = old.failed_attempts
+    if isinstance(old.sink, AirtableSink) and isinstance(new.sink, AirtableSink):
+        new.sink.carry_budget(old.sink)

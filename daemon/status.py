@@ -1,4 +1,5 @@
-"""The status socket: HTTP over a Unix socket, its client, and the readable rendering."""
+"""The status socket: HTTP over a Unix socket, its access checks, and its client (the readable status is
+daemon.status_text)."""
 
 from __future__ import annotations
 
@@ -21,34 +22,34 @@ from loguru import logger
 from daemon import params
 from daemon.journal import Requeue, reference_problem
 from daemon.params import BadParameter
+from daemon.snapshot import Snapshot
 
-SNAPSHOT = web.AppKey("snapshot", Callable[[], Awaitable[dict[str, Any]]])
-SYNC = web.AppKey("sync", Callable[[], Awaitable[dict[str, Any]]])
-REPLAY = web.AppKey("replay", Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]])
+Answer = dict[str, Any]  # a route's JSON answer
+Emit = Callable[[dict[str, Any]], Awaitable[None]]  # one line of a streamed answer
+
+SNAPSHOT: web.AppKey[Callable[[], Awaitable[Snapshot]]] = web.AppKey("snapshot")
+SYNC: web.AppKey[Callable[[], Awaitable[Answer]]] = web.AppKey("sync")
+REPLAY: web.AppKey[Callable[[str | None, Requeue | None], Awaitable[Answer]]] = web.AppKey("replay")
 # (phone, reference, dry run) -> the report
-FORGET = web.AppKey("forget", Callable[[str, str | None, bool], Awaitable[dict[str, Any]]])
-AIRTABLE = web.AppKey("airtable", Callable[[str], Awaitable[dict[str, Any]]])
+FORGET: web.AppKey[Callable[[str, str | None, bool], Awaitable[Answer]]] = web.AppKey("forget")
+AIRTABLE: web.AppKey[Callable[[str], Awaitable[Answer]]] = web.AppKey("airtable")
 # (sink or None, event or None for all, reason, who) -> what was discarded
-DISCARD = web.AppKey("discard", Callable[[str | None, str | None, str, str], Awaitable[dict[str, Any]]])
+DISCARD: web.AppKey[Callable[[str | None, str | None, str, str], Awaitable[Answer]]] = web.AppKey("discard")
 # (limit, discarded, whole) -> the quarantined elements; (element id or None for all, reason, who) -> discarded
-QUARANTINE = web.AppKey("quarantine", Callable[[int, bool, bool], Awaitable[dict[str, Any]]])
-QUARANTINE_DISCARD = web.AppKey("quarantine_discard", Callable[[int | None, str, str], Awaitable[dict[str, Any]]])
+QUARANTINE: web.AppKey[Callable[[int, bool, bool], Awaitable[Answer]]] = web.AppKey("quarantine")
+QUARANTINE_DISCARD: web.AppKey[Callable[[int | None, str, str], Awaitable[Answer]]] = web.AppKey("quarantine_discard")
 # (selection, options {prefer, dry_run, diff}, emit(line)) -> the final line
-RECOVER = web.AppKey("recover", Callable[[Any, dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]]],
-                                         Awaitable[dict[str, Any]]])
-# (conversation, phone, limit) -> what `chatledger show` prints
+RECOVER: web.AppKey[Callable[[Any, dict[str, Any], Emit], Awaitable[Answer]]] = web.AppKey("recover")
 # (since, bot or None, emit(line)) -> the final line (`chatledger reconcile` through the daemon)
-RECONCILE = web.AppKey("reconcile", Callable[[Any, str | None, Callable[[dict[str, Any]], Awaitable[None]]],
-                                             Awaitable[dict[str, Any]]])
-SHOW = web.AppKey("show", Callable[[str | None, str | None, int], Awaitable[dict[str, Any]]])
+RECONCILE: web.AppKey[Callable[[Any, str | None, Emit], Awaitable[Answer]]] = web.AppKey("reconcile")
+# (conversation, phone, limit) -> what `chatledger show` prints
+SHOW: web.AppKey[Callable[[str | None, str | None, int], Awaitable[Answer]]] = web.AppKey("show")
 
 SOCKET_MODE = 0o660
 CLIENT_TIMEOUT = 10.0
 QUARANTINE_LIMIT, QUARANTINE_LIMIT_MAX = 100, 10000  # elements listed by default, and at most
 
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_UNREACHABLE = 0, 1, 2
-BLOCKED_HINT = ("held, nothing dead-lettered: the base refuses every write alike (a records cap, a plan limit: "
-                "see the error); once there is room it drains by itself, or at once after `chatledger sync`")
 
 
 class StatusUnreachable(Exception):
@@ -69,7 +70,7 @@ class StatusRefused(Exception):
 
 
 def create_status_app(
-    snapshot: Callable[[], Awaitable[dict[str, Any]]],
+    snapshot: Callable[[], Awaitable[Snapshot]],
     sync: Callable[[], Awaitable[dict[str, Any]]],
     replay: Callable[[str | None, Requeue | None], Awaitable[dict[str, Any]]],
     forget: Callable[[str, str | None, bool], Awaitable[dict[str, Any]]],
@@ -164,7 +165,7 @@ def peer_uid(request: web.Request) -> int | None:
     except OSError:
         return None
     _pid, uid, _gid = struct.unpack("3i", credentials)
-    return uid
+    return int(uid)
 
 
 def _user_name(uid: int) -> str:
@@ -222,7 +223,7 @@ async def _handle_discard(request: web.Request) -> web.Response:
     return web.json_response(answer, dumps=_dumps)
 
 
-def create_metrics_app(snapshot: Callable[[], Awaitable[dict[str, Any]]]) -> web.Application:
+def create_metrics_app(snapshot: Callable[[], Awaitable[Snapshot]]) -> web.Application:
     """GET /metrics alone, for the optional [metrics] listen TCP address."""
     app = web.Application()
     app[SNAPSHOT] = snapshot
@@ -460,11 +461,19 @@ async def request_status(socket_path: Path, method: str = "GET", route: str = "/
             async with session.request(method, f"http://chatledger{route}") as response:
                 if response.status != 200:
                     raise await _not_ok(response, route)
-                return await response.json()
+                answer: dict[str, Any] = await response.json()
+                return answer
     except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionRefusedError) as exc:
         raise _unreachable(socket_path, exc) from None
     except TimeoutError:
         raise StatusUnreachable(f"chatledger on {socket_path} did not answer in {timeout_s:.0f} s") from None
+
+
+async def request_snapshot(socket_path: Path) -> Snapshot:
+    """GET /status: the daemon's snapshot as it sent it (a daemon older than this command may lack keys)."""
+    answer: Any = await request_status(socket_path)
+    snapshot: Snapshot = answer
+    return snapshot
 
 
 async def _not_ok(response: aiohttp.ClientResponse, route: str) -> Exception:
@@ -480,134 +489,6 @@ async def _not_ok(response: aiohttp.ClientResponse, route: str) -> Exception:
                          f"on {route}")
 
 
-def exit_code_for(snapshot: dict[str, Any]) -> int:
+def exit_code_for(snapshot: Snapshot) -> int:
+    """`chatledger status`'s exit code: 0 healthy, 1 degraded."""
     return EXIT_HEALTHY if snapshot.get("health", {}).get("status") == "healthy" else EXIT_DEGRADED
-
-
-def age_text(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    if seconds < 172800:
-        return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-    return f"{seconds // 86400}d{(seconds % 86400) // 3600:02d}h"
-
-
-def alerts_text(alerts: dict[str, Any]) -> str | None:
-    """How the alerts went, None when they are off."""
-    if not alerts.get("enabled"):
-        return None
-    failed = f", {alerts['failed']} FAILED (see the log)" if alerts.get("failed") else ""
-    return f"{alerts.get('sent', 0)} sent{failed}"
-
-
-def _alerts_line(alerts: dict[str, Any]) -> list[str]:
-    text = alerts_text(alerts)
-    return [f"alerts    {text}"] if text else []
-
-
-def error_text(sink: dict[str, Any]) -> str:
-    """The sink's last error, said as history once it is up again."""
-    error = sink.get("last_error") or ""
-    if error and sink.get("state") == "up":  # history, not the present: say so
-        return f"none now (the last, at {sink.get('last_error_at') or '?'}: {error})"
-    if error and sink.get("last_error_at"):
-        return f"{error} (at {sink['last_error_at']})"
-    return error
-
-
-def sink_notes(name: str, sink: dict[str, Any]) -> list[str]:
-    """The lines under a sink's row: what to do when blocked, the backfill, the Airtable budget, warnings."""
-    notes = [BLOCKED_HINT] if sink.get("state") == "blocked" else []
-    backfill = backfill_text(name, sink.get("backfill"))
-    if backfill:
-        notes.append(f"backfill: {backfill}")
-    if "tokens_left" in sink:
-        notes.append(budget_text(sink))
-    return notes + [f"warning: {warning}" for warning in sink.get("warnings") or ()]
-
-
-def render(snapshot: dict[str, Any]) -> str:
-    """A table an operator reads at a glance: health first, then intake, then each sink."""
-    health = snapshot.get("health", {})
-    journal = snapshot.get("journal", {})
-    webhook = snapshot.get("webhook", {})
-    lines = [
-        f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
-        f"up {age_text(snapshot.get('uptime_s'))}",
-        f"health    {health.get('status', '?').upper()}",
-    ]
-    lines += [f"          - {problem}" for problem in health.get("problems", [])]
-    lines += [
-        "",
-        f"journal   {journal.get('path', '?')}",
-        f"          {'writable' if journal.get('writable') else 'NOT WRITABLE'}, "
-        f"{journal.get('events', 0)} events, {journal.get('quarantined', 0)} quarantined",
-        f"webhook   {webhook.get('accepted', 0)} accepted, {webhook.get('duplicates', 0)} duplicates, "
-        f"{webhook.get('rejected', 0)} rejected",
-        *_alerts_line(snapshot.get("alerts", {})),
-        "",
-        f"{'sink':<10}{'state':<15}{'pending':>9}{'oldest':>9}{'delivered':>11}{'dead':>7}  last error",
-    ]
-    for name, sink in snapshot.get("sinks", {}).items():
-        lines.append(
-            f"{name:<10}{sink.get('state', '?'):<15}{sink.get('pending', 0):>9}"
-            f"{age_text(sink.get('oldest_pending_age_s')):>9}{sink.get('delivered', 0):>11}"
-            f"{sink.get('dead', 0):>7}  {error_text(sink)}".rstrip()
-        )
-        lines += [f"{'':<10}{note}" for note in sink_notes(name, sink)]
-    return "\n".join(lines + source_lines(snapshot.get("sources", {}).get("sendpulse")))
-
-
-def source_lines(source: dict[str, Any] | None) -> list[str]:
-    """SendPulse reconciliation: its state, the last run's window and findings, its last error."""
-    if source is None:
-        return []
-    state = source.get("state", "?")
-    if state == "disabled":
-        return ["", "sendpulse disabled ([sendpulse] client_id empty): nothing is fetched back"]
-    shown = state if state in ("up", "starting") else state.upper()
-    window = source.get("window")
-    if window:
-        run = (f"last run {window.get('since')} to {window.get('until')}: {source.get('seen', 0)} seen, "
-               f"{source.get('added', 0)} added, {source.get('statuses', 0)} status(es) learned")
-    else:
-        run = "no run finished yet"
-    running = ", running now" if source.get("running") else ""
-    lines = ["", f"sendpulse {shown}{running}, {run}; {source.get('added_total', 0)} added since start"]
-    if source.get("last_error"):
-        when = f" (at {source['last_error_at']})" if source.get("last_error_at") else ""
-        lines.append(f"{'':<10}last error{when}: {source['last_error']}")
-    return lines
-
-
-def backfill_text(name: str, backfill: dict[str, Any] | None) -> str | None:
-    """The events journaled before the sink was enabled, made pending at start; None when there were none."""
-    if not backfill or not backfill.get("total"):
-        return None
-    what = f"events journaled before {name} was enabled made pending"
-    if backfill.get("state") == "done":
-        return f"{backfill.get('done', 0):,} {what} at start"
-    return f"{backfill.get('done', 0):,} of {backfill['total']:,} {what}, {backfill.get('to_go', 0):,} to go"
-
-
-def budget_text(sink: dict[str, Any]) -> str:
-    """The Airtable request budget in one line (status and top)."""
-    paused = f", paused until {sink['paused_until']} ({sink['pause_reason']})" if sink.get("paused_until") else ""
-    month = ""
-    if sink.get("requests_this_month") is not None:
-        limit = sink.get("monthly_request_limit")
-        share = f" of {limit:,} ({sink['requests_this_month'] / limit:.0%})" if limit else ""
-        month = (f"; {sink['requests_this_month']:,} this month{share}, {sink.get('requests_month_forecast', 0):,} "
-                 "at this pace")
-    if sink.get("max_records"):
-        held = sink.get("records")
-        month += (f"; records {held:,} of {sink['max_records']:,} ({held / sink['max_records']:.0%})"
-                  if held is not None else f"; records not counted yet (max {sink['max_records']:,})")
-    return (f"{sink.get('requests_last_minute', 0)} requests in the last minute, "
-            f"{sink.get('rate_limited_429', 0)} x 429, {sink['tokens_left']}/{sink.get('requests_per_window', '?')} "
-            f"tokens left{paused}{month}")

@@ -1,7 +1,7 @@
 """What the commands draw when they write to a terminal: tables, `top`'s live view, `recover`'s progress.
 
 Only for a terminal: piped, redirected or under a dumb terminal the commands print the plain text
-scripts and logs read (status.render, TopView.frame...), and --json is never drawn. Every text that
+scripts and logs read (status_text.render, TopView.frame...), and --json is never drawn. Every text that
 comes from outside (errors, ids, reasons, customer text) goes in through `safe`: never read as rich
 markup, its control characters shown, not obeyed, so a dead letter cannot repaint the operator's screen.
 """
@@ -19,7 +19,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from daemon.status import age_text, alerts_text, error_text, sink_notes, source_lines
+from daemon.snapshot import Snapshot, SourceStatus
+from daemon.status_text import age_text, alerts_text, error_text, sink_notes, source_lines
 from daemon.top import DISABLED_SOURCE, Frame, SourceRow
 
 # C0 and C1 controls but the newline, as \xNN: an ESC in an error must not reach the terminal
@@ -108,7 +109,7 @@ def _overview(title: str, rows: list[tuple[str, Text]]) -> RenderableType:
     return Panel(grid, title=safe(title, "bold"), title_align="left")
 
 
-def status_view(snapshot: dict[str, Any]) -> RenderableType:
+def status_view(snapshot: Snapshot) -> RenderableType:
     """`chatledger status` on a terminal: what status.render says, as a panel and the sinks' table."""
     health = snapshot.get("health", {})
     journal = snapshot.get("journal", {})
@@ -139,10 +140,11 @@ def status_view(snapshot: dict[str, Any]) -> RenderableType:
     return Group(_overview(title, rows), _sinks(sinks), *([source] if source.plain else []))
 
 
-def _source_status(source: dict[str, Any] | None) -> Text:
+def _source_status(source: SourceStatus | None) -> Text:
     """The plain text's SendPulse lines (none from an older daemon), its state's colour, its error in red."""
     head, *errors = source_lines(source)[1:] or [""]  # without the blank line before them
-    return _lines(safe(head, STATE_STYLES.get((source or {}).get("state", ""), "")),
+    state = source.get("state", "") if source is not None else ""
+    return _lines(safe(head, STATE_STYLES.get(state, "")),
                   *(safe(line, "red") for line in errors))
 
 
@@ -282,7 +284,7 @@ class Terminal:
     def print(self, renderable: RenderableType) -> None:
         self.console.print(renderable)
 
-    def status(self, snapshot: dict[str, Any]) -> None:
+    def status(self, snapshot: Snapshot) -> None:
         self.print(status_view(snapshot))
 
     def dead(self, letters: dict[str, list[dict[str, Any]]], discarded: bool) -> None:

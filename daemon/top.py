@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.status import BLOCKED_HINT, age_text, budget_text
+from daemon.snapshot import Snapshot, SourceStatus
+from daemon.status_text import BLOCKED_HINT, age_text, budget_text
 
 RECENT_ERRORS = 8
 
@@ -97,23 +98,23 @@ class TopView:
     """Keeps what one frame needs from the previous one: counters for rates, recent errors."""
 
     def __init__(self) -> None:
-        self._previous: dict[str, Any] | None = None
+        self._previous: Snapshot | None = None
         self._previous_at = 0.0
         self.errors: deque[str] = deque(maxlen=RECENT_ERRORS)
 
-    def frame(self, snapshot: dict[str, Any], now: float | None = None, width: int | None = None) -> str:
+    def frame(self, snapshot: Snapshot, now: float | None = None, width: int | None = None) -> str:
         return self.update(snapshot, now).text(width or shutil.get_terminal_size((100, 30)).columns)
 
-    def update(self, snapshot: dict[str, Any], now: float | None = None) -> Frame:
+    def update(self, snapshot: Snapshot, now: float | None = None) -> Frame:
         now = time.monotonic() if now is None else now
         previous, elapsed = self._previous, now - self._previous_at
         self._previous, self._previous_at = snapshot, now
         self._note_errors(snapshot)
 
-        def rate(path: tuple[str, ...]) -> str:
+        def rate(figure: Figure) -> str:
             if previous is None or elapsed <= 0:
                 return "-"
-            return f"{(_dig(snapshot, path) - _dig(previous, path)) / elapsed:.1f}/s"
+            return f"{(_number(figure(snapshot)) - _number(figure(previous))) / elapsed:.1f}/s"
 
         health = snapshot.get("health", {})
         journal = snapshot.get("journal", {})
@@ -128,23 +129,23 @@ class TopView:
                 notes.append(budget_text(sink))
             sinks.append(SinkRow(
                 name, sink.get("state", "?"), sink.get("pending", 0), age_text(sink.get("oldest_pending_age_s")),
-                rate(("sinks", name, "delivered_since_start")), sink.get("delivered", 0), sink.get("dead", 0),
+                rate(_delivered(name)), sink.get("delivered", 0), sink.get("dead", 0),
                 f"retry in {sink['retry_in_s']:.0f}s" if sink.get("retry_in_s") is not None else "", tuple(notes)))
         return Frame(
             title=f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
                   f"up {age_text(snapshot.get('uptime_s'))}",
             health=health.get("status", "?").upper(),
             problems=tuple(health.get("problems", [])),
-            intake=f"{rate(('webhook', 'accepted'))} accepted   {webhook.get('accepted', 0)} accepted, "
+            intake=f"{rate(_accepted)} accepted   {webhook.get('accepted', 0)} accepted, "
                    f"{webhook.get('duplicates', 0)} duplicates, {webhook.get('rejected', 0)} rejected",
             journal=f"{journal.get('events', 0)} events, {'writable' if journal.get('writable') else 'NOT WRITABLE'}, "
-                    f"{rate(('journal', 'commits'))} commits",
+                    f"{rate(_commits)} commits",
             sinks=tuple(sinks),
             errors=tuple(self.errors),
             source=_source_row(snapshot.get("sources", {}).get("sendpulse"), rate),
         )
 
-    def _note_errors(self, snapshot: dict[str, Any]) -> None:
+    def _note_errors(self, snapshot: Snapshot) -> None:
         found = [(sink.get("last_error_at") or "", f"{name}: {sink['last_error']}")
                  for name, sink in snapshot.get("sinks", {}).items() if sink.get("last_error")]
         source = snapshot.get("sources", {}).get("sendpulse") or {}
@@ -159,19 +160,39 @@ class TopView:
                 self.errors.append(line)
 
 
-def _source_row(source: dict[str, Any] | None, rate: Callable[[tuple[str, ...]], str]) -> SourceRow | None:
+def _source_row(source: SourceStatus | None, rate: Callable[[Figure], str]) -> SourceRow | None:
     if source is None:
         return None
     if source.get("state") == "disabled":
         return SourceRow("sendpulse", "disabled")
     return SourceRow("sendpulse", source.get("state", "?"), source.get("last_reconciled_at") or "never",
                      source.get("seen", 0), source.get("added", 0), source.get("requests_total", 0),
-                     rate(("sources", "sendpulse", "requests_total")),
+                     rate(_sendpulse_requests),
                      ("running now",) if source.get("running") else ())
 
 
-def _dig(snapshot: dict[str, Any], path: tuple[str, ...]) -> float:
-    value: Any = snapshot
-    for key in path:
-        value = value.get(key, {}) if isinstance(value, dict) else {}
+# A counter `top` shows as a rate: read from each of two snapshots (None: that daemon did not report it)
+Figure = Callable[[Snapshot], float | None]
+
+
+def _accepted(snapshot: Snapshot) -> float | None:
+    return snapshot.get("webhook", {}).get("accepted")
+
+
+def _commits(snapshot: Snapshot) -> float | None:
+    return snapshot.get("journal", {}).get("commits")
+
+
+def _delivered(name: str) -> Figure:
+    def delivered(snapshot: Snapshot) -> float | None:
+        sink = snapshot.get("sinks", {}).get(name)
+        return sink.get("delivered_since_start") if sink else None
+    return delivered
+
+
+def _sendpulse_requests(snapshot: Snapshot) -> float | None:
+    return snapshot.get("sources", {}).get("sendpulse", {}).get("requests_total")
+
+
+def _number(value: float | None) -> float:
     return float(value) if isinstance(value, (int, float)) else 0.0

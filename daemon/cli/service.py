@@ -15,7 +15,8 @@ from daemon.cli.common import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, rich_terminal
 from daemon.config import Config
 from daemon.journal import JournalError
 from daemon.logs import setup_logging
-from daemon.status import EXIT_UNREACHABLE, StatusUnreachable, exit_code_for, render, request_status
+from daemon.status import EXIT_UNREACHABLE, StatusUnreachable, exit_code_for, request_snapshot, request_status
+from daemon.status_text import render
 
 
 def run(config: Config, args: argparse.Namespace) -> int:
@@ -105,7 +106,7 @@ def airtable(config: Config, args: argparse.Namespace) -> int:
 
 def status(config: Config, args: argparse.Namespace) -> int:
     try:
-        snapshot = asyncio.run(request_status(config.status.socket))
+        snapshot = asyncio.run(request_snapshot(config.status.socket))
     except StatusUnreachable as exc:
         print(f"chatledger: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -120,18 +121,19 @@ def status(config: Config, args: argparse.Namespace) -> int:
 def top(config: Config, args: argparse.Namespace) -> int:
     import time
 
-    from daemon.top import TopView
+    from daemon.top import Frame, TopView
 
     view = TopView()
     terminal = rich_terminal(sys.stdout)
     screen = terminal.top() if terminal else None  # drawn in place; else plain frames one after the other
     frames = 0
     code = EXIT_OK  # of the last frame: no daemon is not a success
+    shown: Frame | str  # a frame, or on a terminal the message saying why there is none
     try:
         while True:
             shown: Any  # a frame, or the line saying the daemon does not answer
             try:
-                snapshot = asyncio.run(request_status(config.status.socket))
+                snapshot = asyncio.run(request_snapshot(config.status.socket))
             except StatusUnreachable as exc:
                 shown, code = f"chatledger: {exc} (retrying; Ctrl-C quits)", EXIT_UNREACHABLE
             else:

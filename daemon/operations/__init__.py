@@ -3,8 +3,8 @@
 The daemon runs each operation with its own journal, sinks and budgets when asked over the status
 socket; `chatledger` runs the same one with collaborators it opens itself when no daemon answers
 (daemon.operations.offline). Callers only translate: status.py from HTTP, daemon.cli into text and
-exit codes. `airtable` is the Airtable sink (its client, table names and deletions), or None when
-Airtable is not configured.
+exit codes. `airtable` is the base as reached through an Airtable sink (AirtableSink.access: its
+client, table names and deletions), or None when Airtable is not configured.
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from daemon.journal import Journal, Requeue
 
 if TYPE_CHECKING:
     from daemon.recover import Selection
+    from daemon.sinks.airtable import BaseAccess
+    from daemon.sinks.airtable_client import AirtableClient
+    from daemon.sinks.airtable_fields import BaseNames
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]  # one line of a streamed answer
 
@@ -39,9 +42,9 @@ def postgres_rows(config: Config, migrate_schema: bool = True) -> Any:
                    migrate_schema=migrate_schema)
 
 
-def airtable_reads(airtable: Any) -> Callable[[], tuple[Any, dict[str, str]] | None]:
+def airtable_reads(airtable: BaseAccess | None) -> Callable[[], tuple[AirtableClient, BaseNames] | None]:
     """How a read reaches the base through `airtable` (None: not configured)."""
-    return lambda: (airtable.client, airtable.tables) if airtable is not None else None
+    return lambda: airtable.reads() if airtable is not None else None
 
 
 # -- replay and dead letters ---------------------------------------------------------------------
@@ -100,7 +103,7 @@ def recover_query(selection: Selection, prefer: str, dry_run: bool, diff: bool) 
                                         "diff": "1" if diff else None}.items() if v})
 
 
-async def recover(airtable: Any, postgres: Any, selection: Selection, options: dict[str, Any],
+async def recover(airtable: BaseAccess, postgres: Any, selection: Selection, options: dict[str, Any],
                   progress: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
     """Copy Airtable's rows of `selection` back into PostgreSQL (`options`: prefer, dry_run, diff):
     {"report": ...}, or {"error": ...} with "refused" when nothing was read. `progress` gets each page's
@@ -113,7 +116,7 @@ async def recover(airtable: Any, postgres: Any, selection: Selection, options: d
 
     try:
         async with postgres() as pg:
-            report = await Recovery(airtable.client, airtable.tables, pg, progress=show, **options).run(selection)
+            report = await Recovery(airtable.client, airtable.names, pg, progress=show, **options).run(selection)
     except Unselectable as exc:  # nothing read, nothing written: the reason says what to do
         return {"error": str(exc), "refused": True}
     except SinkError as exc:
@@ -131,21 +134,20 @@ async def undo_recover(config: Config, run: str) -> dict[str, Any] | None:
 
 # -- forget and show -----------------------------------------------------------------------------
 
-def erasure_stores(config: Config, airtable_sink: Any = None) -> dict[str, Any]:
+def erasure_stores(config: Config, airtable: BaseAccess | None = None) -> dict[str, Any]:
     """The PostgreSQL and Airtable handles `forget` works on (None for a store not configured); Airtable's
     deletions go through the sink, whose records count follows them."""
     postgres = postgres_rows(config)
     if not config.airtable.enabled:
         return {"postgres": postgres, "airtable": None}
-    if airtable_sink is None:
+    if airtable is None:
         from daemon.sinks.airtable import AirtableSink
 
-        airtable_sink = AirtableSink.from_config(config.airtable, None)
-    return {"postgres": postgres, "airtable": (airtable_sink.client, airtable_sink.tables),
-            "airtable_delete": airtable_sink.delete_records}
+        airtable = AirtableSink.from_config(config.airtable, None).access()
+    return {"postgres": postgres, "airtable": airtable.reads(), "airtable_delete": airtable.delete}
 
 
-async def forget(journal: Journal, config: Config, airtable: Any, phone: str, reference: str | None = None,
+async def forget(journal: Journal, config: Config, airtable: BaseAccess | None, phone: str, reference: str | None = None,
                  dry_run: bool = False, quiesce: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
     """Erase one phone everywhere (or count what that would erase): the report, also the audit entry's.
     `quiesce`: let deliveries in flight finish once the journal is erased (the daemon's workers)."""
@@ -160,7 +162,7 @@ async def forget(journal: Journal, config: Config, airtable: Any, phone: str, re
     return report.as_dict()
 
 
-async def show(journal: Any, config: Config, airtable: Any, conversation: str | None, phone: str | None,
+async def show(journal: Any, config: Config, airtable: BaseAccess | None, conversation: str | None, phone: str | None,
                limit: int, down: dict[str, str] | None = None) -> dict[str, Any]:
     """One conversation (or each of a phone's) from PostgreSQL, else the journal (a Journal, a JournalReader,
     or None when `down` says why not), else Airtable: what `chatledger show` prints, as data."""
@@ -174,13 +176,13 @@ async def show(journal: Any, config: Config, airtable: Any, conversation: str | 
 
 # -- Airtable's base and SendPulse ---------------------------------------------------------------
 
-async def airtable_base(airtable: Any, action: str) -> dict[str, Any]:
+async def airtable_base(airtable: BaseAccess, action: str) -> dict[str, Any]:
     """`airtable init` (create what is missing) or `check`: what was done and the differences, or {"error"}."""
     from daemon.sinks.airtable import set_up_base
     from daemon.sinks.base import SinkError
 
     try:
-        return await set_up_base(airtable.client, airtable.tables, create=action == "init")
+        return await set_up_base(airtable.client, airtable.names, create=action == "init")
     except SinkError as exc:
         return {"error": str(exc)}
 

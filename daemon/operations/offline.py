@@ -1,7 +1,7 @@
 """The operations when no daemon answers: open the journal (under its lock, or read-only beside a
 daemon that may start meanwhile) and the sinks from the config, run one operation, close them.
 
-Airtable gets a sink of its own whose budget starts empty: a daemon just stopped may have spent this
+Airtable gets a sink of its own, reached through its access, whose budget starts empty: a daemon just stopped may have spent this
 second's requests. JournalError (the journal cannot be opened) is the caller's to report."""
 
 from __future__ import annotations
@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon import operations
 from daemon.config import Config
 from daemon.journal import Journal, JournalError, Requeue
+
+if TYPE_CHECKING:
+    from daemon.sinks.airtable import BaseAccess
 
 
 @asynccontextmanager
@@ -26,8 +29,8 @@ async def _journal(config: Config) -> AsyncIterator[Journal]:
 
 
 @asynccontextmanager
-async def _airtable(config: Config) -> AsyncIterator[Any]:
-    """An Airtable sink with a budget of its own, or None when Airtable is not configured."""
+async def _airtable(config: Config) -> AsyncIterator[BaseAccess | None]:
+    """The base through an Airtable sink with a budget of its own, or None when Airtable is not configured."""
     if not config.airtable.enabled:
         yield None
         return
@@ -35,7 +38,7 @@ async def _airtable(config: Config) -> AsyncIterator[Any]:
 
     sink = AirtableSink.from_config(config.airtable, None)
     try:
-        yield sink
+        yield sink.access()
     finally:
         await sink.close()
 
@@ -58,6 +61,8 @@ async def discard_quarantine(config: Config, element: int | None, reason: str, b
 async def recover(config: Config, selection: Any, options: dict[str, Any],
                   progress: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any]:
     async with _airtable(config) as airtable:
+        if airtable is None:  # the command checks the config first
+            return {"error": "recover needs [airtable] configured"}
         return await operations.recover(airtable, operations.postgres_rows(config), selection, options, progress)
 
 
@@ -87,6 +92,8 @@ async def show(config: Config, conversation: str | None, phone: str | None, limi
 
 async def airtable_base(config: Config, action: str) -> dict[str, Any]:
     async with _airtable(config) as airtable:
+        if airtable is None:  # the command checks the config first
+            return {"error": "Airtable is not configured"}
         return await operations.airtable_base(airtable, action)
 
 

@@ -14,8 +14,9 @@ import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -29,7 +30,11 @@ from daemon.sinks.airtable_client import (
 )
 from daemon.sinks.airtable_fields import KEYS, TABLES, TITLES, BaseNames, as_fields
 from daemon.sinks.airtable_schema import BasePlan, parse_field_mapping, plan_base
-from daemon.sinks.base import PermanentError, RefusedError, SetupError
+from daemon.sinks.base import PermanentError, RefusedError, SetupError, SinkDefaults
+
+if TYPE_CHECKING:
+    from daemon.config import AirtableConfig
+    from daemon.snapshot import SinkStats
 
 BATCH_SIZE = 500  # events per delivery: 50 interaction requests share the conversation upserts
 SETUP_RETRY = 3600.0  # an unprepared base is fixed by an operator, who then runs `sync`: each check costs requests
@@ -179,7 +184,21 @@ async def set_up_base(client: AirtableClient, names: dict[str, str], create: boo
             "fields": mapping}
 
 
-class AirtableSink:
+@dataclass(frozen=True)
+class BaseAccess:
+    """The base as the operator commands and the reads reach it through a sink: its client (on the budget
+    delivery spends), the tables' and fields' names, and deletions that the sink's records count follows."""
+
+    client: AirtableClient
+    names: BaseNames
+    delete: Callable[[str, list[str]], Awaitable[None]]
+
+    def reads(self) -> tuple[AirtableClient, BaseNames]:
+        """What daemon.reads and the bot API read the base with."""
+        return self.client, self.names
+
+
+class AirtableSink(SinkDefaults):
     name = "airtable"
     batch_size = BATCH_SIZE
     # Requests are what a plan counts: no check while idle (a schema read every 30 s is 86,000 a month),
@@ -190,12 +209,12 @@ class AirtableSink:
     setup_retry_cap = SETUP_RETRY  # misconfigured: the backoff's cap (each retry reads the schema)
 
     def __init__(self, client: AirtableClient, tables: dict[str, str],
-                 conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]],
+                 conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]] | None,
                  messages: Callable[[Sequence[str]], Awaitable[dict[str, tuple[str, str]]]] | None = None,
                  reports: Callable[[Sequence[str]], Awaitable[dict[str, str]]] | None = None):
         self.client = client
         self.tables = BaseNames.of(tables)  # kind -> table name in the base, and the field names
-        self._conversations = conversations
+        self._conversations = conversations  # None: a sink that only reads and deletes, never delivers
         self._messages = messages  # the journal's Journal.event_times: the times of the messages enriched
         self._reports = reports  # the journal's Journal.reported_statuses
         self._schema_ok = False
@@ -212,8 +231,13 @@ class AirtableSink:
         self._counting = asyncio.Lock()
 
     @classmethod
-    def from_config(cls, config: Any, conversations, monthly: MonthlyRequests | None = None,
-                    messages=None, reports=None) -> "AirtableSink":
+    def from_config(cls, config: AirtableConfig,
+                    conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]] | None,
+                    monthly: MonthlyRequests | None = None,
+                    messages: Callable[[Sequence[str]], Awaitable[dict[str, tuple[str, str]]]] | None = None,
+                    reports: Callable[[Sequence[str]], Awaitable[dict[str, str]]] | None = None) -> AirtableSink:
+        """A sink with a client and budget of its own; `conversations` None for one that only reads and
+        deletes (a command with no daemon running)."""
         budget = RequestBudget(config.requests_per_second, start_empty=True, monthly=monthly)
         client = AirtableClient(config.api_key.get_secret_value(), config.base_id, config.endpoint_url, budget)
         sink = cls(client, names_from_config(config), conversations, messages, reports)
@@ -221,11 +245,33 @@ class AirtableSink:
         sink.max_records = config.max_records
         return sink
 
-    def stats(self) -> dict[str, Any]:
-        stats = {**self.client.budget.stats(), "warnings": list(self.warnings)}
+    def stats(self) -> SinkStats:
+        stats: SinkStats = {**self.client.budget.stats(), "warnings": list(self.warnings)}
         if self.max_records:
-            stats.update(records=self.records, max_records=self.max_records)
+            stats["records"], stats["max_records"] = self.records, self.max_records
         return stats
+
+    def access(self) -> BaseAccess:
+        """The base as a command or a read reaches it through this sink, with its names as they are now."""
+        return BaseAccess(self.client, self.tables, self.delete_records)
+
+    def budget_full(self) -> bool:
+        """Whether no token of the base's budget is spent or in flight (background work waits for it)."""
+        return self.client.budget.tokens_left >= self.client.budget.capacity
+
+    def set_rate(self, requests_per_second: float) -> None:
+        """A new [airtable] requests_per_second (SIGHUP)."""
+        self.client.budget.set_rate(requests_per_second)
+
+    def carry_budget(self, replaced: AirtableSink) -> None:
+        """Go on from the budget of the sink this one replaces (SIGHUP): for the same base the same budget (its
+        tokens, a 429's lockout, what recover still spends), for another base its counts since start."""
+        old, new = replaced.client, self.client
+        if new.same_base(old):
+            new.budget = old.budget
+            return
+        new.budget.requests_total += old.budget.requests_total
+        new.budget.rejected_429 += old.budget.rejected_429
 
     def wake(self) -> None:
         """A retry asked for (sync, SIGHUP, replay, init): read the schema again, lift a quota pause."""
@@ -307,7 +353,8 @@ class AirtableSink:
             return 0.0
         return probe_spacing(monthly.limit, monthly.stats()["requests_this_month"], time.time())
 
-    async def deliver(self, events: Sequence[StoredEvent]) -> None:
+    async def deliver(self, events: Sequence[StoredEvent]) -> int:
+        assert self._conversations is not None, "a sink built to read and delete does not deliver"
         if not self._schema_ok:
             await self.check()
         else:
@@ -318,6 +365,7 @@ class AirtableSink:
         messages = await self._messages(enriched) if enriched and self._messages is not None else {}
         message_ids = [row.message_id for row in records.interactions if row.message_id]
         reports = await self._reports(message_ids) if message_ids and self._reports is not None else {}
+        assert self.plan is not None  # read by check(), which a delivery runs first
         tables = self.plan.tables
         rows = airtable_rows(events, records, await self._conversations(ids), messages, reports)
         writes = [(tables[kind].table, tables[kind].key, chunk)

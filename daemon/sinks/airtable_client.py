@@ -143,6 +143,10 @@ class AirtableClient:
         self.plans = PlanCache()  # what the sink, `airtable check` or recover read last, for the bot API
         self.closed = False
 
+    def same_base(self, other: AirtableClient) -> bool:
+        """Whether both call the same base at the same address (one base, one budget)."""
+        return (self.base_id, self._endpoint_url) == (other.base_id, other._endpoint_url)
+
     def _api(self) -> Api:
         api = getattr(self._local, "api", None)
         if api is None:

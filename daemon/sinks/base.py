@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from daemon.events import StoredEvent
+
+if TYPE_CHECKING:
+    from daemon.snapshot import SinkStats
+
+IDLE_CHECK_S = 30.0  # an idle worker checks its sink this often, so status stays true
+SETUP_RETRY_CAP = 60.0  # the backoff's cap while a sink is misconfigured
 
 
 STATE_WORDS = {"quota": "held at its monthly quota"}  # "airtable is quota" is no sentence
@@ -67,7 +73,11 @@ class SetupError(TransientError):
 
 
 class Sink(Protocol):
-    """Delivers batches of events; every delivery is idempotent, so replays are harmless."""
+    """Delivers batches of events; every delivery is idempotent, so replays are harmless.
+
+    These members are all a sink must have; SinkDefaults names the optional ones (how the delivery loop
+    paces the sink, what it tells it besides delivering) and what a sink without them gets.
+    """
 
     name: str
     batch_size: int
@@ -82,3 +92,67 @@ class Sink(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class SinkDefaults:
+    """The port's optional members, at what a sink that does not tune them gets. The adapters inherit this
+    class and override what they tune (AirtableSink: a sink that pays per request); the delivery loop reads
+    the members through `SinkOptions`, so that a plain sink with Sink's members only (a fake) works too."""
+
+    # wait up to linger_s for linger_batch pending events, so that a request carries that many
+    linger_s: float = 0.0
+    linger_batch: int = 1
+    idle_check_s: float | None = IDLE_CHECK_S  # None: an idle sink is checked only when not up, or when asked
+    setup_retry_cap: float = SETUP_RETRY_CAP
+
+    def wake(self) -> None:
+        """A retry was asked for (sync, SIGHUP, replay): forget what the sink holds about its store."""
+
+    def stats(self) -> SinkStats:
+        """What status shows of the sink beside its worker's figures."""
+        return {}
+
+    def probe_spacing(self) -> float:
+        """Seconds at least between two probes of a store that refuses every write (0: the backoff alone)."""
+        return 0.0
+
+
+_DEFAULTS = SinkDefaults()
+T = TypeVar("T")
+
+
+class SinkOptions:
+    """A sink's optional members (SinkDefaults) as the delivery loop reads them: the sink's own where it has
+    the member, read at each use (SIGHUP retunes a running sink), the default where it has not."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def _own(self, member: str, default: T) -> T:
+        found: T = getattr(self._sink, member, default)
+        return found
+
+    @property
+    def linger_s(self) -> float:
+        return self._own("linger_s", _DEFAULTS.linger_s)
+
+    @property
+    def linger_batch(self) -> int:
+        return self._own("linger_batch", _DEFAULTS.linger_batch)
+
+    @property
+    def idle_check_s(self) -> float | None:
+        return self._own("idle_check_s", _DEFAULTS.idle_check_s)
+
+    @property
+    def setup_retry_cap(self) -> float:
+        return self._own("setup_retry_cap", _DEFAULTS.setup_retry_cap)
+
+    def wake(self) -> None:
+        self._own("wake", _DEFAULTS.wake)()
+
+    def stats(self) -> SinkStats:
+        return self._own("stats", _DEFAULTS.stats)()
+
+    def probe_spacing(self) -> float:
+        return self._own("probe_spacing", _DEFAULTS.probe_spacing)()

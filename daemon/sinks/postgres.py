@@ -12,7 +12,7 @@ from loguru import logger
 
 from daemon.events import StoredEvent, storable_json
 from daemon.records import STATUS_ORDER, InteractionRow, Records, map_events, parse_time, status_rank
-from daemon.sinks.base import PermanentError, SetupError, TransientError
+from daemon.sinks.base import PermanentError, SetupError, SinkDefaults, TransientError
 
 CONNECT_TIMEOUT = 10.0
 STATEMENT_TIMEOUT = 60.0
@@ -319,7 +319,7 @@ async def migrate_database(dsn: str, schema: str) -> tuple[int, int]:
             conn.terminate()
 
 
-class PostgresSink:
+class PostgresSink(SinkDefaults):
     """Delivers batches in one transaction each; reconnects (and re-checks the schema) after errors."""
 
     name = "postgres"

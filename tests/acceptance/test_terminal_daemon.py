@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from daemon.status import render
+from daemon.status_text import render
 from tests.support import Daemon, SendPulseEmulator, cli, cli_on_terminal, incoming, post, wait_for, write_config
 
 pytestmark = pytest.mark.acceptance

@@ -66,12 +66,12 @@ async def test_the_daemon_runs_it_on_spare_budget(stores, stores_emulator, pg_cl
                                                   monkeypatch):
     import asyncio
 
-    from daemon import app
+    from daemon import app, loops
     from daemon.config import load_config
     from tests.integration.conftest import TOKEN
     from tests.support import write_config
 
-    monkeypatch.setattr(app, "RETENTION_FIRST_DELAY", 0.0)
+    monkeypatch.setattr(loops, "RETENTION_FIRST_DELAY", 0.0)
     path = write_config(tmp_path, extra=(
         f'[airtable]\napi_key = "{TOKEN}"\nbase_id = "{BASE}"\nendpoint_url = "{stores_emulator.url}"\n'
         f'retention_days = 30\nmax_records = 1000\n'
@@ -266,16 +266,16 @@ async def test_a_base_at_its_records_cap_is_drained_by_retention_without_an_oper
     import asyncio
     import time
 
-    from daemon import app, delivery
+    from daemon import app, delivery, loops
     from daemon.config import load_config
     from daemon.events import normalize
     from daemon.journal import Journal
     from tests.integration.conftest import RECEIVED, TOKEN, message
     from tests.support import write_config
 
-    monkeypatch.setattr(app, "RETENTION_FIRST_DELAY", 3600.0)  # the daily run is not what drains it
-    monkeypatch.setattr(app, "RETENTION_PRESSURE_POLL", 0.05)
-    monkeypatch.setattr(app, "SPARE_POLL", 0.05)
+    monkeypatch.setattr(loops, "RETENTION_FIRST_DELAY", 3600.0)  # the daily run is not what drains it
+    monkeypatch.setattr(loops, "RETENTION_PRESSURE_POLL", 0.05)
+    monkeypatch.setattr(loops, "SPARE_POLL", 0.05)
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)  # nor a retry by backoff
     full = emulator_records(stores_emulator)
     set_cap(stores_emulator, full)

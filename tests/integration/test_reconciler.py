@@ -279,7 +279,7 @@ async def test_sighup_switches_reconciliation_on_replaces_its_client_and_switche
     write(path)
     daemon = Daemon(load_config(path, {}), path)
     daemon.journal = await Journal.open(tmp_path / "journal.sqlite", [])
-    loop = asyncio.create_task(daemon._reconcile_loop())
+    loop = asyncio.create_task(daemon.reconciliation.run())
 
     async def source():
         return (await daemon.snapshot())["sources"]["sendpulse"]
@@ -294,12 +294,12 @@ async def test_sighup_switches_reconciliation_on_replaces_its_client_and_switche
         write(path, wrong)
         await daemon.reload_settings()
         await until(lambda: state_is("misconfigured"), loop, "switched on, refused")
-        first = daemon.reconciler
+        first = daemon.reconciliation.reconciler
 
         write(path, {**wrong, "client_secret": SECRET})
         await daemon.reload_settings()
         await until(lambda: state_is("up"), loop, "the fixed secret's run, at once")
-        assert daemon.reconciler is first  # the same reconciler, its counters kept
+        assert daemon.reconciliation.reconciler is first  # the same reconciler, its counters kept
         assert ((await source())["runs"], (await source())["failed_runs"], (await source())["added_total"]) == (2, 1, 1)
 
         write(path)
@@ -314,6 +314,6 @@ async def test_sighup_switches_reconciliation_on_replaces_its_client_and_switche
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
-        if daemon.reconciler:
-            await daemon.reconciler.close()
+        if daemon.reconciliation.reconciler:
+            await daemon.reconciliation.reconciler.close()
         await daemon.journal.close()

@@ -3,7 +3,7 @@
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.metrics import render as metrics
-from daemon.status import render
+from daemon.status_text import render
 
 UP = {"state": "up", "running": False, "interval_s": 300.0, "last_run_at": "2026-12-03T14:00:00Z",
       "last_reconciled_at": "2026-12-03T14:00:02Z",

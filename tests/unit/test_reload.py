@@ -250,12 +250,12 @@ async def test_a_replaced_sink_finishes_its_delivery_and_the_new_one_takes_the_r
     daemon.journal = await Journal.open(tmp_path / "j.sqlite", ["postgres"])
     try:
         old, new = GatedSink(gated=True), GatedSink()
-        daemon._start_worker(old)
-        [task] = daemon._worker_tasks
+        daemon.workers.start(daemon.journal, old)
+        [task] = daemon.workers.tasks
         await daemon.journal.append([message(i) for i in range(5)])
         await until(_set(old.in_flight), task, "delivery in flight", FAIL_BOUND)
 
-        replacing = asyncio.create_task(daemon.replace_sink(new))
+        replacing = asyncio.create_task(daemon.workers.replace(new))
         await daemon.journal.append([message(i) for i in range(5, 10)])
         await asyncio.sleep(0)  # one turn: the replacement has asked the old worker to stop
         assert not replacing.done() and not old.closed  # the in-flight delivery is not cut short
@@ -271,7 +271,7 @@ async def test_a_replaced_sink_finishes_its_delivery_and_the_new_one_takes_the_r
         assert not task.done()  # the sink's delivery task goes on: the daemon's supervisor sees no crash
         assert daemon.workers["postgres"].delivered_since_start == 10  # counters since start, not since SIGHUP
 
-        await daemon._stop_workers()
+        await daemon.workers.stop()
         assert task.done() and not task.cancelled() and new.closed
     finally:
         await daemon.journal.close()
@@ -282,12 +282,12 @@ async def test_a_stop_during_a_replacement_closes_both_sinks_and_starts_neither(
     daemon.journal = await Journal.open(tmp_path / "j.sqlite", ["postgres"])
     try:
         old, new = GatedSink(gated=True), GatedSink()
-        daemon._start_worker(old)
-        [task] = daemon._worker_tasks
+        daemon.workers.start(daemon.journal, old)
+        [task] = daemon.workers.tasks
         await daemon.journal.append([message(i) for i in range(5)])
         await until(_set(old.in_flight), task, "delivery in flight", FAIL_BOUND)
-        replacing = asyncio.create_task(daemon.replace_sink(new))
-        stopping = asyncio.create_task(daemon._stop_workers())
+        replacing = asyncio.create_task(daemon.workers.replace(new))
+        stopping = asyncio.create_task(daemon.workers.stop())
         await asyncio.sleep(0)
         old.gate.set()  # the in-flight delivery ends while the daemon stops
         await asyncio.wait_for(stopping, FAIL_BOUND)
@@ -295,7 +295,7 @@ async def test_a_stop_during_a_replacement_closes_both_sinks_and_starts_neither(
         assert old.closed and new.closed and not new.accepted
         assert accepted(old) == Counter(f"m{i}" for i in range(5)) and task.done() and not task.cancelled()
         late = GatedSink()
-        assert await daemon.replace_sink(late) is False and late.closed
+        assert await daemon.workers.replace(late) is False and late.closed
     finally:
         await daemon.journal.close()
 

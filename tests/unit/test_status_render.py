@@ -1,6 +1,6 @@
 """The readable status an operator reads at a glance."""
 
-from daemon.status import render
+from daemon.status_text import render
 
 
 def test_the_readable_status_lists_the_airtable_warnings():

@@ -1,7 +1,7 @@
 """What the readable status, `top` and the health verdict say about a sink's state."""
 
-from daemon.app import _health
-from daemon.status import render
+from daemon.health import judge as _health
+from daemon.status_text import render
 from daemon.top import TopView
 
 CAP = "upserting 1 records into Interactions: HTTP 422 BASE_RECORD_LIMIT_EXCEEDED: the maximum of 1000 records"
