@@ -131,7 +131,6 @@ def top(config: Config, args: argparse.Namespace) -> int:
     shown: Frame | str  # a frame, or on a terminal the message saying why there is none
     try:
         while True:
-            shown: Any  # a frame, or the line saying the daemon does not answer
             try:
                 snapshot = asyncio.run(request_snapshot(config.status.socket))
             except StatusUnreachable as exc:
