@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import json
 import sys
-from typing import Any
 
 from loguru import logger
 
