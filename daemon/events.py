@@ -444,9 +444,12 @@ def storable_text(text: str) -> str:
 # What in valid JSON text a store refuses: a \u0000 escape or a lone surrogate escape (PostgreSQL's
 # jsonb), a number out of a double's range (jsonb's numeric stops near 1e131072 and 1e-16383;
 # Airtable's numbers are doubles). Cheap to look for (two searches, the escapes' only where a \u is);
-# a hit is checked exactly by storable_json.
-_HIGH, _LOW = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-_SUSPECT_ESCAPE = re.compile(rf"\\u0000|{_HIGH}(?!{_LOW})|(?<!{_HIGH}){_LOW}")
+# a hit is checked exactly by storable_json. Every branch of the escapes' search begins with the literal
+# \u, which the regex engine finds by a fast scan (a branch opening with a lookbehind would be tried at
+# every character: 25 times slower on a typical element with accents).
+_HEX2 = "[0-9a-fA-F]{2}"
+_SUSPECT_ESCAPE = re.compile(rf"\\u(?:0000|[dD][89abAB]{_HEX2}(?!\\u[dD][c-fC-F]{_HEX2})"
+                             rf"|(?<!\\u[dD][89abAB]{_HEX2}\\u)[dD][c-fC-F]{_HEX2})")
 _SUSPECT_NUMBER = re.compile(r"[0-9](?:[eE][-+]?[0-9]{3}|[0-9]{299})")
 
 

@@ -4,9 +4,12 @@ import json
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from daemon.events import (
     BodyError, Event, Rejected, digits_only, is_phone_number, mentions_phone, normalize, parse_body, parse_date,
+    storable_json,
 )
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
@@ -378,6 +381,33 @@ def test_storable_elements_are_kept_verbatim(raw):
     (element,) = parse_body(raw.encode())
     event = normalize(element.value, NOW, element.raw)
     assert (event.raw, event.original) == (raw, None)
+
+
+# Strings of what the escapes' search must tell apart: NULs, lone surrogates, pairs, escaped backslashes.
+_TRICKY = st.text(alphabet=st.sampled_from(["a", "\x00", "\ud800", "\udbff", "\udc00", "\udfff", "\ud83d",
+                                            "\ude00", "\u00e9", "\\", "u", "0", "d"]), max_size=6)
+_VALUES = st.recursive(st.none() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | _TRICKY,
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
+                       max_leaves=8)
+
+
+def _storable(value):
+    if isinstance(value, str):
+        return "\x00" not in value and not any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, list):
+        return all(_storable(item) for item in value)
+    if isinstance(value, dict):
+        return all(_storable(key) and _storable(item) for key, item in value.items())
+    return True
+
+
+@given(value=_VALUES)
+def test_every_element_a_store_refuses_is_found_and_no_other(value):
+    raw = json.dumps({"title": "x", "v": value})  # ASCII: every NUL and surrogate an escape
+    received = json.loads(raw)  # adjacent high and low surrogates are one character again
+    cleaned = storable_json(raw)
+    assert (cleaned is None) == _storable(received)
+    assert _storable(json.loads(cleaned if cleaned is not None else raw))
 
 
 def test_a_date_of_hundreds_of_digits_is_the_receive_time():
