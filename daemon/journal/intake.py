@@ -1,6 +1,6 @@
-"""What intake writes inside a group commit: the events (deduplicated, a message's wamid journaled once per
-title), the quarantined elements, and the duplicates counted. The triggers fan each event out to the
-sinks' delivery rows and fold it into its conversation (daemon.journal.schema)."""
+"""What intake writes inside a group commit: the events (deduplicated), the quarantined elements, and the
+duplicates counted. The triggers skip a message whose wamid the journal holds for its title, fan each event
+out to the sinks' delivery rows and fold it into its conversation (daemon.journal.schema)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import aiosqlite
 
-from daemon.events import WAMID_PREFIX, Event, Rejected
+from daemon.events import Event, Rejected
 from daemon.journal.schema import EVENT_COLUMNS
 from daemon.records import conversation_id_for, iso
 
@@ -27,7 +27,6 @@ def insert_events_sql(rows: int) -> str:
     )
 
 
-HELD_WAMIDS = "SELECT title, platform_message_id FROM events WHERE platform_message_id IN ({marks})"
 INSERT_QUARANTINE = "INSERT INTO quarantine (received_at, reason, raw) VALUES (?, ?, ?)"
 ADD_DUPLICATES = "UPDATE counters SET value = value + ? WHERE name = 'duplicates'"
 
@@ -36,8 +35,7 @@ async def write_intake(conn: aiosqlite.Connection, events: Sequence[Event],
                        rejected: Sequence[Rejected]) -> list[tuple[int, str]]:
     """Insert the events new to the journal and quarantine the rejected; (id, dedup key) of each new event, by id."""
     stamps: dict[datetime, str] = {}  # a request's events share one receive time
-    fresh = await _without_held_wamids(conn, events)
-    rows = [_event_row(event, stamps) for event in fresh]
+    rows = [_event_row(event, stamps) for event in events]
     quarantined = [(iso(item.received_at), _sql_text(item.reason), _sql_text(item.raw)) for item in rejected]
     new_ids: list[tuple[int, str]] = []
     for start in range(0, len(rows), ROWS_PER_INSERT):
@@ -46,36 +44,10 @@ async def write_intake(conn: aiosqlite.Connection, events: Sequence[Event],
         new_ids.extend(await conn.execute_fetchall(insert_events_sql(len(chunk)), params))
     if quarantined:
         await conn.executemany(INSERT_QUARANTINE, quarantined)
-    if len(events) > len(new_ids):  # accepted and rejected are counted by triggers
+    if len(events) > len(new_ids):  # a known key or wamid; accepted and rejected are counted by triggers
         await conn.execute(ADD_DUPLICATES, (len(events) - len(new_ids),))
     new_ids.sort()
     return [(event_id, key) for event_id, key in new_ids]
-
-
-async def _without_held_wamids(conn: aiosqlite.Connection, events: Sequence[Event]) -> Sequence[Event]:
-    """The events less the messages whose wamid the journal, or an earlier event here, holds for that title."""
-    wamids = list({event.platform_message_id for event in events if _wamid(event)})
-    if not wamids:
-        return events
-    held: set[tuple[str, str]] = set()
-    for start in range(0, len(wamids), 500):
-        chunk = wamids[start:start + 500]
-        found = await conn.execute_fetchall(HELD_WAMIDS.format(marks=", ".join("?" * len(chunk))), chunk)
-        held.update((title, wamid) for title, wamid in found)
-    fresh = []
-    for event in events:
-        if _wamid(event):
-            mark = (event.title, event.platform_message_id)
-            if mark in held:
-                continue
-            held.add(mark)
-        fresh.append(event)
-    return fresh
-
-
-def _wamid(event: Event) -> bool:
-    return (event.direction is not None and event.platform_message_id is not None
-            and event.platform_message_id.startswith(WAMID_PREFIX))
 
 
 def _event_row(event: Event, stamps: dict[datetime, str]) -> tuple[Any, ...]:

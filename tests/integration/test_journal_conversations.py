@@ -74,8 +74,9 @@ async def test_a_v1_journal_gets_its_conversations_on_upgrade(tmp_path):
         await journal.append([normalize(p, RECEIVED) for p in PAYLOADS[:3]])
     finally:
         await journal.close()
-    # simulate v1 rows: drop what v2 to v8 added, then downgrade the version number
+    # simulate v1 rows: drop what v2 to v9 added, then downgrade the version number
     conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER events_wamid_once")
     conn.execute("DROP INDEX events_status_reports")
     conn.execute("DROP INDEX events_platform_message_id")
     conn.execute("DROP INDEX quarantine_open")
