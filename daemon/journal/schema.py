@@ -17,8 +17,9 @@ from loguru import logger
 from daemon.journal.errors import JournalError, rollback
 from daemon.records import conversation_id_for
 
-# The journal's record of a conversation (v2's table) is folded in one event at a time by the
-# events_conversation trigger, and over all events in id order by the v2 backfill (REBUILD_CONVERSATIONS).
+# The journal's record of a conversation (v2's table) was folded in one event at a time by the
+# events_conversation trigger (v2, v3), and over all events in id order by the v2 backfill
+# (REBUILD_CONVERSATIONS); since v10 intake folds each group's events in id order (daemon.journal.intake FOLD).
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE meta (
@@ -291,6 +292,13 @@ ON CONFLICT (conversation_id) DO UPDATE SET
         SELECT RAISE(IGNORE) WHERE EXISTS (SELECT 1 FROM events
             WHERE platform_message_id = NEW.platform_message_id AND title = NEW.title);
     END;
+    """,
+    # v10: the fan-out to the sinks' delivery rows, the accepted counter and the conversation fold run once
+    # per group commit, as statements in the insert's own transaction (daemon.journal.intake), not once per
+    # event as triggers: the same rows, at half the SQLite time per event.
+    """
+    DROP TRIGGER events_fan_out;
+    DROP TRIGGER events_conversation;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
