@@ -166,6 +166,8 @@ async def read_body(request: web.Request) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise Unreadable(_error(413, f"body is {request.content_length} bytes, over the {limit}-byte limit"))
     try:
+        if request.content.is_eof():  # the whole body came with the headers: nothing to wait for, no timer
+            return await request.read()
         async with asyncio.timeout(server.read_timeout_s):  # no task of its own, unlike wait_for
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
