@@ -207,7 +207,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
     for position, element in enumerate(elements):
         if position and not position % NORMALIZE_SLICE:
             await asyncio.sleep(0)
-        item = normalize(element.value, received_at, element.raw)
+        item = normalize(element.value, received_at, element.raw, element.wide_numbers)
         if isinstance(item, Rejected):
             rejected.append(item)
         else:

@@ -4,7 +4,7 @@ import json
 from datetime import datetime, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from daemon.events import (
@@ -408,6 +408,29 @@ def test_every_element_a_store_refuses_is_found_and_no_other(value):
     cleaned = storable_json(raw)
     assert (cleaned is None) == _storable(received)
     assert _storable(json.loads(cleaned if cleaned is not None else raw))
+
+
+_NUMBER = st.from_regex(r"-?(0|[1-9][0-9]{0,320})(\.[0-9]{1,340})?([eE][-+]?0*[0-9]{1,4})?", fullmatch=True)
+
+
+_EDGES = ["9" * 299, "9" * 310, "-" + "9" * 400, "9" * 5000, "0." + "0" * 330 + "1", "1." + "0" * 400, "1e400",
+          "-1E-999", "1e+0400", "1e99", "4.9e-324"]  # beyond a double (and Python's int limit), or just within
+
+
+def assert_found_without_search(numbers):
+    raw = '{"title":"x","n":[' + ",".join(numbers) + "]}"
+    (element,) = parse_body(raw.encode())
+    assert storable_json(raw, element.wide_numbers) == storable_json(raw)
+
+
+@given(numbers=st.lists(_NUMBER, min_size=1, max_size=4))
+def test_numbers_parse_body_finds_within_range_need_no_search(numbers):
+    assert_found_without_search(numbers)
+
+
+@pytest.mark.parametrize("number", _EDGES)
+def test_numbers_at_the_edge_of_a_double_are_found_by_parse_body(number):
+    assert_found_without_search([number])
 
 
 def test_a_date_of_hundreds_of_digits_is_the_receive_time():
