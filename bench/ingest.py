@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import resource
@@ -54,6 +55,9 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 FSYNC_EVENTS = "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync"
 OPEN_LOOP_CONNECTIONS = 512  # enough that the client never queues a request behind a busy connection
 WARM_CONNECTIONS = 64
+# One numbering for every request of the run (warm-up and all rounds): each carries a new event, never a
+# duplicate of an earlier round's, which the journal would only count.
+SEQUENCE = itertools.count()
 
 
 def payload(n: int, per_request: int) -> bytes:
@@ -76,14 +80,13 @@ def payload(n: int, per_request: int) -> bytes:
 async def drive(url: str, connections: int, seconds: float, per_request: int) -> dict[str, float]:
     """Closed loop: each of `connections` workers posts, waits for the answer, posts again."""
     latencies: list[float] = []
-    counter = iter(range(10**9))
     errors = 0
     deadline = time.monotonic() + seconds
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal errors
         while time.monotonic() < deadline:
-            body = payload(next(counter), per_request)
+            body = payload(next(SEQUENCE), per_request)
             started = time.perf_counter()
             async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
                 await response.read()
@@ -106,7 +109,7 @@ async def drive_rate(url: str, rate: float, seconds: float, per_request: int) ->
     lags: list[float] = []
     errors = 0
     total = int(rate * seconds)
-    bodies = [payload(n, per_request) for n in range(total)]  # built before: the client's pace is the rate's
+    bodies = [payload(next(SEQUENCE), per_request) for _ in range(total)]  # built before: the rate sets the pace
 
     async def send(session: aiohttp.ClientSession, body: bytes, due: float) -> None:
         nonlocal errors
@@ -125,7 +128,7 @@ async def drive_rate(url: str, rate: float, seconds: float, per_request: int) ->
     connector = aiohttp.TCPConnector(limit=OPEN_LOOP_CONNECTIONS)
     async with aiohttp.ClientSession(connector=connector) as session:
         # Open the connections first: a burst of connects mid-run would time the listen backlog, not the answers.
-        await asyncio.gather(*(_post(session, url, payload(10**8 + n, per_request)) for n in range(WARM_CONNECTIONS)))
+        await asyncio.gather(*(_post(session, url, payload(next(SEQUENCE), per_request)) for _ in range(WARM_CONNECTIONS)))
         tasks = []
         begin = time.perf_counter()
         for n, body in enumerate(bodies):
@@ -244,13 +247,15 @@ def main() -> int:
         _wait_listening(bare_port)
         for url in (daemon.url, bare_url):  # warm up both
             asyncio.run(drive(url, 8, 1.0, per_request))
-        before = daemon.status()["journal"]
+        status = daemon.status()
+        before, duplicates_before = status["journal"], status["webhook"]["duplicates"]
         fsyncs = FsyncCounter(daemon.process.pid)
         for _ in range(args.rounds):  # alternate, so drift on the machine hits both alike
             ours.append(measured(lambda: round_of(daemon.url), daemon.process.pid))
             baseline.append(measured(lambda: round_of(bare_url), bare.pid))
         fsynced = fsyncs.stop()
-        after = daemon.status()["journal"]
+        status = daemon.status()
+        after, duplicates = status["journal"], status["webhook"]["duplicates"] - duplicates_before
     finally:
         bare.send_signal(signal.SIGINT)
         bare.wait(timeout=10)
@@ -279,7 +284,8 @@ def main() -> int:
               f"{ours_median['lag_p99_ms']:.1f} ms (bare: {bare_median['lag_p99_ms']:.1f} ms)")
     fsync_text = f"{fsynced} fsyncs = {fsynced / max(events, 1):.3f} fsyncs/event" if fsynced is not None \
         else "fsyncs not counted (perf stat could not attach)"
-    print(f"journal: {commits} commits for {events} events = {commits / max(events, 1):.3f} commits/event; {fsync_text}")
+    print(f"journal: {commits} commits for {events} events = {commits / max(events, 1):.3f} commits/event; {fsync_text}"
+          + (f"; {duplicates} duplicates (every event should be new)" if duplicates else ""))
     print(f"ratio chatledger / bare: {ratio:.2f}  (goals: >= 0.65 at 64 connections; p99 <= 10 ms at 2,000 "
           "requests/s; <= 0.1 fsyncs/event)")
     return 0
