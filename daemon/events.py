@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import re
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -100,13 +101,40 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+class _Literals(threading.local):
+    """Whether the element being decoded has a number literal that may be out of a double's range: the
+    decoder hands over each number's text, so the element's text need not be searched for them again."""
+
+    wide = False
+
+
+_LITERALS = _Literals()
+_WIDE_EXPONENT = re.compile(r"[eE][-+]?[0-9]{3}")
+WIDE_DIGITS = 300  # a literal of fewer digits and an exponent under 100 is within a double's range
+
+
+def _float_literal(literal: str) -> float:
+    if len(literal) >= WIDE_DIGITS or _WIDE_EXPONENT.search(literal):
+        _LITERALS.wide = True
+    return float(literal)
+
+
+def _int_literal(literal: str) -> int:
+    if len(literal) >= WIDE_DIGITS:
+        _LITERALS.wide = True
+    return int(literal)
+
+
 def _lenient_int(literal: str) -> int | float:
+    if len(literal) >= WIDE_DIGITS:
+        _LITERALS.wide = True
     return int(literal) if len(literal) <= 4000 else float(literal)  # float(): inf, and no quadratic time
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_float_literal, parse_int=_int_literal)
 # Only for a body the fast decoder refused for an integer of more than 4300 digits (Python's limit).
-_LENIENT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_lenient_int)
+_LENIENT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_float_literal,
+                                    parse_int=_lenient_int)
 _WHITESPACE = " \t\n\r"
 _NOT_DIGITS = re.compile(r"[^0-9]+")
 # A phone as people write it: digits, an optional leading +, groups parted by spaces, dashes, dots or
@@ -121,10 +149,12 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 @dataclass(frozen=True)
 class Element:
-    """One element of a webhook body: its decoded value and its exact text in the body."""
+    """One element of a webhook body: its decoded value, its exact text in the body, and whether it has a
+    number literal that may be out of a double's range (normalize's `wide_numbers`)."""
 
     value: Any
     raw: str
+    wide_numbers: bool = True
 
 
 def parse_body(body: bytes, max_elements: int | None = None) -> list[Element]:
@@ -164,8 +194,9 @@ def _split_elements(text: str, decoder: json.JSONDecoder, max_elements: int | No
             while True:
                 if max_elements is not None and len(elements) == max_elements:
                     raise TooManyElements(f"body holds more than {max_elements} elements")
+                _LITERALS.wide = False
                 value, end = decoder.raw_decode(text, position)
-                elements.append(Element(value, text[position:end]))
+                elements.append(Element(value, text[position:end], _LITERALS.wide))
                 position = _skip(text, end)
                 if position < len(text) and text[position] == ",":
                     position = _skip(text, position + 1)
@@ -177,11 +208,12 @@ def _split_elements(text: str, decoder: json.JSONDecoder, max_elements: int | No
         if _skip(text, position) != len(text):
             raise json.JSONDecodeError("extra data after the array", text, _skip(text, position))
         return elements
+    _LITERALS.wide = False
     value, end = decoder.raw_decode(text, start)
     if _skip(text, end) != len(text):
         raise json.JSONDecodeError("extra data after the value", text, _skip(text, end))
     if isinstance(value, dict):
-        return [Element(value, text[start:end])]
+        return [Element(value, text[start:end], _LITERALS.wide)]
     raise BodyError(f"body must be a JSON object or an array of objects, not {_json_kind(value)}")
 
 
@@ -191,21 +223,23 @@ def _skip(text: str, position: int) -> int:
     return position
 
 
-def normalize(element: Any, received_at: datetime, raw: str | None = None) -> Event | Rejected:
+def normalize(element: Any, received_at: datetime, raw: str | None = None,
+              wide_numbers: bool = True) -> Event | Rejected:
     """Turn one webhook element into an Event, or say why it is rejected; never raises.
 
-    `raw` is the element's text as received; without it the element is serialized again.
+    `raw` is the element's text as received; without it the element is serialized again. `wide_numbers`
+    False says no number in `raw` can be out of a double's range (parse_body knows: Element.wide_numbers).
     """
     try:
         if raw is None:
             raw = _dumps(element)
-        return _normalize(element, received_at, raw)
+        return _normalize(element, received_at, raw, wide_numbers)
     except Exception as exc:  # noqa: BLE001 - one unreadable element is quarantined, never the request
         reason = f"element cannot be read: {type(exc).__name__}: {exc}"[:300]
         return Rejected(reason, raw if raw is not None else _dumps_safely(element), received_at)
 
 
-def _normalize(element: Any, received_at: datetime, raw: str) -> Event | Rejected:
+def _normalize(element: Any, received_at: datetime, raw: str, wide_numbers: bool) -> Event | Rejected:
     if not isinstance(element, dict):
         return Rejected(f"element is {_json_kind(element)}, not an object", raw, received_at)
     title = element.get("title")
@@ -229,7 +263,7 @@ def _normalize(element: Any, received_at: datetime, raw: str) -> Event | Rejecte
         return Rejected(f"title {title!r} is chatledger's own (its bot API and reconciliation journal it), "
                         "not a webhook's", raw, received_at)
     direction = MESSAGE_TITLES.get(title)
-    cleaned = storable_json(raw)
+    cleaned = storable_json(raw, wide_numbers)
     return Event(
         # keyed by what came: two ids that clean alike (m\x001 and m1) are two messages
         dedup_key=dedup_key(element, _key_part(title), _key_part(given_id) if given_id else None),
@@ -444,14 +478,17 @@ def storable_text(text: str) -> str:
 # What in valid JSON text a store refuses: a \u0000 escape or a lone surrogate escape (PostgreSQL's
 # jsonb), a number out of a double's range (jsonb's numeric stops near 1e131072 and 1e-16383;
 # Airtable's numbers are doubles). Cheap to look for (two searches, the escapes' only where a \u is);
-# a hit is checked exactly by storable_json.
-_HIGH, _LOW = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-_SUSPECT_ESCAPE = re.compile(rf"\\u0000|{_HIGH}(?!{_LOW})|(?<!{_HIGH}){_LOW}")
+# a hit is checked exactly by storable_json. Every branch of the escapes' search begins with the literal
+# \u, which the regex engine finds by a fast scan (a branch opening with a lookbehind would be tried at
+# every character: 25 times slower on a typical element with accents).
+_HEX2 = "[0-9a-fA-F]{2}"
+_SUSPECT_ESCAPE = re.compile(rf"\\u(?:0000|[dD][89abAB]{_HEX2}(?!\\u[dD][c-fC-F]{_HEX2})"
+                             rf"|(?<!\\u[dD][89abAB]{_HEX2}\\u)[dD][c-fC-F]{_HEX2})")
 _SUSPECT_NUMBER = re.compile(r"[0-9](?:[eE][-+]?[0-9]{3}|[0-9]{299})")
 
 
-def _suspect(raw: str) -> bool:
-    return bool(("\\u" in raw and _SUSPECT_ESCAPE.search(raw)) or _SUSPECT_NUMBER.search(raw))
+def _suspect(raw: str, numbers: bool = True) -> bool:
+    return bool(("\\u" in raw and _SUSPECT_ESCAPE.search(raw)) or (numbers and _SUSPECT_NUMBER.search(raw)))
 
 
 UNWALKED_KEY = "chatledger_element_as_text"
@@ -464,10 +501,11 @@ class _Number(str):
 _LITERAL_DECODER = json.JSONDecoder(parse_float=_Number, parse_int=_Number, parse_constant=_reject_constant)
 
 
-def storable_json(raw: str) -> str | None:
+def storable_json(raw: str, wide_numbers: bool = True) -> str | None:
     """`raw` (JSON text) cleaned so that every store takes it, or None when it already is: strings
-    through storable_text, a number no double can hold as its literal text in a string."""
-    if not _suspect(raw):
+    through storable_text, a number no double can hold as its literal text in a string. `wide_numbers`
+    False: its numbers are known to be within range."""
+    if not _suspect(raw, wide_numbers):
         return None
     changed: list[bool] = []
     try:

@@ -21,6 +21,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Any
 
@@ -207,6 +208,7 @@ def _id(kind: str, name: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"chatledger:{kind}:{name}"))
 
 
+@lru_cache(maxsize=4096)  # intake asks it for every event, mostly of the same few hundred conversations
 def conversation_id_for(bot_id: str | None, contact_id: str | None, phone: str | None) -> str | None:
     """The deterministic conversation id of (bot, contact); None when the event names no one."""
     who = contact_id or (f"phone:{phone}" if phone else None)

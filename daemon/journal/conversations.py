@@ -1,5 +1,5 @@
-"""The journal's read model of conversations: its record of each (folded by the events_conversation
-trigger, daemon.journal.schema) and the events it holds of them. Reads only: the daemon's Journal and an
+"""The journal's read model of conversations: its record of each (folded by intake in each group commit,
+daemon.journal.intake FOLD) and the events it holds of them. Reads only: the daemon's Journal and an
 offline JournalReader share it."""
 
 from __future__ import annotations

@@ -214,10 +214,15 @@ class Writer:
         try:
             # isolation_level IMMEDIATE: the first write opens the transaction, saving a trip
             try:
+                # a group of intake alone commits (the fsync: WAL, synchronous=FULL) in the same trip
                 new_ids = await write_intake(self.conn, [event for intake in intakes for event in intake.events],
-                                             [item for intake in intakes for item in intake.rejected])
-                outcomes = [(True, await op.run(self.conn)) for op in ops]
-                await self.conn.commit()  # the fsync (WAL, synchronous=FULL)
+                                             [item for intake in intakes for item in intake.rejected],
+                                             commit=not ops)
+                if ops:
+                    outcomes = [(True, await op.run(self.conn)) for op in ops]
+                    await self.conn.commit()
+                else:
+                    outcomes = []
             except BaseException:
                 await rollback(self.conn)
                 raise

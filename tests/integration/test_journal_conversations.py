@@ -74,8 +74,11 @@ async def test_a_v1_journal_gets_its_conversations_on_upgrade(tmp_path):
         await journal.append([normalize(p, RECEIVED) for p in PAYLOADS[:3]])
     finally:
         await journal.close()
-    # simulate v1 rows: drop what v2 to v8 added, then downgrade the version number
+    # simulate v1 rows: undo what v2 to v10 did, then downgrade the version number
     conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER events_wamid_once")
+    (fan_out,) = [sql for sql in statements(MIGRATIONS[0]) if "CREATE TRIGGER events_fan_out" in sql]
+    conn.execute(fan_out)  # v10 dropped it
     conn.execute("DROP INDEX events_status_reports")
     conn.execute("DROP INDEX events_platform_message_id")
     conn.execute("DROP INDEX quarantine_open")
@@ -87,7 +90,6 @@ async def test_a_v1_journal_gets_its_conversations_on_upgrade(tmp_path):
     conn.execute("DELETE FROM meta WHERE key = 'audit_salt'")
     conn.execute("UPDATE events SET conversation_id = NULL")
     conn.execute("DELETE FROM conversations")
-    conn.execute("DROP TRIGGER events_conversation")
     conn.execute("DROP TABLE conversations")
     conn.execute("DROP INDEX events_conversation")
     conn.execute("ALTER TABLE events DROP COLUMN conversation_id")

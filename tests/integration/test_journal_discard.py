@@ -9,6 +9,7 @@ import pytest
 
 from daemon.events import normalize
 from daemon.journal import Journal, Requeue, check_journal, read_dead_letters
+from daemon.journal import intake
 from daemon.journal import schema as journal_schema
 from tests.support import incoming
 
@@ -109,6 +110,8 @@ async def test_a_v4_journal_migrates_keeping_every_delivery_row(tmp_path, monkey
     with monkeypatch.context() as old:
         old.setattr(journal_schema, "MIGRATIONS", journal_schema.MIGRATIONS[:4])
         old.setattr(journal_schema, "SCHEMA_VERSION", 4)
+        for statement in ("FAN_OUT", "FOLD", "ADD_ACCEPTED"):  # v4's triggers did their work (v10 moved it)
+            old.setattr(intake, statement, "SELECT ?")
         v4 = await Journal.open(path, ["postgres", "airtable"])
         await v4.append([normalize(incoming(f"wamid.{i}"), NOW) for i in range(1, 5)])
         await v4.mark_delivered("postgres", [1, 2])

@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from daemon.events import normalize
-from daemon.journal import Journal
+from daemon.events import WAMID_PREFIX, normalize
+from daemon.journal import MIGRATIONS, Journal
 
 NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
 WAMID = "wamid.HBgMNTUzMjk5OTI5OTY5FQIAERgSRkFLRTEyMzQ1Njc4OTAA"
@@ -71,9 +71,19 @@ async def test_an_incoming_wamid_does_not_hold_an_outgoing_message(journal):
     assert (result.accepted, result.duplicates) == (2, 0)
 
 
+def wamid_trigger():
+    (migration,) = [text for text in MIGRATIONS if "events_wamid_once" in text]
+    return " ".join(migration.split())
+
+
+def test_the_trigger_knows_a_wamid_as_events_does():
+    assert f"platform_message_id GLOB '{WAMID_PREFIX}*'" in wamid_trigger()
+
+
 async def test_the_wamid_lookup_reads_an_index(journal):
-    from daemon.journal.intake import HELD_WAMIDS
+    lookup = "SELECT 1 FROM events WHERE platform_message_id = {} AND title = {}"
+    assert lookup.format("NEW.platform_message_id", "NEW.title") in wamid_trigger()
     with sqlite3.connect(journal.path) as conn:
-        plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + HELD_WAMIDS.format(marks="?, ?"),
-                                                         (WAMID, "x")))
+        plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + lookup.format("?", "?"),
+                                                         (WAMID, "incoming_message")))
     assert "USING COVERING INDEX events_platform_message_id" in plan, plan

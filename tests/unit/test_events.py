@@ -4,9 +4,12 @@ import json
 from datetime import datetime, timezone
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from daemon.events import (
     BodyError, Event, Rejected, digits_only, is_phone_number, mentions_phone, normalize, parse_body, parse_date,
+    storable_json,
 )
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
@@ -378,6 +381,56 @@ def test_storable_elements_are_kept_verbatim(raw):
     (element,) = parse_body(raw.encode())
     event = normalize(element.value, NOW, element.raw)
     assert (event.raw, event.original) == (raw, None)
+
+
+# Strings of what the escapes' search must tell apart: NULs, lone surrogates, pairs, escaped backslashes.
+_TRICKY = st.text(alphabet=st.sampled_from(["a", "\x00", "\ud800", "\udbff", "\udc00", "\udfff", "\ud83d",
+                                            "\ude00", "\u00e9", "\\", "u", "0", "d"]), max_size=6)
+_VALUES = st.recursive(st.none() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | _TRICKY,
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
+                       max_leaves=8)
+
+
+def _storable(value):
+    if isinstance(value, str):
+        return "\x00" not in value and not any("\ud800" <= c <= "\udfff" for c in value)
+    if isinstance(value, list):
+        return all(_storable(item) for item in value)
+    if isinstance(value, dict):
+        return all(_storable(key) and _storable(item) for key, item in value.items())
+    return True
+
+
+@given(value=_VALUES)
+def test_every_element_a_store_refuses_is_found_and_no_other(value):
+    raw = json.dumps({"title": "x", "v": value})  # ASCII: every NUL and surrogate an escape
+    received = json.loads(raw)  # adjacent high and low surrogates are one character again
+    cleaned = storable_json(raw)
+    assert (cleaned is None) == _storable(received)
+    assert _storable(json.loads(cleaned if cleaned is not None else raw))
+
+
+_NUMBER = st.from_regex(r"-?(0|[1-9][0-9]{0,320})(\.[0-9]{1,340})?([eE][-+]?0*[0-9]{1,4})?", fullmatch=True)
+
+
+_EDGES = ["9" * 299, "9" * 310, "-" + "9" * 400, "9" * 5000, "0." + "0" * 330 + "1", "1." + "0" * 400, "1e400",
+          "-1E-999", "1e+0400", "1e99", "4.9e-324"]  # beyond a double (and Python's int limit), or just within
+
+
+def assert_found_without_search(numbers):
+    raw = '{"title":"x","n":[' + ",".join(numbers) + "]}"
+    (element,) = parse_body(raw.encode())
+    assert storable_json(raw, element.wide_numbers) == storable_json(raw)
+
+
+@given(numbers=st.lists(_NUMBER, min_size=1, max_size=4))
+def test_numbers_parse_body_finds_within_range_need_no_search(numbers):
+    assert_found_without_search(numbers)
+
+
+@pytest.mark.parametrize("number", _EDGES)
+def test_numbers_at_the_edge_of_a_double_are_found_by_parse_body(number):
+    assert_found_without_search([number])
 
 
 def test_a_date_of_hundreds_of_digits_is_the_receive_time():
