@@ -186,7 +186,7 @@ def parse_body(body: bytes, max_elements: int | None = None) -> list[Element]:
 def _split_elements(text: str, decoder: json.JSONDecoder, max_elements: int | None) -> list[Element]:
     start = _skip(text, 0)
     if start < len(text) and text[start] == "[":
-        elements = []
+        elements: list[Element] = []
         position = _skip(text, start + 1)
         if position < len(text) and text[position] == "]":
             position += 1

@@ -86,7 +86,7 @@ class EscalationRow:
     escalation_id: str
     ticket_id: str
     conversation_id: str
-    reason: str
+    reason: str | None
     priority: str
     status: str
     customer_phone: str | None
@@ -321,10 +321,10 @@ def merged_interactions(rows: Iterable[InteractionRow]) -> list[InteractionRow]:
         if known is None:
             merged[row.interaction_id] = row
         elif row.reported:
-            merged[row.interaction_id] = replace(known, status=later_status(known.status, row.status))
+            merged[row.interaction_id] = replace(known, status=_later(known.status, row.status))
         elif row.from_api:
             merged[row.interaction_id] = replace(
-                known, content=_given(row.content, known.content), status=later_status(known.status, row.status),
+                known, content=_given(row.content, known.content), status=_later(known.status, row.status),
                 customer_phone=_given(known.customer_phone, row.customer_phone),
                 intent=_given(row.intent, known.intent), response=_given(row.response, known.response),
                 processing_time_ms=_given(row.processing_time_ms, known.processing_time_ms),
@@ -332,7 +332,7 @@ def merged_interactions(rows: Iterable[InteractionRow]) -> list[InteractionRow]:
         else:
             merged[row.interaction_id] = replace(known, occurred_at=row.occurred_at,
                                                  content=_given(known.content, row.content),
-                                                 status=later_status(known.status, row.status))
+                                                 status=_later(known.status, row.status))
     return list(merged.values())
 
 
@@ -350,6 +350,10 @@ def later_status(*statuses: str | None) -> str | None:
 def delivery_status_key(message_key: str, status: str) -> str:
     """The dedup key of a reported status: one event per message and status, whoever learns it again."""
     return f"status:{message_key}:{status}"
+
+
+def _later(known: str, given: str) -> str:
+    return later_status(known, given) or known
 
 
 def _given(first: Any, second: Any) -> Any:

@@ -57,7 +57,8 @@ class Erasure(Writes):
             quarantined = (await conn.execute(FORGET_QUARANTINE, (phone,))).rowcount
             return {"events": len(keys), "conversations": conversations, "quarantined": quarantined}, keys
 
-        return await self.write(run)
+        erased: tuple[dict[str, int], list[str]] = await self.write(run)
+        return erased
 
     async def forget_counts(self, phone: str, conversation_ids: Sequence[str]) -> tuple[dict[str, int], list[str]]:
         """What `forget` would erase (a dry run): the same counts and dedup keys, read without writing."""

@@ -13,6 +13,7 @@ import stat
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import aiosqlite
@@ -198,8 +199,7 @@ def lock(path: Path) -> int:
 async def configure(conn: aiosqlite.Connection, path: Path) -> None:
     """Set the connection as the journal needs it: WAL, synchronous=FULL, foreign keys, secure delete."""
     try:
-        cursor = await conn.execute("PRAGMA journal_mode = WAL")
-        (mode,) = await cursor.fetchone()
+        (mode,) = await fetch_one(conn, "PRAGMA journal_mode = WAL")
         if str(mode).lower() != "wal":
             raise JournalError(f"journal {path}: cannot switch to WAL mode (got {mode})")
         await conn.execute("PRAGMA synchronous = FULL")
@@ -234,7 +234,7 @@ async def quick_check(conn: aiosqlite.Connection, path: Path) -> None:
     finally:
         if not check.done():
             check.cancel()
-        await conn.set_progress_handler(None, 0)
+        await conn.set_progress_handler(None, 0)  # type: ignore[arg-type]  # None removes it (sqlite3's docs)
     if found != ["ok"]:
         raise JournalError(damaged(path, "; ".join(found[:3])))
     logger.debug("journal {}: integrity quick check ok in {:.1f} s", path, time.monotonic() - started)
@@ -242,3 +242,11 @@ async def quick_check(conn: aiosqlite.Connection, path: Path) -> None:
 
 async def _fetch_all(conn: aiosqlite.Connection, sql: str) -> list[Any]:
     return list(await (await conn.execute(sql)).fetchall())
+
+
+async def fetch_one(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+    """The row a PRAGMA or an aggregate always answers."""
+    row = await (await conn.execute(sql, params)).fetchone()
+    if row is None:
+        raise JournalError(f"the journal answered no row to {sql.split()[0]} {sql.split()[1]}")
+    return tuple(row)

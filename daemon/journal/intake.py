@@ -127,7 +127,7 @@ async def in_thread(conn: aiosqlite.Connection, work: Callable[..., T], *args: A
     """`work(the sqlite3 connection, *args)` on the connection's own thread: many statements, one round trip
     (each aiosqlite call is one, some 50 µs). aiosqlite has no public way to do it: its `_execute` is what
     its own methods use (tests/integration/test_journal*.py run every intake through it)."""
-    return cast(T, await conn._execute(lambda: work(conn._conn, *args)))
+    return cast(T, await conn._execute(lambda: work(conn._conn, *args)))  # type: ignore[no-untyped-call]
 
 
 def _event_row(event: Event, stamps: dict[datetime, str]) -> tuple[Any, ...]:

@@ -19,7 +19,7 @@ from daemon.journal.deliveries import (
     DEAD_LETTER_KEYS, DEAD_LETTERS, DISCARDED_KEYS, DISCARDED_LETTERS, DISCARDS_SINCE,
 )
 from daemon.journal.errors import JournalError
-from daemon.journal.files import lock, unreadable
+from daemon.journal.files import fetch_one, lock, unreadable
 
 
 class JournalReader(ConversationReads):
@@ -42,7 +42,7 @@ class JournalReader(ConversationReads):
             raise JournalError(f"journal {path}: cannot open it read-only: {exc}") from None
         try:
             await conn.execute("PRAGMA busy_timeout = 5000")
-            (version,) = await (await conn.execute("PRAGMA user_version")).fetchone()
+            (version,) = await fetch_one(conn, "PRAGMA user_version")
         except sqlite3.Error as exc:
             await conn.close()
             raise JournalError(f"journal {path}: {exc}") from None
@@ -54,7 +54,7 @@ class JournalReader(ConversationReads):
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         cursor = await self._conn.execute(sql, params)
-        return list(await cursor.fetchall())
+        return [tuple(row) for row in await cursor.fetchall()]
 
     async def close(self) -> None:
         await self._conn.close()

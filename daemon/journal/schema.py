@@ -15,6 +15,7 @@ import aiosqlite
 from loguru import logger
 
 from daemon.journal.errors import JournalError, rollback
+from daemon.journal.files import fetch_one
 from daemon.records import conversation_id_for
 
 # The journal's record of a conversation (v2's table) was folded in one event at a time by the
@@ -354,8 +355,8 @@ EVENT_COLUMNS = (
 
 async def refuse_unversioned(conn: aiosqlite.Connection, path: Path) -> None:
     """Tables without a schema version (a journal restored from `.dump`): migrating would fail half-way."""
-    (version,) = await (await conn.execute("PRAGMA user_version")).fetchone()
-    (tables,) = await (await conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'events'")).fetchone()
+    (version,) = await fetch_one(conn, "PRAGMA user_version")
+    (tables,) = await fetch_one(conn, "SELECT count(*) FROM sqlite_master WHERE name = 'events'")
     if version == 0 and tables:
         raise JournalError(
             f"journal {path} has chatledger's tables but no schema version (restored from a .dump?): set it "
@@ -365,7 +366,7 @@ async def refuse_unversioned(conn: aiosqlite.Connection, path: Path) -> None:
 
 
 async def migrate(conn: aiosqlite.Connection, path: Path) -> None:
-    (version,) = await (await conn.execute("PRAGMA user_version")).fetchone()
+    (version,) = await fetch_one(conn, "PRAGMA user_version")
     if version > SCHEMA_VERSION:
         raise JournalError(
             f"journal {path} has schema v{version}, written by a newer chatledger; this version "
@@ -392,9 +393,9 @@ async def _backfill_conversations(conn: aiosqlite.Connection) -> None:
     """v1 -> v2: give the events already journaled their conversation id, then fold them."""
     after = 0
     while True:
-        rows = await (await conn.execute(
+        rows = list(await (await conn.execute(
             "SELECT id, bot_id, contact_id, phone FROM events WHERE id > ? ORDER BY id LIMIT 5000", (after,)
-        )).fetchall()
+        )).fetchall())
         if not rows:
             break
         after = rows[-1][0]

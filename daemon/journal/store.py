@@ -17,6 +17,7 @@ from loguru import logger
 
 from daemon.events import Event, Rejected, mentions_phone
 from daemon.journal import files, schema
+from daemon.journal.files import fetch_one
 from daemon.journal.conversations import ConversationReads
 from daemon.journal.deliveries import DELIVERY_STATES, DeliveryState
 from daemon.journal.erasure import Erasure
@@ -87,9 +88,9 @@ class Journal(ConversationReads, DeliveryState, Erasure):
             reader = await aiosqlite.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             await reader.execute("PRAGMA busy_timeout = 5000")
             await reader.create_function("mentions_phone", 2, mentions_phone, deterministic=True)  # forget's dry run
-            (last_id,) = await (await writer.execute("SELECT coalesce(max(id), 0) FROM events")).fetchone()
+            (last_id,) = await fetch_one(writer, "SELECT coalesce(max(id), 0) FROM events")
             # two statements: together, max() and count(*) lose their shortcuts and read the whole table
-            (events,) = await (await writer.execute(COUNT_EVENTS)).fetchone()
+            (events,) = await fetch_one(writer, COUNT_EVENTS)
         except BaseException as exc:
             for conn in (reader, writer):
                 if conn is not None:
@@ -142,12 +143,11 @@ class Journal(ConversationReads, DeliveryState, Erasure):
     async def set_page_limit(self, pages: int | None) -> int:
         """Cap the database size in pages (None: no cap): the disk-full drill used by the tests."""
         limit = 0xFFFFFFFE if pages is None else int(pages)  # SQLite's own maximum
-        cursor = await self._writer.conn.execute(f"PRAGMA max_page_count = {limit}")
-        (effective,) = await cursor.fetchone()
+        (effective,) = await fetch_one(self._writer.conn, f"PRAGMA max_page_count = {limit}")
         return int(effective)
 
     async def page_count(self) -> int:
-        (pages,) = await (await self._writer.conn.execute("PRAGMA page_count")).fetchone()
+        (pages,) = await fetch_one(self._writer.conn, "PRAGMA page_count")
         return int(pages)
 
     async def checkpoint(self, attempts: int = 20) -> bool:
@@ -155,7 +155,7 @@ class Journal(ConversationReads, DeliveryState, Erasure):
         WAL); False if readers kept it busy every time."""
         for _ in range(attempts):
             try:
-                (busy, _, _) = await (await self._writer.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")).fetchone()
+                (busy, _, _) = await fetch_one(self._writer.conn, "PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.OperationalError:  # the writer was inside a group commit just then
                 busy = 1
             if not busy:
@@ -199,9 +199,9 @@ class Journal(ConversationReads, DeliveryState, Erasure):
     async def counts(self) -> dict[str, Any]:
         """Events, quarantine, webhook counters and per-sink delivery counts, from the read connection."""
         reader = self._reader
-        (events,) = await (await reader.execute(COUNT_EVENTS)).fetchone()
-        quarantined, quarantine_all = await (await reader.execute(QUARANTINE_COUNTS)).fetchone()
-        counters = dict(await (await reader.execute(SELECT_COUNTERS)).fetchall())
+        (events,) = await fetch_one(reader, COUNT_EVENTS)
+        quarantined, quarantine_all = await fetch_one(reader, QUARANTINE_COUNTS)
+        counters: dict[str, int] = {name: value for name, value in await (await reader.execute(SELECT_COUNTERS)).fetchall()}
         sinks: dict[str, dict[str, Any]] = {}
         for sink, state, count, latest in await (await reader.execute(SINK_STATE_COUNTS)).fetchall():
             entry = sinks.setdefault(sink, {**{s: 0 for s in DELIVERY_STATES}, "dead_last_at": None})
@@ -209,7 +209,7 @@ class Journal(ConversationReads, DeliveryState, Erasure):
             if state == "dead":
                 entry["dead_last_at"] = latest  # when the latest open dead letter died
         for sink in sinks:
-            row = await (await reader.execute(OLDEST_PENDING, (sink,))).fetchone()
+            row = await (await reader.execute(OLDEST_PENDING, (sink,))).fetchone()  # none when nothing is pending
             sinks[sink]["oldest_pending_at"] = row[0] if row else None
         return {"events": events, "quarantined": quarantined, "quarantine_discarded": quarantine_all - quarantined,
                 "counters": counters, "sinks": sinks}
@@ -217,7 +217,7 @@ class Journal(ConversationReads, DeliveryState, Erasure):
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query on the reader connection."""
         cursor = await self._reader.execute(sql, params)
-        return list(await cursor.fetchall())
+        return [tuple(row) for row in await cursor.fetchall()]
 
     # -- lifecycle -------------------------------------------------------------------------------
 
