@@ -128,7 +128,8 @@ async def drive_rate(url: str, rate: float, seconds: float, per_request: int) ->
     connector = aiohttp.TCPConnector(limit=OPEN_LOOP_CONNECTIONS)
     async with aiohttp.ClientSession(connector=connector) as session:
         # Open the connections first: a burst of connects mid-run would time the listen backlog, not the answers.
-        await asyncio.gather(*(_post(session, url, payload(next(SEQUENCE), per_request)) for _ in range(WARM_CONNECTIONS)))
+        warm = [payload(next(SEQUENCE), per_request) for _ in range(WARM_CONNECTIONS)]
+        await asyncio.gather(*(_post(session, url, body) for body in warm))
         tasks = []
         begin = time.perf_counter()
         for n, body in enumerate(bodies):

@@ -180,6 +180,8 @@ def parse_time(stamp: str) -> datetime:
 
 def iso(moment: datetime) -> str:
     """UTC ISO 8601 with milliseconds and Z: sortable as text, the format Airtable writes back."""
+    if moment.tzinfo is timezone.utc:  # intake's own times: two per event, the shortest way
+        return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
     if moment.utcoffset():
         moment = moment.astimezone(timezone.utc)
     return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"

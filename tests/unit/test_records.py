@@ -9,7 +9,7 @@ import pytest
 
 from daemon.delivery import BACKOFF_CAP, backoff_delay
 from daemon.events import StoredEvent
-from daemon.records import conversation_id_for, conversation_status, map_events
+from daemon.records import conversation_id_for, conversation_status, iso, map_events
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 
@@ -174,3 +174,10 @@ def test_a_status_moves_forward_only_whoever_reports_it():
     counted = map_events([message, reported(2, 1, "read")])
     assert len(counted.interactions) == 2 and counted.interactions[1].reported
     assert counted.interactions[1].interaction_id == counted.interactions[0].interaction_id
+
+
+def test_a_moment_is_the_same_text_whatever_its_offset():
+    moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    assert iso(moment) == "2026-01-02T03:04:05.678Z"
+    assert iso(moment.astimezone(timezone(timedelta(hours=-3)))) == "2026-01-02T03:04:05.678Z"
+    assert iso(moment.replace(microsecond=0)) == "2026-01-02T03:04:05.000Z"
