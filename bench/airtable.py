@@ -5,7 +5,8 @@
 Starts the Airtable emulator (5 requests/s per base, 30 s lockout) and the installed daemon
 (Airtable only), creates the tables with `chatledger airtable init`, waits for the daemon to report
 Airtable up (its start-up check done), posts N message events as SendPulse webhooks, and times from
-the first post until the daemon reports nothing pending for Airtable. Goal: >= 47.5 interaction records/s (95 % of the 50/s ceiling: 5 requests of 10), 0 x 429.
+the first post until the daemon reports nothing pending for Airtable. Goal: >= 47.5 interaction records/s
+(95 % of the 50/s ceiling: 5 requests of 10), 0 x 429.
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ def main() -> int:
     try:
         before = emulator.stats()
         daemon, socket = airtable_daemon(work, emulator)
-        events = [incoming(f"wamid.bench.{i}", contact=f"c{i % args.contacts}", phone=f"55119{i % args.contacts:08d}")
-                  for i in range(args.events)]
+        events = [
+            incoming(f"wamid.bench.{i}", contact=f"c{i % args.contacts}", phone=f"55119{i % args.contacts:08d}")
+            for i in range(args.events)
+        ]
         started = time.perf_counter()
         for i in range(0, len(events), args.per_request):
-            status, _ = post(daemon.url, events[i:i + args.per_request])
+            status, _ = post(daemon.url, events[i : i + args.per_request])
             assert status == 200
         intake = time.perf_counter() - started
         wait_drained(daemon, socket, "airtable", args.events, poll=0.05)
@@ -59,9 +62,14 @@ def main() -> int:
         rate_limited = after["rate_limited"] - before["rate_limited"]
         print(f"machine: {machine()}")
         print(f"{args.events} message events from {args.contacts} contacts, posted in {intake:.2f} s")
-        print(f"delivered to Airtable in {elapsed:.1f} s: {args.events / elapsed:.1f} interaction records/s, "
-              f"{requests} requests = {requests / elapsed:.2f} requests/s, {rate_limited} x 429")
-        print(f"goal: >= 47.5 records/s and 0 x 429 -> {'met' if args.events / elapsed >= 47.5 and not rate_limited else 'NOT met'}")
+        print(
+            f"delivered to Airtable in {elapsed:.1f} s: {args.events / elapsed:.1f} interaction records/s, "
+            f"{requests} requests = {requests / elapsed:.2f} requests/s, {rate_limited} x 429"
+        )
+        print(
+            f"goal: >= 47.5 records/s and 0 x 429 -> "
+            f"{'met' if args.events / elapsed >= 47.5 and not rate_limited else 'NOT met'}"
+        )
     finally:
         if daemon is not None and daemon.process.poll() is None:
             daemon.kill()

@@ -46,7 +46,9 @@ def main() -> int:
     emulator = AirtableEmulator(work).start()
     daemon = None
     try:
-        daemon, socket = airtable_daemon(work, emulator, f"linger_s = {args.linger}\n" if args.linger is not None else "")
+        daemon, socket = airtable_daemon(
+            work, emulator, f"linger_s = {args.linger}\n" if args.linger is not None else ""
+        )
         if args.latency:
             emulator.faults(latency=args.latency)
         before = emulator.stats()
@@ -55,8 +57,10 @@ def main() -> int:
         at = [0.0]
         for _ in range(count - 1):
             at.append(at[-1] + (rng.expovariate(args.rate) if args.poisson else 1 / args.rate))
-        events = [incoming(f"wamid.trickle.{i}", contact=f"c{i % args.contacts}",
-                           phone=f"55119{i % args.contacts:08d}") for i in range(count)]
+        events = [
+            incoming(f"wamid.trickle.{i}", contact=f"c{i % args.contacts}", phone=f"55119{i % args.contacts:08d}")
+            for i in range(count)
+        ]
         started = time.perf_counter()
         for i, event in enumerate(events):
             delay = started + at[i] - time.perf_counter()
@@ -76,9 +80,11 @@ def main() -> int:
         requests = after["requests"] - before["requests"]
         rate_limited = after["rate_limited"] - before["rate_limited"]
         print(f"machine: {machine()}")
-        print(f"{count} messages from {args.contacts} contacts, one per body, {args.rate:g} bodies/s"
-              f"{' (Poisson)' if args.poisson else ''} for {sent:.0f} s, Airtable answering in +{args.latency:g} s;"
-              f" all in Airtable {drained - sent:.1f} s after the last")
+        print(
+            f"{count} messages from {args.contacts} contacts, one per body, {args.rate:g} bodies/s"
+            f"{' (Poisson)' if args.poisson else ''} for {sent:.0f} s, Airtable answering in +{args.latency:g} s;"
+            f" all in Airtable {drained - sent:.1f} s after the last"
+        )
         print(f"{requests} requests to the base = {requests / count:.2f} per message, {rate_limited} x 429")
         print(f"goal: <= 0.3 requests per message -> {'met' if requests / count <= 0.3 else 'NOT met'}")
     finally:

@@ -17,7 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -27,15 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from common import machine, wait_drained  # noqa: E402
 from daemon.events import normalize  # noqa: E402
 from daemon.journal import Journal  # noqa: E402
 from daemon.records import map_events, parse_time  # noqa: E402
 from daemon.sinks.postgres import BATCH_SIZE, jsonb_text, migrate, quote_ident  # noqa: E402
 from daemon.testing.postgres import PgCluster  # noqa: E402
-from common import machine, wait_drained  # noqa: E402
 from tests.support import Daemon, write_config  # noqa: E402
 
-T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
 APPEND_CHUNK = 5000
 
 
@@ -44,11 +44,17 @@ def payload(i: int, contacts: int) -> dict:
     inbound = i % 3 != 2
     text = f"message {i}: quero saber o status do meu pedido número {i * 7}"
     return {
-        "title": "incoming_message" if inbound else "outgoing_message", "service": "whatsapp",
-        "bot": {"id": "bench-bot"}, "date": int((T0 + timedelta(seconds=i)).timestamp()),
+        "title": "incoming_message" if inbound else "outgoing_message",
+        "service": "whatsapp",
+        "bot": {"id": "bench-bot"},
+        "date": int((T0 + timedelta(seconds=i)).timestamp()),
         "contact": {"id": f"contact-{contact}", "phone": f"5511{contact:09d}", "name": f"Cliente {contact}"},
-        "info": {"message": {"id": f"wamid.bench.{i}", "channel_data": {"message": {
-            "type": "text", "text": {"body": text} if inbound else text}}}},
+        "info": {
+            "message": {
+                "id": f"wamid.bench.{i}",
+                "channel_data": {"message": {"type": "text", "text": {"body": text} if inbound else text}},
+            }
+        },
     }
 
 
@@ -81,14 +87,39 @@ async def build_rows(journal_path: Path) -> list[tuple[list, list, list]]:
                 return batches
             after = page[-1].id
             records = map_events(page)
-            batches.append((
-                [(e.dedup_key, e.title, e.service, e.bot_id, e.contact_id, parse_time(e.received_at),
-                  jsonb_text(e.raw)) for e in page],
-                [(c.conversation_id, c.customer_phone, c.customer_name, c.first_at, c.last_at)
-                 for c in records.conversations],
-                [(i.interaction_id, i.conversation_id, i.message_id, i.direction, i.content, i.status,
-                  i.customer_phone, i.occurred_at) for i in records.interactions],
-            ))
+            batches.append(
+                (
+                    [
+                        (
+                            e.dedup_key,
+                            e.title,
+                            e.service,
+                            e.bot_id,
+                            e.contact_id,
+                            parse_time(e.received_at),
+                            jsonb_text(e.raw),
+                        )
+                        for e in page
+                    ],
+                    [
+                        (c.conversation_id, c.customer_phone, c.customer_name, c.first_at, c.last_at)
+                        for c in records.conversations
+                    ],
+                    [
+                        (
+                            i.interaction_id,
+                            i.conversation_id,
+                            i.message_id,
+                            i.direction,
+                            i.content,
+                            i.status,
+                            i.customer_phone,
+                            i.occurred_at,
+                        )
+                        for i in records.interactions
+                    ],
+                )
+            )
     finally:
         await journal.close()
 
@@ -105,16 +136,21 @@ async def bare(dsn: str, batches: list[tuple[list, list, list]], events: int) ->
             async with conn.transaction():
                 await conn.executemany(
                     f"INSERT INTO {s}.events (event_id, title, service, bot_id, contact_id, received_at, payload) "
-                    f"VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) ON CONFLICT DO NOTHING", event_rows)
+                    f"VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) ON CONFLICT DO NOTHING",
+                    event_rows,
+                )
                 await conn.executemany(
                     f"INSERT INTO {s}.conversations (conversation_id, customer_phone, customer_name, started_at, "
                     f"last_activity) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (conversation_id) DO UPDATE SET "
                     f"last_activity = greatest({s}.conversations.last_activity, excluded.last_activity)",
-                    conversation_rows)
+                    conversation_rows,
+                )
                 await conn.executemany(
                     f"INSERT INTO {s}.interactions (interaction_id, conversation_id, message_id, direction, content, "
                     f"status, customer_phone, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-                    f"ON CONFLICT DO NOTHING", interaction_rows)
+                    f"ON CONFLICT DO NOTHING",
+                    interaction_rows,
+                )
         elapsed = time.perf_counter() - started
         assert await conn.fetchval(f"SELECT count(*) FROM {s}.events") == events
         return events / elapsed
@@ -139,8 +175,10 @@ def main() -> int:
         started = time.perf_counter()
         asyncio.run(fill_journal(journal_path, args.events, args.contacts))
         print(f"machine: {machine()}")
-        print(f"journaled {args.events} events ({args.contacts} conversations) in "
-              f"{time.perf_counter() - started:.1f} s; journal {journal_path.stat().st_size / 2**20:.0f} MiB")
+        print(
+            f"journaled {args.events} events ({args.contacts} conversations) in "
+            f"{time.perf_counter() - started:.1f} s; journal {journal_path.stat().st_size / 2**20:.0f} MiB"
+        )
 
         rows = None if args.skip_bare else asyncio.run(build_rows(journal_path))
         cluster.start()
@@ -152,8 +190,10 @@ def main() -> int:
         assert daemon.stop(timeout=60) == 0
         daemon = None
         rate = args.events / elapsed
-        print(f"chatledger drain: {elapsed:.1f} s = {rate:.0f} events/s, peak RSS {rss:.0f} MB "
-              f"(goal <= 150 MB at 1M events)")
+        print(
+            f"chatledger drain: {elapsed:.1f} s = {rate:.0f} events/s, peak RSS {rss:.0f} MB "
+            f"(goal <= 150 MB at 1M events)"
+        )
         if not args.skip_bare:
             bare_rate = asyncio.run(bare(cluster.dsn(), rows, args.events))
             print(f"bare asyncpg executemany: {bare_rate:.0f} events/s")

@@ -70,18 +70,35 @@ def hostile_body(scenario: str, round_: int) -> bytes:
 def _realistic(message_id: str, i: int) -> str:
     phone = f"55829{i % 500:08d}"
     event = {
-        "title": "incoming_message", "service": "whatsapp",
+        "title": "incoming_message",
+        "service": "whatsapp",
         "bot": {"id": "68f176502ca6f03a9705c489", "name": "Loja Exemplo", "external_id": "5582930001234"},
-        "contact": {"id": f"6a4969158278b1482a{i % 500:06d}", "phone": phone, "name": "Maria Cliente",
-                    "last_message": "Olá, gostaria de saber o preço do produto", "tags": ["lead", "whatsapp"],
-                    "variables": {"email": "maria@example.com", "cidade": "Maceió", "origem": "anúncio"}},
-        "info": {"message": {"id": f"bench-b-{message_id}", "channel_data": {"message": {
-            "from": phone, "id": f"wamid.HBgMNTU4Mjk{message_id}", "timestamp": "1736092619", "type": "text",
-            "text": {"body": ""}}}}},
+        "contact": {
+            "id": f"6a4969158278b1482a{i % 500:06d}",
+            "phone": phone,
+            "name": "Maria Cliente",
+            "last_message": "Olá, gostaria de saber o preço do produto",
+            "tags": ["lead", "whatsapp"],
+            "variables": {"email": "maria@example.com", "cidade": "Maceió", "origem": "anúncio"},
+        },
+        "info": {
+            "message": {
+                "id": f"bench-b-{message_id}",
+                "channel_data": {
+                    "message": {
+                        "from": phone,
+                        "id": f"wamid.HBgMNTU4Mjk{message_id}",
+                        "timestamp": "1736092619",
+                        "type": "text",
+                        "text": {"body": ""},
+                    }
+                },
+            }
+        },
         "date": 1736092619000 + i,
     }
     text = event["info"]["message"]["channel_data"]["message"]["text"]
-    text["body"] = ("Quero saber o preco e o prazo de entrega. " * 30)[:ELEMENT_BYTES - len(json.dumps(event))]
+    text["body"] = ("Quero saber o preco e o prazo de entrega. " * 30)[: ELEMENT_BYTES - len(json.dumps(event))]
     return json.dumps(event)
 
 
@@ -145,20 +162,24 @@ class Probes:
 
 def webhook_probe(url: str):
     """A one-element incoming_message with a new message id: journaled, answered after the commit."""
+
     async def send(session: aiohttp.ClientSession, n: int) -> int:
         body = json.dumps([incoming(f"probe-{os.getpid()}-{n}", contact=f"p{n % 20}")]).encode()
         async with session.post(url, data=body, headers=HEADERS) as response:
             await response.read()
             return response.status
+
     return send
 
 
 def loop_probe(url: str):
     """A GET of a path the daemon does not serve: a 404 from the event loop, nothing journaled or logged."""
+
     async def send(session: aiohttp.ClientSession, n: int) -> int:
         async with session.get(url) as response:
             await response.read()
             return 200 if response.status == 404 else response.status
+
     return send
 
 
@@ -191,9 +212,12 @@ async def settle(meter: LogMeter) -> None:
 
 
 async def session_run(daemon: Daemon, args: argparse.Namespace, bodies: dict[str, list[bytes]]) -> dict:
-    probes = {"webhook": Probes(webhook_probe(daemon.url), args.interval, args.probe_connections),
-              "loop": Probes(loop_probe(f"http://127.0.0.1:{daemon.port}/bench-loop-probe"), args.interval,
-                             args.probe_connections)}
+    probes = {
+        "webhook": Probes(webhook_probe(daemon.url), args.interval, args.probe_connections),
+        "loop": Probes(
+            loop_probe(f"http://127.0.0.1:{daemon.port}/bench-loop-probe"), args.interval, args.probe_connections
+        ),
+    }
     runners = [asyncio.create_task(probe.run(offset=k * args.interval / 2)) for k, probe in enumerate(probes.values())]
     meter = LogMeter(daemon.log_path)
     rounds: list[dict] = []
@@ -217,8 +241,17 @@ async def session_run(daemon: Daemon, args: argparse.Namespace, bodies: dict[str
                     after = meter.read()
                     while not all(probe.caught_up() for probe in probes.values()):
                         await asyncio.sleep(0.05)
-                    rounds.append({"scenario": scenario, "status": status, "answer": answer, "start": start,
-                                   "end": end, "log_bytes": after[0] - before[0], "log_lines": after[1] - before[1]})
+                    rounds.append(
+                        {
+                            "scenario": scenario,
+                            "status": status,
+                            "answer": answer,
+                            "start": start,
+                            "end": end,
+                            "log_bytes": after[0] - before[0],
+                            "log_lines": after[1] - before[1],
+                        }
+                    )
                     await asyncio.sleep(args.gap)
     finally:
         for probe in probes.values():
@@ -226,10 +259,14 @@ async def session_run(daemon: Daemon, args: argparse.Namespace, bodies: dict[str
         await asyncio.gather(*runners)
     for entry in rounds:
         entry["probes"] = {name: probe.between(entry["start"], entry["end"]) for name, probe in probes.items()}
-    return {"baseline": {name: [p for p in probe.done if baseline[0] <= p[0] < baseline[1]]
-                         for name, probe in probes.items()},
-            "baseline_log": (log_after[0] - log_before[0], log_after[1] - log_before[1]),
-            "rounds": rounds, "probes": {name: probe.done for name, probe in probes.items()}}
+    return {
+        "baseline": {
+            name: [p for p in probe.done if baseline[0] <= p[0] < baseline[1]] for name, probe in probes.items()
+        },
+        "baseline_log": (log_after[0] - log_before[0], log_after[1] - log_before[1]),
+        "rounds": rounds,
+        "probes": {name: probe.done for name, probe in probes.items()},
+    }
 
 
 def latencies(probes: list[tuple[float, float, int]]) -> dict[str, float]:
@@ -237,27 +274,41 @@ def latencies(probes: list[tuple[float, float, int]]) -> dict[str, float]:
     values = sorted((answered - due) * 1000 for due, answered, _ in probes)
     if not values:
         return {"n": 0, "p50": math.nan, "p99": math.nan, "max": math.nan}
-    return {"n": len(values), "p50": statistics.median(values), "p99": values[math.ceil(len(values) * 0.99) - 1],
-            "max": values[-1]}
+    return {
+        "n": len(values),
+        "p50": statistics.median(values),
+        "p99": values[math.ceil(len(values) * 0.99) - 1],
+        "max": values[-1],
+    }
 
 
 def report(result: dict, args: argparse.Namespace, binary: str) -> None:
     print(f"machine: {machine()}")
     print(f"chatledger: {binary}")
-    print(f"probes, each every {args.interval * 1000:g} ms, open loop (latency from when due), up to "
-          f"{args.probe_connections} connections:")
-    print("  webhook: a one-element incoming_message, answered after its commit; "
-          "loop: GET of an unserved path, a 404 from the event loop")
+    print(
+        f"probes, each every {args.interval * 1000:g} ms, open loop (latency from when due), up to "
+        f"{args.probe_connections} connections:"
+    )
+    print(
+        "  webhook: a one-element incoming_message, answered after its commit; "
+        "loop: GET of an unserved path, a 404 from the event loop"
+    )
     for name, done in result["probes"].items():
         failed = sum(1 for *_, status in done if status != 200)
         base = latencies(result["baseline"][name])
-        print(f"  {name}: {len(done)} sent, {failed} not answered as expected; baseline ({args.baseline:g} s quiet, "
-              f"{base['n']} probes): p50 {base['p50']:.1f} ms, p99 {base['p99']:.1f} ms, max {base['max']:.1f} ms")
+        print(
+            f"  {name}: {len(done)} sent, {failed} not answered as expected; baseline ({args.baseline:g} s quiet, "
+            f"{base['n']} probes): p50 {base['p50']:.1f} ms, p99 {base['p99']:.1f} ms, max {base['max']:.1f} ms"
+        )
     print(f"  log during the baseline: {result['baseline_log'][0]} bytes, {result['baseline_log'][1]} lines")
-    print(f"hostile requests: {args.repeats} rounds; medians; probe figures are over the probes in flight while "
-          "the hostile request ran")
-    print(f"{'':<31}{'answer':>7}{'ms':>7} |{'webhook':>7}{'p50':>7}{'p99':>7}{'max':>7} |{'loop':>5}{'p50':>7}"
-          f"{'p99':>7}{'max':>7} |{'log bytes':>10}{'lines':>7}")
+    print(
+        f"hostile requests: {args.repeats} rounds; medians; probe figures are over the probes in flight while "
+        "the hostile request ran"
+    )
+    print(
+        f"{'':<31}{'answer':>7}{'ms':>7} |{'webhook':>7}{'p50':>7}{'p99':>7}{'max':>7} |{'loop':>5}{'p50':>7}"
+        f"{'p99':>7}{'max':>7} |{'log bytes':>10}{'lines':>7}"
+    )
     for scenario in args.scenarios:
         title = SCENARIOS[scenario]
         runs = [entry for entry in result["rounds"] if entry["scenario"] == scenario]
@@ -265,16 +316,24 @@ def report(result: dict, args: argparse.Namespace, binary: str) -> None:
         line = f"({scenario}) {title:<27}{statuses:>7}{_median((e['end'] - e['start']) * 1000 for e in runs):>7.0f} |"
         for name, width in (("webhook", 7), ("loop", 5)):
             figures = [latencies(entry["probes"][name]) for entry in runs]
-            line += f"{_median(f['n'] for f in figures):>{width}.0f}" + "".join(
-                f"{_median(f[key] for f in figures):>7.0f}" for key in ("p50", "p99", "max")) + " |"
+            line += (
+                f"{_median(f['n'] for f in figures):>{width}.0f}"
+                + "".join(f"{_median(f[key] for f in figures):>7.0f}" for key in ("p50", "p99", "max"))
+                + " |"
+            )
         line += f"{_median(e['log_bytes'] for e in runs):>10.0f}{_median(e['log_lines'] for e in runs):>7.0f}"
         print(line)
     print("per round (hostile ms / webhook probe max ms / loop probe max ms):")
     for scenario in args.scenarios:
         runs = [entry for entry in result["rounds"] if entry["scenario"] == scenario]
-        print(f"  ({scenario}) " + ", ".join(
-            f"{(e['end'] - e['start']) * 1000:.0f}/{latencies(e['probes']['webhook'])['max']:.0f}"
-            f"/{latencies(e['probes']['loop'])['max']:.0f}" for e in runs))
+        print(
+            f"  ({scenario}) "
+            + ", ".join(
+                f"{(e['end'] - e['start']) * 1000:.0f}/{latencies(e['probes']['webhook'])['max']:.0f}"
+                f"/{latencies(e['probes']['loop'])['max']:.0f}"
+                for e in runs
+            )
+        )
     print("answers (first round):")
     for scenario in args.scenarios:
         entry = next(e for e in result["rounds"] if e["scenario"] == scenario)
@@ -287,8 +346,9 @@ def _median(values) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chatledger", default=None,
-                        help="the chatledger executable to run (default: the one beside this interpreter)")
+    parser.add_argument(
+        "--chatledger", default=None, help="the chatledger executable to run (default: the one beside this interpreter)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="rounds of the four hostile requests")
     parser.add_argument("--baseline", type=float, default=5.0, help="seconds of quiet probing first")
     parser.add_argument("--interval", type=float, default=0.01, help="seconds between two probes")

@@ -64,16 +64,34 @@ def payload(n: int, per_request: int) -> bytes:
     events = []
     for k in range(per_request):
         i = n * per_request + k
-        events.append({
-            "title": "incoming_message", "service": "whatsapp",
-            "bot": {"id": "68f176502ca6f03a9705c489", "name": "Loja"},
-            "contact": {"id": f"6a4969158278b1482a{i % 500:06d}", "phone": f"55829{i % 500:08d}",
-                        "name": "Cliente", "variables": {}, "tags": []},
-            "info": {"message": {"id": f"bench{os.getpid()}-{i}", "channel_data": {"message": {
-                "from": f"55829{i % 500:08d}", "id": f"wamid.{i}", "type": "text",
-                "text": {"body": "Olá, gostaria de saber o preço do produto"}}}}},
-            "date": 1736092619000 + i,
-        })
+        events.append(
+            {
+                "title": "incoming_message",
+                "service": "whatsapp",
+                "bot": {"id": "68f176502ca6f03a9705c489", "name": "Loja"},
+                "contact": {
+                    "id": f"6a4969158278b1482a{i % 500:06d}",
+                    "phone": f"55829{i % 500:08d}",
+                    "name": "Cliente",
+                    "variables": {},
+                    "tags": [],
+                },
+                "info": {
+                    "message": {
+                        "id": f"bench{os.getpid()}-{i}",
+                        "channel_data": {
+                            "message": {
+                                "from": f"55829{i % 500:08d}",
+                                "id": f"wamid.{i}",
+                                "type": "text",
+                                "text": {"body": "Olá, gostaria de saber o preço do produto"},
+                            }
+                        },
+                    }
+                },
+                "date": 1736092619000 + i,
+            }
+        )
     return json.dumps(events).encode()
 
 
@@ -203,8 +221,12 @@ class FsyncCounter:
         self.process: subprocess.Popen | None = None
         if shutil.which("perf") is None:
             return
-        self.process = subprocess.Popen(["perf", "stat", "-x", ",", "-e", FSYNC_EVENTS, "-p", str(pid)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            ["perf", "stat", "-x", ",", "-e", FSYNC_EVENTS, "-p", str(pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(0.3)  # attached (or failed) by then
         if self.process.poll() is not None:
             self.process = None
@@ -269,26 +291,43 @@ def main() -> int:
     ratio = ours_median["events_per_s"] / bare_median["events_per_s"]
     print(f"machine: {machine()}")
     if args.rate:
-        print(f"load: {args.rate:.0f} requests/s open loop, {args.rounds} alternating rounds of {args.seconds:.0f} s, "
-              f"{per_request} event(s) per request; medians; latency from each request's scheduled start")
+        print(
+            f"load: {args.rate:.0f} requests/s open loop, {args.rounds} alternating rounds of {args.seconds:.0f} s, "
+            f"{per_request} event(s) per request; medians; latency from each request's scheduled start"
+        )
     else:
-        print(f"load: {args.connections} connections, {args.rounds} alternating rounds of {args.seconds:.0f} s, "
-              f"{per_request} event(s) per request; medians")
-    print(f"{'':<14}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-          f"{'CPU µs/event: main':>20}{'threads':>9}{'client':>8}   rounds (events/s; p99 ms)")
+        print(
+            f"load: {args.connections} connections, {args.rounds} alternating rounds of {args.seconds:.0f} s, "
+            f"{per_request} event(s) per request; medians"
+        )
+    print(
+        f"{'':<14}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
+        f"{'CPU µs/event: main':>20}{'threads':>9}{'client':>8}   rounds (events/s; p99 ms)"
+    )
     for name, median, runs in (("chatledger", ours_median, ours), ("bare aiohttp", bare_median, baseline)):
-        print(f"{name:<14}{median['events_per_s']:>10.0f}{median['p50_ms']:>9.1f}{median['p99_ms']:>9.1f}"
-              f"{sum(r['errors'] for r in runs):>8.0f}{median['main_us']:>20.0f}{median['threads_us']:>9.0f}"
-              f"{median['client_us']:>8.0f}   {_rounds(runs)}")
+        print(
+            f"{name:<14}{median['events_per_s']:>10.0f}{median['p50_ms']:>9.1f}{median['p99_ms']:>9.1f}"
+            f"{sum(r['errors'] for r in runs):>8.0f}{median['main_us']:>20.0f}{median['threads_us']:>9.0f}"
+            f"{median['client_us']:>8.0f}   {_rounds(runs)}"
+        )
     if args.rate:
-        print(f"chatledger: max ack {max(r['max_ms'] for r in ours):.1f} ms; the client's own lag p99 "
-              f"{ours_median['lag_p99_ms']:.1f} ms (bare: {bare_median['lag_p99_ms']:.1f} ms)")
-    fsync_text = f"{fsynced} fsyncs = {fsynced / max(events, 1):.3f} fsyncs/event" if fsynced is not None \
+        print(
+            f"chatledger: max ack {max(r['max_ms'] for r in ours):.1f} ms; the client's own lag p99 "
+            f"{ours_median['lag_p99_ms']:.1f} ms (bare: {bare_median['lag_p99_ms']:.1f} ms)"
+        )
+    fsync_text = (
+        f"{fsynced} fsyncs = {fsynced / max(events, 1):.3f} fsyncs/event"
+        if fsynced is not None
         else "fsyncs not counted (perf stat could not attach)"
-    print(f"journal: {commits} commits for {events} events = {commits / max(events, 1):.3f} commits/event; {fsync_text}"
-          + (f"; {duplicates} duplicates (every event should be new)" if duplicates else ""))
-    print(f"ratio chatledger / bare: {ratio:.2f}  (goals: >= 0.65 at 64 connections; p99 <= 10 ms at 2,000 "
-          "requests/s; <= 0.1 fsyncs/event)")
+    )
+    print(
+        f"journal: {commits} commits for {events} events = {commits / max(events, 1):.3f} commits/event; {fsync_text}"
+        + (f"; {duplicates} duplicates (every event should be new)" if duplicates else "")
+    )
+    print(
+        f"ratio chatledger / bare: {ratio:.2f}  (goals: >= 0.65 at 64 connections; p99 <= 10 ms at 2,000 "
+        "requests/s; <= 0.1 fsyncs/event)"
+    )
     return 0
 
 

@@ -21,7 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -53,13 +53,16 @@ def run_requests(times: dict[str, list[datetime]], idle: int, since: datetime, t
     return int(token) + 1 + (chats // PAGE_SIZE + 1) + sum(n // PAGE_SIZE + 1 for n in active)
 
 
-def fill_sendpulse(emulator: SendPulseEmulator, args: argparse.Namespace,
-                   now: datetime) -> tuple[dict[str, list[datetime]], list[str]]:
+def fill_sendpulse(
+    emulator: SendPulseEmulator, args: argparse.Namespace, now: datetime
+) -> tuple[dict[str, list[datetime]], list[str]]:
     """The backlog in the emulator's history (no webhook): each contact's message times, the message ids."""
     down = timedelta(minutes=args.down_minutes)
     long_ago = now - down - timedelta(days=2)
-    contacts = [emulator.add_contact(f"5511{c:09d}", f"Cliente {c}", created_at=long_ago.isoformat())["id"]
-                for c in range(args.contacts)]
+    contacts = [
+        emulator.add_contact(f"5511{c:09d}", f"Cliente {c}", created_at=long_ago.isoformat())["id"]
+        for c in range(args.contacts)
+    ]
     for c in range(args.idle_contacts):  # chats no one wrote to lately: listed, never read
         emulator.add_contact(f"5521{c:09d}", f"Antigo {c}", created_at=long_ago.isoformat())
     times: dict[str, list[datetime]] = {contact: [] for contact in contacts}
@@ -67,11 +70,17 @@ def fill_sendpulse(emulator: SendPulseEmulator, args: argparse.Namespace,
     for i in range(args.messages):
         at = now - down + down * (i + 0.5) / args.messages
         contact = contacts[i % len(contacts)]
-        specs.append({"contact_id": contact, "direction": "in" if i % 3 else "out", "text": f"backlog {i}",
-                      "created_at": at.isoformat()})
+        specs.append(
+            {
+                "contact_id": contact,
+                "direction": "in" if i % 3 else "out",
+                "text": f"backlog {i}",
+                "created_at": at.isoformat(),
+            }
+        )
     ids = []
     for start in range(0, len(specs), ADD_CHUNK):
-        for message in emulator.add_messages(*specs[start:start + ADD_CHUNK]):
+        for message in emulator.add_messages(*specs[start : start + ADD_CHUNK]):
             ids.append(message["id"])
             times[message["contact_id"]].append(parse_time(message["created_at"]))
     return times, ids
@@ -86,8 +95,9 @@ async def seed_journal(path: Path, received_at: datetime) -> None:
         await journal.close()
 
 
-async def watch(daemon: Daemon, socket: Path, emulator: SendPulseEmulator, dsn: str, schema: str,
-                ids: list[str], ready: float) -> dict:
+async def watch(
+    daemon: Daemon, socket: Path, emulator: SendPulseEmulator, dsn: str, schema: str, ids: list[str], ready: float
+) -> dict:
     """Poll until the backlog is in PostgreSQL and the periodic run is done; when each thing happened."""
     seen: dict = {}
     conn = await asyncpg.connect(dsn)
@@ -98,8 +108,9 @@ async def watch(daemon: Daemon, socket: Path, emulator: SendPulseEmulator, dsn: 
             now = time.perf_counter()
             if "in_postgres_s" not in seen:
                 try:
-                    held = await conn.fetchval(f"SELECT count(*) FROM {schema}.interactions "
-                                               f"WHERE message_id = ANY($1::text[])", ids)
+                    held = await conn.fetchval(
+                        f"SELECT count(*) FROM {schema}.interactions WHERE message_id = ANY($1::text[])", ids
+                    )
                 except asyncpg.UndefinedTableError:
                     held = 0
                 if held == len(ids):
@@ -127,16 +138,20 @@ def one_round(args: argparse.Namespace, cluster: PgCluster, number: int) -> dict
     emulator = SendPulseEmulator(work).start()
     daemon = None
     try:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         times, ids = fill_sendpulse(emulator, args, now)
         if args.latency:
             emulator.faults(latency=args.latency)
         last_webhook = now - timedelta(minutes=args.down_minutes, seconds=30)
         asyncio.run(seed_journal(work / "state" / "journal.sqlite", last_webhook))
         schema = f"bench_round_{number}"
-        config = write_config(work, extra=f'[postgres]\ndsn = "{cluster.dsn()}"\nschema = "{schema}"\n'
-                              + emulator.config() + f"reconcile_interval_s = {args.interval}\n"
-                              f"requests_per_second = {args.requests_per_second}\n")
+        config = write_config(
+            work,
+            extra=f'[postgres]\ndsn = "{cluster.dsn()}"\nschema = "{schema}"\n'
+            + emulator.config()
+            + f"reconcile_interval_s = {args.interval}\n"
+            f"requests_per_second = {args.requests_per_second}\n",
+        )
         daemon = Daemon(config).start()
         ready = time.perf_counter()
         seen = asyncio.run(watch(daemon, work / "run" / "status.sock", emulator, cluster.dsn(), schema, ids, ready))
@@ -164,12 +179,12 @@ def one_round(args: argparse.Namespace, cluster: PgCluster, number: int) -> dict
         "start_predicted": run_requests(times, args.idle_contacts, start_since, token=True),
         "start_daemon_requests": start["requests_total"],
         "periodic_requests": periodic_requests,
-        "periodic_predicted": run_requests(times, args.idle_contacts, parse_time(periodic["window"]["since"]),
-                                           token=False),
+        "periodic_predicted": run_requests(
+            times, args.idle_contacts, parse_time(periodic["window"]["since"]), token=False
+        ),
         "periodic_daemon_requests": periodic["requests_total"] - start["requests_total"],
         "periodic_seen": periodic["seen"],
-        "periodic_chats": sum(1 for stamps in times.values()
-                              if max(stamps) >= parse_time(periodic["window"]["since"])),
+        "periodic_chats": sum(1 for stamps in times.values() if max(stamps) >= parse_time(periodic["window"]["since"])),
         "rate_limited": periodic["emulator"]["rate_limited"],
     }
 
@@ -182,10 +197,15 @@ def main() -> int:
     parser.add_argument("--idle-contacts", type=int, default=0, help="more chats of the bot, inactive for days")
     parser.add_argument("--down-minutes", type=float, default=30.0, help="the backlog's span (the outage)")
     parser.add_argument("--requests-per-second", type=int, default=5, help="[sendpulse] requests_per_second")
-    parser.add_argument("--latency", type=float, default=0.0,
-                        help="seconds SendPulse takes to answer each request (the emulator answers at once)")
-    parser.add_argument("--interval", type=float, default=5.0,
-                        help="reconcile_interval_s: the periodic run counted after the start run")
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        help="seconds SendPulse takes to answer each request (the emulator answers at once)",
+    )
+    parser.add_argument(
+        "--interval", type=float, default=5.0, help="reconcile_interval_s: the periodic run counted after the start run"
+    )
     args = parser.parse_args()
     if args.messages < args.contacts:
         parser.error("--messages must be at least --contacts (every contact wrote)")
@@ -199,29 +219,38 @@ def main() -> int:
         for number in range(args.rounds):
             result = one_round(args, cluster, number)
             rounds.append(result)
-            print(f"round {number + 1}: in PostgreSQL {result['in_postgres_s']:.1f} s after READY (start run done "
-                  f"{result['start_run_s']:.1f} s); start run {result['start_requests']} requests "
-                  f"(formula {result['start_predicted']}, daemon {result['start_daemon_requests']}); periodic run, "
-                  f"{result['periodic_chats']} chats active, {result['periodic_seen']} messages seen, 0 new: "
-                  f"{result['periodic_requests']} requests (formula {result['periodic_predicted']}, daemon "
-                  f"{result['periodic_daemon_requests']}); {result['rate_limited']} x 429", flush=True)
+            print(
+                f"round {number + 1}: in PostgreSQL {result['in_postgres_s']:.1f} s after READY (start run done "
+                f"{result['start_run_s']:.1f} s); start run {result['start_requests']} requests "
+                f"(formula {result['start_predicted']}, daemon {result['start_daemon_requests']}); periodic run, "
+                f"{result['periodic_chats']} chats active, {result['periodic_seen']} messages seen, 0 new: "
+                f"{result['periodic_requests']} requests (formula {result['periodic_predicted']}, daemon "
+                f"{result['periodic_daemon_requests']}); {result['rate_limited']} x 429",
+                flush=True,
+            )
     finally:
         cluster.destroy()
 
     median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
     spread = f"{min(r['in_postgres_s'] for r in rounds):.1f}-{max(r['in_postgres_s'] for r in rounds):.1f}"
-    formula_holds = all(r["start_requests"] == r["start_predicted"]
-                        and r["periodic_requests"] == r["periodic_predicted"] for r in rounds)
-    print(f"backlog: {args.messages} messages from {args.contacts} contacts over {args.down_minutes:g} min"
-          f"{f', {args.idle_contacts} idle chats' if args.idle_contacts else ''}; "
-          f"requests_per_second = {args.requests_per_second}"
-          f"{f', SendPulse answering in {args.latency:g} s' if args.latency else ''}; {args.rounds} rounds, medians")
+    formula_holds = all(
+        r["start_requests"] == r["start_predicted"] and r["periodic_requests"] == r["periodic_predicted"]
+        for r in rounds
+    )
+    print(
+        f"backlog: {args.messages} messages from {args.contacts} contacts over {args.down_minutes:g} min"
+        f"{f', {args.idle_contacts} idle chats' if args.idle_contacts else ''}; "
+        f"requests_per_second = {args.requests_per_second}"
+        f"{f', SendPulse answering in {args.latency:g} s' if args.latency else ''}; {args.rounds} rounds, medians"
+    )
     limited = sum(r["rate_limited"] for r in rounds)
     verdict = "the formula holds in every round" if formula_holds else "the formula MISSED a count (see the rounds)"
-    print(f"figure: {args.messages:,} messages from {args.contacts} contacts in PostgreSQL "
-          f"{median['in_postgres_s']:.1f} s after READY ({spread}; goal <= 90 s), "
-          f"start run {median['start_requests']:.0f} requests, periodic run with {median['periodic_chats']:.0f} "
-          f"chats active and nothing new {median['periodic_requests']:.0f} requests, {limited} x 429; {verdict}")
+    print(
+        f"figure: {args.messages:,} messages from {args.contacts} contacts in PostgreSQL "
+        f"{median['in_postgres_s']:.1f} s after READY ({spread}; goal <= 90 s), "
+        f"start run {median['start_requests']:.0f} requests, periodic run with {median['periodic_chats']:.0f} "
+        f"chats active and nothing new {median['periodic_requests']:.0f} requests, {limited} x 429; {verdict}"
+    )
     return 0 if formula_holds else 1
 
 

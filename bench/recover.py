@@ -15,7 +15,7 @@ import argparse
 import asyncio
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -43,9 +43,13 @@ NAMES = {"conversations": "Conversations", "interactions": "Interactions", "esca
 
 async def run(args: argparse.Namespace, emulator: EmulatorThread, dsn: str, work: Path) -> None:
     journal = await Journal.open(work / "journal.sqlite", ["postgres", "airtable"])
-    payloads = [incoming(f"wamid.{i}", contact=f"c{i % args.contacts}", phone=f"55119{i % args.contacts:08d}",
-                         text=f"message {i}") for i in range(args.events)]
-    await journal.append([normalize(p, datetime.now(timezone.utc)) for p in payloads])
+    payloads = [
+        incoming(
+            f"wamid.{i}", contact=f"c{i % args.contacts}", phone=f"55119{i % args.contacts:08d}", text=f"message {i}"
+        )
+        for i in range(args.events)
+    ]
+    await journal.append([normalize(p, datetime.now(UTC)) for p in payloads])
     events = await journal.pending("postgres", 0, args.events + 1)
     fast = AirtableClient(TOKEN, BASE, emulator.url, RequestBudget(1000))
     await init_base(fast, NAMES)
@@ -53,8 +57,8 @@ async def run(args: argparse.Namespace, emulator: EmulatorThread, dsn: str, work
     filler = AirtableSink(fast, NAMES, journal.conversations)
     postgres = PostgresSink(dsn, "chatledger")
     for start in range(0, len(events), 500):
-        await filler.deliver(events[start:start + 500])
-        await postgres.deliver(events[start:start + 500])
+        await filler.deliver(events[start : start + 500])
+        await postgres.deliver(events[start : start + 500])
     await postgres.close()
     emulator.run(setattr, emulator.emulator, "rate", 5)
     async with PostgresRows.open(dsn, "chatledger") as pg:
@@ -69,19 +73,24 @@ async def run(args: argparse.Namespace, emulator: EmulatorThread, dsn: str, work
     after = emulator.run(emulator.emulator.stats)[BASE]
     read = sum(t.read for t in report.tallies.values())
     requests = after["requests"] - before["requests"]
-    print(f"recover --all: {read} records read ({report.tallies['interactions'].inserted} interactions "
-          f"inserted) in {elapsed:.1f} s = {read / elapsed:.0f} records/s, {requests} requests "
-          f"= {requests / elapsed:.2f} requests/s, {after['rate_limited'] - before['rate_limited']} x 429")
+    print(
+        f"recover --all: {read} records read ({report.tallies['interactions'].inserted} interactions "
+        f"inserted) in {elapsed:.1f} s = {read / elapsed:.0f} records/s, {requests} requests "
+        f"= {requests / elapsed:.2f} requests/s, {after['rate_limited'] - before['rate_limited']} x 429"
+    )
 
     phone = f"55119{1:08d}"
     started = time.monotonic()
-    result = await forget_phone(phone, journal, postgres=partial(PostgresRows.open, dsn, "chatledger"),
-                                airtable=(client, NAMES))
+    result = await forget_phone(
+        phone, journal, postgres=partial(PostgresRows.open, dsn, "chatledger"), airtable=(client, NAMES)
+    )
     elapsed = time.monotonic() - started
     final = emulator.run(emulator.emulator.stats)[BASE]
-    print(f"forget --phone ({result.stores['airtable']['interactions']} interactions in Airtable): "
-          f"{elapsed:.1f} s, {final['requests'] - after['requests']} requests, "
-          f"{final['rate_limited'] - after['rate_limited']} x 429, complete={result.complete}")
+    print(
+        f"forget --phone ({result.stores['airtable']['interactions']} interactions in Airtable): "
+        f"{elapsed:.1f} s, {final['requests'] - after['requests']} requests, "
+        f"{final['rate_limited'] - after['rate_limited']} x 429, complete={result.complete}"
+    )
     client.close()
     fast.close()
     await journal.close()

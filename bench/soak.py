@@ -33,17 +33,22 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="chatledger-soak-"))
     print(machine())
     report = Soak(work, args.events, senders=args.senders, contacts=args.contacts, rate=args.rate).run()
-    print(f"events: {args.events} sent by {args.senders} senders at up to {args.rate:.0f} events/s in {report.posts} posts "
-          f"({report.refused} refused or unreachable and retried), {report.duplicates_sent} duplicate elements, "
-          f"{report.malformed_sent} malformed elements")
+    print(
+        f"events: {args.events} sent by {args.senders} senders at up to {args.rate:.0f} events/s "
+        f"in {report.posts} posts "
+        f"({report.refused} refused or unreachable and retried), {report.duplicates_sent} duplicate elements, "
+        f"{report.malformed_sent} malformed elements"
+    )
     print("chaos: " + ", ".join(f"{a} at {n} acknowledged ({t} s)" for a, n, t in report.actions))
     print(f"all sent and acknowledged after {report.sent_s:.1f} s; both sinks drained after {report.drained_s:.1f} s")
     print(f"figures: {report.figures}")
     if report.problems:
         print("PROBLEMS:\n  " + "\n  ".join(report.problems))
         return 1
-    print(f"verified: all {len(report.acknowledged)} acknowledged events exactly once in PostgreSQL and in "
-          "Airtable, every conversation's message count right in both, no 429, journal check clean")
+    print(
+        f"verified: all {len(report.acknowledged)} acknowledged events exactly once in PostgreSQL and in "
+        "Airtable, every conversation's message count right in both, no 429, journal check clean"
+    )
     print(f"(work folder {work})")
     return 0
 

@@ -13,7 +13,7 @@ import shlex
 import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from loguru import logger
@@ -31,12 +31,26 @@ QUEUE_SIZE = 100
 SEND_TIMEOUT = 10.0
 # A problem that ends says so, at once: its recovery shares its key and is never held by the limiter. Told,
 # a problem stays open (AlertMemory) until its recovery is sent.
-PROBLEMS = {"sink_down": "sink_up", "fallback_active": "fallback_ended", "quota_exhausted": "quota_ended",
-            "backlog_old": "backlog_cleared", "source_misconfigured": "source_up", "source_down": "source_up"}
+PROBLEMS = {
+    "sink_down": "sink_up",
+    "fallback_active": "fallback_ended",
+    "quota_exhausted": "quota_ended",
+    "backlog_old": "backlog_cleared",
+    "source_misconfigured": "source_up",
+    "source_down": "source_up",
+}
 RECOVERIES = frozenset(PROBLEMS.values())
-FAMILIES = {"sink_down": "sink_state", "sink_up": "sink_state", "fallback_active": "fallback",
-            "fallback_ended": "fallback", "quota_ended": "quota_exhausted", "backlog_cleared": "backlog_old",
-            "source_misconfigured": "source_state", "source_down": "source_state", "source_up": "source_state"}
+FAMILIES = {
+    "sink_down": "sink_state",
+    "sink_up": "sink_state",
+    "fallback_active": "fallback",
+    "fallback_ended": "fallback",
+    "quota_ended": "quota_exhausted",
+    "backlog_cleared": "backlog_old",
+    "source_misconfigured": "source_state",
+    "source_down": "source_state",
+    "source_up": "source_state",
+}
 
 
 def source_trouble(source: SourceStatus | None) -> str | None:
@@ -59,12 +73,16 @@ def source_problem(source: SourceStatus | None) -> str | None:
     assert source is not None
     error = source.get("last_error") or "?"
     if trouble == "misconfigured":  # worded unlike the reconciler's own log line, which is logged once
-        return (f"SendPulse reconciliation misconfigured: {error}; check [sendpulse] client_id, client_secret and "
-                "bot_ids, then SIGHUP (webhooks are still journaled and delivered; nothing SendPulse failed to post "
-                "is fetched back until then)")
-    return (f"SendPulse is down ({source.get('failed_in_a_row')} runs in a row since "
-            f"{source.get('failing_since') or '?'}): {error}; retried, and what SendPulse fails to post meanwhile is "
-            "fetched back once it answers")
+        return (
+            f"SendPulse reconciliation misconfigured: {error}; check [sendpulse] client_id, client_secret and "
+            "bot_ids, then SIGHUP (webhooks are still journaled and delivered; nothing SendPulse failed to post "
+            "is fetched back until then)"
+        )
+    return (
+        f"SendPulse is down ({source.get('failed_in_a_row')} runs in a row since "
+        f"{source.get('failing_since') or '?'}): {error}; retried, and what SendPulse fails to post meanwhile is "
+        "fetched back once it answers"
+    )
 
 
 @dataclass(frozen=True)
@@ -83,8 +101,12 @@ class Alert:
         return FAMILIES.get(self.kind, self.kind), self.sink
 
     def payload(self, at: datetime) -> dict[str, Any]:
-        return {**asdict(self), "at": at.isoformat(timespec="seconds"), "host": socket.gethostname(),
-                "service": "chatledger"}
+        return {
+            **asdict(self),
+            "at": at.isoformat(timespec="seconds"),
+            "host": socket.gethostname(),
+            "service": "chatledger",
+        }
 
 
 @dataclass
@@ -112,7 +134,7 @@ class AlertMemory:
         return json.dumps({"open": list(self.open.values()), "dead_told": self.dead_told}, sort_keys=True)
 
     @classmethod
-    def loads(cls, text: str | None) -> "AlertMemory":
+    def loads(cls, text: str | None) -> AlertMemory:
         """What an earlier run kept; anything unreadable is forgotten (at worst an alert is told again)."""
         memory = cls()
         try:
@@ -141,7 +163,7 @@ class AlertRules:
         self._fallback = False
         self._quota = False
         self._source: str | None = None  # the SendPulse trouble told and not over yet: misconfigured or down
-        for problem in (memory.open.values() if memory else ()):
+        for problem in memory.open.values() if memory else ():
             if problem["kind"] == "sink_down" and problem["sink"]:
                 self._down.add(problem["sink"])
             elif problem["kind"] == "backlog_old" and problem["sink"]:
@@ -162,20 +184,40 @@ class AlertRules:
         for name in sorted((self._down | self._old) - set(sinks)):  # told before a restart, now disabled
             if name in self._down:
                 self._down.discard(name)
-                alerts.append(Alert("sink_up", "info", f"{name} is no longer enabled: its alert is closed", name,
-                                    {"state": "disabled"}))
+                alerts.append(
+                    Alert(
+                        "sink_up",
+                        "info",
+                        f"{name} is no longer enabled: its alert is closed",
+                        name,
+                        {"state": "disabled"},
+                    )
+                )
             if name in self._old:
                 self._old.discard(name)
-                alerts.append(Alert("backlog_cleared", "info", f"{name} is no longer enabled: its backlog alert "
-                                    "is closed", name, {"oldest_pending_age_s": None}))
+                alerts.append(
+                    Alert(
+                        "backlog_cleared",
+                        "info",
+                        f"{name} is no longer enabled: its backlog alert is closed",
+                        name,
+                        {"oldest_pending_age_s": None},
+                    )
+                )
         for name, sink in sinks.items():
             state = sink.get("state", "starting")
             if state in DOWN_STATES and name not in self._down:
                 self._down.add(name)
-                alerts.append(Alert("sink_down", "critical", f"{name} is {state}: {sink.get('last_error') or '?'}; "
-                                    f"{sink.get('pending', 0)} deliveries pending (kept, retried)", name,
-                                    {"state": state, "last_error": sink.get("last_error"),
-                                     "pending": sink.get("pending", 0)}))
+                alerts.append(
+                    Alert(
+                        "sink_down",
+                        "critical",
+                        f"{name} is {state}: {sink.get('last_error') or '?'}; "
+                        f"{sink.get('pending', 0)} deliveries pending (kept, retried)",
+                        name,
+                        {"state": state, "last_error": sink.get("last_error"), "pending": sink.get("pending", 0)},
+                    )
+                )
             elif state == "up" and name in self._down:
                 self._down.discard(name)
                 alerts.append(Alert("sink_up", "info", f"{name} is up again", name, {"state": state}))
@@ -183,52 +225,89 @@ class AlertRules:
             # a dead letter is new when it died after the latest one told: told once, even across restarts
             dead, last = sink.get("dead", 0), sink.get("dead_last_at")
             if last and last > self._dead_seen.get(name, ""):
-                alerts.append(Alert("dead_letters", "warning",
-                                    f"{name}: new dead letter(s), the latest at {last}; {dead} open in all: "
-                                    "`chatledger dead` lists them, to replay or discard",
-                                    name, {"dead": dead, "dead_last_at": last}))
+                alerts.append(
+                    Alert(
+                        "dead_letters",
+                        "warning",
+                        f"{name}: new dead letter(s), the latest at {last}; {dead} open in all: "
+                        "`chatledger dead` lists them, to replay or discard",
+                        name,
+                        {"dead": dead, "dead_last_at": last},
+                    )
+                )
                 self._dead_seen[name] = last
 
             age = sink.get("oldest_pending_age_s") or 0
             if age > self.threshold and name not in self._old:
                 self._old.add(name)
-                alerts.append(Alert("backlog_old", "warning",
-                                    f"{name}: the oldest pending delivery is {age:.0f} s old "
-                                    f"(threshold {self.threshold:.0f} s), {sink.get('pending', 0)} pending",
-                                    name, {"oldest_pending_age_s": age, "pending": sink.get("pending", 0)}))
+                alerts.append(
+                    Alert(
+                        "backlog_old",
+                        "warning",
+                        f"{name}: the oldest pending delivery is {age:.0f} s old "
+                        f"(threshold {self.threshold:.0f} s), {sink.get('pending', 0)} pending",
+                        name,
+                        {"oldest_pending_age_s": age, "pending": sink.get("pending", 0)},
+                    )
+                )
             elif age <= self.threshold and name in self._old:
                 self._old.discard(name)
-                alerts.append(Alert("backlog_cleared", "info", f"{name}: the backlog is no longer old "
-                                    f"({sink.get('pending', 0)} pending)", name,
-                                    {"oldest_pending_age_s": sink.get("oldest_pending_age_s"),
-                                     "pending": sink.get("pending", 0)}))
+                alerts.append(
+                    Alert(
+                        "backlog_cleared",
+                        "info",
+                        f"{name}: the backlog is no longer old ({sink.get('pending', 0)} pending)",
+                        name,
+                        {"oldest_pending_age_s": sink.get("oldest_pending_age_s"), "pending": sink.get("pending", 0)},
+                    )
+                )
 
         postgres, airtable = sinks.get("postgres"), sinks.get("airtable")
-        fallback = bool(postgres and airtable and postgres.get("state") in DOWN_STATES
-                        and airtable.get("state") == "up")
+        fallback = bool(
+            postgres and airtable and postgres.get("state") in DOWN_STATES and airtable.get("state") == "up"
+        )
         if fallback and not self._fallback:
-            alerts.append(Alert("fallback_active", "warning",
-                                "PostgreSQL is unavailable; Airtable is receiving everything (operators: read "
-                                "Airtable until PostgreSQL is back)", None,
-                                {"postgres_state": postgres.get("state") if postgres else None}))
+            alerts.append(
+                Alert(
+                    "fallback_active",
+                    "warning",
+                    "PostgreSQL is unavailable; Airtable is receiving everything (operators: read "
+                    "Airtable until PostgreSQL is back)",
+                    None,
+                    {"postgres_state": postgres.get("state") if postgres else None},
+                )
+            )
         elif self._fallback and not fallback and postgres and postgres.get("state") == "up":
             alerts.append(Alert("fallback_ended", "info", "PostgreSQL is back; the fallback is over"))
         if fallback or (postgres and postgres.get("state") == "up"):
             self._fallback = fallback
 
-        quota = bool(airtable and (airtable.get("state") == "quota"
-                                   or airtable.get("pause_reason") == "monthly API quota exhausted"))
+        quota = bool(
+            airtable
+            and (airtable.get("state") == "quota" or airtable.get("pause_reason") == "monthly API quota exhausted")
+        )
         known = not airtable or airtable.get("state") != "starting"
         if quota and airtable is not None and not self._quota:
             ours = MONTHLY_LIMIT_REASON in (airtable.get("last_error") or "")
-            alerts.append(Alert("quota_exhausted", "critical", (
-                f"[airtable] monthly_request_limit ({airtable.get('monthly_request_limit')}) is reached: Airtable "
-                "delivery waits for the month to turn, or goes on after `chatledger sync`" if ours else
-                "Airtable's monthly API quota is exhausted: Airtable delivery stops (retried hourly, or at once "
-                "after `chatledger sync`)") + "; PostgreSQL is unaffected", "airtable"))
+            alerts.append(
+                Alert(
+                    "quota_exhausted",
+                    "critical",
+                    (
+                        f"[airtable] monthly_request_limit ({airtable.get('monthly_request_limit')}) is reached: "
+                        "Airtable delivery waits for the month to turn, or goes on after `chatledger sync`"
+                        if ours
+                        else "Airtable's monthly API quota is exhausted: Airtable delivery stops (retried hourly, "
+                        "or at once after `chatledger sync`)"
+                    )
+                    + "; PostgreSQL is unaffected",
+                    "airtable",
+                )
+            )
         elif self._quota and not quota and known:
-            alerts.append(Alert("quota_ended", "info", "Airtable delivery is no longer held by the monthly quota",
-                                "airtable"))
+            alerts.append(
+                Alert("quota_ended", "info", "Airtable delivery is no longer held by the monthly quota", "airtable")
+            )
         if known:
             self._quota = quota
 
@@ -238,30 +317,51 @@ class AlertRules:
             month = stats.get("month")
             if month != self._month_warned:
                 self._month_warned = month
-                alerts.append(Alert("monthly_requests_high", "warning",
-                                    f"Airtable: {used:,} of this month's {limit:,} requests used "
-                                    f"({used / limit:.0%}); {stats.get('requests_month_forecast', 0):,} at this "
-                                    "pace", "airtable", {"requests_this_month": used, "monthly_request_limit": limit,
-                                                         "requests_month_forecast": stats.get(
-                                                             "requests_month_forecast")}))
+                alerts.append(
+                    Alert(
+                        "monthly_requests_high",
+                        "warning",
+                        f"Airtable: {used:,} of this month's {limit:,} requests used "
+                        f"({used / limit:.0%}); {stats.get('requests_month_forecast', 0):,} at this "
+                        "pace",
+                        "airtable",
+                        {
+                            "requests_this_month": used,
+                            "monthly_request_limit": limit,
+                            "requests_month_forecast": stats.get("requests_month_forecast"),
+                        },
+                    )
+                )
 
         held, cap = stats.get("records"), stats.get("max_records")
         if held is not None and cap:
             reached = max((share for share in RECORDS_WARNING_SHARES if held >= share * cap), default=0.0)
             if reached > self._records_share:
-                alerts.append(Alert("records_high", "critical" if reached >= RECORDS_WARNING_SHARES[-1] else "warning",
-                                    f"Airtable: the base holds {held:,} of its plan's {cap:,} records ({held / cap:.0%});"
-                                    " at the cap new records are refused and Airtable delivery is held (`blocked`): "
-                                    "raise the plan, or set [airtable] retention_days", "airtable",
-                                    {"records": held, "max_records": cap}))
+                alerts.append(
+                    Alert(
+                        "records_high",
+                        "critical" if reached >= RECORDS_WARNING_SHARES[-1] else "warning",
+                        f"Airtable: the base holds {held:,} of its plan's {cap:,} records ({held / cap:.0%});"
+                        " at the cap new records are refused and Airtable delivery is held (`blocked`): "
+                        "raise the plan, or set [airtable] retention_days",
+                        "airtable",
+                        {"records": held, "max_records": cap},
+                    )
+                )
             self._records_share = reached  # falls back when retention or an operator makes room: told again
         warnings = frozenset(stats.get("warnings") or ())
         if warnings and warnings not in self._warned:
             self._warned.add(warnings)
-            alerts.append(Alert("airtable_warnings", "warning",
-                                "Airtable: chatledger keeps delivering, but the base differs from what it writes "
-                                "(`chatledger airtable check`): " + "; ".join(sorted(warnings)), "airtable",
-                                {"warnings": sorted(warnings)}))
+            alerts.append(
+                Alert(
+                    "airtable_warnings",
+                    "warning",
+                    "Airtable: chatledger keeps delivering, but the base differs from what it writes "
+                    "(`chatledger airtable check`): " + "; ".join(sorted(warnings)),
+                    "airtable",
+                    {"warnings": sorted(warnings)},
+                )
+            )
         return alerts + self._source_alerts(snapshot.get("sources", {}).get("sendpulse"))
 
     def _source_alerts(self, source: SourceStatus | None) -> list[Alert]:
@@ -275,18 +375,31 @@ class AlertRules:
             if self._source is None:
                 return []
             self._source = None
-            message = ("SendPulse reconciliation works again" if state == "up" else
-                       "SendPulse reconciliation is no longer enabled: its alert is closed")
+            message = (
+                "SendPulse reconciliation works again"
+                if state == "up"
+                else "SendPulse reconciliation is no longer enabled: its alert is closed"
+            )
             return [Alert("source_up", "info", message, None, {"source": "sendpulse", "state": state})]
         trouble = source_trouble(source)
         if trouble is None or trouble == self._source or (trouble == "down" and self._source):
             return []
         assert source is not None
         self._source = trouble
-        return [Alert(f"source_{trouble}", "critical" if trouble == "misconfigured" else "warning",
-                      source_problem(source) or trouble, None,
-                      {"source": "sendpulse", "state": state, "last_error": source.get("last_error"),
-                       "failed_in_a_row": source.get("failed_in_a_row", 0)})]
+        return [
+            Alert(
+                f"source_{trouble}",
+                "critical" if trouble == "misconfigured" else "warning",
+                source_problem(source) or trouble,
+                None,
+                {
+                    "source": "sendpulse",
+                    "state": state,
+                    "last_error": source.get("last_error"),
+                    "failed_in_a_row": source.get("failed_in_a_row", 0),
+                },
+            )
+        ]
 
 
 class AlertLimiter:
@@ -345,7 +458,7 @@ class AlertSender:
         if not self.enabled:
             return
         try:
-            self.queue.put_nowait(alert.payload(datetime.now(timezone.utc)))
+            self.queue.put_nowait(alert.payload(datetime.now(UTC)))
         except asyncio.QueueFull:
             self.failed += 1
             logger.error("alert {} not sent: {} alerts already waiting to be sent", alert.kind, QUEUE_SIZE)
@@ -365,15 +478,15 @@ class AlertSender:
             self.sent += 1
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - an alert target's failure is logged, never fatal
+        except Exception as exc:
             self.failed += 1
             # aiohttp's errors quote the whole URL, a chat webhook's secret included: the log keeps its host
             logger.error("alert {} failed: {}", target, f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc))
 
     async def _run_command(self, body: bytes) -> None:
         process = await asyncio.create_subprocess_exec(
-            *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
+            *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
         try:
             _, err = await process.communicate(body)
         except asyncio.CancelledError:
@@ -387,7 +500,8 @@ class AlertSender:
 
         timeout = aiohttp.ClientTimeout(total=SEND_TIMEOUT)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.post(self.webhook_url, data=body,
-                                    headers={"Content-Type": "application/json"}) as response:
+            async with session.post(
+                self.webhook_url, data=body, headers={"Content-Type": "application/json"}
+            ) as response:
                 if response.status >= 300:
                     raise RuntimeError(f"{safe_url(self.webhook_url)} answered HTTP {response.status}")

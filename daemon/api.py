@@ -14,22 +14,40 @@ import hmac
 import json
 import math
 import uuid
-from datetime import datetime, timezone
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from loguru import logger
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, StringConstraints, TypeAdapter,
-    ValidationError, WithJsonSchema, field_validator, model_validator,
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
 )
 from pydantic.config import JsonDict
 
 from daemon import reads
 from daemon.events import (
-    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, EARLIEST_YEAR, LATEST_YEAR, Event,
-    digits_only, has_control, storable_text,
+    API_CONVERSATION_UPDATE,
+    API_ESCALATION,
+    API_ESCALATION_UPDATE,
+    API_INTERACTION,
+    EARLIEST_YEAR,
+    LATEST_YEAR,
+    Event,
+    digits_only,
+    has_control,
+    storable_text,
 )
 from daemon.journal import AppendResult, JournalUnavailable
 from daemon.reads import CONVERSATION_FIELDS, INTERACTION_FIELDS, READ_LIMIT, Answer, Stores
@@ -50,8 +68,10 @@ def _no_control(value: str) -> str:
 
 # Spelt out rather than \s and \S, which Python, pydantic's Rust regex and OpenAPI's ECMA dialect read
 # differently: no control character anywhere, no space of any kind first.
-ID_PATTERN = (r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
-              r"[^\x00-\x1f\x7f-\x9f]*$")
+ID_PATTERN = (
+    r"^[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+    r"[^\x00-\x1f\x7f-\x9f]*$"
+)
 Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN), AfterValidator(_no_control)]
 # pydantic refuses a lone surrogate in a str field (422); only metadata's free values need cleaning.
 Short = Annotated[str, StringConstraints(max_length=1000)]
@@ -83,12 +103,22 @@ def _aware(value: datetime) -> datetime:
     # The year as written: converting 9999-12-31T23:00-01:00 to UTC first would overflow.
     if not YEARS[0] <= value.year <= YEARS[1]:
         raise ValueError(f"is not a plausible time (years {YEARS[0]} to {YEARS[1]})")
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-AwareTime = Annotated[datetime, BeforeValidator(_date_text), AfterValidator(_aware), WithJsonSchema({
-    "type": "string", "format": "date-time", "pattern": f"^(2[01][0-9]{{2}}|{YEARS[1]})-",
-    "description": f"ISO 8601, years {YEARS[0]} to {YEARS[1]}; without an offset it is UTC"})]
+AwareTime = Annotated[
+    datetime,
+    BeforeValidator(_date_text),
+    AfterValidator(_aware),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": f"^(2[01][0-9]{{2}}|{YEARS[1]})-",
+            "description": f"ISO 8601, years {YEARS[0]} to {YEARS[1]}; without an offset it is UTC",
+        }
+    ),
+]
 
 
 def _whole(value: Any) -> Any:
@@ -132,7 +162,7 @@ class _Patch(_Body):
     model_config = ConfigDict(json_schema_extra={"minProperties": 1})
 
     @model_validator(mode="after")
-    def _something(self) -> "_Patch":
+    def _something(self) -> _Patch:
         if not self.model_fields_set:
             raise ValueError("names no field to change")
         return self
@@ -232,8 +262,9 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(data)
     except RecursionError:
-        raise _Refused(_error(422, "validation failed", fields=[{"loc": ["body"], "msg": "nested too deeply",
-                                                                  "type": "too_deep"}])) from None
+        raise _Refused(
+            _error(422, "validation failed", fields=[{"loc": ["body"], "msg": "nested too deeply", "type": "too_deep"}])
+        ) from None
     except ValidationError as exc:
         fields = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         raise _Refused(_error(422, "validation failed", fields=fields)) from None
@@ -256,6 +287,7 @@ Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 def _route(handler: Handler) -> Handler:
     """Authorization, bad bodies and an unwritable journal answered the same way everywhere."""
+
     async def wrapped(request: web.Request) -> web.Response:
         try:
             _authorize(request)
@@ -264,27 +296,59 @@ def _route(handler: Handler) -> Handler:
             return refused.response
         except JournalUnavailable as exc:
             return _error(503, f"journal cannot write, nothing was accepted: {exc}")
+
     wrapped.__name__ = handler.__name__
     return wrapped
 
 
-async def _journal(request: web.Request, title: str, dedup_key: str, body: BaseModel, *,
-                   conversation_id: str | None, phone: str | None = None, message_id: str | None = None,
-                   direction: str | None = None, text: str | None = None, at: datetime | None = None) -> bool:
+async def _journal(
+    request: web.Request,
+    title: str,
+    dedup_key: str,
+    body: BaseModel,
+    *,
+    conversation_id: str | None,
+    phone: str | None = None,
+    message_id: str | None = None,
+    direction: str | None = None,
+    text: str | None = None,
+    at: datetime | None = None,
+) -> bool:
     """Journal one API write (durably); False when its key was already there (a retry)."""
-    now = datetime.now(timezone.utc)
-    raw = json.dumps(body.model_dump(mode="json", exclude_unset=True) | {"id": getattr(body, "id", None)
-                     or request.match_info.get("id")}, sort_keys=True, ensure_ascii=False)
+    now = datetime.now(UTC)
+    raw = json.dumps(
+        body.model_dump(mode="json", exclude_unset=True)
+        | {"id": getattr(body, "id", None) or request.match_info.get("id")},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     event = Event(
-        dedup_key=dedup_key, title=title, service="api", bot_id=None, contact_id=None,
-        phone=digits_only(phone) if phone else None, contact_name=None, message_id=message_id,
-        platform_message_id=None, direction=direction, message_type="api", text=text,
-        occurred_at=at or now, received_at=now, raw=raw, conversation_id=conversation_id,
+        dedup_key=dedup_key,
+        title=title,
+        service="api",
+        bot_id=None,
+        contact_id=None,
+        phone=digits_only(phone) if phone else None,
+        contact_name=None,
+        message_id=message_id,
+        platform_message_id=None,
+        direction=direction,
+        message_type="api",
+        text=text,
+        occurred_at=at or now,
+        received_at=now,
+        raw=raw,
+        conversation_id=conversation_id,
     )
     result: AppendResult = await request.app[JOURNAL_KEY].journal.append([event])
     if result.rejected:  # the journal could not store it even cleaned (see Journal._commit_isolated)
-        raise _Refused(_error(422, "this write cannot be stored: it is kept in the journal's quarantine with the "
-                                   "reason; nothing was recorded"))
+        raise _Refused(
+            _error(
+                422,
+                "this write cannot be stored: it is kept in the journal's quarantine with the "
+                "reason; nothing was recorded",
+            )
+        )
     return result.accepted == 1
 
 
@@ -297,21 +361,45 @@ def _patch_key(request: web.Request, kind: str, body: BaseModel) -> str:
 @_route
 async def post_interaction(request: web.Request) -> web.Response:
     body: InteractionIn = await _body(request, InteractionIn)
-    new = await _journal(request, API_INTERACTION, f"api:interaction:{body.id}", body,
-                         conversation_id=body.conversationId, phone=body.customerPhone, message_id=body.messageId,
-                         direction=body.direction, text=body.content, at=body.timestamp)
-    return web.json_response({"id": body.id, "interactionId": api_interaction_id(body.id, body.messageId, body.direction),
-                              "conversationId": body.conversationId, "duplicate": not new}, status=201 if new else 200)
+    new = await _journal(
+        request,
+        API_INTERACTION,
+        f"api:interaction:{body.id}",
+        body,
+        conversation_id=body.conversationId,
+        phone=body.customerPhone,
+        message_id=body.messageId,
+        direction=body.direction,
+        text=body.content,
+        at=body.timestamp,
+    )
+    return web.json_response(
+        {
+            "id": body.id,
+            "interactionId": api_interaction_id(body.id, body.messageId, body.direction),
+            "conversationId": body.conversationId,
+            "duplicate": not new,
+        },
+        status=201 if new else 200,
+    )
 
 
 @_route
 async def post_escalation(request: web.Request) -> web.Response:
     body: EscalationIn = await _body(request, EscalationIn)
-    new = await _journal(request, API_ESCALATION, f"api:escalation:{body.id}", body,
-                         conversation_id=body.conversationId, phone=body.customerPhone, text=body.notes,
-                         at=body.createdAt)
-    return web.json_response({"id": body.id, "conversationId": body.conversationId, "duplicate": not new},
-                             status=201 if new else 200)
+    new = await _journal(
+        request,
+        API_ESCALATION,
+        f"api:escalation:{body.id}",
+        body,
+        conversation_id=body.conversationId,
+        phone=body.customerPhone,
+        text=body.notes,
+        at=body.createdAt,
+    )
+    return web.json_response(
+        {"id": body.id, "conversationId": body.conversationId, "duplicate": not new}, status=201 if new else 200
+    )
 
 
 @_route
@@ -320,8 +408,9 @@ async def patch_escalation(request: web.Request) -> web.Response:
     body: EscalationPatch = await _body(request, EscalationPatch)
     if not await _escalation_known(request.app[JOURNAL_KEY], escalation_id):
         return _error(404, f"no escalation {escalation_id}")
-    new = await _journal(request, API_ESCALATION_UPDATE, _patch_key(request, "escalation", body), body,
-                         conversation_id=None)
+    new = await _journal(
+        request, API_ESCALATION_UPDATE, _patch_key(request, "escalation", body), body, conversation_id=None
+    )
     return web.json_response({"id": escalation_id, "duplicate": not new})
 
 
@@ -331,8 +420,13 @@ async def patch_conversation(request: web.Request) -> web.Response:
     body: ConversationPatch = await _body(request, ConversationPatch)
     if not await _conversation_known(request.app[JOURNAL_KEY], conversation_id):
         return _error(404, f"no conversation {conversation_id} in any store")
-    new = await _journal(request, API_CONVERSATION_UPDATE, _patch_key(request, "conversation", body), body,
-                         conversation_id=conversation_id)
+    new = await _journal(
+        request,
+        API_CONVERSATION_UPDATE,
+        _patch_key(request, "conversation", body),
+        body,
+        conversation_id=conversation_id,
+    )
     return web.json_response({"id": conversation_id, "duplicate": not new})
 
 
@@ -356,8 +450,9 @@ async def _conversation_known(stores: ApiStores, conversation_id: str) -> bool:
         except SinkError as exc:
             problems.append(f"airtable: {exc}")
     if problems:
-        raise _Refused(_error(503, f"cannot tell whether conversation {conversation_id} exists: "
-                                   + "; ".join(problems)))
+        raise _Refused(
+            _error(503, f"cannot tell whether conversation {conversation_id} exists: " + "; ".join(problems))
+        )
     return False
 
 
@@ -375,6 +470,7 @@ async def _escalation_known(stores: ApiStores, escalation_id: str) -> bool:
 
 # -- reads -----------------------------------------------------------------------------------------
 
+
 async def _read(answer: Answer, absent: str) -> tuple[str, Any]:
     """The store that answered and what it found; else a 404 saying `absent`, and why a store was not asked."""
     if answer.problems or answer.not_asked:
@@ -387,16 +483,29 @@ async def _read(answer: Answer, absent: str) -> tuple[str, Any]:
 @_route
 async def get_conversation(request: web.Request) -> web.Response:
     conversation_id = _path_id(request)
-    source, found = await _read(await reads.conversation(request.app[JOURNAL_KEY], conversation_id),
-                                f"no conversation {conversation_id} in any store that answered")
+    source, found = await _read(
+        await reads.conversation(request.app[JOURNAL_KEY], conversation_id),
+        f"no conversation {conversation_id} in any store that answered",
+    )
     return web.json_response({"source": source, "conversation": found})
 
 
 def _limit(request: web.Request) -> int:
     text = request.query.get("limit", str(DEFAULT_READ_LIMIT))
     if not (text.isascii() and text.isdigit() and 1 <= int(text) <= READ_LIMIT):
-        raise _Refused(_error(422, "validation failed", fields=[{
-            "loc": ["query", "limit"], "msg": f"must be a whole number from 1 to {READ_LIMIT}", "type": "limit"}]))
+        raise _Refused(
+            _error(
+                422,
+                "validation failed",
+                fields=[
+                    {
+                        "loc": ["query", "limit"],
+                        "msg": f"must be a whole number from 1 to {READ_LIMIT}",
+                        "type": "limit",
+                    }
+                ],
+            )
+        )
     return int(text)
 
 
@@ -404,12 +513,15 @@ def _limit(request: web.Request) -> int:
 async def get_interactions(request: web.Request) -> web.Response:
     conversation_id = _path_id(request)
     limit = _limit(request)
-    source, found = await _read(await reads.interactions(request.app[JOURNAL_KEY], conversation_id, limit),
-                                f"no conversation {conversation_id} in any store that answered")
+    source, found = await _read(
+        await reads.interactions(request.app[JOURNAL_KEY], conversation_id, limit),
+        f"no conversation {conversation_id} in any store that answered",
+    )
     return web.json_response({"source": source, "conversationId": conversation_id, "interactions": found})
 
 
 # -- OpenAPI ---------------------------------------------------------------------------------------
+
 
 def _nullable(kind: str) -> dict[str, Any]:
     return {"type": [kind, "null"]}
@@ -419,50 +531,118 @@ TEXT = _nullable("string")
 # What the answers hold, for the document. Reads may come from Airtable, where an operator can empty
 # any field: only the keys are promised there, so the values are nullable.
 ANSWERS: dict[str, dict[str, Any]] = {
-    "Error": {"type": "object", "required": ["error"], "additionalProperties": False, "properties": {
-        "error": {"type": "string"},
-        "fields": {"type": "array", "description": "what failed validation (422)", "items": {
-            "type": "object", "required": ["loc", "msg", "type"], "properties": {
-                "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
-                "msg": {"type": "string"}, "type": {"type": "string"}}}}}},
-    "InteractionAccepted": {"type": "object", "additionalProperties": False,
-                            "required": ["id", "interactionId", "conversationId", "duplicate"], "properties": {
-        "id": {"type": "string"}, "interactionId": {"type": "string", "description": "the row it became"},
-        "conversationId": {"type": "string"}, "duplicate": {"type": "boolean"}}},
-    "EscalationAccepted": {"type": "object", "additionalProperties": False,
-                           "required": ["id", "conversationId", "duplicate"], "properties": {
-        "id": {"type": "string"}, "conversationId": {"type": "string"}, "duplicate": {"type": "boolean"}}},
-    "Updated": {"type": "object", "additionalProperties": False, "required": ["id", "duplicate"], "properties": {
-        "id": {"type": "string"},
-        "duplicate": {"type": "boolean", "description": "this Idempotency-Key was already applied"}}},
-    "Conversation": {"type": "object", "additionalProperties": False, "required": [
-        "conversationId", "customerPhone", "customerName", "status", "startedAt", "lastActivity", "messageCount"],
-        "properties": {name: TEXT for _, name, _ in CONVERSATION_FIELDS} | {
-            "conversationId": {"type": "string"}, "messageCount": _nullable("integer"),
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "additionalProperties": False,
+        "properties": {
+            "error": {"type": "string"},
+            "fields": {
+                "type": "array",
+                "description": "what failed validation (422)",
+                "items": {
+                    "type": "object",
+                    "required": ["loc", "msg", "type"],
+                    "properties": {
+                        "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                        "msg": {"type": "string"},
+                        "type": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+    "InteractionAccepted": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "interactionId", "conversationId", "duplicate"],
+        "properties": {
+            "id": {"type": "string"},
+            "interactionId": {"type": "string", "description": "the row it became"},
+            "conversationId": {"type": "string"},
+            "duplicate": {"type": "boolean"},
+        },
+    },
+    "EscalationAccepted": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "conversationId", "duplicate"],
+        "properties": {
+            "id": {"type": "string"},
+            "conversationId": {"type": "string"},
+            "duplicate": {"type": "boolean"},
+        },
+    },
+    "Updated": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "duplicate"],
+        "properties": {
+            "id": {"type": "string"},
+            "duplicate": {"type": "boolean", "description": "this Idempotency-Key was already applied"},
+        },
+    },
+    "Conversation": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [
+            "conversationId",
+            "customerPhone",
+            "customerName",
+            "status",
+            "startedAt",
+            "lastActivity",
+            "messageCount",
+        ],
+        "properties": {name: TEXT for _, name, _ in CONVERSATION_FIELDS}
+        | {
+            "conversationId": {"type": "string"},
+            "messageCount": _nullable("integer"),
             "tags": {"type": ["array", "null"], "items": {"type": "string"}},
-            "metadata": {"description": "an object; from Airtable its Metadata text when that is not JSON"}}},
-    "Interaction": {"type": "object", "additionalProperties": False,
-                    "required": [name for _, name, _ in INTERACTION_FIELDS],
-                    "properties": {name: TEXT for _, name, _ in INTERACTION_FIELDS} | {
-                        "processingTime": _nullable("integer")}},
+            "metadata": {"description": "an object; from Airtable its Metadata text when that is not JSON"},
+        },
+    },
+    "Interaction": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": [name for _, name, _ in INTERACTION_FIELDS],
+        "properties": {name: TEXT for _, name, _ in INTERACTION_FIELDS} | {"processingTime": _nullable("integer")},
+    },
 }
 SOURCE = {"type": "string", "enum": ["postgres", "journal", "airtable"], "description": "the store that answered"}
-ANSWERS["ConversationRead"] = {"type": "object", "additionalProperties": False,
-                               "required": ["source", "conversation"], "properties": {
-    "source": SOURCE, "conversation": {"$ref": "#/components/schemas/Conversation"}}}
-ANSWERS["InteractionsRead"] = {"type": "object", "additionalProperties": False,
-                               "required": ["source", "conversationId", "interactions"], "properties": {
-    "source": SOURCE, "conversationId": {"type": "string"},
-    "interactions": {"type": "array", "description": "oldest first",
-                     "items": {"$ref": "#/components/schemas/Interaction"}}}}
+ANSWERS["ConversationRead"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["source", "conversation"],
+    "properties": {"source": SOURCE, "conversation": {"$ref": "#/components/schemas/Conversation"}},
+}
+ANSWERS["InteractionsRead"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["source", "conversationId", "interactions"],
+    "properties": {
+        "source": SOURCE,
+        "conversationId": {"type": "string"},
+        "interactions": {
+            "type": "array",
+            "description": "oldest first",
+            "items": {"$ref": "#/components/schemas/Interaction"},
+        },
+    },
+}
 
-SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiToken": []}]  # Authorization: Bearer TOKEN, or X-Api-Token: TOKEN
+SECURITY: list[dict[str, list[str]]] = [
+    {"bearer": []},
+    {"apiToken": []},
+]  # Authorization: Bearer TOKEN, or X-Api-Token: TOKEN
 FAILURES = {
-    "400": "the body is not JSON", "401": "missing or wrong api token, or the API is disabled",
-    "404": "no store that answered knows it", "413": "the body is over [server] max_body_bytes",
+    "400": "the body is not JSON",
+    "401": "missing or wrong api token, or the API is disabled",
+    "404": "no store that answered knows it",
+    "413": "the body is over [server] max_body_bytes",
     "422": "validation failed: `fields` says where; nothing was written",
     "503": "the journal cannot write (or, for an escalation's PATCH, PostgreSQL cannot tell whether it exists): "
-           "nothing was written",
+    "nothing was written",
 }
 
 
@@ -475,21 +655,45 @@ def openapi() -> dict[str, Any]:
         schemas[model.__name__] = schema
 
     def answers(ok: dict[str, tuple[str, str]], *failures: str) -> dict[str, Any]:
-        out = {status: {"description": text, "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{name}"}}}} for status, (name, text) in ok.items()}
-        return out | {status: {"description": FAILURES[status], "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/Error"}}}} for status in failures}
+        out = {
+            status: {
+                "description": text,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+            }
+            for status, (name, text) in ok.items()
+        }
+        return out | {
+            status: {
+                "description": FAILURES[status],
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            }
+            for status in failures
+        }
 
     def write(model: str, ok: dict[str, tuple[str, str]], *failures: str) -> dict[str, Any]:
-        return {"security": SECURITY, "responses": answers(ok, "400", "401", *failures, "413", "422", "503"),
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": f"#/components/schemas/{model}"}}}}}
+        return {
+            "security": SECURITY,
+            "responses": answers(ok, "400", "401", *failures, "413", "422", "503"),
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model}"}}},
+            },
+        }
 
     path_id = [{"name": "id", "in": "path", "required": True, "schema": _PATH_ID.json_schema()}]
-    limit = {"name": "limit", "in": "query", "required": False, "schema": {
-        "type": "integer", "minimum": 1, "maximum": READ_LIMIT, "default": DEFAULT_READ_LIMIT}}
-    idempotency = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"},
-                   "description": "a PATCH sent again with the same key is applied once; without one, every PATCH is"}
+    limit = {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": READ_LIMIT, "default": DEFAULT_READ_LIMIT},
+    }
+    idempotency = {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "a PATCH sent again with the same key is applied once; without one, every PATCH is",
+    }
     updated = {"200": ("Updated", "recorded")}
 
     def created(name: str) -> dict[str, tuple[str, str]]:
@@ -498,21 +702,34 @@ def openapi() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "chatledger bot API", "version": "1"},
-        "components": {"schemas": schemas, "securitySchemes": {
-            "bearer": {"type": "http", "scheme": "bearer"},
-            "apiToken": {"type": "apiKey", "in": "header", "name": "X-Api-Token"}}},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiToken": {"type": "apiKey", "in": "header", "name": "X-Api-Token"},
+            },
+        },
         "paths": {
             PREFIX + "/interactions": {"post": write("InteractionIn", created("InteractionAccepted"))},
             PREFIX + "/escalations": {"post": write("EscalationIn", created("EscalationAccepted"))},
             PREFIX + "/escalations/{id}": {
-                "patch": {**write("EscalationPatch", updated, "404"), "parameters": [*path_id, idempotency]}},
+                "patch": {**write("EscalationPatch", updated, "404"), "parameters": [*path_id, idempotency]}
+            },
             PREFIX + "/conversations/{id}": {
                 "patch": {**write("ConversationPatch", updated, "404"), "parameters": [*path_id, idempotency]},
-                "get": {"security": SECURITY, "parameters": path_id,
-                        "responses": answers({"200": ("ConversationRead", "found")}, "401", "404", "422")}},
-            PREFIX + "/conversations/{id}/interactions": {"get": {
-                "security": SECURITY, "parameters": [*path_id, limit],
-                "responses": answers({"200": ("InteractionsRead", "found")}, "401", "404", "422")}},
+                "get": {
+                    "security": SECURITY,
+                    "parameters": path_id,
+                    "responses": answers({"200": ("ConversationRead", "found")}, "401", "404", "422"),
+                },
+            },
+            PREFIX + "/conversations/{id}/interactions": {
+                "get": {
+                    "security": SECURITY,
+                    "parameters": [*path_id, limit],
+                    "responses": answers({"200": ("InteractionsRead", "found")}, "401", "404", "422"),
+                }
+            },
         },
     }
 

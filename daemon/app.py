@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,14 @@ from daemon.sdnotify import Notifier
 from daemon.sinks.airtable import AirtableSink, BaseAccess
 from daemon.sinks.base import Sink
 from daemon.snapshot import (
-    SINK_NAMES, JournalCounts, Observed, SinkStatus, Snapshot, WorkerStatus, journal_status, sink_status,
+    SINK_NAMES,
+    JournalCounts,
+    Observed,
+    SinkStatus,
+    Snapshot,
+    WorkerStatus,
+    journal_status,
+    sink_status,
     webhook_counts,
 )
 from daemon.status import create_metrics_app, create_status_app, prepare_socket_path, secure_socket
@@ -63,8 +70,9 @@ def build_sink(name: str, config: Config, journal: Journal, monthly: MonthlyRequ
         from daemon.sinks.postgres import PostgresSink
 
         return PostgresSink(config.postgres.dsn.get_secret_value(), config.postgres.schema_)
-    return AirtableSink.from_config(config.airtable, journal.conversations, monthly,
-                                     messages=journal.event_times, reports=journal.reported_statuses)
+    return AirtableSink.from_config(
+        config.airtable, journal.conversations, monthly, messages=journal.event_times, reports=journal.reported_statuses
+    )
 
 
 class Daemon:
@@ -76,7 +84,7 @@ class Daemon:
         self.make_sink = make_sink
         self.notifier = Notifier()
         self.started_monotonic = time.monotonic()
-        self.started_at = datetime.now(timezone.utc)
+        self.started_at = datetime.now(UTC)
         self.journal: Journal | None = None  # opened at start
         self.workers = Workers()
         self.backfill: Backfill | None = None
@@ -119,16 +127,23 @@ class Daemon:
         if self.config.sendpulse.enabled:
             self.reconciliation.reconciler = Reconciler(self.config.sendpulse, journal)
         if self.config.airtable.enabled:
-            self.monthly = MonthlyRequests.restore(self.config.airtable.monthly_request_limit,
-                                                   await journal.meta(MonthlyRequests.JOURNAL_KEY))
+            self.monthly = MonthlyRequests.restore(
+                self.config.airtable.monthly_request_limit, await journal.meta(MonthlyRequests.JOURNAL_KEY)
+            )
         self._webhook = await self._start_webhook(journal)
         self._status = await self._start_status()
         self._metrics = await self._start_metrics()
         for name in self.config.enabled_sinks:  # each delivers on its own, none waits on another
             self.workers.start(journal, self.make_sink(name, self.config, journal, self.monthly))
         host, port = split_listen(self.config.server.listen)
-        logger.info("chatledger {} accepting webhooks on {}:{} at {} (status socket {})",
-                    __version__, host, port, self.config.server.webhook_path, self.config.status.socket)
+        logger.info(
+            "chatledger {} accepting webhooks on {}:{} at {} (status socket {})",
+            __version__,
+            host,
+            port,
+            self.config.server.webhook_path,
+            self.config.status.socket,
+        )
         for warning in self.config.warnings():
             logger.warning(warning)
         self.notifier.ready(f"accepting webhooks; sinks: {', '.join(self.config.enabled_sinks) or 'none'}")
@@ -146,8 +161,11 @@ class Daemon:
 
         # API reads and checks do not migrate: the PostgreSQL sink does at its connect, and a read
         # should not create tables (before the sink has, a read fails over to the journal)
-        add_api(app, self.config.server.api_token.get_secret_value(),
-                ApiStores(journal, postgres if self.config.postgres.enabled else None, airtable))
+        add_api(
+            app,
+            self.config.server.api_token.get_secret_value(),
+            ApiStores(journal, postgres if self.config.postgres.enabled else None, airtable),
+        )
         runner = GuardedRunner(app, self.config.server, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT)
         await runner.setup()
         host, port = split_listen(self.config.server.listen)
@@ -157,11 +175,22 @@ class Daemon:
     async def _start_status(self) -> web.AppRunner:
         socket_path = self.config.status.socket
         prepare_socket_path(socket_path)
-        runner = web.AppRunner(create_status_app(self.snapshot, self.sync, self.replay, self.forget, self.recover,
-                                                 self.airtable_setup, discard=self.discard, show=self.show,
-                                                 quarantine=self.quarantine,
-                                                 quarantine_discard=self.discard_quarantined,
-                                                 reconcile=self.reconcile), access_log=None)
+        runner = web.AppRunner(
+            create_status_app(
+                self.snapshot,
+                self.sync,
+                self.replay,
+                self.forget,
+                self.recover,
+                self.airtable_setup,
+                discard=self.discard,
+                show=self.show,
+                quarantine=self.quarantine,
+                quarantine_discard=self.discard_quarantined,
+                reconcile=self.reconcile,
+            ),
+            access_log=None,
+        )
         await runner.setup()
         await web.UnixSite(runner, str(socket_path)).start()
         secure_socket(socket_path)
@@ -196,8 +225,9 @@ class Daemon:
         """Wait for a stop; a background task that ends (the journal's writer and the delivery workers
         included) stops the daemon loudly."""
         assert journal.writer_task is not None
-        self._loops = {asyncio.create_task(coroutine, name=name)
-                       for name, coroutine in self._background(journal).items()}
+        self._loops = {
+            asyncio.create_task(coroutine, name=name) for name, coroutine in self._background(journal).items()
+        }
         watched = {*self._loops, journal.writer_task, *self.workers.tasks}
         stop_waiter = asyncio.create_task(self._stop.wait(), name="stop-signal")
         done, _ = await asyncio.wait(watched | {stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -207,8 +237,11 @@ class Daemon:
         for task in done - {stop_waiter}:
             exit_code = EXIT_CRASH
             error = task.exception() if not task.cancelled() else None
-            logger.critical("background task {} ended unexpectedly ({}); stopping so systemd restarts us",
-                            task.get_name(), repr(error) if error else "no error")
+            logger.critical(
+                "background task {} ended unexpectedly ({}); stopping so systemd restarts us",
+                task.get_name(),
+                repr(error) if error else "no error",
+            )
         return exit_code
 
     async def _shut_down(self) -> None:
@@ -240,7 +273,7 @@ class Daemon:
             logger.info("SIGHUP: reloading the config and replaying now")
             try:
                 await self.reload_settings()
-            except Exception:  # noqa: BLE001 - a reload must not stop intake; what failed is logged
+            except Exception:
                 logger.exception("SIGHUP: applying the config failed part way; restart chatledger to apply it whole")
             await self.sync(operator=False)
 
@@ -293,8 +326,11 @@ class Daemon:
         for name in names:
             if name not in self.workers:
                 raise ValueError(f"sink {name!r} is not enabled (enabled: {', '.join(sorted(self.workers)) or 'none'})")
-        requeued = (await operations.requeue(self._journal, sorted(self.workers), sink, selection) if selection
-                    else dict.fromkeys(names, 0))
+        requeued = (
+            await operations.requeue(self._journal, sorted(self.workers), sink, selection)
+            if selection
+            else dict.fromkeys(names, 0)
+        )
         for name in names:
             self.workers[name].wake()
         return {"replay": "triggered", "sinks": names, "requeued": requeued}
@@ -307,8 +343,9 @@ class Daemon:
     async def forget(self, phone: str, reference: str | None = None, dry_run: bool = False) -> dict[str, Any]:
         """Erase one phone everywhere (or count what that would erase), through this daemon's journal, workers
         and Airtable budget."""
-        return await operations.forget(self._journal, self.config, self._airtable_access(), phone, reference,
-                                       dry_run, quiesce=self.workers.quiesce)
+        return await operations.forget(
+            self._journal, self.config, self._airtable_access(), phone, reference, dry_run, quiesce=self.workers.quiesce
+        )
 
     async def quarantine(self, limit: int, discarded: bool, whole: bool) -> dict[str, Any]:
         """The quarantined elements (`chatledger quarantine`), open or discarded."""
@@ -327,15 +364,19 @@ class Daemon:
         if airtable is None or postgres is None:
             return {"error": "recover needs both [postgres] and [airtable] configured in the running daemon"}
         logger.info("recover ({}) from Airtable, asked over the status socket", selection.describe())
-        return await operations.recover(airtable, postgres, selection, options,
-                                        progress=lambda report: emit({"progress": report}))
+        return await operations.recover(
+            airtable, postgres, selection, options, progress=lambda report: emit({"progress": report})
+        )
 
     async def reconcile(self, since: datetime, bot: str | None, emit: Emit) -> dict[str, Any]:
         """`chatledger reconcile` with this daemon's SendPulse client and budget, after any run in progress."""
         reconciler = self.reconciliation.reconciler
         if reconciler is None:
-            return {"error": "[sendpulse] is not configured in the running daemon (set client_id and "
-                             "client_secret, then reload it: SIGHUP)", "not_configured": True}
+            return {
+                "error": "[sendpulse] is not configured in the running daemon (set client_id and "
+                "client_secret, then reload it: SIGHUP)",
+                "not_configured": True,
+            }
         logger.info("reconcile from {} asked over the status socket", since.isoformat(timespec="seconds"))
         return await operations.reconcile(reconciler, since, bot, emit)
 
@@ -370,7 +411,7 @@ class Daemon:
     async def snapshot(self) -> Snapshot:
         """Everything `chatledger status` shows, as JSON-ready data."""
         journal = self._journal
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         counts, read_error = await self._counts.read(journal)
         sinks: dict[str, SinkStatus] = {}
         for name in SINK_NAMES:
@@ -385,8 +426,9 @@ class Daemon:
             "pid": os.getpid(),
             "started_at": self.started_at.isoformat(timespec="seconds"),
             "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
-            "journal": journal_status(journal, counts, read_error, self.config.journal.retention_days,
-                                      self.retention.purged),
+            "journal": journal_status(
+                journal, counts, read_error, self.config.journal.retention_days, self.retention.purged
+            ),
             "sinks": sinks,
             "webhook": webhook_counts(counts),
             "alerts": {"enabled": self.alerts.enabled, "sent": self.alerts.sent, "failed": self.alerts.failed},

@@ -56,13 +56,19 @@ class Backfill:
         if not progress.total:
             progress.state = "done"
             return
-        logger.info("{}: {} events journaled before it was enabled have no delivery row; making them pending "
-                    "in the background ({} a transaction)", sink, progress.total, self.batch)
+        logger.info(
+            "{}: {} events journaled before it was enabled have no delivery row; making them pending "
+            "in the background ({} a transaction)",
+            sink,
+            progress.total,
+            self.batch,
+        )
         progress.state = "running"
         after = 0
         while True:
             added, last = await self._patiently(
-                sink, lambda: self.journal.add_missing_deliveries(sink, after, self.batch))
+                sink, lambda: self.journal.add_missing_deliveries(sink, after, self.batch)
+            )
             if last is None:
                 break
             progress.done += added
@@ -81,7 +87,12 @@ class Backfill:
                 if not self.journal.writer_alive or isinstance(exc, sqlite3.ProgrammingError):
                     raise  # the journal is closed: nothing to wait for
                 if not warned:
-                    logger.warning("{}: making the earlier events pending waits for the journal ({}: {}); "
-                                   "retrying every {:.0f} s", sink, type(exc).__name__, exc, RETRY_SECONDS)
+                    logger.warning(
+                        "{}: making the earlier events pending waits for the journal ({}: {}); retrying every {:.0f} s",
+                        sink,
+                        type(exc).__name__,
+                        exc,
+                        RETRY_SECONDS,
+                    )
                     warned = True
                 await asyncio.sleep(RETRY_SECONDS)

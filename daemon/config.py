@@ -7,9 +7,10 @@ import os
 import re
 import tomllib
 import urllib.parse
+from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pydantic import (
     BaseModel,
@@ -130,9 +131,7 @@ class PostgresConfig(_Section):
     @field_validator("schema_")
     @classmethod
     def _schema_is_identifier(cls, value: str) -> str:
-        if not value or not (value[0].isalpha() or value[0] == "_") or not all(
-            c.isalnum() or c == "_" for c in value
-        ):
+        if not value or not (value[0].isalpha() or value[0] == "_") or not all(c.isalnum() or c == "_" for c in value):
             raise ValueError("must be a plain SQL identifier (letters, digits, underscore)")
         return value
 
@@ -170,11 +169,13 @@ class AirtableConfig(_Section):
             try:
                 value = json.loads(value)
             except ValueError:
-                raise ValueError('must be a table; in the environment a JSON object such as '
-                                 '{"Interactions.Content": "Message"}') from None
+                raise ValueError(
+                    'must be a table; in the environment a JSON object such as {"Interactions.Content": "Message"}'
+                ) from None
             if not isinstance(value, dict):
-                raise ValueError('must be a table; in the environment a JSON object such as '
-                                 '{"Interactions.Content": "Message"}')
+                raise ValueError(
+                    'must be a table; in the environment a JSON object such as {"Interactions.Content": "Message"}'
+                )
         return value
 
     @field_validator("fields")
@@ -205,7 +206,7 @@ class AirtableConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _base_when_enabled(self) -> "AirtableConfig":
+    def _base_when_enabled(self) -> AirtableConfig:
         if self.enabled and not self.base_id.strip():
             raise ValueError("base_id: is required when api_key is set (the app... id of your base)")
         return self
@@ -254,8 +255,9 @@ class SendPulseConfig(_Section):
                 try:
                     return json.loads(text)
                 except ValueError:
-                    raise ValueError('must be a list of bot ids; in the environment a JSON array or '
-                                     'ids separated by commas') from None
+                    raise ValueError(
+                        "must be a list of bot ids; in the environment a JSON array or ids separated by commas"
+                    ) from None
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
@@ -272,7 +274,7 @@ class SendPulseConfig(_Section):
         return _http_url(value, "https://api.sendpulse.com")
 
     @model_validator(mode="after")
-    def _secret_when_enabled(self) -> "SendPulseConfig":
+    def _secret_when_enabled(self) -> SendPulseConfig:
         if self.enabled and not self.client_secret.get_secret_value().strip():
             raise ValueError("client_secret: is required when client_id is set (or SENDPULSE_CLIENT_SECRET)")
         return self
@@ -379,7 +381,7 @@ class _EnvSource(PydanticBaseSettingsSource):
         for name, value in environ.items():
             if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
                 continue
-            section, sep, key = name[len(ENV_PREFIX):].lower().partition("__")
+            section, sep, key = name[len(ENV_PREFIX) :].lower().partition("__")
             if not sep or not key or section not in Config.model_fields:
                 raise ConfigError(
                     f"environment variable {name}: not a chatledger setting "
@@ -458,16 +460,23 @@ class Config(BaseSettings):
         """What works but should not stay so (check-config prints it, the daemon logs it at start)."""
         warnings = []
         if self.server.webhook_token.get_secret_value() == EXAMPLE_WEBHOOK_TOKEN:
-            warnings.append("[server] webhook_token is the example's, which anyone can read: replace it "
-                            "(openssl rand -hex 24) and update the URL in SendPulse")
+            warnings.append(
+                "[server] webhook_token is the example's, which anyone can read: replace it "
+                "(openssl rand -hex 24) and update the URL in SendPulse"
+            )
         return warnings
 
     def redacted(self) -> dict[str, Any]:
         """The effective settings as plain data, every secret replaced by whether it is set."""
         data = self.model_dump(mode="json", by_alias=True)
-        for section, key in (("server", "webhook_token"), ("server", "api_token"), ("airtable", "api_key"),
-                             ("postgres", "dsn"), ("alerts", "webhook_url"),
-                             ("sendpulse", "client_secret")):
+        for section, key in (
+            ("server", "webhook_token"),
+            ("server", "api_token"),
+            ("airtable", "api_key"),
+            ("postgres", "dsn"),
+            ("alerts", "webhook_url"),
+            ("sendpulse", "client_secret"),
+        ):
             secret: SecretStr = getattr(getattr(self, section), key)
             data[section][key] = "(set)" if secret.get_secret_value() else "(empty)"
         data["airtable"]["endpoint_url"] = without_userinfo(self.airtable.endpoint_url)
@@ -520,9 +529,10 @@ def check_dsn(dsn: str) -> None:
         parsed = urllib.parse.urlsplit(dsn)
     except ValueError:
         raise ValueError("is not a valid URL (check the brackets of an IPv6 host)") from None
-    if parsed.scheme not in DSN_SCHEMES or not dsn[len(parsed.scheme):].startswith("://"):
-        raise ValueError("must start with postgresql:// or postgres:// "
-                         "(asyncpg reads no other form, e.g. not host=... dbname=...)")
+    if parsed.scheme not in DSN_SCHEMES or not dsn[len(parsed.scheme) :].startswith("://"):
+        raise ValueError(
+            "must start with postgresql:// or postgres:// (asyncpg reads no other form, e.g. not host=... dbname=...)"
+        )
     hostlist = parsed.netloc.partition("@")[2] if "@" in parsed.netloc else parsed.netloc
     if "@" in hostlist:
         raise ValueError("has more than one @" + _PERCENT_HINT)
@@ -561,7 +571,7 @@ def _describe(error: Mapping[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     elif message.startswith("Value error, "):
-        message = message[len("Value error, "):]
+        message = message[len("Value error, ") :]
     if not rest:
         return f"[{section}] {message}" if section in Config.model_fields else f"{section}: {message}"
     return f"[{section}] {'.'.join(rest)}: {message}"

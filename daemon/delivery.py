@@ -40,7 +40,15 @@ from daemon.events import StoredEvent
 from daemon.journal import Journal, JournalUnavailable
 from daemon.records import parse_time
 from daemon.sinks.base import (
-    IDLE_CHECK_S, BlockedError, PermanentError, RefusedError, SetupError, Sink, SinkOptions, TransientError, state_words,
+    IDLE_CHECK_S,
+    BlockedError,
+    PermanentError,
+    RefusedError,
+    SetupError,
+    Sink,
+    SinkOptions,
+    TransientError,
+    state_words,
 )
 from daemon.snapshot import WorkerStatus
 
@@ -53,8 +61,9 @@ REFUSED_TIMES = 2  # a suspect refused alone right after records were created th
 BLOCKED_RETRY_CAP = 3600.0  # a cap lifts when an operator acts (then `sync` retries at once): probe gently
 
 
-def backoff_delay(failures: int, rand: Callable[[], float] = random.random,
-                  first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP) -> float:
+def backoff_delay(
+    failures: int, rand: Callable[[], float] = random.random, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP
+) -> float:
     """Seconds to wait after `failures` consecutive failures: doubling, capped, half of it jittered."""
     ceiling = min(cap, first * 2.0 ** min(max(0, failures - 1), 64))  # no overflow after days of failures
     return ceiling / 2 + rand() * ceiling / 2
@@ -63,8 +72,14 @@ def backoff_delay(failures: int, rand: Callable[[], float] = random.random,
 class DeliveryWorker:
     """Delivers one sink's pending events until stopped; wake() skips the backoff."""
 
-    def __init__(self, journal: Journal, sink: Sink, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        journal: Journal,
+        sink: Sink,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ):
         self.journal = journal
         self.sink = sink
         self.options = SinkOptions(sink)
@@ -193,7 +208,7 @@ class DeliveryWorker:
         self.lingering = True
         try:
             await asyncio.wait_for(self._new_events.wait(), left)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             self.lingering = False
@@ -228,7 +243,7 @@ class DeliveryWorker:
             self._checked_at = self._clock()
         try:
             await asyncio.wait_for(self._new_events.wait(), IDLE_CHECK_INTERVAL)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _recovered(self) -> None:
@@ -330,14 +345,16 @@ class DeliveryWorker:
             if len(batch) == 1:
                 self._suspect(batch[0], exc)
                 return
-            logger.warning("{} refused a batch of {} events ({}); splitting to write what it takes",
-                           self.name, len(batch), exc)
+            logger.warning(
+                "{} refused a batch of {} events ({}); splitting to write what it takes", self.name, len(batch), exc
+            )
         except PermanentError as exc:
             if len(batch) == 1:
                 await self._park(batch[0], exc)
                 return
-            logger.warning("{} refused a batch of {} events ({}); splitting to isolate the cause",
-                           self.name, len(batch), exc)
+            logger.warning(
+                "{} refused a batch of {} events ({}); splitting to isolate the cause", self.name, len(batch), exc
+            )
         else:
             if created is None or created > 0:  # the base still takes new records
                 await self._judge()
@@ -361,8 +378,10 @@ class DeliveryWorker:
         if not self._held:
             self._held, self._probes = True, 0
         last = exc or list(self._suspects.values())[-1].error
-        return BlockedError(f"{last}; held, nothing dead-lettered: events refused alone in a row with no record "
-                            "created after them (a condition of the base, not of the events)")
+        return BlockedError(
+            f"{last}; held, nothing dead-lettered: events refused alone in a row with no record "
+            "created after them (a condition of the base, not of the events)"
+        )
 
     async def _judge(self, strike: bool = True) -> None:
         """Records were just created: the base takes them, so each suspect is tried alone again; one
@@ -397,9 +416,16 @@ class DeliveryWorker:
 
     async def _park(self, event: StoredEvent, exc: PermanentError, why: str = "") -> None:
         error = f"{exc} ({why})" if why else str(exc)
-        logger.error("{} refused event {} ({} {}) for good; parked as a dead letter "
-                     "(`chatledger replay --dead --sink {}` retries it): {}",
-                     self.name, event.id, event.title, event.dedup_key, self.name, error)
+        logger.error(
+            "{} refused event {} ({} {}) for good; parked as a dead letter "
+            "(`chatledger replay --dead --sink {}` retries it): {}",
+            self.name,
+            event.id,
+            event.title,
+            event.dedup_key,
+            self.name,
+            error,
+        )
         await self.journal.mark_dead(self.name, event.id, error)
         self.dead_since_start += 1
 
@@ -424,8 +450,14 @@ class DeliveryWorker:
         self.state = exc.state
         self.last_error, self.last_error_at = error, time.time()
         log = logger.error if was != self.state or self.failures in (1, 10) else logger.debug
-        log("{} is {} (attempt {}), retrying in {:.1f} s: {}", self.name, state_words(self.state), self.failures, delay,
-            error)
+        log(
+            "{} is {} (attempt {}), retrying in {:.1f} s: {}",
+            self.name,
+            state_words(self.state),
+            self.failures,
+            delay,
+            error,
+        )
         # Armed before the journal write below: status shows the retry at once, and a wake()
         # (sync, SIGHUP) arriving during that write is not lost.
         self._arm_retry(delay)
@@ -452,7 +484,7 @@ class DeliveryWorker:
             if not self._stopping:
                 logger.info("{}: replay requested, retrying now", self.name)
                 self.failures = 0
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         self.retry_at = None
 

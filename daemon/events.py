@@ -8,7 +8,7 @@ import math
 import re
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 # The one table of message titles: what becomes an interaction, in which direction. Records, the journal's
@@ -133,8 +133,7 @@ def _lenient_int(literal: str) -> int | float:
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_float_literal, parse_int=_int_literal)
 # Only for a body the fast decoder refused for an integer of more than 4300 digits (Python's limit).
-_LENIENT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_float_literal,
-                                    parse_int=_lenient_int)
+_LENIENT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_float_literal, parse_int=_lenient_int)
 _WHITESPACE = " \t\n\r"
 _NOT_DIGITS = re.compile(r"[^0-9]+")
 # A phone as people write it: digits, an optional leading +, groups parted by spaces, dashes, dots or
@@ -223,8 +222,9 @@ def _skip(text: str, position: int) -> int:
     return position
 
 
-def normalize(element: Any, received_at: datetime, raw: str | None = None,
-              wide_numbers: bool = True) -> Event | Rejected:
+def normalize(
+    element: Any, received_at: datetime, raw: str | None = None, wide_numbers: bool = True
+) -> Event | Rejected:
     """Turn one webhook element into an Event, or say why it is rejected; never raises.
 
     `raw` is the element's text as received; without it the element is serialized again. `wide_numbers`
@@ -234,7 +234,7 @@ def normalize(element: Any, received_at: datetime, raw: str | None = None,
         if raw is None:
             raw = _dumps(element)
         return _normalize(element, received_at, raw, wide_numbers)
-    except Exception as exc:  # noqa: BLE001 - one unreadable element is quarantined, never the request
+    except Exception as exc:
         reason = f"element cannot be read: {type(exc).__name__}: {exc}"[:300]
         return Rejected(reason, raw if raw is not None else _dumps_safely(element), received_at)
 
@@ -260,8 +260,11 @@ def _normalize(element: Any, received_at: datetime, raw: str, wide_numbers: bool
     given_id = _text(info_message.get("id"), clean=False) or _text(info.get("message_id"), clean=False)
     title = TITLE_ALIASES.get(title, title)
     if title in OWN_TITLES:
-        return Rejected(f"title {title!r} is chatledger's own (its bot API and reconciliation journal it), "
-                        "not a webhook's", raw, received_at)
+        return Rejected(
+            f"title {title!r} is chatledger's own (its bot API and reconciliation journal it), not a webhook's",
+            raw,
+            received_at,
+        )
     direction = MESSAGE_TITLES.get(title)
     cleaned = storable_json(raw, wide_numbers)
     return Event(
@@ -322,15 +325,15 @@ def parse_date(value: Any, received_at: datetime) -> datetime:
             try:
                 parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
                 if parsed.tzinfo is None:
-                    parsed = parsed.replace(tzinfo=timezone.utc)
-                return _plausible(parsed.astimezone(timezone.utc), received_at)
+                    parsed = parsed.replace(tzinfo=UTC)
+                return _plausible(parsed.astimezone(UTC), received_at)
             except (ValueError, OverflowError):  # year 9999 with a negative offset overflows in UTC
                 return received_at
     if number is None or not math.isfinite(number) or number <= 0:
         return received_at
     seconds = number / 1000.0 if number > _MS_THRESHOLD else number
     try:
-        return _plausible(datetime.fromtimestamp(seconds, tz=timezone.utc), received_at)
+        return _plausible(datetime.fromtimestamp(seconds, tz=UTC), received_at)
     except (OverflowError, OSError, ValueError):
         return received_at
 
@@ -348,7 +351,7 @@ def digits_only(phone: Any) -> str | None:
             return None
         phone = str(int(phone))
     elif isinstance(phone, int):
-        phone = str(phone) if -10**16 < phone < 10**16 else None
+        phone = str(phone) if -(10**16) < phone < 10**16 else None
     if not isinstance(phone, str):
         return None
     digits = _NOT_DIGITS.sub("", phone)
@@ -482,8 +485,10 @@ def storable_text(text: str) -> str:
 # \u, which the regex engine finds by a fast scan (a branch opening with a lookbehind would be tried at
 # every character: 25 times slower on a typical element with accents).
 _HEX2 = "[0-9a-fA-F]{2}"
-_SUSPECT_ESCAPE = re.compile(rf"\\u(?:0000|[dD][89abAB]{_HEX2}(?!\\u[dD][c-fC-F]{_HEX2})"
-                             rf"|(?<!\\u[dD][89abAB]{_HEX2}\\u)[dD][c-fC-F]{_HEX2})")
+_SUSPECT_ESCAPE = re.compile(
+    rf"\\u(?:0000|[dD][89abAB]{_HEX2}(?!\\u[dD][c-fC-F]{_HEX2})"
+    rf"|(?<!\\u[dD][89abAB]{_HEX2}\\u)[dD][c-fC-F]{_HEX2})"
+)
 _SUSPECT_NUMBER = re.compile(r"[0-9](?:[eE][-+]?[0-9]{3}|[0-9]{299})")
 
 

@@ -23,7 +23,13 @@ from loguru import logger
 
 from daemon.journal import Journal
 from daemon.sinks.airtable_client import (
-    RECORDS_PER_REQUEST, AirtableClient, ids_formulas, pages, patiently, phone_formula, read_plan,
+    RECORDS_PER_REQUEST,
+    AirtableClient,
+    ids_formulas,
+    pages,
+    patiently,
+    phone_formula,
+    read_plan,
 )
 from daemon.sinks.airtable_fields import FIELD_OF, KEYS, BaseNames
 from daemon.sinks.airtable_schema import BasePlan
@@ -41,8 +47,14 @@ class ForgetReport:
     dry_run: bool = False  # `stores` counts what would be erased; nothing was
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stores": self.stores, "complete": self.complete, "error": self.error, "audit": self.audit,
-                "notes": self.notes, "dry_run": self.dry_run}
+        return {
+            "stores": self.stores,
+            "complete": self.complete,
+            "error": self.error,
+            "audit": self.audit,
+            "notes": self.notes,
+            "dry_run": self.dry_run,
+        }
 
 
 Delete = Callable[[str, list[str]], Awaitable[None]]
@@ -77,15 +89,19 @@ class _Lookups:
         return None
 
 
-async def _airtable_targets(client: AirtableClient, lookups: _Lookups, phone: str,
-                            conversation_ids: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+async def _airtable_targets(
+    client: AirtableClient, lookups: _Lookups, phone: str, conversation_ids: list[str]
+) -> tuple[dict[str, list[str]], list[str]]:
     """Airtable record ids to delete per table, and the conversation ids Airtable adds."""
     names = lookups.names
     found: dict[str, list[str]] = {kind: [] for kind in names}
     ids = list(conversation_ids)
     key = lookups.field("conversations", "conversation_id", "no conversation could be looked up")
-    phone_field = key and lookups.field("conversations", "customer_phone", "conversations were looked up only by "
-                                        "the ids the journal and PostgreSQL know")
+    phone_field = key and lookups.field(
+        "conversations",
+        "customer_phone",
+        "conversations were looked up only by the ids the journal and PostgreSQL know",
+    )
     if phone_field:
         async for page in pages(client, names["conversations"], phone_formula(phone_field, phone)):
             for record in page:
@@ -96,18 +112,27 @@ async def _airtable_targets(client: AirtableClient, lookups: _Lookups, phone: st
     for formula in ids_formulas(key, ids) if key else []:
         async for page in pages(client, names["conversations"], formula):
             found["conversations"] += [r["id"] for r in page if r["id"] not in found["conversations"]]
-    by_conversation = lookups.field("interactions", "conversation_id", "no interaction could be found (they "
-                                    "carry no phone): delete this person's messages there by hand")
+    by_conversation = lookups.field(
+        "interactions",
+        "conversation_id",
+        "no interaction could be found (they carry no phone): delete this person's messages there by hand",
+    )
     for formula in ids_formulas(by_conversation, ids) if by_conversation else []:
         async for page in pages(client, names["interactions"], formula):
             found["interactions"] += [r["id"] for r in page]
     escalation_formulas = []
     neither = "no escalation could be found: delete this person's escalations there by hand"
-    if phone_field := lookups.field("escalations", "customer_phone", "escalations were looked up only by conversation"
-                                    if lookups.has("escalations", "conversation_id") else neither):
+    if phone_field := lookups.field(
+        "escalations",
+        "customer_phone",
+        "escalations were looked up only by conversation" if lookups.has("escalations", "conversation_id") else neither,
+    ):
         escalation_formulas.append(phone_formula(phone_field, phone))
-    if by_conversation := lookups.field("escalations", "conversation_id", "escalations were looked up only by phone"
-                                        if lookups.has("escalations", "customer_phone") else neither):
+    if by_conversation := lookups.field(
+        "escalations",
+        "conversation_id",
+        "escalations were looked up only by phone" if lookups.has("escalations", "customer_phone") else neither,
+    ):
         escalation_formulas += ids_formulas(by_conversation, ids)
     for formula in escalation_formulas:
         async for page in pages(client, names["escalations"], formula):
@@ -115,22 +140,27 @@ async def _airtable_targets(client: AirtableClient, lookups: _Lookups, phone: st
     return found, ids
 
 
-async def _airtable_delete(delete: Delete, tables: dict[str, str], found: dict[str, list[str]],
-                           counts: dict[str, int]) -> None:
+async def _airtable_delete(
+    delete: Delete, tables: dict[str, str], found: dict[str, list[str]], counts: dict[str, int]
+) -> None:
     for kind in ("interactions", "escalations", "conversations"):
         record_ids = found[kind]
         for start in range(0, len(record_ids), RECORDS_PER_REQUEST):
-            chunk = record_ids[start:start + RECORDS_PER_REQUEST]
+            chunk = record_ids[start : start + RECORDS_PER_REQUEST]
             await patiently(lambda: delete(tables[kind], chunk))
             counts[kind] += len(chunk)
 
 
 async def forget_phone(
-    phone: str, journal: Journal, *,
+    phone: str,
+    journal: Journal,
+    *,
     postgres: Callable[[], AbstractAsyncContextManager[PostgresRows]] | None,
     airtable: tuple[AirtableClient, dict[str, str]] | None,
-    quiesce: Callable[[], Awaitable[None]] | None = None, reference: str | None = None,
-    airtable_delete: Delete | None = None, dry_run: bool = False,
+    quiesce: Callable[[], Awaitable[None]] | None = None,
+    reference: str | None = None,
+    airtable_delete: Delete | None = None,
+    dry_run: bool = False,
 ) -> ForgetReport:
     """Erase `phone` (digits) from every configured store; the report is also the audit entry's.
     `airtable_delete`: how a chunk of Airtable records is deleted (the daemon's sink keeps its count).
@@ -153,8 +183,9 @@ async def forget_phone(
             if pg is not None:
                 report.stores["postgres"] = await pg.forget_counts(phone, conversation_ids, event_keys)
             if airtable is not None:
-                report.stores["airtable"] = {kind: len(found[kind]) for kind in ("conversations", "interactions",
-                                                                                  "escalations")}
+                report.stores["airtable"] = {
+                    kind: len(found[kind]) for kind in ("conversations", "interactions", "escalations")
+                }
             report.stores.setdefault("postgres", "not configured")
             report.stores.setdefault("airtable", "not configured")
             logger.info("forget: dry run for phone ...{}, nothing erased: {}", phone[-4:], report.stores)
@@ -172,8 +203,9 @@ async def forget_phone(
             if airtable is not None and lookups is not None:
                 # looked up again: a delivery that finished after the first look may have added records
                 found, _ = await _airtable_targets(airtable[0], lookups, phone, conversation_ids)
-                done = report.stores["airtable"] = {kind: 0 for kind in ("conversations", "interactions",
-                                                                         "escalations")}
+                done = report.stores["airtable"] = {
+                    kind: 0 for kind in ("conversations", "interactions", "escalations")
+                }
                 await _airtable_delete(airtable_delete or airtable[0].delete, lookups.names, found, done)
         except SinkError as exc:
             report.complete, report.error = False, str(exc)
@@ -181,8 +213,9 @@ async def forget_phone(
         report.stores.setdefault("postgres", "not configured")
         report.stores.setdefault("airtable", "not configured")
         audited = {"stores": report.stores, "complete": report.complete}
-        report.audit = await journal.audit("forget", audited | ({"notes": report.notes} if report.notes else {}),
-                                           last4=phone[-4:], reference=reference)
+        report.audit = await journal.audit(
+            "forget", audited | ({"notes": report.notes} if report.notes else {}), last4=phone[-4:], reference=reference
+        )
         logger.info("forget: erased phone ...{} (reference {}): {}", phone[-4:], reference, report.stores)
         for note in report.notes:
             logger.warning("forget: {}", note)

@@ -27,9 +27,11 @@ def judge(snapshot: Observed) -> Health:
             reason = f": {sink['last_error']}" if sink.get("last_error") else ""
             problems.append(f"{name} is {state_words(sink['state'])}{reason}")
         if sink["dead"]:
-            problems.append(f"{name} has {sink['dead']} dead letters: `chatledger dead` lists them and why; fix the "
-                            "cause and `chatledger replay --dead`, or give them up with `chatledger dead --discard "
-                            "ID|--all --reason TEXT`")
+            problems.append(
+                f"{name} has {sink['dead']} dead letters: `chatledger dead` lists them and why; fix the "
+                "cause and `chatledger replay --dead`, or give them up with `chatledger dead --discard "
+                "ID|--all --reason TEXT`"
+            )
     source = source_problem(snapshot.get("sources", {}).get("sendpulse"))
     if source:
         problems.append(source)

@@ -29,7 +29,13 @@ _USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^\s/?#]*@", re.IGNORECASE)
 
 # journald reads a "<N>" syslog priority prefix on each stderr line (SyslogLevelPrefix=yes).
 _SYSLOG_PRIORITY = {
-    "TRACE": 7, "DEBUG": 7, "INFO": 6, "SUCCESS": 5, "WARNING": 4, "ERROR": 3, "CRITICAL": 2,
+    "TRACE": 7,
+    "DEBUG": 7,
+    "INFO": 6,
+    "SUCCESS": 5,
+    "WARNING": 4,
+    "ERROR": 3,
+    "CRITICAL": 2,
 }
 
 
@@ -53,7 +59,7 @@ def _mask_record(record: Record) -> None:
     """Mask the record; never raise (a log call must never fail what it reports on, a commit say)."""
     try:
         _mask(record)
-    except Exception as exc:  # noqa: BLE001 - the unmasked text is dropped, never printed
+    except Exception as exc:
         record["message"] = f"(a log line chatledger could not mask: {type(exc).__name__})"
         record["extra"] = {key: value for key, value in record["extra"].items() if not isinstance(value, str)}
         record["exception"] = None
@@ -130,11 +136,16 @@ def scrub_urls(text: str) -> str:
 
 
 # aiohttp's parser errors by class, for when the message cannot be trusted to hold no request bytes
-_HTTP_ERRORS = {"LineTooLong": "line too long", "InvalidHeader": "invalid header", "BadHttpMethod": "invalid method",
-                "BadStatusLine": "invalid request line", "InvalidURLError": "invalid URL",
-                "TransferEncodingError": "invalid transfer encoding",
-                "ContentLengthError": "body shorter than its Content-Length",
-                "ContentEncodingError": "invalid content encoding"}
+_HTTP_ERRORS = {
+    "LineTooLong": "line too long",
+    "InvalidHeader": "invalid header",
+    "BadHttpMethod": "invalid method",
+    "BadStatusLine": "invalid request line",
+    "InvalidURLError": "invalid URL",
+    "TransferEncodingError": "invalid transfer encoding",
+    "ContentLengthError": "body shorter than its Content-Length",
+    "ContentEncodingError": "invalid content encoding",
+}
 # llhttp's reasons are fixed words; anything else in that place is not trusted
 _REASON = re.compile(r"[A-Za-z][A-Za-z0-9 ,.'_-]{0,79}")
 
@@ -169,8 +180,10 @@ def _aiohttp_record(record: logging.LogRecord) -> tuple[int, str] | None:
         return min(record.levelno, logging.WARNING), f"bad HTTP request{peer}: {_http_error_kind(cause)}"
     if exc is not None:  # a handler crashed: where, but not the message, which may quote the request
         frames = "".join(traceback.format_tb(exc.__traceback__))
-        return record.levelno, (f"error handling a request{peer}: {type(exc).__name__} (its message is not "
-                                f"logged)\nTraceback (most recent call last):\n{frames.rstrip()}")
+        return record.levelno, (
+            f"error handling a request{peer}: {type(exc).__name__} (its message is not "
+            f"logged)\nTraceback (most recent call last):\n{frames.rstrip()}"
+        )
     return record.levelno, re.sub(r"%[-#0 +]*\d*(?:\.\d+)?[a-zA-Z]", "…", str(record.msg))
 
 

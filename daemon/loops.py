@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loguru import logger
@@ -56,9 +56,11 @@ async def watchdog(notifier: Notifier, journal: Journal) -> None:
     while True:
         try:
             await asyncio.wait_for(journal.ping(), min(WATCHDOG_PING_TIMEOUT, interval))
-        except asyncio.TimeoutError:
-            logger.error("journal writer did not answer within {:.1f} s; withholding WATCHDOG=1",
-                         min(WATCHDOG_PING_TIMEOUT, interval))
+        except TimeoutError:
+            logger.error(
+                "journal writer did not answer within {:.1f} s; withholding WATCHDOG=1",
+                min(WATCHDOG_PING_TIMEOUT, interval),
+            )
         else:
             notifier.watchdog()
         await asyncio.sleep(interval)
@@ -83,15 +85,17 @@ class JournalRetention:
     async def run(self, journal: Journal) -> None:
         sinks = list(self.config.enabled_sinks)
         if not self.config.journal.retention_days or not sinks:
-            logger.info("journal retention off ({})", "no sink enabled: the journal is the only copy" if not sinks
-                        else "retention_days = 0")
+            logger.info(
+                "journal retention off ({})",
+                "no sink enabled: the journal is the only copy" if not sinks else "retention_days = 0",
+            )
             if not sinks:
                 await idle()
         await asyncio.sleep(RETENTION_FIRST_DELAY)
         while True:
             days = self.config.journal.retention_days  # SIGHUP may change it, to 0 too
             if days:
-                await self._purge(journal, sinks, datetime.now(timezone.utc) - timedelta(days=days))
+                await self._purge(journal, sinks, datetime.now(UTC) - timedelta(days=days))
             await asyncio.sleep(RETENTION_INTERVAL)
 
     async def _purge(self, journal: Journal, sinks: list[str], cutoff: datetime) -> None:
@@ -108,12 +112,17 @@ class JournalRetention:
             await asyncio.sleep(RETENTION_PAUSE)  # intake goes first
         if purged:
             self.purged += purged
-            logger.info("journal retention: purged {} events received before {} and delivered to {}",
-                        purged, cutoff.isoformat(timespec="seconds"), ", ".join(sinks))
+            logger.info(
+                "journal retention: purged {} events received before {} and delivered to {}",
+                purged,
+                cutoff.isoformat(timespec="seconds"),
+                ", ".join(sinks),
+            )
 
 
-async def alerts(journal: Journal, settings: AlertsConfig, sender: AlertSender,
-                 snapshot: Callable[[], Awaitable[Snapshot]]) -> None:
+async def alerts(
+    journal: Journal, settings: AlertsConfig, sender: AlertSender, snapshot: Callable[[], Awaitable[Snapshot]]
+) -> None:
     """Compare the status every few seconds and raise what changed: sinks down or back, the Airtable
     fallback, new dead letters, an old backlog, the Airtable quota, SendPulse reconciliation misconfigured
     or down for long. What was told is kept in the journal: a restart neither repeats it nor leaves a
@@ -162,8 +171,10 @@ async def airtable_retention(config: Config, workers: Workers) -> None:
     a blocked base lets the held deliveries go at once."""
     if "airtable" not in workers or not config.postgres.enabled:
         if config.airtable.retention_days:
-            logger.warning("[airtable] retention_days is set, but nothing is deleted from Airtable: PostgreSQL "
-                           "is not configured, so nothing there can be known to be held elsewhere")
+            logger.warning(
+                "[airtable] retention_days is set, but nothing is deleted from Airtable: PostgreSQL "
+                "is not configured, so nothing there can be known to be held elsewhere"
+            )
         await idle()
     from daemon.sinks.airtable_retention import RetentionSchedule, day_start
 
@@ -175,7 +186,7 @@ async def airtable_retention(config: Config, workers: Workers) -> None:
         if not days or sink is None:
             await asyncio.sleep(RETENTION_PRESSURE_POLL)
             continue
-        cutoff = datetime.now(timezone.utc) - timedelta(days=days)
+        cutoff = datetime.now(UTC) - timedelta(days=days)
         pressure = _records_pressure(worker, sink)
         if not schedule.due(pressure is not None, day_start(cutoff).date()):
             await asyncio.sleep(RETENTION_PRESSURE_POLL)
@@ -192,8 +203,9 @@ async def airtable_retention(config: Config, workers: Workers) -> None:
             worker.retry_now()
 
 
-async def _purge_airtable(access: BaseAccess, postgres: Any, cutoff: datetime,
-                          spare: Callable[[], Awaitable[None]]) -> tuple[int, SinkError | None]:
+async def _purge_airtable(
+    access: BaseAccess, postgres: Any, cutoff: datetime, spare: Callable[[], Awaitable[None]]
+) -> tuple[int, SinkError | None]:
     """One retention run through the sink's access: how many records it deleted, and why it stopped short."""
     from daemon.sinks.airtable_retention import purge_airtable
 
@@ -265,17 +277,24 @@ class Reconciliation:
         if change == "on":
             self.reconciler = Reconciler(settings, journal)
             self._switched_on.set()
-            logger.info("SendPulse reconciliation switched on (client_id {}): a first run now, from the newest "
-                        "journaled event less 10 minutes, as at a start", settings.client_id)
+            logger.info(
+                "SendPulse reconciliation switched on (client_id {}): a first run now, from the newest "
+                "journaled event less 10 minutes, as at a start",
+                settings.client_id,
+            )
         elif change == "off" and self.reconciler is not None:
             self.reconciler.stop()
             self.reconciler = None
-            logger.info("SendPulse reconciliation switched off: a run in progress finishes, then nothing is "
-                        "fetched back")
+            logger.info(
+                "SendPulse reconciliation switched off: a run in progress finishes, then nothing is fetched back"
+            )
         elif change == "replace" and self.reconciler is not None:
             self.reconciler.use(client_for(settings))
-            logger.info("SendPulse client replaced (client_id {}): the next run, now, uses it; a run in progress "
-                        "finishes with the old one", settings.client_id)
+            logger.info(
+                "SendPulse client replaced (client_id {}): the next run, now, uses it; a run in progress "
+                "finishes with the old one",
+                settings.client_id,
+            )
         elif change == "retune" and self.reconciler is not None:
             self.reconciler.wake()
             logger.info("SendPulse reconciliation runs now with the new settings")

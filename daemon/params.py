@@ -4,7 +4,7 @@ the same messages."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from daemon.events import PHONE_DIGITS_MAX, PHONE_DIGITS_MIN, digits_only, has_control, is_phone_number
 from daemon.records import iso
@@ -22,7 +22,7 @@ def since(text: str) -> str:
     """A DATE as journal time text (UTC ISO 8601 with ms and Z); UTC unless it gives an offset."""
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-        return iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+        return iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
     except ValueError:
         raise BadParameter(f"not an ISO 8601 date: {text!r} (e.g. 2026-11-20 or 2026-11-20T08:00)") from None
     except OverflowError:  # 0001-01-01T00:00+05:00 is before year 1 in UTC
@@ -33,15 +33,18 @@ def phone_digits(text: str) -> str:
     """A phone, however it was typed, as its digits; 7 to 20 of them, or it is not one."""
     phone = digits_only(text)
     if not phone or not is_phone_number(phone):
-        raise BadParameter(f"--phone {text!r} is not a phone number ({PHONE_DIGITS_MIN} to {PHONE_DIGITS_MAX} "
-                           f"digits; it has {len(phone) if phone else 'none'})")
+        raise BadParameter(
+            f"--phone {text!r} is not a phone number ({PHONE_DIGITS_MIN} to {PHONE_DIGITS_MAX} "
+            f"digits; it has {len(phone) if phone else 'none'})"
+        )
     return phone
 
 
 def choice(option: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
-        raise BadParameter(f"argument {option}: invalid choice: {value!r} "
-                           f"(choose from {', '.join(repr(c) for c in choices)})")
+        raise BadParameter(
+            f"argument {option}: invalid choice: {value!r} (choose from {', '.join(repr(c) for c in choices)})"
+        )
     return value
 
 
@@ -77,8 +80,9 @@ def conversation_id(text: str) -> str:
 def element_id(text: str) -> int:
     """A quarantined element's id (`quarantine --discard ID`)."""
     if not (text.isascii() and text.isdigit() and 0 < len(text) < 19):
-        raise BadParameter(f"--discard takes an element's id (a whole number, as `chatledger quarantine` lists it), "
-                           f"not {text!r}")
+        raise BadParameter(
+            f"--discard takes an element's id (a whole number, as `chatledger quarantine` lists it), not {text!r}"
+        )
     return int(text)
 
 
@@ -90,8 +94,10 @@ def limit(text: str, most: int) -> int:
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-WHEN_FORMS = "an ISO 8601 date or date-time (2026-11-30, 2026-11-30T08:00:00-03:00; no offset: UTC) or a duration " \
-             "back from now (90s, 30m, 2h, 7d)"
+WHEN_FORMS = (
+    "an ISO 8601 date or date-time (2026-11-30, 2026-11-30T08:00:00-03:00; no offset: UTC) or a duration "
+    "back from now (90s, 30m, 2h, 7d)"
+)
 
 
 def reconcile_since(text: str, now: datetime) -> datetime:
@@ -107,7 +113,7 @@ def reconcile_since(text: str, now: datetime) -> datetime:
         return moment
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        moment = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+        moment = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
     except (ValueError, OverflowError):
         raise BadParameter(f"--since {text!r} is not {WHEN_FORMS}") from None
     if moment >= now:

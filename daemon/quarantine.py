@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +78,7 @@ def _listing_sql(discarded: bool, whole: bool, migrated: bool = True) -> str:
     return LISTING_UNMIGRATED.format(element=element, no_discards="false" if discarded else "true")
 
 
-async def list_quarantine(journal: Journal, limit: int, discarded: bool = False,
-                          whole: bool = False) -> dict[str, Any]:
+async def list_quarantine(journal: Journal, limit: int, discarded: bool = False, whole: bool = False) -> dict[str, Any]:
     """The open quarantined elements (or the discarded ones), oldest first, and how many of each there are."""
     rows = await journal.query(_listing_sql(discarded, whole), (limit,))
     [counts] = await journal.query(QUARANTINE_COUNTS)
@@ -88,18 +87,20 @@ async def list_quarantine(journal: Journal, limit: int, discarded: bool = False,
 
 def read_quarantine(path: Path, limit: int, discarded: bool = False, whole: bool = False) -> dict[str, Any]:
     """As list_quarantine, through a read-only connection: no daemon needed, no lock taken."""
+
     def read(conn: sqlite3.Connection) -> dict[str, Any]:
         migrated = "discarded_at" in {row[1] for row in conn.execute("PRAGMA table_info(quarantine)")}
         rows = conn.execute(_listing_sql(discarded, whole, migrated), (limit,)).fetchall()
         counts = conn.execute(QUARANTINE_COUNTS if migrated else COUNTS_UNMIGRATED).fetchone()
         return _listing(rows, counts, whole)
+
     return read_only(path, read)
 
 
 async def discard_quarantined(journal: Journal, element: int | None, reason: str, by: str) -> dict[str, Any]:
     """Give up one open quarantined element (or all of them with None), recording who, when and why; say
     whether the element exists and, when it was discarded before, by whom."""
-    at = iso(datetime.now(timezone.utc))
+    at = iso(datetime.now(UTC))
 
     async def run(conn: aiosqlite.Connection) -> dict[str, Any]:
         if element is None:
@@ -117,14 +118,17 @@ async def discard_quarantined(journal: Journal, element: int | None, reason: str
 
 # -- as the command prints it ---------------------------------------------------------------------
 
+
 def render_quarantine(answer: dict[str, Any], discarded: bool, config: str) -> str:
     """The listing as `chatledger quarantine` prints it: each element's id, time and reason, then its preview."""
     lines = []
     for element in answer["elements"]:
         lines.append(f"{element['id']:<6} {element['received_at']}  {printable(element['reason'])}")
         if discarded:
-            lines.append(f"{'':<6} discarded {element['discarded_at']} by {printable(element['discarded_by'] or '?')}"
-                         f", reason: {printable(element['discard_reason'] or '')}")
+            lines.append(
+                f"{'':<6} discarded {element['discarded_at']} by {printable(element['discarded_by'] or '?')}"
+                f", reason: {printable(element['discard_reason'] or '')}"
+            )
         lines.append(f"{'':<6} {element['preview']}")
     shown, total = len(answer["elements"]), answer["discarded" if discarded else "open"]
     state = "discarded" if discarded else "open"
@@ -134,8 +138,9 @@ def render_quarantine(answer: dict[str, Any], discarded: bool, config: str) -> s
         first = f" (the first {shown} listed: --limit N for more)" if shown < total else ""
         lines.append(f"{total} {state} quarantined element{'' if total == 1 else 's'}{first}")
     if not discarded and total:
-        lines[-1] += (f"; to give one up, once looked at: chatledger quarantine --discard ID|--all --reason TEXT "
-                      f"{config}")
+        lines[-1] += (
+            f"; to give one up, once looked at: chatledger quarantine --discard ID|--all --reason TEXT {config}"
+        )
     if not discarded and answer["discarded"]:
         lines[-1] += f" ({answer['discarded']} discarded: --discarded lists them)"
     return "\n".join(lines)
@@ -150,14 +155,21 @@ def discard_problem(answer: dict[str, Any], element: int | None) -> str | None:
     if not answer["found"]:
         return f"no quarantined element {element} (`chatledger quarantine` lists them with their ids)"
     already = answer["already"] or {}
-    return (f"element {element} was already discarded at {already.get('at')} by {already.get('by')}: "
-            f"{already.get('reason')}; nothing changed")
+    return (
+        f"element {element} was already discarded at {already.get('at')} by {already.get('by')}: "
+        f"{already.get('reason')}; nothing changed"
+    )
 
 
 def discarded_text(answer: dict[str, Any], where: str) -> str:
     """What `quarantine --discard` did, said."""
     ids = answer["discarded"]
-    which = f"element {ids[0]} discarded" if len(ids) == 1 else (
-        f"{len(ids)} elements discarded ({', '.join(map(str, ids[:20]))}{', …' if len(ids) > 20 else ''})")
-    return (f"{which} by {answer['by']} at {answer['at']} ({where}): {answer['reason']}\n"
-            "`chatledger quarantine --discarded` lists them")
+    which = (
+        f"element {ids[0]} discarded"
+        if len(ids) == 1
+        else (f"{len(ids)} elements discarded ({', '.join(map(str, ids[:20]))}{', …' if len(ids) > 20 else ''})")
+    )
+    return (
+        f"{which} by {answer['by']} at {answer['at']} ({where}): {answer['reason']}\n"
+        "`chatledger quarantine --discarded` lists them"
+    )

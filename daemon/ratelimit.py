@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,8 +41,15 @@ class BudgetPaused(Exception):
 
 
 class RequestBudget:
-    def __init__(self, rate: float = 5, per: float = 1.0, *, clock: Callable[[], float] = time.monotonic,
-                 start_empty: bool = False, monthly: MonthlyRequests | None = None):
+    def __init__(
+        self,
+        rate: float = 5,
+        per: float = 1.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        start_empty: bool = False,
+        monthly: MonthlyRequests | None = None,
+    ):
         if rate < 1:
             raise ValueError("rate must allow at least one request per window")
         self.configured = self.capacity = int(rate)
@@ -184,23 +191,23 @@ class RequestBudget:
         self._changed.clear()
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
 def _wall(moment: float, now: float) -> str:
-    return datetime.fromtimestamp(time.time() + (moment - now), timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(time.time() + (moment - now), UTC).isoformat(timespec="seconds")
 
 
 MONTH_WARNING_SHARE = 0.8  # status and an alert say so from here
 
 
 def month_of(wall: float) -> str:
-    return datetime.fromtimestamp(wall, timezone.utc).strftime("%Y-%m")
+    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m")
 
 
 def _month_bounds(month: str) -> tuple[float, float]:
-    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=timezone.utc)
+    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
     end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
     return start.timestamp(), end.timestamp()
 
@@ -210,8 +217,7 @@ class MonthlyRequests:
     plan's monthly API calls). Restored from and saved to the journal by the daemon, so a restart
     does not reset it."""
 
-    def __init__(self, limit: int, month: str | None = None, count: int = 0, *,
-                 wall: Callable[[], float] = time.time):
+    def __init__(self, limit: int, month: str | None = None, count: int = 0, *, wall: Callable[[], float] = time.time):
         self.limit = limit
         self._wall = wall
         self.month = month_of(wall())
@@ -251,8 +257,12 @@ class MonthlyRequests:
 
     def stats(self) -> SinkStats:
         self._roll()
-        return {"requests_this_month": self.count, "monthly_request_limit": self.limit or None,
-                "requests_month_forecast": self.forecast(), "month": self.month}
+        return {
+            "requests_this_month": self.count,
+            "monthly_request_limit": self.limit or None,
+            "requests_month_forecast": self.forecast(),
+            "month": self.month,
+        }
 
     # kept in the journal's meta table as {"month": "YYYY-MM", "count": N, "lifted": "YYYY-MM" | null}
     JOURNAL_KEY = "airtable_requests_month"
@@ -262,7 +272,7 @@ class MonthlyRequests:
         return json.dumps({"month": self.month, "count": self.count, "lifted": self.allowed_past_limit})
 
     @classmethod
-    def restore(cls, limit: int, saved: str | None, *, wall: Callable[[], float] = time.time) -> "MonthlyRequests":
+    def restore(cls, limit: int, saved: str | None, *, wall: Callable[[], float] = time.time) -> MonthlyRequests:
         try:
             data = json.loads(saved) if saved else {}
             monthly = cls(limit, str(data.get("month")), int(data.get("count", 0)), wall=wall)

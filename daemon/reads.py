@@ -25,24 +25,56 @@ def _answers(kind: str, names: tuple[tuple[str, str], ...]) -> tuple[tuple[str, 
     return tuple((column, name, FIELD_OF[kind][column]) for column, name in names)
 
 
-CONVERSATION_FIELDS = _answers("conversations", (
-    ("conversation_id", "conversationId"), ("customer_phone", "customerPhone"), ("customer_name", "customerName"),
-    ("status", "status"), ("started_at", "startedAt"), ("last_activity", "lastActivity"),
-    ("message_count", "messageCount"), ("intent", "intent"), ("sentiment", "sentiment"), ("priority", "priority"),
-    ("assigned_agent", "assignedAgent"), ("tags", "tags"), ("metadata", "metadata"),
-))
-INTERACTION_FIELDS = _answers("interactions", (
-    ("interaction_id", "id"), ("conversation_id", "conversationId"), ("message_id", "messageId"),
-    ("direction", "direction"), ("content", "content"), ("intent", "intent"), ("response", "response"),
-    ("processing_time_ms", "processingTime"), ("status", "status"), ("error_message", "errorMessage"),
-    ("occurred_at", "timestamp"),
-))
-ESCALATION_FIELDS = _answers("escalations", (
-    ("escalation_id", "id"), ("ticket_id", "ticketId"), ("conversation_id", "conversationId"),
-    ("reason", "reason"), ("priority", "priority"), ("status", "status"), ("customer_phone", "customerPhone"),
-    ("assigned_agent", "assignedAgent"), ("created_at", "createdAt"), ("resolved_at", "resolvedAt"),
-    ("notes", "notes"),
-))
+CONVERSATION_FIELDS = _answers(
+    "conversations",
+    (
+        ("conversation_id", "conversationId"),
+        ("customer_phone", "customerPhone"),
+        ("customer_name", "customerName"),
+        ("status", "status"),
+        ("started_at", "startedAt"),
+        ("last_activity", "lastActivity"),
+        ("message_count", "messageCount"),
+        ("intent", "intent"),
+        ("sentiment", "sentiment"),
+        ("priority", "priority"),
+        ("assigned_agent", "assignedAgent"),
+        ("tags", "tags"),
+        ("metadata", "metadata"),
+    ),
+)
+INTERACTION_FIELDS = _answers(
+    "interactions",
+    (
+        ("interaction_id", "id"),
+        ("conversation_id", "conversationId"),
+        ("message_id", "messageId"),
+        ("direction", "direction"),
+        ("content", "content"),
+        ("intent", "intent"),
+        ("response", "response"),
+        ("processing_time_ms", "processingTime"),
+        ("status", "status"),
+        ("error_message", "errorMessage"),
+        ("occurred_at", "timestamp"),
+    ),
+)
+ESCALATION_FIELDS = _answers(
+    "escalations",
+    (
+        ("escalation_id", "id"),
+        ("ticket_id", "ticketId"),
+        ("conversation_id", "conversationId"),
+        ("reason", "reason"),
+        ("priority", "priority"),
+        ("status", "status"),
+        ("customer_phone", "customerPhone"),
+        ("assigned_agent", "assignedAgent"),
+        ("created_at", "createdAt"),
+        ("resolved_at", "resolvedAt"),
+        ("notes", "notes"),
+    ),
+)
 FIELDS = {"conversations": CONVERSATION_FIELDS, "interactions": INTERACTION_FIELDS, "escalations": ESCALATION_FIELDS}
 FROM_POSTGRES = {kind: {column: name for column, name, _ in fields} for kind, fields in FIELDS.items()}
 FROM_AIRTABLE = {kind: {cell: name for _, name, cell in fields} for kind, fields in FIELDS.items()}
@@ -76,8 +108,9 @@ class Answer:
 Read = Callable[..., Awaitable[Any]]
 
 
-async def first_answer(stores: Stores, from_postgres: Read, from_journal: Read, from_airtable: Read,
-                       down: dict[str, str] | None = None) -> Answer:
+async def first_answer(
+    stores: Stores, from_postgres: Read, from_journal: Read, from_airtable: Read, down: dict[str, str] | None = None
+) -> Answer:
     """The first store that answers with something: PostgreSQL, the journal, Airtable. `down` holds the
     stores that failed earlier in the same command (not asked again: a dead host costs its timeout once)
     and takes those failing now."""
@@ -119,6 +152,7 @@ async def first_answer(stores: Stores, from_postgres: Read, from_journal: Read, 
 
 # -- what each store holds, as the answers give it ---------------------------------------------------
 
+
 def _renamed(row: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     return {out: row.get(name) for name, out in names.items()}
 
@@ -136,8 +170,9 @@ def _from_airtable(cells: dict[str, Any], kind: str) -> dict[str, Any]:
     return out
 
 
-async def airtable_records_of(client: Any, tables: dict[str, str], kind: str, conversation_id: str,
-                              limit: int) -> list[dict[str, Any]]:
+async def airtable_records_of(
+    client: Any, tables: dict[str, str], kind: str, conversation_id: str, limit: int
+) -> list[dict[str, Any]]:
     """Up to `limit` records of one conversation as the values chatledger wrote, under our field names
     (the base's plan maps the names of [airtable.fields] and undoes each field type's form)."""
     from daemon.sinks.airtable_client import current_plan, equals_formula, pages
@@ -162,23 +197,33 @@ def _journal_events(limit: int) -> int:
     return EVENTS_PER_INTERACTION * max(limit, READ_LIMIT)
 
 
-async def _journal_conversation(journal: Any, conversation_id: str, events: list[Any] | None = None
-                                ) -> dict[str, Any] | None:
+async def _journal_conversation(
+    journal: Any, conversation_id: str, events: list[Any] | None = None
+) -> dict[str, Any] | None:
     """The journal's record of the conversation; with its events, what the bot API set on it too."""
     state = (await journal.conversations([conversation_id])).get(conversation_id)
     if state is None:
         return None
     out: dict[str, Any] = {
-        "conversationId": state.conversation_id, "customerPhone": state.phone, "customerName": state.name,
-        "status": state.status, "startedAt": state.started_at, "lastActivity": state.last_activity,
-        "messageCount": state.message_count}
+        "conversationId": state.conversation_id,
+        "customerPhone": state.phone,
+        "customerName": state.name,
+        "status": state.status,
+        "startedAt": state.started_at,
+        "lastActivity": state.last_activity,
+        "messageCount": state.message_count,
+    }
     if events is None:
         return out
     out.update(intent=None, sentiment=None, priority=None, assignedAgent=None, tags=None, metadata=None)
     for update in map_events(events).conversation_updates:
-        for name, value in (("intent", update.intent), ("sentiment", update.sentiment), ("priority", update.priority),
-                            ("assignedAgent", update.assigned_agent),
-                            ("tags", list(update.tags) if update.tags is not None else None)):
+        for name, value in (
+            ("intent", update.intent),
+            ("sentiment", update.sentiment),
+            ("priority", update.priority),
+            ("assignedAgent", update.assigned_agent),
+            ("tags", list(update.tags) if update.tags is not None else None),
+        ):
             if value is not None:
                 out[name] = value
         if update.metadata is not None:
@@ -187,12 +232,25 @@ async def _journal_conversation(journal: Any, conversation_id: str, events: list
 
 
 def _journal_interactions(events: list[Any], limit: int) -> list[dict[str, Any]]:
-    rows = sorted(merged_interactions(map_events(events).interactions),
-                  key=lambda r: (r.occurred_at, r.interaction_id))[:limit]
-    return [{"id": r.interaction_id, "conversationId": r.conversation_id, "messageId": r.message_id,
-             "direction": r.direction, "content": r.content, "intent": r.intent, "response": r.response,
-             "processingTime": r.processing_time_ms, "status": r.status, "errorMessage": r.error_message,
-             "timestamp": iso(r.occurred_at)} for r in rows]
+    rows = sorted(
+        merged_interactions(map_events(events).interactions), key=lambda r: (r.occurred_at, r.interaction_id)
+    )[:limit]
+    return [
+        {
+            "id": r.interaction_id,
+            "conversationId": r.conversation_id,
+            "messageId": r.message_id,
+            "direction": r.direction,
+            "content": r.content,
+            "intent": r.intent,
+            "response": r.response,
+            "processingTime": r.processing_time_ms,
+            "status": r.status,
+            "errorMessage": r.error_message,
+            "timestamp": iso(r.occurred_at),
+        }
+        for r in rows
+    ]
 
 
 async def _journal_escalations(journal: Any, events: list[Any], limit: int) -> list[dict[str, Any]]:
@@ -201,18 +259,29 @@ async def _journal_escalations(journal: Any, events: list[Any], limit: int) -> l
     found: dict[str, dict[str, Any]] = {}
     for row in map_events(events).escalations:
         found[row.escalation_id] = {
-            "id": row.escalation_id, "ticketId": row.ticket_id, "conversationId": row.conversation_id,
-            "reason": row.reason, "priority": row.priority, "status": row.status,
-            "customerPhone": row.customer_phone, "assignedAgent": row.assigned_agent,
-            "createdAt": iso(row.created_at), "resolvedAt": None, "notes": row.notes}
+            "id": row.escalation_id,
+            "ticketId": row.ticket_id,
+            "conversationId": row.conversation_id,
+            "reason": row.reason,
+            "priority": row.priority,
+            "status": row.status,
+            "customerPhone": row.customer_phone,
+            "assignedAgent": row.assigned_agent,
+            "createdAt": iso(row.created_at),
+            "resolvedAt": None,
+            "notes": row.notes,
+        }
     for escalation_id, out in found.items():
         patches = await journal.events_keyed(api_update_prefix("escalation", escalation_id))
         for update in map_events(patches).escalation_updates:
             if update.escalation_id != escalation_id:  # an id this one's key prefix also covers
                 continue
-            for name, value in (("status", update.status), ("assignedAgent", update.assigned_agent),
-                                ("resolvedAt", iso(update.resolved_at) if update.resolved_at else None),
-                                ("notes", update.notes)):
+            for name, value in (
+                ("status", update.status),
+                ("assignedAgent", update.assigned_agent),
+                ("resolvedAt", iso(update.resolved_at) if update.resolved_at else None),
+                ("notes", update.notes),
+            ):
                 if value is not None:
                     out[name] = value
     return sorted(found.values(), key=lambda e: (e["createdAt"], e["id"]))[:limit]
@@ -223,16 +292,21 @@ async def _airtable_conversation(client: Any, tables: dict[str, str], conversati
     return _from_airtable(rows[0], "conversations") if rows else None
 
 
-async def _airtable_list(client: Any, tables: dict[str, str], kind: str, conversation_id: str, limit: int,
-                         time: str) -> list[dict[str, Any]]:
-    rows = [_from_airtable(row, kind) for row in await airtable_records_of(client, tables, kind, conversation_id, limit)]
+async def _airtable_list(
+    client: Any, tables: dict[str, str], kind: str, conversation_id: str, limit: int, time: str
+) -> list[dict[str, Any]]:
+    rows = [
+        _from_airtable(row, kind) for row in await airtable_records_of(client, tables, kind, conversation_id, limit)
+    ]
     return sorted(rows, key=lambda r: (r.get(time) or "", r.get("id") or ""))
 
 
 # -- the reads -------------------------------------------------------------------------------------
 
+
 async def conversation(stores: Stores, conversation_id: str, down: dict[str, str] | None = None) -> Answer:
     """The conversation itself (GET /api/v1/conversations/{id})."""
+
     async def from_postgres(pg: Any) -> Any:
         found = await pg.existing("conversations", [conversation_id])
         return _renamed(found[conversation_id], FROM_POSTGRES["conversations"]) if found else None
@@ -248,10 +322,13 @@ async def conversation(stores: Stores, conversation_id: str, down: dict[str, str
 
 async def interactions(stores: Stores, conversation_id: str, limit: int, down: dict[str, str] | None = None) -> Answer:
     """Its first `limit` interactions, oldest first (GET /api/v1/conversations/{id}/interactions)."""
+
     async def from_postgres(pg: Any) -> Any:
         if not await pg.existing("conversations", [conversation_id]):
             return None
-        return [_renamed(row, FROM_POSTGRES["interactions"]) for row in await pg.interactions_of(conversation_id, limit)]
+        return [
+            _renamed(row, FROM_POSTGRES["interactions"]) for row in await pg.interactions_of(conversation_id, limit)
+        ]
 
     async def from_journal(journal: Any) -> Any:
         events = await journal.events_of_conversation(conversation_id, _journal_events(limit))
@@ -266,15 +343,20 @@ async def interactions(stores: Stores, conversation_id: str, limit: int, down: d
 async def whole(stores: Stores, conversation_id: str, limit: int, down: dict[str, str] | None = None) -> Answer:
     """The conversation with its first `limit` interactions and escalations, oldest first, all from the
     first store that knows it (`chatledger show`)."""
+
     async def from_postgres(pg: Any) -> Any:
         found = await pg.existing("conversations", [conversation_id])
         if not found:
             return None
-        return {"conversation": _renamed(found[conversation_id], FROM_POSTGRES["conversations"]),
-                "interactions": [_renamed(row, FROM_POSTGRES["interactions"])
-                                 for row in await pg.interactions_of(conversation_id, limit)],
-                "escalations": [_renamed(row, FROM_POSTGRES["escalations"])
-                                for row in await pg.escalations_of(conversation_id, limit)]}
+        return {
+            "conversation": _renamed(found[conversation_id], FROM_POSTGRES["conversations"]),
+            "interactions": [
+                _renamed(row, FROM_POSTGRES["interactions"]) for row in await pg.interactions_of(conversation_id, limit)
+            ],
+            "escalations": [
+                _renamed(row, FROM_POSTGRES["escalations"]) for row in await pg.escalations_of(conversation_id, limit)
+            ],
+        }
 
     async def from_journal(journal: Any) -> Any:
         events = await journal.events_of_conversation(conversation_id, _journal_events(limit))
@@ -283,18 +365,21 @@ async def whole(stores: Stores, conversation_id: str, limit: int, down: dict[str
         found = await _journal_conversation(journal, conversation_id, events)
         if found is None:
             return None
-        return {"conversation": found, "interactions": _journal_interactions(events, limit),
-                "escalations": await _journal_escalations(journal, events, limit)}
+        return {
+            "conversation": found,
+            "interactions": _journal_interactions(events, limit),
+            "escalations": await _journal_escalations(journal, events, limit),
+        }
 
     async def from_airtable(client: Any, tables: dict[str, str]) -> Any:
         found = await _airtable_conversation(client, tables, conversation_id)
         if found is None:
             return None
-        return {"conversation": found,
-                "interactions": await _airtable_list(client, tables, "interactions", conversation_id, limit,
-                                                     "timestamp"),
-                "escalations": await _airtable_list(client, tables, "escalations", conversation_id, limit,
-                                                    "createdAt")}
+        return {
+            "conversation": found,
+            "interactions": await _airtable_list(client, tables, "interactions", conversation_id, limit, "timestamp"),
+            "escalations": await _airtable_list(client, tables, "escalations", conversation_id, limit, "createdAt"),
+        }
 
     return await first_answer(stores, from_postgres, from_journal, from_airtable, down)
 
@@ -336,9 +421,12 @@ async def _airtable_conversations_of_phone(client: Any, tables: dict[str, str], 
     if why:
         raise NotAsked(f"{why}, so conversations cannot be selected by phone")
     ids: list[str] = []
-    async for page in pages(client, names["conversations"],
-                            phone_formula(names.field_for("conversations", "customer_phone"), phone),
-                            attempts=AIRTABLE_ATTEMPTS):
+    async for page in pages(
+        client,
+        names["conversations"],
+        phone_formula(names.field_for("conversations", "customer_phone"), phone),
+        attempts=AIRTABLE_ATTEMPTS,
+    ):
         for record in page:
             found = read_back(plan, names, "conversations", record.get("fields", {})).get(KEYS["conversations"])
             if found and found not in ids:

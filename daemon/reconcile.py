@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from loguru import logger
@@ -20,7 +20,12 @@ from daemon.events import DELIVERY_STATUS, Event, normalize
 from daemon.journal import Journal
 from daemon.records import SENDPULSE_STATUS, STATUS_ORDER, conversation_id_for, delivery_status_key, iso, status_rank
 from daemon.sendpulse import (
-    SendPulseClient, SendPulseError, SendPulseMisconfigured, SendPulseNotFound, SendPulseUnavailable, parse_time,
+    SendPulseClient,
+    SendPulseError,
+    SendPulseMisconfigured,
+    SendPulseNotFound,
+    SendPulseUnavailable,
+    parse_time,
 )
 
 SOURCE = "reconcile"
@@ -50,7 +55,7 @@ FOLLOW_UP_CONTACTS = 50  # at most, per run: a bound on what following up costs
 
 @dataclass
 class Report:
-    """What one run found: chats whose messages were read, messages seen (added + present), contacts gone since, the error."""
+    """What one run found: chats read, messages seen (added + present), contacts gone since, the error."""
 
     since: datetime
     until: datetime
@@ -67,11 +72,21 @@ class Report:
     state: str = "up"  # up / down / misconfigured: what the error says of SendPulse
 
     def as_dict(self) -> dict[str, Any]:
-        return {"since": iso(self.since), "until": iso(self.until), "bots": self.bots, "chats": self.chats,
-                "seen": self.seen, "added": self.added, "present": self.present,
-                "skipped_contacts": self.skipped_contacts, "unreadable": self.unreadable, "statuses": self.statuses,
-                "followed_up": self.followed_up,
-                "error": self.error, "state": self.state}
+        return {
+            "since": iso(self.since),
+            "until": iso(self.until),
+            "bots": self.bots,
+            "chats": self.chats,
+            "seen": self.seen,
+            "added": self.added,
+            "present": self.present,
+            "skipped_contacts": self.skipped_contacts,
+            "unreadable": self.unreadable,
+            "statuses": self.statuses,
+            "followed_up": self.followed_up,
+            "error": self.error,
+            "state": self.state,
+        }
 
 
 @dataclass(frozen=True)
@@ -92,15 +107,22 @@ class _Held:
     idless: list[tuple[str | None, str | None, datetime | None, _Message]] = field(default_factory=list)
 
 
-async def reconcile(client: SendPulseClient, journal: Journal, since: datetime, *, bot_ids: Sequence[str] = (),
-                    now: datetime | None = None, progress: Callable[[Report], None] | None = None,
-                    follow_up_since: datetime | None = None) -> Report:
+async def reconcile(
+    client: SendPulseClient,
+    journal: Journal,
+    since: datetime,
+    *,
+    bot_ids: Sequence[str] = (),
+    now: datetime | None = None,
+    progress: Callable[[Report], None] | None = None,
+    follow_up_since: datetime | None = None,
+) -> Report:
     """Fetch back and journal what the journal lacks since `since`; the report says what happened.
     `follow_up_since`: also learn the statuses of outbound messages since then that are not known read or
     failed (their contacts' messages read again, at most FOLLOW_UP_CONTACTS of them).
 
     A SendPulse error ends the run with `error` set; what was journaled before it stays."""
-    report = Report(since=since, until=now or datetime.now(timezone.utc))
+    report = Report(since=since, until=now or datetime.now(UTC))
     read: set[tuple[str, str]] = set()  # (bot, contact) whose messages this run read
     try:
         bots = await _bots(client, bot_ids)
@@ -126,14 +148,25 @@ async def reconcile(client: SendPulseClient, journal: Journal, since: datetime, 
             await _follow_up(client, journal, {bot["id"]: bot for bot in bots}, follow_up_since, read, report)
     except SendPulseError as exc:
         report.error = str(exc)
-        report.state = ("misconfigured" if isinstance(exc, SendPulseMisconfigured)
-                        else "down" if isinstance(exc, SendPulseUnavailable) else "error")
+        report.state = (
+            "misconfigured"
+            if isinstance(exc, SendPulseMisconfigured)
+            else "down"
+            if isinstance(exc, SendPulseUnavailable)
+            else "error"
+        )
         logger.debug("reconciliation stopped: {}", exc)  # the caller says it: once, in its own words
     return report
 
 
-async def _follow_up(client: SendPulseClient, journal: Journal, bots: dict[str, dict[str, Any]], since: datetime,
-                     read: set[tuple[str, str]], report: Report) -> None:
+async def _follow_up(
+    client: SendPulseClient,
+    journal: Journal,
+    bots: dict[str, dict[str, Any]],
+    since: datetime,
+    read: set[tuple[str, str]],
+    report: Report,
+) -> None:
     """Read again the messages of contacts written to since `since` whose statuses may have moved."""
     for bot_id, contact_id, phone, oldest in await journal.query(FOLLOW_UP, (iso(since), FOLLOW_UP_CONTACTS)):
         if bot_id not in bots or (bot_id, contact_id) in read:
@@ -154,8 +187,9 @@ async def _bots(client: SendPulseClient, bot_ids: Sequence[str]) -> list[dict[st
     known = {bot["id"]: bot for bot in bots}
     missing = [bot_id for bot_id in bot_ids if bot_id not in known]
     if missing:
-        raise SendPulseError(f"bot {', '.join(missing)} is not a WhatsApp bot of this account "
-                             f"(its bots: {', '.join(known) or 'none'})")
+        raise SendPulseError(
+            f"bot {', '.join(missing)} is not a WhatsApp bot of this account (its bots: {', '.join(known) or 'none'})"
+        )
     return [known[bot_id] for bot_id in bot_ids]
 
 
@@ -170,8 +204,9 @@ def webhook_element(message: dict[str, Any], contact: dict[str, Any], bot: dict[
     if way[1] == "outbound" and data.get("message_id"):
         channel_data["message_id"] = data["message_id"]  # where an outbound webhook carries the wamid
     details = _object(contact.get("channel_data"))
-    element_contact: dict[str, Any] = {key: contact[key] for key in ("id", "tags", "variables", "is_chat_opened")
-                                       if key in contact}
+    element_contact: dict[str, Any] = {
+        key: contact[key] for key in ("id", "tags", "variables", "is_chat_opened") if key in contact
+    }
     if details.get("phone") is not None:
         element_contact["phone"] = str(details["phone"])
     if details.get("name"):
@@ -179,13 +214,19 @@ def webhook_element(message: dict[str, Any], contact: dict[str, Any], bot: dict[
     info_message: dict[str, Any] = {"channel_data": channel_data}
     if message.get("id"):
         info_message["id"] = message["id"]
-    return {"title": way[0], "service": "whatsapp",
-            "bot": {"id": bot.get("id"), "name": bot.get("name"), "channel": "WHATSAPP"},
-            "contact": element_contact, "info": {"message": info_message}, "date": message.get("created_at")}
+    return {
+        "title": way[0],
+        "service": "whatsapp",
+        "bot": {"id": bot.get("id"), "name": bot.get("name"), "channel": "WHATSAPP"},
+        "contact": element_contact,
+        "info": {"message": info_message},
+        "date": message.get("created_at"),
+    }
 
 
-def event_of(message: dict[str, Any], contact: dict[str, Any], bot: dict[str, Any],
-             received_at: datetime) -> Event | None:
+def event_of(
+    message: dict[str, Any], contact: dict[str, Any], bot: dict[str, Any], received_at: datetime
+) -> Event | None:
     """The journal event of a fetched message: its webhook's fields and key, the API's message as payload."""
     element = webhook_element(message, contact, bot)
     if element is None or not message.get("id"):
@@ -210,11 +251,17 @@ def wamid_of(message: dict[str, Any]) -> str | None:
     return wamid if isinstance(wamid, str) and wamid else None
 
 
-async def _journal_missing(journal: Journal, bot: dict[str, Any], contact: dict[str, Any],
-                           messages: list[dict[str, Any]], report: Report, window: bool = True) -> None:
+async def _journal_missing(
+    journal: Journal,
+    bot: dict[str, Any],
+    contact: dict[str, Any],
+    messages: list[dict[str, Any]],
+    report: Report,
+    window: bool = True,
+) -> None:
     """Journal the messages the journal lacks, then the statuses it has not heard of. Outside the window
     (`window` False: a follow-up) only statuses: a message is fetched back by the run whose window holds it."""
-    received_at = datetime.now(timezone.utc)
+    received_at = datetime.now(UTC)
     events: list[tuple[Event, dict[str, Any]]] = []
     for message in messages:
         if not window and not _reports_status(message):
@@ -228,8 +275,11 @@ async def _journal_missing(journal: Journal, bot: dict[str, Any], contact: dict[
         report.seen += len(events)
     if not events:
         return
-    held = await _held(journal, conversation_id_for(bot.get("id"), contact.get("id"), None),
-                       min(parse_time(m.get("created_at")) or report.since for _, m in events))
+    held = await _held(
+        journal,
+        conversation_id_for(bot.get("id"), contact.get("id"), None),
+        min(parse_time(m.get("created_at")) or report.since for _, m in events),
+    )
     keys = {row[0] for row in await _existing_keys(journal, [event.dedup_key for event, _ in events])}
     missing: list[Event] = []
     taken: set[str] = set()
@@ -239,8 +289,9 @@ async def _journal_missing(journal: Journal, bot: dict[str, Any], contact: dict[
             report.present += 1 if window else 0  # the API listed it twice (a page boundary moved)
             continue
         taken.add(event.dedup_key)
-        known = (_Message(event.dedup_key, event.message_id) if event.dedup_key in keys
-                 else _held_as(event, message, held))
+        known = (
+            _Message(event.dedup_key, event.message_id) if event.dedup_key in keys else _held_as(event, message, held)
+        )
         if not window:
             if known is None:
                 continue
@@ -256,45 +307,72 @@ async def _journal_missing(journal: Journal, bot: dict[str, Any], contact: dict[
         report.added += result.accepted
         report.present += result.duplicates  # a webhook of the same message won the race
         if result.accepted:
-            logger.info("reconciliation journaled {} message(s) of contact {} the webhooks did not bring",
-                        result.accepted, contact.get("id"))
+            logger.info(
+                "reconciliation journaled {} message(s) of contact {} the webhooks did not bring",
+                result.accepted,
+                contact.get("id"),
+            )
     if reports:
         await _journal_statuses(journal, reports, received_at, report)
 
 
-async def _journal_statuses(journal: Journal, reports: list[tuple[Event, dict[str, Any], "_Message"]],
-                            received_at: datetime, report: Report) -> None:
+async def _journal_statuses(
+    journal: Journal, reports: list[tuple[Event, dict[str, Any], _Message]], received_at: datetime, report: Report
+) -> None:
     """A delivery status the journal has not heard of, nor one further along, becomes an update event.
 
     Only about a message the journal holds under that key: a fetched message that lost its race to a
     webhook under another key has its status learned at the next run, which finds that webhook's."""
     learned = [(event, message, target, SENDPULSE_STATUS[message["status"]]) for event, message, target in reports]
-    keys = {row[0] for row in await _existing_keys(journal, [target.key for _, _, target, _ in learned] + [
-        delivery_status_key(target.key, later) for _, _, target, status in learned
-        for later in STATUS_ORDER if status_rank(later) >= status_rank(status)])}
+    keys = {
+        row[0]
+        for row in await _existing_keys(
+            journal,
+            [target.key for _, _, target, _ in learned]
+            + [
+                delivery_status_key(target.key, later)
+                for _, _, target, status in learned
+                for later in STATUS_ORDER
+                if status_rank(later) >= status_rank(status)
+            ],
+        )
+    }
     learned = [item for item in learned if item[2].key in keys]
-    fresh = [status_event(event, message, target.key, target.message_id, status, received_at)
-             for event, message, target, status in learned
-             if not any(delivery_status_key(target.key, later) in keys
-                        for later in STATUS_ORDER if status_rank(later) >= status_rank(status))]
+    fresh = [
+        status_event(event, message, target.key, target.message_id, status, received_at)
+        for event, message, target, status in learned
+        if not any(
+            delivery_status_key(target.key, later) in keys
+            for later in STATUS_ORDER
+            if status_rank(later) >= status_rank(status)
+        )
+    ]
     if fresh:
         report.statuses += (await journal.append(fresh)).accepted
 
 
-def status_event(event: Event, message: dict[str, Any], message_key: str, message_id: str | None, status: str,
-                 received_at: datetime) -> Event:
+def status_event(
+    event: Event, message: dict[str, Any], message_key: str, message_id: str | None, status: str, received_at: datetime
+) -> Event:
     """The update event of a delivery status SendPulse reports for the message journaled under
     `message_key`: its payload names that message and the status, with the API's message as listed."""
     payload = {"of": message_key, "message_id": message_id, "status": status, "message": message, "source": SOURCE}
-    return replace(event, dedup_key=delivery_status_key(message_key, status), title=DELIVERY_STATUS,
-                   message_id=message_id, platform_message_id=None, received_at=received_at, original=None,
-                   raw=json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
+    return replace(
+        event,
+        dedup_key=delivery_status_key(message_key, status),
+        title=DELIVERY_STATUS,
+        message_id=message_id,
+        platform_message_id=None,
+        received_at=received_at,
+        original=None,
+        raw=json.dumps(payload, ensure_ascii=False, separators=(",", ":")),
+    )
 
 
 async def _existing_keys(journal: Journal, keys: list[str]) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
+        chunk = keys[start : start + 500]
         rows.extend(await journal.query(HAS_KEYS.format(marks=", ".join("?" * len(chunk))), chunk))
     return rows
 
@@ -305,7 +383,8 @@ async def _held(journal: Journal, conversation_id: str | None, earliest: datetim
         return held
     bound = iso(earliest - LOOKBACK)
     for key, message_id, wamid, direction, text, occurred in await journal.query(
-            JOURNAL_CANDIDATES, (conversation_id, bound, bound)):
+        JOURNAL_CANDIDATES, (conversation_id, bound, bound)
+    ):
         journaled = _Message(key, message_id)
         held.ids.update((value, journaled) for value in (message_id, wamid) if value)
         if not message_id and not wamid:
@@ -322,8 +401,13 @@ def _held_as(event: Event, message: dict[str, Any], held: _Held) -> _Message | N
         return held.ids[wamid]
     # Only an event with neither id can be this message by its text; each such event is one message.
     for index, (direction, text, occurred, journaled) in enumerate(held.idless):
-        if (direction == event.direction and text is not None and text == event.text and occurred is not None
-                and abs((occurred - event.occurred_at).total_seconds()) <= TEXT_MATCH_S):
+        if (
+            direction == event.direction
+            and text is not None
+            and text == event.text
+            and occurred is not None
+            and abs((occurred - event.occurred_at).total_seconds()) <= TEXT_MATCH_S
+        ):
             del held.idless[index]
             return journaled
     return None

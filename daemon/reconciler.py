@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from loguru import logger
 
@@ -30,8 +30,12 @@ NEWEST_EVENT = "SELECT received_at FROM events ORDER BY id DESC LIMIT 1"
 
 def client_for(settings: SendPulseConfig) -> SendPulseClient:
     """The account's client, its budget empty at first: a replaced client may just have spent its second."""
-    return SendPulseClient(settings.api_url, settings.client_id, settings.client_secret.get_secret_value(),
-                           RequestBudget(settings.requests_per_second, start_empty=True))
+    return SendPulseClient(
+        settings.api_url,
+        settings.client_id,
+        settings.client_secret.get_secret_value(),
+        RequestBudget(settings.requests_per_second, start_empty=True),
+    )
 
 
 class Reconciler:
@@ -85,7 +89,7 @@ class Reconciler:
         since = await self._start_since()
         while not self._stopped:
             self._wake.clear()  # a wake from now on asks for another run after this one
-            started = datetime.now(timezone.utc)
+            started = datetime.now(UTC)
             report = await self.run(since)
             if report.error is None:
                 since = started - MARGIN
@@ -98,38 +102,47 @@ class Reconciler:
     async def _pause(self, seconds: float | None) -> None:
         try:
             await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _start_since(self) -> datetime:
         try:
             rows = await self.journal.query(NEWEST_EVENT)
-        except Exception as exc:  # noqa: BLE001 - status says the journal is unreadable; reconcile anyway
-            logger.warning("reconciliation cannot read the journal's newest event ({}): it reads the last {} h",
-                           exc, self.settings.first_window_h)
+        except Exception as exc:
+            logger.warning(
+                "reconciliation cannot read the journal's newest event ({}): it reads the last {} h",
+                exc,
+                self.settings.first_window_h,
+            )
             rows = []
         newest = parse_time(rows[0][0]) if rows else None
         if newest is None:
-            return datetime.now(timezone.utc) - timedelta(hours=self.settings.first_window_h)
+            return datetime.now(UTC) - timedelta(hours=self.settings.first_window_h)
         return newest - MARGIN
 
-    async def run(self, since: datetime, bot_ids: Sequence[str] | None = None,
-                  progress: Callable[[Report], None] | None = None) -> Report:
+    async def run(
+        self, since: datetime, bot_ids: Sequence[str] | None = None, progress: Callable[[Report], None] | None = None
+    ) -> Report:
         """One reconciliation (after any run in progress), its outcome kept for status."""
         async with self._lock:
             await self._retire()
             self.running = True
-            self.last_run_at = datetime.now(timezone.utc)
+            self.last_run_at = datetime.now(UTC)
             try:
                 follow_up = self.settings.status_window_h
-                report = await reconcile(self.client, self.journal, since,
-                                         bot_ids=self.settings.bot_ids if bot_ids is None else bot_ids,
-                                         progress=progress, follow_up_since=self.last_run_at - timedelta(
-                                             hours=follow_up) if follow_up else None)
-            except Exception as exc:  # noqa: BLE001 - a journal that cannot write, say: a failed run, not a crash
+                report = await reconcile(
+                    self.client,
+                    self.journal,
+                    since,
+                    bot_ids=self.settings.bot_ids if bot_ids is None else bot_ids,
+                    progress=progress,
+                    follow_up_since=self.last_run_at - timedelta(hours=follow_up) if follow_up else None,
+                )
+            except Exception as exc:
                 logger.opt(exception=exc).debug("reconciliation broke off")
-                report = Report(since=since, until=datetime.now(timezone.utc), state="down",
-                                error=f"{type(exc).__name__}: {exc}")
+                report = Report(
+                    since=since, until=datetime.now(UTC), state="down", error=f"{type(exc).__name__}: {exc}"
+                )
             finally:
                 self.running = False
             self._record(report)
@@ -156,19 +169,24 @@ class Reconciler:
                 logger.info("SendPulse reconciliation works again")
             self._logged_error = None
             if report.added:
-                logger.info("reconciliation {} to {}: {} message(s) the webhooks did not bring journaled",
-                            iso(report.since), iso(report.until), report.added)
+                logger.info(
+                    "reconciliation {} to {}: {} message(s) the webhooks did not bring journaled",
+                    iso(report.since),
+                    iso(report.until),
+                    report.added,
+                )
             return
         self.failures += 1
         self.failed_in_a_row += 1
         self.failing_since = self.failing_since or self.last_run_at
         self.state = "misconfigured" if report.state in ("misconfigured", "error") else "down"
-        self.last_error, self.last_error_at = report.error, datetime.now(timezone.utc)
-        retry = (f"retried in {self.settings.reconcile_interval_s or RETRY_S:.0f} s")
+        self.last_error, self.last_error_at = report.error, datetime.now(UTC)
+        retry = f"retried in {self.settings.reconcile_interval_s or RETRY_S:.0f} s"
         if self.state == "misconfigured":
             if report.error != self._logged_error:  # an operator must act; once per distinct error is enough
-                logger.error("SendPulse reconciliation is misconfigured: {}; {} (intake and delivery go on)",
-                             report.error, retry)
+                logger.error(
+                    "SendPulse reconciliation is misconfigured: {}; {} (intake and delivery go on)", report.error, retry
+                )
         else:
             logger.warning("SendPulse reconciliation failed ({}): {}; {}", self.state, report.error, retry)
         self._logged_error = report.error
@@ -199,4 +217,3 @@ class Reconciler:
             "last_error": self.last_error,
             "last_error_at": iso(self.last_error_at) if self.last_error_at else None,
         }
-

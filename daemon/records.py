@@ -21,13 +21,20 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import lru_cache
-from datetime import datetime, timezone
 from typing import Any
 
 from daemon.events import (
-    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, API_TITLES, DELIVERY_STATUS,
-    MESSAGE_TITLES, StoredEvent, storable_text,
+    API_CONVERSATION_UPDATE,
+    API_ESCALATION,
+    API_ESCALATION_UPDATE,
+    API_INTERACTION,
+    API_TITLES,
+    DELIVERY_STATUS,
+    MESSAGE_TITLES,
+    StoredEvent,
+    storable_text,
 )
 
 ESCALATING_TITLES = frozenset({"open_chat"})
@@ -170,8 +177,10 @@ class ConversationState:
     @property
     def status(self) -> str:
         return conversation_status(
-            self.status_title, parse_time(self.status_at) if self.status_at else None,
-            parse_time(self.last_message_at) if self.last_message_at else None)
+            self.status_title,
+            parse_time(self.status_at) if self.status_at else None,
+            parse_time(self.last_message_at) if self.last_message_at else None,
+        )
 
 
 def parse_time(stamp: str) -> datetime:
@@ -180,10 +189,10 @@ def parse_time(stamp: str) -> datetime:
 
 def iso(moment: datetime) -> str:
     """UTC ISO 8601 with milliseconds and Z: sortable as text, the format Airtable writes back."""
-    if moment.tzinfo is timezone.utc:  # intake's own times: two per event, the shortest way
+    if moment.tzinfo is UTC:  # intake's own times: two per event, the shortest way
         return moment.isoformat(timespec="milliseconds")[:-6] + "Z"
     if moment.utcoffset():
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     return moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
@@ -223,13 +232,13 @@ def status_key(at: datetime, dedup_key: str) -> str:
     return f"{at.isoformat()}|{dedup_key}"
 
 
-def conversation_status(status_title: str | None, status_at: datetime | None,
-                        last_message_at: datetime | None) -> str:
+def conversation_status(status_title: str | None, status_at: datetime | None, last_message_at: datetime | None) -> str:
     """A conversation's status from its latest status event and its latest message."""
     if status_title in ESCALATING_TITLES:
         return "escalated"
-    if status_title in CLOSING_TITLES and (last_message_at is None or
-                                           (status_at is not None and last_message_at <= status_at)):
+    if status_title in CLOSING_TITLES and (
+        last_message_at is None or (status_at is not None and last_message_at <= status_at)
+    ):
         return "closed"
     return "active"
 
@@ -262,17 +271,19 @@ def map_events(events: Iterable[StoredEvent]) -> Records:
             continue
         direction = MESSAGE_TITLES.get(event.title)
         if direction is not None:
-            records.interactions.append(InteractionRow(
-                interaction_id=interaction_id_for(event.dedup_key),
-                conversation_id=conversation_id,
-                message_id=event.message_id,
-                direction=direction,
-                content=clean_text(event.text),
-                status=INTERACTION_STATUS[direction],
-                customer_phone=event.phone,
-                occurred_at=at,
-                dedup_key=event.dedup_key,
-            ))
+            records.interactions.append(
+                InteractionRow(
+                    interaction_id=interaction_id_for(event.dedup_key),
+                    conversation_id=conversation_id,
+                    message_id=event.message_id,
+                    direction=direction,
+                    content=clean_text(event.text),
+                    status=INTERACTION_STATUS[direction],
+                    customer_phone=event.phone,
+                    occurred_at=at,
+                    dedup_key=event.dedup_key,
+                )
+            )
         if event.title in STATUS_TITLES:
             change = StatusChange(conversation_id, event.title, at, status_key(at, event.dedup_key))
             known = changes.get(conversation_id)
@@ -280,17 +291,19 @@ def map_events(events: Iterable[StoredEvent]) -> Records:
                 changes[conversation_id] = change
         if event.title in ESCALATING_TITLES:
             escalation_id = _id("escalation", event.dedup_key)
-            records.escalations.append(EscalationRow(
-                escalation_id=escalation_id,
-                ticket_id=ticket_for(escalation_id),
-                conversation_id=conversation_id,
-                reason=ESCALATION_REASON,
-                priority="MEDIUM",
-                status="pending",
-                customer_phone=event.phone,
-                created_at=at,
-                notes=clean_text(event.text),
-            ))
+            records.escalations.append(
+                EscalationRow(
+                    escalation_id=escalation_id,
+                    ticket_id=ticket_for(escalation_id),
+                    conversation_id=conversation_id,
+                    reason=ESCALATION_REASON,
+                    priority="MEDIUM",
+                    status="pending",
+                    customer_phone=event.phone,
+                    created_at=at,
+                    notes=clean_text(event.text),
+                )
+            )
     records.conversations = list(touches.values())
     records.status_changes = list(changes.values())
     return records
@@ -326,15 +339,22 @@ def merged_interactions(rows: Iterable[InteractionRow]) -> list[InteractionRow]:
             merged[row.interaction_id] = replace(known, status=_later(known.status, row.status))
         elif row.from_api:
             merged[row.interaction_id] = replace(
-                known, content=_given(row.content, known.content), status=_later(known.status, row.status),
+                known,
+                content=_given(row.content, known.content),
+                status=_later(known.status, row.status),
                 customer_phone=_given(known.customer_phone, row.customer_phone),
-                intent=_given(row.intent, known.intent), response=_given(row.response, known.response),
+                intent=_given(row.intent, known.intent),
+                response=_given(row.response, known.response),
                 processing_time_ms=_given(row.processing_time_ms, known.processing_time_ms),
-                error_message=_given(row.error_message, known.error_message))
+                error_message=_given(row.error_message, known.error_message),
+            )
         else:
-            merged[row.interaction_id] = replace(known, occurred_at=row.occurred_at,
-                                                 content=_given(known.content, row.content),
-                                                 status=_later(known.status, row.status))
+            merged[row.interaction_id] = replace(
+                known,
+                occurred_at=row.occurred_at,
+                content=_given(known.content, row.content),
+                status=_later(known.status, row.status),
+            )
     return list(merged.values())
 
 
@@ -379,61 +399,103 @@ def _reported(event: StoredEvent, conversation_id: str, at: datetime) -> Interac
     """The row a status SendPulse reported makes: the message's own (as the API listed it), its status."""
     body = json.loads(event.raw)
     return InteractionRow(
-        interaction_id=interaction_id_for(body["of"]), conversation_id=conversation_id,
-        message_id=body.get("message_id"), direction=event.direction or "outbound", content=clean_text(event.text),
-        status=body["status"], customer_phone=event.phone, occurred_at=at, dedup_key=event.dedup_key,
-        reported=True, message_key=body["of"])
+        interaction_id=interaction_id_for(body["of"]),
+        conversation_id=conversation_id,
+        message_id=body.get("message_id"),
+        direction=event.direction or "outbound",
+        content=clean_text(event.text),
+        status=body["status"],
+        customer_phone=event.phone,
+        occurred_at=at,
+        dedup_key=event.dedup_key,
+        reported=True,
+        message_key=body["of"],
+    )
 
 
-def _map_api(event: StoredEvent, conversation_id: str, at: datetime, records: Records,
-             changes: dict[str, StatusChange]) -> None:
+def _map_api(
+    event: StoredEvent, conversation_id: str, at: datetime, records: Records, changes: dict[str, StatusChange]
+) -> None:
     body = json.loads(event.raw)
     if event.title == API_INTERACTION:
         direction = body["direction"]
-        records.interactions.append(InteractionRow(
-            interaction_id=api_interaction_id(body["id"], body.get("messageId"), direction),
-            conversation_id=conversation_id, message_id=body.get("messageId"), direction=direction,
-            content=clean_text(body.get("content")),
-            status=body.get("status") or INTERACTION_STATUS[direction], customer_phone=event.phone,
-            occurred_at=at, dedup_key=event.dedup_key, intent=clean_text(body.get("intent")),
-            response=clean_text(body.get("response")), processing_time_ms=body.get("processingTime"),
-            error_message=clean_text(body.get("errorMessage")), from_api=True,
-            message_key=message_key(body["messageId"], direction) if body.get("messageId") else None,
-        ))
+        records.interactions.append(
+            InteractionRow(
+                interaction_id=api_interaction_id(body["id"], body.get("messageId"), direction),
+                conversation_id=conversation_id,
+                message_id=body.get("messageId"),
+                direction=direction,
+                content=clean_text(body.get("content")),
+                status=body.get("status") or INTERACTION_STATUS[direction],
+                customer_phone=event.phone,
+                occurred_at=at,
+                dedup_key=event.dedup_key,
+                intent=clean_text(body.get("intent")),
+                response=clean_text(body.get("response")),
+                processing_time_ms=body.get("processingTime"),
+                error_message=clean_text(body.get("errorMessage")),
+                from_api=True,
+                message_key=message_key(body["messageId"], direction) if body.get("messageId") else None,
+            )
+        )
     elif event.title == API_ESCALATION:
-        records.escalations.append(EscalationRow(
-            escalation_id=body["id"],
-            ticket_id=body.get("ticketId") or ticket_for(_id("escalation", f"api:{body['id']}")),
-            conversation_id=conversation_id, reason=clean_text(body.get("reason")),
-            priority=body.get("priority") or "MEDIUM", status=body.get("status") or "pending",
-            customer_phone=event.phone, created_at=at, notes=clean_text(body.get("notes")),
-            assigned_agent=clean_text(body.get("assignedAgent")),
-        ))
+        records.escalations.append(
+            EscalationRow(
+                escalation_id=body["id"],
+                ticket_id=body.get("ticketId") or ticket_for(_id("escalation", f"api:{body['id']}")),
+                conversation_id=conversation_id,
+                reason=clean_text(body.get("reason")),
+                priority=body.get("priority") or "MEDIUM",
+                status=body.get("status") or "pending",
+                customer_phone=event.phone,
+                created_at=at,
+                notes=clean_text(body.get("notes")),
+                assigned_agent=clean_text(body.get("assignedAgent")),
+            )
+        )
     elif event.title == API_ESCALATION_UPDATE:
-        records.escalation_updates.append(EscalationUpdate(
-            body["id"], body.get("status"), clean_text(body.get("assignedAgent")),
-            _optional_time(body.get("resolvedAt")), clean_text(body.get("notes"))))
+        records.escalation_updates.append(
+            EscalationUpdate(
+                body["id"],
+                body.get("status"),
+                clean_text(body.get("assignedAgent")),
+                _optional_time(body.get("resolvedAt")),
+                clean_text(body.get("notes")),
+            )
+        )
     elif event.title == API_CONVERSATION_UPDATE:
         tags = body.get("tags")
-        records.conversation_updates.append(ConversationUpdate(
-            conversation_id, clean_text(body.get("intent")), clean_text(body.get("sentiment")),
-            body.get("priority"), clean_text(body.get("assignedAgent")),
-            tuple(tags) if tags is not None else None, body.get("metadata"), body.get("status")))
+        records.conversation_updates.append(
+            ConversationUpdate(
+                conversation_id,
+                clean_text(body.get("intent")),
+                clean_text(body.get("sentiment")),
+                body.get("priority"),
+                clean_text(body.get("assignedAgent")),
+                tuple(tags) if tags is not None else None,
+                body.get("metadata"),
+                body.get("status"),
+            )
+        )
         if body.get("status"):
-            change = StatusChange(conversation_id, STATUS_AS_TITLE[body["status"]], at,
-                                  status_key(at, event.dedup_key))
+            change = StatusChange(conversation_id, STATUS_AS_TITLE[body["status"]], at, status_key(at, event.dedup_key))
             known = changes.get(conversation_id)
             if known is None or known.key < change.key:
                 changes[conversation_id] = change
 
 
-def _touch(touches: dict[str, ConversationTouch], conversation_id: str, event: StoredEvent,
-           at: datetime) -> None:
+def _touch(touches: dict[str, ConversationTouch], conversation_id: str, event: StoredEvent, at: datetime) -> None:
     known = touches.get(conversation_id)
     if known is None:
         touches[conversation_id] = ConversationTouch(
-            conversation_id, event.bot_id, event.contact_id, event.service, event.phone,
-            clean_text(event.contact_name), at, at,
+            conversation_id,
+            event.bot_id,
+            event.contact_id,
+            event.service,
+            event.phone,
+            clean_text(event.contact_name),
+            at,
+            at,
         )
         return
     newer = at >= known.last_at
@@ -443,7 +505,8 @@ def _touch(touches: dict[str, ConversationTouch], conversation_id: str, event: S
         known.contact_id or event.contact_id,
         known.service or event.service,
         (event.phone or known.customer_phone) if newer else (known.customer_phone or event.phone),
-        (clean_text(event.contact_name) or known.customer_name) if newer
+        (clean_text(event.contact_name) or known.customer_name)
+        if newer
         else (known.customer_name or clean_text(event.contact_name)),
         min(known.first_at, at),
         max(known.last_at, at),

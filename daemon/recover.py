@@ -25,7 +25,7 @@ import re
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -33,10 +33,23 @@ from loguru import logger
 
 from daemon.events import digits_only, has_control
 from daemon.records import (
-    INTERACTION_STATUS, clean_text, iso, parse_tags, parse_time, status_key, status_rank, ticket_for,
+    INTERACTION_STATUS,
+    clean_text,
+    iso,
+    parse_tags,
+    parse_time,
+    status_key,
+    status_rank,
+    ticket_for,
 )
 from daemon.sinks.airtable_client import (
-    AirtableClient, equals_formula, ids_formulas, pages, patiently, phone_formula, since_formula,
+    AirtableClient,
+    equals_formula,
+    ids_formulas,
+    pages,
+    patiently,
+    phone_formula,
+    since_formula,
 )
 from daemon.sinks.airtable_fields import DATED_BY, FIELD_OF, BaseNames
 from daemon.sinks.airtable_schema import BasePlan, cut_text, plan_base, read_back
@@ -51,12 +64,31 @@ SHORT = 60  # characters of a value --diff shows
 # The columns whose difference is a conflict; the others are derived from the interactions
 # (counts, spans, status) or bookkeeping (created/updated).
 COMPARED = {
-    "conversations": ("customer_phone", "customer_name", "intent", "sentiment", "priority", "assigned_agent",
-                      "tags"),
-    "interactions": ("conversation_id", "message_id", "direction", "content", "intent", "response",
-                     "processing_time_ms", "status", "error_message", "occurred_at"),
-    "escalations": ("ticket_id", "conversation_id", "reason", "priority", "status", "customer_phone",
-                    "assigned_agent", "created_at", "resolved_at", "notes"),
+    "conversations": ("customer_phone", "customer_name", "intent", "sentiment", "priority", "assigned_agent", "tags"),
+    "interactions": (
+        "conversation_id",
+        "message_id",
+        "direction",
+        "content",
+        "intent",
+        "response",
+        "processing_time_ms",
+        "status",
+        "error_message",
+        "occurred_at",
+    ),
+    "escalations": (
+        "ticket_id",
+        "conversation_id",
+        "reason",
+        "priority",
+        "status",
+        "customer_phone",
+        "assigned_agent",
+        "created_at",
+        "resolved_at",
+        "notes",
+    ),
 }
 TIMES = frozenset({"started_at", "last_activity", "created_at", "updated_at", "occurred_at", "resolved_at"})
 PHONES = frozenset({"customer_phone"})
@@ -81,8 +113,16 @@ class Selection:
     everything: bool = False
 
     def __post_init__(self) -> None:
-        given = [option for option, value in (("--conversation", self.conversation), ("--phone", self.phone),
-                                              ("--since", self.since), ("--all", self.everything)) if value]
+        given = [
+            option
+            for option, value in (
+                ("--conversation", self.conversation),
+                ("--phone", self.phone),
+                ("--since", self.since),
+                ("--all", self.everything),
+            )
+            if value
+        ]
         if not given:
             raise ValueError("one of the arguments --conversation --phone --since --all is required")
         if len(given) > 1:
@@ -133,8 +173,12 @@ class Report:
 
     def as_dict(self, diffs: bool = True) -> dict[str, Any]:
         """The report as JSON data; diffs=False for a progress line."""
-        out = {"tables": {kind: asdict(t) for kind, t in self.tallies.items()}, "problems": self.problems,
-               "dry_run": self.dry_run, "run_id": self.run_id}
+        out = {
+            "tables": {kind: asdict(t) for kind, t in self.tallies.items()},
+            "problems": self.problems,
+            "dry_run": self.dry_run,
+            "run_id": self.run_id,
+        }
         if diffs:
             out.update(diffs=self.diffs, diffs_left_off=self.diffs_left_off)
         return out
@@ -154,6 +198,7 @@ def new_run_id(now: datetime) -> str:
 
 
 # -- Airtable record -> PostgreSQL row (pure) ---------------------------------------------------------
+
 
 class _Cells:
     """A record's cells (by our field names) read by the PostgreSQL column each copies (airtable_fields.FIELD_OF)."""
@@ -206,7 +251,7 @@ def _time(cells: _Cells, column: str, required: bool = False) -> str | None:
         raise Unusable(f"{cells.name(column)} is not a date: {value!r}") from None
     if _date_only(value):
         return value
-    return iso(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc))
+    return iso(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
 
 
 def _date_only(value: Any) -> bool:
@@ -215,7 +260,7 @@ def _date_only(value: Any) -> bool:
 
 def _utc(text: str) -> datetime:
     moment = parse_time(text)
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _int(cells: _Cells, column: str) -> int | None:
@@ -264,16 +309,24 @@ def conversation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
     metadata = _metadata(_text(cells, "metadata"))
     title = STATUS_EVENTS.get(status)
     if title and last_activity:
-        metadata.update(status_event=title, status_event_at=last_activity,
-                        status_key=status_key(_utc(last_activity), ""))
+        metadata.update(
+            status_event=title, status_event_at=last_activity, status_key=status_key(_utc(last_activity), "")
+        )
     return {
         "conversation_id": _key(cells, "conversation_id"),
-        "customer_phone": digits_only(cells.get("customer_phone")), "customer_name": _text(cells, "customer_name"),
-        "status": status, "started_at": _time(cells, "started_at"), "last_activity": last_activity,
-        "message_count": _int(cells, "message_count") or 0, "intent": _text(cells, "intent"),
-        "sentiment": _text(cells, "sentiment"), "priority": _text(cells, "priority"),
-        "assigned_agent": _text(cells, "assigned_agent"), "tags": parse_tags(_text(cells, "tags")),
-        "metadata": metadata, "created_at": _time(cells, "created_at") or now,
+        "customer_phone": digits_only(cells.get("customer_phone")),
+        "customer_name": _text(cells, "customer_name"),
+        "status": status,
+        "started_at": _time(cells, "started_at"),
+        "last_activity": last_activity,
+        "message_count": _int(cells, "message_count") or 0,
+        "intent": _text(cells, "intent"),
+        "sentiment": _text(cells, "sentiment"),
+        "priority": _text(cells, "priority"),
+        "assigned_agent": _text(cells, "assigned_agent"),
+        "tags": parse_tags(_text(cells, "tags")),
+        "metadata": metadata,
+        "created_at": _time(cells, "created_at") or now,
         "updated_at": _time(cells, "updated_at") or now,
     }
 
@@ -284,14 +337,19 @@ def interaction_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
     if direction not in ("inbound", "outbound"):
         raise Unusable(f"{cells.name('direction')} is {direction!r}, not inbound or outbound")
     return {
-        "interaction_id": _key(cells, "interaction_id"), "conversation_id": _key(cells, "conversation_id"),
-        "message_id": _key(cells, "message_id", required=False), "direction": direction,
+        "interaction_id": _key(cells, "interaction_id"),
+        "conversation_id": _key(cells, "conversation_id"),
+        "message_id": _key(cells, "message_id", required=False),
+        "direction": direction,
         "content": _text(cells, "content"),
-        "intent": _text(cells, "intent"), "response": _text(cells, "response"),
+        "intent": _text(cells, "intent"),
+        "response": _text(cells, "response"),
         "processing_time_ms": _int(cells, "processing_time_ms"),
         "status": _text(cells, "status"),
-        "error_message": _text(cells, "error_message"), "customer_phone": None,
-        "occurred_at": _time(cells, "occurred_at", required=True), "created_at": _time(cells, "created_at") or now,
+        "error_message": _text(cells, "error_message"),
+        "customer_phone": None,
+        "occurred_at": _time(cells, "occurred_at", required=True),
+        "created_at": _time(cells, "created_at") or now,
     }
 
 
@@ -300,10 +358,14 @@ def escalation_row(fields: dict[str, Any], now: str) -> dict[str, Any]:
     return {
         "escalation_id": _key(cells, "escalation_id"),
         "ticket_id": _key(cells, "ticket_id", required=False),
-        "conversation_id": _key(cells, "conversation_id"), "reason": _text(cells, "reason"),
-        "priority": _text(cells, "priority"), "status": _text(cells, "status"),
-        "customer_phone": digits_only(cells.get("customer_phone")), "assigned_agent": _text(cells, "assigned_agent"),
-        "created_at": _time(cells, "created_at", required=True), "resolved_at": _time(cells, "resolved_at"),
+        "conversation_id": _key(cells, "conversation_id"),
+        "reason": _text(cells, "reason"),
+        "priority": _text(cells, "priority"),
+        "status": _text(cells, "status"),
+        "customer_phone": digits_only(cells.get("customer_phone")),
+        "assigned_agent": _text(cells, "assigned_agent"),
+        "created_at": _time(cells, "created_at", required=True),
+        "resolved_at": _time(cells, "resolved_at"),
         "notes": _text(cells, "notes"),
     }
 
@@ -315,12 +377,18 @@ def with_defaults(kind: str, row: dict[str, Any]) -> dict[str, Any]:
         return {**row, "priority": row["priority"] or DEFAULT_PRIORITY}
     if kind == "interactions":
         return {**row, "status": row["status"] or INTERACTION_STATUS[row["direction"]]}
-    return {**row, "ticket_id": row["ticket_id"] or ticket_for(row["escalation_id"]),
-            "priority": row["priority"] or DEFAULT_PRIORITY, "status": row["status"] or "pending"}
+    return {
+        **row,
+        "ticket_id": row["ticket_id"] or ticket_for(row["escalation_id"]),
+        "priority": row["priority"] or DEFAULT_PRIORITY,
+        "status": row["status"] or "pending",
+    }
 
 
 ROWS: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {
-    "conversations": conversation_row, "interactions": interaction_row, "escalations": escalation_row,
+    "conversations": conversation_row,
+    "interactions": interaction_row,
+    "escalations": escalation_row,
 }
 
 
@@ -328,11 +396,21 @@ def built_conversation(row: dict[str, Any], now: str) -> dict[str, Any]:
     """A minimal conversation for a row whose conversation neither store has."""
     at = row.get("occurred_at") or row.get("created_at") or now
     return {
-        "conversation_id": row["conversation_id"], "customer_phone": row.get("customer_phone"),
-        "customer_name": None, "status": "active", "started_at": at, "last_activity": at, "message_count": 0,
-        "intent": None, "sentiment": None, "priority": DEFAULT_PRIORITY, "assigned_agent": None, "tags": [],
+        "conversation_id": row["conversation_id"],
+        "customer_phone": row.get("customer_phone"),
+        "customer_name": None,
+        "status": "active",
+        "started_at": at,
+        "last_activity": at,
+        "message_count": 0,
+        "intent": None,
+        "sentiment": None,
+        "priority": DEFAULT_PRIORITY,
+        "assigned_agent": None,
+        "tags": [],
         "metadata": {"recovered": "built from its rows: the conversation was in neither store"},
-        "created_at": now, "updated_at": now,
+        "created_at": now,
+        "updated_at": now,
     }
 
 
@@ -369,14 +447,19 @@ def compared(kind: str, plan: BasePlan | None = None) -> tuple[str, ...]:
     return tuple(c for c in COMPARED[kind] if FIELD_OF[kind][c] in table.written)
 
 
-def differences(kind: str, airtable: dict[str, Any], postgres: dict[str, Any],
-                columns: Sequence[str] | None = None) -> list[str]:
+def differences(
+    kind: str, airtable: dict[str, Any], postgres: dict[str, Any], columns: Sequence[str] | None = None
+) -> list[str]:
     """The columns where Airtable's row holds a value and PostgreSQL's differs (`airtable` first: a text it holds
     cut is PostgreSQL's). A field Airtable leaves empty tells nothing: it is not a difference, and so never
     replaces what PostgreSQL holds."""
-    return [c for c in (COMPARED[kind] if columns is None else columns)
-            if not _empty(airtable.get(c)) and not _same(c, airtable.get(c), postgres.get(c))
-            and not (kind == "interactions" and c == "status" and _behind(airtable[c], postgres.get(c)))]
+    return [
+        c
+        for c in (COMPARED[kind] if columns is None else columns)
+        if not _empty(airtable.get(c))
+        and not _same(c, airtable.get(c), postgres.get(c))
+        and not (kind == "interactions" and c == "status" and _behind(airtable[c], postgres.get(c)))
+    ]
 
 
 def _behind(theirs: Any, ours: Any) -> bool:
@@ -390,9 +473,17 @@ Progress = Callable[[Report], Any]  # may return an awaitable
 
 
 class Recovery:
-    def __init__(self, client: AirtableClient, tables: dict[str, str], pg: PostgresRows, *,
-                 prefer: str = "postgres", dry_run: bool = False, diff: bool = False,
-                 progress: Progress | None = None):
+    def __init__(
+        self,
+        client: AirtableClient,
+        tables: dict[str, str],
+        pg: PostgresRows,
+        *,
+        prefer: str = "postgres",
+        dry_run: bool = False,
+        diff: bool = False,
+        progress: Progress | None = None,
+    ):
         self.client = client
         self.tables = BaseNames.of(tables)
         self.pg = pg
@@ -401,7 +492,7 @@ class Recovery:
         self.diff = diff
         self.progress = progress or (lambda report: None)
         self.report = Report(dry_run=dry_run)
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         self.now = iso(started)
         self.run_id = new_run_id(started)
         self._conversations: set[str] = set()  # in PostgreSQL now (in a dry run: or as a run would have them)
@@ -443,9 +534,11 @@ class Recovery:
         if selection.phone:
             why = self.plan.unselectable(self.tables, "conversations", FIELD_OF["conversations"]["customer_phone"])
             if why:
-                raise Unselectable(f"--phone selects conversations by their phone, but {why}: nothing was recovered "
-                                   "(`chatledger airtable init` creates a missing field; --conversation ID selects "
-                                   "by the key)")
+                raise Unselectable(
+                    f"--phone selects conversations by their phone, but {why}: nothing was recovered "
+                    "(`chatledger airtable init` creates a missing field; --conversation ID selects "
+                    "by the key)"
+                )
             return [phone_formula(field("customer_phone"), selection.phone)]
         if selection.since:
             if not self._selectable("conversations", DATED_BY["conversations"], "by time"):
@@ -458,8 +551,10 @@ class Recovery:
         why = self.plan.unselectable(self.tables, kind, logical)
         if why:
             also = "; `recover --all` reads every record" if how == "by time" else ""
-            self.report.problem(f"{why}: {kind} cannot be selected {how}, none were read (`chatledger airtable "
-                                f"init` creates a missing field{also})")
+            self.report.problem(
+                f"{why}: {kind} cannot be selected {how}, none were read (`chatledger airtable "
+                f"init` creates a missing field{also})"
+            )
         return why is None
 
     async def _since_formula(self, kind: str, since: str) -> str:
@@ -470,8 +565,8 @@ class Recovery:
         table = next((t for t in self._schema or [] if self.tables[kind] in (t.get("id"), t.get("name"))), {})
         type_ = next((f.get("type") for f in table.get("fields", []) if f.get("name") == name), None)
         if type_ != "dateTime":
-            day = _utc(since).astimezone(timezone.utc).date()
-            since = datetime(day.year, day.month, day.day, tzinfo=timezone.utc).isoformat()
+            day = _utc(since).astimezone(UTC).date()
+            since = datetime(day.year, day.month, day.day, tzinfo=UTC).isoformat()
         return since_formula(name, since)
 
     async def _table(self, kind: str, formulas: Sequence[str | None]) -> list[str]:
@@ -505,7 +600,9 @@ class Recovery:
 
     async def _ensure_conversations(self, rows: list[dict[str, Any]]) -> None:
         """Give every row a conversation in PostgreSQL: found there, read from Airtable, or built."""
-        wanted = list(dict.fromkeys(r["conversation_id"] for r in rows if r["conversation_id"] not in self._conversations))
+        wanted = list(
+            dict.fromkeys(r["conversation_id"] for r in rows if r["conversation_id"] not in self._conversations)
+        )
         if not wanted:
             return
         self._conversations.update(await self.pg.existing("conversations", wanted))
@@ -558,8 +655,9 @@ class Recovery:
             new = [with_defaults(kind, row) for row in rows if row[key] not in existing]
             inserted = await self.pg.insert(kind, new)
             columns = compared(kind, self._plan)
-            differ: dict[str, Sequence[str]] = {row[key]: differences(kind, row, existing[row[key]], columns)
-                      for row in rows if row[key] in existing}
+            differ: dict[str, Sequence[str]] = {
+                row[key]: differences(kind, row, existing[row[key]], columns) for row in rows if row[key] in existing
+            }
             # only the columns that differ: a text Airtable holds cut, a date field's day stay PostgreSQL's
             replace = {k: d for k, d in differ.items() if d} if self.prefer == "airtable" else {}
             await self.pg.replace(kind, [row for row in rows if row[key] in replace], replace, self.run_id)
@@ -572,8 +670,10 @@ class Recovery:
         for row in new:
             if row[key] not in inserted:
                 tally.conflicting += 1
-                self.report.problem(f"{kind} {row[key]}: a unique value (message or ticket id) belongs to "
-                                    "another row in PostgreSQL; not recovered")
+                self.report.problem(
+                    f"{kind} {row[key]}: a unique value (message or ticket id) belongs to "
+                    "another row in PostgreSQL; not recovered"
+                )
         tally.present += sum(1 for differs in differ.values() if not differs)
         tally.conflicting += sum(1 for differs in differ.values() if differs)
         tally.replaced += len(replace)
@@ -583,8 +683,9 @@ class Recovery:
             airtable = {row[key]: row for row in rows}
             for k, differing in differ.items():
                 if differing:
-                    self.report.difference(kind, k, {c: [short(airtable[k].get(c)), short(existing[k].get(c))]
-                                                     for c in differing})
+                    self.report.difference(
+                        kind, k, {c: [short(airtable[k].get(c)), short(existing[k].get(c))] for c in differing}
+                    )
         if kind == "conversations":
             self._conversations.update(row[key] for row in rows if row[key] in inserted or row[key] in existing)
             self._stage([row for row in new if row[key] in inserted])

@@ -26,8 +26,9 @@ SINKS = ("postgres", "airtable")
 # What a sink is built from: a change replaces that sink (its worker finishes what is in flight first).
 REBUILDS: dict[str, frozenset[str]] = {
     "postgres": frozenset({"dsn"}),
-    "airtable": frozenset({"api_key", "base_id", "endpoint_url", "conversations_table", "interactions_table",
-                           "escalations_table"}),
+    "airtable": frozenset(
+        {"api_key", "base_id", "endpoint_url", "conversations_table", "interactions_table", "escalations_table"}
+    ),
 }
 # What the SendPulse client is built from: a change replaces it (a run in progress finishes with the old one).
 SENDPULSE_CLIENT = frozenset({"client_id", "client_secret", "api_url", "requests_per_second"})
@@ -38,8 +39,8 @@ LIVE: dict[str, frozenset[str]] = {
     "server": frozenset({"max_elements_per_request"}),
     "journal": frozenset({"retention_days"}),
     "postgres": REBUILDS["postgres"],
-    "airtable": REBUILDS["airtable"] | {"requests_per_second", "monthly_request_limit", "linger_s", "max_records",
-                                        "retention_days", "fields"},
+    "airtable": REBUILDS["airtable"]
+    | {"requests_per_second", "monthly_request_limit", "linger_s", "max_records", "retention_days", "fields"},
     "sendpulse": SENDPULSE_CLIENT | {"bot_ids", "reconcile_interval_s", "first_window_h", "status_window_h"},
     "alerts": frozenset({"command", "webhook_url", "pending_age_threshold_s", "min_interval_s"}),
     "log": frozenset({"level", "json_"}),
@@ -97,8 +98,11 @@ def plan_reload(running: Config, fresh: Config) -> ReloadPlan:
             plan.restart.append(key.name)
             continue
         plan.live.append(key)
-        if key.attribute in REBUILDS.get(key.section, ()) and getattr(running, key.section).enabled \
-                and key.section not in plan.rebuild:
+        if (
+            key.attribute in REBUILDS.get(key.section, ())
+            and getattr(running, key.section).enabled
+            and key.section not in plan.rebuild
+        ):
             plan.rebuild.append(key.section)
     plan.switched.sort(key=lambda text: SINKS.index(text.split()[0]))
     plan.sendpulse = _sendpulse_change(running, fresh, plan)
@@ -125,8 +129,11 @@ def describe(plan: ReloadPlan) -> tuple[str, str]:
     """The WARNING (empty when nothing needs a restart) and the INFO line a reload logs: names only."""
     warning = ""
     if plan.restart:
-        why = f" ({'; '.join(plan.switched)}: the journal is opened with the sinks enabled at start)" \
-            if plan.switched else ""
+        why = (
+            f" ({'; '.join(plan.switched)}: the journal is opened with the sinks enabled at start)"
+            if plan.switched
+            else ""
+        )
         warning = f"needs a restart: {', '.join(plan.restart)}{why}; the running values stay in effect"
     if plan.live:
         replaced = plan.rebuild + (["the SendPulse client"] if plan.sendpulse == "replace" else [])

@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -51,15 +51,24 @@ def parse_time(value: Any) -> datetime | None:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
         return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 class SendPulseClient:
     """One account's API; `async with` or `close()` ends its HTTP session."""
 
-    def __init__(self, api_url: str, client_id: str, client_secret: str, budget: RequestBudget, *,
-                 timeout: float = TIMEOUT_S, retries: int = RETRIES, backoff: float = BACKOFF_S,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        api_url: str,
+        client_id: str,
+        client_secret: str,
+        budget: RequestBudget,
+        *,
+        timeout: float = TIMEOUT_S,
+        retries: int = RETRIES,
+        backoff: float = BACKOFF_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.api_url = api_url.rstrip("/")
         self._client_id = client_id
         self._secret = client_secret
@@ -77,7 +86,7 @@ class SendPulseClient:
     def __repr__(self) -> str:
         return f"SendPulseClient({self.api_url!r}, client_id={self._client_id!r})"
 
-    async def __aenter__(self) -> "SendPulseClient":
+    async def __aenter__(self) -> SendPulseClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -98,8 +107,10 @@ class SendPulseClient:
         """The bot's chats whose contact was active at or after `since` (every chat when None)."""
         skip = 0
         while True:
-            page = _list(await self._get("/whatsapp/chats", {"bot_id": bot_id, "size": PAGE_SIZE, "skip": skip}),
-                         "/whatsapp/chats")
+            page = _list(
+                await self._get("/whatsapp/chats", {"bot_id": bot_id, "size": PAGE_SIZE, "skip": skip}),
+                "/whatsapp/chats",
+            )
             for chat in page:
                 contact = chat.get("contact") if isinstance(chat, dict) else None
                 if not isinstance(contact, dict) or not contact.get("id"):
@@ -137,8 +148,9 @@ class SendPulseClient:
             last = page[-1]
             after = str(last.get("id")) if isinstance(last, dict) and last.get("id") else None
             if after is None:
-                raise SendPulseError("GET /whatsapp/chats/messages: a full page whose last message has no id "
-                                     "(cannot page on)")
+                raise SendPulseError(
+                    "GET /whatsapp/chats/messages: a full page whose last message has no id (cannot page on)"
+                )
 
     async def contact(self, contact_id: str) -> dict[str, Any]:
         data = await self._get("/whatsapp/contacts/get", {"id": contact_id})
@@ -167,12 +179,20 @@ class SendPulseClient:
         async with self._token_lock:
             if self._token is not None and self._clock() < self._token_expires:
                 return self._token
-            status, body = await self._send("POST", "/oauth/access_token", json_body={
-                "grant_type": "client_credentials", "client_id": self._client_id, "client_secret": self._secret})
+            status, body = await self._send(
+                "POST",
+                "/oauth/access_token",
+                json_body={
+                    "grant_type": "client_credentials",
+                    "client_id": self._client_id,
+                    "client_secret": self._secret,
+                },
+            )
             if status in (400, 401, 403):
                 raise SendPulseMisconfigured(
                     f"SendPulse refused the credentials of [sendpulse] client_id {self._client_id!r} "
-                    f"({status}: {_reason(body)}); check client_id and client_secret (Settings > API)")
+                    f"({status}: {_reason(body)}); check client_id and client_secret (Settings > API)"
+                )
             if status != 200 or not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
                 raise SendPulseError(f"POST /oauth/access_token: unexpected answer {status}: {_reason(body)}")
             try:
@@ -183,19 +203,27 @@ class SendPulseClient:
             self._token_expires = self._clock() + lifetime - min(TOKEN_MARGIN_S, lifetime / 10)
             return self._token
 
-    async def _send(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                    headers: dict[str, str] | None = None, json_body: Any = None) -> tuple[int, Any]:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        json_body: Any = None,
+    ) -> tuple[int, Any]:
         """One call, retried through 429s, 5xx, timeouts and dropped connections; (status, JSON body)."""
         failures = limited = 0
         while True:
             try:
                 async with self.budget.request():
                     self.requests += 1
-                    async with self._http().request(method, self.api_url + path, params=params, headers=headers,
-                                                    json=json_body) as answer:
+                    async with self._http().request(
+                        method, self.api_url + path, params=params, headers=headers, json=json_body
+                    ) as answer:
                         status, text = answer.status, await answer.text()
                         retry_after = answer.headers.get("Retry-After")
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 failures += 1
                 if failures > self._retries:
                     raise SendPulseUnavailable(f"{method} {path}: {_describe(exc)} ({failures} attempts)") from None
@@ -251,7 +279,9 @@ def _list(data: Any, path: str) -> list[Any]:
 
 def _reason(body: Any) -> str:
     if isinstance(body, dict):
-        parts = list(dict.fromkeys(str(body[key]) for key in ("error", "message", "error_description") if body.get(key)))
+        parts = list(
+            dict.fromkeys(str(body[key]) for key in ("error", "message", "error_description") if body.get(key))
+        )
         if body.get("errors"):
             parts.append(json.dumps(body["errors"], ensure_ascii=False)[:200])
         return "; ".join(parts) or "no reason given"

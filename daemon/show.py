@@ -7,13 +7,17 @@ import re
 from typing import Any
 
 from daemon import reads
-from daemon.records import INTERACTION_STATUS as USUAL_STATUS, iso, parse_time
+from daemon.records import INTERACTION_STATUS as USUAL_STATUS
+from daemon.records import iso, parse_time
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
 SOURCES = {"postgres": "PostgreSQL", "journal": "the journal", "airtable": "Airtable"}
-TIMES = {"conversation": ("startedAt", "lastActivity"), "interactions": ("timestamp",),
-         "escalations": ("createdAt", "resolvedAt")}
+TIMES = {
+    "conversation": ("startedAt", "lastActivity"),
+    "interactions": ("timestamp",),
+    "escalations": ("createdAt", "resolvedAt"),
+}
 
 
 def _time(value: Any) -> Any:
@@ -34,8 +38,14 @@ def _times(found: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-async def show(stores: reads.Stores, *, conversation: str | None = None, phone: str | None = None,
-               limit: int = DEFAULT_LIMIT, down: dict[str, str] | None = None) -> dict[str, Any]:
+async def show(
+    stores: reads.Stores,
+    *,
+    conversation: str | None = None,
+    phone: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    down: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """What `chatledger show` prints, as JSON-ready data: `conversations` (each with its `source`), the
     `problems` of the stores that did not answer, why a store was `not_asked`, and an `error` when nothing
     was found. `down`: stores already known not to answer (a journal this command cannot open)."""
@@ -56,16 +66,23 @@ async def show(stores: reads.Stores, *, conversation: str | None = None, phone: 
             continue
         found = _times(answer.found)
         more = len(found["interactions"]) > limit or len(found["escalations"]) > limit
-        shown.append({"source": answer.source, "conversation": found["conversation"],
-                      "interactions": found["interactions"][:limit], "escalations": found["escalations"][:limit],
-                      "more": more})
+        shown.append(
+            {
+                "source": answer.source,
+                "conversation": found["conversation"],
+                "interactions": found["interactions"][:limit],
+                "escalations": found["escalations"][:limit],
+                "more": more,
+            }
+        )
     shown.sort(key=lambda c: (c["conversation"].get("startedAt") or "", c["conversation"]["conversationId"]))
     result: dict[str, Any] = {"conversations": shown, "problems": list(down.values()), "not_asked": not_asked}
     if not shown:
         whose = f"of phone {phone}" if phone is not None else conversation
         said = result["problems"] + not_asked
         result["error"] = f"no conversation {whose} in any store that answered" + (
-            f" ({'; '.join(said)})" if said else "")
+            f" ({'; '.join(said)})" if said else ""
+        )
     return result
 
 
@@ -80,8 +97,12 @@ def _printable(text: Any) -> str:
 
 
 def _pairs(row: dict[str, Any], names: tuple[tuple[str, str], ...]) -> str:
-    return " · ".join(f"{label} {_printable(', '.join(value) if isinstance(value, list) else value)}"
-                      for key, label in names for value in [row.get(key)] if value not in (None, "", []))
+    return " · ".join(
+        f"{label} {_printable(', '.join(value) if isinstance(value, list) else value)}"
+        for key, label in names
+        for value in [row.get(key)]
+        if value not in (None, "", [])
+    )
 
 
 def _text(text: Any, indent: int) -> str:
@@ -96,18 +117,30 @@ def _interaction(row: dict[str, Any]) -> list[str]:
     stamp = row.get("timestamp") or "?"
     lines = [f"    {stamp}  {way:<4} {_text(row.get('content'), 4 + len(stamp) + 7)}"]
     usual = row.get("status") == USUAL_STATUS.get(direction)  # said only when it says something
-    extra = _pairs(row | {"processingTime": f"{row['processingTime']} ms" if row.get("processingTime") is not None
-                          else None, "status": None if usual else row.get("status")},
-                   (("intent", "intent"), ("response", "response"), ("processingTime", "took"), ("status", "status"),
-                    ("errorMessage", "error")))
+    extra = _pairs(
+        row
+        | {
+            "processingTime": f"{row['processingTime']} ms" if row.get("processingTime") is not None else None,
+            "status": None if usual else row.get("status"),
+        },
+        (
+            ("intent", "intent"),
+            ("response", "response"),
+            ("processingTime", "took"),
+            ("status", "status"),
+            ("errorMessage", "error"),
+        ),
+    )
     if extra:
         lines.append(f"    {'':<{len(stamp)}}       {extra}")
     return lines
 
 
 def _escalation(row: dict[str, Any]) -> list[str]:
-    head = (f"    {row.get('createdAt') or '?'}  {_printable(row.get('ticketId') or row.get('id'))}  "
-            f"{_printable(row.get('status') or '?')}  {_printable(row.get('priority') or '?')}")
+    head = (
+        f"    {row.get('createdAt') or '?'}  {_printable(row.get('ticketId') or row.get('id'))}  "
+        f"{_printable(row.get('status') or '?')}  {_printable(row.get('priority') or '?')}"
+    )
     lines = [f"{head}  {_text(row.get('reason'), len(head) + 2)}"]
     extra = _pairs(row, (("assignedAgent", "agent"), ("resolvedAt", "resolved"), ("notes", "notes")))
     if extra:
@@ -121,16 +154,36 @@ def render(answer: dict[str, Any]) -> str:
     for one in answer["conversations"]:
         c = one["conversation"]
         lines.append(f"conversation {_printable(c['conversationId'])} (from {SOURCES[one['source']]})")
-        head = _pairs(c, (("customerPhone", "phone"), ("customerName", "name"), ("status", "status"),
-                          ("messageCount", "messages"), ("startedAt", "started"), ("lastActivity", "last activity")))
+        head = _pairs(
+            c,
+            (
+                ("customerPhone", "phone"),
+                ("customerName", "name"),
+                ("status", "status"),
+                ("messageCount", "messages"),
+                ("startedAt", "started"),
+                ("lastActivity", "last activity"),
+            ),
+        )
         lines.append(f"  {head}")
-        more = _pairs(c, (("intent", "intent"), ("sentiment", "sentiment"), ("priority", "priority"),
-                          ("assignedAgent", "agent"), ("tags", "tags")))
+        more = _pairs(
+            c,
+            (
+                ("intent", "intent"),
+                ("sentiment", "sentiment"),
+                ("priority", "priority"),
+                ("assignedAgent", "agent"),
+                ("tags", "tags"),
+            ),
+        )
         if more:
             lines.append(f"  {more}")
         shown = len(one["interactions"])
-        lines.append(f"  interactions, oldest first{f': only {shown} shown (--limit)' if one['more'] else ''}"
-                     if shown else "  no interactions")
+        lines.append(
+            f"  interactions, oldest first{f': only {shown} shown (--limit)' if one['more'] else ''}"
+            if shown
+            else "  no interactions"
+        )
         for row in one["interactions"]:
             lines += _interaction(row)
         lines.append("  escalations" if one["escalations"] else "  no escalations")

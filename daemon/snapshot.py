@@ -175,8 +175,9 @@ class Snapshot(Observed):
     health: Health
 
 
-def sink_status(counts: Mapping[str, Any], backfill: BackfillStatus | None, live: WorkerStatus | None,
-                now: datetime) -> SinkStatus:
+def sink_status(
+    counts: Mapping[str, Any], backfill: BackfillStatus | None, live: WorkerStatus | None, now: datetime
+) -> SinkStatus:
     """A sink's entry from the journal's counts for it and, when it is enabled, its worker's status."""
     oldest = counts.get("oldest_pending_at")
     entry: SinkStatus = {
@@ -193,8 +194,9 @@ def sink_status(counts: Mapping[str, Any], backfill: BackfillStatus | None, live
     return entry if live is None else {**entry, **live}  # the worker's state in the place of "disabled"
 
 
-def journal_status(journal: Journal, counts: Mapping[str, Any], read_error: str | None, retention_days: int,
-                   purged: int) -> JournalStatus:
+def journal_status(
+    journal: Journal, counts: Mapping[str, Any], read_error: str | None, retention_days: int, purged: int
+) -> JournalStatus:
     """The journal's entry: its counts (`counts`, as JournalCounts read them), its writer's figures, retention."""
     stats = journal.stats
     return {
@@ -207,9 +209,11 @@ def journal_status(journal: Journal, counts: Mapping[str, Any], read_error: str 
         "commits": stats.commits,
         "committed_events": stats.events,
         "commit_failures": stats.failures,
-        "commit_seconds": {"buckets": list(zip(COMMIT_BUCKETS, stats.commit_buckets)),
-                           "over": stats.commit_buckets[-1],
-                           "sum": round(stats.commit_seconds_total, 6)},
+        "commit_seconds": {
+            "buckets": list(zip(COMMIT_BUCKETS, stats.commit_buckets)),
+            "over": stats.commit_buckets[-1],
+            "sum": round(stats.commit_seconds_total, 6),
+        },
         "last_error": stats.last_error,
         "read_error": read_error,
         "retention_days": retention_days,
@@ -220,8 +224,11 @@ def journal_status(journal: Journal, counts: Mapping[str, Any], read_error: str 
 def webhook_counts(counts: Mapping[str, Any]) -> WebhookCounts:
     """The webhook's counters, which the journal keeps across restarts."""
     counters = counts["counters"]
-    return {"accepted": counters.get("accepted", 0), "duplicates": counters.get("duplicates", 0),
-            "rejected": counters.get("rejected", 0)}
+    return {
+        "accepted": counters.get("accepted", 0),
+        "duplicates": counters.get("duplicates", 0),
+        "rejected": counters.get("rejected", 0),
+    }
 
 
 def age_seconds(stamp: str | None, now: datetime) -> float | None:
@@ -245,8 +252,9 @@ class JournalCounts:
         except sqlite3.Error as exc:
             reason = f"{type(exc).__name__}: {exc}"
             if reason != self._error:
-                logger.error("journal {} cannot be read ({}); see README, \"When the journal is damaged\"",
-                             journal.path, reason)
+                logger.error(
+                    'journal {} cannot be read ({}); see README, "When the journal is damaged"', journal.path, reason
+                )
             self._error = reason
             return self._last, reason
         self._error = None

@@ -12,6 +12,7 @@ import socket
 import stat
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,9 @@ def _unreachable(socket_path: Path, exc: Exception) -> StatusUnreachable:
     """Nobody answers, said in the operating system's words (aiohttp's own names `ssl:default` for a socket)."""
     error = getattr(exc, "os_error", None) or exc
     reason = getattr(error, "strerror", None) or str(error)
-    return StatusUnreachable(f"no chatledger answers on {socket_path} ({reason}): is the daemon running "
-                             "with this config?")
+    return StatusUnreachable(
+        f"no chatledger answers on {socket_path} ({reason}): is the daemon running with this config?"
+    )
 
 
 class StatusRefused(Exception):
@@ -119,12 +121,20 @@ def create_status_app(
 
 # Routes that change data (the journal, PostgreSQL, the base): only the daemon's own user and root may
 # call them. Whoever can open the socket (0660: its group) may read, sync and check.
-OWNER_ONLY = {"/replay": "replay", "/forget": "forget", "/recover": "recover", "/discard": "dead --discard",
-              "/quarantine/discard": "quarantine --discard", "/reconcile": "reconcile"}
+OWNER_ONLY = {
+    "/replay": "replay",
+    "/forget": "forget",
+    "/recover": "recover",
+    "/discard": "dead --discard",
+    "/quarantine/discard": "quarantine --discard",
+    "/reconcile": "reconcile",
+}
 # Reads of personal data (the elements as received, customers' conversations): the same people only, as for
 # `dead`, which reads the journal itself (0600). `show` also keeps the group from spending the base's budget.
-PERSONAL_READS = {"/quarantine": ("quarantine", "reads the journal's personal data"),
-                  "/show": ("show", "reads personal data (customers' conversations)")}
+PERSONAL_READS = {
+    "/quarantine": ("quarantine", "reads the journal's personal data"),
+    "/show": ("show", "reads personal data (customers' conversations)"),
+}
 
 
 def _owner_command(request: web.Request) -> tuple[str, str] | None:
@@ -139,8 +149,9 @@ def _owner_command(request: web.Request) -> tuple[str, str] | None:
 
 
 @web.middleware
-async def _owner_only(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                      ) -> web.StreamResponse:
+async def _owner_only(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     guarded = _owner_command(request)
     if guarded is None:
         return await handler(request)
@@ -150,9 +161,15 @@ async def _owner_only(request: web.Request, handler: Callable[[web.Request], Awa
         return await handler(request)
     owner = _user_name(os.geteuid())
     logger.warning("status socket: {} refused to uid {}: only {} or root may", command, uid, owner)
-    return web.json_response({"error": f"{command} {does}: only the daemon's user ({owner}) or root may ask "
-                                       f"for it; run the command as that user, e.g. `sudo -u {owner} chatledger "
-                                       f"{command} --config ...`, or as root"}, status=403, dumps=_dumps)
+    return web.json_response(
+        {
+            "error": f"{command} {does}: only the daemon's user ({owner}) or root may ask "
+            f"for it; run the command as that user, e.g. `sudo -u {owner} chatledger "
+            f"{command} --config ...`, or as root"
+        },
+        status=403,
+        dumps=_dumps,
+    )
 
 
 def peer_uid(request: web.Request) -> int | None:
@@ -232,7 +249,8 @@ def create_metrics_app(snapshot: Callable[[], Awaitable[Snapshot]]) -> web.Appli
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
-    from daemon.metrics import CONTENT_TYPE, render as render_metrics
+    from daemon.metrics import CONTENT_TYPE
+    from daemon.metrics import render as render_metrics
 
     body = render_metrics(await request.app[SNAPSHOT]())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
@@ -315,10 +333,14 @@ async def _handle_recover(request: web.Request) -> web.StreamResponse:
 
     try:
         query = _query(request, ("conversation", "phone", "since", "all", "prefer", "dry_run", "diff"))
-        selection = recover_selection(query.get("conversation"), query.get("phone"), query.get("since"),
-                                      _flag("all", query.get("all", "")))
-        options = {"prefer": params.choice("--prefer", query.get("prefer") or "postgres", params.PREFER),
-                   "dry_run": _flag("dry_run", query.get("dry_run", "")), "diff": _flag("diff", query.get("diff", ""))}
+        selection = recover_selection(
+            query.get("conversation"), query.get("phone"), query.get("since"), _flag("all", query.get("all", ""))
+        )
+        options = {
+            "prefer": params.choice("--prefer", query.get("prefer") or "postgres", params.PREFER),
+            "dry_run": _flag("dry_run", query.get("dry_run", "")),
+            "diff": _flag("diff", query.get("diff", "")),
+        }
     except ValueError as exc:  # BadParameter, or a selection that is not exactly one thing
         return _bad(exc)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -329,7 +351,7 @@ async def _handle_recover(request: web.Request) -> web.StreamResponse:
 
     try:
         last = await request.app[RECOVER](selection, options, emit)
-    except Exception as exc:  # noqa: BLE001 - the answer has begun: the failure is its last line
+    except Exception as exc:
         logger.exception("recover failed")
         last = {"error": f"recover failed in the daemon: {type(exc).__name__} (see its log)"}
     await emit(last)
@@ -340,11 +362,11 @@ async def _handle_recover(request: web.Request) -> web.StreamResponse:
 async def _handle_reconcile(request: web.Request) -> web.StreamResponse:
     """POST /reconcile?since=ISO|DURATION&bot=ID: one JSON line per chat read ({"progress": report}), then
     {"report": ...} (or {"error": ...}) as the last line."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     try:
         query = _query(request, ("since", "bot"))
-        since = params.reconcile_since(query.get("since", ""), datetime.now(timezone.utc))
+        since = params.reconcile_since(query.get("since", ""), datetime.now(UTC))
     except BadParameter as exc:
         return _bad(exc)
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -355,7 +377,7 @@ async def _handle_reconcile(request: web.Request) -> web.StreamResponse:
 
     try:
         last = await request.app[RECONCILE](since, query.get("bot") or None, emit)
-    except Exception as exc:  # noqa: BLE001 - the answer has begun: the failure is its last line
+    except Exception as exc:
         logger.exception("reconcile failed")
         last = {"error": f"reconcile failed in the daemon: {type(exc).__name__} (see its log)"}
     await emit(last)
@@ -368,8 +390,9 @@ async def stream_status(socket_path: Path, route: str, timeout_s: float) -> Asyn
     (or the daemon does not know the route), StatusRefused when it refuses."""
     connector = aiohttp.UnixConnector(path=str(socket_path))
     try:
-        async with aiohttp.ClientSession(connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as session:
             async with session.post(f"http://chatledger{route}") as response:
                 if response.status != 200:
                     raise await _not_ok(response, route)
@@ -450,8 +473,9 @@ def secure_socket(path: Path) -> None:
     os.chmod(path, SOCKET_MODE)
 
 
-async def request_status(socket_path: Path, method: str = "GET", route: str = "/status",
-                         timeout_s: float = CLIENT_TIMEOUT) -> dict[str, Any]:
+async def request_status(
+    socket_path: Path, method: str = "GET", route: str = "/status", timeout_s: float = CLIENT_TIMEOUT
+) -> dict[str, Any]:
     """Ask the daemon over its socket; raise StatusUnreachable when nobody answers, StatusRefused when it
     refuses."""
     connector = aiohttp.UnixConnector(path=str(socket_path))
@@ -485,8 +509,9 @@ async def _not_ok(response: aiohttp.ClientResponse, route: str) -> Exception:
         error = (await response.json(content_type=None)).get("error")
     except (ValueError, AttributeError, aiohttp.ClientError):
         error = None
-    return StatusRefused(f"the daemon refused: {error}" if error else f"daemon answered HTTP {response.status} "
-                         f"on {route}")
+    return StatusRefused(
+        f"the daemon refused: {error}" if error else f"daemon answered HTTP {response.status} on {route}"
+    )
 
 
 def exit_code_for(snapshot: Snapshot) -> int:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from daemon.snapshot import AlertsStatus, BackfillStatus, SinkStatus, Snapshot, SourceStatus
 
-BLOCKED_HINT = ("held, nothing dead-lettered: the base refuses every write alike (a records cap, a plan limit: "
-                "see the error); once there is room it drains by itself, or at once after `chatledger sync`")
+BLOCKED_HINT = (
+    "held, nothing dead-lettered: the base refuses every write alike (a records cap, a plan limit: "
+    "see the error); once there is room it drains by itself, or at once after `chatledger sync`"
+)
 
 
 def age_text(seconds: float | None) -> str:
@@ -101,8 +103,10 @@ def source_lines(source: SourceStatus | None) -> list[str]:
     shown = state if state in ("up", "starting") else state.upper()
     window = source.get("window")
     if window:
-        run = (f"last run {window.get('since')} to {window.get('until')}: {source.get('seen', 0)} seen, "
-               f"{source.get('added', 0)} added, {source.get('statuses', 0)} status(es) learned")
+        run = (
+            f"last run {window.get('since')} to {window.get('until')}: {source.get('seen', 0)} seen, "
+            f"{source.get('added', 0)} added, {source.get('statuses', 0)} status(es) learned"
+        )
     else:
         run = "no run finished yet"
     running = ", running now" if source.get("running") else ""
@@ -130,12 +134,19 @@ def budget_text(sink: SinkStatus) -> str:
     if sink.get("requests_this_month") is not None:
         limit = sink.get("monthly_request_limit")
         share = f" of {limit:,} ({sink['requests_this_month'] / limit:.0%})" if limit else ""
-        month = (f"; {sink['requests_this_month']:,} this month{share}, {sink.get('requests_month_forecast', 0):,} "
-                 "at this pace")
+        month = (
+            f"; {sink['requests_this_month']:,} this month{share}, {sink.get('requests_month_forecast', 0):,} "
+            "at this pace"
+        )
     if sink.get("max_records"):
         held = sink.get("records")
-        month += (f"; records {held:,} of {sink['max_records']:,} ({held / sink['max_records']:.0%})"
-                  if held is not None else f"; records not counted yet (max {sink['max_records']:,})")
-    return (f"{sink.get('requests_last_minute', 0)} requests in the last minute, "
-            f"{sink.get('rate_limited_429', 0)} x 429, {sink['tokens_left']}/{sink.get('requests_per_window', '?')} "
-            f"tokens left{paused}{month}")
+        month += (
+            f"; records {held:,} of {sink['max_records']:,} ({held / sink['max_records']:.0%})"
+            if held is not None
+            else f"; records not counted yet (max {sink['max_records']:,})"
+        )
+    return (
+        f"{sink.get('requests_last_minute', 0)} requests in the last minute, "
+        f"{sink.get('rate_limited_429', 0)} x 429, {sink['tokens_left']}/{sink.get('requests_per_window', '?')} "
+        f"tokens left{paused}{month}"
+    )

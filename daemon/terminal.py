@@ -25,8 +25,16 @@ from daemon.top import DISABLED_SOURCE, Frame, SourceRow
 
 # C0 and C1 controls but the newline, as \xNN: an ESC in an error must not reach the terminal
 _VISIBLE = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if code != 0x0A}
-STATE_STYLES = {"up": "green", "starting": "cyan", "disabled": "dim", "throttled": "yellow", "quota": "yellow",
-                "down": "bold red", "misconfigured": "bold red", "blocked": "bold red"}
+STATE_STYLES = {
+    "up": "green",
+    "starting": "cyan",
+    "disabled": "dim",
+    "throttled": "yellow",
+    "quota": "yellow",
+    "down": "bold red",
+    "misconfigured": "bold red",
+    "blocked": "bold red",
+}
 RECOVER_COLUMNS = ("read", "inserted", "present", "conflicting", "replaced", "unusable")
 
 
@@ -118,10 +126,20 @@ def status_view(snapshot: Snapshot) -> RenderableType:
     rows += [("", Text.assemble("- ", safe(problem, "red"))) for problem in health.get("problems", [])]
     rows += [
         ("journal", safe(journal.get("path", "?"))),
-        ("", Text.assemble(("writable", "") if journal.get("writable") else ("NOT WRITABLE", "bold red"),
-                           f", {journal.get('events', 0)} events, {journal.get('quarantined', 0)} quarantined")),
-        ("webhook", safe(f"{webhook.get('accepted', 0)} accepted, {webhook.get('duplicates', 0)} duplicates, "
-                         f"{webhook.get('rejected', 0)} rejected")),
+        (
+            "",
+            Text.assemble(
+                ("writable", "") if journal.get("writable") else ("NOT WRITABLE", "bold red"),
+                f", {journal.get('events', 0)} events, {journal.get('quarantined', 0)} quarantined",
+            ),
+        ),
+        (
+            "webhook",
+            safe(
+                f"{webhook.get('accepted', 0)} accepted, {webhook.get('duplicates', 0)} duplicates, "
+                f"{webhook.get('rejected', 0)} rejected"
+            ),
+        ),
     ]
     alerts = alerts_text(snapshot.get("alerts", {}))
     if alerts:
@@ -129,13 +147,19 @@ def status_view(snapshot: Snapshot) -> RenderableType:
     sinks = []
     for name, sink in snapshot.get("sinks", {}).items():
         state = sink.get("state", "?")
-        counts = {"pending": sink.get("pending", 0), "oldest": age_text(sink.get("oldest_pending_age_s")),
-                  "delivered": sink.get("delivered", 0), "dead": sink.get("dead", 0)}
+        counts = {
+            "pending": sink.get("pending", 0),
+            "oldest": age_text(sink.get("oldest_pending_age_s")),
+            "delivered": sink.get("delivered", 0),
+            "dead": sink.get("dead", 0),
+        }
         error = safe(error_text(sink), "dim" if state == "up" else "red")
         notes = [safe(note, "yellow" if note.startswith("warning:") else "dim") for note in sink_notes(name, sink)]
         sinks.append((name, state, counts, [line for line in (error, *notes) if line.plain]))
-    title = (f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
-             f"up {age_text(snapshot.get('uptime_s'))}")
+    title = (
+        f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
+        f"up {age_text(snapshot.get('uptime_s'))}"
+    )
     source = _source_status(snapshot.get("sources", {}).get("sendpulse"))
     return Group(_overview(title, rows), _sinks(sinks), *([source] if source.plain else []))
 
@@ -144,37 +168,50 @@ def _source_status(source: SourceStatus | None) -> Text:
     """The plain text's SendPulse lines (none from an older daemon), its state's colour, its error in red."""
     head, *errors = source_lines(source)[1:] or [""]  # without the blank line before them
     state = source.get("state", "") if source is not None else ""
-    return _lines(safe(head, STATE_STYLES.get(state, "")),
-                  *(safe(line, "red") for line in errors))
+    return _lines(safe(head, STATE_STYLES.get(state, "")), *(safe(line, "red") for line in errors))
 
 
 def top_view(frame: Frame) -> RenderableType:
     """One frame of `chatledger top` on a terminal."""
     rows = [("health", _health(frame.health.lower()))]
     rows += [("", Text.assemble("! ", safe(problem, "red"))) for problem in frame.problems]
-    rows += [("intake", safe(frame.intake)),
-             ("journal", safe(frame.journal, "bold red" if "NOT WRITABLE" in frame.journal else ""))]
+    rows += [
+        ("intake", safe(frame.intake)),
+        ("journal", safe(frame.journal, "bold red" if "NOT WRITABLE" in frame.journal else "")),
+    ]
     sinks = []
     for sink in frame.sinks:
-        counts = {"pending": sink.pending, "oldest": sink.oldest, "rate": sink.rate, "delivered": sink.delivered,
-                  "dead": sink.dead}
+        counts = {
+            "pending": sink.pending,
+            "oldest": sink.oldest,
+            "rate": sink.rate,
+            "delivered": sink.delivered,
+            "dead": sink.dead,
+        }
         if sink.state == "disabled":
             counts = {label: "" for label in counts}
         lines = [safe(sink.retry, "yellow"), *(safe(note, "dim") for note in sink.notes)]
         sinks.append((sink.name, sink.state, counts, [line for line in lines if line.plain]))
-    errors = (_lines(*(safe(error, "red") for error in frame.errors)) if frame.errors
-              else Text("no errors seen", style="dim"))
+    errors = (
+        _lines(*(safe(error, "red") for error in frame.errors)) if frame.errors else Text("no errors seen", style="dim")
+    )
     source = [_source(frame.source)] if frame.source else []
-    return Group(_overview(frame.title, rows), _sinks(sinks), *source,
-                 Panel(errors, title="recent errors", title_align="left"))
+    return Group(
+        _overview(frame.title, rows), _sinks(sinks), *source, Panel(errors, title="recent errors", title_align="left")
+    )
 
 
 def _source(source: SourceRow) -> RenderableType:
     """SendPulse reconciliation in `top`: a table of its own beneath the sinks', or one line when disabled."""
     if source.state == "disabled":
         return Text.assemble(safe(source.name, "bold"), "  ", safe(DISABLED_SOURCE, "dim"))
-    counts = {"reconciled": source.reconciled, "seen": source.seen, "added": source.added,
-              "requests": source.requests, "rate": source.rate}
+    counts = {
+        "reconciled": source.reconciled,
+        "seen": source.seen,
+        "added": source.added,
+        "requests": source.requests,
+        "rate": source.rate,
+    }
     return _sinks([(source.name, source.state, counts, [safe(note, "dim") for note in source.notes])], head="source")
 
 
@@ -208,8 +245,9 @@ def requeued_view(counts: dict[str, int], what: str, note: str) -> RenderableTyp
     return Group(safe(f"{what} re-queued", "bold"), table, safe(note, "dim"))
 
 
-def recover_view(tables: dict[str, dict[str, Any]], inserted: str = "inserted",
-                 replaced: str = "replaced") -> RenderableType:
+def recover_view(
+    tables: dict[str, dict[str, Any]], inserted: str = "inserted", replaced: str = "replaced"
+) -> RenderableType:
     """`chatledger recover`'s counts per table; a dry run heads them "would insert", "would replace"."""
     heads = {"inserted": inserted, "replaced": replaced}
     labels = [heads.get(column, column) for column in RECOVER_COLUMNS]
@@ -219,8 +257,9 @@ def recover_view(tables: dict[str, dict[str, Any]], inserted: str = "inserted",
     for kind, tally in tables.items():
         counts = [_count(tally.get(column, 0), alarms.get(column, "")) for column in RECOVER_COLUMNS]
         table.add_row(safe(kind, "bold"), *counts)
-        narrow.append(_block(safe(kind, "bold"), [Text.assemble(count, f" {label}")
-                                                  for count, label in zip(counts, labels)]))
+        narrow.append(
+            _block(safe(kind, "bold"), [Text.assemble(count, f" {label}") for count, label in zip(counts, labels)])
+        )
     return _ByWidth(table, Group(*narrow), at=table)
 
 
@@ -229,17 +268,24 @@ class RecoverProgress:
 
     def __init__(self, console: Console):
         self._progress = Progress(
-            SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(bar_width=12),
+            SpinnerColumn(),
+            TextColumn("{task.description}", markup=False),
+            BarColumn(bar_width=12),
             TextColumn("{task.fields[read]} read, {task.fields[inserted]} {task.fields[new]}", markup=False),
             TimeElapsedColumn(),
-            console=console, transient=True)
+            console=console,
+            transient=True,
+        )
         self._tasks: dict[str, TaskID] = {}
         self._progress.start()
 
     def __call__(self, report: dict[str, Any]) -> None:
         for kind, tally in report["tables"].items():
-            counts = {"read": tally.get("read", 0), "inserted": tally.get("inserted", 0),
-                      "new": "would be new" if report.get("dry_run") else "new"}
+            counts = {
+                "read": tally.get("read", 0),
+                "inserted": tally.get("inserted", 0),
+                "new": "would be new" if report.get("dry_run") else "new",
+            }
             if kind not in self._tasks:
                 self._tasks[kind] = self._progress.add_task(kind, total=None, **counts)
             else:

@@ -76,8 +76,10 @@ class Frame:
             if sink.state == "disabled":
                 lines.append(f"{sink.name:<10}disabled")
                 continue
-            lines.append(f"{sink.name:<10}{sink.state:<15}{sink.pending:>9}{sink.oldest:>9}{sink.rate:>10}"
-                         f"{sink.delivered:>11}{sink.dead:>6}{'  ' + sink.retry if sink.retry else ''}")
+            lines.append(
+                f"{sink.name:<10}{sink.state:<15}{sink.pending:>9}{sink.oldest:>9}{sink.rate:>10}"
+                f"{sink.delivered:>11}{sink.dead:>6}{'  ' + sink.retry if sink.retry else ''}"
+            )
             lines += [f"{'':<10}{note}" for note in sink.notes]
         lines += self._source_lines()
         lines += ["", "recent errors" if self.errors else "no errors seen", *(f"  {e}" for e in self.errors)]
@@ -89,9 +91,13 @@ class Frame:
             return []
         if source.state == "disabled":
             return ["", f"{source.name:<10}{DISABLED_SOURCE}"]
-        return ["", f"{'source':<10}{'state':<15}{'reconciled':<22}{'seen':>6}{'added':>7}{'requests':>10}{'rate':>9}",
-                f"{source.name:<10}{source.state:<15}{source.reconciled:<22}{source.seen:>6}{source.added:>7}"
-                f"{source.requests:>10}{source.rate:>9}", *(f"{'':<10}{note}" for note in source.notes)]
+        return [
+            "",
+            f"{'source':<10}{'state':<15}{'reconciled':<22}{'seen':>6}{'added':>7}{'requests':>10}{'rate':>9}",
+            f"{source.name:<10}{source.state:<15}{source.reconciled:<22}{source.seen:>6}{source.added:>7}"
+            f"{source.requests:>10}{source.rate:>9}",
+            *(f"{'':<10}{note}" for note in source.notes),
+        ]
 
 
 class TopView:
@@ -127,27 +133,39 @@ class TopView:
             notes = [BLOCKED_HINT] if sink.get("state") == "blocked" else []
             if "tokens_left" in sink:
                 notes.append(budget_text(sink))
-            sinks.append(SinkRow(
-                name, sink.get("state", "?"), sink.get("pending", 0), age_text(sink.get("oldest_pending_age_s")),
-                rate(_delivered(name)), sink.get("delivered", 0), sink.get("dead", 0),
-                f"retry in {sink['retry_in_s']:.0f}s" if sink.get("retry_in_s") is not None else "", tuple(notes)))
+            sinks.append(
+                SinkRow(
+                    name,
+                    sink.get("state", "?"),
+                    sink.get("pending", 0),
+                    age_text(sink.get("oldest_pending_age_s")),
+                    rate(_delivered(name)),
+                    sink.get("delivered", 0),
+                    sink.get("dead", 0),
+                    f"retry in {sink['retry_in_s']:.0f}s" if sink.get("retry_in_s") is not None else "",
+                    tuple(notes),
+                )
+            )
         return Frame(
             title=f"chatledger {snapshot.get('version', '?')}  pid {snapshot.get('pid', '?')}  "
-                  f"up {age_text(snapshot.get('uptime_s'))}",
+            f"up {age_text(snapshot.get('uptime_s'))}",
             health=health.get("status", "?").upper(),
             problems=tuple(health.get("problems", [])),
             intake=f"{rate(_accepted)} accepted   {webhook.get('accepted', 0)} accepted, "
-                   f"{webhook.get('duplicates', 0)} duplicates, {webhook.get('rejected', 0)} rejected",
+            f"{webhook.get('duplicates', 0)} duplicates, {webhook.get('rejected', 0)} rejected",
             journal=f"{journal.get('events', 0)} events, {'writable' if journal.get('writable') else 'NOT WRITABLE'}, "
-                    f"{rate(_commits)} commits",
+            f"{rate(_commits)} commits",
             sinks=tuple(sinks),
             errors=tuple(self.errors),
             source=_source_row(snapshot.get("sources", {}).get("sendpulse"), rate),
         )
 
     def _note_errors(self, snapshot: Snapshot) -> None:
-        found = [(sink.get("last_error_at") or "", f"{name}: {sink['last_error']}")
-                 for name, sink in snapshot.get("sinks", {}).items() if sink.get("last_error")]
+        found = [
+            (sink.get("last_error_at") or "", f"{name}: {sink['last_error']}")
+            for name, sink in snapshot.get("sinks", {}).items()
+            if sink.get("last_error")
+        ]
         source = snapshot.get("sources", {}).get("sendpulse") or {}
         if source.get("last_error"):
             found.append((source.get("last_error_at") or "", f"sendpulse: {source['last_error']}"))
@@ -165,10 +183,16 @@ def _source_row(source: SourceStatus | None, rate: Callable[[Figure], str]) -> S
         return None
     if source.get("state") == "disabled":
         return SourceRow("sendpulse", "disabled")
-    return SourceRow("sendpulse", source.get("state", "?"), source.get("last_reconciled_at") or "never",
-                     source.get("seen", 0), source.get("added", 0), source.get("requests_total", 0),
-                     rate(_sendpulse_requests),
-                     ("running now",) if source.get("running") else ())
+    return SourceRow(
+        "sendpulse",
+        source.get("state", "?"),
+        source.get("last_reconciled_at") or "never",
+        source.get("seen", 0),
+        source.get("added", 0),
+        source.get("requests_total", 0),
+        rate(_sendpulse_requests),
+        ("running now",) if source.get("running") else (),
+    )
 
 
 # A counter `top` shows as a rate: read from each of two snapshots (None: that daemon did not report it)
@@ -187,6 +211,7 @@ def _delivered(name: str) -> Figure:
     def delivered(snapshot: Snapshot) -> float | None:
         sink = snapshot.get("sinks", {}).get(name)
         return sink.get("delivered_since_start") if sink else None
+
     return delivered
 
 

@@ -6,7 +6,7 @@ import asyncio
 import hmac
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -26,9 +26,14 @@ RETRY_AFTER_SECONDS = "5"
 CAP_WARNING_INTERVAL = 60.0
 REFUSAL_LINGER_SECONDS = 2.0
 _REFUSAL_BODY = b'{"error": "too many connections, nothing was read: retry"}'
-TOO_MANY_CONNECTIONS = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: "
-                        + RETRY_AFTER_SECONDS.encode() + b"\r\nConnection: close\r\nContent-Length: "
-                        + str(len(_REFUSAL_BODY)).encode() + b"\r\n\r\n" + _REFUSAL_BODY)
+TOO_MANY_CONNECTIONS = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: "
+    + RETRY_AFTER_SECONDS.encode()
+    + b"\r\nConnection: close\r\nContent-Length: "
+    + str(len(_REFUSAL_BODY)).encode()
+    + b"\r\n\r\n"
+    + _REFUSAL_BODY
+)
 NORMALIZE_SLICE = 100  # elements normalized between two turns of the event loop: no request hogs it
 REASONS_LOGGED = 3
 
@@ -80,8 +85,12 @@ class _CappedServer:
         now = time.monotonic()
         if now - self._last_warning >= CAP_WARNING_INTERVAL:
             self._last_warning = now
-            logger.warning("{} connections are open ([server] max_connections): new ones are answered 503 "
-                           "until some close ({} refused so far)", self._limit, self.refused)
+            logger.warning(
+                "{} connections are open ([server] max_connections): new ones are answered 503 "
+                "until some close ({} refused so far)",
+                self._limit,
+                self.refused,
+            )
         return _Refusal()
 
 
@@ -174,9 +183,10 @@ async def read_body(request: web.Request) -> bytes:
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise Unreadable(_error(413, f"body is over the {limit}-byte limit")) from None
-    except asyncio.TimeoutError:
-        raise Unreadable(_error(408, f"body did not arrive within {server.read_timeout_s:g} s",
-                                Connection="close")) from None
+    except TimeoutError:
+        raise Unreadable(
+            _error(408, f"body did not arrive within {server.read_timeout_s:g} s", Connection="close")
+        ) from None
     except web_protocol.RequestPayloadError as exc:  # a broken Content-Encoding or chunked framing
         raise Unreadable(_error(400, f"body cannot be read: {str(exc).splitlines()[-1].strip()}")) from None
 
@@ -201,7 +211,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
         logger.warning("webhook from {} refused: {}", request.remote, exc)
         return _error(400, str(exc))
 
-    received_at = datetime.now(timezone.utc)
+    received_at = datetime.now(UTC)
     events: list[Event] = []
     rejected: list[Rejected] = []
     for position, element in enumerate(elements):
@@ -215,17 +225,24 @@ async def handle_webhook(request: web.Request) -> web.Response:
     try:
         result = await request.app[JOURNAL].append(events, rejected)
     except JournalUnavailable as exc:
-        return _error(503, f"journal cannot write, nothing was accepted: {exc}",
-                      **{"Retry-After": RETRY_AFTER_SECONDS})
+        return _error(503, f"journal cannot write, nothing was accepted: {exc}", **{"Retry-After": RETRY_AFTER_SECONDS})
     if result.rejected:
         # one line per request, however many elements: a flood of bad elements is not a flood of logs
-        logger.warning("webhook from {}: {} accepted, {} duplicates, {} quarantined ({})",
-                       request.remote, result.accepted, result.duplicates, result.rejected,
-                       _first_reasons(rejected))
+        logger.warning(
+            "webhook from {}: {} accepted, {} duplicates, {} quarantined ({})",
+            request.remote,
+            result.accepted,
+            result.duplicates,
+            result.rejected,
+            _first_reasons(rejected),
+        )
     else:
         logger.debug("webhook: {} accepted, {} duplicates", result.accepted, result.duplicates)
-    return web.Response(body=_answer(result.accepted, result.duplicates, result.rejected),
-                        content_type="application/json", charset="utf-8")
+    return web.Response(
+        body=_answer(result.accepted, result.duplicates, result.rejected),
+        content_type="application/json",
+        charset="utf-8",
+    )
 
 
 @lru_cache(maxsize=256)  # nearly every answer is one of a few: each encoded once (3.6 -> 1.4 µs a response)
@@ -246,6 +263,6 @@ async def handle_healthz(request: web.Request) -> web.Response:
         await asyncio.wait_for(journal.probe(), HEALTH_PROBE_TIMEOUT)
     except JournalUnavailable as exc:
         return web.json_response({"journal": "unavailable", "error": str(exc)}, status=503)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return web.json_response({"journal": "unavailable", "error": "write probe timed out"}, status=503)
     return web.json_response({"journal": "writable"})

@@ -17,8 +17,12 @@ def _page_size(data: bytes) -> int:
 def root_pages(path: Path, table: str) -> list[int]:
     """The root page of `table` and of each of its indexes (read before damaging anything)."""
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        return [row[0] for row in conn.execute(
-            "SELECT rootpage FROM sqlite_master WHERE tbl_name = ? AND rootpage > 0 ORDER BY type DESC", (table,))]
+        return [
+            row[0]
+            for row in conn.execute(
+                "SELECT rootpage FROM sqlite_master WHERE tbl_name = ? AND rootpage > 0 ORDER BY type DESC", (table,)
+            )
+        ]
 
 
 def first_leaf(path: Path, table: str) -> int:
@@ -28,8 +32,8 @@ def first_leaf(path: Path, table: str) -> int:
     page = root_pages(path, table)[0]
     while data[(page - 1) * size] == TABLE_INTERIOR:
         start = (page - 1) * size
-        cell = int.from_bytes(data[start + 12:start + 14], "big")  # the first cell pointer
-        page = int.from_bytes(data[start + cell:start + cell + 4], "big")  # its left child
+        cell = int.from_bytes(data[start + 12 : start + 14], "big")  # the first cell pointer
+        page = int.from_bytes(data[start + cell : start + cell + 4], "big")  # its left child
     assert data[(page - 1) * size] == TABLE_LEAF, f"page {page} is not a table leaf"
     assert page not in root_pages(path, table), f"{table} has only one page: add rows"
     return page

@@ -14,6 +14,10 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# Lint, format and types first: a finding fails CI like a failing test (settings in pyproject.toml).
+.venv/bin/ruff check daemon tests bench
+.venv/bin/ruff format --check daemon tests bench
+.venv/bin/mypy
 # Three workers on two cores: most of the time goes to waiting (daemons, a throwaway PostgreSQL, the
 # emulators' rate limits). A file's tests stay on one worker (some follow on from the one before).
 exec .venv/bin/python -m pytest -n 3 --dist loadfile "$@"

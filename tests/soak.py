@@ -26,17 +26,33 @@ import asyncpg
 from daemon.testing.postgres import PgCluster
 from tests.support import AirtableEmulator, Daemon, cli, wait_for, write_config
 
-ACTIONS = ("pg_stop", "pg_start", "kill", "airtable_503", "pg_stop", "kill", "pg_start", "airtable_503",
-           "pg_stop", "pg_start", "kill")
+ACTIONS = (
+    "pg_stop",
+    "pg_start",
+    "kill",
+    "airtable_503",
+    "pg_stop",
+    "kill",
+    "pg_start",
+    "airtable_503",
+    "pg_stop",
+    "pg_start",
+    "kill",
+)
 
 
 def message(i: int, contacts: int) -> dict[str, Any]:
     contact = i % contacts
     title = "incoming_message" if i % 3 else "outgoing_message"
     body = {"text": {"body": f"message {i}"}} if title == "incoming_message" else {"text": f"reply {i}"}
-    return {"title": title, "service": "whatsapp", "bot": {"id": "bot1"}, "date": 1_790_000_000 + i,
-            "contact": {"id": f"soak{contact}", "phone": f"+55 11 9{contact:08d}", "name": f"Contact {contact}"},
-            "info": {"message": {"id": f"wamid.soak.{i}", "channel_data": {"message": {"type": "text", **body}}}}}
+    return {
+        "title": title,
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
+        "date": 1_790_000_000 + i,
+        "contact": {"id": f"soak{contact}", "phone": f"+55 11 9{contact:08d}", "name": f"Contact {contact}"},
+        "info": {"message": {"id": f"wamid.soak.{i}", "channel_data": {"message": {"type": "text", **body}}}},
+    }
 
 
 MALFORMED = (7, "text", None, {"title": ""}, {"no": "title"}, [1, 2])
@@ -58,8 +74,9 @@ class SoakReport:
 
 
 class Soak:
-    def __init__(self, work: Path, events: int, *, senders: int = 8, contacts: int = 40, rate: float = 250.0,
-                 seed: int = 7):
+    def __init__(
+        self, work: Path, events: int, *, senders: int = 8, contacts: int = 40, rate: float = 250.0, seed: int = 7
+    ):
         self.work = work
         self.events = events
         self.senders = senders
@@ -97,8 +114,9 @@ class Soak:
         emulator = AirtableEmulator(self.work).start()
         self.cluster, self.emulator = cluster, emulator
         try:
-            self.config = write_config(self.work, extra=emulator.config() + f'[postgres]\ndsn = "{cluster.dsn()}"\n',
-                                       level="WARNING")
+            self.config = write_config(
+                self.work, extra=emulator.config() + f'[postgres]\ndsn = "{cluster.dsn()}"\n', level="WARNING"
+            )
             assert cli(self.config, "airtable", "init").returncode == 0
             self.daemon = Daemon(self.config).start()
             started = time.monotonic()
@@ -142,15 +160,19 @@ class Soak:
             self._pace(len(batch))
             while not self._post(batch):
                 time.sleep(0.05)  # SendPulse retries too; the daemon may be restarting
-            ids = {element["info"]["message"]["id"] for element in batch
-                   if isinstance(element, dict) and element.get("info")}
+            ids = {
+                element["info"]["message"]["id"]
+                for element in batch
+                if isinstance(element, dict) and element.get("info")
+            }
             with self._lock:
                 self.report.acknowledged |= ids
 
     def _post(self, batch: list[Any]) -> bool:
         daemon = self.daemon
-        request = urllib.request.Request(daemon.url, data=json.dumps(batch).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            daemon.url, data=json.dumps(batch).encode(), headers={"Content-Type": "application/json"}
+        )
         with self._lock:
             self.report.posts += 1
         try:
@@ -177,8 +199,11 @@ class Soak:
             if action == "pg_stop":
                 self.cluster.stop("immediate")
                 # the outage must be felt: deliveries fail while webhooks keep being answered
-                wait_for(lambda: self.daemon.status()["sinks"]["postgres"]["state"] == "down",
-                         "the daemon sees PostgreSQL down", timeout=60)
+                wait_for(
+                    lambda: self.daemon.status()["sinks"]["postgres"]["state"] == "down",
+                    "the daemon sees PostgreSQL down",
+                    timeout=60,
+                )
             elif action == "pg_start":
                 self.cluster.start()
             elif action == "kill":
@@ -204,8 +229,12 @@ class Soak:
             try:
                 ids = Counter(r[0] for r in await conn.fetch("SELECT message_id FROM chatledger.interactions"))
                 counts = dict(await conn.fetch("SELECT customer_phone, message_count FROM chatledger.conversations"))
-                actual = dict(await conn.fetch("SELECT c.customer_phone, count(i.*)::int FROM chatledger.conversations c "
-                                               "LEFT JOIN chatledger.interactions i USING (conversation_id) GROUP BY 1"))
+                actual = dict(
+                    await conn.fetch(
+                        "SELECT c.customer_phone, count(i.*)::int FROM chatledger.conversations c "
+                        "LEFT JOIN chatledger.interactions i USING (conversation_id) GROUP BY 1"
+                    )
+                )
                 return ids, counts, actual
             finally:
                 await conn.close()
@@ -213,8 +242,10 @@ class Soak:
         pg_ids, pg_counts, pg_actual = asyncio.run(postgres())
         self._exactly_once("PostgreSQL", pg_ids, report.acknowledged)
         if pg_counts != pg_actual:
-            problems.append("PostgreSQL message_count differs from the interactions for "
-                            f"{sum(1 for k in pg_counts if pg_counts[k] != pg_actual.get(k))} conversations")
+            problems.append(
+                "PostgreSQL message_count differs from the interactions for "
+                f"{sum(1 for k in pg_counts if pg_counts[k] != pg_actual.get(k))} conversations"
+            )
         at_ids = Counter(r.get("MessageId") for r in self.emulator.records("Interactions"))
         self._exactly_once("Airtable", at_ids, report.acknowledged)
         at_counts = {r.get("CustomerPhone"): r.get("MessageCount") for r in self.emulator.records("Conversations")}
@@ -224,10 +255,13 @@ class Soak:
         if stats["rate_limited"]:
             problems.append(f"{stats['rate_limited']} x 429 from Airtable")
         status = self.daemon.status()
-        report.figures = {"airtable_requests": stats["requests"], "airtable_429": stats["rate_limited"],
-                          "journal_events": status["journal"]["events"],
-                          "quarantined": status["journal"]["quarantined"],
-                          "conversations": len(pg_counts)}
+        report.figures = {
+            "airtable_requests": stats["requests"],
+            "airtable_429": stats["rate_limited"],
+            "journal_events": status["journal"]["events"],
+            "quarantined": status["journal"]["quarantined"],
+            "conversations": len(pg_counts),
+        }
         if self.daemon.stop() != 0:
             problems.append("the daemon did not stop cleanly")
         check = cli(self.config, "journal", "check")
@@ -239,7 +273,9 @@ class Soak:
         twice = [k for k, n in found.items() if n > 1]
         unknown = set(found) - {f"wamid.soak.{i}" for i in range(self.events)}
         if missing:
-            self.report.problems.append(f"{store}: {len(missing)} acknowledged events missing, e.g. {sorted(missing)[:3]}")
+            self.report.problems.append(
+                f"{store}: {len(missing)} acknowledged events missing, e.g. {sorted(missing)[:3]}"
+            )
         if twice:
             self.report.problems.append(f"{store}: {len(twice)} events more than once, e.g. {twice[:3]}")
         if unknown:

@@ -67,6 +67,7 @@ class HandClock:
 
 def query(cluster: Any, sql: str) -> list[Any]:
     """One statement on a test PostgreSQL cluster, from synchronous test code."""
+
     async def run() -> list[Any]:
         import asyncpg
 
@@ -75,6 +76,7 @@ def query(cluster: Any, sql: str) -> list[Any]:
             return await conn.fetch(sql)
         finally:
             await conn.close()
+
     return asyncio.run(run())
 
 
@@ -96,11 +98,15 @@ def write_config(folder: Path, *, port: int | None = None, extra: str = "", leve
     return path
 
 
-def cli(config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60,
-        run_as: Sequence[str] = ()) -> subprocess.CompletedProcess:
+def cli(
+    config: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60, run_as: Sequence[str] = ()
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*run_as, chatledger_bin(), *args, "--config", str(config)],
-        capture_output=True, text=True, timeout=timeout, env=_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(env),
     )
 
 
@@ -130,17 +136,24 @@ with socket.socket(socket.AF_UNIX) as unix:
 
 def unix_http(socket_path: Path, method: str, route: str, run_as: Sequence[str] = ()) -> tuple[int, str]:
     """One request to the status socket from a process of its own (of another user with `run_as`)."""
-    done = subprocess.run([*run_as, sys.executable, "-c", _UNIX_HTTP, str(socket_path), method, route],
-                          capture_output=True, timeout=120, env=_env({"PYTHONDONTWRITEBYTECODE": "1"}))
+    done = subprocess.run(
+        [*run_as, sys.executable, "-c", _UNIX_HTTP, str(socket_path), method, route],
+        capture_output=True,
+        timeout=120,
+        env=_env({"PYTHONDONTWRITEBYTECODE": "1"}),
+    )
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     head, _, body = done.stdout.partition(b"\r\n\r\n")
     return int(head.split()[1]), body.decode(errors="replace")
 
 
 def _env(extra: dict[str, str] | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CHATLEDGER_", "AIRTABLE_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM"))
-           and k != "DATABASE_URL"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("CHATLEDGER_", "AIRTABLE_", "NOTIFY_SOCKET", "WATCHDOG_", "JOURNAL_STREAM"))
+        and k != "DATABASE_URL"
+    }
     env.update(extra or {})
     return env
 
@@ -161,11 +174,13 @@ class Daemon:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/webhooks/sendpulse?token={TOKEN}"
 
-    def start(self, wait: bool = True) -> "Daemon":
+    def start(self, wait: bool = True) -> Daemon:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [self.binary or chatledger_bin(), "run", "--config", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, env=_env(self.env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_env(self.env),
         )
         log.close()
         if wait:
@@ -227,10 +242,11 @@ def post(url: str, body: Any, timeout: float = 30) -> tuple[int, dict[str, Any]]
 
 def incoming(message_id: str, phone: str = "5511987654321", text: str = "oi", contact: str = "c1") -> dict[str, Any]:
     return {
-        "title": "incoming_message", "service": "whatsapp", "bot": {"id": "bot1"},
+        "title": "incoming_message",
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
         "contact": {"id": contact, "phone": phone, "name": "Cliente"},
-        "info": {"message": {"id": message_id,
-                             "channel_data": {"message": {"type": "text", "text": {"body": text}}}}},
+        "info": {"message": {"id": message_id, "channel_data": {"message": {"type": "text", "text": {"body": text}}}}},
     }
 
 
@@ -253,8 +269,9 @@ class _EmulatorProcess:
     def _launch(self, *args: str) -> None:
         """Start it and wait until its control routes answer."""
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", self.module, "--port", str(self.port), *args],
-                                        stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", self.module, "--port", str(self.port), *args], stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
         deadline = time.monotonic() + READY_TIMEOUT
         while True:
@@ -291,14 +308,13 @@ class AirtableEmulator(_EmulatorProcess):
         self.lockout = lockout
         self.documented = documented  # the operators' documented base: "date", "dateTime" or "mixed"
 
-    def start(self) -> "AirtableEmulator":
+    def start(self) -> AirtableEmulator:
         documented = ["--documented", self.documented] if self.documented else []
         self._launch("--token", AIRTABLE_TOKEN, "--base", AIRTABLE_BASE, "--lockout", str(self.lockout), *documented)
         return self
 
     def config(self) -> str:
-        return (f'[airtable]\napi_key = "{AIRTABLE_TOKEN}"\nbase_id = "{AIRTABLE_BASE}"\n'
-                f'endpoint_url = "{self.url}"\n')
+        return f'[airtable]\napi_key = "{AIRTABLE_TOKEN}"\nbase_id = "{AIRTABLE_BASE}"\nendpoint_url = "{self.url}"\n'
 
     def stats(self) -> dict[str, Any]:
         return self._control("/_emulator/stats").get(AIRTABLE_BASE, {})
@@ -334,9 +350,15 @@ class LoopThread:
         self.thread.join(10)
 
 
-def cli_on_terminal(config: Path, *args: str, env: dict[str, str] | None = None, columns: int = 100,
-                    interrupt_when: str | None = None, stderr_too: bool = False,
-                    timeout: float = 60) -> tuple[int, str, str]:
+def cli_on_terminal(
+    config: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    columns: int = 100,
+    interrupt_when: str | None = None,
+    stderr_too: bool = False,
+    timeout: float = 60,
+) -> tuple[int, str, str]:
     """Run a command with its stdout (and with `stderr_too` its stderr) on a pseudo-terminal of `columns`:
     its exit code, what the terminal received (newlines as \\n) and its stderr when piped. With
     `interrupt_when`, Ctrl-C (SIGINT) once the screen shows that text."""
@@ -348,11 +370,19 @@ def cli_on_terminal(config: Path, *args: str, env: dict[str, str] | None = None,
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    environ = {k: v for k, v in _env(None).items() if k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES",
-                                                                   "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
+    environ = {
+        k: v
+        for k, v in _env(None).items()
+        if k not in ("NO_COLOR", "FORCE_COLOR", "COLUMNS", "LINES", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+    }
     environ.update({"TERM": "xterm-256color", **(env or {})})
-    process = subprocess.Popen([chatledger_bin(), *args, "--config", str(config)], stdin=subprocess.DEVNULL,
-                               stdout=slave, stderr=slave if stderr_too else subprocess.PIPE, env=environ)
+    process = subprocess.Popen(
+        [chatledger_bin(), *args, "--config", str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave if stderr_too else subprocess.PIPE,
+        env=environ,
+    )
     os.close(slave)
     screen, deadline, interrupted = b"", time.monotonic() + timeout, False
     try:
@@ -398,14 +428,26 @@ class SendPulseEmulator(_EmulatorProcess):
         self.token_ttl = token_ttl
         self.rate = rate
 
-    def start(self) -> "SendPulseEmulator":
-        self._launch("--client-id", SENDPULSE_CLIENT_ID, "--client-secret", SENDPULSE_CLIENT_SECRET,
-                     "--token-ttl", str(self.token_ttl), "--rate", str(self.rate), "--bot", SENDPULSE_BOT)
+    def start(self) -> SendPulseEmulator:
+        self._launch(
+            "--client-id",
+            SENDPULSE_CLIENT_ID,
+            "--client-secret",
+            SENDPULSE_CLIENT_SECRET,
+            "--token-ttl",
+            str(self.token_ttl),
+            "--rate",
+            str(self.rate),
+            "--bot",
+            SENDPULSE_BOT,
+        )
         return self
 
     def config(self) -> str:
-        return (f'[sendpulse]\nclient_id = "{SENDPULSE_CLIENT_ID}"\nclient_secret = "{SENDPULSE_CLIENT_SECRET}"\n'
-                f'api_url = "{self.url}"\n')
+        return (
+            f'[sendpulse]\nclient_id = "{SENDPULSE_CLIENT_ID}"\nclient_secret = "{SENDPULSE_CLIENT_SECRET}"\n'
+            f'api_url = "{self.url}"\n'
+        )
 
     def stats(self) -> dict[str, Any]:
         return self._control("/_emulator/stats")

@@ -38,8 +38,9 @@ def current_operator() -> str:
     return operator_name(user, os.environ.get("SUDO_USER"))
 
 
-def through_daemon(config: Config, route: str, timeout_s: float,
-                   progress: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any]:
+def through_daemon(
+    config: Config, route: str, timeout_s: float, progress: Callable[[dict[str, Any]], Any] | None
+) -> dict[str, Any]:
     """POST `route` to the daemon, which streams its answer: each progress line to `progress`, the last line
     returned; StatusUnreachable when no daemon answers."""
     from daemon.status import stream_status

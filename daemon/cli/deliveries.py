@@ -23,16 +23,26 @@ def replay(config: Config, args: argparse.Namespace) -> int:
     from daemon.journal import Requeue
 
     if not config.enabled_sinks:
-        print(f"chatledger: no sink is enabled in {args.config} (journal only): nothing to replay; configure "
-              "[postgres] or [airtable] first (what the journal holds is delivered at the next start)", file=sys.stderr)
+        print(
+            f"chatledger: no sink is enabled in {args.config} (journal only): nothing to replay; configure "
+            "[postgres] or [airtable] first (what the journal holds is delivered at the next start)",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     if args.sink and args.sink not in config.enabled_sinks:
         print(f"chatledger: sink {args.sink} is not enabled in {args.config}", file=sys.stderr)
         return EXIT_CONFIG
-    selection = (Requeue(dead_only=args.dead or not (args.since or args.event), since=args.since, event=args.event)
-                 if (args.dead or args.since or args.event) else None)
-    params = {"sink": args.sink, "dead": "1" if selection and selection.dead_only else None,
-              "since": args.since, "event": args.event}
+    selection = (
+        Requeue(dead_only=args.dead or not (args.since or args.event), since=args.since, event=args.event)
+        if (args.dead or args.since or args.event)
+        else None
+    )
+    params = {
+        "sink": args.sink,
+        "dead": "1" if selection and selection.dead_only else None,
+        "since": args.since,
+        "event": args.event,
+    }
     query = urlencode({k: v for k, v in params.items() if v})
     try:
         answer = asyncio.run(request_status(config.status.socket, "POST", "/replay?" + query))
@@ -44,13 +54,19 @@ def replay(config: Config, args: argparse.Namespace) -> int:
         return _requeue_offline(config, args.sink, selection)
     terminal = rich_terminal(sys.stdout) if selection else None
     if terminal and selection:
-        terminal.requeued({sink: answer.get("requeued", {}).get(sink, 0) for sink in answer.get("sinks", [])},
-                          selection.describe(), "replay triggered")
+        terminal.requeued(
+            {sink: answer.get("requeued", {}).get(sink, 0) for sink in answer.get("sinks", [])},
+            selection.describe(),
+            "replay triggered",
+        )
     else:
         for sink in answer.get("sinks", []):
             count = answer.get("requeued", {}).get(sink, 0)
-            print(f"{sink}: {count} {selection.describe()} re-queued, replay triggered" if selection
-                  else f"{sink}: replay triggered")
+            print(
+                f"{sink}: {count} {selection.describe()} re-queued, replay triggered"
+                if selection
+                else f"{sink}: replay triggered"
+            )
     return _requeued_something(selection, answer.get("requeued", {}))
 
 
@@ -58,8 +74,11 @@ def _requeued_something(selection: Any, counts: dict[str, int]) -> int:
     """A selection that matched nothing is said, and is no success."""
     if selection is None or any(counts.values()):
         return EXIT_OK
-    print(f"chatledger: nothing re-queued: no {selection.describe()} to re-queue (not in the journal, or already "
-          "pending)", file=sys.stderr)
+    print(
+        f"chatledger: nothing re-queued: no {selection.describe()} to re-queue (not in the journal, or already "
+        "pending)",
+        file=sys.stderr,
+    )
     return EXIT_FAILURE
 
 
@@ -74,12 +93,17 @@ def _requeue_offline(config: Config, sink: str | None, selection: Any) -> int:
         return EXIT_FAILURE
     terminal = rich_terminal(sys.stdout)
     if terminal:
-        terminal.requeued(counts, selection.describe(),
-                          f"in {config.journal.path} (daemon not running; they are delivered when it starts)")
+        terminal.requeued(
+            counts,
+            selection.describe(),
+            f"in {config.journal.path} (daemon not running; they are delivered when it starts)",
+        )
     else:
         for name, count in counts.items():
-            print(f"{name}: {count} {selection.describe()} re-queued in {config.journal.path} (daemon not running; "
-                  "they are delivered when it starts)")
+            print(
+                f"{name}: {count} {selection.describe()} re-queued in {config.journal.path} (daemon not running; "
+                "they are delivered when it starts)"
+            )
     return _requeued_something(selection, counts)
 
 
@@ -109,17 +133,23 @@ def dead(config: Config, args: argparse.Namespace) -> int:
             for row in rows:
                 when = row["updated_at"] or "?"
                 if args.discarded:
-                    print(f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} discarded {row['discarded_at']} "
-                          f"by {row['discarded_by']}  {row['dedup_key']}\n{'':<9} reason: {row['reason']}\n"
-                          f"{'':<9} {row['last_error']}")
+                    print(
+                        f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} discarded {row['discarded_at']} "
+                        f"by {row['discarded_by']}  {row['dedup_key']}\n{'':<9} reason: {row['reason']}\n"
+                        f"{'':<9} {row['last_error']}"
+                    )
                 else:
-                    print(f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} {when}  {row['dedup_key']}\n"
-                          f"{'':<9} {row['last_error']}")
+                    print(
+                        f"{sink:<9} event {row['event_id']:<8} {row['title']:<18} {when}  {row['dedup_key']}\n"
+                        f"{'':<9} {row['last_error']}"
+                    )
     if args.discarded:
         print(f"{total} discarded dead letters; `chatledger replay --event ID` delivers one after all")
     else:
-        print(f"{total} dead letters; after fixing the cause: chatledger replay --dead --config {args.config}; to give "
-              f"them up: chatledger dead --discard ID|--all --reason TEXT --config {args.config}")
+        print(
+            f"{total} dead letters; after fixing the cause: chatledger replay --dead --config {args.config}; to give "
+            f"them up: chatledger dead --discard ID|--all --reason TEXT --config {args.config}"
+        )
     return EXIT_OK
 
 
@@ -129,9 +159,19 @@ def _discard(config: Config, args: argparse.Namespace) -> int:
     from urllib.parse import urlencode
 
     event = args.discard or None
-    query = urlencode({k: v for k, v in {"sink": args.sink, "event": event, "all": "1" if args.all else None,
-                                          "reason": args.reason, "operator": os.environ.get("SUDO_USER")}.items()
-                       if v})
+    query = urlencode(
+        {
+            k: v
+            for k, v in {
+                "sink": args.sink,
+                "event": event,
+                "all": "1" if args.all else None,
+                "reason": args.reason,
+                "operator": os.environ.get("SUDO_USER"),
+            }.items()
+            if v
+        }
+    )
     try:
         answer = asyncio.run(request_status(config.status.socket, "POST", "/discard?" + query, timeout_s=300))
         where = "through the running daemon"
@@ -153,8 +193,10 @@ def _discard(config: Config, args: argparse.Namespace) -> int:
         for letter in answer["discarded"]:
             print(f"{letter['sink']}: event {letter['event_id']} ({letter['title']}, {letter['dedup_key']}) discarded")
         count = len(answer["discarded"])
-        print(f"{count} dead letter{'' if count == 1 else 's'} discarded by {answer['by']} at {answer['at']} "
-              f"({where}): {answer['reason']}; `chatledger dead --discarded` lists them")
+        print(
+            f"{count} dead letter{'' if count == 1 else 's'} discarded by {answer['by']} at {answer['at']} "
+            f"({where}): {answer['reason']}; `chatledger dead --discarded` lists them"
+        )
     return EXIT_OK
 
 
@@ -165,8 +207,10 @@ def _discard_problem(answer: dict[str, Any], event: str | None, sinks: str) -> s
     if event is None:
         return f"no dead letters to discard ({sinks})"
     if not answer["found"]:
-        return (f"no event {event} in the journal (give a journal id, dedup key or SendPulse message id, as "
-                "`chatledger dead` lists them)")
+        return (
+            f"no event {event} in the journal (give a journal id, dedup key or SendPulse message id, as "
+            "`chatledger dead` lists them)"
+        )
     if not answer["others"]:
         return f"event {event} has no delivery for {sinks}"
     states = ", ".join(f"{o['sink']} {o['state']}" for o in answer["others"])
@@ -190,8 +234,17 @@ def quarantine(config: Config, args: argparse.Namespace) -> int:
 
     if args.discard is not None:
         return _quarantine_discard(config, args)
-    query = urlencode({k: v for k, v in {"limit": args.limit, "discarded": "1" if args.discarded else None,
-                                          "whole": "1" if args.json else None}.items() if v})
+    query = urlencode(
+        {
+            k: v
+            for k, v in {
+                "limit": args.limit,
+                "discarded": "1" if args.discarded else None,
+                "whole": "1" if args.json else None,
+            }.items()
+            if v
+        }
+    )
     try:
         answer = asyncio.run(request_status(config.status.socket, "GET", "/quarantine?" + query, timeout_s=60))
     except StatusUnreachable:
@@ -213,11 +266,22 @@ def _quarantine_discard(config: Config, args: argparse.Namespace) -> int:
     from daemon.quarantine import discard_problem, discarded_text
 
     element = int(args.discard) if args.discard else None
-    query = urlencode({k: v for k, v in {"id": element, "all": "1" if args.all else None, "reason": args.reason,
-                                          "operator": os.environ.get("SUDO_USER")}.items() if v is not None})
+    query = urlencode(
+        {
+            k: v
+            for k, v in {
+                "id": element,
+                "all": "1" if args.all else None,
+                "reason": args.reason,
+                "operator": os.environ.get("SUDO_USER"),
+            }.items()
+            if v is not None
+        }
+    )
     try:
-        answer = asyncio.run(request_status(config.status.socket, "POST", "/quarantine/discard?" + query,
-                                            timeout_s=300))
+        answer = asyncio.run(
+            request_status(config.status.socket, "POST", "/quarantine/discard?" + query, timeout_s=300)
+        )
         where = "through the running daemon"
     except StatusUnreachable:
         try:

@@ -53,8 +53,12 @@ def forget(config: Config, args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         if not (args.json and args.dry_run):
             out = sys.stdout if args.dry_run else sys.stderr  # the question's preview never mixes into the report
-            print(f"dry run: nothing was erased; forget --phone ...{phone[-4:]} would erase:" if args.dry_run
-                  else f"forget --phone ...{phone[-4:]} erases:", file=out)
+            print(
+                f"dry run: nothing was erased; forget --phone ...{phone[-4:]} would erase:"
+                if args.dry_run
+                else f"forget --phone ...{phone[-4:]} erases:",
+                file=out,
+            )
             _print_stores(answer["stores"], out)
         for note in answer.get("notes") or ():
             print(f"chatledger: forget: {note}", file=sys.stderr)
@@ -76,8 +80,10 @@ def forget(config: Config, args: argparse.Namespace) -> int:
     for note in answer.get("notes") or ():
         print(f"chatledger: forget: {note}", file=sys.stderr)
     if not answer.get("complete", True):
-        print(f"chatledger: forget is incomplete: {answer.get('error')}; run the same command again to finish",
-              file=sys.stderr)
+        print(
+            f"chatledger: forget is incomplete: {answer.get('error')}; run the same command again to finish",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -86,8 +92,11 @@ def _forget_answer(config: Config, phone: str, reference: str | None, dry_run: b
     """The report of `forget` (or of its dry run): through the daemon, else done here on the journal."""
     from urllib.parse import urlencode
 
-    query = urlencode({"phone": phone} | ({"reference": reference} if reference is not None else {})
-                      | ({"dry_run": "1"} if dry_run else {}))
+    query = urlencode(
+        {"phone": phone}
+        | ({"reference": reference} if reference is not None else {})
+        | ({"dry_run": "1"} if dry_run else {})
+    )
     try:
         return asyncio.run(request_status(config.status.socket, "POST", f"/forget?{query}", timeout_s=FORGET_TIMEOUT))
     except StatusUnreachable:
@@ -137,8 +146,9 @@ def show(config: Config, args: argparse.Namespace) -> int:
     except params.BadParameter as exc:
         print(f"chatledger show: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    query = urlencode({k: v for k, v in {"conversation": conversation, "phone": phone, "limit": limit}.items()
-                       if v is not None})
+    query = urlencode(
+        {k: v for k, v in {"conversation": conversation, "phone": phone, "limit": limit}.items() if v is not None}
+    )
     try:
         answer = asyncio.run(request_status(config.status.socket, "GET", "/show?" + query, timeout_s=SHOW_TIMEOUT))
         where = "read through the running daemon"

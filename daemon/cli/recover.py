@@ -53,8 +53,7 @@ def recover(config: Config, args: argparse.Namespace) -> int:
     try:
         # with the daemon running, it recovers with its own Airtable budget: no second client competes for
         # the base's 5 requests/s
-        answer = through_daemon(config, "/recover?" + recover_query(selection, **options), RECOVER_TIMEOUT,
-                                progress)
+        answer = through_daemon(config, "/recover?" + recover_query(selection, **options), RECOVER_TIMEOUT, progress)
         where = "through the running daemon"
     except StatusUnreachable:
         setup_logging("WARNING", config.log.json_)
@@ -67,8 +66,11 @@ def recover(config: Config, args: argparse.Namespace) -> int:
         print(f"chatledger: {answer['error']}", file=sys.stderr)
         return EXIT_FAILURE
     if "error" in answer or "report" not in answer:
-        print(f"chatledger: recover stopped: {answer.get('error', 'no report')}; nothing written is lost, "
-              "run it again to go on", file=sys.stderr)
+        print(
+            f"chatledger: recover stopped: {answer.get('error', 'no report')}; nothing written is lost, "
+            "run it again to go on",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     report = answer["report"]
     nothing = all(t["read"] == 0 for t in report["tables"].values())
@@ -78,8 +80,9 @@ def recover(config: Config, args: argparse.Namespace) -> int:
     if nothing:
         for problem in report["problems"]:
             print(f"problem: {problem}")
-        print(f"chatledger: nothing found in Airtable for {selection.describe()}: nothing was recovered",
-              file=sys.stderr)
+        print(
+            f"chatledger: nothing found in Airtable for {selection.describe()}: nothing was recovered", file=sys.stderr
+        )
         return EXIT_FAILURE
     _print_recovered(report, selection.describe(), where, args.prefer, config.postgres.schema_)
     return EXIT_FAILURE if report["problems"] else EXIT_OK
@@ -91,8 +94,10 @@ def _print_recovered(report: dict[str, Any], what: str, where: str, prefer: str,
     winner = "Airtable" if prefer == "airtable" else "PostgreSQL"
     dry = bool(report.get("dry_run"))
     if dry:
-        print(f"dry run, nothing written: what recovering {what} from Airtable into PostgreSQL would do ({where}; "
-              f"{winner} would win where they differ)")
+        print(
+            f"dry run, nothing written: what recovering {what} from Airtable into PostgreSQL would do ({where}; "
+            f"{winner} would win where they differ)"
+        )
     else:
         print(f"recovered {what} from Airtable into PostgreSQL ({where}; {winner} wins where they differ)")
     inserted, replaced = ("would insert", "would replace") if dry else ("inserted", "replaced")
@@ -100,15 +105,21 @@ def _print_recovered(report: dict[str, Any], what: str, where: str, prefer: str,
     if terminal:
         terminal.recovered(report["tables"], inserted, replaced)
     else:
-        print(f"  {'':<14}{'read':>8}{inserted:>{len(inserted) + 2}}{'present':>9}{'conflicting':>13}"
-              f"{replaced:>{len(replaced) + 2}}{'unusable':>10}")
+        print(
+            f"  {'':<14}{'read':>8}{inserted:>{len(inserted) + 2}}{'present':>9}{'conflicting':>13}"
+            f"{replaced:>{len(replaced) + 2}}{'unusable':>10}"
+        )
         for kind, t in report["tables"].items():
-            print(f"  {kind:<14}{t['read']:>8}{t['inserted']:>{len(inserted) + 2}}{t['present']:>9}"
-                  f"{t['conflicting']:>13}{t['replaced']:>{len(replaced) + 2}}{t['unusable']:>10}")
+            print(
+                f"  {kind:<14}{t['read']:>8}{t['inserted']:>{len(inserted) + 2}}{t['present']:>9}"
+                f"{t['conflicting']:>13}{t['replaced']:>{len(replaced) + 2}}{t['unusable']:>10}"
+            )
     built = report["tables"]["conversations"]["built"]
     if built:
-        print(f"  {built} conversations were in neither store: {'would be ' if dry else ''}built from their "
-              "interactions and escalations")
+        print(
+            f"  {built} conversations were in neither store: {'would be ' if dry else ''}built from their "
+            "interactions and escalations"
+        )
     if report.get("diffs"):
         print("differences (Airtable | PostgreSQL):")
         for diff in report["diffs"]:
@@ -117,8 +128,10 @@ def _print_recovered(report: dict[str, Any], what: str, where: str, prefer: str,
         if report.get("diffs_left_off"):
             print(f"  … and {report['diffs_left_off']} more rows (--json lists the same first rows)")
     if report.get("run_id"):
-        print(f"the rows replaced are kept in {quote_ident(schema)}.recover_backup as run {report['run_id']}: "
-              f"`chatledger recover --undo {report['run_id']}` puts them back")
+        print(
+            f"the rows replaced are kept in {quote_ident(schema)}.recover_backup as run {report['run_id']}: "
+            f"`chatledger recover --undo {report['run_id']}` puts them back"
+        )
     for problem in report["problems"]:
         print(f"problem: {problem}")
 
@@ -133,8 +146,15 @@ def _recover_undo(config: Config, args: argparse.Namespace) -> int:
     from daemon.sinks.base import SinkError
     from daemon.sinks.postgres import quote_ident
 
-    given = [option for option, value in (("--dry-run", args.dry_run), ("--diff", args.diff),
-                                          ("--prefer", args.prefer != "postgres")) if value]
+    given = [
+        option
+        for option, value in (
+            ("--dry-run", args.dry_run),
+            ("--diff", args.diff),
+            ("--prefer", args.prefer != "postgres"),
+        )
+        if value
+    ]
     if given:
         print(f"chatledger recover: argument {given[0]}: not allowed with argument --undo", file=sys.stderr)
         return EXIT_USAGE
@@ -153,21 +173,29 @@ def _recover_undo(config: Config, args: argparse.Namespace) -> int:
         print(f"chatledger: nothing found: no recover run {args.undo!r} in {backup}", file=sys.stderr)
         return EXIT_FAILURE
     if done["undone_at"]:
-        print(f"chatledger: recover run {args.undo} was undone already ({done['undone_at']}): nothing to put back",
-              file=sys.stderr)
+        print(
+            f"chatledger: recover run {args.undo} was undone already ({done['undone_at']}): nothing to put back",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     restored = done["restored"]
     if args.json:
         print(json.dumps(done, indent=2))
         return EXIT_OK if any(restored.values()) else EXIT_FAILURE
     if not any(restored.values()):
-        print(f"chatledger: recover --undo {args.undo}: nothing put back: every value the run replaced was changed "
-              "since (or its row is gone); the run stays undoable", file=sys.stderr)
+        print(
+            f"chatledger: recover --undo {args.undo}: nothing put back: every value the run replaced was changed "
+            "since (or its row is gone); the run stays undoable",
+            file=sys.stderr,
+        )
         for left in done["left"]:
             print(f"  {left['table']} {left['key']}: {', '.join(left['columns'])} {left['why']}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"undid recover run {args.undo}: {sum(restored.values())} rows put back ("
-          + ", ".join(f"{kind} {n}" for kind, n in restored.items()) + ")")
+    print(
+        f"undid recover run {args.undo}: {sum(restored.values())} rows put back ("
+        + ", ".join(f"{kind} {n}" for kind, n in restored.items())
+        + ")"
+    )
     for left in done["left"]:
         print(f"  {left['table']} {left['key']}: {', '.join(left['columns'])} {left['why']}, left as it is")
     return EXIT_OK

@@ -80,8 +80,9 @@ def airtable(config: Config, args: argparse.Namespace) -> int:
         print("chatledger: [airtable] api_key is empty (or AIRTABLE_API_KEY unset): nothing to do", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        result = asyncio.run(request_status(config.status.socket, "POST", f"/airtable?action={args.action}",
-                                            timeout_s=300))
+        result = asyncio.run(
+            request_status(config.status.socket, "POST", f"/airtable?action={args.action}", timeout_s=300)
+        )
         where = "through the running daemon"
     except StatusUnreachable:
         setup_logging("WARNING", config.log.json_)
@@ -93,8 +94,10 @@ def airtable(config: Config, args: argparse.Namespace) -> int:
     for line in result["done"]:
         print(line)
     if result.get("fields", config.airtable.fields) != config.airtable.fields:
-        print(f"note: the running daemon reads [airtable.fields] as {result['fields']}, this config as "
-              f"{config.airtable.fields}: SIGHUP the daemon to apply the file's")
+        print(
+            f"note: the running daemon reads [airtable.fields] as {result['fields']}, this config as "
+            f"{config.airtable.fields}: SIGHUP the daemon to apply the file's"
+        )
     for note in result["notes"]:
         print(f"note: {note}")
     for warning in result.get("warnings", []):
@@ -170,8 +173,7 @@ def sync(config: Config, args: argparse.Namespace) -> int:
         print(f"chatledger: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if not answer.get("sinks"):
-        print("chatledger: no sink is enabled in the running daemon (journal only): nothing to replay",
-              file=sys.stderr)
+        print("chatledger: no sink is enabled in the running daemon (journal only): nothing to replay", file=sys.stderr)
         return EXIT_CONFIG
     print(f"replay triggered ({', '.join(answer['sinks'])})")
     return EXIT_OK
@@ -188,8 +190,10 @@ def journal(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        print(f"journal {report.path}: schema v{report.schema_version}, {report.events} events, "
-              f"integrity {'ok' if report.integrity == ['ok'] else 'FAILED'}")
+        print(
+            f"journal {report.path}: schema v{report.schema_version}, {report.events} events, "
+            f"integrity {'ok' if report.integrity == ['ok'] else 'FAILED'}"
+        )
         for sink, states in sorted(report.states.items()):
             print(f"  {sink:<9} " + ", ".join(f"{n} {state}" for state, n in sorted(states.items())))
         for line in report.repaired:

@@ -22,7 +22,22 @@ from daemon.journal.store import COUNT_QUARANTINE, QUARANTINE_COUNTS, Journal
 from daemon.journal.writer import COMMIT_BUCKETS, AppendResult, CommitStats
 
 __all__ = [
-    "COMMIT_BUCKETS", "COUNT_QUARANTINE", "MIGRATIONS", "QUARANTINE_COUNTS", "SCHEMA_VERSION", "AppendResult",
-    "CommitStats", "Discard", "Journal", "JournalError", "JournalReader", "JournalReport", "JournalUnavailable",
-    "Requeue", "check_journal", "read_dead_letters", "read_only", "reference_problem",
+    "COMMIT_BUCKETS",
+    "COUNT_QUARANTINE",
+    "MIGRATIONS",
+    "QUARANTINE_COUNTS",
+    "SCHEMA_VERSION",
+    "AppendResult",
+    "CommitStats",
+    "Discard",
+    "Journal",
+    "JournalError",
+    "JournalReader",
+    "JournalReport",
+    "JournalUnavailable",
+    "Requeue",
+    "check_journal",
+    "read_dead_letters",
+    "read_only",
+    "reference_problem",
 ]

@@ -12,7 +12,7 @@ from daemon.journal.schema import EVENT_COLUMNS
 from daemon.records import ConversationState, later_status
 
 CONVERSATION_EVENTS = f"""
-SELECT e.id, {', '.join('e.' + c for c in EVENT_COLUMNS)}
+SELECT e.id, {", ".join("e." + c for c in EVENT_COLUMNS)}
 FROM events e WHERE e.conversation_id = ? ORDER BY e.id LIMIT ?
 """
 SELECT_CONVERSATIONS = """
@@ -28,7 +28,7 @@ SELECT message_id, json_extract(raw, '$.status') FROM events
 WHERE title IN ('api_interaction', 'delivery_status') AND message_id IN ({marks})
 """
 EVENTS_BY_KEY_RANGE = f"""
-SELECT e.id, {', '.join('e.' + c for c in EVENT_COLUMNS)}
+SELECT e.id, {", ".join("e." + c for c in EVENT_COLUMNS)}
 FROM events e WHERE e.dedup_key >= ? AND e.dedup_key < ? ORDER BY e.id
 """
 CONVERSATIONS_OF_PHONE = "SELECT conversation_id FROM conversations WHERE phone = ?"
@@ -42,7 +42,7 @@ class ConversationReads(Reads):
         found: dict[str, ConversationState] = {}
         ids = list(dict.fromkeys(conversation_ids))
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             rows = await self.query(SELECT_CONVERSATIONS.format(marks=", ".join("?" * len(chunk))), chunk)
             found.update((row[0], ConversationState(*row)) for row in rows)
         return found
@@ -58,7 +58,7 @@ class ConversationReads(Reads):
         keys = list(dict.fromkeys(dedup_keys))
         found: dict[str, tuple[str, str]] = {}
         for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
+            chunk = keys[start : start + 500]
             rows = await self.query(EVENT_TIMES.format(marks=", ".join("?" * len(chunk))), chunk)
             found.update((key, (occurred, received)) for key, occurred, received in rows)
         return found
@@ -68,7 +68,7 @@ class ConversationReads(Reads):
         ids = list(dict.fromkeys(message_ids))
         found: dict[str, str] = {}
         for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
+            chunk = ids[start : start + 500]
             for message_id, status in await self.query(STATUS_REPORTS.format(marks=", ".join("?" * len(chunk))), chunk):
                 furthest = later_status(found.get(message_id), status if isinstance(status, str) else None)
                 if furthest:

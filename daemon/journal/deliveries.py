@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiosqlite
@@ -19,7 +19,7 @@ from daemon.records import iso
 
 DELIVERY_STATES = ("pending", "delivered", "dead", "discarded")
 PENDING_PAGE = f"""
-SELECT e.id, {', '.join('e.' + c for c in EVENT_COLUMNS)}
+SELECT e.id, {", ".join("e." + c for c in EVENT_COLUMNS)}
 FROM deliveries d JOIN events e ON e.id = d.event_id
 WHERE d.sink = ? AND d.state = 'pending' AND d.event_id > ?
 ORDER BY d.event_id LIMIT ?
@@ -99,12 +99,14 @@ UPDATE deliveries SET state = 'discarded', updated_at = ? WHERE sink = ? AND eve
 """
 INSERT_DISCARD = "INSERT INTO discards (at, sink, event_id, reason, operator, last_error) VALUES (?, ?, ?, ?, ?, ?)"
 DEAD_LETTERS = """
-SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, strftime('%Y-%m-%dT%H:%M:%fZ', d.updated_at, 'unixepoch'), d.state
+SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error,
+       strftime('%Y-%m-%dT%H:%M:%fZ', d.updated_at, 'unixepoch'), d.state
 FROM deliveries d JOIN events e ON e.id = d.event_id
 WHERE d.sink = ? AND d.state = 'dead' ORDER BY d.event_id LIMIT ?
 """
 DISCARDED_LETTERS = """
-SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error, strftime('%Y-%m-%dT%H:%M:%fZ', d.updated_at, 'unixepoch'), d.state,
+SELECT d.event_id, e.dedup_key, e.title, d.attempts, d.last_error,
+       strftime('%Y-%m-%dT%H:%M:%fZ', d.updated_at, 'unixepoch'), d.state,
        x.at, x.operator, x.reason
 FROM deliveries d JOIN events e ON e.id = d.event_id
 JOIN discards x ON x.id = (SELECT max(id) FROM discards WHERE event_id = d.event_id AND sink = d.sink)
@@ -154,8 +156,14 @@ class Discard:
     found: bool = True
 
     def as_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "by": self.by, "reason": self.reason, "discarded": self.discarded,
-                "others": self.others, "found": self.found}
+        return {
+            "at": self.at,
+            "by": self.by,
+            "reason": self.reason,
+            "discarded": self.discarded,
+            "others": self.others,
+            "found": self.found,
+        }
 
 
 class DeliveryState(Writes):
@@ -257,7 +265,7 @@ class DeliveryState(Writes):
     async def discard(self, sinks: Sequence[str], event: str | None, reason: str, by: str) -> Discard:
         """Give up on the dead letters of `sinks` (those of one event, named as `replay --event` names it, or
         all with None): their state becomes `discarded`, each with a record of who, when and why."""
-        at = iso(datetime.now(timezone.utc))
+        at = iso(datetime.now(UTC))
         marks = ", ".join("?" * len(sinks))
         ids: list[int] = []
         if event is not None:
@@ -269,19 +277,28 @@ class DeliveryState(Writes):
             if event is None:
                 cursor = await conn.execute(OPEN_DEAD_LETTERS.format(sinks=marks), tuple(sinks))
             else:
-                cursor = await conn.execute(DELIVERIES_OF_EVENTS.format(sinks=marks, ids=", ".join("?" * len(ids))),
-                                            (*sinks, *ids))
+                cursor = await conn.execute(
+                    DELIVERIES_OF_EVENTS.format(sinks=marks, ids=", ".join("?" * len(ids))), (*sinks, *ids)
+                )
             discarded, others = [], []
             for sink, event_id, dedup_key, title, state, last_error in await cursor.fetchall():
                 if state == "dead":
-                    discarded.append({"sink": sink, "event_id": event_id, "dedup_key": dedup_key, "title": title,
-                                      "last_error": last_error})
+                    discarded.append(
+                        {
+                            "sink": sink,
+                            "event_id": event_id,
+                            "dedup_key": dedup_key,
+                            "title": title,
+                            "last_error": last_error,
+                        }
+                    )
                 else:
                     others.append({"sink": sink, "event_id": event_id, "state": state})
             now = time.time()
             await conn.executemany(MARK_DISCARDED, [(now, d["sink"], d["event_id"]) for d in discarded])
-            await conn.executemany(INSERT_DISCARD, [(at, d["sink"], d["event_id"], reason, by, d["last_error"])
-                                                    for d in discarded])
+            await conn.executemany(
+                INSERT_DISCARD, [(at, d["sink"], d["event_id"], reason, by, d["last_error"]) for d in discarded]
+            )
             return discarded, others
 
         discarded, others = await self.write(run) if sinks else ([], [])

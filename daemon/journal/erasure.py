@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiosqlite
@@ -68,11 +68,17 @@ class Erasure(Writes):
         [(quarantined,)] = await self.query(COUNT_QUARANTINE_NAMING, (phone,))
         return {"events": len(keys), "conversations": conversations, "quarantined": quarantined}, keys
 
-    async def audit(self, action: str, report: dict[str, Any], *, last4: str | None = None,
-                    reference: str | None = None) -> dict[str, Any]:
+    async def audit(
+        self, action: str, report: dict[str, Any], *, last4: str | None = None, reference: str | None = None
+    ) -> dict[str, Any]:
         """Record an erasure: when, what, how much, and nothing the subject could be found from; returns it."""
-        entry = {"at": iso(datetime.now(timezone.utc)), "action": action, "last4": last4, "reference": reference,
-                 "report": report}
+        entry = {
+            "at": iso(datetime.now(UTC)),
+            "action": action,
+            "last4": last4,
+            "reference": reference,
+            "report": report,
+        }
         params = (entry["at"], action, last4, reference, json.dumps(report, sort_keys=True))
 
         async def run(conn: aiosqlite.Connection) -> None:

@@ -11,9 +11,9 @@ import os
 import sqlite3
 import stat
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -73,11 +73,16 @@ def make_private(path: Path) -> None:
             try:
                 os.chmod(file, mode & 0o700)
             except OSError as exc:
-                logger.warning("journal file {} is mode {:o} (readable by others) and cannot be changed: {}",
-                               file, mode, exc.strerror or exc)
+                logger.warning(
+                    "journal file {} is mode {:o} (readable by others) and cannot be changed: {}",
+                    file,
+                    mode,
+                    exc.strerror or exc,
+                )
                 continue
-            logger.warning("journal file {} was mode {:o}, now {:o}: it holds phone numbers and messages",
-                           file, mode, mode & 0o700)
+            logger.warning(
+                "journal file {} was mode {:o}, now {:o}: it holds phone numbers and messages", file, mode, mode & 0o700
+            )
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -104,7 +109,7 @@ def write_lock(fd: int, initialised: str | None) -> None:
 
 def mark_initialised(fd: int) -> None:
     """Record that this journal exists: from now on an empty or missing journal file is a loss."""
-    write_lock(fd, f"{INITIALISED} {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    write_lock(fd, f"{INITIALISED} {datetime.now(UTC).isoformat(timespec='seconds')}")
     os.fsync(fd)
 
 
@@ -119,7 +124,7 @@ def lost_journal(path: Path, initialised: str | None) -> str | None:
     except FileNotFoundError:
         state = "is missing"
     lock = path.with_name(path.name + ".lock")
-    when = initialised[len(INITIALISED):].strip()
+    when = initialised[len(INITIALISED) :].strip()
     return (
         f"journal {path} {state}, but its lock file {lock} shows a journal was created there ({when}): its "
         "events are gone, and starting would begin a new, empty journal in their place. Stop here and put "
@@ -132,12 +137,12 @@ def damaged(path: Path, detail: str) -> str:
     """The message for a damaged journal: what happened and the recovery steps (README has them too)."""
     return (
         f"journal {path} is damaged ({detail}); chatledger does not start on it. To save what it holds "
-        "(README, \"When the journal is damaged\"):\n"
+        '(README, "When the journal is damaged"):\n'
         "  1. stop chatledger and set the damaged files aside (the -wal and -shm only if they exist):\n"
         f"     mv {path} {path}.damaged; mv {path}-wal {path}.damaged-wal; mv {path}-shm {path}.damaged-shm\n"
         "  2. as the daemon's user (sudo -u chatledger ...), copy what is readable into a new journal:\n"
         f'     sqlite3 {path}.damaged ".recover" | sqlite3 {path}\n'
-        "     (a sqlite3 that answers \"no such table: sqlite_dbpage\", as Debian 12's does, cannot .recover:\n"
+        '     (a sqlite3 that answers "no such table: sqlite_dbpage", as Debian 12\'s does, cannot .recover:\n'
         "     use the README's .dump variant)\n"
         "  3. as the daemon's user: chatledger journal check --repair --config PATH\n"
         "  4. start chatledger\n"
@@ -157,8 +162,10 @@ def unreadable(path: Path) -> str | None:
     else:
         if os.access(path, os.R_OK):
             return None
-    return (f"journal {path}: permission denied (the journal is readable by the daemon's user only): "
-            "run the command as that user, e.g. sudo -u chatledger chatledger ...")
+    return (
+        f"journal {path}: permission denied (the journal is readable by the daemon's user only): "
+        "run the command as that user, e.g. sudo -u chatledger chatledger ..."
+    )
 
 
 def preread(path: Path, deadline: float) -> None:
@@ -228,8 +235,12 @@ async def quick_check(conn: aiosqlite.Connection, path: Path) -> None:
     except sqlite3.OperationalError as exc:
         if getattr(exc, "sqlite_errorcode", None) != SQLITE_INTERRUPT:
             raise
-        logger.warning("journal {}: integrity check stopped after {:.0f} s, the budget at start; the part "
-                       "read was sound. `chatledger journal check` checks it whole", path, QUICK_CHECK_SECONDS)
+        logger.warning(
+            "journal {}: integrity check stopped after {:.0f} s, the budget at start; the part "
+            "read was sound. `chatledger journal check` checks it whole",
+            path,
+            QUICK_CHECK_SECONDS,
+        )
         return
     finally:
         if not check.done():

@@ -89,8 +89,9 @@ ON CONFLICT (conversation_id) DO UPDATE SET
 """
 
 
-async def write_intake(conn: aiosqlite.Connection, events: Sequence[Event], rejected: Sequence[Rejected],
-                       commit: bool = False) -> list[tuple[int, str]]:
+async def write_intake(
+    conn: aiosqlite.Connection, events: Sequence[Event], rejected: Sequence[Rejected], commit: bool = False
+) -> list[tuple[int, str]]:
     """Insert the events new to the journal and quarantine the rejected, then commit if asked, all in one trip
     to the SQLite thread; (id, dedup key) of each new event, by id."""
     stamps: dict[datetime, str] = {}  # a request's events share one receive time
@@ -101,11 +102,12 @@ async def write_intake(conn: aiosqlite.Connection, events: Sequence[Event], reje
     return await in_thread(conn, _write, rows, quarantined, commit)
 
 
-def _write(db: sqlite3.Connection, rows: list[tuple[Any, ...]], quarantined: list[tuple[str, str, str]],
-           commit: bool) -> list[tuple[int, str]]:
+def _write(
+    db: sqlite3.Connection, rows: list[tuple[Any, ...]], quarantined: list[tuple[str, str, str]], commit: bool
+) -> list[tuple[int, str]]:
     new_ids: list[tuple[int, str]] = []
     for start in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[start:start + ROWS_PER_INSERT]
+        chunk = rows[start : start + ROWS_PER_INSERT]
         params = [value for row in chunk for value in row]
         new_ids.extend(db.execute(insert_events_sql(len(chunk)), params).fetchall())
     if new_ids:
@@ -137,9 +139,21 @@ def _event_row(event: Event, stamps: dict[datetime, str]) -> tuple[Any, ...]:
         received = stamps[event.received_at] = iso(event.received_at)
     occurred = received if event.occurred_at is event.received_at else iso(event.occurred_at)
     return (
-        event.dedup_key, received, occurred, event.title, event.service,
-        event.bot_id, event.contact_id, event.phone, event.contact_name, event.message_id,
-        event.platform_message_id, event.direction, event.message_type, event.text, event.raw,
+        event.dedup_key,
+        received,
+        occurred,
+        event.title,
+        event.service,
+        event.bot_id,
+        event.contact_id,
+        event.phone,
+        event.contact_name,
+        event.message_id,
+        event.platform_message_id,
+        event.direction,
+        event.message_type,
+        event.text,
+        event.raw,
         event.conversation_id or conversation_id_for(event.bot_id, event.contact_id, event.phone),
         event.original,
     )

@@ -16,7 +16,11 @@ import aiosqlite
 from daemon.journal import schema
 from daemon.journal.conversations import ConversationReads
 from daemon.journal.deliveries import (
-    DEAD_LETTER_KEYS, DEAD_LETTERS, DISCARDED_KEYS, DISCARDED_LETTERS, DISCARDS_SINCE,
+    DEAD_LETTER_KEYS,
+    DEAD_LETTERS,
+    DISCARDED_KEYS,
+    DISCARDED_LETTERS,
+    DISCARDS_SINCE,
 )
 from daemon.journal.errors import JournalError
 from daemon.journal.files import fetch_one, lock, unreadable
@@ -31,7 +35,7 @@ class JournalReader(ConversationReads):
         self._conn = conn
 
     @classmethod
-    async def open(cls, path: Path) -> "JournalReader":
+    async def open(cls, path: Path) -> JournalReader:
         path = Path(path)
         problem = unreadable(path)
         if problem:
@@ -48,8 +52,10 @@ class JournalReader(ConversationReads):
             raise JournalError(f"journal {path}: {exc}") from None
         if version != schema.SCHEMA_VERSION:
             await conn.close()
-            raise JournalError(f"journal {path} is at schema v{version}, this chatledger reads v{schema.SCHEMA_VERSION}: "
-                               "start the daemon once to bring it up to date")
+            raise JournalError(
+                f"journal {path} is at schema v{version}, this chatledger reads v{schema.SCHEMA_VERSION}: "
+                "start the daemon once to bring it up to date"
+            )
         return cls(path, conn)
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -81,14 +87,17 @@ def read_only(path: Path, read: Callable[[sqlite3.Connection], _T]) -> _T:
         conn.close()
 
 
-def read_dead_letters(path: Path, sinks: Sequence[str], limit: int,
-                      discarded: bool = False) -> dict[str, list[dict[str, Any]]]:
+def read_dead_letters(
+    path: Path, sinks: Sequence[str], limit: int, discarded: bool = False
+) -> dict[str, list[dict[str, Any]]]:
     """Dead letters per sink (or the discarded ones), without the daemon's help (read_only)."""
+
     def read(conn: sqlite3.Connection) -> dict[str, list[dict[str, Any]]]:
         if discarded and conn.execute("PRAGMA user_version").fetchone()[0] < DISCARDS_SINCE:
             return {sink: [] for sink in sinks}  # not migrated yet: nothing was ever discarded
         sql, keys = (DISCARDED_LETTERS, DISCARDED_KEYS) if discarded else (DEAD_LETTERS, DEAD_LETTER_KEYS)
         return {sink: [dict(zip(keys, row)) for row in conn.execute(sql, (sink, limit))] for sink in sinks}
+
     return read_only(path, read)
 
 
@@ -128,16 +137,26 @@ class JournalReport:
         if self.integrity != ["ok"]:
             out.append("SQLite integrity check: " + "; ".join(self.integrity[:10]))
         if self.schema_version != schema.SCHEMA_VERSION:
-            out.append(f"schema v{self.schema_version}, this chatledger expects v{schema.SCHEMA_VERSION} "
-                       "(starting the daemon migrates it)")
+            out.append(
+                f"schema v{self.schema_version}, this chatledger expects v{schema.SCHEMA_VERSION} "
+                "(starting the daemon migrates it)"
+            )
         out += [f"{n} {sink} delivery rows have no event" for sink, n in self.orphans.items() if n]
         out += [f"{n} events have no {sink} delivery row" for sink, n in self.missing.items() if n]
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "integrity": self.integrity, "schema_version": self.schema_version,
-                "events": self.events, "deliveries": self.states, "orphan_deliveries": self.orphans,
-                "events_without_delivery": self.missing, "problems": self.problems, "repaired": self.repaired}
+        return {
+            "path": str(self.path),
+            "integrity": self.integrity,
+            "schema_version": self.schema_version,
+            "events": self.events,
+            "deliveries": self.states,
+            "orphan_deliveries": self.orphans,
+            "events_without_delivery": self.missing,
+            "problems": self.problems,
+            "repaired": self.repaired,
+        }
 
 
 def check_journal(path: Path, sinks: list[str], *, repair: bool = False) -> JournalReport:

@@ -347,8 +347,21 @@ ON CONFLICT (conversation_id) DO UPDATE SET
 
 # The columns of an event as daemon.events.StoredEvent reads them, after its journal id.
 EVENT_COLUMNS = (
-    "dedup_key", "received_at", "occurred_at", "title", "service", "bot_id", "contact_id", "phone",
-    "contact_name", "message_id", "platform_message_id", "direction", "message_type", "text", "raw",
+    "dedup_key",
+    "received_at",
+    "occurred_at",
+    "title",
+    "service",
+    "bot_id",
+    "contact_id",
+    "phone",
+    "contact_name",
+    "message_id",
+    "platform_message_id",
+    "direction",
+    "message_type",
+    "text",
+    "raw",
     "conversation_id",
 )
 
@@ -360,8 +373,8 @@ async def refuse_unversioned(conn: aiosqlite.Connection, path: Path) -> None:
     if version == 0 and tables:
         raise JournalError(
             f"journal {path} has chatledger's tables but no schema version (restored from a .dump?): set it "
-            f"from the journal it came from: sqlite3 {path} \"PRAGMA user_version = N\", N being what "
-            "sqlite3 OLD \"PRAGMA user_version\" says (README, \"When the journal is damaged\")"
+            f'from the journal it came from: sqlite3 {path} "PRAGMA user_version = N", N being what '
+            'sqlite3 OLD "PRAGMA user_version" says (README, "When the journal is damaged")'
         )
 
 
@@ -393,15 +406,20 @@ async def _backfill_conversations(conn: aiosqlite.Connection) -> None:
     """v1 -> v2: give the events already journaled their conversation id, then fold them."""
     after = 0
     while True:
-        rows = list(await (await conn.execute(
-            "SELECT id, bot_id, contact_id, phone FROM events WHERE id > ? ORDER BY id LIMIT 5000", (after,)
-        )).fetchall())
+        rows = list(
+            await (
+                await conn.execute(
+                    "SELECT id, bot_id, contact_id, phone FROM events WHERE id > ? ORDER BY id LIMIT 5000", (after,)
+                )
+            ).fetchall()
+        )
         if not rows:
             break
         after = rows[-1][0]
-        await conn.executemany("UPDATE events SET conversation_id = ? WHERE id = ?",
-                               [(conversation_id_for(bot, contact, phone), event_id)
-                                for event_id, bot, contact, phone in rows])
+        await conn.executemany(
+            "UPDATE events SET conversation_id = ? WHERE id = ?",
+            [(conversation_id_for(bot, contact, phone), event_id) for event_id, bot, contact, phone in rows],
+        )
     for statement in statements(REBUILD_CONVERSATIONS):
         await conn.execute(statement)
 

@@ -8,7 +8,7 @@ import asyncio
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +17,11 @@ from loguru import logger
 
 from daemon.events import Event, Rejected, mentions_phone
 from daemon.journal import files, schema
-from daemon.journal.files import fetch_one
 from daemon.journal.conversations import ConversationReads
 from daemon.journal.deliveries import DELIVERY_STATES, DeliveryState
 from daemon.journal.erasure import Erasure
 from daemon.journal.errors import JournalError, is_damage, rollback
+from daemon.journal.files import fetch_one
 from daemon.journal.writer import AppendResult, CommitStats, Writer
 from daemon.records import iso
 
@@ -49,8 +49,15 @@ WHERE d.sink = ? AND d.state = 'pending' ORDER BY d.event_id LIMIT 1
 class Journal(ConversationReads, DeliveryState, Erasure):
     """The durable journal; open with `await Journal.open(...)`, close with `await close()`."""
 
-    def __init__(self, path: Path, sinks: Sequence[str], writer: aiosqlite.Connection,
-                 reader: aiosqlite.Connection, lock_fd: int, last_id: int):
+    def __init__(
+        self,
+        path: Path,
+        sinks: Sequence[str],
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        lock_fd: int,
+        last_id: int,
+    ):
         self.path = path
         self.sinks = tuple(sinks)
         self._writer = Writer(writer, last_id)
@@ -58,7 +65,7 @@ class Journal(ConversationReads, DeliveryState, Erasure):
         self._lock_fd = lock_fd
 
     @classmethod
-    async def open(cls, path: Path, sinks: Sequence[str], *, page_limit: int | None = None) -> "Journal":
+    async def open(cls, path: Path, sinks: Sequence[str], *, page_limit: int | None = None) -> Journal:
         """Open (creating if needed), check and migrate the journal, and start its writer task."""
         path = Path(path)
         try:
@@ -103,8 +110,13 @@ class Journal(ConversationReads, DeliveryState, Erasure):
         if page_limit is not None:
             await journal.set_page_limit(page_limit)
         journal._writer.start()
-        logger.info("journal {} open (schema v{}, {} events, sinks: {})", path, schema.SCHEMA_VERSION,
-                    events, ", ".join(sinks) or "none")
+        logger.info(
+            "journal {} open (schema v{}, {} events, sinks: {})",
+            path,
+            schema.SCHEMA_VERSION,
+            events,
+            ", ".join(sinks) or "none",
+        )
         return journal
 
     # -- writing ---------------------------------------------------------------------------------
@@ -132,7 +144,7 @@ class Journal(ConversationReads, DeliveryState, Erasure):
         """Make a tiny durable write; raise JournalUnavailable if the journal cannot write."""
 
         async def run(conn: aiosqlite.Connection) -> None:
-            await conn.execute(WRITE_PROBE, (iso(datetime.now(timezone.utc)),))
+            await conn.execute(WRITE_PROBE, (iso(datetime.now(UTC)),))
 
         await self.write(run)
 
@@ -201,7 +213,9 @@ class Journal(ConversationReads, DeliveryState, Erasure):
         reader = self._reader
         (events,) = await fetch_one(reader, COUNT_EVENTS)
         quarantined, quarantine_all = await fetch_one(reader, QUARANTINE_COUNTS)
-        counters: dict[str, int] = {name: value for name, value in await (await reader.execute(SELECT_COUNTERS)).fetchall()}
+        counters: dict[str, int] = {
+            name: value for name, value in await (await reader.execute(SELECT_COUNTERS)).fetchall()
+        }
         sinks: dict[str, dict[str, Any]] = {}
         for sink, state, count, latest in await (await reader.execute(SINK_STATE_COUNTS)).fetchall():
             entry = sinks.setdefault(sink, {**{s: 0 for s in DELIVERY_STATES}, "dead_last_at": None})
@@ -211,8 +225,13 @@ class Journal(ConversationReads, DeliveryState, Erasure):
         for sink in sinks:
             row = await (await reader.execute(OLDEST_PENDING, (sink,))).fetchone()  # none when nothing is pending
             sinks[sink]["oldest_pending_at"] = row[0] if row else None
-        return {"events": events, "quarantined": quarantined, "quarantine_discarded": quarantine_all - quarantined,
-                "counters": counters, "sinks": sinks}
+        return {
+            "events": events,
+            "quarantined": quarantined,
+            "quarantine_discarded": quarantine_all - quarantined,
+            "counters": counters,
+            "sinks": sinks,
+        }
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query on the reader connection."""

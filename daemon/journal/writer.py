@@ -32,8 +32,15 @@ COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 
 # A write that failed on its own data rather than on the journal's ability to write (a lone surrogate,
 # an integer too large for SQLite, a constraint): the rest of its group is committed without it.
-DATA_ERRORS = (ValueError, TypeError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError,
-               sqlite3.IntegrityError, sqlite3.DataError)
+DATA_ERRORS = (
+    ValueError,
+    TypeError,
+    OverflowError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+)
 
 
 @dataclass(frozen=True)
@@ -208,16 +215,20 @@ class Writer:
         self._succeed(intakes, new_ids, time.monotonic() - started, wrote=bool(intakes or ops))
         _answer(ops, outcomes, pings)
 
-    async def _transaction(self, intakes: list[_Intake],
-                           ops: list[_Op]) -> tuple[list[tuple[int, str]], list[tuple[bool, Any]]]:
+    async def _transaction(
+        self, intakes: list[_Intake], ops: list[_Op]
+    ) -> tuple[list[tuple[int, str]], list[tuple[bool, Any]]]:
         """The group in one transaction: new events' (id, dedup key), and each op's outcome."""
         try:
             # isolation_level IMMEDIATE: the first write opens the transaction, saving a trip
             try:
                 # a group of intake alone commits (the fsync: WAL, synchronous=FULL) in the same trip
-                new_ids = await write_intake(self.conn, [event for intake in intakes for event in intake.events],
-                                             [item for intake in intakes for item in intake.rejected],
-                                             commit=not ops)
+                new_ids = await write_intake(
+                    self.conn,
+                    [event for intake in intakes for event in intake.events],
+                    [item for intake in intakes for item in intake.rejected],
+                    commit=not ops,
+                )
                 if ops:
                     outcomes = [(True, await op.run(self.conn)) for op in ops]
                     await self.conn.commit()
@@ -228,16 +239,21 @@ class Writer:
                 raise
         except DATA_ERRORS as exc:
             # One request's data, not the journal: commit the others without it.
-            logger.warning("journal: a write in a group of {} failed on its data ({}: {}); committing "
-                           "the group again with that write set apart", len(intakes) + len(ops),
-                           type(exc).__name__, exc)
+            logger.warning(
+                "journal: a write in a group of {} failed on its data ({}: {}); committing "
+                "the group again with that write set apart",
+                len(intakes) + len(ops),
+                type(exc).__name__,
+                exc,
+            )
             return await self._commit_isolated(intakes, ops)
         return new_ids, outcomes
 
     # -- a group with a write the journal refuses on its data; the answers ---------------------
 
-    async def _commit_isolated(self, intakes: list[_Intake],
-                               ops: list[_Op]) -> tuple[list[tuple[int, str]], list[tuple[bool, Any]]]:
+    async def _commit_isolated(
+        self, intakes: list[_Intake], ops: list[_Op]
+    ) -> tuple[list[tuple[int, str]], list[tuple[bool, Any]]]:
         """The group again in one transaction, each write in a savepoint: a request whose data the
         journal refuses is retried event by event, and what still fails is quarantined with the reason
         (its request answers with it as rejected); an op that fails gets its exception. One fsync."""
@@ -258,10 +274,19 @@ class Writer:
                         kept.append(event)
                         new_ids += outcome
                     else:
-                        logger.error("journal: event {} cannot be stored ({}: {}); quarantined instead",
-                                     event.dedup_key[:80], type(outcome).__name__, outcome)
-                        refused.append(Rejected(f"the journal could not store it: {type(outcome).__name__}: "
-                                                f"{outcome}"[:300], event.original or event.raw, event.received_at))
+                        logger.error(
+                            "journal: event {} cannot be stored ({}: {}); quarantined instead",
+                            event.dedup_key[:80],
+                            type(outcome).__name__,
+                            outcome,
+                        )
+                        refused.append(
+                            Rejected(
+                                f"the journal could not store it: {type(outcome).__name__}: {outcome}"[:300],
+                                event.original or event.raw,
+                                event.received_at,
+                            )
+                        )
                 intake.events, intake.rejected = kept, refused
                 await write_intake(conn, (), refused)
             for op in ops:
@@ -285,8 +310,7 @@ class Writer:
         await self.conn.execute("RELEASE isolated")
         return True, result
 
-    def _succeed(self, intakes: list[_Intake], new_ids: list[tuple[int, str]], elapsed: float,
-                 wrote: bool) -> None:
+    def _succeed(self, intakes: list[_Intake], new_ids: list[tuple[int, str]], elapsed: float, wrote: bool) -> None:
         if not wrote:
             return
         if not self.writable:

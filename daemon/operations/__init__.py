@@ -38,8 +38,12 @@ def postgres_rows(config: Config, migrate_schema: bool = True) -> Any:
 
     from daemon.sinks.postgres_rows import PostgresRows
 
-    return partial(PostgresRows.open, config.postgres.dsn.get_secret_value(), config.postgres.schema_,
-                   migrate_schema=migrate_schema)
+    return partial(
+        PostgresRows.open,
+        config.postgres.dsn.get_secret_value(),
+        config.postgres.schema_,
+        migrate_schema=migrate_schema,
+    )
 
 
 def airtable_reads(airtable: BaseAccess | None) -> Callable[[], tuple[AirtableClient, BaseNames] | None]:
@@ -49,8 +53,8 @@ def airtable_reads(airtable: BaseAccess | None) -> Callable[[], tuple[AirtableCl
 
 # -- replay and dead letters ---------------------------------------------------------------------
 
-async def requeue(journal: Journal, enabled: Sequence[str], sink: str | None,
-                  selection: Requeue) -> dict[str, int]:
+
+async def requeue(journal: Journal, enabled: Sequence[str], sink: str | None, selection: Requeue) -> dict[str, int]:
     """Make the selected deliveries of `sink` (None: each enabled one) pending again; how many, per sink."""
     counts: dict[str, int] = {}
     for name in [sink] if sink else enabled:
@@ -60,14 +64,20 @@ async def requeue(journal: Journal, enabled: Sequence[str], sink: str | None,
     return counts
 
 
-async def discard_dead(journal: Journal, enabled: Sequence[str], sink: str | None, event: str | None,
-                       reason: str, by: str) -> dict[str, Any]:
+async def discard_dead(
+    journal: Journal, enabled: Sequence[str], sink: str | None, event: str | None, reason: str, by: str
+) -> dict[str, Any]:
     """Give up dead letters (one event's, or all with None) of `sink` (None: each enabled one), recorded
     with who, when and why."""
     result = await journal.discard([sink] if sink else list(enabled), event, reason, by)
     if result.discarded:
-        logger.info("{} dead letter(s) discarded on request of {} ({}): {}", len(result.discarded), by,
-                    ", ".join(f"{d['sink']} event {d['event_id']}" for d in result.discarded[:20]), reason)
+        logger.info(
+            "{} dead letter(s) discarded on request of {} ({}): {}",
+            len(result.discarded),
+            by,
+            ", ".join(f"{d['sink']} event {d['event_id']}" for d in result.discarded[:20]),
+            reason,
+        )
     return result.as_dict()
 
 
@@ -77,34 +87,58 @@ async def discard_quarantine(journal: Journal, element: int | None, reason: str,
 
     result = await discard_quarantined(journal, element, reason, by)
     if result["discarded"]:
-        logger.info("{} quarantined element(s) discarded on request of {} ({}): {}", len(result["discarded"]), by,
-                    ", ".join(map(str, result["discarded"][:20])), reason)
+        logger.info(
+            "{} quarantined element(s) discarded on request of {} ({}): {}",
+            len(result["discarded"]),
+            by,
+            ", ".join(map(str, result["discarded"][:20])),
+            reason,
+        )
     return result
 
 
 # -- recover -------------------------------------------------------------------------------------
 
-def recover_selection(conversation: str | None, phone: str | None, since: str | None,
-                      everything: bool) -> Selection:
+
+def recover_selection(conversation: str | None, phone: str | None, since: str | None, everything: bool) -> Selection:
     """The rows `recover` reads, from the command line's or the socket's words; a ValueError
     (BadParameter among them) says why they select nothing, or more than one thing."""
     from daemon.recover import Selection
 
-    return Selection(conversation=conversation or None, everything=everything,
-                     phone=params.phone_digits(phone) if phone else None,
-                     since=params.since(since) if since else None)
+    return Selection(
+        conversation=conversation or None,
+        everything=everything,
+        phone=params.phone_digits(phone) if phone else None,
+        since=params.since(since) if since else None,
+    )
 
 
 def recover_query(selection: Selection, prefer: str, dry_run: bool, diff: bool) -> str:
     """The selection and options as the status socket's /recover reads them back (recover_selection)."""
-    return urlencode({k: v for k, v in {"conversation": selection.conversation, "phone": selection.phone,
-                                        "since": selection.since, "all": "1" if selection.everything else None,
-                                        "prefer": prefer, "dry_run": "1" if dry_run else None,
-                                        "diff": "1" if diff else None}.items() if v})
+    return urlencode(
+        {
+            k: v
+            for k, v in {
+                "conversation": selection.conversation,
+                "phone": selection.phone,
+                "since": selection.since,
+                "all": "1" if selection.everything else None,
+                "prefer": prefer,
+                "dry_run": "1" if dry_run else None,
+                "diff": "1" if diff else None,
+            }.items()
+            if v
+        }
+    )
 
 
-async def recover(airtable: BaseAccess, postgres: Any, selection: Selection, options: dict[str, Any],
-                  progress: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+async def recover(
+    airtable: BaseAccess,
+    postgres: Any,
+    selection: Selection,
+    options: dict[str, Any],
+    progress: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any]:
     """Copy Airtable's rows of `selection` back into PostgreSQL (`options`: prefer, dry_run, diff):
     {"report": ...}, or {"error": ...} with "refused" when nothing was read. `progress` gets each page's
     report (without diffs) and may return an awaitable."""
@@ -134,6 +168,7 @@ async def undo_recover(config: Config, run: str) -> dict[str, Any] | None:
 
 # -- forget and show -----------------------------------------------------------------------------
 
+
 def erasure_stores(config: Config, airtable: BaseAccess | None = None) -> dict[str, Any]:
     """The PostgreSQL and Airtable handles `forget` works on (None for a store not configured); Airtable's
     deletions go through the sink, whose records count follows them."""
@@ -147,23 +182,38 @@ def erasure_stores(config: Config, airtable: BaseAccess | None = None) -> dict[s
     return {"postgres": postgres, "airtable": airtable.reads(), "airtable_delete": airtable.delete}
 
 
-async def forget(journal: Journal, config: Config, airtable: BaseAccess | None, phone: str, reference: str | None = None,
-                 dry_run: bool = False, quiesce: Callable[[], Awaitable[None]] | None = None) -> dict[str, Any]:
+async def forget(
+    journal: Journal,
+    config: Config,
+    airtable: BaseAccess | None,
+    phone: str,
+    reference: str | None = None,
+    dry_run: bool = False,
+    quiesce: Callable[[], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
     """Erase one phone everywhere (or count what that would erase): the report, also the audit entry's.
     `quiesce`: let deliveries in flight finish once the journal is erased (the daemon's workers)."""
     from daemon.forget import forget_phone
     from daemon.sinks.base import SinkError
 
     try:
-        report = await forget_phone(phone, journal, **erasure_stores(config, airtable), quiesce=quiesce,
-                                    reference=reference, dry_run=dry_run)
+        report = await forget_phone(
+            phone, journal, **erasure_stores(config, airtable), quiesce=quiesce, reference=reference, dry_run=dry_run
+        )
     except SinkError as exc:
         return {"error": f"{exc}; nothing was erased", "dry_run": dry_run}
     return report.as_dict()
 
 
-async def show(journal: Any, config: Config, airtable: BaseAccess | None, conversation: str | None, phone: str | None,
-               limit: int, down: dict[str, str] | None = None) -> dict[str, Any]:
+async def show(
+    journal: Any,
+    config: Config,
+    airtable: BaseAccess | None,
+    conversation: str | None,
+    phone: str | None,
+    limit: int,
+    down: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """One conversation (or each of a phone's) from PostgreSQL, else the journal (a Journal, a JournalReader,
     or None when `down` says why not), else Airtable: what `chatledger show` prints, as data."""
     from daemon.reads import Stores
@@ -175,6 +225,7 @@ async def show(journal: Any, config: Config, airtable: BaseAccess | None, conver
 
 
 # -- Airtable's base and SendPulse ---------------------------------------------------------------
+
 
 async def airtable_base(airtable: BaseAccess, action: str) -> dict[str, Any]:
     """`airtable init` (create what is missing) or `check`: what was done and the differences, or {"error"}."""
@@ -198,8 +249,9 @@ async def reconcile(reconciler: Any, since: datetime, bot: str | None, emit: Emi
 
     pumping = asyncio.create_task(pump(), name="reconcile-progress")
     try:
-        report = await reconciler.run(since, [bot] if bot else None,
-                                      progress=lambda report: reports.put_nowait(report.as_dict()))
+        report = await reconciler.run(
+            since, [bot] if bot else None, progress=lambda report: reports.put_nowait(report.as_dict())
+        )
     finally:
         reports.put_nowait(None)
         await pumping

@@ -1,8 +1,8 @@
 """The operations when no daemon answers: open the journal (under its lock, or read-only beside a
 daemon that may start meanwhile) and the sinks from the config, run one operation, close them.
 
-Airtable gets a sink of its own, reached through its access, whose budget starts empty: a daemon just stopped may have spent this
-second's requests. JournalError (the journal cannot be opened) is the caller's to report."""
+Airtable gets a sink of its own, reached through its access, whose budget starts empty: a daemon just
+stopped may have spent this second's requests. JournalError (the journal cannot be opened) is the caller's to report."""
 
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ async def discard_quarantine(config: Config, element: int | None, reason: str, b
         return await operations.discard_quarantine(journal, element, reason, by)
 
 
-async def recover(config: Config, selection: Any, options: dict[str, Any],
-                  progress: Callable[[dict[str, Any]], Any] | None) -> dict[str, Any]:
+async def recover(
+    config: Config, selection: Any, options: dict[str, Any], progress: Callable[[dict[str, Any]], Any] | None
+) -> dict[str, Any]:
     async with _airtable(config) as airtable:
         if airtable is None:  # the command checks the config first
             return {"error": "recover needs [airtable] configured"}
@@ -106,6 +107,7 @@ async def reconcile(config: Config, since: datetime, bot_ids: Sequence[str], pro
     settings = config.sendpulse
     async with _journal(config) as journal:
         budget = RequestBudget(settings.requests_per_second, start_empty=True)
-        async with SendPulseClient(settings.api_url, settings.client_id,
-                                   settings.client_secret.get_secret_value(), budget) as client:
+        async with SendPulseClient(
+            settings.api_url, settings.client_id, settings.client_secret.get_secret_value(), budget
+        ) as client:
             return await run(client, journal, since, bot_ids=bot_ids, progress=progress)

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
@@ -23,10 +23,24 @@ from loguru import logger
 from daemon.events import StoredEvent
 from daemon.ratelimit import MonthlyRequests, RequestBudget
 from daemon.records import (
-    INTERACTION_STATUS, ConversationState, InteractionRow, Records, iso, later_status, map_events, tags_text,
+    INTERACTION_STATUS,
+    ConversationState,
+    InteractionRow,
+    Records,
+    iso,
+    later_status,
+    map_events,
+    tags_text,
 )
 from daemon.sinks.airtable_client import (
-    QUOTA_REASON, RECORDS_PER_REQUEST, SEVERITY, THREADS, AirtableClient, any_of_formula, pages, read_plan,
+    QUOTA_REASON,
+    RECORDS_PER_REQUEST,
+    SEVERITY,
+    THREADS,
+    AirtableClient,
+    any_of_formula,
+    pages,
+    read_plan,
 )
 from daemon.sinks.airtable_fields import KEYS, TABLES, TITLES, BaseNames, as_fields
 from daemon.sinks.airtable_schema import BasePlan, parse_field_mapping, plan_base
@@ -45,6 +59,7 @@ CREATING_FIRST = ("interactions", "escalations", "conversations")  # the write m
 # -- mapping ---------------------------------------------------------------------------------------
 # A row is given by PostgreSQL column, as the PostgreSQL sink writes it; the field table names its fields.
 
+
 def _drop_empty(fields: dict[str, Any]) -> dict[str, Any]:
     """Leave out what we do not know, so that an upsert never clears what an operator typed."""
     return {k: v for k, v in fields.items() if v is not None and v != ""}
@@ -57,12 +72,21 @@ def _fields(kind: str, columns: dict[str, Any]) -> dict[str, Any]:
 
 def conversation_fields(state: ConversationState) -> dict[str, Any]:
     metadata = _drop_empty({"bot_id": state.bot_id, "contact_id": state.contact_id, "service": state.service})
-    return _fields("conversations", {
-        "conversation_id": state.conversation_id, "customer_phone": state.phone, "customer_name": state.name,
-        "status": state.status, "started_at": state.started_at, "last_activity": state.last_activity,
-        "message_count": state.message_count, "metadata": json.dumps(metadata, sort_keys=True),
-        "created_at": state.first_event_at, "updated_at": state.updated_at,
-    })
+    return _fields(
+        "conversations",
+        {
+            "conversation_id": state.conversation_id,
+            "customer_phone": state.phone,
+            "customer_name": state.name,
+            "status": state.status,
+            "started_at": state.started_at,
+            "last_activity": state.last_activity,
+            "message_count": state.message_count,
+            "metadata": json.dumps(metadata, sort_keys=True),
+            "created_at": state.first_event_at,
+            "updated_at": state.updated_at,
+        },
+    )
 
 
 def enriched_messages(records: Records) -> list[str]:
@@ -70,8 +94,9 @@ def enriched_messages(records: Records) -> list[str]:
     return [row.message_key for row in records.interactions if row.message_key]
 
 
-def _interaction_times(row: InteractionRow, received: dict[str, str],
-                       messages: Mapping[str, tuple[str, str]]) -> tuple[str, str]:
+def _interaction_times(
+    row: InteractionRow, received: dict[str, str], messages: Mapping[str, tuple[str, str]]
+) -> tuple[str, str]:
     """Timestamp and CreatedAt: an enrichment of a message the journal holds has that message's (as
     PostgreSQL keeps them); the bot's time stands in only until the message arrives."""
     if row.message_key:
@@ -81,8 +106,9 @@ def _interaction_times(row: InteractionRow, received: dict[str, str],
     return iso(row.occurred_at), received[row.dedup_key]
 
 
-def _interaction_status(row: InteractionRow, messages: Mapping[str, tuple[str, str]],
-                        reports: Mapping[str, str]) -> str | None:
+def _interaction_status(
+    row: InteractionRow, messages: Mapping[str, tuple[str, str]], reports: Mapping[str, str]
+) -> str | None:
     """The furthest status anyone reported for this interaction (as PostgreSQL keeps it, records.later_status):
     a replayed message or a late enrichment never moves it back."""
     status = later_status(row.status, reports.get(row.message_id) if row.message_id else None)
@@ -91,9 +117,13 @@ def _interaction_status(row: InteractionRow, messages: Mapping[str, tuple[str, s
     return status
 
 
-def airtable_rows(events: Sequence[StoredEvent], records: Records, conversations: dict[str, ConversationState],
-                  messages: Mapping[str, tuple[str, str]] | None = None,
-                  reports: Mapping[str, str] | None = None) -> dict[str, list[dict[str, Any]]]:
+def airtable_rows(
+    events: Sequence[StoredEvent],
+    records: Records,
+    conversations: dict[str, ConversationState],
+    messages: Mapping[str, tuple[str, str]] | None = None,
+    reports: Mapping[str, str] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
     """The upserts one delivery makes, by table: one per interaction and escalation, and one per
     conversation touched (coalesced, with the journal's latest count and span, then what the bot API
     set on it), each record once. `messages`: (occurred_at, received_at) of the enriched messages
@@ -103,29 +133,73 @@ def airtable_rows(events: Sequence[StoredEvent], records: Records, conversations
     interactions = []
     for row in records.interactions:
         timestamp, created = _interaction_times(row, received, messages or {})
-        interactions.append(_fields("interactions", {
-            "interaction_id": row.interaction_id, "conversation_id": row.conversation_id,
-            "message_id": row.message_id, "direction": row.direction, "content": row.content,
-            "status": _interaction_status(row, messages or {}, reports or {}),
-            "occurred_at": timestamp, "created_at": created, "intent": row.intent, "response": row.response,
-            "processing_time_ms": row.processing_time_ms, "error_message": row.error_message,
-        }))
-    escalations = [_fields("escalations", {
-        "escalation_id": row.escalation_id, "ticket_id": row.ticket_id, "conversation_id": row.conversation_id,
-        "reason": row.reason, "priority": row.priority, "status": row.status, "customer_phone": row.customer_phone,
-        "created_at": iso(row.created_at), "notes": row.notes, "assigned_agent": row.assigned_agent,
-    }) for row in records.escalations]
-    escalations += [_fields("escalations", {
-        "escalation_id": u.escalation_id, "status": u.status, "assigned_agent": u.assigned_agent,
-        "resolved_at": iso(u.resolved_at) if u.resolved_at else None, "notes": u.notes,
-    }) for u in records.escalation_updates]
+        interactions.append(
+            _fields(
+                "interactions",
+                {
+                    "interaction_id": row.interaction_id,
+                    "conversation_id": row.conversation_id,
+                    "message_id": row.message_id,
+                    "direction": row.direction,
+                    "content": row.content,
+                    "status": _interaction_status(row, messages or {}, reports or {}),
+                    "occurred_at": timestamp,
+                    "created_at": created,
+                    "intent": row.intent,
+                    "response": row.response,
+                    "processing_time_ms": row.processing_time_ms,
+                    "error_message": row.error_message,
+                },
+            )
+        )
+    escalations = [
+        _fields(
+            "escalations",
+            {
+                "escalation_id": row.escalation_id,
+                "ticket_id": row.ticket_id,
+                "conversation_id": row.conversation_id,
+                "reason": row.reason,
+                "priority": row.priority,
+                "status": row.status,
+                "customer_phone": row.customer_phone,
+                "created_at": iso(row.created_at),
+                "notes": row.notes,
+                "assigned_agent": row.assigned_agent,
+            },
+        )
+        for row in records.escalations
+    ]
+    escalations += [
+        _fields(
+            "escalations",
+            {
+                "escalation_id": u.escalation_id,
+                "status": u.status,
+                "assigned_agent": u.assigned_agent,
+                "resolved_at": iso(u.resolved_at) if u.resolved_at else None,
+                "notes": u.notes,
+            },
+        )
+        for u in records.escalation_updates
+    ]
     touched = dict.fromkeys(touch.conversation_id for touch in records.conversations)
     conversation_rows = [conversation_fields(conversations[c]) for c in touched if c in conversations]
-    conversation_rows += [_fields("conversations", {
-        "conversation_id": u.conversation_id, "intent": u.intent, "sentiment": u.sentiment, "priority": u.priority,
-        "assigned_agent": u.assigned_agent, "tags": tags_text(u.tags) if u.tags is not None else None,
-        "status": u.status,
-    }) for u in records.conversation_updates]
+    conversation_rows += [
+        _fields(
+            "conversations",
+            {
+                "conversation_id": u.conversation_id,
+                "intent": u.intent,
+                "sentiment": u.sentiment,
+                "priority": u.priority,
+                "assigned_agent": u.assigned_agent,
+                "tags": tags_text(u.tags) if u.tags is not None else None,
+                "status": u.status,
+            },
+        )
+        for u in records.conversation_updates
+    ]
     rows = {"conversations": conversation_rows, "interactions": interactions, "escalations": escalations}
     return {kind: _merged(rows[kind], KEYS[kind]) for kind in TABLES}
 
@@ -151,8 +225,10 @@ async def init_base(client: AirtableClient, names: dict[str, str]) -> list[str]:
     names = BaseNames.of(names)
     schema = await client.schema()
     if schema is None:
-        raise SetupError("airtable init reads and changes the base's schema: give the token the scopes "
-                         "schema.bases:read and schema.bases:write (HTTP 403 on the metadata API)")
+        raise SetupError(
+            "airtable init reads and changes the base's schema: give the token the scopes "
+            "schema.bases:read and schema.bases:write (HTTP 403 on the metadata API)"
+        )
     plan = plan_base(schema, names)
     done = []
     for kind, specs in TABLES.items():
@@ -163,8 +239,10 @@ async def init_base(client: AirtableClient, names: dict[str, str]) -> list[str]:
             continue
         for missing in plan.missing.get(kind, []):
             if missing.twin:
-                done.append(f"did not create {name}.{missing.name}: {missing.twin!r} looks like it renamed "
-                            f"(map it under [airtable.fields], or create the field by hand)")
+                done.append(
+                    f"did not create {name}.{missing.name}: {missing.twin!r} looks like it renamed "
+                    f"(map it under [airtable.fields], or create the field by hand)"
+                )
                 continue
             await client.create_field(plan.table_ids[kind], missing.spec.config(missing.name))
             done.append(f"created field {name}.{missing.name} ({missing.spec.type})")
@@ -178,10 +256,10 @@ async def set_up_base(client: AirtableClient, names: dict[str, str], create: boo
     names = BaseNames.of(names)
     done = (await init_base(client, names) or ["nothing to create"]) if create else []
     plan = await read_plan(client, names)
-    mapping = {f"{TITLES[kind]}.{ours}": theirs for kind, fields in names.fields.items()
-               for ours, theirs in fields.items()}
-    return {"done": done, "problems": plan.problems, "warnings": plan.warnings, "notes": plan.notes,
-            "fields": mapping}
+    mapping = {
+        f"{TITLES[kind]}.{ours}": theirs for kind, fields in names.fields.items() for ours, theirs in fields.items()
+    }
+    return {"done": done, "problems": plan.problems, "warnings": plan.warnings, "notes": plan.notes, "fields": mapping}
 
 
 @dataclass(frozen=True)
@@ -208,10 +286,14 @@ class AirtableSink(SinkDefaults):
     linger_s = 0.0
     setup_retry_cap = SETUP_RETRY  # misconfigured: the backoff's cap (each retry reads the schema)
 
-    def __init__(self, client: AirtableClient, tables: dict[str, str],
-                 conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]] | None,
-                 messages: Callable[[Sequence[str]], Awaitable[dict[str, tuple[str, str]]]] | None = None,
-                 reports: Callable[[Sequence[str]], Awaitable[dict[str, str]]] | None = None):
+    def __init__(
+        self,
+        client: AirtableClient,
+        tables: dict[str, str],
+        conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]] | None,
+        messages: Callable[[Sequence[str]], Awaitable[dict[str, tuple[str, str]]]] | None = None,
+        reports: Callable[[Sequence[str]], Awaitable[dict[str, str]]] | None = None,
+    ):
         self.client = client
         self.tables = BaseNames.of(tables)  # kind -> table name in the base, and the field names
         self._conversations = conversations  # None: a sink that only reads and deletes, never delivers
@@ -231,11 +313,14 @@ class AirtableSink(SinkDefaults):
         self._counting = asyncio.Lock()
 
     @classmethod
-    def from_config(cls, config: AirtableConfig,
-                    conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]] | None,
-                    monthly: MonthlyRequests | None = None,
-                    messages: Callable[[Sequence[str]], Awaitable[dict[str, tuple[str, str]]]] | None = None,
-                    reports: Callable[[Sequence[str]], Awaitable[dict[str, str]]] | None = None) -> AirtableSink:
+    def from_config(
+        cls,
+        config: AirtableConfig,
+        conversations: Callable[[Sequence[str]], Awaitable[dict[str, ConversationState]]] | None,
+        monthly: MonthlyRequests | None = None,
+        messages: Callable[[Sequence[str]], Awaitable[dict[str, tuple[str, str]]]] | None = None,
+        reports: Callable[[Sequence[str]], Awaitable[dict[str, str]]] | None = None,
+    ) -> AirtableSink:
         """A sink with a client and budget of its own; `conversations` None for one that only reads and
         deletes (a command with no daemon running)."""
         budget = RequestBudget(config.requests_per_second, start_empty=True, monthly=monthly)
@@ -309,9 +394,10 @@ class AirtableSink(SinkDefaults):
             self.warnings = plan.warnings
         if plan.problems:
             self._schema_ok = False
-            raise SetupError("the base cannot take what chatledger writes (`chatledger airtable init` creates "
-                             "missing tables and fields, [airtable.fields] maps renamed ones): "
-                             + "; ".join(plan.problems))
+            raise SetupError(
+                "the base cannot take what chatledger writes (`chatledger airtable init` creates "
+                "missing tables and fields, [airtable.fields] maps renamed ones): " + "; ".join(plan.problems)
+            )
         self.plan = plan
         self._schema_ok = True
         await self._count()
@@ -322,9 +408,10 @@ class AirtableSink(SinkDefaults):
             return
         try:
             self.records = await self.count_records()
-        except Exception as exc:  # noqa: BLE001 - the count is a figure: delivery goes on without it
-            logger.warning("airtable: the base's records are not counted yet ({}); tried again at the next "
-                           "delivery", exc)
+        except Exception as exc:
+            logger.warning(
+                "airtable: the base's records are not counted yet ({}); tried again at the next delivery", exc
+            )
             return
         self._recount = False
 
@@ -333,8 +420,9 @@ class AirtableSink(SinkDefaults):
         total = 0
         async with self._counting:
             for kind in TABLES:
-                async for page in pages(self.client, self.tables[kind], None,
-                                        fields=[self.tables.field(kind, KEYS[kind])]):
+                async for page in pages(
+                    self.client, self.tables[kind], None, fields=[self.tables.field(kind, KEYS[kind])]
+                ):
                     total += len(page)
         logger.info("airtable: the base holds {} records ([airtable] max_records {})", total, self.max_records)
         return total
@@ -368,11 +456,14 @@ class AirtableSink(SinkDefaults):
         assert self.plan is not None  # read by check(), which a delivery runs first
         tables = self.plan.tables
         rows = airtable_rows(events, records, await self._conversations(ids), messages, reports)
-        writes = [(tables[kind].table, tables[kind].key, chunk)
-                  for kind in CREATING_FIRST
-                  for table_rows in ([tables[kind].row(row) for row in rows[kind]],)
-                  for chunk in (table_rows[i:i + RECORDS_PER_REQUEST]
-                                for i in range(0, len(table_rows), RECORDS_PER_REQUEST))]
+        writes = [
+            (tables[kind].table, tables[kind].key, chunk)
+            for kind in CREATING_FIRST
+            for table_rows in ([tables[kind].row(row) for row in rows[kind]],)
+            for chunk in (
+                table_rows[i : i + RECORDS_PER_REQUEST] for i in range(0, len(table_rows), RECORDS_PER_REQUEST)
+            )
+        ]
         return await self._write(writes, alone=len(events) == 1)
 
     async def _write(self, writes: list[tuple[str, str, list[dict[str, Any]]]], alone: bool) -> int:
@@ -394,7 +485,7 @@ class AirtableSink(SinkDefaults):
                 try:
                     made = await self.client.upsert(*write)  # not `created += await ...`: runners interleave
                     created += made
-                except Exception as exc:  # noqa: BLE001 - classified by the client, raised below
+                except Exception as exc:
                     failures.append((exc, write))
                 if failures:
                     return
@@ -419,8 +510,11 @@ class AirtableSink(SinkDefaults):
     async def _duplicated(self, table: str, key: str, rows: list[dict[str, Any]]) -> str | None:
         """Why an upsert fails if it is a key typed twice in the base by hand (the upsert then matches
         several records; Airtable does not document its error for that, so we look)."""
-        values = list(dict.fromkeys(row[key] for row in rows if row.get(key) is not None
-                                    and (table, key, row[key]) not in self._single))
+        values = list(
+            dict.fromkeys(
+                row[key] for row in rows if row.get(key) is not None and (table, key, row[key]) not in self._single
+            )
+        )
         if not values:
             return None
         found, _ = await self.client.list_page(table, any_of_formula(key, values), None)
@@ -430,8 +524,10 @@ class AirtableSink(SinkDefaults):
             self._single.update((table, key, value) for value in values)
             return None
         which = ", ".join(f"{key} {value!r} ({counts[value]} records)" for value in twice)
-        return (f"{table} holds {which}, and an upsert must find at most one: delete the duplicate row in "
-                "Airtable, then run `chatledger replay --dead`")
+        return (
+            f"{table} holds {which}, and an upsert must find at most one: delete the duplicate row in "
+            "Airtable, then run `chatledger replay --dead`"
+        )
 
     async def close(self) -> None:
         self.client.close()
@@ -444,12 +540,18 @@ def probe_spacing(limit: int, used: int, now: float) -> float:
     left = limit - used
     if not limit or left <= 0:
         return 0.0
-    day = datetime.fromtimestamp(now, timezone.utc)
-    turn = datetime(day.year + day.month // 12, day.month % 12 + 1, 1, tzinfo=timezone.utc).timestamp()
+    day = datetime.fromtimestamp(now, UTC)
+    turn = datetime(day.year + day.month // 12, day.month % 12 + 1, 1, tzinfo=UTC).timestamp()
     return min(turn - now, (turn - now) / (PROBE_SHARE * left))
 
 
 def names_from_config(config: Any) -> BaseNames:
     """The tables' and fields' names in the base, from [airtable]."""
-    return BaseNames({"conversations": config.conversations_table, "interactions": config.interactions_table,
-                      "escalations": config.escalations_table}, parse_field_mapping(config.fields))
+    return BaseNames(
+        {
+            "conversations": config.conversations_table,
+            "interactions": config.interactions_table,
+            "escalations": config.escalations_table,
+        },
+        parse_field_mapping(config.fields),
+    )

@@ -47,6 +47,7 @@ IDS_PER_FORMULA = 40
 
 # -- errors ----------------------------------------------------------------------------------------
 
+
 class ThrottledError(TransientError):
     """Airtable answered 429 RATE_LIMIT_REACHED anyway: the whole base pauses for the lockout."""
 
@@ -59,8 +60,15 @@ class QuotaError(TransientError):
     state = "quota"
 
 
-SETUP_TYPES = {"UNKNOWN_FIELD_NAME", "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND", "INVALID_PERMISSIONS",
-               "AUTHENTICATION_REQUIRED", "NOT_FOUND", "TABLE_NOT_FOUND", "INVALID_MULTIPLE_CHOICE_OPTIONS"}
+SETUP_TYPES = {
+    "UNKNOWN_FIELD_NAME",
+    "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND",
+    "INVALID_PERMISSIONS",
+    "AUTHENTICATION_REQUIRED",
+    "NOT_FOUND",
+    "TABLE_NOT_FOUND",
+    "INVALID_MULTIPLE_CHOICE_OPTIONS",
+}
 
 
 def classify(exc: Exception, what: str, write: bool = False) -> Exception:
@@ -105,6 +113,7 @@ SEVERITY = (SetupError, QuotaError, ThrottledError, PermanentError, TransientErr
 
 # -- the client ------------------------------------------------------------------------------------
 
+
 class PlanCache:
     """The base's write plan as last read, so that a reader need not read the schema for every request."""
 
@@ -131,8 +140,9 @@ class PlanCache:
 class AirtableClient:
     """pyairtable behind the base's budget, in a thread pool; one Api (requests.Session) per thread."""
 
-    def __init__(self, api_key: str, base_id: str, endpoint_url: str, budget: RequestBudget, *,
-                 lockout: float = LOCKOUT):
+    def __init__(
+        self, api_key: str, base_id: str, endpoint_url: str, budget: RequestBudget, *, lockout: float = LOCKOUT
+    ):
         self.base_id = base_id
         self.budget = budget
         self.lockout = lockout
@@ -150,8 +160,9 @@ class AirtableClient:
     def _api(self) -> Api:
         api = getattr(self._local, "api", None)
         if api is None:
-            api = self._local.api = Api(self._api_key, timeout=TIMEOUT, retry_strategy=None,
-                                        endpoint_url=self._endpoint_url)
+            api = self._local.api = Api(
+                self._api_key, timeout=TIMEOUT, retry_strategy=None, endpoint_url=self._endpoint_url
+            )
         return api
 
     async def call(self, what: str, function: Callable[[Api], Any], write: bool = False) -> Any:
@@ -163,7 +174,7 @@ class AirtableClient:
                 loop = asyncio.get_running_loop()
                 try:
                     return await loop.run_in_executor(self._pool, lambda: function(self._api()))
-                except Exception as exc:  # noqa: BLE001 - classified below, nothing swallowed
+                except Exception as exc:
                     error = classify(exc, what, write)
                     if isinstance(error, ThrottledError):
                         self.budget.note_429()
@@ -174,12 +185,15 @@ class AirtableClient:
                         error.retry_after = QUOTA_RETRY
                     raise error from exc
         except BudgetPaused as paused:  # only the quota pause refuses
-            raise QuotaError(f"{what}: not sent, {paused.reason}; next try in {paused.retry_after:.0f} s",
-                             retry_after=paused.retry_after) from None
+            raise QuotaError(
+                f"{what}: not sent, {paused.reason}; next try in {paused.retry_after:.0f} s",
+                retry_after=paused.retry_after,
+            ) from None
 
     async def schema(self) -> list[dict[str, Any]] | None:
         """The base's tables (metadata API); None when the token may not read them (403: a token without
         the scope schema.bases:read, or without access to the base, which a data call then tells)."""
+
         def read(api: Api) -> Any:
             try:
                 return api.request("GET", api.build_url(f"meta/bases/{self.base_id}/tables"))
@@ -193,22 +207,29 @@ class AirtableClient:
 
     async def probe(self, table: str, field: str) -> None:
         """Read at most one record of `table`, `field` only: fails as a write would on a missing table or field."""
+
         def fetch(api: Api) -> Any:
-            return api.request("GET", api.table(self.base_id, table).urls.records,
-                               options={"page_size": 1, "fields": [field]})
+            return api.request(
+                "GET", api.table(self.base_id, table).urls.records, options={"page_size": 1, "fields": [field]}
+            )
 
         await self.call(f"reading {table}", fetch)
 
     async def upsert(self, table: str, key: str, rows: list[dict[str, Any]]) -> int:
         """Create or update these records by `key`; how many were created."""
         assert len(rows) <= RECORDS_PER_REQUEST
-        answer = await self.call(f"upserting {len(rows)} records into {table}", lambda api: api.table(
-            self.base_id, table).batch_upsert([{"fields": row} for row in rows], key_fields=[key], typecast=True),
-            write=True)
+        answer = await self.call(
+            f"upserting {len(rows)} records into {table}",
+            lambda api: api.table(self.base_id, table).batch_upsert(
+                [{"fields": row} for row in rows], key_fields=[key], typecast=True
+            ),
+            write=True,
+        )
         return len(answer.get("createdRecords") or [])
 
-    async def list_page(self, table: str, formula: str | None, offset: str | None,
-                        fields: Sequence[str] = ()) -> tuple[list[dict[str, Any]], str | None]:
+    async def list_page(
+        self, table: str, formula: str | None, offset: str | None, fields: Sequence[str] = ()
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of a table's records (id and fields, or only `fields`) matching `formula`, and the next
         page's offset."""
         options: dict[str, Any] = {"page_size": PAGE_SIZE}
@@ -228,17 +249,27 @@ class AirtableClient:
 
     async def delete(self, table: str, record_ids: list[str]) -> None:
         assert len(record_ids) <= RECORDS_PER_REQUEST
-        await self.call(f"deleting {len(record_ids)} records from {table}",
-                        lambda api: api.table(self.base_id, table).batch_delete(record_ids))
+        await self.call(
+            f"deleting {len(record_ids)} records from {table}",
+            lambda api: api.table(self.base_id, table).batch_delete(record_ids),
+        )
 
     async def create_table(self, name: str, fields: list[dict[str, Any]]) -> dict[str, Any]:
-        created: dict[str, Any] = await self.call(f"creating table {name}", lambda api: api.request(
-            "POST", api.build_url(f"meta/bases/{self.base_id}/tables"), json={"name": name, "fields": fields}))
+        created: dict[str, Any] = await self.call(
+            f"creating table {name}",
+            lambda api: api.request(
+                "POST", api.build_url(f"meta/bases/{self.base_id}/tables"), json={"name": name, "fields": fields}
+            ),
+        )
         return created
 
     async def create_field(self, table_id: str, field: dict[str, Any]) -> dict[str, Any]:
-        created: dict[str, Any] = await self.call(f"creating field {field['name']}", lambda api: api.request(
-            "POST", api.build_url(f"meta/bases/{self.base_id}/tables/{table_id}/fields"), json=field))
+        created: dict[str, Any] = await self.call(
+            f"creating field {field['name']}",
+            lambda api: api.request(
+                "POST", api.build_url(f"meta/bases/{self.base_id}/tables/{table_id}/fields"), json=field
+            ),
+        )
         return created
 
     def close(self) -> None:
@@ -257,15 +288,20 @@ async def patiently(call: Callable[[], Awaitable[Any]], attempts: int = 8) -> An
         except TransientError as exc:
             if attempt == attempts:
                 raise
-            delay = exc.retry_after or min(30.0, 0.5 * 2 ** attempt)
+            delay = exc.retry_after or min(30.0, 0.5 * 2**attempt)
             logger.warning("{}; trying again in {:.0f} s", exc, delay)
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 
 
-async def pages(client: AirtableClient, table: str, formula: str | None, fields: Sequence[str] = (),
-                before_each: Callable[[], Awaitable[None]] | None = None,
-                attempts: int = 8) -> AsyncIterator[list[dict[str, Any]]]:
+async def pages(
+    client: AirtableClient,
+    table: str,
+    formula: str | None,
+    fields: Sequence[str] = (),
+    before_each: Callable[[], Awaitable[None]] | None = None,
+    attempts: int = 8,
+) -> AsyncIterator[list[dict[str, Any]]]:
     """Every page of records matching `formula`, one budgeted request each, patiently (after
     `before_each()`, when given: a background job waiting for spare budget)."""
     offset: str | None = None
@@ -279,6 +315,7 @@ async def pages(client: AirtableClient, table: str, formula: str | None, fields:
 
 
 # -- the base's write plan, as read through the client ----------------------------------------------
+
 
 async def probe_tables(client: AirtableClient, names: BaseNames) -> None:
     """Without the schema, check each table and its key by reading a record: a missing one is a SetupError."""
@@ -306,6 +343,7 @@ async def current_plan(client: AirtableClient, names: Mapping[str, str], attempt
 
 # -- formulas ---------------------------------------------------------------------------------------
 
+
 def equals_formula(name: str, value: str) -> str:
     return to_formula_str(EQ(Field(name), value))
 
@@ -317,7 +355,7 @@ def any_of_formula(name: str, values: Sequence[str]) -> str:
 
 def ids_formulas(name: str, ids: Sequence[str]) -> list[str]:
     """Formulas matching these values of `name`, a few dozen per formula (URLs stay short)."""
-    return [any_of_formula(name, ids[i:i + IDS_PER_FORMULA]) for i in range(0, len(ids), IDS_PER_FORMULA)]
+    return [any_of_formula(name, ids[i : i + IDS_PER_FORMULA]) for i in range(0, len(ids), IDS_PER_FORMULA)]
 
 
 def phone_formula(name: str, phone: str) -> str:

@@ -73,36 +73,62 @@ def _select(name: str, column: str, *choices: str) -> FieldSpec:
 # each table is its primary field and upsert key.
 TABLES: dict[str, tuple[FieldSpec, ...]] = {
     "conversations": (
-        _text("ConversationId", "conversation_id"), _phone("CustomerPhone", "customer_phone"),
-        _text("CustomerName", "customer_name"), _select("Status", "status", "active", "closed", "escalated"),
-        _date("StartedAt", "started_at"), _date("LastActivity", "last_activity"),
-        _number("MessageCount", "message_count"), _text("Intent", "intent"), _text("Sentiment", "sentiment"),
-        _select("Priority", "priority", *PRIORITIES), _text("AssignedAgent", "assigned_agent"),
-        _long("Tags", "tags", TAGS), _long("Metadata", "metadata"), _date("CreatedAt", "created_at"),
+        _text("ConversationId", "conversation_id"),
+        _phone("CustomerPhone", "customer_phone"),
+        _text("CustomerName", "customer_name"),
+        _select("Status", "status", "active", "closed", "escalated"),
+        _date("StartedAt", "started_at"),
+        _date("LastActivity", "last_activity"),
+        _number("MessageCount", "message_count"),
+        _text("Intent", "intent"),
+        _text("Sentiment", "sentiment"),
+        _select("Priority", "priority", *PRIORITIES),
+        _text("AssignedAgent", "assigned_agent"),
+        _long("Tags", "tags", TAGS),
+        _long("Metadata", "metadata"),
+        _date("CreatedAt", "created_at"),
         _date("UpdatedAt", "updated_at"),
     ),
     "interactions": (
-        _text("InteractionId", "interaction_id"), _text("ConversationId", "conversation_id"),
-        _text("MessageId", "message_id"), _select("Direction", "direction", "inbound", "outbound"),
-        _long("Content", "content"), _text("Intent", "intent"), _long("Response", "response"),
+        _text("InteractionId", "interaction_id"),
+        _text("ConversationId", "conversation_id"),
+        _text("MessageId", "message_id"),
+        _select("Direction", "direction", "inbound", "outbound"),
+        _long("Content", "content"),
+        _text("Intent", "intent"),
+        _long("Response", "response"),
         _number("ProcessingTime", "processing_time_ms", "ms"),
-        _select("Status", "status", "sent", "delivered", "read", "failed"), _long("ErrorMessage", "error_message"),
-        _date("Timestamp", "occurred_at"), _date("CreatedAt", "created_at"),
+        _select("Status", "status", "sent", "delivered", "read", "failed"),
+        _long("ErrorMessage", "error_message"),
+        _date("Timestamp", "occurred_at"),
+        _date("CreatedAt", "created_at"),
     ),
     "escalations": (
-        _text("EscalationId", "escalation_id"), _text("TicketId", "ticket_id"),
-        _text("ConversationId", "conversation_id"), _long("Reason", "reason"),
-        _select("Priority", "priority", *PRIORITIES), _select("Status", "status", "pending", "assigned", "resolved"),
-        _phone("CustomerPhone", "customer_phone"), _text("AssignedAgent", "assigned_agent"),
-        _date("CreatedAt", "created_at"), _date("ResolvedAt", "resolved_at"), _long("Notes", "notes"),
+        _text("EscalationId", "escalation_id"),
+        _text("TicketId", "ticket_id"),
+        _text("ConversationId", "conversation_id"),
+        _long("Reason", "reason"),
+        _select("Priority", "priority", *PRIORITIES),
+        _select("Status", "status", "pending", "assigned", "resolved"),
+        _phone("CustomerPhone", "customer_phone"),
+        _text("AssignedAgent", "assigned_agent"),
+        _date("CreatedAt", "created_at"),
+        _date("ResolvedAt", "resolved_at"),
+        _long("Notes", "notes"),
     ),
 }
 KEYS = {kind: fields[0].name for kind, fields in TABLES.items()}
 # kind -> PostgreSQL column -> our field that copies it
 FIELD_OF = {kind: {spec.column: spec.name for spec in specs} for kind, specs in TABLES.items()}
 # The field each table's records are dated by: what `recover --since` selects on, and retention ages by.
-DATED_BY = {kind: FIELD_OF[kind][column] for kind, column in
-            (("conversations", "last_activity"), ("interactions", "occurred_at"), ("escalations", "created_at"))}
+DATED_BY = {
+    kind: FIELD_OF[kind][column]
+    for kind, column in (
+        ("conversations", "last_activity"),
+        ("interactions", "occurred_at"),
+        ("escalations", "created_at"),
+    )
+}
 # The tables' names in the documentation, as `[airtable.fields]` keys name them ("Interactions.Content").
 TITLES = {"conversations": "Conversations", "interactions": "Interactions", "escalations": "Escalations"}
 KINDS_BY_TITLE = {title: kind for kind, title in TITLES.items()}
@@ -121,7 +147,7 @@ class BaseNames(dict[str, str]):
         self.fields = {kind: dict((fields or {}).get(kind, {})) for kind in TABLES}
 
     @classmethod
-    def of(cls, names: Mapping[str, str]) -> "BaseNames":
+    def of(cls, names: Mapping[str, str]) -> BaseNames:
         return names if isinstance(names, BaseNames) else cls(names)
 
     def field(self, kind: str, logical: str) -> str:
@@ -138,5 +164,8 @@ class BaseNames(dict[str, str]):
 
     def logical(self, kind: str, cells: Mapping[str, Any]) -> dict[str, Any]:
         """A record's cells under our field names (what the base calls them mapped back)."""
-        return {spec.name: cells[self.field(kind, spec.name)] for spec in TABLES[kind]
-                if self.field(kind, spec.name) in cells}
+        return {
+            spec.name: cells[self.field(kind, spec.name)]
+            for spec in TABLES[kind]
+            if self.field(kind, spec.name) in cells
+        }

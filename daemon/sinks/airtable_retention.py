@@ -19,13 +19,18 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 from loguru import logger
 
 from daemon.sinks.airtable_client import (
-    RECORDS_PER_REQUEST, AirtableClient, before_formula, pages, patiently, read_plan,
+    RECORDS_PER_REQUEST,
+    AirtableClient,
+    before_formula,
+    pages,
+    patiently,
+    read_plan,
 )
 from daemon.sinks.airtable_fields import DATED_BY, FIELD_OF, KEYS, BaseNames
 from daemon.sinks.airtable_schema import BasePlan
@@ -34,8 +39,9 @@ from daemon.sinks.postgres_rows import PostgresRows
 ORDER = ("interactions", "escalations", "conversations")  # a conversation goes after what refers to it
 OLD_BY = {kind: DATED_BY[kind] for kind in ("interactions", "conversations")}
 # An escalation's fields the purge reads: its conversation, and what decides whether it goes.
-CONVERSATION, CREATED, STATUS, RESOLVED_AT = (FIELD_OF["escalations"][column] for column in
-                                              ("conversation_id", "created_at", "status", "resolved_at"))
+CONVERSATION, CREATED, STATUS, RESOLVED_AT = (
+    FIELD_OF["escalations"][column] for column in ("conversation_id", "created_at", "status", "resolved_at")
+)
 DECIDES_ESCALATION = (CREATED, STATUS, RESOLVED_AT)
 ESCALATION_FIELDS = (CONVERSATION, *DECIDES_ESCALATION)
 RESOLVED = "resolved"
@@ -44,8 +50,8 @@ Delete = Callable[[str, list[str]], Awaitable[None]]
 
 
 def day_start(moment: datetime) -> datetime:
-    moment = moment.astimezone(timezone.utc)
-    return datetime(moment.year, moment.month, moment.day, tzinfo=timezone.utc)
+    moment = moment.astimezone(UTC)
+    return datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
 
 
 def _moment(value: Any) -> datetime | None:
@@ -56,7 +62,7 @@ def _moment(value: Any) -> datetime | None:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _older(value: Any, before: datetime) -> bool:
@@ -85,16 +91,27 @@ def _gaps(plan: BasePlan, names: BaseNames, kind: str, fields: tuple[str, ...]) 
 
 
 def _skipped(table: str, gaps: list[str], consequence: str = "") -> None:
-    logger.warning("airtable retention: {}: every record of {} is kept{} (`chatledger airtable check` tells "
-                   "more)", "; ".join(gaps), table, consequence)
+    logger.warning(
+        "airtable retention: {}: every record of {} is kept{} (`chatledger airtable check` tells more)",
+        "; ".join(gaps),
+        table,
+        consequence,
+    )
 
 
 class _Purge:
     """One run: what it deleted per table, and the lookups it shares between tables."""
 
-    def __init__(self, client: AirtableClient, names: BaseNames, plan: BasePlan,
-                 postgres: Callable[[], AbstractAsyncContextManager[PostgresRows]], before: datetime,
-                 spare: Callable[[], Awaitable[None]], delete: Delete):
+    def __init__(
+        self,
+        client: AirtableClient,
+        names: BaseNames,
+        plan: BasePlan,
+        postgres: Callable[[], AbstractAsyncContextManager[PostgresRows]],
+        before: datetime,
+        spare: Callable[[], Awaitable[None]],
+        delete: Delete,
+    ):
         self.client, self.names, self.plan, self.postgres = client, names, plan, postgres
         self.before, self.spare, self._delete = before, spare, delete
         self.deleted = {kind: 0 for kind in ORDER}
@@ -106,8 +123,13 @@ class _Purge:
         """Record id -> its cells under our names, for the records of `kind` matching `formula` that have a key."""
         key = self.field(kind, KEYS[kind])
         found: dict[str, dict[str, Any]] = {}
-        async for page in pages(self.client, self.names[kind], formula,
-                                fields=[key, *(self.field(kind, f) for f in logical)], before_each=self.spare):
+        async for page in pages(
+            self.client,
+            self.names[kind],
+            formula,
+            fields=[key, *(self.field(kind, f) for f in logical)],
+            before_each=self.spare,
+        ):
             for record in page:
                 cells = self.names.logical(kind, record.get("fields", {}))
                 if cells.get(KEYS[kind]):
@@ -130,7 +152,7 @@ class _Purge:
 
     async def remove(self, kind: str, record_ids: list[str]) -> None:
         for start in range(0, len(record_ids), RECORDS_PER_REQUEST):
-            chunk = record_ids[start:start + RECORDS_PER_REQUEST]
+            chunk = record_ids[start : start + RECORDS_PER_REQUEST]
             await self.spare()
             await patiently(lambda: self._delete(self.names[kind], chunk))
             self.deleted[kind] += len(chunk)
@@ -138,8 +160,13 @@ class _Purge:
     def told(self, kind: str, kept: int, why: str) -> None:
         if not self.deleted[kind] and not kept:
             return
-        logger.info("airtable retention: {} {} older than {} deleted{}", self.deleted[kind], self.names[kind],
-                    self.before.date(), f", {kept} kept ({why})" if kept else "")
+        logger.info(
+            "airtable retention: {} {} older than {} deleted{}",
+            self.deleted[kind],
+            self.names[kind],
+            self.before.date(),
+            f", {kept} kept ({why})" if kept else "",
+        )
 
     async def interactions(self) -> None:
         found = await self.old("interactions")
@@ -156,8 +183,11 @@ class _Purge:
         if "escalations" in self.plan.missing_tables:
             return {}
         if "escalations" not in self.plan.tables:
-            _skipped(self.names["escalations"], _gaps(self.plan, self.names, "escalations", ()),
-                     ", and conversations too (which of them have escalations cannot be told)")
+            _skipped(
+                self.names["escalations"],
+                _gaps(self.plan, self.names, "escalations", ()),
+                ", and conversations too (which of them have escalations cannot be told)",
+            )
             return None
         lacking = _lacking(self.plan, self.names, "escalations", ESCALATION_FIELDS)
         if any(name in lacking for name in DECIDES_ESCALATION):
@@ -177,8 +207,10 @@ class _Purge:
             return cells.get(CONVERSATION) or row.get("conversation_id")
 
         candidates = {c[KEYS["conversations"]] for c in (conversations or {}).values()}
-        activity = await self.held("conversations", candidates | {conversation for cells in escalations.values()
-                                                                  if (conversation := conversation_of(cells))})
+        activity = await self.held(
+            "conversations",
+            candidates | {conversation for cells in escalations.values() if (conversation := conversation_of(cells))},
+        )
 
         def quiet(conversation: str | None) -> bool:
             if conversation is None:
@@ -188,31 +220,51 @@ class _Purge:
 
         doomed, kept_for = [], set()
         for record_id, cells in escalations.items():
-            if (not undecidable and cells[KEYS["escalations"]] in held_escalations
-                    and _older(cells.get(CREATED), self.before)
-                    and str(cells.get(STATUS, "")).strip().lower() == RESOLVED
-                    and _older(cells.get(RESOLVED_AT), self.before) and quiet(conversation_of(cells))):
+            if (
+                not undecidable
+                and cells[KEYS["escalations"]] in held_escalations
+                and _older(cells.get(CREATED), self.before)
+                and str(cells.get(STATUS, "")).strip().lower() == RESOLVED
+                and _older(cells.get(RESOLVED_AT), self.before)
+                and quiet(conversation_of(cells))
+            ):
                 doomed.append(record_id)
             elif conversation_of(cells):
                 kept_for.add(conversation_of(cells))
         await self.remove("escalations", doomed)
         old_escalations = sum(1 for cells in escalations.values() if _older(cells.get(CREATED), self.before))
-        self.told("escalations", old_escalations - len(doomed),
-                  "open, resolved since, their conversation active since, or PostgreSQL does not hold them")
+        self.told(
+            "escalations",
+            old_escalations - len(doomed),
+            "open, resolved since, their conversation active since, or PostgreSQL does not hold them",
+        )
         if not conversations:
             return
-        doomed = [record_id for record_id, cells in conversations.items()
-                  if (conversation := cells[KEYS["conversations"]]) in activity and quiet(conversation)
-                  and conversation not in kept_for]
+        doomed = [
+            record_id
+            for record_id, cells in conversations.items()
+            if (conversation := cells[KEYS["conversations"]]) in activity
+            and quiet(conversation)
+            and conversation not in kept_for
+        ]
         await self.remove("conversations", doomed)
-        self.told("conversations", len(conversations) - len(doomed),
-                  "an escalation kept, active since, or PostgreSQL does not hold them")
+        self.told(
+            "conversations",
+            len(conversations) - len(doomed),
+            "an escalation kept, active since, or PostgreSQL does not hold them",
+        )
 
 
-async def purge_airtable(client: AirtableClient, names: BaseNames,
-                         postgres: Callable[[], AbstractAsyncContextManager[PostgresRows]], cutoff: datetime,
-                         spare: Callable[[], Awaitable[None]], *, plan: BasePlan | None = None,
-                         delete: Delete | None = None) -> dict[str, int]:
+async def purge_airtable(
+    client: AirtableClient,
+    names: BaseNames,
+    postgres: Callable[[], AbstractAsyncContextManager[PostgresRows]],
+    cutoff: datetime,
+    spare: Callable[[], Awaitable[None]],
+    *,
+    plan: BasePlan | None = None,
+    delete: Delete | None = None,
+) -> dict[str, int]:
     """Delete the records older than `cutoff` that PostgreSQL holds; how many, per table. `plan`: the base's
     (read now when not given: a field removed since the last look must not fail the run); `delete`: how a
     chunk of records is deleted (the sink's keeps its records count)."""
@@ -232,8 +284,9 @@ class RetentionSchedule:
     pressure appears, then again only once the cutoff has moved to another day or the last run failed
     (another run on the same day's cutoff finds nothing new)."""
 
-    def __init__(self, first_delay: float, interval: float, min_gap: float,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, first_delay: float, interval: float, min_gap: float, clock: Callable[[], float] = time.monotonic
+    ):
         self.interval, self.min_gap, self._clock = interval, min_gap, clock
         self._next = clock() + first_delay
         self._last: float | None = None

@@ -14,18 +14,30 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from daemon.records import iso, parse_tags, tags_text
 from daemon.sinks.airtable_fields import (
-    CHOICE, KEYS, KINDS_BY_TITLE, NUMBER, TABLES, TAGS, TEXT, TIME, TITLES, BaseNames, FieldSpec,
+    CHOICE,
+    KEYS,
+    KINDS_BY_TITLE,
+    NUMBER,
+    TABLES,
+    TAGS,
+    TEXT,
+    TIME,
+    TITLES,
+    BaseNames,
+    FieldSpec,
 )
 
 # Airtable's cell limit for text (https://support.airtable.com/using-rich-text-with-airtable).
 MAX_CELL_TEXT = 100_000
-SCOPE_WARNING = ("the token cannot read the base's schema (HTTP 403 on the metadata API: give it the scope "
-                        "schema.bases:read); chatledger writes as if the base were the documented one, with typecast")
+SCOPE_WARNING = (
+    "the token cannot read the base's schema (HTTP 403 on the metadata API: give it the scope "
+    "schema.bases:read); chatledger writes as if the base were the documented one, with typecast"
+)
 
 # What chatledger holds for a field (airtable_fields' value kinds), in words.
 VALUE_WORDS = {TEXT: "text", CHOICE: "a choice", NUMBER: "a number", TIME: "a date and time", TAGS: "tags"}
@@ -34,16 +46,46 @@ TEXT_TYPES = frozenset({"singleLineText", "multilineText", "richText", "phoneNum
 # fieldsToMergeOn takes text, long text, number, select and date fields, never phone or email: our ids are text.
 KEY_TYPES = frozenset({"singleLineText", "multilineText"})
 NUMBER_TYPES = frozenset({"number", "currency", "percent"})
-COMPUTED_TYPES = frozenset({"formula", "rollup", "multipleLookupValues", "lookup", "count", "autoNumber",
-                            "createdTime", "lastModifiedTime", "createdBy", "lastModifiedBy", "button",
-                            "externalSyncSource", "aiText"})
-TYPE_WORDS = {"singleLineText": "single line text", "multilineText": "long text", "richText": "rich text",
-              "phoneNumber": "phone number", "email": "email", "url": "URL", "singleSelect": "single select",
-              "multipleSelects": "multiple select", "number": "number", "currency": "currency",
-              "percent": "percent", "duration": "duration", "date": "date", "dateTime": "date and time",
-              "checkbox": "checkbox", "multipleAttachments": "attachment", "multipleRecordLinks": "linked record",
-              "multipleLookupValues": "lookup", "autoNumber": "autonumber", "createdTime": "created time",
-              "lastModifiedTime": "last modified time"}
+COMPUTED_TYPES = frozenset(
+    {
+        "formula",
+        "rollup",
+        "multipleLookupValues",
+        "lookup",
+        "count",
+        "autoNumber",
+        "createdTime",
+        "lastModifiedTime",
+        "createdBy",
+        "lastModifiedBy",
+        "button",
+        "externalSyncSource",
+        "aiText",
+    }
+)
+TYPE_WORDS = {
+    "singleLineText": "single line text",
+    "multilineText": "long text",
+    "richText": "rich text",
+    "phoneNumber": "phone number",
+    "email": "email",
+    "url": "URL",
+    "singleSelect": "single select",
+    "multipleSelects": "multiple select",
+    "number": "number",
+    "currency": "currency",
+    "percent": "percent",
+    "duration": "duration",
+    "date": "date",
+    "dateTime": "date and time",
+    "checkbox": "checkbox",
+    "multipleAttachments": "attachment",
+    "multipleRecordLinks": "linked record",
+    "multipleLookupValues": "lookup",
+    "autoNumber": "autonumber",
+    "createdTime": "created time",
+    "lastModifiedTime": "last modified time",
+}
 
 
 def type_words(type_: str | None) -> str:
@@ -51,6 +93,7 @@ def type_words(type_: str | None) -> str:
 
 
 # -- the operator's names ----------------------------------------------------------------------------
+
 
 def parse_field_mapping(mapping: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """`[airtable.fields]` ("Interactions.Content" = "Message") as kind -> {our field: theirs}; ValueError
@@ -60,8 +103,10 @@ def parse_field_mapping(mapping: Mapping[str, str]) -> dict[str, dict[str, str]]
         title, dot, logical = key.partition(".")
         kind = KINDS_BY_TITLE.get(title)
         if not dot or kind is None:
-            raise ValueError(f"{key!r}: a key is Table.Field with Table one of {', '.join(TITLES.values())} "
-                             "(the documented names, whatever *_table says)")
+            raise ValueError(
+                f"{key!r}: a key is Table.Field with Table one of {', '.join(TITLES.values())} "
+                "(the documented names, whatever *_table says)"
+            )
         known = [spec.name for spec in TABLES[kind]]
         if logical not in known:
             raise ValueError(f"{key!r}: {title} has no field {logical!r} (its fields: {', '.join(known)})")
@@ -74,17 +119,22 @@ def parse_field_mapping(mapping: Mapping[str, str]) -> dict[str, dict[str, str]]
             actual = renamed.get(spec.name, spec.name)
             other = seen.get(actual.lower())
             if other is not None:
-                raise ValueError(f"{TITLES[kind]}.{other} and {TITLES[kind]}.{spec.name} would both be written "
-                                 f"to the field {actual!r}")
+                raise ValueError(
+                    f"{TITLES[kind]}.{other} and {TITLES[kind]}.{spec.name} would both be written "
+                    f"to the field {actual!r}"
+                )
             seen[actual.lower()] = spec.name
     return out
 
 
 # -- converters ------------------------------------------------------------------------------------
 
+
 def _marker(cut: int) -> str:
-    return (f"\n\n[chatledger: {cut:,} more characters cut here; an Airtable cell holds at most "
-            f"{MAX_CELL_TEXT:,}; PostgreSQL has the whole text]")
+    return (
+        f"\n\n[chatledger: {cut:,} more characters cut here; an Airtable cell holds at most "
+        f"{MAX_CELL_TEXT:,}; PostgreSQL has the whole text]"
+    )
 
 
 def cut_text(text: str, limit: int = MAX_CELL_TEXT) -> str:
@@ -96,7 +146,7 @@ def cut_text(text: str, limit: int = MAX_CELL_TEXT) -> str:
         return text
     room = limit - len(_marker(len(text)).encode("utf-16-le")) // 2
     # a pair split by the byte cut is dropped, never half-kept
-    kept = text.encode("utf-16-le")[:room * 2].decode("utf-16-le", errors="ignore")
+    kept = text.encode("utf-16-le")[: room * 2].decode("utf-16-le", errors="ignore")
     return kept + _marker(len(text) - len(kept))
 
 
@@ -106,11 +156,11 @@ def _as_text(value: Any) -> str:
 
 def _moment(value: Any) -> datetime:
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _as_date(value: Any) -> str:
-    return _moment(value).astimezone(timezone.utc).date().isoformat()
+    return _moment(value).astimezone(UTC).date().isoformat()
 
 
 def _as_date_time(value: Any) -> str:
@@ -139,6 +189,7 @@ def _as_tag_choices(value: Any) -> list[str]:
 
 # -- inverses: a cell read back as the value chatledger holds --------------------------------------
 # What an operator typed that is not in the form chatledger writes is left as it is, for the reader to judge.
+
 
 def _unchanged(value: Any) -> Any:
     return value
@@ -197,16 +248,22 @@ def converter_for(spec: FieldSpec, type_: str | None) -> Converter | str:
             note = f"is a {type_words(type_)} field: written as text"
         return Converter(_as_text, note, _from_number_text if kind == NUMBER else _unchanged)
     if type_ == "singleSelect" and kind in (TEXT, CHOICE, TAGS):
-        note = None if spec.type == "singleSelect" else \
-            "is a single select field: each new value becomes a choice (written with typecast)"
+        note = (
+            None
+            if spec.type == "singleSelect"
+            else "is a single select field: each new value becomes a choice (written with typecast)"
+        )
         return Converter(_as_choice, note)
     if type_ == "multipleSelects" and kind in (TEXT, CHOICE, TAGS):
-        return Converter(_as_tag_choices if kind == TAGS else _as_choices,
-                         "is a multiple select field: each new value becomes a choice (written with typecast)",
-                         _from_choices)
+        return Converter(
+            _as_tag_choices if kind == TAGS else _as_choices,
+            "is a multiple select field: each new value becomes a choice (written with typecast)",
+            _from_choices,
+        )
     if type_ in NUMBER_TYPES and kind == NUMBER:
-        return Converter(_as_number, None if type_ == "number" else f"is a {type_words(type_)} field: "
-                         "written as a plain number")
+        return Converter(
+            _as_number, None if type_ == "number" else f"is a {type_words(type_)} field: written as a plain number"
+        )
     if type_ == "duration" and kind == NUMBER and spec.unit == "ms":
         return Converter(_as_seconds, "is a duration field: milliseconds are written as seconds", _from_seconds)
     if type_ == "date" and kind == TIME:
@@ -217,6 +274,7 @@ def converter_for(spec: FieldSpec, type_: str | None) -> Converter | str:
 
 
 # -- the plan ----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Column:
@@ -278,8 +336,9 @@ class BasePlan:
         if table is None or why is None:
             return None
         name = names.field(kind, logical)
-        where = f"{table.table}.{name}" + (f" ({TITLES[kind]}.{logical} in [airtable.fields])"
-                                           if name != logical else "")
+        where = f"{table.table}.{name}" + (
+            f" ({TITLES[kind]}.{logical} in [airtable.fields])" if name != logical else ""
+        )
         return f"{where} {'is missing' if why == 'missing' else why}"
 
 
@@ -292,8 +351,9 @@ def read_back(plan: BasePlan | None, names: BaseNames, kind: str, cells: Mapping
 
 def _find_table(tables: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
     """By id first, then by exact name, as Airtable resolves a table in a URL."""
-    return next((t for t in tables if t.get("id") == name), None) or \
-        next((t for t in tables if t.get("name") == name), None)
+    return next((t for t in tables if t.get("id") == name), None) or next(
+        (t for t in tables if t.get("name") == name), None
+    )
 
 
 def _normal(name: str) -> str:
@@ -311,8 +371,9 @@ def _similar(ours: str, theirs: str) -> bool:
 
 
 def _mapping_hint(kind: str, spec: FieldSpec, twin: str) -> str:
-    return (f"{twin!r} looks like it renamed: map it with \"{TITLES[kind]}.{spec.name}\" = \"{twin}\" "
-            "under [airtable.fields]")
+    return (
+        f'{twin!r} looks like it renamed: map it with "{TITLES[kind]}.{spec.name}" = "{twin}" under [airtable.fields]'
+    )
 
 
 def plan_base(schema: list[dict[str, Any]] | None, names: Mapping[str, str]) -> BasePlan:
@@ -321,9 +382,14 @@ def plan_base(schema: list[dict[str, Any]] | None, names: Mapping[str, str]) -> 
     names = BaseNames.of(names)
     assumed = schema is None
     if schema is None:
-        schema = [{"id": names[kind], "name": names[kind],
-                   "fields": [{"name": names.field(kind, s.name), "type": s.type} for s in specs]}
-                  for kind, specs in TABLES.items()]
+        schema = [
+            {
+                "id": names[kind],
+                "name": names[kind],
+                "fields": [{"name": names.field(kind, s.name), "type": s.type} for s in specs],
+            }
+            for kind, specs in TABLES.items()
+        ]
     plan = BasePlan()
     if assumed:
         plan.warnings.append(SCOPE_WARNING)
@@ -338,20 +404,24 @@ def plan_base(schema: list[dict[str, Any]] | None, names: Mapping[str, str]) -> 
     return plan
 
 
-def _plan_table(plan: BasePlan, kind: str, specs: tuple[FieldSpec, ...], table: dict[str, Any],
-                names: BaseNames) -> None:
+def _plan_table(
+    plan: BasePlan, kind: str, specs: tuple[FieldSpec, ...], table: dict[str, Any], names: BaseNames
+) -> None:
     label = table.get("name", names[kind])
     fields = {f.get("name"): f for f in table.get("fields", [])}
     wanted = {spec.name: names.field(kind, spec.name) for spec in specs}
-    twins = _twins(kind, [s for s in specs if wanted[s.name] not in fields], wanted,
-                   [f for name, f in fields.items() if name not in wanted.values()])
+    twins = _twins(
+        kind,
+        [s for s in specs if wanted[s.name] not in fields],
+        wanted,
+        [f for name, f in fields.items() if name not in wanted.values()],
+    )
     columns: list[Column] = []
     left_out: dict[str, str] = {}
     missing: list[Missing] = []
     for spec in specs:
         name = wanted[spec.name]
-        where = f"{label}.{name}" + (f" ({TITLES[kind]}.{spec.name} in [airtable.fields])"
-                                     if name != spec.name else "")
+        where = f"{label}.{name}" + (f" ({TITLES[kind]}.{spec.name} in [airtable.fields])" if name != spec.name else "")
         is_key = spec.name == KEYS[kind]
         found = fields.get(name)
         if found is None:
@@ -359,17 +429,21 @@ def _plan_table(plan: BasePlan, kind: str, specs: tuple[FieldSpec, ...], table: 
             missing.append(Missing(spec, name, twin))
             hint = f"; {_mapping_hint(kind, spec, twin)}" if twin else ""
             if is_key:
-                plan.problems.append(f"{where} is missing: it is the key chatledger upserts on "
-                                     f"(single line text){hint}")
+                plan.problems.append(
+                    f"{where} is missing: it is the key chatledger upserts on (single line text){hint}"
+                )
             else:
                 left_out[spec.name] = "missing"
-                plan.warnings.append(f"{where} is missing: left out of what chatledger writes"
-                                     + (hint or " (`chatledger airtable init` creates it)"))
+                plan.warnings.append(
+                    f"{where} is missing: left out of what chatledger writes"
+                    + (hint or " (`chatledger airtable init` creates it)")
+                )
             continue
         type_ = found.get("type")
         if is_key and type_ not in KEY_TYPES:
-            plan.problems.append(f"{where} is a {type_words(type_)} field: the key chatledger upserts on must be "
-                                 "single line text")
+            plan.problems.append(
+                f"{where} is a {type_words(type_)} field: the key chatledger upserts on must be single line text"
+            )
             continue
         how = converter_for(spec, type_)
         if isinstance(how, str):
@@ -391,11 +465,13 @@ def _plan_table(plan: BasePlan, kind: str, specs: tuple[FieldSpec, ...], table: 
         plan.tables[kind] = TablePlan(kind, names[kind], wanted[KEYS[kind]], tuple(columns), left_out)
 
 
-def _twins(kind: str, missing: list[FieldSpec], wanted: dict[str, str],
-           unexplained: list[dict[str, Any]]) -> dict[str, str]:
+def _twins(
+    kind: str, missing: list[FieldSpec], wanted: dict[str, str], unexplained: list[dict[str, Any]]
+) -> dict[str, str]:
     """Our missing field -> the base's field that is probably it, renamed. A candidate is a field nothing
     explains whose type takes our value; the best is the one with a similar name, else the only one of
     our type, else the only candidate at all. A field two of ours claim equally is nobody's twin."""
+
     def fits(spec: FieldSpec, found: dict[str, Any]) -> bool:
         if spec.name == KEYS[kind]:
             return found.get("type") in KEY_TYPES
@@ -404,8 +480,11 @@ def _twins(kind: str, missing: list[FieldSpec], wanted: dict[str, str],
     guesses: dict[str, tuple[str, int]] = {}  # ours -> (theirs, rank: 2 similar name, 1 same type, 0 fits)
     for spec in missing:
         candidates = [f for f in unexplained if fits(spec, f)]
-        for rank, chosen in ((2, [f for f in candidates if _similar(wanted[spec.name], f.get("name", ""))]),
-                             (1, [f for f in candidates if f.get("type") == spec.type]), (0, candidates)):
+        for rank, chosen in (
+            (2, [f for f in candidates if _similar(wanted[spec.name], f.get("name", ""))]),
+            (1, [f for f in candidates if f.get("type") == spec.type]),
+            (0, candidates),
+        ):
             if chosen:
                 if len(chosen) == 1:
                     guesses[spec.name] = (chosen[0]["name"], rank)

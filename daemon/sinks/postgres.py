@@ -160,7 +160,8 @@ def _rank(status: str) -> str:
 LATER_STATUS = f"CASE WHEN {_rank('excluded.status')} > {_rank('i.status')} THEN excluded.status ELSE i.status END"
 # A row already there is this message's (a replay), or the bot's enrichment of it that came first: the
 # message's time is the interaction's, and its text fills an enrichment that gave none.
-INSERT_INTERACTIONS = """
+INSERT_INTERACTIONS = (
+    """
 INSERT INTO {s}.interactions AS i
     (interaction_id, conversation_id, message_id, direction, content, status, customer_phone, occurred_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -169,8 +170,10 @@ ON CONFLICT (interaction_id) DO UPDATE SET
     occurred_at = excluded.occurred_at, content = coalesce(i.content, excluded.content), status = LATER_STATUS
 WHERE i.occurred_at IS DISTINCT FROM excluded.occurred_at OR (i.content IS NULL AND excluded.content IS NOT NULL)
    OR RANK_EXCLUDED > RANK_KNOWN
-""".replace("LATER_STATUS", LATER_STATUS).replace("RANK_EXCLUDED", _rank("excluded.status")).replace(
-    "RANK_KNOWN", _rank("i.status"))
+""".replace("LATER_STATUS", LATER_STATUS)
+    .replace("RANK_EXCLUDED", _rank("excluded.status"))
+    .replace("RANK_KNOWN", _rank("i.status"))
+)
 # A status SendPulse reported (reconciliation): the message's row as the API listed it when PostgreSQL has
 # none yet, else only a status further along.
 UPSERT_REPORTED_STATUS = """
@@ -278,13 +281,18 @@ async def connect(dsn: str) -> asyncpg.Connection:
     """Connect with a timeout; failures are transient (the server may come back)."""
     try:
         return await asyncpg.connect(
-            dsn, timeout=CONNECT_TIMEOUT, command_timeout=STATEMENT_TIMEOUT,
+            dsn,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=STATEMENT_TIMEOUT,
             server_settings={"application_name": "chatledger"},
         )
-    except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError,
-            asyncpg.InvalidCatalogNameError) as exc:
+    except (
+        asyncpg.InvalidPasswordError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.InvalidCatalogNameError,
+    ) as exc:
         raise SetupError(f"PostgreSQL refused the connection: {exc}") from exc
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise TransientError(f"cannot connect to PostgreSQL: {_describe(exc)}") from exc
 
 
@@ -312,7 +320,7 @@ async def migrate_database(dsn: str, schema: str) -> tuple[int, int]:
     conn = await connect(dsn)
     try:
         return await migrate(conn, schema)
-    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise TransientError(f"migration failed: {_describe(exc)}") from exc
     finally:
         if not conn.is_closed():
@@ -330,13 +338,18 @@ class PostgresSink(SinkDefaults):
         self.schema = schema
         self._conn: asyncpg.Connection | None = None
         self._statements = {
-            key: _sql(template, schema) for key, template in {
-                "events": INSERT_EVENTS, "conversations": UPSERT_CONVERSATIONS,
-                "interactions": INSERT_INTERACTIONS, "escalations": INSERT_ESCALATIONS,
-                "api_interactions": UPSERT_API_INTERACTIONS, "escalation_updates": UPDATE_ESCALATIONS,
+            key: _sql(template, schema)
+            for key, template in {
+                "events": INSERT_EVENTS,
+                "conversations": UPSERT_CONVERSATIONS,
+                "interactions": INSERT_INTERACTIONS,
+                "escalations": INSERT_ESCALATIONS,
+                "api_interactions": UPSERT_API_INTERACTIONS,
+                "escalation_updates": UPDATE_ESCALATIONS,
                 "reported": UPSERT_REPORTED_STATUS,
                 "conversation_updates": UPDATE_CONVERSATIONS,
-                "status": APPLY_STATUS_EVENTS, "refresh": REFRESH_CONVERSATIONS,
+                "status": APPLY_STATUS_EVENTS,
+                "refresh": REFRESH_CONVERSATIONS,
             }.items()
         }
 
@@ -349,7 +362,7 @@ class PostgresSink(SinkDefaults):
         except SetupError:
             await conn.close()
             raise
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             conn.terminate()
             raise TransientError(f"PostgreSQL schema check failed: {_describe(exc)}") from exc
         self._conn = conn
@@ -359,7 +372,7 @@ class PostgresSink(SinkDefaults):
         conn = await self._connection()
         try:
             await conn.fetchval("SELECT 1")
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             await self._drop()
             raise TransientError(_describe(exc)) from exc
 
@@ -373,62 +386,179 @@ class PostgresSink(SinkDefaults):
                 raise PermanentError(_describe(exc)) from exc
             await self._drop()
             raise TransientError(_describe(exc)) from exc
-        except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.InterfaceError) as exc:
             await self._drop()
             raise TransientError(_describe(exc)) from exc
 
     async def _write(self, conn: asyncpg.Connection, events: Sequence[StoredEvent], records: Records) -> None:
         sql = self._statements
-        await conn.execute(sql["events"], *_columns(
-            [(e.dedup_key, e.title, e.service, e.bot_id, e.contact_id, parse_time(e.received_at),
-              jsonb_text(e.raw)) for e in events], 7))
+        await conn.execute(
+            sql["events"],
+            *_columns(
+                [
+                    (
+                        e.dedup_key,
+                        e.title,
+                        e.service,
+                        e.bot_id,
+                        e.contact_id,
+                        parse_time(e.received_at),
+                        jsonb_text(e.raw),
+                    )
+                    for e in events
+                ],
+                7,
+            ),
+        )
         if records.conversations:
             await self._write_conversations(conn, records)
         if records.escalation_updates:  # after the escalations they may follow in the same batch
-            await conn.executemany(sql["escalation_updates"], [
-                (u.escalation_id, u.status, u.assigned_agent, u.resolved_at, u.notes)
-                for u in records.escalation_updates])
+            await conn.executemany(
+                sql["escalation_updates"],
+                [
+                    (u.escalation_id, u.status, u.assigned_agent, u.resolved_at, u.notes)
+                    for u in records.escalation_updates
+                ],
+            )
 
     async def _write_conversations(self, conn: asyncpg.Connection, records: Records) -> None:
         sql = self._statements
-        await conn.execute(sql["conversations"], *_columns(
-            [(c.conversation_id, c.customer_phone, c.customer_name, c.first_at, c.last_at,
-              c.bot_id, c.contact_id, c.service) for c in records.conversations], 8))
+        await conn.execute(
+            sql["conversations"],
+            *_columns(
+                [
+                    (
+                        c.conversation_id,
+                        c.customer_phone,
+                        c.customer_name,
+                        c.first_at,
+                        c.last_at,
+                        c.bot_id,
+                        c.contact_id,
+                        c.service,
+                    )
+                    for c in records.conversations
+                ],
+                8,
+            ),
+        )
         # once each: an upsert may not touch a row twice in one statement
-        webhook = list({i.interaction_id: i for i in records.interactions
-                        if not i.from_api and not i.reported}.values())
+        webhook = list(
+            {i.interaction_id: i for i in records.interactions if not i.from_api and not i.reported}.values()
+        )
         if webhook:
-            await conn.execute(sql["interactions"], *_columns(
-                [(i.interaction_id, i.conversation_id, i.message_id, i.direction, i.content, i.status,
-                  i.customer_phone, i.occurred_at) for i in webhook], 8))
+            await conn.execute(
+                sql["interactions"],
+                *_columns(
+                    [
+                        (
+                            i.interaction_id,
+                            i.conversation_id,
+                            i.message_id,
+                            i.direction,
+                            i.content,
+                            i.status,
+                            i.customer_phone,
+                            i.occurred_at,
+                        )
+                        for i in webhook
+                    ],
+                    8,
+                ),
+            )
         reported: dict[str, InteractionRow] = {}  # once each, the furthest status of the batch
         for i in records.interactions:
-            if i.reported and (i.interaction_id not in reported
-                               or status_rank(i.status) > status_rank(reported[i.interaction_id].status)):
+            if i.reported and (
+                i.interaction_id not in reported
+                or status_rank(i.status) > status_rank(reported[i.interaction_id].status)
+            ):
                 reported[i.interaction_id] = i
         if reported:
-            await conn.execute(sql["reported"], *_columns(
-                [(i.interaction_id, i.conversation_id, i.message_id, i.direction, i.content, i.status,
-                  i.customer_phone, i.occurred_at) for i in reported.values()], 8))
+            await conn.execute(
+                sql["reported"],
+                *_columns(
+                    [
+                        (
+                            i.interaction_id,
+                            i.conversation_id,
+                            i.message_id,
+                            i.direction,
+                            i.content,
+                            i.status,
+                            i.customer_phone,
+                            i.occurred_at,
+                        )
+                        for i in reported.values()
+                    ],
+                    8,
+                ),
+            )
         for i in records.interactions:  # one by one: a batch may enrich the same row twice
             if i.from_api:
-                await conn.execute(sql["api_interactions"], *_columns(
-                    [(i.interaction_id, i.conversation_id, i.message_id, i.direction, i.content, i.status,
-                      i.customer_phone, i.occurred_at, i.intent, i.response, i.processing_time_ms,
-                      i.error_message)], 12))
+                await conn.execute(
+                    sql["api_interactions"],
+                    *_columns(
+                        [
+                            (
+                                i.interaction_id,
+                                i.conversation_id,
+                                i.message_id,
+                                i.direction,
+                                i.content,
+                                i.status,
+                                i.customer_phone,
+                                i.occurred_at,
+                                i.intent,
+                                i.response,
+                                i.processing_time_ms,
+                                i.error_message,
+                            )
+                        ],
+                        12,
+                    ),
+                )
         if records.escalations:
-            await conn.execute(sql["escalations"], *_columns(
-                [(x.escalation_id, x.ticket_id, x.conversation_id, x.reason, x.priority, x.status,
-                  x.customer_phone, x.created_at, x.notes, x.assigned_agent) for x in records.escalations], 10))
+            await conn.execute(
+                sql["escalations"],
+                *_columns(
+                    [
+                        (
+                            x.escalation_id,
+                            x.ticket_id,
+                            x.conversation_id,
+                            x.reason,
+                            x.priority,
+                            x.status,
+                            x.customer_phone,
+                            x.created_at,
+                            x.notes,
+                            x.assigned_agent,
+                        )
+                        for x in records.escalations
+                    ],
+                    10,
+                ),
+            )
         if records.conversation_updates:
-            await conn.executemany(sql["conversation_updates"], [
-                (u.conversation_id, u.intent, u.sentiment, u.priority, u.assigned_agent,
-                 json.dumps(list(u.tags)) if u.tags is not None else None,
-                 json.dumps(u.metadata) if u.metadata is not None else None)
-                for u in records.conversation_updates])
+            await conn.executemany(
+                sql["conversation_updates"],
+                [
+                    (
+                        u.conversation_id,
+                        u.intent,
+                        u.sentiment,
+                        u.priority,
+                        u.assigned_agent,
+                        json.dumps(list(u.tags)) if u.tags is not None else None,
+                        json.dumps(u.metadata) if u.metadata is not None else None,
+                    )
+                    for u in records.conversation_updates
+                ],
+            )
         if records.status_changes:
-            await conn.execute(sql["status"], *_columns(
-                [(s.conversation_id, s.title, s.at, s.key) for s in records.status_changes], 4))
+            await conn.execute(
+                sql["status"], *_columns([(s.conversation_id, s.title, s.at, s.key) for s in records.status_changes], 4)
+            )
         await conn.execute(sql["refresh"], [c.conversation_id for c in records.conversations])
 
     async def _drop(self) -> None:
@@ -441,7 +571,7 @@ class PostgresSink(SinkDefaults):
         if conn is not None and not conn.is_closed():
             try:
                 await asyncio.wait_for(conn.close(), 5)
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 conn.terminate()
 
 

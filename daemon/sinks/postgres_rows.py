@@ -6,11 +6,10 @@ callers build plain dicts and never know asyncpg.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 import asyncpg
 
@@ -62,10 +61,12 @@ FROM {s}.conversations AS c
 WHERE i.interaction_id = ANY($1::text[]) AND i.customer_phone IS NULL AND c.conversation_id = i.conversation_id
 """
 INTERACTIONS_OF = """
-SELECT to_jsonb(i) FROM {s}.interactions AS i WHERE i.conversation_id = $1 ORDER BY i.occurred_at, i.interaction_id LIMIT $2
+SELECT to_jsonb(i) FROM {s}.interactions AS i WHERE i.conversation_id = $1
+ORDER BY i.occurred_at, i.interaction_id LIMIT $2
 """
 ESCALATIONS_OF = """
-SELECT to_jsonb(e) FROM {s}.escalations AS e WHERE e.conversation_id = $1 ORDER BY e.created_at, e.escalation_id LIMIT $2
+SELECT to_jsonb(e) FROM {s}.escalations AS e WHERE e.conversation_id = $1
+ORDER BY e.created_at, e.escalation_id LIMIT $2
 """
 CONVERSATIONS_OF_PHONE = "SELECT conversation_id FROM {s}.conversations WHERE customer_phone = $1"
 # One person's rows: their conversations, everything attached to them, and any interaction, escalation or
@@ -124,7 +125,7 @@ class PostgresRows:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, dsn: str, schema: str, migrate_schema: bool = True) -> AsyncIterator["PostgresRows"]:
+    async def open(cls, dsn: str, schema: str, migrate_schema: bool = True) -> AsyncIterator[PostgresRows]:
         """A session; migrate_schema=False for reads beside a daemon whose sink already migrated it."""
         conn = await connect(dsn)
         try:
@@ -132,7 +133,7 @@ class PostgresRows:
                 await migrate(conn, schema)
             await conn.execute("SET TIME ZONE 'UTC'")
             yield cls(conn, schema)
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise TransientError(f"PostgreSQL: {_describe(exc)}") from exc
         finally:
             if not conn.is_closed():
@@ -140,10 +141,14 @@ class PostgresRows:
 
     def _sql(self, template: str, table: str = "", columns: Sequence[str] = ()) -> str:
         names = [quote_ident(c) for c in columns]
-        return template.format(s=quote_ident(self.schema), table=quote_ident(table) if table else "",
-                               key=KEYS.get(table, ""), columns=", ".join(names),
-                               assignments=", ".join(f"{c} = coalesce(r.{c}, t.{c})" for c in names),
-                               restore=", ".join(f"{c} = r.{c}" for c in names))
+        return template.format(
+            s=quote_ident(self.schema),
+            table=quote_ident(table) if table else "",
+            key=KEYS.get(table, ""),
+            columns=", ".join(names),
+            assignments=", ".join(f"{c} = coalesce(r.{c}, t.{c})" for c in names),
+            restore=", ".join(f"{c} = r.{c}" for c in names),
+        )
 
     @asynccontextmanager
     async def transaction(self, rollback: bool = False) -> AsyncIterator[None]:
@@ -176,8 +181,9 @@ class PostgresRows:
         inserted = await self._conn.fetch(self._sql(INSERT_ROWS, table, columns), json.dumps(list(rows)))
         return {r[0] for r in inserted}
 
-    async def replace(self, table: str, rows: Sequence[dict[str, Any]], columns: dict[str, Sequence[str]],
-                      run_id: str) -> None:
+    async def replace(
+        self, table: str, rows: Sequence[dict[str, Any]], columns: dict[str, Sequence[str]], run_id: str
+    ) -> None:
         """Replace, in each row, the columns named for its key (a NULL given never replaces a value); the rows
         are kept before and after in recover_backup under `run_id`."""
         if not rows:
@@ -185,8 +191,13 @@ class PostgresRows:
         key = KEYS[table]
         given = [{key: row[key], **{c: row[c] for c in columns[row[key]]}} for row in rows]
         names = list(dict.fromkeys(c for row in rows for c in columns[row[key]]))
-        await self._conn.execute(self._sql(REPLACE_ROWS, table, names), json.dumps(given),
-                                 json.dumps({row[key]: list(columns[row[key]]) for row in rows}), run_id, table)
+        await self._conn.execute(
+            self._sql(REPLACE_ROWS, table, names),
+            json.dumps(given),
+            json.dumps({row[key]: list(columns[row[key]]) for row in rows}),
+            run_id,
+            table,
+        )
 
     async def undo(self, run_id: str) -> dict[str, Any] | None:
         """Put back what recover run `run_id` replaced, column by column, where the row still holds what the run
@@ -195,8 +206,12 @@ class PostgresRows:
         if not entries:
             return None
         undone_at = max((e["undone_at"] for e in entries if e["undone_at"]), default=None)
-        out: dict[str, Any] = {"run_id": run_id, "restored": {t: 0 for t in KEYS}, "left": [],
-                               "undone_at": undone_at.isoformat() if undone_at else None}
+        out: dict[str, Any] = {
+            "run_id": run_id,
+            "restored": {t: 0 for t in KEYS},
+            "left": [],
+            "undone_at": undone_at.isoformat() if undone_at else None,
+        }
         if undone_at:
             return out
         conversations: list[str] = []
@@ -206,8 +221,9 @@ class PostgresRows:
                 old, new = json.loads(entry["old_row"]), json.loads(entry["new_row"])
                 current = await self._conn.fetchval(self._sql(CURRENT_ROW, table), key) if table in KEYS else None
                 if current is None:
-                    out["left"].append({"table": table, "key": key, "columns": list(entry["columns"]),
-                                        "why": "the row is gone"})
+                    out["left"].append(
+                        {"table": table, "key": key, "columns": list(entry["columns"]), "why": "the row is gone"}
+                    )
                     continue
                 current = json.loads(current)
                 columns = [c for c in entry["columns"] if c in old]  # a column name never reaches SQL unchecked
@@ -246,18 +262,21 @@ class PostgresRows:
         """Delete every row of this phone (and of these conversations and events); counts per table."""
         try:
             async with self._conn.transaction():
-                counts = dict(await self._conn.fetchrow(self._sql(FORGET_PHONE), phone, list(conversation_ids),
-                                                        list(event_ids)))
+                counts = dict(
+                    await self._conn.fetchrow(self._sql(FORGET_PHONE), phone, list(conversation_ids), list(event_ids))
+                )
                 await self._conn.execute(self._sql(DELETE_CONVERSATIONS), phone, list(conversation_ids))
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise TransientError(f"PostgreSQL: {_describe(exc)}; nothing was erased there") from exc
         return counts
 
-    async def forget_counts(self, phone: str, conversation_ids: Sequence[str],
-                            event_ids: Sequence[str]) -> dict[str, int]:
+    async def forget_counts(
+        self, phone: str, conversation_ids: Sequence[str], event_ids: Sequence[str]
+    ) -> dict[str, int]:
         """What forget() would delete, per table, deleting nothing."""
         try:
-            return dict(await self._conn.fetchrow(self._sql(COUNT_PHONE), phone, list(conversation_ids),
-                                                  list(event_ids)))
-        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return dict(
+                await self._conn.fetchrow(self._sql(COUNT_PHONE), phone, list(conversation_ids), list(event_ids))
+            )
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise TransientError(f"PostgreSQL: {_describe(exc)}") from exc

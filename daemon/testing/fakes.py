@@ -18,8 +18,16 @@ from typing import Any, TypeVar
 
 from daemon.events import StoredEvent
 from daemon.records import (
-    ConversationTouch, ConversationUpdate, EscalationRow, EscalationUpdate, InteractionRow, Records, StatusChange,
-    conversation_status, map_events, merged_interactions,
+    ConversationTouch,
+    ConversationUpdate,
+    EscalationRow,
+    EscalationUpdate,
+    InteractionRow,
+    Records,
+    StatusChange,
+    conversation_status,
+    map_events,
+    merged_interactions,
 )
 from daemon.sinks.base import PermanentError, RefusedError, SinkError, TransientError
 
@@ -68,8 +76,7 @@ class Tables:
 
     def copy(self) -> Tables:
         """A copy to write a batch into (rows are frozen: copying the dicts is enough)."""
-        return type(self)(dict(self.events), dict(self.conversations), dict(self.interactions),
-                          dict(self.escalations))
+        return type(self)(dict(self.events), dict(self.conversations), dict(self.interactions), dict(self.escalations))
 
     def write(self, events: Sequence[StoredEvent], records: Records) -> None:
         """Write one batch in PostgresSink's order of statements."""
@@ -96,30 +103,50 @@ class Tables:
         """Contact details follow the newest event; the span is the events' until _refresh finds interactions."""
         known = self.conversations.get(touch.conversation_id)
         if known is None:
-            metadata = {key: value for key, value in (("bot_id", touch.bot_id), ("contact_id", touch.contact_id),
-                                                      ("service", touch.service)) if value is not None}
+            metadata = {
+                key: value
+                for key, value in (
+                    ("bot_id", touch.bot_id),
+                    ("contact_id", touch.contact_id),
+                    ("service", touch.service),
+                )
+                if value is not None
+            }
             self.conversations[touch.conversation_id] = Conversation(
-                touch.conversation_id, touch.customer_phone, touch.customer_name, touch.first_at, touch.last_at,
-                metadata)
+                touch.conversation_id,
+                touch.customer_phone,
+                touch.customer_name,
+                touch.first_at,
+                touch.last_at,
+                metadata,
+            )
             return
         newer = touch.last_at >= known.last_activity
         self.conversations[touch.conversation_id] = replace(
             known,
-            customer_phone=_first(touch.customer_phone, known.customer_phone) if newer
+            customer_phone=_first(touch.customer_phone, known.customer_phone)
+            if newer
             else _first(known.customer_phone, touch.customer_phone),
-            customer_name=_first(touch.customer_name, known.customer_name) if newer
+            customer_name=_first(touch.customer_name, known.customer_name)
+            if newer
             else _first(known.customer_name, touch.customer_name),
-            started_at=min(known.started_at, touch.first_at), last_activity=max(known.last_activity, touch.last_at))
+            started_at=min(known.started_at, touch.first_at),
+            last_activity=max(known.last_activity, touch.last_at),
+        )
 
     def _update_conversation(self, update: ConversationUpdate) -> None:
         known = self.conversations.get(update.conversation_id)
         if known is None:
             return
         self.conversations[update.conversation_id] = replace(
-            known, intent=_first(update.intent, known.intent), sentiment=_first(update.sentiment, known.sentiment),
+            known,
+            intent=_first(update.intent, known.intent),
+            sentiment=_first(update.sentiment, known.sentiment),
             priority=_first(update.priority, known.priority),
             assigned_agent=_first(update.assigned_agent, known.assigned_agent),
-            tags=_first(update.tags, known.tags), metadata={**known.metadata, **(update.metadata or {})})
+            tags=_first(update.tags, known.tags),
+            metadata={**known.metadata, **(update.metadata or {})},
+        )
 
     def _refresh(self, conversation_ids: set[str]) -> None:
         """Counts, spans and status from the interactions, never incremented: replays cannot skew them."""
@@ -132,18 +159,24 @@ class Tables:
             change = known.status_change
             last = max(moments, default=None)
             self.conversations[conversation_id] = replace(
-                known, message_count=len(moments), started_at=min(moments, default=known.started_at),
+                known,
+                message_count=len(moments),
+                started_at=min(moments, default=known.started_at),
                 last_activity=last or known.last_activity,
-                status=conversation_status(change.title if change else None, change.at if change else None, last))
+                status=conversation_status(change.title if change else None, change.at if change else None, last),
+            )
 
     def _update_escalation(self, update: EscalationUpdate) -> None:
         known = self.escalations.get(update.escalation_id)
         if known is None:  # as PostgreSQL's UPDATE: an update of an escalation not there yet changes nothing
             return
         self.escalations[update.escalation_id] = replace(
-            known, status=_first(update.status, known.status),
+            known,
+            status=_first(update.status, known.status),
             assigned_agent=_first(update.assigned_agent, known.assigned_agent),
-            resolved_at=_first(update.resolved_at, known.resolved_at), notes=_first(update.notes, known.notes))
+            resolved_at=_first(update.resolved_at, known.resolved_at),
+            notes=_first(update.notes, known.notes),
+        )
 
 
 class MemorySink:
@@ -156,8 +189,14 @@ class MemorySink:
     creates none still passes.
     """
 
-    def __init__(self, name: str = "memory", batch_size: int = BATCH_SIZE, *,
-                 refusal: type[PermanentError] = PermanentError, max_records: int | None = None):
+    def __init__(
+        self,
+        name: str = "memory",
+        batch_size: int = BATCH_SIZE,
+        *,
+        refusal: type[PermanentError] = PermanentError,
+        max_records: int | None = None,
+    ):
         self.name = name
         self.batch_size = batch_size
         self.tables = Tables()
@@ -194,8 +233,10 @@ class MemorySink:
         staged.write(events, map_events(events))
         created = staged.records - self.tables.records
         if self.max_records is not None and created and staged.records > self.max_records:
-            raise RefusedError(f"HTTP 422 BASE_RECORD_LIMIT_EXCEEDED: {self.name} is at its plan's maximum of "
-                               f"{self.max_records} records")
+            raise RefusedError(
+                f"HTTP 422 BASE_RECORD_LIMIT_EXCEEDED: {self.name} is at its plan's maximum of "
+                f"{self.max_records} records"
+            )
         self.tables = staged
         self.accepted.update(event.dedup_key for event in events)
         return created

@@ -22,8 +22,10 @@ def find_bindir() -> Path:
     """The folder of initdb/pg_ctl: $PG_BINDIR, Debian's newest /usr/lib/postgresql/N/bin, or PATH."""
     if os.environ.get("PG_BINDIR"):
         return Path(os.environ["PG_BINDIR"])
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0)
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit() else 0,
+    )
     if candidates:
         return Path(candidates[-1]).parent
     found = shutil.which("initdb")
@@ -51,7 +53,7 @@ class PgCluster:
         self.log = root / "postgres.log"
 
     @classmethod
-    def create(cls, *, durable: bool = False) -> "PgCluster":
+    def create(cls, *, durable: bool = False) -> PgCluster:
         """initdb a new cluster in a fresh temp folder. durable=False turns fsync off (tests only: a killed
         server loses nothing it acknowledged, a crashed machine might)."""
         bindir = find_bindir()
@@ -60,8 +62,19 @@ class PgCluster:
         if as_postgres:
             shutil.chown(root, PG_USER, PG_USER)
         cluster = cls(root, free_port(), bindir, as_postgres, durable)
-        cluster._run("initdb", "-D", str(cluster.data), "-U", PG_USER, "--auth=trust", "-E", "UTF8",
-                     "--locale=C", "--no-sync", "--no-instructions")
+        cluster._run(
+            "initdb",
+            "-D",
+            str(cluster.data),
+            "-U",
+            PG_USER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+            "--no-instructions",
+        )
         return cluster
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -70,8 +83,10 @@ class PgCluster:
             command = ["runuser", "-u", PG_USER, "--", *command]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
         if check and result.returncode != 0:
-            raise RuntimeError(f"{tool} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
-                               f"\n{self.log_tail()}")
+            raise RuntimeError(
+                f"{tool} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
+                f"\n{self.log_tail()}"
+            )
         return result
 
     def log_tail(self, lines: int = 20) -> str:
@@ -82,16 +97,23 @@ class PgCluster:
 
     def start(self) -> None:
         options = [
-            "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.port}",
-            "-c", f"unix_socket_directories={self.root}", "-c", "max_connections=50",
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"port={self.port}",
+            "-c",
+            f"unix_socket_directories={self.root}",
+            "-c",
+            "max_connections=50",
         ]
         if not self.durable:
             # fsync off: only a machine crash could lose data. synchronous_commit stays on: with it off
             # a commit is acknowledged before its WAL is written, and stop("immediate"), which the
             # outage tests use as a crash, would lose acknowledged commits.
             options += ["-c", "fsync=off", "-c", "full_page_writes=off"]
-        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log),
-                  "-o", " ".join(options))
+        self._run(
+            "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", str(self.log), "-o", " ".join(options)
+        )
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; mode "immediate" is a crash as far as clients can tell."""

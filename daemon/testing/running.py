@@ -48,8 +48,10 @@ class AppThread:
 
     def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a plain function on the emulator's loop (state is only touched from there)."""
+
         async def wrapper() -> Any:
             return function(*args, **kwargs)
+
         return self.call(wrapper())
 
     def stop(self) -> None:
@@ -62,6 +64,7 @@ class AppThread:
 
 def serve_until_stopped(app: web.Application, host: str, port: int, banner: str) -> int:
     """`python -m daemon.testing.…`: serve `app` until SIGINT or SIGTERM; `banner` once it listens."""
+
     async def run() -> None:
         runner = await serve_app(app, host, port)
         print(banner, flush=True)

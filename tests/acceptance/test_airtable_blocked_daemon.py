@@ -50,7 +50,8 @@ def test_at_the_records_cap_nothing_is_dead_and_everything_drains_once_it_is_rai
         status = airtable_status(daemon)
         assert status["state"] == "up" and status["dead"] == 0 and status["rate_limited_429"] == 0
         assert Counter(r["MessageId"] for r in emulator.records("Interactions")) == Counter(
-            f"wamid.{i}" for i in range(40))
+            f"wamid.{i}" for i in range(40)
+        )
         assert {r["MessageCount"] for r in emulator.records("Conversations")} == {8}
         assert emulator.stats()["rate_limited"] == 0
         assert daemon.stop() == 0
@@ -70,8 +71,10 @@ def test_a_key_row_typed_twice_by_hand_is_one_dead_letter_that_says_what_to_do(t
         emulator.add_record("Conversations", {"ConversationId": c2["ConversationId"], "CustomerName": "again"})
         later = [message(i, i % 5) for i in range(5, 30) if i % 5 != 2 or i == 17]  # c2 writes once
         assert post(daemon.url, later)[0] == 200
-        wait_for(lambda: (s := airtable_status(daemon))["delivered"] == 5 + len(later) - 1 and s["dead"] == 1,
-                 "the others delivered, one dead letter")
+        wait_for(
+            lambda: (s := airtable_status(daemon))["delivered"] == 5 + len(later) - 1 and s["dead"] == 1,
+            "the others delivered, one dead letter",
+        )
         assert airtable_status(daemon)["state"] == "up" and airtable_status(daemon)["pending"] == 0
         dead = cli(config, "dead", "--sink", "airtable")
         assert "wamid.17" in dead.stdout and c2["ConversationId"] in dead.stdout

@@ -2,7 +2,7 @@
 
 import signal
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -11,14 +11,15 @@ from tests.support import AirtableEmulator, Daemon, cli, incoming, post, wait_fo
 pytestmark = pytest.mark.acceptance
 
 
-
 def airtable_status(daemon):
     return daemon.status()["sinks"]["airtable"]
 
 
 def messages(start, count, contacts=5):
-    return [incoming(f"wamid.{i}", contact=f"c{i % contacts}", phone=f"55119{i % contacts:08d}")
-            for i in range(start, start + count)]
+    return [
+        incoming(f"wamid.{i}", contact=f"c{i % contacts}", phone=f"55119{i % contacts:08d}")
+        for i in range(start, start + count)
+    ]
 
 
 @pytest.fixture
@@ -74,15 +75,20 @@ def test_the_documented_base_gets_every_message_once_with_no_init(tmp_path):
     config = write_config(tmp_path, extra=emulator.config())
     daemon = Daemon(config).start()
     try:
-        days = {datetime.now(timezone.utc).date().isoformat()}
+        days = {datetime.now(UTC).date().isoformat()}
         batches = [messages(i, 20) for i in range(0, 100, 20)]
         assert all(post(daemon.url, batch)[0] == 200 for batch in batches)
         assert post(daemon.url, batches[1][:7])[0] == 200  # SendPulse sends some again
-        chat = {"title": "open_chat", "service": "whatsapp", "bot": {"id": "bot1"},
-                "contact": {"id": "c1", "phone": "5511900000001", "name": "Cliente"}, "info": None}
+        chat = {
+            "title": "open_chat",
+            "service": "whatsapp",
+            "bot": {"id": "bot1"},
+            "contact": {"id": "c1", "phone": "5511900000001", "name": "Cliente"},
+            "info": None,
+        }
         assert post(daemon.url, [chat])[0] == 200
         done = wait_for(lambda: (s := airtable_status(daemon))["delivered"] == 101 and s, "delivered")
-        days.add(datetime.now(timezone.utc).date().isoformat())
+        days.add(datetime.now(UTC).date().isoformat())
         assert (done["state"], done["dead"], done["pending"], done["warnings"]) == ("up", 0, 0, [])
         interactions = emulator.records("Interactions")
         assert Counter(r["MessageId"] for r in interactions) == Counter(f"wamid.{i}" for i in range(100))
@@ -105,7 +111,7 @@ def test_the_documented_base_gets_every_message_once_with_no_init(tmp_path):
 
 def test_a_renamed_field_is_left_out_said_and_then_mapped_on_sighup(tmp_path, emulator):
     alerts_file = tmp_path / "alerts.jsonl"
-    alerts = f'[alerts]\ncommand = "sh -c \'cat >> {alerts_file}; echo >> {alerts_file}\'"\n'
+    alerts = f"[alerts]\ncommand = \"sh -c 'cat >> {alerts_file}; echo >> {alerts_file}'\"\n"
     config = write_config(tmp_path, extra=emulator.config() + alerts)
     assert cli(config, "airtable", "init").returncode == 0
     emulator.rename_field("Interactions", "Content", "Body")
@@ -128,8 +134,9 @@ def test_a_renamed_field_is_left_out_said_and_then_mapped_on_sighup(tmp_path, em
         assert "did not create Interactions.Content: 'Body' looks like it renamed" in init.stdout
         assert "Content" not in emulator.records("Interactions")[0]
 
-        config.write_text(config.read_text().replace("[alerts]", '[airtable.fields]\n"Interactions.Content" = "Body"\n'
-                                                                   "[alerts]"))
+        config.write_text(
+            config.read_text().replace("[alerts]", '[airtable.fields]\n"Interactions.Content" = "Body"\n[alerts]')
+        )
         daemon.signal(signal.SIGHUP)  # reads [airtable.fields] and the schema again
         wait_for(lambda: airtable_status(daemon)["warnings"] == [], "mapped")
         assert post(daemon.url, messages(30, 20))[0] == 200
@@ -148,7 +155,8 @@ def test_a_renamed_field_is_left_out_said_and_then_mapped_on_sighup(tmp_path, em
         assert cli(config, "sync").returncode == 0
         wait_for(lambda: airtable_status(daemon)["delivered"] == 70, "drained after the outage")
         assert Counter(r["MessageId"] for r in emulator.records("Interactions")) == Counter(
-            f"wamid.{i}" for i in range(70))
+            f"wamid.{i}" for i in range(70)
+        )
         assert daemon.stop() == 0
     finally:
         if daemon.process.poll() is None:
@@ -183,9 +191,12 @@ def test_alerts_reach_the_command_and_the_webhook(tmp_path, emulator):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     alerts_file = tmp_path / "alerts.jsonl"
     dead_pg = f"postgresql://nobody@127.0.0.1:{free_port()}/none"
-    config = write_config(tmp_path, extra=emulator.config() + f'[postgres]\ndsn = "{dead_pg}"\n'
-                          f'[alerts]\ncommand = "sh -c \'cat >> {alerts_file}; echo >> {alerts_file}\'"\n'
-                          f'webhook_url = "http://127.0.0.1:{server.server_port}/hook"\n')
+    config = write_config(
+        tmp_path,
+        extra=emulator.config() + f'[postgres]\ndsn = "{dead_pg}"\n'
+        f"[alerts]\ncommand = \"sh -c 'cat >> {alerts_file}; echo >> {alerts_file}'\"\n"
+        f'webhook_url = "http://127.0.0.1:{server.server_port}/hook"\n',
+    )
     assert cli(config, "airtable", "init").returncode == 0
     daemon = Daemon(config).start()
     try:
@@ -208,8 +219,9 @@ def test_alerts_reach_the_command_and_the_webhook(tmp_path, emulator):
 
 
 def test_the_monthly_request_limit_holds_the_base_across_a_restart_until_sync(tmp_path, emulator):
-    config = write_config(tmp_path, extra=emulator.config().replace(
-        "[airtable]\n", "[airtable]\nmonthly_request_limit = 8\n"))
+    config = write_config(
+        tmp_path, extra=emulator.config().replace("[airtable]\n", "[airtable]\nmonthly_request_limit = 8\n")
+    )
     assert cli(config, "airtable", "init").returncode == 0  # a command of its own: not the daemon's count
     daemon = Daemon(config).start()
     try:

@@ -1,15 +1,15 @@
 """The installed `chatledger run` in a subprocess: webhooks, status, signals, kill -9, restart."""
 
 import json
-import re
 import os
+import re
 import signal
 import socket
 import sqlite3
 import subprocess
-from pathlib import Path
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -146,8 +146,11 @@ def test_systemd_notify_ready_watchdog_stopping(config, tmp_path):
 def test_second_daemon_on_the_same_journal_is_refused(daemon, config):
     (config.parent / "other").mkdir()
     other = write_config(config.parent / "other")
-    other.write_text(other.read_text().replace('path = "state/journal.sqlite"',
-                                               f'path = "{config.parent / "state" / "journal.sqlite"}"'))
+    other.write_text(
+        other.read_text().replace(
+            'path = "state/journal.sqlite"', f'path = "{config.parent / "state" / "journal.sqlite"}"'
+        )
+    )
     second = Daemon(other).start(wait=False)
     assert second.process.wait(timeout=30) == 1
     assert "in use by another chatledger" in second.log()
@@ -156,8 +159,10 @@ def test_second_daemon_on_the_same_journal_is_refused(daemon, config):
 
 def test_bad_config_has_its_own_exit_code_and_hides_secrets(tmp_path):
     path = tmp_path / "bad.toml"
-    path.write_text('[server]\nwebhook_token = "0123456789abcdef-secret"\nlisten = "nowhere"\n'
-                    '[postgres]\ndsn = "postgresql://u:hunter2@h/db"\n')
+    path.write_text(
+        '[server]\nwebhook_token = "0123456789abcdef-secret"\nlisten = "nowhere"\n'
+        '[postgres]\ndsn = "postgresql://u:hunter2@h/db"\n'
+    )
     for command in ("run", "check-config", "status"):
         result = cli(path, command)
         assert result.returncode == 78
@@ -243,8 +248,11 @@ def test_prometheus_metrics_on_the_socket_and_a_tcp_listener(tmp_path):
         assert post(daemon.url, [incoming("m0"), "not an object"])[0] == 200
 
         def scrape(text):
-            return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                    for f in text_string_to_metric_families(text) for s in f.samples}
+            return {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+            }
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
             assert answer.headers["Content-Type"].startswith("text/plain")
@@ -313,9 +321,16 @@ def test_top_without_a_daemon_does_not_exit_0(config):
 
 def test_usage_errors_have_their_own_exit_code_and_the_config_has_defaults(tmp_path, config):
     def bare(*args, env=None):
-        return subprocess.run([chatledger_bin(), *args], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, **(env or {})} if env else
-                              {k: v for k, v in os.environ.items() if k != "CHATLEDGER_CONFIG"}, cwd=tmp_path)
+        return subprocess.run(
+            [chatledger_bin(), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **(env or {})}
+            if env
+            else {k: v for k, v in os.environ.items() if k != "CHATLEDGER_CONFIG"},
+            cwd=tmp_path,
+        )
 
     missing = bare("status")  # no --config, no CHATLEDGER_CONFIG, no /etc/chatledger/config.toml here
     if not Path("/etc/chatledger/config.toml").exists():

@@ -5,7 +5,7 @@ is resolved after it, at once and at INFO."""
 import asyncio
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -30,7 +30,7 @@ def plant(journal_path, ids, dead):
     async def run():
         journal = await Journal.open(journal_path, ["postgres"])
         try:
-            await journal.append([normalize(incoming(f"wamid.{i}"), datetime.now(timezone.utc)) for i in ids])
+            await journal.append([normalize(incoming(f"wamid.{i}"), datetime.now(UTC)) for i in ids])
             for event in await journal.pending("postgres", 0, 100):
                 if event.message_id in {f"wamid.{i}" for i in dead}:
                     await journal.mark_dead("postgres", event.id, f"planted: {event.message_id} refused")
@@ -42,13 +42,15 @@ def plant(journal_path, ids, dead):
 
 def alerting(tmp_path, dsn, schema="chatledger"):
     alerts_file = tmp_path / "alerts.jsonl"
-    config = write_config(tmp_path, extra=f'[postgres]\ndsn = "{dsn}"\nschema = "{schema}"\n[alerts]\n'
-                                          f'command = "sh -c \'cat >> {alerts_file}; echo >> {alerts_file}\'"\n')
+    config = write_config(
+        tmp_path,
+        extra=f'[postgres]\ndsn = "{dsn}"\nschema = "{schema}"\n[alerts]\n'
+        f"command = \"sh -c 'cat >> {alerts_file}; echo >> {alerts_file}'\"\n",
+    )
     return config, alerts_file
 
 
-def test_dead_letters_are_discarded_offline_and_online_and_the_daemon_is_healthy_again(tmp_path, pg_cluster,
-                                                                                        pg_schema):
+def test_dead_letters_are_discarded_offline_and_online_and_the_daemon_is_healthy_again(tmp_path, pg_cluster, pg_schema):
     config, _ = alerting(tmp_path, pg_cluster.dsn(), pg_schema)
     plant(tmp_path / "state" / "journal.sqlite", [1, 2, 3, 4], dead=[1, 2, 3])
 
@@ -63,8 +65,9 @@ def test_dead_letters_are_discarded_offline_and_online_and_the_daemon_is_healthy
 
     daemon = Daemon(config).start()
     try:
-        status = wait_for(lambda: (s := daemon.status())["sinks"]["postgres"]["delivered"] == 1 and s,
-                          "the one good event delivered")
+        status = wait_for(
+            lambda: (s := daemon.status())["sinks"]["postgres"]["delivered"] == 1 and s, "the one good event delivered"
+        )
         assert (status["sinks"]["postgres"]["dead"], status["sinks"]["postgres"]["discarded"]) == (2, 1)
         assert status["health"]["status"] == "degraded"
         assert "`chatledger dead`" in " ".join(status["health"]["problems"])
@@ -85,8 +88,10 @@ def test_dead_letters_are_discarded_offline_and_online_and_the_daemon_is_healthy
         assert cli(config, "dead").stdout.startswith("no dead letters")
         kept = json.loads(cli(config, "dead", "--discarded", "--json").stdout)["postgres"]
         assert [(k["event_id"], k["state"], k["reason"]) for k in kept] == [
-            (1, "discarded", "test data, never a real customer"), (2, "discarded", "duplicate of wamid.4"),
-            (3, "discarded", "checked by hand: nothing to deliver")]
+            (1, "discarded", "test data, never a real customer"),
+            (2, "discarded", "duplicate of wamid.4"),
+            (3, "discarded", "checked by hand: nothing to deliver"),
+        ]
         assert all(k["discarded_by"] and k["discarded_at"] and "planted" in k["last_error"] for k in kept)
 
         cli(config, "replay", "--dead")  # never brings a discarded one back
@@ -98,15 +103,16 @@ def test_dead_letters_are_discarded_offline_and_online_and_the_daemon_is_healthy
             daemon.kill()
 
 
-def test_a_sink_down_before_a_restart_is_resolved_after_it_at_once_and_dead_letters_are_told_once(
-        tmp_path, own_pg):
+def test_a_sink_down_before_a_restart_is_resolved_after_it_at_once_and_dead_letters_are_told_once(tmp_path, own_pg):
     config, alerts_file = alerting(tmp_path, own_pg.dsn())
     plant(tmp_path / "state" / "journal.sqlite", [1, 2], dead=[1])
     own_pg.stop("immediate")
     daemon = Daemon(config).start()
     try:
-        wait_for(lambda: told(alerts_file, "sink_down") and told(alerts_file, "dead_letters"),
-                 "postgres down and the dead letter alerted")
+        wait_for(
+            lambda: told(alerts_file, "sink_down") and told(alerts_file, "dead_letters"),
+            "postgres down and the dead letter alerted",
+        )
         [dead_alert] = told(alerts_file, "dead_letters")
         assert dead_alert["details"]["dead"] == 1 and "chatledger dead" in dead_alert["message"]
         assert daemon.stop() == 0

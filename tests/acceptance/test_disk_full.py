@@ -15,8 +15,9 @@ pytestmark = pytest.mark.acceptance
 def small_disk(tmp_path):
     mountpoint = tmp_path / "disk"
     mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.strip()}")
     yield mountpoint
@@ -29,8 +30,9 @@ def batch(n, size=20):
 
 def test_full_disk_gives_503_loses_nothing_acknowledged_and_resumes(tmp_path, small_disk):
     config = write_config(tmp_path)
-    config.write_text(config.read_text().replace('path = "state/journal.sqlite"',
-                                                 f'path = "{small_disk}/journal.sqlite"'))
+    config.write_text(
+        config.read_text().replace('path = "state/journal.sqlite"', f'path = "{small_disk}/journal.sqlite"')
+    )
     ballast = small_disk / "ballast"  # someone else's files, taking most of the disk
     ballast.write_bytes(b"\0" * 2 * 1024 * 1024)
     daemon = Daemon(config).start()

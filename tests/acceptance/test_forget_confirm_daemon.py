@@ -24,8 +24,14 @@ class Terminal:
 
     def __init__(self, config, *args):
         self.master, slave = pty.openpty()
-        self.process = subprocess.Popen([chatledger_bin(), *args, "--config", str(config)], stdin=slave,
-                                        stdout=slave, stderr=slave, env=_env(None), close_fds=True)
+        self.process = subprocess.Popen(
+            [chatledger_bin(), *args, "--config", str(config)],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=_env(None),
+            close_fds=True,
+        )
         os.close(slave)
         self.seen = b""
 
@@ -66,10 +72,10 @@ def pg_count(dsn, schema, phone):
     async def run():
         conn = await asyncpg.connect(dsn)
         try:
-            return await conn.fetchval(f'SELECT count(*) FROM "{schema}".interactions WHERE customer_phone = $1',
-                                       phone)
+            return await conn.fetchval(f'SELECT count(*) FROM "{schema}".interactions WHERE customer_phone = $1', phone)
         finally:
             await conn.close()
+
     return asyncio.run(run())
 
 
@@ -81,14 +87,17 @@ def audit_entries(tmp_path):
 
 
 def test_a_dry_run_and_the_question_on_a_terminal_erase_nothing_until_the_operator_says_yes(
-        tmp_path, pg_cluster, pg_schema):
+    tmp_path, pg_cluster, pg_schema
+):
     dsn = pg_cluster.dsn()
     config = write_config(tmp_path, extra=f'[postgres]\ndsn = "{dsn}"\nschema = "{pg_schema}"\n')
     daemon = Daemon(config).start()
     try:
-        body = ([incoming(f"wamid.a{i}", phone=ANA, contact="ana") for i in range(5)]
-                + [incoming(f"wamid.b{i}", phone=BIA, contact="bia") for i in range(3)]
-                + [{"no": "title", "from": ANA}])
+        body = (
+            [incoming(f"wamid.a{i}", phone=ANA, contact="ana") for i in range(5)]
+            + [incoming(f"wamid.b{i}", phone=BIA, contact="bia") for i in range(3)]
+            + [{"no": "title", "from": ANA}]
+        )
         assert post(daemon.url, body)[1] == {"accepted": 8, "duplicates": 0, "rejected": 1}
         wait_for(lambda: daemon.status()["sinks"]["postgres"]["delivered"] == 8, "delivered to PostgreSQL")
 

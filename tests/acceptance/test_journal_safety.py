@@ -80,8 +80,10 @@ def sqlite3_can_recover():
 # README, "When the journal is damaged", step 2 and its variant
 COPY_READABLE = {
     "recover": ['sqlite3 {old} ".recover" | sqlite3 {new}'],
-    "dump": ["sqlite3 {old} .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' | sqlite3 {new}",
-             """sqlite3 {new} "PRAGMA user_version = $(sqlite3 {old} 'PRAGMA user_version')\""""],
+    "dump": [
+        "sqlite3 {old} .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' | sqlite3 {new}",
+        """sqlite3 {new} "PRAGMA user_version = $(sqlite3 {old} 'PRAGMA user_version')\"""",
+    ],
 }
 
 
@@ -142,8 +144,21 @@ def test_damage_met_while_running_is_reported_by_status(config):
 def without_root_powers(config, *command):
     """Run chatledger as root stripped of the capabilities that bypass file modes: a user for whom
     the journal's owner is someone else."""
-    return subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", chatledger_bin(),
-                           *command, "--config", str(config)], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set",
+            "-dac_override,-dac_read_search",
+            "--",
+            chatledger_bin(),
+            *command,
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")

@@ -17,11 +17,14 @@ AUTH = b"Authorization: Bearer SECRET2\r\n"
 MALFORMED = {
     "a byte 0xff in a header value": HEAD + b"X-Webhook-Token: SECRET3\xff\r\n" + AUTH + b"Content-Length: 2\r\n\r\n[]",
     "a byte 0xff in the token header": b"POST /webhooks/sendpulse HTTP/1.1\r\nHost: x\r\n"
-                                       b"X-Webhook-Token: SECRET3\xff\r\n" + AUTH + b"Content-Length: 2\r\n\r\n[]",
+    b"X-Webhook-Token: SECRET3\xff\r\n" + AUTH + b"Content-Length: 2\r\n\r\n[]",
     "a byte 0xff in a header name": HEAD + b"X-SECRET3\xff: a\r\n" + AUTH + b"Content-Length: 0\r\n\r\n",
     "a control byte in the request line": b"POST /webhooks/sendpulse?token=SECRET\x01VALUE HTTP/1.1\r\nHost: x\r\n"
-                                          + AUTH + b"\r\n",
-    "a byte 0xff in the path": b"POST /webhooks/send\xffpulse?token=SECRETVALUE HTTP/1.1\r\nHost: x\r\n" + AUTH + b"\r\n",
+    + AUTH
+    + b"\r\n",
+    "a byte 0xff in the path": b"POST /webhooks/send\xffpulse?token=SECRETVALUE HTTP/1.1\r\nHost: x\r\n"
+    + AUTH
+    + b"\r\n",
     "a bad method": b"P\xffST /webhooks/sendpulse?token=SECRETVALUE HTTP/1.1\r\n" + AUTH + b"\r\n",
     "a bad version": b"POST /webhooks/sendpulse?token=SECRETVALUE HTTP/9.x\r\n" + AUTH + b"\r\n",
     "bad chunked encoding": HEAD + AUTH + b"Transfer-Encoding: chunked\r\n\r\nSECRET3\r\nSECRET3\r\n0\r\n\r\n",
@@ -76,8 +79,11 @@ def test_a_failing_alert_webhook_is_logged_by_its_host_alone(tmp_path):
     port = server.server_address[1]
     url = f"http://127.0.0.1:{port}/hooks/SECRET3?token=SECRETVALUE"
     # PostgreSQL on a port where nothing listens: the sink goes down, which is alerted
-    config = write_config(tmp_path, extra=f'[postgres]\ndsn = "postgresql://u:SECRET2@127.0.0.1:{free_port()}/db"\n'
-                                          f'[alerts]\nwebhook_url = "{url}"\n')
+    config = write_config(
+        tmp_path,
+        extra=f'[postgres]\ndsn = "postgresql://u:SECRET2@127.0.0.1:{free_port()}/db"\n'
+        f'[alerts]\nwebhook_url = "{url}"\n',
+    )
     daemon = Daemon(config).start()
     try:
         daemon.wait_for_log("alert webhook failed", timeout=60)

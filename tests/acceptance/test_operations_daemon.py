@@ -22,8 +22,9 @@ def emulator(tmp_path):
 
 
 def messages(count, contacts=3):
-    return [incoming(f"wamid.{i}", contact=f"c{i % contacts}", phone=f"+55 11 9{i % contacts:08d}")
-            for i in range(count)]
+    return [
+        incoming(f"wamid.{i}", contact=f"c{i % contacts}", phone=f"+55 11 9{i % contacts:08d}") for i in range(count)
+    ]
 
 
 def sql(dsn, query, *args):
@@ -33,6 +34,7 @@ def sql(dsn, query, *args):
             return await conn.fetch(query, *args)
         finally:
             await conn.close()
+
     return asyncio.run(run())
 
 
@@ -97,8 +99,10 @@ def test_recover_and_forget_commands(tmp_path, emulator, own_pg):
         # the same person writes again: stored as anyone else
         assert post(daemon.url, [incoming("wamid.new", contact="c1", phone="+55 11 900000001")])[0] == 200
         wait_for(lambda: delivered_everywhere(daemon, 41), "the new message delivered")
-        assert sql(dsn, "SELECT message_count FROM chatledger.conversations "
-                        "WHERE customer_phone = '5511900000001'")[0][0] == 1
+        assert (
+            sql(dsn, "SELECT message_count FROM chatledger.conversations WHERE customer_phone = '5511900000001'")[0][0]
+            == 1
+        )
         assert emulator.stats()["rate_limited"] == 0
         assert daemon.stop() == 0
     finally:
@@ -122,10 +126,12 @@ def test_bot_api_through_the_daemon(tmp_path, emulator, own_pg):
     base = f"http://127.0.0.1:{daemon.port}/api/v1"
 
     def call(method, route, body=None, auth=True):
-        request = urllib.request.Request(base + route, method=method,
-                                         data=json.dumps(body).encode() if body is not None else None,
-                                         headers={"Content-Type": "application/json",
-                                                  **({"Authorization": f"Bearer {token}"} if auth else {})})
+        request = urllib.request.Request(
+            base + route,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if auth else {})},
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
                 return answer.status, json.loads(answer.read())
@@ -134,9 +140,18 @@ def test_bot_api_through_the_daemon(tmp_path, emulator, own_pg):
 
     try:
         assert call("POST", "/interactions", {"id": "x"}, auth=False)[0] == 401
-        status, answer = call("POST", "/interactions", {"id": "bot-1", "conversationId": "conv-1",
-                                                         "direction": "outbound", "content": "Olá",
-                                                         "intent": "greeting", "customerPhone": "5511900000009"})
+        status, answer = call(
+            "POST",
+            "/interactions",
+            {
+                "id": "bot-1",
+                "conversationId": "conv-1",
+                "direction": "outbound",
+                "content": "Olá",
+                "intent": "greeting",
+                "customerPhone": "5511900000009",
+            },
+        )
         assert status == 201, answer
         assert call("POST", "/interactions", {"id": "bot-1", "direction": "up"})[0] == 422
         wait_for(lambda: delivered_everywhere(daemon, 1), "the interaction in both sinks")

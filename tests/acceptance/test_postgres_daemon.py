@@ -4,6 +4,7 @@ import asyncio
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC
 
 import pytest
 
@@ -21,9 +22,10 @@ def pg_config(tmp_path, cluster):
 
 def batches(count, size, contacts=7):
     """`count` distinct messages from `contacts` contacts, in webhook batches of `size`."""
-    events = [incoming(f"wamid.{i}", contact=f"c{i % contacts}", phone=f"55119{i % contacts:08d}")
-              for i in range(count)]
-    return [events[i:i + size] for i in range(0, count, size)]
+    events = [
+        incoming(f"wamid.{i}", contact=f"c{i % contacts}", phone=f"55119{i % contacts:08d}") for i in range(count)
+    ]
+    return [events[i : i + size] for i in range(0, count, size)]
 
 
 def post_all(url, groups, senders=4):
@@ -43,10 +45,13 @@ def assert_exactly_once(cluster, count):
     assert tuple(rows) == (count, count)
     expected = {f"wamid.{i}" for i in range(count)}
     assert {r[0] for r in query(cluster, f"SELECT message_id FROM {s}.interactions")} == expected
-    mismatched = query(cluster, f"""
+    mismatched = query(
+        cluster,
+        f"""
         SELECT c.conversation_id, c.message_count, count(i.interaction_id)
         FROM {s}.conversations c LEFT JOIN {s}.interactions i USING (conversation_id)
-        GROUP BY 1, 2 HAVING c.message_count <> count(i.interaction_id)""")
+        GROUP BY 1, 2 HAVING c.message_count <> count(i.interaction_id)""",
+    )
     assert mismatched == []
     assert query(cluster, f"SELECT sum(message_count) FROM {s}.conversations")[0][0] == count
 
@@ -60,7 +65,9 @@ def test_postgres_down_at_start_then_back_everything_arrives_once(tmp_path, own_
         assert all(status == 200 for status, _ in answers)
         assert sum(body["accepted"] for _, body in answers) == 600
         assert post(daemon.url, incoming("wamid.3", contact="c3", phone="5511900000003")) == (
-            200, {"accepted": 0, "duplicates": 1, "rejected": 0})
+            200,
+            {"accepted": 0, "duplicates": 1, "rejected": 0},
+        )
 
         down = wait_for(lambda: (s := postgres_status(daemon))["state"] == "down" and s, "postgres reported down")
         assert down["pending"] == 600 and down["delivered"] == 0
@@ -98,8 +105,13 @@ def test_kill_9_in_the_middle_of_a_backlog_still_exactly_once(tmp_path, own_pg):
     daemon = Daemon(config).start()
     try:
         # kill as soon as PostgreSQL holds part of the backlog
-        wait_for(lambda: query(own_pg, "SELECT to_regclass('chatledger.events') IS NOT NULL")[0][0]
-                 and query(own_pg, "SELECT count(*) FROM chatledger.events")[0][0] > 0, "first batch landed")
+        wait_for(
+            lambda: (
+                query(own_pg, "SELECT to_regclass('chatledger.events') IS NOT NULL")[0][0]
+                and query(own_pg, "SELECT count(*) FROM chatledger.events")[0][0] > 0
+            ),
+            "first batch landed",
+        )
         daemon.kill()
         landed = query(own_pg, "SELECT count(*) FROM chatledger.events")[0][0]
         assert 0 < landed <= total
@@ -132,7 +144,7 @@ def test_migrate_command_and_newer_schema_refused(tmp_path, own_pg):
 
 def test_replay_dead_letters_offline_then_online(tmp_path, own_pg):
     """`replay --dead` re-queues in the journal when no daemon runs, and through the socket when one does."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from daemon.events import normalize
     from daemon.journal import Journal
@@ -142,7 +154,7 @@ def test_replay_dead_letters_offline_then_online(tmp_path, own_pg):
     async def plant(ids):
         journal = await Journal.open(tmp_path / "state" / "journal.sqlite", ["postgres"])
         try:
-            now = datetime.now(timezone.utc)
+            now = datetime.now(UTC)
             await journal.append([normalize(incoming(f"wamid.{i}"), now) for i in ids])
             for event in await journal.pending("postgres", 0, 100):
                 if event.message_id in {f"wamid.{i}" for i in ids[:1]}:
@@ -178,9 +190,16 @@ def test_replay_dead_letters_offline_then_online(tmp_path, own_pg):
         # the database was restored from a backup without these rows: replay everything since a date
         query(own_pg, "TRUNCATE chatledger.events, chatledger.interactions, chatledger.conversations CASCADE")
         since = cli(config, "replay", "--since", "2000-01-01")
-        assert since.returncode == 0 and "postgres: 4 deliveries received since 2000-01-01T00:00:00.000Z" in since.stdout
-        wait_for(lambda: postgres_status(daemon)["delivered"] == 4 and
-                 query(own_pg, "SELECT count(*) FROM chatledger.events")[0][0] == 4, "replayed since")
+        assert (
+            since.returncode == 0 and "postgres: 4 deliveries received since 2000-01-01T00:00:00.000Z" in since.stdout
+        )
+        wait_for(
+            lambda: (
+                postgres_status(daemon)["delivered"] == 4
+                and query(own_pg, "SELECT count(*) FROM chatledger.events")[0][0] == 4
+            ),
+            "replayed since",
+        )
         assert_exactly_once(own_pg, 4)
         one = cli(config, "replay", "--event", "wamid.1")
         assert one.returncode == 0 and "postgres: 1 deliveries of event wamid.1" in one.stdout
@@ -210,11 +229,15 @@ def test_events_journaled_before_postgres_was_enabled_are_delivered(tmp_path, ow
     assert "7 events have no postgres delivery row" in cli(config, "journal", "check").stdout
     daemon = Daemon(config).start()
     try:
-        done = wait_for(lambda: (s := postgres_status(daemon))["delivered"] == 7 and s["pending"] == 0 and s,
-                        "the events journaled before delivered")
+        done = wait_for(
+            lambda: (s := postgres_status(daemon))["delivered"] == 7 and s["pending"] == 0 and s,
+            "the events journaled before delivered",
+        )
         assert done["backfill"] == {"state": "done", "total": 7, "done": 7, "to_go": 0}
-        assert "backfill: 7 events journaled before postgres was enabled made pending at start" in cli(
-            config, "status").stdout
+        assert (
+            "backfill: 7 events journaled before postgres was enabled made pending at start"
+            in cli(config, "status").stdout
+        )
         assert_exactly_once(own_pg, 7)
         log = daemon.log()
         # readiness did not wait for it: the count is logged once, after the daemon took webhooks

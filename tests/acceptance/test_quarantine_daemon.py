@@ -13,8 +13,10 @@ pytestmark = pytest.mark.acceptance
 
 # A body as SendPulse never sends one: a number, an object without a title (a newline inside it), an empty title.
 LONG = '{"title": "", "text": "' + "y" * 400 + '"}'
-BODY = (b'[' + json.dumps(incoming("wamid.ok")).encode() + b', 42, {"contact": {"phone": "+55 11 98888-7777"},\n'
-        b'"note": "no title"}, ' + LONG.encode() + b']')
+BODY = (
+    b"[" + json.dumps(incoming("wamid.ok")).encode() + b', 42, {"contact": {"phone": "+55 11 98888-7777"},\n'
+    b'"note": "no title"}, ' + LONG.encode() + b"]"
+)
 
 
 def test_quarantined_elements_are_listed_and_discarded_with_the_daemon_running_and_stopped(tmp_path):
@@ -35,7 +37,9 @@ def test_quarantined_elements_are_listed_and_discarded_with_the_daemon_running_a
         as_json = json.loads(cli(config, "quarantine", "--json", "--limit", "2").stdout)
         assert (as_json["open"], as_json["discarded"]) == (3, 0)
         assert [(e["id"], e["raw"]) for e in as_json["elements"]] == [
-            (1, "42"), (2, '{"contact": {"phone": "+55 11 98888-7777"},\n"note": "no title"}')]
+            (1, "42"),
+            (2, '{"contact": {"phone": "+55 11 98888-7777"},\n"note": "no title"}'),
+        ]
 
         one = cli(config, "quarantine", "--discard", "1", "--reason", "a test by the integrator")
         assert one.returncode == 0, one.stderr
@@ -69,8 +73,10 @@ def test_quarantined_elements_are_listed_and_discarded_with_the_daemon_running_a
     assert nothing.returncode == 1 and "no open quarantined elements to discard" in nothing.stderr
     kept = json.loads(cli(config, "quarantine", "--discarded", "--json").stdout)["elements"]
     assert [(k["id"], k["discarded_by"], k["discard_reason"]) for k in kept] == [
-        (1, "root", "a test by the integrator"), (2, "root", "looked at: nothing to deliver"),
-        (3, "root", "looked at: nothing to deliver")]
+        (1, "root", "a test by the integrator"),
+        (2, "root", "looked at: nothing to deliver"),
+        (3, "root", "looked at: nothing to deliver"),
+    ]
     readable = cli(config, "quarantine", "--discarded").stdout
     assert "discarded" in readable and "by root" in readable and "reason: a test by the integrator" in readable
     with sqlite3.connect(tmp_path / "state" / "journal.sqlite") as journal:

@@ -2,7 +2,7 @@
 
 import json
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -26,11 +26,19 @@ def journaled(folder):
 def test_reconcile_journals_what_the_webhooks_missed_once(folder, sendpulse):
     config = write_config(folder, extra=sendpulse.config())
     maria = sendpulse.add_contact("5533999898026", "Maria")
-    start = datetime.now(timezone.utc) - timedelta(minutes=40)
-    added = sendpulse.add_messages(*({"contact_id": maria["id"], "direction": "in" if i % 2 else "out",
-                                      "text": f"m{i}", "created_at": (start + timedelta(seconds=i)).isoformat(),
-                                      "webhook": {"url": "http://127.0.0.1:9/chatledger-is-down"}}
-                                     for i in range(150)))
+    start = datetime.now(UTC) - timedelta(minutes=40)
+    added = sendpulse.add_messages(
+        *(
+            {
+                "contact_id": maria["id"],
+                "direction": "in" if i % 2 else "out",
+                "text": f"m{i}",
+                "created_at": (start + timedelta(seconds=i)).isoformat(),
+                "webhook": {"url": "http://127.0.0.1:9/chatledger-is-down"},
+            }
+            for i in range(150)
+        )
+    )
     assert all("error" in m["webhook"] for m in added)  # posted once, failed, never retried
 
     result = cli(config, "reconcile", "--since", "2h", "--json")
@@ -64,8 +72,9 @@ def test_not_configured_exits_78(folder):
 
 def test_sendpulse_unreadable_exits_1_and_never_shows_the_secret(folder, sendpulse):
     config = write_config(folder, extra=sendpulse.config())
-    result = cli(config, "reconcile", "--since", "2h", "--json",
-                 env={"SENDPULSE_CLIENT_SECRET": "a-wrong-secret-value"})
+    result = cli(
+        config, "reconcile", "--since", "2h", "--json", env={"SENDPULSE_CLIENT_SECRET": "a-wrong-secret-value"}
+    )
     assert result.returncode == 1 and "misconfigured" in result.stderr and "client_id" in result.stderr
     assert "a-wrong-secret-value" not in result.stdout + result.stderr
     assert json.loads(result.stdout)["added"] == 0

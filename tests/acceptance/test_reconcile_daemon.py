@@ -7,7 +7,17 @@ from collections import Counter
 import pytest
 
 from tests.support import (
-    AirtableEmulator, Daemon, SendPulseEmulator, as_operator, cli, cli_on_terminal, incoming, post, query, unix_http, wait_for,
+    AirtableEmulator,
+    Daemon,
+    SendPulseEmulator,
+    as_operator,
+    cli,
+    cli_on_terminal,
+    incoming,
+    post,
+    query,
+    unix_http,
+    wait_for,
     write_config,
 )
 
@@ -39,10 +49,13 @@ def stored_ids(cluster):
 def assert_counts_right(cluster, total, events=None):
     s = SCHEMA
     assert query(cluster, f"SELECT count(*) FROM {s}.events")[0][0] == (events or total)
-    mismatched = query(cluster, f"""
+    mismatched = query(
+        cluster,
+        f"""
         SELECT c.conversation_id, c.message_count, count(i.interaction_id)
         FROM {s}.conversations c LEFT JOIN {s}.interactions i USING (conversation_id)
-        GROUP BY 1, 2 HAVING c.message_count <> count(i.interaction_id)""")
+        GROUP BY 1, 2 HAVING c.message_count <> count(i.interaction_id)""",
+    )
     assert mismatched == []
     assert query(cluster, f"SELECT sum(message_count) FROM {s}.conversations")[0][0] == total
 
@@ -54,14 +67,27 @@ def assert_airtable_holds(airtable, expected, counts):
 
 
 def messages(sendpulse, contacts, phase, count, url):
-    return sendpulse.add_messages(*({"contact_id": contacts[i % len(contacts)]["id"],
-                                     "direction": "in" if i % 3 else "out", "text": f"{phase}-{i}",
-                                     "webhook": {"url": url, "timeout": 5}} for i in range(count)))
+    return sendpulse.add_messages(
+        *(
+            {
+                "contact_id": contacts[i % len(contacts)]["id"],
+                "direction": "in" if i % 3 else "out",
+                "text": f"{phase}-{i}",
+                "webhook": {"url": url, "timeout": 5},
+            }
+            for i in range(count)
+        )
+    )
 
 
 def test_a_restart_after_kill_9_fetches_back_what_the_webhooks_missed(tmp_path, own_pg, sendpulse, airtable):
-    config = write_config(tmp_path, extra=f'[postgres]\ndsn = "{own_pg.dsn()}"\nschema = "{SCHEMA}"\n'
-                          + airtable.config() + sendpulse.config() + "reconcile_interval_s = 0\n")
+    config = write_config(
+        tmp_path,
+        extra=f'[postgres]\ndsn = "{own_pg.dsn()}"\nschema = "{SCHEMA}"\n'
+        + airtable.config()
+        + sendpulse.config()
+        + "reconcile_interval_s = 0\n",
+    )
     assert cli(config, "airtable", "init").returncode == 0
     contacts = [sendpulse.add_contact(f"55119000000{i:02d}", f"Cliente {i}") for i in range(3)]
     phones = {c["id"]: str(c["channel_data"]["phone"]) for c in contacts}
@@ -88,16 +114,26 @@ def test_a_restart_after_kill_9_fetches_back_what_the_webhooks_missed(tmp_path, 
         wait_for(lambda: daemon.status()["sinks"]["postgres"]["delivered"] == events, "statuses in PostgreSQL")
         assert_counts_right(own_pg, len(expected), events)
         assert dict(query(own_pg, f"SELECT customer_phone, message_count FROM {SCHEMA}.conversations")) == counts
-        wait_for(lambda: (s := daemon.status()["sinks"]["airtable"])["pending"] == 0
-                 and s["delivered"] == events, "both phases in Airtable")
+        wait_for(
+            lambda: (s := daemon.status()["sinks"]["airtable"])["pending"] == 0 and s["delivered"] == events,
+            "both phases in Airtable",
+        )
         assert_airtable_holds(airtable, expected, counts)
         assert "journaled" in daemon.log()
         statuses = {m["id"]: learned.get(m["id"], "sent") for m in replies}
-        wait_for(lambda: dict(query(own_pg, f"SELECT message_id, status FROM {SCHEMA}.interactions "
-                                            "WHERE direction = 'outbound'")) == statuses, "statuses in PostgreSQL")
+        wait_for(
+            lambda: (
+                dict(
+                    query(own_pg, f"SELECT message_id, status FROM {SCHEMA}.interactions WHERE direction = 'outbound'")
+                )
+                == statuses
+            ),
+            "statuses in PostgreSQL",
+        )
         wait_for(lambda: daemon.status()["sinks"]["airtable"]["pending"] == 0, "statuses in Airtable")
-        assert {r["MessageId"]: r["Status"] for r in airtable.records("Interactions")
-                if r["Direction"] == "outbound"} == statuses
+        assert {
+            r["MessageId"]: r["Status"] for r in airtable.records("Interactions") if r["Direction"] == "outbound"
+        } == statuses
         source = wait_for(lambda: (s := daemon.status()["sources"]["sendpulse"])["runs"] and s, "the run reported")
         assert (source["state"], source["added"], source["seen"], source["last_error"]) == ("up", 20, 32, None)
         assert source["statuses"] == 3
@@ -131,8 +167,12 @@ def test_only_the_daemons_user_may_reconcile_through_it(folder, sendpulse):
     daemon = Daemon(config).start()
     try:
         socket_path = folder / "run/status.sock"
-        code, body = unix_http(socket_path, "POST", "/reconcile?since=2026-12-01T00:00:00Z",
-                               run_as=as_operator(os.stat(socket_path).st_gid))
+        code, body = unix_http(
+            socket_path,
+            "POST",
+            "/reconcile?since=2026-12-01T00:00:00Z",
+            run_as=as_operator(os.stat(socket_path).st_gid),
+        )
         assert code == 403 and "reconcile" in body
         code, body = unix_http(socket_path, "POST", "/reconcile?since=yesterday")
         assert code == 400 and "yesterday" in body
@@ -163,8 +203,12 @@ def test_through_the_daemon_progress_shows_and_an_unreadable_sendpulse_exits_1(f
 
 
 def test_the_periodic_run_catches_a_webhook_sendpulse_never_sent(tmp_path, own_pg, sendpulse):
-    config = write_config(tmp_path, extra=f'[postgres]\ndsn = "{own_pg.dsn()}"\nschema = "{SCHEMA}"\n'
-                          + sendpulse.config() + "reconcile_interval_s = 1\n")
+    config = write_config(
+        tmp_path,
+        extra=f'[postgres]\ndsn = "{own_pg.dsn()}"\nschema = "{SCHEMA}"\n'
+        + sendpulse.config()
+        + "reconcile_interval_s = 1\n",
+    )
     person = sendpulse.add_contact("5511900000077", "Ana")
     daemon = Daemon(config).start()
     try:
@@ -182,8 +226,9 @@ def test_bad_credentials_leave_intake_alone_and_are_logged_once(folder, sendpuls
     config = write_config(folder, extra=sendpulse.config() + "reconcile_interval_s = 0.2\n")
     daemon = Daemon(config, env={"SENDPULSE_CLIENT_SECRET": "a-wrong-secret-value"}).start()
     try:
-        source = wait_for(lambda: (s := daemon.status()["sources"]["sendpulse"])["failed_runs"] >= 3 and s,
-                          "three refused runs")
+        source = wait_for(
+            lambda: (s := daemon.status()["sources"]["sendpulse"])["failed_runs"] >= 3 and s, "three refused runs"
+        )
         assert source["state"] == "misconfigured" and "client_id" in source["last_error"]
         assert "MISCONFIGURED" in cli(config, "status", env=daemon.env).stdout
         assert post(daemon.url, incoming("wamid.1"))[0] == 200

@@ -11,7 +11,15 @@ import pytest
 
 from tests.acceptance.test_postgres_daemon import query
 from tests.support import (
-    SENDPULSE_CLIENT_SECRET, AirtableEmulator, Daemon, SendPulseEmulator, cli, free_port, incoming, post, wait_for,
+    SENDPULSE_CLIENT_SECRET,
+    AirtableEmulator,
+    Daemon,
+    SendPulseEmulator,
+    cli,
+    free_port,
+    incoming,
+    post,
+    wait_for,
     write_config,
 )
 
@@ -55,11 +63,13 @@ def test_sighup_moves_airtable_and_alerts_and_leaves_listen_for_a_restart(tmp_pa
         requests_before = daemon.status()["sinks"]["airtable"]["requests_total"]
 
         new_port = free_port()
-        config.write_text(config.read_text()
-                          .replace(first.url, second.url)
-                          .replace(str(alerts_before), str(alerts_after))
-                          .replace(f"127.0.0.1:{daemon.port}", f"127.0.0.1:{new_port}")
-                          .replace("[journal]\n", "[journal]\nretention_days = 7\n"))
+        config.write_text(
+            config.read_text()
+            .replace(first.url, second.url)
+            .replace(str(alerts_before), str(alerts_after))
+            .replace(f"127.0.0.1:{daemon.port}", f"127.0.0.1:{new_port}")
+            .replace("[journal]\n", "[journal]\nretention_days = 7\n")
+        )
         os.kill(daemon.process.pid, signal.SIGHUP)
         wait_for(lambda: "SIGHUP applied:" in daemon.log(), "the reload applied")
         log = daemon.log()
@@ -71,8 +81,10 @@ def test_sighup_moves_airtable_and_alerts_and_leaves_listen_for_a_restart(tmp_pa
         # the old listener still answers, the new one was not opened; status tells the live settings
         assert post(daemon.url, messages(10, 10))[0] == 200
         assert not listening(new_port)
-        done = wait_for(lambda: (s := daemon.status())["sinks"]["airtable"]["delivered"] == 20 and s,
-                        "the rest delivered to the new endpoint")
+        done = wait_for(
+            lambda: (s := daemon.status())["sinks"]["airtable"]["delivered"] == 20 and s,
+            "the rest delivered to the new endpoint",
+        )
         assert message_ids(second) == Counter(f"wamid.{i}" for i in range(10, 20))
         assert message_ids(first) == Counter(f"wamid.{i}" for i in range(10))
         assert done["journal"]["retention_days"] == 7
@@ -104,8 +116,10 @@ def test_sighup_fixes_a_wrong_dsn_without_a_restart_and_keeps_the_schema(tmp_pat
     daemon = Daemon(config).start()
     try:
         assert post(daemon.url, messages(0, 5))[0] == 200
-        wait_for(lambda: (s := daemon.status()["sinks"]["postgres"])["state"] == "down" and s["pending"] == 5,
-                 "down on the wrong port")
+        wait_for(
+            lambda: (s := daemon.status()["sinks"]["postgres"])["state"] == "down" and s["pending"] == 5,
+            "down on the wrong port",
+        )
         config.write_text(config.read_text().replace(wrong, own_pg.dsn()) + 'schema = "elsewhere"\n')
         os.kill(daemon.process.pid, signal.SIGHUP)
         wait_for(lambda: daemon.status()["sinks"]["postgres"]["delivered"] == 5, "delivered through the new DSN")
@@ -127,14 +141,19 @@ def test_sighup_fixes_sendpulse_credentials_and_what_it_missed_is_fetched_back(t
     sendpulse = SendPulseEmulator(tmp_path).start()
     wrong = "a-wrong-secret-value-0123"
     alerts = tmp_path / "alerts.jsonl"
-    config = write_config(tmp_path, extra=f'[postgres]\ndsn = "{own_pg.dsn()}"\n'
-                          + sendpulse.config().replace(SENDPULSE_CLIENT_SECRET, wrong)
-                          + "reconcile_interval_s = 3600\n" + alerts_command(alerts))
+    config = write_config(
+        tmp_path,
+        extra=f'[postgres]\ndsn = "{own_pg.dsn()}"\n'
+        + sendpulse.config().replace(SENDPULSE_CLIENT_SECRET, wrong)
+        + "reconcile_interval_s = 3600\n"
+        + alerts_command(alerts),
+    )
     people = [sendpulse.add_contact(f"551190000007{i}") for i in range(2)]
     daemon = Daemon(config).start()
     try:
-        source = wait_for(lambda: (s := daemon.status())["sources"]["sendpulse"]["state"] == "misconfigured" and s,
-                          "misconfigured")
+        source = wait_for(
+            lambda: (s := daemon.status())["sources"]["sendpulse"]["state"] == "misconfigured" and s, "misconfigured"
+        )
         [problem] = source["health"]["problems"]
         assert problem.startswith("SendPulse reconciliation misconfigured: SendPulse refused the credentials")
         assert "[sendpulse] client_id, client_secret and bot_ids" in problem
@@ -143,12 +162,22 @@ def test_sighup_fixes_sendpulse_credentials_and_what_it_missed_is_fetched_back(t
         assert told[0]["severity"] == "critical" and told[0]["details"]["source"] == "sendpulse"
 
         # intake and delivery go on meanwhile
-        live = sendpulse.add_messages(*({"contact_id": people[i % 2]["id"], "direction": "in", "text": f"live {i}",
-                                         "webhook": {"url": daemon.url, "timeout": 5}} for i in range(4)))
+        live = sendpulse.add_messages(
+            *(
+                {
+                    "contact_id": people[i % 2]["id"],
+                    "direction": "in",
+                    "text": f"live {i}",
+                    "webhook": {"url": daemon.url, "timeout": 5},
+                }
+                for i in range(4)
+            )
+        )
         assert [m["webhook"].get("status") for m in live] == [200] * 4
         wait_for(lambda: daemon.status()["sinks"]["postgres"]["delivered"] == 4, "the webhooks delivered")
-        missed = sendpulse.add_messages(*({"contact_id": people[i % 2]["id"], "direction": "out",
-                                           "text": f"never posted {i}"} for i in range(3)))
+        missed = sendpulse.add_messages(
+            *({"contact_id": people[i % 2]["id"], "direction": "out", "text": f"never posted {i}"} for i in range(3))
+        )
 
         config.write_text(config.read_text().replace(wrong, SENDPULSE_CLIENT_SECRET))
         os.kill(daemon.process.pid, signal.SIGHUP)
@@ -156,8 +185,10 @@ def test_sighup_fixes_sendpulse_credentials_and_what_it_missed_is_fetched_back(t
         source = wait_for(lambda: (s := daemon.status()["sources"]["sendpulse"])["state"] == "up" and s, "up")
         assert (source["added_total"], source["failed_runs"], source["failed_in_a_row"]) == (3, source["runs"] - 1, 0)
         expected = Counter(m["id"] for m in live + missed)
-        wait_for(lambda: Counter(r[0] for r in query(own_pg, "SELECT message_id FROM chatledger.interactions"))
-                 == expected, "every message in PostgreSQL once")
+        wait_for(
+            lambda: Counter(r[0] for r in query(own_pg, "SELECT message_id FROM chatledger.interactions")) == expected,
+            "every message in PostgreSQL once",
+        )
         assert daemon.status()["health"] == {"status": "healthy", "problems": []}
         assert wait_for(lambda: [a for a in alerts_in(alerts) if a["kind"] == "source_up"], "its end alerted")
         log = daemon.log()

@@ -14,10 +14,18 @@ PHONE = "+55 (11) 98765-4321"
 
 
 def messages():
-    return [incoming("wamid.1", phone=PHONE, text="oi") | {"date": 1_790_000_000},
-            incoming("wamid.2", phone=PHONE, text="quero falar com alguém") | {"date": 1_790_000_060},
-            {"title": "open_chat", "service": "whatsapp", "bot": {"id": "bot1"}, "date": 1_790_000_120,
-             "contact": {"id": "c1", "phone": PHONE, "name": "Cliente"}, "info": None}]
+    return [
+        incoming("wamid.1", phone=PHONE, text="oi") | {"date": 1_790_000_000},
+        incoming("wamid.2", phone=PHONE, text="quero falar com alguém") | {"date": 1_790_000_060},
+        {
+            "title": "open_chat",
+            "service": "whatsapp",
+            "bot": {"id": "bot1"},
+            "date": 1_790_000_120,
+            "contact": {"id": "c1", "phone": PHONE, "name": "Cliente"},
+            "info": None,
+        },
+    ]
 
 
 def shown(config, *args):
@@ -46,7 +54,9 @@ def test_show_answers_from_each_store_in_turn_through_the_daemon_and_without_it(
             [one] = answer["conversations"]
             assert one["source"] == "postgres" and answer["problems"] == []
             assert [(i["direction"], i["content"]) for i in one["interactions"]] == [
-                ("inbound", "oi"), ("inbound", "quero falar com alguém")]
+                ("inbound", "oi"),
+                ("inbound", "quero falar com alguém"),
+            ]
             conversation = one["conversation"]["conversationId"]
 
             code, out, err = shown(config, "--conversation", "nope")
@@ -83,13 +93,16 @@ def test_show_answers_from_each_store_in_turn_through_the_daemon_and_without_it(
         emulator.stop()
 
 
-@pytest.mark.parametrize("args, why", [
-    ((), "one of the arguments --conversation --phone is required"),
-    (("--phone", "12"), "--phone '12' is not a phone number"),
-    (("--phone", "5511987654321", "--conversation", "x"), "not allowed with argument"),
-    (("--conversation", "a\x1bb"), "--conversation must not hold a control character"),
-    (("--conversation", "x", "--limit", "0"), "--limit must be a whole number from 1 to 10000"),
-])
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        ((), "one of the arguments --conversation --phone is required"),
+        (("--phone", "12"), "--phone '12' is not a phone number"),
+        (("--phone", "5511987654321", "--conversation", "x"), "not allowed with argument"),
+        (("--conversation", "a\x1bb"), "--conversation must not hold a control character"),
+        (("--conversation", "x", "--limit", "0"), "--limit must be a whole number from 1 to 10000"),
+    ],
+)
 def test_a_show_that_cannot_be_asked_is_a_usage_error(tmp_path, args, why):
     config = write_config(tmp_path)
     code, out, err = shown(config, *args)

@@ -43,15 +43,21 @@ def test_an_operator_in_the_socket_group_reads_but_cannot_change_anything(folder
         assert "daemon not running" not in forget.stdout + forget.stderr  # no offline fallback
         quarantine = cli(config, "quarantine", run_as=operator)  # personal data, read as `dead` reads it
         assert quarantine.returncode == 1 and "daemon not running" not in quarantine.stdout + quarantine.stderr
-        assert ("the daemon refused: quarantine reads the journal's personal data: only the daemon's user"
-                in quarantine.stderr), quarantine.stderr
+        assert (
+            "the daemon refused: quarantine reads the journal's personal data: only the daemon's user"
+            in quarantine.stderr
+        ), quarantine.stderr
         dry = cli(config, "forget", "--phone", "5511900000001", "--dry-run", run_as=operator)
         assert dry.returncode == 1 and "the daemon refused: forget" in dry.stderr, dry.stderr
         replay = cli(config, "replay", "--since", "2020-01-01", run_as=operator)  # journal only: said before asking
         assert replay.returncode == 78 and "no sink is enabled" in replay.stderr, replay.stderr
-        for method, route in (("POST", "/recover?all=1"), ("POST", "/airtable?action=init"),
-                              ("POST", "/replay?dead=1"), ("GET", "/quarantine"),
-                              ("POST", "/quarantine/discard?all=1&reason=x")):
+        for method, route in (
+            ("POST", "/recover?all=1"),
+            ("POST", "/airtable?action=init"),
+            ("POST", "/replay?dead=1"),
+            ("GET", "/quarantine"),
+            ("POST", "/quarantine/discard?all=1&reason=x"),
+        ):
             status_code, body = unix_http(socket_path, method, route, operator)
             assert status_code == 403 and "or root" in body
         assert daemon.status()["journal"]["events"] == 3  # nothing changed
@@ -72,8 +78,9 @@ def test_an_operator_in_the_socket_group_reads_but_cannot_change_anything(folder
 
 def test_a_formula_injection_over_the_socket_is_refused_before_anything_is_read(tmp_path, pg_cluster, pg_schema):
     emulator = AirtableEmulator(tmp_path).start()
-    config = write_config(tmp_path, extra=emulator.config()
-                          + f'[postgres]\ndsn = "{pg_cluster.dsn()}"\nschema = "{pg_schema}"\n')
+    config = write_config(
+        tmp_path, extra=emulator.config() + f'[postgres]\ndsn = "{pg_cluster.dsn()}"\nschema = "{pg_schema}"\n'
+    )
     try:
         assert cli(config, "airtable", "init").returncode == 0
         daemon = Daemon(config).start()
@@ -82,8 +89,12 @@ def test_a_formula_injection_over_the_socket_is_refused_before_anything_is_read(
             wait_for(lambda: daemon.status()["sinks"]["airtable"]["delivered"] == 2, "delivered to Airtable")
             before = emulator.stats()["requests"]
             socket_path = tmp_path / "run" / "status.sock"
-            for route in ("/recover?phone=x%27%20!%3D%20%27y", "/recover?conversation=a&phone=5511",
-                          "/recover?since=x%27)%20%26%20TRUE()", "/recover?all=1&prefer=everything"):
+            for route in (
+                "/recover?phone=x%27%20!%3D%20%27y",
+                "/recover?conversation=a&phone=5511",
+                "/recover?since=x%27)%20%26%20TRUE()",
+                "/recover?all=1&prefer=everything",
+            ):
                 status, body = unix_http(socket_path, "POST", route)
                 assert status == 400, (route, body)
             assert "is not a phone number" in unix_http(socket_path, "POST", "/recover?phone=x%27%20!%3D%20%27y")[1]

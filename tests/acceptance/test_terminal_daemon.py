@@ -4,7 +4,7 @@ NO_COLOR, a narrow terminal; the plain text as before when stdout is not a termi
 import asyncio
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -109,7 +109,7 @@ def plant(journal_path, error):
     async def run():
         journal = await Journal.open(journal_path, ["postgres"])
         try:
-            await journal.append([normalize(incoming(f"wamid.{i}"), datetime.now(timezone.utc)) for i in (1, 2, 3)])
+            await journal.append([normalize(incoming(f"wamid.{i}"), datetime.now(UTC)) for i in (1, 2, 3)])
             for event in (await journal.pending("postgres", 0, 100))[:2]:
                 await journal.mark_dead("postgres", event.id, error)
         finally:
@@ -152,10 +152,17 @@ def test_recover_shows_its_progress_and_ends_with_a_table(tmp_path, pg_cluster, 
         assert cli(config, "airtable", "init").returncode == 0
         daemon = Daemon(config).start()
         try:
-            assert post(daemon.url, [incoming(f"wamid.{i}", contact=f"c{i % 2}", phone=f"+55 11 9{i % 2:08d}")
-                                     for i in range(6)])[0] == 200
-            wait_for(lambda: all(daemon.status()["sinks"][s]["delivered"] == 6 for s in ("postgres", "airtable")),
-                     "both sinks hold everything")
+            assert (
+                post(
+                    daemon.url,
+                    [incoming(f"wamid.{i}", contact=f"c{i % 2}", phone=f"+55 11 9{i % 2:08d}") for i in range(6)],
+                )[0]
+                == 200
+            )
+            wait_for(
+                lambda: all(daemon.status()["sinks"][s]["delivered"] == 6 for s in ("postgres", "airtable")),
+                "both sinks hold everything",
+            )
         finally:
             daemon.stop()
         forget = asyncio.run(_sql(dsn, f"DELETE FROM {pg_schema}.interactions"))

@@ -1,7 +1,7 @@
 """Both sinks holding the same conversations, delivered the normal way: for recover and forget."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
@@ -18,30 +18,45 @@ from tests.support import HandClock
 TOKEN = "patRECOVER00000001.0123456789abcdef"
 BASE = "appRECOVER0000001"
 NAMES = {"conversations": "Conversations", "interactions": "Interactions", "escalations": "Escalations"}
-RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 T0 = 1_790_000_000
 
 
 def message(i, contact, at):
-    return {"title": "incoming_message" if i % 2 else "outgoing_message", "service": "whatsapp",
-            "bot": {"id": "bot1"}, "date": T0 + at,
-            "contact": {"id": contact, "phone": f"+55 11 9{contact[1:]:0>8}", "name": f"Name {contact}"},
-            "info": {"message": {"id": f"wamid.{i}", "channel_data": {"message": {
-                "type": "text", "text": {"body": f"hello {i}"} if i % 2 else f"hi {i}"}}}}}
+    return {
+        "title": "incoming_message" if i % 2 else "outgoing_message",
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
+        "date": T0 + at,
+        "contact": {"id": contact, "phone": f"+55 11 9{contact[1:]:0>8}", "name": f"Name {contact}"},
+        "info": {
+            "message": {
+                "id": f"wamid.{i}",
+                "channel_data": {"message": {"type": "text", "text": {"body": f"hello {i}"} if i % 2 else f"hi {i}"}},
+            }
+        },
+    }
 
 
 def event(title, contact, at):
-    return {"title": title, "service": "whatsapp", "bot": {"id": "bot1"}, "date": T0 + at,
-            "contact": {"id": contact, "phone": f"+55 11 9{contact[1:]:0>8}", "name": f"Name {contact}"},
-            "info": None}
+    return {
+        "title": title,
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
+        "date": T0 + at,
+        "contact": {"id": contact, "phone": f"+55 11 9{contact[1:]:0>8}", "name": f"Name {contact}"},
+        "info": None,
+    }
 
 
 def cid(contact):
     return conversation_id_for("bot1", contact, None)
 
 
-PAYLOADS = ([message(i, f"c{i % 4}", i * 60) for i in range(60)]
-            + [event("open_chat", "c1", 5000), event("unsubscribe", "c2", 6000)])
+PAYLOADS = [message(i, f"c{i % 4}", i * 60) for i in range(60)] + [
+    event("open_chat", "c1", 5000),
+    event("unsubscribe", "c2", 6000),
+]
 
 
 @pytest.fixture
@@ -71,9 +86,14 @@ async def stores(tmp_path, stores_emulator, pg_cluster, pg_schema):
 
 # The documented base (dates without time, no `init`) with columns the operators renamed, and the
 # [airtable.fields] that maps them: every command must read and write through those names.
-RENAMED = {"Conversations.CustomerPhone": "Phone", "Conversations.LastActivity": "Last activity",
-           "Interactions.ConversationId": "Conversation", "Interactions.Content": "Message",
-           "Interactions.Timestamp": "When", "Escalations.CustomerPhone": "Phone"}
+RENAMED = {
+    "Conversations.CustomerPhone": "Phone",
+    "Conversations.LastActivity": "Last activity",
+    "Interactions.ConversationId": "Conversation",
+    "Interactions.Content": "Message",
+    "Interactions.Timestamp": "When",
+    "Escalations.CustomerPhone": "Phone",
+}
 
 
 @pytest.fixture
@@ -87,6 +107,7 @@ async def renamed_stores(tmp_path, stores_emulator, pg_cluster, pg_schema):
         for key, name in RENAMED.items():
             table, field = key.split(".")
             base.table(table).field(field).name = name
+
     stores_emulator.run(build)
     names = BaseNames(NAMES, parse_field_mapping(RENAMED))
     journal = await Journal.open(tmp_path / "j.sqlite", ["postgres", "airtable"])
@@ -104,25 +125,48 @@ async def renamed_stores(tmp_path, stores_emulator, pg_cluster, pg_schema):
     await journal.close()
 
 
-
-
 def api_event(title, body, at):
     """What the bot API journals for a write about c1."""
-    return Event(dedup_key=f"api:{title}:{body['id']}:{at}", title=title, service="api", bot_id=None,
-                 contact_id=None, phone=None, contact_name=None, message_id=None, platform_message_id=None,
-                 direction=body.get("direction"), message_type="api", text=body.get("content"),
-                 occurred_at=datetime.fromtimestamp(T0 + at, timezone.utc), received_at=RECEIVED,
-                 raw=json.dumps(body), conversation_id=cid("c1"))
+    return Event(
+        dedup_key=f"api:{title}:{body['id']}:{at}",
+        title=title,
+        service="api",
+        bot_id=None,
+        contact_id=None,
+        phone=None,
+        contact_name=None,
+        message_id=None,
+        platform_message_id=None,
+        direction=body.get("direction"),
+        message_type="api",
+        text=body.get("content"),
+        occurred_at=datetime.fromtimestamp(T0 + at, UTC),
+        received_at=RECEIVED,
+        raw=json.dumps(body),
+        conversation_id=cid("c1"),
+    )
 
 
 # What only the bot API sets: a processing time in milliseconds, tags, a sentiment.
 API_EXTRAS = [
-    api_event(API_INTERACTION, {"id": "bot-1", "direction": "outbound", "content": "hi from the bot",
-                                "intent": "greeting", "response": "Olá!", "processingTime": 350}, 30),
-    api_event(API_INTERACTION, {"id": "bot-2", "direction": "outbound", "content": "more",
-                                "processingTime": 1_234_567}, 31),
-    api_event(API_CONVERSATION_UPDATE, {"id": cid("c1"), "tags": ["vip", "late"], "sentiment": "calm",
-                                        "priority": "HIGH"}, 32),
+    api_event(
+        API_INTERACTION,
+        {
+            "id": "bot-1",
+            "direction": "outbound",
+            "content": "hi from the bot",
+            "intent": "greeting",
+            "response": "Olá!",
+            "processingTime": 350,
+        },
+        30,
+    ),
+    api_event(
+        API_INTERACTION, {"id": "bot-2", "direction": "outbound", "content": "more", "processingTime": 1_234_567}, 31
+    ),
+    api_event(
+        API_CONVERSATION_UPDATE, {"id": cid("c1"), "tags": ["vip", "late"], "sentiment": "calm", "priority": "HIGH"}, 32
+    ),
 ]
 
 
@@ -145,6 +189,7 @@ async def typed_stores(tmp_path, stores_emulator, pg_cluster, pg_schema):
     async def make(change):
         def build():
             change(documented_base(stores_emulator.emulator.bases[BASE], "date"))
+
         stores_emulator.run(build)
         journal = await Journal.open(tmp_path / "j.sqlite", ["postgres", "airtable"])
         await journal.append([normalize(p, RECEIVED) for p in PAYLOADS] + API_EXTRAS)

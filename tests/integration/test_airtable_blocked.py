@@ -4,7 +4,7 @@ emulator's records cap and a key row typed twice by hand, through the real pyair
 import json
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -15,7 +15,18 @@ from daemon.ratelimit import MonthlyRequests, RequestBudget, month_of
 from daemon.records import conversation_id_for
 from daemon.sinks.airtable import PROBE_SHARE, AirtableClient, AirtableSink, init_base, probe_spacing
 from tests.integration.test_airtable_sink import (
-    BASE, NAMES, RECEIVED, TOKEN, client_for, delivered, emulator_thread, message, rows, started, stats, stop,
+    BASE,
+    NAMES,
+    RECEIVED,
+    TOKEN,
+    client_for,
+    delivered,
+    emulator_thread,
+    message,
+    rows,
+    started,
+    stats,
+    stop,
 )
 from tests.support import until
 
@@ -37,14 +48,16 @@ async def journal(tmp_path):
 def set_cap(emulator, max_records):
     def apply():
         emulator.emulator.bases[BASE].max_records = max_records
+
     emulator.run(apply)
 
 
 def typed_by_hand(emulator, table, fields):
     """What an operator types in the Airtable UI: nothing stops a key being typed twice."""
     body = json.dumps({"base": BASE, "table": table, "fields": fields}).encode()
-    with urllib.request.urlopen(urllib.request.Request(emulator.url + "/_emulator/records", data=body),
-                                timeout=10) as answer:
+    with urllib.request.urlopen(
+        urllib.request.Request(emulator.url + "/_emulator/records", data=body), timeout=10
+    ) as answer:
         return json.loads(answer.read())
 
 
@@ -53,7 +66,8 @@ async def airtable_counts(journal):
 
 
 async def test_at_the_records_cap_what_fits_lands_nothing_is_dead_and_all_drains_once_raised(
-        emulator, journal, monkeypatch):
+    emulator, journal, monkeypatch
+):
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)  # still while we look
     sink = AirtableSink(client_for(emulator), NAMES, journal.conversations)
     await init_base(sink.client, NAMES)
@@ -66,6 +80,7 @@ async def test_at_the_records_cap_what_fits_lands_nothing_is_dead_and_all_drains
 
     async def blocked():
         return worker.state == "blocked"
+
     await until(blocked, task, "blocked")
     status = worker.live_status()
     assert "BASE_RECORD_LIMIT_EXCEEDED" in status["last_error"] and "maximum of 22 records" in status["last_error"]
@@ -81,6 +96,7 @@ async def test_at_the_records_cap_what_fits_lands_nothing_is_dead_and_all_drains
 
     async def retried():
         return worker.failed_attempts == failed + 1
+
     await until(retried, task, "retried")
     assert worker.state == "blocked"
     assert stats(emulator)["requests"] - requests <= 3  # the schema, one event's creating write, its key looked up
@@ -102,6 +118,7 @@ async def test_a_blocked_base_costs_one_request_a_probe(emulator, journal, monke
             quick["left"] -= 1
             return 0.05
         return 3600.0
+
     monkeypatch.setattr(delivery, "backoff_delay", backoff)
     sink = AirtableSink(client_for(emulator), NAMES, journal.conversations)
     await init_base(sink.client, NAMES)
@@ -113,6 +130,7 @@ async def test_a_blocked_base_costs_one_request_a_probe(emulator, journal, monke
 
     async def waiting(failed):
         return worker.failed_attempts == failed and worker.retry_at is not None and worker.state == "blocked"
+
     await until(lambda: waiting(1), task, "blocked")
     worker.wake()  # the first probe of an event also looks its key up once (a key typed twice by hand?)
     await until(lambda: waiting(2), task, "probed once")
@@ -129,14 +147,14 @@ async def test_a_blocked_base_costs_one_request_a_probe(emulator, journal, monke
 
 
 def test_with_a_monthly_limit_probes_keep_to_a_share_of_what_is_left():
-    now = datetime(2026, 11, 16, tzinfo=timezone.utc).timestamp()  # 15 days before the month turns
+    now = datetime(2026, 11, 16, tzinfo=UTC).timestamp()  # 15 days before the month turns
     month_left = 15 * 86400
     assert PROBE_SHARE <= 0.1
     assert probe_spacing(1000, 500, now) == pytest.approx(month_left / (PROBE_SHARE * 500))  # Free, half used
     assert probe_spacing(0, 500, now) == 0  # no limit: the hourly cap alone
     assert probe_spacing(1000, 1000, now) == 0  # at the limit the base is held as `quota` anyway
     assert probe_spacing(1000, 998, now) == month_left  # too little left: next month
-    new_year_s_eve = datetime(2026, 12, 31, tzinfo=timezone.utc).timestamp()
+    new_year_s_eve = datetime(2026, 12, 31, tzinfo=UTC).timestamp()
     assert probe_spacing(1000, 0, new_year_s_eve) == pytest.approx(86400 / (PROBE_SHARE * 1000))
 
 
@@ -171,6 +189,7 @@ async def test_a_key_row_typed_twice_by_hand_makes_one_dead_letter_that_names_it
 
     def delete_the_copy():
         del emulator.emulator.bases[BASE].table("Conversations").records[copy["id"]]
+
     emulator.run(delete_the_copy)
     assert await journal.requeue_dead("airtable") == 1
     worker.wake()

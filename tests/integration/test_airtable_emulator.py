@@ -20,8 +20,11 @@ FIELDS = [
     {"name": "Name", "type": "singleLineText"},
     {"name": "Notes", "type": "multilineText"},
     {"name": "Count", "type": "number", "options": {"precision": 0}},
-    {"name": "At", "type": "dateTime", "options": {"timeZone": "utc", "dateFormat": {"name": "iso"},
-                                                  "timeFormat": {"name": "24hour"}}},
+    {
+        "name": "At",
+        "type": "dateTime",
+        "options": {"timeZone": "utc", "dateFormat": {"name": "iso"}, "timeFormat": {"name": "24hour"}},
+    },
     {"name": "Status", "type": "singleSelect", "options": {"choices": [{"name": "active"}, {"name": "closed"}]}},
     {"name": "Done", "type": "checkbox", "options": {"color": "greenBright", "icon": "check"}},
 ]
@@ -122,8 +125,7 @@ def test_write_errors_are_airtables_and_a_batch_is_all_or_nothing(api, table):
 def test_upsert_creates_once_then_updates(table):
     first = table.batch_upsert([{"fields": {"Name": f"k{i}", "Count": i}} for i in range(12)], key_fields=["Name"])
     assert len(first["createdRecords"]) == 12 and first["updatedRecords"] == []
-    again = table.batch_upsert([{"fields": {"Name": f"k{i}", "Count": i * 10}} for i in range(12)],
-                               key_fields=["Name"])
+    again = table.batch_upsert([{"fields": {"Name": f"k{i}", "Count": i * 10}} for i in range(12)], key_fields=["Name"])
     assert again["createdRecords"] == [] and sorted(again["updatedRecords"]) == sorted(first["createdRecords"])
     rows = table.all()
     assert len(rows) == 12 and sorted(r["fields"]["Count"] for r in rows) == [i * 10 for i in range(12)]
@@ -163,8 +165,9 @@ def test_a_records_cap_refuses_creates_alone_and_can_be_raised(emulator, api, ta
 
 def test_a_key_row_typed_twice_by_hand_fails_the_upsert(emulator, table):
     for _ in range(2):  # the API would upsert the second onto the first: the control route does not
-        typed = control(emulator, "/_emulator/records", {"base": BASE, "table": "Things",
-                                                          "fields": {"Name": "twin", "Count": "7"}})
+        typed = control(
+            emulator, "/_emulator/records", {"base": BASE, "table": "Things", "fields": {"Name": "twin", "Count": "7"}}
+        )
         assert typed["fields"] == {"Name": "twin", "Count": 7}
     assert len(table.all(formula=match({"Name": "twin"}))) == 2
     with pytest.raises(requests.HTTPError) as exc:
@@ -174,8 +177,12 @@ def test_a_key_row_typed_twice_by_hand_fails_the_upsert(emulator, table):
 
 
 def test_pagination_and_the_formulas_pyairtable_builds(table):
-    table.batch_create([{"Name": f"n{i:03d}", "Count": i, "At": f"2026-11-{1 + i % 28:02d}T10:00:00Z",
-                         "Done": i % 2 == 0} for i in range(250)])
+    table.batch_create(
+        [
+            {"Name": f"n{i:03d}", "Count": i, "At": f"2026-11-{1 + i % 28:02d}T10:00:00Z", "Done": i % 2 == 0}
+            for i in range(250)
+        ]
+    )
     assert len(table.all()) == 250
     pages = list(table.iterate(page_size=7))
     assert len(pages) == 36 and sum(len(p) for p in pages) == 250
@@ -252,8 +259,11 @@ def test_quota_and_fault_injection(emulator, api, table):
 
 def test_a_renamed_field_is_unknown_under_its_old_name(api, table):
     field_id = table.schema().field("Name").id
-    answer = api.request("PATCH", api.build_url(f"meta/bases/{BASE}/tables/{table.schema().id}/fields/{field_id}"),
-                         json={"name": "Title"})
+    answer = api.request(
+        "PATCH",
+        api.build_url(f"meta/bases/{BASE}/tables/{table.schema().id}/fields/{field_id}"),
+        json={"name": "Title"},
+    )
     assert answer["name"] == "Title"
     with pytest.raises(requests.HTTPError) as exc:
         table.create({"Name": "x"})
@@ -263,8 +273,11 @@ def test_a_renamed_field_is_unknown_under_its_old_name(api, table):
 
 def test_standalone_command_serves_pyairtable():
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "daemon.testing.airtable", "--port", str(port),
-                                "--token", TOKEN, "--base", BASE], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daemon.testing.airtable", "--port", str(port), "--token", TOKEN, "--base", BASE],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "Airtable emulator on" in process.stdout.readline()
         api = Api(TOKEN, endpoint_url=f"http://127.0.0.1:{port}", retry_strategy=None, timeout=(5, 10))
@@ -283,6 +296,7 @@ def test_the_documented_base_parses_strictly_and_takes_what_airtable_documents(e
         base = documented_base(emulator.emulator.bases[BASE], "mixed")
         count = base.table("Conversations").field("MessageCount")
         count.type, count.options = "formula", formula_options()
+
     emulator.run(build)
     schema = api.base(BASE).schema(force=True)  # pyairtable's strict models take every table and field
     interactions = schema.table("Interactions")
@@ -306,10 +320,13 @@ def test_the_documented_base_parses_strictly_and_takes_what_airtable_documents(e
     with pytest.raises(requests.HTTPError) as exc:
         escalations.create({"EscalationId": "e1", "Reason": "wants a human"})
     assert error_type(exc.value) == "INVALID_MULTIPLE_CHOICE_OPTIONS"
-    assert escalations.create({"EscalationId": "e1", "Reason": "wants a human"}, typecast=True)["fields"][
-        "Reason"] == "wants a human"
-    assert [c.name for c in api.base(BASE).schema(force=True).table("Escalations").field("Reason").options.choices] \
-        == ["wants a human"]
+    assert (
+        escalations.create({"EscalationId": "e1", "Reason": "wants a human"}, typecast=True)["fields"]["Reason"]
+        == "wants a human"
+    )
+    assert [c.name for c in api.base(BASE).schema(force=True).table("Escalations").field("Reason").options.choices] == [
+        "wants a human"
+    ]
     with pytest.raises(requests.HTTPError) as exc:  # a computed field refuses, typecast or not
         api.table(BASE, "Conversations").create({"ConversationId": "c", "MessageCount": 3}, typecast=True)
     assert error_type(exc.value) == "INVALID_VALUE_FOR_COLUMN" and "computed" in str(exc.value)
@@ -318,12 +335,17 @@ def test_the_documented_base_parses_strictly_and_takes_what_airtable_documents(e
 def test_a_token_without_the_schema_scope_gets_403_on_the_metadata_api(emulator, api, table):
     emulator.run(emulator.emulator.grant, "patDATAONLY", {"data.records:read", "data.records:write"})
     data_only = Api("patDATAONLY", endpoint_url=emulator.url, retry_strategy=None, timeout=(5, 10))
-    for call in (lambda: data_only.base(BASE).schema(force=True), lambda: data_only.bases(force=True),
-                 lambda: data_only.table(BASE, "Things").create_field("X", "singleLineText")):
+    for call in (
+        lambda: data_only.base(BASE).schema(force=True),
+        lambda: data_only.bases(force=True),
+        lambda: data_only.table(BASE, "Things").create_field("X", "singleLineText"),
+    ):
         with pytest.raises(requests.HTTPError) as exc:
             call()
-        assert (exc.value.response.status_code, error_type(exc.value)) == \
-            (403, "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND")
+        assert (exc.value.response.status_code, error_type(exc.value)) == (
+            403,
+            "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND",
+        )
     things = data_only.table(BASE, "Things")
     assert things.create({"Name": "a"})["fields"] == {"Name": "a"}
     assert [r["fields"] for r in things.all(fields=["Name"])] == [{"Name": "a"}]
@@ -334,9 +356,24 @@ def test_a_token_without_the_schema_scope_gets_403_on_the_metadata_api(emulator,
 
 def test_standalone_command_serves_the_documented_base_and_a_token_without_schema():
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "daemon.testing.airtable", "--port", str(port),
-                                "--token", TOKEN, "--base", BASE, "--documented", "--token-without-schema",
-                                "patDATAONLY"], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daemon.testing.airtable",
+            "--port",
+            str(port),
+            "--token",
+            TOKEN,
+            "--base",
+            BASE,
+            "--documented",
+            "--token-without-schema",
+            "patDATAONLY",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "Airtable emulator on" in process.stdout.readline()
         url = f"http://127.0.0.1:{port}"

@@ -2,7 +2,7 @@
 
 import asyncio
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -20,21 +20,40 @@ from tests.support import until
 TOKEN = "patSINK00000000001.0123456789abcdef"
 BASE = "appSINK0000000001"
 NAMES = {"conversations": "Conversations", "interactions": "Interactions", "escalations": "Escalations"}
-RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 T0 = 1_790_000_000
 
 
 def message(i, contacts=7, text=None):
-    return {"title": "incoming_message" if i % 3 else "outgoing_message", "service": "whatsapp",
-            "bot": {"id": "bot1"}, "date": T0 + i,
-            "contact": {"id": f"c{i % contacts}", "phone": f"55119{i % contacts:08d}", "name": f"N{i % contacts}"},
-            "info": {"message": {"id": f"wamid.{i}", "channel_data": {"message": {
-                "type": "text", "text": {"body": text or f"hello {i}"} if i % 3 else (text or f"hi {i}")}}}}}
+    return {
+        "title": "incoming_message" if i % 3 else "outgoing_message",
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
+        "date": T0 + i,
+        "contact": {"id": f"c{i % contacts}", "phone": f"55119{i % contacts:08d}", "name": f"N{i % contacts}"},
+        "info": {
+            "message": {
+                "id": f"wamid.{i}",
+                "channel_data": {
+                    "message": {
+                        "type": "text",
+                        "text": {"body": text or f"hello {i}"} if i % 3 else (text or f"hi {i}"),
+                    }
+                },
+            }
+        },
+    }
 
 
 def open_chat(contact="c1", at=10_000):
-    return {"title": "open_chat", "service": "whatsapp", "bot": {"id": "bot1"}, "date": T0 + at,
-            "contact": {"id": contact, "phone": "5511900000001", "name": "N1"}, "info": None}
+    return {
+        "title": "open_chat",
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
+        "date": T0 + at,
+        "contact": {"id": contact, "phone": "5511900000001", "name": "N1"},
+        "info": None,
+    }
 
 
 def emulator_thread(rate=5, lockout=30.0):
@@ -55,9 +74,11 @@ def client_for(emulator, rate=5, lockout=30.0):
 
 def rows(emulator, table):
     """Records straight from the emulator's state (reading over HTTP would spend the budget)."""
+
     def read():
         t = emulator.emulator.bases[BASE].table(table)
         return [t.by_name(r) for r in t.records.values()]
+
     return emulator.run(read)
 
 
@@ -69,6 +90,7 @@ def fault(emulator, **changes):
     def apply():
         for key, value in changes.items():
             setattr(emulator.emulator.faults, key, value)
+
     emulator.run(apply)
 
 
@@ -143,17 +165,20 @@ async def test_a_renamed_field_is_left_out_until_mapped_and_nothing_waits(emulat
     def rename():
         table = emulator.emulator.bases[BASE].table("Interactions")
         table.field("Content").name = "Body"
+
     emulator.run(rename)
     worker, task = await started(journal, sink)
     await journal.append([normalize(message(i), RECEIVED) for i in range(30)])
     await until(lambda: delivered(journal, 30), task, "delivered without the field")
     assert worker.state == "up" and worker.live_status()["warnings"] == [
         "Interactions.Content is missing: left out of what chatledger writes; 'Body' looks like it renamed: map it "
-        "with \"Interactions.Content\" = \"Body\" under [airtable.fields]"]
+        'with "Interactions.Content" = "Body" under [airtable.fields]'
+    ]
     assert len(rows(emulator, "Interactions")) == 30 and all(r["Body"] is None for r in rows(emulator, "Interactions"))
     assert await init_base(sink.client, NAMES) == [
         "did not create Interactions.Content: 'Body' looks like it renamed (map it under [airtable.fields], or "
-        "create the field by hand)"]
+        "create the field by hand)"
+    ]
     sink.rename_fields(parse_field_mapping({"Interactions.Content": "Body"}))  # what SIGHUP does
     await journal.write(lambda conn: conn.execute("UPDATE deliveries SET state = 'pending' WHERE sink = 'airtable'"))
     worker.wake()
@@ -161,6 +186,7 @@ async def test_a_renamed_field_is_left_out_until_mapped_and_nothing_waits(emulat
 
     async def bodies():
         return all(r["Body"] for r in rows(emulator, "Interactions"))
+
     await until(bodies, task, "every Body written")
     assert len(rows(emulator, "Interactions")) == 30 and worker.live_status()["warnings"] == []
     await stop(worker, task, sink)
@@ -178,18 +204,22 @@ async def test_down_then_back_and_a_poison_record_alone_is_dead(emulator, journa
 
     async def down():
         return worker.state == "down"
+
     await until(down, task, "down")
     assert "cannot reach Airtable" in worker.live_status()["last_error"]
     fault(emulator, down_until=None)
     worker.wake()
+
     async def settled():  # the poison is judged after records are created behind it: wait for both
         counts = (await journal.counts())["sinks"]["airtable"]
         return counts.get("delivered") == 24 and counts.get("dead") == 1
+
     await until(settled, task, "drained, the poison parked")
     [dead] = await journal.dead_letters("airtable", 10)
     assert "INVALID_VALUE_FOR_COLUMN" in str(dead)
     assert sorted(r["MessageId"] for r in rows(emulator, "Interactions")) == sorted(
-        f"wamid.{i}" for i in range(25) if i != 7)
+        f"wamid.{i}" for i in range(25) if i != 7
+    )
     await stop(worker, task, sink)
 
 
@@ -205,6 +235,7 @@ async def test_quota_stops_calling_and_a_429_anyway_pauses_the_base(journal):
 
         async def quota():
             return worker.state == "quota"
+
         await until(quota, task, "quota")
         status = worker.live_status()
         assert status["pause_reason"] == "monthly API quota exhausted" and status["retry_in_s"] > 3000
@@ -224,8 +255,9 @@ async def test_quota_stops_calling_and_a_429_anyway_pauses_the_base(journal):
 
 
 async def test_check_at_start_reports_a_missing_base_as_misconfigured(emulator, journal):
-    sink = AirtableSink(AirtableClient(TOKEN, "appNOSUCHBASE0001", emulator.url, RequestBudget(5)), NAMES,
-                        journal.conversations)
+    sink = AirtableSink(
+        AirtableClient(TOKEN, "appNOSUCHBASE0001", emulator.url, RequestBudget(5)), NAMES, journal.conversations
+    )
     with pytest.raises(SetupError) as exc:
         await sink.check()
     assert "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND" in str(exc.value)

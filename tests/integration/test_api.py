@@ -6,6 +6,7 @@ import json
 import urllib.error
 import urllib.request
 from contextlib import asynccontextmanager
+from datetime import UTC
 from functools import partial
 
 import pytest
@@ -23,7 +24,8 @@ from daemon.sinks.airtable import AirtableClient, AirtableSink, init_base
 from daemon.sinks.postgres import PostgresSink, quote_ident
 from daemon.sinks.postgres_rows import PostgresRows
 from daemon.webhook import create_webhook_app
-from tests.integration.conftest import BASE, NAMES, TOKEN as AIRTABLE_TOKEN
+from tests.integration.conftest import BASE, NAMES
+from tests.integration.conftest import TOKEN as AIRTABLE_TOKEN
 from tests.support import LoopThread, free_port, incoming
 
 API_TOKEN = "api-token-0123456789abcdef"
@@ -50,6 +52,7 @@ async def api_client(journal, postgres=None, airtable=None):
 @pytest.fixture
 def stores_for(stores_emulator, tmp_path):
     """A journal for both sinks, the real sinks, and a delivery that empties it into them."""
+
     async def make(dsn, schema):
         journal = await Journal.open(tmp_path / "api.sqlite", ["postgres", "airtable"])
         client = AirtableClient(AIRTABLE_TOKEN, BASE, stores_emulator.url, RequestBudget(5))
@@ -62,7 +65,9 @@ def stores_for(stores_emulator, tmp_path):
                 events = await journal.pending(sink.name, 0, 10_000)
                 await sink.deliver(events)
                 await journal.mark_delivered(sink.name, [e.id for e in events])
+
         return journal, client, postgres, airtable, deliver
+
     return make
 
 
@@ -70,49 +75,78 @@ def airtable_rows(emulator, table):
     def read():
         t = emulator.emulator.bases[BASE].table(table)
         return [t.by_name(r) for r in t.records.values()]
+
     return emulator.run(read)
 
 
-async def test_writes_reach_both_sinks_and_enrich_the_webhook_rows(stores_for, stores_emulator, pg_cluster, pg_conn,
-                                                                   pg_schema):
+async def test_writes_reach_both_sinks_and_enrich_the_webhook_rows(
+    stores_for, stores_emulator, pg_cluster, pg_conn, pg_schema
+):
+    from datetime import datetime
+
     from daemon.events import normalize
-    from datetime import datetime, timezone
 
     journal, client, postgres, airtable, deliver = await stores_for(pg_cluster.dsn(), pg_schema)
     rows = partial(PostgresRows.open, pg_cluster.dsn(), pg_schema)
     try:
-        await journal.append([normalize(incoming("wamid.1", contact="c1"), datetime.now(timezone.utc))])
+        await journal.append([normalize(incoming("wamid.1", contact="c1"), datetime.now(UTC))])
         async with api_client(journal, rows, (client, NAMES)) as api:
-            interaction = {"id": "bot-1", "conversationId": CONVERSATION, "messageId": "wamid.1",
-                           "direction": "inbound", "content": "oi", "intent": "greeting", "response": "Olá!",
-                           "processingTime": 120, "status": "read", "customerPhone": "+55 11 98765-4321",
-                           "timestamp": "2026-11-27T10:00:00Z"}
+            interaction = {
+                "id": "bot-1",
+                "conversationId": CONVERSATION,
+                "messageId": "wamid.1",
+                "direction": "inbound",
+                "content": "oi",
+                "intent": "greeting",
+                "response": "Olá!",
+                "processingTime": 120,
+                "status": "read",
+                "customerPhone": "+55 11 98765-4321",
+                "timestamp": "2026-11-27T10:00:00Z",
+            }
             first = await api.post("/api/v1/interactions", json=interaction, headers=AUTH)
             assert first.status == 201 and (await first.json())["interactionId"] == api_interaction_id(
-                "bot-1", "wamid.1", "inbound")
+                "bot-1", "wamid.1", "inbound"
+            )
             again = await api.post("/api/v1/interactions", json=interaction, headers=AUTH)
             assert again.status == 200 and (await again.json())["duplicate"] is True
-            loose = {"id": "bot-2", "conversationId": CONVERSATION, "direction": "outbound", "content": "Olá!",
-                     "processingTime": 80}
+            loose = {
+                "id": "bot-2",
+                "conversationId": CONVERSATION,
+                "direction": "outbound",
+                "content": "Olá!",
+                "processingTime": 80,
+            }
             assert (await api.post("/api/v1/interactions", json=loose, headers=AUTH)).status == 201
-            escalation = {"id": "esc-1", "conversationId": CONVERSATION, "reason": "wants a human",
-                          "priority": "HIGH"}
+            escalation = {"id": "esc-1", "conversationId": CONVERSATION, "reason": "wants a human", "priority": "HIGH"}
             assert (await api.post("/api/v1/escalations", json=escalation, headers=AUTH)).status == 201
-            patch = await api.patch("/api/v1/escalations/esc-1", json={"status": "resolved", "assignedAgent": "ana",
-                                                                        "resolvedAt": "2026-11-27T11:00:00Z"},
-                                    headers=AUTH)
+            patch = await api.patch(
+                "/api/v1/escalations/esc-1",
+                json={"status": "resolved", "assignedAgent": "ana", "resolvedAt": "2026-11-27T11:00:00Z"},
+                headers=AUTH,
+            )
             assert patch.status == 200
-            assert (await api.patch("/api/v1/escalations/nobody", json={"status": "resolved"},
-                                    headers=AUTH)).status == 404
+            assert (
+                await api.patch("/api/v1/escalations/nobody", json={"status": "resolved"}, headers=AUTH)
+            ).status == 404
             phantom = await api.patch("/api/v1/conversations/nobody", json={"status": "closed"}, headers=AUTH)
             assert phantom.status == 404 and "no conversation nobody" in (await phantom.json())["error"]
             assert await journal.conversations(["nobody"]) == {}  # nothing journaled: no phantom in either store
-            conv = await api.patch(f"/api/v1/conversations/{CONVERSATION}", headers=AUTH, json={
-                "intent": "support", "sentiment": "positive", "priority": "HIGH", "tags": ["vip", "pix"],
-                "metadata": {"plan": "gold"}})
+            conv = await api.patch(
+                f"/api/v1/conversations/{CONVERSATION}",
+                headers=AUTH,
+                json={
+                    "intent": "support",
+                    "sentiment": "positive",
+                    "priority": "HIGH",
+                    "tags": ["vip", "pix"],
+                    "metadata": {"plan": "gold"},
+                },
+            )
             assert conv.status == 200
-            status = await api.patch(f"/api/v1/conversations/{CONVERSATION}", headers=AUTH,
-                                     json={"status": "escalated"})
+            status = await api.patch(
+                f"/api/v1/conversations/{CONVERSATION}", headers=AUTH, json={"status": "escalated"}
+            )
             assert status.status == 200
             await deliver()
             state = (await journal.conversations([CONVERSATION]))[CONVERSATION]
@@ -120,17 +154,28 @@ async def test_writes_reach_both_sinks_and_enrich_the_webhook_rows(stores_for, s
             assert (state.message_count, state.status) == (2, "escalated")
 
             s = quote_ident(pg_schema)
-            got = await pg_conn.fetch(f"SELECT interaction_id, message_id, content, intent, response, "
-                                      f"processing_time_ms, status FROM {s}.interactions ORDER BY message_id")
+            got = await pg_conn.fetch(
+                f"SELECT interaction_id, message_id, content, intent, response, "
+                f"processing_time_ms, status FROM {s}.interactions ORDER BY message_id"
+            )
             assert [tuple(r) for r in got] == [
                 (api_interaction_id("bot-1", "wamid.1", "inbound"), "wamid.1", "oi", "greeting", "Olá!", 120, "read"),
-                ("bot-2", None, "Olá!", None, None, 80, "sent")]
+                ("bot-2", None, "Olá!", None, None, 80, "sent"),
+            ]
             esc = await pg_conn.fetchrow(f"SELECT status, assigned_agent, priority, resolved_at FROM {s}.escalations")
             assert (esc["status"], esc["assigned_agent"], esc["priority"]) == ("resolved", "ana", "HIGH")
-            c = await pg_conn.fetchrow(f"SELECT intent, sentiment, priority, tags, metadata, message_count, status "
-                                       f"FROM {s}.conversations WHERE conversation_id = $1", CONVERSATION)
-            assert (c["intent"], c["priority"], json.loads(c["tags"]), c["message_count"], c["status"]) == \
-                ("support", "HIGH", ["vip", "pix"], 2, "escalated")
+            c = await pg_conn.fetchrow(
+                f"SELECT intent, sentiment, priority, tags, metadata, message_count, status "
+                f"FROM {s}.conversations WHERE conversation_id = $1",
+                CONVERSATION,
+            )
+            assert (c["intent"], c["priority"], json.loads(c["tags"]), c["message_count"], c["status"]) == (
+                "support",
+                "HIGH",
+                ["vip", "pix"],
+                2,
+                "escalated",
+            )
             assert json.loads(c["metadata"])["plan"] == "gold"
 
             at = {r["InteractionId"]: r for r in airtable_rows(stores_emulator, "Interactions")}
@@ -139,8 +184,13 @@ async def test_writes_reach_both_sinks_and_enrich_the_webhook_rows(stores_for, s
             [at_esc] = airtable_rows(stores_emulator, "Escalations")
             assert (at_esc["Status"], at_esc["AssignedAgent"], at_esc["Priority"]) == ("resolved", "ana", "HIGH")
             [at_conv] = airtable_rows(stores_emulator, "Conversations")
-            assert (at_conv["Intent"], at_conv["Tags"], at_conv["Priority"], at_conv["Status"],
-                    at_conv["MessageCount"]) == ("support", "vip, pix", "HIGH", "escalated", 2)
+            assert (
+                at_conv["Intent"],
+                at_conv["Tags"],
+                at_conv["Priority"],
+                at_conv["Status"],
+                at_conv["MessageCount"],
+            ) == ("support", "vip, pix", "HIGH", "escalated", 2)
 
             read = await (await api.get(f"/api/v1/conversations/{CONVERSATION}", headers=AUTH)).json()
             assert read["source"] == "postgres" and read["conversation"]["intent"] == "support"
@@ -157,8 +207,13 @@ async def test_reads_fall_back_to_the_journal_then_airtable(stores_for, own_pg, 
     rows = partial(PostgresRows.open, own_pg.dsn(), "chatledger")
     try:
         async with api_client(journal, rows, (client, NAMES)) as api:
-            body = {"id": "bot-9", "conversationId": "conv-9", "direction": "inbound", "content": "hello",
-                    "customerPhone": "5511999999999"}
+            body = {
+                "id": "bot-9",
+                "conversationId": "conv-9",
+                "direction": "inbound",
+                "content": "hello",
+                "customerPhone": "5511999999999",
+            }
             assert (await api.post("/api/v1/interactions", json=body, headers=AUTH)).status == 201
             await deliver()
             own_pg.stop("immediate")
@@ -208,10 +263,18 @@ CONTROL_IDS = [  # (method, path, body, the field named)
     ("get", "/api/v1/conversations/a%7Fb", None, ["path", "id"]),
     ("get", "/api/v1/conversations/a%C2%85b/interactions", None, ["path", "id"]),
     ("post", "/api/v1/interactions", {"id": "a\tb", "conversationId": "c", "direction": "inbound"}, ["id"]),
-    ("post", "/api/v1/interactions", {"id": "i", "conversationId": "c\ud800", "direction": "inbound"},
-     ["conversationId"]),
-    ("post", "/api/v1/interactions", {"id": "i", "conversationId": "c", "direction": "inbound",
-                                      "messageId": "m\x9b"}, ["messageId"]),
+    (
+        "post",
+        "/api/v1/interactions",
+        {"id": "i", "conversationId": "c\ud800", "direction": "inbound"},
+        ["conversationId"],
+    ),
+    (
+        "post",
+        "/api/v1/interactions",
+        {"id": "i", "conversationId": "c", "direction": "inbound", "messageId": "m\x9b"},
+        ["messageId"],
+    ),
     ("post", "/api/v1/escalations", {"id": "e", "conversationId": "c", "ticketId": "t\nx"}, ["ticketId"]),
 ]
 
@@ -231,6 +294,7 @@ async def test_ids_with_control_characters_are_refused_naming_the_field(tmp_path
 
 
 # -- property-based: whatever the body, never a 5xx ------------------------------------------------
+
 
 class ApiThread(LoopThread):
     """The API app (journal only) on its own loop in a thread, for synchronous hypothesis examples."""
@@ -262,8 +326,12 @@ class ApiThread(LoopThread):
 
     def request(self, method, route, body):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{route}", data=data, method=method,
-                                         headers={**AUTH, "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{route}",
+            data=data,
+            method=method,
+            headers={**AUTH, "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
                 return answer.status
@@ -280,12 +348,17 @@ def api_thread(tmp_path_factory):
 
 
 DOC = openapi()
+
+
 def _nested(inner):
     return st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4))
 
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-                    _nested, max_leaves=12)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    _nested,
+    max_leaves=12,
+)
 
 
 def _value(schema):
@@ -293,8 +366,22 @@ def _value(schema):
     kinds = {s.get("type") for s in schema.get("anyOf", [schema])}
     options = [JSON]
     if "string" in kinds:
-        options += [st.text(max_size=40), st.sampled_from(["2026-11-27T10:00:00Z", "inbound", "outbound", "sent",
-                                                          "resolved", "HIGH", "active", "+55 11 98765-4321", ""])]
+        options += [
+            st.text(max_size=40),
+            st.sampled_from(
+                [
+                    "2026-11-27T10:00:00Z",
+                    "inbound",
+                    "outbound",
+                    "sent",
+                    "resolved",
+                    "HIGH",
+                    "active",
+                    "+55 11 98765-4321",
+                    "",
+                ]
+            ),
+        ]
     for s in schema.get("anyOf", [schema]):
         if "enum" in s:
             options.append(st.sampled_from(s["enum"]))
@@ -323,7 +410,7 @@ def _valid(schema):
     if kind == "null":
         return st.none()
     if kind == "integer":
-        return st.integers(schema.get("minimum", -2**31), schema.get("maximum", 2**31))
+        return st.integers(schema.get("minimum", -(2**31)), schema.get("maximum", 2**31))
     if kind == "array":
         return st.lists(_valid(schema.get("items", {"type": "string"})), max_size=5)
     if kind == "object":
@@ -343,16 +430,22 @@ def bodies(model):
     # PostgreSQL refuses (a dead letter, by design), not what this test looks for.
     fresh = st.builds(lambda: f"u-{next(UNIQUE)}")  # hypothesis repeats values on purpose, even uuids
     unique = {name: fresh | st.none() for name in ("ticketId", "messageId") if name in properties}
-    valid = st.fixed_dictionaries({name: _valid(properties[name]) for name in required},
-                                  optional={name: unique.get(name, _valid(s)) for name, s in properties.items()
-                                            if name not in required})
-    mixed = st.fixed_dictionaries({}, optional={name: unique.get(name, _valid(s) | _value(s))
-                                                 for name, s in properties.items()})
+    valid = st.fixed_dictionaries(
+        {name: _valid(properties[name]) for name in required},
+        optional={name: unique.get(name, _valid(s)) for name, s in properties.items() if name not in required},
+    )
+    mixed = st.fixed_dictionaries(
+        {}, optional={name: unique.get(name, _valid(s) | _value(s)) for name, s in properties.items()}
+    )
     return valid | mixed | JSON
 
 
-OPERATIONS = [(method.upper(), path, op["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1])
-              for path, item in DOC["paths"].items() for method, op in item.items() if "requestBody" in op]
+OPERATIONS = [
+    (method.upper(), path, op["requestBody"]["content"]["application/json"]["schema"]["$ref"].split("/")[-1])
+    for path, item in DOC["paths"].items()
+    for method, op in item.items()
+    if "requestBody" in op
+]
 
 
 @pytest.mark.parametrize("method,path,model", OPERATIONS, ids=[f"{m} {p}" for m, p, _ in OPERATIONS])
@@ -370,10 +463,13 @@ def test_no_body_makes_the_api_fail_with_a_5xx(api_thread, method, path, model):
 
 def test_reads_never_fail_with_a_5xx(api_thread):
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(conversation=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20),
-           limit=st.one_of(st.integers(-5, 5000).map(str), st.text(max_size=5)))
+    @given(
+        conversation=st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20),
+        limit=st.one_of(st.integers(-5, 5000).map(str), st.text(max_size=5)),
+    )
     def check(conversation, limit):
         from urllib.parse import quote, urlencode
+
         route = f"/api/v1/conversations/{quote(conversation, safe='')}/interactions?{urlencode({'limit': limit})}"
         request = urllib.request.Request(f"http://127.0.0.1:{api_thread.port}{route}", headers=AUTH)
         try:
@@ -382,6 +478,7 @@ def test_reads_never_fail_with_a_5xx(api_thread):
         except urllib.error.HTTPError as exc:
             status = exc.code
         assert status < 500, route
+
     check()
 
 
@@ -399,7 +496,7 @@ def test_whatever_the_api_accepted_lands_in_postgresql_and_maps_for_airtable(api
         sink = PostgresSink(pg_cluster.dsn(), pg_schema)
         try:
             for start in range(0, len(events), 50):
-                await sink.deliver(events[start:start + 50])  # a PermanentError here is a bug
+                await sink.deliver(events[start : start + 50])  # a PermanentError here is a bug
         finally:
             await sink.close()
         return len(events)
@@ -415,8 +512,9 @@ async def test_reads_from_airtable_use_the_mapped_field_names(renamed_stores, tm
         async with api_client(empty, None, (renamed_stores.client, renamed_stores.names)) as api:
             conv = await (await api.get(f"/api/v1/conversations/{cid('c2')}", headers=AUTH)).json()
             assert conv["source"] == "airtable" and conv["conversation"]["customerPhone"] == "5511900000002"
-            listed = await (await api.get(f"/api/v1/conversations/{cid('c2')}/interactions?limit=3",
-                                          headers=AUTH)).json()
+            listed = await (
+                await api.get(f"/api/v1/conversations/{cid('c2')}/interactions?limit=3", headers=AUTH)
+            ).json()
             assert listed["source"] == "airtable" and len(listed["interactions"]) == 3
             assert all(int(i["content"].split()[1]) % 4 == 2 for i in listed["interactions"])  # c2's messages
             assert listed["interactions"][0]["timestamp"] == "2026-09-21"  # a date field without time
@@ -428,8 +526,7 @@ def emulator_requests(emulator):
     return emulator.run(emulator.emulator.stats)[BASE]["requests"]
 
 
-async def test_reads_from_airtable_give_our_values_whatever_the_field_types(typed_stores, stores_emulator,
-                                                                           tmp_path):
+async def test_reads_from_airtable_give_our_values_whatever_the_field_types(typed_stores, stores_emulator, tmp_path):
     from daemon.sinks.airtable_schema import BaseNames
     from tests.integration.conftest import cid, duration_and_multiple_select
 
@@ -444,15 +541,16 @@ async def test_reads_from_airtable_give_our_values_whatever_the_field_types(type
             listed = await (await api.get(f"/api/v1/conversations/{cid('c1')}/interactions", headers=AUTH)).json()
             assert listed["source"] == "airtable"
             # a duration field holds seconds; the API documents milliseconds
-            assert sorted(i["processingTime"] for i in listed["interactions"] if i["processingTime"]) == \
-                [350, 1_234_567]
+            assert sorted(i["processingTime"] for i in listed["interactions"] if i["processingTime"]) == [
+                350,
+                1_234_567,
+            ]
             assert emulator_requests(stores_emulator) - requests == 2  # the sink's plan, no schema read
     finally:
         await empty.close()
 
 
-async def test_reads_from_airtable_read_the_base_schema_once_not_per_request(typed_stores, stores_emulator,
-                                                                             tmp_path):
+async def test_reads_from_airtable_read_the_base_schema_once_not_per_request(typed_stores, stores_emulator, tmp_path):
     from tests.integration.conftest import cid, duration_and_multiple_select
 
     stores = await typed_stores(duration_and_multiple_select)
@@ -463,8 +561,7 @@ async def test_reads_from_airtable_read_the_base_schema_once_not_per_request(typ
         async with api_client(empty, None, (client, NAMES)) as api:
             requests = emulator_requests(stores_emulator)
             for _ in range(2):
-                listed = await (await api.get(f"/api/v1/conversations/{cid('c1')}/interactions",
-                                              headers=AUTH)).json()
+                listed = await (await api.get(f"/api/v1/conversations/{cid('c1')}/interactions", headers=AUTH)).json()
                 assert 350 in [i["processingTime"] for i in listed["interactions"]]
             conv = await (await api.get(f"/api/v1/conversations/{cid('c1')}", headers=AUTH)).json()
             assert conv["conversation"]["tags"] == ["vip", "late"]
@@ -474,8 +571,9 @@ async def test_reads_from_airtable_read_the_base_schema_once_not_per_request(typ
         await empty.close()
 
 
-async def test_a_read_airtable_cannot_select_says_why_instead_of_sending_a_broken_formula(typed_stores,
-                                                                                           stores_emulator, tmp_path):
+async def test_a_read_airtable_cannot_select_says_why_instead_of_sending_a_broken_formula(
+    typed_stores, stores_emulator, tmp_path
+):
     from tests.integration.conftest import cid
 
     def without_interaction_conversations(base):
@@ -492,7 +590,8 @@ async def test_a_read_airtable_cannot_select_says_why_instead_of_sending_a_broke
             assert (await answer.json())["error"] == (
                 f"no conversation {cid('c1')} in any store that answered (Airtable was not asked: "
                 "Interactions.ConversationId is missing, so interactions cannot be selected by conversation; "
-                "`chatledger airtable init` creates it)")
+                "`chatledger airtable init` creates it)"
+            )
             assert emulator_requests(stores_emulator) == requests  # no formula Airtable answers 422
             conv = await api.get(f"/api/v1/conversations/{cid('c1')}", headers=AUTH)
             assert conv.status == 200 and (await conv.json())["source"] == "airtable"
@@ -501,28 +600,38 @@ async def test_a_read_airtable_cannot_select_says_why_instead_of_sending_a_broke
 
 
 def _message(message_id, at, text="oi"):
-    from daemon.events import normalize
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return normalize(incoming(message_id, text=text) | {"date": at}, datetime.now(timezone.utc))
+    from daemon.events import normalize
+
+    return normalize(incoming(message_id, text=text) | {"date": at}, datetime.now(UTC))
 
 
 async def _interaction_times(pg_conn, schema):
-    got = await pg_conn.fetch(f"SELECT message_id, occurred_at, content, intent FROM {quote_ident(schema)}.interactions")
+    got = await pg_conn.fetch(
+        f"SELECT message_id, occurred_at, content, intent FROM {quote_ident(schema)}.interactions"
+    )
     return {r["message_id"]: (r["occurred_at"].isoformat(), r["content"], r["intent"]) for r in got}
 
 
-async def test_an_enrichment_never_moves_the_time_of_its_message_in_either_store(stores_for, stores_emulator,
-                                                                                pg_cluster, pg_conn, pg_schema):
+async def test_an_enrichment_never_moves_the_time_of_its_message_in_either_store(
+    stores_for, stores_emulator, pg_cluster, pg_conn, pg_schema
+):
     """Whichever comes first, the webhook's message or the bot's enrichment of it (without a timestamp),
     both stores end with the message's time and text, and the bot's fields."""
     journal, client, postgres, airtable, deliver = await stores_for(pg_cluster.dsn(), pg_schema)
     t1, t2, t3 = "2026-11-27T09:00:00+00:00", "2026-11-27T09:05:00+00:00", "2026-11-27T09:10:00+00:00"
     try:
         async with api_client(journal, None, (client, NAMES)) as api:
+
             async def enrich(message_id):
-                body = {"id": f"bot-{message_id}", "conversationId": CONVERSATION, "messageId": message_id,
-                        "direction": "inbound", "intent": "greeting"}
+                body = {
+                    "id": f"bot-{message_id}",
+                    "conversationId": CONVERSATION,
+                    "messageId": message_id,
+                    "direction": "inbound",
+                    "intent": "greeting",
+                }
                 assert (await api.post("/api/v1/interactions", json=body, headers=AUTH)).status == 201
 
             await journal.append([_message("wamid.1", t1, "first")])  # the message, delivered, then its enrichment
@@ -538,16 +647,23 @@ async def test_an_enrichment_never_moves_the_time_of_its_message_in_either_store
             await deliver()
 
             assert await _interaction_times(pg_conn, pg_schema) == {
-                "wamid.1": (t1, "first", "greeting"), "wamid.2": (t2, "second", "greeting"),
-                "wamid.3": (t3, "third", "greeting")}
-            received = {e.message_id: e.received_at for e in await journal.events_of_conversation(CONVERSATION, 100)
-                        if e.title == "incoming_message"}
+                "wamid.1": (t1, "first", "greeting"),
+                "wamid.2": (t2, "second", "greeting"),
+                "wamid.3": (t3, "third", "greeting"),
+            }
+            received = {
+                e.message_id: e.received_at
+                for e in await journal.events_of_conversation(CONVERSATION, 100)
+                if e.title == "incoming_message"
+            }
             at = {r["MessageId"]: r for r in airtable_rows(stores_emulator, "Interactions")}
-            assert {m: (r["Timestamp"], r.get("CreatedAt"), r.get("Content"), r.get("Intent"))
-                    for m, r in at.items()} == {
+            assert {
+                m: (r["Timestamp"], r.get("CreatedAt"), r.get("Content"), r.get("Intent")) for m, r in at.items()
+            } == {
                 "wamid.1": ("2026-11-27T09:00:00.000Z", received["wamid.1"], "first", "greeting"),
                 "wamid.2": ("2026-11-27T09:05:00.000Z", received["wamid.2"], "second", "greeting"),
-                "wamid.3": ("2026-11-27T09:10:00.000Z", received["wamid.3"], "third", "greeting")}
+                "wamid.3": ("2026-11-27T09:10:00.000Z", received["wamid.3"], "third", "greeting"),
+            }
 
             # PostgreSQL not configured: the journal answers, with the message's text and time
             listed = await (await api.get(f"/api/v1/conversations/{CONVERSATION}/interactions", headers=AUTH)).json()
@@ -555,7 +671,8 @@ async def test_an_enrichment_never_moves_the_time_of_its_message_in_either_store
             assert [(i["messageId"], i["timestamp"], i["content"], i["intent"]) for i in listed["interactions"]] == [
                 ("wamid.1", "2026-11-27T09:00:00.000Z", "first", "greeting"),
                 ("wamid.2", "2026-11-27T09:05:00.000Z", "second", "greeting"),
-                ("wamid.3", "2026-11-27T09:10:00.000Z", "third", "greeting")]
+                ("wamid.3", "2026-11-27T09:10:00.000Z", "third", "greeting"),
+            ]
     finally:
         await postgres.close()
         await airtable.close()
@@ -568,8 +685,14 @@ async def test_reads_from_the_journal_while_postgresql_is_down_carry_the_message
     try:
         await journal.append([_message("wamid.9", "2026-11-27T09:00:00Z", "quero falar com alguém")])
         async with api_client(journal, rows, (client, NAMES)) as api:
-            body = {"id": "bot-9", "conversationId": CONVERSATION, "messageId": "wamid.9", "direction": "inbound",
-                    "intent": "human", "processingTime": 40}
+            body = {
+                "id": "bot-9",
+                "conversationId": CONVERSATION,
+                "messageId": "wamid.9",
+                "direction": "inbound",
+                "intent": "human",
+                "processingTime": 40,
+            }
             assert (await api.post("/api/v1/interactions", json=body, headers=AUTH)).status == 201
             await deliver()
             own_pg.stop("immediate")
@@ -577,7 +700,11 @@ async def test_reads_from_the_journal_while_postgresql_is_down_carry_the_message
             assert listed["source"] == "journal"
             [one] = listed["interactions"]
             assert (one["content"], one["intent"], one["processingTime"], one["timestamp"]) == (
-                "quero falar com alguém", "human", 40, "2026-11-27T09:00:00.000Z")
+                "quero falar com alguém",
+                "human",
+                40,
+                "2026-11-27T09:00:00.000Z",
+            )
     finally:
         await postgres.close()
         await airtable.close()

@@ -2,7 +2,7 @@
 
 import json
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -16,7 +16,8 @@ from daemon.sinks.airtable import AirtableClient, AirtableSink, init_base
 from daemon.sinks.postgres import PostgresSink, quote_ident
 from daemon.testing.sendpulse import EmulatorThread
 from daemon.testing.sendpulse.model import webhook_body
-from tests.integration.conftest import BASE, NAMES, TOKEN as AIRTABLE_TOKEN
+from tests.integration.conftest import BASE, NAMES
+from tests.integration.conftest import TOKEN as AIRTABLE_TOKEN
 
 CLIENT_ID, SECRET = "sp-client", "sp-secret"
 BOT = "68f176502ca6f03a9705c489"
@@ -45,7 +46,7 @@ async def world(tmp_path, sendpulse, stores_emulator, pg_cluster, pg_schema):
 
 
 def now():
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 async def run(sendpulse, journal, since=None, **options):
@@ -71,6 +72,7 @@ def webhook_of(sendpulse, message_id, **ids):
         model = sendpulse.emulator
         message = model.messages[message_id]
         return webhook_body(model.bots[BOT], model.contacts[message.contact_id], message, ids)[0]
+
     return normalize(sendpulse.run(build), now())
 
 
@@ -87,36 +89,57 @@ def airtable_statuses(emulator):
     def read():
         table = emulator.emulator.bases[BASE].table("Interactions")
         return {row["InteractionId"]: row.get("Status") for row in map(table.by_name, table.records.values())}
+
     return emulator.run(read)
 
 
 def status_events(journal):
     with sqlite3.connect(journal.path) as conn:
-        return [(key, json.loads(raw)["status"]) for key, raw in conn.execute(
-            "SELECT dedup_key, raw FROM events WHERE title = 'delivery_status' ORDER BY id")]
+        return [
+            (key, json.loads(raw)["status"])
+            for key, raw in conn.execute(
+                "SELECT dedup_key, raw FROM events WHERE title = 'delivery_status' ORDER BY id"
+            )
+        ]
 
 
-async def test_statuses_reach_both_stores_once_and_never_move_back(world, sendpulse, stores_emulator, pg_conn,
-                                                                   pg_schema):
+async def test_statuses_reach_both_stores_once_and_never_move_back(
+    world, sendpulse, stores_emulator, pg_conn, pg_schema
+):
     journal, postgres, airtable = world
-    maria = sendpulse.run(sendpulse.emulator.add_contact, BOT, 5533999898026, "Maria",
-                          created_at=now() - timedelta(hours=2))
-    sent = [sendpulse.run(sendpulse.emulator.add_message, maria.id, "out", f"mensagem {i}",
-                          created_at=now() - timedelta(minutes=30 - i)) for i in range(4)]
+    maria = sendpulse.run(
+        sendpulse.emulator.add_contact, BOT, 5533999898026, "Maria", created_at=now() - timedelta(hours=2)
+    )
+    sent = [
+        sendpulse.run(
+            sendpulse.emulator.add_message,
+            maria.id,
+            "out",
+            f"mensagem {i}",
+            created_at=now() - timedelta(minutes=30 - i),
+        )
+        for i in range(4)
+    ]
     # the first two came by webhook (the second under a SendPulse id unlike the API's), the others never did
     webhooks = [webhook_of(sendpulse, sent[0].id), webhook_of(sendpulse, sent[1].id, id="f" * 24)]
     await journal.append(webhooks)
-    keys = [webhooks[0].dedup_key, webhooks[1].dedup_key,
-            f"msg:outgoing_message:{sent[2].id}", f"msg:outgoing_message:{sent[3].id}"]
+    keys = [
+        webhooks[0].dedup_key,
+        webhooks[1].dedup_key,
+        f"msg:outgoing_message:{sent[2].id}",
+        f"msg:outgoing_message:{sent[3].id}",
+    ]
     interactions = [interaction_id_for(key) for key in keys]
     for message, status in zip(sent, (DELIVERED, READ, FAILED)):
         set_status(sendpulse, message.id, status)
 
     first = await run(sendpulse, journal)
     assert (first.added, first.present, first.statuses) == (2, 2, 3)
-    assert status_events(journal) == [(f"status:{keys[0]}:delivered", "delivered"),
-                                      (f"status:{keys[1]}:read", "read"),
-                                      (f"status:{keys[2]}:failed", "failed")]
+    assert status_events(journal) == [
+        (f"status:{keys[0]}:delivered", "delivered"),
+        (f"status:{keys[1]}:read", "read"),
+        (f"status:{keys[2]}:failed", "failed"),
+    ]
     await deliver(journal, [postgres, airtable])
     expected = dict(zip(interactions, ("delivered", "read", "failed", "sent")))
     assert await pg_statuses(pg_conn, pg_schema) == expected
@@ -138,32 +161,68 @@ async def test_statuses_reach_both_stores_once_and_never_move_back(world, sendpu
     assert await pg_statuses(pg_conn, pg_schema) == expected
     assert airtable_statuses(stores_emulator) == expected
     with sqlite3.connect(journal.path) as conn:
-        counted = conn.execute("SELECT message_count FROM conversations WHERE conversation_id = ?",
-                               (conversation_id_for(BOT, maria.id, None),)).fetchone()
+        counted = conn.execute(
+            "SELECT message_count FROM conversations WHERE conversation_id = ?",
+            (conversation_id_for(BOT, maria.id, None),),
+        ).fetchone()
     assert counted == (4,)  # a status is not a message
 
     # the bot enriches the read message late, saying "sent": its intent lands, the status stays
-    late = {"id": "bot-late", "conversationId": conversation_id_for(BOT, maria.id, None), "direction": "outbound",
-            "messageId": sent[0].id, "status": "sent", "intent": "saudação"}
-    await journal.append([Event(
-        dedup_key="api:interaction:bot-late", title=API_INTERACTION, service="api", bot_id=None, contact_id=None,
-        phone=None, contact_name=None, message_id=sent[0].id, platform_message_id=None, direction="outbound",
-        message_type="api", text=None, occurred_at=now(), received_at=now(), raw=json.dumps(late, sort_keys=True),
-        conversation_id=late["conversationId"])])
+    late = {
+        "id": "bot-late",
+        "conversationId": conversation_id_for(BOT, maria.id, None),
+        "direction": "outbound",
+        "messageId": sent[0].id,
+        "status": "sent",
+        "intent": "saudação",
+    }
+    await journal.append(
+        [
+            Event(
+                dedup_key="api:interaction:bot-late",
+                title=API_INTERACTION,
+                service="api",
+                bot_id=None,
+                contact_id=None,
+                phone=None,
+                contact_name=None,
+                message_id=sent[0].id,
+                platform_message_id=None,
+                direction="outbound",
+                message_type="api",
+                text=None,
+                occurred_at=now(),
+                received_at=now(),
+                raw=json.dumps(late, sort_keys=True),
+                conversation_id=late["conversationId"],
+            )
+        ]
+    )
     await deliver(journal, [postgres, airtable])
     assert await pg_statuses(pg_conn, pg_schema) == expected
     assert airtable_statuses(stores_emulator) == expected
-    assert await pg_conn.fetchval(f"SELECT intent FROM {quote_ident(pg_schema)}.interactions "
-                                  "WHERE interaction_id = $1", interactions[0]) == "saudação"
+    assert (
+        await pg_conn.fetchval(
+            f"SELECT intent FROM {quote_ident(pg_schema)}.interactions WHERE interaction_id = $1", interactions[0]
+        )
+        == "saudação"
+    )
 
 
-async def test_a_status_reported_before_postgres_has_the_message_writes_the_whole_row(world, sendpulse, pg_conn,
-                                                                                     pg_schema):
+async def test_a_status_reported_before_postgres_has_the_message_writes_the_whole_row(
+    world, sendpulse, pg_conn, pg_schema
+):
     journal, postgres, _ = world
-    maria = sendpulse.run(sendpulse.emulator.add_contact, BOT, 5533999898026, "Maria",
-                          created_at=now() - timedelta(hours=2))
-    message = sendpulse.run(sendpulse.emulator.add_message, maria.id, "out", "Olá! Como posso ajudar?",
-                            created_at=now() - timedelta(minutes=5))
+    maria = sendpulse.run(
+        sendpulse.emulator.add_contact, BOT, 5533999898026, "Maria", created_at=now() - timedelta(hours=2)
+    )
+    message = sendpulse.run(
+        sendpulse.emulator.add_message,
+        maria.id,
+        "out",
+        "Olá! Como posso ajudar?",
+        created_at=now() - timedelta(minutes=5),
+    )
     set_status(sendpulse, message.id, READ)
     await run(sendpulse, journal)
     # PostgreSQL takes the status event alone first (its message dead-lettered there, say), then the message
@@ -177,11 +236,19 @@ async def test_a_status_reported_before_postgres_has_the_message_writes_the_whol
 
 async def test_a_status_learned_after_the_window_is_followed_up_within_status_window(world, sendpulse):
     journal, _, _ = world
-    people = [sendpulse.run(sendpulse.emulator.add_contact, BOT, 5533999898026 + i, f"c{i}",
-                            created_at=now() - timedelta(hours=5)) for i in range(3)]
+    people = [
+        sendpulse.run(
+            sendpulse.emulator.add_contact, BOT, 5533999898026 + i, f"c{i}", created_at=now() - timedelta(hours=5)
+        )
+        for i in range(3)
+    ]
     # each got an outbound message 3 h ago, by webhook; people[2]'s was read at once and is known as read
-    old = [sendpulse.run(sendpulse.emulator.add_message, person.id, "out", f"oferta {i}",
-                         created_at=now() - timedelta(hours=3)) for i, person in enumerate(people)]
+    old = [
+        sendpulse.run(
+            sendpulse.emulator.add_message, person.id, "out", f"oferta {i}", created_at=now() - timedelta(hours=3)
+        )
+        for i, person in enumerate(people)
+    ]
     await journal.append([webhook_of(sendpulse, message.id) for message in old])
     set_status(sendpulse, old[2].id, READ)
     await run(sendpulse, journal, since=now() - timedelta(hours=4))

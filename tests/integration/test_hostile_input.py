@@ -25,11 +25,15 @@ PATH = "/webhooks/sendpulse"
 
 
 def incoming(message_id, text="oi", contact="c1", **extra):
-    return {"title": "incoming_message", "service": "whatsapp", "bot": {"id": "bot1"}, "date": 1_790_000_000,
-            "contact": {"id": contact, "phone": "+5511987654321", "name": "Ana"},
-            "info": {"message": {"id": message_id, "channel_data": {"message": {"type": "text",
-                                                                                "text": {"body": text}}}}},
-            **extra}
+    return {
+        "title": "incoming_message",
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
+        "date": 1_790_000_000,
+        "contact": {"id": contact, "phone": "+5511987654321", "name": "Ana"},
+        "info": {"message": {"id": message_id, "channel_data": {"message": {"type": "text", "text": {"body": text}}}}},
+        **extra,
+    }
 
 
 # Elements as raw JSON text: each once made a request fail, or was acknowledged and then never storable.
@@ -40,7 +44,7 @@ HOSTILE = [
     '{"title": "incoming_message", "contact": {"id": "h2", "phone": 1e400}}',
     '{"title": "incoming_message", "contact": {"id": "h3"}, "date": "9999-12-31T23:59:59-05:00"}',
     '{"title": "incoming_message", "contact": {"id": "h4"}, "date": "0001-01-01T00:00:00+05:00"}',
-    '{"title": "open_chat", "contact": {"id": "h5"}, "n": 1e-20000, "m": ' + "7" * 5000 + '}',
+    '{"title": "open_chat", "contact": {"id": "h5"}, "n": 1e-20000, "m": ' + "7" * 5000 + "}",
     '{"title": "incoming_message", "contact": {"id": "h6"}, "info": {"message": {"id": "h6\\u0000",'
     ' "channel_data": {"message": {"text": {"body": "a\\ud800b\\u0000"}}}}}}',
 ]
@@ -74,7 +78,7 @@ def rows(journal, sql):
 async def test_a_lone_surrogate_never_fails_the_requests_sharing_its_commit(env):
     client, journal = env
     valid = [post(client, json.dumps([incoming(f"v{i}")])) for i in range(300)]
-    bad = [post(client, '[{"title": "\\ud800", "n": %d}]' % i) for i in range(20)]
+    bad = [post(client, f'[{{"title": "\\ud800", "n": {i}}}]') for i in range(20)]
     responses = await asyncio.gather(*valid, *bad)
     assert [r.status for r in responses] == [200] * 320
     assert rows(journal, "SELECT count(*) FROM events") == [(320,)]
@@ -83,11 +87,13 @@ async def test_a_lone_surrogate_never_fails_the_requests_sharing_its_commit(env)
 @pytest.mark.parametrize("element", HOSTILE)
 async def test_each_hostile_element_is_accepted_beside_valid_ones(env, element):
     client, journal = env
-    response = await post(client, f'[{json.dumps(incoming("before"))}, {element}, {json.dumps(incoming("after"))}]')
+    response = await post(client, f"[{json.dumps(incoming('before'))}, {element}, {json.dumps(incoming('after'))}]")
     assert response.status == 200
     assert (await response.json())["accepted"] == 3
     assert rows(journal, "SELECT message_id FROM events WHERE message_id IN ('before', 'after')") == [
-        ("before",), ("after",)]
+        ("before",),
+        ("after",),
+    ]
 
 
 async def test_what_is_acknowledged_is_delivered_to_postgres(tmp_path, pg_cluster, pg_conn, pg_schema):
@@ -148,7 +154,9 @@ async def known_conversations(client, ids):
     """Conversations the journal knows, through a bot API interaction each."""
     for conversation in ids:
         body = {"id": f"seed-{conversation}", "conversationId": conversation, "direction": "inbound", "content": "x"}
-        response = await client.post("/api/v1/interactions", json=body, headers={"Authorization": f"Bearer {API_TOKEN}"})
+        response = await client.post(
+            "/api/v1/interactions", json=body, headers={"Authorization": f"Bearer {API_TOKEN}"}
+        )
         assert response.status == 201, await response.text()
 
 
@@ -156,29 +164,38 @@ async def test_a_token_header_with_a_byte_that_is_not_utf8_is_401(env):
     client, _ = env
     host, port = client.server.host, client.server.port
     reader, writer = await asyncio.open_connection(host, port)
-    writer.write(f"POST {PATH} HTTP/1.1\r\nHost: x\r\nX-Webhook-Token: \xff\xfe\r\n".encode("latin-1")
-                 + b"Content-Length: 2\r\n\r\n{}")
+    writer.write(
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nX-Webhook-Token: \xff\xfe\r\n".encode("latin-1")
+        + b"Content-Length: 2\r\n\r\n{}"
+    )
     await writer.drain()
     status = await reader.readline()
     writer.close()
     assert status.startswith(b"HTTP/1.1 401")
-    response = await client.post("/api/v1/interactions", data=b"{}",
-                                 headers={"Authorization": "Bearer \udcff".encode("utf-8", "surrogateescape")
-                                          .decode("latin-1")})
+    response = await client.post(
+        "/api/v1/interactions",
+        data=b"{}",
+        headers={"Authorization": "Bearer \udcff".encode("utf-8", "surrogateescape").decode("latin-1")},
+    )
     assert response.status == 401
     await known_conversations(client, ["c1"])
     reader, writer = await asyncio.open_connection(host, port)
     body = b'{"status": "closed"}'
-    writer.write(f"PATCH /api/v1/conversations/c1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\n"
-                 .encode() + b"Idempotency-Key: \xff\xfe\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    writer.write(
+        f"PATCH /api/v1/conversations/c1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\n".encode()
+        + b"Idempotency-Key: \xff\xfe\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
     await writer.drain()
     status = await reader.readline()
     writer.close()
     assert status.startswith(b"HTTP/1.1 200"), status
 
 
-@pytest.mark.parametrize("encoding, body", [("deflate", b"garbage, not deflate"), ("gzip", b"not gzip either"),
-                                            ("deflate", zlib.compress(b"[{]")[:-4])])
+@pytest.mark.parametrize(
+    "encoding, body",
+    [("deflate", b"garbage, not deflate"), ("gzip", b"not gzip either"), ("deflate", zlib.compress(b"[{]")[:-4])],
+)
 async def test_a_body_that_cannot_be_decoded_is_400(env, encoding, body):
     client, journal = env
     response = await client.post(PATH, params={"token": TOKEN}, data=body, headers={"Content-Encoding": encoding})
@@ -208,12 +225,16 @@ async def test_api_lone_surrogates_are_refused_in_fields_and_cleaned_in_metadata
     await known_conversations(client, [f"c{n}" for n in range(20)])  # a PATCH of one no store knows is 404
     refused = [client.post("/api/v1/interactions", data=text.replace("i1", f"i{n}"), headers=auth) for n in range(20)]
     others = [post(client, json.dumps([incoming(f"v{i}")])) for i in range(50)]
-    patches = [client.patch(f"/api/v1/conversations/c{n}", data='{"metadata": {"k": "\\ud800", "\\udc00": 1}}',
-                            headers=auth) for n in range(20)]
+    patches = [
+        client.patch(f"/api/v1/conversations/c{n}", data='{"metadata": {"k": "\\ud800", "\\udc00": 1}}', headers=auth)
+        for n in range(20)
+    ]
     responses = await asyncio.gather(*refused, *others, *patches)
     assert [r.status for r in responses] == [422] * 20 + [200] * 70
     assert rows(journal, "SELECT count(*) FROM events") == [(20 + 70,)]
-    (raw,) = rows(journal, "SELECT raw FROM events WHERE conversation_id = 'c3' AND title = 'api_conversation_update'")[0]
+    (raw,) = rows(journal, "SELECT raw FROM events WHERE conversation_id = 'c3' AND title = 'api_conversation_update'")[
+        0
+    ]
     assert json.loads(raw)["metadata"] == {"k": "\ufffd", "\ufffd": 1}
 
 
@@ -227,6 +248,7 @@ async def test_api_timestamps_that_overflow_are_422(env):
 
 
 # -- slow and too many clients, through the daemon's own runner ----------------------------------
+
 
 @pytest.fixture
 async def guarded(tmp_path):
@@ -308,7 +330,8 @@ async def test_an_api_write_the_journal_sets_apart_is_never_answered_as_recorded
 
     monkeypatch.setattr(journal, "append", set_apart)
     body = {"id": "i1", "conversationId": "c1", "direction": "inbound"}
-    response = await client.post("/api/v1/interactions", data=json.dumps(body),
-                                 headers={"Authorization": f"Bearer {API_TOKEN}"})
+    response = await client.post(
+        "/api/v1/interactions", data=json.dumps(body), headers={"Authorization": f"Bearer {API_TOKEN}"}
+    )
     assert response.status == 422
     assert "cannot be stored" in (await response.json())["error"]

@@ -43,13 +43,46 @@ def dumps(value) -> str:
     return json.dumps(value, ensure_ascii=True)
 
 
-NASTY_TEXT = st.sampled_from(["\ud800", "\udfff", "a\udc00b\ud83d", "a\x00b", "\x00", "\ufffe", "\u2028", " ",
-                              "", "ok", "+55 11 98765-4321", "9999-12-31T23:59:59-05:00",
-                              "0001-01-01T00:00:00+05:00", "2026-11-30T08:00:00Z", "1e400"]) \
-    | st.text(alphabet=st.characters(exclude_categories=[]), max_size=20)
-NASTY_NUMBER = st.sampled_from(["1e400", "-1e400", "1e-20000", "9" * 5000, "9" * 400, "0e999", "1e308", "-0", "1e131072",
-                                "123456789012345678901234567890", "1713225600000", "-5", "2.5"]).map(Token) \
-    | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+NASTY_TEXT = st.sampled_from(
+    [
+        "\ud800",
+        "\udfff",
+        "a\udc00b\ud83d",
+        "a\x00b",
+        "\x00",
+        "\ufffe",
+        "\u2028",
+        " ",
+        "",
+        "ok",
+        "+55 11 98765-4321",
+        "9999-12-31T23:59:59-05:00",
+        "0001-01-01T00:00:00+05:00",
+        "2026-11-30T08:00:00Z",
+        "1e400",
+    ]
+) | st.text(alphabet=st.characters(exclude_categories=[]), max_size=20)
+NASTY_NUMBER = (
+    st.sampled_from(
+        [
+            "1e400",
+            "-1e400",
+            "1e-20000",
+            "9" * 5000,
+            "9" * 400,
+            "0e999",
+            "1e308",
+            "-0",
+            "1e131072",
+            "123456789012345678901234567890",
+            "1713225600000",
+            "-5",
+            "2.5",
+        ]
+    ).map(Token)
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+)
 LEAF = st.none() | st.booleans() | NASTY_TEXT | NASTY_NUMBER
 
 
@@ -63,27 +96,52 @@ def _deep(depth_and_inside):
     return Token("[" * depth + inside + "]" * depth)
 
 
-VALUE = st.recursive(LEAF, _nested, max_leaves=8) | st.integers(1, 900).map(_deep) \
+VALUE = (
+    st.recursive(LEAF, _nested, max_leaves=8)
+    | st.integers(1, 900).map(_deep)
     | st.tuples(st.integers(1, 900), st.sampled_from(["", '"\\u0000"', "1e400"])).map(_deep)
-TITLE = st.sampled_from(["incoming_message", "outgoing_message", "open_chat", "unsubscribe", "new_subscriber"]) \
-    | NASTY_TEXT
-ELEMENT = st.fixed_dictionaries(
-    {"title": TITLE},
-    optional={"date": NASTY_NUMBER | NASTY_TEXT, "service": VALUE, "bot": VALUE,
-              "contact": st.fixed_dictionaries({}, optional={"id": LEAF, "phone": LEAF, "name": LEAF,
-                                                             "variables": VALUE}) | VALUE,
-              "info": st.fixed_dictionaries({}, optional={"message": st.fixed_dictionaries({}, optional={
-                  "id": LEAF, "channel_data": st.fixed_dictionaries({}, optional={"message": VALUE})})}) | VALUE,
-              "extra": VALUE}) | VALUE
+)
+TITLE = (
+    st.sampled_from(["incoming_message", "outgoing_message", "open_chat", "unsubscribe", "new_subscriber"]) | NASTY_TEXT
+)
+ELEMENT = (
+    st.fixed_dictionaries(
+        {"title": TITLE},
+        optional={
+            "date": NASTY_NUMBER | NASTY_TEXT,
+            "service": VALUE,
+            "bot": VALUE,
+            "contact": st.fixed_dictionaries({}, optional={"id": LEAF, "phone": LEAF, "name": LEAF, "variables": VALUE})
+            | VALUE,
+            "info": st.fixed_dictionaries(
+                {},
+                optional={
+                    "message": st.fixed_dictionaries(
+                        {},
+                        optional={"id": LEAF, "channel_data": st.fixed_dictionaries({}, optional={"message": VALUE})},
+                    )
+                },
+            )
+            | VALUE,
+            "extra": VALUE,
+        },
+    )
+    | VALUE
+)
 BATCH = st.lists(ELEMENT, min_size=1, max_size=6)
 
 SEQUENCE = itertools.count()
 
 
 def valid(n):
-    return {"title": "incoming_message", "service": "whatsapp", "bot": {"id": "bot1"}, "date": 1_790_000_000 + n,
-            "contact": {"id": f"c{n % 7}", "phone": "+55 11 98765-4321", "name": "Ana"},
-            "info": {"message": {"id": f"valid-{n}", "channel_data": {"message": {"text": {"body": f"oi {n}"}}}}}}
+    return {
+        "title": "incoming_message",
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
+        "date": 1_790_000_000 + n,
+        "contact": {"id": f"c{n % 7}", "phone": "+55 11 98765-4321", "name": "Ana"},
+        "info": {"message": {"id": f"valid-{n}", "channel_data": {"message": {"text": {"body": f"oi {n}"}}}}},
+    }
 
 
 class WebhookThread(LoopThread):
@@ -107,8 +165,11 @@ class WebhookThread(LoopThread):
         self.session = aiohttp.ClientSession()
 
     async def post(self, text: str):
-        async with self.session.post(f"http://127.0.0.1:{self.port}{PATH}?token={TOKEN}", data=text.encode(),
-                                     headers={"Content-Type": "application/json"}) as response:
+        async with self.session.post(
+            f"http://127.0.0.1:{self.port}{PATH}?token={TOKEN}",
+            data=text.encode(),
+            headers={"Content-Type": "application/json"},
+        ) as response:
             return response.status, await response.text()
 
     async def _stop(self):
@@ -139,22 +200,27 @@ def test_hostile_batches_beside_valid_traffic(webhook, pg_cluster, pg_schema):
         hostile = "[" + ",".join(dumps(element) for element in batch) + "]"
 
         async def together():
-            return await asyncio.gather(webhook.post(hostile),
-                                        *(webhook.post(json.dumps([valid(n)])) for n in numbers))
+            return await asyncio.gather(webhook.post(hostile), *(webhook.post(json.dumps([valid(n)])) for n in numbers))
 
         (status, text), *answers = webhook.run(together())
         assert status < 500, (status, text, hostile[:500])
         if status == 200:
             counts = json.loads(text)
             # only an element that is not an object or has no title is rejected: nothing else is lost
-            titled = sum(1 for element in batch if isinstance(element, dict) and isinstance(element.get("title"), str)
-                         and element["title"].strip())
+            titled = sum(
+                1
+                for element in batch
+                if isinstance(element, dict) and isinstance(element.get("title"), str) and element["title"].strip()
+            )
             assert (counts["accepted"] + counts["duplicates"], counts["rejected"]) == (titled, len(batch) - titled), (
-                counts, hostile[:500])
+                counts,
+                hostile[:500],
+            )
         else:  # only a body nested past what can be read is refused whole, and says so
             assert status == 400 and "nested too deeply" in text, (status, text)
         assert [json.loads(body) for _, body in answers] == [
-            {"accepted": 1, "duplicates": 0, "rejected": 0}] * VALID_PER_EXAMPLE
+            {"accepted": 1, "duplicates": 0, "rejected": 0}
+        ] * VALID_PER_EXAMPLE
 
     check()
 

@@ -2,7 +2,7 @@
 
 import asyncio
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from loguru import logger
@@ -10,7 +10,7 @@ from loguru import logger
 from daemon.events import Rejected, normalize
 from daemon.journal import SCHEMA_VERSION, Journal, JournalError, JournalUnavailable
 
-NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
 
 def message(i: int, title: str = "incoming_message"):
@@ -49,8 +49,12 @@ async def test_duplicates_across_and_within_commits(journal):
 async def test_one_pending_delivery_row_per_enabled_sink(journal):
     await journal.append([message(1), message(2)])
     got = rows(journal.path, "SELECT sink, event_id, state, attempts FROM deliveries ORDER BY sink, event_id")
-    assert got == [("airtable", 1, "pending", 0), ("airtable", 2, "pending", 0),
-                   ("postgres", 1, "pending", 0), ("postgres", 2, "pending", 0)]
+    assert got == [
+        ("airtable", 1, "pending", 0),
+        ("airtable", 2, "pending", 0),
+        ("postgres", 1, "pending", 0),
+        ("postgres", 2, "pending", 0),
+    ]
     counts = await journal.counts()
     assert counts["sinks"]["postgres"]["pending"] == 2
     assert counts["sinks"]["postgres"]["oldest_pending_at"] == "2026-11-25T00:00:00.000Z"
@@ -72,17 +76,45 @@ async def test_quarantine_keeps_reason_and_raw(journal):
 
 
 async def test_event_row_holds_normalized_fields_and_raw(journal):
-    event = normalize({"title": "incoming_message", "service": "whatsapp", "bot": {"id": "b"},
-                       "contact": {"id": "c", "phone": "+55 11 98765-4321", "name": "Ana"}, "date": 1713225600,
-                       "info": {"message": {"id": "sp", "channel_data": {"message": {
-                           "id": "wamid.1", "type": "text", "text": {"body": "oi"}}}}}}, NOW)
+    event = normalize(
+        {
+            "title": "incoming_message",
+            "service": "whatsapp",
+            "bot": {"id": "b"},
+            "contact": {"id": "c", "phone": "+55 11 98765-4321", "name": "Ana"},
+            "date": 1713225600,
+            "info": {
+                "message": {
+                    "id": "sp",
+                    "channel_data": {"message": {"id": "wamid.1", "type": "text", "text": {"body": "oi"}}},
+                }
+            },
+        },
+        NOW,
+    )
     await journal.append([event])
-    (row,) = rows(journal.path, "SELECT dedup_key, received_at, occurred_at, title, service, bot_id, contact_id, "
-                                "phone, contact_name, message_id, platform_message_id, direction, message_type, "
-                                "text, raw FROM events")
-    assert row[:14] == ("msg:incoming_message:sp", "2026-11-25T00:00:00.000Z", "2024-04-16T00:00:00.000Z",
-                        "incoming_message", "whatsapp", "b", "c", "5511987654321", "Ana", "sp", "wamid.1",
-                        "inbound", "text", "oi")
+    (row,) = rows(
+        journal.path,
+        "SELECT dedup_key, received_at, occurred_at, title, service, bot_id, contact_id, "
+        "phone, contact_name, message_id, platform_message_id, direction, message_type, "
+        "text, raw FROM events",
+    )
+    assert row[:14] == (
+        "msg:incoming_message:sp",
+        "2026-11-25T00:00:00.000Z",
+        "2024-04-16T00:00:00.000Z",
+        "incoming_message",
+        "whatsapp",
+        "b",
+        "c",
+        "5511987654321",
+        "Ana",
+        "sp",
+        "wamid.1",
+        "inbound",
+        "text",
+        "oi",
+    )
     assert row[14] == event.raw
 
 

@@ -2,7 +2,7 @@
 
 import asyncio
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from loguru import logger
 
@@ -11,7 +11,7 @@ from daemon.events import normalize
 from daemon.journal import Journal, Requeue
 from tests.support import until
 
-NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
 
 def message(i: int):
@@ -110,6 +110,7 @@ async def test_a_journal_that_cannot_write_holds_the_backfill_until_it_can(tmp_p
         await journal.set_page_limit(await journal.page_count())  # the disk is full
         backfill = Backfill(journal, ["postgres"], batch=500)
         task = asyncio.create_task(backfill.run())
+
         async def failed_twice():
             return journal.stats.failures >= 2
 

@@ -1,7 +1,7 @@
 """`chatledger journal check`: a planted orphan and a missing delivery row are found, then repaired."""
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -9,7 +9,7 @@ from daemon.events import normalize
 from daemon.journal import Journal, JournalError, check_journal
 from tests.support import incoming
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -42,9 +42,11 @@ async def test_orphans_and_missing_rows_are_found_and_repaired(path):
     assert "1 events have no postgres delivery row" in report.problems
     assert "5 events have no airtable delivery row" in report.problems  # a sink enabled since
     repaired = check_journal(path, ["postgres", "airtable"], repair=True)
-    assert repaired.repaired == ["1 missing postgres delivery rows added as pending",
-                                 "5 missing airtable delivery rows added as pending",
-                                 "1 delivery rows without an event removed"]
+    assert repaired.repaired == [
+        "1 missing postgres delivery rows added as pending",
+        "5 missing airtable delivery rows added as pending",
+        "1 delivery rows without an event removed",
+    ]
     assert repaired.problems == []
     assert repaired.states == {"airtable": {"pending": 5}, "postgres": {"pending": 5}}
 

@@ -2,28 +2,38 @@
 
 import itertools
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from daemon.events import normalize
 from daemon.journal import MIGRATIONS, Journal
 from daemon.journal.schema import statements
 from daemon.records import conversation_id_for
 
-RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 T0 = 1_790_000_000
 
 
 def event(title, mid=None, contact="c1", at=0, name="Ana", phone="5511987654321"):
-    element = {"title": title, "service": "whatsapp", "bot": {"id": "bot1"}, "date": T0 + at,
-               "contact": {"id": contact, "phone": phone, "name": name}}
+    element = {
+        "title": title,
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
+        "date": T0 + at,
+        "contact": {"id": contact, "phone": phone, "name": name},
+    }
     if mid:
         element["info"] = {"message": {"id": mid, "channel_data": {"message": {"text": {"body": "x"}}}}}
     return element
 
 
-PAYLOADS = [event("incoming_message", "m1", at=10, name="old"), event("outgoing_message", "m2", at=20),
-            event("unsubscribe", at=25), event("incoming_message", "m3", at=5, name="newest?", phone="1"),
-            event("open_chat", at=15), event("incoming_message", "m4", at=30, name="new")]
+PAYLOADS = [
+    event("incoming_message", "m1", at=10, name="old"),
+    event("outgoing_message", "m2", at=20),
+    event("unsubscribe", at=25),
+    event("incoming_message", "m3", at=5, name="newest?", phone="1"),
+    event("open_chat", at=15),
+    event("incoming_message", "m4", at=30, name="new"),
+]
 C1 = conversation_id_for("bot1", "c1", None)
 
 
@@ -32,14 +42,21 @@ async def state_after(tmp_path, name, payloads):
     try:
         for payload in payloads:
             await journal.append([normalize(payload, RECEIVED)])
-        return (await journal.conversations([C1, "unknown"]))
+        return await journal.conversations([C1, "unknown"])
     finally:
         await journal.close()
 
 
 def summary(state):
-    return (state.message_count, state.started_at, state.last_activity, state.status, state.name, state.phone,
-            state.status_title)
+    return (
+        state.message_count,
+        state.started_at,
+        state.last_activity,
+        state.status,
+        state.name,
+        state.phone,
+        state.status_title,
+    )
 
 
 async def test_counts_and_spans_are_exact_and_duplicates_do_not_count(tmp_path):

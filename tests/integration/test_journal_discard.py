@@ -3,17 +3,16 @@ dead, never re-queued by `replay --dead`; the v5 migration keeps every delivery 
 the new state."""
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from daemon.events import normalize
-from daemon.journal import Journal, Requeue, check_journal, read_dead_letters
-from daemon.journal import intake
+from daemon.journal import Journal, Requeue, check_journal, intake, read_dead_letters
 from daemon.journal import schema as journal_schema
 from tests.support import incoming
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def rows(path, sql, params=()):
@@ -38,10 +37,12 @@ async def test_a_discarded_dead_letter_is_recorded_listable_and_no_longer_dead(j
 
     done = await journal.discard(["postgres"], "1", "fixed by hand in the database", "alice")
     assert [(d["sink"], d["event_id"], d["dedup_key"], d["last_error"]) for d in done.discarded] == [
-        ("postgres", 1, "msg:incoming_message:wamid.1", "value out of range")]
+        ("postgres", 1, "msg:incoming_message:wamid.1", "value out of range")
+    ]
     assert (done.reason, done.by) == ("fixed by hand in the database", "alice") and done.at.endswith("Z")
     assert rows(journal.path, "SELECT state FROM deliveries WHERE sink = 'postgres' AND event_id = 1") == [
-        ("discarded",)]
+        ("discarded",)
+    ]
     after = (await journal.counts())["sinks"]["postgres"]
     assert (after["dead"], after["discarded"]) == (1, 1)
 
@@ -50,18 +51,27 @@ async def test_a_discarded_dead_letter_is_recorded_listable_and_no_longer_dead(j
     [kept] = read_dead_letters(journal.path, ["postgres"], 100, discarded=True)["postgres"]
     assert (kept["event_id"], kept["state"], kept["last_error"]) == (1, "discarded", "value out of range")
     assert (kept["reason"], kept["discarded_by"], kept["discarded_at"]) == (
-        "fixed by hand in the database", "alice", done.at)
+        "fixed by hand in the database",
+        "alice",
+        done.at,
+    )
 
     assert await journal.requeue("postgres", Requeue()) == 1  # replay --dead: the open one only
     assert rows(journal.path, "SELECT event_id, state FROM deliveries WHERE sink = 'postgres' ORDER BY 1") == [
-        (1, "discarded"), (2, "pending"), (3, "pending")]
+        (1, "discarded"),
+        (2, "pending"),
+        (3, "pending"),
+    ]
     assert await journal.requeue("postgres", Requeue(dead_only=False, since="2000-01-01T00:00:00.000Z")) == 0
 
 
 async def test_discard_all_takes_every_open_dead_letter_of_the_sinks_named(journal):
     done = await journal.discard(["postgres", "airtable"], None, "known bad test data", "root")
     assert sorted((d["sink"], d["event_id"]) for d in done.discarded) == [
-        ("airtable", 2), ("postgres", 1), ("postgres", 2)]
+        ("airtable", 2),
+        ("postgres", 1),
+        ("postgres", 2),
+    ]
     assert [c["dead"] for c in (await journal.counts())["sinks"].values()] == [0, 0]
     assert (await journal.discard(["postgres"], None, "again", "root")).discarded == []  # nothing left
 
@@ -72,7 +82,9 @@ async def test_an_unknown_event_or_one_that_is_not_dead_is_said_and_nothing_chan
     pending = await journal.discard(["postgres", "airtable"], "wamid.3", "not dead", "root")
     assert pending.discarded == [] and pending.found
     assert sorted((o["sink"], o["event_id"], o["state"]) for o in pending.others) == [
-        ("airtable", 3, "pending"), ("postgres", 3, "pending")]
+        ("airtable", 3, "pending"),
+        ("postgres", 3, "pending"),
+    ]
     by_key = await journal.discard(["airtable"], "msg:incoming_message:wamid.2", "by its dedup key", "root")
     assert [(d["sink"], d["event_id"]) for d in by_key.discarded] == [("airtable", 2)]
     assert rows(journal.path, "SELECT count(*) FROM discards")[0][0] == 1
@@ -126,7 +138,9 @@ async def test_a_v4_journal_migrates_keeping_every_delivery_row(tmp_path, monkey
         assert rows(path, "SELECT * FROM deliveries ORDER BY sink, event_id") == before
         await journal.append([normalize(incoming("wamid.5"), NOW)])  # the fan-out trigger still works
         assert rows(path, "SELECT sink, state FROM deliveries WHERE event_id = 5 ORDER BY sink") == [
-            ("airtable", "pending"), ("postgres", "pending")]
+            ("airtable", "pending"),
+            ("postgres", "pending"),
+        ]
         assert [d["event_id"] for d in (await journal.discard(["airtable"], "3", "old", "root")).discarded] == [3]
         assert rows(path, "PRAGMA foreign_key_check") == [] and rows(path, "PRAGMA integrity_check") == [("ok",)]
     finally:

@@ -1,8 +1,8 @@
 """The journal's files on a real disk: damage found at open, a lost journal refused, owner-only modes."""
 
 import json
-import sqlite3
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -18,9 +18,15 @@ from tests.integration.test_journal import NOW
 
 
 def message(i: int):
-    return normalize({"title": "incoming_message", "info": {"message": {"id": f"m{i}"}},
-                      "contact": {"id": f"c{i % 50}", "phone": "5511987654321"},
-                      "text": "quero saber o status do meu pedido " * 3}, NOW)
+    return normalize(
+        {
+            "title": "incoming_message",
+            "info": {"message": {"id": f"m{i}"}},
+            "contact": {"id": f"c{i % 50}", "phone": "5511987654321"},
+            "text": "quero saber o status do meu pedido " * 3,
+        },
+        NOW,
+    )
 
 
 async def filled(path, count=3000):
@@ -56,9 +62,13 @@ async def test_damage_where_start_reads_nothing_is_found_and_refused(tmp_path):
         await Journal.open(path, ["postgres"])
     message_text = str(caught.value)
     assert f"journal {path} is damaged" in message_text
-    for step in ("stop chatledger", f"mv {path} {path}.damaged",
-                 f'sqlite3 {path}.damaged ".recover" | sqlite3 {path}', "chatledger journal check --repair",
-                 "When the journal is damaged"):
+    for step in (
+        "stop chatledger",
+        f"mv {path} {path}.damaged",
+        f'sqlite3 {path}.damaged ".recover" | sqlite3 {path}',
+        "chatledger journal check --repair",
+        "When the journal is damaged",
+    ):
         assert step in message_text
     with pytest.raises(JournalError, match="is damaged"):  # the lock was let go, the file left as it was
         await Journal.open(path, ["postgres"])
@@ -114,9 +124,11 @@ async def test_a_new_journal_is_recorded_in_its_lock_file_after_its_first_migrat
 
 async def test_a_crash_before_the_first_migration_does_not_block_the_next_start(tmp_path):
     path = tmp_path / "journal.sqlite"
-    crash = ("import asyncio, os, sys\nfrom pathlib import Path\nimport daemon.journal as j, daemon.journal.schema as s\n"
-             "async def die(*args):\n    os._exit(9)\ns.migrate = die\n"
-             "asyncio.run(j.Journal.open(Path(sys.argv[1]), []))\n")
+    crash = (
+        "import asyncio, os, sys\nfrom pathlib import Path\nimport daemon.journal as j, daemon.journal.schema as s\n"
+        "async def die(*args):\n    os._exit(9)\ns.migrate = die\n"
+        "asyncio.run(j.Journal.open(Path(sys.argv[1]), []))\n"
+    )
     assert subprocess.run([sys.executable, "-c", crash, str(path)]).returncode == 9
     assert path.exists() and siblings(path)[".lock"].exists()
     journal = await Journal.open(path, ["postgres"])
@@ -160,12 +172,22 @@ asyncio.run(main(Path(sys.argv[1])))
 @pytest.mark.parametrize("umask", [0o000, 0o022])
 def test_journal_files_are_owner_only_whatever_the_umask(tmp_path, umask):
     path = tmp_path / "made" / "by-us" / "journal.sqlite"
-    result = subprocess.run([sys.executable, "-c", MODES, str(path)], capture_output=True, text=True,
-                            umask=umask, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    result = subprocess.run(
+        [sys.executable, "-c", MODES, str(path)],
+        capture_output=True,
+        text=True,
+        umask=umask,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == {
-        "journal.sqlite": "0o600", "journal.sqlite-wal": "0o600", "journal.sqlite-shm": "0o600",
-        "journal.sqlite.lock": "0o600", "by-us": "0o750", "made": "0o750"}
+        "journal.sqlite": "0o600",
+        "journal.sqlite-wal": "0o600",
+        "journal.sqlite-shm": "0o600",
+        "journal.sqlite.lock": "0o600",
+        "by-us": "0o750",
+        "made": "0o750",
+    }
 
 
 async def test_loose_modes_of_existing_journal_files_are_tightened(tmp_path, warnings):

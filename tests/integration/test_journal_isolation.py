@@ -3,14 +3,14 @@
 import asyncio
 import dataclasses
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from daemon.events import normalize
 from daemon.journal import Journal
 
-NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
 
 def message(i: int):
@@ -57,8 +57,9 @@ async def test_a_failing_write_fails_alone(journal):
     async def broken(conn):
         raise ValueError("bad value in an op")
 
-    written, appended = await asyncio.gather(journal.write(broken), journal.append([message(1)]),
-                                             return_exceptions=True)
+    written, appended = await asyncio.gather(
+        journal.write(broken), journal.append([message(1)]), return_exceptions=True
+    )
     assert isinstance(written, ValueError)
     assert appended.accepted == 1
     assert rows(journal.path, "SELECT count(*) FROM events") == [(1,)]
@@ -67,8 +68,9 @@ async def test_a_failing_write_fails_alone(journal):
 
 async def test_duplicates_still_count_after_isolation(journal):
     await journal.append([message(1)])
-    first, second = await asyncio.gather(journal.append([message(1), unstorable(2)]),
-                                         journal.append([message(3), message(3)]))
+    first, second = await asyncio.gather(
+        journal.append([message(1), unstorable(2)]), journal.append([message(3), message(3)])
+    )
     assert (first.accepted, first.duplicates, first.rejected) == (0, 1, 1)
     assert (second.accepted, second.duplicates, second.rejected) == (1, 1, 0)
 

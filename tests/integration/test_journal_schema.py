@@ -11,8 +11,15 @@ from dataclasses import astuple
 from pathlib import Path
 
 from daemon.events import (
-    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, DELIVERY_STATUS, MESSAGE_TITLES,
-    OWN_TITLES, TITLE_ALIASES, StoredEvent,
+    API_CONVERSATION_UPDATE,
+    API_ESCALATION,
+    API_ESCALATION_UPDATE,
+    API_INTERACTION,
+    DELIVERY_STATUS,
+    MESSAGE_TITLES,
+    OWN_TITLES,
+    TITLE_ALIASES,
+    StoredEvent,
 )
 from daemon.journal import MIGRATIONS, Journal
 from daemon.journal import schema as journal_schema
@@ -27,8 +34,9 @@ INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?
 
 def master(path):
     with sqlite3.connect(path) as conn:
-        return [list(row) for row in conn.execute(
-            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")]
+        return [
+            list(row) for row in conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name")
+        ]
 
 
 def test_every_shipped_migration_is_the_text_that_shipped():
@@ -74,9 +82,25 @@ async def test_the_fold_a_fresh_journal_runs_counts_messages_and_statuses_as_rec
     with sqlite3.connect(path) as conn:
         for n, (title, message_id, direction, body) in enumerate(cases(), 1):
             conversation_id = conversation_id_for("bot1", f"c{n}", None)
-            event = StoredEvent(n, f"k{n}", "2026-11-25T12:00:00.000Z", "2026-11-25T12:00:00.000Z", title, "whatsapp",
-                                "bot1", f"c{n}", "5511987654321", "Ana", message_id, None, direction, None, "oi",
-                                json.dumps(body), conversation_id)
+            event = StoredEvent(
+                n,
+                f"k{n}",
+                "2026-11-25T12:00:00.000Z",
+                "2026-11-25T12:00:00.000Z",
+                title,
+                "whatsapp",
+                "bot1",
+                f"c{n}",
+                "5511987654321",
+                "Ana",
+                message_id,
+                None,
+                direction,
+                None,
+                "oi",
+                json.dumps(body),
+                conversation_id,
+            )
             conn.execute(INSERT, astuple(event)[1:])
             conn.execute(FOLD, (conn.execute("SELECT last_insert_rowid()").fetchone()[0],))  # as intake folds it
             records = map_events([event])
@@ -84,8 +108,9 @@ async def test_the_fold_a_fresh_journal_runs_counts_messages_and_statuses_as_rec
             messages = sum(1 for row in records.interactions if row.message_key is None and not row.reported)
             status = records.status_changes[0].title if records.status_changes else None
             expected[title, json.dumps(body)] = (messages, status)
-            [row] = conn.execute("SELECT message_count, status_title FROM conversations WHERE conversation_id = ?",
-                                 (conversation_id,)).fetchall()
+            [row] = conn.execute(
+                "SELECT message_count, status_title FROM conversations WHERE conversation_id = ?", (conversation_id,)
+            ).fetchall()
             folded[title, json.dumps(body)] = row
     assert folded == expected
     # not vacuous: what counts is a message, or an interaction the bot posts naming no SendPulse message
@@ -96,18 +121,40 @@ async def test_the_fold_a_fresh_journal_runs_counts_messages_and_statuses_as_rec
 def random_events(count, seed):
     """Events of a few conversations, every title the fold tells apart, ties in time, details now and then missing."""
     rng = random.Random(seed)
-    titles = ["incoming_message", "outgoing_message", "open_chat", "unsubscribe", "bot_block", API_INTERACTION,
-              API_CONVERSATION_UPDATE, DELIVERY_STATUS, "new_subscriber"]
+    titles = [
+        "incoming_message",
+        "outgoing_message",
+        "open_chat",
+        "unsubscribe",
+        "bot_block",
+        API_INTERACTION,
+        API_CONVERSATION_UPDATE,
+        DELIVERY_STATUS,
+        "new_subscriber",
+    ]
     for n in range(1, count + 1):
         title = rng.choice(titles)
         contact = f"c{rng.randrange(6)}"
         body = {"status": rng.choice(["escalated", "closed", "active", "other"])} if rng.random() < 0.8 else {}
         yield StoredEvent(
-            n, f"k{rng.randrange(10**9)}-{n}", "2026-11-25T12:00:00.000Z", f"2026-11-25T12:00:{rng.randrange(20):02d}.000Z",
-            title, rng.choice(["whatsapp", None]), rng.choice(["bot1", None]), contact,
-            rng.choice(["5511987654321", "5511900000000", None]), rng.choice(["Ana", "Bia", None]),
-            rng.choice([f"m{n}", None]), None, MESSAGE_TITLES.get(title), None, "oi", json.dumps(body),
-            conversation_id_for("bot1", contact, None))
+            n,
+            f"k{rng.randrange(10**9)}-{n}",
+            "2026-11-25T12:00:00.000Z",
+            f"2026-11-25T12:00:{rng.randrange(20):02d}.000Z",
+            title,
+            rng.choice(["whatsapp", None]),
+            rng.choice(["bot1", None]),
+            contact,
+            rng.choice(["5511987654321", "5511900000000", None]),
+            rng.choice(["Ana", "Bia", None]),
+            rng.choice([f"m{n}", None]),
+            None,
+            MESSAGE_TITLES.get(title),
+            None,
+            "oi",
+            json.dumps(body),
+            conversation_id_for("bot1", contact, None),
+        )
 
 
 async def test_the_fold_per_group_gives_what_the_per_event_trigger_it_replaced_gave(tmp_path, monkeypatch):
@@ -123,7 +170,7 @@ async def test_the_fold_per_group_gives_what_the_per_event_trigger_it_replaced_g
         with sqlite3.connect(tmp_path / f"{name}.sqlite") as conn:
             position = 0
             while position < len(events):
-                group = events[position:position + rng.randint(1, 40)]
+                group = events[position : position + rng.randint(1, 40)]
                 conn.executemany(INSERT, group)
                 if name == "now":
                     conn.execute(FOLD, (position + 1,))

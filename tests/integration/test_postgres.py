@@ -3,7 +3,7 @@
 import asyncio
 import itertools
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -15,32 +15,80 @@ from daemon.records import conversation_id_for
 from daemon.sinks.base import TransientError
 from daemon.sinks.postgres import SCHEMA_VERSION, PostgresSink, SchemaTooNew, migrate, quote_ident
 
-RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 T0 = 1_790_000_000  # seconds
 
 COLUMNS = {
     "events": ["event_id", "title", "service", "bot_id", "contact_id", "received_at", "payload"],
-    "interactions": ["interaction_id", "conversation_id", "message_id", "direction", "content", "intent",
-                     "response", "processing_time_ms", "status", "error_message", "customer_phone",
-                     "occurred_at", "created_at"],
-    "conversations": ["conversation_id", "customer_phone", "customer_name", "status", "started_at",
-                      "last_activity", "message_count", "intent", "sentiment", "priority", "assigned_agent",
-                      "tags", "metadata", "created_at", "updated_at"],
-    "escalations": ["escalation_id", "ticket_id", "conversation_id", "reason", "priority", "status",
-                    "customer_phone", "assigned_agent", "created_at", "resolved_at", "notes"],
+    "interactions": [
+        "interaction_id",
+        "conversation_id",
+        "message_id",
+        "direction",
+        "content",
+        "intent",
+        "response",
+        "processing_time_ms",
+        "status",
+        "error_message",
+        "customer_phone",
+        "occurred_at",
+        "created_at",
+    ],
+    "conversations": [
+        "conversation_id",
+        "customer_phone",
+        "customer_name",
+        "status",
+        "started_at",
+        "last_activity",
+        "message_count",
+        "intent",
+        "sentiment",
+        "priority",
+        "assigned_agent",
+        "tags",
+        "metadata",
+        "created_at",
+        "updated_at",
+    ],
+    "escalations": [
+        "escalation_id",
+        "ticket_id",
+        "conversation_id",
+        "reason",
+        "priority",
+        "status",
+        "customer_phone",
+        "assigned_agent",
+        "created_at",
+        "resolved_at",
+        "notes",
+    ],
 }
 
 
 def msg(mid, contact="c1", at=0, title="incoming_message", text="oi", phone="+55 11 98765-4321"):
     body = {"text": {"body": text}} if title == "incoming_message" else {"text": text}
-    return {"title": title, "service": "whatsapp", "bot": {"id": "bot1"}, "date": T0 + at,
-            "contact": {"id": contact, "phone": phone, "name": f"Name {contact}"},
-            "info": {"message": {"id": mid, "channel_data": {"message": {"type": "text", **body}}}}}
+    return {
+        "title": title,
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
+        "date": T0 + at,
+        "contact": {"id": contact, "phone": phone, "name": f"Name {contact}"},
+        "info": {"message": {"id": mid, "channel_data": {"message": {"type": "text", **body}}}},
+    }
 
 
 def status_event(title, contact="c1", at=0):
-    return {"title": title, "service": "whatsapp", "bot": {"id": "bot1"}, "date": T0 + at,
-            "contact": {"id": contact, "phone": "5511987654321", "name": f"Name {contact}"}, "info": None}
+    return {
+        "title": title,
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
+        "date": T0 + at,
+        "contact": {"id": contact, "phone": "5511987654321", "name": f"Name {contact}"},
+        "info": None,
+    }
 
 
 def conversation(contact="c1"):
@@ -58,8 +106,9 @@ async def dump(conn, schema, skip=()):
     out = {}
     for table, columns in COLUMNS.items():
         cols = ", ".join(c for c in columns if c not in skip)
-        out[table] = [tuple(r) for r in await conn.fetch(
-            f"SELECT {cols} FROM {quote_ident(schema)}.{table} ORDER BY 1")]
+        out[table] = [
+            tuple(r) for r in await conn.fetch(f"SELECT {cols} FROM {quote_ident(schema)}.{table} ORDER BY 1")
+        ]
     return out
 
 
@@ -76,11 +125,18 @@ async def test_migration_creates_exact_tables_and_is_idempotent(pg_conn, pg_sche
     for table, columns in COLUMNS.items():
         found = await pg_conn.fetch(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 "
-            "ORDER BY ordinal_position", pg_schema, table)
+            "ORDER BY ordinal_position",
+            pg_schema,
+            table,
+        )
         assert [r[0] for r in found] == columns
-    kinds = dict(await pg_conn.fetch(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = $1 "
-        "AND table_name = 'interactions'", pg_schema))
+    kinds = dict(
+        await pg_conn.fetch(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = $1 "
+            "AND table_name = 'interactions'",
+            pg_schema,
+        )
+    )
     assert kinds["occurred_at"] == "timestamp with time zone"
     indexes = {r[0] for r in await pg_conn.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = $1", pg_schema)}
     assert {"interactions_by_conversation", "conversations_by_phone"} <= indexes
@@ -94,29 +150,36 @@ async def test_newer_schema_is_refused(pg_conn, pg_schema):
 
 
 async def test_batch_lands_as_events_interactions_conversations_escalations(tmp_path, sink, pg_conn, pg_schema):
-    journal, events = await journaled(tmp_path, [
-        msg("m1", at=0, text="hello"),
-        msg("m2", at=5, title="outgoing_message", text="hi, how can I help?"),
-        status_event("open_chat", at=10),
-        msg("m3", contact="c2", at=3),
-        {"title": "some_new_event", "bot": {"id": "bot1"}, "date": T0},  # nobody to attach: event only
-    ])
+    journal, events = await journaled(
+        tmp_path,
+        [
+            msg("m1", at=0, text="hello"),
+            msg("m2", at=5, title="outgoing_message", text="hi, how can I help?"),
+            status_event("open_chat", at=10),
+            msg("m3", contact="c2", at=3),
+            {"title": "some_new_event", "bot": {"id": "bot1"}, "date": T0},  # nobody to attach: event only
+        ],
+    )
     await sink.deliver(events)
     s = quote_ident(pg_schema)
     assert await pg_conn.fetchval(f"SELECT count(*) FROM {s}.events") == 5
     payload = await pg_conn.fetchval(f"SELECT payload FROM {s}.events WHERE event_id = 'msg:incoming_message:m1'")
     assert '"hello"' in payload
-    rows = await pg_conn.fetch(f"SELECT message_id, direction, content, status, customer_phone, conversation_id "
-                               f"FROM {s}.interactions ORDER BY occurred_at")
+    rows = await pg_conn.fetch(
+        f"SELECT message_id, direction, content, status, customer_phone, conversation_id "
+        f"FROM {s}.interactions ORDER BY occurred_at"
+    )
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
-        ("m1", "inbound", "hello", "delivered"), ("m3", "inbound", "oi", "delivered"),
-        ("m2", "outbound", "hi, how can I help?", "sent")]
+        ("m1", "inbound", "hello", "delivered"),
+        ("m3", "inbound", "oi", "delivered"),
+        ("m2", "outbound", "hi, how can I help?", "sent"),
+    ]
     assert rows[0]["customer_phone"] == "5511987654321"
     assert rows[0]["conversation_id"] == conversation("c1") == rows[2]["conversation_id"]
     c1 = await pg_conn.fetchrow(f"SELECT * FROM {s}.conversations WHERE conversation_id = $1", conversation("c1"))
     assert (c1["status"], c1["message_count"], c1["customer_name"]) == ("escalated", 2, "Name c1")
-    assert c1["started_at"] == datetime.fromtimestamp(T0, timezone.utc)
-    assert c1["last_activity"] == datetime.fromtimestamp(T0 + 5, timezone.utc)
+    assert c1["started_at"] == datetime.fromtimestamp(T0, UTC)
+    assert c1["last_activity"] == datetime.fromtimestamp(T0 + 5, UTC)
     escalation = await pg_conn.fetchrow(f"SELECT * FROM {s}.escalations")
     assert (escalation["status"], escalation["conversation_id"]) == ("pending", conversation("c1"))
     assert escalation["ticket_id"].startswith("ESC-")
@@ -124,9 +187,16 @@ async def test_batch_lands_as_events_interactions_conversations_escalations(tmp_
 
 
 async def test_replays_and_duplicates_change_nothing(tmp_path, sink, pg_conn, pg_schema):
-    journal, events = await journaled(tmp_path, [
-        msg("m1", at=0), msg("m2", at=1, title="outgoing_message"), status_event("open_chat", at=2),
-        status_event("unsubscribe", contact="c2", at=1), msg("m3", contact="c2", at=0)])
+    journal, events = await journaled(
+        tmp_path,
+        [
+            msg("m1", at=0),
+            msg("m2", at=1, title="outgoing_message"),
+            status_event("open_chat", at=2),
+            status_event("unsubscribe", contact="c2", at=1),
+            msg("m3", contact="c2", at=0),
+        ],
+    )
     await sink.deliver(events)
     before = await dump(pg_conn, pg_schema)
     await sink.deliver(events)
@@ -137,9 +207,16 @@ async def test_replays_and_duplicates_change_nothing(tmp_path, sink, pg_conn, pg
 
 
 async def test_any_delivery_order_gives_the_same_rows(tmp_path, pg_cluster, pg_conn):
-    payloads = [msg("m1", at=0), msg("m2", at=4, title="outgoing_message"), status_event("unsubscribe", at=5),
-                msg("m3", at=9), status_event("bot_block", at=12), msg("m4", contact="c2", at=3),
-                status_event("open_chat", contact="c2", at=4), msg("m5", contact="c2", at=7)]
+    payloads = [
+        msg("m1", at=0),
+        msg("m2", at=4, title="outgoing_message"),
+        status_event("unsubscribe", at=5),
+        msg("m3", at=9),
+        status_event("bot_block", at=12),
+        msg("m4", contact="c2", at=3),
+        status_event("open_chat", contact="c2", at=4),
+        msg("m5", contact="c2", at=7),
+    ]
     journal, events = await journaled(tmp_path, payloads)
     results = []
     rng = random.Random(7)
@@ -148,7 +225,7 @@ async def test_any_delivery_order_gives_the_same_rows(tmp_path, pg_cluster, pg_c
         schema = f"order_{n}_{id(results)}"
         sink = PostgresSink(pg_cluster.dsn(), schema)
         for start in range(0, len(order), 3):  # several batches, each in its own transaction
-            await sink.deliver(order[start:start + 3])
+            await sink.deliver(order[start : start + 3])
         await sink.close()
         results.append(await dump(pg_conn, schema, skip=("created_at", "updated_at")))
     assert all(result == results[0] for result in results[1:])
@@ -159,8 +236,7 @@ async def test_any_delivery_order_gives_the_same_rows(tmp_path, pg_cluster, pg_c
 
 
 async def test_a_message_after_closing_reopens(tmp_path, sink, pg_conn, pg_schema):
-    journal, events = await journaled(tmp_path, [msg("m1", at=0), status_event("unsubscribe", at=5),
-                                                 msg("m2", at=8)])
+    journal, events = await journaled(tmp_path, [msg("m1", at=0), status_event("unsubscribe", at=5), msg("m2", at=8)])
     s = quote_ident(pg_schema)
     await sink.deliver(events[:2])
     assert await pg_conn.fetchval(f"SELECT status FROM {s}.conversations") == "closed"
@@ -178,8 +254,10 @@ async def test_nul_characters_are_stored_not_refused(tmp_path, sink, pg_conn, pg
     s = quote_ident(pg_schema)
     # a NUL becomes U+FFFD in the normalized text and in the raw payload (text and jsonb refuse it)
     assert await pg_conn.fetchval(f"SELECT content FROM {s}.interactions") == "a\ufffdb"
-    assert await pg_conn.fetchval(
-        f"SELECT payload #>> '{{info,message,channel_data,message,text,body}}' FROM {s}.events") == "a\ufffdb"
+    assert (
+        await pg_conn.fetchval(f"SELECT payload #>> '{{info,message,channel_data,message,text,body}}' FROM {s}.events")
+        == "a\ufffdb"
+    )
     await journal.close()
 
 
@@ -255,8 +333,10 @@ async def test_outage_then_recovery_delivers_everything_once(tmp_path, own_pg):
     await sink.close()
     conn = await asyncpg.connect(own_pg.dsn())
     assert await conn.fetchval("SELECT count(*) FROM chatledger.interactions") == 30
-    counts = await conn.fetch("SELECT c.message_count, (SELECT count(*) FROM chatledger.interactions i "
-                              "WHERE i.conversation_id = c.conversation_id) FROM chatledger.conversations c")
+    counts = await conn.fetch(
+        "SELECT c.message_count, (SELECT count(*) FROM chatledger.interactions i "
+        "WHERE i.conversation_id = c.conversation_id) FROM chatledger.conversations c"
+    )
     assert len(counts) == 3 and all(a == b for a, b in counts)
     await conn.close()
     await journal.close()
@@ -272,7 +352,7 @@ async def test_crash_mid_transaction_leaves_nothing_half_written(tmp_path, own_p
         await sink.deliver(events[50:100])
     own_pg.start()
     for start in range(0, 200, 40):  # overlapping replays of what may or may not have landed
-        await sink.deliver(events[start:start + 60])
+        await sink.deliver(events[start : start + 60])
     await sink.close()
     conn = await asyncpg.connect(own_pg.dsn())
     assert await conn.fetchval("SELECT count(*) FROM chatledger.interactions") == 200
@@ -290,26 +370,36 @@ def test_orders_fixture_is_meaningful():
 
 
 async def test_a_conversation_or_escalation_without_priority_is_medium_and_old_normal_rows_become_medium(
-        pg_conn, pg_schema):
+    pg_conn, pg_schema
+):
     from daemon.sinks.postgres import MIGRATIONS, _sql
 
     s = quote_ident(pg_schema)
     await pg_conn.execute(f"CREATE SCHEMA {s}")
     async with pg_conn.transaction():  # a schema as version 1 left it, with rows that took its default
-        await pg_conn.execute(_sql("CREATE TABLE {s}.schema_migrations (version integer PRIMARY KEY, "
-                                   "applied_at timestamptz NOT NULL DEFAULT now())", pg_schema))
+        await pg_conn.execute(
+            _sql(
+                "CREATE TABLE {s}.schema_migrations (version integer PRIMARY KEY, "
+                "applied_at timestamptz NOT NULL DEFAULT now())",
+                pg_schema,
+            )
+        )
         await pg_conn.execute(_sql(MIGRATIONS[0], pg_schema))
         await pg_conn.execute(f"INSERT INTO {s}.schema_migrations (version) VALUES (1)")
     await pg_conn.execute(f"INSERT INTO {s}.conversations (conversation_id) VALUES ('old'), ('high')")
     await pg_conn.execute(f"UPDATE {s}.conversations SET priority = 'HIGH' WHERE conversation_id = 'high'")
-    await pg_conn.execute(f"INSERT INTO {s}.escalations (escalation_id, ticket_id, conversation_id, created_at) "
-                          "VALUES ('e', 'ESC-1', 'old', now())")
+    await pg_conn.execute(
+        f"INSERT INTO {s}.escalations (escalation_id, ticket_id, conversation_id, created_at) "
+        "VALUES ('e', 'ESC-1', 'old', now())"
+    )
     assert await pg_conn.fetchval(f"SELECT priority FROM {s}.escalations") == "normal"
 
     assert await migrate(pg_conn, pg_schema) == (1, SCHEMA_VERSION)
 
-    assert dict(await pg_conn.fetch(f"SELECT conversation_id, priority FROM {s}.conversations")) == \
-        {"old": "MEDIUM", "high": "HIGH"}
+    assert dict(await pg_conn.fetch(f"SELECT conversation_id, priority FROM {s}.conversations")) == {
+        "old": "MEDIUM",
+        "high": "HIGH",
+    }
     assert await pg_conn.fetchval(f"SELECT priority FROM {s}.escalations") == "MEDIUM"
     await pg_conn.execute(f"INSERT INTO {s}.conversations (conversation_id) VALUES ('new')")
     assert await pg_conn.fetchval(f"SELECT priority FROM {s}.conversations WHERE conversation_id = 'new'") == "MEDIUM"

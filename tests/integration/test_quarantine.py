@@ -3,7 +3,7 @@ and why (hidden from the list and the open count, never deleted), read without a
 and still erased by `forget` when it names the phone."""
 
 import sqlite3
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -13,11 +13,13 @@ from daemon.journal import schema as journal_schema
 from daemon.quarantine import PREVIEW_CHARS, discard_quarantined, list_quarantine, preview, read_quarantine
 from tests.support import incoming
 
-RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 LONG = '{"title": "", "text": "' + "x" * 500 + '"}'
-ELEMENTS = [("element is a number, not an object", "42"),
-            ("element has no title", '{"contact": {"phone": "+55 11 98888-7777"}, "text": "oi\x1b[2J\\u0000"}'),
-            ("title is empty", LONG)]
+ELEMENTS = [
+    ("element is a number, not an object", "42"),
+    ("element has no title", '{"contact": {"phone": "+55 11 98888-7777"}, "text": "oi\x1b[2J\\u0000"}'),
+    ("title is empty", LONG),
+]
 
 
 def rows(path, sql, params=()):
@@ -28,8 +30,9 @@ def rows(path, sql, params=()):
 @pytest.fixture
 async def journal(tmp_path):
     journal = await Journal.open(tmp_path / "j.sqlite", ["postgres"])
-    await journal.append([normalize(incoming("wamid.1"), RECEIVED)],
-                         [Rejected(reason, raw, RECEIVED) for reason, raw in ELEMENTS])
+    await journal.append(
+        [normalize(incoming("wamid.1"), RECEIVED)], [Rejected(reason, raw, RECEIVED) for reason, raw in ELEMENTS]
+    )
     yield journal
     await journal.close()
 
@@ -47,7 +50,8 @@ async def test_the_open_elements_are_listed_with_id_reason_time_and_preview(jour
     assert [(e["id"], e["reason"], e["received_at"]) for e in listed["elements"]] == [
         (1, "element is a number, not an object", "2026-11-25T12:00:00.000Z"),
         (2, "element has no title", "2026-11-25T12:00:00.000Z"),
-        (3, "title is empty", "2026-11-25T12:00:00.000Z")]
+        (3, "title is empty", "2026-11-25T12:00:00.000Z"),
+    ]
     second = listed["elements"][1]
     assert "\x1b" not in second["preview"] and "oi\\x1b[2J" in second["preview"]
     assert listed["elements"][2]["preview"].endswith(f"({len(LONG)} characters)")
@@ -61,7 +65,8 @@ async def test_a_discarded_element_is_recorded_hidden_and_no_longer_counted(jour
     done = await discard_quarantined(journal, 2, "a test from the integrator, no customer", "alice")
     assert (done["discarded"], done["found"], done["by"]) == ([2], True, "alice") and done["at"].endswith("Z")
     assert rows(journal.path, "SELECT discarded_at, discarded_by, discard_reason FROM quarantine WHERE id = 2") == [
-        (done["at"], "alice", "a test from the integrator, no customer")]
+        (done["at"], "alice", "a test from the integrator, no customer")
+    ]
     assert rows(journal.path, "SELECT count(*) FROM quarantine") == [(3,)]  # kept, not deleted
 
     assert (await journal.counts())["quarantined"] == 2
@@ -70,12 +75,19 @@ async def test_a_discarded_element_is_recorded_hidden_and_no_longer_counted(jour
     assert [e["id"] for e in listed["elements"]] == [1, 3] and (listed["open"], listed["discarded"]) == (2, 1)
     [kept] = (await list_quarantine(journal, limit=100, discarded=True))["elements"]
     assert (kept["id"], kept["discarded_at"], kept["discarded_by"], kept["discard_reason"]) == (
-        2, done["at"], "alice", "a test from the integrator, no customer")
+        2,
+        done["at"],
+        "alice",
+        "a test from the integrator, no customer",
+    )
     assert read_quarantine(journal.path, limit=100, discarded=True)["elements"] == [kept]
 
     again = await discard_quarantined(journal, 2, "twice", "bob")
-    assert again["discarded"] == [] and again["found"] and again["already"] == {
-        "at": done["at"], "by": "alice", "reason": "a test from the integrator, no customer"}
+    assert (
+        again["discarded"] == []
+        and again["found"]
+        and again["already"] == {"at": done["at"], "by": "alice", "reason": "a test from the integrator, no customer"}
+    )
     unknown = await discard_quarantined(journal, 99, "typo", "bob")
     assert (unknown["discarded"], unknown["found"]) == ([], False)
     assert rows(journal.path, "SELECT discarded_by FROM quarantine WHERE id = 2") == [("alice",)]  # unchanged
@@ -86,7 +98,10 @@ async def test_discarding_all_takes_every_open_element_and_then_there_is_none(jo
     done = await discard_quarantined(journal, None, "all checked by hand", "root")
     assert done["discarded"] == [2, 3]
     assert rows(journal.path, "SELECT id, discarded_by FROM quarantine ORDER BY id") == [
-        (1, "alice"), (2, "root"), (3, "root")]
+        (1, "alice"),
+        (2, "root"),
+        (3, "root"),
+    ]
     assert (await journal.counts())["quarantined"] == 0
     assert (await discard_quarantined(journal, None, "again", "root"))["discarded"] == []
 

@@ -3,7 +3,7 @@
 import asyncio
 import json
 import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -27,7 +27,7 @@ PATH = "/webhooks/sendpulse"
 
 
 def now():
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def serve(**limits):
@@ -89,12 +89,27 @@ async def test_a_webhooks_message_is_present_a_missed_one_is_added_once(emulator
     at = now() - timedelta(minutes=10)
     got, missed, reply = await add(
         emulator,
-        {"contact_id": maria.id, "direction": "in", "text": "oi", "created_at": at.isoformat(),
-         "webhook": {"url": client.hook}},
-        {"contact_id": maria.id, "direction": "in", "text": "tem em estoque?",
-         "created_at": (at + timedelta(seconds=5)).isoformat(), "webhook": {"url": "http://127.0.0.1:9/down"}},
-        {"contact_id": maria.id, "direction": "out", "text": "Temos sim!",
-         "created_at": (at + timedelta(seconds=9)).isoformat()})
+        {
+            "contact_id": maria.id,
+            "direction": "in",
+            "text": "oi",
+            "created_at": at.isoformat(),
+            "webhook": {"url": client.hook},
+        },
+        {
+            "contact_id": maria.id,
+            "direction": "in",
+            "text": "tem em estoque?",
+            "created_at": (at + timedelta(seconds=5)).isoformat(),
+            "webhook": {"url": "http://127.0.0.1:9/down"},
+        },
+        {
+            "contact_id": maria.id,
+            "direction": "out",
+            "text": "Temos sim!",
+            "created_at": (at + timedelta(seconds=9)).isoformat(),
+        },
+    )
     assert got["webhook"]["status"] == 200 and "error" in missed["webhook"]
     webhook_raw = events(journal)[0]["raw"]
 
@@ -103,8 +118,10 @@ async def test_a_webhooks_message_is_present_a_missed_one_is_added_once(emulator
     assert (report.bots, report.chats, report.seen, report.added, report.present) == (1, 1, 3, 2, 1)
     rows = events(journal)
     assert [(r["dedup_key"], r["text"]) for r in rows] == [
-        (f"msg:incoming_message:{got['id']}", "oi"), (f"msg:incoming_message:{missed['id']}", "tem em estoque?"),
-        (f"msg:outgoing_message:{reply['id']}", "Temos sim!")]
+        (f"msg:incoming_message:{got['id']}", "oi"),
+        (f"msg:incoming_message:{missed['id']}", "tem em estoque?"),
+        (f"msg:outgoing_message:{reply['id']}", "Temos sim!"),
+    ]
     assert rows[0]["raw"] == webhook_raw  # the webhook's payload is kept
     fetched = json.loads(rows[1]["raw"])
     assert fetched["source"] == "reconcile" and fetched["id"] == missed["id"] and fetched["data"] == missed["data"]
@@ -125,8 +142,14 @@ async def test_a_webhook_arriving_after_its_message_was_fetched_back_is_a_duplic
     maria = contact(emulator)
     (late,) = await add(emulator, {"contact_id": maria.id, "direction": "in", "text": "cheguei tarde"})
     assert (await run(emulator, journal)).added == 1
-    body = emulator.run(lambda: webhook_body(emulator.emulator.bots[BOT], emulator.emulator.contacts[maria.id],
-                                             emulator.emulator.messages[late["id"]], {}))
+    body = emulator.run(
+        lambda: webhook_body(
+            emulator.emulator.bots[BOT],
+            emulator.emulator.contacts[maria.id],
+            emulator.emulator.messages[late["id"]],
+            {},
+        )
+    )
     answer = await client.post(PATH, params={"token": TOKEN}, data=json.dumps(body))
     assert answer.status == 200 and await answer.json() == {"accepted": 0, "duplicates": 1, "rejected": 0}
     assert len(events(journal)) == 1
@@ -136,8 +159,10 @@ async def test_a_webhook_arriving_after_its_message_was_fetched_back_is_a_duplic
 async def test_an_api_id_unlike_the_webhooks_is_present_when_the_wamid_matches(emulator, intake, direction):
     client, journal = intake
     maria = contact(emulator)
-    (message,) = await add(emulator, {"contact_id": maria.id, "direction": direction, "text": "ok",
-                                      "webhook": {"url": client.hook, "id": "a" * 24}})
+    (message,) = await add(
+        emulator,
+        {"contact_id": maria.id, "direction": direction, "text": "ok", "webhook": {"url": client.hook, "id": "a" * 24}},
+    )
     assert message["webhook"]["status"] == 200
     report = await run(emulator, journal)
     assert (report.added, report.present) == (0, 1)
@@ -148,31 +173,65 @@ async def test_text_matches_only_events_without_ids_and_each_only_once(emulator,
     client, journal = intake
     maria = contact(emulator)
     at = now() - timedelta(minutes=5)
-    await add(emulator,
-              {"contact_id": maria.id, "direction": "in", "text": "ok", "created_at": at.isoformat(),
-               "webhook": {"url": client.hook, "id": None, "wamid": None}},
-              {"contact_id": maria.id, "direction": "in", "text": "ok",
-               "created_at": (at + timedelta(seconds=30)).isoformat()},
-              {"contact_id": maria.id, "direction": "out", "text": "ok",
-               "created_at": (at + timedelta(seconds=31)).isoformat()})
+    await add(
+        emulator,
+        {
+            "contact_id": maria.id,
+            "direction": "in",
+            "text": "ok",
+            "created_at": at.isoformat(),
+            "webhook": {"url": client.hook, "id": None, "wamid": None},
+        },
+        {
+            "contact_id": maria.id,
+            "direction": "in",
+            "text": "ok",
+            "created_at": (at + timedelta(seconds=30)).isoformat(),
+        },
+        {
+            "contact_id": maria.id,
+            "direction": "out",
+            "text": "ok",
+            "created_at": (at + timedelta(seconds=31)).isoformat(),
+        },
+    )
     assert [r["message_id"] for r in events(journal)] == [None]
     report = await run(emulator, journal)
     # the id-less "ok" is one of the two inbound ones; the other, and the bot's "ok", are messages of their own
     assert (report.seen, report.added, report.present) == (3, 2, 1)
     assert sorted((r["direction"], r["text"]) for r in events(journal)) == [
-        ("inbound", "ok"), ("inbound", "ok"), ("outbound", "ok")]
+        ("inbound", "ok"),
+        ("inbound", "ok"),
+        ("outbound", "ok"),
+    ]
 
 
 async def test_thousands_of_messages_are_paged_and_none_journaled_twice(emulator, intake, tmp_path):
     _, journal = intake
     maria = contact(emulator)
     start = now() - timedelta(minutes=50)
-    specs = [{"contact_id": maria.id, "direction": "in" if i % 4 else "out", "text": f"m{i}",
-              "created_at": (start + timedelta(seconds=i)).isoformat()} for i in range(2600)]
+    specs = [
+        {
+            "contact_id": maria.id,
+            "direction": "in" if i % 4 else "out",
+            "text": f"m{i}",
+            "created_at": (start + timedelta(seconds=i)).isoformat(),
+        }
+        for i in range(2600)
+    ]
     added = await add(emulator, *specs)
     # every third one reached us by webhook
-    bodies = emulator.run(lambda: [webhook_body(emulator.emulator.bots[BOT], emulator.emulator.contacts[maria.id],
-                                                emulator.emulator.messages[m["id"]], {})[0] for m in added[::3]])
+    bodies = emulator.run(
+        lambda: [
+            webhook_body(
+                emulator.emulator.bots[BOT],
+                emulator.emulator.contacts[maria.id],
+                emulator.emulator.messages[m["id"]],
+                {},
+            )[0]
+            for m in added[::3]
+        ]
+    )
     result = await journal.append([normalize(body, now()) for body in bodies])
     assert result.accepted == 867
     report = await run(emulator, journal, since=start - timedelta(minutes=1))
@@ -188,8 +247,18 @@ async def test_an_expired_token_is_renewed_and_429s_are_waited_out(intake):
     try:
         maria = contact(running)
         start = now() - timedelta(minutes=30)
-        await add(running, *({"contact_id": maria.id, "direction": "in", "text": f"m{i}",
-                              "created_at": (start + timedelta(seconds=i)).isoformat()} for i in range(450)))
+        await add(
+            running,
+            *(
+                {
+                    "contact_id": maria.id,
+                    "direction": "in",
+                    "text": f"m{i}",
+                    "created_at": (start + timedelta(seconds=i)).isoformat(),
+                }
+                for i in range(450)
+            ),
+        )
         async with client_of(running, rate=10) as client:
             first = await reconcile(client, journal, start)
             running.run(lambda: running.emulator.tokens.update({t: 0 for t in running.emulator.tokens}))
@@ -215,8 +284,11 @@ async def test_only_the_bots_asked_for(emulator, intake):
     _, journal = intake
     other = emulator.run(emulator.emulator.add_bot, "b" * 24, "Other", 5511900000001)
     elsewhere = emulator.run(emulator.emulator.add_contact, other.id, 5511988887777, "Ana")
-    await add(emulator, {"contact_id": contact(emulator).id, "direction": "in", "text": "oi"},
-              {"contact_id": elsewhere.id, "direction": "in", "text": "olá"})
+    await add(
+        emulator,
+        {"contact_id": contact(emulator).id, "direction": "in", "text": "oi"},
+        {"contact_id": elsewhere.id, "direction": "in", "text": "olá"},
+    )
     report = await run(emulator, journal, bot_ids=[BOT])
     assert (report.bots, report.added) == (1, 1) and [r["text"] for r in events(journal)] == ["oi"]
     report = await run(emulator, journal, bot_ids=["c" * 24])
@@ -242,8 +314,16 @@ async def test_a_webhook_whose_message_id_is_the_wamid_holds_the_message(emulato
     client, journal = intake
     maria = contact(emulator)
     wamid = "wamid.HBgMNTUzMjk5OTI5OTY5FQIAERgSRkFLRTEyMzQ1Njc4OTAA"
-    await add(emulator, {"contact_id": maria.id, "direction": "in", "text": "oi", "wamid": wamid,
-                         "webhook": {"url": client.hook, "id": wamid, "wamid": None}})
+    await add(
+        emulator,
+        {
+            "contact_id": maria.id,
+            "direction": "in",
+            "text": "oi",
+            "wamid": wamid,
+            "webhook": {"url": client.hook, "id": wamid, "wamid": None},
+        },
+    )
     assert [(r["message_id"], r["platform_message_id"]) for r in events(journal)] == [(wamid, wamid)]
     report = await run(emulator, journal)
     assert (report.added, report.present) == (0, 1) and len(events(journal)) == 1
@@ -255,8 +335,9 @@ async def test_chats_reordered_by_new_activity_mid_run_are_each_read_once(emulat
     people = []
     for i in range(150):  # the most recently active first: people[0] is read first, people[120] on page two
         person = emulator.run(emulator.emulator.add_contact, BOT, 5511900000000 + i, f"c{i}", created_at=start)
-        emulator.run(emulator.emulator.add_message, person.id, "in", f"m{i}",
-                     created_at=start + timedelta(seconds=150 - i))
+        emulator.run(
+            emulator.emulator.add_message, person.id, "in", f"m{i}", created_at=start + timedelta(seconds=150 - i)
+        )
         people.append(person)
 
     def writes_again(report):
@@ -272,16 +353,25 @@ async def test_chats_reordered_by_new_activity_mid_run_are_each_read_once(emulat
 
 @pytest.mark.parametrize("direction", ["in", "out"])
 async def test_a_late_webhook_whose_id_differs_from_the_apis_is_a_duplicate_when_the_wamid_matches(
-        emulator, intake, direction):
+    emulator, intake, direction
+):
     client, journal = intake
     maria = contact(emulator)
-    first, second = await add(emulator, {"contact_id": maria.id, "direction": direction, "text": "cheguei tarde"},
-                              {"contact_id": maria.id, "direction": direction, "text": "outra"})
+    first, second = await add(
+        emulator,
+        {"contact_id": maria.id, "direction": direction, "text": "cheguei tarde"},
+        {"contact_id": maria.id, "direction": direction, "text": "outra"},
+    )
     assert (await run(emulator, journal)).added == 2
     for message in (first, second):
-        body = emulator.run(lambda m=message: webhook_body(
-            emulator.emulator.bots[BOT], emulator.emulator.contacts[maria.id], emulator.emulator.messages[m["id"]],
-            {"id": "f" * 24 if m is first else "e" * 24}))
+        body = emulator.run(
+            lambda m=message: webhook_body(
+                emulator.emulator.bots[BOT],
+                emulator.emulator.contacts[maria.id],
+                emulator.emulator.messages[m["id"]],
+                {"id": "f" * 24 if m is first else "e" * 24},
+            )
+        )
         answer = await client.post(PATH, params={"token": TOKEN}, data=json.dumps(body))
         assert answer.status == 200 and await answer.json() == {"accepted": 0, "duplicates": 1, "rejected": 0}
     assert sorted(r["message_id"] for r in events(journal)) == sorted([first["id"], second["id"]])
@@ -296,9 +386,14 @@ async def test_a_late_webhook_carrying_the_wamid_as_its_id_is_a_duplicate(emulat
     assert (await run(emulator, journal)).added == 1
     wamid = emulator.run(lambda: emulator.emulator.messages[message["id"]].wamid)
     assert wamid.startswith("wamid.")
-    body = emulator.run(lambda: webhook_body(
-        emulator.emulator.bots[BOT], emulator.emulator.contacts[maria.id], emulator.emulator.messages[message["id"]],
-        {"id": wamid, "wamid": None}))  # the wamid in the SendPulse id's slot, none where it usually goes
+    body = emulator.run(
+        lambda: webhook_body(
+            emulator.emulator.bots[BOT],
+            emulator.emulator.contacts[maria.id],
+            emulator.emulator.messages[message["id"]],
+            {"id": wamid, "wamid": None},
+        )
+    )  # the wamid in the SendPulse id's slot, none where it usually goes
     answer = await client.post(PATH, params={"token": TOKEN}, data=json.dumps(body))
     assert answer.status == 200 and await answer.json() == {"accepted": 0, "duplicates": 1, "rejected": 0}
     assert [r["message_id"] for r in events(journal)] == [message["id"]]
@@ -307,16 +402,31 @@ async def test_a_late_webhook_carrying_the_wamid_as_its_id_is_a_duplicate(emulat
 @pytest.mark.parametrize("webhook_ids", [{}, {"id": "SENDPULSE-ID-UNLIKE-THE-APIS"}], ids=["same-id", "other-id"])
 async def test_webhooks_and_a_run_racing_for_the_same_messages_journal_each_once(emulator, intake, webhook_ids):
     client, journal = intake
-    people = [emulator.run(emulator.emulator.add_contact, BOT, 5511900000000 + i, f"c{i}",
-                           created_at=now() - timedelta(hours=1)) for i in range(12)]
-    messages = [emulator.run(emulator.emulator.add_message, person.id, "in" if n % 2 else "out", f"m{i}-{n}",
-                             created_at=now() - timedelta(minutes=30 - n))
-                for i, person in enumerate(people) for n in range(4)]
+    people = [
+        emulator.run(
+            emulator.emulator.add_contact, BOT, 5511900000000 + i, f"c{i}", created_at=now() - timedelta(hours=1)
+        )
+        for i in range(12)
+    ]
+    messages = [
+        emulator.run(
+            emulator.emulator.add_message,
+            person.id,
+            "in" if n % 2 else "out",
+            f"m{i}-{n}",
+            created_at=now() - timedelta(minutes=30 - n),
+        )
+        for i, person in enumerate(people)
+        for n in range(4)
+    ]
 
     async def post(message):
         overrides = {key: f"{value}{message.id}" for key, value in webhook_ids.items()}
-        body = emulator.run(lambda: webhook_body(emulator.emulator.bots[BOT],
-                                                 emulator.emulator.contacts[message.contact_id], message, overrides))
+        body = emulator.run(
+            lambda: webhook_body(
+                emulator.emulator.bots[BOT], emulator.emulator.contacts[message.contact_id], message, overrides
+            )
+        )
         answer = await client.post(PATH, params={"token": TOKEN}, data=json.dumps(body))
         assert answer.status == 200
 
@@ -331,7 +441,8 @@ async def test_webhooks_and_a_run_racing_for_the_same_messages_journal_each_once
     async with client_of(emulator, rate=10_000) as sendpulse:
         report, *_ = await asyncio.gather(
             reconcile(sendpulse, journal, now() - timedelta(hours=1), progress=between_chats),
-            *(post(message) for message in messages[::5]))
+            *(post(message) for message in messages[::5]),
+        )
     await asyncio.gather(*pending)
     for message in posted:
         await post(message)

@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from loguru import logger
@@ -41,19 +41,24 @@ def logged():
 
 def reconciler_of(emulator, journal, secret=SECRET, **settings):
     config = SendPulseConfig(client_id=CLIENT_ID, client_secret=secret, api_url=emulator.url, **settings)
-    return Reconciler(config, journal, SendPulseClient(emulator.url, CLIENT_ID, secret, RequestBudget(10),
-                                                       backoff=0.01, retries=1))
+    return Reconciler(
+        config, journal, SendPulseClient(emulator.url, CLIENT_ID, secret, RequestBudget(10), backoff=0.01, retries=1)
+    )
 
 
 async def test_the_first_window_starts_at_the_newest_event_less_the_margin(emulator, journal):
     reconciler = reconciler_of(emulator, journal, first_window_h=5)
     empty = await reconciler._start_since()
-    assert abs(empty - (datetime.now(timezone.utc) - timedelta(hours=5))) < timedelta(minutes=1)
-    received = datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc)
-    element = {"title": "incoming_message", "service": "whatsapp", "bot": {"id": BOT},
-               "contact": {"id": "c1", "phone": "5511987654321"},
-               "info": {"message": {"id": "m1", "channel_data": {"message": {"type": "text", "text": {"body": "oi"}}}}},
-               "date": 1764489600000}
+    assert abs(empty - (datetime.now(UTC) - timedelta(hours=5))) < timedelta(minutes=1)
+    received = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    element = {
+        "title": "incoming_message",
+        "service": "whatsapp",
+        "bot": {"id": BOT},
+        "contact": {"id": "c1", "phone": "5511987654321"},
+        "info": {"message": {"id": "m1", "channel_data": {"message": {"type": "text", "text": {"body": "oi"}}}}},
+        "date": 1764489600000,
+    }
     await journal.append([normalize(element, received, "{}")])
     assert await reconciler._start_since() == received - MARGIN
     await reconciler.close()
@@ -64,19 +69,19 @@ async def test_runs_fetch_back_and_say_so_in_status(emulator, journal):
     emulator.run(emulator.emulator.add_message, person.id, "in", "oi")
     reconciler = reconciler_of(emulator, journal)
     assert reconciler.status()["state"] == "starting"
-    report = await reconciler.run(datetime.now(timezone.utc) - timedelta(hours=1))
+    report = await reconciler.run(datetime.now(UTC) - timedelta(hours=1))
     assert (report.added, report.error) == (1, None)
     status = reconciler.status()
     assert (status["state"], status["seen"], status["added"], status["added_total"]) == ("up", 1, 1, 1)
     assert status["last_run_at"] and status["last_reconciled_at"] and status["window"]["since"]
-    await reconciler.run(datetime.now(timezone.utc) - timedelta(hours=1))
+    await reconciler.run(datetime.now(UTC) - timedelta(hours=1))
     assert (reconciler.status()["added"], reconciler.status()["added_total"], reconciler.status()["runs"]) == (0, 1, 2)
     await reconciler.close()
 
 
 async def test_bad_credentials_are_logged_once_and_sendpulse_down_each_time(emulator, journal, logged):
     reconciler = reconciler_of(emulator, journal, secret="a-wrong-secret")
-    since = datetime.now(timezone.utc) - timedelta(hours=1)
+    since = datetime.now(UTC) - timedelta(hours=1)
     for _ in range(3):
         report = await reconciler.run(since)
         assert report.error
@@ -137,7 +142,7 @@ async def test_an_unexpected_failure_is_a_failed_run_not_a_crash(emulator, journ
     emulator.run(emulator.emulator.add_message, person.id, "in", "oi")
     reconciler = reconciler_of(emulator, journal)
     await journal.close()  # appending now fails: not SendPulse's fault, and no reason to stop the daemon
-    report = await reconciler.run(datetime.now(timezone.utc) - timedelta(hours=1))
+    report = await reconciler.run(datetime.now(UTC) - timedelta(hours=1))
     assert report.error and reconciler.state == "down" and reconciler.failures == 1
     assert any("reconciliation failed" in line for line in logged)
     await reconciler.close()
@@ -151,7 +156,7 @@ async def test_an_unreadable_journal_at_start_reads_the_first_window(emulator, j
     reconciler = reconciler_of(emulator, journal, first_window_h=3)
     await journal.close()
     since = await reconciler._start_since()
-    assert abs(since - (datetime.now(timezone.utc) - timedelta(hours=3))) < timedelta(minutes=1)
+    assert abs(since - (datetime.now(UTC) - timedelta(hours=3))) < timedelta(minutes=1)
     assert any("cannot read the journal's newest event" in line for line in logged)
     await reconciler.close()
 
@@ -159,12 +164,13 @@ async def test_an_unreadable_journal_at_start_reads_the_first_window(emulator, j
 @pytest.mark.parametrize("status_window_h, learned", [(24, 1), (0, 0)])
 async def test_each_run_follows_up_the_statuses_of_status_window_h(emulator, journal, status_window_h, learned):
     person = contact(emulator)
-    message = emulator.run(emulator.emulator.add_message, person.id, "out", "oferta",
-                           created_at=datetime.now(timezone.utc) - timedelta(hours=3))
+    message = emulator.run(
+        emulator.emulator.add_message, person.id, "out", "oferta", created_at=datetime.now(UTC) - timedelta(hours=3)
+    )
     reconciler = reconciler_of(emulator, journal, status_window_h=status_window_h)
-    assert (await reconciler.run(datetime.now(timezone.utc) - timedelta(hours=4))).added == 1
+    assert (await reconciler.run(datetime.now(UTC) - timedelta(hours=4))).added == 1
     emulator.run(emulator.emulator.set_status, message.id, 4)  # read hours later
-    report = await reconciler.run(datetime.now(timezone.utc) - timedelta(minutes=15))
+    report = await reconciler.run(datetime.now(UTC) - timedelta(minutes=15))
     assert (report.statuses, report.followed_up) == (learned, learned)
     status = reconciler.status()
     assert (status["statuses"], status["statuses_total"], status["followed_up"]) == (learned, learned, learned)
@@ -173,7 +179,7 @@ async def test_each_run_follows_up_the_statuses_of_status_window_h(emulator, jou
 
 async def test_status_counts_the_failed_runs_in_a_row_and_since_when(emulator, journal):
     reconciler = reconciler_of(emulator, journal, secret="a-wrong-secret")
-    since = datetime.now(timezone.utc) - timedelta(hours=1)
+    since = datetime.now(UTC) - timedelta(hours=1)
     await reconciler.run(since)
     first = reconciler.status()
     assert (first["failed_in_a_row"], first["failing_since"]) == (1, first["last_run_at"])
@@ -205,8 +211,9 @@ async def test_a_new_client_takes_the_next_run_at_once_and_the_run_in_progress_e
     person = contact(emulator)
     emulator.run(emulator.emulator.add_message, person.id, "in", "missed")
     old = GatedClient(emulator.url, secret="a-wrong-secret")
-    config = SendPulseConfig(client_id=CLIENT_ID, client_secret="a-wrong-secret", api_url=emulator.url,
-                             reconcile_interval_s=3600)
+    config = SendPulseConfig(
+        client_id=CLIENT_ID, client_secret="a-wrong-secret", api_url=emulator.url, reconcile_interval_s=3600
+    )
     reconciler = Reconciler(config, journal, old)
     task = asyncio.create_task(reconciler.run_forever())
     try:
@@ -229,8 +236,11 @@ async def test_a_new_client_takes_the_next_run_at_once_and_the_run_in_progress_e
 
 async def test_stop_ends_the_loop_once_the_run_in_progress_is_done(emulator, journal):
     client = GatedClient(emulator.url)
-    reconciler = Reconciler(SendPulseConfig(client_id=CLIENT_ID, client_secret=SECRET, api_url=emulator.url,
-                                            reconcile_interval_s=0), journal, client)
+    reconciler = Reconciler(
+        SendPulseConfig(client_id=CLIENT_ID, client_secret=SECRET, api_url=emulator.url, reconcile_interval_s=0),
+        journal,
+        client,
+    )
     task = asyncio.create_task(reconciler.run_forever())
     try:
         await until(lambda: _true(client.entered.is_set()), task, "the run in progress")
@@ -262,9 +272,12 @@ async def test_a_changed_interval_and_a_wake_take_effect_without_waiting_out_the
 
 # -- SIGHUP: the daemon switches reconciliation on and off and replaces its client ------------------------------
 
+
 def write(path, sendpulse=None):
-    text = ('[server]\nlisten = "127.0.0.1:8080"\nwebhook_token = "reload-token-0123456789abcdef"\n'
-            '[journal]\npath = "journal.sqlite"\n[status]\nsocket = "status.sock"\n')
+    text = (
+        '[server]\nlisten = "127.0.0.1:8080"\nwebhook_token = "reload-token-0123456789abcdef"\n'
+        '[journal]\npath = "journal.sqlite"\n[status]\nsocket = "status.sock"\n'
+    )
     if sendpulse:
         text += "[sendpulse]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in sendpulse.items())
     path.write_text(text)
@@ -289,8 +302,12 @@ async def test_sighup_switches_reconciliation_on_replaces_its_client_and_switche
 
     try:
         assert await source() == {"state": "disabled"}
-        wrong = {"client_id": CLIENT_ID, "client_secret": "a-wrong-secret", "api_url": emulator.url,
-                 "reconcile_interval_s": 3600}
+        wrong = {
+            "client_id": CLIENT_ID,
+            "client_secret": "a-wrong-secret",
+            "api_url": emulator.url,
+            "reconcile_interval_s": 3600,
+        }
         write(path, wrong)
         await daemon.reload_settings()
         await until(lambda: state_is("misconfigured"), loop, "switched on, refused")

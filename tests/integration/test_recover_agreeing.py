@@ -3,7 +3,7 @@ API, delivery in rounds) to the real PostgreSQL cluster and the emulated base, i
 nothing may be called conflicting."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
@@ -29,7 +29,7 @@ NAMES = {"conversations": "Conversations", "interactions": "Interactions", "esca
 WEBHOOK_TOKEN = "webhook-token-0123456789"
 API_TOKEN = "api-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
-START = datetime(2026, 11, 20, 9, 0, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 20, 9, 0, 0, tzinfo=UTC)
 EMOJI = "Olá 👋🏽 tudo bem? 🇧🇷 ção ñ 中文 𝄞"
 LONG = ("Muito obrigado! 🙏 " * 8000)[:120_000]  # longer than a cell: written cut, with a marker
 
@@ -66,15 +66,28 @@ def stamp(moment, style):
 
 
 STYLES = ("s", "ms", "s-text", "ms", "s", "iso", "s-float", "none")
-TEXTS = (EMOJI, "  espaços nas pontas  ", "linha 1\r\nlinha 2\n\tlinha 3", "nul \x00 aqui", "12345", "0", LONG,
-         "\u200b", "ok")
+TEXTS = (
+    EMOJI,
+    "  espaços nas pontas  ",
+    "linha 1\r\nlinha 2\n\tlinha 3",
+    "nul \x00 aqui",
+    "12345",
+    "0",
+    LONG,
+    "\u200b",
+    "ok",
+)
 
 
 def element(title, n, at, style, message_id=None, text=None, kind="text"):
     contact, phone, name, service = CONTACTS[n]
-    out = {"title": title, "service": service, "bot": {"id": "bot1", "name": "Bot"},
-           "contact": {"phone": phone, "name": name, "variables": {}, "last_message": text},
-           "info": None}
+    out = {
+        "title": title,
+        "service": service,
+        "bot": {"id": "bot1", "name": "Bot"},
+        "contact": {"phone": phone, "name": name, "variables": {}, "last_message": text},
+        "info": None,
+    }
     if contact:
         out["contact"]["id"] = contact
     if stamp(at, style) is not None:
@@ -85,8 +98,10 @@ def element(title, n, at, style, message_id=None, text=None, kind="text"):
         elif kind == "image":
             body = {"type": "image", "image": {"caption": text, "url": "https://example.com/p.jpg"}}
         else:
-            body = {"type": "interactive", "interactive": {"type": "button_reply",
-                                                           "button_reply": {"id": "b1", "title": text}}}
+            body = {
+                "type": "interactive",
+                "interactive": {"type": "button_reply", "button_reply": {"id": "b1", "title": text}},
+            }
         out["info"] = {"message": {"id": message_id, "channel_data": {"message": body}}}
     return out
 
@@ -112,6 +127,7 @@ async def deliver_mix(journal, postgres, airtable, airtable_late=False):
     await client.start_server()
     messages = []
     try:
+
         async def webhook(elements):
             answer = await client.post(f"{server.webhook_path}?token={WEBHOOK_TOKEN}", json=elements)
             assert answer.status == 200, await answer.text()
@@ -153,31 +169,84 @@ async def deliver_mix(journal, postgres, airtable, airtable_late=False):
             for message_id, title, n, when in messages[-10:][::3]:
                 if when is None:
                     continue
-                await api("POST", "interactions", {
-                    "id": f"bot-{message_id}", "conversationId": conversation_of(n), "messageId": message_id,
-                    "direction": "inbound" if title == "incoming_message" else "outbound",
-                    "intent": "saudação", "response": "Olá! 😊", "processingTime": (len(message_id) * 37) % 2000,
-                    "status": "read", "timestamp": when.isoformat().replace("+00:00", "Z")})
-            await api("POST", "interactions", {
-                "id": f"bot-own-{round_}", "conversationId": conversation_of(round_ % 6), "direction": "outbound",
-                "content": f"Mensagem do bot {round_} ✅", "processingTime": 0 if round_ == 0 else 1234,
-                "status": "failed" if round_ == 2 else "sent",
-                **({"errorMessage": "WhatsApp 131047: re-engagement"} if round_ == 2 else {}),
-                **({"timestamp": (at + timedelta(milliseconds=123)).astimezone(
-                    timezone(timedelta(hours=-3))).isoformat()} if round_ % 3 else {})})
+                await api(
+                    "POST",
+                    "interactions",
+                    {
+                        "id": f"bot-{message_id}",
+                        "conversationId": conversation_of(n),
+                        "messageId": message_id,
+                        "direction": "inbound" if title == "incoming_message" else "outbound",
+                        "intent": "saudação",
+                        "response": "Olá! 😊",
+                        "processingTime": (len(message_id) * 37) % 2000,
+                        "status": "read",
+                        "timestamp": when.isoformat().replace("+00:00", "Z"),
+                    },
+                )
+            await api(
+                "POST",
+                "interactions",
+                {
+                    "id": f"bot-own-{round_}",
+                    "conversationId": conversation_of(round_ % 6),
+                    "direction": "outbound",
+                    "content": f"Mensagem do bot {round_} ✅",
+                    "processingTime": 0 if round_ == 0 else 1234,
+                    "status": "failed" if round_ == 2 else "sent",
+                    **({"errorMessage": "WhatsApp 131047: re-engagement"} if round_ == 2 else {}),
+                    **(
+                        {
+                            "timestamp": (at + timedelta(milliseconds=123))
+                            .astimezone(timezone(timedelta(hours=-3)))
+                            .isoformat()
+                        }
+                        if round_ % 3
+                        else {}
+                    ),
+                },
+            )
             if round_ == 4:
-                await api("PATCH", f"conversations/{conversation_of(0)}", {
-                    "intent": "compra", "sentiment": "positivo 😀", "priority": "HIGH", "assignedAgent": "Ana",
-                    "tags": ["vip", "pix", "São Paulo"], "metadata": {"plan": "gold"}})
-                await api("POST", "escalations", {
-                    "id": "esc-api-1", "conversationId": conversation_of(0), "reason": "quer falar com humano",
-                    "priority": "CRITICAL", "customerPhone": "+55 11 98765-4321",
-                    "createdAt": (at - timedelta(minutes=1)).isoformat()})
-                await api("POST", "escalations", {
-                    "id": "esc-api-2", "conversationId": conversation_of(3), "notes": "sem prioridade"})
+                await api(
+                    "PATCH",
+                    f"conversations/{conversation_of(0)}",
+                    {
+                        "intent": "compra",
+                        "sentiment": "positivo 😀",
+                        "priority": "HIGH",
+                        "assignedAgent": "Ana",
+                        "tags": ["vip", "pix", "São Paulo"],
+                        "metadata": {"plan": "gold"},
+                    },
+                )
+                await api(
+                    "POST",
+                    "escalations",
+                    {
+                        "id": "esc-api-1",
+                        "conversationId": conversation_of(0),
+                        "reason": "quer falar com humano",
+                        "priority": "CRITICAL",
+                        "customerPhone": "+55 11 98765-4321",
+                        "createdAt": (at - timedelta(minutes=1)).isoformat(),
+                    },
+                )
+                await api(
+                    "POST",
+                    "escalations",
+                    {"id": "esc-api-2", "conversationId": conversation_of(3), "notes": "sem prioridade"},
+                )
             if round_ == 9:
-                await api("PATCH", "escalations/esc-api-1", {"status": "resolved", "assignedAgent": "Bia",
-                                                              "resolvedAt": at.isoformat(), "notes": "resolvido ✔"})
+                await api(
+                    "PATCH",
+                    "escalations/esc-api-1",
+                    {
+                        "status": "resolved",
+                        "assignedAgent": "Bia",
+                        "resolvedAt": at.isoformat(),
+                        "notes": "resolvido ✔",
+                    },
+                )
                 await api("PATCH", f"conversations/{conversation_of(1)}", {"priority": "LOW", "status": "closed"})
         await deliver(journal, [postgres, airtable])
     finally:
@@ -219,10 +288,12 @@ async def mixed_stores(tmp_path, fast_emulator, pg_cluster, pg_schema):
         await journal.close()
 
 
-@pytest.mark.parametrize("variant, late", [("init", False), ("date", False), ("dateTime", False), ("mixed", False),
-                                           ("init", True)])
-async def test_recover_all_on_stores_that_agree_finds_nothing_conflicting(variant, late, mixed_stores, pg_cluster,
-                                                                          pg_conn, pg_schema):
+@pytest.mark.parametrize(
+    "variant, late", [("init", False), ("date", False), ("dateTime", False), ("mixed", False), ("init", True)]
+)
+async def test_recover_all_on_stores_that_agree_finds_nothing_conflicting(
+    variant, late, mixed_stores, pg_cluster, pg_conn, pg_schema
+):
     stores = await mixed_stores(variant, late)
     before = await dump(pg_conn, pg_schema)
     async with PostgresRows.open(pg_cluster.dsn(), pg_schema) as pg:
@@ -230,13 +301,19 @@ async def test_recover_all_on_stores_that_agree_finds_nothing_conflicting(varian
     assert report.diffs == [] and report.problems == []
     t = report.tallies
     assert (t["conversations"].read, t["interactions"].read, t["escalations"].read) == (6, stores.interactions, 3)
-    assert all(tally.present == tally.read and tally.conflicting == tally.replaced == tally.inserted == 0
-               for tally in t.values())
+    assert all(
+        tally.present == tally.read and tally.conflicting == tally.replaced == tally.inserted == 0
+        for tally in t.values()
+    )
     assert await dump(pg_conn, pg_schema) == before  # Airtable preferred, and still nothing written
 
 
 async def dump(conn, schema):
     s = quote_ident(schema)
-    return {table: sorted(json.dumps(row, sort_keys=True, default=str) for row in await conn.fetch(
-        f"SELECT to_jsonb(t) FROM {s}.{table} AS t")) for table in ("conversations", "interactions",
-                                                                                   "escalations")}
+    return {
+        table: sorted(
+            json.dumps(row, sort_keys=True, default=str)
+            for row in await conn.fetch(f"SELECT to_jsonb(t) FROM {s}.{table} AS t")
+        )
+        for table in ("conversations", "interactions", "escalations")
+    }

@@ -1,15 +1,15 @@
 """Journal retention: only old events that every enabled sink holds are purged; nothing pending or dead."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from daemon.events import normalize
 from daemon.journal import Journal
 from daemon.records import conversation_id_for
 from tests.support import incoming
 
-OLD = datetime(2026, 9, 1, tzinfo=timezone.utc)
-NEW = datetime(2026, 11, 25, tzinfo=timezone.utc)
-CUTOFF = datetime(2026, 10, 26, tzinfo=timezone.utc)
+OLD = datetime(2026, 9, 1, tzinfo=UTC)
+NEW = datetime(2026, 11, 25, tzinfo=UTC)
+CUTOFF = datetime(2026, 10, 26, tzinfo=UTC)
 
 
 async def ids_by_message(journal):
@@ -29,7 +29,7 @@ async def test_only_old_events_every_sink_holds_are_purged(tmp_path):
         await journal.mark_delivered("postgres", [ids["old4"]])
         await journal.mark_dead("airtable", ids["old4"], "refused")  # dead for airtable
         # old5: pending everywhere
-        before = (await journal.conversations([conversation_id_for("bot1", "c1", None)]))
+        before = await journal.conversations([conversation_id_for("bot1", "c1", None)])
 
         assert await journal.purge(CUTOFF, ["postgres", "airtable"], limit=2) == 2  # small batches
         assert await journal.purge(CUTOFF, ["postgres", "airtable"], limit=2) == 1

@@ -1,19 +1,22 @@
 """daemon.sendpulse against the SendPulse emulator over real HTTP: tokens, paging, 429s, 5xx, bad credentials."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from daemon.ratelimit import RequestBudget
 from daemon.sendpulse import (
-    SendPulseClient, SendPulseMisconfigured, SendPulseNotFound, SendPulseUnavailable,
+    SendPulseClient,
+    SendPulseMisconfigured,
+    SendPulseNotFound,
+    SendPulseUnavailable,
 )
 from daemon.testing.sendpulse import EmulatorThread
 
 CLIENT_ID = "sp-client"
 SECRET = "sp-secret-never-shown"
 BOT = "68f176502ca6f03a9705c489"
-START = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
 
 def serve(**limits):
@@ -40,8 +43,9 @@ def stats(emulator):
 def history(emulator, count, start=START, step=timedelta(seconds=1)):
     contact = emulator.run(emulator.emulator.add_contact, BOT, 5533999898026, "Maria", created_at=start)
     for i in range(count):
-        emulator.run(emulator.emulator.add_message, contact.id, "in" if i % 2 else "out", f"m{i}",
-                     created_at=start + i * step)
+        emulator.run(
+            emulator.emulator.add_message, contact.id, "in" if i % 2 else "out", f"m{i}", created_at=start + i * step
+        )
     return contact
 
 

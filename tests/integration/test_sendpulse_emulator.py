@@ -4,7 +4,7 @@ import asyncio
 import json
 import urllib.error
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -12,13 +12,18 @@ from aiohttp import web
 
 from daemon.testing.sendpulse import EmulatorThread
 from tests.support import (
-    SENDPULSE_BOT, SENDPULSE_CLIENT_ID, SENDPULSE_CLIENT_SECRET, SendPulseEmulator, free_port, wait_for,
+    SENDPULSE_BOT,
+    SENDPULSE_CLIENT_ID,
+    SENDPULSE_CLIENT_SECRET,
+    SendPulseEmulator,
+    free_port,
+    wait_for,
 )
 
 CLIENT_ID = "sp-test-client"
 SECRET = "sp-test-secret"
 BOT = "68f176502ca6f03a9705c489"
-START = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -60,15 +65,17 @@ async def access(session, emulator):
 
 
 async def contact(session, emulator, phone="5533999898026", name="Maria", **details):
-    status, body = await control(session, emulator, "/_emulator/contacts",
-                                 {"bot_id": BOT, "phone": phone, "name": name, **details})
+    status, body = await control(
+        session, emulator, "/_emulator/contacts", {"bot_id": BOT, "phone": phone, "name": name, **details}
+    )
     assert status == 200, body
     return body
 
 
 async def add(session, emulator, *specs, background=False):
-    status, body = await control(session, emulator, "/_emulator/messages",
-                                 {"messages": list(specs), "background": background})
+    status, body = await control(
+        session, emulator, "/_emulator/messages", {"messages": list(specs), "background": background}
+    )
     assert status == 200, body
     return body["messages"]
 
@@ -100,8 +107,15 @@ async def test_token_flow_wrong_credentials_and_expiry(session, emulator, clock)
     first = body["access_token"]
     status, bots = await get(session, emulator, "/whatsapp/bots", first)
     assert status == 200 and bots["success"] is True
-    assert bots["data"] == [{"id": BOT, "name": "SVlentes", "status": 3, "channel": "WHATSAPP",
-                             "channel_data": {"phone": 553399898026, "name": "SVlentes"}}]
+    assert bots["data"] == [
+        {
+            "id": BOT,
+            "name": "SVlentes",
+            "status": 3,
+            "channel": "WHATSAPP",
+            "channel_data": {"phone": 553399898026, "name": "SVlentes"},
+        }
+    ]
     for missing in (None, "not-a-token"):
         status, body = await get(session, emulator, "/whatsapp/bots", missing)
         assert status == 401 and body == {"success": False, "message": "Unauthorized", "errors": {}}
@@ -123,12 +137,25 @@ async def test_pagination_across_thousands_of_messages_both_orders(session, emul
     maria = await contact(session, emulator)
     other = await contact(session, emulator, phone="5511987654321", name="João")
     # Ten messages a second, so many share a second; the last batch lands in the middle of the history.
-    specs = [{"contact_id": maria["id"], "direction": "in" if i % 3 else "out", "text": f"m{i}",
-              "created_at": (START + timedelta(seconds=i // 10)).isoformat()} for i in range(2537)]
+    specs = [
+        {
+            "contact_id": maria["id"],
+            "direction": "in" if i % 3 else "out",
+            "text": f"m{i}",
+            "created_at": (START + timedelta(seconds=i // 10)).isoformat(),
+        }
+        for i in range(2537)
+    ]
     added = await add(session, emulator, *specs[:2000])
     added += await add(session, emulator, *specs[2000:])
-    added += await add(session, emulator, *({**s, "text": f"late{i}", "created_at": (START + timedelta(seconds=5))
-                                             .isoformat()} for i, s in enumerate(specs[:7])))
+    added += await add(
+        session,
+        emulator,
+        *(
+            {**s, "text": f"late{i}", "created_at": (START + timedelta(seconds=5)).isoformat()}
+            for i, s in enumerate(specs[:7])
+        ),
+    )
     await add(session, emulator, {"contact_id": other["id"], "direction": "in", "text": "not Maria's"})
     _, history = await control(session, emulator, f"/_emulator/messages?contact_id={maria['id']}")
     expected = [m["id"] for m in history["messages"]]
@@ -144,19 +171,41 @@ async def test_pagination_across_thousands_of_messages_both_orders(session, emul
 
     by_skip = []
     for skip in range(0, 2544, 100):
-        status, body = await get(session, emulator, "/whatsapp/chats/messages", key, contact_id=maria["id"],
-                                 size=100, skip=skip, order="asc")
+        status, body = await get(
+            session, emulator, "/whatsapp/chats/messages", key, contact_id=maria["id"], size=100, skip=skip, order="asc"
+        )
         by_skip.extend(m["id"] for m in body["data"])
     assert by_skip == expected
-    status, body = await get(session, emulator, "/whatsapp/chats/messages", key, contact_id=maria["id"], size=5,
-                             skip=1000, order="asc", search_after=expected[9])
+    status, body = await get(
+        session,
+        emulator,
+        "/whatsapp/chats/messages",
+        key,
+        contact_id=maria["id"],
+        size=5,
+        skip=1000,
+        order="asc",
+        search_after=expected[9],
+    )
     assert [m["id"] for m in body["data"]] == expected[10:15]  # search_after wins over skip
     status, body = await get(session, emulator, "/whatsapp/chats/messages", key, contact_id=maria["id"])
     assert [m["id"] for m in body["data"]] == expected[::-1][:20]  # no order: newest first, 20
 
     first = ascending[0]
-    assert set(first) == {"id", "contact_id", "bot_id", "campaign_id", "direction", "status", "type", "channel",
-                          "data", "is_paid", "price_cbp", "created_at"}
+    assert set(first) == {
+        "id",
+        "contact_id",
+        "bot_id",
+        "campaign_id",
+        "direction",
+        "status",
+        "type",
+        "channel",
+        "data",
+        "is_paid",
+        "price_cbp",
+        "created_at",
+    }
     assert first["contact_id"] == maria["id"] and first["bot_id"] == BOT and first["created_at"].endswith("+00:00")
     assert len(first["id"]) == 24 and int(first["id"], 16) >= 0
     inbound = next(m for m in ascending if m["direction"] == 1)
@@ -165,15 +214,29 @@ async def test_pagination_across_thousands_of_messages_both_orders(session, emul
     assert inbound["data"]["type"] == "text" and inbound["data"]["from"] == "5533999898026"
     assert outbound["status"] == 2 and outbound["data"]["message_id"].startswith("wamid.")
 
-    for params, status_wanted in [({"size": 101}, 400), ({"size": 0}, 400), ({"skip": -1}, 400),
-                                  ({"order": "newest"}, 400), ({"search_after": "f" * 24}, 400),
-                                  ({"contact_id": "a" * 24}, 404), ({"contact_id": ""}, 400)]:
-        status, body = await get(session, emulator, "/whatsapp/chats/messages", key,
-                                 **{"contact_id": maria["id"], "order": "asc", **params})
+    for params, status_wanted in [
+        ({"size": 101}, 400),
+        ({"size": 0}, 400),
+        ({"skip": -1}, 400),
+        ({"order": "newest"}, 400),
+        ({"search_after": "f" * 24}, 400),
+        ({"contact_id": "a" * 24}, 404),
+        ({"contact_id": ""}, 400),
+    ]:
+        status, body = await get(
+            session, emulator, "/whatsapp/chats/messages", key, **{"contact_id": maria["id"], "order": "asc", **params}
+        )
         assert status == status_wanted and body["success"] is False, params
     other_history = (await control(session, emulator, f"/_emulator/messages?contact_id={other['id']}"))[1]
-    status, _ = await get(session, emulator, "/whatsapp/chats/messages", key, contact_id=maria["id"], order="asc",
-                          search_after=other_history["messages"][0]["id"])
+    status, _ = await get(
+        session,
+        emulator,
+        "/whatsapp/chats/messages",
+        key,
+        contact_id=maria["id"],
+        order="asc",
+        search_after=other_history["messages"][0]["id"],
+    )
     assert status == 400  # another contact's message is no cursor here
 
 
@@ -227,9 +290,17 @@ async def receiver():
 
 async def test_webhook_posted_once_and_only_once_or_not_at_all(session, emulator, receiver):
     maria = await contact(session, emulator, phone="+55 33 99989-8026")
-    [inbound] = await add(session, emulator, {"contact_id": maria["id"], "direction": "in", "text": "Oi, tudo bem?",
-                                              "created_at": "2026-11-24T10:15:03+00:00",
-                                              "webhook": {"url": receiver.url}})
+    [inbound] = await add(
+        session,
+        emulator,
+        {
+            "contact_id": maria["id"],
+            "direction": "in",
+            "text": "Oi, tudo bem?",
+            "created_at": "2026-11-24T10:15:03+00:00",
+            "webhook": {"url": receiver.url},
+        },
+    )
     assert inbound["webhook"] == {"status": 200}
     assert len(receiver.bodies) == 1
     [event] = receiver.bodies[0]  # an array of one event
@@ -239,17 +310,39 @@ async def test_webhook_posted_once_and_only_once_or_not_at_all(session, emulator
     assert event["info"]["message"]["id"] == inbound["id"]
     payload = event["info"]["message"]["channel_data"]["message"]
     assert payload == inbound["data"] and payload["id"].startswith("wamid.")  # the API's data is the same object
-    assert event["date"] == int(datetime(2026, 11, 24, 10, 15, 3, tzinfo=timezone.utc).timestamp() * 1000)
+    assert event["date"] == int(datetime(2026, 11, 24, 10, 15, 3, tzinfo=UTC).timestamp() * 1000)
 
     receiver.answer = 500
-    [outbound] = await add(session, emulator, {"contact_id": maria["id"], "direction": "out", "text": "Olá!",
-                                               "wamid": "wamid.OUT1", "webhook": {"url": receiver.url}})
+    [outbound] = await add(
+        session,
+        emulator,
+        {
+            "contact_id": maria["id"],
+            "direction": "out",
+            "text": "Olá!",
+            "wamid": "wamid.OUT1",
+            "webhook": {"url": receiver.url},
+        },
+    )
     assert outbound["webhook"] == {"status": 500}
     receiver.answer = 200
-    [silent, later] = await add(session, emulator, {"contact_id": maria["id"], "direction": "in", "text": "no hook"},
-                                {"contact_id": maria["id"], "direction": "in", "text": "other ids",
-                                 "webhook": {"url": receiver.url, "id": "6a496b4f67a824bf17040c06",
-                                             "wamid": None, "single": True, "date_unit": "s"}})
+    [silent, later] = await add(
+        session,
+        emulator,
+        {"contact_id": maria["id"], "direction": "in", "text": "no hook"},
+        {
+            "contact_id": maria["id"],
+            "direction": "in",
+            "text": "other ids",
+            "webhook": {
+                "url": receiver.url,
+                "id": "6a496b4f67a824bf17040c06",
+                "wamid": None,
+                "single": True,
+                "date_unit": "s",
+            },
+        },
+    )
     assert "webhook" not in silent and later["webhook"] == {"status": 200}
     # The 500 was not retried: the next POST the receiver got is the later message's.
     assert len(receiver.bodies) == 3
@@ -261,20 +354,37 @@ async def test_webhook_posted_once_and_only_once_or_not_at_all(session, emulator
     assert isinstance(single, dict) and single["info"]["message"]["id"] == "6a496b4f67a824bf17040c06"
     assert "id" not in single["info"]["message"]["channel_data"]["message"] and single["date"] < 10**12
 
-    [lost] = await add(session, emulator, {"contact_id": maria["id"], "direction": "in", "text": "while down",
-                                           "webhook": {"url": "http://127.0.0.1:1/webhooks/sendpulse"}})
+    [lost] = await add(
+        session,
+        emulator,
+        {
+            "contact_id": maria["id"],
+            "direction": "in",
+            "text": "while down",
+            "webhook": {"url": "http://127.0.0.1:1/webhooks/sendpulse"},
+        },
+    )
     assert "error" in lost["webhook"] and len(receiver.bodies) == 3
     _, history = await control(session, emulator, f"/_emulator/messages?contact_id={maria['id']}")
     assert lost["id"] in [m["id"] for m in history["messages"]]  # the history keeps it; only the POST was lost
 
-    [late] = await add(session, emulator, {"contact_id": maria["id"], "direction": "in", "text": "background",
-                                           "webhook": {"url": receiver.url}}, background=True)
+    [late] = await add(
+        session,
+        emulator,
+        {"contact_id": maria["id"], "direction": "in", "text": "background", "webhook": {"url": receiver.url}},
+        background=True,
+    )
     await asyncio.wait_for(_until(lambda: len(receiver.bodies) == 4), 30)
     assert receiver.bodies[3][0]["info"]["message"]["id"] == late["id"]
     _, log = await control(session, emulator, "/_emulator/webhooks")
     assert [w.get("status") for w in log["webhooks"]] == [200, 500, 200, None, 200]
-    assert [w["message_id"] for w in log["webhooks"]] == [inbound["id"], outbound["id"], later["id"], lost["id"],
-                                                          late["id"]]
+    assert [w["message_id"] for w in log["webhooks"]] == [
+        inbound["id"],
+        outbound["id"],
+        later["id"],
+        lost["id"],
+        late["id"],
+    ]
     _, stats = await control(session, emulator, "/_emulator/stats")
     assert stats["webhooks"] == {"posted": 4, "failed": 1}
 
@@ -286,12 +396,17 @@ async def _until(condition):
 
 async def test_outbound_status_updates_are_visible(session, emulator):
     maria = await contact(session, emulator)
-    [inbound, outbound] = await add(session, emulator, {"contact_id": maria["id"], "direction": "in", "text": "oi"},
-                                    {"contact_id": maria["id"], "direction": "out", "text": "olá"})
+    [inbound, outbound] = await add(
+        session,
+        emulator,
+        {"contact_id": maria["id"], "direction": "in", "text": "oi"},
+        {"contact_id": maria["id"], "direction": "out", "text": "olá"},
+    )
     key = await access(session, emulator)
     for status in (3, 4, 6):
-        answer, body = await control(session, emulator, "/_emulator/messages/status",
-                                     {"id": outbound["id"], "status": status})
+        answer, body = await control(
+            session, emulator, "/_emulator/messages/status", {"id": outbound["id"], "status": status}
+        )
         assert answer == 200 and body["status"] == status
         _, page = await get(session, emulator, "/whatsapp/chats/messages", key, contact_id=maria["id"], order="asc")
         assert [(m["id"], m["status"]) for m in page["data"]] == [(inbound["id"], 1), (outbound["id"], status)]
@@ -299,9 +414,17 @@ async def test_outbound_status_updates_are_visible(session, emulator):
     assert answer == 400 and body["success"] is False
     answer, _ = await control(session, emulator, "/_emulator/messages/status", {"id": "f" * 24, "status": 3})
     assert answer == 404
-    answer, body = await control(session, emulator, "/_emulator/messages", {"messages": [
-        {"contact_id": maria["id"], "direction": "in", "text": "valid"},
-        {"contact_id": maria["id"], "direction": "in", "status": "x"}]})
+    answer, body = await control(
+        session,
+        emulator,
+        "/_emulator/messages",
+        {
+            "messages": [
+                {"contact_id": maria["id"], "direction": "in", "text": "valid"},
+                {"contact_id": maria["id"], "direction": "in", "status": "x"},
+            ]
+        },
+    )
     assert answer == 400 and "status" in body["message"]
     _, history = await control(session, emulator, f"/_emulator/messages?contact_id={maria['id']}")
     assert len(history["messages"]) == 2  # a batch with a bad message adds none of it
@@ -310,13 +433,29 @@ async def test_outbound_status_updates_are_visible(session, emulator):
 async def test_chats_contacts_and_their_errors(session, emulator, clock):
     emulator.emulator.rate = 10_000
     key = await access(session, emulator)
-    people = [await contact(session, emulator, phone=f"55119000000{i:02d}", name=f"P{i}",
-                            created_at="2026-10-17T04:03:46+00:00") for i in range(25)]
+    people = [
+        await contact(
+            session, emulator, phone=f"55119000000{i:02d}", name=f"P{i}", created_at="2026-10-17T04:03:46+00:00"
+        )
+        for i in range(25)
+    ]
     for i, person in enumerate(people):  # P24 wrote last
-        await add(session, emulator, {"contact_id": person["id"], "direction": "in", "text": f"hi {i}",
-                                      "created_at": (START + timedelta(minutes=i)).isoformat()},
-                  {"contact_id": person["id"], "direction": "out", "text": "reply",
-                   "created_at": (START + timedelta(minutes=i, seconds=6)).isoformat()})
+        await add(
+            session,
+            emulator,
+            {
+                "contact_id": person["id"],
+                "direction": "in",
+                "text": f"hi {i}",
+                "created_at": (START + timedelta(minutes=i)).isoformat(),
+            },
+            {
+                "contact_id": person["id"],
+                "direction": "out",
+                "text": "reply",
+                "created_at": (START + timedelta(minutes=i, seconds=6)).isoformat(),
+            },
+        )
     chats = []
     for skip in (0, 10, 20):
         status, body = await get(session, emulator, "/whatsapp/chats", key, bot_id=BOT, size=10, skip=skip)
@@ -334,8 +473,9 @@ async def test_chats_contacts_and_their_errors(session, emulator, clock):
     assert (await get(session, emulator, "/whatsapp/chats", key, bot_id="b" * 24))[0] == 404
     await control(session, emulator, f"/_emulator/contacts/{people[3]['id']}", {"delete": True})
     assert (await get(session, emulator, "/whatsapp/contacts/get", key, id=people[3]["id"]))[0] == 404
-    assert (await get(session, emulator, "/whatsapp/chats/messages", key, contact_id=people[3]["id"],
-                      order="asc"))[0] == 404
+    assert (await get(session, emulator, "/whatsapp/chats/messages", key, contact_id=people[3]["id"], order="asc"))[
+        0
+    ] == 404
     await control(session, emulator, f"/_emulator/contacts/{people[4]['id']}", {"status": 2})
     assert (await get(session, emulator, "/whatsapp/contacts/get", key, id=people[4]["id"]))[1]["data"]["status"] == 2
 
@@ -358,8 +498,9 @@ def test_subprocess_emulator_tokens_expire_on_real_time(tmp_path):
         assert issued["expires_in"] == 1
 
         def bots_status():
-            request = urllib.request.Request(f"{running.url}/whatsapp/bots",
-                                             headers={"Authorization": f"Bearer {issued['access_token']}"})
+            request = urllib.request.Request(
+                f"{running.url}/whatsapp/bots", headers={"Authorization": f"Bearer {issued['access_token']}"}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=10) as answer:
                     return answer.status
@@ -375,9 +516,11 @@ def test_subprocess_emulator_tokens_expire_on_real_time(tmp_path):
 
 
 def _sync_token(url):
-    body = json.dumps({"grant_type": "client_credentials", "client_id": SENDPULSE_CLIENT_ID,
-                       "client_secret": SENDPULSE_CLIENT_SECRET}).encode()
-    request = urllib.request.Request(url + "/oauth/access_token", data=body,
-                                     headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        {"grant_type": "client_credentials", "client_id": SENDPULSE_CLIENT_ID, "client_secret": SENDPULSE_CLIENT_SECRET}
+    ).encode()
+    request = urllib.request.Request(
+        url + "/oauth/access_token", data=body, headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as answer:
         return json.loads(answer.read())

@@ -1,7 +1,7 @@
 """`chatledger show`'s reads: one conversation with its interactions and escalations from PostgreSQL, else the
 journal, else Airtable, alike whichever answers; the stores that did not answer named."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 
 import pytest
@@ -24,7 +24,7 @@ PHONE = "5511900000001"  # c1's, "+55 11 900000001" in the webhooks
 
 def at(seconds):
     """A webhook's time in PAYLOADS, as show gives every time."""
-    return iso(datetime.fromtimestamp(T0 + seconds, timezone.utc))
+    return iso(datetime.fromtimestamp(T0 + seconds, UTC))
 
 
 @pytest.fixture
@@ -37,10 +37,28 @@ async def filled(tmp_path, stores_emulator, pg_cluster, pg_schema):
     await init_base(client, NAMES)
     async with api_client(journal) as api:
         for route, body in (
-                ("/api/v1/interactions", {"id": "bot-5", "conversationId": C1, "messageId": "wamid.5",
-                                          "direction": "inbound", "intent": "greeting", "processingTime": 120}),
-                ("/api/v1/escalations", {"id": "esc-1", "conversationId": C1, "reason": "wants a human",
-                                         "priority": "HIGH", "createdAt": "2026-11-27T10:00:00Z"})):
+            (
+                "/api/v1/interactions",
+                {
+                    "id": "bot-5",
+                    "conversationId": C1,
+                    "messageId": "wamid.5",
+                    "direction": "inbound",
+                    "intent": "greeting",
+                    "processingTime": 120,
+                },
+            ),
+            (
+                "/api/v1/escalations",
+                {
+                    "id": "esc-1",
+                    "conversationId": C1,
+                    "reason": "wants a human",
+                    "priority": "HIGH",
+                    "createdAt": "2026-11-27T10:00:00Z",
+                },
+            ),
+        ):
             assert (await api.post(route, json=body, headers=AUTH)).status == 201
         patch = {"status": "resolved", "assignedAgent": "ana", "resolvedAt": "2026-11-27T11:00:00Z"}
         assert (await api.patch("/api/v1/escalations/esc-1", json=patch, headers=AUTH)).status == 200
@@ -52,9 +70,11 @@ async def filled(tmp_path, stores_emulator, pg_cluster, pg_schema):
     await postgres.close()
     empty = await Journal.open(tmp_path / "empty.sqlite", [])
     rows = partial(PostgresRows.open, pg_cluster.dsn(), pg_schema, migrate_schema=False)
-    yield {"postgres": Stores(journal, rows, lambda: (client, NAMES)),
-           "journal": Stores(journal, None, lambda: (client, NAMES)),
-           "airtable": Stores(empty, None, lambda: (client, NAMES))}
+    yield {
+        "postgres": Stores(journal, rows, lambda: (client, NAMES)),
+        "journal": Stores(journal, None, lambda: (client, NAMES)),
+        "airtable": Stores(empty, None, lambda: (client, NAMES)),
+    }
     await airtable.close()
     await empty.close()
     await journal.close()
@@ -65,12 +85,40 @@ def _seen(answer):
     [one] = answer["conversations"]
     c = one["conversation"]
     return (
-        (c["conversationId"], c["customerPhone"], c["customerName"], c["status"], c["startedAt"], c["lastActivity"],
-         c["messageCount"]),
-        [(i["direction"], i["timestamp"], i["content"], i["messageId"], i["intent"], i["processingTime"], i["status"])
-         for i in one["interactions"]],
-        [(e["id"], e["ticketId"], e["reason"], e["priority"], e["status"], e["assignedAgent"], e["createdAt"],
-          e["resolvedAt"]) for e in one["escalations"]],
+        (
+            c["conversationId"],
+            c["customerPhone"],
+            c["customerName"],
+            c["status"],
+            c["startedAt"],
+            c["lastActivity"],
+            c["messageCount"],
+        ),
+        [
+            (
+                i["direction"],
+                i["timestamp"],
+                i["content"],
+                i["messageId"],
+                i["intent"],
+                i["processingTime"],
+                i["status"],
+            )
+            for i in one["interactions"]
+        ],
+        [
+            (
+                e["id"],
+                e["ticketId"],
+                e["reason"],
+                e["priority"],
+                e["status"],
+                e["assignedAgent"],
+                e["createdAt"],
+                e["resolvedAt"],
+            )
+            for e in one["escalations"]
+        ],
     )
 
 
@@ -87,7 +135,8 @@ async def test_each_store_answers_the_same_conversation_and_says_it_answered(fil
     assert [i[1] for i in interactions] == [at(i * 60) for i in range(1, 60, 4)]
     assert [e[2:] for e in escalations] == [
         ("live chat opened", "MEDIUM", "pending", None, at(5000), None),
-        ("wants a human", "HIGH", "resolved", "ana", "2026-11-27T10:00:00.000Z", "2026-11-27T11:00:00.000Z")]
+        ("wants a human", "HIGH", "resolved", "ana", "2026-11-27T10:00:00.000Z", "2026-11-27T11:00:00.000Z"),
+    ]
     assert _seen(answers["journal"]) == _seen(answers["postgres"])
     assert _seen(answers["airtable"]) == _seen(answers["postgres"])
     text = render(answers["journal"])
@@ -100,8 +149,10 @@ async def test_a_phone_shows_each_of_its_conversations_from_whichever_store_know
         answer = await show(stores, phone=PHONE)
         assert [(c["source"], c["conversation"]["conversationId"]) for c in answer["conversations"]] == [(store, C1)]
     nobody = await show(filled["postgres"], phone="5511911112222")
-    assert nobody["conversations"] == [] and nobody["error"] == \
-        "no conversation of phone 5511911112222 in any store that answered"
+    assert (
+        nobody["conversations"] == []
+        and nobody["error"] == "no conversation of phone 5511911112222 in any store that answered"
+    )
 
 
 async def test_a_long_conversation_says_how_much_is_shown(filled):
@@ -116,8 +167,9 @@ async def test_the_stores_that_did_not_answer_are_named(tmp_path, own_pg):
     try:
         await journal.append([normalize(PAYLOADS[1], RECEIVED)])
         own_pg.stop("immediate")
-        stores = Stores(journal, partial(PostgresRows.open, own_pg.dsn(), "chatledger", migrate_schema=False),
-                        lambda: None)
+        stores = Stores(
+            journal, partial(PostgresRows.open, own_pg.dsn(), "chatledger", migrate_schema=False), lambda: None
+        )
         answer = await show(stores, conversation=C1)
         assert [c["source"] for c in answer["conversations"]] == ["journal"]
         [problem] = answer["problems"]
@@ -125,7 +177,8 @@ async def test_the_stores_that_did_not_answer_are_named(tmp_path, own_pg):
         assert "postgres did not answer" in render(answer)
         missing = await show(stores, conversation="nope")
         assert missing["conversations"] == [] and missing["error"].startswith(
-            "no conversation nope in any store that answered (postgres: ")
+            "no conversation nope in any store that answered (postgres: "
+        )
         by_phone = await show(stores, phone=PHONE)  # PostgreSQL asked once, not once per conversation
         assert [c["source"] for c in by_phone["conversations"]] == ["journal"] and len(by_phone["problems"]) == 1
     finally:

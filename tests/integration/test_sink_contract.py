@@ -7,14 +7,19 @@ import random
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import pytest
 
 from daemon.events import (
-    API_CONVERSATION_UPDATE, API_ESCALATION, API_ESCALATION_UPDATE, API_INTERACTION, Event, normalize,
+    API_CONVERSATION_UPDATE,
+    API_ESCALATION,
+    API_ESCALATION_UPDATE,
+    API_INTERACTION,
+    Event,
+    normalize,
 )
 from daemon.journal import Journal
 from daemon.ratelimit import RequestBudget
@@ -27,31 +32,54 @@ from daemon.sinks.postgres import PostgresSink, quote_ident
 from daemon.testing.fakes import MemorySink, Tables
 from tests.integration.conftest import BASE, NAMES, TOKEN
 
-RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 T0 = 1_790_000_000
 
 
 def message(i, contact, at, name=None):
     """Message i of `contact`, `at` seconds in: odd ones inbound, even ones outbound."""
     who = {"id": contact, "phone": "+55 11 91234567" + contact[1:], "name": name or f"Name {contact}"}
-    return {"title": "incoming_message" if i % 2 else "outgoing_message", "service": "whatsapp",
-            "bot": {"id": "bot1"}, "date": T0 + at, "contact": who,
-            "info": {"message": {"id": f"wamid.{i}", "channel_data": {"message": {"text": {"body": f"hello {i}"}}}}}}
+    return {
+        "title": "incoming_message" if i % 2 else "outgoing_message",
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
+        "date": T0 + at,
+        "contact": who,
+        "info": {"message": {"id": f"wamid.{i}", "channel_data": {"message": {"text": {"body": f"hello {i}"}}}}},
+    }
 
 
 def event(title, contact, at):
-    return {"title": title, "service": "whatsapp", "bot": {"id": "bot1"}, "date": T0 + at,
-            "contact": {"id": contact}, "info": None}
+    return {
+        "title": title,
+        "service": "whatsapp",
+        "bot": {"id": "bot1"},
+        "date": T0 + at,
+        "contact": {"id": contact},
+        "info": None,
+    }
 
 
 # c1 is escalated; c2 closed after its messages (its last one renames it); c3 unsubscribed, then wrote
 # again (active). Split in two halves, c3's unsubscribe and message 2 fall in the first, the message after it
 # and message 2's status in the second: delivered in reverse order, each arrives before what precedes it.
-EVENTS = [normalize(p, RECEIVED) for p in [
-    message(1, "c1", 0), message(2, "c1", 60), event("unsubscribe", "c3", 30), message(3, "c1", 120),
-    message(5, "c2", 10), message(6, "c2", 70), message(4, "c1", 180, "Maria"), event("open_chat", "c1", 600),
-    message(7, "c2", 130, "Joana"), event("unsubscribe", "c2", 1200), message(8, "c3", 90), message(9, "c3", 20),
-]]
+EVENTS = [
+    normalize(p, RECEIVED)
+    for p in [
+        message(1, "c1", 0),
+        message(2, "c1", 60),
+        event("unsubscribe", "c3", 30),
+        message(3, "c1", 120),
+        message(5, "c2", 10),
+        message(6, "c2", 70),
+        message(4, "c1", 180, "Maria"),
+        event("open_chat", "c1", 600),
+        message(7, "c2", 130, "Joana"),
+        event("unsubscribe", "c2", 1200),
+        message(8, "c3", 90),
+        message(9, "c3", 20),
+    ]
+]
 MESSAGE_2 = EVENTS[1]
 READ_2 = status_event(MESSAGE_2, {}, MESSAGE_2.dedup_key, MESSAGE_2.message_id, "read", RECEIVED)
 ALL = [*EVENTS, READ_2]
@@ -104,21 +132,25 @@ class Store:
 
 # -- the stores ------------------------------------------------------------------------------------
 
+
 async def memory_store(tmp_path, sink=None):
     sink = sink or MemorySink("memory")
     journal = await Journal.open(tmp_path / "j.sqlite", [sink.name])
 
     async def read():
         tables = sink.tables
-        return Rows({i.interaction_id: i.status for i in tables.interactions.values()},
-                    {c.conversation_id: (c.message_count, c.status) for c in tables.conversations.values()},
-                    {e.escalation_id: e.conversation_id for e in tables.escalations.values()})
+        return Rows(
+            {i.interaction_id: i.status for i in tables.interactions.values()},
+            {c.conversation_id: (c.message_count, c.status) for c in tables.conversations.values()},
+            {e.escalation_id: e.conversation_id for e in tables.escalations.values()},
+        )
 
     def down():
         sink.down = TransientError("connection refused")
 
     def up():
         sink.down = None
+
     return Store(sink, journal, read, down, up)
 
 
@@ -131,11 +163,15 @@ async def postgres_store(tmp_path, cluster, schema):
         try:
             return Rows(
                 dict(await conn.fetch(f"SELECT interaction_id, status FROM {s}.interactions")),
-                {r[0]: (r[1], r[2]) for r in await conn.fetch(
-                    f"SELECT conversation_id, message_count, status FROM {s}.conversations")},
-                dict(await conn.fetch(f"SELECT escalation_id, conversation_id FROM {s}.escalations")))
+                {
+                    r[0]: (r[1], r[2])
+                    for r in await conn.fetch(f"SELECT conversation_id, message_count, status FROM {s}.conversations")
+                },
+                dict(await conn.fetch(f"SELECT escalation_id, conversation_id FROM {s}.escalations")),
+            )
         finally:
             await conn.close()
+
     return Store(PostgresSink(cluster.dsn(), schema), journal, read, cluster.stop, cluster.start)
 
 
@@ -148,19 +184,25 @@ async def airtable_store(tmp_path, emulator):
     def rows(kind):
         table = emulator.emulator.bases[BASE].table(NAMES[kind])
         named = FIELD_OF[kind]
-        return [{column: cells.get(name) for column, name in named.items()}
-                for cells in map(table.by_name, table.records.values())]
+        return [
+            {column: cells.get(name) for column, name in named.items()}
+            for cells in map(table.by_name, table.records.values())
+        ]
 
     async def read():
         tables = {kind: emulator.run(rows, kind) for kind in NAMES}
-        return Rows({r["interaction_id"]: r["status"] for r in tables["interactions"]},
-                    {r["conversation_id"]: (int(r["message_count"]), r["status"]) for r in tables["conversations"]},
-                    {r["escalation_id"]: r["conversation_id"] for r in tables["escalations"]})
+        return Rows(
+            {r["interaction_id"]: r["status"] for r in tables["interactions"]},
+            {r["conversation_id"]: (int(r["message_count"]), r["status"]) for r in tables["conversations"]},
+            {r["escalation_id"]: r["conversation_id"] for r in tables["escalations"]},
+        )
 
     def outage(until):
         def set_faults():
             emulator.emulator.faults.down_until = until if until is None else emulator.emulator.clock() + until
+
         emulator.run(set_faults)
+
     return Store(sink, journal, read, lambda: outage(3600.0), lambda: outage(None))
 
 
@@ -171,8 +213,9 @@ async def built(request, tmp_path, kind, cluster_fixture):
     if kind == "memory":
         return await memory_store(tmp_path)
     if kind == "postgres":
-        return await postgres_store(tmp_path, request.getfixturevalue(cluster_fixture),
-                                    request.getfixturevalue("pg_schema"))
+        return await postgres_store(
+            tmp_path, request.getfixturevalue(cluster_fixture), request.getfixturevalue("pg_schema")
+        )
     return await airtable_store(tmp_path, request.getfixturevalue("stores_emulator"))
 
 
@@ -194,6 +237,7 @@ async def outage_store(request, tmp_path):
 
 
 # -- the contract ----------------------------------------------------------------------------------
+
 
 async def a_batch_reads_back_as_its_rows(store):
     created = await store.sink.deliver(await store.append(ALL))
@@ -253,14 +297,18 @@ async def closing_twice_is_harmless(store):
     for _ in range(2):
         try:
             await store.sink.close()
-        except Exception as exc:  # noqa: BLE001 - the clause itself
+        except Exception as exc:
             pytest.fail(f"close() raised {exc!r}")
     assert await store.read() == EXPECTED
 
 
-CLAUSES = [a_batch_reads_back_as_its_rows, replaying_a_batch_changes_nothing,
-           two_halves_in_reverse_order_give_the_same_rows, a_reported_status_raises_and_the_message_again_leaves_it,
-           closing_twice_is_harmless]
+CLAUSES = [
+    a_batch_reads_back_as_its_rows,
+    replaying_a_batch_changes_nothing,
+    two_halves_in_reverse_order_give_the_same_rows,
+    a_reported_status_raises_and_the_message_again_leaves_it,
+    closing_twice_is_harmless,
+]
 
 
 @pytest.mark.parametrize("clause", CLAUSES, ids=lambda clause: clause.__name__)
@@ -273,6 +321,7 @@ async def test_sink_contract_down(outage_store):
 
 
 # -- each clause can fail --------------------------------------------------------------------------
+
 
 class NoEscalations(Tables):
     def write(self, events, records):
@@ -344,39 +393,134 @@ def test_every_clause_has_a_broken_fake():
 
 # -- the fake's rows are PostgreSQL's, column for column -------------------------------------------
 
+
 def api_event(title, key, body, at, conversation_id):
-    return Event(dedup_key=key, title=title, service="api", bot_id=None, contact_id=None, phone=None,
-                 contact_name=None, message_id=body.get("messageId"), platform_message_id=None,
-                 direction=body.get("direction"), message_type="api", text=body.get("content") or body.get("notes"),
-                 occurred_at=datetime.fromtimestamp(T0 + at, timezone.utc), received_at=RECEIVED,
-                 raw=json.dumps(body, sort_keys=True), conversation_id=conversation_id)
+    return Event(
+        dedup_key=key,
+        title=title,
+        service="api",
+        bot_id=None,
+        contact_id=None,
+        phone=None,
+        contact_name=None,
+        message_id=body.get("messageId"),
+        platform_message_id=None,
+        direction=body.get("direction"),
+        message_type="api",
+        text=body.get("content") or body.get("notes"),
+        occurred_at=datetime.fromtimestamp(T0 + at, UTC),
+        received_at=RECEIVED,
+        raw=json.dumps(body, sort_keys=True),
+        conversation_id=conversation_id,
+    )
 
 
 # What the bot API adds: an enrichment of message 4 (its status further along), an interaction of its own,
 # a PATCH of c1 that closes it, an escalation of c2 and its PATCH; and c4, status events and no message.
-EXTRA = [normalize(event("open_chat", "c4", 300), RECEIVED), normalize(event("unsubscribe", "c4", 50), RECEIVED),
-    api_event(API_INTERACTION, "api:interaction:bot-4", {
-        "id": "bot-4", "conversationId": cid("c1"), "direction": "outbound", "messageId": "wamid.4",
-        "status": "delivered", "intent": "greeting", "content": "Olá!", "processingTime": 350}, 181, cid("c1")),
-    api_event(API_INTERACTION, "api:interaction:bot-own", {
-        "id": "bot-own", "conversationId": cid("c3"), "direction": "outbound", "content": "from the bot",
-        "errorMessage": "template missing"}, 95, cid("c3")),
-    api_event(API_CONVERSATION_UPDATE, "api:conversation-update:c1:1", {
-        "id": cid("c1"), "tags": ["vip"], "sentiment": "calm", "priority": "HIGH", "metadata": {"crm": 7},
-        "status": "closed"}, 700, cid("c1")),
-    api_event(API_ESCALATION, "api:escalation:esc-2", {
-        "id": "esc-2", "conversationId": cid("c2"), "reason": "angry", "priority": "HIGH", "notes": "call back"},
-        140, cid("c2")),
-    api_event(API_ESCALATION_UPDATE, "api:escalation-update:esc-2:1", {
-        "id": "esc-2", "status": "resolved", "assignedAgent": "ana", "resolvedAt": "2026-11-25T13:00:00Z"}, 150, None),
+EXTRA = [
+    normalize(event("open_chat", "c4", 300), RECEIVED),
+    normalize(event("unsubscribe", "c4", 50), RECEIVED),
+    api_event(
+        API_INTERACTION,
+        "api:interaction:bot-4",
+        {
+            "id": "bot-4",
+            "conversationId": cid("c1"),
+            "direction": "outbound",
+            "messageId": "wamid.4",
+            "status": "delivered",
+            "intent": "greeting",
+            "content": "Olá!",
+            "processingTime": 350,
+        },
+        181,
+        cid("c1"),
+    ),
+    api_event(
+        API_INTERACTION,
+        "api:interaction:bot-own",
+        {
+            "id": "bot-own",
+            "conversationId": cid("c3"),
+            "direction": "outbound",
+            "content": "from the bot",
+            "errorMessage": "template missing",
+        },
+        95,
+        cid("c3"),
+    ),
+    api_event(
+        API_CONVERSATION_UPDATE,
+        "api:conversation-update:c1:1",
+        {
+            "id": cid("c1"),
+            "tags": ["vip"],
+            "sentiment": "calm",
+            "priority": "HIGH",
+            "metadata": {"crm": 7},
+            "status": "closed",
+        },
+        700,
+        cid("c1"),
+    ),
+    api_event(
+        API_ESCALATION,
+        "api:escalation:esc-2",
+        {"id": "esc-2", "conversationId": cid("c2"), "reason": "angry", "priority": "HIGH", "notes": "call back"},
+        140,
+        cid("c2"),
+    ),
+    api_event(
+        API_ESCALATION_UPDATE,
+        "api:escalation-update:esc-2:1",
+        {"id": "esc-2", "status": "resolved", "assignedAgent": "ana", "resolvedAt": "2026-11-25T13:00:00Z"},
+        150,
+        None,
+    ),
 ]
 COLUMNS = {
-    "conversations": ("conversation_id", "customer_phone", "customer_name", "status", "started_at", "last_activity",
-                      "message_count", "intent", "sentiment", "priority", "assigned_agent", "tags", "metadata"),
-    "interactions": ("interaction_id", "conversation_id", "message_id", "direction", "content", "intent", "response",
-                     "processing_time_ms", "status", "error_message", "customer_phone", "occurred_at"),
-    "escalations": ("escalation_id", "ticket_id", "conversation_id", "reason", "priority", "status",
-                    "customer_phone", "assigned_agent", "created_at", "resolved_at", "notes"),
+    "conversations": (
+        "conversation_id",
+        "customer_phone",
+        "customer_name",
+        "status",
+        "started_at",
+        "last_activity",
+        "message_count",
+        "intent",
+        "sentiment",
+        "priority",
+        "assigned_agent",
+        "tags",
+        "metadata",
+    ),
+    "interactions": (
+        "interaction_id",
+        "conversation_id",
+        "message_id",
+        "direction",
+        "content",
+        "intent",
+        "response",
+        "processing_time_ms",
+        "status",
+        "error_message",
+        "customer_phone",
+        "occurred_at",
+    ),
+    "escalations": (
+        "escalation_id",
+        "ticket_id",
+        "conversation_id",
+        "reason",
+        "priority",
+        "status",
+        "customer_phone",
+        "assigned_agent",
+        "created_at",
+        "resolved_at",
+        "notes",
+    ),
 }
 STATUS_KEYS = {"status_event", "status_event_at", "status_key"}  # PostgreSQL's note of the status event followed
 
@@ -386,8 +530,9 @@ async def postgres_columns(dsn, schema):
     try:
         tables = {}
         for table, columns in COLUMNS.items():
-            rows = [dict(row) for row in await conn.fetch(
-                f"SELECT {', '.join(columns)} FROM {quote_ident(schema)}.{table}")]
+            rows = [
+                dict(row) for row in await conn.fetch(f"SELECT {', '.join(columns)} FROM {quote_ident(schema)}.{table}")
+            ]
             for row in rows:
                 if table == "conversations":
                     row["tags"] = json.loads(row["tags"])

@@ -19,7 +19,12 @@ from daemon.cli import main
 from daemon.journal import Requeue
 from daemon.recover import Selection
 from daemon.status import (
-    StatusRefused, create_status_app, prepare_socket_path, request_status, secure_socket, stream_status,
+    StatusRefused,
+    create_status_app,
+    prepare_socket_path,
+    request_status,
+    secure_socket,
+    stream_status,
 )
 from tests.support import as_operator, unix_http, write_config
 
@@ -67,9 +72,20 @@ async def served():
         calls.append(("quarantine discard", element, reason, by))
         return {"discarded": [], "found": True}
 
-    runner = web.AppRunner(create_status_app(snapshot, sync, replay, forget, recover, airtable, discard=discard,
-                                             quarantine=quarantine, quarantine_discard=quarantine_discard),
-                           access_log=None)
+    runner = web.AppRunner(
+        create_status_app(
+            snapshot,
+            sync,
+            replay,
+            forget,
+            recover,
+            airtable,
+            discard=discard,
+            quarantine=quarantine,
+            quarantine_discard=quarantine_discard,
+        ),
+        access_log=None,
+    )
     await runner.setup()
     await web.UnixSite(runner, str(path)).start()
     secure_socket(path)
@@ -79,13 +95,25 @@ async def served():
 
 
 ME = pwd.getpwuid(os.geteuid()).pw_name  # who the daemon records as asking, from the socket's peer
-READS = [("GET", "/status"), ("GET", "/metrics"), ("POST", "/sync"), ("POST", "/airtable?action=check"),
-         ("POST", "/airtable")]
+READS = [
+    ("GET", "/status"),
+    ("GET", "/metrics"),
+    ("POST", "/sync"),
+    ("POST", "/airtable?action=check"),
+    ("POST", "/airtable"),
+]
 # what changes data, and what reads the journal's personal data (as `dead` does: the journal is 0600)
-CHANGES = [("POST", "/replay"), ("POST", "/replay?dead=1"), ("POST", "/forget?phone=5511900000001"),
-           ("POST", "/recover?all=1"), ("POST", "/airtable?action=init"), ("POST", "/discard?all=1&reason=x"),
-           ("POST", "/forget?phone=5511900000001&dry_run=1"), ("GET", "/quarantine"),
-           ("POST", "/quarantine/discard?all=1&reason=x")]
+CHANGES = [
+    ("POST", "/replay"),
+    ("POST", "/replay?dead=1"),
+    ("POST", "/forget?phone=5511900000001"),
+    ("POST", "/recover?all=1"),
+    ("POST", "/airtable?action=init"),
+    ("POST", "/discard?all=1&reason=x"),
+    ("POST", "/forget?phone=5511900000001&dry_run=1"),
+    ("GET", "/quarantine"),
+    ("POST", "/quarantine/discard?all=1&reason=x"),
+]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
@@ -105,8 +133,17 @@ async def test_the_socket_group_reads_and_only_the_daemon_user_or_root_changes(s
     for method, route in CHANGES:
         status, body = await asyncio.to_thread(unix_http, served.path, method, route)
         assert status == 200, (route, body)
-    assert [call[0] for call in served.calls[3:]] == ["replay", "replay", "forget", "recover", "airtable", "discard",
-                                                      "forget", "quarantine", "quarantine discard"]
+    assert [call[0] for call in served.calls[3:]] == [
+        "replay",
+        "replay",
+        "forget",
+        "recover",
+        "airtable",
+        "discard",
+        "forget",
+        "quarantine",
+        "quarantine discard",
+    ]
 
 
 async def refused(path, route):
@@ -160,8 +197,10 @@ BAD = [
     ("/quarantine/discard?id=7", "--reason is empty: say why these elements are given up"),
     ("/quarantine/discard?reason=why", "--discard takes one element id, or --all"),
     ("/quarantine/discard?id=7&all=1&reason=why", "--discard takes one element id, or --all"),
-    ("/quarantine/discard?id=x7&reason=why", "--discard takes an element's id (a whole number, as `chatledger "
-                                             "quarantine` lists it), not 'x7'"),
+    (
+        "/quarantine/discard?id=x7&reason=why",
+        "--discard takes an element's id (a whole number, as `chatledger quarantine` lists it), not 'x7'",
+    ),
     ("/quarantine/discard?id=7&reason=a%07b", "--reason must not hold a control character"),
     ("/quarantine/discard?all=1&reason=x&sink=postgres", "unknown parameter sink"),
 ]
@@ -212,8 +251,9 @@ async def test_good_parameters_reach_the_daemon_as_the_command_line_sends_them(s
 def test_the_command_line_says_the_same(tmp_path, capsys):
     config = write_config(tmp_path)
     assert main(["forget", "--phone", "abc", "--config", str(config)]) == 64
-    assert capsys.readouterr().err.strip() == ("chatledger: --phone 'abc' is not a phone number "
-                                               "(7 to 20 digits; it has none)")
+    assert capsys.readouterr().err.strip() == (
+        "chatledger: --phone 'abc' is not a phone number (7 to 20 digits; it has none)"
+    )
     with pytest.raises(SystemExit):
         main(["replay", "--since", "2026-13-01", "--config", str(config)])
     assert "argument --since: not an ISO 8601 date: '2026-13-01'" in capsys.readouterr().err
@@ -226,6 +266,7 @@ def test_the_command_line_says_the_same(tmp_path, capsys):
 
 
 # -- prepare_socket_path ------------------------------------------------------------------------
+
 
 def bound_socket(path):
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -287,6 +328,7 @@ def test_anything_but_a_socket_is_refused_untouched(tmp_path, kind):
 
 async def test_a_daemon_that_fails_is_not_taken_for_no_daemon(tmp_path):
     """A 500 must not send a command to do the work itself beside the running daemon."""
+
     async def failing(*args):
         raise RuntimeError("broken")
 

@@ -15,8 +15,12 @@ PATH = "/webhooks/sendpulse"
 
 
 def incoming(message_id: str, text: str = "oi") -> dict:
-    return {"title": "incoming_message", "service": "whatsapp", "contact": {"id": "c1", "phone": "+5511987654321"},
-            "info": {"message": {"id": message_id, "channel_data": {"message": {"type": "text", "text": {"body": text}}}}}}
+    return {
+        "title": "incoming_message",
+        "service": "whatsapp",
+        "contact": {"id": "c1", "phone": "+5511987654321"},
+        "info": {"message": {"id": message_id, "channel_data": {"message": {"type": "text", "text": {"body": text}}}}},
+    }
 
 
 @pytest.fixture
@@ -71,13 +75,17 @@ async def test_bad_elements_are_quarantined_alone(env):
     assert await response.json() == {"accepted": 2, "duplicates": 0, "rejected": 3}
     with sqlite3.connect(journal.path) as conn:
         quarantined = conn.execute("SELECT reason, raw FROM quarantine ORDER BY id").fetchall()
-    assert quarantined == [("element is a number, not an object", "42"),
-                           ("element has no title", '{"no": "title"}'),
-                           ("element is a string, not an object", '"text"')]
+    assert quarantined == [
+        ("element is a number, not an object", "42"),
+        ("element has no title", '{"no": "title"}'),
+        ("element is a string, not an object", '"text"'),
+    ]
 
 
-@pytest.mark.parametrize("title", ["api_interaction", "api_escalation", "api_escalation_update",
-                                   "api_conversation_update", "delivery_status"])
+@pytest.mark.parametrize(
+    "title",
+    ["api_interaction", "api_escalation", "api_escalation_update", "api_conversation_update", "delivery_status"],
+)
 async def test_a_title_chatledger_journals_itself_is_quarantined_not_taken_from_a_webhook(env, title):
     # the bot API's and reconciliation's events are read back as chatledger wrote them: from a webhook,
     # one would be counted as a message and break every delivery that maps it
@@ -87,7 +95,8 @@ async def test_a_title_chatledger_journals_itself_is_quarantined_not_taken_from_
     assert await response.json() == {"accepted": 1, "duplicates": 0, "rejected": 1}
     with sqlite3.connect(journal.path) as conn:
         assert conn.execute("SELECT reason FROM quarantine").fetchall() == [
-            (f"title {title!r} is chatledger's own (its bot API and reconciliation journal it), not a webhook's",)]
+            (f"title {title!r} is chatledger's own (its bot API and reconciliation journal it), not a webhook's",)
+        ]
         assert conn.execute("SELECT sum(message_count) FROM conversations").fetchone() == (1,)
 
 

@@ -16,8 +16,10 @@ FIELDS = "sinks/airtable_fields.py"
 
 
 def modules() -> dict[str, ast.Module]:
-    return {path.relative_to(PACKAGE).as_posix(): ast.parse(path.read_text(encoding="utf-8"), str(path))
-            for path in sorted(PACKAGE.rglob("*.py"))}
+    return {
+        path.relative_to(PACKAGE).as_posix(): ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for path in sorted(PACKAGE.rglob("*.py"))
+    }
 
 
 def imported(tree: ast.Module) -> set[str]:
@@ -32,15 +34,20 @@ def imported(tree: ast.Module) -> set[str]:
 
 
 def test_only_the_airtable_client_imports_pyairtable_or_requests():
-    importers = {path for path, tree in modules().items()
-                 if any(name.split(".")[0] in ("pyairtable", "requests") for name in imported(tree))}
+    importers = {
+        path
+        for path, tree in modules().items()
+        if any(name.split(".")[0] in ("pyairtable", "requests") for name in imported(tree))
+    }
     assert importers == {CLIENT}
 
 
 def test_the_config_and_the_field_table_load_no_http_client():
     """Every command loads the config, which checks [airtable.fields] against the field table."""
-    code = ("import sys, daemon.config, daemon.sinks.airtable_fields, daemon.sinks.airtable_schema; "
-            "print(sorted(m for m in ('pyairtable', 'requests') if m in sys.modules))")
+    code = (
+        "import sys, daemon.config, daemon.sinks.airtable_fields, daemon.sinks.airtable_schema; "
+        "print(sorted(m for m in ('pyairtable', 'requests') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -48,11 +55,18 @@ def test_the_config_and_the_field_table_load_no_http_client():
 def test_a_module_that_speaks_airtable_names_its_fields_through_the_field_table():
     """By the PostgreSQL column a field copies (FIELD_OF, BaseNames.field_for) or the table's constants."""
     names = {spec.name for specs in TABLES.values() for spec in specs}
-    speaking = {path: tree for path, tree in modules().items() if path != FIELDS
-                and any(name.startswith("daemon.sinks.airtable") for name in imported(tree))}
+    speaking = {
+        path: tree
+        for path, tree in modules().items()
+        if path != FIELDS and any(name.startswith("daemon.sinks.airtable") for name in imported(tree))
+    }
     assert {"recover.py", "forget.py", "reads.py", "sinks/airtable.py", CLIENT} <= set(speaking)
-    spelled = sorted((path, node.lineno, node.value) for path, tree in speaking.items() for node in ast.walk(tree)
-                     if isinstance(node, ast.Constant) and node.value in names)
+    spelled = sorted(
+        (path, node.lineno, node.value)
+        for path, tree in speaking.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in names
+    )
     assert spelled == []
 
 

@@ -19,8 +19,10 @@ def test_a_sink_coming_back_is_told_at_once_not_after_the_interval():
     memory = AlertMemory()
     rules, limiter = AlertRules(600, memory), AlertLimiter(300, clock, memory)
     limiter.admit(rules.evaluate(snap({}, {})))
-    assert kinds(limiter.admit(rules.evaluate(snap({"state": "down"}, {})))) == \
-        [("sink_down", "postgres"), ("fallback_active", None)]
+    assert kinds(limiter.admit(rules.evaluate(snap({"state": "down"}, {})))) == [
+        ("sink_down", "postgres"),
+        ("fallback_active", None),
+    ]
     clock.now = 10
     back = limiter.admit(rules.evaluate(snap({}, {})))
     assert kinds(back) == [("sink_up", "postgres"), ("fallback_ended", None)]
@@ -101,8 +103,10 @@ def test_quota_and_an_old_backlog_end_with_a_recovery_and_are_not_repeated_after
     clock = HandClock(0.0)
     rules, limiter = AlertRules(600, memory), AlertLimiter(300, clock, memory)
     quota = {"state": "quota", "pause_reason": "monthly API quota exhausted", "oldest_pending_age_s": 700}
-    assert kinds(limiter.admit(rules.evaluate(snap({}, quota)))) == [("backlog_old", "airtable"),
-                                                                      ("quota_exhausted", "airtable")]
+    assert kinds(limiter.admit(rules.evaluate(snap({}, quota)))) == [
+        ("backlog_old", "airtable"),
+        ("quota_exhausted", "airtable"),
+    ]
     rules, limiter, kept = restarted(memory)
     assert limiter.admit(rules.evaluate(snap({}, {"state": "starting", "oldest_pending_age_s": 800}))) == []
     assert limiter.admit(rules.evaluate(snap({}, quota))) == []  # still true: told before the restart
@@ -159,7 +163,8 @@ def test_a_recovery_goes_out_when_its_problem_was_told_even_if_a_repeat_of_it_is
     assert limiter.admit([down]) == []  # told again too soon: held
     clock.now = 20
     assert kinds(limiter.admit([Alert("sink_up", "info", "airtable is up again", "airtable")])) == [
-        ("sink_up", "airtable")]
+        ("sink_up", "airtable")
+    ]
     clock.now = 400
     assert limiter.admit([]) == []  # the held repeat is gone with it
 
@@ -179,12 +184,15 @@ def test_sendpulse_misconfigured_is_told_once_a_spell_and_its_end_at_once():
     [told] = limiter.admit(rules.evaluate(sendpulse("misconfigured", last_error=REFUSED, failed_in_a_row=1)))
     assert (told.kind, told.severity, told.sink) == ("source_misconfigured", "critical", None)
     assert REFUSED in told.message and "[sendpulse] client_id, client_secret and bot_ids" in told.message
-    assert told.details == {"source": "sendpulse", "state": "misconfigured", "last_error": REFUSED,
-                            "failed_in_a_row": 1}
+    assert told.details == {
+        "source": "sendpulse",
+        "state": "misconfigured",
+        "last_error": REFUSED,
+        "failed_in_a_row": 1,
+    }
     clock.now = 400
     for runs in (2, 3):
-        assert limiter.admit(rules.evaluate(sendpulse("misconfigured", last_error=REFUSED,
-                                                      failed_in_a_row=runs))) == []
+        assert limiter.admit(rules.evaluate(sendpulse("misconfigured", last_error=REFUSED, failed_in_a_row=runs))) == []
     clock.now = 410
     [back] = limiter.admit(rules.evaluate(sendpulse("up")))
     assert (back.kind, back.severity, back.details["source"]) == ("source_up", "info", "sendpulse")

@@ -79,11 +79,15 @@ def test_the_limiter_keeps_the_latest_state_of_a_flapping_sink():
     limiter = AlertLimiter(300, lambda: now[0])
     rules = AlertRules(600)
     rules.evaluate(snap({}, {}))
-    assert kinds(limiter.admit(rules.evaluate(snap({"state": "down"}, {})))) == \
-        [("sink_down", "postgres"), ("fallback_active", None)]
+    assert kinds(limiter.admit(rules.evaluate(snap({"state": "down"}, {})))) == [
+        ("sink_down", "postgres"),
+        ("fallback_active", None),
+    ]
     now[0] = 10
-    assert kinds(limiter.admit(rules.evaluate(snap({}, {})))) == \
-        [("sink_up", "postgres"), ("fallback_ended", None)]  # a recovery is never held
+    assert kinds(limiter.admit(rules.evaluate(snap({}, {})))) == [
+        ("sink_up", "postgres"),
+        ("fallback_ended", None),
+    ]  # a recovery is never held
     now[0] = 20
     assert limiter.admit(rules.evaluate(snap({"state": "down"}, {}))) == []  # down again, too soon: waits
     now[0] = 301
@@ -141,9 +145,11 @@ async def test_a_failing_webhook_is_logged_by_its_host_alone():
     setup_logging("ERROR")  # the daemon's patcher: the test sees what the log gets
     handler = logger.add(lines.append, level="ERROR", format="{message}")
     try:
-        for url in (f"http://127.0.0.1:{port}/hooks/SECRET1?token=SECRET2",
-                    "http://127.0.0.1:99999/hooks/SECRET1?token=SECRET2",
-                    "http://u:SECRET3@127.0.0.1:9/hooks/SECRET1?token=SECRET2"):
+        for url in (
+            f"http://127.0.0.1:{port}/hooks/SECRET1?token=SECRET2",
+            "http://127.0.0.1:99999/hooks/SECRET1?token=SECRET2",
+            "http://u:SECRET3@127.0.0.1:9/hooks/SECRET1?token=SECRET2",
+        ):
             sender = AlertSender("", url)
             task = asyncio.create_task(sender.run())
             sender.submit(Alert("sink_down", "critical", "postgres is down", "postgres"))
@@ -170,13 +176,24 @@ def test_the_monthly_request_limit_warns_once_a_month_at_80_percent_then_when_re
     assert kinds(high) == [("monthly_requests_high", "airtable")]
     assert "800 of this month's 1,000 requests used (80%); 1,500 at this pace" in high[0].message
     assert kinds(rules.evaluate(snap({}, {"requests_this_month": 950, **month}))) == []  # once a month
-    reached = rules.evaluate(snap({}, {"state": "quota", "requests_this_month": 1000, **month,
-                                       "last_error": "upserting: not sent, [airtable] monthly_request_limit reached"}))
+    reached = rules.evaluate(
+        snap(
+            {},
+            {
+                "state": "quota",
+                "requests_this_month": 1000,
+                **month,
+                "last_error": "upserting: not sent, [airtable] monthly_request_limit reached",
+            },
+        )
+    )
     assert kinds(reached) == [("quota_exhausted", "airtable")]
     assert "monthly_request_limit (1000) is reached" in reached[-1].message
     january = {**month, "month": "2027-01"}
     assert kinds(rules.evaluate(snap({}, {"requests_this_month": 810, **january}))) == [
-        ("quota_ended", "airtable"), ("monthly_requests_high", "airtable")]  # the month turned: no longer held
+        ("quota_ended", "airtable"),
+        ("monthly_requests_high", "airtable"),
+    ]  # the month turned: no longer held
 
 
 def test_airtable_warnings_are_told_once_per_distinct_set():

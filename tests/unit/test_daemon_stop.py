@@ -33,10 +33,12 @@ class CountingSink:
 
 async def test_a_normal_stop_closes_each_sink_once_then_the_journal_and_removes_the_socket(tmp_path):
     path = tmp_path / "chatledger.toml"
-    path.write_text('[server]\nlisten = "127.0.0.1:0"\nwebhook_token = "stop-token-0123456789abcdef"\n'
-                    '[journal]\npath = "journal.sqlite"\n[status]\nsocket = "status.sock"\n'
-                    '[postgres]\ndsn = "postgresql://ledger@127.0.0.1:1/ledger"\n'
-                    '[airtable]\napi_key = "patSTOP0000000000.secret"\nbase_id = "appSTOP0000000000"\n')
+    path.write_text(
+        '[server]\nlisten = "127.0.0.1:0"\nwebhook_token = "stop-token-0123456789abcdef"\n'
+        '[journal]\npath = "journal.sqlite"\n[status]\nsocket = "status.sock"\n'
+        '[postgres]\ndsn = "postgresql://ledger@127.0.0.1:1/ledger"\n'
+        '[airtable]\napi_key = "patSTOP0000000000.secret"\nbase_id = "appSTOP0000000000"\n'
+    )
     config = load_config(path, {})
     sinks = {}
 
@@ -49,7 +51,9 @@ async def test_a_normal_stop_closes_each_sink_once_then_the_journal_and_removes_
 
     async def up():
         return set(sinks) == {"postgres", "airtable"} and all(
-            worker.state == "up" for worker in daemon.workers.values())
+            worker.state == "up" for worker in daemon.workers.values()
+        )
+
     await until(up, running, "both sinks up", FAIL_BOUND)
     assert config.status.socket.exists()
 

@@ -2,7 +2,7 @@
 
 import asyncio
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,7 +16,7 @@ from daemon.sinks.base import RefusedError, SetupError, TransientError
 from daemon.testing.fakes import MemorySink
 from tests.support import until
 
-RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 FAIL_BOUND = 30.0  # a failure bound only: the tests wait for states
 
 
@@ -39,8 +39,11 @@ def accepted(sink):
 
 
 def message(i):
-    return {"title": "incoming_message", "contact": {"id": "c1"},
-            "info": {"message": {"id": f"m{i}", "channel_data": {"message": {"text": {"body": "x"}}}}}}
+    return {
+        "title": "incoming_message",
+        "contact": {"id": "c1"},
+        "info": {"message": {"id": f"m{i}", "channel_data": {"message": {"text": {"body": "x"}}}}},
+    }
 
 
 @pytest.fixture
@@ -100,6 +103,7 @@ async def test_wake_skips_the_backoff_and_stop_ends_a_pause(journal, monkeypatch
 
     async def paused():
         return worker.live_status().get("retry_in_s", 0) > 3000
+
     await until(paused, task, timeout=FAIL_BOUND)
     assert worker.state == "down" and (await sink_counts(journal))["pending"] == 1
     worker.wake()  # `chatledger sync` / SIGHUP
@@ -131,6 +135,7 @@ async def test_retry_now_skips_the_backoff_without_waking_the_sink_and_sending_t
         if not sink.failures:
             await release.wait()
         await real_deliver(events)
+
     sink.deliver = deliver
     worker = DeliveryWorker(journal, sink)
     await journal.append([normalize(message(1), RECEIVED)])
@@ -138,12 +143,14 @@ async def test_retry_now_skips_the_backoff_without_waking_the_sink_and_sending_t
 
     async def paused():
         return worker.live_status().get("retry_in_s", 0) > 3000
+
     await until(paused, task, timeout=FAIL_BOUND)
     assert not worker.sending
     worker.retry_now()
 
     async def in_send():
         return len(sending) == 2
+
     await until(in_send, task, timeout=FAIL_BOUND)
     assert sending == [True, True] and worker.sending
     release.set()
@@ -162,6 +169,7 @@ async def test_an_idle_worker_reports_a_misconfigured_sink(journal, monkeypatch)
 
     async def misconfigured():
         return worker.state == "misconfigured"
+
     await until(misconfigured, task, timeout=FAIL_BOUND)
     assert worker.live_status()["last_error"] == "password authentication failed"
     sink.down = None
@@ -169,18 +177,23 @@ async def test_an_idle_worker_reports_a_misconfigured_sink(journal, monkeypatch)
 
     async def up():
         return worker.state == "up"
+
     await until(up, task, timeout=FAIL_BOUND)
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
 
 
-@pytest.mark.parametrize("error, pays_per_request, at_least, at_most", [
-    (SetupError("TABLE_NOT_FOUND"), True, 600, 3600),  # an unprepared Airtable base: the operator acts, then syncs
-    (SetupError("password authentication failed"), False, 0, 60),  # PostgreSQL: nothing to save
-    (TransientError("HTTP 503"), True, 0, 60),  # an outage ends by itself: retried soon
-])
+@pytest.mark.parametrize(
+    "error, pays_per_request, at_least, at_most",
+    [
+        (SetupError("TABLE_NOT_FOUND"), True, 600, 3600),  # an unprepared Airtable base: the operator acts, then syncs
+        (SetupError("password authentication failed"), False, 0, 60),  # PostgreSQL: nothing to save
+        (TransientError("HTTP 503"), True, 0, 60),  # an outage ends by itself: retried soon
+    ],
+)
 async def test_a_misconfigured_sink_that_pays_per_request_waits_long_between_checks(
-        journal, error, pays_per_request, at_least, at_most):
+    journal, error, pays_per_request, at_least, at_most
+):
     sink = fake_sink()
     if pays_per_request:
         sink.setup_retry_cap = AirtableSink.setup_retry_cap
@@ -190,6 +203,7 @@ async def test_a_misconfigured_sink_that_pays_per_request_waits_long_between_che
 
     async def backing_off():
         return worker.retry_at is not None
+
     task = asyncio.create_task(worker.run())
     await until(backing_off, task, timeout=FAIL_BOUND)
     assert at_least <= worker.live_status()["retry_in_s"] <= at_most
@@ -239,7 +253,8 @@ async def airtable_counts(journal):
 
 
 async def test_at_a_records_cap_what_fits_is_written_the_rest_held_blocked_and_nothing_dead(
-        airtable_journal, monkeypatch):
+    airtable_journal, monkeypatch
+):
     journal = airtable_journal
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 3600.0)
     updates = {f"m{i}" for i in range(40, 64, 3)}  # their records are in the base already: no new record
@@ -252,6 +267,7 @@ async def test_at_a_records_cap_what_fits_is_written_the_rest_held_blocked_and_n
 
     async def blocked():
         return worker.state == "blocked"
+
     await until(blocked, task, timeout=FAIL_BOUND)
     counts = await airtable_counts(journal)
     assert counts.get("dead", 0) == 0 and counts["delivered"] == 10 and counts["pending"] == 54
@@ -264,6 +280,7 @@ async def test_at_a_records_cap_what_fits_is_written_the_rest_held_blocked_and_n
 
     async def retried():
         return worker.failed_attempts == failed + 1
+
     await until(retried, task, timeout=FAIL_BOUND)
     assert sink.batch_sizes[calls:] == [1] and worker.state == "blocked"
     assert (await airtable_counts(journal)).get("dead", 0) == 0
@@ -296,6 +313,7 @@ async def test_a_cap_reached_mid_batch_holds_even_when_updates_pass_after_it(air
 
     async def blocked():
         return worker.state == "blocked"
+
     await until(blocked, task, timeout=FAIL_BOUND)
     counts = await airtable_counts(journal)
     assert counts.get("dead", 0) == 0 and "m1" in accepted(sink) and "m0" not in accepted(sink)
@@ -328,6 +346,7 @@ async def test_a_lone_refused_event_waits_for_neighbours_then_is_dead(airtable_j
 
     async def blocked():
         return worker.state == "blocked"
+
     await until(blocked, task, timeout=FAIL_BOUND)  # alone, nothing tells whose fault it is yet
     assert (await airtable_counts(journal)).get("dead", 0) == 0
     await journal.append([normalize(message(i), RECEIVED) for i in (1, 2)])  # traffic goes on
@@ -346,8 +365,9 @@ async def _dead(journal, n):
 
 
 @pytest.mark.parametrize("poison", [{"m5", "m6"}, {"m5", "m6", "m7"}])
-async def test_events_refused_for_their_own_value_side_by_side_never_hold_the_base(airtable_journal, monkeypatch,
-                                                                                   poison):
+async def test_events_refused_for_their_own_value_side_by_side_never_hold_the_base(
+    airtable_journal, monkeypatch, poison
+):
     journal = airtable_journal
     monkeypatch.setattr(delivery, "backoff_delay", lambda failures, **_: 0.01)
     sink = capped_sink(refused=poison)  # one contact's messages, each carrying a value the base refuses
@@ -389,12 +409,14 @@ async def blocked_at_the_cap(journal, monkeypatch, **worker_options):
 
     async def blocked():
         return worker.state == "blocked" and worker.retry_at is not None
+
     await until(blocked, task, timeout=FAIL_BOUND)
     return sink, worker, task
 
 
 async def test_a_probe_refused_for_its_own_value_does_not_keep_the_base_held_once_there_is_room(
-        airtable_journal, monkeypatch):
+    airtable_journal, monkeypatch
+):
     journal = airtable_journal
     sink, worker, task = await blocked_at_the_cap(journal, monkeypatch)  # m10, m11, m12 held
     sink.refused = {key("m13")}  # the first probe's own value is refused, room or not
@@ -417,11 +439,13 @@ async def test_a_429_or_5xx_during_a_probe_does_not_bring_back_whole_batches(air
 
     async def down():
         return worker.state == "down" and worker.retry_at is not None
+
     await until(down, task, timeout=FAIL_BOUND)
     worker.wake()
 
     async def blocked_again():
         return worker.state == "blocked" and worker.retry_at is not None
+
     await until(blocked_again, task, timeout=FAIL_BOUND)
     assert sink.batch_sizes[calls:] == [1, 1]  # still probing with one event, not a batch split all over again
     worker.stop()
@@ -434,7 +458,8 @@ async def test_the_held_event_carries_the_refusal_in_the_journal(airtable_journa
     [oldest] = await journal.pending("airtable", 0, 1)
     assert oldest.message_id == "m10"  # m0..m9 fitted
     [(error, attempts)] = await journal.query(
-        "SELECT last_error, attempts FROM deliveries WHERE sink = 'airtable' AND event_id = ?", (oldest.id,))
+        "SELECT last_error, attempts FROM deliveries WHERE sink = 'airtable' AND event_id = ?", (oldest.id,)
+    )
     assert "BASE_RECORD_LIMIT_EXCEEDED" in error and "held, nothing dead-lettered" in error and attempts >= 1
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)
@@ -450,6 +475,7 @@ async def test_a_blocked_base_is_probed_at_most_hourly_and_within_the_month_s_bu
 
     async def blocked():
         return worker.state == "blocked" and worker.retry_at is not None
+
     await until(blocked, task, timeout=FAIL_BOUND)
     assert 1800 <= worker.live_status()["retry_in_s"] <= 3600  # 24 to 48 probes a day
     sink.probe_spacing = lambda: 5 * 3600.0  # what a tenth of the month's remaining requests allows
@@ -457,6 +483,7 @@ async def test_a_blocked_base_is_probed_at_most_hourly_and_within_the_month_s_bu
 
     async def retried():
         return worker.failures == 1 and worker.retry_at is not None
+
     await until(retried, task, timeout=FAIL_BOUND)
     assert worker.live_status()["retry_in_s"] == 5 * 3600.0
     worker.stop()
@@ -471,6 +498,7 @@ async def lingering_worker(journal, linger_s, wall=None):
 
     async def up():
         return worker.state == "up"
+
     await until(up, task, timeout=FAIL_BOUND)
     return sink, worker, task
 
@@ -493,6 +521,7 @@ async def test_a_lingering_sink_waits_for_a_full_batch_then_sends_it_at_once(jou
 async def lingering(worker, task):
     async def waiting():
         return worker.lingering
+
     await until(waiting, task, "lingering", timeout=FAIL_BOUND)
 
 
@@ -515,9 +544,9 @@ async def test_sync_sighup_and_stop_deliver_what_lingers_at_once(journal, flush)
 
 async def test_what_lingers_goes_once_the_oldest_is_linger_s_old(journal):
     sink, worker, task = await lingering_worker(journal, linger_s=0.2)
-    await journal.append([normalize(message(0), datetime.now(timezone.utc))])
+    await journal.append([normalize(message(0), datetime.now(UTC))])
     await lingering(worker, task)
-    await journal.append([normalize(message(1), datetime.now(timezone.utc))])  # joins the wait
+    await journal.append([normalize(message(1), datetime.now(UTC))])  # joins the wait
     await until(lambda: _delivered(journal, 2), task, timeout=FAIL_BOUND)
     assert sink.batch_sizes == [2]
     worker.stop()
@@ -534,6 +563,7 @@ async def test_what_arrives_during_a_slow_delivery_lingers_in_turn(journal):
             sending.set()
             await gate.wait()  # the first request is slow: a message arrives meanwhile
         return await deliver(events)
+
     sink.deliver = slow
     await journal.append([normalize(message(i), RECEIVED) for i in range(10)])
     await until(lambda: _is(sending.is_set(), True), task, timeout=FAIL_BOUND)  # the ten are read and on their way
@@ -554,8 +584,9 @@ async def _is(value, expected):
 
 
 @pytest.mark.parametrize("idle_check_s, checked_again", [(None, False), (0.01, True)])
-async def test_a_sink_that_pays_per_request_is_not_checked_while_idle_and_up(journal, monkeypatch, idle_check_s,
-                                                                            checked_again):
+async def test_a_sink_that_pays_per_request_is_not_checked_while_idle_and_up(
+    journal, monkeypatch, idle_check_s, checked_again
+):
     monkeypatch.setattr(delivery, "IDLE_CHECK_INTERVAL", 0.01)  # idle loops come round fast
     sink = fake_sink()
     sink.idle_check_s = idle_check_s
@@ -564,6 +595,7 @@ async def test_a_sink_that_pays_per_request_is_not_checked_while_idle_and_up(jou
 
     async def looped():
         return worker.state == "up" and (sink.checks > 3 or not checked_again)
+
     await until(looped, task, timeout=FAIL_BOUND)
     for _ in range(20):  # twenty idle turns at least
         await asyncio.sleep(0.01)
@@ -573,6 +605,7 @@ async def test_a_sink_that_pays_per_request_is_not_checked_while_idle_and_up(jou
 
     async def checked():
         return sink.checks > before
+
     await until(checked, task, timeout=FAIL_BOUND)
     worker.stop()
     await asyncio.wait_for(task, FAIL_BOUND)

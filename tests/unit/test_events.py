@@ -1,18 +1,26 @@
 """Normalization over every payload shape in the SendPulse reference."""
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-from hypothesis import example, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from daemon.events import (
-    BodyError, Event, Rejected, digits_only, is_phone_number, mentions_phone, normalize, parse_body, parse_date,
+    BodyError,
+    Event,
+    Rejected,
+    digits_only,
+    is_phone_number,
+    mentions_phone,
+    normalize,
+    parse_body,
+    parse_date,
     storable_json,
 )
 
-NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 
 S1 = """[
   {"info": {"message": {"channel_data": {"message": {"text": "hi test bot"},
@@ -41,8 +49,10 @@ S3 = """{
   "date": 1617401679000
 }"""
 
-S4 = ('[{"title":"incoming_message","service":"whatsapp","info":{"message":{"id":"test123","channel_data":'
-      '{"message":{"type":"text","text":{"body":"olá"}}}}},"contact":{"phone":"5533998980026","name":"Test"}}]')
+S4 = (
+    '[{"title":"incoming_message","service":"whatsapp","info":{"message":{"id":"test123","channel_data":'
+    '{"message":{"type":"text","text":{"body":"olá"}}}}},"contact":{"phone":"5533998980026","name":"Test"}}]'
+)
 
 S5 = """{"service": "messenger", "title": "incoming_message",
   "contact": {"id": "sendpulse-uuid", "name": "Client", "last_message": null, "variables": []},
@@ -58,8 +68,10 @@ S7_INSTAGRAM = """{"service": "instagram", "title": "incoming_message", "date": 
  "bot": {"id": "bot-1"}, "contact": {"id": "sp_123", "username": "testuser", "last_message": "Yes"},
  "info": {"message_id": "msg-1"}}"""
 
-S7_TELEGRAM = ('{"service": "telegram", "title": "incoming_message", '
-               '"bot": {"id": "different", "external_id": 6934241673}, "contact": {"id": "business"}}')
+S7_TELEGRAM = (
+    '{"service": "telegram", "title": "incoming_message", '
+    '"bot": {"id": "different", "external_id": 6934241673}, "contact": {"id": "business"}}'
+)
 
 
 def events_of(body: str) -> list:
@@ -67,9 +79,14 @@ def events_of(body: str) -> list:
 
 
 def whatsapp(message: dict, title: str = "incoming_message", **extra) -> dict:
-    return {"title": title, "service": "whatsapp", "bot": {"id": "b1"},
-            "contact": {"id": "c1", "phone": "+55 82 98162-7838", "name": "Ana"},
-            "info": {"message": {"id": "sp1", "channel_data": {"message": message}}}, **extra}
+    return {
+        "title": title,
+        "service": "whatsapp",
+        "bot": {"id": "b1"},
+        "contact": {"id": "c1", "phone": "+55 82 98162-7838", "name": "Ana"},
+        "info": {"message": {"id": "sp1", "channel_data": {"message": message}}},
+        **extra,
+    }
 
 
 def test_s1_real_telegram_batch_keeps_both_events():
@@ -101,7 +118,7 @@ def test_s2_outgoing_without_info_and_with_text():
 
 def test_s3_single_object_with_ms_date_and_plus_phone():
     (event,) = events_of(S3)
-    assert event.occurred_at == datetime(2021, 4, 2, 22, 14, 39, tzinfo=timezone.utc)
+    assert event.occurred_at == datetime(2021, 4, 2, 22, 14, 39, tzinfo=UTC)
     assert event.phone == "380991234567"
     assert event.contact_name == "Іван Петренко"
     # no message text anywhere: the inbound fallback is contact.last_message
@@ -128,13 +145,13 @@ def test_s6_outbound_with_top_level_message():
     assert event.platform_message_id == "wamid.xxx"
     assert event.message_type == "template"
     assert event.text == "..."
-    assert event.occurred_at == datetime(2025, 1, 5, 15, 56, 59, tzinfo=timezone.utc)
+    assert event.occurred_at == datetime(2025, 1, 5, 15, 56, 59, tzinfo=UTC)
 
 
 def test_s7_instagram_message_id_under_info_and_seconds_date():
     (event,) = events_of(S7_INSTAGRAM)
     assert event.message_id == "msg-1"
-    assert event.occurred_at == datetime(2024, 4, 16, 0, 0, tzinfo=timezone.utc)
+    assert event.occurred_at == datetime(2024, 4, 16, 0, 0, tzinfo=UTC)
     assert event.text == "Yes"
 
 
@@ -147,8 +164,20 @@ def test_s7_telegram_minimal():
 @pytest.mark.parametrize(
     "message, expected",
     [
-        ({"type": "interactive", "interactive": {"type": "button_reply", "button_reply": {"id": "b", "title": "Sim"}}}, "Sim"),
-        ({"type": "interactive", "interactive": {"type": "list_reply", "list_reply": {"id": "l", "title": "Plano B"}}}, "Plano B"),
+        (
+            {
+                "type": "interactive",
+                "interactive": {"type": "button_reply", "button_reply": {"id": "b", "title": "Sim"}},
+            },
+            "Sim",
+        ),
+        (
+            {
+                "type": "interactive",
+                "interactive": {"type": "list_reply", "list_reply": {"id": "l", "title": "Plano B"}},
+            },
+            "Plano B",
+        ),
         ({"type": "button", "button": {"text": "Quero"}}, "Quero"),
         ({"type": "image", "image": {"caption": "receipt", "url": "https://x/img.jpg"}}, "receipt\nhttps://x/img.jpg"),
         ({"type": "document", "document": {"url": "https://x/r.pdf"}}, "https://x/r.pdf"),
@@ -219,13 +248,19 @@ def test_dedup_hash_ignores_key_order_but_not_content():
 @pytest.mark.parametrize(
     "value, expected",
     [
-        (1713225600, datetime(2024, 4, 16, tzinfo=timezone.utc)),
-        (1713225600000, datetime(2024, 4, 16, tzinfo=timezone.utc)),
-        (1713225600.5, datetime(2024, 4, 16, 0, 0, 0, 500000, tzinfo=timezone.utc)),
-        ("1713225600000", datetime(2024, 4, 16, tzinfo=timezone.utc)),
-        ("2024-04-16T03:00:00+03:00", datetime(2024, 4, 16, tzinfo=timezone.utc)),
-        ("2024-04-16T00:00:00Z", datetime(2024, 4, 16, tzinfo=timezone.utc)),
-        (None, NOW), (True, NOW), ("soon", NOW), (-5, NOW), (0, NOW), ({"a": 1}, NOW), (1e300, NOW),
+        (1713225600, datetime(2024, 4, 16, tzinfo=UTC)),
+        (1713225600000, datetime(2024, 4, 16, tzinfo=UTC)),
+        (1713225600.5, datetime(2024, 4, 16, 0, 0, 0, 500000, tzinfo=UTC)),
+        ("1713225600000", datetime(2024, 4, 16, tzinfo=UTC)),
+        ("2024-04-16T03:00:00+03:00", datetime(2024, 4, 16, tzinfo=UTC)),
+        ("2024-04-16T00:00:00Z", datetime(2024, 4, 16, tzinfo=UTC)),
+        (None, NOW),
+        (True, NOW),
+        ("soon", NOW),
+        (-5, NOW),
+        (0, NOW),
+        ({"a": 1}, NOW),
+        (1e300, NOW),
     ],
 )
 def test_dates_in_seconds_or_milliseconds(value, expected):
@@ -234,8 +269,14 @@ def test_dates_in_seconds_or_milliseconds(value, expected):
 
 @pytest.mark.parametrize(
     "phone, digits",
-    [("+55 (82) 98162-7838", "5582981627838"), (5582981627838, "5582981627838"), ("", None),
-     ("abc", None), (None, None), (True, None)],
+    [
+        ("+55 (82) 98162-7838", "5582981627838"),
+        (5582981627838, "5582981627838"),
+        ("", None),
+        ("abc", None),
+        (None, None),
+        (True, None),
+    ],
 )
 def test_phone_digits_only(phone, digits):
     assert digits_only(phone) == digits
@@ -243,11 +284,24 @@ def test_phone_digits_only(phone, digits):
 
 @pytest.mark.parametrize(
     "text, mentioned",
-    [("5511988887777", True), ('{"phone": "+55 11 98888-7777"}', True), ("call +55 (11) 98888-7777 now", True),
-     ("55.11.98888.7777", True), ('{"phone": 5511988887777, "n": 1}', True), ("x+5511988887777x", True),
-     ("155119888877770", False), ("5511988887777 0", True), ("15511988887777", False), ("55119888877771", False),
-     ("+55 11 98888-77770", False), ("1", False), ("+55 11 98888", False), ("", False), (None, False),
-     ("55 11 98888/7777", False)],
+    [
+        ("5511988887777", True),
+        ('{"phone": "+55 11 98888-7777"}', True),
+        ("call +55 (11) 98888-7777 now", True),
+        ("55.11.98888.7777", True),
+        ('{"phone": 5511988887777, "n": 1}', True),
+        ("x+5511988887777x", True),
+        ("155119888877770", False),
+        ("5511988887777 0", True),
+        ("15511988887777", False),
+        ("55119888877771", False),
+        ("+55 11 98888-77770", False),
+        ("1", False),
+        ("+55 11 98888", False),
+        ("", False),
+        (None, False),
+        ("55 11 98888/7777", False),
+    ],
 )
 def test_a_phone_is_mentioned_only_as_a_whole_number(text, mentioned):
     assert mentions_phone(text, "5511988887777") is mentioned
@@ -259,9 +313,20 @@ def test_mentions_phone_stays_linear_on_hostile_text():
     assert mentions_phone(text, "5511988887777") and not mentions_phone(text, "1111111")
 
 
-@pytest.mark.parametrize("digits, valid", [("5511988887777", True), ("1234567", True), ("123456789012345", True),
-                                           ("123456", False), ("1234567890123456", True), ("123456789012345678901", False), ("1", False),
-                                           ("", False), ("12345\u0661789", False)])
+@pytest.mark.parametrize(
+    "digits, valid",
+    [
+        ("5511988887777", True),
+        ("1234567", True),
+        ("123456789012345", True),
+        ("123456", False),
+        ("1234567890123456", True),
+        ("123456789012345678901", False),
+        ("1", False),
+        ("", False),
+        ("12345\u0661789", False),
+    ],
+)
 def test_a_phone_number_has_7_to_15_digits(digits, valid):
     assert is_phone_number(digits) is valid
 
@@ -297,9 +362,12 @@ def test_lone_surrogate_is_cleaned_in_raw_and_kept_verbatim_in_original():
 
 
 def test_raw_is_each_element_verbatim():
-    body = '[ {"title": "a",  "n": 1.50}\n, 7 ,{"title":"b","t":"\\u00e9"}]'.encode()
-    assert [element.raw for element in parse_body(body)] == ['{"title": "a",  "n": 1.50}', "7",
-                                                             '{"title":"b","t":"\\u00e9"}']
+    body = b'[ {"title": "a",  "n": 1.50}\n, 7 ,{"title":"b","t":"\\u00e9"}]'
+    assert [element.raw for element in parse_body(body)] == [
+        '{"title": "a",  "n": 1.50}',
+        "7",
+        '{"title":"b","t":"\\u00e9"}',
+    ]
     assert parse_body(b'\xef\xbb\xbf {"title": "x"} ')[0].raw == '{"title": "x"}'
 
 
@@ -314,7 +382,7 @@ def test_malformed_arrays(body):
     [
         {"title": "incoming_message", "contact": {"phone": 1e400}},
         {"title": "incoming_message", "contact": {"phone": float("nan")}},
-        {"title": "incoming_message", "contact": {"phone": 10 ** 20}},
+        {"title": "incoming_message", "contact": {"phone": 10**20}},
         {"title": "incoming_message", "date": "9999-12-31T23:59:59-05:00"},
         {"title": "incoming_message", "date": "0001-01-01T00:00:00+05:00"},
         {"title": "incoming_message", "date": 1e400},
@@ -330,7 +398,7 @@ def test_normalizing_never_raises(element):
 
 
 def test_an_element_python_cannot_print_is_rejected_not_raised():
-    rejected = normalize({"title": "x", "n": 10 ** 5000}, NOW)  # only code, not a body, can hand us one
+    rejected = normalize({"title": "x", "n": 10**5000}, NOW)  # only code, not a body, can hand us one
     assert isinstance(rejected, Rejected) and "cannot be read" in rejected.reason
 
 
@@ -359,8 +427,10 @@ def test_implausible_dates_are_the_receive_time(date):
         ('{"title":"a\\u0000b"}', {"title": "a\ufffdb"}),
         ('{"title":"x","n":"\\udc00\\ud800"}', {"title": "x", "n": "\ufffd\ufffd"}),
         ('{"title":"x","\\ud800":1}', {"title": "x", "\ufffd": 1}),
-        ('{"title":"x","big":1e400,"small":-1e-400,"n":1.5}',
-         {"title": "x", "big": "1e400", "small": "-1e-400", "n": 1.5}),
+        (
+            '{"title":"x","big":1e400,"small":-1e-400,"n":1.5}',
+            {"title": "x", "big": "1e400", "small": "-1e-400", "n": 1.5},
+        ),
         ('{"title":"x","huge":' + "9" * 400 + "}", {"title": "x", "huge": "9" * 400}),
         ('{"title":"x","huger":' + "9" * 5000 + "}", {"title": "x", "huger": "9" * 5000}),
     ],
@@ -374,8 +444,12 @@ def test_what_no_store_takes_is_cleaned_and_the_original_kept(raw, delivered):
 
 @pytest.mark.parametrize(
     "raw",
-    ['{"title":"x","emoji":"\\ud83d\\ude00","e":"\\u00e9"}', '{"title":"x","n":1e300,"s":"e100"}',
-     '{"title":"x","path":"C:\\\\ud800"}', '{"title":"x","zero":0e999}'],
+    [
+        '{"title":"x","emoji":"\\ud83d\\ude00","e":"\\u00e9"}',
+        '{"title":"x","n":1e300,"s":"e100"}',
+        '{"title":"x","path":"C:\\\\ud800"}',
+        '{"title":"x","zero":0e999}',
+    ],
 )
 def test_storable_elements_are_kept_verbatim(raw):
     (element,) = parse_body(raw.encode())
@@ -384,11 +458,17 @@ def test_storable_elements_are_kept_verbatim(raw):
 
 
 # Strings of what the escapes' search must tell apart: NULs, lone surrogates, pairs, escaped backslashes.
-_TRICKY = st.text(alphabet=st.sampled_from(["a", "\x00", "\ud800", "\udbff", "\udc00", "\udfff", "\ud83d",
-                                            "\ude00", "\u00e9", "\\", "u", "0", "d"]), max_size=6)
-_VALUES = st.recursive(st.none() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | _TRICKY,
-                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
-                       max_leaves=8)
+_TRICKY = st.text(
+    alphabet=st.sampled_from(
+        ["a", "\x00", "\ud800", "\udbff", "\udc00", "\udfff", "\ud83d", "\ude00", "\u00e9", "\\", "u", "0", "d"]
+    ),
+    max_size=6,
+)
+_VALUES = st.recursive(
+    st.none() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | _TRICKY,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
+    max_leaves=8,
+)
 
 
 def _storable(value):
@@ -413,8 +493,19 @@ def test_every_element_a_store_refuses_is_found_and_no_other(value):
 _NUMBER = st.from_regex(r"-?(0|[1-9][0-9]{0,320})(\.[0-9]{1,340})?([eE][-+]?0*[0-9]{1,4})?", fullmatch=True)
 
 
-_EDGES = ["9" * 299, "9" * 310, "-" + "9" * 400, "9" * 5000, "0." + "0" * 330 + "1", "1." + "0" * 400, "1e400",
-          "-1E-999", "1e+0400", "1e99", "4.9e-324"]  # beyond a double (and Python's int limit), or just within
+_EDGES = [
+    "9" * 299,
+    "9" * 310,
+    "-" + "9" * 400,
+    "9" * 5000,
+    "0." + "0" * 330 + "1",
+    "1." + "0" * 400,
+    "1e400",
+    "-1E-999",
+    "1e+0400",
+    "1e99",
+    "4.9e-324",
+]  # beyond a double (and Python's int limit), or just within
 
 
 def assert_found_without_search(numbers):

@@ -1,7 +1,7 @@
 """The memory sink's test-only knobs: injected failures, refusals, a records cap, counters (its rows are held
 to the real sinks' by tests/integration/test_sink_contract.py)."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -10,16 +10,37 @@ from daemon.records import iso
 from daemon.sinks.base import PermanentError, RefusedError, SetupError, TransientError
 from daemon.testing.fakes import MemorySink
 
-RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def stored(i, contact="c1"):
-    event = normalize({"title": "incoming_message", "contact": {"id": contact}, "date": 1_790_000_000 + i,
-                       "info": {"message": {"id": f"m{i}", "channel_data": {"message": {"text": {"body": "x"}}}}}},
-                      RECEIVED)
-    return StoredEvent(i, event.dedup_key, iso(event.received_at), iso(event.occurred_at), event.title, event.service,
-                       event.bot_id, event.contact_id, event.phone, event.contact_name, event.message_id,
-                       event.platform_message_id, event.direction, event.message_type, event.text, event.raw)
+    event = normalize(
+        {
+            "title": "incoming_message",
+            "contact": {"id": contact},
+            "date": 1_790_000_000 + i,
+            "info": {"message": {"id": f"m{i}", "channel_data": {"message": {"text": {"body": "x"}}}}},
+        },
+        RECEIVED,
+    )
+    return StoredEvent(
+        i,
+        event.dedup_key,
+        iso(event.received_at),
+        iso(event.occurred_at),
+        event.title,
+        event.service,
+        event.bot_id,
+        event.contact_id,
+        event.phone,
+        event.contact_name,
+        event.message_id,
+        event.platform_message_id,
+        event.direction,
+        event.message_type,
+        event.text,
+        event.raw,
+    )
 
 
 async def test_injected_failures_come_one_per_delivery_and_are_counted():

@@ -6,7 +6,7 @@ import pytest
 from daemon.sinks.airtable_client import equals_formula, ids_formulas, phone_formula, since_formula
 from daemon.testing.airtable.formula import evaluate, keeps, parse
 
-HOSTILE = ["x' != 'y", "x\" != \"y", "a\\", "a\\' , 'b", "'", "\\'", "} & {Other", "two\nlines", "ok"]
+HOSTILE = ["x' != 'y", 'x" != "y', "a\\", "a\\' , 'b", "'", "\\'", "} & {Other", "two\nlines", "ok"]
 
 
 def selected(formula, records):
@@ -31,8 +31,12 @@ def test_ids_are_chunked_and_each_chunk_quoted():
 
 
 def test_the_phone_formula_compares_digits_however_they_were_typed():
-    records = [{"CustomerPhone": "+55 11 90000-0001"}, {"CustomerPhone": 5511900000001},
-               {"CustomerPhone": "5511900000002"}, {}]
+    records = [
+        {"CustomerPhone": "+55 11 90000-0001"},
+        {"CustomerPhone": 5511900000001},
+        {"CustomerPhone": "5511900000002"},
+        {},
+    ]
     assert selected(phone_formula("CustomerPhone", "5511900000001"), records) == records[:2]
 
 

@@ -48,8 +48,7 @@ def test_plain_lines_mask_message_extras_and_tracebacks(captured):
         logger.exception("failed for 5582981627838")
     out = captured.getvalue()
     assert "5582981627838" not in out and "hunter2" not in out
-    for expected in ("message from ***7838 [phone=***7838]", "failed for ***7838",
-                     "ValueError: bad number ***7838"):
+    for expected in ("message from ***7838 [phone=***7838]", "failed for ***7838", "ValueError: bad number ***7838"):
         assert expected in out
 
 
@@ -78,7 +77,7 @@ def server_error(exc, message="Error handling request from %s", *args):
 def raised(exc):
     try:
         raise exc
-    except Exception as caught:  # noqa: BLE001 - a traceback to log
+    except Exception as caught:
         return caught
 
 
@@ -88,8 +87,11 @@ def test_aiohttp_errors_come_as_one_line_without_any_byte_of_the_request(capture
     setup_logging("INFO", stream=captured)
     # the C parser's shape: a fixed reason, then the bytes; the Python parser's: the bytes in the text
     server_error(raised(BadHttpMessage("Invalid header token:\n\n  b'X-SECRET\\xffd: a'\n       ^")))
-    server_error(raised(BadStatusLine(error="Bad status line:\n  Invalid minor version:\n\n  "
-                                            "b'POST /?token=SECRET HTTP/9.x'\n   ^")))
+    server_error(
+        raised(
+            BadStatusLine(error="Bad status line:\n  Invalid minor version:\n\n  b'POST /?token=SECRET HTTP/9.x'\n   ^")
+        )
+    )
     server_error(raised(InvalidHeader(b"Authorization: Bearer SECRET\xff")))
     server_error(raised(LineTooLong(b"Bearer SECRET" + b"A" * 100, 8190)))
     server_error(raised(BadStatusLine("POST /webhooks/sendpulse?token=SECRET HTTP/1.1")))
@@ -124,20 +126,26 @@ def test_other_stdlib_records_reach_the_log(captured):
     logging.getLogger("asyncio").debug("hidden at INFO")
     assert captured.getvalue().splitlines() == [
         captured.getvalue().splitlines()[0].split(" ERROR", 1)[0] + " ERROR    Task exception was never retrieved "
-                                                                    "for ***7838"]
+        "for ***7838"
+    ]
 
 
-@pytest.mark.parametrize("text, safe", [
-    ("http://127.0.0.1:8080/hooks/SECRET?token=SECRET", "http://127.0.0.1:8080"),
-    ("https://user:SECRET@hooks.example.com/x", "https://hooks.example.com"),
-    ("failed: URL('https://hooks.example.com/T0/SECRET') answered 500", "failed: URL('https://hooks.example.com') "
-                                                                         "answered 500"),
-    ("postgresql://u:SECRET@[::1]:5432/db down", "postgresql://[::1]:5432 down"),
-    ("no url here", "no url here"),
-    ("http://[x/SECRET and on", "http://? and on"),  # urlsplit refuses an unclosed bracket
-    ("http://h:port/SECRET", "http://h"),
-    ("ftp://]weird[/SECRET", "ftp://?"),
-])
+@pytest.mark.parametrize(
+    "text, safe",
+    [
+        ("http://127.0.0.1:8080/hooks/SECRET?token=SECRET", "http://127.0.0.1:8080"),
+        ("https://user:SECRET@hooks.example.com/x", "https://hooks.example.com"),
+        (
+            "failed: URL('https://hooks.example.com/T0/SECRET') answered 500",
+            "failed: URL('https://hooks.example.com') answered 500",
+        ),
+        ("postgresql://u:SECRET@[::1]:5432/db down", "postgresql://[::1]:5432 down"),
+        ("no url here", "no url here"),
+        ("http://[x/SECRET and on", "http://? and on"),  # urlsplit refuses an unclosed bracket
+        ("http://h:port/SECRET", "http://h"),
+        ("ftp://]weird[/SECRET", "ftp://?"),
+    ],
+)
 def test_urls_are_logged_by_their_host(text, safe):
     from daemon.logs import scrub_urls
 
@@ -170,7 +178,6 @@ def test_a_body_that_does_not_decode_is_one_warning_line(captured):
     out = captured.getvalue()
     assert "Traceback" not in out and "ERROR" not in out
     assert out.split(" WARNING  ", 1)[1].strip() == "bad HTTP request from 127.0.0.1: invalid content encoding"
-
 
 
 def test_every_log_line_keeps_urls_to_their_host(captured):

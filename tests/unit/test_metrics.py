@@ -7,15 +7,42 @@ from daemon.metrics import render
 SNAPSHOT = {
     "health": {"status": "degraded"},
     "webhook": {"accepted": 120, "duplicates": 3, "rejected": 1},
-    "journal": {"writable": True, "events": 120, "commits": 10, "committed_events": 40, "commit_failures": 0,
-                "commit_seconds": {"buckets": [[0.001, 4], [0.01, 5], [0.1, 0]], "over": 1, "sum": 2.5}},
+    "journal": {
+        "writable": True,
+        "events": 120,
+        "commits": 10,
+        "committed_events": 40,
+        "commit_failures": 0,
+        "commit_seconds": {"buckets": [[0.001, 4], [0.01, 5], [0.1, 0]], "over": 1, "sum": 2.5},
+    },
     "sinks": {
-        "postgres": {"state": "down", "pending": 80, "delivered": 40, "dead": 0, "oldest_pending_age_s": 12.5,
-                     "delivered_since_start": 40, "failed_attempts_since_start": 7, "dead_since_start": 0},
-        "airtable": {"state": "up", "pending": 0, "delivered": 120, "dead": 2, "discarded": 3, "oldest_pending_age_s": None,
-                     "delivered_since_start": 120, "failed_attempts_since_start": 0, "dead_since_start": 2,
-                     "requests_total": 30, "rate_limited_429": 0, "tokens_left": 4, "requests_per_window": 5,
-                     "paused_for_s": None, "warnings": ["Interactions.Content is missing", "x"]},
+        "postgres": {
+            "state": "down",
+            "pending": 80,
+            "delivered": 40,
+            "dead": 0,
+            "oldest_pending_age_s": 12.5,
+            "delivered_since_start": 40,
+            "failed_attempts_since_start": 7,
+            "dead_since_start": 0,
+        },
+        "airtable": {
+            "state": "up",
+            "pending": 0,
+            "delivered": 120,
+            "dead": 2,
+            "discarded": 3,
+            "oldest_pending_age_s": None,
+            "delivered_since_start": 120,
+            "failed_attempts_since_start": 0,
+            "dead_since_start": 2,
+            "requests_total": 30,
+            "rate_limited_429": 0,
+            "tokens_left": 4,
+            "requests_per_window": 5,
+            "paused_for_s": None,
+            "warnings": ["Interactions.Content is missing", "x"],
+        },
     },
 }
 
@@ -62,8 +89,14 @@ def test_no_airtable_metrics_without_airtable():
 
 
 def test_an_unknown_or_unset_airtable_figure_has_no_sample_rather_than_a_zero():
-    airtable = {**SNAPSHOT["sinks"]["airtable"], "requests_this_month": 12, "requests_month_forecast": 40,
-                "monthly_request_limit": None, "max_records": 1000, "records": None}
+    airtable = {
+        **SNAPSHOT["sinks"]["airtable"],
+        "requests_this_month": 12,
+        "requests_month_forecast": 40,
+        "monthly_request_limit": None,
+        "max_records": 1000,
+        "records": None,
+    }
     snapshot = {**SNAPSHOT, "sinks": {**SNAPSHOT["sinks"], "airtable": airtable}}
     names = {s.name for f in text_string_to_metric_families(render(snapshot).decode()) for s in f.samples}
     assert {"chatledger_airtable_requests_this_month", "chatledger_airtable_max_records"} <= names

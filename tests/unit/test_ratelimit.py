@@ -3,6 +3,7 @@
 import asyncio
 import random
 import time
+from datetime import UTC
 
 import pytest
 
@@ -109,6 +110,7 @@ async def test_a_429_halves_the_rate_and_quiet_time_restores_it():
 
 async def test_refusing_waiters_ends_their_wait_at_once():
     from daemon.ratelimit import BudgetPaused
+
     budget = RequestBudget(rate=1, per=3600)
     async with budget.request():
         pass  # the only token is out for an hour
@@ -138,9 +140,9 @@ class Wall:
 
     @staticmethod
     def at(text):
-        from datetime import datetime, timezone
+        from datetime import datetime
 
-        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+        return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
     def __call__(self):
         return self.now

@@ -5,17 +5,35 @@ from prometheus_client.parser import text_string_to_metric_families
 from daemon.metrics import render as metrics
 from daemon.status_text import render
 
-UP = {"state": "up", "running": False, "interval_s": 300.0, "last_run_at": "2026-12-03T14:00:00Z",
-      "last_reconciled_at": "2026-12-03T14:00:02Z",
-      "window": {"since": "2026-12-03T13:45:00Z", "until": "2026-12-03T14:00:00Z"}, "seen": 7, "added": 2,
-      "present": 5, "runs": 4, "failed_runs": 1, "added_total": 9, "seen_total": 30, "requests_total": 40,
-      "statuses": 1, "followed_up": 3, "statuses_total": 6,
-      "last_error": "POST /oauth/access_token: no answer in time", "last_error_at": "2026-12-03T13:40:00Z"}
+UP = {
+    "state": "up",
+    "running": False,
+    "interval_s": 300.0,
+    "last_run_at": "2026-12-03T14:00:00Z",
+    "last_reconciled_at": "2026-12-03T14:00:02Z",
+    "window": {"since": "2026-12-03T13:45:00Z", "until": "2026-12-03T14:00:00Z"},
+    "seen": 7,
+    "added": 2,
+    "present": 5,
+    "runs": 4,
+    "failed_runs": 1,
+    "added_total": 9,
+    "seen_total": 30,
+    "requests_total": 40,
+    "statuses": 1,
+    "followed_up": 3,
+    "statuses_total": 6,
+    "last_error": "POST /oauth/access_token: no answer in time",
+    "last_error_at": "2026-12-03T13:40:00Z",
+}
 
 
 def samples(snapshot):
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(metrics(snapshot).decode()) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics(snapshot).decode())
+        for s in family.samples
+    }
 
 
 def line_of(snapshot):

@@ -3,7 +3,7 @@
 import itertools
 import random
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -11,16 +11,29 @@ from daemon.delivery import BACKOFF_CAP, backoff_delay
 from daemon.events import StoredEvent
 from daemon.records import conversation_id_for, conversation_status, iso, map_events
 
-T0 = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def stored(n, title="incoming_message", contact="c1", at=0, phone="5511987654321", name="Ana", text="oi"):
     direction = {"incoming_message": "inbound", "outgoing_message": "outbound"}.get(title)
     return StoredEvent(
-        id=n, dedup_key=f"k{n}", received_at=T0.isoformat(), occurred_at=(T0 + timedelta(seconds=at)).isoformat(),
-        title=title, service="whatsapp", bot_id="bot1", contact_id=contact, phone=phone, contact_name=name,
-        message_id=f"m{n}" if direction else None, platform_message_id=None, direction=direction,
-        message_type="text" if direction else None, text=text if direction else None, raw="{}")
+        id=n,
+        dedup_key=f"k{n}",
+        received_at=T0.isoformat(),
+        occurred_at=(T0 + timedelta(seconds=at)).isoformat(),
+        title=title,
+        service="whatsapp",
+        bot_id="bot1",
+        contact_id=contact,
+        phone=phone,
+        contact_name=name,
+        message_id=f"m{n}" if direction else None,
+        platform_message_id=None,
+        direction=direction,
+        message_type="text" if direction else None,
+        text=text if direction else None,
+        raw="{}",
+    )
 
 
 def test_conversation_ids_are_deterministic_and_documented():
@@ -29,15 +42,24 @@ def test_conversation_ids_are_deterministic_and_documented():
     assert conversation_id_for("bot1", "c1", None) == expected  # the phone does not matter when a contact id exists
     assert conversation_id_for("bot2", "c1", None) != expected
     assert conversation_id_for("bot1", None, "551199") == str(
-        uuid.uuid5(uuid.NAMESPACE_URL, "chatledger:conversation:bot1:phone:551199"))
+        uuid.uuid5(uuid.NAMESPACE_URL, "chatledger:conversation:bot1:phone:551199")
+    )
     assert conversation_id_for("bot1", None, None) is None
 
 
 def test_messages_become_interactions_and_open_chat_an_escalation():
-    records = map_events([stored(1), stored(2, "outgoing_message", at=1), stored(3, "open_chat", at=2),
-                          stored(4, "delivery_status", contact=None, phone=None)])
+    records = map_events(
+        [
+            stored(1),
+            stored(2, "outgoing_message", at=1),
+            stored(3, "open_chat", at=2),
+            stored(4, "delivery_status", contact=None, phone=None),
+        ]
+    )
     assert [(i.message_id, i.direction, i.status) for i in records.interactions] == [
-        ("m1", "inbound", "delivered"), ("m2", "outbound", "sent")]
+        ("m1", "inbound", "delivered"),
+        ("m2", "outbound", "sent"),
+    ]
     assert len({i.interaction_id for i in records.interactions}) == 2
     [escalation] = records.escalations
     assert (escalation.status, escalation.priority) == ("pending", "MEDIUM")
@@ -48,15 +70,22 @@ def test_messages_become_interactions_and_open_chat_an_escalation():
 
 
 def test_the_same_events_in_any_order_map_to_the_same_rows():
-    events = [stored(1, at=5, name="new"), stored(2, "unsubscribe", at=3), stored(3, "open_chat", at=3),
-              stored(4, at=1, name="old"), stored(5, contact="c2", at=0)]
+    events = [
+        stored(1, at=5, name="new"),
+        stored(2, "unsubscribe", at=3),
+        stored(3, "open_chat", at=3),
+        stored(4, at=1, name="old"),
+        stored(5, contact="c2", at=0),
+    ]
 
     def rows(batch):
         r = map_events(batch)
-        return (sorted(r.interactions, key=lambda i: i.interaction_id),
-                sorted(r.escalations, key=lambda e: e.escalation_id),
-                sorted(r.conversations, key=lambda c: c.conversation_id),
-                sorted(r.status_changes, key=lambda c: c.conversation_id))
+        return (
+            sorted(r.interactions, key=lambda i: i.interaction_id),
+            sorted(r.escalations, key=lambda e: e.escalation_id),
+            sorted(r.conversations, key=lambda c: c.conversation_id),
+            sorted(r.status_changes, key=lambda c: c.conversation_id),
+        )
 
     first = rows(events)
     for order in itertools.islice(itertools.permutations(events), 0, None, 7):
@@ -67,17 +96,21 @@ def test_the_same_events_in_any_order_map_to_the_same_rows():
     assert [c.title for c in first[3] if c.conversation_id == c1.conversation_id] == ["open_chat"]
 
 
-@pytest.mark.parametrize("title, status_at, last_message_at, expected", [
-    (None, None, 5, "active"),
-    ("open_chat", 3, 5, "escalated"),
-    ("unsubscribe", 3, None, "closed"),
-    ("bot_block", 3, 2, "closed"),
-    ("unsubscribe", 3, 3, "closed"),
-    ("unsubscribe", 3, 4, "active"),  # a message after the unsubscribe reopens it
-])
+@pytest.mark.parametrize(
+    "title, status_at, last_message_at, expected",
+    [
+        (None, None, 5, "active"),
+        ("open_chat", 3, 5, "escalated"),
+        ("unsubscribe", 3, None, "closed"),
+        ("bot_block", 3, 2, "closed"),
+        ("unsubscribe", 3, 3, "closed"),
+        ("unsubscribe", 3, 4, "active"),  # a message after the unsubscribe reopens it
+    ],
+)
 def test_conversation_status_rules(title, status_at, last_message_at, expected):
     def at(s):
         return None if s is None else T0 + timedelta(seconds=s)
+
     assert conversation_status(title, at(status_at), at(last_message_at)) == expected
 
 
@@ -87,17 +120,30 @@ def enrichment(n, message, at, **fields):
 
     body = {"id": f"bot-{n}", "messageId": f"m{message}", "direction": "inbound", **fields}
     return StoredEvent(
-        id=n, dedup_key=f"api:interaction:bot-{n}", received_at=T0.isoformat(),
-        occurred_at=(T0 + timedelta(seconds=at)).isoformat(), title="api_interaction", service="api", bot_id=None,
-        contact_id=None, phone=None, contact_name=None, message_id=f"m{message}", platform_message_id=None,
-        direction="inbound", message_type="api", text=fields.get("content"), raw=json.dumps(body),
-        conversation_id=conversation_id_for("bot1", "c1", None))
+        id=n,
+        dedup_key=f"api:interaction:bot-{n}",
+        received_at=T0.isoformat(),
+        occurred_at=(T0 + timedelta(seconds=at)).isoformat(),
+        title="api_interaction",
+        service="api",
+        bot_id=None,
+        contact_id=None,
+        phone=None,
+        contact_name=None,
+        message_id=f"m{message}",
+        platform_message_id=None,
+        direction="inbound",
+        message_type="api",
+        text=fields.get("content"),
+        raw=json.dumps(body),
+        conversation_id=conversation_id_for("bot1", "c1", None),
+    )
 
 
 def test_an_enrichment_folds_into_its_message_in_either_order_keeping_its_time_and_text():
-    from daemon.records import merged_interactions
-
     from dataclasses import replace
+
+    from daemon.records import merged_interactions
 
     message = replace(stored(1, at=0, text="oi"), dedup_key="msg:incoming_message:m1")  # as events.dedup_key
     bare = enrichment(2, 1, at=600, intent="greeting", processingTime=40)  # no text, no timestamp
@@ -129,11 +175,13 @@ def test_the_journals_sql_restates_the_same_titles():
 
     def titles(sql):
         return set(re.findall(r"'([a-z_]+)'", sql))
+
     # the conversation fold a fresh journal runs: the last migration that (re)creates its trigger
     fold = [sql for sql in MIGRATIONS if "CREATE TRIGGER events_conversation" in sql][-1]
     [is_message] = set(re.findall(r"CASE WHEN \((.*)\) THEN 1 ELSE 0 END", fold))
-    webhook, api = re.fullmatch(r"NEW\.title IN \(([^)]*)\) OR \(NEW\.title = '(\w+)' AND NEW\.message_id IS NULL\)",
-                                is_message).groups()
+    webhook, api = re.fullmatch(
+        r"NEW\.title IN \(([^)]*)\) OR \(NEW\.title = '(\w+)' AND NEW\.message_id IS NULL\)", is_message
+    ).groups()
     assert titles(webhook) == set(MESSAGE_TITLES) and api == API_INTERACTION  # one that names no SendPulse message
     assert DELIVERY_STATUS not in is_message  # a status report is about a message, not one
     [is_status] = set(re.findall(r"CASE WHEN NEW\.title IN \(([^)]*)\) THEN NEW\.title", fold))
@@ -151,11 +199,23 @@ def reported(n, message, status):
     import json
 
     return StoredEvent(
-        id=n, dedup_key=f"status:k{message}:{status}", received_at=T0.isoformat(), occurred_at=T0.isoformat(),
-        title="delivery_status", service="whatsapp", bot_id="bot1", contact_id="c1", phone="5511987654321",
-        contact_name="Ana", message_id=f"m{message}", platform_message_id=None, direction="outbound",
-        message_type="text", text="oi", raw=json.dumps({"of": f"k{message}", "message_id": f"m{message}",
-                                                        "status": status, "source": "reconcile"}))
+        id=n,
+        dedup_key=f"status:k{message}:{status}",
+        received_at=T0.isoformat(),
+        occurred_at=T0.isoformat(),
+        title="delivery_status",
+        service="whatsapp",
+        bot_id="bot1",
+        contact_id="c1",
+        phone="5511987654321",
+        contact_name="Ana",
+        message_id=f"m{message}",
+        platform_message_id=None,
+        direction="outbound",
+        message_type="text",
+        text="oi",
+        raw=json.dumps({"of": f"k{message}", "message_id": f"m{message}", "status": status, "source": "reconcile"}),
+    )
 
 
 def test_a_status_moves_forward_only_whoever_reports_it():
@@ -177,7 +237,7 @@ def test_a_status_moves_forward_only_whoever_reports_it():
 
 
 def test_a_moment_is_the_same_text_whatever_its_offset():
-    moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    moment = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     assert iso(moment) == "2026-01-02T03:04:05.678Z"
     assert iso(moment.astimezone(timezone(timedelta(hours=-3)))) == "2026-01-02T03:04:05.678Z"
     assert iso(moment.replace(microsecond=0)) == "2026-01-02T03:04:05.000Z"

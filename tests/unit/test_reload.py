@@ -5,7 +5,7 @@ import asyncio
 import copy
 import json
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
@@ -23,10 +23,16 @@ from tests.support import until
 
 TOKEN = "reload-token-0123456789abcdef"
 DSN = "postgresql://ledger:first-password@127.0.0.1:5432/ledger"
-AIRTABLE = {"api_key": "patFIRST000000000.secret", "base_id": "appFIRST000000000",
-            "endpoint_url": "http://127.0.0.1:8701"}
-BASE = {"server": {"listen": "127.0.0.1:8080", "webhook_token": TOKEN},
-        "journal": {"path": "state/journal.sqlite"}, "status": {"socket": "run/status.sock"}}
+AIRTABLE = {
+    "api_key": "patFIRST000000000.secret",
+    "base_id": "appFIRST000000000",
+    "endpoint_url": "http://127.0.0.1:8701",
+}
+BASE = {
+    "server": {"listen": "127.0.0.1:8080", "webhook_token": TOKEN},
+    "journal": {"path": "state/journal.sqlite"},
+    "status": {"socket": "run/status.sock"},
+}
 FAIL_BOUND = 30.0
 
 
@@ -35,9 +41,10 @@ def load(tmp_path, **changes):
     sections = copy.deepcopy(BASE)
     for section, keys in changes.items():
         sections.setdefault(section, {}).update(keys)
-    text = "".join(f"[{section}]\n" + "".join(f"{json.dumps(k) if '.' in k else k} = {json.dumps(v)}\n"
-                                              for k, v in keys.items())
-                   for section, keys in sections.items())
+    text = "".join(
+        f"[{section}]\n" + "".join(f"{json.dumps(k) if '.' in k else k} = {json.dumps(v)}\n" for k, v in keys.items())
+        for section, keys in sections.items()
+    )
     path = tmp_path / "chatledger.toml"
     path.write_text(text)
     return load_config(path, {})
@@ -45,24 +52,45 @@ def load(tmp_path, **changes):
 
 def test_nothing_changed_plans_nothing(tmp_path):
     running = load(tmp_path, postgres={"dsn": DSN}, airtable=AIRTABLE, alerts={"webhook_url": "https://chat/x"})
-    plan = plan_reload(running, load(tmp_path, postgres={"dsn": DSN}, airtable=AIRTABLE,
-                                     alerts={"webhook_url": "https://chat/x"}))
+    plan = plan_reload(
+        running, load(tmp_path, postgres={"dsn": DSN}, airtable=AIRTABLE, alerts={"webhook_url": "https://chat/x"})
+    )
     assert (plan.applied, plan.restart, plan.rebuild) == ([], [], [])
     assert describe(plan) == ("", "nothing changed")
 
 
 def test_listeners_paths_tokens_and_the_postgres_schema_need_a_restart(tmp_path):
     running = load(tmp_path, postgres={"dsn": DSN}, metrics={"listen": "127.0.0.1:9100"})
-    fresh = load(tmp_path, server={"listen": "127.0.0.1:8081", "webhook_path": "/hook",
-                                   "webhook_token": "another-token-0123456789", "api_token": "api-token-0123456789",
-                                   "max_body_bytes": 4096, "read_timeout_s": 3, "max_connections": 9},
-                 journal={"path": "elsewhere.sqlite"}, postgres={"dsn": DSN, "schema": "other"},
-                 status={"socket": "run/other.sock"}, metrics={"listen": "127.0.0.1:9101"})
+    fresh = load(
+        tmp_path,
+        server={
+            "listen": "127.0.0.1:8081",
+            "webhook_path": "/hook",
+            "webhook_token": "another-token-0123456789",
+            "api_token": "api-token-0123456789",
+            "max_body_bytes": 4096,
+            "read_timeout_s": 3,
+            "max_connections": 9,
+        },
+        journal={"path": "elsewhere.sqlite"},
+        postgres={"dsn": DSN, "schema": "other"},
+        status={"socket": "run/other.sock"},
+        metrics={"listen": "127.0.0.1:9101"},
+    )
     plan = plan_reload(running, fresh)
-    assert plan.restart == ["[server] listen", "[server] webhook_path", "[server] webhook_token",
-                            "[server] api_token", "[server] max_body_bytes", "[server] read_timeout_s",
-                            "[server] max_connections", "[journal] path", "[postgres] schema", "[status] socket",
-                            "[metrics] listen"]
+    assert plan.restart == [
+        "[server] listen",
+        "[server] webhook_path",
+        "[server] webhook_token",
+        "[server] api_token",
+        "[server] max_body_bytes",
+        "[server] read_timeout_s",
+        "[server] max_connections",
+        "[journal] path",
+        "[postgres] schema",
+        "[status] socket",
+        "[metrics] listen",
+    ]
     assert plan.applied == [] and plan.rebuild == []
     warning, info = describe(plan)
     assert warning.startswith("needs a restart: [server] listen, [server] webhook_path, ")
@@ -71,31 +99,59 @@ def test_listeners_paths_tokens_and_the_postgres_schema_need_a_restart(tmp_path)
 
 def test_alerts_log_retention_and_limits_apply_live_without_replacing_a_sink(tmp_path):
     running = load(tmp_path, airtable=AIRTABLE, postgres={"dsn": DSN})
-    fresh = load(tmp_path, airtable={**AIRTABLE, "requests_per_second": 3, "monthly_request_limit": 900,
-                                     "linger_s": 0, "max_records": 1000, "retention_days": 60},
-                 **{"airtable.fields": {"Interactions.Content": "Message"}},
-                 postgres={"dsn": DSN}, journal={"retention_days": 7},
-                 server={"max_elements_per_request": 10},
-                 alerts={"command": "notify-ops", "webhook_url": "https://chat.example/hook/abc",
-                         "pending_age_threshold_s": 60, "min_interval_s": 0},
-                 log={"level": "DEBUG", "json": True})
+    fresh = load(
+        tmp_path,
+        airtable={
+            **AIRTABLE,
+            "requests_per_second": 3,
+            "monthly_request_limit": 900,
+            "linger_s": 0,
+            "max_records": 1000,
+            "retention_days": 60,
+        },
+        **{"airtable.fields": {"Interactions.Content": "Message"}},
+        postgres={"dsn": DSN},
+        journal={"retention_days": 7},
+        server={"max_elements_per_request": 10},
+        alerts={
+            "command": "notify-ops",
+            "webhook_url": "https://chat.example/hook/abc",
+            "pending_age_threshold_s": 60,
+            "min_interval_s": 0,
+        },
+        log={"level": "DEBUG", "json": True},
+    )
     plan = plan_reload(running, fresh)
-    assert plan.applied == ["[server] max_elements_per_request", "[journal] retention_days",
-                            "[airtable] requests_per_second", "[airtable] monthly_request_limit",
-                            "[airtable] linger_s", "[airtable] max_records", "[airtable] retention_days",
-                            "[airtable.fields]", "[alerts] command", "[alerts] webhook_url",
-                            "[alerts] pending_age_threshold_s", "[alerts] min_interval_s", "[log] level", "[log] json"]
+    assert plan.applied == [
+        "[server] max_elements_per_request",
+        "[journal] retention_days",
+        "[airtable] requests_per_second",
+        "[airtable] monthly_request_limit",
+        "[airtable] linger_s",
+        "[airtable] max_records",
+        "[airtable] retention_days",
+        "[airtable.fields]",
+        "[alerts] command",
+        "[alerts] webhook_url",
+        "[alerts] pending_age_threshold_s",
+        "[alerts] min_interval_s",
+        "[log] level",
+        "[log] json",
+    ]
     assert plan.restart == [] and plan.rebuild == []
     assert describe(plan) == ("", "SIGHUP applied: " + ", ".join(plan.applied))
 
 
-@pytest.mark.parametrize("section, key, value", [
-    ("airtable", "api_key", "patSECOND00000000.secret"),
-    ("airtable", "base_id", "appSECOND00000000"),
-    ("airtable", "endpoint_url", "http://127.0.0.1:8702"),
-    ("airtable", "interactions_table", "Messages"),
-    ("postgres", "dsn", "postgresql://ledger:second-password@127.0.0.1:5433/ledger"),
-])
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("airtable", "api_key", "patSECOND00000000.secret"),
+        ("airtable", "base_id", "appSECOND00000000"),
+        ("airtable", "endpoint_url", "http://127.0.0.1:8702"),
+        ("airtable", "interactions_table", "Messages"),
+        ("postgres", "dsn", "postgresql://ledger:second-password@127.0.0.1:5433/ledger"),
+    ],
+)
 def test_a_sinks_credentials_and_endpoint_replace_that_sink(tmp_path, section, key, value):
     running = load(tmp_path, airtable=AIRTABLE, postgres={"dsn": DSN})
     changed = {"airtable": dict(AIRTABLE), "postgres": {"dsn": DSN}}
@@ -109,8 +165,13 @@ def test_switching_a_sink_on_or_off_needs_a_restart_and_applies_none_of_its_keys
     off = load(tmp_path, alerts={"command": "old"})
     on = load(tmp_path, airtable={**AIRTABLE, "linger_s": 1}, postgres={"dsn": DSN}, alerts={"command": "new"})
     plan = plan_reload(off, on)
-    assert plan.restart == ["[postgres] dsn", "[airtable] api_key", "[airtable] base_id", "[airtable] endpoint_url",
-                            "[airtable] linger_s"]
+    assert plan.restart == [
+        "[postgres] dsn",
+        "[airtable] api_key",
+        "[airtable] base_id",
+        "[airtable] endpoint_url",
+        "[airtable] linger_s",
+    ]
     assert plan.applied == ["[alerts] command"] and plan.rebuild == []
     warning, _ = describe(plan)
     assert "postgres would be switched on" in warning and "airtable would be switched on" in warning
@@ -125,17 +186,30 @@ def test_keys_of_a_sink_that_stays_off_apply_and_replace_nothing(tmp_path):
 
 
 def test_secrets_are_compared_by_value_and_never_written_out(tmp_path):
-    secrets = {"hook": "https://chat.example/hook/FIRST-SECRET", "dsn": DSN, "key": AIRTABLE["api_key"],
-               "token": TOKEN}
+    secrets = {"hook": "https://chat.example/hook/FIRST-SECRET", "dsn": DSN, "key": AIRTABLE["api_key"], "token": TOKEN}
     running = load(tmp_path, alerts={"webhook_url": secrets["hook"]}, postgres={"dsn": DSN}, airtable=AIRTABLE)
-    assert plan_reload(running, load(tmp_path, alerts={"webhook_url": secrets["hook"]}, postgres={"dsn": DSN},
-                                     airtable=AIRTABLE)).applied == []
-    fresh = {"hook": "https://chat.example/hook/SECOND-SECRET",
-             "dsn": "postgresql://ledger:second-password@127.0.0.1:5432/ledger",
-             "key": "patSECOND00000000.secret", "token": "second-token-0123456789"}
-    plan = plan_reload(running, load(tmp_path, alerts={"webhook_url": fresh["hook"]}, postgres={"dsn": fresh["dsn"]},
-                                     airtable={**AIRTABLE, "api_key": fresh["key"]},
-                                     server={"webhook_token": fresh["token"]}))
+    assert (
+        plan_reload(
+            running, load(tmp_path, alerts={"webhook_url": secrets["hook"]}, postgres={"dsn": DSN}, airtable=AIRTABLE)
+        ).applied
+        == []
+    )
+    fresh = {
+        "hook": "https://chat.example/hook/SECOND-SECRET",
+        "dsn": "postgresql://ledger:second-password@127.0.0.1:5432/ledger",
+        "key": "patSECOND00000000.secret",
+        "token": "second-token-0123456789",
+    }
+    plan = plan_reload(
+        running,
+        load(
+            tmp_path,
+            alerts={"webhook_url": fresh["hook"]},
+            postgres={"dsn": fresh["dsn"]},
+            airtable={**AIRTABLE, "api_key": fresh["key"]},
+            server={"webhook_token": fresh["token"]},
+        ),
+    )
     assert plan.applied == ["[postgres] dsn", "[airtable] api_key", "[alerts] webhook_url"]
     assert plan.restart == ["[server] webhook_token"]
     text = " ".join(describe(plan)) + repr(plan)
@@ -146,10 +220,14 @@ def test_secrets_are_compared_by_value_and_never_written_out(tmp_path):
 def test_apply_changes_the_running_config_in_place_and_keeps_what_needs_a_restart(tmp_path):
     running = load(tmp_path, airtable=AIRTABLE)
     server, alerts, airtable = running.server, running.alerts, running.airtable
-    fresh = load(tmp_path, server={"listen": "127.0.0.1:8081", "max_elements_per_request": 10},
-                 airtable={**AIRTABLE, "endpoint_url": "http://127.0.0.1:8702"},
-                 **{"airtable.fields": {"Interactions.Content": "Message"}},
-                 alerts={"command": "notify-ops"}, metrics={"listen": "127.0.0.1:9100"})
+    fresh = load(
+        tmp_path,
+        server={"listen": "127.0.0.1:8081", "max_elements_per_request": 10},
+        airtable={**AIRTABLE, "endpoint_url": "http://127.0.0.1:8702"},
+        **{"airtable.fields": {"Interactions.Content": "Message"}},
+        alerts={"command": "notify-ops"},
+        metrics={"listen": "127.0.0.1:9100"},
+    )
     apply_live(running, fresh, plan_reload(running, fresh))
     # the webhook app holds the [server] section itself: what changes there is read per request
     assert running.server is server and running.alerts is alerts and running.airtable is airtable
@@ -164,8 +242,11 @@ def test_retuning_airtable_sets_its_rate_cap_linger_and_fields_on_the_running_si
     running = load(tmp_path, airtable=AIRTABLE)
     sink = AirtableSink.from_config(running.airtable, None)
     worker = SimpleNamespace(sink=sink, linger_s=sink.linger_s)
-    fresh = load(tmp_path, airtable={**AIRTABLE, "requests_per_second": 3, "max_records": 1000, "linger_s": 0},
-                 **{"airtable.fields": {"Interactions.Content": "Message"}})
+    fresh = load(
+        tmp_path,
+        airtable={**AIRTABLE, "requests_per_second": 3, "max_records": 1000, "linger_s": 0},
+        **{"airtable.fields": {"Interactions.Content": "Message"}},
+    )
     plan = plan_reload(running, fresh)
     apply_live(running, fresh, plan)
     retune_airtable(worker, running.airtable, set(plan.applied))
@@ -194,8 +275,10 @@ async def test_a_replaced_airtable_sink_of_the_same_base_keeps_its_budget_and_a_
     old.client.budget.pause(30, "a 429: the base locked for 30 s")
     old.client.budget.requests_total = 7
     other.client.base_id = "appOTHER000000001"
-    workers = [SimpleNamespace(sink=s, delivered_since_start=0, dead_since_start=0, failed_attempts=0)
-               for s in (old, same, other)]
+    workers = [
+        SimpleNamespace(sink=s, delivered_since_start=0, dead_since_start=0, failed_attempts=0)
+        for s in (old, same, other)
+    ]
     carry_counters(workers[0], workers[1])  # a new api_key for the same base: one base, one budget
     assert same.client.budget is old.client.budget and same.client.budget.stats()["paused_for_s"] > 0
     carry_counters(workers[0], workers[2])  # another base: its own budget, the counts carried
@@ -214,7 +297,7 @@ def test_new_alert_targets_take_the_next_alert():
 
 # -- a sink replaced under its running worker ------------------------------------------------------
 
-RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 class GatedSink(MemorySink):
@@ -240,9 +323,14 @@ def accepted(sink):
 
 
 def message(i):
-    return normalize({"title": "incoming_message", "contact": {"id": "c1"},
-                      "info": {"message": {"id": f"m{i}", "channel_data": {"message": {"text": {"body": "x"}}}}}},
-                     RECEIVED)
+    return normalize(
+        {
+            "title": "incoming_message",
+            "contact": {"id": "c1"},
+            "info": {"message": {"id": f"m{i}", "channel_data": {"message": {"text": {"body": "x"}}}}},
+        },
+        RECEIVED,
+    )
 
 
 async def test_a_replaced_sink_finishes_its_delivery_and_the_new_one_takes_the_rest(tmp_path):
@@ -303,12 +391,14 @@ async def test_a_stop_during_a_replacement_closes_both_sinks_and_starts_neither(
 def _set(event):
     async def check():
         return event.is_set()
+
     return check
 
 
 def _true(predicate):
     async def check():
         return predicate()
+
     return check
 
 
@@ -317,8 +407,15 @@ def _true(predicate):
 SENDPULSE = {"client_id": "sp-client-id", "client_secret": "sp-FIRST-secret", "api_url": "http://127.0.0.1:8090"}
 
 
-@pytest.mark.parametrize("key, value", [("client_id", "sp-other-id"), ("client_secret", "sp-SECOND-secret"),
-                                        ("api_url", "http://127.0.0.1:8091"), ("requests_per_second", 2)])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("client_id", "sp-other-id"),
+        ("client_secret", "sp-SECOND-secret"),
+        ("api_url", "http://127.0.0.1:8091"),
+        ("requests_per_second", 2),
+    ],
+)
 def test_sendpulse_credentials_address_and_rate_replace_its_client(tmp_path, key, value):
     plan = plan_reload(load(tmp_path, sendpulse=SENDPULSE), load(tmp_path, sendpulse={**SENDPULSE, key: value}))
     assert plan.applied == [f"[sendpulse] {key}"] and plan.restart == [] and plan.sendpulse == "replace"
@@ -329,11 +426,23 @@ def test_sendpulse_credentials_address_and_rate_replace_its_client(tmp_path, key
 
 
 def test_sendpulse_bots_interval_and_first_window_apply_at_the_next_run(tmp_path):
-    fresh = load(tmp_path, sendpulse={**SENDPULSE, "bot_ids": ["bot2"], "reconcile_interval_s": 60,
-                                      "first_window_h": 2, "status_window_h": 6})
+    fresh = load(
+        tmp_path,
+        sendpulse={
+            **SENDPULSE,
+            "bot_ids": ["bot2"],
+            "reconcile_interval_s": 60,
+            "first_window_h": 2,
+            "status_window_h": 6,
+        },
+    )
     plan = plan_reload(load(tmp_path, sendpulse=SENDPULSE), fresh)
-    assert plan.applied == ["[sendpulse] bot_ids", "[sendpulse] reconcile_interval_s", "[sendpulse] first_window_h",
-                            "[sendpulse] status_window_h"]
+    assert plan.applied == [
+        "[sendpulse] bot_ids",
+        "[sendpulse] reconcile_interval_s",
+        "[sendpulse] first_window_h",
+        "[sendpulse] status_window_h",
+    ]
     assert (plan.restart, plan.sendpulse) == ([], "retune")
     assert describe(plan) == ("", "SIGHUP applied: " + ", ".join(plan.applied))
 
@@ -341,8 +450,12 @@ def test_sendpulse_bots_interval_and_first_window_apply_at_the_next_run(tmp_path
 def test_sendpulse_is_switched_on_and_off_without_a_restart(tmp_path):
     off, on = load(tmp_path), load(tmp_path, sendpulse={**SENDPULSE, "reconcile_interval_s": 60})
     plan = plan_reload(off, on)
-    assert plan.applied == ["[sendpulse] client_id", "[sendpulse] client_secret", "[sendpulse] api_url",
-                            "[sendpulse] reconcile_interval_s"]
+    assert plan.applied == [
+        "[sendpulse] client_id",
+        "[sendpulse] client_secret",
+        "[sendpulse] api_url",
+        "[sendpulse] reconcile_interval_s",
+    ]
     assert (plan.restart, plan.sendpulse) == ([], "on")
     assert describe(plan)[1].endswith("(SendPulse reconciliation switched on)")
     back = plan_reload(on, off)

@@ -27,10 +27,16 @@ def test_absent_section_disables_reconciliation_with_safe_defaults(tmp_path):
 
 
 def test_file_keys_are_read(tmp_path):
-    config = load_config(write(tmp_path, '[sendpulse]\nclient_id = "id1"\nclient_secret = "s3cret"\n'
-                                         'api_url = "http://127.0.0.1:8090/"\nbot_ids = ["b1", "b2"]\n'
-                                         'reconcile_interval_s = 0\nrequests_per_second = 2\n'
-                                         'first_window_h = 6\n'), {})
+    config = load_config(
+        write(
+            tmp_path,
+            '[sendpulse]\nclient_id = "id1"\nclient_secret = "s3cret"\n'
+            'api_url = "http://127.0.0.1:8090/"\nbot_ids = ["b1", "b2"]\n'
+            "reconcile_interval_s = 0\nrequests_per_second = 2\n"
+            "first_window_h = 6\n",
+        ),
+        {},
+    )
     sendpulse = config.sendpulse
     assert sendpulse.enabled and sendpulse.client_id == "id1"
     assert sendpulse.client_secret.get_secret_value() == "s3cret"
@@ -41,8 +47,14 @@ def test_file_keys_are_read(tmp_path):
 
 def test_env_names_override_the_file(tmp_path):
     path = write(tmp_path, '[sendpulse]\nclient_id = "file"\nclient_secret = "file-secret"\n')
-    config = load_config(path, {"SENDPULSE_CLIENT_ID": "env-id", "SENDPULSE_CLIENT_SECRET": "env-secret",
-                                "CHATLEDGER_SENDPULSE__BOT_IDS": "b1, b2"})
+    config = load_config(
+        path,
+        {
+            "SENDPULSE_CLIENT_ID": "env-id",
+            "SENDPULSE_CLIENT_SECRET": "env-secret",
+            "CHATLEDGER_SENDPULSE__BOT_IDS": "b1, b2",
+        },
+    )
     assert config.sendpulse.client_id == "env-id"
     assert config.sendpulse.client_secret.get_secret_value() == "env-secret"
     assert config.sendpulse.bot_ids == ["b1", "b2"]
@@ -50,16 +62,19 @@ def test_env_names_override_the_file(tmp_path):
     assert config.sendpulse.bot_ids == ["b3"]
 
 
-@pytest.mark.parametrize("text, complaint", [
-    ('client_id = "id"\n', "[sendpulse] client_secret: is required when client_id is set"),
-    ('requests_per_second = 11\n', "[sendpulse] requests_per_second"),
-    ('requests_per_second = 0\n', "[sendpulse] requests_per_second"),
-    ('reconcile_interval_s = -1\n', "[sendpulse] reconcile_interval_s"),
-    ('first_window_h = 0\n', "[sendpulse] first_window_h"),
-    ('api_url = "ftp://x"\n', "[sendpulse] api_url: must start with http:// or https://"),
-    ('bot_ids = [""]\n', "[sendpulse] bot_ids"),
-    ('colour = "red"\n', "[sendpulse] colour: unknown key"),
-])
+@pytest.mark.parametrize(
+    "text, complaint",
+    [
+        ('client_id = "id"\n', "[sendpulse] client_secret: is required when client_id is set"),
+        ("requests_per_second = 11\n", "[sendpulse] requests_per_second"),
+        ("requests_per_second = 0\n", "[sendpulse] requests_per_second"),
+        ("reconcile_interval_s = -1\n", "[sendpulse] reconcile_interval_s"),
+        ("first_window_h = 0\n", "[sendpulse] first_window_h"),
+        ('api_url = "ftp://x"\n', "[sendpulse] api_url: must start with http:// or https://"),
+        ('bot_ids = [""]\n', "[sendpulse] bot_ids"),
+        ('colour = "red"\n', "[sendpulse] colour: unknown key"),
+    ],
+)
 def test_bad_values_are_named(tmp_path, text, complaint):
     with pytest.raises(ConfigError) as caught:
         load_config(write(tmp_path, "[sendpulse]\n" + text), {})
@@ -67,8 +82,14 @@ def test_bad_values_are_named(tmp_path, text, complaint):
 
 
 def test_client_secret_never_appears(tmp_path):
-    config = load_config(write(tmp_path, '[sendpulse]\nclient_id = "id1"\nclient_secret = "sp-SECRET-value"\n'
-                                         'api_url = "https://u:hunter2@proxy.example"\n'), {})
+    config = load_config(
+        write(
+            tmp_path,
+            '[sendpulse]\nclient_id = "id1"\nclient_secret = "sp-SECRET-value"\n'
+            'api_url = "https://u:hunter2@proxy.example"\n',
+        ),
+        {},
+    )
     text = repr(config) + str(config.redacted())
     assert "sp-SECRET-value" not in text
     assert "hunter2" not in str(config.redacted())

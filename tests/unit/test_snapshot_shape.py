@@ -39,9 +39,11 @@ def shape(value):
 
 async def test_the_snapshot_keeps_its_keys_in_their_order(tmp_path):
     path = tmp_path / "chatledger.toml"
-    path.write_text('[server]\nlisten = "127.0.0.1:0"\nwebhook_token = "shape-token-0123456789abcdef"\n'
-                    '[journal]\npath = "journal.sqlite"\n[status]\nsocket = "status.sock"\n'
-                    '[postgres]\ndsn = "postgresql://ledger@127.0.0.1:1/ledger"\n')
+    path.write_text(
+        '[server]\nlisten = "127.0.0.1:0"\nwebhook_token = "shape-token-0123456789abcdef"\n'
+        '[journal]\npath = "journal.sqlite"\n[status]\nsocket = "status.sock"\n'
+        '[postgres]\ndsn = "postgresql://ledger@127.0.0.1:1/ledger"\n'
+    )
     daemon = Daemon(load_config(path, {}), path)
     daemon.journal = await Journal.open(tmp_path / "journal.sqlite", ["postgres"])
     try:
@@ -52,21 +54,51 @@ async def test_the_snapshot_keeps_its_keys_in_their_order(tmp_path):
         await daemon.workers.stop()
     finally:
         await daemon.journal.close()
-    sink = {"state": "str", "pending": "int", "delivered": "int", "dead": "int", "dead_last_at": "NoneType",
-            "discarded": "int", "oldest_pending_at": "NoneType", "oldest_pending_age_s": "NoneType",
-            "backfill": "NoneType"}
+    sink = {
+        "state": "str",
+        "pending": "int",
+        "delivered": "int",
+        "dead": "int",
+        "dead_last_at": "NoneType",
+        "discarded": "int",
+        "oldest_pending_at": "NoneType",
+        "oldest_pending_age_s": "NoneType",
+        "backfill": "NoneType",
+    }
     expected = {
-        "version": "str", "pid": "int", "started_at": "str", "uptime_s": "float",
-        "journal": {"path": "str", "events": "int", "quarantined": "int", "quarantine_discarded": "int",
-                    "writable": "bool", "writer_alive": "bool", "commits": "int", "committed_events": "int",
-                    "commit_failures": "int", "commit_seconds": {"buckets": "list", "over": "int", "sum": "float"},
-                    "last_error": "NoneType", "read_error": "NoneType", "retention_days": "int",
-                    "purged_since_start": "int"},
-        "sinks": {"postgres": {**sink, "last_error": "NoneType", "last_error_at": "NoneType",
-                               "last_delivery_at": "NoneType", "consecutive_failures": "int",
-                               "delivered_since_start": "int", "dead_since_start": "int",
-                               "failed_attempts_since_start": "int"},
-                  "airtable": sink},
+        "version": "str",
+        "pid": "int",
+        "started_at": "str",
+        "uptime_s": "float",
+        "journal": {
+            "path": "str",
+            "events": "int",
+            "quarantined": "int",
+            "quarantine_discarded": "int",
+            "writable": "bool",
+            "writer_alive": "bool",
+            "commits": "int",
+            "committed_events": "int",
+            "commit_failures": "int",
+            "commit_seconds": {"buckets": "list", "over": "int", "sum": "float"},
+            "last_error": "NoneType",
+            "read_error": "NoneType",
+            "retention_days": "int",
+            "purged_since_start": "int",
+        },
+        "sinks": {
+            "postgres": {
+                **sink,
+                "last_error": "NoneType",
+                "last_error_at": "NoneType",
+                "last_delivery_at": "NoneType",
+                "consecutive_failures": "int",
+                "delivered_since_start": "int",
+                "dead_since_start": "int",
+                "failed_attempts_since_start": "int",
+            },
+            "airtable": sink,
+        },
         "webhook": {"accepted": "int", "duplicates": "int", "rejected": "int"},
         "alerts": {"enabled": "bool", "sent": "int", "failed": "int"},
         "sources": {"sendpulse": {"state": "str"}},

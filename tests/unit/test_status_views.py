@@ -8,11 +8,23 @@ CAP = "upserting 1 records into Interactions: HTTP 422 BASE_RECORD_LIMIT_EXCEEDE
 
 
 def snapshot(state, last_error=None):
-    airtable = {"state": state, "pending": 40, "delivered": 960, "dead": 0, "oldest_pending_age_s": 75,
-                "last_error": last_error, "last_error_at": "2026-11-25T12:00:00Z" if last_error else None}
-    return {"version": "t", "pid": 1, "uptime_s": 10,
-            "journal": {"writer_alive": True, "writable": True, "events": 1000, "path": "j.sqlite"},
-            "webhook": {}, "sinks": {"airtable": airtable}}
+    airtable = {
+        "state": state,
+        "pending": 40,
+        "delivered": 960,
+        "dead": 0,
+        "oldest_pending_age_s": 75,
+        "last_error": last_error,
+        "last_error_at": "2026-11-25T12:00:00Z" if last_error else None,
+    }
+    return {
+        "version": "t",
+        "pid": 1,
+        "uptime_s": 10,
+        "journal": {"writer_alive": True, "writable": True, "events": 1000, "path": "j.sqlite"},
+        "webhook": {},
+        "sinks": {"airtable": airtable},
+    }
 
 
 def test_a_blocked_base_is_a_problem_shown_with_its_error_and_what_to_do():
@@ -53,8 +65,10 @@ def with_sendpulse(**source):
     return {**snapshot("up"), "sources": {"sendpulse": source}}
 
 
-REFUSED = ("SendPulse refused the credentials of [sendpulse] client_id 'abc' (401: invalid_client); check client_id "
-           "and client_secret (Settings > API)")
+REFUSED = (
+    "SendPulse refused the credentials of [sendpulse] client_id 'abc' (401: invalid_client); check client_id "
+    "and client_secret (Settings > API)"
+)
 
 
 def test_sendpulse_misconfigured_degrades_at_once_naming_what_to_check():
@@ -67,8 +81,12 @@ def test_sendpulse_misconfigured_degrades_at_once_naming_what_to_check():
 
 
 def test_sendpulse_down_is_a_problem_only_once_the_retry_failed_too():
-    once = with_sendpulse(state="down", last_error="GET /whatsapp/bots: 503 (4 attempts)", failed_in_a_row=1,
-                          failing_since="2026-12-03T14:00:00Z")
+    once = with_sendpulse(
+        state="down",
+        last_error="GET /whatsapp/bots: 503 (4 attempts)",
+        failed_in_a_row=1,
+        failing_since="2026-12-03T14:00:00Z",
+    )
     assert _health(once) == {"status": "healthy", "problems": []}  # its window is read again whole: nothing lost yet
     lasting = with_sendpulse(**{**once["sources"]["sendpulse"], "failed_in_a_row": 2})
     [problem] = _health(lasting)["problems"]
@@ -82,9 +100,16 @@ def test_sendpulse_disabled_starting_or_up_is_no_problem():
     assert _health(snapshot("up")) == {"status": "healthy", "problems": []}  # an older daemon's snapshot
 
 
-SENDPULSE_UP = {"state": "up", "running": False, "last_reconciled_at": "2026-12-03T14:00:02Z", "seen": 7, "added": 2,
-                "requests_total": 40, "last_error": "GET /whatsapp/bots: 503 (4 attempts)",
-                "last_error_at": "2026-12-03T13:40:00Z"}
+SENDPULSE_UP = {
+    "state": "up",
+    "running": False,
+    "last_reconciled_at": "2026-12-03T14:00:02Z",
+    "seen": 7,
+    "added": 2,
+    "requests_total": 40,
+    "last_error": "GET /whatsapp/bots: 503 (4 attempts)",
+    "last_error_at": "2026-12-03T13:40:00Z",
+}
 
 
 def test_top_shows_the_sendpulse_line_like_a_sinks():

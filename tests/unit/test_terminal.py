@@ -33,19 +33,39 @@ def flat(text):
 
 
 def snapshot():
-    postgres = {"state": "down", "pending": 4, "delivered": 3, "dead": 2, "oldest_pending_age_s": 75,
-                "last_error": HOSTILE, "last_error_at": "2026-12-03T10:00:00Z",
-                "backfill": {"state": "running", "total": 7, "done": 3, "to_go": 4}}
-    airtable = {"state": "blocked", "pending": 40, "delivered": 960, "dead": 0, "last_error": CAP,
-                "last_error_at": "2026-11-25T12:00:00Z", "tokens_left": 4, "requests_per_window": 5,
-                "requests_last_minute": 12, "rate_limited_429": 1,
-                "warnings": ["Interactions.Content is missing: left out"]}
-    return {"version": "0.1.0", "pid": 4242, "uptime_s": 30,
-            "health": {"status": "degraded", "problems": ["airtable is blocked: " + CAP]},
-            "journal": {"writable": True, "events": 1000, "quarantined": 3, "path": "state/journal.sqlite"},
-            "webhook": {"accepted": 11, "duplicates": 2, "rejected": 1},
-            "alerts": {"enabled": True, "sent": 5, "failed": 1},
-            "sinks": {"postgres": postgres, "airtable": airtable}}
+    postgres = {
+        "state": "down",
+        "pending": 4,
+        "delivered": 3,
+        "dead": 2,
+        "oldest_pending_age_s": 75,
+        "last_error": HOSTILE,
+        "last_error_at": "2026-12-03T10:00:00Z",
+        "backfill": {"state": "running", "total": 7, "done": 3, "to_go": 4},
+    }
+    airtable = {
+        "state": "blocked",
+        "pending": 40,
+        "delivered": 960,
+        "dead": 0,
+        "last_error": CAP,
+        "last_error_at": "2026-11-25T12:00:00Z",
+        "tokens_left": 4,
+        "requests_per_window": 5,
+        "requests_last_minute": 12,
+        "rate_limited_429": 1,
+        "warnings": ["Interactions.Content is missing: left out"],
+    }
+    return {
+        "version": "0.1.0",
+        "pid": 4242,
+        "uptime_s": 30,
+        "health": {"status": "degraded", "problems": ["airtable is blocked: " + CAP]},
+        "journal": {"writable": True, "events": 1000, "quarantined": 3, "path": "state/journal.sqlite"},
+        "webhook": {"accepted": 11, "duplicates": 2, "rejected": 1},
+        "alerts": {"enabled": True, "sent": 5, "failed": 1},
+        "sinks": {"postgres": postgres, "airtable": airtable},
+    }
 
 
 def test_status_shows_what_the_plain_text_does_in_a_table():
@@ -71,9 +91,19 @@ def test_an_error_from_before_the_sink_came_back_is_not_shown_as_current():
 
 
 def test_text_from_outside_is_printed_literally_never_as_markup_or_escapes():
-    letters = {"postgres": [{"event_id": 7, "dedup_key": "[red]key[/red]", "title": "incoming_message",
-                             "attempts": 9, "last_error": HOSTILE, "updated_at": "2026-12-03T10:00:00Z",
-                             "state": "dead"}]}
+    letters = {
+        "postgres": [
+            {
+                "event_id": 7,
+                "dedup_key": "[red]key[/red]",
+                "title": "incoming_message",
+                "attempts": 9,
+                "last_error": HOSTILE,
+                "updated_at": "2026-12-03T10:00:00Z",
+                "state": "dead",
+            }
+        ]
+    }
     for view in (terminal.status_view(snapshot()), terminal.dead_view(letters, discarded=False)):
         raw = io.StringIO()
         Console(force_terminal=True, width=200, file=raw, color_system="truecolor").print(view)
@@ -84,17 +114,36 @@ def test_text_from_outside_is_printed_literally_never_as_markup_or_escapes():
 
 
 def test_dead_letters_are_a_table_with_their_errors():
-    letters = {"postgres": [{"event_id": 7, "dedup_key": "wamid.7", "title": "incoming_message", "attempts": 9,
-                             "last_error": "value too long for type character varying(20)",
-                             "updated_at": "2026-12-03T10:00:00Z", "state": "dead"}],
-               "airtable": []}
+    letters = {
+        "postgres": [
+            {
+                "event_id": 7,
+                "dedup_key": "wamid.7",
+                "title": "incoming_message",
+                "attempts": 9,
+                "last_error": "value too long for type character varying(20)",
+                "updated_at": "2026-12-03T10:00:00Z",
+                "state": "dead",
+            }
+        ],
+        "airtable": [],
+    }
     text = shown(terminal.dead_view(letters, discarded=False))
     assert "┃ dead letter" in text and "┃ last error" in text
     assert re.search(r"│ postgres event 7 +│ value too long for type character varying\(20\) +│", text)
     words = flat(text)
     assert "incoming_message 2026-12-03T10:00:00Z wamid.7" in words
-    discarded = {"postgres": [{**letters["postgres"][0], "state": "discarded", "discarded_at": "2026-12-04T09:00:00Z",
-                               "discarded_by": "ana", "reason": "test data"}]}
+    discarded = {
+        "postgres": [
+            {
+                **letters["postgres"][0],
+                "state": "discarded",
+                "discarded_at": "2026-12-04T09:00:00Z",
+                "discarded_by": "ana",
+                "reason": "test data",
+            }
+        ]
+    }
     words = flat(shown(terminal.dead_view(discarded, discarded=True)))
     assert "2026-12-04T09:00:00Z" in words and "by ana" in words and "reason: test data" in words
     assert "value too long" in words
@@ -109,8 +158,10 @@ def test_replay_shows_what_was_requeued_per_sink():
 
 
 def test_recover_ends_with_its_counts_per_table():
-    tables = {kind: {"read": 12, "inserted": 5, "present": 6, "conflicting": 1, "replaced": 0, "unusable": 0,
-                     "built": 0} for kind in ("conversations", "interactions", "escalations")}
+    tables = {
+        kind: {"read": 12, "inserted": 5, "present": 6, "conflicting": 1, "replaced": 0, "unusable": 0, "built": 0}
+        for kind in ("conversations", "interactions", "escalations")
+    }
     tables["escalations"].update(read=0, inserted=0, present=0, conflicting=0)
     words = flat(shown(terminal.recover_view(tables)))
     assert "read inserted present conflicting replaced unusable" in words
@@ -122,8 +173,14 @@ def test_recover_ends_with_its_counts_per_table():
 def test_recover_shows_its_progress_per_table():
     out = console()
     progress = terminal.RecoverProgress(out)
-    report = {"tables": {"conversations": {"read": 100, "inserted": 40}, "interactions": {"read": 0, "inserted": 0},
-                         "escalations": {"read": 0, "inserted": 0}}, "problems": []}
+    report = {
+        "tables": {
+            "conversations": {"read": 100, "inserted": 40},
+            "interactions": {"read": 0, "inserted": 0},
+            "escalations": {"read": 0, "inserted": 0},
+        },
+        "problems": [],
+    }
     progress(report)
     report["tables"]["interactions"].update(read=300, inserted=299)
     progress(report)
@@ -156,16 +213,44 @@ def test_top_draws_the_same_frame_as_a_table():
 
 
 def test_a_narrow_terminal_gets_every_view_a_few_lines_an_item():
-    letters = {"postgres": [{"event_id": 7, "dedup_key": "wamid.7", "title": "incoming_message", "attempts": 9,
-                             "last_error": CAP, "updated_at": "2026-12-03T10:00:00Z", "state": "dead"}]}
-    tables = {"conversations": {"read": 1, "inserted": 2, "present": 0, "conflicting": 0, "replaced": 0,
-                                "unusable": 0, "built": 0}}
+    letters = {
+        "postgres": [
+            {
+                "event_id": 7,
+                "dedup_key": "wamid.7",
+                "title": "incoming_message",
+                "attempts": 9,
+                "last_error": CAP,
+                "updated_at": "2026-12-03T10:00:00Z",
+                "state": "dead",
+            }
+        ]
+    }
+    tables = {
+        "conversations": {
+            "read": 1,
+            "inserted": 2,
+            "present": 0,
+            "conflicting": 0,
+            "replaced": 0,
+            "unusable": 0,
+            "built": 0,
+        }
+    }
     expected = [
-        (terminal.status_view(snapshot()), ["postgres down pending 4, oldest 75s, delivered 3, dead 2",
-                                            "airtable is blocked", "after `chatledger sync`"]),
+        (
+            terminal.status_view(snapshot()),
+            [
+                "postgres down pending 4, oldest 75s, delivered 3, dead 2",
+                "airtable is blocked",
+                "after `chatledger sync`",
+            ],
+        ),
         (terminal.top_view(TopView().update(snapshot(), now=1.0)), ["airtable blocked pending 40, oldest -"]),
-        (terminal.dead_view(letters, discarded=False),
-         ["postgres event 7 incoming_message 2026-12-03T10:00:00Z wamid.7 " + CAP]),
+        (
+            terminal.dead_view(letters, discarded=False),
+            ["postgres event 7 incoming_message 2026-12-03T10:00:00Z wamid.7 " + CAP],
+        ),
         (terminal.recover_view(tables), ["conversations 1 read 2 inserted 0 present"]),
         (terminal.requeued_view({"postgres": 1}, "deliveries", "replay triggered"), ["postgres 1"]),
     ]
@@ -199,15 +284,26 @@ def test_a_dumb_terminal_gets_plain_text(monkeypatch):
     assert terminal.Terminal.on(_Tty()) is None
 
 
-SENDPULSE = {"state": "misconfigured", "running": True, "last_reconciled_at": "2026-12-03T14:00:02Z", "seen": 7,
-             "added": 2, "requests_total": 40, "last_error": HOSTILE, "last_error_at": "2026-12-03T14:05:00Z"}
+SENDPULSE = {
+    "state": "misconfigured",
+    "running": True,
+    "last_reconciled_at": "2026-12-03T14:00:02Z",
+    "seen": 7,
+    "added": 2,
+    "requests_total": 40,
+    "last_error": HOSTILE,
+    "last_error_at": "2026-12-03T14:05:00Z",
+}
 
 
 def test_top_draws_sendpulse_beneath_the_sinks_as_a_table_of_its_own():
     state = {**snapshot(), "sources": {"sendpulse": SENDPULSE}}
     words = flat(shown(terminal.top_view(TopView().update(state, now=1.0))))
-    assert re.search(r"source state reconciled seen added requests rate .*"
-                     r"sendpulse misconfigured 2026-12-03T14:00:02Z 7 2 40 -", words), words
+    assert re.search(
+        r"source state reconciled seen added requests rate .*"
+        r"sendpulse misconfigured 2026-12-03T14:00:02Z 7 2 40 -",
+        words,
+    ), words
     assert "sendpulse running now" in words and "sendpulse: [bold]refused[/bold] \\x1b[31mred" in words
     narrow = flat(shown(terminal.top_view(TopView().update(state, now=1.0)), width=40))
     assert "sendpulse misconfigured reconciled 2026-12-03T14:00:02Z, seen 7, added 2, requests 40" in narrow

@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.testing.running import AppThread, serve_app
 from daemon.testing.airtable.model import ApiError, Base, Field, Record, Table
 from daemon.testing.airtable.server import Emulator, create_app
+from daemon.testing.running import AppThread, serve_app
 
 __all__ = ["ApiError", "Base", "Emulator", "EmulatorThread", "Field", "Record", "Table", "create_app", "serve"]
 
@@ -29,7 +29,7 @@ class EmulatorThread(AppThread):
     create_app = staticmethod(create_app)
 
     @classmethod
-    def serving(cls, token: str, base_id: str, **limits: Any) -> "EmulatorThread":
+    def serving(cls, token: str, base_id: str, **limits: Any) -> EmulatorThread:
         """Started, accepting `token`, with one empty base `base_id`; `limits`: rate, window, lockout."""
         running = cls(Emulator([token], **limits)).start()
         running.run(running.emulator.add_base, base_id)

@@ -17,24 +17,48 @@ PRIORITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 
 DOCUMENTED: dict[str, list[tuple[Any, ...]]] = {
     "Conversations": [
-        ("ConversationId", "singleLineText"), ("CustomerPhone", "phoneNumber"), ("CustomerName", "singleLineText"),
-        ("Status", "singleSelect", ("active", "closed", "escalated")), ("StartedAt", DATE), ("LastActivity", DATE),
-        ("MessageCount", "number"), ("Intent", "singleLineText"), ("Sentiment", "singleLineText"),
-        ("Priority", "singleSelect", PRIORITIES), ("AssignedAgent", "singleLineText"), ("Tags", "multilineText"),
-        ("Metadata", "multilineText"), ("CreatedAt", DATE), ("UpdatedAt", DATE),
+        ("ConversationId", "singleLineText"),
+        ("CustomerPhone", "phoneNumber"),
+        ("CustomerName", "singleLineText"),
+        ("Status", "singleSelect", ("active", "closed", "escalated")),
+        ("StartedAt", DATE),
+        ("LastActivity", DATE),
+        ("MessageCount", "number"),
+        ("Intent", "singleLineText"),
+        ("Sentiment", "singleLineText"),
+        ("Priority", "singleSelect", PRIORITIES),
+        ("AssignedAgent", "singleLineText"),
+        ("Tags", "multilineText"),
+        ("Metadata", "multilineText"),
+        ("CreatedAt", DATE),
+        ("UpdatedAt", DATE),
     ],
     "Interactions": [
-        ("InteractionId", "singleLineText"), ("ConversationId", "singleLineText"), ("MessageId", "singleLineText"),
-        ("Direction", "singleSelect", ("inbound", "outbound")), ("Content", "multilineText"),
-        ("Intent", "singleLineText"), ("Response", "multilineText"), ("ProcessingTime", "number"),
-        ("Status", "singleSelect", ("sent", "delivered", "read", "failed")), ("ErrorMessage", "multilineText"),
-        ("Timestamp", DATE), ("CreatedAt", DATE),
+        ("InteractionId", "singleLineText"),
+        ("ConversationId", "singleLineText"),
+        ("MessageId", "singleLineText"),
+        ("Direction", "singleSelect", ("inbound", "outbound")),
+        ("Content", "multilineText"),
+        ("Intent", "singleLineText"),
+        ("Response", "multilineText"),
+        ("ProcessingTime", "number"),
+        ("Status", "singleSelect", ("sent", "delivered", "read", "failed")),
+        ("ErrorMessage", "multilineText"),
+        ("Timestamp", DATE),
+        ("CreatedAt", DATE),
     ],
     "Escalations": [
-        ("EscalationId", "singleLineText"), ("TicketId", "singleLineText"), ("ConversationId", "singleLineText"),
-        ("Reason", "singleSelect", ()), ("Priority", "singleSelect", PRIORITIES),
-        ("Status", "singleSelect", ("pending", "assigned", "resolved")), ("CustomerPhone", "phoneNumber"),
-        ("AssignedAgent", "singleLineText"), ("CreatedAt", DATE), ("ResolvedAt", DATE), ("Notes", "multilineText"),
+        ("EscalationId", "singleLineText"),
+        ("TicketId", "singleLineText"),
+        ("ConversationId", "singleLineText"),
+        ("Reason", "singleSelect", ()),
+        ("Priority", "singleSelect", PRIORITIES),
+        ("Status", "singleSelect", ("pending", "assigned", "resolved")),
+        ("CustomerPhone", "phoneNumber"),
+        ("AssignedAgent", "singleLineText"),
+        ("CreatedAt", DATE),
+        ("ResolvedAt", DATE),
+        ("Notes", "multilineText"),
     ],
 }
 DATE_TYPES = ("date", "dateTime", "mixed")
@@ -47,11 +71,17 @@ def _options(type_: str, choices: tuple[str, ...]) -> dict[str, Any] | None:
     if type_ == "date":
         return {"dateFormat": {"name": "local", "format": "l"}}
     if type_ == "dateTime":
-        return {"timeZone": "client", "dateFormat": {"name": "local", "format": "l"},
-                "timeFormat": {"name": "12hour", "format": "h:mma"}}
+        return {
+            "timeZone": "client",
+            "dateFormat": {"name": "local", "format": "l"},
+            "timeFormat": {"name": "12hour", "format": "h:mma"},
+        }
     if type_ == "singleSelect":
-        return {"choices": [{"id": new_id("sel"), "name": c, "color": COLORS[i % len(COLORS)]}
-                            for i, c in enumerate(choices)]}
+        return {
+            "choices": [
+                {"id": new_id("sel"), "name": c, "color": COLORS[i % len(COLORS)]} for i, c in enumerate(choices)
+            ]
+        }
     return None
 
 

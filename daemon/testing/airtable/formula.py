@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from daemon.testing.airtable.model import is_empty
@@ -25,7 +25,8 @@ class FormulaError(ValueError):
         self.unknown_fields = unknown_fields or []
 
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<ws>\s+)
   | (?P<field>\{(?:\\.|[^}\\])*\})
   | (?P<string>'(?:\\.|[^'\\])*'|"(?:\\.|[^"\\])*")
@@ -33,7 +34,9 @@ _TOKEN = re.compile(r"""
   | (?P<op><=|>=|!=|=|<|>|&|\+|-|\*|/)
   | (?P<punct>[(),])
   | (?P<name>[A-Za-z_][A-Za-z_0-9]*)
-""", re.VERBOSE)
+""",
+    re.VERBOSE,
+)
 
 _ESCAPE = re.compile(r"\\(.)")
 _PRECEDENCE = {"=": 1, "!=": 1, "<": 1, ">": 1, "<=": 1, ">=": 1, "&": 2, "+": 2, "-": 2, "*": 3, "/": 3}
@@ -43,7 +46,7 @@ _PRECEDENCE = {"=": 1, "!=": 1, "<": 1, ">": 1, "<=": 1, ">=": 1, "&": 2, "+": 2
 class Node:
     kind: str  # "lit", "field", "call", "op"
     value: Any
-    args: tuple["Node", ...] = ()
+    args: tuple[Node, ...] = ()
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -149,7 +152,7 @@ def _as_time(value: Any) -> datetime | None:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return None
-        return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     return None
 
 
@@ -166,8 +169,12 @@ def _compare(op: str, left: Any, right: Any) -> bool:
     elif isinstance(left, (int, float)) != isinstance(right, (int, float)):
         left, right = str(left), str(right)
     ops: dict[str, Callable[[Any, Any], bool]] = {
-        "=": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
-        ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b,
+        "=": lambda a, b: a == b,
+        "!=": lambda a, b: a != b,
+        "<": lambda a, b: a < b,
+        ">": lambda a, b: a > b,
+        "<=": lambda a, b: a <= b,
+        ">=": lambda a, b: a >= b,
     }
     return ops[op](left, right)
 
@@ -219,6 +226,7 @@ def _arity(n: int, fn: Callable[..., Any]) -> Callable[[list[Any], str], Any]:
         if len(values) != n:
             raise FormulaError("Invalid formula. Please check your formula text.")
         return fn(*values)
+
     return call
 
 
@@ -245,8 +253,12 @@ FUNCTIONS: dict[str, Callable[[list[Any], str], Any]] = {
     "LEN": _arity(1, lambda v: len(str(v or ""))),
     "FIND": _find,
     "CONCATENATE": lambda values, _: "".join("" if v is None else str(v) for v in values),
-    "REGEX_REPLACE": _arity(3, lambda text, pattern, replacement: re.sub(
-        str(pattern or ""), str(replacement or "").replace("\\", "\\\\"), str("" if text is None else text))),
+    "REGEX_REPLACE": _arity(
+        3,
+        lambda text, pattern, replacement: re.sub(
+            str(pattern or ""), str(replacement or "").replace("\\", "\\\\"), str("" if text is None else text)
+        ),
+    ),
     "IS_BEFORE": _arity(2, lambda a, b: _compare("<", _as_time(a), _as_time(b))),
     "IS_AFTER": _arity(2, lambda a, b: _compare(">", _as_time(a), _as_time(b))),
 }

@@ -4,23 +4,44 @@ from __future__ import annotations
 
 import secrets
 import string
-from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from typing import Any, Protocol, TypeVar
 
 MAX_TEXT = 100_000
 TEXT_TYPES = {"singleLineText", "multilineText", "phoneNumber", "email", "url", "richText"}
 # Types Airtable computes: a write to them is refused (422), never ignored.
-COMPUTED_TYPES = {"createdTime", "lastModifiedTime", "autoNumber", "formula", "rollup", "lookup",
-                  "multipleLookupValues", "count", "createdBy", "lastModifiedBy", "button", "externalSyncSource",
-                  "aiText"}
+COMPUTED_TYPES = {
+    "createdTime",
+    "lastModifiedTime",
+    "autoNumber",
+    "formula",
+    "rollup",
+    "lookup",
+    "multipleLookupValues",
+    "count",
+    "createdBy",
+    "lastModifiedBy",
+    "button",
+    "externalSyncSource",
+    "aiText",
+}
 NO_OPTIONS_TYPES = TEXT_TYPES | {"date"}
-MERGEABLE_TYPES = {"singleLineText", "multilineText", "number", "singleSelect", "multipleSelects", "date",
-                   "dateTime"}
+MERGEABLE_TYPES = {"singleLineText", "multilineText", "number", "singleSelect", "multipleSelects", "date", "dateTime"}
 SUPPORTED_TYPES = TEXT_TYPES | {"number", "dateTime", "date", "singleSelect", "multipleSelects", "checkbox"}
-COLORS = ["blueLight2", "cyanLight2", "tealLight2", "greenLight2", "yellowLight2", "orangeLight2",
-          "redLight2", "pinkLight2", "purpleLight2", "grayLight2"]
+COLORS = [
+    "blueLight2",
+    "cyanLight2",
+    "tealLight2",
+    "greenLight2",
+    "yellowLight2",
+    "orangeLight2",
+    "redLight2",
+    "pinkLight2",
+    "purpleLight2",
+    "grayLight2",
+]
 
 
 class ApiError(Exception):
@@ -44,11 +65,11 @@ def new_id(prefix: str) -> str:
 
 
 def iso_now() -> str:
-    return iso(datetime.now(timezone.utc))
+    return iso(datetime.now(UTC))
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def is_empty(value: Any) -> bool:
@@ -128,8 +149,11 @@ class Field:
         if any(choice["name"] == name for choice in self.choices):
             return name
         if not typecast:
-            raise ApiError(422, "INVALID_MULTIPLE_CHOICE_OPTIONS",
-                           f'Insufficient permissions to create new select option ""{name}""')
+            raise ApiError(
+                422,
+                "INVALID_MULTIPLE_CHOICE_OPTIONS",
+                f'Insufficient permissions to create new select option ""{name}""',
+            )
         self.choices.append({"id": new_id("sel"), "name": name, "color": COLORS[len(self.choices) % len(COLORS)]})
         return name
 
@@ -144,7 +168,7 @@ def _parse_date(name: str, value: Any, typecast: bool) -> str:
             pass
     if typecast and isinstance(value, str):
         try:
-            return _parse_time(name, value).astimezone(timezone.utc).date().isoformat()
+            return _parse_time(name, value).astimezone(UTC).date().isoformat()
         except ApiError:
             pass
     raise invalid(name, f'Cannot parse date value "{value}" for field {name}')
@@ -157,14 +181,15 @@ def _parse_time(name: str, value: Any) -> datetime:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise invalid(name, f'Cannot parse date value "{value}" for field {name}') from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def field_from_config(config: Any, existing: list[Field]) -> Field:
     """A new field from a metadata-API field config, validated as Airtable does."""
     if not isinstance(config, dict) or not isinstance(config.get("name"), str) or not config["name"].strip():
-        raise ApiError(422, "INVALID_REQUEST_UNKNOWN",
-                       "Invalid request: parameter validation failed. Check your request data.")
+        raise ApiError(
+            422, "INVALID_REQUEST_UNKNOWN", "Invalid request: parameter validation failed. Check your request data."
+        )
     name, type_ = config["name"], config.get("type")
     if any(f.name.lower() == name.lower() for f in existing):
         raise ApiError(422, "DUPLICATE_OR_EMPTY_FIELD_NAME", f'Field name "{name}" already exists')
@@ -175,14 +200,20 @@ def field_from_config(config: Any, existing: list[Field]) -> Field:
     options = config.get("options")
 
     def bad(detail: str) -> ApiError:
-        return ApiError(422, "INVALID_FIELD_TYPE_OPTIONS_FOR_CREATE",
-                        f"Invalid options for {name}: Failed schema validation: {detail}")
+        return ApiError(
+            422,
+            "INVALID_FIELD_TYPE_OPTIONS_FOR_CREATE",
+            f"Invalid options for {name}: Failed schema validation: {detail}",
+        )
 
     if type_ in NO_OPTIONS_TYPES and "options" in config and type_ != "date":
         raise bad(f"options is not included in the {name}.(type={type_}) schema")
     if type_ == "number":
-        if not isinstance(options, dict) or not isinstance(options.get("precision"), int) \
-                or not 0 <= options["precision"] <= 8:
+        if (
+            not isinstance(options, dict)
+            or not isinstance(options.get("precision"), int)
+            or not 0 <= options["precision"] <= 8
+        ):
             raise bad(f"{name}.options is missing")
         options = {"precision": options["precision"]}
     elif type_ == "checkbox":
@@ -193,10 +224,14 @@ def field_from_config(config: Any, existing: list[Field]) -> Field:
             raise bad(f"{name}.options is missing")
         options = {
             "timeZone": options["timeZone"],
-            "dateFormat": {"name": options["dateFormat"].get("name", "iso"),
-                           "format": options["dateFormat"].get("format", "YYYY-MM-DD")},
-            "timeFormat": {"name": options["timeFormat"].get("name", "24hour"),
-                           "format": options["timeFormat"].get("format", "HH:mm")},
+            "dateFormat": {
+                "name": options["dateFormat"].get("name", "iso"),
+                "format": options["dateFormat"].get("format", "YYYY-MM-DD"),
+            },
+            "timeFormat": {
+                "name": options["timeFormat"].get("name", "24hour"),
+                "format": options["timeFormat"].get("format", "HH:mm"),
+            },
         }
     elif type_ == "date":
         options = {"dateFormat": {"name": "iso", "format": "YYYY-MM-DD"}}
@@ -207,8 +242,9 @@ def field_from_config(config: Any, existing: list[Field]) -> Field:
         for i, choice in enumerate(options["choices"]):
             if not isinstance(choice, dict) or not isinstance(choice.get("name"), str):
                 raise bad(f"{name}.options.choices[{i}].name is missing")
-            choices.append({"id": new_id("sel"), "name": choice["name"],
-                            "color": choice.get("color", COLORS[i % len(COLORS)])})
+            choices.append(
+                {"id": new_id("sel"), "name": choice["name"], "color": choice.get("color", COLORS[i % len(COLORS)])}
+            )
         options = {"choices": choices}
     else:
         options = None
@@ -251,8 +287,13 @@ class Table:
         view: dict[str, Any] = {"id": self.view_id, "name": "Grid view", "type": "grid"}
         if visible_field_ids:
             view["visibleFieldIds"] = [f.id for f in self.fields]
-        out: dict[str, Any] = {"id": self.id, "name": self.name, "primaryFieldId": self.fields[0].id,
-                               "fields": [f.model() for f in self.fields], "views": [view]}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "primaryFieldId": self.fields[0].id,
+            "fields": [f.model() for f in self.fields],
+            "views": [view],
+        }
         if self.description:
             out["description"] = self.description
         return out
@@ -275,8 +316,11 @@ class Table:
 
 # Airtable does not document what it answers at a base's records cap: the emulator's default is a type
 # chatledger has never seen, as any unfamiliar refusal must be handled (settable per base).
-CAP_ERROR = {"status": 422, "type": "BASE_RECORD_LIMIT_EXCEEDED",
-             "message": "This base has reached the maximum of {max_records} records allowed on its plan"}
+CAP_ERROR = {
+    "status": 422,
+    "type": "BASE_RECORD_LIMIT_EXCEEDED",
+    "message": "This base has reached the maximum of {max_records} records allowed on its plan",
+}
 
 
 @dataclass
@@ -298,8 +342,11 @@ class Base:
         """Refuse a write that would create `count` records past the cap (the whole request fails)."""
         if count and self.max_records is not None and self.record_count + count > self.max_records:
             error = self.cap_error
-            raise ApiError(int(error["status"]), str(error["type"]),
-                           str(error.get("message", "")).format(max_records=self.max_records) or None)
+            raise ApiError(
+                int(error["status"]),
+                str(error["type"]),
+                str(error.get("message", "")).format(max_records=self.max_records) or None,
+            )
 
 
 class _Named(Protocol):

@@ -13,15 +13,23 @@ import json
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from daemon.testing.airtable import formula
 from daemon.testing.airtable.model import (
-    COMPUTED_TYPES, MERGEABLE_TYPES, ApiError, Base, Record, Table, field_from_config, iso_now, new_id,
+    COMPUTED_TYPES,
+    MERGEABLE_TYPES,
+    ApiError,
+    Base,
+    Record,
+    Table,
+    field_from_config,
+    iso_now,
+    new_id,
 )
 
 MAX_RECORDS_PER_WRITE = 10
@@ -29,9 +37,11 @@ MAX_PAGE_SIZE = 100
 MAX_URL_LENGTH = 16_000
 INVALID_REQUEST = ("INVALID_REQUEST_UNKNOWN", "Invalid request: parameter validation failed. Check your request data.")
 NOT_FOUND_MODEL = ApiError(
-    403, "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND",
+    403,
+    "INVALID_PERMISSIONS_OR_MODEL_NOT_FOUND",
     "Invalid permissions, or the requested model was not found. Check that both your user and your token have "
-    "the required permissions, and that the model names and/or ids are correct.")
+    "the required permissions, and that the model names and/or ids are correct.",
+)
 
 
 @dataclass
@@ -59,8 +69,16 @@ class BaseTraffic:
 class Emulator:
     """State shared by every request: bases, tokens, limits, faults, counters."""
 
-    def __init__(self, tokens: list[str], *, rate: int = 5, window: float = 1.0, lockout: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic, scopes: dict[str, set[str]] | None = None):
+    def __init__(
+        self,
+        tokens: list[str],
+        *,
+        rate: int = 5,
+        window: float = 1.0,
+        lockout: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        scopes: dict[str, set[str]] | None = None,
+    ):
         self.tokens = set(tokens)
         self.scopes = {token: set(granted) for token, granted in (scopes or {}).items()}  # absent: every scope
         self.rate = rate
@@ -84,11 +102,20 @@ class Emulator:
         self.scopes[token] = set(scopes)
 
     def stats(self) -> dict[str, Any]:
-        return {base_id: {"requests": t.requests, "rate_limited": t.rate_limited, "writes": t.writes,
-                          "locked_for_s": round(max(0.0, t.locked_until - self.clock()), 1),
-                          **({"records": self.bases[base_id].record_count,
-                              "max_records": self.bases[base_id].max_records} if base_id in self.bases else {})}
-                for base_id, t in self.traffic.items()}
+        return {
+            base_id: {
+                "requests": t.requests,
+                "rate_limited": t.rate_limited,
+                "writes": t.writes,
+                "locked_for_s": round(max(0.0, t.locked_until - self.clock()), 1),
+                **(
+                    {"records": self.bases[base_id].record_count, "max_records": self.bases[base_id].max_records}
+                    if base_id in self.bases
+                    else {}
+                ),
+            }
+            for base_id, t in self.traffic.items()
+        }
 
     # -- limits ----------------------------------------------------------------------------------
 
@@ -130,8 +157,8 @@ def _error(exc: ApiError) -> web.Response:
     return web.json_response(exc.body(), status=exc.status)
 
 
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 @web.middleware
 async def airtable_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -163,13 +190,18 @@ async def airtable_middleware(request: web.Request, handler: Handler) -> web.Str
             if faults.status_count is None or faults.status_count > 0:
                 if faults.status_count is not None:
                     faults.status_count -= 1
-                raise ApiError(faults.status, "RETRIABLE_ERROR" if faults.status == 503 else "SERVER_ERROR",
-                               "Server encountered an error while processing your request, "
-                               "and it is safe to retry the request")
+                raise ApiError(
+                    faults.status,
+                    "RETRIABLE_ERROR" if faults.status == 503 else "SERVER_ERROR",
+                    "Server encountered an error while processing your request, and it is safe to retry the request",
+                )
         if faults.billing_exceeded and not request.path.startswith("/v0/meta/"):
-            raise ApiError(429, "PUBLIC_API_BILLING_LIMIT_EXCEEDED",
-                           "API billing plan limit exceeded. You've reached the maximum number of requests "
-                           "allowed for this month.")
+            raise ApiError(
+                429,
+                "PUBLIC_API_BILLING_LIMIT_EXCEEDED",
+                "API billing plan limit exceeded. You've reached the maximum number of requests "
+                "allowed for this month.",
+            )
         if base_id not in emulator.bases:
             raise NOT_FOUND_MODEL
         return await _routed(request, handler)
@@ -204,8 +236,9 @@ async def _json(request: web.Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.read() or b"{}")
     except ValueError:
-        raise ApiError(400, "INVALID_REQUEST_BODY",
-                       "request encoding is invalid; the request can't be parsed as a valid JSON") from None
+        raise ApiError(
+            400, "INVALID_REQUEST_BODY", "request encoding is invalid; the request can't be parsed as a valid JSON"
+        ) from None
     if not isinstance(body, dict):
         raise ApiError(422, *INVALID_REQUEST)
     return body
@@ -216,6 +249,7 @@ def _flag(value: Any) -> bool:
 
 
 # -- records ---------------------------------------------------------------------------------------
+
 
 def _write_cells(table: Table, fields: Any, typecast: bool, refuse: str | None = None) -> dict[str, Any]:
     """Validated cell values by field id; raises ApiError (the whole request then fails)."""
@@ -237,8 +271,12 @@ def _records_payload(body: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(records, list) or not records:
         raise ApiError(422, *INVALID_REQUEST)
     if len(records) > MAX_RECORDS_PER_WRITE:
-        raise ApiError(422, "INVALID_RECORDS", f"A maximum of {MAX_RECORDS_PER_WRITE} records can be created per "
-                                               f"request but you have provided {len(records)}.")
+        raise ApiError(
+            422,
+            "INVALID_RECORDS",
+            f"A maximum of {MAX_RECORDS_PER_WRITE} records can be created per "
+            f"request but you have provided {len(records)}.",
+        )
     if not all(isinstance(r, dict) for r in records):
         raise ApiError(422, *INVALID_REQUEST)
     return records
@@ -282,8 +320,11 @@ async def update_records(request: web.Request) -> web.Response:
             if target is None:
                 raise ApiError(422, "UNKNOWN_FIELD_NAME", f'Unknown field name: "{key}"')
             if target.type not in MERGEABLE_TYPES or target.type in COMPUTED_TYPES:
-                raise ApiError(422, "INVALID_VALUE_FOR_COLUMN",
-                               f'Field "{target.name}" cannot be used as a merge field: its type is {target.type}')
+                raise ApiError(
+                    422,
+                    "INVALID_VALUE_FOR_COLUMN",
+                    f'Field "{target.name}" cannot be used as a merge field: its type is {target.type}',
+                )
             merge_fields.append(target)
     plan: list[tuple[Record | None, dict[str, Any]]] = []
     for item in payload:
@@ -298,14 +339,20 @@ async def update_records(request: web.Request) -> web.Response:
         if not merge_fields:
             raise ApiError(422, *INVALID_REQUEST)
         key = tuple(cells.get(f.id) for f in merge_fields)
-        matches = [] if None in key else [
-            r for r in table.records.values() if tuple(r.cells.get(f.id) for f in merge_fields) == key]
+        matches = (
+            []
+            if None in key
+            else [r for r in table.records.values() if tuple(r.cells.get(f.id) for f in merge_fields) == key]
+        )
         # a new key already planned in this request updates that record rather than creating two
         planned = [p for p in plan if p[0] is None and tuple(p[1].get(f.id) for f in merge_fields) == key]
         if len(matches) > 1:
-            raise ApiError(422, "INVALID_VALUE_FOR_COLUMN",
-                           f"Cannot update records: more than one record matches the fields to merge on "
-                           f"({', '.join(f.name for f in merge_fields)})")
+            raise ApiError(
+                422,
+                "INVALID_VALUE_FOR_COLUMN",
+                f"Cannot update records: more than one record matches the fields to merge on "
+                f"({', '.join(f.name for f in merge_fields)})",
+            )
         if matches:
             plan.append((matches[0], cells))
         elif planned and None not in key:
@@ -315,7 +362,8 @@ async def update_records(request: web.Request) -> web.Response:
             plan.append((None, cells))
     # updates add no records: at the cap they still succeed, and only a request creating some fails
     emulator.base(request.match_info["base"]).admit_creates(
-        sum(1 for record, cells in plan if record is None and "__same_as__" not in cells))
+        sum(1 for record, cells in plan if record is None and "__same_as__" not in cells)
+    )
     results: list[dict[str, Any]] = []
     created_ids: list[str] = []
     updated_ids: list[str] = []
@@ -393,20 +441,30 @@ def _list_options(query: Mapping[str, Any], body: dict[str, Any] | None) -> dict
     """Listing options from a GET query string or a POST listRecords body, in one shape."""
     if body is not None:
         sort = body.get("sort") or []
-        return {"pageSize": body.get("pageSize"), "maxRecords": body.get("maxRecords"),
-                "offset": body.get("offset"), "filterByFormula": body.get("filterByFormula"),
-                "fields": body.get("fields"), "sort": sort,
-                "returnFieldsByFieldId": _flag(body.get("returnFieldsByFieldId")),
-                "cellFormat": body.get("cellFormat", "json")}
+        return {
+            "pageSize": body.get("pageSize"),
+            "maxRecords": body.get("maxRecords"),
+            "offset": body.get("offset"),
+            "filterByFormula": body.get("filterByFormula"),
+            "fields": body.get("fields"),
+            "sort": sort,
+            "returnFieldsByFieldId": _flag(body.get("returnFieldsByFieldId")),
+            "cellFormat": body.get("cellFormat", "json"),
+        }
     sort, i = [], 0
     while f"sort[{i}][field]" in query:
         sort.append({"field": query[f"sort[{i}][field]"], "direction": query.get(f"sort[{i}][direction]", "asc")})
         i += 1
-    return {"pageSize": query.get("pageSize"), "maxRecords": query.get("maxRecords"),
-            "offset": query.get("offset"), "filterByFormula": query.get("filterByFormula"),
-            "fields": query.getall("fields[]", None) if hasattr(query, "getall") else None, "sort": sort,
-            "returnFieldsByFieldId": _flag(query.get("returnFieldsByFieldId")),
-            "cellFormat": query.get("cellFormat", "json")}
+    return {
+        "pageSize": query.get("pageSize"),
+        "maxRecords": query.get("maxRecords"),
+        "offset": query.get("offset"),
+        "filterByFormula": query.get("filterByFormula"),
+        "fields": query.getall("fields[]", None) if hasattr(query, "getall") else None,
+        "sort": sort,
+        "returnFieldsByFieldId": _flag(query.get("returnFieldsByFieldId")),
+        "cellFormat": query.get("cellFormat", "json"),
+    }
 
 
 def _int_option(value: Any, name: str, upper: int | None = None) -> int | None:
@@ -444,13 +502,16 @@ async def list_records(request: web.Request) -> web.Response:
         if max_records is not None:
             ids = ids[:max_records]
         start, cursor = 0, "itr" + secrets.token_hex(7)
-    page = ids[start:start + page_size]
+    page = ids[start : start + page_size]
     only = set(options["fields"]) if options["fields"] else None
     for name in only or ():
         if table.field(name) is None:
             raise ApiError(422, "UNKNOWN_FIELD_NAME", f'Unknown field name: "{name}"')
-    answer: dict[str, Any] = {"records": [table.render(table.records[r], options["returnFieldsByFieldId"], only)
-                                          for r in page if r in table.records]}
+    answer: dict[str, Any] = {
+        "records": [
+            table.render(table.records[r], options["returnFieldsByFieldId"], only) for r in page if r in table.records
+        ]
+    }
     if start + page_size < len(ids):
         emulator._cursors[cursor] = ids
         answer["offset"] = f"{cursor}/{ids[start + page_size]}"
@@ -468,10 +529,14 @@ def _select(table: Table, options: dict[str, Any]) -> list[str]:
                 raise formula.FormulaError("unknown", unknown)
             records = [r for r in records if formula.keeps(formula.evaluate(tree, table.by_name(r), r.id))]
         except formula.FormulaError as exc:
-            detail = (f"Unknown field names: {', '.join(n.lower() for n in exc.unknown_fields)}"
-                      if exc.unknown_fields else str(exc))
-            raise ApiError(422, "INVALID_FILTER_BY_FORMULA",
-                           f"The formula for filtering records is invalid: {detail}") from None
+            detail = (
+                f"Unknown field names: {', '.join(n.lower() for n in exc.unknown_fields)}"
+                if exc.unknown_fields
+                else str(exc)
+            )
+            raise ApiError(
+                422, "INVALID_FILTER_BY_FORMULA", f"The formula for filtering records is invalid: {detail}"
+            ) from None
     for rule in reversed(options["sort"] or []):
         target = table.field(rule.get("field", "")) if isinstance(rule, dict) else None
         if target is None:
@@ -484,6 +549,7 @@ def _select(table: Table, options: dict[str, Any]) -> list[str]:
 
 
 # -- metadata --------------------------------------------------------------------------------------
+
 
 async def list_bases(request: web.Request) -> web.Response:
     bases = request.app[EMULATOR].bases.values()
@@ -527,8 +593,11 @@ async def update_field(request: web.Request) -> web.Response:
     body = await _json(request)
     name = body.get("name")
     if name is not None:
-        if not isinstance(name, str) or not name.strip() or any(
-                f is not target and f.name.lower() == name.lower() for f in table.fields):
+        if (
+            not isinstance(name, str)
+            or not name.strip()
+            or any(f is not target and f.name.lower() == name.lower() for f in table.fields)
+        ):
             raise ApiError(422, "DUPLICATE_OR_EMPTY_FIELD_NAME", f'Field name "{name}" is empty or already exists')
         target.name = name
     if "description" in body:
@@ -537,6 +606,7 @@ async def update_field(request: web.Request) -> web.Response:
 
 
 # -- control ---------------------------------------------------------------------------------------
+
 
 async def control_stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[EMULATOR].stats())
@@ -606,8 +676,7 @@ async def control_plan(request: web.Request) -> web.Response:
         base.max_records = None if body["max_records"] is None else int(body["max_records"])
     if "error" in body:
         base.cap_error = {**base.cap_error, **body["error"]}
-    return web.json_response({"max_records": base.max_records, "records": base.record_count,
-                              "error": base.cap_error})
+    return web.json_response({"max_records": base.max_records, "records": base.record_count, "error": base.cap_error})
 
 
 async def control_rename_field(request: web.Request) -> web.Response:

@@ -29,6 +29,6 @@ class EmulatorThread(AppThread):
     create_app = staticmethod(create_app)
 
     @classmethod
-    def serving(cls, client_id: str, client_secret: str, **limits: Any) -> "EmulatorThread":
+    def serving(cls, client_id: str, client_secret: str, **limits: Any) -> EmulatorThread:
         """Started, accepting these credentials; `limits`: token_ttl, rate, window, per_minute, clock."""
         return cls(Emulator(client_id, client_secret, **limits)).start()

@@ -6,7 +6,7 @@ import base64
 import itertools
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 IN, OUT = 1, 2  # message `direction`
@@ -32,7 +32,7 @@ class ApiError(Exception):
 
 def new_id(moment: datetime | None = None) -> str:
     """A 24-hex id laid out as a MongoDB ObjectId (seconds, process, counter), as SendPulse's look."""
-    seconds = int((moment or datetime.now(timezone.utc)).timestamp())
+    seconds = int((moment or datetime.now(UTC)).timestamp())
     return f"{seconds & 0xFFFFFFFF:08x}{_process}{next(_counter) & 0xFFFFFF:06x}"
 
 
@@ -43,16 +43,16 @@ def new_wamid() -> str:
 def parse_time(value: Any) -> datetime:
     """An ISO 8601 date-time (no offset: UTC) or epoch seconds, to the second as the API shows it."""
     if isinstance(value, (int, float)):
-        moment = datetime.fromtimestamp(value, timezone.utc)
+        moment = datetime.fromtimestamp(value, UTC)
     else:
         moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).replace(microsecond=0)
+            moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).replace(microsecond=0)
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def digits(phone: Any) -> int:
@@ -70,8 +70,13 @@ class Bot:
     status: int = 3  # active
 
     def render(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "status": self.status, "channel": "WHATSAPP",
-                "channel_data": {"phone": self.phone, "name": self.name}}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "channel": "WHATSAPP",
+            "channel_data": {"phone": self.phone, "name": self.name},
+        }
 
 
 @dataclass
@@ -97,18 +102,32 @@ class Message:
         return text.get("body") if isinstance(text, dict) else text
 
     def render(self) -> dict[str, Any]:
-        return {"id": self.id, "contact_id": self.contact_id, "bot_id": self.bot_id, "campaign_id": None,
-                "direction": self.direction, "status": self.status, "type": self.data.get("type", "text"),
-                "channel": self.channel, "data": self.data, "is_paid": False, "price_cbp": None,
-                "created_at": iso(self.created_at)}
+        return {
+            "id": self.id,
+            "contact_id": self.contact_id,
+            "bot_id": self.bot_id,
+            "campaign_id": None,
+            "direction": self.direction,
+            "status": self.status,
+            "type": self.data.get("type", "text"),
+            "channel": self.channel,
+            "data": self.data,
+            "is_paid": False,
+            "price_cbp": None,
+            "created_at": iso(self.created_at),
+        }
 
 
 def message_data(direction: int, text: str | None, wamid: str | None, phone: int, moment: datetime) -> dict[str, Any]:
     """The API's `data`: inbound, WhatsApp's own message object (wamid in `id`); outbound, what was sent
     (wamid in `message_id`)."""
     if direction == IN:
-        data: dict[str, Any] = {"from": str(phone), "timestamp": str(int(moment.timestamp())), "type": "text",
-                                "text": {"body": text or ""}}
+        data: dict[str, Any] = {
+            "from": str(phone),
+            "timestamp": str(int(moment.timestamp())),
+            "type": "text",
+            "text": {"body": text or ""},
+        }
         if wamid:
             data["id"] = wamid
         return data
@@ -142,10 +161,17 @@ class Contact:
         self.messages.insert(index, message)
 
     def render(self) -> dict[str, Any]:
-        return {"id": self.id, "bot_id": self.bot_id, "status": self.status,
-                "channel_data": {"phone": self.phone, "name": self.name}, "tags": list(self.tags),
-                "variables": dict(self.variables), "is_chat_opened": self.is_chat_opened,
-                "last_activity_at": iso(self.last_activity_at), "created_at": iso(self.created_at)}
+        return {
+            "id": self.id,
+            "bot_id": self.bot_id,
+            "status": self.status,
+            "channel_data": {"phone": self.phone, "name": self.name},
+            "tags": list(self.tags),
+            "variables": dict(self.variables),
+            "is_chat_opened": self.is_chat_opened,
+            "last_activity_at": iso(self.last_activity_at),
+            "created_at": iso(self.created_at),
+        }
 
     def chat(self) -> dict[str, Any]:
         inbound = [m for m in self.messages if m.direction == IN]
@@ -154,8 +180,11 @@ class Contact:
             if message.direction == OUT:
                 break
             unread += 1
-        return {"contact": self.render(), "inbox_last_message": inbound[-1].render() if inbound else None,
-                "inbox_unread": unread}
+        return {
+            "contact": self.render(),
+            "inbox_last_message": inbound[-1].render() if inbound else None,
+            "inbox_unread": unread,
+        }
 
 
 def webhook_body(bot: Bot, contact: Contact, message: Message, options: dict[str, Any]) -> Any:
@@ -184,11 +213,18 @@ def webhook_body(bot: Bot, contact: Contact, message: Message, options: dict[str
     seconds = message.created_at.timestamp()
     last_inbound = next((m for m in reversed(contact.messages) if m.direction == IN), None)
     event = {
-        "title": title, "service": "whatsapp",
+        "title": title,
+        "service": "whatsapp",
         "bot": {"id": bot.id, "name": bot.name, "channel": "WHATSAPP", "url": f"https://wa.me/{bot.phone}"},
-        "contact": {"id": contact.id, "phone": str(contact.phone), "name": contact.name, "tags": list(contact.tags),
-                    "variables": dict(contact.variables), "is_chat_opened": contact.is_chat_opened,
-                    "last_message": last_inbound.text if last_inbound else None},
+        "contact": {
+            "id": contact.id,
+            "phone": str(contact.phone),
+            "name": contact.name,
+            "tags": list(contact.tags),
+            "variables": dict(contact.variables),
+            "is_chat_opened": contact.is_chat_opened,
+            "last_message": last_inbound.text if last_inbound else None,
+        },
         "info": {"message": info},
         "date": int(seconds) if options.get("date_unit") == "s" else int(seconds * 1000),
     }

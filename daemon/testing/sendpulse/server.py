@@ -14,16 +14,28 @@ import json
 import secrets
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from daemon.testing.sendpulse.model import (
-    IN, NEW, OUT, SENT, ApiError, Bot, Contact, Message, digits, message_data, new_id, new_wamid, parse_time,
+    IN,
+    NEW,
+    OUT,
+    SENT,
+    ApiError,
+    Bot,
+    Contact,
+    Message,
+    digits,
+    message_data,
+    new_id,
+    new_wamid,
+    parse_time,
     webhook_body,
 )
 
@@ -50,8 +62,17 @@ class Faults:
 class Emulator:
     """State shared by every request: credentials, tokens, bots, contacts, limits, faults, counters."""
 
-    def __init__(self, client_id: str, client_secret: str, *, token_ttl: float = 3600, rate: int = 10,
-                 window: float = 1.0, per_minute: int | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        *,
+        token_ttl: float = 3600,
+        rate: int = 10,
+        window: float = 1.0,
+        per_minute: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.credentials = {client_id: client_secret}
         self.token_ttl = token_ttl
         self.rate = rate
@@ -76,8 +97,15 @@ class Emulator:
         self.bots[bot.id] = bot
         return bot
 
-    def add_contact(self, bot_id: str, phone: Any, name: str = "Cliente", contact_id: str | None = None,
-                    created_at: Any = None, **details: Any) -> Contact:
+    def add_contact(
+        self,
+        bot_id: str,
+        phone: Any,
+        name: str = "Cliente",
+        contact_id: str | None = None,
+        created_at: Any = None,
+        **details: Any,
+    ) -> Contact:
         if bot_id not in self.bots:
             raise ApiError(404, "Bot not found")
         moment = parse_time(created_at) if created_at is not None else _now()
@@ -104,8 +132,17 @@ class Emulator:
         if not 1 <= status <= 6:
             raise ApiError(400, f"status must be 1..6, not {status}")
         data = spec.get("data") or message_data(way, text, wamid, contact.phone, moment)
-        message = Message(message_id, contact.id, contact.bot_id, way, status, moment, data, wamid,
-                          spec.get("channel", "api" if way == OUT else None))
+        message = Message(
+            message_id,
+            contact.id,
+            contact.bot_id,
+            way,
+            status,
+            moment,
+            data,
+            wamid,
+            spec.get("channel", "api" if way == OUT else None),
+        )
         self.messages[message.id] = message
         contact.add(message)
         return message
@@ -129,12 +166,19 @@ class Emulator:
 
     def stats(self) -> dict[str, Any]:
         posted = sum(1 for w in self.webhooks if "status" in w)
-        return {"requests": self.counters["requests"], "rate_limited": self.counters["rate_limited"],
-                "unauthorized": self.counters["unauthorized"], "tokens_issued": self.counters["tokens_issued"],
-                "credentials_refused": self.counters["credentials_refused"],
-                "server_errors": self.counters["server_errors"], "routes": dict(self.routes),
-                "webhooks": {"posted": posted, "failed": len(self.webhooks) - posted},
-                "bots": len(self.bots), "contacts": len(self.contacts), "messages": len(self.messages)}
+        return {
+            "requests": self.counters["requests"],
+            "rate_limited": self.counters["rate_limited"],
+            "unauthorized": self.counters["unauthorized"],
+            "tokens_issued": self.counters["tokens_issued"],
+            "credentials_refused": self.counters["credentials_refused"],
+            "server_errors": self.counters["server_errors"],
+            "routes": dict(self.routes),
+            "webhooks": {"posted": posted, "failed": len(self.webhooks) - posted},
+            "bots": len(self.bots),
+            "contacts": len(self.contacts),
+            "messages": len(self.messages),
+        }
 
     # -- limits -----------------------------------------------------------------------------------
 
@@ -172,7 +216,7 @@ class Emulator:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 EMULATOR = web.AppKey("emulator", Emulator)
@@ -218,9 +262,11 @@ async def sendpulse_middleware(request: web.Request, handler: Handler) -> web.St
 
 # -- OAuth -----------------------------------------------------------------------------------------
 
+
 def _oauth_error(status: int, error: str, description: str) -> web.Response:
-    return web.json_response({"error": error, "error_description": description, "hint": "", "message": description},
-                             status=status)
+    return web.json_response(
+        {"error": error, "error_description": description, "hint": "", "message": description}, status=status
+    )
 
 
 async def access_token(request: web.Request) -> web.Response:
@@ -234,25 +280,36 @@ async def access_token(request: web.Request) -> web.Response:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        return _oauth_error(400, "invalid_request", "The request is missing a required parameter, includes an "
-                                                   "invalid parameter value, includes a parameter more than once, "
-                                                   "or is otherwise malformed.")
+        return _oauth_error(
+            400,
+            "invalid_request",
+            "The request is missing a required parameter, includes an "
+            "invalid parameter value, includes a parameter more than once, "
+            "or is otherwise malformed.",
+        )
     if body.get("grant_type") != "client_credentials":
-        return _oauth_error(400, "unsupported_grant_type", "The authorization grant type is not supported by the "
-                                                           "authorization server.")
+        return _oauth_error(
+            400, "unsupported_grant_type", "The authorization grant type is not supported by the authorization server."
+        )
     client_id, secret = body.get("client_id"), body.get("client_secret")
     if not client_id or not secret:
-        return _oauth_error(400, "invalid_request", "The request is missing a required parameter, includes an "
-                                                   "invalid parameter value, includes a parameter more than once, "
-                                                   "or is otherwise malformed.")
+        return _oauth_error(
+            400,
+            "invalid_request",
+            "The request is missing a required parameter, includes an "
+            "invalid parameter value, includes a parameter more than once, "
+            "or is otherwise malformed.",
+        )
     if emulator.credentials.get(str(client_id)) != str(secret):
         emulator.counters["credentials_refused"] += 1
         return _oauth_error(401, "invalid_client", "Client authentication failed")
-    return web.json_response({"access_token": emulator.issue_token(), "token_type": "Bearer",
-                              "expires_in": int(emulator.token_ttl)})
+    return web.json_response(
+        {"access_token": emulator.issue_token(), "token_type": "Bearer", "expires_in": int(emulator.token_ttl)}
+    )
 
 
 # -- WhatsApp --------------------------------------------------------------------------------------
+
 
 def _ok(data: Any) -> web.Response:
     return web.json_response({"success": True, "data": data})
@@ -286,9 +343,12 @@ async def list_chats(request: web.Request) -> web.Response:
         raise ApiError(404, "Bot not found")
     size = _int(request.query, "size", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE)
     skip = _int(request.query, "skip", 0, 0)
-    chats = sorted((c for c in emulator.contacts.values() if c.bot_id == bot_id),
-                   key=lambda c: (c.last_activity_at, c.id), reverse=True)
-    return _ok([c.chat() for c in chats[skip:skip + size]])
+    chats = sorted(
+        (c for c in emulator.contacts.values() if c.bot_id == bot_id),
+        key=lambda c: (c.last_activity_at, c.id),
+        reverse=True,
+    )
+    return _ok([c.chat() for c in chats[skip : skip + size]])
 
 
 async def list_messages(request: web.Request) -> web.Response:
@@ -305,11 +365,12 @@ async def list_messages(request: web.Request) -> web.Response:
     if after:
         start = next((i + 1 for i, m in enumerate(ordered) if m.id == after), None)
         if start is None:
-            raise ApiError(400, "The given data was invalid.",
-                           {"search_after": ["The selected search after is invalid."]})
+            raise ApiError(
+                400, "The given data was invalid.", {"search_after": ["The selected search after is invalid."]}
+            )
     else:
         start = skip
-    return _ok([m.render() for m in ordered[start:start + size]])
+    return _ok([m.render() for m in ordered[start : start + size]])
 
 
 async def get_contact(request: web.Request) -> web.Response:
@@ -317,6 +378,7 @@ async def get_contact(request: web.Request) -> web.Response:
 
 
 # -- control ---------------------------------------------------------------------------------------
+
 
 async def _body(request: web.Request) -> Any:
     try:
@@ -358,8 +420,9 @@ async def control_bot(request: web.Request) -> web.Response:
     """{"id", "name", "phone"} (all optional): a WhatsApp bot of the account."""
     body = await _body(request)
     try:
-        bot = request.app[EMULATOR].add_bot(body.get("id"), body.get("name", "chatledger"),
-                                            body.get("phone", 5511900000000))
+        bot = request.app[EMULATOR].add_bot(
+            body.get("id"), body.get("name", "chatledger"), body.get("phone", 5511900000000)
+        )
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     return web.json_response(bot.render())
@@ -370,9 +433,14 @@ async def control_contact(request: web.Request) -> web.Response:
     body = await _body(request)
     details = {k: body[k] for k in ("status", "is_chat_opened", "tags", "variables") if k in body}
     try:
-        contact = request.app[EMULATOR].add_contact(body.get("bot_id", ""), body.get("phone", ""),
-                                                    body.get("name", "Cliente"), body.get("id"),
-                                                    body.get("created_at"), **details)
+        contact = request.app[EMULATOR].add_contact(
+            body.get("bot_id", ""),
+            body.get("phone", ""),
+            body.get("name", "Cliente"),
+            body.get("id"),
+            body.get("created_at"),
+            **details,
+        )
     except ValueError as exc:
         raise ApiError(400, str(exc)) from None
     return web.json_response(contact.render())
@@ -430,8 +498,12 @@ async def control_add_messages(request: web.Request) -> web.Response:
     added = []
     for spec in specs:
         fields = {k: spec[k] for k in ("id", "wamid", "created_at", "status", "data", "channel") if k in spec}
-        added.append((emulator.add_message(spec["contact_id"], spec["direction"], spec.get("text"), **fields),
-                      spec.get("webhook")))
+        added.append(
+            (
+                emulator.add_message(spec["contact_id"], spec["direction"], spec.get("text"), **fields),
+                spec.get("webhook"),
+            )
+        )
     posts = [(message, hook) for message, hook in added if hook is not None]
     outcomes: dict[str, dict[str, Any]] = {}
     if posts and body.get("background"):
@@ -440,8 +512,9 @@ async def control_add_messages(request: web.Request) -> web.Response:
         task.add_done_callback(request.app[BACKGROUND].discard)
     else:
         outcomes = await _post_all(request.app, posts)
-    return web.json_response({"messages": [{**m.render(), **({"webhook": outcomes[m.id]} if m.id in outcomes else {})}
-                                           for m, _ in added]})
+    return web.json_response(
+        {"messages": [{**m.render(), **({"webhook": outcomes[m.id]} if m.id in outcomes else {})} for m, _ in added]}
+    )
 
 
 async def _post_all(app: web.Application, posts: list[tuple[Message, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -459,7 +532,7 @@ async def _post_webhook(app: web.Application, message: Message, hook: dict[str, 
         async with app[SESSION].post(hook["url"], json=body, timeout=timeout) as answer:
             await answer.read()
             outcome["status"] = answer.status
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         outcome["error"] = f"{type(exc).__name__}: {exc}"
     emulator.webhooks.append(outcome)
     return {k: v for k, v in outcome.items() if k in ("status", "error")}
