@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
@@ -447,25 +447,7 @@ class PostgresSink(SinkDefaults):
             {i.interaction_id: i for i in records.interactions if not i.from_api and not i.reported}.values()
         )
         if webhook:
-            await conn.execute(
-                sql["interactions"],
-                *_columns(
-                    [
-                        (
-                            i.interaction_id,
-                            i.conversation_id,
-                            i.message_id,
-                            i.direction,
-                            i.content,
-                            i.status,
-                            i.customer_phone,
-                            i.occurred_at,
-                        )
-                        for i in webhook
-                    ],
-                    8,
-                ),
-            )
+            await conn.execute(sql["interactions"], *_columns(_interaction_values(webhook), 8))
         reported: dict[str, InteractionRow] = {}  # once each, the furthest status of the batch
         for i in records.interactions:
             if i.reported and (
@@ -474,25 +456,7 @@ class PostgresSink(SinkDefaults):
             ):
                 reported[i.interaction_id] = i
         if reported:
-            await conn.execute(
-                sql["reported"],
-                *_columns(
-                    [
-                        (
-                            i.interaction_id,
-                            i.conversation_id,
-                            i.message_id,
-                            i.direction,
-                            i.content,
-                            i.status,
-                            i.customer_phone,
-                            i.occurred_at,
-                        )
-                        for i in reported.values()
-                    ],
-                    8,
-                ),
-            )
+            await conn.execute(sql["reported"], *_columns(_interaction_values(reported.values()), 8))
         for i in records.interactions:  # one by one: a batch may enrich the same row twice
             if i.from_api:
                 await conn.execute(
@@ -573,6 +537,23 @@ class PostgresSink(SinkDefaults):
                 await asyncio.wait_for(conn.close(), 5)
             except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 conn.terminate()
+
+
+def _interaction_values(rows: Iterable[InteractionRow]) -> list[tuple[Any, ...]]:
+    """The eight columns a message's row (or a reported status's) writes."""
+    return [
+        (
+            i.interaction_id,
+            i.conversation_id,
+            i.message_id,
+            i.direction,
+            i.content,
+            i.status,
+            i.customer_phone,
+            i.occurred_at,
+        )
+        for i in rows
+    ]
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
