@@ -187,16 +187,7 @@ class AirtableConfig(_Section):
     @field_validator("endpoint_url")
     @classmethod
     def _endpoint_is_http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        try:
-            parsed = urllib.parse.urlsplit(value)
-            parsed.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
-        except ValueError:
-            raise ValueError("must be a valid URL (check the host and port)") from None
-        if not parsed.hostname:
-            raise ValueError("must name a host, e.g. https://api.airtable.com")
-        return value.rstrip("/")
+        return _http_url(value, "https://api.airtable.com")
 
     @field_validator("conversations_table", "interactions_table", "escalations_table")
     @classmethod
