@@ -343,20 +343,7 @@ async def _handle_recover(request: web.Request) -> web.StreamResponse:
         }
     except ValueError as exc:  # BadParameter, or a selection that is not exactly one thing
         return _bad(exc)
-    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await response.prepare(request)
-
-    async def emit(line: dict[str, Any]) -> None:
-        await response.write((json.dumps(line) + "\n").encode())
-
-    try:
-        last = await request.app[RECOVER](selection, options, emit)
-    except Exception as exc:
-        logger.exception("recover failed")
-        last = {"error": f"recover failed in the daemon: {type(exc).__name__} (see its log)"}
-    await emit(last)
-    await response.write_eof()
-    return response
+    return await _streamed(request, "recover", lambda emit: request.app[RECOVER](selection, options, emit))
 
 
 async def _handle_reconcile(request: web.Request) -> web.StreamResponse:
@@ -369,6 +356,14 @@ async def _handle_reconcile(request: web.Request) -> web.StreamResponse:
         since = params.reconcile_since(query.get("since", ""), datetime.now(UTC))
     except BadParameter as exc:
         return _bad(exc)
+    bot = query.get("bot") or None
+    return await _streamed(request, "reconcile", lambda emit: request.app[RECONCILE](since, bot, emit))
+
+
+async def _streamed(
+    request: web.Request, what: str, work: Callable[[Emit], Awaitable[dict[str, Any]]]
+) -> web.StreamResponse:
+    """NDJSON: each line `work` emits as it goes, then its answer (or why it failed) as the last line."""
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await response.prepare(request)
 
@@ -376,10 +371,10 @@ async def _handle_reconcile(request: web.Request) -> web.StreamResponse:
         await response.write((json.dumps(line) + "\n").encode())
 
     try:
-        last = await request.app[RECONCILE](since, query.get("bot") or None, emit)
+        last = await work(emit)
     except Exception as exc:
-        logger.exception("reconcile failed")
-        last = {"error": f"reconcile failed in the daemon: {type(exc).__name__} (see its log)"}
+        logger.exception("{} failed", what)
+        last = {"error": f"{what} failed in the daemon: {type(exc).__name__} (see its log)"}
     await emit(last)
     await response.write_eof()
     return response

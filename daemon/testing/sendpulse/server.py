@@ -263,6 +263,12 @@ async def sendpulse_middleware(request: web.Request, handler: Handler) -> web.St
 # -- OAuth -----------------------------------------------------------------------------------------
 
 
+MALFORMED = (
+    "The request is missing a required parameter, includes an invalid parameter value, includes a parameter "
+    "more than once, or is otherwise malformed."
+)
+
+
 def _oauth_error(status: int, error: str, description: str) -> web.Response:
     return web.json_response(
         {"error": error, "error_description": description, "hint": "", "message": description}, status=status
@@ -280,26 +286,14 @@ async def access_token(request: web.Request) -> web.Response:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        return _oauth_error(
-            400,
-            "invalid_request",
-            "The request is missing a required parameter, includes an "
-            "invalid parameter value, includes a parameter more than once, "
-            "or is otherwise malformed.",
-        )
+        return _oauth_error(400, "invalid_request", MALFORMED)
     if body.get("grant_type") != "client_credentials":
         return _oauth_error(
             400, "unsupported_grant_type", "The authorization grant type is not supported by the authorization server."
         )
     client_id, secret = body.get("client_id"), body.get("client_secret")
     if not client_id or not secret:
-        return _oauth_error(
-            400,
-            "invalid_request",
-            "The request is missing a required parameter, includes an "
-            "invalid parameter value, includes a parameter more than once, "
-            "or is otherwise malformed.",
-        )
+        return _oauth_error(400, "invalid_request", MALFORMED)
     if emulator.credentials.get(str(client_id)) != str(secret):
         emulator.counters["credentials_refused"] += 1
         return _oauth_error(401, "invalid_client", "Client authentication failed")
