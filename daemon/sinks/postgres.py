@@ -461,25 +461,7 @@ class PostgresSink(SinkDefaults):
             if i.from_api:
                 await conn.execute(
                     sql["api_interactions"],
-                    *_columns(
-                        [
-                            (
-                                i.interaction_id,
-                                i.conversation_id,
-                                i.message_id,
-                                i.direction,
-                                i.content,
-                                i.status,
-                                i.customer_phone,
-                                i.occurred_at,
-                                i.intent,
-                                i.response,
-                                i.processing_time_ms,
-                                i.error_message,
-                            )
-                        ],
-                        12,
-                    ),
+                    *_columns([(*_message_values(i), i.intent, i.response, i.processing_time_ms, i.error_message)], 12),
                 )
         if records.escalations:
             await conn.execute(
@@ -539,21 +521,22 @@ class PostgresSink(SinkDefaults):
                 conn.terminate()
 
 
+def _message_values(i: InteractionRow) -> tuple[Any, ...]:
+    """The eight columns every interaction row writes (the bot API's add their own after them)."""
+    return (
+        i.interaction_id,
+        i.conversation_id,
+        i.message_id,
+        i.direction,
+        i.content,
+        i.status,
+        i.customer_phone,
+        i.occurred_at,
+    )
+
+
 def _interaction_values(rows: Iterable[InteractionRow]) -> list[tuple[Any, ...]]:
-    """The eight columns a message's row (or a reported status's) writes."""
-    return [
-        (
-            i.interaction_id,
-            i.conversation_id,
-            i.message_id,
-            i.direction,
-            i.content,
-            i.status,
-            i.customer_phone,
-            i.occurred_at,
-        )
-        for i in rows
-    ]
+    return [_message_values(i) for i in rows]
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
