@@ -324,31 +324,23 @@ async def _journal_statuses(
     Only about a message the journal holds under that key: a fetched message that lost its race to a
     webhook under another key has its status learned at the next run, which finds that webhook's."""
     learned = [(event, message, target, SENDPULSE_STATUS[message["status"]]) for event, message, target in reports]
-    keys = {
-        row[0]
-        for row in await _existing_keys(
-            journal,
-            [target.key for _, _, target, _ in learned]
-            + [
-                delivery_status_key(target.key, later)
-                for _, _, target, status in learned
-                for later in STATUS_ORDER
-                if status_rank(later) >= status_rank(status)
-            ],
-        )
-    }
-    learned = [item for item in learned if item[2].key in keys]
+    asked = [target.key for _, _, target, _ in learned]
+    asked += [key for _, _, target, status in learned for key in _this_or_further(target.key, status)]
+    keys = {row[0] for row in await _existing_keys(journal, asked)}
     fresh = [
         status_event(event, message, target.key, target.message_id, status, received_at)
         for event, message, target, status in learned
-        if not any(
-            delivery_status_key(target.key, later) in keys
-            for later in STATUS_ORDER
-            if status_rank(later) >= status_rank(status)
-        )
+        if target.key in keys and not any(key in keys for key in _this_or_further(target.key, status))
     ]
     if fresh:
         report.statuses += (await journal.append(fresh)).accepted
+
+
+def _this_or_further(message_key: str, status: str) -> list[str]:
+    """The keys of this status's report on the message and of every report further along."""
+    return [
+        delivery_status_key(message_key, later) for later in STATUS_ORDER if status_rank(later) >= status_rank(status)
+    ]
 
 
 def status_event(
