@@ -2,13 +2,16 @@
 
     .venv/bin/python bench/ingest.py [--connections 64] [--seconds 10] [--rounds 3] [--events-per-request 1]
     .venv/bin/python bench/ingest.py --rate 2000 [--seconds 10] [--rounds 3]
+    ... [--client light]   (the load generator: aiohttp's client by default, the yardstick of issue 16's goals;
+                            light: bench/http_load.py's, a tenth of its CPU per request)
 
 Starts `chatledger run` (journal only) and a bare aiohttp app that parses the JSON and answers 200, and
 drives each over HTTP in alternating rounds: by default with N concurrent connections for the same time
 (closed loop: throughput and the ratio), with --rate at a steady R requests/s whatever the answers take
 (open loop: acknowledgement latency, timed from each request's scheduled start). Prints medians of
 events/s, p50/p99 acknowledgement latency, the CPU each process spends per event, journal commits and
-fsyncs (counted by `perf stat`, when it can attach) per event.
+fsyncs (counted by `perf stat`, when it can attach) per event. Both servers and the load generator run on
+uvloop where it is installed.
 """
 
 from __future__ import annotations
@@ -27,13 +30,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import http_load  # noqa: E402
 from common import machine  # noqa: E402
+from daemon.cli.service import event_loop_factory  # noqa: E402
 from tests.support import Daemon, free_port, write_config  # noqa: E402
 
 # On the event loop the daemon runs on (uvloop where installed, as `chatledger run` does): the ratio compares
@@ -60,43 +66,72 @@ WARM_CONNECTIONS = 64
 SEQUENCE = itertools.count()
 
 
+def _element_template() -> str:
+    """An incoming message as SendPulse posts it, as %-format text: what varies by event is filled in."""
+    element = {
+        "title": "incoming_message",
+        "service": "whatsapp",
+        "bot": {"id": "68f176502ca6f03a9705c489", "name": "Loja"},
+        "contact": {"id": "@contact@", "phone": "@phone@", "name": "Cliente", "variables": {}, "tags": []},
+        "info": {
+            "message": {
+                "id": "@message@",
+                "channel_data": {
+                    "message": {
+                        "from": "@phone@",
+                        "id": "@wamid@",
+                        "type": "text",
+                        "text": {"body": "Olá, gostaria de saber o preço do produto"},
+                    }
+                },
+            }
+        },
+        "date": 1736092619000,
+    }
+    text = json.dumps(element).replace("%", "%%").replace("1736092619000", "%(date)d")
+    for name in ("contact", "phone", "message", "wamid"):
+        text = text.replace(f"@{name}@", f"%({name})s")
+    return text
+
+
+ELEMENT = _element_template()
+
+
 def payload(n: int, per_request: int) -> bytes:
+    """Request n's body: `per_request` new events, each numbered for the whole run."""
     events = []
     for k in range(per_request):
         i = n * per_request + k
         events.append(
-            {
-                "title": "incoming_message",
-                "service": "whatsapp",
-                "bot": {"id": "68f176502ca6f03a9705c489", "name": "Loja"},
-                "contact": {
-                    "id": f"6a4969158278b1482a{i % 500:06d}",
-                    "phone": f"55829{i % 500:08d}",
-                    "name": "Cliente",
-                    "variables": {},
-                    "tags": [],
-                },
-                "info": {
-                    "message": {
-                        "id": f"bench{os.getpid()}-{i}",
-                        "channel_data": {
-                            "message": {
-                                "from": f"55829{i % 500:08d}",
-                                "id": f"wamid.{i}",
-                                "type": "text",
-                                "text": {"body": "Olá, gostaria de saber o preço do produto"},
-                            }
-                        },
-                    }
-                },
+            ELEMENT
+            % {
+                "contact": f"6a4969158278b1482a{i % 500:06d}",
+                "phone": f"55829{i % 500:08d}",
+                "message": f"bench{os.getpid()}-{i}",
+                "wamid": f"wamid.{i}",
                 "date": 1736092619000 + i,
             }
         )
-    return json.dumps(events).encode()
+    return ("[" + ", ".join(events) + "]").encode()
+
+
+async def drive_light(url: str, connections: int, seconds: float, per_request: int) -> dict[str, float]:
+    """Closed loop with bench/http_load.py's generator."""
+    latencies, errors, elapsed = await http_load.closed_loop(
+        url, connections, seconds, lambda: payload(next(SEQUENCE), per_request)
+    )
+    return _figures(latencies, errors, elapsed, per_request)
+
+
+async def drive_rate_light(url: str, rate: float, seconds: float, per_request: int) -> dict[str, float]:
+    """Open loop with bench/http_load.py's generator."""
+    bodies = [payload(next(SEQUENCE), per_request) for _ in range(int(rate * seconds))]
+    latencies, lags, errors, elapsed = await http_load.open_loop(url, rate, bodies, WARM_CONNECTIONS)
+    return _open_loop_figures(latencies, lags, errors, elapsed, per_request)
 
 
 async def drive(url: str, connections: int, seconds: float, per_request: int) -> dict[str, float]:
-    """Closed loop: each of `connections` workers posts, waits for the answer, posts again."""
+    """Closed loop (aiohttp's client): each of `connections` workers posts, waits for the answer, posts again."""
     latencies: list[float] = []
     errors = 0
     deadline = time.monotonic() + seconds
@@ -122,7 +157,8 @@ async def drive(url: str, connections: int, seconds: float, per_request: int) ->
 
 
 async def drive_rate(url: str, rate: float, seconds: float, per_request: int) -> dict[str, float]:
-    """Open loop: a request starts every 1/rate s whatever the answers take; latency from its scheduled start."""
+    """Open loop (aiohttp's client): a request starts every 1/rate s whatever the answers take; latency from
+    its scheduled start."""
     latencies: list[float] = []
     lags: list[float] = []
     errors = 0
@@ -158,6 +194,12 @@ async def drive_rate(url: str, rate: float, seconds: float, per_request: int) ->
             tasks.append(asyncio.create_task(send(session, body, due)))
         await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - begin
+    return _open_loop_figures(latencies, lags, errors, elapsed, per_request)
+
+
+def _open_loop_figures(
+    latencies: list[float], lags: list[float], errors: int, elapsed: float, per_request: int
+) -> dict[str, float]:
     figures = _figures(latencies, errors, elapsed, per_request)
     figures["max_ms"] = max(latencies) * 1000
     lags.sort()
@@ -247,14 +289,22 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per server; medians are reported")
     parser.add_argument("--events-per-request", type=int, default=1)
+    parser.add_argument(
+        "--client", choices=("aiohttp", "light"), default="aiohttp", help="the load generator (bench/http_load.py)"
+    )
     args = parser.parse_args()
     per_request = args.events_per_request
+    closed, opened = (drive_light, drive_rate_light) if args.client == "light" else (drive, drive_rate)
+
+    def on_loop(work: Any) -> dict[str, float]:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(work)
 
     def round_of(url: str) -> dict[str, float]:
         if args.rate:
-            figures = asyncio.run(drive_rate(url, args.rate, args.seconds, per_request))
+            figures = on_loop(opened(url, args.rate, args.seconds, per_request))
         else:
-            figures = asyncio.run(drive(url, args.connections, args.seconds, per_request))
+            figures = on_loop(closed(url, args.connections, args.seconds, per_request))
         figures["per_request"] = per_request
         return figures
 
@@ -269,7 +319,7 @@ def main() -> int:
     try:
         _wait_listening(bare_port)
         for url in (daemon.url, bare_url):  # warm up both
-            asyncio.run(drive(url, 8, 1.0, per_request))
+            on_loop(closed(url, 8, 1.0, per_request))
         status = daemon.status()
         before, duplicates_before = status["journal"], status["webhook"]["duplicates"]
         fsyncs = FsyncCounter(daemon.process.pid)
@@ -292,12 +342,14 @@ def main() -> int:
     print(f"machine: {machine()}")
     if args.rate:
         print(
-            f"load: {args.rate:.0f} requests/s open loop, {args.rounds} alternating rounds of {args.seconds:.0f} s, "
+            f"load ({args.client} client): {args.rate:.0f} requests/s open loop, "
+            f"{args.rounds} alternating rounds of {args.seconds:.0f} s, "
             f"{per_request} event(s) per request; medians; latency from each request's scheduled start"
         )
     else:
         print(
-            f"load: {args.connections} connections, {args.rounds} alternating rounds of {args.seconds:.0f} s, "
+            f"load ({args.client} client): {args.connections} connections, "
+            f"{args.rounds} alternating rounds of {args.seconds:.0f} s, "
             f"{per_request} event(s) per request; medians"
         )
     print(
