@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 from collections.abc import Callable
@@ -28,10 +29,24 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+# The youngest generation is collected every 10,000 allocations rather than 700: nearly all a webhook allocates
+# is freed by reference counting, and each collection costs the event loop time.
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def settle_garbage_collector() -> None:
+    """What the imports built lives as long as the process: frozen, no collection walks it again (a full one
+    took 40-55 ms at 64 connections, nine times in 30 s, every webhook waiting)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(config: Config, args: argparse.Namespace) -> int:
     from daemon.app import Daemon  # the daemon's imports are not needed by the quick commands
 
     setup_logging(config.log.level, config.log.json_)
+    settle_garbage_collector()
     try:
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             return runner.run(Daemon(config, args.config).run())
