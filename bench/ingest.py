@@ -380,7 +380,21 @@ def main() -> int:
         f"ratio chatledger / bare: {ratio:.2f}  (goals: >= 0.65 at 64 connections; p99 <= 10 ms at 2,000 "
         "requests/s; <= 0.1 fsyncs/event)"
     )
+    if not args.rate:
+        ours_ceiling, bare_ceiling = _ceiling(ours_median), _ceiling(bare_median)
+        print(
+            f"CPU ceiling ({os.cpu_count()} cores all busy at the CPU per event above, server and load generator): "
+            f"chatledger {ours_ceiling:.0f} events/s = {ours_ceiling / bare_median['events_per_s']:.2f} of the bare "
+            f"app's measured {bare_median['events_per_s']:.0f}; the bare app's own ceiling {bare_ceiling:.0f}"
+        )
     return 0
+
+
+def _ceiling(figures: dict[str, float]) -> float:
+    """Events/s the machine could carry were every core busy: cores over the CPU all processes spend per event
+    (the event loop and any other thread cannot use more than one core each, which this ignores)."""
+    spent = figures["main_us"] + figures["threads_us"] + figures["client_us"]
+    return (os.cpu_count() or 1) * 1e6 / spent
 
 
 def _rounds(runs: list[dict[str, float]]) -> str:
