@@ -36,7 +36,7 @@ GC_THRESHOLDS = (10_000, 20, 20)
 
 def settle_garbage_collector() -> None:
     """What the imports built lives as long as the process: frozen, no collection walks it again (a full one
-    took 40-55 ms at 64 connections, nine times in 30 s, every webhook waiting)."""
+    took 40-55 ms at 64 connections, ten times in 20 s of load, every webhook waiting)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
