@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 
 class Target:
@@ -60,6 +63,21 @@ class Connection:
 
     def close(self) -> None:
         self.writer.close()
+
+
+async def paced(rate: float, items: Sequence[T], send: Callable[[T, float], Awaitable[None]]) -> float:
+    """`send(item, due)` for each item, one every 1/rate s whatever the answers take, then await them all;
+    the seconds it took."""
+    tasks = []
+    begin = time.perf_counter()
+    for n, item in enumerate(items):
+        due = begin + n / rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.create_task(send(item, due)))
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - begin
 
 
 async def closed_loop(
@@ -129,16 +147,7 @@ async def open_loop(
         idle.append(connection)
 
     requests = [target.request(body) for body in bodies]  # built before: the rate sets the pace
-    tasks = []
-    begin = time.perf_counter()
-    for n, request in enumerate(requests):
-        due = begin + n / rate
-        wait = due - time.perf_counter()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        tasks.append(asyncio.create_task(send(request, due)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - begin
+    elapsed = await paced(rate, requests, send)
     for connection in idle:
         connection.close()
     return latencies, lags, errors, elapsed

@@ -184,16 +184,7 @@ async def drive_rate(url: str, rate: float, seconds: float, per_request: int) ->
         # Open the connections first: a burst of connects mid-run would time the listen backlog, not the answers.
         warm = [payload(next(SEQUENCE), per_request) for _ in range(WARM_CONNECTIONS)]
         await asyncio.gather(*(_post(session, url, body) for body in warm))
-        tasks = []
-        begin = time.perf_counter()
-        for n, body in enumerate(bodies):
-            due = begin + n / rate
-            wait = due - time.perf_counter()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            tasks.append(asyncio.create_task(send(session, body, due)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - begin
+        elapsed = await http_load.paced(rate, bodies, lambda body, due: send(session, body, due))
     return _open_loop_figures(latencies, lags, errors, elapsed, per_request)
 
 
