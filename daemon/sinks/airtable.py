@@ -42,7 +42,7 @@ from daemon.sinks.airtable_client import (
     pages,
     read_plan,
 )
-from daemon.sinks.airtable_fields import KEYS, TABLES, TITLES, BaseNames, as_fields
+from daemon.sinks.airtable_fields import CLEARED, KEYS, TABLES, TITLES, BaseNames, as_fields
 from daemon.sinks.airtable_schema import BasePlan, parse_field_mapping, plan_base
 from daemon.sinks.base import PermanentError, RefusedError, SetupError, SinkDefaults
 
@@ -198,6 +198,8 @@ def airtable_rows(
                 "status": u.status,
             },
         )
+        # tags emptied on purpose (PostgreSQL's become []) are cleared, not left out as unknown
+        | (as_fields("conversations", {"tags": CLEARED}) if u.tags == () else {})
         for u in records.conversation_updates
     ]
     rows = {"conversations": conversation_rows, "interactions": interactions, "escalations": escalations}

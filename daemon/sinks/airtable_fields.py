@@ -134,6 +134,11 @@ TITLES = {"conversations": "Conversations", "interactions": "Interactions", "esc
 KINDS_BY_TITLE = {title: kind for kind, title in TITLES.items()}
 
 
+# A field's value that empties its cell in the base (Airtable takes null for a field of any type); the writes
+# leave out what they do not know instead, so that an upsert never clears what an operator typed.
+CLEARED = None
+
+
 def as_fields(kind: str, row: Mapping[str, Any]) -> dict[str, Any]:
     """A row of `kind` by PostgreSQL column as our fields (every column must have one)."""
     return {FIELD_OF[kind][column]: value for column, value in row.items()}

@@ -20,6 +20,7 @@ from typing import Any
 from daemon.records import iso, parse_tags, tags_text
 from daemon.sinks.airtable_fields import (
     CHOICE,
+    CLEARED,
     KEYS,
     KINDS_BY_TITLE,
     NUMBER,
@@ -296,7 +297,11 @@ class TablePlan:
 
     def row(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """One record's fields (ours, by our names) as the base takes them."""
-        return {c.name: c.convert(values[c.logical]) for c in self.columns if c.logical in values}
+        return {
+            c.name: CLEARED if values[c.logical] is CLEARED else c.convert(values[c.logical])
+            for c in self.columns
+            if c.logical in values
+        }
 
     def values(self, cells: Mapping[str, Any]) -> dict[str, Any]:
         """One record's cells (by the base's names) as the values chatledger wrote, by our names: row's inverse."""

@@ -360,3 +360,48 @@ async def test_a_text_longer_than_a_cell_holds_is_cut_with_a_marker_not_dead(emu
     assert len(content) <= 100_000 and content.startswith("x" * 99_000)
     assert re.search(r"\[chatledger: [0-9,]+ more characters cut here; .*PostgreSQL has the whole text\]$", content)
     await stop(worker, task, sink)
+
+
+def tags_as_multiple_select(base):
+    field = base.table("Conversations").field("Tags")
+    field.type, field.options = "multipleSelects", {"choices": []}
+
+
+@pytest.mark.parametrize("change", [None, tags_as_multiple_select], ids=["long text", "multiple select"])
+async def test_tags_emptied_through_the_api_are_emptied_in_airtable_too(emulators, journal, change):
+    """A PATCH with "tags": [] empties PostgreSQL's tags; Airtable's Tags (a long text as documented, or a
+    multiple select the operators made it) must not keep the old ones, whether the emptying comes in the
+    same delivery as the tags or later."""
+    emulator = documented("dateTime", change)
+    emulators(emulator)
+    sink = AirtableSink(client_for(emulator), NAMES, journal.conversations)
+
+    def tags_of_c1():
+        return next(r for r in rows(emulator, "Conversations") if r["ConversationId"] == C1).get("Tags")
+
+    worker, task = await deliver_all(
+        journal,
+        sink,
+        [
+            normalize(message(1, contacts=5), RECEIVED),
+            api_event(API_CONVERSATION_UPDATE, {"id": C1, "tags": ["vip", "late"]}, 700),
+        ],
+    )
+    assert tags_of_c1() in ("vip, late", ["vip", "late"])
+    await journal.append([api_event(API_CONVERSATION_UPDATE, {"id": C1, "tags": []}, 800)])
+    await until(lambda: delivered(journal, 3), task, "the emptying delivered")
+    assert not tags_of_c1()
+    await journal.append(  # tags and their emptying in one delivery: the later wins
+        [
+            api_event(API_CONVERSATION_UPDATE, {"id": C1, "tags": ["again"]}, 900),
+            api_event(API_CONVERSATION_UPDATE, {"id": C1, "tags": []}, 901),
+        ]
+    )
+    await until(lambda: delivered(journal, 5), task, "both delivered")
+    assert not tags_of_c1()
+    await journal.append([api_event(API_CONVERSATION_UPDATE, {"id": C1, "tags": ["kept"]}, 940)])
+    await until(lambda: delivered(journal, 6), task, "new tags delivered")
+    await journal.append([api_event(API_CONVERSATION_UPDATE, {"id": C1, "priority": "HIGH"}, 950)])
+    await until(lambda: delivered(journal, 7), task, "an update without tags delivered")
+    assert tags_of_c1() in ("kept", ["kept"])  # an update that says nothing of the tags leaves them
+    await stop(worker, task, sink)
