@@ -205,6 +205,8 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $7::text[], $8::timestamptz[], $9::text[], $10::text[])
 ON CONFLICT (escalation_id) DO NOTHING
 """
+# Which of the escalations a batch updates PostgreSQL holds: an UPDATE of one it lacks would change nothing.
+ESCALATIONS_HELD = "SELECT escalation_id FROM {s}.escalations WHERE escalation_id = ANY($1::text[])"
 # PATCHes, in journal order; a field not given (NULL) is left as it is.
 UPDATE_ESCALATIONS = """
 UPDATE {s}.escalations SET status = coalesce($2, status), assigned_agent = coalesce($3, assigned_agent),
@@ -346,6 +348,7 @@ class PostgresSink(SinkDefaults):
                 "escalations": INSERT_ESCALATIONS,
                 "api_interactions": UPSERT_API_INTERACTIONS,
                 "escalation_updates": UPDATE_ESCALATIONS,
+                "escalations_held": ESCALATIONS_HELD,
                 "reported": UPSERT_REPORTED_STATUS,
                 "conversation_updates": UPDATE_CONVERSATIONS,
                 "status": APPLY_STATUS_EVENTS,
@@ -413,6 +416,7 @@ class PostgresSink(SinkDefaults):
         if records.conversations:
             await self._write_conversations(conn, records)
         if records.escalation_updates:  # after the escalations they may follow in the same batch
+            await _refuse_orphan_updates(conn, sql["escalations_held"], records)
             await conn.executemany(
                 sql["escalation_updates"],
                 [
@@ -550,3 +554,17 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate:
         return f"{type(exc).__name__} [{exc.sqlstate}]: {exc}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _refuse_orphan_updates(conn: asyncpg.Connection, held_sql: str, records: Records) -> None:
+    """An update of an escalation PostgreSQL does not hold (its creation a dead letter, or lost with the
+    database) would change nothing yet count as delivered: refused instead, so that it waits, as a dead letter
+    saying why, for the escalation."""
+    ids = list(dict.fromkeys(update.escalation_id for update in records.escalation_updates))
+    held = {row[0] for row in await conn.fetch(held_sql, ids)}
+    missing = [escalation_id for escalation_id in ids if escalation_id not in held]
+    if missing:
+        raise PermanentError(
+            f"escalation {missing[0]!r} is not in PostgreSQL, so its update would change nothing: deliver the "
+            "escalation (chatledger dead, replay --dead) or recover it from Airtable, then replay this"
+        )

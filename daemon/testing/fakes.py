@@ -168,8 +168,10 @@ class Tables:
 
     def _update_escalation(self, update: EscalationUpdate) -> None:
         known = self.escalations.get(update.escalation_id)
-        if known is None:  # as PostgreSQL's UPDATE: an update of an escalation not there yet changes nothing
-            return
+        if known is None:  # as PostgresSink: refused, it would change nothing
+            raise PermanentError(
+                f"escalation {update.escalation_id!r} is not in the sink, so its update would change nothing"
+            )
         self.escalations[update.escalation_id] = replace(
             known,
             status=_first(update.status, known.status),

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from daemon.delivery import DeliveryWorker
-from daemon.events import normalize
+from daemon.events import API_ESCALATION, API_ESCALATION_UPDATE, normalize
 from daemon.journal import Journal
 from daemon.records import conversation_id_for
 from daemon.sinks.base import TransientError
@@ -403,3 +403,38 @@ async def test_a_conversation_or_escalation_without_priority_is_medium_and_old_n
     assert await pg_conn.fetchval(f"SELECT priority FROM {s}.escalations") == "MEDIUM"
     await pg_conn.execute(f"INSERT INTO {s}.conversations (conversation_id) VALUES ('new')")
     assert await pg_conn.fetchval(f"SELECT priority FROM {s}.conversations WHERE conversation_id = 'new'") == "MEDIUM"
+
+
+async def test_an_escalation_update_postgresql_cannot_apply_is_a_dead_letter_not_lost(
+    tmp_path, sink, pg_conn, pg_schema
+):
+    """An update of an escalation PostgreSQL does not hold (its creation dead-lettered, or lost with the
+    database) used to change nothing and count as delivered. It is refused alone, saying why, the rest lands,
+    and once the escalation is there a replay of the dead letters applies it."""
+    from tests.integration.conftest import api_event
+
+    s = quote_ident(pg_schema)
+    journal, _ = await journaled(tmp_path, [msg("m1", at=1), msg("m2", at=2)])
+    update = {"id": "esc-9", "status": "resolved", "assignedAgent": "ana", "resolvedAt": "2026-11-25T13:00:00Z"}
+    await journal.append([api_event(API_ESCALATION_UPDATE, update, 600)])
+
+    async def settled():
+        return (await journal_state(journal)).get("pending") == 0
+
+    await run_until(DeliveryWorker(journal, sink), settled)
+    state = await journal_state(journal)
+    assert (state["delivered"], state["dead"]) == (2, 1)
+    (dead,) = await journal.dead_letters("postgres")
+    assert dead["title"] == API_ESCALATION_UPDATE
+    assert "esc-9" in dead["last_error"] and "not in PostgreSQL" in dead["last_error"]
+
+    await journal.append([api_event(API_ESCALATION, {"id": "esc-9", "reason": "wants a human"}, 500)])
+    await run_until(DeliveryWorker(journal, sink), settled)
+    assert await journal.requeue_dead("postgres") == 1
+    await run_until(DeliveryWorker(journal, sink), settled)
+    assert (await journal_state(journal)).get("dead", 0) == 0
+    row = await pg_conn.fetchrow(
+        f"SELECT status, assigned_agent, reason FROM {s}.escalations WHERE escalation_id = 'esc-9'"
+    )
+    assert tuple(row) == ("resolved", "ana", "wants a human")
+    await journal.close()
