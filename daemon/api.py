@@ -44,7 +44,7 @@ from daemon.events import (
     API_INTERACTION,
     EARLIEST_YEAR,
     LATEST_YEAR,
-    Event,
+    api_event,
     digits_only,
     has_control,
     storable_text,
@@ -322,23 +322,17 @@ async def _journal(
         sort_keys=True,
         ensure_ascii=False,
     )
-    event = Event(
-        dedup_key=dedup_key,
-        title=title,
-        service="api",
-        bot_id=None,
-        contact_id=None,
-        phone=digits_only(phone) if phone else None,
-        contact_name=None,
-        message_id=message_id,
-        platform_message_id=None,
-        direction=direction,
-        message_type="api",
-        text=text,
+    event = api_event(
+        title,
+        dedup_key,
+        raw,
+        conversation_id=conversation_id,
         occurred_at=at or now,
         received_at=now,
-        raw=raw,
-        conversation_id=conversation_id,
+        phone=digits_only(phone) if phone else None,
+        message_id=message_id,
+        direction=direction,
+        text=text,
     )
     result: AppendResult = await request.app[JOURNAL_KEY].journal.append([event])
     if result.rejected:  # the journal could not store it even cleaned (see Journal._commit_isolated)

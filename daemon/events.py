@@ -295,6 +295,41 @@ def _normalize(element: Any, received_at: datetime, raw: str, wide_numbers: bool
     )
 
 
+def api_event(
+    title: str,
+    dedup_key: str,
+    raw: str,
+    *,
+    conversation_id: str | None,
+    occurred_at: datetime,
+    received_at: datetime,
+    phone: str | None = None,
+    message_id: str | None = None,
+    direction: str | None = None,
+    text: str | None = None,
+) -> Event:
+    """A write of the bot API as the journal keeps it (one of API_TITLES): its body as `raw`, the fields the
+    read model and the sinks take from it beside."""
+    return Event(
+        dedup_key=dedup_key,
+        title=title,
+        service="api",
+        bot_id=None,
+        contact_id=None,
+        phone=phone,
+        contact_name=None,
+        message_id=message_id,
+        platform_message_id=None,
+        direction=direction,
+        message_type="api",
+        text=text,
+        occurred_at=occurred_at,
+        received_at=received_at,
+        raw=raw,
+        conversation_id=conversation_id,
+    )
+
+
 def dedup_key(element: dict[str, Any], title: str, message_id: str | None) -> str:
     """The SendPulse message id scoped by title, else a hash of the element's canonical JSON.
 

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from daemon.events import API_CONVERSATION_UPDATE, API_INTERACTION, Event, normalize
+from daemon.events import API_CONVERSATION_UPDATE, API_INTERACTION, normalize
+from daemon.events import api_event as journaled_api_event
 from daemon.journal import Journal
 from daemon.ratelimit import RequestBudget
 from daemon.records import conversation_id_for
@@ -127,23 +128,15 @@ async def renamed_stores(tmp_path, stores_emulator, pg_cluster, pg_schema):
 
 def api_event(title, body, at):
     """What the bot API journals for a write about c1."""
-    return Event(
-        dedup_key=f"api:{title}:{body['id']}:{at}",
-        title=title,
-        service="api",
-        bot_id=None,
-        contact_id=None,
-        phone=None,
-        contact_name=None,
-        message_id=None,
-        platform_message_id=None,
-        direction=body.get("direction"),
-        message_type="api",
-        text=body.get("content"),
+    return journaled_api_event(
+        title,
+        f"api:{title}:{body['id']}:{at}",
+        json.dumps(body),
+        conversation_id=cid("c1"),
         occurred_at=datetime.fromtimestamp(T0 + at, UTC),
         received_at=RECEIVED,
-        raw=json.dumps(body),
-        conversation_id=cid("c1"),
+        direction=body.get("direction"),
+        text=body.get("content"),
     )
 
 

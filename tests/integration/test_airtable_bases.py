@@ -14,9 +14,9 @@ from daemon.events import (
     API_ESCALATION,
     API_ESCALATION_UPDATE,
     API_INTERACTION,
-    Event,
     normalize,
 )
+from daemon.events import api_event as journaled_api_event
 from daemon.ratelimit import RequestBudget
 from daemon.records import conversation_id_for
 from daemon.sinks.airtable import AirtableClient, AirtableSink, init_base, set_up_base
@@ -69,24 +69,14 @@ def emulators():
 
 
 def api_event(title, body, at, conversation_id=C1):
-    moment = datetime.fromtimestamp(T0 + at, UTC)
-    return Event(
-        dedup_key=f"api:{title}:{body['id']}:{at}",
-        title=title,
-        service="api",
-        bot_id=None,
-        contact_id=None,
-        phone=None,
-        contact_name=None,
-        message_id=body.get("messageId"),
-        platform_message_id=None,
-        direction=None,
-        message_type="api",
-        text=None,
-        occurred_at=moment,
-        received_at=RECEIVED,
-        raw=json.dumps(body),
+    return journaled_api_event(
+        title,
+        f"api:{title}:{body['id']}:{at}",
+        json.dumps(body),
         conversation_id=conversation_id,
+        occurred_at=datetime.fromtimestamp(T0 + at, UTC),
+        received_at=RECEIVED,
+        message_id=body.get("messageId"),
     )
 
 

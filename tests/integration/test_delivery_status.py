@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon.events import API_INTERACTION, Event, normalize
+from daemon.events import API_INTERACTION, api_event, normalize
 from daemon.journal import Journal
 from daemon.ratelimit import RequestBudget
 from daemon.reconcile import reconcile
@@ -178,23 +178,15 @@ async def test_statuses_reach_both_stores_once_and_never_move_back(
     }
     await journal.append(
         [
-            Event(
-                dedup_key="api:interaction:bot-late",
-                title=API_INTERACTION,
-                service="api",
-                bot_id=None,
-                contact_id=None,
-                phone=None,
-                contact_name=None,
-                message_id=sent[0].id,
-                platform_message_id=None,
-                direction="outbound",
-                message_type="api",
-                text=None,
+            api_event(
+                API_INTERACTION,
+                "api:interaction:bot-late",
+                json.dumps(late, sort_keys=True),
+                conversation_id=late["conversationId"],
                 occurred_at=now(),
                 received_at=now(),
-                raw=json.dumps(late, sort_keys=True),
-                conversation_id=late["conversationId"],
+                message_id=sent[0].id,
+                direction="outbound",
             )
         ]
     )

@@ -18,9 +18,9 @@ from daemon.events import (
     API_ESCALATION,
     API_ESCALATION_UPDATE,
     API_INTERACTION,
-    Event,
     normalize,
 )
+from daemon.events import api_event as journaled_api_event
 from daemon.journal import Journal
 from daemon.ratelimit import RequestBudget
 from daemon.reconcile import status_event
@@ -395,23 +395,16 @@ def test_every_clause_has_a_broken_fake():
 
 
 def api_event(title, key, body, at, conversation_id):
-    return Event(
-        dedup_key=key,
-        title=title,
-        service="api",
-        bot_id=None,
-        contact_id=None,
-        phone=None,
-        contact_name=None,
-        message_id=body.get("messageId"),
-        platform_message_id=None,
-        direction=body.get("direction"),
-        message_type="api",
-        text=body.get("content") or body.get("notes"),
+    return journaled_api_event(
+        title,
+        key,
+        json.dumps(body, sort_keys=True),
+        conversation_id=conversation_id,
         occurred_at=datetime.fromtimestamp(T0 + at, UTC),
         received_at=RECEIVED,
-        raw=json.dumps(body, sort_keys=True),
-        conversation_id=conversation_id,
+        message_id=body.get("messageId"),
+        direction=body.get("direction"),
+        text=body.get("content") or body.get("notes"),
     )
 
 
