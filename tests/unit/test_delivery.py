@@ -408,7 +408,11 @@ async def blocked_at_the_cap(journal, monkeypatch, **worker_options):
     task = asyncio.create_task(worker.run())
 
     async def blocked():
-        return worker.state == "blocked" and worker.retry_at is not None
+        # the worker shows the block (and arms its retry) before it writes the refusal to the journal
+        noted = await journal.query(
+            "SELECT count(*) FROM deliveries WHERE sink = 'airtable' AND last_error IS NOT NULL"
+        )
+        return worker.state == "blocked" and worker.retry_at is not None and noted[0][0] > 0
 
     await until(blocked, task, timeout=FAIL_BOUND)
     return sink, worker, task
